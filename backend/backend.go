@@ -1,0 +1,138 @@
+// Package backend defines the small set of tensor operations that the model
+// code is written against. The cpu backend (pure Go) is the reference; the
+// cuda backend must compute the same function.
+//
+// Conventions:
+//   - Activations are float32 matrices of rows×cols, row-major: one row per
+//     token. They are created with NewF32 and written with WriteF32.
+//   - Weights keep their file format (any tensor.Type). Dims are in ggml
+//     order, innermost first: a linear layer mapping in→out features has
+//     Dims() == [in, out]; stacked expert weights are [in, out, nExpert].
+//   - Every op writes into an explicit dst that the caller allocated, so a
+//     decode step uses the same buffers every time (CUDA graphs rely on it).
+//   - Ops do not return errors. A backend records the first failure (shape
+//     mismatch, device error, out of memory) and reports it from Err, Sync or
+//     ReadF32. Shapes are validated when a model is loaded, so a failing op is
+//     a bug or a device fault, never a user input error.
+//   - Elementwise and row-wise ops (Add, norms, GELU) allow dst to alias an
+//     input.
+package backend
+
+import "orcd/tensor"
+
+// Tensor is a handle to memory owned by one backend.
+type Tensor interface {
+	// Type is the element format: F32 for activations, the file format for weights.
+	Type() tensor.Type
+	// Dims are the sizes in ggml order, innermost first. An activation of
+	// rows×cols has Dims() == [cols, rows].
+	Dims() []int
+}
+
+// Rows returns the number of rows of a 2-D tensor (Dims()[1], or 1).
+func Rows(t Tensor) int {
+	d := t.Dims()
+	if len(d) < 2 {
+		return 1
+	}
+	return d[1]
+}
+
+// Cols returns the innermost dimension of t.
+func Cols(t Tensor) int { return t.Dims()[0] }
+
+// AttentionParams describes one attention layer.
+type AttentionParams struct {
+	Heads    int     // query heads
+	KVHeads  int     // key/value heads; Heads is a multiple of it (GQA)
+	HeadDim  int     // from attention.key_length, never hidden/heads
+	Scale    float32 // applied to q·k, usually 1/sqrt(HeadDim)
+	Window   int     // sliding window in tokens (key positions p-Window+1..p); 0 means full causal
+	CacheCap int     // rows of the K/V cache tensors; key at position p lives in row p % CacheCap
+}
+
+// MoEWeights are the weights of one mixture-of-experts feed-forward block.
+// Biases may be nil.
+type MoEWeights struct {
+	Router, RouterBias Tensor // [hidden, nExpert], [nExpert]
+	Gate, GateBias     Tensor // [hidden, ff, nExpert], [ff, nExpert]
+	Up, UpBias         Tensor // [hidden, ff, nExpert], [ff, nExpert]
+	Down, DownBias     Tensor // [ff, hidden, nExpert], [hidden, nExpert]
+}
+
+// MoEParams configures routing and the clamped SwiGLU of gpt-oss.
+type MoEParams struct {
+	TopK  int     // experts used per token
+	Alpha float32 // SwiGLU sigmoid slope (1.702 for gpt-oss)
+	Limit float32 // clamp: gate = min(g, Limit), up = clamp(u, -Limit, Limit)
+}
+
+// Backend is the set of operations both architectures need.
+type Backend interface {
+	// Name is "cpu" or "cuda".
+	Name() string
+
+	// Upload copies a weight tensor, in its file format, into backend memory.
+	Upload(name string, typ tensor.Type, dims []int, data []byte) (Tensor, error)
+	// NewF32 allocates a rows×cols float32 tensor.
+	NewF32(rows, cols int) (Tensor, error)
+	// NewI32 allocates a vector of n int32 (token ids, positions, cache slots).
+	NewI32(n int) (Tensor, error)
+	// Free releases a tensor's memory. Freeing nil is a no-op.
+	Free(t Tensor)
+	// WriteF32 and WriteI32 copy host data into the first len(src) elements of dst.
+	WriteF32(dst Tensor, src []float32)
+	WriteI32(dst Tensor, src []int32)
+	// ReadF32 waits for pending work and copies the first len(dst) elements
+	// of src to the host. It returns the first recorded error.
+	ReadF32(src Tensor, dst []float32) error
+
+	// Embed sets dst[i] to row ids[i] of table (dequantized). Only the first
+	// Rows(dst) ids are used.
+	Embed(dst, table, ids Tensor)
+	// MatMul sets dst = x·wᵀ (+ bias): x is n×in, w has Dims [in, out], dst
+	// is n×out. Quantized w is read in its block format, never expanded.
+	MatMul(dst, x, w, bias Tensor)
+	// Add sets dst = a + b, elementwise. dst may alias a or b.
+	Add(dst, a, b Tensor)
+	// CopyCols copies the columns srcCol..srcCol+Cols(dst)-1 of src into dst
+	// (used to split a fused QKV projection).
+	CopyCols(dst, src Tensor, srcCol int)
+	// LayerNorm normalizes each row of x over its columns, then scales by w
+	// and adds b.
+	LayerNorm(dst, x, w, b Tensor, eps float32)
+	// RMSNorm scales each row of x by 1/sqrt(mean(x²)+eps), then by w.
+	RMSNorm(dst, x, w Tensor, eps float32)
+	// GELU applies the tanh approximation of GELU elementwise.
+	GELU(dst, x Tensor)
+	// RoPE rotates x (n × heads*headDim) in place, NeoX style: within each
+	// head, element i pairs with element i+headDim/2. Row r uses angle
+	// pos[r]·invFreq[i]; cos and sin are multiplied by mscale (YaRN).
+	// invFreq is an f32 tensor of headDim/2 values computed by the model.
+	RoPE(x, pos, invFreq Tensor, headDim int, mscale float32)
+	// StoreKV writes the rows of k and v into kCache and vCache at the row
+	// indices in slots (one per row of k).
+	StoreKV(kCache, vCache, k, v, slots Tensor)
+	// Attention computes causal attention for the rows of q (n × Heads*HeadDim)
+	// at absolute positions pos, over the keys already stored in the caches
+	// (StoreKV runs first). A row at position p sees key positions
+	// max(0, p-Window+1)..p (0..p when Window is 0). sinks, if not nil, holds
+	// one logit per query head that joins the softmax denominator only.
+	// dst is n × Heads*HeadDim.
+	Attention(dst, q, kCache, vCache, pos, sinks Tensor, p AttentionParams)
+	// MoE computes the gpt-oss mixture of experts for each row of x: router
+	// logits (with bias), the top-k logits, a softmax over those k, and the
+	// weighted sum of the selected experts' clamped SwiGLU feed-forwards.
+	MoE(dst, x Tensor, w *MoEWeights, p MoEParams)
+
+	// Allocated is the number of bytes of backend memory now held by
+	// tensors (weights, caches, activations).
+	Allocated() int64
+	// Sync waits for all queued work and returns the first error recorded
+	// since the last Sync, clearing it.
+	Sync() error
+	// Err returns the first recorded error without waiting.
+	Err() error
+	// Close frees everything the backend holds.
+	Close() error
+}
