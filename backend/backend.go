@@ -78,6 +78,10 @@ type Backend interface {
 	NewF32(rows, cols int) (Tensor, error)
 	// NewI32 allocates a vector of n int32 (token ids, positions, cache slots).
 	NewI32(n int) (Tensor, error)
+	// NewKVCache allocates a rows×cols K or V cache tensor. The backend picks
+	// the storage precision (cpu: f32; cuda may store f16 to halve the
+	// memory of long contexts); StoreKV converts on write.
+	NewKVCache(rows, cols int) (Tensor, error)
 	// Free releases a tensor's memory. Freeing nil is a no-op.
 	Free(t Tensor)
 	// WriteF32 and WriteI32 copy host data into the first len(src) elements of dst.
@@ -124,6 +128,15 @@ type Backend interface {
 	// logits (with bias), the top-k logits, a softmax over those k, and the
 	// weighted sum of the selected experts' clamped SwiGLU feed-forwards.
 	MoE(dst, x Tensor, w *MoEWeights, p MoEParams)
+
+	// Graph runs fn, which only queues ops on tensors that already exist (no
+	// allocation, no WriteF32/WriteI32/ReadF32 inside). A backend may record
+	// the ops the first time it sees key and, on later calls with the same
+	// key, replay the recording instead of calling fn (CUDA graphs). So key
+	// must name the exact op sequence and tensors, e.g. "decode/cache#3";
+	// values that change between calls must live in tensors (pos, slots,
+	// ids), not in Go variables captured by fn.
+	Graph(key string, fn func())
 
 	// Allocated is the number of bytes of backend memory now held by
 	// tensors (weights, caches, activations).
