@@ -83,9 +83,9 @@ func (ti *TensorInfo) Elements() int64 {
 type File struct {
 	Path       string
 	Version    uint32
-	Alignment  int64 // data alignment in bytes
-	DataOffset int64 // absolute offset of the data section
-	Size       int64 // file size in bytes
+	Alignment  int64        // data alignment in bytes
+	DataOffset int64        // absolute offset of the data section
+	Size       int64        // file size in bytes
 	KV         []KV         // metadata in file order
 	Tensors    []TensorInfo // tensors in file order
 
