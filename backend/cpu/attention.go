@@ -1,0 +1,119 @@
+package cpu
+
+import (
+	"math"
+
+	"orcd/backend"
+)
+
+// Attention computes causal (optionally sliding-window) attention with GQA
+// and optional per-head sinks over the K/V caches; see backend.Backend.
+//
+// Scores are float32 dot products times Scale; the softmax and the weighted
+// sum of values run in float64. A sink joins the softmax as one more logit
+// whose column is dropped, so it only enlarges the denominator.
+//
+// It records an error if a row would need a key that the ring buffer no
+// longer holds: key position j lives in row j % CacheCap, so a row whose
+// oldest visible key is lo is only correct while no position in this call
+// reaches lo+CacheCap.
+func (b *Backend) Attention(dst, q, kCache, vCache, pos, sinks backend.Tensor, p backend.AttentionParams) {
+	const op = "Attention"
+	if p.Heads <= 0 || p.KVHeads <= 0 || p.HeadDim <= 0 || p.Heads%p.KVHeads != 0 || p.Window < 0 || p.CacheCap <= 0 {
+		b.fail("%s: bad params %+v", op, p)
+		return
+	}
+	qs := b.f32(q, op, "q")
+	if qs == nil {
+		return
+	}
+	n, qCols := backend.Rows(qs), p.Heads*p.HeadDim
+	kvCols := p.KVHeads * p.HeadDim
+	if backend.Cols(qs) != qCols {
+		b.fail("%s: q dims %v, want %d columns (%d heads × %d)", op, qs.dims, qCols, p.Heads, p.HeadDim)
+		return
+	}
+	d := b.matrix(dst, op, "dst", n, qCols)
+	kc := b.matrix(kCache, op, "kCache", p.CacheCap, kvCols)
+	vc := b.matrix(vCache, op, "vCache", p.CacheCap, kvCols)
+	ps := b.i32(pos, op, "pos", n)
+	if d == nil || kc == nil || vc == nil || ps == nil {
+		return
+	}
+	var sink []float32
+	if sinks != nil {
+		ss := b.vector(sinks, op, "sinks", p.Heads)
+		if ss == nil {
+			return
+		}
+		sink = ss.f32
+	}
+	positions := ps.i32[:n]
+	maxPos := int32(0)
+	for _, v := range positions {
+		maxPos = max(maxPos, v)
+	}
+	for r, v := range positions {
+		if v < 0 {
+			b.fail("%s: pos[%d] = %d is negative", op, r, v)
+			return
+		}
+		if lo := firstKey(int(v), p.Window); int(maxPos)-lo >= p.CacheCap {
+			b.fail("%s: row %d (position %d) needs key position %d, overwritten in the %d-row cache by position %d",
+				op, r, v, lo, p.CacheCap, lo+p.CacheCap)
+			return
+		}
+	}
+	group := p.Heads / p.KVHeads
+	b.parallel(n*p.Heads, 1, func(lo, hi int) {
+		var scores []float64
+		acc := make([]float64, p.HeadDim)
+		for task := lo; task < hi; task++ {
+			r, h := task/p.Heads, task%p.Heads
+			pr := int(positions[r])
+			first := firstKey(pr, p.Window)
+			qh := qs.f32[r*qCols+h*p.HeadDim : r*qCols+(h+1)*p.HeadDim]
+			kvOff := (h / group) * p.HeadDim
+			scores = scores[:0]
+			m := math.Inf(-1)
+			for j := first; j <= pr; j++ {
+				row := (j % p.CacheCap) * kvCols
+				s := float64(dot(qh, kc.f32[row+kvOff:row+kvOff+p.HeadDim]) * p.Scale)
+				scores = append(scores, s)
+				m = max(m, s)
+			}
+			if sink != nil {
+				m = max(m, float64(sink[h]))
+			}
+			var denom float64
+			for i, s := range scores {
+				e := math.Exp(s - m)
+				scores[i] = e
+				denom += e
+			}
+			if sink != nil {
+				denom += math.Exp(float64(sink[h]) - m)
+			}
+			clear(acc)
+			for i, e := range scores {
+				row := ((first+i)%p.CacheCap)*kvCols + kvOff
+				vr := vc.f32[row : row+p.HeadDim]
+				for c, v := range vr {
+					acc[c] += e * float64(v)
+				}
+			}
+			out := d.f32[r*qCols+h*p.HeadDim : r*qCols+(h+1)*p.HeadDim]
+			for c := range out {
+				out[c] = float32(acc[c] / denom)
+			}
+		}
+	})
+}
+
+// firstKey is the oldest key position a query at position pos sees.
+func firstKey(pos, window int) int {
+	if window == 0 {
+		return 0
+	}
+	return max(0, pos-window+1)
+}

@@ -1,0 +1,361 @@
+// Package cpu is the pure-Go backend: the executable reference that the CUDA
+// backend is compared against, and the backend CI runs on. Every op is a
+// plain loop over float32 rows, parallelised over goroutines; quantized
+// weights stay in their file format and are decoded a block at a time inside
+// MatMul.
+package cpu
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+	"runtime"
+	"sync"
+	"sync/atomic"
+
+	"orcd/backend"
+	"orcd/tensor"
+)
+
+var _ backend.Backend = (*Backend)(nil)
+
+// typeI32 is ggml's type number for int32, the Type of NewI32 vectors. It is
+// not a weight format, so it is not in tensor's table.
+const typeI32 = tensor.Type(26)
+
+// Backend runs ops synchronously on the calling goroutine plus a fixed
+// number of worker goroutines per op. It is safe for use by one goroutine at
+// a time; Err, Allocated and Sync may be called from any goroutine.
+type Backend struct {
+	threads   int
+	allocated atomic.Int64
+
+	mu   sync.Mutex
+	err  error
+	live map[*Tensor]struct{}
+}
+
+// Tensor is a block of host memory. Float32 data (activations and F32
+// weights) is held as []float32, int32 vectors as []int32, and every other
+// weight type as its raw file bytes.
+type Tensor struct {
+	typ   tensor.Type
+	dims  []int
+	f32   []float32
+	i32   []int32
+	raw   []byte
+	freed bool
+}
+
+// Type is the element format of t.
+func (t *Tensor) Type() tensor.Type { return t.typ }
+
+// Dims are t's sizes in ggml order, innermost first.
+func (t *Tensor) Dims() []int { return append([]int(nil), t.dims...) }
+
+func (t *Tensor) bytes() int64 {
+	return int64(len(t.f32))*4 + int64(len(t.i32))*4 + int64(len(t.raw))
+}
+
+func (t *Tensor) elements() int {
+	n := 1
+	for _, d := range t.dims {
+		n *= d
+	}
+	return n
+}
+
+// New returns a backend that uses runtime.NumCPU() goroutines per op.
+func New() *Backend { return NewWithThreads(runtime.NumCPU()) }
+
+// NewWithThreads returns a backend that splits each op over at most n
+// goroutines (n < 1 means 1).
+func NewWithThreads(n int) *Backend {
+	if n < 1 {
+		n = 1
+	}
+	return &Backend{threads: n, live: make(map[*Tensor]struct{})}
+}
+
+// Name returns "cpu".
+func (b *Backend) Name() string { return "cpu" }
+
+// fail records err if it is the first failure since the last Sync.
+func (b *Backend) fail(format string, args ...any) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.err == nil {
+		b.err = fmt.Errorf("cpu: "+format, args...)
+	}
+}
+
+// Err returns the first recorded error without clearing it.
+func (b *Backend) Err() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.err
+}
+
+// Sync returns the first error recorded since the last Sync and clears it.
+// Ops run synchronously, so there is nothing to wait for.
+func (b *Backend) Sync() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	err := b.err
+	b.err = nil
+	return err
+}
+
+// Allocated is the number of bytes held by live tensors.
+func (b *Backend) Allocated() int64 { return b.allocated.Load() }
+
+func (b *Backend) track(t *Tensor) *Tensor {
+	b.mu.Lock()
+	b.live[t] = struct{}{}
+	b.mu.Unlock()
+	b.allocated.Add(t.bytes())
+	return t
+}
+
+// Upload copies a weight tensor into backend memory. F32 data is decoded to
+// float32 once; every other type keeps its file bytes.
+func (b *Backend) Upload(name string, typ tensor.Type, dims []int, data []byte) (backend.Tensor, error) {
+	if !typ.Valid() {
+		return nil, fmt.Errorf("cpu: upload %s: unsupported type %s", name, typ)
+	}
+	if len(dims) == 0 || len(dims) > 4 {
+		return nil, fmt.Errorf("cpu: upload %s: %d dims, want 1 to 4", name, len(dims))
+	}
+	n := int64(1)
+	for _, d := range dims {
+		if d <= 0 {
+			return nil, fmt.Errorf("cpu: upload %s: bad dims %v", name, dims)
+		}
+		n *= int64(d)
+		if n > 1<<40 {
+			return nil, fmt.Errorf("cpu: upload %s: dims %v too large", name, dims)
+		}
+	}
+	if dims[0]%typ.BlockSize() != 0 {
+		return nil, fmt.Errorf("cpu: upload %s: innermost dim %d is not a multiple of the %s block size %d",
+			name, dims[0], typ, typ.BlockSize())
+	}
+	size, err := typ.RowSize(n)
+	if err != nil {
+		return nil, fmt.Errorf("cpu: upload %s: %w", name, err)
+	}
+	if int64(len(data)) != size {
+		return nil, fmt.Errorf("cpu: upload %s: %d bytes of data, %s %v needs %d", name, len(data), typ, dims, size)
+	}
+	t := &Tensor{typ: typ, dims: append([]int(nil), dims...)}
+	if typ == tensor.F32 {
+		t.f32 = make([]float32, n)
+		for i := range t.f32 {
+			t.f32[i] = math.Float32frombits(binary.LittleEndian.Uint32(data[4*i:]))
+		}
+	} else {
+		t.raw = append([]byte(nil), data...)
+	}
+	return b.track(t), nil
+}
+
+// NewF32 allocates a zeroed rows×cols float32 tensor.
+func (b *Backend) NewF32(rows, cols int) (backend.Tensor, error) {
+	if rows <= 0 || cols <= 0 || int64(rows)*int64(cols) > 1<<40 {
+		return nil, fmt.Errorf("cpu: NewF32: bad shape %d×%d", rows, cols)
+	}
+	return b.track(&Tensor{typ: tensor.F32, dims: []int{cols, rows}, f32: make([]float32, rows*cols)}), nil
+}
+
+// NewI32 allocates a zeroed vector of n int32. Its Type is typeI32.
+func (b *Backend) NewI32(n int) (backend.Tensor, error) {
+	if n <= 0 || n > 1<<40 {
+		return nil, fmt.Errorf("cpu: NewI32: bad length %d", n)
+	}
+	return b.track(&Tensor{typ: typeI32, dims: []int{n}, i32: make([]int32, n)}), nil
+}
+
+// Free releases t's memory. Later use of t is a recorded error.
+func (b *Backend) Free(t backend.Tensor) {
+	if t == nil {
+		return
+	}
+	ct, ok := t.(*Tensor)
+	if !ok || ct == nil {
+		return
+	}
+	b.mu.Lock()
+	_, live := b.live[ct]
+	delete(b.live, ct)
+	b.mu.Unlock()
+	if !live {
+		return
+	}
+	b.allocated.Add(-ct.bytes())
+	ct.f32, ct.i32, ct.raw, ct.freed = nil, nil, nil, true
+}
+
+// Close frees every live tensor.
+func (b *Backend) Close() error {
+	b.mu.Lock()
+	ts := make([]*Tensor, 0, len(b.live))
+	for t := range b.live {
+		ts = append(ts, t)
+	}
+	b.mu.Unlock()
+	for _, t := range ts {
+		b.Free(t)
+	}
+	return nil
+}
+
+// WriteF32 copies src into the first len(src) elements of dst.
+func (b *Backend) WriteF32(dst backend.Tensor, src []float32) {
+	d := b.f32(dst, "WriteF32", "dst")
+	if d == nil {
+		return
+	}
+	if len(src) > len(d.f32) {
+		b.fail("WriteF32: %d values into a tensor of %d", len(src), len(d.f32))
+		return
+	}
+	copy(d.f32, src)
+}
+
+// WriteI32 copies src into the first len(src) elements of dst.
+func (b *Backend) WriteI32(dst backend.Tensor, src []int32) {
+	d := b.i32(dst, "WriteI32", "dst", len(src))
+	if d == nil {
+		return
+	}
+	copy(d.i32, src)
+}
+
+// ReadF32 copies the first len(dst) elements of src into dst and returns the
+// first recorded error (without clearing it).
+func (b *Backend) ReadF32(src backend.Tensor, dst []float32) error {
+	s := b.f32(src, "ReadF32", "src")
+	if s != nil {
+		if len(dst) > len(s.f32) {
+			b.fail("ReadF32: %d values from a tensor of %d", len(dst), len(s.f32))
+		} else {
+			copy(dst, s.f32)
+		}
+	}
+	return b.Err()
+}
+
+// tensorOf unwraps a handle, recording an error for nil, foreign or freed
+// tensors.
+func (b *Backend) tensorOf(t backend.Tensor, op, arg string) *Tensor {
+	ct, ok := t.(*Tensor)
+	switch {
+	case t == nil || (ok && ct == nil):
+		b.fail("%s: %s is nil", op, arg)
+	case !ok:
+		b.fail("%s: %s is a %T, not a cpu tensor", op, arg, t)
+	case ct.freed:
+		b.fail("%s: %s was freed", op, arg)
+	default:
+		return ct
+	}
+	return nil
+}
+
+// f32 unwraps a float32 tensor (activation or F32 weight).
+func (b *Backend) f32(t backend.Tensor, op, arg string) *Tensor {
+	ct := b.tensorOf(t, op, arg)
+	if ct == nil {
+		return nil
+	}
+	if ct.typ != tensor.F32 {
+		b.fail("%s: %s must be an F32 tensor, is %s", op, arg, describe(ct))
+		return nil
+	}
+	return ct
+}
+
+// matrix unwraps a float32 tensor that must be rows×cols (2-D or a vector
+// when rows is 1).
+func (b *Backend) matrix(t backend.Tensor, op, arg string, rows, cols int) *Tensor {
+	ct := b.f32(t, op, arg)
+	if ct == nil {
+		return nil
+	}
+	if backend.Rows(ct) != rows || backend.Cols(ct) != cols || len(ct.f32) != rows*cols {
+		b.fail("%s: %s has dims %v, want %d×%d (dims [%d %d])", op, arg, ct.dims, rows, cols, cols, rows)
+		return nil
+	}
+	return ct
+}
+
+// vector unwraps a float32 tensor of exactly n elements, whatever its dims.
+func (b *Backend) vector(t backend.Tensor, op, arg string, n int) *Tensor {
+	ct := b.f32(t, op, arg)
+	if ct == nil {
+		return nil
+	}
+	if len(ct.f32) != n {
+		b.fail("%s: %s has %d elements (dims %v), want %d", op, arg, len(ct.f32), ct.dims, n)
+		return nil
+	}
+	return ct
+}
+
+// i32 unwraps an int32 vector of at least n elements.
+func (b *Backend) i32(t backend.Tensor, op, arg string, n int) *Tensor {
+	ct := b.tensorOf(t, op, arg)
+	if ct == nil {
+		return nil
+	}
+	if ct.typ != typeI32 {
+		b.fail("%s: %s must be an I32 vector, is %s", op, arg, describe(ct))
+		return nil
+	}
+	if len(ct.i32) < n {
+		b.fail("%s: %s has %d elements, need %d", op, arg, len(ct.i32), n)
+		return nil
+	}
+	return ct
+}
+
+func describe(t *Tensor) string {
+	if t.typ == typeI32 {
+		return fmt.Sprintf("I32 %v", t.dims)
+	}
+	return fmt.Sprintf("%s %v", t.typ, t.dims)
+}
+
+// parallel splits [0, n) into at most b.threads contiguous chunks of at least
+// minChunk items and runs fn on each, the last on the calling goroutine.
+func (b *Backend) parallel(n, minChunk int, fn func(lo, hi int)) {
+	if n <= 0 {
+		return
+	}
+	workers := b.threads
+	if minChunk < 1 {
+		minChunk = 1
+	}
+	if w := (n + minChunk - 1) / minChunk; w < workers {
+		workers = w
+	}
+	if workers <= 1 {
+		fn(0, n)
+		return
+	}
+	var wg sync.WaitGroup
+	chunk := (n + workers - 1) / workers
+	for lo := 0; lo < n; lo += chunk {
+		hi := min(lo+chunk, n)
+		if hi == n {
+			fn(lo, hi)
+			break
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			fn(lo, hi)
+		}()
+	}
+	wg.Wait()
+}

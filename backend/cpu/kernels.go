@@ -1,0 +1,64 @@
+package cpu
+
+import (
+	"encoding/binary"
+	"sync"
+
+	"orcd/tensor"
+)
+
+// The formats both architectures use (F16, BF16, Q8_0, MXFP4) get their own
+// row decoders and fused dot kernels here: decoding a block inside the dot
+// product keeps the weights streaming at memory speed in decode, where each
+// weight byte is used once. Other formats go through tensor.Dequantize.
+
+// f16Table holds every binary16 bit pattern widened to float32, so an F16
+// weight costs one table load instead of a branchy conversion.
+var f16Table = sync.OnceValue(func() *[1 << 16]float32 {
+	var t [1 << 16]float32
+	for i := range t {
+		t[i] = tensor.F16ToF32(uint16(i))
+	}
+	return &t
+})
+
+// mxfp4Values are the E2M1 values doubled, indexed by the 4-bit code; a
+// block's scale is then taken as 2^(e-128) (tensor.E8M0ToF32Half), which
+// keeps every product exact.
+var mxfp4Values = [16]float32{0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12}
+
+// decodeRow dequantizes one weight row of typ from src into dst.
+func decodeRow(typ tensor.Type, src []byte, dst []float32) {
+	switch typ {
+	case tensor.F16:
+		t := f16Table()
+		for i := range dst {
+			dst[i] = t[binary.LittleEndian.Uint16(src[2*i:])]
+		}
+	case tensor.BF16:
+		for i := range dst {
+			dst[i] = tensor.BF16ToF32(binary.LittleEndian.Uint16(src[2*i:]))
+		}
+	case tensor.Q8_0:
+		for blk := 0; blk < len(dst)/32; blk++ {
+			b, y := src[34*blk:34*blk+34], dst[32*blk:32*blk+32]
+			d := tensor.F16ToF32(binary.LittleEndian.Uint16(b))
+			for j, q := range b[2:34] {
+				y[j] = float32(int8(q)) * d
+			}
+		}
+	case tensor.MXFP4:
+		for blk := 0; blk < len(dst)/32; blk++ {
+			b, y := src[17*blk:17*blk+17], dst[32*blk:32*blk+32]
+			d := tensor.E8M0ToF32Half(b[0])
+			for j, q := range b[1:17] {
+				y[j] = mxfp4Values[q&0xf] * d
+				y[j+16] = mxfp4Values[q>>4] * d
+			}
+		}
+	default:
+		// The row is a whole number of blocks (checked at Upload), so
+		// decoding cannot fail.
+		_ = tensor.Dequantize(typ, src, dst)
+	}
+}

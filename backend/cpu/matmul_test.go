@@ -1,0 +1,109 @@
+package cpu
+
+import (
+	"fmt"
+	"math"
+	"testing"
+
+	"orcd/tensor"
+)
+
+// refMatMul is x·Wᵀ + bias in float64 from the weights dequantized by the
+// tensor package, with the error bound scale Σ|x·w| for each output.
+func refMatMul(x []float32, n, in int, w []float64, out int, bias []float32) (want, mag []float64) {
+	want = make([]float64, n*out)
+	mag = make([]float64, n*out)
+	for i := 0; i < n; i++ {
+		for o := 0; o < out; o++ {
+			var s, m float64
+			for k := 0; k < in; k++ {
+				p := float64(x[i*in+k]) * w[o*in+k]
+				s += p
+				m += math.Abs(p)
+			}
+			if bias != nil {
+				s += float64(bias[o])
+				m += math.Abs(float64(bias[o]))
+			}
+			want[i*out+o], mag[i*out+o] = s, m
+		}
+	}
+	return want, mag
+}
+
+// matmulTol allows float32 rounding of each product and of the sum.
+func matmulTol(mag []float64) []float64 {
+	tol := make([]float64, len(mag))
+	for i, m := range mag {
+		tol[i] = 2e-6*m + 1e-6
+	}
+	return tol
+}
+
+// testIn is an input width valid for typ that is not a multiple of the
+// 8-wide unrolling unless the block size forces it.
+func testIn(typ tensor.Type) int {
+	switch typ.BlockSize() {
+	case 1:
+		return 43
+	case 32:
+		return 96
+	default:
+		return 2 * typ.BlockSize()
+	}
+}
+
+func TestMatMulEveryType(t *testing.T) {
+	for name, b := range backends() {
+		for _, typ := range tensor.Types() {
+			for _, n := range []int{1, 3, 17, 64} {
+				for _, withBias := range []bool{false, true} {
+					t.Run(fmt.Sprintf("%s/%s/n=%d/bias=%v", name, typ, n, withBias), func(t *testing.T) {
+						r := newRand(t)
+						in, out := testIn(typ), 37
+						raw := randWeightBytes(r, typ, in*out)
+						w := must(b.Upload("w", typ, []int{in, out}, raw))
+						xv := randF32(r, n*in, 1)
+						x := activation(t, b, n, in, xv)
+						var biasV []float32
+						dst := poisoned(t, b, n, out)
+						if withBias {
+							biasV = randF32(r, out, 1)
+							bt := must(b.Upload("b", tensor.F32, []int{out}, f32Bytes(biasV)))
+							b.MatMul(dst, x, w, bt)
+						} else {
+							b.MatMul(dst, x, w, nil)
+						}
+						want, mag := refMatMul(xv, n, in, dequant(t, typ, raw, in*out), out, biasV)
+						compare(t, "dst", read(t, b, dst), want, matmulTol(mag))
+					})
+				}
+			}
+		}
+	}
+}
+
+func TestMatMulShapeErrors(t *testing.T) {
+	b := New()
+	r := newRand(t)
+	w := must(b.Upload("w", tensor.Q8_0, []int{64, 10}, randWeightBytes(r, tensor.Q8_0, 640)))
+	x := must(b.NewF32(2, 32))
+	dst := must(b.NewF32(2, 10))
+	b.MatMul(dst, x, w, nil)
+	if b.Sync() == nil {
+		t.Error("x with 32 columns against a 64-wide weight: no error")
+	}
+	x = must(b.NewF32(2, 64))
+	b.MatMul(must(b.NewF32(2, 9)), x, w, nil)
+	if b.Sync() == nil {
+		t.Error("dst with 9 columns for 10 outputs: no error")
+	}
+	b.MatMul(dst, x, w, must(b.NewF32(1, 11)))
+	if b.Sync() == nil {
+		t.Error("bias of 11 for 10 outputs: no error")
+	}
+	b.MatMul(dst, x, w, nil)
+	if err := b.Sync(); err != nil {
+		t.Errorf("valid MatMul after errors: %v", err)
+	}
+}

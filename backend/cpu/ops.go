@@ -1,0 +1,259 @@
+package cpu
+
+import (
+	"math"
+
+	"orcd/backend"
+)
+
+// NewKVCache allocates a rows×cols K or V cache. The cpu backend keeps
+// caches in float32, so this is NewF32.
+func (b *Backend) NewKVCache(rows, cols int) (backend.Tensor, error) {
+	return b.NewF32(rows, cols)
+}
+
+// Graph calls fn: ops run eagerly, so there is nothing to record.
+func (b *Backend) Graph(key string, fn func()) { fn() }
+
+// Embed sets row i of dst to row ids[i] of table, dequantized.
+func (b *Backend) Embed(dst, table, ids backend.Tensor) {
+	const op = "Embed"
+	tb := b.weightOf(table, op, "table")
+	if tb == nil {
+		return
+	}
+	d := b.f32(dst, op, "dst")
+	if d == nil {
+		return
+	}
+	n := backend.Rows(d)
+	if backend.Cols(d) != tb.in || len(d.f32) != n*tb.in {
+		b.fail("%s: dst dims %v do not match table dims %v", op, d.dims, tb.dims)
+		return
+	}
+	id := b.i32(ids, op, "ids", n)
+	if id == nil {
+		return
+	}
+	for i, v := range id.i32[:n] {
+		if v < 0 || int(v) >= tb.out {
+			b.fail("%s: ids[%d] = %d is outside the table's %d rows", op, i, v, tb.out)
+			return
+		}
+	}
+	b.parallel(n, 1, func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			tb.row(int(id.i32[i]), d.f32[i*tb.in:(i+1)*tb.in])
+		}
+	})
+}
+
+// Add sets dst = a + b elementwise; all three have the same dims.
+func (b *Backend) Add(dst, x, y backend.Tensor) {
+	const op = "Add"
+	d := b.f32(dst, op, "dst")
+	if d == nil {
+		return
+	}
+	rows, cols := backend.Rows(d), backend.Cols(d)
+	xa := b.matrix(x, op, "a", rows, cols)
+	ya := b.matrix(y, op, "b", rows, cols)
+	if xa == nil || ya == nil {
+		return
+	}
+	b.parallel(len(d.f32), 1<<14, func(lo, hi int) {
+		dd, xx, yy := d.f32[lo:hi], xa.f32[lo:hi], ya.f32[lo:hi]
+		for i := range dd {
+			dd[i] = xx[i] + yy[i]
+		}
+	})
+}
+
+// CopyCols copies columns srcCol..srcCol+Cols(dst)-1 of src into dst.
+func (b *Backend) CopyCols(dst, src backend.Tensor, srcCol int) {
+	const op = "CopyCols"
+	d := b.f32(dst, op, "dst")
+	if d == nil {
+		return
+	}
+	rows, cols := backend.Rows(d), backend.Cols(d)
+	s := b.f32(src, op, "src")
+	if s == nil {
+		return
+	}
+	sc := backend.Cols(s)
+	if backend.Rows(s) != rows || srcCol < 0 || srcCol+cols > sc {
+		b.fail("%s: columns %d..%d of src %v into dst %v", op, srcCol, srcCol+cols-1, s.dims, d.dims)
+		return
+	}
+	for r := 0; r < rows; r++ {
+		copy(d.f32[r*cols:(r+1)*cols], s.f32[r*sc+srcCol:])
+	}
+}
+
+// LayerNorm sets each row of dst to (x-mean)/sqrt(var+eps)·w + b, with the
+// mean and the biased variance of the row computed in float64.
+func (b *Backend) LayerNorm(dst, x, w, bias backend.Tensor, eps float32) {
+	const op = "LayerNorm"
+	d := b.f32(dst, op, "dst")
+	if d == nil {
+		return
+	}
+	rows, cols := backend.Rows(d), backend.Cols(d)
+	xs := b.matrix(x, op, "x", rows, cols)
+	ws := b.vector(w, op, "w", cols)
+	bs := b.vector(bias, op, "b", cols)
+	if xs == nil || ws == nil || bs == nil {
+		return
+	}
+	b.parallel(rows, 1, func(lo, hi int) {
+		for r := lo; r < hi; r++ {
+			xr, dr := xs.f32[r*cols:(r+1)*cols], d.f32[r*cols:(r+1)*cols]
+			var sum float64
+			for _, v := range xr {
+				sum += float64(v)
+			}
+			mean := sum / float64(cols)
+			var sq float64
+			for _, v := range xr {
+				dv := float64(v) - mean
+				sq += dv * dv
+			}
+			inv := 1 / math.Sqrt(sq/float64(cols)+float64(eps))
+			for i, v := range xr {
+				dr[i] = float32((float64(v)-mean)*inv)*ws.f32[i] + bs.f32[i]
+			}
+		}
+	})
+}
+
+// RMSNorm sets each row of dst to x/sqrt(mean(x²)+eps)·w, the mean of
+// squares computed in float64.
+func (b *Backend) RMSNorm(dst, x, w backend.Tensor, eps float32) {
+	const op = "RMSNorm"
+	d := b.f32(dst, op, "dst")
+	if d == nil {
+		return
+	}
+	rows, cols := backend.Rows(d), backend.Cols(d)
+	xs := b.matrix(x, op, "x", rows, cols)
+	ws := b.vector(w, op, "w", cols)
+	if xs == nil || ws == nil {
+		return
+	}
+	b.parallel(rows, 1, func(lo, hi int) {
+		for r := lo; r < hi; r++ {
+			xr, dr := xs.f32[r*cols:(r+1)*cols], d.f32[r*cols:(r+1)*cols]
+			var sq float64
+			for _, v := range xr {
+				sq += float64(v) * float64(v)
+			}
+			inv := 1 / math.Sqrt(sq/float64(cols)+float64(eps))
+			for i, v := range xr {
+				dr[i] = float32(float64(v)*inv) * ws.f32[i]
+			}
+		}
+	})
+}
+
+// GELU sets dst = 0.5x(1+tanh(√(2/π)(x+0.044715x³))), evaluated in float64.
+func (b *Backend) GELU(dst, x backend.Tensor) {
+	const op = "GELU"
+	d := b.f32(dst, op, "dst")
+	if d == nil {
+		return
+	}
+	xs := b.matrix(x, op, "x", backend.Rows(d), backend.Cols(d))
+	if xs == nil {
+		return
+	}
+	b.parallel(len(d.f32), 1<<12, func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			d.f32[i] = gelu(xs.f32[i])
+		}
+	})
+}
+
+func gelu(x float32) float32 {
+	v := float64(x)
+	const c = 0.7978845608028654 // √(2/π)
+	return float32(0.5 * v * (1 + math.Tanh(c*(v+0.044715*v*v*v))))
+}
+
+// RoPE rotates each head of each row of x in place, NeoX style. As in HF
+// transformers' float32 path, the angle is the float32 product pos·invFreq[i]
+// (its cosine and sine then evaluated exactly and rounded to float32) and
+// both are scaled by mscale before rotating.
+func (b *Backend) RoPE(x, pos, invFreq backend.Tensor, headDim int, mscale float32) {
+	const op = "RoPE"
+	xs := b.f32(x, op, "x")
+	if xs == nil {
+		return
+	}
+	rows, cols := backend.Rows(xs), backend.Cols(xs)
+	if headDim <= 0 || headDim%2 != 0 || cols%headDim != 0 {
+		b.fail("%s: headDim %d does not split x's %d columns into heads of even size", op, headDim, cols)
+		return
+	}
+	half := headDim / 2
+	fs := b.vector(invFreq, op, "invFreq", half)
+	ps := b.i32(pos, op, "pos", rows)
+	if fs == nil || ps == nil {
+		return
+	}
+	b.parallel(rows, 1, func(lo, hi int) {
+		cs := make([]float32, 2*half)
+		for r := lo; r < hi; r++ {
+			p := float32(ps.i32[r])
+			for i, f := range fs.f32 {
+				a := float64(p * f)
+				cs[i] = float32(math.Cos(a)) * mscale
+				cs[half+i] = float32(math.Sin(a)) * mscale
+			}
+			row := xs.f32[r*cols : (r+1)*cols]
+			for h := 0; h < cols; h += headDim {
+				x0, x1 := row[h:h+half], row[h+half:h+headDim]
+				for i := range x0 {
+					a, c, s := x0[i], cs[i], cs[half+i]
+					x0[i] = a*c - x1[i]*s
+					x1[i] = x1[i]*c + a*s
+				}
+			}
+		}
+	})
+}
+
+// StoreKV copies row i of k and v into row slots[i] of kCache and vCache.
+func (b *Backend) StoreKV(kCache, vCache, k, v, slots backend.Tensor) {
+	const op = "StoreKV"
+	kc := b.f32(kCache, op, "kCache")
+	if kc == nil {
+		return
+	}
+	capRows, cols := backend.Rows(kc), backend.Cols(kc)
+	vc := b.matrix(vCache, op, "vCache", capRows, cols)
+	ks := b.f32(k, op, "k")
+	if vc == nil || ks == nil {
+		return
+	}
+	n := backend.Rows(ks)
+	if backend.Cols(ks) != cols {
+		b.fail("%s: k dims %v do not match cache dims %v", op, ks.dims, kc.dims)
+		return
+	}
+	vs := b.matrix(v, op, "v", n, cols)
+	ss := b.i32(slots, op, "slots", n)
+	if vs == nil || ss == nil {
+		return
+	}
+	for i, s := range ss.i32[:n] {
+		if s < 0 || int(s) >= capRows {
+			b.fail("%s: slots[%d] = %d is outside the cache's %d rows", op, i, s, capRows)
+			return
+		}
+	}
+	for i, s := range ss.i32[:n] {
+		copy(kc.f32[int(s)*cols:(int(s)+1)*cols], ks.f32[i*cols:])
+		copy(vc.f32[int(s)*cols:(int(s)+1)*cols], vs.f32[i*cols:])
+	}
+}
