@@ -92,7 +92,8 @@ type Backend interface {
 	ReadF32(src Tensor, dst []float32) error
 
 	// Embed sets dst[i] to row ids[i] of table (dequantized). Only the first
-	// Rows(dst) ids are used.
+	// Rows(dst) ids are used. table may also be an F32 activation: the models
+	// gather the last row of the residual stream this way.
 	Embed(dst, table, ids Tensor)
 	// MatMul sets dst = x·wᵀ (+ bias): x is n×in, w has Dims [in, out], dst
 	// is n×out. Quantized w is read in its block format, never expanded.

@@ -1,0 +1,286 @@
+package model
+
+import (
+	"fmt"
+	"math"
+	"sync"
+
+	"orcd/backend"
+	"orcd/gguf"
+)
+
+// GPT-2 (HF modeling_gpt2): learned token and position embeddings, pre-norm
+// blocks of LayerNorm → multi-head attention (fused Q|K|V projection) and
+// LayerNorm → GELU(tanh) MLP, a final LayerNorm and the output projection,
+// tied to the token embedding unless the file has output.weight.
+
+// gpt2Params are the hyperparameters of a gpt2 file.
+type gpt2Params struct {
+	layers, hidden, ff, heads, headDim, ctx, vocab int
+	eps                                            float32
+}
+
+func readGPT2Params(f *gguf.File) (gpt2Params, error) {
+	m := metadata{f: f, prefix: "gpt2."}
+	var p gpt2Params
+	var err error
+	const maxDim = 1 << 20
+	if p.layers, err = m.count("block_count", 4096); err != nil {
+		return p, err
+	}
+	if p.hidden, err = m.count("embedding_length", maxDim); err != nil {
+		return p, err
+	}
+	if p.ff, err = m.count("feed_forward_length", 4*maxDim); err != nil {
+		return p, err
+	}
+	if p.heads, err = m.count("attention.head_count", maxDim); err != nil {
+		return p, err
+	}
+	if p.ctx, err = m.count("context_length", 1<<24); err != nil {
+		return p, err
+	}
+	if p.eps, err = m.positive("attention.layer_norm_epsilon"); err != nil {
+		return p, err
+	}
+	// GPT-2 files rarely carry key_length; its fused QKV projection makes
+	// heads × head_dim equal the hidden size either way.
+	if p.headDim, err = m.optionalCount("attention.key_length", p.hidden/p.heads, maxDim); err != nil {
+		return p, err
+	}
+	if p.heads*p.headDim != p.hidden {
+		return p, fmt.Errorf("model: %s: gpt2: %d heads × head_dim %d != embedding_length %d",
+			f.Path, p.heads, p.headDim, p.hidden)
+	}
+	embd, ok := f.Tensor("token_embd.weight")
+	if !ok {
+		return p, fmt.Errorf("model: %s: gpt2: tensor token_embd.weight is missing", f.Path)
+	}
+	if len(embd.Dims) != 2 || embd.Dims[1] < 1 || embd.Dims[1] > math.MaxInt32 {
+		return p, fmt.Errorf("model: %s: gpt2: tensor token_embd.weight has dims %v, want [%d vocab]",
+			f.Path, embd.Dims, p.hidden)
+	}
+	p.vocab = int(embd.Dims[1])
+	return p, nil
+}
+
+// gpt2Block is one transformer block's weights.
+type gpt2Block struct {
+	attnNormW, attnNormB backend.Tensor // ln_1
+	qkvW, qkvB           backend.Tensor // attn.c_attn: hidden → 3·hidden
+	attnOutW, attnOutB   backend.Tensor // attn.c_proj
+	ffnNormW, ffnNormB   backend.Tensor // ln_2
+	upW, upB             backend.Tensor // mlp.c_fc
+	downW, downB         backend.Tensor // mlp.c_proj
+}
+
+// gpt2 is a loaded GPT-2. Forward calls are serialized.
+type gpt2 struct {
+	be       backend.Backend
+	p        gpt2Params
+	cfg      Config
+	maxBatch int
+	attn     backend.AttentionParams
+
+	tokEmbd, posEmbd   backend.Tensor
+	blocks             []gpt2Block
+	outNormW, outNormB backend.Tensor
+	output             backend.Tensor // output.weight or the tied token_embd
+	weights            []backend.Tensor
+	mu                 sync.Mutex
+	buffers            bufferPool[*gpt2Buffers]
+	nextCache          int
+}
+
+func loadGPT2(f *gguf.File, be backend.Backend, opts LoadOptions) (*gpt2, error) {
+	p, err := readGPT2Params(f)
+	if err != nil {
+		return nil, err
+	}
+	m := &gpt2{be: be, p: p, maxBatch: opts.MaxBatch}
+	m.cfg = Config{Arch: "gpt2", VocabSize: p.vocab, ContextLength: p.ctx, Layers: p.layers, Hidden: p.hidden}
+	m.cfg.Name, _ = f.GetString("general.name")
+	m.attn = backend.AttentionParams{
+		Heads: p.heads, KVHeads: p.heads, HeadDim: p.headDim,
+		Scale: float32(1 / math.Sqrt(float64(p.headDim))),
+	}
+
+	w := newWeights(f, be, "gpt2", opts.Progress)
+	h, ff := p.hidden, p.ff
+	load := func(f32 bool, dims []int, name string) backend.Tensor {
+		if err != nil {
+			return nil
+		}
+		var t backend.Tensor
+		t, err = w.load(f32, dims, name)
+		return t
+	}
+	m.tokEmbd = load(false, []int{h, p.vocab}, "token_embd.weight")
+	m.posEmbd = load(false, []int{h, p.ctx}, "position_embd.weight")
+	for l := 0; l < p.layers && err == nil; l++ {
+		b := &gpt2Block{}
+		ll := layerLoader{w: w, layer: l}
+		b.attnNormW = ll.get(true, []int{h}, "attn_norm.weight")
+		b.attnNormB = ll.get(true, []int{h}, "attn_norm.bias")
+		b.qkvW = ll.get(false, []int{h, 3 * h}, "attn_qkv.weight")
+		b.qkvB = ll.get(true, []int{3 * h}, "attn_qkv.bias")
+		b.attnOutW = ll.get(false, []int{h, h}, "attn_output.weight")
+		b.attnOutB = ll.get(true, []int{h}, "attn_output.bias")
+		b.ffnNormW = ll.get(true, []int{h}, "ffn_norm.weight")
+		b.ffnNormB = ll.get(true, []int{h}, "ffn_norm.bias")
+		b.upW = ll.get(false, []int{h, ff}, "ffn_up.weight")
+		b.upB = ll.get(true, []int{ff}, "ffn_up.bias")
+		b.downW = ll.get(false, []int{ff, h}, "ffn_down.weight")
+		b.downB = ll.get(true, []int{h}, "ffn_down.bias")
+		err = ll.err
+		m.blocks = append(m.blocks, *b)
+	}
+	m.outNormW = load(true, []int{h}, "output_norm.weight")
+	m.outNormB = load(true, []int{h}, "output_norm.bias")
+	m.output = m.tokEmbd
+	if w.has("output.weight") {
+		m.output = load(false, []int{h, p.vocab}, "output.weight")
+	}
+	if err != nil {
+		w.release()
+		return nil, err
+	}
+	m.weights = w.finish()
+	return m, nil
+}
+
+// Config describes the model.
+func (m *gpt2) Config() Config { return m.cfg }
+
+// NewCache allocates the K and V caches of one sequence of up to ctx tokens.
+func (m *gpt2) NewCache(ctx int) (Cache, error) {
+	rows, err := newCacheRows(ctx, m.p.ctx, m.maxBatch, make([]int, m.p.layers))
+	if err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	m.nextCache++
+	id := m.nextCache
+	m.mu.Unlock()
+	return newKVCache(m.be, m, id, ctx, rows, m.p.hidden)
+}
+
+// gpt2Buffers are the activations of one batch size n.
+type gpt2Buffers struct {
+	id                 int
+	ids, pos, last     backend.Tensor // I32: token ids, positions (= cache slots), [n-1]
+	x, h, qkv          backend.Tensor // residual stream, normed stream, fused projection
+	q, k, v, att, proj backend.Tensor
+	ff                 backend.Tensor // MLP hidden, n×ff
+	lastX, logits      backend.Tensor // last row and its logits
+	allLogits          backend.Tensor // n×vocab, made on first use
+	set                tensorSet
+	hostIDs, hostPos   []int32
+}
+
+func (m *gpt2) newBuffers(n, id int) (*gpt2Buffers, error) {
+	b := &gpt2Buffers{id: id, set: tensorSet{be: m.be}}
+	s, h := &b.set, m.p.hidden
+	b.ids, b.pos, b.last = s.i32(n), s.i32(n), s.i32(1)
+	b.x, b.h, b.qkv = s.f32(n, h), s.f32(n, h), s.f32(n, 3*h)
+	b.q, b.k, b.v, b.att, b.proj = s.f32(n, h), s.f32(n, h), s.f32(n, h), s.f32(n, h), s.f32(n, h)
+	b.ff = s.f32(n, m.p.ff)
+	b.lastX, b.logits = s.f32(1, h), s.f32(1, m.p.vocab)
+	if s.err != nil {
+		s.free()
+		return nil, s.err
+	}
+	m.be.WriteI32(b.last, []int32{int32(n - 1)})
+	b.hostIDs, b.hostPos = make([]int32, n), make([]int32, n)
+	return b, nil
+}
+
+func (b *gpt2Buffers) free() { b.set.free() }
+
+// Forward runs tokens through the model at the cache's position.
+func (m *gpt2) Forward(c Cache, tokens []int32, all bool) ([]float32, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return forward(m, c, tokens, all, m.p.vocab, m.maxBatch, func(chunk []int32, start int, mode logitsMode, out []float32) error {
+		return m.step(c.(*kvCache), chunk, start, mode, out)
+	})
+}
+
+// step runs one batch of tokens at positions start… and writes their logits.
+func (m *gpt2) step(c *kvCache, tokens []int32, start int, mode logitsMode, out []float32) error {
+	n, be := len(tokens), m.be
+	b, err := m.buffers.get(n, m.newBuffers, (*gpt2Buffers).free)
+	if err != nil {
+		return err
+	}
+	if mode == allLogits && b.allLogits == nil {
+		if b.allLogits = b.set.f32(n, m.p.vocab); b.allLogits == nil {
+			return b.set.err
+		}
+	}
+	copy(b.hostIDs, tokens)
+	be.WriteI32(b.ids, b.hostIDs)
+	be.WriteI32(b.pos, positions(b.hostPos, start))
+
+	run := func() {
+		// Embeddings: wte(ids) + wpe(positions).
+		be.Embed(b.x, m.tokEmbd, b.ids)
+		be.Embed(b.h, m.posEmbd, b.pos)
+		be.Add(b.x, b.x, b.h)
+		for l := range m.blocks {
+			blk := &m.blocks[l]
+			attn := m.attn
+			attn.CacheCap = c.rows[l]
+			// Attention: ln_1 → c_attn → split Q|K|V → causal MHA → c_proj, residual.
+			be.LayerNorm(b.h, b.x, blk.attnNormW, blk.attnNormB, m.p.eps)
+			be.MatMul(b.qkv, b.h, blk.qkvW, blk.qkvB)
+			be.CopyCols(b.q, b.qkv, 0)
+			be.CopyCols(b.k, b.qkv, m.p.hidden)
+			be.CopyCols(b.v, b.qkv, 2*m.p.hidden)
+			be.StoreKV(c.k[l], c.v[l], b.k, b.v, b.pos)
+			be.Attention(b.att, b.q, c.k[l], c.v[l], b.pos, nil, attn)
+			be.MatMul(b.proj, b.att, blk.attnOutW, blk.attnOutB)
+			be.Add(b.x, b.x, b.proj)
+			// MLP: ln_2 → c_fc → GELU(tanh) → c_proj, residual.
+			be.LayerNorm(b.h, b.x, blk.ffnNormW, blk.ffnNormB, m.p.eps)
+			be.MatMul(b.ff, b.h, blk.upW, blk.upB)
+			be.GELU(b.ff, b.ff)
+			be.MatMul(b.proj, b.ff, blk.downW, blk.downB)
+			be.Add(b.x, b.x, b.proj)
+		}
+		// ln_f and lm_head, for the last row only unless every row is wanted.
+		switch mode {
+		case lastLogits:
+			be.Embed(b.lastX, b.x, b.last)
+			be.LayerNorm(b.lastX, b.lastX, m.outNormW, m.outNormB, m.p.eps)
+			be.MatMul(b.logits, b.lastX, m.output, nil)
+		case allLogits:
+			be.LayerNorm(b.h, b.x, m.outNormW, m.outNormB, m.p.eps)
+			be.MatMul(b.allLogits, b.h, m.output, nil)
+		}
+	}
+	if n == 1 && mode == lastLogits {
+		be.Graph(fmt.Sprintf("gpt2/decode/buffers#%d/cache#%d", b.id, c.id), run)
+	} else {
+		run()
+	}
+	switch mode {
+	case lastLogits:
+		return be.ReadF32(b.logits, out)
+	case allLogits:
+		return be.ReadF32(b.allLogits, out)
+	}
+	return be.Sync()
+}
+
+// Close frees the weights and activations. Caches are freed by their owners.
+func (m *gpt2) Close() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.buffers.freeAll((*gpt2Buffers).free)
+	for _, t := range m.weights {
+		m.be.Free(t)
+	}
+	m.weights = nil
+	return nil
+}

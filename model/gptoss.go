@@ -1,0 +1,455 @@
+package model
+
+import (
+	"fmt"
+	"math"
+	"sync"
+
+	"orcd/backend"
+	"orcd/gguf"
+)
+
+// gpt-oss (HF modeling_gpt_oss): token embedding, pre-norm blocks of
+// RMSNorm → attention (Q, K, V and O with biases, GQA, RoPE NeoX with YaRN,
+// per-head sinks, a sliding window on even layers) and RMSNorm → mixture of
+// experts (router top-k, softmax over the k, clamped SwiGLU experts), a final
+// RMSNorm and an untied output projection.
+//
+// Files from llama.cpp use arch "gpt-oss"; ollama's use "gptoss" with a few
+// other tensor names, accepted as alternatives below.
+
+// The clamped SwiGLU constants of gpt-oss (HF GptOssExperts alpha and limit).
+const (
+	gptossSwiGLUAlpha = 1.702
+	gptossSwiGLULimit = 7
+)
+
+// gptossParams are the hyperparameters of a gpt-oss file.
+type gptossParams struct {
+	layers, hidden, heads, kvHeads, headDim, ctx, vocab int
+	experts, expertsUsed, expertFF, window              int
+	eps                                                 float32
+	ropeBase                                            float64
+	yarn                                                yarnParams
+}
+
+// yarnParams configure YaRN rotary scaling; factor 0 means plain RoPE.
+type yarnParams struct {
+	factor, originalCtx, betaFast, betaSlow float64
+}
+
+func readGPTOSSParams(f *gguf.File, arch string) (gptossParams, error) {
+	m := metadata{f: f, prefix: arch + "."}
+	var p gptossParams
+	const maxDim = 1 << 20
+	ints := []struct {
+		dst *int
+		key string
+		max int
+	}{
+		{&p.layers, "block_count", 4096},
+		{&p.hidden, "embedding_length", maxDim},
+		{&p.heads, "attention.head_count", maxDim},
+		{&p.kvHeads, "attention.head_count_kv", maxDim},
+		{&p.headDim, "attention.key_length", maxDim},
+		{&p.ctx, "context_length", 1 << 24},
+		{&p.experts, "expert_count", 4096},
+		{&p.expertsUsed, "expert_used_count", 4096},
+		{&p.window, "attention.sliding_window", 1 << 24},
+	}
+	for _, k := range ints {
+		v, err := m.count(k.key, k.max)
+		if err != nil {
+			return p, err
+		}
+		*k.dst = v
+	}
+	var err error
+	ffKey := "expert_feed_forward_length"
+	if !f.Has(m.prefix + ffKey) {
+		ffKey = "feed_forward_length"
+	}
+	if p.expertFF, err = m.count(ffKey, 4*maxDim); err != nil {
+		return p, err
+	}
+	valueLen, err := m.optionalCount("attention.value_length", p.headDim, maxDim)
+	if err != nil {
+		return p, err
+	}
+	if valueLen != p.headDim {
+		return p, fmt.Errorf("model: %s: %s: attention.value_length %d != attention.key_length %d (unsupported)",
+			f.Path, arch, valueLen, p.headDim)
+	}
+	if p.heads%p.kvHeads != 0 {
+		return p, fmt.Errorf("model: %s: %s: attention.head_count %d is not a multiple of attention.head_count_kv %d",
+			f.Path, arch, p.heads, p.kvHeads)
+	}
+	if p.headDim%2 != 0 {
+		return p, fmt.Errorf("model: %s: %s: attention.key_length %d is odd; RoPE needs pairs", f.Path, arch, p.headDim)
+	}
+	if p.expertsUsed > p.experts {
+		return p, fmt.Errorf("model: %s: %s: expert_used_count %d > expert_count %d", f.Path, arch, p.expertsUsed, p.experts)
+	}
+	if p.eps, err = m.positive("attention.layer_norm_rms_epsilon"); err != nil {
+		return p, err
+	}
+	base, err := m.positive("rope.freq_base")
+	if err != nil {
+		return p, err
+	}
+	p.ropeBase = float64(base)
+	if p.yarn, err = readYaRN(m); err != nil {
+		return p, err
+	}
+	embd, ok := f.Tensor("token_embd.weight")
+	if !ok {
+		return p, fmt.Errorf("model: %s: %s: tensor token_embd.weight is missing", f.Path, arch)
+	}
+	if len(embd.Dims) != 2 || embd.Dims[1] < 1 || embd.Dims[1] > math.MaxInt32 {
+		return p, fmt.Errorf("model: %s: %s: tensor token_embd.weight has dims %v, want [%d vocab]",
+			f.Path, arch, embd.Dims, p.hidden)
+	}
+	p.vocab = int(embd.Dims[1])
+	return p, nil
+}
+
+// readYaRN reads rope.scaling.*: absent or "none" is plain RoPE, "yarn"
+// needs a factor and the original context; beta_fast and beta_slow default
+// to 32 and 1 as in gpt-oss.
+func readYaRN(m metadata) (yarnParams, error) {
+	key := m.prefix + "rope.scaling.type"
+	typ := "none"
+	if m.f.Has(key) {
+		var err error
+		if typ, err = m.f.GetString(key); err != nil {
+			return yarnParams{}, fmt.Errorf("model: %w", err)
+		}
+	}
+	switch typ {
+	case "none", "":
+		return yarnParams{}, nil
+	case "yarn":
+	default:
+		return yarnParams{}, fmt.Errorf("model: %s: key %q: unsupported rope scaling %q (supported: none, yarn)",
+			m.f.Path, key, typ)
+	}
+	var y yarnParams
+	factor, err := m.positive("rope.scaling.factor")
+	if err != nil {
+		return y, err
+	}
+	orig, err := m.count("rope.scaling.original_context_length", 1<<24)
+	if err != nil {
+		return y, err
+	}
+	fast, err := m.optionalPositive("rope.scaling.yarn_beta_fast", 32)
+	if err != nil {
+		return y, err
+	}
+	slow, err := m.optionalPositive("rope.scaling.yarn_beta_slow", 1)
+	if err != nil {
+		return y, err
+	}
+	return yarnParams{factor: float64(factor), originalCtx: float64(orig), betaFast: float64(fast), betaSlow: float64(slow)}, nil
+}
+
+// ropeFrequencies returns the headDim/2 inverse frequencies of NeoX RoPE and
+// the factor on cos and sin, following HF _compute_yarn_parameters with
+// truncate=False: dimensions that rotate more than betaFast times over the
+// original context keep their frequency, those under betaSlow are divided by
+// factor, and a linear ramp blends the ones between; the attention factor is
+// 0.1·ln(factor) + 1.
+func ropeFrequencies(headDim int, base float64, y yarnParams) ([]float32, float32) {
+	half := headDim / 2
+	inv := make([]float32, half)
+	// correctionDim is the dimension index whose wavelength fits `rotations`
+	// times into the original context.
+	correctionDim := func(rotations float64) float64 {
+		return float64(headDim) * math.Log(y.originalCtx/(rotations*2*math.Pi)) / (2 * math.Log(base))
+	}
+	var low, high float64
+	if y.factor > 0 {
+		low = max(correctionDim(y.betaFast), 0)
+		high = min(correctionDim(y.betaSlow), float64(headDim-1))
+		if low == high {
+			high += 0.001 // as HF, to avoid dividing by zero in the ramp
+		}
+	}
+	for i := range half {
+		extrapolated := 1 / math.Pow(base, float64(2*i)/float64(headDim))
+		if y.factor == 0 {
+			inv[i] = float32(extrapolated)
+			continue
+		}
+		interpolated := extrapolated / y.factor
+		ramp := min(max((float64(i)-low)/(high-low), 0), 1)
+		keep := 1 - ramp // weight of the unscaled frequency
+		inv[i] = float32(interpolated*(1-keep) + extrapolated*keep)
+	}
+	mscale := float32(1)
+	if y.factor > 1 {
+		mscale = float32(0.1*math.Log(y.factor) + 1)
+	}
+	return inv, mscale
+}
+
+// gptossBlock is one transformer block's weights.
+type gptossBlock struct {
+	attnNorm     backend.Tensor // input_layernorm
+	qW, qB       backend.Tensor
+	kW, kB       backend.Tensor
+	vW, vB       backend.Tensor
+	oW, oB       backend.Tensor
+	sinks        backend.Tensor // one logit per query head
+	postAttnNorm backend.Tensor // post_attention_layernorm
+	moe          backend.MoEWeights
+	window       int // sliding window of this layer, 0 for full attention
+}
+
+// gptoss is a loaded gpt-oss. Forward calls are serialized.
+type gptoss struct {
+	be       backend.Backend
+	p        gptossParams
+	cfg      Config
+	maxBatch int
+	mscale   float32
+	moe      backend.MoEParams
+
+	tokEmbd, outNorm, output backend.Tensor
+	invFreq                  backend.Tensor // RoPE inverse frequencies, computed on the host
+	blocks                   []gptossBlock
+	weights                  []backend.Tensor
+	mu                       sync.Mutex
+	buffers                  bufferPool[*gptossBuffers]
+	nextCache                int
+}
+
+func loadGPTOSS(f *gguf.File, be backend.Backend, arch string, opts LoadOptions) (*gptoss, error) {
+	p, err := readGPTOSSParams(f, arch)
+	if err != nil {
+		return nil, err
+	}
+	m := &gptoss{be: be, p: p, maxBatch: opts.MaxBatch}
+	m.cfg = Config{Arch: "gpt-oss", VocabSize: p.vocab, ContextLength: p.ctx, Layers: p.layers, Hidden: p.hidden}
+	m.cfg.Name, _ = f.GetString("general.name")
+	m.moe = backend.MoEParams{TopK: p.expertsUsed, Alpha: gptossSwiGLUAlpha, Limit: gptossSwiGLULimit}
+
+	w := newWeights(f, be, arch, opts.Progress)
+	h, q, kv, ff, e := p.hidden, p.heads*p.headDim, p.kvHeads*p.headDim, p.expertFF, p.experts
+	load := func(f32 bool, dims []int, names ...string) backend.Tensor {
+		if err != nil {
+			return nil
+		}
+		var t backend.Tensor
+		t, err = w.load(f32, dims, names...)
+		return t
+	}
+	m.tokEmbd = load(false, []int{h, p.vocab}, "token_embd.weight")
+	for l := 0; l < p.layers && err == nil; l++ {
+		b := gptossBlock{}
+		ll := layerLoader{w: w, layer: l}
+		b.attnNorm = ll.get(true, []int{h}, "attn_norm.weight")
+		b.qW = ll.get(false, []int{h, q}, "attn_q.weight")
+		b.qB = ll.get(true, []int{q}, "attn_q.bias")
+		b.kW = ll.get(false, []int{h, kv}, "attn_k.weight")
+		b.kB = ll.get(true, []int{kv}, "attn_k.bias")
+		b.vW = ll.get(false, []int{h, kv}, "attn_v.weight")
+		b.vB = ll.get(true, []int{kv}, "attn_v.bias")
+		b.oW = ll.get(false, []int{q, h}, "attn_output.weight", "attn_out.weight")
+		b.oB = ll.get(true, []int{h}, "attn_output.bias", "attn_out.bias")
+		b.sinks = ll.get(true, []int{p.heads}, "attn_sinks.weight", "attn_sinks")
+		b.postAttnNorm = ll.get(true, []int{h}, "post_attention_norm.weight", "ffn_norm.weight")
+		b.moe.Router = ll.get(false, []int{h, e}, "ffn_gate_inp.weight")
+		b.moe.RouterBias = ll.get(true, []int{e}, "ffn_gate_inp.bias")
+		b.moe.Gate = ll.get(false, []int{h, ff, e}, "ffn_gate_exps.weight")
+		b.moe.GateBias = ll.get(true, []int{ff, e}, "ffn_gate_exps.bias")
+		b.moe.Up = ll.get(false, []int{h, ff, e}, "ffn_up_exps.weight")
+		b.moe.UpBias = ll.get(true, []int{ff, e}, "ffn_up_exps.bias")
+		b.moe.Down = ll.get(false, []int{ff, h, e}, "ffn_down_exps.weight")
+		b.moe.DownBias = ll.get(true, []int{h, e}, "ffn_down_exps.bias")
+		if l%2 == 0 {
+			b.window = p.window // even layers slide, odd layers see everything
+		}
+		err = ll.err
+		m.blocks = append(m.blocks, b)
+	}
+	m.outNorm = load(true, []int{h}, "output_norm.weight")
+	m.output = load(false, []int{h, p.vocab}, "output.weight")
+	if err != nil {
+		w.release()
+		return nil, err
+	}
+	m.weights = w.finish()
+
+	inv, mscale := ropeFrequencies(p.headDim, p.ropeBase, p.yarn)
+	m.mscale = mscale
+	if m.invFreq, err = be.NewF32(1, len(inv)); err != nil {
+		m.Close()
+		return nil, fmt.Errorf("model: allocating the RoPE frequencies: %w", err)
+	}
+	m.weights = append(m.weights, m.invFreq)
+	be.WriteF32(m.invFreq, inv)
+	return m, nil
+}
+
+// Config describes the model.
+func (m *gptoss) Config() Config { return m.cfg }
+
+// NewCache allocates the K and V caches of one sequence of up to ctx tokens:
+// ctx rows in full-attention layers, a ring in sliding-window layers.
+func (m *gptoss) NewCache(ctx int) (Cache, error) {
+	windows := make([]int, len(m.blocks))
+	for l, b := range m.blocks {
+		windows[l] = b.window
+	}
+	rows, err := newCacheRows(ctx, m.p.ctx, m.maxBatch, windows)
+	if err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	m.nextCache++
+	id := m.nextCache
+	m.mu.Unlock()
+	return newKVCache(m.be, m, id, ctx, rows, m.p.kvHeads*m.p.headDim)
+}
+
+// gptossBuffers are the activations of one batch size n.
+type gptossBuffers struct {
+	id                     int
+	ids, pos, ringSlots    backend.Tensor // I32; full layers use pos as cache slots
+	last                   backend.Tensor // I32 [n-1]
+	x, h, q, k, v, att     backend.Tensor
+	proj                   backend.Tensor // attention output and expert mix, n×hidden
+	lastX, logits          backend.Tensor
+	allLogits              backend.Tensor // n×vocab, made on first use
+	set                    tensorSet
+	hostIDs, hostPos, ring []int32
+}
+
+func (m *gptoss) newBuffers(n, id int) (*gptossBuffers, error) {
+	b := &gptossBuffers{id: id, set: tensorSet{be: m.be}}
+	s, h := &b.set, m.p.hidden
+	q, kv := m.p.heads*m.p.headDim, m.p.kvHeads*m.p.headDim
+	b.ids, b.pos, b.ringSlots, b.last = s.i32(n), s.i32(n), s.i32(n), s.i32(1)
+	b.x, b.h, b.proj = s.f32(n, h), s.f32(n, h), s.f32(n, h)
+	b.q, b.k, b.v, b.att = s.f32(n, q), s.f32(n, kv), s.f32(n, kv), s.f32(n, q)
+	b.lastX, b.logits = s.f32(1, h), s.f32(1, m.p.vocab)
+	if s.err != nil {
+		s.free()
+		return nil, s.err
+	}
+	m.be.WriteI32(b.last, []int32{int32(n - 1)})
+	b.hostIDs, b.hostPos, b.ring = make([]int32, n), make([]int32, n), make([]int32, n)
+	return b, nil
+}
+
+func (b *gptossBuffers) free() { b.set.free() }
+
+// Forward runs tokens through the model at the cache's position.
+func (m *gptoss) Forward(c Cache, tokens []int32, all bool) ([]float32, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return forward(m, c, tokens, all, m.p.vocab, m.maxBatch, func(chunk []int32, start int, mode logitsMode, out []float32) error {
+		return m.step(c.(*kvCache), chunk, start, mode, out)
+	})
+}
+
+// step runs one batch of tokens at positions start… and writes their logits.
+func (m *gptoss) step(c *kvCache, tokens []int32, start int, mode logitsMode, out []float32) error {
+	n, be := len(tokens), m.be
+	b, err := m.buffers.get(n, m.newBuffers, (*gptossBuffers).free)
+	if err != nil {
+		return err
+	}
+	if mode == allLogits && b.allLogits == nil {
+		if b.allLogits = b.set.f32(n, m.p.vocab); b.allLogits == nil {
+			return b.set.err
+		}
+	}
+	// Every sliding layer has the same ring size; find it once.
+	ringRows := 0
+	for l, blk := range m.blocks {
+		if blk.window > 0 {
+			ringRows = c.rows[l]
+			break
+		}
+	}
+	copy(b.hostIDs, tokens)
+	positions(b.hostPos, start)
+	for i, p := range b.hostPos {
+		if ringRows > 0 {
+			b.ring[i] = p % int32(ringRows)
+		}
+	}
+	be.WriteI32(b.ids, b.hostIDs)
+	be.WriteI32(b.pos, b.hostPos)
+	be.WriteI32(b.ringSlots, b.ring)
+
+	run := func() {
+		be.Embed(b.x, m.tokEmbd, b.ids)
+		for l := range m.blocks {
+			blk := &m.blocks[l]
+			attn := backend.AttentionParams{
+				Heads: m.p.heads, KVHeads: m.p.kvHeads, HeadDim: m.p.headDim,
+				Scale:  float32(1 / math.Sqrt(float64(m.p.headDim))),
+				Window: blk.window, CacheCap: c.rows[l],
+			}
+			slots := b.pos
+			if blk.window > 0 {
+				slots = b.ringSlots
+			}
+			// Attention: RMSNorm → Q, K, V → RoPE on Q and K → causal GQA
+			// with sinks (and a window on even layers) → O, residual.
+			be.RMSNorm(b.h, b.x, blk.attnNorm, m.p.eps)
+			be.MatMul(b.q, b.h, blk.qW, blk.qB)
+			be.MatMul(b.k, b.h, blk.kW, blk.kB)
+			be.MatMul(b.v, b.h, blk.vW, blk.vB)
+			be.RoPE(b.q, b.pos, m.invFreq, m.p.headDim, m.mscale)
+			be.RoPE(b.k, b.pos, m.invFreq, m.p.headDim, m.mscale)
+			be.StoreKV(c.k[l], c.v[l], b.k, b.v, slots)
+			be.Attention(b.att, b.q, c.k[l], c.v[l], b.pos, blk.sinks, attn)
+			be.MatMul(b.proj, b.att, blk.oW, blk.oB)
+			be.Add(b.x, b.x, b.proj)
+			// Mixture of experts: RMSNorm → router top-k → clamped SwiGLU
+			// experts, weighted sum, residual.
+			be.RMSNorm(b.h, b.x, blk.postAttnNorm, m.p.eps)
+			be.MoE(b.proj, b.h, &blk.moe, m.moe)
+			be.Add(b.x, b.x, b.proj)
+		}
+		// Final norm and the output projection, for the last row only unless
+		// every row is wanted.
+		switch mode {
+		case lastLogits:
+			be.Embed(b.lastX, b.x, b.last)
+			be.RMSNorm(b.lastX, b.lastX, m.outNorm, m.p.eps)
+			be.MatMul(b.logits, b.lastX, m.output, nil)
+		case allLogits:
+			be.RMSNorm(b.h, b.x, m.outNorm, m.p.eps)
+			be.MatMul(b.allLogits, b.h, m.output, nil)
+		}
+	}
+	if n == 1 && mode == lastLogits {
+		be.Graph(fmt.Sprintf("gpt-oss/decode/buffers#%d/cache#%d", b.id, c.id), run)
+	} else {
+		run()
+	}
+	switch mode {
+	case lastLogits:
+		return be.ReadF32(b.logits, out)
+	case allLogits:
+		return be.ReadF32(b.allLogits, out)
+	}
+	return be.Sync()
+}
+
+// Close frees the weights and activations. Caches are freed by their owners.
+func (m *gptoss) Close() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.buffers.freeAll((*gptossBuffers).free)
+	for _, t := range m.weights {
+		m.be.Free(t)
+	}
+	m.weights = nil
+	return nil
+}
