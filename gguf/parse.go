@@ -298,18 +298,11 @@ func (d *decoder) array(field string, depth int) (Value, error) {
 	if elem == String {
 		return d.stringArray(field, v, n)
 	}
+	// An array of arrays: each element is an inner array's element type,
+	// count and elements, with no type tag of its own.
 	vs := make([]Value, n)
 	for i := range vs {
-		name := fmt.Sprintf("%s[%d]", field, i)
-		tagAt := d.pos
-		t, err := d.u32(name)
-		if err != nil {
-			return Value{}, err
-		}
-		if ValueType(t) != Array {
-			return Value{}, d.errorf(tagAt, name, "element of an array of arrays has type %s", ValueType(t))
-		}
-		if vs[i], err = d.array(name, depth+1); err != nil {
+		if vs[i], err = d.array(fmt.Sprintf("%s[%d]", field, i), depth+1); err != nil {
 			return Value{}, err
 		}
 	}

@@ -385,7 +385,6 @@ func (e *encoder) array(v Value, depth int) error {
 			if x.typ != Array {
 				return fmt.Errorf("element %d of an array of arrays is a %s", i, x.typ)
 			}
-			e.u32(uint32(Array))
 			if err := e.array(x, depth+1); err != nil {
 				return err
 			}
