@@ -135,9 +135,10 @@ type Engine struct {
 	closed   bool
 	active   int             // requests holding a slot
 	waiting  []chan struct{} // FIFO of requests waiting for a slot
-	inFlight map[string]*Job // submitted and not yet finished, by id
+	jobs     map[*Job]bool   // submitted and not yet finished
+	byID     map[string]*Job // the jobs that have an id
 	caches   []model.Cache   // free caches, reused between requests
-	idle     chan struct{}   // closed when inFlight becomes empty while draining
+	idle     chan struct{}   // closed when jobs becomes empty while draining
 }
 
 // New returns an engine for cfg.
@@ -170,7 +171,7 @@ func New(cfg Config) (*Engine, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Engine{cfg: cfg, log: log, inFlight: map[string]*Job{}}, nil
+	return &Engine{cfg: cfg, log: log, jobs: map[*Job]bool{}, byID: map[string]*Job{}}, nil
 }
 
 // CtxSize is the context length of each sequence.
@@ -233,7 +234,7 @@ func (e *Engine) Submit(req Request) (*Job, error) {
 	switch {
 	case e.closed:
 		return nil, ErrShuttingDown
-	case req.ID != "" && e.inFlight[req.ID] != nil:
+	case req.ID != "" && e.byID[req.ID] != nil:
 		return nil, ErrDuplicateID
 	case e.active < e.cfg.MaxActive && len(e.waiting) == 0:
 		e.active++
@@ -243,8 +244,9 @@ func (e *Engine) Submit(req Request) (*Job, error) {
 		j.slot = make(chan struct{})
 		e.waiting = append(e.waiting, j.slot)
 	}
+	e.jobs[j] = true
 	if req.ID != "" {
-		e.inFlight[req.ID] = j
+		e.byID[req.ID] = j
 	}
 	return j, nil
 }
@@ -256,7 +258,7 @@ func (j *Job) PromptTokens() int { return len(j.prompt) }
 // whether such a request was in flight; cancelling twice is harmless.
 func (e *Engine) Cancel(id string) bool {
 	e.mu.Lock()
-	j := e.inFlight[id]
+	j := e.byID[id]
 	e.mu.Unlock()
 	if j == nil {
 		return false
@@ -281,10 +283,11 @@ func (e *Engine) releaseSlot() {
 func (e *Engine) finish(j *Job) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if j.req.ID != "" && e.inFlight[j.req.ID] == j {
-		delete(e.inFlight, j.req.ID)
+	delete(e.jobs, j)
+	if j.req.ID != "" && e.byID[j.req.ID] == j {
+		delete(e.byID, j.req.ID)
 	}
-	if e.closed && len(e.inFlight) == 0 && e.active == 0 && e.idle != nil {
+	if e.closed && len(e.jobs) == 0 && e.active == 0 && e.idle != nil {
 		close(e.idle)
 		e.idle = nil
 	}
@@ -499,7 +502,7 @@ func (e *Engine) Drain(ctx context.Context) {
 	e.mu.Lock()
 	e.closed = true
 	var idle chan struct{}
-	if len(e.inFlight) > 0 || e.active > 0 {
+	if len(e.jobs) > 0 || e.active > 0 {
 		if e.idle == nil {
 			e.idle = make(chan struct{})
 		}
@@ -511,7 +514,7 @@ func (e *Engine) Drain(ctx context.Context) {
 		case <-idle:
 		case <-ctx.Done():
 			e.mu.Lock()
-			for _, j := range e.inFlight {
+			for j := range e.jobs {
 				j.cancel(context.Canceled)
 			}
 			e.mu.Unlock()

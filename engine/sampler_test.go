@@ -1,0 +1,206 @@
+package engine
+
+import (
+	"math"
+	"math/rand/v2"
+	"slices"
+	"testing"
+)
+
+// logitsOf returns ln(p): softmax of it at temperature 1 is exactly p
+// (up to rounding), so expected probabilities can be worked by hand.
+func logitsOf(p ...float64) []float32 {
+	out := make([]float32, len(p))
+	for i, v := range p {
+		out[i] = float32(math.Log(v))
+	}
+	return out
+}
+
+func probsOf(t *testing.T, p SamplingParams, logits []float32, history []int32) map[int32]float64 {
+	t.Helper()
+	s := NewSampler(p, 1)
+	got := map[int32]float64{}
+	for _, c := range s.distribution(logits, history) {
+		got[c.id] = c.prob
+	}
+	return got
+}
+
+func wantProbs(t *testing.T, name string, got map[int32]float64, want map[int32]float64) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Errorf("%s: got %d candidates %v, want %v", name, len(got), got, want)
+		return
+	}
+	for id, w := range want {
+		if g, ok := got[id]; !ok || math.Abs(g-w) > 1e-6 {
+			t.Errorf("%s: P(%d) = %v, want %v (all: %v)", name, id, g, w, got)
+		}
+	}
+}
+
+func TestSamplerFilterProbabilities(t *testing.T) {
+	base := logitsOf(0.4, 0.3, 0.2, 0.1)
+	with := func(f func(*SamplingParams)) SamplingParams {
+		p := DefaultSampling
+		f(&p)
+		return p
+	}
+	cases := []struct {
+		name   string
+		params SamplingParams
+		want   map[int32]float64
+	}{
+		{"plain", DefaultSampling, map[int32]float64{0: .4, 1: .3, 2: .2, 3: .1}},
+		{"top-k 2", with(func(p *SamplingParams) { p.TopK = 2 }), map[int32]float64{0: .4 / .7, 1: .3 / .7}},
+		{"top-k above vocab", with(func(p *SamplingParams) { p.TopK = 10 }), map[int32]float64{0: .4, 1: .3, 2: .2, 3: .1}},
+		// cumulative .4, .7, .9: the first run reaching .75 has three tokens.
+		{"top-p .75", with(func(p *SamplingParams) { p.TopP = .75 }), map[int32]float64{0: .4 / .9, 1: .3 / .9, 2: .2 / .9}},
+		{"top-p .65", with(func(p *SamplingParams) { p.TopP = .65 }), map[int32]float64{0: .4 / .7, 1: .3 / .7}},
+		{"top-p 0 keeps one", with(func(p *SamplingParams) { p.TopP = 0 }), map[int32]float64{0: 1}},
+		// min-p .3: tokens below .3*.4 = .12 go.
+		{"min-p .3", with(func(p *SamplingParams) { p.MinP = .3 }), map[int32]float64{0: .4 / .9, 1: .3 / .9, 2: .2 / .9}},
+		// Temperature 2 takes the square root of each probability.
+		{"temperature 2", with(func(p *SamplingParams) { p.Temperature = 2 }), func() map[int32]float64 {
+			r := []float64{math.Sqrt(.4), math.Sqrt(.3), math.Sqrt(.2), math.Sqrt(.1)}
+			sum := r[0] + r[1] + r[2] + r[3]
+			return map[int32]float64{0: r[0] / sum, 1: r[1] / sum, 2: r[2] / sum, 3: r[3] / sum}
+		}()},
+		// Order: top-k 3 → {.4,.3,.2}/.9 = {.444,.333,.222}; top-p .7 → the
+		// first two (cumulative .778) → {.571,.429}; min-p .8 keeps only
+		// tokens ≥ .457 → token 0 alone. Another order would differ.
+		{"top-k, top-p, min-p in order", with(func(p *SamplingParams) { p.TopK = 3; p.TopP = .7; p.MinP = .8 }), map[int32]float64{0: 1}},
+		{"greedy", with(func(p *SamplingParams) { p.Temperature = 0 }), map[int32]float64{0: 1}},
+	}
+	for _, c := range cases {
+		wantProbs(t, c.name, probsOf(t, c.params, base, nil), c.want)
+	}
+}
+
+func TestSamplerRepetitionPenaltyBeforeTemperature(t *testing.T) {
+	logits := []float32{2, 1, -1}
+	p := DefaultSampling
+	p.RepetitionPenalty = 2
+	p.Temperature = 0.5
+	// Penalty on tokens 0 and 2 (0 twice counts once): logits become
+	// {1, 1, -2}; temperature .5 doubles them to {2, 2, -4}.
+	e2, e4 := math.Exp(2), math.Exp(-4)
+	sum := 2*e2 + e4
+	got := probsOf(t, p, logits, []int32{0, 2, 0})
+	wantProbs(t, "penalty", got, map[int32]float64{0: e2 / sum, 1: e2 / sum, 2: e4 / sum})
+
+	p.Temperature = 0
+	p.RepetitionPenalty = 2.5 // token 0: 2/2.5 = .8 < 1, so greedy picks token 1
+	if id := NewSampler(p, 1).Sample(logits, []int32{0}); id != 1 {
+		t.Errorf("greedy after penalty picked %d, want 1", id)
+	}
+}
+
+// chiSquare draws n tokens and returns the statistic against want; tokens
+// outside want fail the test.
+func chiSquare(t *testing.T, s *Sampler, logits []float32, want map[int32]float64, n int) float64 {
+	t.Helper()
+	counts := map[int32]int{}
+	for range n {
+		id := s.Sample(logits, nil)
+		if _, ok := want[id]; !ok {
+			t.Fatalf("drew token %d, which the filters exclude", id)
+		}
+		counts[id]++
+	}
+	chi := 0.0
+	for id, p := range want {
+		e := p * float64(n)
+		d := float64(counts[id]) - e
+		chi += d * d / e
+	}
+	return chi
+}
+
+func TestSamplerDrawsFollowDistribution(t *testing.T) {
+	logits := logitsOf(0.4, 0.3, 0.2, 0.1)
+	// 99.9th percentiles of chi-square: 3 degrees of freedom 16.27, 1 degree 10.83.
+	chi := chiSquare(t, NewSampler(DefaultSampling, 42), logits, map[int32]float64{0: .4, 1: .3, 2: .2, 3: .1}, 40000)
+	if chi > 16.27 {
+		t.Errorf("chi-square %v over 4 tokens exceeds 16.27", chi)
+	}
+	p := DefaultSampling
+	p.TopK = 2
+	chi = chiSquare(t, NewSampler(p, 7), logits, map[int32]float64{0: .4 / .7, 1: .3 / .7}, 40000)
+	if chi > 10.83 {
+		t.Errorf("chi-square %v after top-k 2 exceeds 10.83", chi)
+	}
+}
+
+func TestSamplerSeedDeterminism(t *testing.T) {
+	logits := logitsOf(0.25, 0.25, 0.25, 0.25)
+	draw := func(seed uint64) []int32 {
+		s := NewSampler(DefaultSampling, seed)
+		var out []int32
+		for range 64 {
+			out = append(out, s.Sample(logits, nil))
+		}
+		return out
+	}
+	if a, b := draw(5), draw(5); !slices.Equal(a, b) {
+		t.Errorf("same seed gave %v and %v", a, b)
+	}
+	if a, b := draw(5), draw(6); slices.Equal(a, b) {
+		t.Errorf("seeds 5 and 6 gave the same 64 tokens")
+	}
+}
+
+// TestTopPMatchesFullSort checks the pre-sort pruning in topP against the
+// definition applied to a fully sorted list.
+func TestTopPMatchesFullSort(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for trial := range 50 {
+		n := 1 + rng.IntN(3000)
+		cands := make([]candidate, n)
+		for i := range cands {
+			cands[i] = candidate{id: int32(i), logit: rng.NormFloat64() * 3}
+		}
+		softmax(cands)
+		p := rng.Float64()
+		want := slices.Clone(cands)
+		slices.SortFunc(want, moreLikely)
+		acc, k := 0.0, 0
+		for k < len(want) {
+			acc += want[k].prob
+			k++
+			if acc >= p {
+				break
+			}
+		}
+		got := topP(slices.Clone(cands), p)
+		if !slices.Equal(got, want[:k]) {
+			t.Fatalf("trial %d (n=%d p=%v): nucleus of %d, want %d", trial, n, p, len(got), k)
+		}
+		kk := 1 + rng.IntN(n)
+		if got := topK(slices.Clone(cands), kk); !slices.Equal(got, want[:kk]) {
+			t.Fatalf("trial %d: top-%d differs from the sorted prefix", trial, kk)
+		}
+	}
+}
+
+func TestSamplingParamsValidate(t *testing.T) {
+	bad := []SamplingParams{
+		{Temperature: -0.1, TopP: 1, RepetitionPenalty: 1},
+		{Temperature: 2.1, TopP: 1, RepetitionPenalty: 1},
+		{Temperature: math.NaN(), TopP: 1, RepetitionPenalty: 1},
+		{Temperature: 1, TopK: -1, TopP: 1, RepetitionPenalty: 1},
+		{Temperature: 1, TopP: 1.5, RepetitionPenalty: 1},
+		{Temperature: 1, TopP: 1, MinP: -1, RepetitionPenalty: 1},
+		{Temperature: 1, TopP: 1, RepetitionPenalty: 0},
+		{Temperature: 1, TopP: 1, RepetitionPenalty: 2.5},
+	}
+	for _, p := range bad {
+		if p.Validate() == nil {
+			t.Errorf("%+v validated", p)
+		}
+	}
+	if err := DefaultSampling.Validate(); err != nil {
+		t.Errorf("default: %v", err)
+	}
+}
