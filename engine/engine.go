@@ -131,14 +131,14 @@ type Engine struct {
 
 	modelMu sync.Mutex // serializes model calls
 
-	mu       sync.Mutex
-	closed   bool
-	active   int             // requests holding a slot
-	waiting  []chan struct{} // FIFO of requests waiting for a slot
-	jobs     map[*Job]bool   // submitted and not yet finished
-	byID     map[string]*Job // the jobs that have an id
-	caches   []model.Cache   // free caches, reused between requests
-	idle     chan struct{}   // closed when jobs becomes empty while draining
+	mu      sync.Mutex
+	closed  bool
+	active  int             // requests holding a slot
+	waiting []chan struct{} // FIFO of requests waiting for a slot
+	jobs    map[*Job]bool   // submitted and not yet finished
+	byID    map[string]*Job // the jobs that have an id
+	caches  []model.Cache   // free caches, reused between requests
+	idle    chan struct{}   // closed when jobs becomes empty while draining
 }
 
 // New returns an engine for cfg.
