@@ -110,7 +110,7 @@ func Open(path string) (*File, error) {
 		return nil, fmt.Errorf("gguf: %s: not a regular file", path)
 	}
 	if st.Size() == 0 {
-		return nil, &FormatError{File: path, Field: "header.magic", Msg: "empty file"}
+		return Parse(path, nil) // mmap cannot map nothing; Parse reports it
 	}
 	if st.Size() > math.MaxInt {
 		return nil, fmt.Errorf("gguf: %s: file too large to map (%d bytes)", path, st.Size())

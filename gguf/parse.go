@@ -58,11 +58,11 @@ func (d *decoder) count(field, what string, limit uint64, minSize int) (int, err
 	if err != nil {
 		return 0, err
 	}
-	if n > limit {
-		return 0, d.errorf(at, field, "%s %d exceeds the limit %d", what, n, limit)
-	}
 	if minSize > 0 && n > uint64(d.left())/uint64(minSize) {
 		return 0, d.errorf(at, field, "%s %d at %d or more bytes each does not fit in the %d bytes left in the file", what, n, minSize, d.left())
+	}
+	if n > limit {
+		return 0, d.errorf(at, field, "%s %d exceeds the limit %d", what, n, limit)
 	}
 	return int(n), nil
 }
@@ -101,7 +101,7 @@ func Parse(name string, data []byte) (*File, error) {
 	case f.Version == 2 || f.Version == 3:
 	case f.Version == 1:
 		return nil, d.errorf(4, "header.version", "version 1 is not supported (only 2 and 3)")
-	case f.Version&0xffff == 0 && bits.ReverseBytes32(f.Version) <= 3:
+	case bits.ReverseBytes32(f.Version) == 2 || bits.ReverseBytes32(f.Version) == 3:
 		return nil, d.errorf(4, "header.version", "big-endian GGUF (version %d) is not supported", bits.ReverseBytes32(f.Version))
 	default:
 		return nil, d.errorf(4, "header.version", "unknown version %d (only 2 and 3 are supported)", f.Version)
