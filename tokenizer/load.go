@@ -1,0 +1,79 @@
+package tokenizer
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"orcd/gguf"
+)
+
+// Load resolves the tokenizer for a model: tokenizerPath (a tokenizer.json)
+// if given, else tokenizer.json beside modelPath, else the GGUF's own
+// metadata (f may be nil). The error lists every source tried. When both a
+// tokenizer.json and the GGUF's vocabulary are present and their sizes
+// differ, Load logs a warning; the GGUF's special token ids, where it has
+// them, override the tokenizer.json's well-known names.
+func Load(modelPath, tokenizerPath string, f *gguf.File) (*Tokenizer, error) {
+	var tried []string
+	jsonPath := tokenizerPath
+	if jsonPath == "" && modelPath != "" {
+		candidate := filepath.Join(filepath.Dir(modelPath), "tokenizer.json")
+		if _, err := os.Stat(candidate); err == nil {
+			jsonPath = candidate
+		} else if errors.Is(err, fs.ErrNotExist) {
+			tried = append(tried, candidate+" (not found)")
+		} else {
+			return nil, fmt.Errorf("tokenizer: %w", err)
+		}
+	}
+	if jsonPath != "" {
+		return loadJSONWithGGUF(jsonPath, f)
+	}
+	if f != nil && f.Has(keyModel) {
+		t, err := FromGGUF(f)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", modelPath, err)
+		}
+		return t, nil
+	}
+	tried = append(tried, modelPath+" (GGUF has no "+keyModel+")")
+	return nil, fmt.Errorf("tokenizer: none found; tried %s", strings.Join(tried, ", "))
+}
+
+func loadJSONWithGGUF(path string, f *gguf.File) (*Tokenizer, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("tokenizer: %w", err)
+	}
+	sp, err := hfSpec(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if f != nil && f.Has(keyTokens) {
+		if toks, err := f.GetStrings(keyTokens); err == nil && len(toks) != len(sp.pieces) {
+			slog.Warn("tokenizer: vocabulary sizes differ", "tokenizer_json", path, "tokenizer_json_vocab", len(sp.pieces), "gguf_vocab", len(toks))
+		}
+		for _, k := range []struct {
+			key string
+			dst *int32
+		}{{keyBOS, &sp.bos}, {keyEOS, &sp.eos}, {keyPAD, &sp.pad}, {keyEOT, &sp.eot}, {keyEOM, &sp.eom}} {
+			id, err := optionalID(f, k.key)
+			if err != nil {
+				return nil, err
+			}
+			if id >= 0 {
+				*k.dst = id
+			}
+		}
+	}
+	t, err := newTokenizer(sp)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return t, nil
+}

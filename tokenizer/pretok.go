@@ -1,0 +1,318 @@
+package tokenizer
+
+import (
+	"sync"
+	"unicode"
+	"unicode/utf8"
+)
+
+// Pre-tokenization splits text into pieces that BPE encodes independently.
+// The reference tokenizers define the pieces by a regular expression with a
+// negative lookahead, which Go's regexp lacks, so each pattern has a
+// hand-written scanner below that follows the regex engine's leftmost-first,
+// backtracking semantics exactly.
+
+// The two pre-tokenizer patterns, byte for byte as the reference tokenizers
+// (tiktoken, HF tokenizer.json) spell them.
+const (
+	gpt2Pattern  = `'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`
+	o200kPattern = `[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+`
+)
+
+// preTokenizer returns the end of the piece that starts at byte offset i
+// (i < len(s)); the result is always > i.
+type preTokenizer func(s string, i int) int
+
+// pretokenizers maps the names used by GGUF's tokenizer.ggml.pre, and the
+// regexes used by tokenizer.json, to scanners.
+var (
+	pretokenizerByPre = map[string]preTokenizer{
+		"gpt-2":  gpt2Next,
+		"gpt-4o": o200kNext,
+	}
+	pretokenizerByRegex = map[string]preTokenizer{
+		gpt2Pattern:  gpt2Next,
+		o200kPattern: o200kNext,
+	}
+)
+
+// Character classes, as bits. A rune may have several.
+const (
+	cL    = 1 << iota // \p{L}
+	cN                // \p{N}
+	cS                // \s (Unicode White_Space)
+	cU                // [\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]
+	cW                // [\p{Ll}\p{Lm}\p{Lo}\p{M}]
+	cCRLF             // \r or \n
+)
+
+// bmpClass caches the class of every rune in the Basic Multilingual Plane;
+// built on first use, since most programs that link this package never
+// tokenize.
+var (
+	bmpClass     []uint8
+	bmpClassOnce sync.Once
+)
+
+func buildClassTable() {
+	bmpClassOnce.Do(func() {
+		t := make([]uint8, 0x10000)
+		for r := range t {
+			t[r] = computeClass(rune(r))
+		}
+		bmpClass = t
+	})
+}
+
+func computeClass(r rune) uint8 {
+	var c uint8
+	switch {
+	case unicode.IsLetter(r):
+		c = cL
+		switch {
+		case unicode.Is(unicode.Ll, r):
+			c |= cW
+		case unicode.Is(unicode.Lu, r), unicode.Is(unicode.Lt, r):
+			c |= cU
+		default: // Lm, Lo
+			c |= cU | cW
+		}
+	case unicode.IsMark(r):
+		c = cU | cW
+	case unicode.IsNumber(r):
+		c = cN
+	case unicode.IsSpace(r):
+		c = cS
+		if r == '\r' || r == '\n' {
+			c |= cCRLF
+		}
+	}
+	return c
+}
+
+// runeAt decodes the rune at s[i] and returns its class and width. Invalid
+// UTF-8 is one byte of class 0 (like a symbol), so scanning never stalls.
+func runeAt(s string, i int) (r rune, class uint8, width int) {
+	if b := s[i]; b < utf8.RuneSelf {
+		return rune(b), bmpClass[b], 1
+	}
+	r, width = utf8.DecodeRuneInString(s[i:])
+	if r == utf8.RuneError && width == 1 {
+		return r, 0, 1
+	}
+	if r < 0x10000 {
+		return r, bmpClass[r], width
+	}
+	return r, computeClass(r), width
+}
+
+// scanWhile returns the end of the run of runes from i that have any of the
+// class bits in want.
+func scanWhile(s string, i int, want uint8) int {
+	for i < len(s) {
+		_, c, w := runeAt(s, i)
+		if c&want == 0 {
+			break
+		}
+		i += w
+	}
+	return i
+}
+
+// scanOther returns the end of the run of runes from i that are none of
+// \s, \p{L}, \p{N}.
+func scanOther(s string, i int) int {
+	for i < len(s) {
+		_, c, w := runeAt(s, i)
+		if c&(cS|cL|cN) != 0 {
+			break
+		}
+		i += w
+	}
+	return i
+}
+
+// whitespaceTail handles the shared ending of both patterns,
+// `\s+(?!\S)|\s+`, at a whitespace rune at i: the whole run if it ends the
+// text, else the run less its last rune (which the next piece takes as its
+// leading space), else (a run of one rune) that rune.
+func whitespaceTail(s string, i int) int {
+	j, last := i, i
+	for j < len(s) {
+		_, c, w := runeAt(s, j)
+		if c&cS == 0 {
+			break
+		}
+		last = j
+		j += w
+	}
+	if j == len(s) || last == i {
+		return j
+	}
+	return last
+}
+
+// gpt2Next scans one piece of gpt2Pattern.
+func gpt2Next(s string, i int) int {
+	r, c, w := runeAt(s, i)
+	if r == '\'' && i+1 < len(s) {
+		switch s[i+1] {
+		case 's', 'd', 'm', 't':
+			return i + 2
+		case 'l', 'v', 'r':
+			if i+2 < len(s) {
+				pair := s[i+1 : i+3]
+				if pair == "ll" || pair == "ve" || pair == "re" {
+					return i + 3
+				}
+			}
+		}
+	}
+	if r == ' ' && i+1 < len(s) {
+		_, c2, w2 := runeAt(s, i+1)
+		switch {
+		case c2&cL != 0:
+			return scanWhile(s, i+1+w2, cL)
+		case c2&cN != 0:
+			return scanWhile(s, i+1+w2, cN)
+		case c2&cS == 0:
+			return scanOther(s, i+1+w2)
+		}
+	}
+	switch {
+	case c&cL != 0:
+		return scanWhile(s, i+w, cL)
+	case c&cN != 0:
+		return scanWhile(s, i+w, cN)
+	case c&cS == 0:
+		return scanOther(s, i+w)
+	}
+	return whitespaceTail(s, i)
+}
+
+// o200kWord matches `[U]*[W]+` at p, falling back to `[U]+[W]*`, where U is
+// [\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}] and W is [\p{Ll}\p{Lm}\p{Lo}\p{M}]. The
+// first form is tried with every amount of backtracking before the second.
+// firstOnly restricts it to the first form. It returns -1 if neither matches.
+func o200kWord(s string, p int, firstOnly bool) int {
+	// Greedy U*: q is its end; lastW is the end of the last rune in [p,q)
+	// that is also in W (Lm, Lo, M), the end a backtracking W+ would reach.
+	q, lastW := p, -1
+	for q < len(s) {
+		_, c, w := runeAt(s, q)
+		if c&cU == 0 {
+			break
+		}
+		q += w
+		if c&cW != 0 {
+			lastW = q
+		}
+	}
+	if q < len(s) {
+		if _, c, _ := runeAt(s, q); c&cW != 0 {
+			return scanWhile(s, q, cW) // U* then W+ with no backtracking
+		}
+	}
+	if lastW >= 0 {
+		return lastW
+	}
+	if firstOnly || q == p {
+		return -1
+	}
+	return q // U+ then an empty W* (the rune at q is not in W)
+}
+
+// o200kContraction extends a word ending at e by
+// `(?i:'s|'t|'re|'ve|'m|'ll|'d)?`. Case folding follows Unicode simple case
+// folding, under which 'ſ' (U+017F) matches s.
+func o200kContraction(s string, e int) int {
+	if e+1 >= len(s) || s[e] != '\'' {
+		return e
+	}
+	r, _, w := runeAt(s, e+1)
+	switch r {
+	case 's', 'S', 'ſ', 't', 'T', 'm', 'M', 'd', 'D':
+		return e + 1 + w
+	case 'r', 'R', 'v', 'V':
+		if e+2 < len(s) && s[e+2]|0x20 == 'e' { // 'e' or 'E'
+			return e + 3
+		}
+	case 'l', 'L':
+		if e+2 < len(s) && s[e+2]|0x20 == 'l' {
+			return e + 3
+		}
+	}
+	return e
+}
+
+// o200kNext scans one piece of o200kPattern.
+func o200kNext(s string, i int) int {
+	r, c, w := runeAt(s, i)
+	// [^\r\n\p{L}\p{N}]? : may this rune be a word's one-rune prefix?
+	prefixable := c&(cL|cN|cCRLF) == 0
+	// Alternatives 1 and 2: a word, with the optional prefix tried first.
+	if prefixable {
+		if e := o200kWord(s, i+w, true); e >= 0 {
+			return o200kContraction(s, e)
+		}
+	}
+	if c&(cU|cW) != 0 {
+		if e := o200kWord(s, i, true); e >= 0 {
+			return o200kContraction(s, e)
+		}
+	}
+	if prefixable {
+		if e := o200kWord(s, i+w, false); e >= 0 {
+			return o200kContraction(s, e)
+		}
+	}
+	if c&cU != 0 {
+		if e := o200kWord(s, i, false); e >= 0 {
+			return o200kContraction(s, e)
+		}
+	}
+	// \p{N}{1,3}
+	if c&cN != 0 {
+		j := i + w
+		for n := 1; n < 3 && j < len(s); n++ {
+			_, c2, w2 := runeAt(s, j)
+			if c2&cN == 0 {
+				break
+			}
+			j += w2
+		}
+		return j
+	}
+	// ` ?[^\s\p{L}\p{N}]+[\r\n/]*`
+	start := -1
+	if c&(cS|cL|cN) == 0 {
+		start = i + w
+	} else if r == ' ' && i+1 < len(s) {
+		if _, c2, w2 := runeAt(s, i+1); c2&(cS|cL|cN) == 0 {
+			start = i + 1 + w2
+		}
+	}
+	if start >= 0 {
+		j := scanOther(s, start)
+		for j < len(s) && (s[j] == '\r' || s[j] == '\n' || s[j] == '/') {
+			j++
+		}
+		return j
+	}
+	// `\s*[\r\n]+`: the whitespace run up to and including its last \r or \n.
+	lastNL := -1
+	for j := i; j < len(s); {
+		_, c2, w2 := runeAt(s, j)
+		if c2&cS == 0 {
+			break
+		}
+		j += w2
+		if c2&cCRLF != 0 {
+			lastNL = j
+		}
+	}
+	if lastNL >= 0 {
+		return lastNL
+	}
+	return whitespaceTail(s, i)
+}
