@@ -12,6 +12,9 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"strconv"
+	"strings"
+	"unicode"
 
 	"orcd/tensor"
 )
@@ -46,7 +49,11 @@ type FormatError struct {
 }
 
 func (e *FormatError) Error() string {
-	return fmt.Sprintf("gguf: %s: %s (at byte %d): %s", e.File, e.Field, e.Offset, e.Msg)
+	field := e.Field
+	if strings.ContainsFunc(field, func(r rune) bool { return !unicode.IsPrint(r) }) {
+		field = strconv.Quote(field) // a hostile name must not break the line
+	}
+	return fmt.Sprintf("gguf: %s: %s (at byte %d): %s", e.File, field, e.Offset, e.Msg)
 }
 
 // ErrMissingKey is wrapped by the getters' error for a key the file lacks,
