@@ -91,7 +91,7 @@ func dequantizeQ6_K(b []byte, y []float32) {
 			q2 := int(ql[l+32]&0x0f|(qh[l]>>2&3)<<4) - 32
 			q3 := int(ql[l]>>4|(qh[l]>>4&3)<<4) - 32
 			q4 := int(ql[l+32]>>4|(qh[l]>>6&3)<<4) - 32
-			// (d·scale)·q in this order, as ggml rounds it.
+			// Exact: d's 11-bit significand times |scale·q| ≤ 4096.
 			out[l] = d * float32(int8(sc[is])) * float32(q1)
 			out[l+32] = d * float32(int8(sc[is+2])) * float32(q2)
 			out[l+64] = d * float32(int8(sc[is+4])) * float32(q3)

@@ -49,6 +49,14 @@ func TestQuantizeQ8_0HandVectors(t *testing.T) {
 			want: set(cat(le16(0x2008), fill(32, 0)), 2, 127, 3, 32, 4, 0xf3),
 		},
 		{
+			// amax 1e-40 (a float32 subnormal): d = 7.9e-43 and 1/d
+			// overflows float32, where ggml's int8 conversion is undefined.
+			// d is 0 as f16, so the block decodes to zeros: zero quants.
+			name: "tiny subnormal block",
+			x:    zeros32(0, 1e-40, 1, -1e-40),
+			want: cat(le16(0), fill(32, 0)),
+		},
+		{
 			name: "all zero: d = 0",
 			x:    zeros32(),
 			want: cat(le16(0), fill(32, 0)),
