@@ -318,12 +318,15 @@ func (d *decoder) stringArray(field string, v Value, n int) (Value, error) {
 	type span struct{ off, len int64 }
 	spans := make([]span, n)
 	for i := range spans {
-		l, err := d.count(fmt.Sprintf("%s[%d]", field, i), "string length", math.MaxInt64, 1)
-		if err != nil {
+		// Read the length inline: naming the field costs an allocation, so
+		// it is done only on error.
+		if d.left() < 8 || binary.LittleEndian.Uint64(d.data[d.pos:]) > uint64(d.left()-8) {
+			_, err := d.str(fmt.Sprintf("%s[%d]", field, i), math.MaxInt64)
 			return Value{}, err
 		}
-		spans[i] = span{d.pos - start, int64(l)}
-		d.pos += int64(l)
+		l := int64(binary.LittleEndian.Uint64(d.data[d.pos:]))
+		spans[i] = span{d.pos + 8 - start, l}
+		d.pos += 8 + l
 	}
 	all := string(d.data[start:d.pos])
 	ss := make([]string, n)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"math"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -276,5 +277,79 @@ func TestValueSummary(t *testing.T) {
 	}
 	if got := Float32Value(0.1).String(); got != "0.1" {
 		t.Errorf("float32 String = %q", got)
+	}
+}
+
+// countingWriter counts the bytes written to it and keeps none.
+type countingWriter struct{ n int64 }
+
+func (c *countingWriter) Write(p []byte) (int, error) { c.n += int64(len(p)); return len(p), nil }
+
+// TestWriterStreams writes 64 MiB of tensor data in 1 MiB chunks and checks
+// that the writer allocates far less than that: it must stream, so that
+// synth can write a 12 GB file.
+func TestWriterStreams(t *testing.T) {
+	const rows = 64
+	w := NewWriter()
+	w.SetString("general.architecture", "gpt2")
+	if err := w.AddTensor("big", tensor.F32, []int64{1 << 18, rows}); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.AddTensor("small", tensor.F32, []int64{3}); err != nil {
+		t.Fatal(err)
+	}
+	chunk := make([]byte, 1<<20)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	var out countingWriter
+	tw, err := w.Begin(&out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < rows; i++ {
+		if err := tw.WriteTensor("big", chunk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.WriteTensor("small", chunk[:12]); err != nil {
+		t.Fatal(err)
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	runtime.ReadMemStats(&after)
+	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 4<<20 {
+		t.Errorf("writing 64 MiB allocated %d bytes", alloc)
+	}
+	header := alignUp(24+ /* kv */ 8+20+4+8+4+ /* infos */ 8+3+4+16+4+8+8+5+4+8+4+8, DefaultAlignment)
+	if want := header + rows<<20 + DefaultAlignment; out.n != want {
+		t.Errorf("wrote %d bytes, want %d", out.n, want)
+	}
+}
+
+// BenchmarkParseVocab parses metadata shaped like a large BPE tokenizer:
+// 200k tokens, their types and 450k merges.
+func BenchmarkParseVocab(b *testing.B) {
+	w := NewWriter()
+	tokens := make([]string, 200000)
+	types := make([]int32, len(tokens))
+	for i := range tokens {
+		tokens[i] = "tok" + strings.Repeat("x", i%9) + string(rune('a'+i%26))
+		types[i] = 1
+	}
+	merges := make([]string, 450000)
+	for i := range merges {
+		merges[i] = tokens[i%len(tokens)] + " " + tokens[(i*7)%len(tokens)]
+	}
+	w.SetStrings("tokenizer.ggml.tokens", tokens)
+	w.SetInt32s("tokenizer.ggml.token_type", types)
+	w.SetStrings("tokenizer.ggml.merges", merges)
+	img := encode(b, w, nil)
+	b.SetBytes(int64(len(img)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := Parse("vocab", img); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
