@@ -6,9 +6,9 @@ import (
 	"math"
 )
 
-// BlockFunc decodes one block of a type into float32. block must hold at
-// least the type's TypeSize bytes and dst at least its BlockSize elements;
-// only those are used. Shorter slices are a programming error and panic.
+// BlockFunc decodes one block of a type into float32. len(block) must be at
+// least the type's TypeSize and len(dst) at least its BlockSize; only those
+// are used. Shorter slices are a programming error and panic.
 type BlockFunc func(block []byte, dst []float32)
 
 // blockFuncs holds the block decoder of every supported type.

@@ -390,3 +390,33 @@ func TestDequantizeErrors(t *testing.T) {
 		t.Error("BlockDecoder(99): no error")
 	}
 }
+
+// TestBlockDecoderShortSlices checks that a block decoder given a slice
+// shorter than a block panics instead of reading past its length into
+// spare capacity.
+func TestBlockDecoderShortSlices(t *testing.T) {
+	for _, typ := range Types() {
+		f, err := BlockDecoder(typ)
+		if err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 2*typ.TypeSize())
+		short := buf[:typ.TypeSize()-1]
+		func() {
+			defer func() {
+				if recover() == nil {
+					t.Errorf("%s: decoding a %d-byte block did not panic", typ, len(short))
+				}
+			}()
+			f(short, make([]float32, typ.BlockSize()))
+		}()
+	}
+}
+
+func TestMXFP4DoubledValues(t *testing.T) {
+	for code, v := range MXFP4DoubledValues() {
+		if float64(v) != 2*e2m1[code] {
+			t.Errorf("code %d: %d, want 2·%g", code, v, e2m1[code])
+		}
+	}
+}

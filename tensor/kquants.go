@@ -24,6 +24,7 @@ func scaleMinK4(s []byte, j int) (scale, min uint8) {
 // out in pairs: 32 bytes of qs hold sub-block 2i in their low nibbles and
 // sub-block 2i+1 in their high nibbles; x = d·scale·q - dmin·min.
 func dequantizeQ4_K(b []byte, y []float32) {
+	_, _ = b[143], y[255] // reslicing alone checks cap, not len
 	b, y = b[:144], y[:256]
 	d := F16ToF32(binary.LittleEndian.Uint16(b))
 	dmin := F16ToF32(binary.LittleEndian.Uint16(b[2:]))
@@ -49,6 +50,7 @@ func dequantizeQ4_K(b []byte, y []float32) {
 // bit per element: for sub-block s, element l's fifth bit is bit s of
 // qh[l]; x = d·scale·q - dmin·min.
 func dequantizeQ5_K(b []byte, y []float32) {
+	_, _ = b[175], y[255] // reslicing alone checks cap, not len
 	b, y = b[:176], y[:256]
 	d := F16ToF32(binary.LittleEndian.Uint16(b))
 	dmin := F16ToF32(binary.LittleEndian.Uint16(b[2:]))
@@ -78,6 +80,7 @@ func dequantizeQ5_K(b []byte, y []float32) {
 // l+64 (high), ql[l+32] holds l+32 and l+96, and qh[l] holds the top two
 // bits of elements l, l+32, l+64, l+96 in bits 0-1, 2-3, 4-5, 6-7.
 func dequantizeQ6_K(b []byte, y []float32) {
+	_, _ = b[209], y[255] // reslicing alone checks cap, not len
 	b, y = b[:210], y[:256]
 	d := F16ToF32(binary.LittleEndian.Uint16(b[208:]))
 	for half := 0; half < 2; half++ {

@@ -15,8 +15,14 @@ import (
 // so it decodes to +0 as in ggml.
 var mxfp4Doubled = [16]int8{0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12}
 
+// MXFP4DoubledValues returns twice the value of each E2M1 code, indexed by
+// the 4-bit code: with a block's scale taken as E8M0ToF32Half(e), element
+// value = MXFP4DoubledValues()[code] · scale, exactly as Dequantize computes.
+func MXFP4DoubledValues() [16]int8 { return mxfp4Doubled }
+
 // dequantizeMXFP4 decodes one MXFP4 block.
 func dequantizeMXFP4(b []byte, y []float32) {
+	_, _ = b[16], y[31] // reslicing alone checks cap, not len
 	b, y = b[:17], y[:32]
 	d := E8M0ToF32Half(b[0])
 	for j, q := range b[1:17] {

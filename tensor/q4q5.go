@@ -9,6 +9,7 @@ import "encoding/binary"
 
 // dequantizeQ4_0 decodes one Q4_0 block {f16 d; qs[16]}: x = (q-8)·d.
 func dequantizeQ4_0(b []byte, y []float32) {
+	_, _ = b[17], y[31] // reslicing alone checks cap, not len
 	b, y = b[:18], y[:32]
 	d := F16ToF32(binary.LittleEndian.Uint16(b))
 	for j, q := range b[2:18] {
@@ -19,6 +20,7 @@ func dequantizeQ4_0(b []byte, y []float32) {
 
 // dequantizeQ4_1 decodes one Q4_1 block {f16 d; f16 m; qs[16]}: x = q·d + m.
 func dequantizeQ4_1(b []byte, y []float32) {
+	_, _ = b[19], y[31] // reslicing alone checks cap, not len
 	b, y = b[:20], y[:32]
 	d := F16ToF32(binary.LittleEndian.Uint16(b))
 	m := F16ToF32(binary.LittleEndian.Uint16(b[2:]))
@@ -33,6 +35,7 @@ func dequantizeQ4_1(b []byte, y []float32) {
 // dequantizeQ5_0 decodes one Q5_0 block {f16 d; qh[4]; qs[16]}:
 // x = (q-16)·d with q's fifth bit from qh.
 func dequantizeQ5_0(b []byte, y []float32) {
+	_, _ = b[21], y[31] // reslicing alone checks cap, not len
 	b, y = b[:22], y[:32]
 	d := F16ToF32(binary.LittleEndian.Uint16(b))
 	qh := binary.LittleEndian.Uint32(b[2:])
@@ -47,6 +50,7 @@ func dequantizeQ5_0(b []byte, y []float32) {
 // dequantizeQ5_1 decodes one Q5_1 block {f16 d; f16 m; qh[4]; qs[16]}:
 // x = q·d + m with q's fifth bit from qh.
 func dequantizeQ5_1(b []byte, y []float32) {
+	_, _ = b[23], y[31] // reslicing alone checks cap, not len
 	b, y = b[:24], y[:32]
 	d := F16ToF32(binary.LittleEndian.Uint16(b))
 	m := F16ToF32(binary.LittleEndian.Uint16(b[2:]))

@@ -10,6 +10,7 @@ import (
 
 // dequantizeQ8_0 decodes one Q8_0 block.
 func dequantizeQ8_0(b []byte, y []float32) {
+	_, _ = b[33], y[31] // reslicing alone checks cap, not len
 	b, y = b[:34], y[:32]
 	d := F16ToF32(binary.LittleEndian.Uint16(b))
 	for j, q := range b[2:34] {
