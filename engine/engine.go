@@ -199,6 +199,7 @@ type Job struct {
 	ctx    context.Context // cancelled by Engine.Cancel
 	cancel context.CancelCauseFunc
 	slot   chan struct{} // closed when the job may run; nil if it got a slot at once
+	seed   uint64
 }
 
 // Submit validates and tokenizes req and enters it in the queue. It fails at
@@ -226,7 +227,10 @@ func (e *Engine) Submit(req Request) (*Job, error) {
 	if len(prompt) > e.cfg.CtxSize {
 		return nil, fmt.Errorf("%w: prompt is %d tokens, the context holds %d", ErrPromptLength, len(prompt), e.cfg.CtxSize)
 	}
-	j := &Job{e: e, req: req, prompt: prompt}
+	j := &Job{e: e, req: req, prompt: prompt, seed: rand.Uint64()}
+	if req.Seed != nil {
+		j.seed = *req.Seed
+	}
 	j.ctx, j.cancel = context.WithCancelCause(context.Background())
 
 	e.mu.Lock()
@@ -253,6 +257,9 @@ func (e *Engine) Submit(req Request) (*Job, error) {
 
 // PromptTokens is the number of prompt tokens.
 func (j *Job) PromptTokens() int { return len(j.prompt) }
+
+// Seed is the sampler's seed: the request's, or one drawn for it.
+func (j *Job) Seed() uint64 { return j.seed }
 
 // Cancel stops the request with the given id, queued or running. It reports
 // whether such a request was in flight; cancelling twice is harmless.
@@ -339,12 +346,7 @@ func (j *Job) Run(ctx context.Context, emit func(Token) bool) (Result, error) {
 		defer stop()
 	}
 
-	res := Result{PromptTokens: len(j.prompt)}
-	if j.req.Seed != nil {
-		res.Seed = *j.req.Seed
-	} else {
-		res.Seed = rand.Uint64()
-	}
+	res := Result{PromptTokens: len(j.prompt), Seed: j.seed}
 	start := time.Now()
 	if err := j.wait(ctx); err != nil {
 		res.QueueTime = time.Since(start)
