@@ -78,7 +78,7 @@ func (b *Backend) Attention(dst, q, kCache, vCache, pos, sinks backend.Tensor, p
 			m := math.Inf(-1)
 			for j := first; j <= pr; j++ {
 				row := (j % p.CacheCap) * kvCols
-				s := float64(dot(qh, kc.f32[row+kvOff:row+kvOff+p.HeadDim]) * p.Scale)
+				s := float64(b.k.dot(qh, kc.f32[row+kvOff:row+kvOff+p.HeadDim]) * p.Scale)
 				scores = append(scores, s)
 				m = max(m, s)
 			}

@@ -28,6 +28,7 @@ const typeI32 = tensor.Type(26)
 // a time; Err, Allocated and Sync may be called from any goroutine.
 type Backend struct {
 	threads   int
+	k         kernels
 	allocated atomic.Int64
 
 	mu   sync.Mutex
@@ -69,12 +70,18 @@ func (t *Tensor) elements() int {
 func New() *Backend { return NewWithThreads(runtime.NumCPU()) }
 
 // NewWithThreads returns a backend that splits each op over at most n
-// goroutines (n < 1 means 1).
-func NewWithThreads(n int) *Backend {
-	if n < 1 {
-		n = 1
+// goroutines (n < 1 means 1). It uses the assembly kernels where the CPU
+// supports them.
+func NewWithThreads(n int) *Backend { return newBackend(n, true) }
+
+// newBackend is NewWithThreads with the choice of kernels: simd false forces
+// the pure-Go loops (tests run both).
+func newBackend(threads int, simd bool) *Backend {
+	k := goKernels
+	if s, ok := simdKernels(); ok && simd {
+		k = s
 	}
-	return &Backend{threads: n, live: make(map[*Tensor]struct{})}
+	return &Backend{threads: max(threads, 1), k: k, live: make(map[*Tensor]struct{})}
 }
 
 // Name returns "cpu".

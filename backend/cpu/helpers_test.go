@@ -176,8 +176,14 @@ func uniformTol(want []float64, rel, abs float64) []float64 {
 	return tol
 }
 
-// backends returns a single-threaded and a multi-threaded backend, so every
-// op is checked both with and without its work split across goroutines.
+// backends returns single- and multi-threaded backends with the pure-Go and
+// (where the CPU has them) the assembly kernels, so every op is checked with
+// and without its work split across goroutines and in both kernel sets.
 func backends() map[string]*Backend {
-	return map[string]*Backend{"threads=1": NewWithThreads(1), "threads=3": NewWithThreads(3)}
+	bs := map[string]*Backend{"go/threads=1": newBackend(1, false), "go/threads=3": newBackend(3, false)}
+	if _, ok := simdKernels(); ok {
+		bs["simd/threads=1"] = newBackend(1, true)
+		bs["simd/threads=3"] = newBackend(3, true)
+	}
+	return bs
 }

@@ -8,9 +8,25 @@ import (
 )
 
 // The formats both architectures use (F16, BF16, Q8_0, MXFP4) get their own
-// row decoders and fused dot kernels here: decoding a block inside the dot
-// product keeps the weights streaming at memory speed in decode, where each
-// weight byte is used once. Other formats go through tensor.Dequantize.
+// row decoders here, and on amd64 fused assembly dot kernels: decoding a
+// block inside the dot product keeps the weights streaming at memory speed
+// in decode, where each weight byte is used once. Other formats are decoded
+// by tensor.Dequantize.
+
+// kernels are the inner loops a backend runs. dot is the float32 dot
+// product of two equal-length vectors. fused, where it has an entry for a
+// weight type, is the dot product of one weight row in that format with x,
+// decoding as it goes; types without one are decoded a row at a time by
+// decodeRow and then go through dot.
+type kernels struct {
+	name  string
+	dot   func(a, b []float32) float32
+	fused map[tensor.Type]func(row []byte, x []float32) float32
+}
+
+// goKernels are the pure-Go loops, used where no assembly version exists
+// and in tests as the second implementation to check the assembly against.
+var goKernels = kernels{name: "go", dot: dot}
 
 // f16Table holds every binary16 bit pattern widened to float32, so an F16
 // weight costs one table load instead of a branchy conversion.
@@ -61,4 +77,26 @@ func decodeRow(typ tensor.Type, src []byte, dst []float32) {
 		// decoding cannot fail.
 		_ = tensor.Dequantize(typ, src, dst)
 	}
+}
+
+// dot returns Σ a[i]·b[i] over len(a) elements, accumulated in eight float32
+// partial sums.
+func dot(a, b []float32) float32 {
+	b = b[:len(a)]
+	var s0, s1, s2, s3, s4, s5, s6, s7 float32
+	i := 0
+	for ; i+8 <= len(a); i += 8 {
+		s0 += a[i] * b[i]
+		s1 += a[i+1] * b[i+1]
+		s2 += a[i+2] * b[i+2]
+		s3 += a[i+3] * b[i+3]
+		s4 += a[i+4] * b[i+4]
+		s5 += a[i+5] * b[i+5]
+		s6 += a[i+6] * b[i+6]
+		s7 += a[i+7] * b[i+7]
+	}
+	for ; i < len(a); i++ {
+		s0 += a[i] * b[i]
+	}
+	return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 }

@@ -93,44 +93,46 @@ func (b *Backend) MatMul(dst, x, w, bias backend.Tensor) {
 	b.matmul(d.f32, xs.f32, n, wv, bv)
 }
 
+// fusedMaxRows is the largest n for which MatMul runs the fused kernels,
+// decoding each weight row once per row of x; above it a row is decoded
+// once into a buffer and reused for every row of x.
+const fusedMaxRows = 2
+
 // matmul computes dst (n×w.out) = x (n×w.in) · wᵀ + bias, splitting the
-// output features over the workers. Each worker dequantizes one weight row
-// at a time and reuses it for every row of x.
+// output features over the workers.
 func (b *Backend) matmul(dst, x []float32, n int, w *weight, bias []float32) {
 	in, out := w.in, w.out
+	dotF32 := b.k.dot
+	fused := b.k.fused[w.typ]
+	if n > fusedMaxRows {
+		fused = nil
+	}
 	b.parallel(out, 16, func(lo, hi int) {
-		buf := make([]float32, in)
+		var buf []float32
+		if w.typ != tensor.F32 && fused == nil {
+			buf = make([]float32, in)
+		}
 		for o := lo; o < hi; o++ {
-			w.row(o, buf)
 			var bo float32
 			if bias != nil {
 				bo = bias[o]
 			}
+			if fused != nil {
+				row := w.raw[o*w.rowBytes : (o+1)*w.rowBytes]
+				for i := 0; i < n; i++ {
+					dst[i*out+o] = fused(row, x[i*in:(i+1)*in]) + bo
+				}
+				continue
+			}
+			row := buf
+			if w.typ == tensor.F32 {
+				row = w.f32[o*in : (o+1)*in]
+			} else {
+				decodeRow(w.typ, w.raw[o*w.rowBytes:(o+1)*w.rowBytes], buf)
+			}
 			for i := 0; i < n; i++ {
-				dst[i*out+o] = dot(x[i*in:(i+1)*in], buf) + bo
+				dst[i*out+o] = dotF32(x[i*in:(i+1)*in], row) + bo
 			}
 		}
 	})
-}
-
-// dot returns Σ a[i]·b[i] over len(a) elements, accumulated in eight float32
-// partial sums.
-func dot(a, b []float32) float32 {
-	b = b[:len(a)]
-	var s0, s1, s2, s3, s4, s5, s6, s7 float32
-	i := 0
-	for ; i+8 <= len(a); i += 8 {
-		s0 += a[i] * b[i]
-		s1 += a[i+1] * b[i+1]
-		s2 += a[i+2] * b[i+2]
-		s3 += a[i+3] * b[i+3]
-		s4 += a[i+4] * b[i+4]
-		s5 += a[i+5] * b[i+5]
-		s6 += a[i+6] * b[i+6]
-		s7 += a[i+7] * b[i+7]
-	}
-	for ; i < len(a); i++ {
-		s0 += a[i] * b[i]
-	}
-	return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 }

@@ -1,0 +1,108 @@
+package cpu
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"testing"
+
+	"orcd/backend"
+	"orcd/tensor"
+)
+
+// BenchmarkMatMul times x·wᵀ for the GPT-2 124M shapes. The reported MB/s
+// is weight bytes per second, so for n=1 (decode) it is the weight
+// streaming rate that bounds tokens/s.
+func BenchmarkMatMul(b *testing.B) {
+	shapes := []struct{ in, out int }{{768, 768}, {768, 3072}, {768, 50257}}
+	for _, typ := range []tensor.Type{tensor.F32, tensor.F16, tensor.BF16, tensor.Q8_0, tensor.MXFP4, tensor.Q4_K, tensor.Q6_K} {
+		for _, s := range shapes {
+			for _, n := range []int{1, 64} {
+				b.Run(fmt.Sprintf("%s/%dx%d/n=%d", typ, s.out, s.in, n), func(b *testing.B) {
+					be := New()
+					defer be.Close()
+					r := rand.New(rand.NewPCG(1, 2))
+					raw := randWeightBytes(r, typ, s.in*s.out)
+					w := must(be.Upload("w", typ, []int{s.in, s.out}, raw))
+					x := must(be.NewF32(n, s.in))
+					be.WriteF32(x, randF32(r, n*s.in, 1))
+					dst := must(be.NewF32(n, s.out))
+					b.SetBytes(int64(len(raw)))
+					b.ResetTimer()
+					for range b.N {
+						be.MatMul(dst, x, w, nil)
+					}
+					if err := be.Sync(); err != nil {
+						b.Fatal(err)
+					}
+				})
+			}
+		}
+	}
+}
+
+// BenchmarkGPT2Decode runs the ops of one GPT-2 124M decode step (12
+// layers, hidden 768, 12 heads, 50257-token head) at a 256-token context.
+// ns/op is the time per token.
+func BenchmarkGPT2Decode(b *testing.B) {
+	for _, typ := range []tensor.Type{tensor.F16, tensor.Q8_0} {
+		b.Run(typ.String(), func(b *testing.B) {
+			const hidden, ff, layers, heads, vocab, ctx = 768, 3072, 12, 12, 50257, 256
+			be := New()
+			defer be.Close()
+			r := rand.New(rand.NewPCG(1, 2))
+			weight := func(in, out int) backend.Tensor {
+				return must(be.Upload("w", typ, []int{in, out}, randWeightBytes(r, typ, in*out)))
+			}
+			vec := func(n int) backend.Tensor {
+				return must(be.Upload("v", tensor.F32, []int{n}, f32Bytes(randF32(r, n, 0.1))))
+			}
+			type layer struct {
+				ln1w, ln1b, qkvB, oB, ln2w, ln2b, upB, downB backend.Tensor
+				qkv, o, up, down, kc, vc                     backend.Tensor
+			}
+			ls := make([]layer, layers)
+			for i := range ls {
+				ls[i] = layer{
+					ln1w: vec(hidden), ln1b: vec(hidden), qkvB: vec(3 * hidden), oB: vec(hidden),
+					ln2w: vec(hidden), ln2b: vec(hidden), upB: vec(ff), downB: vec(hidden),
+					qkv: weight(hidden, 3*hidden), o: weight(hidden, hidden),
+					up: weight(hidden, ff), down: weight(ff, hidden),
+					kc: must(be.NewKVCache(ctx, hidden)), vc: must(be.NewKVCache(ctx, hidden)),
+				}
+			}
+			head := weight(hidden, vocab)
+			x := must(be.NewF32(1, hidden))
+			be.WriteF32(x, randF32(r, hidden, 1))
+			h, qkv, q, k, v := must(be.NewF32(1, hidden)), must(be.NewF32(1, 3*hidden)),
+				must(be.NewF32(1, hidden)), must(be.NewF32(1, hidden)), must(be.NewF32(1, hidden))
+			att, up, logits := must(be.NewF32(1, hidden)), must(be.NewF32(1, ff)), must(be.NewF32(1, vocab))
+			pos := must(be.NewI32(1))
+			be.WriteI32(pos, []int32{ctx - 1})
+			ap := backend.AttentionParams{Heads: heads, KVHeads: heads, HeadDim: 64, Scale: 0.125, CacheCap: ctx}
+			b.ResetTimer()
+			for range b.N {
+				for _, l := range ls {
+					be.LayerNorm(h, x, l.ln1w, l.ln1b, 1e-5)
+					be.MatMul(qkv, h, l.qkv, l.qkvB)
+					be.CopyCols(q, qkv, 0)
+					be.CopyCols(k, qkv, hidden)
+					be.CopyCols(v, qkv, 2*hidden)
+					be.StoreKV(l.kc, l.vc, k, v, pos)
+					be.Attention(att, q, l.kc, l.vc, pos, nil, ap)
+					be.MatMul(h, att, l.o, l.oB)
+					be.Add(x, x, h)
+					be.LayerNorm(h, x, l.ln2w, l.ln2b, 1e-5)
+					be.MatMul(up, h, l.up, l.upB)
+					be.GELU(up, up)
+					be.MatMul(h, up, l.down, l.downB)
+					be.Add(x, x, h)
+				}
+				be.MatMul(logits, x, head, nil)
+			}
+			if err := be.Sync(); err != nil {
+				b.Fatal(err)
+			}
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "tok/s")
+		})
+	}
+}

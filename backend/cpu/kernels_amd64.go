@@ -1,0 +1,104 @@
+package cpu
+
+import (
+	"orcd/tensor"
+)
+
+// AVX2+FMA versions of the inner loops, in kernels_amd64.s. They need AVX2,
+// FMA and F16C, checked once with CPUID; without them the backend uses the
+// pure-Go loops.
+
+//go:noescape
+func dotF32AVX2(a, b *float32, n int) float32
+
+//go:noescape
+func dotF16AVX2(w *byte, x *float32, n int) float32
+
+//go:noescape
+func dotQ8_0AVX2(w *byte, x *float32, blocks int) float32
+
+//go:noescape
+func dotMXFP4AVX2(w *byte, x *float32, blocks int, scales *float32, values *byte) float32
+
+func cpuid(leaf, sub uint32) (a, b, c, d uint32)
+
+func xgetbv0() uint32
+
+// haveAVX2 reports whether the CPU and OS support AVX2, FMA and F16C.
+func haveAVX2() bool {
+	maxLeaf, _, _, _ := cpuid(0, 0)
+	if maxLeaf < 7 {
+		return false
+	}
+	_, _, c1, _ := cpuid(1, 0)
+	const fma, osxsave, avx, f16c = 1 << 12, 1 << 27, 1 << 28, 1 << 29
+	if c1&(fma|osxsave|avx|f16c) != fma|osxsave|avx|f16c {
+		return false
+	}
+	if xgetbv0()&6 != 6 { // the OS saves XMM and YMM state
+		return false
+	}
+	_, b7, _, _ := cpuid(7, 0)
+	return b7&(1<<5) != 0
+}
+
+// mxfp4HalfScales maps an E8M0 byte to 2^(e-128), for the AVX2 MXFP4 loop.
+var mxfp4HalfScales = func() (t [256]float32) {
+	for i := range t {
+		t[i] = tensor.E8M0ToF32Half(uint8(i))
+	}
+	return t
+}()
+
+// mxfp4Codes are mxfp4Values as int8, the VPSHUFB lookup table.
+var mxfp4Codes = func() (t [16]byte) {
+	for i, v := range mxfp4Values {
+		t[i] = byte(int8(v))
+	}
+	return t
+}()
+
+// simdKernels returns the AVX2 kernels when the CPU has them.
+func simdKernels() (kernels, bool) {
+	if !haveAVX2() {
+		return kernels{}, false
+	}
+	return kernels{
+		name: "avx2",
+		dot: func(a, b []float32) float32 {
+			n := len(a) &^ 7
+			var s float32
+			if n > 0 {
+				s = dotF32AVX2(&a[0], &b[:n][0], n)
+			}
+			for i := n; i < len(a); i++ {
+				s += a[i] * b[i]
+			}
+			return s
+		},
+		fused: map[tensor.Type]func(row []byte, x []float32) float32{
+			tensor.F16: func(row []byte, x []float32) float32 {
+				n := len(x) &^ 7
+				var s float32
+				if n > 0 {
+					s = dotF16AVX2(&row[:2*n][0], &x[0], n)
+				}
+				t := f16Table()
+				for i := n; i < len(x); i++ {
+					s += t[uint16(row[2*i])|uint16(row[2*i+1])<<8] * x[i]
+				}
+				return s
+			},
+			tensor.Q8_0: func(row []byte, x []float32) float32 {
+				blocks := len(x) / 32
+				_ = row[34*blocks-1]
+				return dotQ8_0AVX2(&row[0], &x[0], blocks)
+			},
+			tensor.MXFP4: func(row []byte, x []float32) float32 {
+				blocks := len(x) / 32
+				_ = row[17*blocks-1]
+				return dotMXFP4AVX2(&row[0], &x[0], blocks, &mxfp4HalfScales[0], &mxfp4Codes[0])
+			},
+		},
+	}, true
+}
