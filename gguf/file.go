@@ -91,7 +91,7 @@ type File struct {
 	Path       string
 	Version    uint32
 	Alignment  int64        // data alignment in bytes
-	DataOffset int64        // absolute offset of the data section
+	DataOffset int64        // absolute offset of the data section (past Size in a file with no tensors and no padding)
 	Size       int64        // file size in bytes
 	KV         []KV         // metadata in file order
 	Tensors    []TensorInfo // tensors in file order
