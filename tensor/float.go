@@ -73,6 +73,11 @@ func roundShiftEven(v uint32, s uint) uint32 {
 	return q
 }
 
+// abs32 is |v| for a float32, clearing the sign bit (so |-0| = +0).
+func abs32(v float32) float32 {
+	return math.Float32frombits(math.Float32bits(v) &^ (1 << 31))
+}
+
 // BF16ToF32 widens a bfloat16 value, given as its bit pattern, to float32.
 // bfloat16 is the top half of a float32, so this is exact.
 func BF16ToF32(h uint16) float32 {

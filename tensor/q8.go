@@ -55,8 +55,3 @@ func quantizeQ8_0(dst []byte, x []float32) ([]byte, error) {
 	}
 	return dst, nil
 }
-
-// abs32 is |v| for a float32, clearing the sign bit (so |-0| = +0).
-func abs32(v float32) float32 {
-	return math.Float32frombits(math.Float32bits(v) &^ (1 << 31))
-}
