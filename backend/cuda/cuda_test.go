@@ -1,0 +1,502 @@
+package cuda
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"testing"
+
+	"orcd/backend"
+	"orcd/backend/cpu"
+	"orcd/tensor"
+)
+
+// Every op is compared with the cpu backend (the reference) on fresh random
+// inputs. Tolerances are relative L2 errors: 1e-4 where the GPU computes in
+// f32, a few 1e-3 where it rounds activations (tensor-core matmuls) or the
+// KV cache to f16.
+
+// pair is the cuda backend under test and the cpu reference.
+type pair struct {
+	t   *testing.T
+	gpu *Backend
+	ref *cpu.Backend
+}
+
+var shared *Backend
+
+func newPair(t *testing.T) *pair {
+	t.Helper()
+	if !Available() {
+		t.Skip("no CUDA driver or device: cuda tests run on the GPU machine")
+	}
+	if shared == nil {
+		b, err := New(Options{})
+		if err != nil {
+			t.Fatalf("New: %v", err)
+		}
+		shared = b
+	}
+	if err := shared.Sync(); err != nil {
+		t.Fatalf("error left by an earlier test: %v", err)
+	}
+	return &pair{t: t, gpu: shared, ref: cpu.New()}
+}
+
+// tensors is one logical tensor in both backends.
+type tensors struct{ g, c backend.Tensor }
+
+func (p *pair) upload(typ tensor.Type, dims []int, data []byte) tensors {
+	p.t.Helper()
+	g, err := p.gpu.Upload("w", typ, dims, data)
+	if err != nil {
+		p.t.Fatalf("cuda upload %s %v: %v", typ, dims, err)
+	}
+	c, err := p.ref.Upload("w", typ, dims, data)
+	if err != nil {
+		p.t.Fatalf("cpu upload %s %v: %v", typ, dims, err)
+	}
+	p.t.Cleanup(func() { p.gpu.Free(g) })
+	return tensors{g, c}
+}
+
+func (p *pair) f32(rows, cols int, v []float32) tensors {
+	p.t.Helper()
+	g, err := p.gpu.NewF32(rows, cols)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	c, _ := p.ref.NewF32(rows, cols)
+	if v != nil {
+		p.gpu.WriteF32(g, v)
+		p.ref.WriteF32(c, v)
+	} else {
+		// Poison outputs so an unwritten element shows.
+		nan := make([]float32, rows*cols)
+		for i := range nan {
+			nan[i] = float32(math.NaN())
+		}
+		p.gpu.WriteF32(g, nan)
+	}
+	p.t.Cleanup(func() { p.gpu.Free(g) })
+	return tensors{g, c}
+}
+
+func (p *pair) i32(v []int32) tensors {
+	p.t.Helper()
+	g, err := p.gpu.NewI32(len(v))
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	c, _ := p.ref.NewI32(len(v))
+	p.gpu.WriteI32(g, v)
+	p.ref.WriteI32(c, v)
+	p.t.Cleanup(func() { p.gpu.Free(g) })
+	return tensors{g, c}
+}
+
+func (p *pair) kv(rows, cols int) tensors {
+	p.t.Helper()
+	g, err := p.gpu.NewKVCache(rows, cols)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	c, _ := p.ref.NewKVCache(rows, cols)
+	p.t.Cleanup(func() { p.gpu.Free(g) })
+	return tensors{g, c}
+}
+
+// check reads n values of out from both backends and compares them.
+func (p *pair) check(what string, out tensors, n int, tol float64) {
+	p.t.Helper()
+	got, want := make([]float32, n), make([]float32, n)
+	if err := p.gpu.ReadF32(out.g, got); err != nil {
+		p.t.Fatalf("%s: cuda: %v", what, err)
+	}
+	if err := p.gpu.Sync(); err != nil {
+		p.t.Fatalf("%s: cuda: %v", what, err)
+	}
+	if err := p.ref.ReadF32(out.c, want); err != nil {
+		p.t.Fatalf("%s: cpu: %v", what, err)
+	}
+	if err := p.ref.Sync(); err != nil {
+		p.t.Fatalf("%s: cpu: %v", what, err)
+	}
+	if e := relErr(got, want); !(e <= tol) {
+		p.t.Errorf("%s: relative error %.3g > %.3g (got[:4] %v want[:4] %v)", what, e, tol, got[:min(4, n)], want[:min(4, n)])
+	}
+}
+
+// relErr is ‖got−want‖/‖want‖; NaN anywhere makes it NaN.
+func relErr(got, want []float32) float64 {
+	var num, den float64
+	for i := range want {
+		d := float64(got[i]) - float64(want[i])
+		num += d * d
+		den += float64(want[i]) * float64(want[i])
+	}
+	if den == 0 {
+		return math.Sqrt(num)
+	}
+	return math.Sqrt(num / den)
+}
+
+func randF32(r *rand.Rand, n int, scale float64) []float32 {
+	v := make([]float32, n)
+	for i := range v {
+		v[i] = float32(r.NormFloat64() * scale)
+	}
+	return v
+}
+
+// randWeights returns n elements of typ, random but valid.
+func randWeights(t *testing.T, r *rand.Rand, typ tensor.Type, n int) []byte {
+	t.Helper()
+	switch typ {
+	case tensor.Q4_K, tensor.Q6_K:
+		size, _ := typ.RowSize(int64(n))
+		b := make([]byte, size)
+		for i := range b {
+			b[i] = byte(r.UintN(256))
+		}
+		for off := 0; off < len(b); off += typ.TypeSize() {
+			blk := b[off : off+typ.TypeSize()]
+			if typ == tensor.Q4_K {
+				binary.LittleEndian.PutUint16(blk, tensor.F32ToF16(float32(0.002+0.01*r.Float64())))
+				binary.LittleEndian.PutUint16(blk[2:], tensor.F32ToF16(float32(0.002+0.01*r.Float64())))
+			} else {
+				binary.LittleEndian.PutUint16(blk[208:], tensor.F32ToF16(float32(0.0005+0.002*r.Float64())))
+			}
+		}
+		return b
+	}
+	b, err := tensor.Quantize(typ, randF32(r, n, 1))
+	if err != nil {
+		t.Fatalf("quantize %s: %v", typ, err)
+	}
+	return b
+}
+
+func newRand() *rand.Rand { return rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())) }
+
+var allTypes = []tensor.Type{tensor.F32, tensor.F16, tensor.BF16, tensor.Q8_0, tensor.MXFP4, tensor.Q4_K, tensor.Q6_K}
+
+func TestMatMul(t *testing.T) {
+	p := newPair(t)
+	r := newRand()
+	for _, typ := range allTypes {
+		for _, shape := range [][2]int{{256, 96}, {512, 200}, {2880, 130}} {
+			in, out := shape[0], shape[1]
+			if in%typ.BlockSize() != 0 {
+				continue
+			}
+			w := p.upload(typ, []int{in, out}, randWeights(t, r, typ, in*out))
+			bias := p.f32(1, out, randF32(r, out, 1))
+			for _, n := range []int{1, 3, 8, 9, 70, 130} {
+				x := p.f32(n, in, randF32(r, n*in, 1))
+				dst := p.f32(n, out, nil)
+				bb := bias
+				if n%2 == 1 {
+					bb = tensors{}
+				}
+				p.gpu.MatMul(dst.g, x.g, w.g, bb.g)
+				p.ref.MatMul(dst.c, x.c, w.c, bb.c)
+				tol := 1e-4
+				if n > mvTokens && tileTypes[typ] {
+					tol = 3e-3
+				}
+				p.check(fmt.Sprintf("%s in=%d out=%d n=%d", typ, in, out, n), dst, n*out, tol)
+			}
+		}
+	}
+}
+
+func TestEmbed(t *testing.T) {
+	p := newPair(t)
+	r := newRand()
+	for _, typ := range allTypes {
+		in, rows := 512, 50
+		table := p.upload(typ, []int{in, rows}, randWeights(t, r, typ, in*rows))
+		ids := p.i32([]int32{3, 0, 49, 17, 3})
+		dst := p.f32(5, in, nil)
+		p.gpu.Embed(dst.g, table.g, ids.g)
+		p.ref.Embed(dst.c, table.c, ids.c)
+		p.check("Embed "+typ.String(), dst, 5*in, 1e-6)
+	}
+}
+
+func TestRowOps(t *testing.T) {
+	p := newPair(t)
+	r := newRand()
+	for _, shape := range [][2]int{{1, 64}, {7, 2880}, {33, 768}, {3, 100}} {
+		rows, cols := shape[0], shape[1]
+		name := fmt.Sprintf("%d×%d", rows, cols)
+		a := p.f32(rows, cols, randF32(r, rows*cols, 2))
+		bb := p.f32(rows, cols, randF32(r, rows*cols, 2))
+		w := p.f32(1, cols, randF32(r, cols, 1))
+		bias := p.f32(1, cols, randF32(r, cols, 1))
+
+		dst := p.f32(rows, cols, nil)
+		p.gpu.Add(dst.g, a.g, bb.g)
+		p.ref.Add(dst.c, a.c, bb.c)
+		p.check("Add "+name, dst, rows*cols, 1e-6)
+
+		p.gpu.GELU(dst.g, a.g)
+		p.ref.GELU(dst.c, a.c)
+		p.check("GELU "+name, dst, rows*cols, 1e-5)
+
+		p.gpu.LayerNorm(dst.g, a.g, w.g, bias.g, 1e-5)
+		p.ref.LayerNorm(dst.c, a.c, w.c, bias.c, 1e-5)
+		p.check("LayerNorm "+name, dst, rows*cols, 1e-5)
+
+		// RMSNorm in place (dst aliases x).
+		p.gpu.RMSNorm(bb.g, bb.g, w.g, 1e-5)
+		p.ref.RMSNorm(bb.c, bb.c, w.c, 1e-5)
+		p.check("RMSNorm in place "+name, bb, rows*cols, 1e-5)
+
+		if cols >= 40 {
+			half := p.f32(rows, 24, nil)
+			p.gpu.CopyCols(half.g, a.g, 13)
+			p.ref.CopyCols(half.c, a.c, 13)
+			p.check("CopyCols "+name, half, rows*24, 0)
+		}
+	}
+}
+
+func TestRoPE(t *testing.T) {
+	p := newPair(t)
+	r := newRand()
+	rows, heads, dim := 6, 4, 64
+	x := p.f32(rows, heads*dim, randF32(r, rows*heads*dim, 1))
+	pos := p.i32([]int32{0, 1, 7, 4095, 65536, 131071})
+	freq := make([]float32, dim/2)
+	for i := range freq {
+		freq[i] = float32(math.Pow(150000, -2*float64(i)/float64(dim)))
+	}
+	f := p.f32(1, dim/2, freq)
+	p.gpu.RoPE(x.g, pos.g, f.g, dim, 1.35)
+	p.ref.RoPE(x.c, pos.c, f.c, dim, 1.35)
+	p.check("RoPE", x, rows*heads*dim, 1e-5)
+}
+
+// attnCase fills caches with keys 0..last and attends rows at positions pos.
+func attnCase(t *testing.T, p *pair, r *rand.Rand, ap backend.AttentionParams, last int, pos []int32, sinks bool) {
+	kvCols := ap.KVHeads * ap.HeadDim
+	kc, vc := p.kv(ap.CacheCap, kvCols), p.kv(ap.CacheCap, kvCols)
+	first := 0
+	if last >= ap.CacheCap {
+		first = last - ap.CacheCap + 1
+	}
+	nk := last - first + 1
+	slots := make([]int32, nk)
+	for i := range slots {
+		slots[i] = int32((first + i) % ap.CacheCap)
+	}
+	// Keys and values pass through f16 on the GPU; give the reference the
+	// same rounded values so only the attention itself is compared.
+	kv := func() []float32 {
+		v := randF32(r, nk*kvCols, 1)
+		for i := range v {
+			v[i] = tensor.F16ToF32(tensor.F32ToF16(v[i]))
+		}
+		return v
+	}
+	k, v := p.f32(nk, kvCols, kv()), p.f32(nk, kvCols, kv())
+	sl := p.i32(slots)
+	p.gpu.StoreKV(kc.g, vc.g, k.g, v.g, sl.g)
+	p.ref.StoreKV(kc.c, vc.c, k.c, v.c, sl.c)
+	n := len(pos)
+	q := p.f32(n, ap.Heads*ap.HeadDim, randF32(r, n*ap.Heads*ap.HeadDim, 1))
+	ps := p.i32(pos)
+	var sk tensors
+	if sinks {
+		sk = p.f32(1, ap.Heads, randF32(r, ap.Heads, 2))
+	}
+	dst := p.f32(n, ap.Heads*ap.HeadDim, nil)
+	p.gpu.Attention(dst.g, q.g, kc.g, vc.g, ps.g, sk.g, ap)
+	p.ref.Attention(dst.c, q.c, kc.c, vc.c, ps.c, sk.c, ap)
+	p.check(fmt.Sprintf("Attention %+v last=%d n=%d sinks=%v", ap, last, n, sinks), dst, n*ap.Heads*ap.HeadDim, 1e-4)
+}
+
+func TestAttention(t *testing.T) {
+	p := newPair(t)
+	r := newRand()
+	seq := func(lo, hi int) []int32 {
+		v := make([]int32, 0, hi-lo)
+		for i := lo; i < hi; i++ {
+			v = append(v, int32(i))
+		}
+		return v
+	}
+	gptoss := backend.AttentionParams{Heads: 8, KVHeads: 2, HeadDim: 64, Scale: 0.125, CacheCap: 256}
+	gpt2 := backend.AttentionParams{Heads: 3, KVHeads: 3, HeadDim: 64, Scale: 0.125, CacheCap: 100}
+	for _, sinks := range []bool{false, true} {
+		attnCase(t, p, r, gptoss, 99, seq(0, 100), sinks) // prefill
+		attnCase(t, p, r, gptoss, 200, []int32{200}, sinks)
+		w := gptoss
+		w.Window = 16
+		attnCase(t, p, r, w, 99, seq(0, 100), sinks)
+		attnCase(t, p, r, w, 200, []int32{200}, sinks)
+		ring := w
+		ring.CacheCap = 32 // sliding-window layer with a ring-buffer cache
+		attnCase(t, p, r, ring, 300, []int32{298, 299, 300}, sinks)
+	}
+	attnCase(t, p, r, gpt2, 49, seq(0, 50), false)
+	long := backend.AttentionParams{Heads: 64, KVHeads: 8, HeadDim: 64, Scale: 0.125, CacheCap: 20000}
+	attnCase(t, p, r, long, 19999, []int32{19999}, true) // split-K decode over a long cache
+	attnCase(t, p, r, long, 5000, []int32{4990, 5000}, true)
+}
+
+func TestMoE(t *testing.T) {
+	p := newPair(t)
+	r := newRand()
+	hidden, ff, nExp := 128, 96, 8
+	for _, typ := range []tensor.Type{tensor.MXFP4, tensor.Q8_0, tensor.BF16} {
+		w := &backend.MoEWeights{}
+		var ref backend.MoEWeights
+		set := func(g, c *backend.Tensor, tt tensors) { *g, *c = tt.g, tt.c }
+		set(&w.Router, &ref.Router, p.upload(tensor.F32, []int{hidden, nExp}, randWeights(t, r, tensor.F32, hidden*nExp)))
+		set(&w.RouterBias, &ref.RouterBias, p.f32(1, nExp, randF32(r, nExp, 1)))
+		set(&w.Gate, &ref.Gate, p.upload(typ, []int{hidden, ff, nExp}, randWeights(t, r, typ, hidden*ff*nExp)))
+		set(&w.Up, &ref.Up, p.upload(typ, []int{hidden, ff, nExp}, randWeights(t, r, typ, hidden*ff*nExp)))
+		set(&w.Down, &ref.Down, p.upload(typ, []int{ff, hidden, nExp}, randWeights(t, r, typ, hidden*ff*nExp)))
+		set(&w.GateBias, &ref.GateBias, p.f32(nExp, ff, randF32(r, ff*nExp, 1)))
+		set(&w.UpBias, &ref.UpBias, p.f32(nExp, ff, randF32(r, ff*nExp, 1)))
+		set(&w.DownBias, &ref.DownBias, p.f32(nExp, hidden, randF32(r, hidden*nExp, 1)))
+		mp := backend.MoEParams{TopK: 3, Alpha: 1.702, Limit: 7}
+		for _, n := range []int{1, 4, 70} {
+			x := p.f32(n, hidden, randF32(r, n*hidden, 0.2))
+			dst := p.f32(n, hidden, nil)
+			p.gpu.MoE(dst.g, x.g, w, mp)
+			p.ref.MoE(dst.c, x.c, &ref, mp)
+			tol := 1e-4
+			if n > 4 {
+				tol = 5e-3
+			}
+			p.check(fmt.Sprintf("MoE %s n=%d", typ, n), dst, n*hidden, tol)
+		}
+	}
+}
+
+// TestGraphReplay records a decode-like step once and replays it as the
+// position advances; every step must equal the same ops run eagerly.
+func TestGraphReplay(t *testing.T) {
+	p := newPair(t)
+	r := newRand()
+	ap := backend.AttentionParams{Heads: 4, KVHeads: 2, HeadDim: 64, Scale: 0.125, CacheCap: 64}
+	kvCols := ap.KVHeads * ap.HeadDim
+	hidden := ap.Heads * ap.HeadDim
+	wq := p.upload(tensor.Q8_0, []int{hidden, hidden}, randWeights(t, r, tensor.Q8_0, hidden*hidden))
+	wk := p.upload(tensor.Q8_0, []int{hidden, kvCols}, randWeights(t, r, tensor.Q8_0, hidden*kvCols))
+	freq := p.f32(1, ap.HeadDim/2, randF32(r, ap.HeadDim/2, 0.1))
+	x := p.f32(1, hidden, nil)
+	q, k := p.f32(1, hidden, nil), p.f32(1, kvCols, nil)
+	out := p.f32(1, hidden, nil)
+	kc, vc := p.kv(ap.CacheCap, kvCols), p.kv(ap.CacheCap, kvCols)
+	pos, slot := p.i32([]int32{0}), p.i32([]int32{0})
+	step := func(b backend.Backend, x, q, k, kc, vc, pos, slot, out, wq, wk, freq backend.Tensor) {
+		b.MatMul(q, x, wq, nil)
+		b.MatMul(k, x, wk, nil)
+		b.RoPE(q, pos, freq, ap.HeadDim, 1)
+		b.RoPE(k, pos, freq, ap.HeadDim, 1)
+		b.StoreKV(kc, vc, k, k, slot)
+		b.Attention(out, q, kc, vc, pos, nil, ap)
+	}
+	for i := 0; i < 40; i++ {
+		xv := randF32(r, hidden, 0.3)
+		for _, tt := range []tensors{x} {
+			p.gpu.WriteF32(tt.g, xv)
+			p.ref.WriteF32(tt.c, xv)
+		}
+		pv := []int32{int32(i)}
+		sv := []int32{int32(i % ap.CacheCap)}
+		p.gpu.WriteI32(pos.g, pv)
+		p.ref.WriteI32(pos.c, pv)
+		p.gpu.WriteI32(slot.g, sv)
+		p.ref.WriteI32(slot.c, sv)
+		p.gpu.Graph("step", func() { step(p.gpu, x.g, q.g, k.g, kc.g, vc.g, pos.g, slot.g, out.g, wq.g, wk.g, freq.g) })
+		step(p.ref, x.c, q.c, k.c, kc.c, vc.c, pos.c, slot.c, out.c, wq.c, wk.c, freq.c)
+		p.check(fmt.Sprintf("graph step %d", i), out, hidden, 3e-3)
+	}
+	if len(p.gpu.graphs) == 0 {
+		t.Errorf("no graph was recorded")
+	}
+}
+
+func TestOutOfMemoryRecovery(t *testing.T) {
+	if !Available() {
+		t.Skip("no CUDA driver or device: cuda tests run on the GPU machine")
+	}
+	b, err := New(Options{MemLimit: 64 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	base := b.DeviceBytes()
+	var held []backend.Tensor
+	for i := 0; ; i++ {
+		x, err := b.NewF32(1024, 1024) // 4 MiB
+		if err != nil {
+			if !errors.Is(err, ErrOutOfMemory) {
+				t.Fatalf("allocation %d: %v is not ErrOutOfMemory", i, err)
+			}
+			break
+		}
+		held = append(held, x)
+		if i > 100 {
+			t.Fatal("the 64 MiB cap was never hit")
+		}
+	}
+	// An op whose workspace does not fit fails with ErrOutOfMemory...
+	ap := backend.AttentionParams{Heads: 64, KVHeads: 8, HeadDim: 64, Scale: 0.125, CacheCap: 64}
+	for _, x := range held[:4] {
+		b.Free(x)
+	}
+	held = held[4:]
+	q, _ := b.NewF32(1024, 64*64)
+	kc, _ := b.NewKVCache(64, 512)
+	vc, _ := b.NewKVCache(64, 512)
+	pos, _ := b.NewI32(1024)
+	if err := b.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	b.Attention(q, q, kc, vc, pos, nil, ap)
+	if err := b.Sync(); !errors.Is(err, ErrOutOfMemory) {
+		t.Fatalf("attention over the cap: got %v, want ErrOutOfMemory", err)
+	}
+	// ...and after freeing, the next request works.
+	for _, x := range held {
+		b.Free(x)
+	}
+	for _, x := range []backend.Tensor{q, kc, vc, pos} {
+		b.Free(x)
+	}
+	if got := b.DeviceBytes(); got != base {
+		t.Errorf("device bytes %d after freeing everything, want %d", got, base)
+	}
+	x, err := b.NewF32(1024, 1024)
+	if err != nil {
+		t.Fatalf("allocation after recovery: %v", err)
+	}
+	b.GELU(x, x)
+	if err := b.Sync(); err != nil {
+		t.Fatalf("op after recovery: %v", err)
+	}
+	b.Free(x)
+}
+
+func TestResidentAndMemory(t *testing.T) {
+	p := newPair(t)
+	x := p.f32(16, 16, nil)
+	_ = x
+	ok, err := p.gpu.Resident()
+	if err != nil || !ok {
+		t.Fatalf("Resident() = %v, %v", ok, err)
+	}
+	free, err := p.gpu.FreeMemory()
+	if err != nil || free <= 0 || free > p.gpu.TotalMemory() {
+		t.Fatalf("FreeMemory() = %d, %v (total %d)", free, err, p.gpu.TotalMemory())
+	}
+}

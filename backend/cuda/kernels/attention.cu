@@ -1,0 +1,105 @@
+// Attention over f16 K/V caches, split along the keys (flash-decoding).
+//
+// attn_partial: block (head group, query row, split). Each warp is one query
+// head; the warps of a block share one KV head (GQA), so they read the same
+// K and V rows and the block streams each of them once. The visible keys of
+// a row at position p are lo..p (lo = max(0, p-window+1), or 0), read from
+// pos on the device; split z takes an equal share of them, so the grid
+// depends only on shapes and a captured graph stays valid as p grows. Keys
+// go 32 at a time: lane j scores key j against the whole query (q kept in
+// shared memory), the tile's softmax is folded into a running max and sum,
+// and each lane accumulates its own columns of V.
+//
+// attn_combine merges the splits and the sink logit into dst.
+
+#define ATT_MAX_DIM 256
+
+extern "C" __global__ void attn_partial(const float* q, const u16* kc, const u16* vc, const int* pos, int heads,
+                                        int kvheads, int dim, float scale, int window, int cap, int hgroups,
+                                        float* pm, float* pl, float* pacc) {
+    extern __shared__ float qs[]; // [warps][dim]
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    int group = heads / kvheads;
+    int kvh = blockIdx.x / hgroups;
+    int hin = (blockIdx.x % hgroups) * warps + warp;
+    int row = blockIdx.y, split = blockIdx.z, splits = gridDim.z;
+    bool active = hin < group;
+    int h = kvh * group + hin;
+
+    float* qw = qs + warp * dim;
+    if (active)
+        for (int d = lane; d < dim; d += 32) qw[d] = q[((i64)row * heads + h) * dim + d] * scale;
+    __syncwarp();
+    if (!active) return;
+
+    int p = pos[row];
+    int lo = window > 0 ? max(0, p - window + 1) : 0;
+    int len = p - lo + 1;
+    int chunk = (len + splits - 1) / splits;
+    int start = lo + split * chunk, end = min(p + 1, start + chunk);
+
+    const int per = dim / 32; // columns of V per lane
+    float acc[ATT_MAX_DIM / 32];
+#pragma unroll
+    for (int i = 0; i < ATT_MAX_DIM / 32; i++) acc[i] = 0.f;
+    float m = NEG_INF, l = 0.f;
+    i64 stride = (i64)kvheads * dim;
+
+    for (int kb = start; kb < end; kb += 32) {
+        int key = kb + lane;
+        float s = NEG_INF;
+        if (key < end) {
+            const uint4* kp = (const uint4*)(kc + (i64)(key % cap) * stride + kvh * dim);
+            float dot = 0.f;
+            for (int c = 0; c < dim / 8; c++) {
+                uint4 v = kp[c];
+                const float* qq = qw + c * 8;
+                dot += qq[0] * h2f(v.x & 0xffff) + qq[1] * h2f(v.x >> 16) + qq[2] * h2f(v.y & 0xffff) +
+                       qq[3] * h2f(v.y >> 16) + qq[4] * h2f(v.z & 0xffff) + qq[5] * h2f(v.z >> 16) +
+                       qq[6] * h2f(v.w & 0xffff) + qq[7] * h2f(v.w >> 16);
+            }
+            s = dot;
+        }
+        float mn = fmaxf(m, warp_max(s));
+        float corr = m == NEG_INF ? 0.f : expf(m - mn);
+        float pk = key < end ? expf(s - mn) : 0.f;
+        l = l * corr + warp_sum(pk);
+#pragma unroll
+        for (int i = 0; i < ATT_MAX_DIM / 32; i++) acc[i] *= corr;
+        int nk = min(32, end - kb);
+        for (int j = 0; j < nk; j++) {
+            float pj = __shfl_sync(0xffffffffu, pk, j);
+            const u16* vp = vc + (i64)((kb + j) % cap) * stride + kvh * dim;
+#pragma unroll
+            for (int i = 0; i < ATT_MAX_DIM / 32; i++)
+                if (i < per) acc[i] += pj * h2f(vp[lane + 32 * i]);
+        }
+        m = mn;
+    }
+    i64 o = ((i64)row * heads + h) * splits + split;
+    if (lane == 0) {
+        pm[o] = m;
+        pl[o] = l;
+    }
+#pragma unroll
+    for (int i = 0; i < ATT_MAX_DIM / 32; i++)
+        if (i < per) pacc[o * dim + lane + 32 * i] = acc[i];
+}
+
+// attn_combine: block (head, row), dim threads.
+extern "C" __global__ void attn_combine(float* dst, const float* pm, const float* pl, const float* pacc,
+                                        const float* sinks, int heads, int dim, int splits) {
+    int h = blockIdx.x, row = blockIdx.y, d = threadIdx.x;
+    i64 base = ((i64)row * heads + h) * splits;
+    float M = sinks ? sinks[h] : NEG_INF;
+    for (int s = 0; s < splits; s++) M = fmaxf(M, pm[base + s]);
+    float L = sinks ? expf(sinks[h] - M) : 0.f, acc = 0.f;
+    for (int s = 0; s < splits; s++) {
+        float ms = pm[base + s];
+        if (ms == NEG_INF) continue;
+        float f = expf(ms - M);
+        L += pl[base + s] * f;
+        acc += pacc[(base + s) * dim + d] * f;
+    }
+    dst[((i64)row * heads + h) * dim + d] = acc / L;
+}

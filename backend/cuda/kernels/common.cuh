@@ -1,0 +1,174 @@
+// Shared definitions for every orcd kernel. NVRTC compiles all kernel files
+// as one translation unit, this one first, with no CUDA headers: half
+// conversions use PTX directly.
+
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef long long i64;
+
+#define NEG_INF __int_as_float(0xff800000)
+
+// Weight type ids, numbered as ggml's (tensor.Type).
+#define T_F32 0
+#define T_F16 1
+#define T_Q8_0 8
+#define T_Q4_K 12
+#define T_Q6_K 14
+#define T_BF16 30
+#define T_MXFP4 39
+
+__device__ __forceinline__ float h2f(u16 h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+
+__device__ __forceinline__ u16 f2h(float f) {
+    u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+
+__device__ __forceinline__ float bf2f(u16 h) { return __int_as_float(((u32)h) << 16); }
+
+// pack2 packs two floats as a half2 (lo in the low 16 bits).
+__device__ __forceinline__ u32 pack2(float lo, float hi) { return (u32)f2h(lo) | ((u32)f2h(hi) << 16); }
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Block-wide sum for blockDim.x a multiple of 32 and at most 1024. Every
+// thread gets the total. sh must hold 32 floats.
+__device__ float block_sum(float v, float* sh) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) sh[warp] = v;
+    __syncthreads();
+    float t = lane < nw ? sh[lane] : 0.f;
+    return warp_sum(t);
+}
+
+// MXFP4 values doubled, so the scale is 2^(e-128) and products are exact.
+__constant__ float kMXFP4[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+
+// e8m0_half is 2^(e-128), the MXFP4 block scale matching kMXFP4.
+__device__ __forceinline__ float e8m0_half(u32 e) {
+    return e < 2 ? __int_as_float(0x00200000u << e) : __int_as_float((e - 1) << 23);
+}
+
+// A weight matrix as stored in VRAM. Rows are output features; the row
+// length in elements is in. Q8_0 and MXFP4 are repacked at upload into a
+// plane of quants (q) and a plane of per-32 scales (s); other types keep
+// their file layout in q.
+struct WView {
+    const u8* q;
+    const u8* s;
+    i64 in;
+};
+
+// get_scale_min_k4 decodes the 6-bit scale and min of Q4_K sub-block j.
+__device__ __forceinline__ void scale_min_k4(int j, const u8* q, int& d, int& m) {
+    if (j < 4) {
+        d = q[j] & 63;
+        m = q[j + 4] & 63;
+    } else {
+        d = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+        m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
+
+// load_chunk dequantizes elements 32*blk..32*blk+31 of row into o.
+template <int T>
+__device__ __forceinline__ void load_chunk(const WView& w, i64 row, int blk, float* o) {
+    if (T == T_F32) {
+        const float4* p = (const float4*)(w.q + (row * w.in + blk * 32) * 4);
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            float4 v = p[i];
+            o[4 * i] = v.x; o[4 * i + 1] = v.y; o[4 * i + 2] = v.z; o[4 * i + 3] = v.w;
+        }
+    } else if (T == T_F16 || T == T_BF16) {
+        const uint4* p = (const uint4*)(w.q + (row * w.in + blk * 32) * 2);
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            uint4 v = p[i];
+            u32 a[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                if (T == T_F16) {
+                    o[8 * i + 2 * j] = h2f((u16)(a[j] & 0xffff));
+                    o[8 * i + 2 * j + 1] = h2f((u16)(a[j] >> 16));
+                } else {
+                    o[8 * i + 2 * j] = bf2f((u16)(a[j] & 0xffff));
+                    o[8 * i + 2 * j + 1] = bf2f((u16)(a[j] >> 16));
+                }
+            }
+        }
+    } else if (T == T_Q8_0) {
+        const uint4* p = (const uint4*)(w.q + row * w.in + blk * 32);
+        float d = h2f(((const u16*)w.s)[row * (w.in / 32) + blk]);
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            uint4 v = p[i];
+            u32 a[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+            for (int j = 0; j < 16; j++) o[16 * i + j] = d * (float)(signed char)(a[j / 4] >> (8 * (j % 4)));
+        }
+    } else if (T == T_MXFP4) {
+        uint4 v = *(const uint4*)(w.q + row * (w.in / 2) + blk * 16);
+        float d = e8m0_half(w.s[row * (w.in / 32) + blk]);
+        u32 a[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int j = 0; j < 16; j++) {
+            u32 b = (a[j / 4] >> (8 * (j % 4))) & 0xff;
+            o[j] = d * kMXFP4[b & 0xf];
+            o[j + 16] = d * kMXFP4[b >> 4];
+        }
+    } else if (T == T_Q4_K) {
+        const u8* base = w.q + (row * (w.in / 256) + blk / 8) * 144;
+        int j = blk % 8, sc, m;
+        float d = h2f(base[0] | (base[1] << 8)), dmin = h2f(base[2] | (base[3] << 8));
+        scale_min_k4(j, base + 4, sc, m);
+        const u8* qs = base + 16 + 32 * (j / 2);
+        float d1 = d * sc, m1 = dmin * m;
+#pragma unroll
+        for (int l = 0; l < 32; l++) o[l] = d1 * (float)((j & 1) ? (qs[l] >> 4) : (qs[l] & 0xF)) - m1;
+    } else if (T == T_Q6_K) {
+        const u8* base = w.q + (row * (w.in / 256) + blk / 8) * 210;
+        int c = blk % 8, h = c / 4, qq = c % 4;
+        const u8* ql = base + h * 64 + (qq & 1) * 32;
+        const u8* qh = base + 128 + h * 32;
+        const signed char* sc = (const signed char*)(base + 192) + h * 8 + 2 * qq;
+        float d = h2f(base[208] | (base[209] << 8));
+#pragma unroll
+        for (int l = 0; l < 32; l++) {
+            int v = (qq >= 2 ? (ql[l] >> 4) : (ql[l] & 0xF)) | (((qh[l] >> (2 * qq)) & 3) << 4);
+            o[l] = d * (float)sc[l / 16] * (float)(v - 32);
+        }
+    }
+}
+
+// load_elem dequantizes element k of row (used where rows are not whole
+// 32-element chunks, only for the plain float types).
+template <int T>
+__device__ __forceinline__ float load_elem(const WView& w, i64 row, i64 k) {
+    if (T == T_F32) return ((const float*)w.q)[row * w.in + k];
+    if (T == T_F16) return h2f(((const u16*)w.q)[row * w.in + k]);
+    return bf2f(((const u16*)w.q)[row * w.in + k]);
+}
+
+// clamped_swiglu is gpt-oss's activation of one gate value g and up value u.
+__device__ __forceinline__ float clamped_swiglu(float g, float u, float alpha, float limit) {
+    g = fminf(g, limit);
+    u = fmaxf(-limit, fminf(u, limit));
+    return g / (1.f + expf(-alpha * g)) * (u + 1.f);
+}

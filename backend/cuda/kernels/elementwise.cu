@@ -1,0 +1,105 @@
+// Elementwise and row-wise ops: residual add, column copy, GELU, norms,
+// RoPE, the KV store, and the weight repacking done at upload.
+
+extern "C" __global__ void add_f32(float* dst, const float* a, const float* b, i64 n) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
+        dst[i] = a[i] + b[i];
+}
+
+// copy_cols: dst (rows × cols) = src[:, col0 : col0+cols], src has scols columns.
+extern "C" __global__ void copy_cols(float* dst, const float* src, int rows, int cols, int scols, int col0) {
+    i64 n = (i64)rows * cols;
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        i64 r = i / cols, c = i % cols;
+        dst[i] = src[r * scols + col0 + c];
+    }
+}
+
+extern "C" __global__ void gelu_tanh(float* dst, const float* x, i64 n) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        float v = x[i];
+        dst[i] = 0.5f * v * (1.f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+    }
+}
+
+// rms_norm: one block per row.
+extern "C" __global__ void rms_norm(float* dst, const float* x, const float* w, int cols, float eps) {
+    __shared__ float sh[32];
+    const float* xr = x + (i64)blockIdx.x * cols;
+    float* dr = dst + (i64)blockIdx.x * cols;
+    float ss = 0.f;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) ss += xr[c] * xr[c];
+    float inv = rsqrtf(block_sum(ss, sh) / cols + eps);
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) dr[c] = xr[c] * inv * w[c];
+}
+
+// layer_norm: one block per row; the variance is taken around the mean in a
+// second pass, as the reference does.
+extern "C" __global__ void layer_norm(float* dst, const float* x, const float* w, const float* b, int cols,
+                                      float eps) {
+    __shared__ float sh[32];
+    const float* xr = x + (i64)blockIdx.x * cols;
+    float* dr = dst + (i64)blockIdx.x * cols;
+    float s = 0.f;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) s += xr[c];
+    float mean = block_sum(s, sh) / cols;
+    float sq = 0.f;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+        float d = xr[c] - mean;
+        sq += d * d;
+    }
+    float inv = rsqrtf(block_sum(sq, sh) / cols + eps);
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) dr[c] = (xr[c] - mean) * inv * w[c] + b[c];
+}
+
+// rope_neox rotates x (rows × heads*dim) in place: element i of each head
+// pairs with i+dim/2 at angle pos[row]·inv_freq[i]. The angle is the float32
+// product, as in the reference; its cosine and sine are taken in double.
+extern "C" __global__ void rope_neox(float* x, const int* pos, const float* inv_freq, int rows, int heads, int dim,
+                                     float mscale) {
+    int half = dim / 2;
+    i64 n = (i64)rows * heads * half;
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        int k = i % half;
+        i64 rh = i / half;
+        int r = rh / heads;
+        float a = (float)pos[r] * inv_freq[k];
+        double sd, cd;
+        sincos((double)a, &sd, &cd);
+        float c = (float)cd * mscale, s = (float)sd * mscale;
+        float* p = x + rh * dim;
+        float x0 = p[k], x1 = p[k + half];
+        p[k] = x0 * c - x1 * s;
+        p[k + half] = x1 * c + x0 * s;
+    }
+}
+
+// store_kv writes row i of k and v, rounded to f16, into row slots[i] of the caches.
+extern "C" __global__ void store_kv(u16* kc, u16* vc, const float* k, const float* v, const int* slots, int cols) {
+    int i = blockIdx.x;
+    i64 dst = (i64)slots[i] * cols, src = (i64)i * cols;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+        kc[dst + c] = f2h(k[src + c]);
+        vc[dst + c] = f2h(v[src + c]);
+    }
+}
+
+// repack_q8_0 splits n file blocks (f16 scale, 32 int8) into a plane of
+// quants and a plane of scales.
+extern "C" __global__ void repack_q8_0(u8* q, u16* s, const u8* raw, i64 n) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        const u8* b = raw + i * 34;
+        s[i] = b[0] | (b[1] << 8);
+        for (int j = 0; j < 32; j++) q[i * 32 + j] = b[2 + j];
+    }
+}
+
+// repack_mxfp4 splits n file blocks (E8M0 scale, 16 bytes of nibbles) into
+// a plane of nibbles and a plane of scales.
+extern "C" __global__ void repack_mxfp4(u8* q, u8* s, const u8* raw, i64 n) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        const u8* b = raw + i * 17;
+        s[i] = b[0];
+        for (int j = 0; j < 16; j++) q[i * 16 + j] = b[1 + j];
+    }
+}

@@ -1,0 +1,216 @@
+// Tiled matrix-matrix product for prefill on the tensor cores
+// (mma.sync m16n8k16, f16 inputs, f32 accumulation).
+//
+// A block computes a 64-token × 64-output tile, stepping through the inner
+// dimension one 32-element chunk at a time: 64 threads dequantize one weight
+// chunk each (its quants as f16, exact for Q8_0 and MXFP4, and its block
+// scale kept in f32), the other 64 load one token's 32 activations each and
+// round them to f16. The scale is applied in f32 to each chunk's partial
+// product, so quantized weights lose nothing to the f16 inputs.
+//
+// Grouped mode (MoE): with starts != NULL, blockIdx.z is an expert e that
+// owns rows starts[e]..starts[e+1]-1 of dst; x row i of that range is
+// x[xrows[i]] (or x[i] when xrows is NULL) and the weights are expert e's
+// out rows of the stacked tensor.
+
+#define MM_BM 64
+#define MM_BN 64
+#define MM_LD 40 // f16 per shared row: 32 + 8 padding keeps fragment loads conflict-free
+
+// load_chunk_h stores elements 32*blk.. of row as f16 raw values into o (16
+// words) and returns the scale they must be multiplied by.
+template <int T>
+__device__ __forceinline__ float load_chunk_h(const WView& w, i64 row, int blk, u32* o) {
+    if (T == T_Q8_0) {
+        const uint4* p = (const uint4*)(w.q + row * w.in + blk * 32);
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            uint4 v = p[i];
+            u32 a[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                u32 b = a[j / 2] >> (16 * (j % 2));
+                o[8 * i + j] = pack2((float)(signed char)(b & 0xff), (float)(signed char)(b >> 8));
+            }
+        }
+        return h2f(((const u16*)w.s)[row * (w.in / 32) + blk]);
+    } else if (T == T_MXFP4) {
+        uint4 v = *(const uint4*)(w.q + row * (w.in / 2) + blk * 16);
+        u32 a[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            u32 b0 = (a[j / 2] >> (16 * (j % 2))) & 0xff, b1 = (a[j / 2] >> (16 * (j % 2) + 8)) & 0xff;
+            o[j] = pack2(kMXFP4[b0 & 0xf], kMXFP4[b1 & 0xf]);      // elements 2j, 2j+1
+            o[8 + j] = pack2(kMXFP4[b0 >> 4], kMXFP4[b1 >> 4]);    // elements 16+2j, 16+2j+1
+        }
+        return e8m0_half(w.s[row * (w.in / 32) + blk]);
+    } else if (T == T_F16) {
+        const uint4* p = (const uint4*)(w.q + (row * w.in + blk * 32) * 2);
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            uint4 v = p[i];
+            o[4 * i] = v.x; o[4 * i + 1] = v.y; o[4 * i + 2] = v.z; o[4 * i + 3] = v.w;
+        }
+        return 1.f;
+    } else {
+        float v[32];
+        load_chunk<T>(w, row, blk, v);
+#pragma unroll
+        for (int j = 0; j < 16; j++) o[j] = pack2(v[2 * j], v[2 * j + 1]);
+        return 1.f;
+    }
+}
+
+__device__ __forceinline__ void mma16816(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+template <int T>
+__device__ void matmul_impl(float* dst, const float* x, WView w, const float* bias, int n, int out,
+                            const int* starts, const int* xrows) {
+    __shared__ __align__(16) u16 Xs[MM_BM * MM_LD];
+    __shared__ __align__(16) u16 Ws[MM_BN * MM_LD];
+    __shared__ float Ss[MM_BN];
+
+    int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    int g = lane >> 2, t4 = lane & 3;
+    int wm = warp >> 1, wn = warp & 1;
+    int n0 = blockIdx.x * MM_BN, m0 = blockIdx.y * MM_BM;
+    int first = 0, count = n;
+    i64 wrow0 = 0;
+    if (starts) {
+        int e = blockIdx.z;
+        first = starts[e];
+        count = starts[e + 1] - first;
+        wrow0 = (i64)e * out;
+    }
+    if (m0 >= count) return;
+    int in = (int)w.in;
+
+    float acc[2][4][4];
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int c = 0; c < 4; c++) acc[i][j][c] = 0.f;
+
+    // The x row each loader thread reads, fixed for the whole k loop.
+    const float* xrow = 0;
+    if (tid >= 64) {
+        int m = m0 + tid - 64;
+        if (m < count) {
+            int src = first + m;
+            if (xrows) src = xrows[src];
+            xrow = x + (i64)src * in;
+        }
+    }
+
+    for (int blk = 0; blk < in / 32; blk++) {
+        if (tid < 64) {
+            u32 v[16];
+            float s = 0.f;
+            int r = n0 + tid;
+            if (r < out) {
+                s = load_chunk_h<T>(w, wrow0 + r, blk, v);
+            } else {
+#pragma unroll
+                for (int j = 0; j < 16; j++) v[j] = 0;
+            }
+            uint4* d = (uint4*)(Ws + tid * MM_LD);
+#pragma unroll
+            for (int j = 0; j < 4; j++) d[j] = make_uint4(v[4 * j], v[4 * j + 1], v[4 * j + 2], v[4 * j + 3]);
+            Ss[tid] = s;
+        } else {
+            u32 v[16];
+            if (xrow) {
+                const float4* p = (const float4*)(xrow + blk * 32);
+#pragma unroll
+                for (int j = 0; j < 8; j++) {
+                    float4 f = p[j];
+                    v[2 * j] = pack2(f.x, f.y);
+                    v[2 * j + 1] = pack2(f.z, f.w);
+                }
+            } else {
+#pragma unroll
+                for (int j = 0; j < 16; j++) v[j] = 0;
+            }
+            uint4* d = (uint4*)(Xs + (tid - 64) * MM_LD);
+#pragma unroll
+            for (int j = 0; j < 4; j++) d[j] = make_uint4(v[4 * j], v[4 * j + 1], v[4 * j + 2], v[4 * j + 3]);
+        }
+        __syncthreads();
+
+        float tmp[2][4][4];
+#pragma unroll
+        for (int i = 0; i < 2; i++)
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+#pragma unroll
+                for (int c = 0; c < 4; c++) tmp[i][j][c] = 0.f;
+#pragma unroll
+        for (int ks = 0; ks < 2; ks++) {
+            u32 a[2][4], b[4][2];
+#pragma unroll
+            for (int mi = 0; mi < 2; mi++) {
+                const u16* p = Xs + (wm * 32 + mi * 16 + g) * MM_LD + ks * 16 + t4 * 2;
+                a[mi][0] = *(const u32*)p;
+                a[mi][1] = *(const u32*)(p + 8 * MM_LD);
+                a[mi][2] = *(const u32*)(p + 8);
+                a[mi][3] = *(const u32*)(p + 8 * MM_LD + 8);
+            }
+#pragma unroll
+            for (int ni = 0; ni < 4; ni++) {
+                const u16* p = Ws + (wn * 32 + ni * 8 + g) * MM_LD + ks * 16 + t4 * 2;
+                b[ni][0] = *(const u32*)p;
+                b[ni][1] = *(const u32*)(p + 8);
+            }
+#pragma unroll
+            for (int mi = 0; mi < 2; mi++)
+#pragma unroll
+                for (int ni = 0; ni < 4; ni++)
+                    mma16816(tmp[mi][ni], a[mi][0], a[mi][1], a[mi][2], a[mi][3], b[ni][0], b[ni][1]);
+        }
+#pragma unroll
+        for (int ni = 0; ni < 4; ni++) {
+            float s0 = Ss[wn * 32 + ni * 8 + t4 * 2], s1 = Ss[wn * 32 + ni * 8 + t4 * 2 + 1];
+#pragma unroll
+            for (int mi = 0; mi < 2; mi++) {
+                acc[mi][ni][0] += s0 * tmp[mi][ni][0];
+                acc[mi][ni][1] += s1 * tmp[mi][ni][1];
+                acc[mi][ni][2] += s0 * tmp[mi][ni][2];
+                acc[mi][ni][3] += s1 * tmp[mi][ni][3];
+            }
+        }
+        __syncthreads();
+    }
+
+#pragma unroll
+    for (int mi = 0; mi < 2; mi++)
+#pragma unroll
+        for (int ni = 0; ni < 4; ni++)
+#pragma unroll
+            for (int c = 0; c < 4; c++) {
+                int m = m0 + wm * 32 + mi * 16 + g + (c >= 2 ? 8 : 0);
+                int col = n0 + wn * 32 + ni * 8 + t4 * 2 + (c & 1);
+                if (m < count && col < out)
+                    dst[(i64)(first + m) * out + col] = acc[mi][ni][c] + (bias ? bias[wrow0 + col] : 0.f);
+            }
+}
+
+#define MATMUL_KERNEL(T, NAME)                                                                              \
+    extern "C" __global__ void __launch_bounds__(128)                                                       \
+        matmul_##NAME(float* dst, const float* x, const u8* q, const u8* s, int in, const float* bias, int n, \
+                      int out, const int* starts, const int* xrows) {                                       \
+        matmul_impl<T>(dst, x, WView{q, s, in}, bias, n, out, starts, xrows);                               \
+    }
+
+MATMUL_KERNEL(T_F32, f32)
+MATMUL_KERNEL(T_F16, f16)
+MATMUL_KERNEL(T_BF16, bf16)
+MATMUL_KERNEL(T_Q8_0, q8_0)
+MATMUL_KERNEL(T_MXFP4, mxfp4)

@@ -1,0 +1,209 @@
+package cuda
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"unsafe"
+
+	"github.com/ebitengine/purego"
+)
+
+// NVRTC compiles the embedded CUDA C kernels for the device at run time. The
+// cubin is cached on disk, keyed by a hash of the source, the options, the
+// target architecture, the driver version and the NVRTC version, so only the
+// first start on a machine pays for compilation.
+
+// nvrtcCandidates are the places libnvrtc is looked for, after $ORCD_LIBNVRTC.
+// Bare names go through the dynamic loader's search path.
+var nvrtcCandidates = []string{
+	"libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so",
+	"/usr/local/cuda/lib64/libnvrtc.so.13", "/usr/local/cuda/lib64/libnvrtc.so.12", "/usr/local/cuda/lib64/libnvrtc.so",
+	"/usr/local/cuda/targets/x86_64-linux/lib/libnvrtc.so",
+}
+
+// nvrtcGlobs find the copies that pip's nvidia-cuda-nvrtc packages install.
+var nvrtcGlobs = []string{
+	"/opt/*/.venv/lib/python3*/site-packages/nvidia/cu1*/lib/libnvrtc.so*",
+	"/opt/*/.venv/lib/python3*/site-packages/nvidia/cuda_nvrtc/lib/libnvrtc.so*",
+	"/usr/local/lib/python3*/dist-packages/nvidia/cu1*/lib/libnvrtc.so*",
+	"/usr/local/lib/python3*/dist-packages/nvidia/cuda_nvrtc/lib/libnvrtc.so*",
+	"/usr/lib/python3*/site-packages/nvidia/cuda_nvrtc/lib/libnvrtc.so*",
+	"/usr/local/cuda-*/lib64/libnvrtc.so*",
+}
+
+var nvrtcFuncs = []string{
+	"nvrtcVersion", "nvrtcGetErrorString", "nvrtcCreateProgram", "nvrtcDestroyProgram",
+	"nvrtcCompileProgram", "nvrtcGetProgramLogSize", "nvrtcGetProgramLog", "nvrtcGetCUBINSize", "nvrtcGetCUBIN",
+}
+
+type nvrtcLib struct {
+	path    string
+	fn      map[string]uintptr
+	version string
+}
+
+var (
+	nvrtcOnce   sync.Once
+	theNVRTC    *nvrtcLib
+	nvrtcLoadEr error
+)
+
+// loadNVRTC dlopens the first libnvrtc that loads.
+func loadNVRTC() (*nvrtcLib, error) {
+	nvrtcOnce.Do(func() {
+		var paths []string
+		if p := os.Getenv("ORCD_LIBNVRTC"); p != "" {
+			paths = append(paths, p)
+		}
+		paths = append(paths, nvrtcCandidates...)
+		for _, g := range nvrtcGlobs {
+			m, _ := filepath.Glob(g)
+			paths = append(paths, m...)
+		}
+		var tried []string
+		for _, p := range paths {
+			h, err := purego.Dlopen(p, purego.RTLD_NOW|purego.RTLD_GLOBAL)
+			if err != nil {
+				tried = append(tried, p)
+				continue
+			}
+			lib := &nvrtcLib{path: p, fn: map[string]uintptr{}}
+			ok := true
+			for _, name := range nvrtcFuncs {
+				f, err := purego.Dlsym(h, name)
+				if err != nil {
+					ok = false
+					break
+				}
+				lib.fn[name] = f
+			}
+			if !ok {
+				tried = append(tried, p+" (missing symbols)")
+				continue
+			}
+			var major, minor int32
+			if err := lib.call("nvrtcVersion", uintptr(unsafe.Pointer(&major)), uintptr(unsafe.Pointer(&minor))); err != nil {
+				nvrtcLoadEr = err
+				return
+			}
+			lib.version = fmt.Sprintf("%d.%d", major, minor)
+			theNVRTC = lib
+			return
+		}
+		nvrtcLoadEr = fmt.Errorf("cuda: libnvrtc not found (set ORCD_LIBNVRTC); tried %s", strings.Join(tried, ", "))
+	})
+	return theNVRTC, nvrtcLoadEr
+}
+
+//go:uintptrescapes
+func (l *nvrtcLib) call(name string, args ...uintptr) error {
+	r, _, _ := purego.SyscallN(l.fn[name], args...)
+	if code := int(int32(r)); code != 0 {
+		msg := "unknown error"
+		if s, _, _ := purego.SyscallN(l.fn["nvrtcGetErrorString"], uintptr(code)); s != 0 {
+			msg = goString(*(**byte)(unsafe.Pointer(&s))) // s is a C pointer
+		}
+		return &Error{Call: name, Code: code, Msg: msg}
+	}
+	return nil
+}
+
+// cString returns a NUL-terminated copy of s.
+func cString(s string) []byte { return append([]byte(s), 0) }
+
+// compile returns the cubin of src for sm_<arch>, from the cache when it can.
+func compile(src string, arch int, driverVersion int) ([]byte, error) {
+	lib, err := loadNVRTC()
+	if err != nil {
+		return nil, err
+	}
+	opts := []string{fmt.Sprintf("--gpu-architecture=sm_%d", arch), "--std=c++17", "-default-device"}
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\x00%d\x00%d\x00%s\x00%s", src, arch, driverVersion, lib.version, strings.Join(opts, " "))
+	key := hex.EncodeToString(h.Sum(nil))[:32]
+	cacheFile := ""
+	if dir := cacheDir(); dir != "" {
+		cacheFile = filepath.Join(dir, fmt.Sprintf("kernels-sm%d-%s.cubin", arch, key))
+		if b, err := os.ReadFile(cacheFile); err == nil && len(b) > 0 {
+			return b, nil
+		}
+	}
+	cubin, err := lib.compile(src, opts)
+	if err != nil {
+		return nil, err
+	}
+	if cacheFile != "" {
+		// A cache that cannot be written only costs the next start a
+		// compilation, so write failures are ignored. The rename makes a
+		// concurrent reader see either nothing or the whole file.
+		if os.MkdirAll(filepath.Dir(cacheFile), 0o755) == nil {
+			tmp := fmt.Sprintf("%s.%d.tmp", cacheFile, os.Getpid())
+			if os.WriteFile(tmp, cubin, 0o644) == nil {
+				_ = os.Rename(tmp, cacheFile)
+			}
+		}
+	}
+	return cubin, nil
+}
+
+// cacheDir is $ORCD_CUDA_CACHE, else <user cache dir>/orcd/cuda; "" if neither exists.
+func cacheDir() string {
+	if d := os.Getenv("ORCD_CUDA_CACHE"); d != "" {
+		return d
+	}
+	if d, err := os.UserCacheDir(); err == nil {
+		return filepath.Join(d, "orcd", "cuda")
+	}
+	return ""
+}
+
+// compile runs NVRTC on src with opts and returns the cubin. A compile error
+// carries NVRTC's log.
+func (l *nvrtcLib) compile(src string, opts []string) ([]byte, error) {
+	var prog uintptr
+	csrc, cname := cString(src), cString("orcd_kernels.cu")
+	if err := l.call("nvrtcCreateProgram", uintptr(unsafe.Pointer(&prog)), uintptr(unsafe.Pointer(&csrc[0])),
+		uintptr(unsafe.Pointer(&cname[0])), 0, 0, 0); err != nil {
+		return nil, err
+	}
+	defer l.call("nvrtcDestroyProgram", uintptr(unsafe.Pointer(&prog)))
+
+	// The option array holds pointers to Go memory, so pin each string
+	// for the duration of the call.
+	var pin runtime.Pinner
+	defer pin.Unpin()
+	copts := make([]*byte, len(opts))
+	for i, o := range opts {
+		c := cString(o)
+		pin.Pin(&c[0])
+		copts[i] = &c[0]
+	}
+	pin.Pin(&copts[0])
+	compileErr := l.call("nvrtcCompileProgram", prog, uintptr(len(copts)), uintptr(unsafe.Pointer(&copts[0])))
+	if compileErr != nil {
+		var n uintptr
+		log := ""
+		if l.call("nvrtcGetProgramLogSize", prog, uintptr(unsafe.Pointer(&n))) == nil && n > 1 {
+			buf := make([]byte, n)
+			if l.call("nvrtcGetProgramLog", prog, uintptr(unsafe.Pointer(&buf[0]))) == nil {
+				log = string(buf[:n-1])
+			}
+		}
+		return nil, fmt.Errorf("%w\n%s", compileErr, log)
+	}
+	var n uintptr
+	if err := l.call("nvrtcGetCUBINSize", prog, uintptr(unsafe.Pointer(&n))); err != nil {
+		return nil, err
+	}
+	cubin := make([]byte, n)
+	if err := l.call("nvrtcGetCUBIN", prog, uintptr(unsafe.Pointer(&cubin[0]))); err != nil {
+		return nil, err
+	}
+	return cubin, nil
+}

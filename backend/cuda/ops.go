@@ -1,0 +1,516 @@
+package cuda
+
+import (
+	"fmt"
+
+	"orcd/backend"
+	"orcd/tensor"
+)
+
+// The ops of backend.Backend: each validates its tensors, records an error
+// instead of launching on a mismatch (or while an earlier error is
+// pending), and queues its kernels on the stream.
+
+// mvTokens is the largest batch that uses the matrix-vector kernels (one
+// read of the weights serves up to 8 rows of x). It matches MV_TOKENS.
+const mvTokens = 8
+
+func describe(t *Tensor) string {
+	if t.typ == typeI32 {
+		return fmt.Sprintf("I32 %v", t.dims)
+	}
+	return fmt.Sprintf("%s %v", t.typ, t.dims)
+}
+
+// tensorOf unwraps a handle, recording an error for nil, foreign or freed
+// tensors. It returns nil (queueing nothing) while an error is pending.
+func (b *Backend) tensorOf(t backend.Tensor, op, arg string) *Tensor {
+	if b.closed {
+		b.fail(errClosed)
+		return nil
+	}
+	ct, ok := t.(*Tensor)
+	switch {
+	case t == nil || (ok && ct == nil):
+		b.failf("%s: %s is nil", op, arg)
+	case !ok:
+		b.failf("%s: %s is a %T, not a cuda tensor", op, arg, t)
+	case ct.freed:
+		b.failf("%s: %s was freed", op, arg)
+	default:
+		if b.failed() {
+			return nil
+		}
+		b.uses(ct)
+		return ct
+	}
+	return nil
+}
+
+func (b *Backend) f32(t backend.Tensor, op, arg string) *Tensor {
+	ct := b.tensorOf(t, op, arg)
+	if ct != nil && ct.typ != tensor.F32 {
+		b.failf("%s: %s must be an F32 tensor, is %s", op, arg, describe(ct))
+		return nil
+	}
+	return ct
+}
+
+func (b *Backend) matrix(t backend.Tensor, op, arg string, rows, cols int) *Tensor {
+	ct := b.f32(t, op, arg)
+	if ct != nil && (backend.Rows(ct) != rows || backend.Cols(ct) != cols || ct.elements() != int64(rows)*int64(cols)) {
+		b.failf("%s: %s has dims %v, want %d×%d", op, arg, ct.dims, rows, cols)
+		return nil
+	}
+	return ct
+}
+
+func (b *Backend) vector(t backend.Tensor, op, arg string, n int) *Tensor {
+	ct := b.f32(t, op, arg)
+	if ct != nil && ct.elements() != int64(n) {
+		b.failf("%s: %s has %d elements (dims %v), want %d", op, arg, ct.elements(), ct.dims, n)
+		return nil
+	}
+	return ct
+}
+
+// optVector is vector for an optional tensor; it returns 0 for nil and
+// ok=false after recording an error.
+func (b *Backend) optVector(t backend.Tensor, op, arg string, n int) (ptr uintptr, ok bool) {
+	if t == nil {
+		return 0, true
+	}
+	v := b.vector(t, op, arg, n)
+	if v == nil {
+		return 0, false
+	}
+	return v.ptr, true
+}
+
+func (b *Backend) i32(t backend.Tensor, op, arg string, n int) *Tensor {
+	ct := b.tensorOf(t, op, arg)
+	if ct == nil {
+		return nil
+	}
+	if ct.typ != typeI32 || ct.elements() < int64(n) {
+		b.failf("%s: %s must be an I32 vector of at least %d, is %s", op, arg, n, describe(ct))
+		return nil
+	}
+	return ct
+}
+
+// weight unwraps a weight (or F32 activation) as a matrix of Dims[0]
+// columns and the remaining dims flattened into rows.
+func (b *Backend) weight(t backend.Tensor, op, arg string) *Tensor {
+	ct := b.tensorOf(t, op, arg)
+	if ct == nil {
+		return nil
+	}
+	if _, ok := uploadTypes[ct.typ]; !ok || ct.typ == typeI32 {
+		b.failf("%s: %s is %s, not a weight", op, arg, describe(ct))
+		return nil
+	}
+	return ct
+}
+
+// Embed sets dst[i] to row ids[i] of table, dequantized.
+func (b *Backend) Embed(dst, table, ids backend.Tensor) {
+	const op = "Embed"
+	tb := b.weight(table, op, "table")
+	d := b.f32(dst, op, "dst")
+	if tb == nil || d == nil {
+		return
+	}
+	in := tb.dims[0]
+	rows := int(tb.elements() / int64(in))
+	n := backend.Rows(d)
+	if backend.Cols(d) != in || d.elements() != int64(n)*int64(in) {
+		b.failf("%s: dst dims %v do not match table dims %v", op, d.dims, tb.dims)
+		return
+	}
+	id := b.i32(ids, op, "ids", n)
+	if id == nil {
+		return
+	}
+	defer b.bind()()
+	b.launch("embed_"+uploadTypes[tb.typ], [3]int{n, 1, 1}, [3]int{128, 1, 1}, 0, d.ptr, tb.ptr, tb.aux, in, id.ptr, rows)
+}
+
+// MatMul sets dst = x·wᵀ + bias.
+func (b *Backend) MatMul(dst, x, w, bias backend.Tensor) {
+	const op = "MatMul"
+	wt := b.weight(w, op, "w")
+	xs := b.f32(x, op, "x")
+	if wt == nil || xs == nil {
+		return
+	}
+	if len(wt.dims) != 2 {
+		b.failf("%s: w must be 2-D, has dims %v", op, wt.dims)
+		return
+	}
+	in, out, n := wt.dims[0], wt.dims[1], backend.Rows(xs)
+	if backend.Cols(xs) != in {
+		b.failf("%s: x dims %v do not match w dims %v (%s)", op, xs.dims, wt.dims, wt.typ)
+		return
+	}
+	d := b.matrix(dst, op, "dst", n, out)
+	bp, ok := b.optVector(bias, op, "bias", out)
+	if d == nil || !ok {
+		return
+	}
+	defer b.bind()()
+	b.matmul(d.ptr, xs.ptr, n, wt, bp, false)
+}
+
+// matmul queues dst (n×out) = x (n×in)·wᵀ + bias for a 2-D weight. The
+// tensor-core kernel rounds x to f16; exact keeps x in f32 at any batch size
+// (the MoE router, whose top-k choice must match the reference's).
+func (b *Backend) matmul(dst, x uintptr, n int, w *Tensor, bias uintptr, exact bool) {
+	in := w.dims[0]
+	out := int(w.elements() / int64(in))
+	suffix := uploadTypes[w.typ]
+	if exact || n <= mvTokens || !tileTypes[w.typ] || in%32 != 0 {
+		b.launch("matvec_"+suffix, [3]int{(out + 3) / 4, (n + mvTokens - 1) / mvTokens, 1}, [3]int{128, 1, 1}, 0,
+			dst, x, w.ptr, w.aux, in, bias, n, out)
+		return
+	}
+	b.launch("matmul_"+suffix, [3]int{(out + 63) / 64, (n + 63) / 64, 1}, [3]int{128, 1, 1}, 0,
+		dst, x, w.ptr, w.aux, in, bias, n, out, uintptr(0), uintptr(0))
+}
+
+// Add sets dst = a + b elementwise.
+func (b *Backend) Add(dst, x, y backend.Tensor) {
+	const op = "Add"
+	d := b.f32(dst, op, "dst")
+	if d == nil {
+		return
+	}
+	rows, cols := backend.Rows(d), backend.Cols(d)
+	xa, ya := b.matrix(x, op, "a", rows, cols), b.matrix(y, op, "b", rows, cols)
+	if xa == nil || ya == nil {
+		return
+	}
+	defer b.bind()()
+	n := d.elements()
+	b.launch("add_f32", b.gridFor(n), [3]int{256, 1, 1}, 0, d.ptr, xa.ptr, ya.ptr, n)
+}
+
+// CopyCols copies columns srcCol..srcCol+Cols(dst)-1 of src into dst.
+func (b *Backend) CopyCols(dst, src backend.Tensor, srcCol int) {
+	const op = "CopyCols"
+	d, s := b.f32(dst, op, "dst"), b.f32(src, op, "src")
+	if d == nil || s == nil {
+		return
+	}
+	rows, cols, sc := backend.Rows(d), backend.Cols(d), backend.Cols(s)
+	if backend.Rows(s) != rows || srcCol < 0 || srcCol+cols > sc {
+		b.failf("%s: columns %d..%d of src %v into dst %v", op, srcCol, srcCol+cols-1, s.dims, d.dims)
+		return
+	}
+	defer b.bind()()
+	b.launch("copy_cols", b.gridFor(int64(rows)*int64(cols)), [3]int{256, 1, 1}, 0, d.ptr, s.ptr, rows, cols, sc, srcCol)
+}
+
+// normBlock is the block size of the row-norm kernels.
+func normBlock(cols int) int { return min(1024, max(32, (cols+31)/32*32)) }
+
+// LayerNorm normalizes each row of x, then scales by w and adds bias.
+func (b *Backend) LayerNorm(dst, x, w, bias backend.Tensor, eps float32) {
+	const op = "LayerNorm"
+	d := b.f32(dst, op, "dst")
+	if d == nil {
+		return
+	}
+	rows, cols := backend.Rows(d), backend.Cols(d)
+	xs, ws, bs := b.matrix(x, op, "x", rows, cols), b.vector(w, op, "w", cols), b.vector(bias, op, "b", cols)
+	if xs == nil || ws == nil || bs == nil {
+		return
+	}
+	defer b.bind()()
+	b.launch("layer_norm", [3]int{rows, 1, 1}, [3]int{normBlock(cols), 1, 1}, 0, d.ptr, xs.ptr, ws.ptr, bs.ptr, cols, eps)
+}
+
+// RMSNorm scales each row of x by 1/sqrt(mean(x²)+eps), then by w.
+func (b *Backend) RMSNorm(dst, x, w backend.Tensor, eps float32) {
+	const op = "RMSNorm"
+	d := b.f32(dst, op, "dst")
+	if d == nil {
+		return
+	}
+	rows, cols := backend.Rows(d), backend.Cols(d)
+	xs, ws := b.matrix(x, op, "x", rows, cols), b.vector(w, op, "w", cols)
+	if xs == nil || ws == nil {
+		return
+	}
+	defer b.bind()()
+	b.launch("rms_norm", [3]int{rows, 1, 1}, [3]int{normBlock(cols), 1, 1}, 0, d.ptr, xs.ptr, ws.ptr, cols, eps)
+}
+
+// GELU applies the tanh approximation of GELU elementwise.
+func (b *Backend) GELU(dst, x backend.Tensor) {
+	const op = "GELU"
+	d := b.f32(dst, op, "dst")
+	if d == nil {
+		return
+	}
+	xs := b.matrix(x, op, "x", backend.Rows(d), backend.Cols(d))
+	if xs == nil {
+		return
+	}
+	defer b.bind()()
+	n := d.elements()
+	b.launch("gelu_tanh", b.gridFor(n), [3]int{256, 1, 1}, 0, d.ptr, xs.ptr, n)
+}
+
+// RoPE rotates x in place, NeoX style.
+func (b *Backend) RoPE(x, pos, invFreq backend.Tensor, headDim int, mscale float32) {
+	const op = "RoPE"
+	xs := b.f32(x, op, "x")
+	if xs == nil {
+		return
+	}
+	rows, cols := backend.Rows(xs), backend.Cols(xs)
+	if headDim <= 0 || headDim%2 != 0 || cols%headDim != 0 {
+		b.failf("%s: headDim %d does not split x's %d columns into heads of even size", op, headDim, cols)
+		return
+	}
+	fs, ps := b.vector(invFreq, op, "invFreq", headDim/2), b.i32(pos, op, "pos", rows)
+	if fs == nil || ps == nil {
+		return
+	}
+	defer b.bind()()
+	b.launch("rope_neox", b.gridFor(int64(rows)*int64(cols)/2), [3]int{256, 1, 1}, 0,
+		xs.ptr, ps.ptr, fs.ptr, rows, cols/headDim, headDim, mscale)
+}
+
+// kvCache unwraps a K or V cache made by NewKVCache.
+func (b *Backend) kvCache(t backend.Tensor, op, arg string) *Tensor {
+	ct := b.tensorOf(t, op, arg)
+	if ct != nil && (ct.typ != tensor.F16 || len(ct.dims) != 2) {
+		b.failf("%s: %s must be a cache from NewKVCache, is %s", op, arg, describe(ct))
+		return nil
+	}
+	return ct
+}
+
+// StoreKV writes the rows of k and v into the caches at the rows in slots.
+// A slot outside the cache is a device fault, not a recorded error, since
+// slots live on the device; the model computes them.
+func (b *Backend) StoreKV(kCache, vCache, k, v, slots backend.Tensor) {
+	const op = "StoreKV"
+	kc, vc := b.kvCache(kCache, op, "kCache"), b.kvCache(vCache, op, "vCache")
+	ks := b.f32(k, op, "k")
+	if kc == nil || vc == nil || ks == nil {
+		return
+	}
+	cols := backend.Cols(kc)
+	if vc.dims[0] != cols || vc.dims[1] != kc.dims[1] {
+		b.failf("%s: vCache dims %v differ from kCache dims %v", op, vc.dims, kc.dims)
+		return
+	}
+	n := backend.Rows(ks)
+	if backend.Cols(ks) != cols {
+		b.failf("%s: k dims %v do not match cache dims %v", op, ks.dims, kc.dims)
+		return
+	}
+	vs, ss := b.matrix(v, op, "v", n, cols), b.i32(slots, op, "slots", n)
+	if vs == nil || ss == nil {
+		return
+	}
+	defer b.bind()()
+	b.launch("store_kv", [3]int{n, 1, 1}, [3]int{min(1024, (cols+31)/32*32), 1, 1}, 0, kc.ptr, vc.ptr, ks.ptr, vs.ptr, ss.ptr, cols)
+}
+
+// attnMaxDim matches ATT_MAX_DIM in attention.cu.
+const attnMaxDim = 256
+
+// Attention computes causal attention over the caches; see backend.Backend.
+func (b *Backend) Attention(dst, q, kCache, vCache, pos, sinks backend.Tensor, p backend.AttentionParams) {
+	const op = "Attention"
+	if p.Heads <= 0 || p.KVHeads <= 0 || p.HeadDim <= 0 || p.Heads%p.KVHeads != 0 || p.Window < 0 || p.CacheCap <= 0 {
+		b.failf("%s: bad params %+v", op, p)
+		return
+	}
+	if p.HeadDim%32 != 0 || p.HeadDim > attnMaxDim {
+		b.failf("%s: head dim %d unsupported on cuda (a multiple of 32 up to %d)", op, p.HeadDim, attnMaxDim)
+		return
+	}
+	qs := b.f32(q, op, "q")
+	if qs == nil {
+		return
+	}
+	n, qCols, kvCols := backend.Rows(qs), p.Heads*p.HeadDim, p.KVHeads*p.HeadDim
+	if backend.Cols(qs) != qCols {
+		b.failf("%s: q dims %v, want %d columns (%d heads × %d)", op, qs.dims, qCols, p.Heads, p.HeadDim)
+		return
+	}
+	d := b.matrix(dst, op, "dst", n, qCols)
+	kc, vc := b.kvCache(kCache, op, "kCache"), b.kvCache(vCache, op, "vCache")
+	ps := b.i32(pos, op, "pos", n)
+	if d == nil || kc == nil || vc == nil || ps == nil {
+		return
+	}
+	for _, c := range []*Tensor{kc, vc} {
+		if c.dims[0] != kvCols || c.dims[1] != p.CacheCap {
+			b.failf("%s: cache dims %v, want [%d %d]", op, c.dims, kvCols, p.CacheCap)
+			return
+		}
+	}
+	sp, ok := b.optVector(sinks, op, "sinks", p.Heads)
+	if !ok {
+		return
+	}
+	group := p.Heads / p.KVHeads
+	warps := min(group, 8)
+	hgroups := (group + warps - 1) / warps
+	splits := attnSplits(p, n*p.KVHeads*hgroups, b.sms)
+
+	defer b.bind()()
+	parts := int64(n) * int64(p.Heads) * int64(splits)
+	ws, err := b.scratch("attention", parts*int64(p.HeadDim+2)*4)
+	if err != nil {
+		b.fail(fmt.Errorf("%s: %w", op, err))
+		return
+	}
+	pm, pl, pacc := ws, ws+uintptr(parts*4), ws+uintptr(parts*8)
+	b.launch("attn_partial", [3]int{p.KVHeads * hgroups, n, splits}, [3]int{32 * warps, 1, 1}, warps*p.HeadDim*4,
+		qs.ptr, kc.ptr, vc.ptr, ps.ptr, p.Heads, p.KVHeads, p.HeadDim, p.Scale, p.Window, p.CacheCap, hgroups, pm, pl, pacc)
+	b.launch("attn_combine", [3]int{p.Heads, n, 1}, [3]int{p.HeadDim, 1, 1}, 0, d.ptr, pm, pl, pacc, sp, p.Heads, p.HeadDim, splits)
+}
+
+// attnSplits picks how many parts the keys of each row are split into. It
+// depends only on shapes (never on positions), so recorded graphs stay
+// valid: enough parts that a long cache is spread over the chip, each of at
+// least 1024 keys, and none when the rows alone fill the chip.
+func attnSplits(p backend.AttentionParams, blocks, sms int) int {
+	maxKeys := p.CacheCap
+	if p.Window > 0 {
+		maxKeys = min(maxKeys, p.Window)
+	}
+	s := min((maxKeys+1023)/1024, 64)
+	if blocks*s > 4*sms {
+		s = max(1, 4*sms/blocks)
+	}
+	return max(s, 1)
+}
+
+// MoE computes the gpt-oss mixture of experts; see backend.Backend. Small
+// batches run matrix-vector kernels that read only the selected experts'
+// rows; larger ones sort the (token, expert) pairs by expert and run one
+// grouped tensor-core matmul per projection, so each selected expert's
+// weights are read once per call.
+func (b *Backend) MoE(dst, x backend.Tensor, w *backend.MoEWeights, p backend.MoEParams) {
+	const op = "MoE"
+	if w == nil {
+		b.failf("%s: nil weights", op)
+		return
+	}
+	xs := b.f32(x, op, "x")
+	router := b.weight(w.Router, op, "Router")
+	if xs == nil || router == nil {
+		return
+	}
+	n, hidden := backend.Rows(xs), backend.Cols(xs)
+	d := b.matrix(dst, op, "dst", n, hidden)
+	if d == nil {
+		return
+	}
+	if len(router.dims) != 2 || router.dims[0] != hidden {
+		b.failf("%s: Router dims %v, want [%d nExpert]", op, router.dims, hidden)
+		return
+	}
+	nExp := router.dims[1]
+	if p.TopK < 1 || p.TopK > nExp || p.TopK > 32 {
+		b.failf("%s: TopK %d with %d experts (cuda supports up to 32)", op, p.TopK, nExp)
+		return
+	}
+	gate := b.expert(w.Gate, op, "Gate", hidden, 0, nExp)
+	if gate == nil {
+		return
+	}
+	ff := gate.dims[1]
+	up := b.expert(w.Up, op, "Up", hidden, ff, nExp)
+	down := b.expert(w.Down, op, "Down", ff, hidden, nExp)
+	if up == nil || down == nil {
+		return
+	}
+	if gate.typ != up.typ {
+		b.failf("%s: Gate is %s and Up is %s; cuda needs one type for both", op, gate.typ, up.typ)
+		return
+	}
+	if hidden%32 != 0 || ff%32 != 0 {
+		b.failf("%s: hidden %d and ff %d must be multiples of 32 on cuda", op, hidden, ff)
+		return
+	}
+	rb, ok1 := b.optVector(w.RouterBias, op, "RouterBias", nExp)
+	gb, ok2 := b.optVector(w.GateBias, op, "GateBias", ff*nExp)
+	ub, ok3 := b.optVector(w.UpBias, op, "UpBias", ff*nExp)
+	db, ok4 := b.optVector(w.DownBias, op, "DownBias", hidden*nExp)
+	if !ok1 || !ok2 || !ok3 || !ok4 {
+		return
+	}
+	defer b.bind()()
+	k := p.TopK
+	na := int64(n) * int64(k)
+	grouped := n > 4 && tileTypes[gate.typ] && tileTypes[down.typ]
+
+	// Workspace layout, in 4-byte words: logits, ids, weights, then the
+	// grouped buffers (starts, rows, slot rows, counts) and activations.
+	words := int64(n)*int64(nExp) + 2*na
+	hOff := words
+	if grouped {
+		hOff += int64(nExp+1) + 2*na + int64(nExp)
+	}
+	hOff = (hOff + 63) &^ 63
+	total := hOff + na*int64(ff)
+	if grouped {
+		total += na*int64(ff) + na*int64(hidden)
+	}
+	ws, err := b.scratch("moe", total*4)
+	if err != nil {
+		b.fail(fmt.Errorf("%s: %w", op, err))
+		return
+	}
+	at := func(word int64) uintptr { return ws + uintptr(word*4) }
+	logits, ids, wts := at(0), at(int64(n)*int64(nExp)), at(int64(n)*int64(nExp)+na)
+	h := at(hOff)
+
+	b.matmul(logits, xs.ptr, n, router, rb, true)
+	b.launch("moe_topk", [3]int{(n + 3) / 4, 1, 1}, [3]int{128, 1, 1}, 0, ids, wts, logits, n, nExp, k)
+
+	if !grouped {
+		b.launch("moe_gateup_"+uploadTypes[gate.typ], [3]int{(ff + 3) / 4, int(na), 1}, [3]int{128, 1, 1}, 0,
+			h, xs.ptr, gate.ptr, gate.aux, up.ptr, up.aux, hidden, gb, ub, ids, k, ff, p.Alpha, p.Limit)
+		b.launch("moe_down_"+uploadTypes[down.typ], [3]int{(hidden + 3) / 4, n, 1}, [3]int{128, 1, 1}, 0,
+			d.ptr, h, down.ptr, down.aux, ff, db, ids, wts, k, hidden)
+		return
+	}
+	base := int64(n)*int64(nExp) + 2*na
+	starts, xrows, slotRow, counts := at(base), at(base+int64(nExp+1)), at(base+int64(nExp+1)+na), at(base+int64(nExp+1)+2*na)
+	u := at(hOff + na*int64(ff))
+	y := at(hOff + 2*na*int64(ff))
+	b.launch("moe_group", [3]int{1, 1, 1}, [3]int{1024, 1, 1}, 0, starts, xrows, slotRow, counts, ids, n, k, nExp)
+	mtiles := (n + 63) / 64
+	b.launch("matmul_"+uploadTypes[gate.typ], [3]int{(ff + 63) / 64, mtiles, nExp}, [3]int{128, 1, 1}, 0,
+		h, xs.ptr, gate.ptr, gate.aux, hidden, gb, int(na), ff, starts, xrows)
+	b.launch("matmul_"+uploadTypes[up.typ], [3]int{(ff + 63) / 64, mtiles, nExp}, [3]int{128, 1, 1}, 0,
+		u, xs.ptr, up.ptr, up.aux, hidden, ub, int(na), ff, starts, xrows)
+	b.launch("moe_swiglu", b.gridFor(na*int64(ff)), [3]int{256, 1, 1}, 0, h, u, na*int64(ff), p.Alpha, p.Limit)
+	b.launch("matmul_"+uploadTypes[down.typ], [3]int{(hidden + 63) / 64, mtiles, nExp}, [3]int{128, 1, 1}, 0,
+		y, h, down.ptr, down.aux, ff, db, int(na), hidden, starts, uintptr(0))
+	b.launch("moe_combine", [3]int{n, 1, 1}, [3]int{256, 1, 1}, 0, d.ptr, y, wts, slotRow, k, hidden)
+}
+
+// expert unwraps a stacked expert weight with Dims [in, out, nExp] (out 0
+// means any).
+func (b *Backend) expert(t backend.Tensor, op, arg string, in, out, nExp int) *Tensor {
+	w := b.weight(t, op, arg)
+	if w == nil {
+		return nil
+	}
+	if len(w.dims) != 3 || w.dims[0] != in || (out != 0 && w.dims[1] != out) || w.dims[2] != nExp {
+		b.failf("%s: %s dims %v, want [%d %d %d]", op, arg, w.dims, in, out, nExp)
+		return nil
+	}
+	return w
+}
