@@ -9,6 +9,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"runtime"
 	"sort"
 	"strings"
@@ -237,11 +238,13 @@ func synthesize(ctx context.Context, path string, o synthOptions) error {
 		total += size
 	}
 
-	tmp := path + ".tmp"
-	f, err := os.Create(tmp)
+	// A unique temporary name: two processes synthesizing the same default
+	// model must not write into one file.
+	f, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".*.tmp")
 	if err != nil {
 		return err
 	}
+	tmp := f.Name()
 	defer func() {
 		if f != nil {
 			f.Close()

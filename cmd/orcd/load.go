@@ -1,0 +1,159 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"orcd/backend"
+	"orcd/gguf"
+	"orcd/model"
+	"orcd/tokenizer"
+)
+
+// The model used when --model is not given: a tiny random gpt-oss,
+// synthesized once into the user cache directory.
+const (
+	defaultPreset = "tiny-gpt-oss"
+	defaultSeed   = 1
+)
+
+// modelFlags are the flags of every command that loads a model.
+type modelFlags struct {
+	model     string
+	tokenizer string
+	device    string
+	gpu       int
+	ctxSize   int
+	maxBatch  int
+}
+
+// addModelFlags registers the model flags on fs.
+func addModelFlags(fs *flag.FlagSet) *modelFlags {
+	mf := &modelFlags{}
+	fs.StringVar(&mf.model, "model", "", "GGUF model file (default: a tiny random gpt-oss, synthesized into the user cache dir)")
+	fs.StringVar(&mf.tokenizer, "tokenizer", "", "tokenizer.json to use instead of the one beside the model or in its metadata")
+	fs.StringVar(&mf.device, "device", "auto", "backend: cpu, cuda or auto (cuda if available)")
+	fs.IntVar(&mf.gpu, "gpu-device", 0, "CUDA device number")
+	fs.IntVar(&mf.ctxSize, "ctx-size", 4096, "tokens per sequence (KV cache size); 0 means the model's context length")
+	fs.IntVar(&mf.maxBatch, "max-batch", model.DefaultMaxBatch, "most tokens per forward step; longer prompts are split")
+	return mf
+}
+
+// loadedModel is a model ready to run, shared by run, logits, serve and
+// bench.
+type loadedModel struct {
+	Path      string
+	Backend   backend.Backend
+	Model     model.Model
+	Tokenizer *tokenizer.Tokenizer // nil unless asked for
+	CtxSize   int                  // tokens per sequence: --ctx-size within the model's context
+}
+
+// Close frees the model and the backend.
+func (lm *loadedModel) Close() error {
+	return errors.Join(lm.Model.Close(), lm.Backend.Close())
+}
+
+// loadModel opens the model file (or the default model), the backend, and
+// uploads the weights, logging progress; with withTokenizer it loads the
+// tokenizer too (logits needs none).
+func loadModel(mf *modelFlags, withTokenizer bool, log *slog.Logger) (*loadedModel, error) {
+	if mf.ctxSize < 0 {
+		return nil, fmt.Errorf("--ctx-size %d is negative", mf.ctxSize)
+	}
+	if mf.maxBatch < 1 {
+		return nil, fmt.Errorf("--max-batch %d must be at least 1", mf.maxBatch)
+	}
+	path := mf.model
+	if path == "" {
+		var err error
+		if path, err = defaultModel(log); err != nil {
+			return nil, err
+		}
+	}
+	f, err := gguf.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+
+	be, err := openBackend(mf.device, mf.gpu)
+	if err != nil {
+		return nil, err
+	}
+	log.Info("backend", "device", be.Name())
+
+	start := time.Now()
+	lastTenth := int64(-1)
+	m, err := model.Load(f, be, model.LoadOptions{
+		MaxBatch: mf.maxBatch,
+		Progress: func(done, total int64) {
+			if tenth := 10 * done / max(total, 1); tenth != lastTenth {
+				lastTenth = tenth
+				log.Info("loading weights", "percent", 10*tenth, "bytes", done, "total", total)
+			}
+		},
+	})
+	if err != nil {
+		be.Close()
+		return nil, err
+	}
+	cfg := m.Config()
+	log.Info("model loaded", "path", path, "arch", cfg.Arch, "layers", cfg.Layers, "hidden", cfg.Hidden,
+		"vocab", cfg.VocabSize, "context", cfg.ContextLength, "backend_bytes", be.Allocated(),
+		"seconds", time.Since(start).Seconds())
+
+	lm := &loadedModel{Path: path, Backend: be, Model: m, CtxSize: mf.ctxSize}
+	if lm.CtxSize == 0 || lm.CtxSize > cfg.ContextLength {
+		if lm.CtxSize > cfg.ContextLength {
+			log.Info("--ctx-size exceeds the model's context; using the model's", "ctx_size", mf.ctxSize, "context", cfg.ContextLength)
+		}
+		lm.CtxSize = cfg.ContextLength
+	}
+	if withTokenizer {
+		if lm.Tokenizer, err = tokenizer.Load(path, mf.tokenizer, f); err != nil {
+			lm.Close()
+			return nil, err
+		}
+		if n := lm.Tokenizer.VocabSize(); n > cfg.VocabSize {
+			lm.Close()
+			return nil, fmt.Errorf("the tokenizer has %d tokens but the model only %d", n, cfg.VocabSize)
+		}
+	}
+	return lm, nil
+}
+
+// defaultModel returns the path of the default model in the user cache
+// directory, synthesizing it first if it is missing or unreadable.
+func defaultModel(log *slog.Logger) (string, error) {
+	dir, err := os.UserCacheDir()
+	if err != nil {
+		return "", fmt.Errorf("no --model given and no user cache dir for the default model: %w", err)
+	}
+	dir = filepath.Join(dir, "orcd")
+	path := filepath.Join(dir, fmt.Sprintf("%s-seed%d.gguf", defaultPreset, defaultSeed))
+	if f, err := gguf.Open(path); err == nil {
+		arch, archErr := f.GetString("general.architecture")
+		f.Close()
+		if archErr == nil && arch == synthPresets[defaultPreset].arch {
+			log.Info("no --model given; using the default model", "path", path)
+			return path, nil
+		}
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	log.Info("no --model given; synthesizing the default model", "preset", defaultPreset, "seed", defaultSeed, "path", path)
+	start := time.Now()
+	if err := synthesize(context.Background(), path, synthOptions{preset: defaultPreset, seed: defaultSeed}); err != nil {
+		return "", fmt.Errorf("synthesizing the default model: %w", err)
+	}
+	log.Info("default model written", "path", path, "seconds", time.Since(start).Seconds())
+	return path, nil
+}

@@ -1,0 +1,177 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"strconv"
+	"strings"
+	"time"
+
+	"orcd/engine"
+)
+
+func init() {
+	register(command{
+		name:    "run",
+		summary: "generate text from a prompt (or token ids) and print it",
+		run:     runRun,
+	})
+}
+
+// runOutput is what --json prints.
+type runOutput struct {
+	TokenIDs   []int32 `json:"token_ids"`
+	Text       string  `json:"text"`
+	StopReason string  `json:"stop_reason"`
+}
+
+func runRun(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	mf := addModelFlags(fs)
+	prompt := fs.String("prompt", "", "prompt text")
+	idsFlag := fs.String("ids", "", "prompt as comma-separated token ids (instead of --prompt)")
+	maxTokens := fs.Int("max-tokens", 64, "most tokens to generate")
+	temperature := fs.Float64("temperature", engine.DefaultSampling.Temperature, "sampling temperature; 0 is greedy")
+	topK := fs.Int("top-k", 0, "sample from the K most likely tokens; 0 keeps all")
+	topP := fs.Float64("top-p", 1, "sample from the smallest set of tokens whose probability reaches P")
+	seed := fs.Uint64("seed", 0, "sampling seed")
+	jsonOut := fs.Bool("json", false, `print {"token_ids":[...],"text":"...","stop_reason":"..."} instead of streaming text`)
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	usageErr := func(msg string) int {
+		fmt.Fprintf(stderr, "orcd run: %s\n", msg)
+		return 2
+	}
+	switch {
+	case fs.NArg() > 0:
+		return usageErr(fmt.Sprintf("unexpected argument %q", fs.Arg(0)))
+	case (*prompt == "") == (*idsFlag == ""):
+		return usageErr("give one of --prompt or --ids")
+	case *maxTokens < 0:
+		return usageErr("--max-tokens must not be negative")
+	}
+	params := engine.SamplingParams{Temperature: *temperature, TopK: *topK, TopP: *topP, RepetitionPenalty: 1}
+	if err := params.Validate(); err != nil {
+		return usageErr(err.Error())
+	}
+	var ids []int32
+	if *idsFlag != "" {
+		var err error
+		if ids, err = parseIDs(*idsFlag); err != nil {
+			return usageErr(err.Error())
+		}
+	}
+
+	log := slog.New(slog.NewTextHandler(stderr, nil))
+	lm, err := loadModel(mf, true, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "orcd run: %v\n", err)
+		return 1
+	}
+	defer lm.Close()
+	if ids == nil {
+		if lm.Tokenizer.AddBOS() {
+			ids = append(ids, lm.Tokenizer.BOS())
+		}
+		ids = append(ids, lm.Tokenizer.Encode(*prompt)...)
+	}
+	text := io.Discard
+	if !*jsonOut {
+		text = stdout
+	}
+	out, err := generate(lm, ids, *maxTokens, engine.NewSampler(params, *seed), text, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "orcd run: %v\n", err)
+		return 1
+	}
+	if *jsonOut {
+		if err := json.NewEncoder(stdout).Encode(out); err != nil {
+			fmt.Fprintf(stderr, "orcd run: %v\n", err)
+			return 1
+		}
+	} else {
+		fmt.Fprintln(stdout)
+	}
+	return 0
+}
+
+// generate runs the prompt, then samples up to maxTokens tokens one decode
+// step at a time, streaming their text to w. It stops at an
+// end-of-generation token, the token budget or a full cache.
+func generate(lm *loadedModel, prompt []int32, maxTokens int, sampler *engine.Sampler, w io.Writer, log *slog.Logger) (*runOutput, error) {
+	if len(prompt) == 0 {
+		return nil, errors.New("the prompt is empty")
+	}
+	if len(prompt) >= lm.CtxSize {
+		return nil, fmt.Errorf("the prompt has %d tokens; --ctx-size %d leaves no room to generate", len(prompt), lm.CtxSize)
+	}
+	cache, err := lm.Model.NewCache(lm.CtxSize)
+	if err != nil {
+		return nil, err
+	}
+	defer cache.Free()
+
+	start := time.Now()
+	logits, err := lm.Model.Forward(cache, prompt, false)
+	if err != nil {
+		return nil, err
+	}
+	prefill := time.Since(start)
+
+	out := &runOutput{TokenIDs: []int32{}, StopReason: string(engine.StopMaxTokens)}
+	history := append([]int32(nil), prompt...)
+	dec := lm.Tokenizer.NewStreamDecoder()
+	var text strings.Builder
+	emit := func(s string) {
+		text.WriteString(s)
+		io.WriteString(w, s)
+	}
+	start = time.Now()
+	for len(out.TokenIDs) < maxTokens {
+		id := sampler.Sample(logits, history)
+		if lm.Tokenizer.IsEOG(id) {
+			out.StopReason = string(engine.StopEOG)
+			break
+		}
+		out.TokenIDs = append(out.TokenIDs, id)
+		history = append(history, id)
+		emit(dec.Push(id))
+		if len(out.TokenIDs) == maxTokens {
+			break
+		}
+		if cache.Len() == cache.Cap() {
+			out.StopReason = string(engine.StopContextFull)
+			break
+		}
+		if logits, err = lm.Model.Forward(cache, []int32{id}, false); err != nil {
+			return nil, err
+		}
+	}
+	emit(dec.Flush())
+	out.Text = text.String()
+	decode := time.Since(start)
+	log.Info("generated", "prompt_tokens", len(prompt), "prefill_tokens_per_s", float64(len(prompt))/prefill.Seconds(),
+		"tokens", len(out.TokenIDs), "decode_tokens_per_s", float64(len(out.TokenIDs))/decode.Seconds(),
+		"stop_reason", out.StopReason)
+	return out, nil
+}
+
+// parseIDs parses "1,2,3" into token ids.
+func parseIDs(s string) ([]int32, error) {
+	parts := strings.Split(s, ",")
+	ids := make([]int32, 0, len(parts))
+	for i, p := range parts {
+		v, err := strconv.ParseInt(strings.TrimSpace(p), 10, 32)
+		if err != nil || v < 0 {
+			return nil, fmt.Errorf("--ids: item %d (%q) is not a token id", i+1, p)
+		}
+		ids = append(ids, int32(v))
+	}
+	return ids, nil
+}
