@@ -227,7 +227,9 @@ func (e *Engine) Submit(req Request) (*Job, error) {
 	if len(prompt) > e.cfg.CtxSize {
 		return nil, fmt.Errorf("%w: prompt is %d tokens, the context holds %d", ErrPromptLength, len(prompt), e.cfg.CtxSize)
 	}
-	j := &Job{e: e, req: req, prompt: prompt, seed: rand.Uint64()}
+	// Drawn seeds stay below 2^53 so that JSON clients (JavaScript
+	// numbers) can send them back exactly.
+	j := &Job{e: e, req: req, prompt: prompt, seed: rand.Uint64N(1 << 53)}
 	if req.Seed != nil {
 		j.seed = *req.Seed
 	}

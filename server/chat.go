@@ -1,0 +1,361 @@
+package server
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"orcd/engine"
+	"orcd/harmony"
+)
+
+// chatRequest is the body of POST /v1/chat/completions.
+type chatRequest struct {
+	commonFields
+	Messages            []chatMessage   `json:"messages"`
+	MaxCompletionTokens *int            `json:"max_completion_tokens"`
+	Tools               []chatTool      `json:"tools"`
+	ToolChoice          json.RawMessage `json:"tool_choice"`
+	ParallelToolCalls   *bool           `json:"parallel_tool_calls"`
+	ReasoningEffort     string          `json:"reasoning_effort"`
+}
+
+type chatMessage struct {
+	Role             string          `json:"role"`
+	Content          json.RawMessage `json:"content"`
+	Name             string          `json:"name"`
+	ToolCalls        []chatToolCall  `json:"tool_calls"`
+	ToolCallID       string          `json:"tool_call_id"`
+	ReasoningContent string          `json:"reasoning_content"`
+}
+
+type chatToolCall struct {
+	Index    *int         `json:"index,omitempty"`
+	ID       string       `json:"id,omitempty"`
+	Type     string       `json:"type,omitempty"`
+	Function chatFunction `json:"function"`
+}
+
+type chatFunction struct {
+	Name      string `json:"name,omitempty"`
+	Arguments string `json:"arguments"`
+}
+
+type chatTool struct {
+	Type     string `json:"type"`
+	Function struct {
+		Name        string          `json:"name"`
+		Description string          `json:"description"`
+		Parameters  json.RawMessage `json:"parameters"`
+		Strict      *bool           `json:"strict"`
+	} `json:"function"`
+}
+
+// text returns the message content: a string, null, or an array of text parts.
+func (m chatMessage) text(i int) (string, error) {
+	c := bytes.TrimSpace(m.Content)
+	if len(c) == 0 || string(c) == "null" {
+		return "", nil
+	}
+	var s string
+	if json.Unmarshal(c, &s) == nil {
+		return s, nil
+	}
+	var parts []struct {
+		Type string `json:"type"`
+		Text string `json:"text"`
+	}
+	if err := json.Unmarshal(c, &parts); err != nil {
+		return "", invalid(fmt.Sprintf("messages[%d].content: expected a string or an array of text parts", i))
+	}
+	var b strings.Builder
+	for j, p := range parts {
+		if p.Type != "text" {
+			return "", invalid(fmt.Sprintf("messages[%d].content[%d]: type %q is not supported; only text", i, j, p.Type))
+		}
+		b.WriteString(p.Text)
+	}
+	return b.String(), nil
+}
+
+// conversation checks the messages and collects them for rendering.
+func (body *chatRequest) conversation(now time.Time) (harmony.Conversation, error) {
+	conv := harmony.Conversation{ReasoningEffort: body.ReasoningEffort, Date: now}
+	if len(body.Messages) == 0 {
+		return conv, invalid("messages: at least one message is required")
+	}
+	var instructions []string
+	toolNames := map[string]string{} // tool_call_id → function name
+	for i, m := range body.Messages {
+		text, err := m.text(i)
+		if err != nil {
+			return conv, err
+		}
+		switch m.Role {
+		case "system", "developer":
+			instructions = append(instructions, text)
+		case "user":
+			conv.Messages = append(conv.Messages, harmony.Message{Role: "user", Content: text})
+		case "assistant":
+			hm := harmony.Message{Role: "assistant", Content: text, Reasoning: m.ReasoningContent}
+			for j, tc := range m.ToolCalls {
+				if tc.Function.Name == "" {
+					return conv, invalid(fmt.Sprintf("messages[%d].tool_calls[%d].function.name: required", i, j))
+				}
+				hm.ToolCalls = append(hm.ToolCalls, harmony.ToolCall{Name: tc.Function.Name, Arguments: tc.Function.Arguments})
+				toolNames[tc.ID] = tc.Function.Name
+			}
+			conv.Messages = append(conv.Messages, hm)
+		case "tool":
+			name := toolNames[m.ToolCallID]
+			if name == "" {
+				name = m.Name
+			}
+			if name == "" {
+				return conv, invalid(fmt.Sprintf("messages[%d].tool_call_id: %q matches no earlier tool call", i, m.ToolCallID))
+			}
+			conv.Messages = append(conv.Messages, harmony.Message{Role: "tool", Content: text, ToolName: name})
+		default:
+			return conv, invalid(fmt.Sprintf("messages[%d].role: %q is not system, developer, user, assistant or tool", i, m.Role))
+		}
+	}
+	conv.Instructions = strings.Join(instructions, "\n\n")
+	if string(bytes.TrimSpace(body.ToolChoice)) != `"none"` {
+		for i, t := range body.Tools {
+			if t.Type != "function" {
+				return conv, invalid(fmt.Sprintf("tools[%d].type: %q is not supported; only function", i, t.Type))
+			}
+			conv.Tools = append(conv.Tools, harmony.Tool{Name: t.Function.Name, Description: t.Function.Description, Parameters: t.Function.Parameters})
+		}
+	}
+	return conv, nil
+}
+
+// plainChatPrompt renders a conversation as plain text for models without
+// a chat format (gpt2): instructions, then "User:"/"Assistant:" turns,
+// ending with "Assistant:". The engine stops at the next "\nUser:".
+func plainChatPrompt(conv harmony.Conversation) string {
+	var b strings.Builder
+	if conv.Instructions != "" {
+		b.WriteString(conv.Instructions + "\n\n")
+	}
+	for _, m := range conv.Messages {
+		switch m.Role {
+		case "user":
+			b.WriteString("User: " + m.Content + "\n")
+		case "assistant":
+			b.WriteString("Assistant: " + m.Content + "\n")
+		case "tool":
+			b.WriteString("Tool (" + m.ToolName + "): " + m.Content + "\n")
+		}
+	}
+	b.WriteString("Assistant:")
+	return b.String()
+}
+
+// plainChatStop ends a plain-text chat turn when the model starts the next one.
+const plainChatStop = "\nUser:"
+
+// harmonyOutput parses gpt-oss output into reasoning, content and tool
+// calls, applying the request's stop strings to the content.
+type harmonyOutput struct {
+	parser   *harmony.Parser
+	specials map[int32]string
+	stops    *engine.StopMatcher
+}
+
+func (h *harmonyOutput) token(tok engine.Token) ([]delta, bool) {
+	var evs []harmony.Event
+	if name, ok := h.specials[tok.ID]; ok {
+		evs = h.parser.Special(name)
+	} else {
+		evs = h.parser.Text(tok.Text)
+	}
+	var out []delta
+	for _, ev := range evs {
+		switch ev.Kind {
+		case harmony.Reasoning:
+			out = append(out, delta{kind: deltaReasoning, text: ev.Text})
+		case harmony.Content:
+			text, hit := h.stops.Push(ev.Text)
+			if text != "" {
+				out = append(out, delta{kind: deltaContent, text: text})
+			}
+			if hit {
+				return out, true
+			}
+		case harmony.ToolCallStart:
+			out = append(out, delta{kind: deltaToolStart, toolIndex: ev.ToolIndex, toolName: ev.ToolName})
+		case harmony.ToolCallArgs:
+			out = append(out, delta{kind: deltaToolArgs, text: ev.Text, toolIndex: ev.ToolIndex})
+		}
+	}
+	return out, false
+}
+
+func (h *harmonyOutput) finish() []delta {
+	if text := h.stops.Flush(); text != "" {
+		return []delta{{kind: deltaContent, text: text}}
+	}
+	return nil
+}
+
+func (h *harmonyOutput) toolCalls() int { return h.parser.ToolCalls() }
+
+// Chat response shapes.
+type (
+	chatChoice struct {
+		Index        int         `json:"index"`
+		Message      *chatOutMsg `json:"message,omitempty"`
+		Delta        *chatOutMsg `json:"delta,omitempty"`
+		Logprobs     any         `json:"logprobs"`
+		FinishReason *string     `json:"finish_reason"`
+	}
+	chatOutMsg struct {
+		Role             string         `json:"role,omitempty"`
+		Content          *string        `json:"content,omitempty"`
+		ReasoningContent *string        `json:"reasoning_content,omitempty"`
+		ToolCalls        []chatToolCall `json:"tool_calls,omitempty"`
+	}
+	chatResponse struct {
+		ID      string       `json:"id"`
+		Object  string       `json:"object"`
+		Created int64        `json:"created"`
+		Model   string       `json:"model"`
+		Choices []chatChoice `json:"choices"`
+		Usage   *usage       `json:"usage,omitempty"`
+	}
+)
+
+func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
+	const endpoint = "chat"
+	arrival := time.Now()
+	if s.Draining() {
+		s.rejectOpenAI(w, endpoint, classify(engine.ErrShuttingDown))
+		return
+	}
+	var body chatRequest
+	if err := decodeJSON(r, &body); err != nil {
+		s.rejectOpenAI(w, endpoint, classify(err))
+		return
+	}
+	maxTokens := body.MaxTokens
+	if body.MaxCompletionTokens != nil {
+		maxTokens = body.MaxCompletionTokens
+	}
+	req, err := s.request(body.commonFields, maxTokens)
+	if err == nil {
+		err = s.chatPrompt(&body, &req)
+	}
+	if err != nil {
+		s.rejectOpenAI(w, endpoint, classify(err))
+		return
+	}
+	id := newID("chatcmpl-")
+	req.ID = id
+	var out outputParser = plainOutput{}
+	if s.specials != nil {
+		out = &harmonyOutput{parser: harmony.NewParser(), specials: s.specials, stops: engine.NewStopMatcher(body.Stop)}
+	}
+	job, err := s.cfg.Engine.Submit(req)
+	if err != nil {
+		s.rejectOpenAI(w, endpoint, classify(err))
+		return
+	}
+	s.metrics.promptTokens.Add(float64(job.PromptTokens()))
+	chunk := func(choice chatChoice) chatResponse {
+		obj := "chat.completion"
+		if body.Stream {
+			obj = "chat.completion.chunk"
+		}
+		return chatResponse{ID: id, Object: obj, Created: arrival.Unix(), Model: s.cfg.Model.ID, Choices: []chatChoice{choice}}
+	}
+
+	var sse *sseWriter
+	var content, reasoning strings.Builder
+	var calls []chatToolCall
+	if body.Stream {
+		sse = startSSE(w)
+		empty := ""
+		sse.event("", chunk(chatChoice{Delta: &chatOutMsg{Role: "assistant", Content: &empty}}))
+	}
+	res, err := s.runJob(r, job, arrival, out, func(d delta) bool {
+		var m chatOutMsg
+		switch d.kind {
+		case deltaContent:
+			m.Content = &d.text
+			content.WriteString(d.text)
+		case deltaReasoning:
+			m.ReasoningContent = &d.text
+			reasoning.WriteString(d.text)
+		case deltaToolStart:
+			idx := d.toolIndex
+			tc := chatToolCall{Index: &idx, ID: newID("call_"), Type: "function", Function: chatFunction{Name: d.toolName}}
+			calls = append(calls, tc)
+			m.ToolCalls = []chatToolCall{tc}
+		case deltaToolArgs:
+			idx := d.toolIndex
+			calls[idx].Function.Arguments += d.text
+			m.ToolCalls = []chatToolCall{{Index: &idx, Function: chatFunction{Arguments: d.text}}}
+		}
+		if sse != nil {
+			sse.event("", chunk(chatChoice{Delta: &m}))
+		}
+		return false
+	})
+	finish := finishReason(res, out.toolCalls())
+	s.finishOpenAI(w, r, endpoint, sse, job, res, err, func() any {
+		if sse != nil {
+			return chunk(chatChoice{Delta: &chatOutMsg{}, FinishReason: &finish})
+		}
+		msg := &chatOutMsg{Role: "assistant"}
+		if c := content.String(); c != "" || len(calls) == 0 {
+			msg.Content = &c
+		}
+		if rc := reasoning.String(); rc != "" {
+			msg.ReasoningContent = &rc
+		}
+		for i := range calls {
+			calls[i].Index = nil
+		}
+		msg.ToolCalls = calls
+		c := chunk(chatChoice{Message: msg, FinishReason: &finish})
+		c.Usage = usageOf(job, res)
+		return c
+	}, func() any {
+		c := chunk(chatChoice{})
+		c.Choices = []chatChoice{}
+		c.Usage = usageOf(job, res)
+		return c
+	}, body.StreamOptions)
+}
+
+// chatPrompt renders the conversation into req: harmony tokens for gpt-oss,
+// plain text otherwise.
+func (s *Server) chatPrompt(body *chatRequest, req *engine.Request) error {
+	conv, err := body.conversation(s.cfg.Now())
+	if err != nil {
+		return err
+	}
+	if s.specials == nil {
+		if len(conv.Tools) > 0 {
+			return invalid("tools: this model has no tool-calling format")
+		}
+		req.Prompt = plainChatPrompt(conv)
+		req.Stop = append(req.Stop[:len(req.Stop):len(req.Stop)], plainChatStop)
+		return nil
+	}
+	p, err := harmony.Render(conv)
+	if err != nil {
+		return invalid(strings.TrimPrefix(err.Error(), "harmony: "))
+	}
+	if req.Tokens, err = p.Tokens(s.cfg.Tokenizer); err != nil {
+		return err
+	}
+	// Stop strings apply to the content, in harmonyOutput.
+	req.Stop = nil
+	return nil
+}

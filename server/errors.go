@@ -1,0 +1,119 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+
+	"orcd/engine"
+)
+
+// Error codes of the worker API.
+const (
+	codeInvalidRequest   = "INVALID_REQUEST"    // 400 (413 for an oversized body)
+	codeInsufficientVRAM = "INSUFFICIENT_VRAM"  // 503, retriable
+	codeVRAMOOM          = "VRAM_OOM"           // 500
+	codeCUDAError        = "CUDA_ERROR"         // 500
+	codeTimeout          = "INFERENCE_TIMEOUT"  // 504
+	codeCancelled        = "CANCELLED"          // 499
+	codeInternal         = "INTERNAL"           // 500
+	codeQueueFull        = "QUEUE_FULL"         // 503, retriable
+	codeShuttingDown     = "SHUTTING_DOWN"      // 503, retriable
+	codeUnauthorized     = "UNAUTHORIZED"       // 401
+	codeNotFound         = "NOT_FOUND"          // 404
+	statusClientClosed   = 499                  // nginx's "client closed request"
+)
+
+// apiError is an error with its HTTP status and worker API code.
+type apiError struct {
+	status    int
+	code      string
+	message   string
+	retriable bool
+}
+
+func (e apiError) Error() string { return e.code + ": " + e.message }
+
+func invalid(msg string) apiError {
+	return apiError{http.StatusBadRequest, codeInvalidRequest, msg, false}
+}
+
+// errorBody is the worker API's error shape, {error: {code, message, retriable}}.
+type errorBody struct {
+	Error errorDetail `json:"error"`
+}
+
+type errorDetail struct {
+	Code      string `json:"code"`
+	Message   string `json:"message"`
+	Retriable bool   `json:"retriable"`
+}
+
+func writeError(w http.ResponseWriter, e apiError) {
+	writeJSON(w, e.status, errorBody{errorDetail{e.code, e.message, e.retriable}})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+// errorCoder is implemented by errors that know their worker API code, such
+// as a backend's out-of-memory or CUDA errors (VRAM_OOM, CUDA_ERROR).
+type errorCoder interface {
+	ErrorCode() string
+}
+
+// classify maps an error from the engine to an API error.
+func classify(err error) apiError {
+	var ae apiError
+	var coder errorCoder
+	switch {
+	case errors.As(err, &ae):
+		return ae
+	case errors.Is(err, engine.ErrQueueFull):
+		return apiError{http.StatusServiceUnavailable, codeQueueFull, "the request queue is full; retry later", true}
+	case errors.Is(err, engine.ErrShuttingDown):
+		return apiError{http.StatusServiceUnavailable, codeShuttingDown, "the worker is shutting down", true}
+	case errors.Is(err, engine.ErrDuplicateID):
+		return invalid("job_id is already in flight")
+	case errors.Is(err, engine.ErrEmptyPrompt):
+		return invalid("prompt: encodes to no tokens")
+	case errors.Is(err, engine.ErrPromptLength):
+		return invalid("prompt: " + err.Error())
+	case errors.Is(err, engine.ErrCacheAlloc):
+		return apiError{http.StatusServiceUnavailable, codeInsufficientVRAM, err.Error(), true}
+	case errors.As(err, &coder):
+		switch coder.ErrorCode() {
+		case codeVRAMOOM, codeCUDAError:
+			return apiError{http.StatusInternalServerError, coder.ErrorCode(), err.Error(), false}
+		case codeInsufficientVRAM:
+			return apiError{http.StatusServiceUnavailable, codeInsufficientVRAM, err.Error(), true}
+		}
+	}
+	return apiError{http.StatusInternalServerError, codeInternal, err.Error(), false}
+}
+
+// stopError is the API error of a request that ended by cancel or timeout.
+func stopError(reason engine.StopReason) (apiError, bool) {
+	switch reason {
+	case engine.StopCancelled:
+		return apiError{statusClientClosed, codeCancelled, "the job was cancelled", false}, true
+	case engine.StopTimeout:
+		return apiError{http.StatusGatewayTimeout, codeTimeout, "the job exceeded the inference timeout", false}, true
+	}
+	return apiError{}, false
+}
+
+type correlationKey struct{}
+
+func withCorrelationID(ctx context.Context, id string) context.Context {
+	return context.WithValue(ctx, correlationKey{}, id)
+}
+
+func correlationID(ctx context.Context) string {
+	id, _ := ctx.Value(correlationKey{}).(string)
+	return id
+}

@@ -1,0 +1,98 @@
+package server
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"orcd/engine"
+)
+
+// metrics are the server's Prometheus metrics, in a registry of their own so
+// that several servers (tests) can coexist.
+type metrics struct {
+	registry     *prometheus.Registry
+	requests     *prometheus.CounterVec
+	tokens       prometheus.Counter
+	promptTokens prometheus.Counter
+	ttft         prometheus.Histogram
+	interToken   prometheus.Histogram
+}
+
+func newMetrics(e *engine.Engine, d Device) *metrics {
+	m := &metrics{
+		registry: prometheus.NewRegistry(),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "orcd_requests_total",
+			Help: "Generation requests by endpoint and outcome (a stop reason, or an error code).",
+		}, []string{"endpoint", "outcome"}),
+		tokens: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "orcd_generated_tokens_total", Help: "Tokens generated.",
+		}),
+		promptTokens: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "orcd_prompt_tokens_total", Help: "Prompt tokens processed.",
+		}),
+		ttft: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "orcd_time_to_first_token_seconds",
+			Help:    "Time from request arrival to the first generated token.",
+			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14),
+		}),
+		interToken: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "orcd_inter_token_latency_seconds",
+			Help:    "Time between consecutive generated tokens of one request.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14),
+		}),
+	}
+	m.registry.MustRegister(m.requests, m.tokens, m.promptTokens, m.ttft, m.interToken,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "orcd_queue_depth", Help: "Requests waiting for a decoding slot.",
+		}, func() float64 { return float64(e.QueueDepth()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "orcd_active_requests", Help: "Requests holding a decoding slot.",
+		}, func() float64 { return float64(e.Active()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "orcd_vram_bytes", Help: "Device memory held by the model and its caches.",
+		}, func() float64 {
+			if d == nil {
+				return 0
+			}
+			return float64(d.VRAMBytesUsed())
+		}),
+	)
+	return m
+}
+
+func (m *metrics) handler() http.Handler {
+	return promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{})
+}
+
+// tokenClock records time to first token and inter-token latency of one request.
+type tokenClock struct {
+	m                  *metrics
+	start, first, last time.Time
+}
+
+func (m *metrics) clock(start time.Time) *tokenClock { return &tokenClock{m: m, start: start} }
+
+// tick records one generated token.
+func (c *tokenClock) tick() {
+	now := time.Now()
+	if c.first.IsZero() {
+		c.first = now
+		c.m.ttft.Observe(now.Sub(c.start).Seconds())
+	} else {
+		c.m.interToken.Observe(now.Sub(c.last).Seconds())
+	}
+	c.last = now
+	c.m.tokens.Inc()
+}
+
+// ttft is the time to first token, or 0 when no token came.
+func (c *tokenClock) ttft() time.Duration {
+	if c.first.IsZero() {
+		return 0
+	}
+	return c.first.Sub(c.start)
+}

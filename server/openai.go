@@ -1,0 +1,345 @@
+package server
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"orcd/engine"
+)
+
+// openAIError is OpenAI's error shape.
+type openAIError struct {
+	Error openAIErrorDetail `json:"error"`
+}
+
+type openAIErrorDetail struct {
+	Message string  `json:"message"`
+	Type    string  `json:"type"`
+	Param   *string `json:"param"`
+	Code    *string `json:"code"`
+}
+
+func writeOpenAIError(w http.ResponseWriter, status int, typ, code, msg string) {
+	writeJSON(w, status, openAIError{openAIErrorDetail{Message: msg, Type: typ, Code: &code}})
+}
+
+// openAIErrorOf converts a worker API error to OpenAI's shape.
+func openAIErrorOf(e apiError) openAIErrorDetail {
+	typ := "server_error"
+	switch e.status {
+	case http.StatusBadRequest, http.StatusNotFound, http.StatusRequestEntityTooLarge:
+		typ = "invalid_request_error"
+	case http.StatusUnauthorized:
+		typ = "authentication_error"
+	case http.StatusGatewayTimeout:
+		typ = "timeout"
+	}
+	code := strings.ToLower(e.code)
+	return openAIErrorDetail{Message: e.message, Type: typ, Code: &code}
+}
+
+func (s *Server) rejectOpenAI(w http.ResponseWriter, endpoint string, e apiError) {
+	s.metrics.requests.WithLabelValues(endpoint, e.code).Inc()
+	writeJSON(w, e.status, openAIError{openAIErrorOf(e)})
+}
+
+type modelObject struct {
+	ID      string `json:"id"`
+	Object  string `json:"object"`
+	Created int64  `json:"created"`
+	OwnedBy string `json:"owned_by"`
+}
+
+func (s *Server) handleModels(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]any{
+		"object": "list",
+		"data":   []modelObject{{s.cfg.Model.ID, "model", s.started.Unix(), "orcd"}},
+	})
+}
+
+// stringList is a JSON string or array of strings (the OpenAI "stop" and
+// "prompt" fields).
+type stringList []string
+
+func (l *stringList) UnmarshalJSON(b []byte) error {
+	if bytes.HasPrefix(bytes.TrimSpace(b), []byte(`"`)) {
+		var s string
+		if err := json.Unmarshal(b, &s); err != nil {
+			return err
+		}
+		*l = stringList{s}
+		return nil
+	}
+	var ss []string
+	if err := json.Unmarshal(b, &ss); err != nil {
+		return fmt.Errorf("expected a string or an array of strings")
+	}
+	*l = ss
+	return nil
+}
+
+type streamOptions struct {
+	IncludeUsage bool `json:"include_usage"`
+}
+
+// commonFields are the request fields /v1/completions and
+// /v1/chat/completions share.
+type commonFields struct {
+	Model             string         `json:"model"`
+	MaxTokens         *int           `json:"max_tokens"`
+	Temperature       *float64       `json:"temperature"`
+	TopP              *float64       `json:"top_p"`
+	TopK              *int           `json:"top_k"`
+	MinP              *float64       `json:"min_p"`
+	RepetitionPenalty *float64       `json:"repetition_penalty"`
+	FrequencyPenalty  *float64       `json:"frequency_penalty"`
+	PresencePenalty   *float64       `json:"presence_penalty"`
+	Stop              stringList     `json:"stop"`
+	Seed              *int64         `json:"seed"`
+	N                 *int           `json:"n"`
+	Stream            bool           `json:"stream"`
+	StreamOptions     *streamOptions `json:"stream_options"`
+	User              string         `json:"user"`
+}
+
+// request checks the shared fields and builds the engine request (without
+// its prompt).
+func (s *Server) request(c commonFields, maxTokens *int) (engine.Request, error) {
+	var req engine.Request
+	if c.Model != "" && c.Model != s.cfg.Model.ID {
+		return req, apiError{http.StatusNotFound, codeNotFound, fmt.Sprintf("model: %q is not served here; this worker serves %q", c.Model, s.cfg.Model.ID), false}
+	}
+	if c.N != nil && *c.N != 1 {
+		return req, invalid("n: only 1 is supported")
+	}
+	for name, v := range map[string]*float64{"frequency_penalty": c.FrequencyPenalty, "presence_penalty": c.PresencePenalty} {
+		if v != nil && *v != 0 {
+			return req, invalid(name + ": not supported (use repetition_penalty)")
+		}
+	}
+	mt, err := s.maxTokens("max_tokens", maxTokens)
+	if err != nil {
+		return req, err
+	}
+	sp, err := samplingFields{c.Temperature, c.TopP, c.MinP, c.RepetitionPenalty, c.TopK}.params()
+	if err != nil {
+		return req, err
+	}
+	if err := validateStops(c.Stop); err != nil {
+		return req, err
+	}
+	req = engine.Request{MaxTokens: mt, Sampling: sp, Stop: c.Stop}
+	if c.Seed != nil {
+		seed := uint64(*c.Seed)
+		req.Seed = &seed
+	}
+	return req, nil
+}
+
+type usage struct {
+	PromptTokens     int `json:"prompt_tokens"`
+	CompletionTokens int `json:"completion_tokens"`
+	TotalTokens      int `json:"total_tokens"`
+}
+
+func usageOf(job *engine.Job, res engine.Result) *usage {
+	return &usage{job.PromptTokens(), res.TokensOut, job.PromptTokens() + res.TokensOut}
+}
+
+// finishReason maps a stop reason to OpenAI's finish_reason.
+func finishReason(res engine.Result, toolCalls int) string {
+	switch {
+	case toolCalls > 0:
+		return "tool_calls"
+	case res.StopReason == engine.StopMaxTokens || res.StopReason == engine.StopContextFull:
+		return "length"
+	}
+	return "stop"
+}
+
+// completionRequest is the body of POST /v1/completions.
+type completionRequest struct {
+	commonFields
+	Prompt *stringList `json:"prompt"`
+}
+
+type completionChoice struct {
+	Text         string  `json:"text"`
+	Index        int     `json:"index"`
+	Logprobs     any     `json:"logprobs"`
+	FinishReason *string `json:"finish_reason"`
+}
+
+type completionResponse struct {
+	ID      string             `json:"id"`
+	Object  string             `json:"object"`
+	Created int64              `json:"created"`
+	Model   string             `json:"model"`
+	Choices []completionChoice `json:"choices"`
+	Usage   *usage             `json:"usage,omitempty"`
+}
+
+func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
+	const endpoint = "completions"
+	arrival := time.Now()
+	if s.Draining() {
+		s.rejectOpenAI(w, endpoint, classify(engine.ErrShuttingDown))
+		return
+	}
+	var body completionRequest
+	if err := decodeJSON(r, &body); err != nil {
+		s.rejectOpenAI(w, endpoint, classify(err))
+		return
+	}
+	req, err := s.request(body.commonFields, body.MaxTokens)
+	if err != nil {
+		s.rejectOpenAI(w, endpoint, classify(err))
+		return
+	}
+	if body.Prompt == nil || len(*body.Prompt) != 1 || (*body.Prompt)[0] == "" {
+		s.rejectOpenAI(w, endpoint, invalid("prompt: must be one non-empty string"))
+		return
+	}
+	req.Prompt = (*body.Prompt)[0]
+	id := newID("cmpl-")
+	req.ID = id
+	job, err := s.cfg.Engine.Submit(req)
+	if err != nil {
+		s.rejectOpenAI(w, endpoint, classify(err))
+		return
+	}
+	s.metrics.promptTokens.Add(float64(job.PromptTokens()))
+	chunk := func(text string, finish *string) completionResponse {
+		return completionResponse{ID: id, Object: "text_completion", Created: arrival.Unix(), Model: s.cfg.Model.ID,
+			Choices: []completionChoice{{Text: text, FinishReason: finish}}}
+	}
+
+	var sse *sseWriter
+	var text strings.Builder
+	if body.Stream {
+		sse = startSSE(w)
+	}
+	res, err := s.runJob(r, job, arrival, plainOutput{}, func(d delta) bool {
+		if sse != nil {
+			sse.event("", chunk(d.text, nil))
+		} else {
+			text.WriteString(d.text)
+		}
+		return false
+	})
+	finish := finishReason(res, 0)
+	s.finishOpenAI(w, r, endpoint, sse, job, res, err, func() any {
+		if sse != nil {
+			return chunk("", &finish)
+		}
+		c := chunk(text.String(), &finish)
+		c.Usage = usageOf(job, res)
+		return c
+	}, func() any {
+		c := chunk("", nil)
+		c.Choices = []completionChoice{}
+		c.Usage = usageOf(job, res)
+		return c
+	}, body.StreamOptions)
+}
+
+// delta is one piece of parsed output.
+type delta struct {
+	kind      deltaKind
+	text      string
+	toolIndex int
+	toolName  string
+}
+
+type deltaKind int
+
+const (
+	deltaContent deltaKind = iota
+	deltaReasoning
+	deltaToolStart
+	deltaToolArgs
+)
+
+// outputParser turns generated tokens into deltas.
+type outputParser interface {
+	// token returns the deltas of one generated token and whether
+	// generation must stop (a stop string in the content).
+	token(tok engine.Token) ([]delta, bool)
+	// finish returns what is left when generation ends.
+	finish() []delta
+	toolCalls() int
+}
+
+// plainOutput passes all text through as content (stop strings are
+// applied by the engine).
+type plainOutput struct{}
+
+func (plainOutput) token(tok engine.Token) ([]delta, bool) {
+	if tok.Text == "" {
+		return nil, false
+	}
+	return []delta{{kind: deltaContent, text: tok.Text}}, false
+}
+func (plainOutput) finish() []delta { return nil }
+func (plainOutput) toolCalls() int  { return 0 }
+
+// runJob runs job, passing parsed output to emit (which returns true to
+// stop), and records metrics.
+func (s *Server) runJob(r *http.Request, job *engine.Job, arrival time.Time, out outputParser, emit func(delta) bool) (engine.Result, error) {
+	clock := s.metrics.clock(arrival)
+	res, err := job.Run(r.Context(), func(tok engine.Token) bool {
+		if tok.ID >= 0 {
+			clock.tick()
+		}
+		deltas, stop := out.token(tok)
+		for _, d := range deltas {
+			if emit(d) {
+				stop = true
+			}
+		}
+		return stop
+	})
+	for _, d := range out.finish() {
+		emit(d)
+	}
+	return res, err
+}
+
+// finishOpenAI ends an OpenAI response: the final object (non-streaming) or
+// the final chunk, the usage chunk when asked, and [DONE] (streaming); or an
+// error.
+func (s *Server) finishOpenAI(w http.ResponseWriter, r *http.Request, endpoint string, sse *sseWriter, job *engine.Job,
+	res engine.Result, err error, final, usageChunk func() any, opts *streamOptions) {
+	outcome := string(res.StopReason)
+	if err == nil {
+		if e, stopped := stopError(res.StopReason); stopped {
+			err = e
+		}
+	}
+	s.log.Info("openai request done", "endpoint", endpoint, "outcome", outcome, "prompt_tokens", job.PromptTokens(),
+		"tokens_out", res.TokensOut, "error", err, "correlation_id", correlationID(r.Context()))
+	switch {
+	case err != nil:
+		e := classify(err)
+		outcome = e.code
+		if sse != nil {
+			sse.event("", openAIError{openAIErrorOf(e)})
+			sse.done()
+		} else {
+			writeJSON(w, e.status, openAIError{openAIErrorOf(e)})
+		}
+	case sse != nil:
+		sse.event("", final())
+		if opts != nil && opts.IncludeUsage {
+			sse.event("", usageChunk())
+		}
+		sse.done()
+	default:
+		writeJSON(w, http.StatusOK, final())
+	}
+	s.metrics.requests.WithLabelValues(endpoint, outcome).Inc()
+}

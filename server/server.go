@@ -1,0 +1,236 @@
+// Package server is orcd's HTTP front end: the worker API an orchestrator
+// drives (/execute with server-sent events, /cancel, /health, /shutdown,
+// /metrics) and an OpenAI-compatible API (/v1/models, /v1/completions,
+// /v1/chat/completions). It knows requests and responses, not tensors: all
+// generation goes through an engine.Engine.
+package server
+
+import (
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/hex"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"orcd/engine"
+	"orcd/harmony"
+)
+
+// ModelInfo describes the served model for /health and /v1/models.
+type ModelInfo struct {
+	ID            string // name clients use in the "model" field
+	Arch          string // "gpt2" or "gpt-oss"; gpt-oss chats in harmony
+	QuantKind     string // weight format, e.g. "MXFP4"
+	TokenizerKind string // "gguf-bpe" or "hf-json"
+	VocabSize     int
+	ContextLength int // the context each sequence gets
+}
+
+// Device reports the memory and placement of the loaded model. The loader
+// provides it, so the server needs no backend types.
+type Device interface {
+	// Name is the device, e.g. "cpu" or "cuda:0 (NVIDIA H100)".
+	Name() string
+	// VRAMBytesUsed is the device memory held (0 on the CPU).
+	VRAMBytesUsed() int64
+	// Resident reports whether the weights are fully on the device.
+	Resident() bool
+}
+
+// Tokenizer is what the chat endpoints need beyond the engine: encoding of
+// text and the ids of special tokens (harmony prompts insert them by id).
+type Tokenizer = harmony.Encoder
+
+// Config configures a Server.
+type Config struct {
+	Engine    *engine.Engine
+	Tokenizer Tokenizer
+	Model     ModelInfo
+	Device    Device
+	// MaxTokensOut caps max_tokens of every request (default 2048).
+	MaxTokensOut int
+	// DefaultMaxTokens applies when a request gives none (default 256,
+	// capped by MaxTokensOut).
+	DefaultMaxTokens int
+	// APIKey, when set, is required as a bearer token everywhere except /health.
+	APIKey string
+	// MaxBodyBytes limits request bodies (default 1 MiB).
+	MaxBodyBytes int64
+	// OnShutdown is called once when POST /shutdown arrives.
+	OnShutdown func()
+	Logger     *slog.Logger
+	// Now is the clock (default time.Now); harmony prompts carry its date.
+	Now func() time.Time
+}
+
+// Server serves one engine over HTTP.
+type Server struct {
+	cfg      Config
+	log      *slog.Logger
+	started  time.Time
+	draining atomic.Bool
+	shutdown sync.Once
+	metrics  *metrics
+	mux      *http.ServeMux
+	// specials maps harmony special-token ids to their names (gpt-oss only).
+	specials map[int32]string
+}
+
+// New returns a server for cfg.
+func New(cfg Config) (*Server, error) {
+	if cfg.MaxTokensOut <= 0 {
+		cfg.MaxTokensOut = 2048
+	}
+	if cfg.DefaultMaxTokens <= 0 {
+		cfg.DefaultMaxTokens = 256
+	}
+	cfg.DefaultMaxTokens = min(cfg.DefaultMaxTokens, cfg.MaxTokensOut)
+	if cfg.MaxBodyBytes <= 0 {
+		cfg.MaxBodyBytes = 1 << 20
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{cfg: cfg, log: log, started: cfg.Now(), mux: http.NewServeMux()}
+	if cfg.Model.Arch == "gpt-oss" {
+		s.specials = map[int32]string{}
+		for _, name := range harmony.SpecialTokens {
+			id, ok := cfg.Tokenizer.TokenID(name)
+			if !ok {
+				return nil, &missingTokenError{name}
+			}
+			s.specials[id] = name
+		}
+	}
+	s.metrics = newMetrics(cfg.Engine, cfg.Device)
+
+	s.mux.HandleFunc("GET /health", s.handleHealth)
+	s.mux.Handle("GET /metrics", s.metrics.handler())
+	s.mux.HandleFunc("POST /execute", s.handleExecute)
+	s.mux.HandleFunc("POST /cancel", s.handleCancel)
+	s.mux.HandleFunc("POST /shutdown", s.handleShutdown)
+	s.mux.HandleFunc("GET /v1/models", s.handleModels)
+	s.mux.HandleFunc("POST /v1/completions", s.handleCompletions)
+	s.mux.HandleFunc("POST /v1/chat/completions", s.handleChat)
+	return s, nil
+}
+
+type missingTokenError struct{ name string }
+
+func (e *missingTokenError) Error() string {
+	return "server: gpt-oss tokenizer has no " + e.name + " token, needed for harmony chat"
+}
+
+// Handler is the HTTP handler with correlation ids, logging, auth and the
+// body limit applied.
+func (s *Server) Handler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		cid := r.Header.Get("X-Correlation-Id")
+		if cid == "" {
+			cid = newID("")
+		}
+		w.Header().Set("X-Correlation-Id", cid)
+		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+		defer func() {
+			s.log.Info("http request", "method", r.Method, "path", r.URL.Path, "status", sw.status,
+				"duration_ms", time.Since(start).Milliseconds(), "correlation_id", cid)
+		}()
+		if s.cfg.APIKey != "" && r.URL.Path != "/health" && !s.authorized(r) {
+			if isOpenAIPath(r.URL.Path) {
+				writeOpenAIError(sw, http.StatusUnauthorized, "authentication_error", "invalid_api_key", "missing or invalid bearer token")
+			} else {
+				writeError(sw, apiError{http.StatusUnauthorized, codeUnauthorized, "missing or invalid bearer token", false})
+			}
+			return
+		}
+		r.Body = http.MaxBytesReader(sw, r.Body, s.cfg.MaxBodyBytes)
+		s.mux.ServeHTTP(sw, r.WithContext(withCorrelationID(r.Context(), cid)))
+	})
+}
+
+func isOpenAIPath(p string) bool { return strings.HasPrefix(p, "/v1/") }
+
+func (s *Server) authorized(r *http.Request) bool {
+	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	return ok && subtle.ConstantTimeCompare([]byte(token), []byte(s.cfg.APIKey)) == 1
+}
+
+// StartDraining makes the server refuse new generation requests with 503
+// while the ones in flight finish. SIGTERM and POST /shutdown both lead here.
+func (s *Server) StartDraining() { s.draining.Store(true) }
+
+// Draining reports whether StartDraining was called.
+func (s *Server) Draining() bool { return s.draining.Load() }
+
+func (s *Server) handleShutdown(w http.ResponseWriter, r *http.Request) {
+	s.StartDraining()
+	writeJSON(w, http.StatusAccepted, map[string]string{"status": "draining"})
+	s.shutdown.Do(func() {
+		if s.cfg.OnShutdown != nil {
+			go s.cfg.OnShutdown()
+		}
+	})
+}
+
+// healthResponse is the body of GET /health.
+type healthResponse struct {
+	Status        string  `json:"status"`
+	Model         string  `json:"model"`
+	Resident      bool    `json:"resident"`
+	QuantKind     string  `json:"quant_kind"`
+	VRAMBytesUsed int64   `json:"vram_bytes_used"`
+	TokenizerKind string  `json:"tokenizer_kind"`
+	VocabSize     int     `json:"vocab_size"`
+	ContextLength int     `json:"context_length"`
+	UptimeSeconds float64 `json:"uptime_seconds"`
+	Device        string  `json:"device"`
+	Active        int     `json:"active"`
+	QueueDepth    int     `json:"queue_depth"`
+}
+
+func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
+	m := s.cfg.Model
+	h := healthResponse{
+		Status: "ok", Model: m.ID, QuantKind: m.QuantKind, TokenizerKind: m.TokenizerKind,
+		VocabSize: m.VocabSize, ContextLength: m.ContextLength,
+		UptimeSeconds: s.cfg.Now().Sub(s.started).Seconds(),
+		Active:        s.cfg.Engine.Active(), QueueDepth: s.cfg.Engine.QueueDepth(),
+	}
+	if s.Draining() {
+		h.Status = "draining"
+	}
+	if d := s.cfg.Device; d != nil {
+		h.Device, h.VRAMBytesUsed, h.Resident = d.Name(), d.VRAMBytesUsed(), d.Resident()
+	}
+	writeJSON(w, http.StatusOK, h)
+}
+
+// statusWriter records the status code for the access log and passes
+// flushes and deadlines through (http.ResponseController unwraps it).
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	w.status = code
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// newID returns prefix followed by 24 random hex digits.
+func newID(prefix string) string {
+	b := make([]byte, 12)
+	rand.Read(b)
+	return prefix + hex.EncodeToString(b)
+}

@@ -1,0 +1,250 @@
+package server
+
+import (
+	"fmt"
+	"math"
+	"net/http"
+	"time"
+
+	"orcd/engine"
+)
+
+// executeRequest is the body of POST /execute. Pointers tell absent fields
+// from zero values.
+type executeRequest struct {
+	JobID             string   `json:"job_id"`
+	Prompt            *string  `json:"prompt"`
+	MaxTokens         *int     `json:"max_tokens"`
+	Temperature       *float64 `json:"temperature"`
+	TopP              *float64 `json:"top_p"`
+	TopK              *int     `json:"top_k"`
+	MinP              *float64 `json:"min_p"`
+	RepetitionPenalty *float64 `json:"repetition_penalty"`
+	Stop              []string `json:"stop"`
+	Seed              *uint64  `json:"seed"`
+}
+
+// Limits of the worker API.
+const (
+	maxTokensLimit = 2048
+	maxStops       = 4
+	maxStopBytes   = 256
+	maxJobIDBytes  = 256
+)
+
+// samplingFields are the sampling fields shared by all endpoints.
+type samplingFields struct {
+	Temperature, TopP, MinP, RepetitionPenalty *float64
+	TopK                                       *int
+}
+
+// params validates the fields and fills in defaults; errors name the field.
+func (f samplingFields) params() (engine.SamplingParams, error) {
+	p := engine.DefaultSampling
+	check := func(name string, v *float64, lo, hi float64, loOpen bool, dst *float64) error {
+		if v == nil {
+			return nil
+		}
+		if math.IsNaN(*v) || *v > hi || *v < lo || loOpen && *v == lo {
+			lb := "["
+			if loOpen {
+				lb = "("
+			}
+			return invalid(fmt.Sprintf("%s: %v is outside %s%v, %v]", name, *v, lb, lo, hi))
+		}
+		*dst = *v
+		return nil
+	}
+	for _, err := range []error{
+		check("temperature", f.Temperature, 0, 2, false, &p.Temperature),
+		check("top_p", f.TopP, 0, 1, false, &p.TopP),
+		check("min_p", f.MinP, 0, 1, false, &p.MinP),
+		check("repetition_penalty", f.RepetitionPenalty, 0, 2, true, &p.RepetitionPenalty),
+	} {
+		if err != nil {
+			return p, err
+		}
+	}
+	if f.TopK != nil {
+		if *f.TopK < 0 {
+			return p, invalid(fmt.Sprintf("top_k: %d is negative", *f.TopK))
+		}
+		p.TopK = *f.TopK
+	}
+	return p, nil
+}
+
+// maxTokens validates max_tokens against the limits.
+func (s *Server) maxTokens(field string, v *int) (int, error) {
+	if v == nil {
+		return s.cfg.DefaultMaxTokens, nil
+	}
+	limit := min(maxTokensLimit, s.cfg.MaxTokensOut)
+	if *v < 1 || *v > limit {
+		return 0, invalid(fmt.Sprintf("%s: %d is outside [1, %d]", field, *v, limit))
+	}
+	return *v, nil
+}
+
+func validateStops(stops []string) error {
+	if len(stops) > maxStops {
+		return invalid(fmt.Sprintf("stop: %d strings, at most %d allowed", len(stops), maxStops))
+	}
+	for i, s := range stops {
+		if s == "" || len(s) > maxStopBytes {
+			return invalid(fmt.Sprintf("stop[%d]: must be 1 to %d bytes", i, maxStopBytes))
+		}
+	}
+	return nil
+}
+
+func (s *Server) engineRequest(req executeRequest) (engine.Request, error) {
+	var er engine.Request
+	switch {
+	case req.JobID == "":
+		return er, invalid("job_id: required")
+	case len(req.JobID) > maxJobIDBytes:
+		return er, invalid(fmt.Sprintf("job_id: longer than %d bytes", maxJobIDBytes))
+	case req.Prompt == nil:
+		return er, invalid("prompt: required")
+	case *req.Prompt == "":
+		return er, invalid("prompt: empty")
+	}
+	mt, err := s.maxTokens("max_tokens", req.MaxTokens)
+	if err != nil {
+		return er, err
+	}
+	sp, err := samplingFields{req.Temperature, req.TopP, req.MinP, req.RepetitionPenalty, req.TopK}.params()
+	if err != nil {
+		return er, err
+	}
+	if err := validateStops(req.Stop); err != nil {
+		return er, err
+	}
+	return engine.Request{ID: req.JobID, Prompt: *req.Prompt, MaxTokens: mt, Sampling: sp, Seed: req.Seed, Stop: req.Stop}, nil
+}
+
+// Payloads of the /execute events.
+type (
+	startedEvent struct {
+		JobID        string `json:"job_id"`
+		Model        string `json:"model"`
+		StartedAt    string `json:"started_at"`
+		Seed         uint64 `json:"seed"`
+		PromptTokens int    `json:"prompt_tokens"`
+	}
+	tokenEvent struct {
+		T string `json:"t"`
+		I int    `json:"i"`
+	}
+	metricsEvent struct {
+		PromptTokens    int     `json:"prompt_tokens"`
+		TokensOut       int     `json:"tokens_out"`
+		QueueMS         float64 `json:"queue_ms"`
+		PrefillMS       float64 `json:"prefill_ms"`
+		DecodeMS        float64 `json:"decode_ms"`
+		TTFTMS          float64 `json:"ttft_ms"`
+		TokensPerSecond float64 `json:"tokens_per_second"`
+	}
+	endEvent struct {
+		TokensOut    int     `json:"tokens_out"`
+		DecodeTimeMS float64 `json:"decode_time_ms"`
+		StopReason   string  `json:"stop_reason"`
+		Seed         uint64  `json:"seed"`
+	}
+)
+
+func ms(d time.Duration) float64 { return math.Round(float64(d.Microseconds())) / 1000 }
+
+// handleExecute runs one job and streams it as server-sent events: started,
+// token..., optionally metrics, then exactly one end or error.
+func (s *Server) handleExecute(w http.ResponseWriter, r *http.Request) {
+	arrival := time.Now()
+	if s.Draining() {
+		s.reject(w, "execute", classify(engine.ErrShuttingDown))
+		return
+	}
+	var body executeRequest
+	if err := decodeJSON(r, &body); err != nil {
+		s.reject(w, "execute", classify(err))
+		return
+	}
+	req, err := s.engineRequest(body)
+	if err != nil {
+		s.reject(w, "execute", classify(err))
+		return
+	}
+	job, err := s.cfg.Engine.Submit(req)
+	if err != nil {
+		s.reject(w, "execute", classify(err))
+		return
+	}
+	log := s.log.With("job_id", req.ID, "correlation_id", correlationID(r.Context()))
+	log.Info("job accepted", "prompt_tokens", job.PromptTokens(), "max_tokens", req.MaxTokens, "seed", job.Seed())
+	s.metrics.promptTokens.Add(float64(job.PromptTokens()))
+
+	sse := startSSE(w)
+	sse.event("started", startedEvent{req.ID, s.cfg.Model.ID, arrival.UTC().Format(time.RFC3339Nano), job.Seed(), job.PromptTokens()})
+	clock := s.metrics.clock(arrival)
+	n := 0
+	res, err := job.Run(r.Context(), func(tok engine.Token) bool {
+		if tok.ID >= 0 {
+			clock.tick()
+		}
+		if tok.Text != "" {
+			sse.event("token", tokenEvent{tok.Text, n})
+			n++
+		}
+		return false
+	})
+	outcome := string(res.StopReason)
+	if err == nil {
+		if e, stopped := stopError(res.StopReason); stopped {
+			err = e
+		}
+	}
+	if err != nil {
+		e := classify(err)
+		outcome = e.code
+		sse.event("error", errorDetail{e.code, e.message, e.retriable})
+		log.Warn("job failed", "code", e.code, "error", e.message, "tokens_out", res.TokensOut)
+	} else {
+		tps := 0.0
+		if res.DecodeTime > 0 {
+			tps = float64(res.TokensOut) / res.DecodeTime.Seconds()
+		}
+		sse.event("metrics", metricsEvent{res.PromptTokens, res.TokensOut, ms(res.QueueTime), ms(res.PrefillTime),
+			ms(res.DecodeTime), ms(clock.ttft()), math.Round(tps*100) / 100})
+		sse.event("end", endEvent{res.TokensOut, ms(res.PrefillTime + res.DecodeTime), outcome, res.Seed})
+		log.Info("job done", "stop_reason", outcome, "tokens_out", res.TokensOut,
+			"prefill_ms", ms(res.PrefillTime), "decode_ms", ms(res.DecodeTime))
+	}
+	s.metrics.requests.WithLabelValues("execute", outcome).Inc()
+}
+
+// reject answers a request that never started and counts it.
+func (s *Server) reject(w http.ResponseWriter, endpoint string, e apiError) {
+	s.metrics.requests.WithLabelValues(endpoint, e.code).Inc()
+	writeError(w, e)
+}
+
+type cancelRequest struct {
+	JobID string `json:"job_id"`
+}
+
+// handleCancel cancels a job; it is idempotent and answers 202 whether or
+// not the job was (still) running.
+func (s *Server) handleCancel(w http.ResponseWriter, r *http.Request) {
+	var body cancelRequest
+	if err := decodeJSON(r, &body); err != nil {
+		writeError(w, classify(err))
+		return
+	}
+	if body.JobID == "" {
+		writeError(w, invalid("job_id: required"))
+		return
+	}
+	found := s.cfg.Engine.Cancel(body.JobID)
+	s.log.Info("cancel", "job_id", body.JobID, "found", found, "correlation_id", correlationID(r.Context()))
+	writeJSON(w, http.StatusAccepted, map[string]any{"job_id": body.JobID, "found": found})
+}
