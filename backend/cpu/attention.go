@@ -9,8 +9,8 @@ import (
 // Attention computes causal (optionally sliding-window) attention with GQA
 // and optional per-head sinks over the K/V caches; see backend.Backend.
 //
-// Scores are float32 dot products times Scale; the softmax and the weighted
-// sum of values run in float64. A sink joins the softmax as one more logit
+// Scores are float32 dot products times Scale; the softmax runs in float64
+// and the probability-weighted sum of values in float32. A sink joins the softmax as one more logit
 // whose column is dropped, so it only enlarges the denominator.
 //
 // It records an error if a row would need a key that the ring buffer no
@@ -65,9 +65,10 @@ func (b *Backend) Attention(dst, q, kCache, vCache, pos, sinks backend.Tensor, p
 		}
 	}
 	group := p.Heads / p.KVHeads
+	axpy := b.k.axpy
 	b.parallel(n*p.Heads, 1, func(lo, hi int) {
 		var scores []float64
-		acc := make([]float64, p.HeadDim)
+
 		for task := lo; task < hi; task++ {
 			r, h := task/p.Heads, task%p.Heads
 			pr := int(positions[r])
@@ -94,17 +95,11 @@ func (b *Backend) Attention(dst, q, kCache, vCache, pos, sinks backend.Tensor, p
 			if sink != nil {
 				denom += math.Exp(float64(sink[h]) - m)
 			}
-			clear(acc)
+			out := d.f32[r*qCols+h*p.HeadDim : r*qCols+(h+1)*p.HeadDim]
+			clear(out)
 			for i, e := range scores {
 				row := ((first+i)%p.CacheCap)*kvCols + kvOff
-				vr := vc.f32[row : row+p.HeadDim]
-				for c, v := range vr {
-					acc[c] += e * float64(v)
-				}
-			}
-			out := d.f32[r*qCols+h*p.HeadDim : r*qCols+(h+1)*p.HeadDim]
-			for c := range out {
-				out[c] = float32(acc[c] / denom)
+				axpy(float32(e/denom), vc.f32[row:row+p.HeadDim], out)
 			}
 		}
 	})

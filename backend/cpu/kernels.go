@@ -14,19 +14,20 @@ import (
 // by tensor.Dequantize.
 
 // kernels are the inner loops a backend runs. dot is the float32 dot
-// product of two equal-length vectors. fused, where it has an entry for a
+// product of two equal-length vectors; axpy adds a·x to y. fused, where it has an entry for a
 // weight type, is the dot product of one weight row in that format with x,
 // decoding as it goes; types without one are decoded a row at a time by
 // decodeRow and then go through dot.
 type kernels struct {
 	name  string
 	dot   func(a, b []float32) float32
+	axpy  func(a float32, x, y []float32)
 	fused map[tensor.Type]func(row []byte, x []float32) float32
 }
 
 // goKernels are the pure-Go loops, used where no assembly version exists
 // and in tests as the second implementation to check the assembly against.
-var goKernels = kernels{name: "go", dot: dot}
+var goKernels = kernels{name: "go", dot: dot, axpy: axpy}
 
 // f16Table holds every binary16 bit pattern widened to float32, so an F16
 // weight costs one table load instead of a branchy conversion.
@@ -38,10 +39,15 @@ var f16Table = sync.OnceValue(func() *[1 << 16]float32 {
 	return &t
 })
 
-// mxfp4Values are the E2M1 values doubled, indexed by the 4-bit code; a
-// block's scale is then taken as 2^(e-128) (tensor.E8M0ToF32Half), which
-// keeps every product exact.
-var mxfp4Values = [16]float32{0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12}
+// mxfp4Values are tensor.MXFP4DoubledValues as float32: the E2M1 values
+// doubled, indexed by the 4-bit code. A block's scale is then taken as
+// 2^(e-128) (tensor.E8M0ToF32Half), which keeps every product exact.
+var mxfp4Values = func() (t [16]float32) {
+	for i, v := range tensor.MXFP4DoubledValues() {
+		t[i] = float32(v)
+	}
+	return t
+}()
 
 // decodeRow dequantizes one weight row of typ from src into dst.
 func decodeRow(typ tensor.Type, src []byte, dst []float32) {
@@ -99,4 +105,12 @@ func dot(a, b []float32) float32 {
 		s0 += a[i] * b[i]
 	}
 	return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+}
+
+// axpy adds a·x[i] to y[i] for every element of x.
+func axpy(a float32, x, y []float32) {
+	y = y[:len(x)]
+	for i, v := range x {
+		y[i] += a * v
+	}
 }

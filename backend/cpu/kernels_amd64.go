@@ -1,6 +1,8 @@
 package cpu
 
 import (
+	"unsafe"
+
 	"orcd/tensor"
 )
 
@@ -13,6 +15,12 @@ func dotF32AVX2(a, b *float32, n int) float32
 
 //go:noescape
 func dotF16AVX2(w *byte, x *float32, n int) float32
+
+//go:noescape
+func dotBF16AVX2(w *byte, x *float32, n int) float32
+
+//go:noescape
+func axpyAVX2(a float32, x, y *float32, n int)
 
 //go:noescape
 func dotQ8_0AVX2(w *byte, x *float32, blocks int) float32
@@ -50,13 +58,8 @@ var mxfp4HalfScales = func() (t [256]float32) {
 	return t
 }()
 
-// mxfp4Codes are mxfp4Values as int8, the VPSHUFB lookup table.
-var mxfp4Codes = func() (t [16]byte) {
-	for i, v := range mxfp4Values {
-		t[i] = byte(int8(v))
-	}
-	return t
-}()
+// mxfp4Codes are tensor.MXFP4DoubledValues, the VPSHUFB lookup table.
+var mxfp4Codes = tensor.MXFP4DoubledValues()
 
 // simdKernels returns the AVX2 kernels when the CPU has them.
 func simdKernels() (kernels, bool) {
@@ -76,7 +79,27 @@ func simdKernels() (kernels, bool) {
 			}
 			return s
 		},
+		axpy: func(a float32, x, y []float32) {
+			n := len(x) &^ 7
+			if n > 0 {
+				axpyAVX2(a, &x[0], &y[:n][0], n)
+			}
+			for i := n; i < len(x); i++ {
+				y[i] += a * x[i]
+			}
+		},
 		fused: map[tensor.Type]func(row []byte, x []float32) float32{
+			tensor.BF16: func(row []byte, x []float32) float32 {
+				n := len(x) &^ 7
+				var s float32
+				if n > 0 {
+					s = dotBF16AVX2(&row[:2*n][0], &x[0], n)
+				}
+				for i := n; i < len(x); i++ {
+					s += tensor.BF16ToF32(uint16(row[2*i])|uint16(row[2*i+1])<<8) * x[i]
+				}
+				return s
+			},
 			tensor.F16: func(row []byte, x []float32) float32 {
 				n := len(x) &^ 7
 				var s float32
@@ -97,7 +120,7 @@ func simdKernels() (kernels, bool) {
 			tensor.MXFP4: func(row []byte, x []float32) float32 {
 				blocks := len(x) / 32
 				_ = row[17*blocks-1]
-				return dotMXFP4AVX2(&row[0], &x[0], blocks, &mxfp4HalfScales[0], &mxfp4Codes[0])
+				return dotMXFP4AVX2(&row[0], &x[0], blocks, &mxfp4HalfScales[0], (*byte)(unsafe.Pointer(&mxfp4Codes[0])))
 			},
 		},
 	}, true
