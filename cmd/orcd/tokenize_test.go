@@ -1,0 +1,110 @@
+package main
+
+import (
+	"bytes"
+	"compress/gzip"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func tokenize(t *testing.T, stdin string, args ...string) (stdout, stderr string, rc int) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	rc = runTokenize(args, strings.NewReader(stdin), &out, &errOut)
+	return out.String(), errOut.String(), rc
+}
+
+func TestTokenizeText(t *testing.T) {
+	out, errOut, rc := tokenize(t, "", "--vocab", "o200k_harmony", "Hello world")
+	// Ids from tiktoken's o200k_harmony (tokenizer/testdata/conformance.json.gz).
+	if rc != 0 || out != "[13225,2375]\n13225\t\"Hello\"\n2375\t\" world\"\n" {
+		t.Fatalf("rc %d, stdout %q, stderr %q", rc, out, errOut)
+	}
+}
+
+func TestTokenizeSpecial(t *testing.T) {
+	plain, _, _ := tokenize(t, "", "--vocab", "o200k_harmony", "<|start|>")
+	if strings.Contains(plain, "200006") {
+		t.Fatalf("special text became a special token without --parse-special: %q", plain)
+	}
+	parsed, _, rc := tokenize(t, "", "--vocab", "o200k_harmony", "--parse-special", "<|start|>")
+	if rc != 0 || !strings.HasPrefix(parsed, "[200006]\n") {
+		t.Fatalf("--parse-special: rc %d, %q", rc, parsed)
+	}
+}
+
+func TestTokenizeJSONL(t *testing.T) {
+	in := `"Hello world"` + "\n" + `""` + "\r\n" + `"<|end|>"` + "\n" + `"a"`
+	out, errOut, rc := tokenize(t, in, "--vocab", "gpt2", "--jsonl")
+	// GPT-2 ids as tiktoken gives them.
+	want := "[15496,995]\n[]\n[27,91,437,91,29]\n[64]\n"
+	if rc != 0 || out != want {
+		t.Fatalf("rc %d, stdout %q (want %q), stderr %q", rc, out, want, errOut)
+	}
+	_, errOut, rc = tokenize(t, "\"ok\"\nnot json\n", "--vocab", "gpt2", "--jsonl")
+	if rc != 1 || !strings.Contains(errOut, "stdin line 2") {
+		t.Fatalf("bad line: rc %d, stderr %q", rc, errOut)
+	}
+}
+
+func TestTokenizeDecode(t *testing.T) {
+	out, errOut, rc := tokenize(t, "", "--vocab", "o200k_harmony", "--decode", "[200006, 13225, 2375]")
+	if rc != 0 || out != "\"<|start|>Hello world\"\n" {
+		t.Fatalf("rc %d, stdout %q, stderr %q", rc, out, errOut)
+	}
+	out, _, rc = tokenize(t, "[15496]\n[995]\n", "--vocab", "gpt2", "--decode")
+	if rc != 0 || out != "\"Hello\"\n\" world\"\n" {
+		t.Fatalf("stdin decode: rc %d, %q", rc, out)
+	}
+	for _, bad := range []string{"[1, 99999999]", "[-1]", "{}", "[1.5]"} {
+		if _, errOut, rc := tokenize(t, "", "--vocab", "gpt2", "--decode", bad); rc != 1 || errOut == "" {
+			t.Errorf("--decode %s: rc %d, stderr %q", bad, rc, errOut)
+		}
+	}
+}
+
+func TestTokenizeTokenizerJSON(t *testing.T) {
+	f, err := os.Open("../../tokenizer/testdata/gpt2.tokenizer.json.gz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	zr, err := gzip.NewReader(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := io.ReadAll(zr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "tokenizer.json")
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, rc := tokenize(t, "", "--tokenizer", path, "Hello world")
+	if rc != 0 || !strings.HasPrefix(out, "[15496,995]\n") {
+		t.Fatalf("rc %d, stdout %q, stderr %q", rc, out, errOut)
+	}
+}
+
+func TestTokenizeUsageErrors(t *testing.T) {
+	for _, args := range [][]string{
+		{"hello"},           // no tokenizer
+		{"--vocab", "gpt2"}, // no text
+		{"--vocab", "gpt2", "--jsonl", "--decode"}, // exclusive
+		{"--vocab", "gpt2", "--model", "x.gguf", "hi"},
+	} {
+		if _, _, rc := tokenize(t, "", args...); rc != 2 {
+			t.Errorf("%v: rc %d, want 2", args, rc)
+		}
+	}
+	if _, errOut, rc := tokenize(t, "", "--model", "/nonexistent/m.gguf", "hi"); rc != 1 || !strings.Contains(errOut, "m.gguf") {
+		t.Errorf("missing model: rc %d, stderr %q", rc, errOut)
+	}
+	if _, errOut, rc := tokenize(t, "", "--vocab", "nope", "hi"); rc != 1 || !strings.Contains(errOut, "nope") {
+		t.Errorf("unknown vocab: rc %d, stderr %q", rc, errOut)
+	}
+}
