@@ -152,7 +152,11 @@ func (w *weights) load(f32 bool, want []int, names ...string) (backend.Tensor, e
 		}
 	}
 	if ti == nil {
-		return nil, fmt.Errorf("model: %s: %s: tensor %s is missing", w.f.Path, w.arch, strings.Join(names, " (or "+")"))
+		what := names[0]
+		if len(names) > 1 {
+			what += " (or " + strings.Join(names[1:], ", ") + ")"
+		}
+		return nil, fmt.Errorf("model: %s: %s: tensor %s is missing", w.f.Path, w.arch, what)
 	}
 	dims := make([]int, len(ti.Dims))
 	for i, d := range ti.Dims {
