@@ -11,18 +11,18 @@ import (
 
 // Error codes of the worker API.
 const (
-	codeInvalidRequest   = "INVALID_REQUEST"    // 400 (413 for an oversized body)
-	codeInsufficientVRAM = "INSUFFICIENT_VRAM"  // 503, retriable
-	codeVRAMOOM          = "VRAM_OOM"           // 500
-	codeCUDAError        = "CUDA_ERROR"         // 500
-	codeTimeout          = "INFERENCE_TIMEOUT"  // 504
-	codeCancelled        = "CANCELLED"          // 499
-	codeInternal         = "INTERNAL"           // 500
-	codeQueueFull        = "QUEUE_FULL"         // 503, retriable
-	codeShuttingDown     = "SHUTTING_DOWN"      // 503, retriable
-	codeUnauthorized     = "UNAUTHORIZED"       // 401
-	codeNotFound         = "NOT_FOUND"          // 404
-	statusClientClosed   = 499                  // nginx's "client closed request"
+	codeInvalidRequest   = "INVALID_REQUEST"   // 400 (413 for an oversized body)
+	codeInsufficientVRAM = "INSUFFICIENT_VRAM" // 503, retriable
+	codeVRAMOOM          = "VRAM_OOM"          // 500
+	codeCUDAError        = "CUDA_ERROR"        // 500
+	codeTimeout          = "INFERENCE_TIMEOUT" // 504
+	codeCancelled        = "CANCELLED"         // 499
+	codeInternal         = "INTERNAL"          // 500
+	codeQueueFull        = "QUEUE_FULL"        // 503, retriable
+	codeShuttingDown     = "SHUTTING_DOWN"     // 503, retriable
+	codeUnauthorized     = "UNAUTHORIZED"      // 401
+	codeNotFound         = "NOT_FOUND"         // 404
+	statusClientClosed   = 499                 // nginx's "client closed request"
 )
 
 // apiError is an error with its HTTP status and worker API code.
