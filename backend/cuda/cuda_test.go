@@ -344,6 +344,8 @@ func TestAttention(t *testing.T) {
 		attnCase(t, p, r, ring, 300, []int32{298, 299, 300}, sinks)
 	}
 	attnCase(t, p, r, gpt2, 49, seq(0, 50), false)
+	small := backend.AttentionParams{Heads: 4, KVHeads: 2, HeadDim: 16, Scale: 0.25, CacheCap: 64, Window: 8}
+	attnCase(t, p, r, small, 40, seq(30, 41), true) // the fixtures' head_dim
 	long := backend.AttentionParams{Heads: 64, KVHeads: 8, HeadDim: 64, Scale: 0.125, CacheCap: 20000}
 	attnCase(t, p, r, long, 19999, []int32{19999}, true) // split-K decode over a long cache
 	attnCase(t, p, r, long, 5000, []int32{4990, 5000}, true)
@@ -418,7 +420,7 @@ func TestGraphReplay(t *testing.T) {
 		p.ref.WriteI32(slot.c, sv)
 		p.gpu.Graph("step", func() { step(p.gpu, x.g, q.g, k.g, kc.g, vc.g, pos.g, slot.g, out.g, wq.g, wk.g, freq.g) })
 		step(p.ref, x.c, q.c, k.c, kc.c, vc.c, pos.c, slot.c, out.c, wq.c, wk.c, freq.c)
-		p.check(fmt.Sprintf("graph step %d", i), out, hidden, 3e-3)
+		p.check(fmt.Sprintf("graph step %d", i), out, hidden, 1e-2) // f16 KV cache
 	}
 	if len(p.gpu.graphs) == 0 {
 		t.Errorf("no graph was recorded")
@@ -451,15 +453,15 @@ func TestOutOfMemoryRecovery(t *testing.T) {
 	}
 	// An op whose workspace does not fit fails with ErrOutOfMemory...
 	ap := backend.AttentionParams{Heads: 64, KVHeads: 8, HeadDim: 64, Scale: 0.125, CacheCap: 64}
-	for _, x := range held[:4] {
+	for _, x := range held[:5] {
 		b.Free(x)
 	}
-	held = held[4:]
-	q, _ := b.NewF32(1024, 64*64)
-	kc, _ := b.NewKVCache(64, 512)
-	vc, _ := b.NewKVCache(64, 512)
-	pos, _ := b.NewI32(1024)
-	if err := b.Sync(); err != nil {
+	held = held[5:]
+	q, err1 := b.NewF32(1024, 64*64)
+	kc, err2 := b.NewKVCache(64, 512)
+	vc, err3 := b.NewKVCache(64, 512)
+	pos, err4 := b.NewI32(1024)
+	if err := errors.Join(err1, err2, err3, err4, b.Sync()); err != nil {
 		t.Fatal(err)
 	}
 	b.Attention(q, q, kc, vc, pos, nil, ap)

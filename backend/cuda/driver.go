@@ -18,7 +18,16 @@ import (
 
 // ErrOutOfMemory is wrapped by every error caused by device memory running
 // out, whether the driver refused an allocation or the allocator's cap did.
-var ErrOutOfMemory = errors.New("cuda: out of device memory")
+// Its ErrorCode is the worker API's VRAM_OOM.
+var ErrOutOfMemory error = &codedError{"cuda: out of device memory", "VRAM_OOM"}
+
+// codedError is an error that knows its worker API error code.
+type codedError struct{ msg, code string }
+
+func (e *codedError) Error() string { return e.msg }
+
+// ErrorCode is the worker API error code (see server/errors.go).
+func (e *codedError) ErrorCode() string { return e.code }
 
 // ErrNoDriver is returned by New when libcuda.so.1 cannot be loaded or finds
 // no device.
@@ -33,6 +42,15 @@ type Error struct {
 
 func (e *Error) Error() string {
 	return fmt.Sprintf("cuda: %s failed: %s (code %d)", e.Call, e.Msg, e.Code)
+}
+
+// ErrorCode is VRAM_OOM for an out-of-memory result and CUDA_ERROR for
+// every other failure (see server/errors.go).
+func (e *Error) ErrorCode() string {
+	if errors.Is(e, ErrOutOfMemory) {
+		return "VRAM_OOM"
+	}
+	return "CUDA_ERROR"
 }
 
 // Is makes errors.Is(err, ErrOutOfMemory) true for CUDA_ERROR_OUT_OF_MEMORY.

@@ -331,8 +331,8 @@ func (b *Backend) Attention(dst, q, kCache, vCache, pos, sinks backend.Tensor, p
 		b.failf("%s: bad params %+v", op, p)
 		return
 	}
-	if p.HeadDim%32 != 0 || p.HeadDim > attnMaxDim {
-		b.failf("%s: head dim %d unsupported on cuda (a multiple of 32 up to %d)", op, p.HeadDim, attnMaxDim)
+	if p.HeadDim%8 != 0 || p.HeadDim > attnMaxDim {
+		b.failf("%s: head dim %d unsupported on cuda (a multiple of 8 up to %d)", op, p.HeadDim, attnMaxDim)
 		return
 	}
 	qs := b.f32(q, op, "q")

@@ -1,11 +1,11 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 
 	"orcd/backend"
 	"orcd/backend/cpu"
+	"orcd/backend/cuda"
 )
 
 // openBackend returns the backend named by --device: "cpu", "cuda" (GPU
@@ -26,7 +26,7 @@ func openBackend(device string, gpu int) (backend.Backend, error) {
 	return nil, fmt.Errorf("unknown --device %q (want cpu, cuda or auto)", device)
 }
 
-// openCUDA opens the CUDA backend on GPU gpu.
+// openCUDA opens the CUDA backend on GPU gpu. (cuda backend owner's hook)
 func openCUDA(gpu int) (backend.Backend, error) {
-	return nil, errors.New("the cuda backend is not part of this build yet (use --device cpu)")
+	return cuda.New(cuda.Options{Device: gpu})
 }

@@ -88,6 +88,12 @@ func loadModel(mf *modelFlags, withTokenizer bool, log *slog.Logger) (*loadedMod
 		return nil, err
 	}
 	log.Info("backend", "device", be.Name())
+	// VRAM pre-check (cuda backend owner; see vram.go): refuse before
+	// uploading anything when the GPU cannot hold the model.
+	if err := checkVRAM(f, be, mf); err != nil {
+		be.Close()
+		return nil, err
+	}
 
 	start := time.Now()
 	lastTenth := int64(-1)

@@ -38,7 +38,7 @@ extern "C" __global__ void attn_partial(const float* q, const u16* kc, const u16
     int chunk = (len + splits - 1) / splits;
     int start = lo + split * chunk, end = min(p + 1, start + chunk);
 
-    const int per = dim / 32; // columns of V per lane
+    const int per = (dim + 31) / 32; // columns of V per lane (the last may be partial)
     float acc[ATT_MAX_DIM / 32];
 #pragma unroll
     for (int i = 0; i < ATT_MAX_DIM / 32; i++) acc[i] = 0.f;
@@ -72,7 +72,7 @@ extern "C" __global__ void attn_partial(const float* q, const u16* kc, const u16
             const u16* vp = vc + (i64)((kb + j) % cap) * stride + kvh * dim;
 #pragma unroll
             for (int i = 0; i < ATT_MAX_DIM / 32; i++)
-                if (i < per) acc[i] += pj * h2f(vp[lane + 32 * i]);
+                if (i < per && lane + 32 * i < dim) acc[i] += pj * h2f(vp[lane + 32 * i]);
         }
         m = mn;
     }
@@ -83,7 +83,7 @@ extern "C" __global__ void attn_partial(const float* q, const u16* kc, const u16
     }
 #pragma unroll
     for (int i = 0; i < ATT_MAX_DIM / 32; i++)
-        if (i < per) pacc[o * dim + lane + 32 * i] = acc[i];
+        if (i < per && lane + 32 * i < dim) pacc[o * dim + lane + 32 * i] = acc[i];
 }
 
 // attn_combine: block (head, row), dim threads.

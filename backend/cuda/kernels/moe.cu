@@ -36,9 +36,9 @@ extern "C" __global__ void moe_topk(int* ids, float* wts, const float* logits, i
         val[j] = best;
     }
     if (lane != 0) return;
-    float sum = 0.f;
+    float sum = 0.f, top = val[0];
     for (int j = 0; j < k; j++) {
-        val[j] = expf(val[j] - val[0]);
+        val[j] = expf(val[j] - top);
         sum += val[j];
     }
     // insertion sort by expert id

@@ -1,0 +1,29 @@
+#!/bin/bash
+# The batch run on the GPU machine: cuda tests, then `orcd bench` on a
+# synthetic gpt-oss-20b. Binaries are built on the development machine:
+#   CGO_ENABLED=0 go test -c -o bin/cuda/cuda.test ./backend/cuda
+#   CGO_ENABLED=0 go build -o bin/cuda/orcd ./cmd/orcd
+# Usage (repo root): backend/cuda/gpu_check.sh [tests|bench|all]; logs go to $OUT.
+set -u
+what=${1:-all}
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+export ORCD_CUDA_CACHE=/tmp/orcd-cuda-cache
+summary=$OUT/summary.txt
+: >"$summary"
+if [ "$what" != bench ]; then
+  (cd backend/cuda && timeout 300 ../../bin/cuda/cuda.test -test.v -test.timeout 290s ${TESTRUN:+-test.run "$TESTRUN"}) >"$OUT/test.log" 2>&1
+  echo "tests rc=$?" >>"$summary"
+  grep -E "^(--- |ok|FAIL|PASS|panic)|relative error|max relative|steady" "$OUT/test.log" | head -60 >>"$summary"
+fi
+if [ "$what" != tests ]; then
+  model=/tmp/gpt-oss-20b-synth.gguf
+  [ -f $model ] || { /usr/bin/time -f "synth %e s" bin/cuda/orcd synth --preset gpt-oss-20b -o $model >"$OUT/synth.log" 2>&1; tail -2 "$OUT/synth.log" >>"$summary"; }
+  cat $model >/dev/null # warm the page cache for the load-time figure
+  timeout 240 bin/cuda/orcd bench --model $model --device cuda -p 512,2048 -n 128 --reps ${REPS:-3} --max-batch 2048 --ctx-size ${CTX:-4096} ${BENCH_ARGS:-} >"$OUT/bench.md" 2>"$OUT/bench.log"
+  echo "bench rc=$?" >>"$summary"
+  cat "$OUT/bench.md" >>"$summary"
+  grep -E "loaded|error|Error" "$OUT/bench.log" | head -5 >>"$summary"
+fi
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv >>"$summary"
+cat "$summary"

@@ -1,0 +1,205 @@
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"time"
+)
+
+func init() {
+	register(command{
+		name:    "bench",
+		summary: "measure load time, prefill and decode speed, time to first token and VRAM (like llama-bench)",
+		run:     runBench,
+	})
+}
+
+// benchResult is one row of the bench table.
+type benchResult struct {
+	Model       string  `json:"model"`
+	Backend     string  `json:"backend"`
+	Device      string  `json:"device"`
+	Test        string  `json:"test"` // "pp512" (prefill of 512 tokens) or "tg128" (128 decode steps)
+	Tokens      int     `json:"tokens"`
+	Reps        int     `json:"reps"`
+	TokPerSec   float64 `json:"tok_per_s"`
+	TokPerSecSD float64 `json:"tok_per_s_sd"`
+	TTFTms      float64 `json:"ttft_ms,omitempty"` // prefill rows: time from the prompt to the first logits
+	LoadSeconds float64 `json:"load_s"`
+	CtxSize     int     `json:"ctx_size"`
+	MaxBatch    int     `json:"max_batch"`
+	VRAMBytes   int64   `json:"vram_bytes"` // most device memory held (tensors and workspace); 0 on cpu
+}
+
+// deviceMemory is implemented by backends that hold device memory (cuda).
+type deviceMemory interface {
+	PeakDeviceBytes() int64
+	DeviceName() string
+}
+
+func runBench(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	mf := addModelFlags(fs)
+	prompts := fs.String("p", "512,2048", "comma-separated prompt lengths to prefill (empty: none)")
+	gen := fs.Int("n", 128, "decode steps to time (0: none)")
+	reps := fs.Int("reps", 3, "timed repetitions of each test, after one untimed warm-up")
+	asJSON := fs.Bool("json", false, "print JSON instead of a markdown table")
+	seed := fs.Uint64("seed", 1, "seed of the random prompt tokens")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	fail := func(format string, a ...any) int {
+		fmt.Fprintf(stderr, "orcd bench: "+format+"\n", a...)
+		return 1
+	}
+	var lengths []int
+	for _, s := range strings.Split(*prompts, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		v, err := strconv.Atoi(s)
+		if err != nil || v < 1 {
+			fmt.Fprintf(stderr, "orcd bench: -p %q: want positive token counts\n", *prompts)
+			return 2
+		}
+		lengths = append(lengths, v)
+	}
+	if fs.NArg() > 0 || *gen < 0 || *reps < 1 {
+		fmt.Fprintln(stderr, "orcd bench: bad arguments (see orcd bench --help)")
+		return 2
+	}
+
+	log := slog.New(slog.NewTextHandler(stderr, nil))
+	start := time.Now()
+	lm, err := loadModel(mf, false, log)
+	if err != nil {
+		return fail("%v", err)
+	}
+	defer lm.Close()
+	loadSeconds := time.Since(start).Seconds()
+	cfg := lm.Model.Config()
+	longest := *gen
+	for _, p := range lengths {
+		longest = max(longest, p)
+	}
+	if longest > lm.CtxSize {
+		return fail("a test needs %d tokens but --ctx-size is %d", longest, lm.CtxSize)
+	}
+
+	cache, err := lm.Model.NewCache(lm.CtxSize)
+	if err != nil {
+		return fail("%v", err)
+	}
+	defer cache.Free()
+	rng := rand.New(rand.NewPCG(*seed, 0))
+	tokens := make([]int32, longest)
+	for i := range tokens {
+		tokens[i] = int32(rng.IntN(cfg.VocabSize))
+	}
+
+	row := func(test string, n int, secs []float64) benchResult {
+		rates := make([]float64, len(secs))
+		for i, s := range secs {
+			rates[i] = float64(n) / s
+		}
+		mean, sd := meanSD(rates)
+		r := benchResult{Model: cfg.Name, Backend: lm.Backend.Name(), Device: lm.Backend.Name(), Test: test, Tokens: n,
+			Reps: len(secs), TokPerSec: mean, TokPerSecSD: sd, LoadSeconds: loadSeconds, CtxSize: lm.CtxSize, MaxBatch: mf.maxBatch}
+		if r.Model == "" {
+			r.Model = cfg.Arch
+		}
+		if dm, ok := lm.Backend.(deviceMemory); ok {
+			r.Device = dm.DeviceName()
+		}
+		return r
+	}
+	var results []benchResult
+	for _, p := range lengths {
+		var secs []float64
+		for rep := 0; rep <= *reps; rep++ {
+			cache.Reset()
+			t0 := time.Now()
+			if _, err := lm.Model.Forward(cache, tokens[:p], false); err != nil {
+				return fail("prefill of %d tokens: %v", p, err)
+			}
+			if rep > 0 {
+				secs = append(secs, time.Since(t0).Seconds())
+			}
+		}
+		r := row(fmt.Sprintf("pp%d", p), p, secs)
+		mean, _ := meanSD(secs)
+		r.TTFTms = mean * 1000
+		results = append(results, r)
+		log.Info("bench", "test", r.Test, "tok_per_s", r.TokPerSec)
+	}
+	if *gen > 0 {
+		var secs []float64
+		for rep := 0; rep <= *reps; rep++ {
+			cache.Reset()
+			t0 := time.Now()
+			for i := 0; i < *gen; i++ {
+				if _, err := lm.Model.Forward(cache, tokens[i:i+1], false); err != nil {
+					return fail("decode step %d: %v", i, err)
+				}
+			}
+			if rep > 0 {
+				secs = append(secs, time.Since(t0).Seconds())
+			}
+		}
+		results = append(results, row(fmt.Sprintf("tg%d", *gen), *gen, secs))
+		log.Info("bench", "test", results[len(results)-1].Test, "tok_per_s", results[len(results)-1].TokPerSec)
+	}
+	var vram int64
+	if dm, ok := lm.Backend.(deviceMemory); ok {
+		vram = dm.PeakDeviceBytes()
+	}
+	for i := range results {
+		results[i].VRAMBytes = vram
+	}
+
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(results); err != nil {
+			return fail("%v", err)
+		}
+		return 0
+	}
+	fmt.Fprintln(stdout, "| model | backend | device | test | t/s | TTFT ms | load s | ctx | VRAM GiB |")
+	fmt.Fprintln(stdout, "|---|---|---|---|---:|---:|---:|---:|---:|")
+	for _, r := range results {
+		ttft := "-"
+		if r.TTFTms > 0 {
+			ttft = fmt.Sprintf("%.1f", r.TTFTms)
+		}
+		fmt.Fprintf(stdout, "| %s | %s | %s | %s | %.1f ± %.1f | %s | %.2f | %d | %.2f |\n", r.Model, r.Backend, r.Device,
+			r.Test, r.TokPerSec, r.TokPerSecSD, ttft, r.LoadSeconds, r.CtxSize, float64(r.VRAMBytes)/(1<<30))
+	}
+	return 0
+}
+
+// meanSD returns the mean and sample standard deviation of v.
+func meanSD(v []float64) (mean, sd float64) {
+	if len(v) == 0 {
+		return 0, 0
+	}
+	for _, x := range v {
+		mean += x
+	}
+	mean /= float64(len(v))
+	if len(v) < 2 {
+		return mean, 0
+	}
+	for _, x := range v {
+		sd += (x - mean) * (x - mean)
+	}
+	return mean, math.Sqrt(sd / float64(len(v)-1))
+}
