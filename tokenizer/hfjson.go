@@ -119,8 +119,8 @@ func hfSpec(data []byte) (*spec, error) {
 	for _, a := range h.AddedTokens {
 		n = max(n, int(a.ID)+1)
 	}
-	if n > 1<<24 {
-		return nil, fmt.Errorf("tokenizer.json: token id %d is implausibly large", n-1)
+	if n > len(m.Vocab)+len(h.AddedTokens) {
+		return nil, fmt.Errorf("tokenizer.json: token id %d is beyond the %d tokens given (ids must be 0..n-1 without gaps)", n-1, len(m.Vocab)+len(h.AddedTokens))
 	}
 	sp := &spec{
 		kind:       KindHFJSON,
