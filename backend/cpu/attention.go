@@ -65,44 +65,64 @@ func (b *Backend) Attention(dst, q, kCache, vCache, pos, sinks backend.Tensor, p
 		}
 	}
 	group := p.Heads / p.KVHeads
-	axpy := b.k.axpy
+	maxKeys := 0
+	for _, v := range positions {
+		maxKeys = max(maxKeys, int(v)-firstKey(int(v), p.Window)+1)
+	}
 	b.parallel(n*p.Heads, 1, func(lo, hi int) {
-		var scores []float64
-
+		logits := make([]float32, maxKeys)
+		exps := make([]float64, maxKeys)
+		probs := make([]float32, maxKeys)
 		for task := lo; task < hi; task++ {
 			r, h := task/p.Heads, task%p.Heads
 			pr := int(positions[r])
 			first := firstKey(pr, p.Window)
+			keys := pr - first + 1
 			qh := qs.f32[r*qCols+h*p.HeadDim : r*qCols+(h+1)*p.HeadDim]
 			kvOff := (h / group) * p.HeadDim
-			scores = scores[:0]
+			// The keys first..pr lie in at most two runs of consecutive
+			// cache rows: up to the end of the ring, then from its start.
+			forEachRun(first, keys, p.CacheCap, func(i, row, run int) {
+				b.k.scores(qh, kc.f32[row*kvCols+kvOff:], kvCols, logits[i:i+run])
+			})
 			m := math.Inf(-1)
-			for j := first; j <= pr; j++ {
-				row := (j % p.CacheCap) * kvCols
-				s := float64(b.k.dot(qh, kc.f32[row+kvOff:row+kvOff+p.HeadDim]) * p.Scale)
-				scores = append(scores, s)
-				m = max(m, s)
+			ls := logits[:keys]
+			for _, l := range ls {
+				m = max(m, float64(l*p.Scale))
 			}
 			if sink != nil {
 				m = max(m, float64(sink[h]))
 			}
 			var denom float64
-			for i, s := range scores {
-				e := math.Exp(s - m)
-				scores[i] = e
-				denom += e
+			for i, l := range ls {
+				exps[i] = math.Exp(float64(l*p.Scale) - m)
+				denom += exps[i]
 			}
 			if sink != nil {
 				denom += math.Exp(float64(sink[h]) - m)
 			}
+			for i, e := range exps[:keys] {
+				probs[i] = float32(e / denom)
+			}
 			out := d.f32[r*qCols+h*p.HeadDim : r*qCols+(h+1)*p.HeadDim]
 			clear(out)
-			for i, e := range scores {
-				row := ((first+i)%p.CacheCap)*kvCols + kvOff
-				axpy(float32(e/denom), vc.f32[row:row+p.HeadDim], out)
-			}
+			forEachRun(first, keys, p.CacheCap, func(i, row, run int) {
+				b.k.weightedSum(probs[i:i+run], vc.f32[row*kvCols+kvOff:], kvCols, out)
+			})
 		}
 	})
+}
+
+// forEachRun splits the key positions first..first+keys-1 into runs of
+// consecutive ring-buffer rows (position j is row j % capRows) and calls fn
+// with each run's offset among the keys, first row and length.
+func forEachRun(first, keys, capRows int, fn func(i, row, run int)) {
+	for i := 0; i < keys; {
+		row := (first + i) % capRows
+		run := min(keys-i, capRows-row)
+		fn(i, row, run)
+		i += run
+	}
 }
 
 // firstKey is the oldest key position a query at position pos sees.

@@ -106,3 +106,39 @@ func BenchmarkGPT2Decode(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkAttention times GPT-2-shaped attention (12 heads of 64) over a
+// 1024-token cache, for one decode row and a 64-row prefill chunk, with the
+// pure-Go and the assembly kernels.
+func BenchmarkAttention(b *testing.B) {
+	const heads, headDim, ctx = 12, 64, 1024
+	for _, simd := range []bool{false, true} {
+		for _, n := range []int{1, 64} {
+			b.Run(fmt.Sprintf("simd=%v/n=%d", simd, n), func(b *testing.B) {
+				be := newBackend(2, simd)
+				defer be.Close()
+				r := rand.New(rand.NewPCG(1, 2))
+				cols := heads * headDim
+				kc, vc := must(be.NewKVCache(ctx, cols)), must(be.NewKVCache(ctx, cols))
+				be.WriteF32(kc, randF32(r, ctx*cols, 1))
+				be.WriteF32(vc, randF32(r, ctx*cols, 1))
+				q, dst := must(be.NewF32(n, cols)), must(be.NewF32(n, cols))
+				be.WriteF32(q, randF32(r, n*cols, 1))
+				pos := make([]int32, n)
+				for i := range pos {
+					pos[i] = int32(ctx - n + i)
+				}
+				pt := must(be.NewI32(n))
+				be.WriteI32(pt, pos)
+				ap := backend.AttentionParams{Heads: heads, KVHeads: heads, HeadDim: headDim, Scale: 0.125, CacheCap: ctx}
+				b.ResetTimer()
+				for range b.N {
+					be.Attention(dst, q, kc, vc, pt, nil, ap)
+				}
+				if err := be.Sync(); err != nil {
+					b.Fatal(err)
+				}
+			})
+		}
+	}
+}

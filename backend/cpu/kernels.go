@@ -14,20 +14,22 @@ import (
 // by tensor.Dequantize.
 
 // kernels are the inner loops a backend runs. dot is the float32 dot
-// product of two equal-length vectors; axpy adds a·x to y. fused, where it has an entry for a
+// product of two equal-length vectors; scores and weightedSum are
+// attention's two loops over keys (see the Go versions below). fused, where it has an entry for a
 // weight type, is the dot product of one weight row in that format with x,
 // decoding as it goes; types without one are decoded a row at a time by
 // decodeRow and then go through dot.
 type kernels struct {
-	name  string
-	dot   func(a, b []float32) float32
-	axpy  func(a float32, x, y []float32)
-	fused map[tensor.Type]func(row []byte, x []float32) float32
+	name        string
+	dot         func(a, b []float32) float32
+	scores      func(q, k []float32, stride int, out []float32)
+	weightedSum func(p, v []float32, stride int, out []float32)
+	fused       map[tensor.Type]func(row []byte, x []float32) float32
 }
 
 // goKernels are the pure-Go loops, used where no assembly version exists
 // and in tests as the second implementation to check the assembly against.
-var goKernels = kernels{name: "go", dot: dot, axpy: axpy}
+var goKernels = kernels{name: "go", dot: dot, scores: scores, weightedSum: weightedSum}
 
 // f16Table holds every binary16 bit pattern widened to float32, so an F16
 // weight costs one table load instead of a branchy conversion.
@@ -107,10 +109,21 @@ func dot(a, b []float32) float32 {
 	return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 }
 
-// axpy adds a·x[i] to y[i] for every element of x.
-func axpy(a float32, x, y []float32) {
-	y = y[:len(x)]
-	for i, v := range x {
-		y[i] += a * v
+// scores sets out[j] to the dot product of q with the len(q) elements of k
+// starting at j·stride, for each j < len(out).
+func scores(q, k []float32, stride int, out []float32) {
+	for j := range out {
+		out[j] = dot(q, k[j*stride:j*stride+len(q)])
+	}
+}
+
+// weightedSum adds p[j] times the len(out) elements of v starting at
+// j·stride to out, for each j < len(p).
+func weightedSum(p, v []float32, stride int, out []float32) {
+	for j, pj := range p {
+		row := v[j*stride : j*stride+len(out)]
+		for c, x := range row {
+			out[c] += pj * x
+		}
 	}
 }

@@ -20,7 +20,10 @@ func dotF16AVX2(w *byte, x *float32, n int) float32
 func dotBF16AVX2(w *byte, x *float32, n int) float32
 
 //go:noescape
-func axpyAVX2(a float32, x, y *float32, n int)
+func scoresAVX2(q, k *float32, stride, n, d int, out *float32)
+
+//go:noescape
+func weightedSumAVX2(p, v *float32, stride, n, d int, out *float32)
 
 //go:noescape
 func dotQ8_0AVX2(w *byte, x *float32, blocks int) float32
@@ -79,14 +82,23 @@ func simdKernels() (kernels, bool) {
 			}
 			return s
 		},
-		axpy: func(a float32, x, y []float32) {
-			n := len(x) &^ 7
-			if n > 0 {
-				axpyAVX2(a, &x[0], &y[:n][0], n)
+		scores: func(q, k []float32, stride int, out []float32) {
+			d := len(q)
+			if d%8 != 0 || len(out) == 0 {
+				scores(q, k, stride, out)
+				return
 			}
-			for i := n; i < len(x); i++ {
-				y[i] += a * x[i]
+			_ = k[(len(out)-1)*stride+d-1]
+			scoresAVX2(&q[0], &k[0], stride, len(out), d, &out[0])
+		},
+		weightedSum: func(p, v []float32, stride int, out []float32) {
+			d := len(out)
+			if d%8 != 0 || len(p) == 0 {
+				weightedSum(p, v, stride, out)
+				return
 			}
+			_ = v[(len(p)-1)*stride+d-1]
+			weightedSumAVX2(&p[0], &v[0], stride, len(p), d, &out[0])
 		},
 		fused: map[tensor.Type]func(row []byte, x []float32) float32{
 			tensor.BF16: func(row []byte, x []float32) float32 {

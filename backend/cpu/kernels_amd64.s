@@ -160,26 +160,135 @@ bf16done:
 	MOVSS        X0, ret+24(FP)
 	RET
 
-// func axpyAVX2(a float32, x, y *float32, n int)
-// y[i] += a·x[i] for n elements, a multiple of 8.
-TEXT ·axpyAVX2(SB), NOSPLIT, $0-32
-	VBROADCASTSS a+0(FP), Y0
-	MOVQ         x+8(FP), SI
-	MOVQ         y+16(FP), DI
-	MOVQ         n+24(FP), CX
+// func scoresAVX2(q, k *float32, stride, n, d int, out *float32)
+// out[j] = Σ_c q[c]·k[j·stride+c] for j < n, c < d; d is a multiple of 8 and
+// stride is in elements.
+TEXT ·scoresAVX2(SB), NOSPLIT, $0-48
+	MOVQ q+0(FP), SI
+	MOVQ k+8(FP), DI
+	MOVQ stride+16(FP), R8
+	SHLQ $2, R8
+	MOVQ n+24(FP), CX
+	MOVQ d+32(FP), R9
+	MOVQ out+40(FP), R10
 
-axpyloop:
-	CMPQ        CX, $8
-	JLT         axpydone
-	VMOVUPS     (DI), Y1
-	VFMADD231PS (SI), Y0, Y1
-	VMOVUPS     Y1, (DI)
-	ADDQ        $32, SI
-	ADDQ        $32, DI
-	SUBQ        $8, CX
-	JMP         axpyloop
+scorekey:
+	TESTQ  CX, CX
+	JZ     scoredone
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	XORQ   AX, AX
+	MOVQ   R9, DX
 
-axpydone:
+score16:
+	CMPQ        DX, $16
+	JLT         score8
+	VMOVUPS     (SI)(AX*1), Y2
+	VMOVUPS     32(SI)(AX*1), Y3
+	VFMADD231PS (DI)(AX*1), Y2, Y0
+	VFMADD231PS 32(DI)(AX*1), Y3, Y1
+	ADDQ        $64, AX
+	SUBQ        $16, DX
+	JMP         score16
+
+score8:
+	CMPQ        DX, $8
+	JLT         scorereduce
+	VMOVUPS     (SI)(AX*1), Y2
+	VFMADD231PS (DI)(AX*1), Y2, Y0
+	ADDQ        $32, AX
+	SUBQ        $8, DX
+	JMP         score8
+
+scorereduce:
+	VADDPS       Y1, Y0, Y0
+	VEXTRACTF128 $1, Y0, X1
+	VADDPS       X1, X0, X0
+	VHADDPS      X0, X0, X0
+	VHADDPS      X0, X0, X0
+	MOVSS        X0, (R10)
+	ADDQ         $4, R10
+	ADDQ         R8, DI
+	DECQ         CX
+	JMP          scorekey
+
+scoredone:
+	VZEROUPPER
+	RET
+
+// func weightedSumAVX2(p, v *float32, stride, n, d int, out *float32)
+// out[c] += Σ_j p[j]·v[j·stride+c] for j < n, c < d; d is a multiple of 8
+// and stride is in elements. Columns go 32 (then 8) at a time, each chunk
+// summed over all j in registers.
+TEXT ·weightedSumAVX2(SB), NOSPLIT, $0-48
+	MOVQ p+0(FP), SI
+	MOVQ v+8(FP), DI
+	MOVQ stride+16(FP), R8
+	SHLQ $2, R8
+	MOVQ n+24(FP), R11
+	MOVQ d+32(FP), R9
+	MOVQ out+40(FP), R10
+
+wschunk32:
+	CMPQ    R9, $32
+	JLT     wschunk8
+	VMOVUPS (R10), Y0
+	VMOVUPS 32(R10), Y1
+	VMOVUPS 64(R10), Y2
+	VMOVUPS 96(R10), Y3
+	MOVQ    SI, AX
+	MOVQ    DI, BX
+	MOVQ    R11, CX
+
+wskey32:
+	TESTQ        CX, CX
+	JZ           wsstore32
+	VBROADCASTSS (AX), Y4
+	VFMADD231PS  (BX), Y4, Y0
+	VFMADD231PS  32(BX), Y4, Y1
+	VFMADD231PS  64(BX), Y4, Y2
+	VFMADD231PS  96(BX), Y4, Y3
+	ADDQ         $4, AX
+	ADDQ         R8, BX
+	DECQ         CX
+	JMP          wskey32
+
+wsstore32:
+	VMOVUPS Y0, (R10)
+	VMOVUPS Y1, 32(R10)
+	VMOVUPS Y2, 64(R10)
+	VMOVUPS Y3, 96(R10)
+	ADDQ    $128, R10
+	ADDQ    $128, DI
+	SUBQ    $32, R9
+	JMP     wschunk32
+
+wschunk8:
+	CMPQ    R9, $8
+	JLT     wsdone
+	VMOVUPS (R10), Y0
+	MOVQ    SI, AX
+	MOVQ    DI, BX
+	MOVQ    R11, CX
+
+wskey8:
+	TESTQ        CX, CX
+	JZ           wsstore8
+	VBROADCASTSS (AX), Y4
+	VFMADD231PS  (BX), Y4, Y0
+	ADDQ         $4, AX
+	ADDQ         R8, BX
+	DECQ         CX
+	JMP          wskey8
+
+wsstore8:
+	VMOVUPS Y0, (R10)
+	ADDQ    $32, R10
+	ADDQ    $32, DI
+	SUBQ    $8, R9
+	JMP     wschunk8
+
+wsdone:
 	VZEROUPPER
 	RET
 
