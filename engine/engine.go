@@ -79,6 +79,9 @@ type Config struct {
 	// Timeout bounds each request from the moment it is run, queueing
 	// included (0: none).
 	Timeout time.Duration
+	// PromptPrefix is put before every text prompt (Request.Prompt), e.g.
+	// BOS for models that expect it; token prompts are taken as they are.
+	PromptPrefix []int32
 	// PrefillChunk is the number of prompt tokens per model call (default
 	// 256), so that cancel and other sequences need not wait for a long prompt.
 	PrefillChunk int
@@ -219,7 +222,9 @@ func (e *Engine) Submit(req Request) (*Job, error) {
 	}
 	prompt := req.Tokens
 	if prompt == nil {
-		prompt = e.cfg.Tokenizer.Encode(req.Prompt)
+		if text := e.cfg.Tokenizer.Encode(req.Prompt); len(text) > 0 {
+			prompt = append(append([]int32(nil), e.cfg.PromptPrefix...), text...)
+		}
 	}
 	if len(prompt) == 0 {
 		return nil, ErrEmptyPrompt

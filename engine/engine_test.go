@@ -280,6 +280,25 @@ func TestSeed(t *testing.T) {
 	}
 }
 
+func TestPromptPrefix(t *testing.T) {
+	bos := enginetest.MustID("<|endoftext|>")
+	e := newEngine(t, &enginetest.Model{}, engine.Config{PromptPrefix: []int32{bos}})
+	j, err := e.Submit(request("ab", 1))
+	if err != nil || j.PromptTokens() != 3 {
+		t.Errorf("text prompt with prefix: %v, %d tokens, want 3", err, j.PromptTokens())
+	}
+	j.Run(context.Background(), func(engine.Token) bool { return false })
+	req := request("", 1)
+	req.Tokens = []int32{'a'}
+	if j, err = e.Submit(req); err != nil || j.PromptTokens() != 1 {
+		t.Errorf("token prompt: %v, %d tokens, want 1", err, j.PromptTokens())
+	}
+	j.Run(context.Background(), func(engine.Token) bool { return false })
+	if _, err := e.Submit(request("", 1)); !errors.Is(err, engine.ErrEmptyPrompt) {
+		t.Errorf("empty text prompt: %v", err)
+	}
+}
+
 func TestModelFailure(t *testing.T) {
 	e := newEngine(t, &enginetest.Model{FailAfter: 3}, engine.Config{})
 	j, _ := e.Submit(request("x", 10))
