@@ -3,9 +3,12 @@ package tokenizer
 import (
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+
+	"orcd/gguf"
 )
 
 // benchCorpusSize is the size of the benchmark corpus, in bytes.
@@ -102,4 +105,52 @@ func BenchmarkEncode(b *testing.B) {
 			b.ReportMetric(float64(n), "tokens")
 		})
 	}
+}
+
+// BenchmarkLoad times loading each vocabulary the ways a server does: a GGUF
+// file (open, parse its metadata, build the tokenizer) and a tokenizer.json
+// already read into memory.
+func BenchmarkLoad(b *testing.B) {
+	for _, name := range []string{VocabO200kHarmony, VocabGPT2} {
+		v, err := VocabGGUF(name)
+		if err != nil {
+			b.Fatal(err)
+		}
+		w := gguf.NewWriter()
+		w.SetString("general.architecture", "gpt2")
+		v.SetOn(w)
+		path := filepath.Join(b.TempDir(), name+".gguf")
+		if err := gguf.WriteFile(path, w, nil); err != nil {
+			b.Fatal(err)
+		}
+		b.Run("gguf/"+name, func(b *testing.B) {
+			for b.Loop() {
+				f, err := gguf.Open(path)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := FromGGUF(f); err != nil {
+					b.Fatal(err)
+				}
+				f.Close()
+			}
+		})
+		data := readGzip(b, "testdata/"+name+".tokenizer.json.gz")
+		b.Run("hf-json/"+name, func(b *testing.B) {
+			for b.Loop() {
+				if _, err := FromHFJSONBytes(data); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+	// What `orcd synth` pays once per process for o200k_harmony: parsing the
+	// embedded ranks and deriving the merges.
+	b.Run("embedded/"+VocabO200kHarmony, func(b *testing.B) {
+		for b.Loop() {
+			if _, err := loadO200kHarmonyVocab(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }

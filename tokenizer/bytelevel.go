@@ -29,17 +29,28 @@ func init() {
 	}
 }
 
-// byteLevelDecode maps a byte-level token string back to its raw bytes.
-// It reports false if the string holds a rune outside the alphabet.
-func byteLevelDecode(s string) ([]byte, bool) {
-	out := make([]byte, 0, len(s))
+// byteArena holds the bytes of many tokens in few allocations.
+type byteArena struct{ buf []byte }
+
+func newByteArena(size int) *byteArena { return &byteArena{buf: make([]byte, 0, size)} }
+
+// byteLevelDecode maps a byte-level token string back to its raw bytes,
+// stored in the arena. It reports false if the string holds a rune outside
+// the alphabet.
+func (a *byteArena) byteLevelDecode(s string) ([]byte, bool) {
+	if cap(a.buf)-len(a.buf) < len(s) {
+		// A fresh block: slices already handed out keep the old one.
+		a.buf = make([]byte, 0, max(len(s), 1<<20))
+	}
+	start := len(a.buf)
 	for _, r := range s {
 		if r < 0 || int(r) >= len(runeToByte) || runeToByte[r] < 0 {
+			a.buf = a.buf[:start]
 			return nil, false
 		}
-		out = append(out, byte(runeToByte[r]))
+		a.buf = append(a.buf, byte(runeToByte[r]))
 	}
-	return out, true
+	return a.buf[start:len(a.buf):len(a.buf)], true
 }
 
 // byteLevelEncode maps raw bytes to their byte-level token string.

@@ -130,6 +130,7 @@ func hfSpec(data []byte) (*spec, error) {
 		wholeWords: m.IgnoreMerges,
 		bos:        -1, eos: -1, pad: -1, eot: -1, eom: -1,
 	}
+	arena := newByteArena(len(m.Vocab) * 8)
 	for tok, id := range m.Vocab {
 		if id < 0 {
 			return nil, fmt.Errorf("tokenizer.json: vocab token %q has negative id %d", tok, id)
@@ -137,7 +138,7 @@ func hfSpec(data []byte) (*spec, error) {
 		if sp.types[id] != 0 {
 			return nil, fmt.Errorf("tokenizer.json: vocab id %d is used twice", id)
 		}
-		b, ok := byteLevelDecode(tok)
+		b, ok := arena.byteLevelDecode(tok)
 		if !ok {
 			return nil, fmt.Errorf("tokenizer.json: vocab token %q (id %d) is not in GPT-2's byte-level alphabet", tok, id)
 		}
@@ -176,12 +177,8 @@ func hfSpec(data []byte) (*spec, error) {
 		sp.eos = lookup("<|endoftext|>")
 	}
 
-	byText := make(map[string]int32, len(m.Vocab))
-	for tok, id := range m.Vocab {
-		byText[tok] = id
-	}
 	var err error
-	if sp.merges, err = hfMerges(m.Merges, byText); err != nil {
+	if sp.merges, err = hfMerges(m.Merges, m.Vocab); err != nil {
 		return nil, err
 	}
 	return sp, nil
@@ -190,8 +187,15 @@ func hfSpec(data []byte) (*spec, error) {
 // hfMerges parses model.merges, either "left right" strings or
 // [left, right] pairs.
 func hfMerges(raw json.RawMessage, byText map[string]int32) ([]merge, error) {
-	var asStrings []string
-	if err := json.Unmarshal(raw, &asStrings); err == nil {
+	// The first element's opening character tells the form, which saves
+	// decoding (and validating) the whole list twice.
+	badForm := fmt.Errorf("tokenizer.json: model.merges is neither [\"a b\", ...] nor [[\"a\", \"b\"], ...]")
+	body, _ := bytes.CutPrefix(bytes.TrimSpace(raw), []byte("["))
+	if body = bytes.TrimSpace(body); len(body) > 0 && body[0] == '"' {
+		var asStrings []string
+		if err := json.Unmarshal(raw, &asStrings); err != nil {
+			return nil, badForm
+		}
 		ms, err := parseMerges(asStrings, byText)
 		if err != nil {
 			return nil, fmt.Errorf("tokenizer.json: %w", err)
@@ -200,12 +204,13 @@ func hfMerges(raw json.RawMessage, byText map[string]int32) ([]merge, error) {
 	}
 	var asPairs [][2]string
 	if err := json.Unmarshal(raw, &asPairs); err != nil {
-		return nil, fmt.Errorf("tokenizer.json: model.merges is neither [\"a b\", ...] nor [[\"a\", \"b\"], ...]")
+		return nil, badForm
 	}
 	out := make([]merge, len(asPairs))
+	var buf []byte
 	for i, p := range asPairs {
 		var err error
-		if out[i], err = resolveMerge(i, p[0], p[1], byText); err != nil {
+		if out[i], err = resolveMerge(i, p[0], p[1], byText, &buf); err != nil {
 			return nil, fmt.Errorf("tokenizer.json: %w", err)
 		}
 	}

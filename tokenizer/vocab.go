@@ -280,12 +280,13 @@ func FromVocab(v *GGUFVocab) (*Tokenizer, error) {
 		addBOS: v.AddBOS, addEOS: v.AddEOS,
 	}
 	byText := make(map[string]int32, n)
+	arena := newByteArena(n * 8)
 	for id, tok := range v.Tokens {
 		switch v.TokenTypes[id] {
 		case TypeControl, TypeUserDefined, TypeUnknown, TypeUnused:
 			sp.pieces[id] = []byte(tok)
 		default:
-			b, ok := byteLevelDecode(tok)
+			b, ok := arena.byteLevelDecode(tok)
 			if !ok {
 				return nil, fmt.Errorf("tokenizer: token %d (%q) is not in GPT-2's byte-level alphabet", id, tok)
 			}
@@ -306,23 +307,27 @@ func FromVocab(v *GGUFVocab) (*Tokenizer, error) {
 // token strings.
 func parseMerges(merges []string, byText map[string]int32) ([]merge, error) {
 	out := make([]merge, len(merges))
+	var buf []byte
 	for i, m := range merges {
 		left, right, ok := strings.Cut(m, " ")
 		if !ok {
 			return nil, fmt.Errorf("tokenizer: merge %d (%q) is not \"left right\"", i, m)
 		}
 		var err error
-		if out[i], err = resolveMerge(i, left, right, byText); err != nil {
+		if out[i], err = resolveMerge(i, left, right, byText, &buf); err != nil {
 			return nil, err
 		}
 	}
 	return out, nil
 }
 
-func resolveMerge(i int, left, right string, byText map[string]int32) (merge, error) {
+// resolveMerge finds the ids of a merge's parts and result; buf is scratch
+// space for joining the parts.
+func resolveMerge(i int, left, right string, byText map[string]int32, buf *[]byte) (merge, error) {
 	l, lok := byText[left]
 	r, rok := byText[right]
-	res, resok := byText[left+right]
+	*buf = append(append((*buf)[:0], left...), right...)
+	res, resok := byText[string(*buf)] // no allocation for a map index
 	if !lok || !rok || !resok {
 		return merge{}, fmt.Errorf("tokenizer: merge %d (%q %q): a part or the result is not in the vocabulary", i, left, right)
 	}
