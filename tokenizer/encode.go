@@ -57,7 +57,8 @@ func (s *specialSet) next(text string, from int) (pos, length int, id int32) {
 // ("<|start|>") is encoded as ordinary text, never as the special token: a
 // prompt must not be able to forge the chat template's structure. Templates
 // insert special tokens by id. Tokens the vocabulary marks user-defined are
-// still recognised, as in llama.cpp and HF tokenizers.
+// still recognised, as in llama.cpp and HF tokenizers. Neither Encode nor
+// EncodeSpecial adds BOS or EOS; see AddBOS.
 func (t *Tokenizer) Encode(text string) []int32 {
 	return t.encode(text, false)
 }
@@ -70,9 +71,6 @@ func (t *Tokenizer) EncodeSpecial(text string) []int32 {
 
 func (t *Tokenizer) encode(text string, parseSpecial bool) []int32 {
 	ids := make([]int32, 0, len(text)/3+1)
-	if t.addBOS && t.bos >= 0 {
-		ids = append(ids, t.bos)
-	}
 	for len(text) > 0 {
 		pos, n, id := t.userDefined.next(text, 0)
 		if parseSpecial {
@@ -87,9 +85,6 @@ func (t *Tokenizer) encode(text string, parseSpecial bool) []int32 {
 		ids = t.encodeOrdinary(ids, text[:pos])
 		ids = append(ids, id)
 		text = text[pos+n:]
-	}
-	if t.addEOS && t.eos >= 0 {
-		ids = append(ids, t.eos)
 	}
 	return ids
 }

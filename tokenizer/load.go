@@ -16,8 +16,8 @@ import (
 // if given, else tokenizer.json beside modelPath, else the GGUF's own
 // metadata (f may be nil). The error lists every source tried. When both a
 // tokenizer.json and the GGUF's vocabulary are present and their sizes
-// differ, Load logs a warning; the GGUF's special token ids, where it has
-// them, override the tokenizer.json's well-known names.
+// differ, Load logs a warning; the GGUF's special token ids and add_bos
+// flag, where it has them, override what the tokenizer.json implies.
 func Load(modelPath, tokenizerPath string, f *gguf.File) (*Tokenizer, error) {
 	var tried []string
 	jsonPath := tokenizerPath
@@ -41,7 +41,11 @@ func Load(modelPath, tokenizerPath string, f *gguf.File) (*Tokenizer, error) {
 		}
 		return t, nil
 	}
-	tried = append(tried, modelPath+" (GGUF has no "+keyModel+")")
+	if f == nil {
+		tried = append(tried, "GGUF metadata (no model file given)")
+	} else {
+		tried = append(tried, modelPath+" (GGUF has no "+keyModel+")")
+	}
 	return nil, fmt.Errorf("tokenizer: none found; tried %s", strings.Join(tried, ", "))
 }
 
@@ -69,6 +73,9 @@ func loadJSONWithGGUF(path string, f *gguf.File) (*Tokenizer, error) {
 			if id >= 0 {
 				*k.dst = id
 			}
+		}
+		if b, err := f.GetBool(keyAddBOS); err == nil {
+			sp.addBOS = b
 		}
 	}
 	t, err := newTokenizer(sp)

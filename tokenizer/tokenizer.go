@@ -56,7 +56,6 @@ type Tokenizer struct {
 	bos, eos, pad int32
 	eog           []int32
 	addBOS        bool
-	addEOS        bool
 }
 
 // merge is one BPE merge rule: left and right join into result.
@@ -73,7 +72,7 @@ type spec struct {
 	wholeWords         bool
 	bos, eos, pad, eot int32 // -1 if none
 	eom                int32
-	addBOS, addEOS     bool
+	addBOS             bool
 }
 
 const noRank = ^uint32(0)
@@ -99,7 +98,6 @@ func newTokenizer(sp *spec) (*Tokenizer, error) {
 		pretok:     sp.pretok,
 		wholeWords: sp.wholeWords,
 		addBOS:     sp.addBOS,
-		addEOS:     sp.addEOS,
 	}
 	for i := range t.byteID {
 		t.byteID[i] = -1
@@ -189,7 +187,8 @@ func (t *Tokenizer) EOS() int32 { return t.eos }
 // PAD is the padding token id, or -1 if there is none.
 func (t *Tokenizer) PAD() int32 { return t.pad }
 
-// AddBOS reports whether the model expects BOS before a prompt.
+// AddBOS reports whether the model expects BOS before a prompt (GGUF's
+// tokenizer.ggml.add_bos_token); the caller adds it.
 func (t *Tokenizer) AddBOS() bool { return t.addBOS }
 
 // EOG returns the end-of-generation ids in increasing order: EOS, the

@@ -277,7 +277,7 @@ func FromVocab(v *GGUFVocab) (*Tokenizer, error) {
 		pretok:     pretok,
 		wholeWords: true,
 		bos:        v.BOS, eos: v.EOS, pad: v.PAD, eot: v.EOT, eom: v.EOM,
-		addBOS: v.AddBOS, addEOS: v.AddEOS,
+		addBOS: v.AddBOS,
 	}
 	byText := make(map[string]int32, n)
 	arena := newByteArena(n * 8)
