@@ -14,8 +14,10 @@ import (
 // by tensor.Dequantize.
 
 // kernels are the inner loops a backend runs. dot is the float32 dot
-// product of two equal-length vectors; scores and weightedSum are
-// attention's two loops over keys (see the Go versions below). fused, where it has an entry for a
+// product of two equal-length vectors and dot4x2 that of four rows of x
+// with two weight rows; scores and weightedSum are attention's two loops
+// over keys (see the Go versions below). decode, where it has an entry for
+// a weight type, replaces decodeRow for it. fused, where it has an entry for a
 // weight type, is the dot product of one weight row in that format with x,
 // decoding as it goes; types without one are decoded a row at a time by
 // decodeRow and then go through dot.
@@ -24,12 +26,14 @@ type kernels struct {
 	dot         func(a, b []float32) float32
 	scores      func(q, k []float32, stride int, out []float32)
 	weightedSum func(p, v []float32, stride int, out []float32)
+	dot4x2      func(x []float32, xstride int, w0, w1 []float32, out *[8]float32)
+	decode      map[tensor.Type]func(row []byte, dst []float32)
 	fused       map[tensor.Type]func(row []byte, x []float32) float32
 }
 
 // goKernels are the pure-Go loops, used where no assembly version exists
 // and in tests as the second implementation to check the assembly against.
-var goKernels = kernels{name: "go", dot: dot, scores: scores, weightedSum: weightedSum}
+var goKernels = kernels{name: "go", dot: dot, dot4x2: dot4x2, scores: scores, weightedSum: weightedSum}
 
 // f16Table holds every binary16 bit pattern widened to float32, so an F16
 // weight costs one table load instead of a branchy conversion.
@@ -107,6 +111,15 @@ func dot(a, b []float32) float32 {
 		s0 += a[i] * b[i]
 	}
 	return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+}
+
+// dot4x2 sets out[2i+j] to the dot product of row i of x (rows xstride
+// apart, len(w0) elements each) with wj, for i < 4 and j < 2.
+func dot4x2(x []float32, xstride int, w0, w1 []float32, out *[8]float32) {
+	for i := 0; i < 4; i++ {
+		xi := x[i*xstride : i*xstride+len(w0)]
+		out[2*i], out[2*i+1] = dot(xi, w0), dot(xi, w1)
+	}
 }
 
 // scores sets out[j] to the dot product of q with the len(q) elements of k

@@ -26,6 +26,21 @@ func scoresAVX2(q, k *float32, stride, n, d int, out *float32)
 func weightedSumAVX2(p, v *float32, stride, n, d int, out *float32)
 
 //go:noescape
+func dot4x2AVX2(x *float32, xstride int, w0, w1 *float32, n int, out *[8]float32)
+
+//go:noescape
+func decodeQ8_0AVX2(w *byte, out *float32, blocks int)
+
+//go:noescape
+func decodeF16AVX2(w *byte, out *float32, n int)
+
+//go:noescape
+func decodeBF16AVX2(w *byte, out *float32, n int)
+
+//go:noescape
+func decodeMXFP4AVX2(w *byte, out *float32, blocks int, scales *float32, values *byte)
+
+//go:noescape
 func dotQ8_0AVX2(w *byte, x *float32, blocks int) float32
 
 //go:noescape
@@ -99,6 +114,41 @@ func simdKernels() (kernels, bool) {
 			}
 			_ = v[(len(p)-1)*stride+d-1]
 			weightedSumAVX2(&p[0], &v[0], stride, len(p), d, &out[0])
+		},
+		dot4x2: func(x []float32, xstride int, w0, w1 []float32, out *[8]float32) {
+			n := len(w0)
+			if n%8 != 0 || n == 0 {
+				dot4x2(x, xstride, w0, w1, out)
+				return
+			}
+			_, _ = x[3*xstride+n-1], w1[n-1]
+			dot4x2AVX2(&x[0], xstride, &w0[0], &w1[0], n, out)
+		},
+		decode: map[tensor.Type]func(row []byte, dst []float32){
+			tensor.F16: func(row []byte, dst []float32) {
+				n := len(dst) &^ 7
+				if n > 0 {
+					decodeF16AVX2(&row[:2*n][0], &dst[0], n)
+				}
+				decodeRow(tensor.F16, row[2*n:], dst[n:])
+			},
+			tensor.BF16: func(row []byte, dst []float32) {
+				n := len(dst) &^ 7
+				if n > 0 {
+					decodeBF16AVX2(&row[:2*n][0], &dst[0], n)
+				}
+				decodeRow(tensor.BF16, row[2*n:], dst[n:])
+			},
+			tensor.Q8_0: func(row []byte, dst []float32) {
+				blocks := len(dst) / 32
+				_ = row[34*blocks-1]
+				decodeQ8_0AVX2(&row[0], &dst[0], blocks)
+			},
+			tensor.MXFP4: func(row []byte, dst []float32) {
+				blocks := len(dst) / 32
+				_ = row[17*blocks-1]
+				decodeMXFP4AVX2(&row[0], &dst[0], blocks, &mxfp4HalfScales[0], (*byte)(unsafe.Pointer(&mxfp4Codes[0])))
+			},
 		},
 		fused: map[tensor.Type]func(row []byte, x []float32) float32{
 			tensor.BF16: func(row []byte, x []float32) float32 {

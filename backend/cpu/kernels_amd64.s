@@ -410,3 +410,200 @@ TEXT ·xgetbv0(SB), NOSPLIT, $0-4
 	XGETBV
 	MOVL   AX, ret+0(FP)
 	RET
+
+// func dot4x2AVX2(x *float32, xstride int, w0, w1 *float32, n int, out *[8]float32)
+// out[2i+j] = Σ_c x[i·xstride+c]·wj[c] for i < 4, j < 2 and c < n, a
+// multiple of 8: four rows of x against two weight rows, so each load feeds
+// more than one FMA.
+TEXT ·dot4x2AVX2(SB), NOSPLIT, $0-48
+	MOVQ   x+0(FP), SI
+	MOVQ   xstride+8(FP), R8
+	SHLQ   $2, R8
+	MOVQ   w0+16(FP), DI
+	MOVQ   w1+24(FP), DX
+	MOVQ   n+32(FP), CX
+	MOVQ   out+40(FP), R10
+	LEAQ   (SI)(R8*1), R11
+	LEAQ   (R11)(R8*1), R12
+	LEAQ   (R12)(R8*1), R13
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	VXORPS Y4, Y4, Y4
+	VXORPS Y5, Y5, Y5
+	VXORPS Y6, Y6, Y6
+	VXORPS Y7, Y7, Y7
+	XORQ   AX, AX
+
+d42loop:
+	CMPQ        CX, $8
+	JLT         d42reduce
+	VMOVUPS     (DI)(AX*1), Y8
+	VMOVUPS     (DX)(AX*1), Y9
+	VMOVUPS     (SI)(AX*1), Y10
+	VFMADD231PS Y8, Y10, Y0
+	VFMADD231PS Y9, Y10, Y1
+	VMOVUPS     (R11)(AX*1), Y11
+	VFMADD231PS Y8, Y11, Y2
+	VFMADD231PS Y9, Y11, Y3
+	VMOVUPS     (R12)(AX*1), Y12
+	VFMADD231PS Y8, Y12, Y4
+	VFMADD231PS Y9, Y12, Y5
+	VMOVUPS     (R13)(AX*1), Y13
+	VFMADD231PS Y8, Y13, Y6
+	VFMADD231PS Y9, Y13, Y7
+	ADDQ        $32, AX
+	SUBQ        $8, CX
+	JMP         d42loop
+
+d42reduce:
+	// Pairwise horizontal adds leave [Y0 Y1 Y2 Y3] and [Y4 Y5 Y6 Y7]
+	// summed per 128-bit lane; adding the lanes gives the eight results.
+	VHADDPS      Y1, Y0, Y0
+	VHADDPS      Y3, Y2, Y2
+	VHADDPS      Y5, Y4, Y4
+	VHADDPS      Y7, Y6, Y6
+	VHADDPS      Y2, Y0, Y0
+	VHADDPS      Y6, Y4, Y4
+	VEXTRACTF128 $1, Y0, X1
+	VADDPS       X1, X0, X0
+	VEXTRACTF128 $1, Y4, X5
+	VADDPS       X5, X4, X4
+	VMOVUPS      X0, (R10)
+	VMOVUPS      X4, 16(R10)
+	VZEROUPPER
+	RET
+
+// func decodeQ8_0AVX2(w *byte, out *float32, blocks int)
+// out[j] = q[j]·d for each 34-byte Q8_0 block.
+TEXT ·decodeQ8_0AVX2(SB), NOSPLIT, $0-24
+	MOVQ w+0(FP), SI
+	MOVQ out+8(FP), DI
+	MOVQ blocks+16(FP), CX
+
+dq8loop:
+	TESTQ        CX, CX
+	JZ           dq8done
+	MOVWLZX      (SI), AX
+	MOVQ         AX, X7
+	VCVTPH2PS    X7, X7
+	VBROADCASTSS X7, Y7
+	VPMOVSXBD    2(SI), Y1
+	VPMOVSXBD    10(SI), Y2
+	VPMOVSXBD    18(SI), Y3
+	VPMOVSXBD    26(SI), Y4
+	VCVTDQ2PS    Y1, Y1
+	VCVTDQ2PS    Y2, Y2
+	VCVTDQ2PS    Y3, Y3
+	VCVTDQ2PS    Y4, Y4
+	VMULPS       Y7, Y1, Y1
+	VMULPS       Y7, Y2, Y2
+	VMULPS       Y7, Y3, Y3
+	VMULPS       Y7, Y4, Y4
+	VMOVUPS      Y1, (DI)
+	VMOVUPS      Y2, 32(DI)
+	VMOVUPS      Y3, 64(DI)
+	VMOVUPS      Y4, 96(DI)
+	ADDQ         $34, SI
+	ADDQ         $128, DI
+	DECQ         CX
+	JMP          dq8loop
+
+dq8done:
+	VZEROUPPER
+	RET
+
+// func decodeF16AVX2(w *byte, out *float32, n int)
+// Widens n binary16 values, n a multiple of 8.
+TEXT ·decodeF16AVX2(SB), NOSPLIT, $0-24
+	MOVQ w+0(FP), SI
+	MOVQ out+8(FP), DI
+	MOVQ n+16(FP), CX
+
+df16loop:
+	CMPQ      CX, $8
+	JLT       df16done
+	VCVTPH2PS (SI), Y1
+	VMOVUPS   Y1, (DI)
+	ADDQ      $16, SI
+	ADDQ      $32, DI
+	SUBQ      $8, CX
+	JMP       df16loop
+
+df16done:
+	VZEROUPPER
+	RET
+
+// func decodeMXFP4AVX2(w *byte, out *float32, blocks int, scales *float32, values *byte)
+// Decodes 17-byte MXFP4 blocks as dotMXFP4AVX2 reads them.
+TEXT ·decodeMXFP4AVX2(SB), NOSPLIT, $0-40
+	MOVQ         w+0(FP), SI
+	MOVQ         out+8(FP), DI
+	MOVQ         blocks+16(FP), CX
+	MOVQ         scales+24(FP), R9
+	MOVQ         values+32(FP), R8
+	VMOVDQU      (R8), X15
+	MOVL         $0x0F0F0F0F, AX
+	MOVQ         AX, X14
+	VPBROADCASTD X14, X14
+
+dmxloop:
+	TESTQ        CX, CX
+	JZ           dmxdone
+	MOVBLZX      (SI), AX
+	VBROADCASTSS (R9)(AX*4), Y7
+	VMOVDQU      1(SI), X1
+	VPSRLW       $4, X1, X2
+	VPAND        X14, X1, X1
+	VPAND        X14, X2, X2
+	VPSHUFB      X1, X15, X1
+	VPSHUFB      X2, X15, X2
+	VPMOVSXBD    X1, Y3
+	VPSRLDQ      $8, X1, X1
+	VPMOVSXBD    X1, Y4
+	VPMOVSXBD    X2, Y5
+	VPSRLDQ      $8, X2, X2
+	VPMOVSXBD    X2, Y6
+	VCVTDQ2PS    Y3, Y3
+	VCVTDQ2PS    Y4, Y4
+	VCVTDQ2PS    Y5, Y5
+	VCVTDQ2PS    Y6, Y6
+	VMULPS       Y7, Y3, Y3
+	VMULPS       Y7, Y4, Y4
+	VMULPS       Y7, Y5, Y5
+	VMULPS       Y7, Y6, Y6
+	VMOVUPS      Y3, (DI)
+	VMOVUPS      Y4, 32(DI)
+	VMOVUPS      Y5, 64(DI)
+	VMOVUPS      Y6, 96(DI)
+	ADDQ         $17, SI
+	ADDQ         $128, DI
+	DECQ         CX
+	JMP          dmxloop
+
+dmxdone:
+	VZEROUPPER
+	RET
+
+// func decodeBF16AVX2(w *byte, out *float32, n int)
+// Widens n bfloat16 values, n a multiple of 8.
+TEXT ·decodeBF16AVX2(SB), NOSPLIT, $0-24
+	MOVQ w+0(FP), SI
+	MOVQ out+8(FP), DI
+	MOVQ n+16(FP), CX
+
+dbf16loop:
+	CMPQ      CX, $8
+	JLT       dbf16done
+	VPMOVZXWD (SI), Y1
+	VPSLLD    $16, Y1, Y1
+	VMOVUPS   Y1, (DI)
+	ADDQ      $16, SI
+	ADDQ      $32, DI
+	SUBQ      $8, CX
+	JMP       dbf16loop
+
+dbf16done:
+	VZEROUPPER
+	RET
