@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"os"
 	"runtime"
 	"sort"
 	"sync"
@@ -69,7 +70,16 @@ type Options struct {
 	// NoGraphs makes Graph run its function eagerly instead of capturing
 	// and replaying CUDA graphs.
 	NoGraphs bool
+	// KVF16 stores every KV cache as f16. By default only caches whose f32
+	// form would exceed kvF32MaxBytes (long contexts) are f16.
+	KVF16 bool
 }
+
+// kvF32MaxBytes is the largest KV cache tensor kept in f32 by default:
+// small caches keep full precision (f16 keys can flip a near-tie in MoE
+// routing), long contexts take half the memory. For gpt-oss-20b (512
+// columns) the switch is at 16,384 tokens.
+const kvF32MaxBytes = 32 << 20
 
 // typeI32 is the element type of NewI32 tensors (ggml's I32).
 const typeI32 = tensor.Type(26)
@@ -116,6 +126,8 @@ type Backend struct {
 
 	mem      allocator
 	noGraphs bool
+	kvF16    bool
+	prof     *profile // non-nil when ORCD_CUDA_PROFILE is set
 
 	argMem  unsafe.Pointer // pinned host memory for kernel parameters
 	staging [2]*pinned
@@ -159,7 +171,11 @@ func New(opts Options) (*Backend, error) {
 	}
 	b := &Backend{
 		d: d, funcs: map[string]uintptr{}, live: map[*Tensor]struct{}{},
-		work: map[string]*devBuf{}, graphs: map[string]*graph{}, noGraphs: opts.NoGraphs,
+		work: map[string]*devBuf{}, graphs: map[string]*graph{}, noGraphs: opts.NoGraphs, kvF16: opts.KVF16,
+	}
+	if os.Getenv("ORCD_CUDA_PROFILE") != "" {
+		b.prof = newProfile()
+		b.noGraphs = true // kernels are timed one by one
 	}
 	b.mem = allocator{d: d, limit: limit, sizes: map[uintptr]int64{}}
 	b.stageN = opts.StagingBytes
@@ -397,13 +413,18 @@ func (b *Backend) NewI32(n int) (backend.Tensor, error) {
 	return b.zeroed("NewI32", typeI32, []int{n}, int64(n)*4)
 }
 
-// NewKVCache allocates a zeroed rows×cols cache tensor stored as f16, which
-// halves the memory of long contexts; StoreKV rounds to f16 on write.
+// NewKVCache allocates a zeroed rows×cols cache tensor: f32 when that takes
+// at most kvF32MaxBytes (and Options.KVF16 is off), else f16, which halves
+// the memory of long contexts (StoreKV rounds on write). Type reports which.
 func (b *Backend) NewKVCache(rows, cols int) (backend.Tensor, error) {
 	if err := checkShape("NewKVCache", rows, cols); err != nil {
 		return nil, err
 	}
-	return b.zeroed("NewKVCache", tensor.F16, []int{cols, rows}, int64(rows)*int64(cols)*2)
+	n := int64(rows) * int64(cols)
+	if !b.kvF16 && n*4 <= kvF32MaxBytes {
+		return b.zeroed("NewKVCache", tensor.F32, []int{cols, rows}, n*4)
+	}
+	return b.zeroed("NewKVCache", tensor.F16, []int{cols, rows}, n*2)
 }
 
 // Free releases a tensor's memory after the work queued so far. Freeing nil
@@ -539,6 +560,9 @@ func (b *Backend) launch(name string, grid, block [3]int, shmem int, args ...any
 		}
 		b.funcs[name] = p
 		f = p
+	}
+	if b.prof != nil {
+		defer b.prof.time(b, name)()
 	}
 	if len(args) > 32 {
 		panic("cuda: launch of " + name + " with more than 32 parameters")

@@ -162,7 +162,7 @@ func TestNoLeaks(t *testing.T) {
 	prompt := fixturePrompt(t, "gptoss_mxfp4_q8")
 	var base, baseTensors int64
 	for i := 0; i < 100; i++ {
-		c, err := m.NewCache(128)
+		c, err := m.NewCache(m.Config().ContextLength)
 		if err != nil {
 			t.Fatal(err)
 		}

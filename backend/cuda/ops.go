@@ -283,10 +283,10 @@ func (b *Backend) RoPE(x, pos, invFreq backend.Tensor, headDim int, mscale float
 		xs.ptr, ps.ptr, fs.ptr, rows, cols/headDim, headDim, mscale)
 }
 
-// kvCache unwraps a K or V cache made by NewKVCache.
+// kvCache unwraps a K or V cache made by NewKVCache (f32 or f16).
 func (b *Backend) kvCache(t backend.Tensor, op, arg string) *Tensor {
 	ct := b.tensorOf(t, op, arg)
-	if ct != nil && (ct.typ != tensor.F16 || len(ct.dims) != 2) {
+	if ct != nil && ((ct.typ != tensor.F16 && ct.typ != tensor.F32) || len(ct.dims) != 2) {
 		b.failf("%s: %s must be a cache from NewKVCache, is %s", op, arg, describe(ct))
 		return nil
 	}
@@ -304,8 +304,8 @@ func (b *Backend) StoreKV(kCache, vCache, k, v, slots backend.Tensor) {
 		return
 	}
 	cols := backend.Cols(kc)
-	if vc.dims[0] != cols || vc.dims[1] != kc.dims[1] {
-		b.failf("%s: vCache dims %v differ from kCache dims %v", op, vc.dims, kc.dims)
+	if vc.dims[0] != cols || vc.dims[1] != kc.dims[1] || vc.typ != kc.typ {
+		b.failf("%s: vCache %s differs from kCache %s", op, describe(vc), describe(kc))
 		return
 	}
 	n := backend.Rows(ks)
@@ -318,7 +318,7 @@ func (b *Backend) StoreKV(kCache, vCache, k, v, slots backend.Tensor) {
 		return
 	}
 	defer b.bind()()
-	b.launch("store_kv", [3]int{n, 1, 1}, [3]int{min(1024, (cols+31)/32*32), 1, 1}, 0, kc.ptr, vc.ptr, ks.ptr, vs.ptr, ss.ptr, cols)
+	b.launch("store_kv_"+uploadTypes[kc.typ], [3]int{n, 1, 1}, [3]int{min(1024, (cols+31)/32*32), 1, 1}, 0, kc.ptr, vc.ptr, ks.ptr, vs.ptr, ss.ptr, cols)
 }
 
 // attnMaxDim matches ATT_MAX_DIM in attention.cu.
@@ -351,8 +351,8 @@ func (b *Backend) Attention(dst, q, kCache, vCache, pos, sinks backend.Tensor, p
 		return
 	}
 	for _, c := range []*Tensor{kc, vc} {
-		if c.dims[0] != kvCols || c.dims[1] != p.CacheCap {
-			b.failf("%s: cache dims %v, want [%d %d]", op, c.dims, kvCols, p.CacheCap)
+		if c.dims[0] != kvCols || c.dims[1] != p.CacheCap || c.typ != kc.typ {
+			b.failf("%s: cache %s, want %s [%d %d]", op, describe(c), kc.typ, kvCols, p.CacheCap)
 			return
 		}
 	}
@@ -373,7 +373,7 @@ func (b *Backend) Attention(dst, q, kCache, vCache, pos, sinks backend.Tensor, p
 		return
 	}
 	pm, pl, pacc := ws, ws+uintptr(parts*4), ws+uintptr(parts*8)
-	b.launch("attn_partial", [3]int{p.KVHeads * hgroups, n, splits}, [3]int{32 * warps, 1, 1}, warps*p.HeadDim*4,
+	b.launch("attn_partial_"+uploadTypes[kc.typ], [3]int{p.KVHeads * hgroups, n, splits}, [3]int{32 * warps, 1, 1}, warps*p.HeadDim*4,
 		qs.ptr, kc.ptr, vc.ptr, ps.ptr, p.Heads, p.KVHeads, p.HeadDim, p.Scale, p.Window, p.CacheCap, hgroups, pm, pl, pacc)
 	b.launch("attn_combine", [3]int{p.Heads, n, 1}, [3]int{p.HeadDim, 1, 1}, 0, d.ptr, pm, pl, pacc, sp, p.Heads, p.HeadDim, splits)
 }

@@ -38,6 +38,12 @@ type benchResult struct {
 	VRAMBytes   int64   `json:"vram_bytes"` // most device memory held (tensors and workspace); 0 on cpu
 }
 
+// kernelProfiler is implemented by the cuda backend; its report is empty
+// unless ORCD_CUDA_PROFILE is set.
+type kernelProfiler interface {
+	ProfileReport() string
+}
+
 // deviceMemory is implemented by backends that hold device memory (cuda).
 type deviceMemory interface {
 	PeakDeviceBytes() int64
@@ -85,6 +91,7 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 	}
 	defer lm.Close()
 	loadSeconds := time.Since(start).Seconds()
+	printProfile(lm, "load", stderr)
 	cfg := lm.Model.Config()
 	longest := *gen
 	for _, p := range lengths {
@@ -139,6 +146,7 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 		r.TTFTms = mean * 1000
 		results = append(results, r)
 		log.Info("bench", "test", r.Test, "tok_per_s", r.TokPerSec)
+		printProfile(lm, r.Test, stderr)
 	}
 	if *gen > 0 {
 		var secs []float64
@@ -156,6 +164,7 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 		}
 		results = append(results, row(fmt.Sprintf("tg%d", *gen), *gen, secs))
 		log.Info("bench", "test", results[len(results)-1].Test, "tok_per_s", results[len(results)-1].TokPerSec)
+		printProfile(lm, results[len(results)-1].Test, stderr)
 	}
 	var vram int64
 	if dm, ok := lm.Backend.(deviceMemory); ok {
@@ -184,6 +193,16 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 			r.Test, r.TokPerSec, r.TokPerSecSD, ttft, r.LoadSeconds, r.CtxSize, float64(r.VRAMBytes)/(1<<30))
 	}
 	return 0
+}
+
+// printProfile writes the backend's per-kernel times of the last test, if
+// it keeps any (cuda with ORCD_CUDA_PROFILE set), to w.
+func printProfile(lm *loadedModel, test string, w io.Writer) {
+	if kp, ok := lm.Backend.(kernelProfiler); ok {
+		if rep := kp.ProfileReport(); rep != "" {
+			fmt.Fprintf(w, "kernel profile of %s (all reps, warm-up included):\n%s", test, rep)
+		}
+	}
 }
 
 // meanSD returns the mean and sample standard deviation of v.

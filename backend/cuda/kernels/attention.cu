@@ -1,4 +1,5 @@
-// Attention over f16 K/V caches, split along the keys (flash-decoding).
+// Attention over K/V caches of f16 or f32, split along the keys
+// (flash-decoding).
 //
 // attn_partial: block (head group, query row, split). Each warp is one query
 // head; the warps of a block share one KV head (GQA), so they read the same
@@ -14,9 +15,25 @@
 
 #define ATT_MAX_DIM 256
 
-extern "C" __global__ void attn_partial(const float* q, const u16* kc, const u16* vc, const int* pos, int heads,
-                                        int kvheads, int dim, float scale, int window, int cap, int hgroups,
-                                        float* pm, float* pl, float* pacc) {
+// KV element access for the two cache precisions.
+__device__ __forceinline__ float kv_get(const u16* p, i64 i) { return h2f(p[i]); }
+__device__ __forceinline__ float kv_get(const float* p, i64 i) { return p[i]; }
+
+// kv_dot8 returns q[0..7]·k[0..7] for 8 consecutive cache elements (16-byte aligned).
+__device__ __forceinline__ float kv_dot8(const float* q, const u16* k) {
+    uint4 v = *(const uint4*)k;
+    return q[0] * h2f(v.x & 0xffff) + q[1] * h2f(v.x >> 16) + q[2] * h2f(v.y & 0xffff) + q[3] * h2f(v.y >> 16) +
+           q[4] * h2f(v.z & 0xffff) + q[5] * h2f(v.z >> 16) + q[6] * h2f(v.w & 0xffff) + q[7] * h2f(v.w >> 16);
+}
+__device__ __forceinline__ float kv_dot8(const float* q, const float* k) {
+    float4 a = *(const float4*)k, b = *(const float4*)(k + 4);
+    return q[0] * a.x + q[1] * a.y + q[2] * a.z + q[3] * a.w + q[4] * b.x + q[5] * b.y + q[6] * b.z + q[7] * b.w;
+}
+
+template <typename KT>
+__device__ void attn_partial_impl(const float* q, const KT* kc, const KT* vc, const int* pos, int heads, int kvheads,
+                                  int dim, float scale, int window, int cap, int hgroups, float* pm, float* pl,
+                                  float* pacc) {
     extern __shared__ float qs[]; // [warps][dim]
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     int group = heads / kvheads;
@@ -49,15 +66,9 @@ extern "C" __global__ void attn_partial(const float* q, const u16* kc, const u16
         int key = kb + lane;
         float s = NEG_INF;
         if (key < end) {
-            const uint4* kp = (const uint4*)(kc + (i64)(key % cap) * stride + kvh * dim);
+            const KT* kp = kc + (i64)(key % cap) * stride + kvh * dim;
             float dot = 0.f;
-            for (int c = 0; c < dim / 8; c++) {
-                uint4 v = kp[c];
-                const float* qq = qw + c * 8;
-                dot += qq[0] * h2f(v.x & 0xffff) + qq[1] * h2f(v.x >> 16) + qq[2] * h2f(v.y & 0xffff) +
-                       qq[3] * h2f(v.y >> 16) + qq[4] * h2f(v.z & 0xffff) + qq[5] * h2f(v.z >> 16) +
-                       qq[6] * h2f(v.w & 0xffff) + qq[7] * h2f(v.w >> 16);
-            }
+            for (int c = 0; c < dim; c += 8) dot += kv_dot8(qw + c, kp + c);
             s = dot;
         }
         float mn = fmaxf(m, warp_max(s));
@@ -69,10 +80,10 @@ extern "C" __global__ void attn_partial(const float* q, const u16* kc, const u16
         int nk = min(32, end - kb);
         for (int j = 0; j < nk; j++) {
             float pj = __shfl_sync(0xffffffffu, pk, j);
-            const u16* vp = vc + (i64)((kb + j) % cap) * stride + kvh * dim;
+            const KT* vp = vc + (i64)((kb + j) % cap) * stride + kvh * dim;
 #pragma unroll
             for (int i = 0; i < ATT_MAX_DIM / 32; i++)
-                if (i < per && lane + 32 * i < dim) acc[i] += pj * h2f(vp[lane + 32 * i]);
+                if (i < per && lane + 32 * i < dim) acc[i] += pj * kv_get(vp, lane + 32 * i);
         }
         m = mn;
     }
@@ -85,6 +96,15 @@ extern "C" __global__ void attn_partial(const float* q, const u16* kc, const u16
     for (int i = 0; i < ATT_MAX_DIM / 32; i++)
         if (i < per && lane + 32 * i < dim) pacc[o * dim + lane + 32 * i] = acc[i];
 }
+
+#define ATTN_PARTIAL(KT, NAME)                                                                                 \
+    extern "C" __global__ void attn_partial_##NAME(const float* q, const KT* kc, const KT* vc, const int* pos,      \
+                                                   int heads, int kvheads, int dim, float scale, int window,      \
+                                                   int cap, int hgroups, float* pm, float* pl, float* pacc) {      \
+        attn_partial_impl<KT>(q, kc, vc, pos, heads, kvheads, dim, scale, window, cap, hgroups, pm, pl, pacc);     \
+    }
+ATTN_PARTIAL(u16, f16)
+ATTN_PARTIAL(float, f32)
 
 // attn_combine: block (head, row), dim threads.
 extern "C" __global__ void attn_combine(float* dst, const float* pm, const float* pl, const float* pacc,

@@ -57,10 +57,16 @@ __device__ float block_sum(float v, float* sh) {
     return warp_sum(t);
 }
 
-// MXFP4 values doubled, so the scale is 2^(e-128) and products are exact.
-__constant__ float kMXFP4[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+// mx4 decodes an MXFP4 (E2M1) code to its value doubled ({0, 1, 2, 3, 4,
+// 6, 8, 12} and negatives), so the block scale is 2^(e-128) and products
+// are exact. A byte permute looks the magnitude up in registers: a table in
+// constant memory would serialize a warp's 16 different addresses.
+__device__ __forceinline__ float mx4(u32 c) {
+    float v = (float)(__byte_perm(0x03020100u, 0x0C080604u, c & 7) & 0xff);
+    return (c & 8) ? -v : v;
+}
 
-// e8m0_half is 2^(e-128), the MXFP4 block scale matching kMXFP4.
+// e8m0_half is 2^(e-128), the MXFP4 block scale matching mx4.
 __device__ __forceinline__ float e8m0_half(u32 e) {
     return e < 2 ? __int_as_float(0x00200000u << e) : __int_as_float((e - 1) << 23);
 }
@@ -130,8 +136,8 @@ __device__ __forceinline__ void load_chunk(const WView& w, i64 row, int blk, flo
 #pragma unroll
         for (int j = 0; j < 16; j++) {
             u32 b = (a[j / 4] >> (8 * (j % 4))) & 0xff;
-            o[j] = d * kMXFP4[b & 0xf];
-            o[j + 16] = d * kMXFP4[b >> 4];
+            o[j] = d * mx4(b & 0xf);
+            o[j + 16] = d * mx4(b >> 4);
         }
     } else if (T == T_Q4_K) {
         const u8* base = w.q + (row * (w.in / 256) + blk / 8) * 144;

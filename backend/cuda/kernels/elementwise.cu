@@ -74,14 +74,26 @@ extern "C" __global__ void rope_neox(float* x, const int* pos, const float* inv_
     }
 }
 
-// store_kv writes row i of k and v, rounded to f16, into row slots[i] of the caches.
-extern "C" __global__ void store_kv(u16* kc, u16* vc, const float* k, const float* v, const int* slots, int cols) {
+// store_kv writes row i of k and v into row slots[i] of the caches, rounded
+// to f16 in an f16 cache.
+__device__ __forceinline__ void kv_put(u16* p, i64 i, float v) { p[i] = f2h(v); }
+__device__ __forceinline__ void kv_put(float* p, i64 i, float v) { p[i] = v; }
+
+template <typename KT>
+__device__ void store_kv_impl(KT* kc, KT* vc, const float* k, const float* v, const int* slots, int cols) {
     int i = blockIdx.x;
     i64 dst = (i64)slots[i] * cols, src = (i64)i * cols;
     for (int c = threadIdx.x; c < cols; c += blockDim.x) {
-        kc[dst + c] = f2h(k[src + c]);
-        vc[dst + c] = f2h(v[src + c]);
+        kv_put(kc, dst + c, k[src + c]);
+        kv_put(vc, dst + c, v[src + c]);
     }
+}
+extern "C" __global__ void store_kv_f16(u16* kc, u16* vc, const float* k, const float* v, const int* slots, int cols) {
+    store_kv_impl(kc, vc, k, v, slots, cols);
+}
+extern "C" __global__ void store_kv_f32(float* kc, float* vc, const float* k, const float* v, const int* slots,
+                                        int cols) {
+    store_kv_impl(kc, vc, k, v, slots, cols);
 }
 
 // repack_q8_0 splits n file blocks (f16 scale, 32 int8) into a plane of

@@ -40,8 +40,8 @@ __device__ __forceinline__ float load_chunk_h(const WView& w, i64 row, int blk, 
 #pragma unroll
         for (int j = 0; j < 8; j++) {
             u32 b0 = (a[j / 2] >> (16 * (j % 2))) & 0xff, b1 = (a[j / 2] >> (16 * (j % 2) + 8)) & 0xff;
-            o[j] = pack2(kMXFP4[b0 & 0xf], kMXFP4[b1 & 0xf]);      // elements 2j, 2j+1
-            o[8 + j] = pack2(kMXFP4[b0 >> 4], kMXFP4[b1 >> 4]);    // elements 16+2j, 16+2j+1
+            o[j] = pack2(mx4(b0 & 0xf), mx4(b1 & 0xf));  // elements 2j, 2j+1
+            o[8 + j] = pack2(mx4(b0 >> 4), mx4(b1 >> 4));  // elements 16+2j, 16+2j+1
         }
         return e8m0_half(w.s[row * (w.in / 32) + blk]);
     } else if (T == T_F16) {
