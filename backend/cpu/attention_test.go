@@ -149,3 +149,18 @@ func TestAttentionOverwrittenKeys(t *testing.T) {
 		t.Error("window 4, rows at 10 and 15, cache 8 (key 7 overwritten by 15): no error")
 	}
 }
+
+func TestExpNonPositive(t *testing.T) {
+	for x := 0.0; x > -750; x -= 0.0137 {
+		got, want := expNonPositive(x), math.Exp(x)
+		if x < -700 {
+			want = 0 // flushed: e^-700 ≈ 1e-304 is nothing next to the softmax's largest term, 1
+		}
+		if math.Abs(got-want) > 1e-8*want {
+			t.Fatalf("expNonPositive(%v) = %v, want %v", x, got, want)
+		}
+	}
+	if got := expNonPositive(math.Inf(-1)); got != 0 {
+		t.Errorf("expNonPositive(-Inf) = %v, want 0", got)
+	}
+}
