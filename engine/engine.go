@@ -49,6 +49,7 @@ const (
 	StopContextFull StopReason = "context_full" // the KV cache is full
 	StopCancelled   StopReason = "cancelled"    // Cancel was called or the caller's context ended
 	StopTimeout     StopReason = "timeout"      // the engine's per-request timeout passed
+	StopShutdown    StopReason = "shutdown"     // Drain's deadline passed while the request ran
 )
 
 // Errors returned by Submit and Run. Their callers map them to API errors.
@@ -335,8 +336,9 @@ func (j *Job) wait(ctx context.Context) error {
 // Run waits for a slot and generates, calling emit for every generated
 // token (end-of-generation tokens excluded) from the calling goroutine.
 // emit returns true to stop generation, which then ends with StopString.
-// Cancellation (Engine.Cancel or ctx) and the engine's timeout end the
-// request with StopCancelled or StopTimeout and a nil error; the error is
+// Cancellation (Engine.Cancel or ctx), the engine's timeout and Drain's
+// deadline end the request with StopCancelled, StopTimeout or StopShutdown
+// and a nil error; the error is
 // for failures (cache allocation, model errors).
 func (j *Job) Run(ctx context.Context, emit func(Token) bool) (Result, error) {
 	e := j.e
@@ -372,10 +374,13 @@ func (j *Job) Run(ctx context.Context, emit func(Token) bool) (Result, error) {
 	return res, err
 }
 
-// stopReasonOf tells a timeout from a cancellation.
+// stopReasonOf tells a timeout and a shutdown from a cancellation.
 func stopReasonOf(ctx context.Context) StopReason {
-	if errors.Is(context.Cause(ctx), errTimeout) {
+	switch cause := context.Cause(ctx); {
+	case errors.Is(cause, errTimeout):
 		return StopTimeout
+	case errors.Is(cause, ErrShuttingDown):
+		return StopShutdown
 	}
 	return StopCancelled
 }
@@ -506,7 +511,8 @@ func (e *Engine) putCache(c model.Cache) {
 
 // Drain stops accepting requests (Submit returns ErrShuttingDown) and waits
 // for those in flight to finish. When ctx ends first, it cancels them and
-// waits for them to stop. Drain then frees the cached KV memory.
+// waits for them to stop (they end with StopShutdown). Drain then frees the
+// cached KV memory.
 func (e *Engine) Drain(ctx context.Context) {
 	e.mu.Lock()
 	e.closed = true
@@ -524,7 +530,7 @@ func (e *Engine) Drain(ctx context.Context) {
 		case <-ctx.Done():
 			e.mu.Lock()
 			for j := range e.jobs {
-				j.cancel(context.Canceled)
+				j.cancel(ErrShuttingDown)
 			}
 			e.mu.Unlock()
 			<-idle

@@ -320,7 +320,7 @@ func TestDrainCancelsAtDeadline(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 	defer cancel()
 	e.Drain(ctx)
-	if res := <-done; res.StopReason != engine.StopCancelled {
+	if res := <-done; res.StopReason != engine.StopShutdown {
 		t.Errorf("got %q", res.StopReason)
 	}
 	if _, err := e.Submit(request("x", 1)); !errors.Is(err, engine.ErrShuttingDown) {

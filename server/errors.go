@@ -96,13 +96,16 @@ func classify(err error) apiError {
 	return apiError{http.StatusInternalServerError, codeInternal, err.Error(), false}
 }
 
-// stopError is the API error of a request that ended by cancel or timeout.
+// stopError is the API error of a request that ended by cancel, timeout or
+// shutdown.
 func stopError(reason engine.StopReason) (apiError, bool) {
 	switch reason {
 	case engine.StopCancelled:
 		return apiError{statusClientClosed, codeCancelled, "the job was cancelled", false}, true
 	case engine.StopTimeout:
 		return apiError{http.StatusGatewayTimeout, codeTimeout, "the job exceeded the inference timeout", false}, true
+	case engine.StopShutdown:
+		return apiError{http.StatusServiceUnavailable, codeShuttingDown, "the worker shut down before the job finished", true}, true
 	}
 	return apiError{}, false
 }

@@ -1,0 +1,260 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+	"unicode/utf8"
+)
+
+// servedWorker is an `orcd serve` running in this process.
+type servedWorker struct {
+	uri      string
+	callback readyCallback
+	exit     chan int // runServe's exit status
+}
+
+// startServe runs `orcd serve` with args on a free loopback port and waits
+// for its ready callback.
+func startServe(t *testing.T, args ...string) *servedWorker {
+	t.Helper()
+	got := make(chan readyCallback, 1)
+	cb := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var body readyCallback
+		if err := json.NewDecoder(r.Body).Decode(&body); err != nil {
+			t.Errorf("ready callback body: %v", err)
+		}
+		got <- body
+	}))
+	t.Cleanup(cb.Close)
+	w := &servedWorker{exit: make(chan int, 1)}
+	args = append([]string{"--device", "cpu", "--host", "127.0.0.1", "--port", "0", "--callback-url", cb.URL, "--log-format", "text"}, args...)
+	go func() { w.exit <- runServe(args, io.Discard, io.Discard) }()
+	select {
+	case w.callback = <-got:
+	case code := <-w.exit:
+		t.Fatalf("serve exited with %d before the ready callback", code)
+	case <-time.After(60 * time.Second):
+		t.Fatal("no ready callback within 60 s")
+	}
+	w.uri = w.callback.URI
+	t.Cleanup(func() {
+		select {
+		case <-w.exit:
+		default:
+			http.Post(w.uri+"/shutdown", "", nil)
+			<-w.exit
+		}
+	})
+	return w
+}
+
+// waitExit returns serve's exit status.
+func (w *servedWorker) waitExit(t *testing.T) int {
+	t.Helper()
+	select {
+	case code := <-w.exit:
+		w.exit <- code // for the cleanup
+		return code
+	case <-time.After(30 * time.Second):
+		t.Fatal("serve did not exit within 30 s")
+	}
+	return -1
+}
+
+// event is one server-sent event of /execute.
+type event struct {
+	name string
+	data map[string]any
+}
+
+// executeStream posts an /execute body and returns its events, calling
+// during for each as it arrives.
+func executeStream(t *testing.T, uri, body string, during func(event)) []event {
+	t.Helper()
+	resp, err := http.Post(uri+"/execute", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("execute: %d %s", resp.StatusCode, b)
+	}
+	var evs []event
+	sc := bufio.NewScanner(resp.Body)
+	var name string
+	for sc.Scan() {
+		line := sc.Text()
+		switch {
+		case strings.HasPrefix(line, "event: "):
+			name = strings.TrimPrefix(line, "event: ")
+		case strings.HasPrefix(line, "data: "):
+			ev := event{name: name}
+			if err := json.Unmarshal([]byte(strings.TrimPrefix(line, "data: ")), &ev.data); err != nil {
+				t.Fatalf("event %s: %v", name, err)
+			}
+			evs = append(evs, ev)
+			if during != nil {
+				during(ev)
+			}
+		}
+	}
+	return evs
+}
+
+// tokensText checks the token events and returns their text.
+func tokensText(t *testing.T, evs []event) string {
+	t.Helper()
+	var b strings.Builder
+	for _, ev := range evs {
+		if ev.name == "token" {
+			s := ev.data["t"].(string)
+			if !utf8.ValidString(s) {
+				t.Errorf("token event %v is not valid UTF-8", ev.data)
+			}
+			b.WriteString(s)
+		}
+	}
+	return b.String()
+}
+
+func TestServeGPT2EndToEnd(t *testing.T) {
+	path := synthTemp(t, "tiny-gpt2", 0)
+	w := startServe(t, "--model", path, "--ctx-size", "256", "--worker-id", "11111111-2222-4333-8444-555555555555")
+	if c := w.callback; c.WorkerID != "11111111-2222-4333-8444-555555555555" || c.ModelRef != path || !strings.HasPrefix(c.URI, "http://127.0.0.1:") {
+		t.Errorf("ready callback %+v", c)
+	}
+
+	resp, err := http.Get(w.uri + "/health")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var h map[string]any
+	json.NewDecoder(resp.Body).Decode(&h)
+	resp.Body.Close()
+	if h["status"] != "ok" || h["model"] != "tiny-gpt2" || h["device"] != "cpu" || h["context_length"] != 256.0 || h["tokenizer_kind"] == "" {
+		t.Errorf("health %v", h)
+	}
+
+	// The same seed gives the same tokens; every token event is valid UTF-8
+	// (a random model emits many partial characters).
+	body := `{"job_id":"%s","prompt":"Hello, wörld! 日本語","max_tokens":60,"temperature":1.5,"seed":42}`
+	a := executeStream(t, w.uri, strings.Replace(body, "%s", "a", 1), nil)
+	b := executeStream(t, w.uri, strings.Replace(body, "%s", "b", 1), nil)
+	ta, tb := tokensText(t, a), tokensText(t, b)
+	if ta != tb || ta == "" {
+		t.Errorf("same seed, different text: %q vs %q", ta, tb)
+	}
+	if first, last := a[0], a[len(a)-1]; first.name != "started" || last.name != "end" || last.data["stop_reason"] == "" {
+		t.Errorf("stream %v ... %v", first, last)
+	}
+
+	resp, err = http.Post(w.uri+"/v1/chat/completions", "application/json",
+		strings.NewReader(`{"model":"tiny-gpt2","messages":[{"role":"user","content":"Hi"}],"max_tokens":10}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var chat struct {
+		Choices []struct {
+			Message      struct{ Role string }
+			FinishReason string `json:"finish_reason"`
+		}
+		Usage struct {
+			CompletionTokens int `json:"completion_tokens"`
+		}
+	}
+	json.NewDecoder(resp.Body).Decode(&chat)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || len(chat.Choices) != 1 || chat.Choices[0].Message.Role != "assistant" || chat.Usage.CompletionTokens == 0 {
+		t.Errorf("chat: %d %+v", resp.StatusCode, chat)
+	}
+
+	resp, err = http.Post(w.uri+"/shutdown", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if code := w.waitExit(t); code != 0 {
+		t.Errorf("exit status %d after /shutdown", code)
+	}
+}
+
+func TestServeGPTOSSCancelAndSIGTERM(t *testing.T) {
+	path := synthTemp(t, "tiny-gpt-oss", 0)
+	w := startServe(t, "--model", path, "--ctx-size", "2048", "--shutdown-timeout-sec", "0.3")
+
+	// A harmony chat with tools renders and runs on the real tokenizer.
+	resp, err := http.Post(w.uri+"/v1/chat/completions", "application/json", strings.NewReader(
+		`{"messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Weather?"}],"max_tokens":8,"reasoning_effort":"high",
+		  "tools":[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object","properties":{"city":{"type":"string"}}}}}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || strings.Contains(string(b), "<|") {
+		t.Errorf("harmony chat: %d %s", resp.StatusCode, b)
+	}
+
+	// Cancel mid-stream.
+	var cancelledAt time.Time
+	n := 0
+	evs := executeStream(t, w.uri, `{"job_id":"long","prompt":"Once upon a time","max_tokens":2048}`, func(ev event) {
+		if ev.name == "token" {
+			if n++; n == 3 {
+				cancelledAt = time.Now()
+				r, err := http.Post(w.uri+"/cancel", "application/json", strings.NewReader(`{"job_id":"long"}`))
+				if err != nil || r.StatusCode != http.StatusAccepted {
+					t.Errorf("cancel: %v %v", err, r.Status)
+				}
+				r.Body.Close()
+			}
+		}
+	})
+	if d := time.Since(cancelledAt); d > 100*time.Millisecond {
+		t.Errorf("stream ended %v after the cancel", d)
+	}
+	if last := evs[len(evs)-1]; last.name != "error" || last.data["code"] != "CANCELLED" {
+		t.Errorf("last event %v, want error CANCELLED", last)
+	}
+
+	// SIGTERM during a job: the job is stopped at the drain deadline, its
+	// stream ends with a retriable SHUTTING_DOWN error, and serve exits 0.
+	done := make(chan []event)
+	go func() {
+		done <- executeStream(t, w.uri, `{"job_id":"drain","prompt":"Once upon a time","max_tokens":2048}`, func(ev event) {
+			if ev.name == "started" {
+				syscall.Kill(syscall.Getpid(), syscall.SIGTERM)
+			}
+		})
+	}()
+	evs = <-done
+	if last := evs[len(evs)-1]; last.name != "error" || last.data["code"] != "SHUTTING_DOWN" || last.data["retriable"] != true {
+		t.Errorf("drained job's last event %v, want a retriable SHUTTING_DOWN error", last)
+	}
+	if code := w.waitExit(t); code != 0 {
+		t.Errorf("exit status %d after SIGTERM", code)
+	}
+}
+
+func TestServeCallbackFailureExits(t *testing.T) {
+	path := synthTemp(t, "tiny-gpt2", 0)
+	cb := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "no", http.StatusInternalServerError)
+	}))
+	defer cb.Close()
+	code := runServe([]string{"--model", path, "--device", "cpu", "--port", "0", "--callback-url", cb.URL}, io.Discard, io.Discard)
+	if code == 0 {
+		t.Error("serve exited 0 although the ready callback failed")
+	}
+	if code := runServe([]string{"--port", "70000"}, io.Discard, io.Discard); code != 2 {
+		t.Errorf("bad --port: exit %d, want 2", code)
+	}
+}
