@@ -27,9 +27,9 @@ func (b *Backend) Attention(dst, q, kCache, vCache, pos, sinks backend.Tensor, p
 	if qs == nil {
 		return
 	}
-	n, qCols := backend.Rows(qs), p.Heads*p.HeadDim
+	n, qCols := qs.rows(), p.Heads*p.HeadDim
 	kvCols := p.KVHeads * p.HeadDim
-	if backend.Cols(qs) != qCols {
+	if qs.cols() != qCols {
 		b.fail("%s: q dims %v, want %d columns (%d heads × %d)", op, qs.dims, qCols, p.Heads, p.HeadDim)
 		return
 	}

@@ -54,6 +54,17 @@ func (t *Tensor) Type() tensor.Type { return t.typ }
 // Dims are t's sizes in ggml order, innermost first.
 func (t *Tensor) Dims() []int { return append([]int(nil), t.dims...) }
 
+// rows and cols are backend.Rows and backend.Cols without the copy that
+// Dims makes.
+func (t *Tensor) rows() int {
+	if len(t.dims) < 2 {
+		return 1
+	}
+	return t.dims[1]
+}
+
+func (t *Tensor) cols() int { return t.dims[0] }
+
 func (t *Tensor) bytes() int64 {
 	return int64(len(t.f32))*4 + int64(len(t.i32))*4 + int64(len(t.raw))
 }
@@ -289,7 +300,7 @@ func (b *Backend) matrix(t backend.Tensor, op, arg string, rows, cols int) *Tens
 	if ct == nil {
 		return nil
 	}
-	if backend.Rows(ct) != rows || backend.Cols(ct) != cols || len(ct.f32) != rows*cols {
+	if ct.rows() != rows || ct.cols() != cols || len(ct.f32) != rows*cols {
 		b.fail("%s: %s has dims %v, want %d×%d (dims [%d %d])", op, arg, ct.dims, rows, cols, cols, rows)
 		return nil
 	}

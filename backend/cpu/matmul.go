@@ -73,13 +73,17 @@ func (b *Backend) MatMul(dst, x, w, bias backend.Tensor) {
 	if xs == nil {
 		return
 	}
-	n := backend.Rows(xs)
-	if backend.Cols(xs) != wv.in {
+	n := xs.rows()
+	if xs.cols() != wv.in {
 		b.fail("%s: x dims %v do not match w dims %v (%s)", op, xs.dims, wv.dims, wv.typ)
 		return
 	}
 	d := b.matrix(dst, op, "dst", n, wv.out)
 	if d == nil {
+		return
+	}
+	if d == xs {
+		b.fail("%s: dst is x; MatMul cannot write its output over its input", op)
 		return
 	}
 	var bv []float32

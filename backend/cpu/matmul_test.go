@@ -102,6 +102,11 @@ func TestMatMulShapeErrors(t *testing.T) {
 	if b.Sync() == nil {
 		t.Error("bias of 11 for 10 outputs: no error")
 	}
+	sq := must(b.Upload("sq", tensor.F32, []int{64, 64}, make([]byte, 64*64*4)))
+	b.MatMul(x, x, sq, nil)
+	if b.Sync() == nil {
+		t.Error("dst aliasing x: no error")
+	}
 	b.MatMul(dst, x, w, nil)
 	if err := b.Sync(); err != nil {
 		t.Errorf("valid MatMul after errors: %v", err)

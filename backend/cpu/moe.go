@@ -26,7 +26,7 @@ func (b *Backend) MoE(dst, x backend.Tensor, w *backend.MoEWeights, p backend.Mo
 	if xs == nil {
 		return
 	}
-	n, hidden := backend.Rows(xs), backend.Cols(xs)
+	n, hidden := xs.rows(), xs.cols()
 	d := b.matrix(dst, op, "dst", n, hidden)
 	router := b.weightOf(w.Router, op, "Router")
 	if d == nil || router == nil {

@@ -26,8 +26,8 @@ func (b *Backend) Embed(dst, table, ids backend.Tensor) {
 	if d == nil {
 		return
 	}
-	n := backend.Rows(d)
-	if backend.Cols(d) != tb.in || len(d.f32) != n*tb.in {
+	n := d.rows()
+	if d.cols() != tb.in || len(d.f32) != n*tb.in {
 		b.fail("%s: dst dims %v do not match table dims %v", op, d.dims, tb.dims)
 		return
 	}
@@ -55,7 +55,7 @@ func (b *Backend) Add(dst, x, y backend.Tensor) {
 	if d == nil {
 		return
 	}
-	rows, cols := backend.Rows(d), backend.Cols(d)
+	rows, cols := d.rows(), d.cols()
 	xa := b.matrix(x, op, "a", rows, cols)
 	ya := b.matrix(y, op, "b", rows, cols)
 	if xa == nil || ya == nil {
@@ -76,13 +76,13 @@ func (b *Backend) CopyCols(dst, src backend.Tensor, srcCol int) {
 	if d == nil {
 		return
 	}
-	rows, cols := backend.Rows(d), backend.Cols(d)
+	rows, cols := d.rows(), d.cols()
 	s := b.f32(src, op, "src")
 	if s == nil {
 		return
 	}
-	sc := backend.Cols(s)
-	if backend.Rows(s) != rows || srcCol < 0 || srcCol+cols > sc {
+	sc := s.cols()
+	if s.rows() != rows || srcCol < 0 || srcCol+cols > sc {
 		b.fail("%s: columns %d..%d of src %v into dst %v", op, srcCol, srcCol+cols-1, s.dims, d.dims)
 		return
 	}
@@ -99,7 +99,7 @@ func (b *Backend) LayerNorm(dst, x, w, bias backend.Tensor, eps float32) {
 	if d == nil {
 		return
 	}
-	rows, cols := backend.Rows(d), backend.Cols(d)
+	rows, cols := d.rows(), d.cols()
 	xs := b.matrix(x, op, "x", rows, cols)
 	ws := b.vector(w, op, "w", cols)
 	bs := b.vector(bias, op, "b", cols)
@@ -135,7 +135,7 @@ func (b *Backend) RMSNorm(dst, x, w backend.Tensor, eps float32) {
 	if d == nil {
 		return
 	}
-	rows, cols := backend.Rows(d), backend.Cols(d)
+	rows, cols := d.rows(), d.cols()
 	xs := b.matrix(x, op, "x", rows, cols)
 	ws := b.vector(w, op, "w", cols)
 	if xs == nil || ws == nil {
@@ -163,7 +163,7 @@ func (b *Backend) GELU(dst, x backend.Tensor) {
 	if d == nil {
 		return
 	}
-	xs := b.matrix(x, op, "x", backend.Rows(d), backend.Cols(d))
+	xs := b.matrix(x, op, "x", d.rows(), d.cols())
 	if xs == nil {
 		return
 	}
@@ -190,7 +190,7 @@ func (b *Backend) RoPE(x, pos, invFreq backend.Tensor, headDim int, mscale float
 	if xs == nil {
 		return
 	}
-	rows, cols := backend.Rows(xs), backend.Cols(xs)
+	rows, cols := xs.rows(), xs.cols()
 	if headDim <= 0 || headDim%2 != 0 || cols%headDim != 0 {
 		b.fail("%s: headDim %d does not split x's %d columns into heads of even size", op, headDim, cols)
 		return
@@ -230,14 +230,14 @@ func (b *Backend) StoreKV(kCache, vCache, k, v, slots backend.Tensor) {
 	if kc == nil {
 		return
 	}
-	capRows, cols := backend.Rows(kc), backend.Cols(kc)
+	capRows, cols := kc.rows(), kc.cols()
 	vc := b.matrix(vCache, op, "vCache", capRows, cols)
 	ks := b.f32(k, op, "k")
 	if vc == nil || ks == nil {
 		return
 	}
-	n := backend.Rows(ks)
-	if backend.Cols(ks) != cols {
+	n := ks.rows()
+	if ks.cols() != cols {
 		b.fail("%s: k dims %v do not match cache dims %v", op, ks.dims, kc.dims)
 		return
 	}
