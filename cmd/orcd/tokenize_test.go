@@ -37,10 +37,10 @@ func TestTokenizeSpecial(t *testing.T) {
 }
 
 func TestTokenizeJSONL(t *testing.T) {
-	in := `"Hello world"` + "\n" + `""` + "\r\n" + `"<|end|>"` + "\n" + `"a"`
+	in := `"Hello world"` + "\n" + `""` + "\r\n" + `"hello world\n"` + "\n" + `"a"`
 	out, errOut, rc := tokenize(t, in, "--vocab", "gpt2", "--jsonl")
-	// GPT-2 ids as tiktoken gives them.
-	want := "[15496,995]\n[]\n[27,91,437,91,29]\n[64]\n"
+	// GPT-2 ids as tiktoken gives them (tokenizer/testdata/conformance.json.gz).
+	want := "[15496,995]\n[]\n[31373,995,198]\n[64]\n"
 	if rc != 0 || out != want {
 		t.Fatalf("rc %d, stdout %q (want %q), stderr %q", rc, out, want, errOut)
 	}
