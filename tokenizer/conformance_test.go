@@ -320,3 +320,48 @@ func TestTokensSplitCharacters(t *testing.T) {
 		t.Fatal("no token holds a partial character")
 	}
 }
+
+// TestVocabGGUFMatchesHF compares the embedded vocabularies in GGUF form with
+// the tokenizer.json files built by HF tokenizers: the same tokens in the
+// byte-level alphabet, and for o200k_harmony the same merges, which
+// tools/tokenizer_conformance.py derived from the ranks independently of
+// mergesFromRanks.
+func TestVocabGGUFMatchesHF(t *testing.T) {
+	for _, name := range []string{VocabO200kHarmony, VocabGPT2} {
+		var doc struct {
+			AddedTokens []struct {
+				ID      int32  `json:"id"`
+				Content string `json:"content"`
+			} `json:"added_tokens"`
+			Model struct {
+				Vocab  map[string]int32 `json:"vocab"`
+				Merges [][2]string      `json:"merges"`
+			} `json:"model"`
+		}
+		if err := json.Unmarshal(readGzip(t, "testdata/"+name+".tokenizer.json.gz"), &doc); err != nil {
+			t.Fatal(err)
+		}
+		v, err := VocabGGUF(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := make([]string, len(v.Tokens))
+		for tok, id := range doc.Model.Vocab {
+			want[id] = tok
+		}
+		for _, a := range doc.AddedTokens {
+			want[a.ID] = a.Content
+		}
+		if !slices.Equal(v.Tokens, want) {
+			t.Errorf("%s: tokens differ from the tokenizer.json", name)
+		}
+		if len(v.Merges) != len(doc.Model.Merges) {
+			t.Fatalf("%s: %d merges, tokenizer.json has %d", name, len(v.Merges), len(doc.Model.Merges))
+		}
+		for i, m := range doc.Model.Merges {
+			if v.Merges[i] != m[0]+" "+m[1] {
+				t.Fatalf("%s: merge %d is %q, tokenizer.json has %q", name, i, v.Merges[i], m)
+			}
+		}
+	}
+}

@@ -32,13 +32,13 @@ func newSpecialSet(pieces [][]byte, ids []int32) *specialSet {
 	return s
 }
 
-// next returns the position, length and id of the first special text in s
-// at or after from; pos is -1 if there is none.
-func (s *specialSet) next(text string, from int) (pos, length int, id int32) {
+// next returns the position, length and id of the first special text in
+// text; pos is -1 if there is none.
+func (s *specialSet) next(text string) (pos, length int, id int32) {
 	if len(s.ids) == 0 {
 		return -1, 0, 0
 	}
-	for p := from; p < len(text); p++ {
+	for p := 0; p < len(text); p++ {
 		if !s.first[text[p]] {
 			continue
 		}
@@ -72,9 +72,9 @@ func (t *Tokenizer) EncodeSpecial(text string) []int32 {
 func (t *Tokenizer) encode(text string, parseSpecial bool) []int32 {
 	ids := make([]int32, 0, len(text)/3+1)
 	for len(text) > 0 {
-		pos, n, id := t.userDefined.next(text, 0)
+		pos, n, id := t.userDefined.next(text)
 		if parseSpecial {
-			if cpos, cn, cid := t.control.next(text, 0); cpos >= 0 && (pos < 0 || cpos < pos || (cpos == pos && cn > n)) {
+			if cpos, cn, cid := t.control.next(text); cpos >= 0 && (pos < 0 || cpos < pos || (cpos == pos && cn > n)) {
 				pos, n, id = cpos, cn, cid
 			}
 		}
