@@ -492,8 +492,10 @@ func (e *Engine) getCache() (model.Cache, error) {
 	c, err := e.cfg.Model.NewCache(e.cfg.CtxSize)
 	e.modelMu.Unlock()
 	if err != nil {
+		e.log.Error("KV cache allocation failed", "tokens", e.cfg.CtxSize, "error", err)
 		return nil, fmt.Errorf("%w of %d tokens: %v", ErrCacheAlloc, e.cfg.CtxSize, err)
 	}
+	e.log.Info("KV cache allocated", "tokens", e.cfg.CtxSize)
 	return c, nil
 }
 
@@ -529,6 +531,7 @@ func (e *Engine) Drain(ctx context.Context) {
 		case <-idle:
 		case <-ctx.Done():
 			e.mu.Lock()
+			e.log.Warn("drain deadline passed; stopping the jobs in flight", "jobs", len(e.jobs))
 			for j := range e.jobs {
 				j.cancel(ErrShuttingDown)
 			}

@@ -164,6 +164,7 @@ const plainChatStop = "\nUser:"
 type harmonyOutput struct {
 	parser   *harmony.Parser
 	specials map[int32]string
+	other    specialChecker // nil if the tokenizer cannot tell
 	stops    *engine.StopMatcher
 }
 
@@ -171,6 +172,8 @@ func (h *harmonyOutput) token(tok engine.Token) ([]delta, bool) {
 	var evs []harmony.Event
 	if name, ok := h.specials[tok.ID]; ok {
 		evs = h.parser.Special(name)
+	} else if h.other != nil && tok.ID >= 0 && h.other.IsSpecial(tok.ID) {
+		return nil, false // a control token outside harmony: never shown
 	} else {
 		evs = h.parser.Text(tok.Text)
 	}
@@ -258,7 +261,8 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 	req.ID = id
 	var out outputParser = plainOutput{}
 	if s.specials != nil {
-		out = &harmonyOutput{parser: harmony.NewParser(), specials: s.specials, stops: engine.NewStopMatcher(body.Stop)}
+		other, _ := s.cfg.Tokenizer.(specialChecker)
+		out = &harmonyOutput{parser: harmony.NewParser(), specials: s.specials, other: other, stops: engine.NewStopMatcher(body.Stop)}
 	}
 	job, err := s.cfg.Engine.Submit(req)
 	if err != nil {

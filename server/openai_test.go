@@ -20,7 +20,7 @@ func harmonyTokens(s string) []int32 {
 	var ids []int32
 	for s != "" {
 		next, tok := len(s), ""
-		for _, sp := range harmony.SpecialTokens {
+		for _, sp := range enginetest.Specials {
 			if i := strings.Index(s, sp); i >= 0 && i < next {
 				next, tok = i, sp
 			}
@@ -174,7 +174,9 @@ func TestChatPlain(t *testing.T) {
 	}
 }
 
-const harmonyAnswer = "<|channel|>analysis<|message|>User greets. Reply.<|end|><|start|>assistant<|channel|>final<|message|>Hello, wörld!<|return|>"
+// harmonyAnswer has a reserved special token in the final message, which
+// must not reach the content.
+const harmonyAnswer = "<|channel|>analysis<|message|>User greets. Reply.<|end|><|start|>assistant<|channel|>final<|message|>Hello, <|reserved_0|>wörld!<|return|>"
 const harmonyToolCall = "<|channel|>analysis<|message|>Need the weather.<|end|><|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{\"location\":\"SF\"}<|call|>"
 
 func chatBody(stream bool, extra map[string]any) map[string]any {

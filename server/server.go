@@ -43,7 +43,14 @@ type Device interface {
 
 // Tokenizer is what the chat endpoints need beyond the engine: encoding of
 // text and the ids of special tokens (harmony prompts insert them by id).
+// If it also has IsSpecial(id int32) bool, special tokens outside the
+// harmony set are kept out of chat output.
 type Tokenizer = harmony.Encoder
+
+// specialChecker is the optional IsSpecial of a Tokenizer.
+type specialChecker interface {
+	IsSpecial(id int32) bool
+}
 
 // Config configures a Server.
 type Config struct {

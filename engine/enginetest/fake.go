@@ -20,11 +20,11 @@ import (
 )
 
 // Specials are the special tokens of the fake tokenizer, with ids 256,
-// 257, ... in this order. They are the harmony control tokens plus
-// <|endoftext|>.
+// 257, ... in this order: the harmony control tokens, <|endoftext|> and a
+// reserved token no format uses.
 var Specials = []string{
 	"<|endoftext|>", "<|start|>", "<|end|>", "<|message|>", "<|channel|>",
-	"<|constrain|>", "<|return|>", "<|call|>",
+	"<|constrain|>", "<|return|>", "<|call|>", "<|reserved_0|>",
 }
 
 // VocabSize is the fake vocabulary: 256 bytes and the specials.
@@ -72,6 +72,9 @@ func (t Tokenizer) Decode(ids []int32) string {
 	}
 	return s + d.Flush()
 }
+
+// IsSpecial reports whether id is a special token.
+func (Tokenizer) IsSpecial(id int32) bool { return id >= 256 && int(id) < VocabSize }
 
 // IsEOG reports <|endoftext|>, <|return|> and <|call|>.
 func (Tokenizer) IsEOG(id int32) bool {
