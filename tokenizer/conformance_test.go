@@ -365,3 +365,31 @@ func TestVocabGGUFMatchesHF(t *testing.T) {
 		}
 	}
 }
+
+// TestConcurrentEncode uses one tokenizer from several goroutines, as the
+// server does (run with -race to check the "safe for concurrent use" claim).
+func TestConcurrentEncode(t *testing.T) {
+	c := fixtures(t)
+	tk, err := Embedded(VocabO200kHarmony)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := c.IDs["tiktoken/o200k_harmony"]
+	var wg sync.WaitGroup
+	errs := make(chan string, 4)
+	for g := range 4 {
+		wg.Go(func() {
+			for i := g; i < len(c.Strings); i += 4 {
+				if !slices.Equal(tk.Encode(c.Strings[i]), want[i]) {
+					errs <- c.Strings[i]
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for s := range errs {
+		t.Errorf("concurrent Encode(%q) differs", s)
+	}
+}
