@@ -499,16 +499,24 @@ func (e *Engine) getCache() (model.Cache, error) {
 	return c, nil
 }
 
-// putCache keeps c for the next request, or frees it once the engine is closed.
+// putCache keeps c for the next request, or frees it once the engine is
+// closed. Cache calls take the model mutex: another sequence may be in a
+// model call on the same backend.
 func (e *Engine) putCache(c model.Cache) {
+	e.modelMu.Lock()
 	c.Reset()
+	e.modelMu.Unlock()
 	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.closed {
-		c.Free()
-		return
+	closed := e.closed
+	if !closed {
+		e.caches = append(e.caches, c)
 	}
-	e.caches = append(e.caches, c)
+	e.mu.Unlock()
+	if closed {
+		e.modelMu.Lock()
+		c.Free()
+		e.modelMu.Unlock()
+	}
 }
 
 // Drain stops accepting requests (Submit returns ErrShuttingDown) and waits
@@ -540,9 +548,12 @@ func (e *Engine) Drain(ctx context.Context) {
 		}
 	}
 	e.mu.Lock()
-	for _, c := range e.caches {
-		c.Free()
-	}
+	free := e.caches
 	e.caches = nil
 	e.mu.Unlock()
+	e.modelMu.Lock()
+	defer e.modelMu.Unlock()
+	for _, c := range free {
+		c.Free()
+	}
 }

@@ -153,10 +153,10 @@ func usageOf(job *engine.Job, res engine.Result) *usage {
 // finishReason maps a stop reason to OpenAI's finish_reason.
 func finishReason(res engine.Result, toolCalls int) string {
 	switch {
+	case res.StopReason == engine.StopMaxTokens || res.StopReason == engine.StopContextFull:
+		return "length" // even inside a tool call: its arguments are cut off
 	case toolCalls > 0:
 		return "tool_calls"
-	case res.StopReason == engine.StopMaxTokens || res.StopReason == engine.StopContextFull:
-		return "length"
 	}
 	return "stop"
 }
