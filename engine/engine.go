@@ -109,9 +109,12 @@ type Request struct {
 // Token is one generated token and the text it releases. Text may be empty
 // (an incomplete UTF-8 character, or text held back because it could begin
 // a stop string) and may include text held back from earlier tokens.
+//
+// When generation ends, text still held (by the detokenizer or the stop
+// matcher) comes in one more Token with the last token's Index and ID -1.
 type Token struct {
 	Index int   // 0 for the first generated token
-	ID    int32 // token id
+	ID    int32 // token id, or -1 for the final flush
 	Text  string
 }
 
