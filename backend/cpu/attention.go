@@ -69,10 +69,16 @@ func (b *Backend) Attention(dst, q, kCache, vCache, pos, sinks backend.Tensor, p
 	for _, v := range positions {
 		maxKeys = max(maxKeys, int(v)-firstKey(int(v), p.Window)+1)
 	}
-	b.parallel(n*p.Heads, 1, func(lo, hi int) {
-		logits := make([]float32, maxKeys)
-		exps := make([]float64, maxKeys)
-		probs := make([]float32, maxKeys)
+	type buffers struct {
+		logits, probs []float32
+		exps          []float64
+	}
+	scratch := make([]*buffers, b.threads)
+	b.parallel(n*p.Heads, 1, func(worker, lo, hi int) {
+		if scratch[worker] == nil {
+			scratch[worker] = &buffers{make([]float32, maxKeys), make([]float32, maxKeys), make([]float64, maxKeys)}
+		}
+		logits, probs, exps := scratch[worker].logits, scratch[worker].probs, scratch[worker].exps
 		for task := lo; task < hi; task++ {
 			r, h := task/p.Heads, task%p.Heads
 			pr := int(positions[r])

@@ -344,36 +344,41 @@ func describe(t *Tensor) string {
 	return fmt.Sprintf("%s %v", t.typ, t.dims)
 }
 
-// parallel splits [0, n) into at most b.threads contiguous chunks of at least
-// minChunk items and runs fn on each, the last on the calling goroutine.
-func (b *Backend) parallel(n, minChunk int, fn func(lo, hi int)) {
+// parallel runs fn over [0, n) on up to b.threads goroutines, the caller
+// being one of them. The range is cut into chunks of at least minChunk items,
+// about eight per worker, that workers claim in turn, so a core slowed by
+// other load takes fewer chunks instead of holding everyone up. worker
+// (0 to b.threads-1) is unique among concurrently running calls, for
+// per-worker scratch buffers.
+func (b *Backend) parallel(n, minChunk int, fn func(worker, lo, hi int)) {
 	if n <= 0 {
 		return
 	}
-	workers := b.threads
-	if minChunk < 1 {
-		minChunk = 1
-	}
-	if w := (n + minChunk - 1) / minChunk; w < workers {
-		workers = w
-	}
+	minChunk = max(minChunk, 1)
+	workers := min(b.threads, (n+minChunk-1)/minChunk)
 	if workers <= 1 {
-		fn(0, n)
+		fn(0, 0, n)
 		return
 	}
-	var wg sync.WaitGroup
-	chunk := (n + workers - 1) / workers
-	for lo := 0; lo < n; lo += chunk {
-		hi := min(lo+chunk, n)
-		if hi == n {
-			fn(lo, hi)
-			break
+	chunk := max(minChunk, n/(8*workers))
+	var next atomic.Int64
+	run := func(worker int) {
+		for {
+			lo := int(next.Add(int64(chunk))) - chunk
+			if lo >= n {
+				return
+			}
+			fn(worker, lo, min(lo+chunk, n))
 		}
+	}
+	var wg sync.WaitGroup
+	for w := 1; w < workers; w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			fn(lo, hi)
+			run(w)
 		}()
 	}
+	run(0)
 	wg.Wait()
 }

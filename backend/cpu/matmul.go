@@ -120,7 +120,7 @@ func (b *Backend) matmul(dst, x []float32, n int, w *weight, bias []float32) {
 		return bias[o]
 	}
 	if fused := k.fused[w.typ]; fused != nil && n <= fusedMaxRows {
-		b.parallel(out, 16, func(lo, hi int) {
+		b.parallel(out, 16, func(_, lo, hi int) {
 			for o := lo; o < hi; o++ {
 				row, bo := w.raw[o*w.rowBytes:(o+1)*w.rowBytes], biasAt(o)
 				for i := 0; i < n; i++ {
@@ -130,10 +130,14 @@ func (b *Backend) matmul(dst, x []float32, n int, w *weight, bias []float32) {
 		})
 		return
 	}
-	b.parallel(out, 16, func(lo, hi int) {
+	scratch := make([][]float32, b.threads) // two decoded rows per worker
+	b.parallel(out, 16, func(worker, lo, hi int) {
 		var buf0, buf1 []float32
 		if w.typ != tensor.F32 {
-			buf0, buf1 = make([]float32, in), make([]float32, in)
+			if scratch[worker] == nil {
+				scratch[worker] = make([]float32, 2*in)
+			}
+			buf0, buf1 = scratch[worker][:in], scratch[worker][in:]
 		}
 		var res [8]float32
 		for t0 := 0; t0 < n; t0 += xTile {

@@ -41,7 +41,7 @@ func (b *Backend) Embed(dst, table, ids backend.Tensor) {
 			return
 		}
 	}
-	b.parallel(n, 1, func(lo, hi int) {
+	b.parallel(n, 1, func(_, lo, hi int) {
 		for i := lo; i < hi; i++ {
 			tb.row(int(id.i32[i]), d.f32[i*tb.in:(i+1)*tb.in])
 		}
@@ -61,7 +61,7 @@ func (b *Backend) Add(dst, x, y backend.Tensor) {
 	if xa == nil || ya == nil {
 		return
 	}
-	b.parallel(len(d.f32), 1<<14, func(lo, hi int) {
+	b.parallel(len(d.f32), 1<<14, func(_, lo, hi int) {
 		dd, xx, yy := d.f32[lo:hi], xa.f32[lo:hi], ya.f32[lo:hi]
 		for i := range dd {
 			dd[i] = xx[i] + yy[i]
@@ -106,7 +106,7 @@ func (b *Backend) LayerNorm(dst, x, w, bias backend.Tensor, eps float32) {
 	if xs == nil || ws == nil || bs == nil {
 		return
 	}
-	b.parallel(rows, 1, func(lo, hi int) {
+	b.parallel(rows, 1, func(_, lo, hi int) {
 		for r := lo; r < hi; r++ {
 			xr, dr := xs.f32[r*cols:(r+1)*cols], d.f32[r*cols:(r+1)*cols]
 			var sum float64
@@ -141,7 +141,7 @@ func (b *Backend) RMSNorm(dst, x, w backend.Tensor, eps float32) {
 	if xs == nil || ws == nil {
 		return
 	}
-	b.parallel(rows, 1, func(lo, hi int) {
+	b.parallel(rows, 1, func(_, lo, hi int) {
 		for r := lo; r < hi; r++ {
 			xr, dr := xs.f32[r*cols:(r+1)*cols], d.f32[r*cols:(r+1)*cols]
 			var sq float64
@@ -167,7 +167,7 @@ func (b *Backend) GELU(dst, x backend.Tensor) {
 	if xs == nil {
 		return
 	}
-	b.parallel(len(d.f32), 1<<12, func(lo, hi int) {
+	b.parallel(len(d.f32), 1<<12, func(_, lo, hi int) {
 		for i := lo; i < hi; i++ {
 			d.f32[i] = gelu(xs.f32[i])
 		}
@@ -201,7 +201,7 @@ func (b *Backend) RoPE(x, pos, invFreq backend.Tensor, headDim int, mscale float
 	if fs == nil || ps == nil {
 		return
 	}
-	b.parallel(rows, 1, func(lo, hi int) {
+	b.parallel(rows, 1, func(_, lo, hi int) {
 		cs := make([]float32, 2*half)
 		for r := lo; r < hi; r++ {
 			p := float32(ps.i32[r])
