@@ -57,9 +57,10 @@ type candidate struct {
 // same seed and the same logits give the same tokens. A Sampler is not safe
 // for concurrent use; each sequence has its own.
 type Sampler struct {
-	params SamplingParams
-	rng    *rand.Rand
-	cands  []candidate // reused between calls
+	params  SamplingParams
+	rng     *rand.Rand
+	cands   []candidate // reused between calls
+	scratch []float32   // penalized logits, reused between calls
 }
 
 // NewSampler returns a sampler with the given parameters and seed. It does
@@ -88,38 +89,51 @@ func (s *Sampler) Sample(logits []float32, history []int32) int32 {
 	return cands[len(cands)-1].id
 }
 
+// negligible is how far below the best token, in units of temperature, a
+// logit may lie before its token is dropped: its probability is below
+// e^-30 ≈ 1e-13, so even a 201k vocabulary of such tokens holds less than
+// 2e-8 of the mass. Skipping them saves most of the softmax work on real
+// model output.
+const negligible = 30
+
 // distribution applies the pipeline (repetition penalty, temperature, top-k,
 // top-p, min-p) and returns the surviving candidates with probabilities that
 // sum to 1. With temperature 0 it returns the single greedy choice.
 func (s *Sampler) distribution(logits []float32, history []int32) []candidate {
 	p := s.params
-	cands := s.cands[:0]
+	if p.RepetitionPenalty != 1 {
+		s.scratch = append(s.scratch[:0], logits...)
+		applyRepetitionPenalty(s.scratch, history, p.RepetitionPenalty)
+		logits = s.scratch
+	}
+	best := 0
 	for i, l := range logits {
-		cands = append(cands, candidate{id: int32(i), logit: float64(l)})
+		if l > logits[best] {
+			best = i
+		}
+	}
+	cands := s.cands[:0]
+	if p.Temperature == 0 {
+		s.cands = append(cands, candidate{id: int32(best), logit: float64(logits[best]), prob: 1})
+		return s.cands
+	}
+	floor := float64(logits[best]) - negligible*p.Temperature
+	for i, l := range logits {
+		if float64(l) >= floor {
+			cands = append(cands, candidate{id: int32(i), logit: float64(l) / p.Temperature})
+		}
 	}
 	s.cands = cands
-	if p.RepetitionPenalty != 1 {
-		applyRepetitionPenalty(cands, history, p.RepetitionPenalty)
-	}
-	if p.Temperature == 0 {
-		best := 0
-		for i, c := range cands {
-			if c.logit > cands[best].logit {
-				best = i
-			}
+	if p.TopK > 0 && p.TopK < len(cands) {
+		// Softmax then top-k then renormalizing equals softmax over the k
+		// largest logits, which is much cheaper: rank by logit (the same
+		// order as probability) and exponentiate only the survivors.
+		for i := range cands {
+			cands[i].prob = cands[i].logit
 		}
-		cands[0] = cands[best]
-		cands[0].prob = 1
-		return cands[:1]
-	}
-	for i := range cands {
-		cands[i].logit /= p.Temperature
+		cands = topK(cands, p.TopK)
 	}
 	softmax(cands)
-	if p.TopK > 0 && p.TopK < len(cands) {
-		cands = topK(cands, p.TopK)
-		normalize(cands)
-	}
 	if p.TopP < 1 {
 		cands = topP(cands, p.TopP)
 		normalize(cands)
@@ -132,17 +146,17 @@ func (s *Sampler) distribution(logits []float32, history []int32) []candidate {
 }
 
 // applyRepetitionPenalty penalizes each distinct token of history once.
-func applyRepetitionPenalty(cands []candidate, history []int32, penalty float64) {
+func applyRepetitionPenalty(logits []float32, history []int32, penalty float64) {
 	seen := make(map[int32]bool, len(history))
 	for _, id := range history {
-		if seen[id] || id < 0 || int(id) >= len(cands) {
+		if seen[id] || id < 0 || int(id) >= len(logits) {
 			continue
 		}
 		seen[id] = true
-		if l := cands[id].logit; l > 0 {
-			cands[id].logit = l / penalty
+		if l := float64(logits[id]); l > 0 {
+			logits[id] = float32(l / penalty)
 		} else {
-			cands[id].logit = l * penalty
+			logits[id] = float32(l * penalty)
 		}
 	}
 }

@@ -204,3 +204,34 @@ func TestSamplingParamsValidate(t *testing.T) {
 		t.Errorf("default: %v", err)
 	}
 }
+
+// BenchmarkSample draws from a gpt-oss-sized vocabulary (201088 logits,
+// normal with σ=3) with common settings.
+func BenchmarkSample(b *testing.B) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	logits := make([]float32, 201088)
+	for i := range logits {
+		logits[i] = float32(rng.NormFloat64() * 3)
+	}
+	history := make([]int32, 512)
+	for i := range history {
+		history[i] = int32(rng.IntN(len(logits)))
+	}
+	for _, c := range []struct {
+		name string
+		p    SamplingParams
+	}{
+		{"greedy", SamplingParams{Temperature: 0, TopP: 1, RepetitionPenalty: 1}},
+		{"plain", DefaultSampling},
+		{"top-k-40", SamplingParams{Temperature: 0.8, TopK: 40, TopP: 1, RepetitionPenalty: 1}},
+		{"top-p-0.9", SamplingParams{Temperature: 0.8, TopP: 0.9, RepetitionPenalty: 1}},
+		{"all", SamplingParams{Temperature: 0.8, TopK: 40, TopP: 0.9, MinP: 0.05, RepetitionPenalty: 1.1}},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			s := NewSampler(c.p, 1)
+			for b.Loop() {
+				s.Sample(logits, history)
+			}
+		})
+	}
+}
