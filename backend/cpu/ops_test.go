@@ -3,6 +3,7 @@ package cpu
 import (
 	"fmt"
 	"math"
+	"sync/atomic"
 	"testing"
 
 	"orcd/backend"
@@ -283,5 +284,35 @@ func TestTensorBookkeeping(t *testing.T) {
 	b.Close()
 	if got := b.Allocated(); got != 0 {
 		t.Errorf("after Close: Allocated = %d", got)
+	}
+}
+
+// TestParallelCoversRange checks that parallel hands out every index exactly
+// once, with worker ids below the thread count, for awkward sizes.
+func TestParallelCoversRange(t *testing.T) {
+	for _, threads := range []int{1, 2, 3, 7} {
+		b := NewWithThreads(threads)
+		for _, n := range []int{0, 1, 5, 16, 17, 100, 1001} {
+			for _, minChunk := range []int{0, 1, 4, 16, 2000} {
+				hits := make([]int32, n)
+				var bad atomic.Bool
+				b.parallel(n, minChunk, func(worker, lo, hi int) {
+					if worker < 0 || worker >= threads || lo >= hi {
+						bad.Store(true)
+					}
+					for i := lo; i < hi; i++ {
+						atomic.AddInt32(&hits[i], 1)
+					}
+				})
+				for i, h := range hits {
+					if h != 1 {
+						t.Fatalf("threads %d, n %d, minChunk %d: index %d run %d times", threads, n, minChunk, i, h)
+					}
+				}
+				if bad.Load() {
+					t.Fatalf("threads %d, n %d, minChunk %d: bad worker id or empty chunk", threads, n, minChunk)
+				}
+			}
+		}
 	}
 }
