@@ -203,7 +203,9 @@ func TestServeGPTOSSCancelAndSIGTERM(t *testing.T) {
 		t.Errorf("harmony chat: %d %s", resp.StatusCode, b)
 	}
 
-	// Cancel mid-stream.
+	// Cancel mid-stream. (server's TestExecuteCancelMidStream checks that
+	// decoding stops within one step; here the bound is loose so that a
+	// loaded machine does not fail the test.)
 	var cancelledAt time.Time
 	n := 0
 	evs := executeStream(t, w.uri, `{"job_id":"long","prompt":"Once upon a time","max_tokens":2048}`, func(ev event) {
@@ -218,7 +220,7 @@ func TestServeGPTOSSCancelAndSIGTERM(t *testing.T) {
 			}
 		}
 	})
-	if d := time.Since(cancelledAt); d > 100*time.Millisecond {
+	if d := time.Since(cancelledAt); d > time.Second {
 		t.Errorf("stream ended %v after the cancel", d)
 	}
 	if last := evs[len(evs)-1]; last.name != "error" || last.data["code"] != "CANCELLED" {
