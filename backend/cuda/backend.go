@@ -118,6 +118,9 @@ type Backend struct {
 	stream uintptr
 	module uintptr
 	funcs  map[string]uintptr
+	// bigShmem is the dynamic shared memory each kernel has been allowed
+	// beyond the default 48 KiB.
+	bigShmem map[string]int
 
 	name  string
 	arch  int // compute capability, e.g. 90
@@ -170,7 +173,7 @@ func New(opts Options) (*Backend, error) {
 		return nil, fmt.Errorf("cuda: device %d does not exist (%d devices)", opts.Device, count)
 	}
 	b := &Backend{
-		d: d, funcs: map[string]uintptr{}, live: map[*Tensor]struct{}{},
+		d: d, funcs: map[string]uintptr{}, bigShmem: map[string]int{}, live: map[*Tensor]struct{}{},
 		work: map[string]*devBuf{}, graphs: map[string]*graph{}, noGraphs: opts.NoGraphs, kvF16: opts.KVF16,
 	}
 	if os.Getenv("ORCD_CUDA_PROFILE") != "" {
@@ -560,6 +563,14 @@ func (b *Backend) launch(name string, grid, block [3]int, shmem int, args ...any
 		}
 		b.funcs[name] = p
 		f = p
+	}
+	if shmem > 48<<10 && b.bigShmem[name] < shmem {
+		// Beyond 48 KiB a kernel must opt in to dynamic shared memory.
+		if err := b.d.call("cuFuncSetAttribute", f, cuFuncAttrMaxDynamicSharedSize, uintptr(shmem)); err != nil {
+			b.fail(fmt.Errorf("kernel %s: %w", name, err))
+			return
+		}
+		b.bigShmem[name] = shmem
 	}
 	if b.prof != nil {
 		defer b.prof.time(b, name)()

@@ -204,8 +204,8 @@ func TestMatMul(t *testing.T) {
 				p.gpu.MatMul(dst.g, x.g, w.g, bb.g)
 				p.ref.MatMul(dst.c, x.c, w.c, bb.c)
 				tol := 1e-4
-				if n > mvTokens && tileTypes[typ] {
-					tol = 3e-3
+				if n > mvTokens && typ == tensor.F32 {
+					tol = 2e-3 // the tensor-core kernel rounds F32 weights to f16
 				}
 				p.check(fmt.Sprintf("%s in=%d out=%d n=%d", typ, in, out, n), dst, n*out, tol)
 			}
@@ -375,7 +375,7 @@ func TestMoE(t *testing.T) {
 			p.ref.MoE(dst.c, x.c, &ref, mp)
 			tol := 1e-4
 			if n > 4 {
-				tol = 5e-3
+				tol = 3e-4 // grouped tensor-core path
 			}
 			p.check(fmt.Sprintf("MoE %s n=%d", typ, n), dst, n*hidden, tol)
 		}

@@ -373,7 +373,8 @@ func (b *Backend) Attention(dst, q, kCache, vCache, pos, sinks backend.Tensor, p
 		return
 	}
 	pm, pl, pacc := ws, ws+uintptr(parts*4), ws+uintptr(parts*8)
-	b.launch("attn_partial_"+uploadTypes[kc.typ], [3]int{p.KVHeads * hgroups, n, splits}, [3]int{32 * warps, 1, 1}, warps*p.HeadDim*4,
+	shmem := (warps*p.HeadDim + 32*(p.HeadDim+4) + 32*p.HeadDim) * 4 // queries, key tile, value tile (attention.cu)
+	b.launch("attn_partial_"+uploadTypes[kc.typ], [3]int{p.KVHeads * hgroups, n, splits}, [3]int{32 * warps, 1, 1}, shmem,
 		qs.ptr, kc.ptr, vc.ptr, ps.ptr, p.Heads, p.KVHeads, p.HeadDim, p.Scale, p.Window, p.CacheCap, hgroups, pm, pl, pacc)
 	b.launch("attn_combine", [3]int{p.Heads, n, 1}, [3]int{p.HeadDim, 1, 1}, 0, d.ptr, pm, pl, pacc, sp, p.Heads, p.HeadDim, splits)
 }

@@ -7,9 +7,10 @@
 // a row at position p are lo..p (lo = max(0, p-window+1), or 0), read from
 // pos on the device; split z takes an equal share of them, so the grid
 // depends only on shapes and a captured graph stays valid as p grows. Keys
-// go 32 at a time: lane j scores key j against the whole query (q kept in
-// shared memory), the tile's softmax is folded into a running max and sum,
-// and each lane accumulates its own columns of V.
+// go 32 at a time: the block stages the tile's keys and values in shared
+// memory (coalesced loads, shared by the warps), lane j scores key j
+// against the whole query, the tile's softmax is folded into a running max
+// and sum, and each lane accumulates its own columns of V.
 //
 // attn_combine merges the splits and the sink logit into dst.
 
@@ -19,22 +20,16 @@
 __device__ __forceinline__ float kv_get(const u16* p, i64 i) { return h2f(p[i]); }
 __device__ __forceinline__ float kv_get(const float* p, i64 i) { return p[i]; }
 
-// kv_dot8 returns q[0..7]·k[0..7] for 8 consecutive cache elements (16-byte aligned).
-__device__ __forceinline__ float kv_dot8(const float* q, const u16* k) {
-    uint4 v = *(const uint4*)k;
-    return q[0] * h2f(v.x & 0xffff) + q[1] * h2f(v.x >> 16) + q[2] * h2f(v.y & 0xffff) + q[3] * h2f(v.y >> 16) +
-           q[4] * h2f(v.z & 0xffff) + q[5] * h2f(v.z >> 16) + q[6] * h2f(v.w & 0xffff) + q[7] * h2f(v.w >> 16);
-}
-__device__ __forceinline__ float kv_dot8(const float* q, const float* k) {
-    float4 a = *(const float4*)k, b = *(const float4*)(k + 4);
-    return q[0] * a.x + q[1] * a.y + q[2] * a.z + q[3] * a.w + q[4] * b.x + q[5] * b.y + q[6] * b.z + q[7] * b.w;
-}
+// Shared memory of attn_partial, in floats: the warps' queries, then a tile
+// of 32 keys (rows padded by 4 so lanes reading different keys with 16-byte
+// loads hit different banks) and the tile's 32 values.
+#define ATT_KROW(dim) ((dim) + 4)
 
 template <typename KT>
 __device__ void attn_partial_impl(const float* q, const KT* kc, const KT* vc, const int* pos, int heads, int kvheads,
                                   int dim, float scale, int window, int cap, int hgroups, float* pm, float* pl,
                                   float* pacc) {
-    extern __shared__ float qs[]; // [warps][dim]
+    extern __shared__ float sm[];
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     int group = heads / kvheads;
     int kvh = blockIdx.x / hgroups;
@@ -42,12 +37,12 @@ __device__ void attn_partial_impl(const float* q, const KT* kc, const KT* vc, co
     int row = blockIdx.y, split = blockIdx.z, splits = gridDim.z;
     bool active = hin < group;
     int h = kvh * group + hin;
+    const int krow = ATT_KROW(dim);
+    float* qw = sm + warp * dim;
+    float* Ks = sm + warps * dim;
+    float* Vs = Ks + 32 * krow;
 
-    float* qw = qs + warp * dim;
-    if (active)
-        for (int d = lane; d < dim; d += 32) qw[d] = q[((i64)row * heads + h) * dim + d] * scale;
-    __syncwarp();
-    if (!active) return;
+    for (int d = lane; d < dim; d += 32) qw[d] = active ? q[((i64)row * heads + h) * dim + d] * scale : 0.f;
 
     int p = pos[row];
     int lo = window > 0 ? max(0, p - window + 1) : 0;
@@ -63,30 +58,48 @@ __device__ void attn_partial_impl(const float* q, const KT* kc, const KT* vc, co
     i64 stride = (i64)kvheads * dim;
 
     for (int kb = start; kb < end; kb += 32) {
-        int key = kb + lane;
+        int nk = min(32, end - kb);
+        __syncthreads(); // the previous tile is consumed (and q is written)
+        for (int idx = threadIdx.x; idx < 32 * dim; idx += blockDim.x) {
+            int j = idx / dim, c = idx - j * dim;
+            float kv = 0.f, vv = 0.f;
+            if (j < nk) {
+                i64 off = (i64)((kb + j) % cap) * stride + kvh * dim + c;
+                kv = kv_get(kc, off);
+                vv = kv_get(vc, off);
+            }
+            Ks[j * krow + c] = kv;
+            Vs[j * dim + c] = vv;
+        }
+        __syncthreads();
+        if (!active) continue;
         float s = NEG_INF;
-        if (key < end) {
-            const KT* kp = kc + (i64)(key % cap) * stride + kvh * dim;
+        if (lane < nk) {
+            const float4* kp = (const float4*)(Ks + lane * krow);
+            const float4* qp = (const float4*)qw;
             float dot = 0.f;
-            for (int c = 0; c < dim; c += 8) dot += kv_dot8(qw + c, kp + c);
+            for (int c = 0; c < dim / 4; c++) {
+                float4 a = kp[c], b = qp[c];
+                dot += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+            }
             s = dot;
         }
         float mn = fmaxf(m, warp_max(s));
         float corr = m == NEG_INF ? 0.f : expf(m - mn);
-        float pk = key < end ? expf(s - mn) : 0.f;
+        float pk = lane < nk ? expf(s - mn) : 0.f;
         l = l * corr + warp_sum(pk);
 #pragma unroll
         for (int i = 0; i < ATT_MAX_DIM / 32; i++) acc[i] *= corr;
-        int nk = min(32, end - kb);
         for (int j = 0; j < nk; j++) {
             float pj = __shfl_sync(0xffffffffu, pk, j);
-            const KT* vp = vc + (i64)((kb + j) % cap) * stride + kvh * dim;
+            const float* vp = Vs + j * dim;
 #pragma unroll
             for (int i = 0; i < ATT_MAX_DIM / 32; i++)
-                if (i < per && lane + 32 * i < dim) acc[i] += pj * kv_get(vp, lane + 32 * i);
+                if (i < per && lane + 32 * i < dim) acc[i] += pj * vp[lane + 32 * i];
         }
         m = mn;
     }
+    if (!active) return;
     i64 o = ((i64)row * heads + h) * splits + split;
     if (lane == 0) {
         pm[o] = m;

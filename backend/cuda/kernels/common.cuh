@@ -92,6 +92,58 @@ __device__ __forceinline__ void scale_min_k4(int j, const u8* q, int& d, int& m)
     }
 }
 
+// RawChunk is one 32-element chunk of a repacked Q8_0 or MXFP4 row as
+// loaded (quants and scale), so a lane can issue the loads of several chunks
+// before decoding any: decode is bound by bytes in flight.
+struct RawChunk {
+    uint4 a, b; // Q8_0: 32 int8; MXFP4: 32 nibbles in a
+    u32 s;      // Q8_0: f16 scale bits; MXFP4: E8M0 byte
+};
+
+template <int T>
+__device__ __forceinline__ void load_raw(const WView& w, i64 row, int blk, RawChunk& c) {
+    if (T == T_Q8_0) {
+        const uint4* p = (const uint4*)(w.q + row * w.in + blk * 32);
+        c.a = __ldg(p);
+        c.b = __ldg(p + 1);
+        c.s = __ldg((const unsigned short*)w.s + row * (w.in / 32) + blk);
+    } else {
+        c.a = __ldg((const uint4*)(w.q + row * (w.in / 2) + blk * 16));
+        c.s = __ldg(w.s + row * (w.in / 32) + blk);
+    }
+}
+
+template <int T>
+__device__ __forceinline__ void decode_raw(const RawChunk& c, float* o) {
+    if (T == T_Q8_0) {
+        float d = h2f((u16)c.s);
+        u32 a[8] = {c.a.x, c.a.y, c.a.z, c.a.w, c.b.x, c.b.y, c.b.z, c.b.w};
+#pragma unroll
+        for (int j = 0; j < 32; j++) o[j] = d * (float)(signed char)(a[j / 4] >> (8 * (j % 4)));
+    } else {
+        float d = e8m0_half(c.s);
+        u32 a[4] = {c.a.x, c.a.y, c.a.z, c.a.w};
+#pragma unroll
+        for (int j = 0; j < 16; j++) {
+            u32 b = (a[j / 4] >> (8 * (j % 4))) & 0xff;
+            o[j] = d * mx4(b & 0xf);
+            o[j + 16] = d * mx4(b >> 4);
+        }
+    }
+}
+
+// dot32 returns w[0..31]·x[0..31] for 16-byte aligned x.
+__device__ __forceinline__ float dot32(const float* w, const float* x) {
+    const float4* xp = (const float4*)x;
+    float s = 0.f;
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        float4 v = xp[i];
+        s += w[4 * i] * v.x + w[4 * i + 1] * v.y + w[4 * i + 2] * v.z + w[4 * i + 3] * v.w;
+    }
+    return s;
+}
+
 // load_chunk dequantizes elements 32*blk..32*blk+31 of row into o.
 template <int T>
 __device__ __forceinline__ void load_chunk(const WView& w, i64 row, int blk, float* o) {
@@ -119,26 +171,10 @@ __device__ __forceinline__ void load_chunk(const WView& w, i64 row, int blk, flo
                 }
             }
         }
-    } else if (T == T_Q8_0) {
-        const uint4* p = (const uint4*)(w.q + row * w.in + blk * 32);
-        float d = h2f(((const u16*)w.s)[row * (w.in / 32) + blk]);
-#pragma unroll
-        for (int i = 0; i < 2; i++) {
-            uint4 v = p[i];
-            u32 a[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-            for (int j = 0; j < 16; j++) o[16 * i + j] = d * (float)(signed char)(a[j / 4] >> (8 * (j % 4)));
-        }
-    } else if (T == T_MXFP4) {
-        uint4 v = *(const uint4*)(w.q + row * (w.in / 2) + blk * 16);
-        float d = e8m0_half(w.s[row * (w.in / 32) + blk]);
-        u32 a[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-        for (int j = 0; j < 16; j++) {
-            u32 b = (a[j / 4] >> (8 * (j % 4))) & 0xff;
-            o[j] = d * mx4(b & 0xf);
-            o[j + 16] = d * mx4(b >> 4);
-        }
+    } else if (T == T_Q8_0 || T == T_MXFP4) {
+        RawChunk c;
+        load_raw<T>(w, row, blk, c);
+        decode_raw<T>(c, o);
     } else if (T == T_Q4_K) {
         const u8* base = w.q + (row * (w.in / 256) + blk / 8) * 144;
         int j = blk % 8, sc, m;

@@ -5,8 +5,12 @@
 // dimension one 32-element chunk at a time: 64 threads dequantize one weight
 // chunk each (its quants as f16, exact for Q8_0 and MXFP4, and its block
 // scale kept in f32), the other 64 load one token's 32 activations each and
-// round them to f16. The scale is applied in f32 to each chunk's partial
-// product, so quantized weights lose nothing to the f16 inputs.
+// split each into two f16 terms, hi = f16(x) and lo = f16(x - hi), which
+// together carry 22 bits of its mantissa; the products with hi and with lo
+// are both accumulated. The scale is applied in f32 to each chunk's partial
+// product, so quantized weights lose nothing to the f16 inputs and the
+// result is close to an f32 product (rounding activations to f16 alone was
+// enough to flip a near-tie in MoE routing against the f32 reference).
 //
 // Grouped mode (MoE): with starts != NULL, blockIdx.z is an expert e that
 // owns rows starts[e]..starts[e+1]-1 of dst; x row i of that range is
@@ -72,7 +76,8 @@ __device__ __forceinline__ void mma16816(float* c, u32 a0, u32 a1, u32 a2, u32 a
 template <int T>
 __device__ void matmul_impl(float* dst, const float* x, WView w, const float* bias, int n, int out,
                             const int* starts, const int* xrows) {
-    __shared__ __align__(16) u16 Xs[MM_BM * MM_LD];
+    __shared__ __align__(16) u16 Xs[MM_BM * MM_LD]; // hi terms
+    __shared__ __align__(16) u16 Xl[MM_BM * MM_LD]; // lo terms
     __shared__ __align__(16) u16 Ws[MM_BN * MM_LD];
     __shared__ float Ss[MM_BN];
 
@@ -126,22 +131,36 @@ __device__ void matmul_impl(float* dst, const float* x, WView w, const float* bi
             for (int j = 0; j < 4; j++) d[j] = make_uint4(v[4 * j], v[4 * j + 1], v[4 * j + 2], v[4 * j + 3]);
             Ss[tid] = s;
         } else {
-            u32 v[16];
+            u32 v[16], lo[16];
             if (xrow) {
                 const float4* p = (const float4*)(xrow + blk * 32);
 #pragma unroll
                 for (int j = 0; j < 8; j++) {
                     float4 f = p[j];
-                    v[2 * j] = pack2(f.x, f.y);
-                    v[2 * j + 1] = pack2(f.z, f.w);
+                    float e[4] = {f.x, f.y, f.z, f.w};
+                    u16 hb[4];
+                    float r[4];
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        hb[i] = f2h(e[i]);
+                        r[i] = e[i] - h2f(hb[i]);
+                    }
+                    v[2 * j] = hb[0] | ((u32)hb[1] << 16);
+                    v[2 * j + 1] = hb[2] | ((u32)hb[3] << 16);
+                    lo[2 * j] = pack2(r[0], r[1]);
+                    lo[2 * j + 1] = pack2(r[2], r[3]);
                 }
             } else {
 #pragma unroll
-                for (int j = 0; j < 16; j++) v[j] = 0;
+                for (int j = 0; j < 16; j++) v[j] = lo[j] = 0;
             }
             uint4* d = (uint4*)(Xs + (tid - 64) * MM_LD);
+            uint4* dl = (uint4*)(Xl + (tid - 64) * MM_LD);
 #pragma unroll
-            for (int j = 0; j < 4; j++) d[j] = make_uint4(v[4 * j], v[4 * j + 1], v[4 * j + 2], v[4 * j + 3]);
+            for (int j = 0; j < 4; j++) {
+                d[j] = make_uint4(v[4 * j], v[4 * j + 1], v[4 * j + 2], v[4 * j + 3]);
+                dl[j] = make_uint4(lo[4 * j], lo[4 * j + 1], lo[4 * j + 2], lo[4 * j + 3]);
+            }
         }
         __syncthreads();
 
@@ -154,14 +173,20 @@ __device__ void matmul_impl(float* dst, const float* x, WView w, const float* bi
                 for (int c = 0; c < 4; c++) tmp[i][j][c] = 0.f;
 #pragma unroll
         for (int ks = 0; ks < 2; ks++) {
-            u32 a[2][4], b[4][2];
+            u32 a[2][4], al[2][4], b[4][2];
 #pragma unroll
             for (int mi = 0; mi < 2; mi++) {
-                const u16* p = Xs + (wm * 32 + mi * 16 + g) * MM_LD + ks * 16 + t4 * 2;
+                int off = (wm * 32 + mi * 16 + g) * MM_LD + ks * 16 + t4 * 2;
+                const u16* p = Xs + off;
                 a[mi][0] = *(const u32*)p;
                 a[mi][1] = *(const u32*)(p + 8 * MM_LD);
                 a[mi][2] = *(const u32*)(p + 8);
                 a[mi][3] = *(const u32*)(p + 8 * MM_LD + 8);
+                p = Xl + off;
+                al[mi][0] = *(const u32*)p;
+                al[mi][1] = *(const u32*)(p + 8 * MM_LD);
+                al[mi][2] = *(const u32*)(p + 8);
+                al[mi][3] = *(const u32*)(p + 8 * MM_LD + 8);
             }
 #pragma unroll
             for (int ni = 0; ni < 4; ni++) {
@@ -172,8 +197,10 @@ __device__ void matmul_impl(float* dst, const float* x, WView w, const float* bi
 #pragma unroll
             for (int mi = 0; mi < 2; mi++)
 #pragma unroll
-                for (int ni = 0; ni < 4; ni++)
+                for (int ni = 0; ni < 4; ni++) {
                     mma16816(tmp[mi][ni], a[mi][0], a[mi][1], a[mi][2], a[mi][3], b[ni][0], b[ni][1]);
+                    mma16816(tmp[mi][ni], al[mi][0], al[mi][1], al[mi][2], al[mi][3], b[ni][0], b[ni][1]);
+                }
         }
 #pragma unroll
         for (int ni = 0; ni < 4; ni++) {

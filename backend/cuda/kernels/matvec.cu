@@ -5,6 +5,7 @@
 
 #define MV_WARPS 4
 #define MV_TOKENS 8
+#define MV_UNROLL 4 // chunks a lane loads before decoding (Q8_0, MXFP4)
 
 // dst[t][r] = x[t]·w[r] + bias[r] for t in blockIdx.y's group of tokens.
 template <int T>
@@ -18,23 +19,32 @@ __device__ void matvec_impl(float* dst, const float* x, WView w, const float* bi
     float acc[MV_TOKENS];
 #pragma unroll
     for (int t = 0; t < MV_TOKENS; t++) acc[t] = 0.f;
-    if (in % 32 == 0) {
+    if (T == T_Q8_0 || T == T_MXFP4) {
+        int nblk = in / 32;
+        for (int base = lane; base < nblk; base += 32 * MV_UNROLL) {
+            RawChunk c[MV_UNROLL];
+#pragma unroll
+            for (int u = 0; u < MV_UNROLL; u++)
+                if (base + 32 * u < nblk) load_raw<T>(w, r, base + 32 * u, c[u]);
+#pragma unroll
+            for (int u = 0; u < MV_UNROLL; u++) {
+                int blk = base + 32 * u;
+                if (blk < nblk) {
+                    float wv[32];
+                    decode_raw<T>(c[u], wv);
+#pragma unroll
+                    for (int t = 0; t < MV_TOKENS; t++)
+                        if (t < nt) acc[t] += dot32(wv, x + (i64)(t0 + t) * in + blk * 32);
+                }
+            }
+        }
+    } else if (in % 32 == 0) {
         float wv[32];
         for (int blk = lane; blk < in / 32; blk += 32) {
             load_chunk<T>(w, r, blk, wv);
 #pragma unroll
-            for (int t = 0; t < MV_TOKENS; t++) {
-                if (t < nt) {
-                    const float4* xp = (const float4*)(x + (i64)(t0 + t) * in + blk * 32);
-                    float s = 0.f;
-#pragma unroll
-                    for (int i = 0; i < 8; i++) {
-                        float4 v = xp[i];
-                        s += wv[4 * i] * v.x + wv[4 * i + 1] * v.y + wv[4 * i + 2] * v.z + wv[4 * i + 3] * v.w;
-                    }
-                    acc[t] += s;
-                }
-            }
+            for (int t = 0; t < MV_TOKENS; t++)
+                if (t < nt) acc[t] += dot32(wv, x + (i64)(t0 + t) * in + blk * 32);
         }
     } else if (T == T_F32 || T == T_F16 || T == T_BF16) {
         for (int k = lane; k < in; k += 32) {
@@ -52,22 +62,49 @@ __device__ void matvec_impl(float* dst, const float* x, WView w, const float* bi
     }
 }
 
-// dot_row returns w[row]·x over w.in elements (in a multiple of 32), summed
-// across the warp.
+// dot_rows returns wa[row]·x and, when wb is given, wb[row]·x, over w.in
+// elements (a multiple of 32), summed across the warp. For Q8_0 and MXFP4
+// the loads of both rows' chunks are issued before any is decoded.
 template <int T>
-__device__ __forceinline__ float dot_row(const WView& w, i64 row, const float* x) {
+__device__ __forceinline__ void dot_rows(const WView& wa, const WView* wb, i64 row, const float* x, float& da,
+                                         float& db) {
     int lane = threadIdx.x & 31;
-    float wv[32], acc = 0.f;
-    for (int blk = lane; blk < w.in / 32; blk += 32) {
-        load_chunk<T>(w, row, blk, wv);
-        const float4* xp = (const float4*)(x + blk * 32);
+    int nblk = (int)(wa.in / 32);
+    float sa = 0.f, sb = 0.f, wv[32];
+    if (T == T_Q8_0 || T == T_MXFP4) {
+        for (int base = lane; base < nblk; base += 32 * MV_UNROLL) {
+            RawChunk ca[MV_UNROLL], cb[MV_UNROLL];
 #pragma unroll
-        for (int i = 0; i < 8; i++) {
-            float4 v = xp[i];
-            acc += wv[4 * i] * v.x + wv[4 * i + 1] * v.y + wv[4 * i + 2] * v.z + wv[4 * i + 3] * v.w;
+            for (int u = 0; u < MV_UNROLL; u++)
+                if (base + 32 * u < nblk) {
+                    load_raw<T>(wa, row, base + 32 * u, ca[u]);
+                    if (wb) load_raw<T>(*wb, row, base + 32 * u, cb[u]);
+                }
+#pragma unroll
+            for (int u = 0; u < MV_UNROLL; u++) {
+                int blk = base + 32 * u;
+                if (blk < nblk) {
+                    decode_raw<T>(ca[u], wv);
+                    sa += dot32(wv, x + blk * 32);
+                    if (wb) {
+                        decode_raw<T>(cb[u], wv);
+                        sb += dot32(wv, x + blk * 32);
+                    }
+                }
+            }
+        }
+    } else {
+        for (int blk = lane; blk < nblk; blk += 32) {
+            load_chunk<T>(wa, row, blk, wv);
+            sa += dot32(wv, x + blk * 32);
+            if (wb) {
+                load_chunk<T>(*wb, row, blk, wv);
+                sb += dot32(wv, x + blk * 32);
+            }
         }
     }
-    return warp_sum(acc);
+    da = warp_sum(sa);
+    db = wb ? warp_sum(sb) : 0.f;
 }
 
 // MoE decode, first half: for assignment a = t*k + slot (blockIdx.y), the
@@ -83,8 +120,10 @@ __device__ void moe_gateup_impl(float* h, const float* x, WView g, WView u, cons
     int e = ids[a];
     const float* xt = x + (i64)(a / k) * g.in;
     i64 row = (i64)e * ff + r;
-    float gv = dot_row<T>(g, row, xt) + (gb ? gb[row] : 0.f);
-    float uv = dot_row<T>(u, row, xt) + (ub ? ub[row] : 0.f);
+    float gv, uv;
+    dot_rows<T>(g, &u, row, xt, gv, uv);
+    gv += gb ? gb[row] : 0.f;
+    uv += ub ? ub[row] : 0.f;
     if (lane == 0) h[(i64)a * ff + r] = clamped_swiglu(gv, uv, alpha, limit);
 }
 
@@ -101,8 +140,9 @@ __device__ void moe_down_impl(float* dst, const float* h, WView d, const float* 
     for (int s = 0; s < k; s++) {
         int a = t * k + s;
         i64 row = (i64)ids[a] * hidden + r;
-        float y = dot_row<T>(d, row, h + (i64)a * d.in) + (db ? db[row] : 0.f);
-        sum += wts[a] * y;
+        float y, unused;
+        dot_rows<T>(d, 0, row, h + (i64)a * d.in, y, unused);
+        sum += wts[a] * (y + (db ? db[row] : 0.f));
     }
     if (lane == 0) dst[(i64)t * hidden + r] = sum;
 }
