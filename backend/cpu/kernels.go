@@ -13,16 +13,15 @@ import (
 // in decode, where each weight byte is used once. Other formats are decoded
 // by tensor.Dequantize.
 
-// kernels are the inner loops a backend runs. dot is the float32 dot
-// product of two equal-length vectors and dot4x2 that of four rows of x
-// with two weight rows; scores and weightedSum are attention's two loops
-// over keys (see the Go versions below). decode, where it has an entry for
-// a weight type, replaces decodeRow for it. fused, where it has an entry for a
-// weight type, is the dot product of one weight row in that format with x,
-// decoding as it goes; types without one are decoded a row at a time by
-// decodeRow and then go through dot.
+// kernels are the inner loops a backend runs (see the Go versions below for
+// each one's definition). dot is the float32 dot product of two
+// equal-length vectors and dot4x2 that of four rows of x with two weight
+// rows; scores and weightedSum are attention's two loops over keys. decode,
+// where it has an entry for a weight type, replaces decodeRow for it. fused,
+// where it has an entry for a weight type, is the dot product of one weight
+// row in that format with x, decoding as it goes (MatMul uses it for n ≤
+// fusedMaxRows).
 type kernels struct {
-	name        string
 	dot         func(a, b []float32) float32
 	scores      func(q, k []float32, stride int, out []float32)
 	weightedSum func(p, v []float32, stride int, out []float32)
@@ -33,7 +32,7 @@ type kernels struct {
 
 // goKernels are the pure-Go loops, used where no assembly version exists
 // and in tests as the second implementation to check the assembly against.
-var goKernels = kernels{name: "go", dot: dot, dot4x2: dot4x2, scores: scores, weightedSum: weightedSum}
+var goKernels = kernels{dot: dot, dot4x2: dot4x2, scores: scores, weightedSum: weightedSum}
 
 // f16Table holds every binary16 bit pattern widened to float32, so an F16
 // weight costs one table load instead of a branchy conversion.

@@ -85,7 +85,6 @@ func simdKernels() (kernels, bool) {
 		return kernels{}, false
 	}
 	return kernels{
-		name: "avx2",
 		dot: func(a, b []float32) float32 {
 			n := len(a) &^ 7
 			var s float32

@@ -102,9 +102,9 @@ func (b *Backend) MatMul(dst, x, w, bias backend.Tensor) {
 // once into a buffer and reused for every row of x.
 const fusedMaxRows = 2
 
-// xTile is how many rows of x a worker runs against all its weight rows
-// before taking the next rows: 64 rows of even the widest input (3072 for
-// GPT-2's down projection) stay within L2 cache, and each decoded weight row
+// xTile is how many rows of x a worker runs against its chunk of weight
+// rows before taking the next rows of x: 64 rows of even a 3072-wide input
+// (GPT-2's down projection) stay within L2 cache, and each decoded weight row
 // still serves 64 rows of x.
 const xTile = 64
 
