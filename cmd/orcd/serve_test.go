@@ -3,10 +3,12 @@ package main
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -75,17 +77,20 @@ type event struct {
 }
 
 // executeStream posts an /execute body and returns its events, calling
-// during for each as it arrives.
+// during for each as it arrives. It may run on any goroutine, so it reports
+// failures with Errorf and returns nil.
 func executeStream(t *testing.T, uri, body string, during func(event)) []event {
 	t.Helper()
 	resp, err := http.Post(uri+"/execute", "application/json", strings.NewReader(body))
 	if err != nil {
-		t.Fatal(err)
+		t.Error(err)
+		return nil
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != 200 {
 		b, _ := io.ReadAll(resp.Body)
-		t.Fatalf("execute: %d %s", resp.StatusCode, b)
+		t.Errorf("execute: %d %s", resp.StatusCode, b)
+		return nil
 	}
 	var evs []event
 	sc := bufio.NewScanner(resp.Body)
@@ -98,7 +103,8 @@ func executeStream(t *testing.T, uri, body string, during func(event)) []event {
 		case strings.HasPrefix(line, "data: "):
 			ev := event{name: name}
 			if err := json.Unmarshal([]byte(strings.TrimPrefix(line, "data: ")), &ev.data); err != nil {
-				t.Fatalf("event %s: %v", name, err)
+				t.Errorf("event %s: %v", name, err)
+				return nil
 			}
 			evs = append(evs, ev)
 			if during != nil {
@@ -107,6 +113,15 @@ func executeStream(t *testing.T, uri, body string, during func(event)) []event {
 		}
 	}
 	return evs
+}
+
+// lastEvent returns the last event, failing the test when there is none.
+func lastEvent(t *testing.T, evs []event) event {
+	t.Helper()
+	if len(evs) == 0 {
+		t.FailNow()
+	}
+	return evs[len(evs)-1]
 }
 
 // tokensText checks the token events and returns their text.
@@ -152,9 +167,24 @@ func TestServeGPT2EndToEnd(t *testing.T) {
 	if ta != tb || ta == "" {
 		t.Errorf("same seed, different text: %q vs %q", ta, tb)
 	}
-	if first, last := a[0], a[len(a)-1]; first.name != "started" || last.name != "end" || last.data["stop_reason"] == "" {
+	if first, last := a[0], lastEvent(t, a); first.name != "started" || last.name != "end" || last.data["stop_reason"] == "" {
 		t.Errorf("stream %v ... %v", first, last)
 	}
+
+	// 32 concurrent requests (4 sequences in flight, the rest queued), each
+	// with its own KV cache: interleaving must not change any of them.
+	var wg sync.WaitGroup
+	for i := range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			evs := executeStream(t, w.uri, strings.Replace(body, "%s", fmt.Sprint("c", i), 1), nil)
+			if got := tokensText(t, evs); got != ta {
+				t.Errorf("concurrent request %d: %q, want %q", i, got, ta)
+			}
+		}()
+	}
+	wg.Wait()
 
 	resp, err = http.Post(w.uri+"/v1/chat/completions", "application/json",
 		strings.NewReader(`{"model":"tiny-gpt2","messages":[{"role":"user","content":"Hi"}],"max_tokens":10}`))
@@ -223,7 +253,7 @@ func TestServeGPTOSSCancelAndSIGTERM(t *testing.T) {
 	if d := time.Since(cancelledAt); d > time.Second {
 		t.Errorf("stream ended %v after the cancel", d)
 	}
-	if last := evs[len(evs)-1]; last.name != "error" || last.data["code"] != "CANCELLED" {
+	if last := lastEvent(t, evs); last.name != "error" || last.data["code"] != "CANCELLED" {
 		t.Errorf("last event %v, want error CANCELLED", last)
 	}
 
@@ -238,7 +268,7 @@ func TestServeGPTOSSCancelAndSIGTERM(t *testing.T) {
 		})
 	}()
 	evs = <-done
-	if last := evs[len(evs)-1]; last.name != "error" || last.data["code"] != "SHUTTING_DOWN" || last.data["retriable"] != true {
+	if last := lastEvent(t, evs); last.name != "error" || last.data["code"] != "SHUTTING_DOWN" || last.data["retriable"] != true {
 		t.Errorf("drained job's last event %v, want a retriable SHUTTING_DOWN error", last)
 	}
 	if code := w.waitExit(t); code != 0 {
