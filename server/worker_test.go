@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -213,18 +214,37 @@ func TestExecute32Concurrent(t *testing.T) {
 	m := &enginetest.Model{}
 	ts := newTestServer(t, m, "gpt2", engine.Config{MaxActive: 4, MaxQueue: 32}, nil)
 	want := ts.execute(t, map[string]any{"job_id": "ref", "prompt": "concurrency", "max_tokens": 30, "seed": 11})
+	// The requests run concurrently; their streams are checked afterwards,
+	// on the test goroutine.
 	var wg sync.WaitGroup
+	resps := make([]*http.Response, 32)
+	bodies := make([][]byte, 32)
 	for i := range 32 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			x := ts.execute(t, map[string]any{"job_id": "c" + string(rune('A'+i)), "prompt": "concurrency", "max_tokens": 30, "seed": 11})
-			if x.end == nil || x.text != want.text {
-				t.Errorf("request %d: %q (%+v), want %q", i, x.text, x.err, want.text)
+			b, _ := json.Marshal(map[string]any{"job_id": "c" + string(rune('A'+i)), "prompt": "concurrency", "max_tokens": 30, "seed": 11})
+			resp, err := http.Post(ts.url+"/execute", "application/json", bytes.NewReader(b))
+			if err != nil {
+				t.Error(err)
+				return
 			}
+			bodies[i], _ = io.ReadAll(resp.Body)
+			resp.Body.Close()
+			resps[i] = resp
 		}()
 	}
 	wg.Wait()
+	for i, resp := range resps {
+		if resp == nil {
+			continue
+		}
+		resp.Body = io.NopCloser(bytes.NewReader(bodies[i]))
+		x := checkExecution(t, newSSEReader(t, resp).all(t))
+		if x.end == nil || x.text != want.text {
+			t.Errorf("request %d: %q (%+v), want %q", i, x.text, x.err, want.text)
+		}
+	}
 	if m.MaxRunning.Load() != 1 {
 		t.Errorf("%d model calls overlapped", m.MaxRunning.Load())
 	}
