@@ -16,6 +16,7 @@ import (
 	"orcd/backend/cpu"
 	"orcd/gguf"
 	"orcd/model"
+	"orcd/tensor"
 	"orcd/tokenizer"
 )
 
@@ -260,4 +261,32 @@ func BenchmarkDecodeGPT2_124M(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "tokens/s")
+}
+
+// TestSynthScales decodes generated tensors of each type and checks that
+// their mean is near zero and their standard deviation near the requested
+// one (MXFP4 picks a power-of-two scale, so within a factor √2).
+func TestSynthScales(t *testing.T) {
+	for _, typ := range []tensor.Type{tensor.F32, tensor.F16, tensor.BF16, tensor.Q8_0, tensor.MXFP4} {
+		const std, n = 0.02, 1 << 16
+		st := synthTensor{name: "w", typ: typ, dims: []int64{256, n / 256}, std: std}
+		res := generateChunk(st, 3, synthJob{n: n}, make([]float32, n))
+		if res.err != nil {
+			t.Fatalf("%s: %v", typ, res.err)
+		}
+		vals := make([]float32, n)
+		if err := tensor.Dequantize(typ, res.data, vals); err != nil {
+			t.Fatalf("%s: %v", typ, err)
+		}
+		var sum, sumSq float64
+		for _, v := range vals {
+			sum += float64(v)
+			sumSq += float64(v) * float64(v)
+		}
+		mean := sum / n
+		got := math.Sqrt(sumSq/n - mean*mean)
+		if math.Abs(mean) > 0.05*std || got < std/math.Sqrt2 || got > std*math.Sqrt2 {
+			t.Errorf("%s: mean %.3g, std %.3g; want about 0 and %g", typ, mean, got, std)
+		}
+	}
 }
