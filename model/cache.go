@@ -3,6 +3,7 @@ package model
 import (
 	"errors"
 	"fmt"
+	"sync"
 
 	"orcd/backend"
 )
@@ -14,8 +15,9 @@ import (
 // tokens needs the keys of its own tokens and the Window - 1 before them.
 type kvCache struct {
 	be       backend.Backend
-	owner    any // the model that made the cache; Forward rejects others
-	id       int // distinguishes caches in backend.Graph keys
+	owner    any         // the model that made the cache; Forward rejects others
+	lock     sync.Locker // the owner's mutex: the backend serves one goroutine at a time
+	id       int         // distinguishes caches in backend.Graph keys
 	k, v     []backend.Tensor
 	rows     []int // rows of layer l's tensors (AttentionParams.CacheCap)
 	n        int   // tokens stored
@@ -24,18 +26,19 @@ type kvCache struct {
 }
 
 // newKVCache allocates the caches of len(rows) layers, each rows[l]×cols.
-func newKVCache(be backend.Backend, owner any, id, capacity int, rows []int, cols int) (*kvCache, error) {
-	c := &kvCache{be: be, owner: owner, id: id, rows: rows, capacity: capacity}
+// The caller holds lock.
+func newKVCache(be backend.Backend, owner any, lock sync.Locker, id, capacity int, rows []int, cols int) (*kvCache, error) {
+	c := &kvCache{be: be, owner: owner, lock: lock, id: id, rows: rows, capacity: capacity}
 	for l, r := range rows {
 		k, err := be.NewKVCache(r, cols)
 		if err != nil {
-			c.Free()
+			c.free()
 			return nil, fmt.Errorf("model: allocating the K cache of layer %d (%d×%d): %w", l, r, cols, err)
 		}
 		c.k = append(c.k, k)
 		v, err := be.NewKVCache(r, cols)
 		if err != nil {
-			c.Free()
+			c.free()
 			return nil, fmt.Errorf("model: allocating the V cache of layer %d (%d×%d): %w", l, r, cols, err)
 		}
 		c.v = append(c.v, v)
@@ -50,10 +53,20 @@ func (c *kvCache) Len() int { return c.n }
 func (c *kvCache) Cap() int { return c.capacity }
 
 // Reset forgets the stored tokens; the memory is kept and overwritten.
-func (c *kvCache) Reset() { c.n = 0 }
+func (c *kvCache) Reset() {
+	c.lock.Lock()
+	defer c.lock.Unlock()
+	c.n = 0
+}
 
 // Free releases the cache tensors. Using the cache afterwards is an error.
 func (c *kvCache) Free() {
+	c.lock.Lock()
+	defer c.lock.Unlock()
+	c.free()
+}
+
+func (c *kvCache) free() {
 	for _, t := range c.k {
 		c.be.Free(t)
 	}

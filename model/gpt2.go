@@ -159,10 +159,9 @@ func (m *gpt2) NewCache(ctx int) (Cache, error) {
 		return nil, err
 	}
 	m.mu.Lock()
+	defer m.mu.Unlock()
 	m.nextCache++
-	id := m.nextCache
-	m.mu.Unlock()
-	return newKVCache(m.be, m, id, ctx, rows, m.p.hidden)
+	return newKVCache(m.be, m, &m.mu, m.nextCache, ctx, rows, m.p.hidden)
 }
 
 // gpt2Buffers are the activations of one batch size n.

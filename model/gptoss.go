@@ -307,10 +307,9 @@ func (m *gptoss) NewCache(ctx int) (Cache, error) {
 		return nil, err
 	}
 	m.mu.Lock()
+	defer m.mu.Unlock()
 	m.nextCache++
-	id := m.nextCache
-	m.mu.Unlock()
-	return newKVCache(m.be, m, id, ctx, rows, m.p.kvHeads*m.p.headDim)
+	return newKVCache(m.be, m, &m.mu, m.nextCache, ctx, rows, m.p.kvHeads*m.p.headDim)
 }
 
 // gptossBuffers are the activations of one batch size n.

@@ -1,6 +1,7 @@
 package model
 
 import (
+	"fmt"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -257,5 +258,49 @@ func TestSlidingCacheSize(t *testing.T) {
 	rows, _ = newCacheRows(100, 131072, 512, []int{128, 0})
 	if want := []int{100, 100}; !slices.Equal(rows, want) {
 		t.Errorf("short context: rows %v, want %v", rows, want)
+	}
+}
+
+// TestConcurrentSequences runs several sequences on one model from
+// different goroutines (caches made, used and freed concurrently) and
+// expects each to get the logits it gets alone.
+func TestConcurrentSequences(t *testing.T) {
+	m := loadFixtureModel(t, "gptoss_f16_bf16", 5)
+	prompts := [][]int32{{1, 2, 3, 4, 5, 6, 7}, {9, 8, 7}, {100, 200, 300, 400, 500, 6, 7, 8, 9, 10, 11}, {42}}
+	run := func(p []int32) ([]float32, error) {
+		c, err := m.NewCache(32)
+		if err != nil {
+			return nil, err
+		}
+		defer c.Free()
+		var logits []float32
+		for i := range p { // one token at a time: many interleaved calls
+			if logits, err = m.Forward(c, p[i:i+1], false); err != nil {
+				return nil, err
+			}
+		}
+		return logits, nil
+	}
+	want := make([][]float32, len(prompts))
+	for i, p := range prompts {
+		var err error
+		if want[i], err = run(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	errs := make(chan error, len(prompts))
+	for i, p := range prompts {
+		go func() {
+			got, err := run(p)
+			if err == nil && !slices.Equal(got, want[i]) {
+				err = fmt.Errorf("prompt %d: logits differ when run concurrently", i)
+			}
+			errs <- err
+		}()
+	}
+	for range prompts {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
 	}
 }
