@@ -12,7 +12,9 @@ type Config struct {
 	Hidden        int
 }
 
-// Model is a loaded architecture adapter.
+// Model is a loaded architecture adapter. Its methods and those of its
+// caches may be called from several goroutines; they run one at a time,
+// because a backend serves one goroutine at a time.
 type Model interface {
 	Config() Config
 	// NewCache allocates the KV cache of one sequence of up to ctx tokens.
