@@ -76,7 +76,7 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 	}
 	defer lm.Close()
 	if ids == nil {
-		if lm.Tokenizer.AddBOS() {
+		if lm.Tokenizer.AddBOS() && lm.Tokenizer.BOS() >= 0 {
 			ids = append(ids, lm.Tokenizer.BOS())
 		}
 		ids = append(ids, lm.Tokenizer.Encode(*prompt)...)
