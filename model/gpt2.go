@@ -3,7 +3,6 @@ package model
 import (
 	"fmt"
 	"math"
-	"sync"
 
 	"orcd/backend"
 	"orcd/gguf"
@@ -52,15 +51,9 @@ func readGPT2Params(f *gguf.File) (gpt2Params, error) {
 		return p, fmt.Errorf("model: %s: gpt2: %d heads × head_dim %d != embedding_length %d",
 			f.Path, p.heads, p.headDim, p.hidden)
 	}
-	embd, ok := f.Tensor("token_embd.weight")
-	if !ok {
-		return p, fmt.Errorf("model: %s: gpt2: tensor token_embd.weight is missing", f.Path)
+	if p.vocab, err = readVocab(f, "gpt2", p.hidden); err != nil {
+		return p, err
 	}
-	if len(embd.Dims) != 2 || embd.Dims[1] < 1 || embd.Dims[1] > math.MaxInt32 {
-		return p, fmt.Errorf("model: %s: gpt2: tensor token_embd.weight has dims %v, want [%d vocab]",
-			f.Path, embd.Dims, p.hidden)
-	}
-	p.vocab = int(embd.Dims[1])
 	return p, nil
 }
 
@@ -74,22 +67,16 @@ type gpt2Block struct {
 	downW, downB         backend.Tensor // mlp.c_proj
 }
 
-// gpt2 is a loaded GPT-2. Forward calls are serialized.
+// gpt2 is a loaded GPT-2.
 type gpt2 struct {
-	be       backend.Backend
-	p        gpt2Params
-	cfg      Config
-	maxBatch int
-	attn     backend.AttentionParams
+	core[*gpt2Buffers]
+	p    gpt2Params
+	attn backend.AttentionParams
 
 	tokEmbd, posEmbd   backend.Tensor
 	blocks             []gpt2Block
 	outNormW, outNormB backend.Tensor
 	output             backend.Tensor // output.weight or the tied token_embd
-	weights            []backend.Tensor
-	mu                 sync.Mutex
-	buffers            bufferPool[*gpt2Buffers]
-	nextCache          int
 }
 
 func loadGPT2(f *gguf.File, be backend.Backend, opts LoadOptions) (*gpt2, error) {
@@ -97,7 +84,8 @@ func loadGPT2(f *gguf.File, be backend.Backend, opts LoadOptions) (*gpt2, error)
 	if err != nil {
 		return nil, err
 	}
-	m := &gpt2{be: be, p: p, maxBatch: opts.MaxBatch}
+	m := &gpt2{p: p}
+	m.be, m.maxBatch = be, opts.MaxBatch
 	m.cfg = Config{Arch: "gpt2", VocabSize: p.vocab, ContextLength: p.ctx, Layers: p.layers, Hidden: p.hidden}
 	m.cfg.Name, _ = f.GetString("general.name")
 	m.attn = backend.AttentionParams{
@@ -149,79 +137,49 @@ func loadGPT2(f *gguf.File, be backend.Backend, opts LoadOptions) (*gpt2, error)
 	return m, nil
 }
 
-// Config describes the model.
-func (m *gpt2) Config() Config { return m.cfg }
-
 // NewCache allocates the K and V caches of one sequence of up to ctx tokens.
 func (m *gpt2) NewCache(ctx int) (Cache, error) {
 	rows, err := newCacheRows(ctx, m.p.ctx, m.maxBatch, make([]int, m.p.layers))
 	if err != nil {
 		return nil, err
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.nextCache++
-	return newKVCache(m.be, m, &m.mu, m.nextCache, ctx, rows, m.p.hidden)
+	return m.newCache(ctx, rows, m.p.hidden)
 }
 
 // gpt2Buffers are the activations of one batch size n.
 type gpt2Buffers struct {
-	id                 int
-	ids, pos, last     backend.Tensor // I32: token ids, positions (= cache slots), [n-1]
-	x, h, qkv          backend.Tensor // residual stream, normed stream, fused projection
-	q, k, v, att, proj backend.Tensor
-	ff                 backend.Tensor // MLP hidden, n×ff
-	lastX, logits      backend.Tensor // last row and its logits
-	allLogits          backend.Tensor // n×vocab, made on first use
-	set                tensorSet
-	hostIDs, hostPos   []int32
+	activations
+	qkv, q, k, v, att backend.Tensor // fused projection, its split, attention output
+	proj              backend.Tensor // c_proj outputs, n×hidden
+	ff                backend.Tensor // MLP hidden, n×ff
 }
 
 func (m *gpt2) newBuffers(n, id int) (*gpt2Buffers, error) {
-	b := &gpt2Buffers{id: id, set: tensorSet{be: m.be}}
-	s, h := &b.set, m.p.hidden
-	b.ids, b.pos, b.last = s.i32(n), s.i32(n), s.i32(1)
-	b.x, b.h, b.qkv = s.f32(n, h), s.f32(n, h), s.f32(n, 3*h)
+	h := m.p.hidden
+	b := &gpt2Buffers{activations: newActivations(m.be, n, id, h, m.p.vocab)}
+	s := &b.set
+	b.qkv = s.f32(n, 3*h)
 	b.q, b.k, b.v, b.att, b.proj = s.f32(n, h), s.f32(n, h), s.f32(n, h), s.f32(n, h), s.f32(n, h)
 	b.ff = s.f32(n, m.p.ff)
-	b.lastX, b.logits = s.f32(1, h), s.f32(1, m.p.vocab)
-	if s.err != nil {
-		s.free()
-		return nil, s.err
+	if err := b.ready(); err != nil {
+		return nil, err
 	}
-	m.be.WriteI32(b.last, []int32{int32(n - 1)})
-	b.hostIDs, b.hostPos = make([]int32, n), make([]int32, n)
 	return b, nil
 }
 
-func (b *gpt2Buffers) free() { b.set.free() }
-
 // Forward runs tokens through the model at the cache's position.
 func (m *gpt2) Forward(c Cache, tokens []int32, all bool) ([]float32, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return forward(m, c, tokens, all, m.p.vocab, m.maxBatch, func(chunk []int32, start int, mode logitsMode, out []float32) error {
-		return m.step(c.(*kvCache), chunk, start, mode, out)
-	})
+	return m.forward(c, tokens, all, m.step)
 }
 
 // step runs one batch of tokens at positions start… and writes their logits.
 func (m *gpt2) step(c *kvCache, tokens []int32, start int, mode logitsMode, out []float32) error {
-	n, be := len(tokens), m.be
-	b, err := m.buffers.get(n, m.newBuffers, (*gpt2Buffers).free)
+	be := m.be
+	b, err := m.buffersFor(tokens, start, mode, m.newBuffers)
 	if err != nil {
 		return err
 	}
-	if mode == allLogits && b.allLogits == nil {
-		if b.allLogits = b.set.f32(n, m.p.vocab); b.allLogits == nil {
-			return b.set.err
-		}
-	}
-	copy(b.hostIDs, tokens)
-	be.WriteI32(b.ids, b.hostIDs)
-	be.WriteI32(b.pos, positions(b.hostPos, start))
-
-	run := func() {
+	return b.run("gpt2", c, mode, out, func() {
 		// Embeddings: wte(ids) + wpe(positions).
 		be.Embed(b.x, m.tokEmbd, b.ids)
 		be.Embed(b.h, m.posEmbd, b.pos)
@@ -257,29 +215,5 @@ func (m *gpt2) step(c *kvCache, tokens []int32, start int, mode logitsMode, out 
 			be.LayerNorm(b.h, b.x, m.outNormW, m.outNormB, m.p.eps)
 			be.MatMul(b.allLogits, b.h, m.output, nil)
 		}
-	}
-	if n == 1 && mode == lastLogits {
-		be.Graph(fmt.Sprintf("gpt2/decode/buffers#%d/cache#%d", b.id, c.id), run)
-	} else {
-		run()
-	}
-	switch mode {
-	case lastLogits:
-		return be.ReadF32(b.logits, out)
-	case allLogits:
-		return be.ReadF32(b.allLogits, out)
-	}
-	return be.Sync()
-}
-
-// Close frees the weights and activations. Caches are freed by their owners.
-func (m *gpt2) Close() error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.buffers.freeAll((*gpt2Buffers).free)
-	for _, t := range m.weights {
-		m.be.Free(t)
-	}
-	m.weights = nil
-	return nil
+	})
 }

@@ -3,7 +3,6 @@ package model
 import (
 	"fmt"
 	"math"
-	"sync"
 
 	"orcd/backend"
 	"orcd/gguf"
@@ -101,15 +100,9 @@ func readGPTOSSParams(f *gguf.File, arch string) (gptossParams, error) {
 	if p.yarn, err = readYaRN(m); err != nil {
 		return p, err
 	}
-	embd, ok := f.Tensor("token_embd.weight")
-	if !ok {
-		return p, fmt.Errorf("model: %s: %s: tensor token_embd.weight is missing", f.Path, arch)
+	if p.vocab, err = readVocab(f, arch, p.hidden); err != nil {
+		return p, err
 	}
-	if len(embd.Dims) != 2 || embd.Dims[1] < 1 || embd.Dims[1] > math.MaxInt32 {
-		return p, fmt.Errorf("model: %s: %s: tensor token_embd.weight has dims %v, want [%d vocab]",
-			f.Path, arch, embd.Dims, p.hidden)
-	}
-	p.vocab = int(embd.Dims[1])
 	return p, nil
 }
 
@@ -206,22 +199,16 @@ type gptossBlock struct {
 	window       int // sliding window of this layer, 0 for full attention
 }
 
-// gptoss is a loaded gpt-oss. Forward calls are serialized.
+// gptoss is a loaded gpt-oss.
 type gptoss struct {
-	be       backend.Backend
-	p        gptossParams
-	cfg      Config
-	maxBatch int
-	mscale   float32
-	moe      backend.MoEParams
+	core[*gptossBuffers]
+	p      gptossParams
+	mscale float32
+	moe    backend.MoEParams
 
 	tokEmbd, outNorm, output backend.Tensor
 	invFreq                  backend.Tensor // RoPE inverse frequencies, computed on the host
 	blocks                   []gptossBlock
-	weights                  []backend.Tensor
-	mu                       sync.Mutex
-	buffers                  bufferPool[*gptossBuffers]
-	nextCache                int
 }
 
 func loadGPTOSS(f *gguf.File, be backend.Backend, arch string, opts LoadOptions) (*gptoss, error) {
@@ -229,7 +216,8 @@ func loadGPTOSS(f *gguf.File, be backend.Backend, arch string, opts LoadOptions)
 	if err != nil {
 		return nil, err
 	}
-	m := &gptoss{be: be, p: p, maxBatch: opts.MaxBatch}
+	m := &gptoss{p: p}
+	m.be, m.maxBatch = be, opts.MaxBatch
 	m.cfg = Config{Arch: "gpt-oss", VocabSize: p.vocab, ContextLength: p.ctx, Layers: p.layers, Hidden: p.hidden}
 	m.cfg.Name, _ = f.GetString("general.name")
 	m.moe = backend.MoEParams{TopK: p.expertsUsed, Alpha: gptossSwiGLUAlpha, Limit: gptossSwiGLULimit}
@@ -292,9 +280,6 @@ func loadGPTOSS(f *gguf.File, be backend.Backend, arch string, opts LoadOptions)
 	return m, nil
 }
 
-// Config describes the model.
-func (m *gptoss) Config() Config { return m.cfg }
-
 // NewCache allocates the K and V caches of one sequence of up to ctx tokens:
 // ctx rows in full-attention layers, a ring in sliding-window layers.
 func (m *gptoss) NewCache(ctx int) (Cache, error) {
@@ -306,64 +291,44 @@ func (m *gptoss) NewCache(ctx int) (Cache, error) {
 	if err != nil {
 		return nil, err
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.nextCache++
-	return newKVCache(m.be, m, &m.mu, m.nextCache, ctx, rows, m.p.kvHeads*m.p.headDim)
+	return m.newCache(ctx, rows, m.p.kvHeads*m.p.headDim)
 }
 
 // gptossBuffers are the activations of one batch size n.
 type gptossBuffers struct {
-	id                     int
-	ids, pos, ringSlots    backend.Tensor // I32; full layers use pos as cache slots
-	last                   backend.Tensor // I32 [n-1]
-	x, h, q, k, v, att     backend.Tensor
-	proj                   backend.Tensor // attention output and expert mix, n×hidden
-	lastX, logits          backend.Tensor
-	allLogits              backend.Tensor // n×vocab, made on first use
-	set                    tensorSet
-	hostIDs, hostPos, ring []int32
+	activations
+	ringSlots    backend.Tensor // I32 cache rows of sliding layers; full layers use pos
+	q, k, v, att backend.Tensor
+	proj         backend.Tensor // attention output and expert mix, n×hidden
+	ring         []int32
 }
 
 func (m *gptoss) newBuffers(n, id int) (*gptossBuffers, error) {
-	b := &gptossBuffers{id: id, set: tensorSet{be: m.be}}
-	s, h := &b.set, m.p.hidden
+	h := m.p.hidden
 	q, kv := m.p.heads*m.p.headDim, m.p.kvHeads*m.p.headDim
-	b.ids, b.pos, b.ringSlots, b.last = s.i32(n), s.i32(n), s.i32(n), s.i32(1)
-	b.x, b.h, b.proj = s.f32(n, h), s.f32(n, h), s.f32(n, h)
+	b := &gptossBuffers{activations: newActivations(m.be, n, id, h, m.p.vocab)}
+	s := &b.set
+	b.ringSlots = s.i32(n)
 	b.q, b.k, b.v, b.att = s.f32(n, q), s.f32(n, kv), s.f32(n, kv), s.f32(n, q)
-	b.lastX, b.logits = s.f32(1, h), s.f32(1, m.p.vocab)
-	if s.err != nil {
-		s.free()
-		return nil, s.err
+	b.proj = s.f32(n, h)
+	if err := b.ready(); err != nil {
+		return nil, err
 	}
-	m.be.WriteI32(b.last, []int32{int32(n - 1)})
-	b.hostIDs, b.hostPos, b.ring = make([]int32, n), make([]int32, n), make([]int32, n)
+	b.ring = make([]int32, n)
 	return b, nil
 }
 
-func (b *gptossBuffers) free() { b.set.free() }
-
 // Forward runs tokens through the model at the cache's position.
 func (m *gptoss) Forward(c Cache, tokens []int32, all bool) ([]float32, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return forward(m, c, tokens, all, m.p.vocab, m.maxBatch, func(chunk []int32, start int, mode logitsMode, out []float32) error {
-		return m.step(c.(*kvCache), chunk, start, mode, out)
-	})
+	return m.forward(c, tokens, all, m.step)
 }
 
 // step runs one batch of tokens at positions start… and writes their logits.
 func (m *gptoss) step(c *kvCache, tokens []int32, start int, mode logitsMode, out []float32) error {
-	n, be := len(tokens), m.be
-	b, err := m.buffers.get(n, m.newBuffers, (*gptossBuffers).free)
+	be := m.be
+	b, err := m.buffersFor(tokens, start, mode, m.newBuffers)
 	if err != nil {
 		return err
-	}
-	if mode == allLogits && b.allLogits == nil {
-		if b.allLogits = b.set.f32(n, m.p.vocab); b.allLogits == nil {
-			return b.set.err
-		}
 	}
 	// Every sliding layer has the same ring size; find it once.
 	ringRows := 0
@@ -373,18 +338,14 @@ func (m *gptoss) step(c *kvCache, tokens []int32, start int, mode logitsMode, ou
 			break
 		}
 	}
-	copy(b.hostIDs, tokens)
-	positions(b.hostPos, start)
-	for i, p := range b.hostPos {
-		if ringRows > 0 {
+	if ringRows > 0 {
+		for i, p := range b.hostPos {
 			b.ring[i] = p % int32(ringRows)
 		}
 	}
-	be.WriteI32(b.ids, b.hostIDs)
-	be.WriteI32(b.pos, b.hostPos)
 	be.WriteI32(b.ringSlots, b.ring)
 
-	run := func() {
+	return b.run("gpt-oss", c, mode, out, func() {
 		be.Embed(b.x, m.tokEmbd, b.ids)
 		for l := range m.blocks {
 			blk := &m.blocks[l]
@@ -426,29 +387,5 @@ func (m *gptoss) step(c *kvCache, tokens []int32, start int, mode logitsMode, ou
 			be.RMSNorm(b.h, b.x, m.outNorm, m.p.eps)
 			be.MatMul(b.allLogits, b.h, m.output, nil)
 		}
-	}
-	if n == 1 && mode == lastLogits {
-		be.Graph(fmt.Sprintf("gpt-oss/decode/buffers#%d/cache#%d", b.id, c.id), run)
-	} else {
-		run()
-	}
-	switch mode {
-	case lastLogits:
-		return be.ReadF32(b.logits, out)
-	case allLogits:
-		return be.ReadF32(b.allLogits, out)
-	}
-	return be.Sync()
-}
-
-// Close frees the weights and activations. Caches are freed by their owners.
-func (m *gptoss) Close() error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.buffers.freeAll((*gptossBuffers).free)
-	for _, t := range m.weights {
-		m.be.Free(t)
-	}
-	m.weights = nil
-	return nil
+	})
 }

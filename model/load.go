@@ -110,6 +110,20 @@ func (m metadata) optionalPositive(key string, def float32) (float32, error) {
 	return m.positive(key)
 }
 
+// readVocab returns the vocabulary size, the rows of token_embd.weight,
+// whose dims are [hidden vocab] in ggml order.
+func readVocab(f *gguf.File, arch string, hidden int) (int, error) {
+	embd, ok := f.Tensor("token_embd.weight")
+	if !ok {
+		return 0, fmt.Errorf("model: %s: %s: tensor token_embd.weight is missing", f.Path, arch)
+	}
+	if len(embd.Dims) != 2 || embd.Dims[1] < 1 || embd.Dims[1] > math.MaxInt32 {
+		return 0, fmt.Errorf("model: %s: %s: tensor token_embd.weight has dims %v, want [%d vocab]",
+			f.Path, arch, embd.Dims, hidden)
+	}
+	return int(embd.Dims[1]), nil
+}
+
 // weights uploads tensors of one file to a backend, checking each one's type
 // and shape, and keeps them so that a failed load can free what it took.
 type weights struct {
