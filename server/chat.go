@@ -223,53 +223,37 @@ type (
 		ReasoningContent *string        `json:"reasoning_content,omitempty"`
 		ToolCalls        []chatToolCall `json:"tool_calls,omitempty"`
 	}
-	chatResponse struct {
-		ID      string       `json:"id"`
-		Object  string       `json:"object"`
-		Created int64        `json:"created"`
-		Model   string       `json:"model"`
-		Choices []chatChoice `json:"choices"`
-		Usage   *usage       `json:"usage,omitempty"`
-	}
+	chatResponse = openAIResponse[chatChoice]
 )
 
+// handleChat serves POST /v1/chat/completions: one choice, streamed as
+// chunks or answered as one object, with reasoning and tool calls parsed out
+// of harmony output for gpt-oss.
 func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 	const endpoint = "chat"
 	arrival := time.Now()
-	if s.Draining() {
-		s.rejectOpenAI(w, endpoint, classify(engine.ErrShuttingDown))
-		return
-	}
-	var body chatRequest
-	if err := decodeJSON(r, &body); err != nil {
-		s.rejectOpenAI(w, endpoint, classify(err))
-		return
-	}
-	maxTokens := body.MaxTokens
-	if body.MaxCompletionTokens != nil {
-		maxTokens = body.MaxCompletionTokens
-	}
-	req, err := s.request(body.commonFields, maxTokens)
-	if err == nil {
-		err = s.chatPrompt(&body, &req)
-	}
-	if err != nil {
-		s.rejectOpenAI(w, endpoint, classify(err))
-		return
-	}
 	id := newID("chatcmpl-")
-	req.ID = id
+	var body chatRequest
+	job := s.submit(w, r, endpoint, s.rejectOpenAI, &body, func() (engine.Request, error) {
+		maxTokens := body.MaxTokens
+		if body.MaxCompletionTokens != nil {
+			maxTokens = body.MaxCompletionTokens
+		}
+		req, err := s.request(body.commonFields, maxTokens)
+		if err == nil {
+			err = s.chatPrompt(&body, &req)
+		}
+		req.ID = id
+		return req, err
+	})
+	if job == nil {
+		return
+	}
 	var out outputParser = plainOutput{}
 	if s.specials != nil {
 		other, _ := s.cfg.Tokenizer.(specialChecker)
 		out = &harmonyOutput{parser: harmony.NewParser(), specials: s.specials, other: other, stops: engine.NewStopMatcher(body.Stop)}
 	}
-	job, err := s.cfg.Engine.Submit(req)
-	if err != nil {
-		s.rejectOpenAI(w, endpoint, classify(err))
-		return
-	}
-	s.metrics.promptTokens.Add(float64(job.PromptTokens()))
 	chunk := func(choice chatChoice) chatResponse {
 		obj := "chat.completion"
 		if body.Stream {

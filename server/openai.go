@@ -89,21 +89,17 @@ type streamOptions struct {
 // commonFields are the request fields /v1/completions and
 // /v1/chat/completions share.
 type commonFields struct {
-	Model             string         `json:"model"`
-	MaxTokens         *int           `json:"max_tokens"`
-	Temperature       *float64       `json:"temperature"`
-	TopP              *float64       `json:"top_p"`
-	TopK              *int           `json:"top_k"`
-	MinP              *float64       `json:"min_p"`
-	RepetitionPenalty *float64       `json:"repetition_penalty"`
-	FrequencyPenalty  *float64       `json:"frequency_penalty"`
-	PresencePenalty   *float64       `json:"presence_penalty"`
-	Stop              stringList     `json:"stop"`
-	Seed              *int64         `json:"seed"`
-	N                 *int           `json:"n"`
-	Stream            bool           `json:"stream"`
-	StreamOptions     *streamOptions `json:"stream_options"`
-	User              string         `json:"user"`
+	Model     string `json:"model"`
+	MaxTokens *int   `json:"max_tokens"`
+	samplingFields
+	FrequencyPenalty *float64       `json:"frequency_penalty"`
+	PresencePenalty  *float64       `json:"presence_penalty"`
+	Stop             stringList     `json:"stop"`
+	Seed             *int64         `json:"seed"`
+	N                *int           `json:"n"`
+	Stream           bool           `json:"stream"`
+	StreamOptions    *streamOptions `json:"stream_options"`
+	User             string         `json:"user"`
 }
 
 // request checks the shared fields and builds the engine request (without
@@ -125,7 +121,7 @@ func (s *Server) request(c commonFields, maxTokens *int) (engine.Request, error)
 	if err != nil {
 		return req, err
 	}
-	sp, err := samplingFields{c.Temperature, c.TopP, c.MinP, c.RepetitionPenalty, c.TopK}.params()
+	sp, err := c.params()
 	if err != nil {
 		return req, err
 	}
@@ -138,6 +134,17 @@ func (s *Server) request(c commonFields, maxTokens *int) (engine.Request, error)
 		req.Seed = &seed
 	}
 	return req, nil
+}
+
+// openAIResponse is a completion or chat completion object, or one chunk of
+// its stream, with choices of type C.
+type openAIResponse[C any] struct {
+	ID      string `json:"id"`
+	Object  string `json:"object"`
+	Created int64  `json:"created"`
+	Model   string `json:"model"`
+	Choices []C    `json:"choices"`
+	Usage   *usage `json:"usage,omitempty"`
 }
 
 type usage struct {
@@ -174,45 +181,29 @@ type completionChoice struct {
 	FinishReason *string `json:"finish_reason"`
 }
 
-type completionResponse struct {
-	ID      string             `json:"id"`
-	Object  string             `json:"object"`
-	Created int64              `json:"created"`
-	Model   string             `json:"model"`
-	Choices []completionChoice `json:"choices"`
-	Usage   *usage             `json:"usage,omitempty"`
-}
+type completionResponse = openAIResponse[completionChoice]
 
+// handleCompletions serves POST /v1/completions: one string prompt, one
+// choice, streamed as chunks or answered as one object.
 func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
 	const endpoint = "completions"
 	arrival := time.Now()
-	if s.Draining() {
-		s.rejectOpenAI(w, endpoint, classify(engine.ErrShuttingDown))
-		return
-	}
-	var body completionRequest
-	if err := decodeJSON(r, &body); err != nil {
-		s.rejectOpenAI(w, endpoint, classify(err))
-		return
-	}
-	req, err := s.request(body.commonFields, body.MaxTokens)
-	if err != nil {
-		s.rejectOpenAI(w, endpoint, classify(err))
-		return
-	}
-	if body.Prompt == nil || len(*body.Prompt) != 1 || (*body.Prompt)[0] == "" {
-		s.rejectOpenAI(w, endpoint, invalid("prompt: must be one non-empty string"))
-		return
-	}
-	req.Prompt = (*body.Prompt)[0]
 	id := newID("cmpl-")
-	req.ID = id
-	job, err := s.cfg.Engine.Submit(req)
-	if err != nil {
-		s.rejectOpenAI(w, endpoint, classify(err))
+	var body completionRequest
+	job := s.submit(w, r, endpoint, s.rejectOpenAI, &body, func() (engine.Request, error) {
+		req, err := s.request(body.commonFields, body.MaxTokens)
+		if err != nil {
+			return req, err
+		}
+		if body.Prompt == nil || len(*body.Prompt) != 1 || (*body.Prompt)[0] == "" {
+			return req, invalid("prompt: must be one non-empty string")
+		}
+		req.ID, req.Prompt = id, (*body.Prompt)[0]
+		return req, nil
+	})
+	if job == nil {
 		return
 	}
-	s.metrics.promptTokens.Add(float64(job.PromptTokens()))
 	chunk := func(text string, finish *string) completionResponse {
 		return completionResponse{ID: id, Object: "text_completion", Created: arrival.Unix(), Model: s.cfg.Model.ID,
 			Choices: []completionChoice{{Text: text, FinishReason: finish}}}

@@ -12,16 +12,12 @@ import (
 // executeRequest is the body of POST /execute. Pointers tell absent fields
 // from zero values.
 type executeRequest struct {
-	JobID             string   `json:"job_id"`
-	Prompt            *string  `json:"prompt"`
-	MaxTokens         *int     `json:"max_tokens"`
-	Temperature       *float64 `json:"temperature"`
-	TopP              *float64 `json:"top_p"`
-	TopK              *int     `json:"top_k"`
-	MinP              *float64 `json:"min_p"`
-	RepetitionPenalty *float64 `json:"repetition_penalty"`
-	Stop              []string `json:"stop"`
-	Seed              *uint64  `json:"seed"`
+	JobID     string  `json:"job_id"`
+	Prompt    *string `json:"prompt"`
+	MaxTokens *int    `json:"max_tokens"`
+	samplingFields
+	Stop []string `json:"stop"`
+	Seed *uint64  `json:"seed"`
 }
 
 // Limits of the worker API.
@@ -32,10 +28,13 @@ const (
 	maxJobIDBytes  = 256
 )
 
-// samplingFields are the sampling fields shared by all endpoints.
+// samplingFields are the sampling fields of every endpoint's request body.
 type samplingFields struct {
-	Temperature, TopP, MinP, RepetitionPenalty *float64
-	TopK                                       *int
+	Temperature       *float64 `json:"temperature"`
+	TopP              *float64 `json:"top_p"`
+	TopK              *int     `json:"top_k"`
+	MinP              *float64 `json:"min_p"`
+	RepetitionPenalty *float64 `json:"repetition_penalty"`
 }
 
 // params validates the fields and fills in defaults; errors name the field.
@@ -114,7 +113,7 @@ func (s *Server) engineRequest(req executeRequest) (engine.Request, error) {
 	if err != nil {
 		return er, err
 	}
-	sp, err := samplingFields{req.Temperature, req.TopP, req.MinP, req.RepetitionPenalty, req.TopK}.params()
+	sp, err := req.params()
 	if err != nil {
 		return er, err
 	}
@@ -160,28 +159,18 @@ func ms(d time.Duration) float64 { return math.Round(float64(d.Microseconds())) 
 // token..., optionally metrics, then exactly one end or error.
 func (s *Server) handleExecute(w http.ResponseWriter, r *http.Request) {
 	arrival := time.Now()
-	if s.Draining() {
-		s.reject(w, "execute", classify(engine.ErrShuttingDown))
-		return
-	}
 	var body executeRequest
-	if err := decodeJSON(r, &body); err != nil {
-		s.reject(w, "execute", classify(err))
-		return
-	}
-	req, err := s.engineRequest(body)
-	if err != nil {
-		s.reject(w, "execute", classify(err))
-		return
-	}
-	job, err := s.cfg.Engine.Submit(req)
-	if err != nil {
-		s.reject(w, "execute", classify(err))
+	var req engine.Request
+	job := s.submit(w, r, "execute", s.reject, &body, func() (engine.Request, error) {
+		var err error
+		req, err = s.engineRequest(body)
+		return req, err
+	})
+	if job == nil {
 		return
 	}
 	log := s.log.With("job_id", req.ID, "correlation_id", correlationID(r.Context()))
 	log.Info("job accepted", "prompt_tokens", job.PromptTokens(), "max_tokens", req.MaxTokens, "seed", job.Seed())
-	s.metrics.promptTokens.Add(float64(job.PromptTokens()))
 
 	sse := startSSE(w)
 	sse.event("started", startedEvent{req.ID, s.cfg.Model.ID, arrival.UTC().Format(time.RFC3339Nano), job.Seed(), job.PromptTokens()})
@@ -220,6 +209,33 @@ func (s *Server) handleExecute(w http.ResponseWriter, r *http.Request) {
 			"prefill_ms", ms(res.PrefillTime), "decode_ms", ms(res.DecodeTime))
 	}
 	s.metrics.requests.WithLabelValues("execute", outcome).Inc()
+}
+
+// submit starts a job for one request: unless the server is draining, it
+// decodes the body into body, builds the engine request with build (which
+// reads body) and submits it. If any step fails it answers with reject
+// and returns nil.
+func (s *Server) submit(w http.ResponseWriter, r *http.Request, endpoint string,
+	reject func(http.ResponseWriter, string, apiError), body any, build func() (engine.Request, error)) *engine.Job {
+	if s.Draining() {
+		reject(w, endpoint, classify(engine.ErrShuttingDown))
+		return nil
+	}
+	if err := decodeJSON(r, body); err != nil {
+		reject(w, endpoint, classify(err))
+		return nil
+	}
+	req, err := build()
+	var job *engine.Job
+	if err == nil {
+		job, err = s.cfg.Engine.Submit(req)
+	}
+	if err != nil {
+		reject(w, endpoint, classify(err))
+		return nil
+	}
+	s.metrics.promptTokens.Add(float64(job.PromptTokens()))
+	return job
 }
 
 // reject answers a request that never started and counts it.
