@@ -24,6 +24,12 @@ if [ "$what" != tests ]; then
   echo "bench rc=$?" >>"$summary"
   cat "$OUT/bench.md" >>"$summary"
   grep -E "loaded|error|Error" "$OUT/bench.log" | head -5 >>"$summary"
+  if [ -n "${LONGCTX:-}" ]; then
+    # VRAM with a full 131,072-token KV cache (f16 above 16k tokens).
+    timeout 120 bin/cuda/orcd bench --model $model --device cuda -p 2048 -n 64 --reps 1 --max-batch 512 --ctx-size 131072 >"$OUT/bench-131k.md" 2>"$OUT/bench-131k.log"
+    echo "bench 131k rc=$?" >>"$summary"
+    cat "$OUT/bench-131k.md" >>"$summary"
+  fi
   if [ -n "${PROFILE:-}" ]; then
     ORCD_CUDA_PROFILE=1 timeout 120 bin/cuda/orcd bench --model $model --device cuda -p 2048 -n 16 --reps 1 --max-batch 2048 >"$OUT/profile.md" 2>"$OUT/profile.log"
     echo "profile rc=$?" >>"$summary"
