@@ -15,6 +15,30 @@ func (b *Backend) NewKVCache(rows, cols int) (backend.Tensor, error) {
 // Graph calls fn: ops run eagerly, so there is nothing to record.
 func (b *Backend) Graph(key string, fn func()) { fn() }
 
+// sameDims unwraps dst and x, both float32 of the same dims, for the ops
+// that map x to dst row by row or element by element. It returns nils after
+// recording an error.
+func (b *Backend) sameDims(op string, dst, x backend.Tensor, xArg string) (d, xs *Tensor) {
+	if d = b.f32(dst, op, "dst"); d == nil {
+		return nil, nil
+	}
+	if xs = b.matrix(x, op, xArg, d.rows(), d.cols()); xs == nil {
+		return nil, nil
+	}
+	return d, xs
+}
+
+// eachRow calls fn with each row of d and the same row of xs (of the same
+// dims), rows spread over the workers.
+func (b *Backend) eachRow(d, xs *Tensor, fn func(dr, xr []float32)) {
+	cols := d.cols()
+	b.parallel(d.rows(), 1, func(_, lo, hi int) {
+		for r := lo; r < hi; r++ {
+			fn(d.f32[r*cols:(r+1)*cols], xs.f32[r*cols:(r+1)*cols])
+		}
+	})
+}
+
 // Embed sets row i of dst to row ids[i] of table, dequantized.
 func (b *Backend) Embed(dst, table, ids backend.Tensor) {
 	const op = "Embed"
@@ -51,14 +75,12 @@ func (b *Backend) Embed(dst, table, ids backend.Tensor) {
 // Add sets dst = a + b elementwise; all three have the same dims.
 func (b *Backend) Add(dst, x, y backend.Tensor) {
 	const op = "Add"
-	d := b.f32(dst, op, "dst")
+	d, xa := b.sameDims(op, dst, x, "a")
 	if d == nil {
 		return
 	}
-	rows, cols := d.rows(), d.cols()
-	xa := b.matrix(x, op, "a", rows, cols)
-	ya := b.matrix(y, op, "b", rows, cols)
-	if xa == nil || ya == nil {
+	ya := b.matrix(y, op, "b", d.rows(), d.cols())
+	if ya == nil {
 		return
 	}
 	b.parallel(len(d.f32), 1<<14, func(_, lo, hi int) {
@@ -95,34 +117,30 @@ func (b *Backend) CopyCols(dst, src backend.Tensor, srcCol int) {
 // mean and the biased variance of the row computed in float64.
 func (b *Backend) LayerNorm(dst, x, w, bias backend.Tensor, eps float32) {
 	const op = "LayerNorm"
-	d := b.f32(dst, op, "dst")
+	d, xs := b.sameDims(op, dst, x, "x")
 	if d == nil {
 		return
 	}
-	rows, cols := d.rows(), d.cols()
-	xs := b.matrix(x, op, "x", rows, cols)
+	cols := d.cols()
 	ws := b.vector(w, op, "w", cols)
 	bs := b.vector(bias, op, "b", cols)
-	if xs == nil || ws == nil || bs == nil {
+	if ws == nil || bs == nil {
 		return
 	}
-	b.parallel(rows, 1, func(_, lo, hi int) {
-		for r := lo; r < hi; r++ {
-			xr, dr := xs.f32[r*cols:(r+1)*cols], d.f32[r*cols:(r+1)*cols]
-			var sum float64
-			for _, v := range xr {
-				sum += float64(v)
-			}
-			mean := sum / float64(cols)
-			var sq float64
-			for _, v := range xr {
-				dv := float64(v) - mean
-				sq += dv * dv
-			}
-			inv := 1 / math.Sqrt(sq/float64(cols)+float64(eps))
-			for i, v := range xr {
-				dr[i] = float32((float64(v)-mean)*inv)*ws.f32[i] + bs.f32[i]
-			}
+	b.eachRow(d, xs, func(dr, xr []float32) {
+		var sum float64
+		for _, v := range xr {
+			sum += float64(v)
+		}
+		mean := sum / float64(cols)
+		var sq float64
+		for _, v := range xr {
+			dv := float64(v) - mean
+			sq += dv * dv
+		}
+		inv := 1 / math.Sqrt(sq/float64(cols)+float64(eps))
+		for i, v := range xr {
+			dr[i] = float32((float64(v)-mean)*inv)*ws.f32[i] + bs.f32[i]
 		}
 	})
 }
@@ -131,40 +149,31 @@ func (b *Backend) LayerNorm(dst, x, w, bias backend.Tensor, eps float32) {
 // squares computed in float64.
 func (b *Backend) RMSNorm(dst, x, w backend.Tensor, eps float32) {
 	const op = "RMSNorm"
-	d := b.f32(dst, op, "dst")
+	d, xs := b.sameDims(op, dst, x, "x")
 	if d == nil {
 		return
 	}
-	rows, cols := d.rows(), d.cols()
-	xs := b.matrix(x, op, "x", rows, cols)
+	cols := d.cols()
 	ws := b.vector(w, op, "w", cols)
-	if xs == nil || ws == nil {
+	if ws == nil {
 		return
 	}
-	b.parallel(rows, 1, func(_, lo, hi int) {
-		for r := lo; r < hi; r++ {
-			xr, dr := xs.f32[r*cols:(r+1)*cols], d.f32[r*cols:(r+1)*cols]
-			var sq float64
-			for _, v := range xr {
-				sq += float64(v) * float64(v)
-			}
-			inv := 1 / math.Sqrt(sq/float64(cols)+float64(eps))
-			for i, v := range xr {
-				dr[i] = float32(float64(v)*inv) * ws.f32[i]
-			}
+	b.eachRow(d, xs, func(dr, xr []float32) {
+		var sq float64
+		for _, v := range xr {
+			sq += float64(v) * float64(v)
+		}
+		inv := 1 / math.Sqrt(sq/float64(cols)+float64(eps))
+		for i, v := range xr {
+			dr[i] = float32(float64(v)*inv) * ws.f32[i]
 		}
 	})
 }
 
 // GELU sets dst = 0.5x(1+tanh(√(2/π)(x+0.044715x³))), evaluated in float64.
 func (b *Backend) GELU(dst, x backend.Tensor) {
-	const op = "GELU"
-	d := b.f32(dst, op, "dst")
+	d, xs := b.sameDims("GELU", dst, x, "x")
 	if d == nil {
-		return
-	}
-	xs := b.matrix(x, op, "x", d.rows(), d.cols())
-	if xs == nil {
 		return
 	}
 	b.parallel(len(d.f32), 1<<12, func(_, lo, hi int) {
