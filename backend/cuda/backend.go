@@ -573,7 +573,7 @@ func (b *Backend) launch(name string, grid, block [3]int, shmem int, args ...any
 		b.bigShmem[name] = shmem
 	}
 	if b.prof != nil {
-		defer b.prof.time(b, name)()
+		defer b.prof.time(b, fmt.Sprintf("%s %dx%dx%d", name, grid[0], grid[1], grid[2]))()
 	}
 	if len(args) > 32 {
 		panic("cuda: launch of " + name + " with more than 32 parameters")

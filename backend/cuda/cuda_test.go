@@ -349,6 +349,7 @@ func TestAttention(t *testing.T) {
 	long := backend.AttentionParams{Heads: 64, KVHeads: 8, HeadDim: 64, Scale: 0.125, CacheCap: 20000}
 	attnCase(t, p, r, long, 19999, []int32{19999}, true) // split-K decode over a long cache
 	attnCase(t, p, r, long, 5000, []int32{4990, 5000}, true)
+	attnCase(t, p, r, long, 5000, seq(4995, 5001), true) // 4 rows a block, split keys
 }
 
 func TestMoE(t *testing.T) {

@@ -33,7 +33,7 @@ if [ "$what" != tests ]; then
   if [ -n "${PROFILE:-}" ]; then
     ORCD_CUDA_PROFILE=1 timeout 120 bin/cuda/orcd bench --model $model --device cuda -p 2048 -n 16 --reps 1 --max-batch 2048 >"$OUT/profile.md" 2>"$OUT/profile.log"
     echo "profile rc=$?" >>"$summary"
-    grep -A12 "kernel profile of" "$OUT/profile.log" | grep -v "^--" >>"$summary"
+    grep -A16 "kernel profile of" "$OUT/profile.log" | grep -v "^--" >>"$summary"
   fi
 fi
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv >>"$summary"

@@ -363,7 +363,12 @@ func (b *Backend) Attention(dst, q, kCache, vCache, pos, sinks backend.Tensor, p
 	group := p.Heads / p.KVHeads
 	warps := min(group, 8)
 	hgroups := (group + warps - 1) / warps
-	splits := attnSplits(p, n*p.KVHeads*hgroups, b.sms)
+	rowsPer := 1 // query rows per block: 4 share each key tile in prefill
+	if n >= 4 {
+		rowsPer = 4
+	}
+	rowBlocks := (n + rowsPer - 1) / rowsPer
+	splits := attnSplits(p, rowBlocks*p.KVHeads*hgroups, b.sms)
 
 	defer b.bind()()
 	parts := int64(n) * int64(p.Heads) * int64(splits)
@@ -373,9 +378,10 @@ func (b *Backend) Attention(dst, q, kCache, vCache, pos, sinks backend.Tensor, p
 		return
 	}
 	pm, pl, pacc := ws, ws+uintptr(parts*4), ws+uintptr(parts*8)
-	shmem := (warps*p.HeadDim + 32*(p.HeadDim+4) + 32*p.HeadDim) * 4 // queries, key tile, value tile (attention.cu)
-	b.launch("attn_partial_"+uploadTypes[kc.typ], [3]int{p.KVHeads * hgroups, n, splits}, [3]int{32 * warps, 1, 1}, shmem,
-		qs.ptr, kc.ptr, vc.ptr, ps.ptr, p.Heads, p.KVHeads, p.HeadDim, p.Scale, p.Window, p.CacheCap, hgroups, pm, pl, pacc)
+	shmem := (warps*rowsPer*p.HeadDim + 32*(p.HeadDim+4) + 32*p.HeadDim) * 4 // queries, key tile, value tile (attention.cu)
+	b.launch(fmt.Sprintf("attn_partial_%s_r%d", uploadTypes[kc.typ], rowsPer), [3]int{p.KVHeads * hgroups, rowBlocks, splits},
+		[3]int{32 * warps, 1, 1}, shmem,
+		qs.ptr, kc.ptr, vc.ptr, ps.ptr, n, p.Heads, p.KVHeads, p.HeadDim, p.Scale, p.Window, p.CacheCap, hgroups, pm, pl, pacc)
 	b.launch("attn_combine", [3]int{p.Heads, n, 1}, [3]int{p.HeadDim, 1, 1}, 0, d.ptr, pm, pl, pacc, sp, p.Heads, p.HeadDim, splits)
 }
 
@@ -482,7 +488,7 @@ func (b *Backend) MoE(dst, x backend.Tensor, w *backend.MoEWeights, p backend.Mo
 	if !grouped {
 		b.launch("moe_gateup_"+uploadTypes[gate.typ], [3]int{(ff + 3) / 4, int(na), 1}, [3]int{128, 1, 1}, 0,
 			h, xs.ptr, gate.ptr, gate.aux, up.ptr, up.aux, hidden, gb, ub, ids, k, ff, p.Alpha, p.Limit)
-		b.launch("moe_down_"+uploadTypes[down.typ], [3]int{(hidden + 3) / 4, n, 1}, [3]int{128, 1, 1}, 0,
+		b.launch("moe_down_"+uploadTypes[down.typ], [3]int{hidden, n, 1}, [3]int{32 * k, 1, 1}, 0,
 			d.ptr, h, down.ptr, down.aux, ff, db, ids, wts, k, hidden)
 		return
 	}

@@ -47,10 +47,10 @@ func (b *Backend) ProfileReport() string {
 	}
 	sort.Slice(names, func(i, j int) bool { return p.total[names[i]] > p.total[names[j]] })
 	var sb strings.Builder
-	fmt.Fprintf(&sb, "%-24s %10s %8s %10s %6s\n", "kernel", "total ms", "calls", "µs/call", "share")
+	fmt.Fprintf(&sb, "%-36s %10s %8s %10s %6s\n", "kernel", "total ms", "calls", "µs/call", "share")
 	for _, n := range names {
 		d := p.total[n]
-		fmt.Fprintf(&sb, "%-24s %10.2f %8d %10.1f %5.1f%%\n", n, d.Seconds()*1e3, p.count[n],
+		fmt.Fprintf(&sb, "%-36s %10.2f %8d %10.1f %5.1f%%\n", n, d.Seconds()*1e3, p.count[n],
 			d.Seconds()*1e6/float64(p.count[n]), 100*d.Seconds()/all.Seconds())
 	}
 	p.total, p.count = map[string]time.Duration{}, map[string]int{}

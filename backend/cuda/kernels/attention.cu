@@ -20,41 +20,62 @@
 __device__ __forceinline__ float kv_get(const u16* p, i64 i) { return h2f(p[i]); }
 __device__ __forceinline__ float kv_get(const float* p, i64 i) { return p[i]; }
 
-// Shared memory of attn_partial, in floats: the warps' queries, then a tile
-// of 32 keys (rows padded by 4 so lanes reading different keys with 16-byte
-// loads hit different banks) and the tile's 32 values.
+// Shared memory of attn_partial, in floats: the warps' queries (R rows
+// each), then a tile of 32 keys (rows padded by 4 so lanes reading
+// different keys with 16-byte loads hit different banks) and its 32 values.
 #define ATT_KROW(dim) ((dim) + 4)
 
-template <typename KT>
-__device__ void attn_partial_impl(const float* q, const KT* kc, const KT* vc, const int* pos, int heads, int kvheads,
-                                  int dim, float scale, int window, int cap, int hgroups, float* pm, float* pl,
-                                  float* pacc) {
+// attn_partial_impl: block (KV head × head group, R consecutive query rows,
+// split). Each warp is one query head and keeps R rows' running softmax
+// state, so one staged key/value tile serves R rows (prefill) and every
+// head of the group (GQA). The block's key range is the union of its rows'
+// visible ranges; each row masks the keys outside its own.
+template <typename KT, int R>
+__device__ void attn_partial_impl(const float* q, const KT* kc, const KT* vc, const int* pos, int n, int heads,
+                                  int kvheads, int dim, float scale, int window, int cap, int hgroups, float* pm,
+                                  float* pl, float* pacc) {
     extern __shared__ float sm[];
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     int group = heads / kvheads;
     int kvh = blockIdx.x / hgroups;
     int hin = (blockIdx.x % hgroups) * warps + warp;
-    int row = blockIdx.y, split = blockIdx.z, splits = gridDim.z;
+    int row0 = blockIdx.y * R, split = blockIdx.z, splits = gridDim.z;
     bool active = hin < group;
     int h = kvh * group + hin;
     const int krow = ATT_KROW(dim);
-    float* qw = sm + warp * dim;
-    float* Ks = sm + warps * dim;
+    float* qw = sm + warp * R * dim;
+    float* Ks = sm + warps * R * dim;
     float* Vs = Ks + 32 * krow;
 
-    for (int d = lane; d < dim; d += 32) qw[d] = active ? q[((i64)row * heads + h) * dim + d] * scale : 0.f;
-
-    int p = pos[row];
-    int lo = window > 0 ? max(0, p - window + 1) : 0;
-    int len = p - lo + 1;
+    int rlo[R], rhi[R]; // each row's visible keys rlo..rhi (empty for rows past n)
+    int ulo = 0x7fffffff, uhi = -1;
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        rlo[r] = 0;
+        rhi[r] = -1;
+        if (row0 + r < n) {
+            int p = pos[row0 + r];
+            rlo[r] = window > 0 ? max(0, p - window + 1) : 0;
+            rhi[r] = p;
+            ulo = min(ulo, rlo[r]);
+            uhi = max(uhi, p);
+        }
+        for (int d = lane; d < dim; d += 32)
+            qw[r * dim + d] = active && row0 + r < n ? q[((i64)(row0 + r) * heads + h) * dim + d] * scale : 0.f;
+    }
+    int len = uhi - ulo + 1;
     int chunk = (len + splits - 1) / splits;
-    int start = lo + split * chunk, end = min(p + 1, start + chunk);
+    int start = ulo + split * chunk, end = min(uhi + 1, start + chunk);
 
     const int per = (dim + 31) / 32; // columns of V per lane (the last may be partial)
-    float acc[ATT_MAX_DIM / 32];
+    float acc[R][ATT_MAX_DIM / 32], m[R], l[R];
 #pragma unroll
-    for (int i = 0; i < ATT_MAX_DIM / 32; i++) acc[i] = 0.f;
-    float m = NEG_INF, l = 0.f;
+    for (int r = 0; r < R; r++) {
+        m[r] = NEG_INF;
+        l[r] = 0.f;
+#pragma unroll
+        for (int i = 0; i < ATT_MAX_DIM / 32; i++) acc[r][i] = 0.f;
+    }
     i64 stride = (i64)kvheads * dim;
 
     for (int kb = start; kb < end; kb += 32) {
@@ -73,51 +94,75 @@ __device__ void attn_partial_impl(const float* q, const KT* kc, const KT* vc, co
         }
         __syncthreads();
         if (!active) continue;
-        float s = NEG_INF;
-        if (lane < nk) {
-            const float4* kp = (const float4*)(Ks + lane * krow);
-            const float4* qp = (const float4*)qw;
-            float dot = 0.f;
-            for (int c = 0; c < dim / 4; c++) {
-                float4 a = kp[c], b = qp[c];
-                dot += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+        int key = kb + lane;
+        float pk[R];
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            float s = NEG_INF;
+            if (lane < nk && key >= rlo[r] && key <= rhi[r]) {
+                const float4* kp = (const float4*)(Ks + lane * krow);
+                const float4* qp = (const float4*)(qw + r * dim);
+                float dot = 0.f;
+                for (int c = 0; c < dim / 4; c++) {
+                    float4 a = kp[c], b = qp[c];
+                    dot += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+                }
+                s = dot;
             }
-            s = dot;
-        }
-        float mn = fmaxf(m, warp_max(s));
-        float corr = m == NEG_INF ? 0.f : expf(m - mn);
-        float pk = lane < nk ? expf(s - mn) : 0.f;
-        l = l * corr + warp_sum(pk);
+            float tmax = warp_max(s);
+            if (tmax == NEG_INF) { // no visible key in this tile for row r
+                pk[r] = 0.f;
+                continue;
+            }
+            float mn = fmaxf(m[r], tmax);
+            float corr = m[r] == NEG_INF ? 0.f : expf(m[r] - mn);
+            pk[r] = s == NEG_INF ? 0.f : expf(s - mn);
+            l[r] = l[r] * corr + warp_sum(pk[r]);
 #pragma unroll
-        for (int i = 0; i < ATT_MAX_DIM / 32; i++) acc[i] *= corr;
+            for (int i = 0; i < ATT_MAX_DIM / 32; i++) acc[r][i] *= corr;
+            m[r] = mn;
+        }
         for (int j = 0; j < nk; j++) {
-            float pj = __shfl_sync(0xffffffffu, pk, j);
             const float* vp = Vs + j * dim;
+            float vj[ATT_MAX_DIM / 32];
 #pragma unroll
-            for (int i = 0; i < ATT_MAX_DIM / 32; i++)
-                if (i < per && lane + 32 * i < dim) acc[i] += pj * vp[lane + 32 * i];
+            for (int i = 0; i < ATT_MAX_DIM / 32; i++) vj[i] = i < per && lane + 32 * i < dim ? vp[lane + 32 * i] : 0.f;
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                float pj = __shfl_sync(0xffffffffu, pk[r], j);
+#pragma unroll
+                for (int i = 0; i < ATT_MAX_DIM / 32; i++)
+                    if (i < per) acc[r][i] += pj * vj[i];
+            }
         }
-        m = mn;
     }
     if (!active) return;
-    i64 o = ((i64)row * heads + h) * splits + split;
-    if (lane == 0) {
-        pm[o] = m;
-        pl[o] = l;
-    }
 #pragma unroll
-    for (int i = 0; i < ATT_MAX_DIM / 32; i++)
-        if (i < per && lane + 32 * i < dim) pacc[o * dim + lane + 32 * i] = acc[i];
+    for (int r = 0; r < R; r++) {
+        if (row0 + r >= n) break;
+        i64 o = ((i64)(row0 + r) * heads + h) * splits + split;
+        if (lane == 0) {
+            pm[o] = m[r];
+            pl[o] = l[r];
+        }
+#pragma unroll
+        for (int i = 0; i < ATT_MAX_DIM / 32; i++)
+            if (i < per && lane + 32 * i < dim) pacc[o * dim + lane + 32 * i] = acc[r][i];
+    }
 }
 
-#define ATTN_PARTIAL(KT, NAME)                                                                                 \
-    extern "C" __global__ void attn_partial_##NAME(const float* q, const KT* kc, const KT* vc, const int* pos,      \
-                                                   int heads, int kvheads, int dim, float scale, int window,      \
-                                                   int cap, int hgroups, float* pm, float* pl, float* pacc) {      \
-        attn_partial_impl<KT>(q, kc, vc, pos, heads, kvheads, dim, scale, window, cap, hgroups, pm, pl, pacc);     \
+#define ATTN_PARTIAL(KT, NAME, R)                                                                              \
+    extern "C" __global__ void attn_partial_##NAME##_r##R(const float* q, const KT* kc, const KT* vc,             \
+                                                          const int* pos, int n, int heads, int kvheads, int dim, \
+                                                          float scale, int window, int cap, int hgroups,         \
+                                                          float* pm, float* pl, float* pacc) {                    \
+        attn_partial_impl<KT, R>(q, kc, vc, pos, n, heads, kvheads, dim, scale, window, cap, hgroups, pm, pl,    \
+                                 pacc);                                                                          \
     }
-ATTN_PARTIAL(u16, f16)
-ATTN_PARTIAL(float, f32)
+ATTN_PARTIAL(u16, f16, 1)
+ATTN_PARTIAL(float, f32, 1)
+ATTN_PARTIAL(u16, f16, 4)
+ATTN_PARTIAL(float, f32, 4)
 
 // attn_combine: block (head, row), dim threads.
 extern "C" __global__ void attn_combine(float* dst, const float* pm, const float* pl, const float* pacc,

@@ -21,48 +21,48 @@
 #define MM_BN 64
 #define MM_LD 40 // f16 per shared row: 32 + 8 padding keeps fragment loads conflict-free
 
-// load_chunk_h stores elements 32*blk.. of row as f16 raw values into o (16
-// words) and returns the scale they must be multiplied by.
+// raw_h converts a loaded Q8_0 or MXFP4 chunk to f16 quants in o (16 words,
+// exact) and returns the block scale they must be multiplied by.
 template <int T>
-__device__ __forceinline__ float load_chunk_h(const WView& w, i64 row, int blk, u32* o) {
+__device__ __forceinline__ float raw_h(const RawChunk& c, u32* o) {
     if (T == T_Q8_0) {
-        const uint4* p = (const uint4*)(w.q + row * w.in + blk * 32);
+        u32 a[8] = {c.a.x, c.a.y, c.a.z, c.a.w, c.b.x, c.b.y, c.b.z, c.b.w};
 #pragma unroll
-        for (int i = 0; i < 2; i++) {
-            uint4 v = p[i];
-            u32 a[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-            for (int j = 0; j < 8; j++) {
-                u32 b = a[j / 2] >> (16 * (j % 2));
-                o[8 * i + j] = pack2((float)(signed char)(b & 0xff), (float)(signed char)(b >> 8));
-            }
+        for (int j = 0; j < 16; j++) {
+            u32 b = a[j / 2] >> (16 * (j % 2));
+            o[j] = pack2((float)(signed char)(b & 0xff), (float)(signed char)(b >> 8));
         }
-        return h2f(((const u16*)w.s)[row * (w.in / 32) + blk]);
-    } else if (T == T_MXFP4) {
-        uint4 v = *(const uint4*)(w.q + row * (w.in / 2) + blk * 16);
-        u32 a[4] = {v.x, v.y, v.z, v.w};
+        return h2f((u16)c.s);
+    } else {
+        u32 a[4] = {c.a.x, c.a.y, c.a.z, c.a.w};
 #pragma unroll
         for (int j = 0; j < 8; j++) {
             u32 b0 = (a[j / 2] >> (16 * (j % 2))) & 0xff, b1 = (a[j / 2] >> (16 * (j % 2) + 8)) & 0xff;
-            o[j] = pack2(mx4(b0 & 0xf), mx4(b1 & 0xf));  // elements 2j, 2j+1
-            o[8 + j] = pack2(mx4(b0 >> 4), mx4(b1 >> 4));  // elements 16+2j, 16+2j+1
+            o[j] = pack2(mx4(b0 & 0xf), mx4(b1 & 0xf));   // elements 2j, 2j+1
+            o[8 + j] = pack2(mx4(b0 >> 4), mx4(b1 >> 4)); // elements 16+2j, 16+2j+1
         }
-        return e8m0_half(w.s[row * (w.in / 32) + blk]);
-    } else if (T == T_F16) {
+        return e8m0_half(c.s);
+    }
+}
+
+// load_chunk_h stores elements 32*blk.. of row of a plain float weight as
+// f16 into o (16 words) and returns 1, the scale.
+template <int T>
+__device__ __forceinline__ float load_chunk_h(const WView& w, i64 row, int blk, u32* o) {
+    if (T == T_F16) {
         const uint4* p = (const uint4*)(w.q + (row * w.in + blk * 32) * 2);
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             uint4 v = p[i];
             o[4 * i] = v.x; o[4 * i + 1] = v.y; o[4 * i + 2] = v.z; o[4 * i + 3] = v.w;
         }
-        return 1.f;
     } else {
         float v[32];
         load_chunk<T>(w, row, blk, v);
 #pragma unroll
         for (int j = 0; j < 16; j++) o[j] = pack2(v[2 * j], v[2 * j + 1]);
-        return 1.f;
     }
+    return 1.f;
 }
 
 __device__ __forceinline__ void mma16816(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
@@ -115,13 +115,27 @@ __device__ void matmul_impl(float* dst, const float* x, WView w, const float* bi
         }
     }
 
-    for (int blk = 0; blk < in / 32; blk++) {
+    // Software pipeline: the global loads of chunk blk+1 are issued before
+    // the tensor-core work of chunk blk, so their latency hides behind it.
+    // Quantized weights and activations wait in registers.
+    const bool raw = T == T_Q8_0 || T == T_MXFP4;
+    const int nblk = in / 32;
+    const int wr = n0 + tid; // the weight row a thread < 64 loads
+    RawChunk wraw;
+    float4 xv[8];
+    if (tid < 64) {
+        if (raw && wr < out) load_raw<T>(w, wrow0 + wr, 0, wraw);
+    } else if (xrow) {
+#pragma unroll
+        for (int j = 0; j < 8; j++) xv[j] = ((const float4*)xrow)[j];
+    }
+
+    for (int blk = 0; blk < nblk; blk++) {
         if (tid < 64) {
             u32 v[16];
             float s = 0.f;
-            int r = n0 + tid;
-            if (r < out) {
-                s = load_chunk_h<T>(w, wrow0 + r, blk, v);
+            if (wr < out) {
+                s = raw ? raw_h<T>(wraw, v) : load_chunk_h<T>(w, wrow0 + wr, blk, v);
             } else {
 #pragma unroll
                 for (int j = 0; j < 16; j++) v[j] = 0;
@@ -133,10 +147,9 @@ __device__ void matmul_impl(float* dst, const float* x, WView w, const float* bi
         } else {
             u32 v[16], lo[16];
             if (xrow) {
-                const float4* p = (const float4*)(xrow + blk * 32);
 #pragma unroll
                 for (int j = 0; j < 8; j++) {
-                    float4 f = p[j];
+                    float4 f = xv[j];
                     float e[4] = {f.x, f.y, f.z, f.w};
                     u16 hb[4];
                     float r[4];
@@ -160,6 +173,15 @@ __device__ void matmul_impl(float* dst, const float* x, WView w, const float* bi
             for (int j = 0; j < 4; j++) {
                 d[j] = make_uint4(v[4 * j], v[4 * j + 1], v[4 * j + 2], v[4 * j + 3]);
                 dl[j] = make_uint4(lo[4 * j], lo[4 * j + 1], lo[4 * j + 2], lo[4 * j + 3]);
+            }
+        }
+        if (blk + 1 < nblk) {
+            if (tid < 64) {
+                if (raw && wr < out) load_raw<T>(w, wrow0 + wr, blk + 1, wraw);
+            } else if (xrow) {
+                const float4* p = (const float4*)(xrow + (blk + 1) * 32);
+#pragma unroll
+                for (int j = 0; j < 8; j++) xv[j] = p[j];
             }
         }
         __syncthreads();

@@ -127,27 +127,29 @@ __device__ void moe_gateup_impl(float* h, const float* x, WView g, WView u, cons
     if (lane == 0) h[(i64)a * ff + r] = clamped_swiglu(gv, uv, alpha, limit);
 }
 
-// MoE decode, second half: dst[t][r] = Σ_slot wts[t][slot]·(down_e[r]·h[t*k+slot] + db_e[r]),
-// slots in ascending expert order (ids are sorted per token).
+// MoE decode, second half: dst[t][r] = Σ_slot wts[t][slot]·(down_e[r]·h[t*k+slot] + db_e[r]).
+// Block (r, t) has one warp per slot, so the k selected rows are read at
+// once; warp 0 then sums the slots in ascending expert order (ids are
+// sorted per token), as the reference does.
 template <int T>
 __device__ void moe_down_impl(float* dst, const float* h, WView d, const float* db, const int* ids,
                               const float* wts, int k, int hidden) {
-    int lane = threadIdx.x & 31;
-    int r = blockIdx.x * MV_WARPS + (threadIdx.x >> 5);
-    int t = blockIdx.y;
-    if (r >= hidden) return;
-    float sum = 0.f;
-    for (int s = 0; s < k; s++) {
-        int a = t * k + s;
-        i64 row = (i64)ids[a] * hidden + r;
-        float y, unused;
-        dot_rows<T>(d, 0, row, h + (i64)a * d.in, y, unused);
-        sum += wts[a] * (y + (db ? db[row] : 0.f));
+    __shared__ float ys[32];
+    int lane = threadIdx.x & 31, s = threadIdx.x >> 5;
+    int r = blockIdx.x, t = blockIdx.y;
+    int a = t * k + s;
+    i64 row = (i64)ids[a] * hidden + r;
+    float y, unused;
+    dot_rows<T>(d, 0, row, h + (i64)a * d.in, y, unused);
+    if (lane == 0) ys[s] = wts[a] * (y + (db ? db[row] : 0.f));
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float sum = 0.f;
+        for (int j = 0; j < k; j++) sum += ys[j];
+        dst[(i64)t * hidden + r] = sum;
     }
-    if (lane == 0) dst[(i64)t * hidden + r] = sum;
 }
 
-// embed: dst[i] = row ids[i] of the table, dequantized. One block per row.
 // An id outside the table's rows gives a row of NaN rather than a read out
 // of bounds (the model validates ids; this keeps a bug visible).
 template <int T>
@@ -184,7 +186,7 @@ __device__ void embed_impl(float* dst, WView w, const int* ids, int rows) {
                           float limit) {                                                                     \
         moe_gateup_impl<T>(h, x, WView{gq, gs, in}, WView{uq, us, in}, gb, ub, ids, k, ff, alpha, limit);    \
     }                                                                                                        \
-    extern "C" __global__ void __launch_bounds__(128)                                                        \
+    extern "C" __global__ void __launch_bounds__(1024)                                                       \
         moe_down_##NAME(float* dst, const float* h, const u8* q, const u8* s, int in, const float* db,       \
                         const int* ids, const float* wts, int k, int hidden) {                               \
         moe_down_impl<T>(dst, h, WView{q, s, in}, db, ids, wts, k, hidden);                                  \
