@@ -1,7 +1,6 @@
 package model
 
 import (
-	"compress/gzip"
 	"encoding/json"
 	"math"
 	"os"
@@ -10,6 +9,7 @@ import (
 
 	"orcd/backend/cpu"
 	"orcd/gguf"
+	"orcd/internal/testutil"
 )
 
 // hfFixture is one reference run of HF transformers, written by
@@ -35,19 +35,8 @@ const conformanceTolerance = 1e-4
 
 func readFixture(t *testing.T, name string) *hfFixture {
 	t.Helper()
-	f, err := os.Open(filepath.Join("testdata", name+".json.gz"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	zr, err := gzip.NewReader(f)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var fx hfFixture
-	if err := json.NewDecoder(zr).Decode(&fx); err != nil {
-		t.Fatalf("%s: %v", name, err)
-	}
+	testutil.ReadGzipJSON(t, filepath.Join("testdata", name+".json.gz"), &fx)
 	return &fx
 }
 

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"orcd/gguf"
+	"orcd/internal/testutil"
 )
 
 // benchCorpusSize is the size of the benchmark corpus, in bytes.
@@ -135,7 +136,7 @@ func BenchmarkLoad(b *testing.B) {
 				f.Close()
 			}
 		})
-		data := readGzip(b, "testdata/"+name+".tokenizer.json.gz")
+		data := testutil.ReadGzip(b, "testdata/"+name+".tokenizer.json.gz")
 		b.Run("hf-json/"+name, func(b *testing.B) {
 			for b.Loop() {
 				if _, err := FromHFJSONBytes(data); err != nil {

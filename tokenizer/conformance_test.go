@@ -2,16 +2,14 @@ package tokenizer
 
 import (
 	"bytes"
-	"compress/gzip"
 	"encoding/json"
-	"io"
-	"os"
 	"slices"
 	"sync"
 	"testing"
 	"unicode/utf8"
 
 	"orcd/gguf"
+	"orcd/internal/testutil"
 )
 
 // conformance is testdata/conformance.json.gz, written by
@@ -24,36 +22,9 @@ type conformance struct {
 	Notes          map[string]any       `json:"notes"`
 }
 
-func readGzip(t testing.TB, path string) []byte {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	zr, err := gzip.NewReader(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := io.ReadAll(zr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
 var loadConformance = sync.OnceValues(func() (*conformance, error) {
-	f, err := os.Open("testdata/conformance.json.gz")
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	zr, err := gzip.NewReader(f)
-	if err != nil {
-		return nil, err
-	}
 	var c conformance
-	if err := json.NewDecoder(zr).Decode(&c); err != nil {
+	if err := testutil.DecodeGzipJSON("testdata/conformance.json.gz", &c); err != nil {
 		return nil, err
 	}
 	return &c, nil
@@ -106,7 +77,7 @@ func ggufImage(t testing.TB, v *GGUFVocab) *gguf.File {
 
 func hfTokenizer(t testing.TB, name string) *Tokenizer {
 	t.Helper()
-	tk, err := FromHFJSONBytes(readGzip(t, "testdata/"+name+".tokenizer.json.gz"))
+	tk, err := FromHFJSONBytes(testutil.ReadGzip(t, "testdata/"+name+".tokenizer.json.gz"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -269,7 +240,7 @@ func TestMetadata(t *testing.T) {
 // it encodes the same.
 func TestHFJSONMergeStrings(t *testing.T) {
 	var doc map[string]any
-	if err := json.Unmarshal(readGzip(t, "testdata/gpt2.tokenizer.json.gz"), &doc); err != nil {
+	if err := json.Unmarshal(testutil.ReadGzip(t, "testdata/gpt2.tokenizer.json.gz"), &doc); err != nil {
 		t.Fatal(err)
 	}
 	model := doc["model"].(map[string]any)
@@ -338,7 +309,7 @@ func TestVocabGGUFMatchesHF(t *testing.T) {
 				Merges [][2]string      `json:"merges"`
 			} `json:"model"`
 		}
-		if err := json.Unmarshal(readGzip(t, "testdata/"+name+".tokenizer.json.gz"), &doc); err != nil {
+		if err := json.Unmarshal(testutil.ReadGzip(t, "testdata/"+name+".tokenizer.json.gz"), &doc); err != nil {
 			t.Fatal(err)
 		}
 		v, err := VocabGGUF(name)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"compress/gzip"
 	"context"
 	"encoding/json"
 	"math"
@@ -15,6 +14,7 @@ import (
 
 	"orcd/backend/cpu"
 	"orcd/gguf"
+	"orcd/internal/testutil"
 	"orcd/model"
 	"orcd/tensor"
 	"orcd/tokenizer"
@@ -180,22 +180,11 @@ func TestRunErrors(t *testing.T) {
 // and compares with HF's logits (the interface external checks use).
 func TestLogitsCommandHF(t *testing.T) {
 	const name = "gptoss_mxfp4_q8"
-	f, err := os.Open(filepath.Join("..", "..", "model", "testdata", name+".json.gz"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	zr, err := gzip.NewReader(f)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var fx struct {
 		Prompt       []int32     `json:"prompt"`
 		PromptLogits [][]float32 `json:"prompt_logits"`
 	}
-	if err := json.NewDecoder(zr).Decode(&fx); err != nil {
-		t.Fatal(err)
-	}
+	testutil.ReadGzipJSON(t, filepath.Join("..", "..", "model", "testdata", name+".json.gz"), &fx)
 	ids := make([]string, len(fx.Prompt))
 	for i, id := range fx.Prompt {
 		ids[i] = strconv.Itoa(int(id))

@@ -2,12 +2,12 @@ package main
 
 import (
 	"bytes"
-	"compress/gzip"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"orcd/internal/testutil"
 )
 
 func tokenize(t *testing.T, stdin string, args ...string) (stdout, stderr string, rc int) {
@@ -67,19 +67,7 @@ func TestTokenizeDecode(t *testing.T) {
 }
 
 func TestTokenizeTokenizerJSON(t *testing.T) {
-	f, err := os.Open("../../tokenizer/testdata/gpt2.tokenizer.json.gz")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	zr, err := gzip.NewReader(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	data, err := io.ReadAll(zr)
-	if err != nil {
-		t.Fatal(err)
-	}
+	data := testutil.ReadGzip(t, "../../tokenizer/testdata/gpt2.tokenizer.json.gz")
 	path := filepath.Join(t.TempDir(), "tokenizer.json")
 	if err := os.WriteFile(path, data, 0o644); err != nil {
 		t.Fatal(err)

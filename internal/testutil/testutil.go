@@ -1,0 +1,69 @@
+// Package testutil holds the test helpers that several packages' tests
+// share, so that each exists once. It imports only the standard library, so
+// that any package's tests can use it.
+package testutil
+
+import (
+	"compress/gzip"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"testing"
+)
+
+// ReadGzip returns the decompressed contents of the gzip file at path,
+// failing the test if it cannot be read.
+func ReadGzip(t testing.TB, path string) []byte {
+	t.Helper()
+	b, err := readGzip(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// ReadGzipJSON decodes the gzipped JSON file at path (a fixture) into v,
+// failing the test if it cannot be read or decoded.
+func ReadGzipJSON(t testing.TB, path string, v any) {
+	t.Helper()
+	if err := DecodeGzipJSON(path, v); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// DecodeGzipJSON decodes the gzipped JSON file at path into v. It is
+// ReadGzipJSON for code that runs without a testing.TB, such as a fixture
+// loaded once for a whole package.
+func DecodeGzipJSON(path string, v any) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	zr, err := gzip.NewReader(f)
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	if err := json.NewDecoder(zr).Decode(v); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return nil
+}
+
+func readGzip(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	zr, err := gzip.NewReader(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	b, err := io.ReadAll(zr)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return b, nil
+}
