@@ -5,6 +5,7 @@ import (
 	"math"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 
@@ -130,7 +131,7 @@ func TestRoundTrip(t *testing.T) {
 		}
 		for i, want := range w.tensors {
 			got := &f.Tensors[i]
-			if got.Name != want.Name || got.Type != want.Type || !equalDims(got.Dims, want.Dims) || got.Size != want.Size {
+			if got.Name != want.Name || got.Type != want.Type || !slices.Equal(got.Dims, want.Dims) || got.Size != want.Size {
 				t.Errorf("tensor %d: %+v, want %+v", i, *got, want)
 			}
 			if got.Offset%wantAlign != 0 {
@@ -147,18 +148,6 @@ func TestRoundTrip(t *testing.T) {
 			t.Error("TensorData after Close is not nil")
 		}
 	}
-}
-
-func equalDims(a, b []int64) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // TestWriteChunks writes a tensor in several pieces and checks the result

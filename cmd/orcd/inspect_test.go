@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -80,7 +81,7 @@ func TestInspectJSONMatchesReference(t *testing.T) {
 		perType := map[string]int64{}
 		for i, w := range want.Tensors {
 			g := got.Tensors[i]
-			if g.Name != w.Name || g.Type != w.Type || !equalInts(g.Shape, w.Dims) || g.Offset != w.Offset || g.Bytes != w.Size {
+			if g.Name != w.Name || g.Type != w.Type || !slices.Equal(g.Shape, w.Dims) || g.Offset != w.Offset || g.Bytes != w.Size {
 				t.Errorf("%s: tensor %d = %+v, want %+v", path, i, g, w)
 			}
 			n := int64(1)
@@ -104,18 +105,6 @@ func TestInspectJSONMatchesReference(t *testing.T) {
 			t.Errorf("%s: no totals for %v", path, perType)
 		}
 	}
-}
-
-func equalInts(a, b []int64) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 func TestInspectText(t *testing.T) {
