@@ -156,3 +156,16 @@ func AppendQuantized(dst []byte, t Type, src []float32) ([]byte, error) {
 	}
 	return dst, nil
 }
+
+// finiteAmax returns the largest |v| of a block about to be quantized, or
+// an error naming the first element that is NaN or infinite.
+func finiteAmax(x []float32) (float32, error) {
+	var amax float32
+	for j, v := range x {
+		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+			return 0, fmt.Errorf("element %d is %v", j, v)
+		}
+		amax = max(amax, abs32(v))
+	}
+	return amax, nil
+}

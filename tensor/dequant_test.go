@@ -369,15 +369,7 @@ func TestDequantizeErrors(t *testing.T) {
 		{"odd F16 bytes", F16, 3, 2, []string{"F16", "3", "4"}},
 	} {
 		err := Dequantize(c.t, make([]byte, c.src), make([]float32, c.dst))
-		if err == nil {
-			t.Errorf("%s: no error", c.name)
-			continue
-		}
-		for _, s := range c.wantErr {
-			if !strings.Contains(err.Error(), s) {
-				t.Errorf("%s: error %q does not mention %q", c.name, err, s)
-			}
-		}
+		wantErrorMentions(t, c.name, err, c.wantErr)
 	}
 	// Zero elements is a valid, empty row.
 	if err := Dequantize(Q4_0, nil, nil); err != nil {
@@ -417,6 +409,21 @@ func TestMXFP4DoubledValues(t *testing.T) {
 	for code, v := range MXFP4DoubledValues() {
 		if float64(v) != 2*e2m1[code] {
 			t.Errorf("code %d: %d, want 2·%g", code, v, e2m1[code])
+		}
+	}
+}
+
+// wantErrorMentions fails the test unless err is an error whose message
+// contains each of want.
+func wantErrorMentions(t *testing.T, name string, err error, want []string) {
+	t.Helper()
+	if err == nil {
+		t.Errorf("%s: no error", name)
+		return
+	}
+	for _, s := range want {
+		if !strings.Contains(err.Error(), s) {
+			t.Errorf("%s: error %q does not mention %q", name, err, s)
 		}
 	}
 }

@@ -1,9 +1,6 @@
 package tensor
 
-import (
-	"fmt"
-	"math"
-)
+import "math"
 
 // MXFP4 block (17 bytes, 32 elements): E8M0 byte e, then qs[16]; element j is
 // the low nibble of qs[j] and element j+16 the high nibble. Each nibble is an
@@ -50,12 +47,9 @@ func dequantizeMXFP4(b []byte, y []float32) {
 // on a non-finite value.
 func quantizeMXFP4(dst []byte, x []float32) ([]byte, error) {
 	x = x[:32]
-	var amax float32
-	for j, v := range x {
-		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
-			return dst, fmt.Errorf("element %d is %v", j, v)
-		}
-		amax = max(amax, abs32(v))
+	amax, err := finiteAmax(x)
+	if err != nil {
+		return dst, err
 	}
 	var e uint8
 	if amax > 0 {

@@ -26,12 +26,9 @@ func dequantizeQ8_0(b []byte, y []float32) {
 // decoded back.
 func quantizeQ8_0(dst []byte, x []float32) ([]byte, error) {
 	x = x[:32]
-	var amax float32
-	for j, v := range x {
-		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
-			return dst, fmt.Errorf("element %d is %v", j, v)
-		}
-		amax = max(amax, abs32(v))
+	amax, err := finiteAmax(x)
+	if err != nil {
+		return dst, err
 	}
 	d := amax / 127
 	var id float32
