@@ -117,18 +117,10 @@ func (s *Server) request(c commonFields, maxTokens *int) (engine.Request, error)
 			return req, invalid(name + ": not supported (use repetition_penalty)")
 		}
 	}
-	mt, err := s.maxTokens("max_tokens", maxTokens)
+	req, err := s.generation(maxTokens, c.samplingFields, c.Stop)
 	if err != nil {
 		return req, err
 	}
-	sp, err := c.params()
-	if err != nil {
-		return req, err
-	}
-	if err := validateStops(c.Stop); err != nil {
-		return req, err
-	}
-	req = engine.Request{MaxTokens: mt, Sampling: sp, Stop: c.Stop}
 	if c.Seed != nil {
 		seed := uint64(*c.Seed)
 		req.Seed = &seed

@@ -73,54 +73,47 @@ func (f samplingFields) params() (engine.SamplingParams, error) {
 	return p, nil
 }
 
-// maxTokens validates max_tokens against the limits.
-func (s *Server) maxTokens(field string, v *int) (int, error) {
-	if v == nil {
-		return s.cfg.DefaultMaxTokens, nil
+// generation checks the fields every endpoint has (max_tokens, the
+// sampling fields, stop) and returns the engine request they describe.
+func (s *Server) generation(maxTokens *int, f samplingFields, stops []string) (engine.Request, error) {
+	req := engine.Request{MaxTokens: s.cfg.DefaultMaxTokens, Stop: stops}
+	if maxTokens != nil {
+		limit := min(maxTokensLimit, s.cfg.MaxTokensOut)
+		if *maxTokens < 1 || *maxTokens > limit {
+			return req, invalid(fmt.Sprintf("max_tokens: %d is outside [1, %d]", *maxTokens, limit))
+		}
+		req.MaxTokens = *maxTokens
 	}
-	limit := min(maxTokensLimit, s.cfg.MaxTokensOut)
-	if *v < 1 || *v > limit {
-		return 0, invalid(fmt.Sprintf("%s: %d is outside [1, %d]", field, *v, limit))
+	var err error
+	if req.Sampling, err = f.params(); err != nil {
+		return req, err
 	}
-	return *v, nil
-}
-
-func validateStops(stops []string) error {
 	if len(stops) > maxStops {
-		return invalid(fmt.Sprintf("stop: %d strings, at most %d allowed", len(stops), maxStops))
+		return req, invalid(fmt.Sprintf("stop: %d strings, at most %d allowed", len(stops), maxStops))
 	}
 	for i, s := range stops {
 		if s == "" || len(s) > maxStopBytes {
-			return invalid(fmt.Sprintf("stop[%d]: must be 1 to %d bytes", i, maxStopBytes))
+			return req, invalid(fmt.Sprintf("stop[%d]: must be 1 to %d bytes", i, maxStopBytes))
 		}
 	}
-	return nil
+	return req, nil
 }
 
-func (s *Server) engineRequest(req executeRequest) (engine.Request, error) {
-	var er engine.Request
+// engineRequest checks an /execute body and returns its engine request.
+func (s *Server) engineRequest(body executeRequest) (engine.Request, error) {
 	switch {
-	case req.JobID == "":
-		return er, invalid("job_id: required")
-	case len(req.JobID) > maxJobIDBytes:
-		return er, invalid(fmt.Sprintf("job_id: longer than %d bytes", maxJobIDBytes))
-	case req.Prompt == nil:
-		return er, invalid("prompt: required")
-	case *req.Prompt == "":
-		return er, invalid("prompt: empty")
+	case body.JobID == "":
+		return engine.Request{}, invalid("job_id: required")
+	case len(body.JobID) > maxJobIDBytes:
+		return engine.Request{}, invalid(fmt.Sprintf("job_id: longer than %d bytes", maxJobIDBytes))
+	case body.Prompt == nil:
+		return engine.Request{}, invalid("prompt: required")
+	case *body.Prompt == "":
+		return engine.Request{}, invalid("prompt: empty")
 	}
-	mt, err := s.maxTokens("max_tokens", req.MaxTokens)
-	if err != nil {
-		return er, err
-	}
-	sp, err := req.params()
-	if err != nil {
-		return er, err
-	}
-	if err := validateStops(req.Stop); err != nil {
-		return er, err
-	}
-	return engine.Request{ID: req.JobID, Prompt: *req.Prompt, MaxTokens: mt, Sampling: sp, Seed: req.Seed, Stop: req.Stop}, nil
+	req, err := s.generation(body.MaxTokens, body.samplingFields, body.Stop)
+	req.ID, req.Prompt, req.Seed = body.JobID, *body.Prompt, body.Seed
+	return req, err
 }
 
 // Payloads of the /execute events.
