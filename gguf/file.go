@@ -48,6 +48,7 @@ type FormatError struct {
 	Msg    string
 }
 
+// Error formats the problem as "gguf: file: field (at byte N): message".
 func (e *FormatError) Error() string {
 	field := e.Field
 	if strings.ContainsFunc(field, func(r rune) bool { return !unicode.IsPrint(r) }) {

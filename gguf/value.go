@@ -167,41 +167,6 @@ func ArrayValue(slice any) (Value, error) {
 	return Value{typ: Array, elem: elem, arr: slice}, nil
 }
 
-// ValueOf returns the Value of a Go value: one of the scalar types that have
-// a GGUF type (uint8 … float64, bool, string), a Value, or any slice that
-// ArrayValue accepts.
-func ValueOf(x any) (Value, error) {
-	switch v := x.(type) {
-	case Value:
-		return v, nil
-	case uint8:
-		return Uint8Value(v), nil
-	case int8:
-		return Int8Value(v), nil
-	case uint16:
-		return Uint16Value(v), nil
-	case int16:
-		return Int16Value(v), nil
-	case uint32:
-		return Uint32Value(v), nil
-	case int32:
-		return Int32Value(v), nil
-	case uint64:
-		return Uint64Value(v), nil
-	case int64:
-		return Int64Value(v), nil
-	case float32:
-		return Float32Value(v), nil
-	case float64:
-		return Float64Value(v), nil
-	case bool:
-		return BoolValue(v), nil
-	case string:
-		return StringValue(v), nil
-	}
-	return ArrayValue(x)
-}
-
 func sliceElemType(slice any) (ValueType, bool) {
 	switch slice.(type) {
 	case []uint8:

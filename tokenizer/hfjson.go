@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"os"
 )
 
 // hfJSON is the part of a Hugging Face tokenizer.json that byte-level BPE
@@ -44,21 +43,9 @@ type hfPreTokenizer struct {
 	Invert   bool   `json:"invert"`
 }
 
-// FromHFJSON loads a byte-level BPE tokenizer from a Hugging Face
-// tokenizer.json file.
-func FromHFJSON(path string) (*Tokenizer, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("tokenizer: %w", err)
-	}
-	t, err := FromHFJSONBytes(data)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return t, nil
-}
-
-// FromHFJSONBytes is FromHFJSON for the file's contents.
+// FromHFJSONBytes loads a byte-level BPE tokenizer from the contents of a
+// Hugging Face tokenizer.json file. (Load reads the file itself, taking
+// special token ids from the GGUF file when it has them.)
 func FromHFJSONBytes(data []byte) (*Tokenizer, error) {
 	sp, err := hfSpec(data)
 	if err != nil {
