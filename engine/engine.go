@@ -341,8 +341,8 @@ func (j *Job) wait(ctx context.Context) error {
 // emit returns true to stop generation, which then ends with StopString.
 // Cancellation (Engine.Cancel or ctx), the engine's timeout and Drain's
 // deadline end the request with StopCancelled, StopTimeout or StopShutdown
-// and a nil error; the error is
-// for failures (cache allocation, model errors).
+// and a nil error; the error is for failures (cache allocation, model
+// errors).
 func (j *Job) Run(ctx context.Context, emit func(Token) bool) (Result, error) {
 	e := j.e
 	defer e.finish(j)

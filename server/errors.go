@@ -96,18 +96,22 @@ func classify(err error) apiError {
 	return apiError{http.StatusInternalServerError, codeInternal, err.Error(), false}
 }
 
-// stopError is the API error of a request that ended by cancel, timeout or
-// shutdown.
-func stopError(reason engine.StopReason) (apiError, bool) {
-	switch reason {
-	case engine.StopCancelled:
-		return apiError{statusClientClosed, codeCancelled, "the job was cancelled", false}, true
-	case engine.StopTimeout:
-		return apiError{http.StatusGatewayTimeout, codeTimeout, "the job exceeded the inference timeout", false}, true
-	case engine.StopShutdown:
-		return apiError{http.StatusServiceUnavailable, codeShuttingDown, "the worker shut down before the job finished", true}, true
+// runError is the error a finished job reports: err from Run, or else the
+// API error of a job that ended by cancel, timeout or shutdown (Run returns
+// those with a nil error), or nil.
+func runError(res engine.Result, err error) error {
+	if err != nil {
+		return err
 	}
-	return apiError{}, false
+	switch res.StopReason {
+	case engine.StopCancelled:
+		return apiError{statusClientClosed, codeCancelled, "the job was cancelled", false}
+	case engine.StopTimeout:
+		return apiError{http.StatusGatewayTimeout, codeTimeout, "the job exceeded the inference timeout", false}
+	case engine.StopShutdown:
+		return apiError{http.StatusServiceUnavailable, codeShuttingDown, "the worker shut down before the job finished", true}
+	}
+	return nil
 }
 
 type correlationKey struct{}

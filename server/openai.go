@@ -298,11 +298,7 @@ func (s *Server) runJob(r *http.Request, job *engine.Job, arrival time.Time, out
 func (s *Server) finishOpenAI(w http.ResponseWriter, r *http.Request, endpoint string, sse *sseWriter, job *engine.Job,
 	res engine.Result, err error, final, usageChunk func() any, opts *streamOptions) {
 	outcome := string(res.StopReason)
-	if err == nil {
-		if e, stopped := stopError(res.StopReason); stopped {
-			err = e
-		}
-	}
+	err = runError(res, err)
 	s.log.Info("openai request done", "endpoint", endpoint, "outcome", outcome, "prompt_tokens", job.PromptTokens(),
 		"tokens_out", res.TokensOut, "error", err, "correlation_id", correlationID(r.Context()))
 	switch {

@@ -180,11 +180,7 @@ func (s *Server) handleExecute(w http.ResponseWriter, r *http.Request) {
 		return false
 	})
 	outcome := string(res.StopReason)
-	if err == nil {
-		if e, stopped := stopError(res.StopReason); stopped {
-			err = e
-		}
-	}
+	err = runError(res, err)
 	if err != nil {
 		e := classify(err)
 		outcome = e.code
