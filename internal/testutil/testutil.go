@@ -36,16 +36,11 @@ func ReadGzipJSON(t testing.TB, path string, v any) {
 // ReadGzipJSON for code that runs without a testing.TB, such as a fixture
 // loaded once for a whole package.
 func DecodeGzipJSON(path string, v any) error {
-	f, err := os.Open(path)
+	b, err := readGzip(path)
 	if err != nil {
 		return err
 	}
-	defer f.Close()
-	zr, err := gzip.NewReader(f)
-	if err != nil {
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	if err := json.NewDecoder(zr).Decode(v); err != nil {
+	if err := json.Unmarshal(b, v); err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}
 	return nil
