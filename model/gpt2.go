@@ -95,18 +95,10 @@ func loadGPT2(f *gguf.File, be backend.Backend, opts LoadOptions) (*gpt2, error)
 
 	w := newWeights(f, be, "gpt2", opts.Progress)
 	h, ff := p.hidden, p.ff
-	load := func(f32 bool, dims []int, name string) backend.Tensor {
-		if err != nil {
-			return nil
-		}
-		var t backend.Tensor
-		t, err = w.load(f32, dims, name)
-		return t
-	}
-	m.tokEmbd = load(false, []int{h, p.vocab}, "token_embd.weight")
-	m.posEmbd = load(false, []int{h, p.ctx}, "position_embd.weight")
-	for l := 0; l < p.layers && err == nil; l++ {
-		b := &gpt2Block{}
+	m.tokEmbd = w.load(false, []int{h, p.vocab}, "token_embd.weight")
+	m.posEmbd = w.load(false, []int{h, p.ctx}, "position_embd.weight")
+	for l := 0; l < p.layers && w.err == nil; l++ {
+		b := gpt2Block{}
 		ll := layerLoader{w: w, layer: l}
 		b.attnNormW = ll.get(true, []int{h}, "attn_norm.weight")
 		b.attnNormB = ll.get(true, []int{h}, "attn_norm.bias")
@@ -120,20 +112,17 @@ func loadGPT2(f *gguf.File, be backend.Backend, opts LoadOptions) (*gpt2, error)
 		b.upB = ll.get(true, []int{ff}, "ffn_up.bias")
 		b.downW = ll.get(false, []int{ff, h}, "ffn_down.weight")
 		b.downB = ll.get(true, []int{h}, "ffn_down.bias")
-		err = ll.err
-		m.blocks = append(m.blocks, *b)
+		m.blocks = append(m.blocks, b)
 	}
-	m.outNormW = load(true, []int{h}, "output_norm.weight")
-	m.outNormB = load(true, []int{h}, "output_norm.bias")
+	m.outNormW = w.load(true, []int{h}, "output_norm.weight")
+	m.outNormB = w.load(true, []int{h}, "output_norm.bias")
 	m.output = m.tokEmbd
 	if w.has("output.weight") {
-		m.output = load(false, []int{h, p.vocab}, "output.weight")
+		m.output = w.load(false, []int{h, p.vocab}, "output.weight")
 	}
-	if err != nil {
-		w.release()
+	if m.weights, err = w.finish(); err != nil {
 		return nil, err
 	}
-	m.weights = w.finish()
 	return m, nil
 }
 

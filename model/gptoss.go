@@ -224,16 +224,8 @@ func loadGPTOSS(f *gguf.File, be backend.Backend, arch string, opts LoadOptions)
 
 	w := newWeights(f, be, arch, opts.Progress)
 	h, q, kv, ff, e := p.hidden, p.heads*p.headDim, p.kvHeads*p.headDim, p.expertFF, p.experts
-	load := func(f32 bool, dims []int, names ...string) backend.Tensor {
-		if err != nil {
-			return nil
-		}
-		var t backend.Tensor
-		t, err = w.load(f32, dims, names...)
-		return t
-	}
-	m.tokEmbd = load(false, []int{h, p.vocab}, "token_embd.weight")
-	for l := 0; l < p.layers && err == nil; l++ {
+	m.tokEmbd = w.load(false, []int{h, p.vocab}, "token_embd.weight")
+	for l := 0; l < p.layers && w.err == nil; l++ {
 		b := gptossBlock{}
 		ll := layerLoader{w: w, layer: l}
 		b.attnNorm = ll.get(true, []int{h}, "attn_norm.weight")
@@ -258,16 +250,13 @@ func loadGPTOSS(f *gguf.File, be backend.Backend, arch string, opts LoadOptions)
 		if l%2 == 0 {
 			b.window = p.window // even layers slide, odd layers see everything
 		}
-		err = ll.err
 		m.blocks = append(m.blocks, b)
 	}
-	m.outNorm = load(true, []int{h}, "output_norm.weight")
-	m.output = load(false, []int{h, p.vocab}, "output.weight")
-	if err != nil {
-		w.release()
+	m.outNorm = w.load(true, []int{h}, "output_norm.weight")
+	m.output = w.load(false, []int{h, p.vocab}, "output.weight")
+	if m.weights, err = w.finish(); err != nil {
 		return nil, err
 	}
-	m.weights = w.finish()
 
 	inv, mscale := ropeFrequencies(p.headDim, p.ropeBase, p.yarn)
 	m.mscale = mscale

@@ -125,7 +125,9 @@ func readVocab(f *gguf.File, arch string, hidden int) (int, error) {
 }
 
 // weights uploads tensors of one file to a backend, checking each one's type
-// and shape, and keeps them so that a failed load can free what it took.
+// and shape, and keeps them so that a failed load can free what it took. It
+// records the first error and then loads nothing more, so that a model's
+// tensors read as a list with one check at the end (finish).
 type weights struct {
 	f        *gguf.File
 	be       backend.Backend
@@ -134,6 +136,7 @@ type weights struct {
 	total    int64
 	progress func(done, total int64)
 	tensors  []backend.Tensor
+	err      error
 }
 
 func newWeights(f *gguf.File, be backend.Backend, arch string, progress func(done, total int64)) *weights {
@@ -156,8 +159,18 @@ func (w *weights) has(names ...string) bool {
 
 // load uploads the first tensor found among names (alternative spellings of
 // one tensor), after checking that its dims are want (ggml order) and, if
-// f32 is set, that it is stored as F32 (norms, biases, sinks).
-func (w *weights) load(f32 bool, want []int, names ...string) (backend.Tensor, error) {
+// f32 is set, that it is stored as F32 (norms, biases, sinks). After an
+// error it returns nil.
+func (w *weights) load(f32 bool, want []int, names ...string) backend.Tensor {
+	if w.err != nil {
+		return nil
+	}
+	t, err := w.upload(f32, want, names...)
+	w.err = err
+	return t
+}
+
+func (w *weights) upload(f32 bool, want []int, names ...string) (backend.Tensor, error) {
 	var ti *gguf.TensorInfo
 	for _, n := range names {
 		if t, ok := w.f.Tensor(n); ok {
@@ -202,41 +215,33 @@ func (w *weights) load(f32 bool, want []int, names ...string) (backend.Tensor, e
 	return t, nil
 }
 
-// finish reports completion and returns the uploaded tensors, which the
-// model now owns.
-func (w *weights) finish() []backend.Tensor {
+// finish returns the uploaded tensors, which the model now owns, and
+// reports completion; or, after an error, frees them and returns it.
+func (w *weights) finish() ([]backend.Tensor, error) {
+	if w.err != nil {
+		for _, t := range w.tensors {
+			w.be.Free(t)
+		}
+		w.tensors = nil
+		return nil, w.err
+	}
 	if w.progress != nil {
 		w.progress(w.total, w.total)
 	}
-	return w.tensors
-}
-
-// release frees every tensor uploaded so far (after a failed load).
-func (w *weights) release() {
-	for _, t := range w.tensors {
-		w.be.Free(t)
-	}
-	w.tensors = nil
+	return w.tensors, nil
 }
 
 // layerLoader binds the tensor names of one block ("blk.N.").
 type layerLoader struct {
 	w     *weights
 	layer int
-	err   error
 }
 
-// get loads blk.N.<name> (or an alternative spelling) and records the first
-// error, so that a block's tensors read as a list.
-func (l *layerLoader) get(f32 bool, want []int, names ...string) backend.Tensor {
-	if l.err != nil {
-		return nil
-	}
+// get loads blk.N.<name> (or an alternative spelling).
+func (l layerLoader) get(f32 bool, want []int, names ...string) backend.Tensor {
 	full := make([]string, len(names))
 	for i, n := range names {
 		full[i] = fmt.Sprintf("blk.%d.%s", l.layer, n)
 	}
-	t, err := l.w.load(f32, want, full...)
-	l.err = err
-	return t
+	return l.w.load(f32, want, full...)
 }
