@@ -117,11 +117,8 @@ func BenchmarkLoad(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		w := gguf.NewWriter()
-		w.SetString("general.architecture", "gpt2")
-		v.SetOn(w)
 		path := filepath.Join(b.TempDir(), name+".gguf")
-		if err := gguf.WriteFile(path, w, nil); err != nil {
+		if err := gguf.WriteFile(path, vocabWriter(v), nil); err != nil {
 			b.Fatal(err)
 		}
 		b.Run("gguf/"+name, func(b *testing.B) {

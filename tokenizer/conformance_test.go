@@ -55,13 +55,22 @@ func viaGGUF(t testing.TB, name string) *Tokenizer {
 	return tk
 }
 
-func ggufImage(t testing.TB, v *GGUFVocab) *gguf.File {
-	t.Helper()
+// vocabWriter returns a GGUF writer for a tensorless gpt2 file holding v
+// (none if v is nil).
+func vocabWriter(v *GGUFVocab) *gguf.Writer {
 	w := gguf.NewWriter()
 	w.SetString("general.architecture", "gpt2")
-	v.SetOn(w)
+	if v != nil {
+		v.SetOn(w)
+	}
+	return w
+}
+
+// ggufImage parses the file of vocabWriter(v) from memory.
+func ggufImage(t testing.TB, v *GGUFVocab) *gguf.File {
+	t.Helper()
 	var buf bytes.Buffer
-	tw, err := w.Begin(&buf)
+	tw, err := vocabWriter(v).Begin(&buf)
 	if err != nil {
 		t.Fatal(err)
 	}

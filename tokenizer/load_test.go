@@ -163,12 +163,7 @@ func TestLoadErrors(t *testing.T) {
 
 func writeGGUF(t *testing.T, path string, v *GGUFVocab) *gguf.File {
 	t.Helper()
-	w := gguf.NewWriter()
-	w.SetString("general.architecture", "gpt2")
-	if v != nil {
-		v.SetOn(w)
-	}
-	if err := gguf.WriteFile(path, w, nil); err != nil {
+	if err := gguf.WriteFile(path, vocabWriter(v), nil); err != nil {
 		t.Fatal(err)
 	}
 	f, err := gguf.Open(path)
