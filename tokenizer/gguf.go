@@ -62,15 +62,9 @@ func ReadGGUFVocab(f *gguf.File) (*GGUFVocab, error) {
 	if v.Merges, err = f.GetStrings(keyMerges); err != nil {
 		return nil, fmt.Errorf("tokenizer: %w", err)
 	}
-	for _, k := range []struct {
-		key string
-		dst *int32
-	}{{keyBOS, &v.BOS}, {keyEOS, &v.EOS}, {keyPAD, &v.PAD}, {keyEOT, &v.EOT}, {keyEOM, &v.EOM}} {
-		id, err := optionalID(f, k.key)
-		if err != nil {
-			return nil, err
-		}
-		*k.dst = id
+	v.BOS, v.EOS, v.PAD, v.EOT, v.EOM = -1, -1, -1, -1, -1
+	if err := readSpecialIDs(f, &v.BOS, &v.EOS, &v.PAD, &v.EOT, &v.EOM); err != nil {
+		return nil, err
 	}
 	for _, k := range []struct {
 		key string
@@ -83,6 +77,24 @@ func ReadGGUFVocab(f *gguf.File) (*GGUFVocab, error) {
 		*k.dst = b
 	}
 	return v, nil
+}
+
+// readSpecialIDs sets each special token id whose key f has; an absent
+// key leaves its id as it is.
+func readSpecialIDs(f *gguf.File, bos, eos, pad, eot, eom *int32) error {
+	for _, k := range []struct {
+		key string
+		dst *int32
+	}{{keyBOS, bos}, {keyEOS, eos}, {keyPAD, pad}, {keyEOT, eot}, {keyEOM, eom}} {
+		id, err := optionalID(f, k.key)
+		if err != nil {
+			return err
+		}
+		if id >= 0 {
+			*k.dst = id
+		}
+	}
+	return nil
 }
 
 // optionalID reads a token id key, -1 if absent.

@@ -62,17 +62,8 @@ func loadJSONWithGGUF(path string, f *gguf.File) (*Tokenizer, error) {
 		if toks, err := f.GetStrings(keyTokens); err == nil && len(toks) != len(sp.pieces) {
 			slog.Warn("tokenizer: vocabulary sizes differ", "tokenizer_json", path, "tokenizer_json_vocab", len(sp.pieces), "gguf_vocab", len(toks))
 		}
-		for _, k := range []struct {
-			key string
-			dst *int32
-		}{{keyBOS, &sp.bos}, {keyEOS, &sp.eos}, {keyPAD, &sp.pad}, {keyEOT, &sp.eot}, {keyEOM, &sp.eom}} {
-			id, err := optionalID(f, k.key)
-			if err != nil {
-				return nil, err
-			}
-			if id >= 0 {
-				*k.dst = id
-			}
+		if err := readSpecialIDs(f, &sp.bos, &sp.eos, &sp.pad, &sp.eot, &sp.eom); err != nil {
+			return nil, err
 		}
 		if b, err := f.GetBool(keyAddBOS); err == nil {
 			sp.addBOS = b
