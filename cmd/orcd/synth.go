@@ -7,12 +7,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"runtime"
-	"sort"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -61,13 +62,9 @@ var synthPresets = map[string]synthPreset{
 		ropeBase: 150000, yarnFactor: 32, yarnOrig: 4096},
 }
 
+// presetNames lists the presets for help and error messages.
 func presetNames() string {
-	names := make([]string, 0, len(synthPresets))
-	for n := range synthPresets {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	return strings.Join(names, ", ")
+	return strings.Join(slices.Sorted(maps.Keys(synthPresets)), ", ")
 }
 
 // synthTensor is one tensor to generate: uniform random values of standard
