@@ -8,7 +8,6 @@ package tokenizer
 import (
 	"fmt"
 	"slices"
-	"sort"
 )
 
 // Token types, numbered as llama.cpp's GGUF tokenizer.ggml.token_type.
@@ -167,7 +166,7 @@ func newTokenizer(sp *spec) (*Tokenizer, error) {
 			t.eog = append(t.eog, id)
 		}
 	}
-	sort.Slice(t.eog, func(i, j int) bool { return t.eog[i] < t.eog[j] })
+	slices.Sort(t.eog)
 	t.eog = slices.Compact(t.eog)
 	return t, nil
 }
