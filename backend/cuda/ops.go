@@ -170,7 +170,11 @@ func (b *Backend) matmul(dst, x uintptr, n int, w *Tensor, bias uintptr, exact b
 	out := int(w.elements() / int64(in))
 	suffix := uploadTypes[w.typ]
 	if exact || n <= mvTokens || !tileTypes[w.typ] || in%32 != 0 {
-		b.launch("matvec_"+suffix, [3]int{(out + 3) / 4, (n + mvTokens - 1) / mvTokens, 1}, [3]int{128, 1, 1}, 0,
+		rowsPerBlock := 4 // MV_WARPS rows, or MV_WARPS*MV_ROWS for Q8_0 and MXFP4 (matvec.cu)
+		if w.typ == tensor.Q8_0 || w.typ == tensor.MXFP4 {
+			rowsPerBlock = 16
+		}
+		b.launch("matvec_"+suffix, [3]int{(out + rowsPerBlock - 1) / rowsPerBlock, (n + mvTokens - 1) / mvTokens, 1}, [3]int{128, 1, 1}, 0,
 			dst, x, w.ptr, w.aux, in, bias, n, out)
 		return
 	}
@@ -486,9 +490,9 @@ func (b *Backend) MoE(dst, x backend.Tensor, w *backend.MoEWeights, p backend.Mo
 	b.launch("moe_topk", [3]int{(n + 3) / 4, 1, 1}, [3]int{128, 1, 1}, 0, ids, wts, logits, n, nExp, k)
 
 	if !grouped {
-		b.launch("moe_gateup_"+uploadTypes[gate.typ], [3]int{(ff + 3) / 4, int(na), 1}, [3]int{128, 1, 1}, 0,
+		b.launch("moe_gateup_"+uploadTypes[gate.typ], [3]int{(ff + 7) / 8, int(na), 1}, [3]int{128, 1, 1}, 0,
 			h, xs.ptr, gate.ptr, gate.aux, up.ptr, up.aux, hidden, gb, ub, ids, k, ff, p.Alpha, p.Limit)
-		b.launch("moe_down_"+uploadTypes[down.typ], [3]int{hidden, n, 1}, [3]int{32 * k, 1, 1}, 0,
+		b.launch("moe_down_"+uploadTypes[down.typ], [3]int{(hidden + 3) / 4, n, 1}, [3]int{32 * k, 1, 1}, 0,
 			d.ptr, h, down.ptr, down.aux, ff, db, ids, wts, k, hidden)
 		return
 	}

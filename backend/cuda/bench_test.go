@@ -1,0 +1,112 @@
+package cuda
+
+import (
+	"math/rand/v2"
+	"testing"
+
+	"orcd/backend"
+	"orcd/tensor"
+)
+
+// Kernel benchmarks at gpt-oss-20b's decode and prefill shapes, on random
+// weights. They report the weight bytes streamed per second (GB/s), the
+// number to hold against the ~3.0 TB/s device copy of an H100; run with
+// `cuda.test -test.run NONE -test.bench .` on the GPU machine.
+
+func benchBackend(b *testing.B) *Backend {
+	b.Helper()
+	if !Available() {
+		b.Skip("no CUDA driver or device")
+	}
+	if shared == nil {
+		be, err := New(Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		shared = be
+	}
+	return shared
+}
+
+func benchWeights(b *testing.B, be *Backend, typ tensor.Type, dims []int) backend.Tensor {
+	b.Helper()
+	n := 1
+	for _, d := range dims {
+		n *= d
+	}
+	r := rand.New(rand.NewPCG(1, 2))
+	data, err := tensor.Quantize(typ, randF32(r, n, 1))
+	if err != nil {
+		b.Fatal(err)
+	}
+	w, err := be.Upload("bench", typ, dims, data)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { be.Free(w) })
+	return w
+}
+
+func benchMatMul(b *testing.B, typ tensor.Type, in, out, n int) {
+	be := benchBackend(b)
+	w := benchWeights(b, be, typ, []int{in, out})
+	x, _ := be.NewF32(n, in)
+	dst, _ := be.NewF32(n, out)
+	defer be.Free(x)
+	defer be.Free(dst)
+	be.WriteF32(x, randF32(rand.New(rand.NewPCG(3, 4)), n*in, 1))
+	be.MatMul(dst, x, w, nil)
+	if err := be.Sync(); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		be.MatMul(dst, x, w, nil)
+	}
+	if err := be.Sync(); err != nil {
+		b.Fatal(err)
+	}
+	size, _ := typ.RowSize(int64(in) * int64(out))
+	sec := b.Elapsed().Seconds() / float64(b.N)
+	b.ReportMetric(float64(size)/sec/1e9, "GB/s")
+	b.ReportMetric(2*float64(in)*float64(out)*float64(n)/sec/1e12, "TFLOP/s")
+}
+
+func BenchmarkMatVecQ8LMHead(b *testing.B) { benchMatMul(b, tensor.Q8_0, 2880, 201088, 1) }
+func BenchmarkMatVecQ8QProj(b *testing.B)  { benchMatMul(b, tensor.Q8_0, 2880, 4096, 1) }
+func BenchmarkMatMulQ8N2048(b *testing.B)  { benchMatMul(b, tensor.Q8_0, 2880, 4096, 2048) }
+func BenchmarkMatMulMXFP4N2048(b *testing.B) {
+	benchMatMul(b, tensor.MXFP4, 2880, 2880, 2048)
+}
+
+// BenchmarkMoEDecode is one token through a 32-expert top-4 block; the
+// bytes are those of the 4 selected experts' three matrices.
+func BenchmarkMoEDecode(b *testing.B) {
+	be := benchBackend(b)
+	const hidden, ff, nExp = 2880, 2880, 32
+	w := &backend.MoEWeights{
+		Router: benchWeights(b, be, tensor.F32, []int{hidden, nExp}),
+		Gate:   benchWeights(b, be, tensor.MXFP4, []int{hidden, ff, nExp}),
+		Up:     benchWeights(b, be, tensor.MXFP4, []int{hidden, ff, nExp}),
+		Down:   benchWeights(b, be, tensor.MXFP4, []int{ff, hidden, nExp}),
+	}
+	x, _ := be.NewF32(1, hidden)
+	dst, _ := be.NewF32(1, hidden)
+	defer be.Free(x)
+	defer be.Free(dst)
+	be.WriteF32(x, randF32(rand.New(rand.NewPCG(3, 4)), hidden, 1))
+	p := backend.MoEParams{TopK: 4, Alpha: 1.702, Limit: 7}
+	be.MoE(dst, x, w, p)
+	if err := be.Sync(); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		be.MoE(dst, x, w, p)
+	}
+	if err := be.Sync(); err != nil {
+		b.Fatal(err)
+	}
+	size, _ := tensor.MXFP4.RowSize(3 * 4 * hidden * ff)
+	b.ReportMetric(float64(size)/(b.Elapsed().Seconds()/float64(b.N))/1e9, "GB/s")
+}
