@@ -383,7 +383,11 @@ func (b *Backend) Attention(dst, q, kCache, vCache, pos, sinks backend.Tensor, p
 	}
 	pm, pl, pacc := ws, ws+uintptr(parts*4), ws+uintptr(parts*8)
 	shmem := (warps*rowsPer*p.HeadDim + 32*(p.HeadDim+4) + 32*p.HeadDim) * 4 // queries, key tile, value tile (attention.cu)
-	b.launch(fmt.Sprintf("attn_partial_%s_r%d", uploadTypes[kc.typ], rowsPer), [3]int{p.KVHeads * hgroups, rowBlocks, splits},
+	maxDim := 64 // kernels are built for head dims up to 64 and up to 256 (attention.cu)
+	if p.HeadDim > 64 {
+		maxDim = attnMaxDim
+	}
+	b.launch(fmt.Sprintf("attn_partial_%s_r%d_d%d", uploadTypes[kc.typ], rowsPer, maxDim), [3]int{p.KVHeads * hgroups, rowBlocks, splits},
 		[3]int{32 * warps, 1, 1}, shmem,
 		qs.ptr, kc.ptr, vc.ptr, ps.ptr, n, p.Heads, p.KVHeads, p.HeadDim, p.Scale, p.Window, p.CacheCap, hgroups, pm, pl, pacc)
 	b.launch("attn_combine", [3]int{p.Heads, n, 1}, [3]int{p.HeadDim, 1, 1}, 0, d.ptr, pm, pl, pacc, sp, p.Heads, p.HeadDim, splits)

@@ -30,7 +30,7 @@ __device__ __forceinline__ float kv_get(const float* p, i64 i) { return p[i]; }
 // state, so one staged key/value tile serves R rows (prefill) and every
 // head of the group (GQA). The block's key range is the union of its rows'
 // visible ranges; each row masks the keys outside its own.
-template <typename KT, int R>
+template <typename KT, int R, int PER>
 __device__ void attn_partial_impl(const float* q, const KT* kc, const KT* vc, const int* pos, int n, int heads,
                                   int kvheads, int dim, float scale, int window, int cap, int hgroups, float* pm,
                                   float* pl, float* pacc) {
@@ -67,21 +67,41 @@ __device__ void attn_partial_impl(const float* q, const KT* kc, const KT* vc, co
     int chunk = (len + splits - 1) / splits;
     int start = ulo + split * chunk, end = min(uhi + 1, start + chunk);
 
-    const int per = (dim + 31) / 32; // columns of V per lane (the last may be partial)
-    float acc[R][ATT_MAX_DIM / 32], m[R], l[R];
+    // PER (a template parameter, so the arrays stay in registers) bounds
+    // the columns of V per lane; per is the count for this dim.
+    const int per = (dim + 31) / 32;
+    float acc[R][PER], m[R], l[R];
 #pragma unroll
     for (int r = 0; r < R; r++) {
         m[r] = NEG_INF;
         l[r] = 0.f;
 #pragma unroll
-        for (int i = 0; i < ATT_MAX_DIM / 32; i++) acc[r][i] = 0.f;
+        for (int i = 0; i < PER; i++) acc[r][i] = 0.f;
     }
     i64 stride = (i64)kvheads * dim;
+    // Tile loading: a thread always fills the same column of every
+    // (blockDim/dim)-th key row, so its column offset is computed once.
+    const int c0 = threadIdx.x % dim, j0 = threadIdx.x / dim, jstep = blockDim.x / dim;
+    const i64 coff = (i64)kvh * dim + c0;
 
     for (int kb = start; kb < end; kb += 32) {
         int nk = min(32, end - kb);
         __syncthreads(); // the previous tile is consumed (and q is written)
-        for (int idx = threadIdx.x; idx < 32 * dim; idx += blockDim.x) {
+        if (j0 < 32 && jstep > 0) {
+            for (int j = j0; j < 32; j += jstep) {
+                float kv = 0.f, vv = 0.f;
+                if (j < nk) {
+                    int key = kb + j;
+                    i64 off = (i64)(key < cap ? key : key % cap) * stride + coff;
+                    kv = kv_get(kc, off);
+                    vv = kv_get(vc, off);
+                }
+                Ks[j * krow + c0] = kv;
+                Vs[j * dim + c0] = vv;
+            }
+        }
+        for (int idx = threadIdx.x; jstep == 0 && idx < 32 * dim; idx += blockDim.x) {
+            // blocks narrower than a head (dim > blockDim): plain loop
             int j = idx / dim, c = idx - j * dim;
             float kv = 0.f, vv = 0.f;
             if (j < nk) {
@@ -119,19 +139,19 @@ __device__ void attn_partial_impl(const float* q, const KT* kc, const KT* vc, co
             pk[r] = s == NEG_INF ? 0.f : expf(s - mn);
             l[r] = l[r] * corr + warp_sum(pk[r]);
 #pragma unroll
-            for (int i = 0; i < ATT_MAX_DIM / 32; i++) acc[r][i] *= corr;
+            for (int i = 0; i < PER; i++) acc[r][i] *= corr;
             m[r] = mn;
         }
         for (int j = 0; j < nk; j++) {
             const float* vp = Vs + j * dim;
-            float vj[ATT_MAX_DIM / 32];
+            float vj[PER];
 #pragma unroll
-            for (int i = 0; i < ATT_MAX_DIM / 32; i++) vj[i] = i < per && lane + 32 * i < dim ? vp[lane + 32 * i] : 0.f;
+            for (int i = 0; i < PER; i++) vj[i] = i < per && lane + 32 * i < dim ? vp[lane + 32 * i] : 0.f;
 #pragma unroll
             for (int r = 0; r < R; r++) {
                 float pj = __shfl_sync(0xffffffffu, pk[r], j);
 #pragma unroll
-                for (int i = 0; i < ATT_MAX_DIM / 32; i++)
+                for (int i = 0; i < PER; i++)
                     if (i < per) acc[r][i] += pj * vj[i];
             }
         }
@@ -146,23 +166,27 @@ __device__ void attn_partial_impl(const float* q, const KT* kc, const KT* vc, co
             pl[o] = l[r];
         }
 #pragma unroll
-        for (int i = 0; i < ATT_MAX_DIM / 32; i++)
+        for (int i = 0; i < PER; i++)
             if (i < per && lane + 32 * i < dim) pacc[o * dim + lane + 32 * i] = acc[r][i];
     }
 }
 
-#define ATTN_PARTIAL(KT, NAME, R)                                                                              \
-    extern "C" __global__ void attn_partial_##NAME##_r##R(const float* q, const KT* kc, const KT* vc,             \
-                                                          const int* pos, int n, int heads, int kvheads, int dim, \
-                                                          float scale, int window, int cap, int hgroups,         \
-                                                          float* pm, float* pl, float* pacc) {                    \
-        attn_partial_impl<KT, R>(q, kc, vc, pos, n, heads, kvheads, dim, scale, window, cap, hgroups, pm, pl,    \
-                                 pacc);                                                                          \
+// Kernels attn_partial_<cache>_r<rows per block>_d<max head dim>.
+#define ATTN_PARTIAL(KT, NAME, R, D)                                                                           \
+    extern "C" __global__ void attn_partial_##NAME##_r##R##_d##D(                                               \
+        const float* q, const KT* kc, const KT* vc, const int* pos, int n, int heads, int kvheads, int dim,     \
+        float scale, int window, int cap, int hgroups, float* pm, float* pl, float* pacc) {                     \
+        attn_partial_impl<KT, R, D / 32>(q, kc, vc, pos, n, heads, kvheads, dim, scale, window, cap, hgroups, pm, \
+                                         pl, pacc);                                                             \
     }
-ATTN_PARTIAL(u16, f16, 1)
-ATTN_PARTIAL(float, f32, 1)
-ATTN_PARTIAL(u16, f16, 4)
-ATTN_PARTIAL(float, f32, 4)
+ATTN_PARTIAL(u16, f16, 1, 64)
+ATTN_PARTIAL(float, f32, 1, 64)
+ATTN_PARTIAL(u16, f16, 4, 64)
+ATTN_PARTIAL(float, f32, 4, 64)
+ATTN_PARTIAL(u16, f16, 1, 256)
+ATTN_PARTIAL(float, f32, 1, 256)
+ATTN_PARTIAL(u16, f16, 4, 256)
+ATTN_PARTIAL(float, f32, 4, 256)
 
 // attn_combine: block (head, row), dim threads.
 extern "C" __global__ void attn_combine(float* dst, const float* pm, const float* pl, const float* pacc,
