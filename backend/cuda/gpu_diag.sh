@@ -12,8 +12,8 @@ echo "== ptxas (hot kernels)"
 grep -A2 -E "Function properties for (matvec_q8_0|matvec_mxfp4|matmul_mxfp4|matmul_q8_0|attn_partial_f32_r4|attn_partial_f16_r1|moe_down_mxfp4|moe_gateup_mxfp4)$" "$OUT/ptxas.txt" | grep -v "^--"
 cd backend/cuda
 echo "== benchmarks"
-timeout 120 ../../bin/cuda/cuda.test -test.run NONE -test.bench . -test.benchtime 20x 2>&1 | grep -E "Benchmark|ok|FAIL" | tee "$OUT/bench.txt"
-for k in "matvec_q8_0:LMHead" "matmul_mxfp4:MXFP4N2048" "moe_down_mxfp4:MoEDecode"; do
+timeout 120 ../../bin/cuda/cuda.test -test.run NONE -test.bench "${BENCH:-.}" -test.benchtime 20x 2>&1 | grep -E "Benchmark|ok|FAIL" | tee "$OUT/bench.txt"
+for k in "moe_gateup_mxfp4:MoEDecode" "moe_down_mxfp4:MoEDecode" "matvec1_q8_0:QProj"; do
   name=${k%%:*}; b=${k##*:}
   timeout 120 ncu --kernel-name "$name" --launch-skip 3 --launch-count 1 --section SpeedOfLight --section WarpStateStats --section Occupancy --section LaunchStats \
     ../../bin/cuda/cuda.test -test.run NONE -test.bench "$b" -test.benchtime 5x >"$OUT/ncu-$name.txt" 2>&1

@@ -83,9 +83,10 @@ __device__ __forceinline__ float dot_row(const WView& w, i64 row, const float* x
     return warp_sum(acc);
 }
 
-// matvec_raw: dst[t][r] = x[t]·w[r] + bias[r] for Q8_0/MXFP4, MV_ROWS rows per
-// warp and the tokens of blockIdx.y's group.
-template <int T>
+// matvec_raw: dst[t][r] = x[t]·w[r] + bias[r] for Q8_0/MXFP4, ROWS rows per
+// warp and the tokens of blockIdx.y's group. Small matrices use ROWS = 1 so
+// that enough warps are in flight.
+template <int T, int MV_ROWS>
 __device__ void matvec_raw(float* dst, const float* x, WView w, const float* bias, int n, int out) {
     int lane = threadIdx.x & 31;
     int r0 = (blockIdx.x * MV_WARPS + (threadIdx.x >> 5)) * MV_ROWS;
@@ -258,9 +259,14 @@ __device__ void embed_impl(float* dst, WView w, const int* ids, int rows) {
                                                                     const u8* s, int in, const float* bias,  \
                                                                     int n, int out) {                        \
         if (T == T_Q8_0 || T == T_MXFP4)                                                                     \
-            matvec_raw<T>(dst, x, WView{q, s, in}, bias, n, out);                                            \
+            matvec_raw<T, MV_ROWS>(dst, x, WView{q, s, in}, bias, n, out);                                   \
         else                                                                                                 \
             matvec_impl<T>(dst, x, WView{q, s, in}, bias, n, out);                                           \
+    }                                                                                                        \
+    extern "C" __global__ void __launch_bounds__(128) matvec1_##NAME(float* dst, const float* x, const u8* q, \
+                                                                     const u8* s, int in, const float* bias, \
+                                                                     int n, int out) {                       \
+        if (T == T_Q8_0 || T == T_MXFP4) matvec_raw<T, 1>(dst, x, WView{q, s, in}, bias, n, out);            \
     }                                                                                                        \
     extern "C" __global__ void __launch_bounds__(128)                                                        \
         moe_gateup_##NAME(float* h, const float* x, const u8* gq, const u8* gs, const u8* uq, const u8* us,  \
