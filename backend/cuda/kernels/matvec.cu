@@ -86,23 +86,23 @@ __device__ __forceinline__ float dot_row(const WView& w, i64 row, const float* x
 // matvec_raw: dst[t][r] = x[t]·w[r] + bias[r] for Q8_0/MXFP4, ROWS rows per
 // warp and the tokens of blockIdx.y's group. Small matrices use ROWS = 1 so
 // that enough warps are in flight.
-template <int T, int MV_ROWS>
+template <int T, int ROWS>
 __device__ void matvec_raw(float* dst, const float* x, WView w, const float* bias, int n, int out) {
     int lane = threadIdx.x & 31;
-    int r0 = (blockIdx.x * MV_WARPS + (threadIdx.x >> 5)) * MV_ROWS;
+    int r0 = (blockIdx.x * MV_WARPS + (threadIdx.x >> 5)) * ROWS;
     int t0 = blockIdx.y * MV_TOKENS;
     if (r0 >= out) return;
     int nt = min(MV_TOKENS, n - t0);
     int nblk = (int)(w.in / 32);
-    float acc[MV_TOKENS][MV_ROWS];
+    float acc[MV_TOKENS][ROWS];
 #pragma unroll
     for (int t = 0; t < MV_TOKENS; t++)
 #pragma unroll
-        for (int i = 0; i < MV_ROWS; i++) acc[t][i] = 0.f;
+        for (int i = 0; i < ROWS; i++) acc[t][i] = 0.f;
     for (int blk = lane; blk < nblk; blk += 32) {
-        RawChunk c[MV_ROWS];
+        RawChunk c[ROWS];
 #pragma unroll
-        for (int i = 0; i < MV_ROWS; i++)
+        for (int i = 0; i < ROWS; i++)
             if (r0 + i < out) load_raw<T>(w, r0 + i, blk, c[i]);
 #pragma unroll
         for (int t = 0; t < MV_TOKENS; t++) {
@@ -110,7 +110,7 @@ __device__ void matvec_raw(float* dst, const float* x, WView w, const float* bia
             float xv[32], wv[32];
             load_x32(x + (i64)(t0 + t) * w.in + blk * 32, xv);
 #pragma unroll
-            for (int i = 0; i < MV_ROWS; i++)
+            for (int i = 0; i < ROWS; i++)
                 if (r0 + i < out) {
                     decode_raw<T>(c[i], wv);
                     acc[t][i] += dot32r(wv, xv);
@@ -120,7 +120,7 @@ __device__ void matvec_raw(float* dst, const float* x, WView w, const float* bia
 #pragma unroll
     for (int t = 0; t < MV_TOKENS; t++)
 #pragma unroll
-        for (int i = 0; i < MV_ROWS; i++) {
+        for (int i = 0; i < ROWS; i++) {
             float s = warp_sum(acc[t][i]);
             if (lane == 0 && t < nt && r0 + i < out) dst[(i64)(t0 + t) * out + r0 + i] = s + (bias ? bias[r0 + i] : 0.f);
         }
