@@ -13,7 +13,7 @@ grep -A2 -E "Function properties for (matvec_q8_0|matvec_mxfp4|matmul_mxfp4|matm
 cd backend/cuda
 echo "== benchmarks"
 timeout 120 ../../bin/cuda/cuda.test -test.run NONE -test.bench "${BENCH:-.}" -test.benchtime 20x 2>&1 | grep -E "Benchmark|ok|FAIL" | tee "$OUT/bench.txt"
-for k in "moe_gateup_mxfp4:MoEDecode" "moe_down_mxfp4:MoEDecode" "matvec1_q8_0:QProj"; do
+for k in "moe_gateup_mxfp4:MoEDecode" "moe_down_mxfp4:MoEDecode" "matvec_q8_0:QProj"; do
   name=${k%%:*}; b=${k##*:}
   timeout 120 ncu --kernel-name "$name" --launch-skip 3 --launch-count 1 --section SpeedOfLight --section WarpStateStats --section Occupancy --section LaunchStats \
     ../../bin/cuda/cuda.test -test.run NONE -test.bench "$b" -test.benchtime 5x >"$OUT/ncu-$name.txt" 2>&1

@@ -170,17 +170,11 @@ func (b *Backend) matmul(dst, x uintptr, n int, w *Tensor, bias uintptr, exact b
 	out := int(w.elements() / int64(in))
 	suffix := uploadTypes[w.typ]
 	if exact || n <= mvTokens || !tileTypes[w.typ] || in%32 != 0 {
-		// MV_WARPS rows a block, or MV_WARPS*MV_ROWS for Q8_0 and MXFP4
-		// (matvec.cu), unless that leaves too few warps to cover the
-		// memory latency (matvec1: one row a warp).
-		kernel, rowsPerBlock := "matvec_", 4
+		rowsPerBlock := 4 // MV_WARPS rows, or MV_WARPS*MV_ROWS for Q8_0 and MXFP4 (matvec.cu)
 		if w.typ == tensor.Q8_0 || w.typ == tensor.MXFP4 {
 			rowsPerBlock = 16
-			if (out+15)/16 < 2*b.sms {
-				kernel, rowsPerBlock = "matvec1_", 4
-			}
 		}
-		b.launch(kernel+suffix, [3]int{(out + rowsPerBlock - 1) / rowsPerBlock, (n + mvTokens - 1) / mvTokens, 1}, [3]int{128, 1, 1}, 0,
+		b.launch("matvec_"+suffix, [3]int{(out + rowsPerBlock - 1) / rowsPerBlock, (n + mvTokens - 1) / mvTokens, 1}, [3]int{128, 1, 1}, 0,
 			dst, x, w.ptr, w.aux, in, bias, n, out)
 		return
 	}

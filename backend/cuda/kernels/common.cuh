@@ -59,11 +59,23 @@ __device__ float block_sum(float v, float* sh) {
 
 // mx4 decodes an MXFP4 (E2M1) code to its value doubled ({0, 1, 2, 3, 4,
 // 6, 8, 12} and negatives), so the block scale is 2^(e-128) and products
-// are exact. A byte permute looks the magnitude up in registers: a table in
-// constant memory would serialize a warp's 16 different addresses.
+// are exact. The float's top two bytes are looked up with byte permutes
+// and the sign bit is the code's bit 3: integer-pipe instructions only (an
+// int-to-float conversion runs at a quarter of the rate, and a table in
+// constant memory would serialize a warp's different addresses).
 __device__ __forceinline__ float mx4(u32 c) {
-    float v = (float)(__byte_perm(0x03020100u, 0x0C080604u, c & 7) & 0xff);
-    return (c & 8) ? -v : v;
+    u32 i = c & 7;
+    u32 top = __byte_perm(0x40403F00u, 0x41414040u, i << 12); // bits 31..24
+    u32 mid = __byte_perm(0x40008000u, 0x4000C080u, i << 8);  // bits 23..16
+    return __int_as_float(top | mid | ((c & 8) << 28));
+}
+
+// i8f converts byte j of w, a word of int8 values, to float without an
+// int-to-float instruction: 0x4B0000uu is 2^23 + uu as a float, and uu is
+// the byte with its sign bit flipped (the int8 value + 128).
+__device__ __forceinline__ float i8f(u32 w, int j) {
+    u32 b = __byte_perm(w ^ 0x80808080u, 0x4B000000u, 0x7440 | j);
+    return __int_as_float(b) - 8388736.f; // 2^23 + 128
 }
 
 // e8m0_half is 2^(e-128), the MXFP4 block scale matching mx4.
@@ -113,23 +125,33 @@ __device__ __forceinline__ void load_raw(const WView& w, i64 row, int blk, RawCh
     }
 }
 
+// decode_raw_q stores the chunk's quants (MXFP4 doubled) as floats in o and
+// returns the block scale they are to be multiplied by.
 template <int T>
-__device__ __forceinline__ void decode_raw(const RawChunk& c, float* o) {
+__device__ __forceinline__ float decode_raw_q(const RawChunk& c, float* o) {
     if (T == T_Q8_0) {
-        float d = h2f((u16)c.s);
         u32 a[8] = {c.a.x, c.a.y, c.a.z, c.a.w, c.b.x, c.b.y, c.b.z, c.b.w};
 #pragma unroll
-        for (int j = 0; j < 32; j++) o[j] = d * (float)(signed char)(a[j / 4] >> (8 * (j % 4)));
+        for (int j = 0; j < 32; j++) o[j] = i8f(a[j / 4], j % 4);
+        return h2f((u16)c.s);
     } else {
-        float d = e8m0_half(c.s);
         u32 a[4] = {c.a.x, c.a.y, c.a.z, c.a.w};
 #pragma unroll
         for (int j = 0; j < 16; j++) {
             u32 b = (a[j / 4] >> (8 * (j % 4))) & 0xff;
-            o[j] = d * mx4(b & 0xf);
-            o[j + 16] = d * mx4(b >> 4);
+            o[j] = mx4(b & 0xf);
+            o[j + 16] = mx4(b >> 4);
         }
+        return e8m0_half(c.s);
     }
+}
+
+// decode_raw dequantizes the chunk into o.
+template <int T>
+__device__ __forceinline__ void decode_raw(const RawChunk& c, float* o) {
+    float d = decode_raw_q<T>(c, o);
+#pragma unroll
+    for (int j = 0; j < 32; j++) o[j] *= d;
 }
 
 // dot32 returns w[0..31]·x[0..31] for 16-byte aligned x.

@@ -29,8 +29,7 @@ __device__ __forceinline__ float raw_h(const RawChunk& c, u32* o) {
         u32 a[8] = {c.a.x, c.a.y, c.a.z, c.a.w, c.b.x, c.b.y, c.b.z, c.b.w};
 #pragma unroll
         for (int j = 0; j < 16; j++) {
-            u32 b = a[j / 2] >> (16 * (j % 2));
-            o[j] = pack2((float)(signed char)(b & 0xff), (float)(signed char)(b >> 8));
+            o[j] = pack2(i8f(a[j / 2], (2 * j) % 4), i8f(a[j / 2], (2 * j + 1) % 4));
         }
         return h2f((u16)c.s);
     } else {

@@ -57,8 +57,8 @@ __device__ __forceinline__ void dot_streams(const RowRef* rr, i64 in, const floa
 #pragma unroll
         for (int i = 0; i < NS; i++)
             if (rr[i].q) {
-                decode_raw<T>(c[i], wv);
-                acc[i] += dot32r(wv, xv);
+                float d = decode_raw_q<T>(c[i], wv);
+                acc[i] += d * dot32r(wv, xv);
             }
     }
 #pragma unroll
@@ -84,8 +84,8 @@ __device__ __forceinline__ float dot_row(const WView& w, i64 row, const float* x
 }
 
 // matvec_raw: dst[t][r] = x[t]·w[r] + bias[r] for Q8_0/MXFP4, ROWS rows per
-// warp and the tokens of blockIdx.y's group. Small matrices use ROWS = 1 so
-// that enough warps are in flight.
+// warp and the tokens of blockIdx.y's group. (One row a warp, for more warps
+// in flight on small matrices, measured slower: 30 vs 15 µs on 4096×2880.)
 template <int T, int ROWS>
 __device__ void matvec_raw(float* dst, const float* x, WView w, const float* bias, int n, int out) {
     int lane = threadIdx.x & 31;
@@ -112,8 +112,8 @@ __device__ void matvec_raw(float* dst, const float* x, WView w, const float* bia
 #pragma unroll
             for (int i = 0; i < ROWS; i++)
                 if (r0 + i < out) {
-                    decode_raw<T>(c[i], wv);
-                    acc[t][i] += dot32r(wv, xv);
+                    float d = decode_raw_q<T>(c[i], wv);
+                    acc[t][i] += d * dot32r(wv, xv);
                 }
         }
     }
@@ -262,11 +262,6 @@ __device__ void embed_impl(float* dst, WView w, const int* ids, int rows) {
             matvec_raw<T, MV_ROWS>(dst, x, WView{q, s, in}, bias, n, out);                                   \
         else                                                                                                 \
             matvec_impl<T>(dst, x, WView{q, s, in}, bias, n, out);                                           \
-    }                                                                                                        \
-    extern "C" __global__ void __launch_bounds__(128) matvec1_##NAME(float* dst, const float* x, const u8* q, \
-                                                                     const u8* s, int in, const float* bias, \
-                                                                     int n, int out) {                       \
-        if (T == T_Q8_0 || T == T_MXFP4) matvec_raw<T, 1>(dst, x, WView{q, s, in}, bias, n, out);            \
     }                                                                                                        \
     extern "C" __global__ void __launch_bounds__(128)                                                        \
         moe_gateup_##NAME(float* h, const float* x, const u8* gq, const u8* gs, const u8* uq, const u8* us,  \
