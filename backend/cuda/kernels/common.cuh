@@ -59,15 +59,13 @@ __device__ float block_sum(float v, float* sh) {
 
 // mx4 decodes an MXFP4 (E2M1) code to its value doubled ({0, 1, 2, 3, 4,
 // 6, 8, 12} and negatives), so the block scale is 2^(e-128) and products
-// are exact. The float's top two bytes are looked up with byte permutes
-// and the sign bit is the code's bit 3: integer-pipe instructions only (an
-// int-to-float conversion runs at a quarter of the rate, and a table in
-// constant memory would serialize a warp's different addresses).
+// are exact. A byte permute looks the magnitude up in registers: a table in
+// constant memory would serialize a warp's 16 different addresses. (Building
+// the float's bits with two permutes instead of the int-to-float conversion
+// measured slower: the MoE decode kernels are bound by integer issue.)
 __device__ __forceinline__ float mx4(u32 c) {
-    u32 i = c & 7;
-    u32 top = __byte_perm(0x40403F00u, 0x41414040u, i << 12); // bits 31..24
-    u32 mid = __byte_perm(0x40008000u, 0x4000C080u, i << 8);  // bits 23..16
-    return __int_as_float(top | mid | ((c & 8) << 28));
+    float v = (float)(__byte_perm(0x03020100u, 0x0C080604u, c & 7) & 0xff);
+    return (c & 8) ? -v : v;
 }
 
 // i8f converts byte j of w, a word of int8 values, to float without an
