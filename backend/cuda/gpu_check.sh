@@ -30,6 +30,19 @@ if [ "$what" != tests ]; then
     echo "bench 131k rc=$?" >>"$summary"
     cat "$OUT/bench-131k.md" >>"$summary"
   fi
+  if [ -n "${SERVE:-}" ]; then
+    # Smoke test of `orcd serve --device cuda`: health, one job, shutdown.
+    bin/cuda/orcd serve --model $model --device cuda --port 18080 --log-format text >"$OUT/serve.log" 2>&1 &
+    pid=$!
+    for i in $(seq 90); do curl -sf localhost:18080/health >"$OUT/health.json" 2>/dev/null && break; sleep 1; done
+    echo "health: $(cat "$OUT/health.json")" >>"$summary"
+    curl -sN localhost:18080/execute -H 'Content-Type: application/json' \
+      -d '{"job_id":"j1","prompt":"Once upon a time","max_tokens":64,"seed":7}' >"$OUT/execute.txt" 2>&1
+    grep -A1 -E "event: (started|metrics|end|error)" "$OUT/execute.txt" >>"$summary"
+    curl -s -X POST localhost:18080/shutdown >>"$summary"
+    wait $pid
+    echo "serve rc=$?" >>"$summary"
+  fi
   if [ -n "${PROFILE:-}" ]; then
     ORCD_CUDA_PROFILE=1 timeout 120 bin/cuda/orcd bench --model $model --device cuda -p 2048 -n 16 --reps 1 --max-batch 2048 >"$OUT/profile.md" 2>"$OUT/profile.log"
     echo "profile rc=$?" >>"$summary"
