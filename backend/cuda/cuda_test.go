@@ -15,8 +15,10 @@ import (
 
 // Every op is compared with the cpu backend (the reference) on fresh random
 // inputs. Tolerances are relative L2 errors: 1e-4 where the GPU computes in
-// f32, a few 1e-3 where it rounds activations (tensor-core matmuls) or the
-// KV cache to f16.
+// f32 (which includes the tensor-core matmul of quantized weights, whose
+// activations are split into two f16 terms), 2e-3 where it rounds F32
+// weights to f16, 3e-4 for the grouped MoE. Attention gets keys and values
+// already rounded to f16, so the f16 caches of long contexts compare at 1e-4.
 
 // pair is the cuda backend under test and the cpu reference.
 type pair struct {
@@ -421,7 +423,7 @@ func TestGraphReplay(t *testing.T) {
 		p.ref.WriteI32(slot.c, sv)
 		p.gpu.Graph("step", func() { step(p.gpu, x.g, q.g, k.g, kc.g, vc.g, pos.g, slot.g, out.g, wq.g, wk.g, freq.g) })
 		step(p.ref, x.c, q.c, k.c, kc.c, vc.c, pos.c, slot.c, out.c, wq.c, wk.c, freq.c)
-		p.check(fmt.Sprintf("graph step %d", i), out, hidden, 1e-2) // f16 KV cache
+		p.check(fmt.Sprintf("graph step %d", i), out, hidden, 1e-4)
 	}
 	if len(p.gpu.graphs) == 0 {
 		t.Errorf("no graph was recorded")

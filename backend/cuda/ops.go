@@ -325,7 +325,8 @@ func (b *Backend) StoreKV(kCache, vCache, k, v, slots backend.Tensor) {
 	b.launch("store_kv_"+uploadTypes[kc.typ], [3]int{n, 1, 1}, [3]int{min(1024, (cols+31)/32*32), 1, 1}, 0, kc.ptr, vc.ptr, ks.ptr, vs.ptr, ss.ptr, cols)
 }
 
-// attnMaxDim matches ATT_MAX_DIM in attention.cu.
+// attnMaxDim is the largest head dim the attention kernels are built for
+// (the _d256 variants in attention.cu).
 const attnMaxDim = 256
 
 // Attention computes causal attention over the caches; see backend.Backend.
@@ -383,7 +384,8 @@ func (b *Backend) Attention(dst, q, kCache, vCache, pos, sinks backend.Tensor, p
 	}
 	pm, pl, pacc := ws, ws+uintptr(parts*4), ws+uintptr(parts*8)
 	shmem := (warps*rowsPer*p.HeadDim + 32*(p.HeadDim+4) + 32*p.HeadDim) * 4 // queries, key tile, value tile (attention.cu)
-	maxDim := 64 // kernels are built for head dims up to 64 and up to 256 (attention.cu)
+	// Kernels are built for head dims up to 64 and up to attnMaxDim.
+	maxDim := 64
 	if p.HeadDim > 64 {
 		maxDim = attnMaxDim
 	}

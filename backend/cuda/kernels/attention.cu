@@ -1,8 +1,8 @@
 // Attention over K/V caches of f16 or f32, split along the keys
 // (flash-decoding).
 //
-// attn_partial: block (head group, query row, split). Each warp is one query
-// head; the warps of a block share one KV head (GQA), so they read the same
+// attn_partial: block (head group, R query rows, split). Each warp is one
+// query head; the warps of a block share one KV head (GQA), so they read the same
 // K and V rows and the block streams each of them once. The visible keys of
 // a row at position p are lo..p (lo = max(0, p-window+1), or 0), read from
 // pos on the device; split z takes an equal share of them, so the grid
@@ -13,8 +13,6 @@
 // and sum, and each lane accumulates its own columns of V.
 //
 // attn_combine merges the splits and the sink logit into dst.
-
-#define ATT_MAX_DIM 256
 
 // KV element access for the two cache precisions.
 __device__ __forceinline__ float kv_get(const u16* p, i64 i) { return h2f(p[i]); }
