@@ -3,6 +3,7 @@ package engine_test
 import (
 	"context"
 	"errors"
+	"math"
 	"slices"
 	"strings"
 	"sync"
@@ -327,5 +328,55 @@ func TestDrainCancelsAtDeadline(t *testing.T) {
 	}
 	if _, err := e.Submit(request("x", 1)); !errors.Is(err, engine.ErrShuttingDown) {
 		t.Errorf("submit after drain: %v", err)
+	}
+}
+
+// BenchmarkDecodeOverhead measures the engine's host-side work per
+// generated token (sampling 201088 logits, history, detokenizing, stop
+// matching, emitting) against a model that returns the same logits
+// instantly. The likely tokens are letters, so that text flows through the
+// decoder and a stop string that never matches.
+func BenchmarkDecodeOverhead(b *testing.B) {
+	const vocab, tokens = 201088, 256
+	logits := engine.LMLogits(vocab, 5)
+	for i, c := range "etaoin shrdlu" {
+		logits[c] = 22 - float32(i)/2
+	}
+	for _, name := range []string{"<|endoftext|>", "<|return|>", "<|call|>"} {
+		logits[enginetest.MustID(name)] = float32(math.Inf(-1))
+	}
+	m := &enginetest.FixedModel{Logits: logits}
+	e, err := engine.New(engine.Config{Model: m, Tokenizer: enginetest.Tokenizer{}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, c := range []struct {
+		name string
+		p    engine.SamplingParams
+	}{
+		{"greedy", engine.SamplingParams{Temperature: 0, TopP: 1, RepetitionPenalty: 1}},
+		{"plain", engine.DefaultSampling},
+		{"top-k-40", engine.SamplingParams{Temperature: 1, TopK: 40, TopP: 1, RepetitionPenalty: 1}},
+		{"top-p-0.9", engine.SamplingParams{Temperature: 1, TopP: 0.9, RepetitionPenalty: 1}},
+		{"min-p-0.05", engine.SamplingParams{Temperature: 1, TopP: 1, MinP: 0.05, RepetitionPenalty: 1}},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			seed := uint64(1)
+			n := 0
+			for b.Loop() {
+				j, err := e.Submit(engine.Request{Prompt: "Once upon a time", MaxTokens: tokens, Sampling: c.p,
+					Seed: &seed, Stop: []string{"\n\nUser:"}})
+				if err != nil {
+					b.Fatal(err)
+				}
+				res, err := j.Run(context.Background(), func(engine.Token) bool { return false })
+				if err != nil {
+					b.Fatal(err)
+				}
+				n += res.TokensOut
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(n), "ns/token")
+		})
 	}
 }

@@ -56,11 +56,17 @@ type candidate struct {
 // Sampler draws tokens with one set of parameters from one seeded PRNG. The
 // same seed and the same logits give the same tokens. A Sampler is not safe
 // for concurrent use; each sequence has its own.
+//
+// The work per token is a few linear passes over the logits and no
+// allocation once the buffers have grown: the filters bound the
+// probability a token needs to survive, so only the tokens above that bound
+// are gathered as candidates; plain sampling draws without gathering at all.
 type Sampler struct {
 	params  SamplingParams
 	rng     *rand.Rand
 	cands   []candidate // reused between calls
 	scratch []float32   // penalized logits, reused between calls
+	blocks  []float64   // plain sampling's weight per block of drawBlock tokens
 }
 
 // NewSampler returns a sampler with the given parameters and seed. It does
@@ -71,9 +77,25 @@ func NewSampler(p SamplingParams, seed uint64) *Sampler {
 
 // Sample picks the next token from logits (one value per vocabulary entry).
 // history is the sequence so far (prompt and generated tokens), used by the
-// repetition penalty.
+// repetition penalty. When no logit is finite, or the largest is +Inf, it
+// returns the first largest.
 func (s *Sampler) Sample(logits []float32, history []int32) int32 {
-	cands := s.distribution(logits, history)
+	logits = s.penalize(logits, history)
+	best := argmax(logits)
+	p := s.params
+	maxLogit := float64(logits[best])
+	if p.Temperature == 0 || math.IsInf(maxLogit, 0) {
+		return int32(best)
+	}
+	if p.TopK == 0 && p.TopP >= 1 && p.MinP == 0 {
+		return s.drawAll(logits, maxLogit)
+	}
+	return s.draw(s.filter(logits, maxLogit))
+}
+
+// draw picks one of cands, whose probabilities sum to 1, with one number
+// from the PRNG (none when there is only one).
+func (s *Sampler) draw(cands []candidate) int32 {
 	if len(cands) == 1 {
 		return cands[0].id
 	}
@@ -92,51 +114,72 @@ func (s *Sampler) Sample(logits []float32, history []int32) int32 {
 // negligible is how far below the best token, in units of temperature, a
 // logit may lie before its token is dropped: its probability is below
 // e^-30 ≈ 1e-13, so even a 201k vocabulary of such tokens holds less than
-// 2e-8 of the mass. Skipping them saves most of the softmax work on real
-// model output.
+// 2e-8 of the mass.
 const negligible = 30
 
 // distribution applies the pipeline (repetition penalty, temperature, top-k,
 // top-p, min-p) and returns the surviving candidates with probabilities that
-// sum to 1. With temperature 0 it returns the single greedy choice.
+// sum to 1. With temperature 0 it returns the single greedy choice. Sample
+// draws from it (plain sampling without building it).
 func (s *Sampler) distribution(logits []float32, history []int32) []candidate {
-	p := s.params
-	if p.RepetitionPenalty != 1 {
-		s.scratch = append(s.scratch[:0], logits...)
-		applyRepetitionPenalty(s.scratch, history, p.RepetitionPenalty)
-		logits = s.scratch
-	}
-	best := 0
-	for i, l := range logits {
-		if l > logits[best] {
-			best = i
-		}
-	}
-	cands := s.cands[:0]
-	if p.Temperature == 0 {
-		s.cands = append(cands, candidate{id: int32(best), logit: float64(logits[best]), prob: 1})
+	logits = s.penalize(logits, history)
+	best := argmax(logits)
+	maxLogit := float64(logits[best])
+	if s.params.Temperature == 0 || math.IsInf(maxLogit, 0) {
+		s.cands = append(s.cands[:0], candidate{id: int32(best), logit: maxLogit, prob: 1})
 		return s.cands
 	}
-	floor := float64(logits[best]) - negligible*p.Temperature
-	for i, l := range logits {
-		if float64(l) >= floor {
-			cands = append(cands, candidate{id: int32(i), logit: float64(l) / p.Temperature})
-		}
-	}
-	s.cands = cands
-	if p.TopK > 0 && p.TopK < len(cands) {
+	return s.filter(logits, maxLogit)
+}
+
+// filter is distribution after the penalty, for a positive temperature and
+// the largest logit maxLogit (finite).
+//
+// Each filter bounds what a token needs to survive, so that only tokens
+// above the bound become candidates and get the full treatment:
+//   - top-k keeps the k best logits, found in one pass with a heap of k;
+//   - min-p alone keeps tokens with e^((l-max)/T) ≥ min_p, a logit bound;
+//   - top-p needs the softmax denominator over all tokens (one pass of exp),
+//     after which tokens below (1-top_p)/n of it cannot be in the nucleus
+//     (those below hold less than 1-top_p together).
+//
+// The survivors are exactly those of the unbounded pipeline, in the same
+// order, with the same probabilities up to rounding.
+func (s *Sampler) filter(logits []float32, maxLogit float64) []candidate {
+	p := s.params
+	floor := maxLogit - negligible*p.Temperature
+	var cands []candidate
+	switch {
+	case p.TopK > 0:
 		// Softmax then top-k then renormalizing equals softmax over the k
-		// largest logits, which is much cheaper: rank by logit (the same
-		// order as probability) and exponentiate only the survivors.
-		for i := range cands {
-			cands[i].prob = cands[i].logit
+		// largest logits.
+		cands = s.topKLogits(logits, floor, p.TopK)
+		softmax(cands)
+		if p.TopP < 1 {
+			cands = topP(cands, p.TopP)
+			normalize(cands)
 		}
-		cands = topK(cands, p.TopK)
-	}
-	softmax(cands)
-	if p.TopP < 1 {
-		cands = topP(cands, p.TopP)
+	case p.TopP < 1:
+		sum, n := expSum(logits, maxLogit, floor, 1/p.Temperature)
+		// The nucleus holds only tokens of probability ≥ (1-p)/n, i.e. of
+		// logit ≥ max + T·ln((1-p)·sum/n); a small margin keeps rounding
+		// from losing a token on the bound (extra tokens change nothing).
+		bound := maxLogit + p.Temperature*math.Log((1-p.TopP)*sum/float64(n)) - 1e-6
+		cands = s.gather(logits, max(floor, bound))
+		for i := range cands {
+			cands[i].prob = expNeg(cands[i].logit-maxLogit/p.Temperature) / sum
+		}
+		cands = nucleus(cands, p.TopP)
 		normalize(cands)
+	case p.MinP > 0:
+		// min-p keeps probabilities ≥ min_p·top, i.e. e^((l-max)/T) ≥
+		// min_p; gathering a little beyond the bound and then applying the
+		// filter exactly gives the same set.
+		cands = s.gather(logits, max(floor, maxLogit+p.Temperature*math.Log(p.MinP)-1e-6))
+		softmax(cands)
+	default:
+		cands = s.gather(logits, floor)
+		softmax(cands)
 	}
 	if p.MinP > 0 {
 		cands = minP(cands, p.MinP)
@@ -145,20 +188,193 @@ func (s *Sampler) distribution(logits []float32, history []int32) []candidate {
 	return cands
 }
 
-// applyRepetitionPenalty penalizes each distinct token of history once.
-func applyRepetitionPenalty(logits []float32, history []int32, penalty float64) {
-	seen := make(map[int32]bool, len(history))
+// penalize returns logits with the repetition penalty applied to each
+// distinct token of history, in a copy (logits itself is not changed).
+func (s *Sampler) penalize(logits []float32, history []int32) []float32 {
+	penalty := s.params.RepetitionPenalty
+	if penalty == 1 {
+		return logits
+	}
+	s.scratch = append(s.scratch[:0], logits...)
 	for _, id := range history {
-		if seen[id] || id < 0 || int(id) >= len(logits) {
+		if id < 0 || int(id) >= len(logits) {
 			continue
 		}
-		seen[id] = true
+		// Penalizing from the original logit makes a repeated id count once.
 		if l := float64(logits[id]); l > 0 {
-			logits[id] = float32(l / penalty)
+			s.scratch[id] = float32(l / penalty)
 		} else {
-			logits[id] = float32(l * penalty)
+			s.scratch[id] = float32(l * penalty)
 		}
 	}
+	return s.scratch
+}
+
+// argmax returns the index of the first largest logit, ignoring NaN (0 when
+// there is no other). It finds the largest value in four independent lanes,
+// which is faster than tracking an index, then looks for it.
+func argmax(logits []float32) int {
+	inf := float32(math.Inf(-1))
+	t0, t1, t2, t3 := inf, inf, inf, inf
+	i := 0
+	for ; i+4 <= len(logits); i += 4 {
+		q := logits[i : i+4 : i+4]
+		if q[0] > t0 {
+			t0 = q[0]
+		}
+		if q[1] > t1 {
+			t1 = q[1]
+		}
+		if q[2] > t2 {
+			t2 = q[2]
+		}
+		if q[3] > t3 {
+			t3 = q[3]
+		}
+	}
+	for _, l := range logits[i:] {
+		if l > t0 {
+			t0 = l
+		}
+	}
+	best := max(t0, t1, t2, t3)
+	for i, l := range logits {
+		if l == best {
+			return i
+		}
+	}
+	return 0
+}
+
+// atLeast returns the smallest float32 f with float64(f) ≥ x, so that
+// comparing a logit with it is comparing the logit with x.
+func atLeast(x float64) float32 {
+	f := float32(x)
+	if float64(f) < x {
+		f = math.Nextafter32(f, float32(math.Inf(1)))
+	}
+	return f
+}
+
+// gather returns the tokens with a logit ≥ floor, in vocabulary order, as
+// candidates with their logits divided by the temperature.
+func (s *Sampler) gather(logits []float32, floor float64) []candidate {
+	invT := 1 / s.params.Temperature
+	cands := s.cands[:0]
+	bound := atLeast(floor)
+	for i, l := range logits {
+		if l >= bound {
+			cands = append(cands, candidate{id: int32(i), logit: float64(l) * invT})
+		}
+	}
+	s.cands = cands
+	return cands
+}
+
+// expSum returns the sum of e^((l-maxLogit)·invT) over the logits l ≥ floor,
+// and their number.
+func expSum(logits []float32, maxLogit, floor, invT float64) (sum float64, n int) {
+	scale := invT * expScale
+	for _, l := range logits {
+		if v := float64(l); v >= floor {
+			sum += exp2k((v - maxLogit) * scale)
+			n++
+		}
+	}
+	return sum, n
+}
+
+// drawBlock is the number of tokens per block in drawAll: the draw finds its
+// block from the block sums, then recomputes only that block's weights.
+const drawBlock = 512
+
+// drawAll draws from the whole distribution (no filter but the negligible
+// floor) without building it: one pass sums e^((l-max)/T) per block, then
+// the PRNG's number, scaled by the total, is located first among the blocks
+// and then within one. Tokens are visited in vocabulary order, as draw
+// visits the candidates of distribution, so both pick the same token for
+// the same number (up to rounding at a boundary).
+func (s *Sampler) drawAll(logits []float32, maxLogit float64) int32 {
+	invT := 1 / s.params.Temperature
+	scale := invT * expScale
+	floor := maxLogit - negligible*s.params.Temperature
+	s.blocks = s.blocks[:0]
+	total, n := 0.0, 0
+	for lo := 0; lo < len(logits); lo += drawBlock {
+		sum, m := expSum(logits[lo:min(lo+drawBlock, len(logits))], maxLogit, floor, invT)
+		s.blocks = append(s.blocks, sum)
+		total += sum
+		n += m
+	}
+	if n == 1 {
+		return int32(argmax(logits))
+	}
+	target := s.rng.Float64() * total
+	acc, last := 0.0, -1
+	for b, sum := range s.blocks {
+		if sum == 0 {
+			continue
+		}
+		lo := b * drawBlock
+		if target >= acc+sum {
+			acc += sum
+			last = lo // some token of this block is a candidate
+			continue
+		}
+		for i, l := range logits[lo:min(lo+drawBlock, len(logits))] {
+			if v := float64(l); v >= floor {
+				acc += exp2k((v - maxLogit) * scale)
+				last = lo + i
+				if target < acc {
+					return int32(lo + i)
+				}
+			}
+		}
+	}
+	// target fell in the rounding gap at the top: the last candidate owns it.
+	for i := len(logits) - 1; i >= max(last, 0); i-- {
+		if float64(logits[i]) >= floor {
+			return int32(i)
+		}
+	}
+	return int32(argmax(logits))
+}
+
+// topKLogits returns the k tokens with the largest logits among those ≥
+// floor (ties to the lower id) as candidates, most likely first, with their
+// logits divided by the temperature. When no more than k tokens reach the
+// floor it returns them all in vocabulary order, as the pipeline without
+// top-k would.
+//
+// It gathers tokens above a rising cut: whenever 2k+256 are gathered, topK
+// keeps the best k and the k-th logit becomes the cut, so after the first
+// few hundred tokens almost every token costs one comparison.
+func (s *Sampler) topKLogits(logits []float32, floor float64, k int) []candidate {
+	invT := 1 / s.params.Temperature
+	cands := s.cands[:0]
+	bound, cut := atLeast(floor), float32(math.Inf(-1))
+	n := 0
+	for i, l := range logits {
+		if l < bound {
+			continue
+		}
+		n++
+		// Tokens come in rising id order, so a tie with the cut is worse.
+		if l <= cut {
+			continue
+		}
+		v := float64(l) * invT
+		cands = append(cands, candidate{id: int32(i), logit: v, prob: v})
+		if len(cands) == 2*k+256 {
+			cands = topK(cands, k)
+			cut = logits[cands[k-1].id]
+		}
+	}
+	if n > k {
+		cands = topK(cands, k)
+	}
+	s.cands = cands
+	return cands
 }
 
 // softmax sets prob from logit, subtracting the maximum for stability.
@@ -170,7 +386,7 @@ func softmax(cands []candidate) {
 	}
 	sum := 0.0
 	for i := range cands {
-		e := math.Exp(cands[i].logit - maxLogit)
+		e := expNeg(cands[i].logit - maxLogit)
 		cands[i].prob = e
 		sum += e
 	}
@@ -236,7 +452,7 @@ func topK(cands []candidate, k int) []candidate {
 }
 
 // topP returns the shortest run of most likely candidates whose
-// probabilities sum to at least p (always at least one).
+// probabilities (summing to 1) sum to at least p (always at least one).
 func topP(cands []candidate, p float64) []candidate {
 	// Candidates below (1-p)/n together hold less than 1-p, so the nucleus
 	// lies entirely above that bound: drop them before sorting, which keeps
@@ -248,15 +464,60 @@ func topP(cands []candidate, p float64) []candidate {
 			kept = append(kept, c)
 		}
 	}
-	slices.SortFunc(kept, moreLikely)
-	acc := 0.0
-	for i, c := range kept {
-		acc += c.prob
-		if acc >= p {
-			return kept[:i+1]
+	return nucleus(kept, p)
+}
+
+// nucleus sorts the most likely of cands first and returns the shortest
+// run whose probabilities sum to at least p (all of them if none does).
+// cands must include every token of the nucleus of the whole distribution.
+//
+// Only a prefix holding the nucleus is sorted: partitions around pivots, as
+// in quickselect, narrow down where the running sum crosses p.
+func nucleus(cands []candidate, p float64) []candidate {
+	lo, hi, acc := 0, len(cands), 0.0 // cands[:lo] hold less than p, cands[:hi] at least p
+	for hi-lo > 256 {
+		m := lo + partition(cands[lo:hi])
+		upper := 0.0
+		for _, c := range cands[lo : m+1] {
+			upper += c.prob
+		}
+		if acc+upper >= p {
+			hi = m + 1
+		} else {
+			acc += upper
+			lo = m + 1
 		}
 	}
-	return kept
+	slices.SortFunc(cands[:hi], moreLikely)
+	acc = 0.0
+	for i := range cands {
+		if i == hi {
+			// The partitions summed in another order and rounded
+			// differently: sort on.
+			slices.SortFunc(cands[hi:], moreLikely)
+		}
+		acc += cands[i].prob
+		if acc >= p {
+			return cands[:i+1]
+		}
+	}
+	return cands
+}
+
+// partition reorders cands around the middle one and returns its new index:
+// more likely candidates before it, less likely after.
+func partition(cands []candidate) int {
+	last := len(cands) - 1
+	cands[len(cands)/2], cands[last] = cands[last], cands[len(cands)/2]
+	m := 0
+	for i := range cands[:last] {
+		if moreLikely(cands[i], cands[last]) < 0 {
+			cands[i], cands[m] = cands[m], cands[i]
+			m++
+		}
+	}
+	cands[m], cands[last] = cands[last], cands[m]
+	return m
 }
 
 // minP returns the candidates at least p times as likely as the most likely one.

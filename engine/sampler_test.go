@@ -205,33 +205,227 @@ func TestSamplingParamsValidate(t *testing.T) {
 	}
 }
 
-// BenchmarkSample draws from a gpt-oss-sized vocabulary (201088 logits,
-// normal with σ=3) with common settings.
-func BenchmarkSample(b *testing.B) {
-	rng := rand.New(rand.NewPCG(3, 4))
-	logits := make([]float32, 201088)
-	for i := range logits {
-		logits[i] = float32(rng.NormFloat64() * 3)
+// normalLogits are 201088 logits, normal with σ=3: a flat, worst-case shape
+// in which thousands of tokens share the mass.
+func normalLogits(vocab int, seed uint64) []float32 {
+	rng := rand.New(rand.NewPCG(seed, seed+1))
+	out := make([]float32, vocab)
+	for i := range out {
+		out[i] = float32(rng.NormFloat64() * 3)
 	}
+	return out
+}
+
+// lmLogits imitate a language model's output: a bulk of N(0, 2²) logits and
+// 16 outliers 12 to 20 above it, which carry nearly all the mass (the bulk's
+// e^2·vocab ≈ e^14 against e^20 for the best outlier).
+func lmLogits(vocab int, seed uint64) []float32 {
+	rng := rand.New(rand.NewPCG(seed, seed+1))
+	out := make([]float32, vocab)
+	for i := range out {
+		out[i] = float32(rng.NormFloat64() * 2)
+	}
+	for range 16 {
+		out[rng.IntN(vocab)] = float32(12 + rng.Float64()*8)
+	}
+	return out
+}
+
+// benchParams are the sampling settings the benchmarks measure.
+var benchParams = []struct {
+	name string
+	p    SamplingParams
+}{
+	{"greedy", SamplingParams{Temperature: 0, TopP: 1, RepetitionPenalty: 1}},
+	{"plain", DefaultSampling},
+	{"top-k-40", SamplingParams{Temperature: 0.8, TopK: 40, TopP: 1, RepetitionPenalty: 1}},
+	{"top-p-0.9", SamplingParams{Temperature: 0.8, TopP: 0.9, RepetitionPenalty: 1}},
+	{"min-p-0.05", SamplingParams{Temperature: 1, TopP: 1, MinP: 0.05, RepetitionPenalty: 1}},
+	{"all", SamplingParams{Temperature: 0.8, TopK: 40, TopP: 0.9, MinP: 0.05, RepetitionPenalty: 1.1}},
+}
+
+// BenchmarkSample draws from a gpt-oss-sized vocabulary (201088 logits) of
+// two shapes with common settings; "all" adds a repetition penalty over a
+// 512-token history.
+func BenchmarkSample(b *testing.B) {
+	const vocab = 201088
+	rng := rand.New(rand.NewPCG(3, 4))
 	history := make([]int32, 512)
 	for i := range history {
-		history[i] = int32(rng.IntN(len(logits)))
+		history[i] = int32(rng.IntN(vocab))
 	}
-	for _, c := range []struct {
-		name string
-		p    SamplingParams
-	}{
-		{"greedy", SamplingParams{Temperature: 0, TopP: 1, RepetitionPenalty: 1}},
-		{"plain", DefaultSampling},
-		{"top-k-40", SamplingParams{Temperature: 0.8, TopK: 40, TopP: 1, RepetitionPenalty: 1}},
-		{"top-p-0.9", SamplingParams{Temperature: 0.8, TopP: 0.9, RepetitionPenalty: 1}},
-		{"all", SamplingParams{Temperature: 0.8, TopK: 40, TopP: 0.9, MinP: 0.05, RepetitionPenalty: 1.1}},
-	} {
-		b.Run(c.name, func(b *testing.B) {
-			s := NewSampler(c.p, 1)
-			for b.Loop() {
-				s.Sample(logits, history)
+	for _, shape := range []struct {
+		name   string
+		logits []float32
+	}{{"lm", lmLogits(vocab, 5)}, {"normal", normalLogits(vocab, 3)}} {
+		for _, c := range benchParams {
+			b.Run(shape.name+"/"+c.name, func(b *testing.B) {
+				s := NewSampler(c.p, 1)
+				b.ReportAllocs()
+				for b.Loop() {
+					s.Sample(shape.logits, history)
+				}
+			})
+		}
+	}
+}
+
+// referenceDistribution applies the pipeline by its definition to every
+// token, with math.Exp and no bounds or fast paths: the sampler before it
+// learned to skip work. The sampler must agree with it.
+func referenceDistribution(p SamplingParams, logits []float32, history []int32) []candidate {
+	logits = slices.Clone(logits)
+	seen := map[int32]bool{}
+	for _, id := range history {
+		if seen[id] || id < 0 || int(id) >= len(logits) {
+			continue
+		}
+		seen[id] = true
+		if l := float64(logits[id]); l > 0 {
+			logits[id] = float32(l / p.RepetitionPenalty)
+		} else {
+			logits[id] = float32(l * p.RepetitionPenalty)
+		}
+	}
+	best := 0
+	for i, l := range logits {
+		if l > logits[best] {
+			best = i
+		}
+	}
+	if p.Temperature == 0 {
+		return []candidate{{id: int32(best), prob: 1}}
+	}
+	var cands []candidate
+	for i, l := range logits {
+		if float64(l) >= float64(logits[best])-negligible*p.Temperature {
+			cands = append(cands, candidate{id: int32(i), logit: float64(l) / p.Temperature})
+		}
+	}
+	if p.TopK > 0 && p.TopK < len(cands) {
+		for i := range cands {
+			cands[i].prob = cands[i].logit
+		}
+		cands = topK(cands, p.TopK)
+	}
+	top := math.Inf(-1)
+	for _, c := range cands {
+		top = max(top, c.logit)
+	}
+	for i := range cands {
+		cands[i].prob = math.Exp(cands[i].logit - top)
+	}
+	normalize(cands)
+	if p.TopP < 1 {
+		slices.SortFunc(cands, moreLikely)
+		acc := 0.0
+		for i, c := range cands {
+			if acc += c.prob; acc >= p.TopP {
+				cands = cands[:i+1]
+				break
 			}
-		})
+		}
+		normalize(cands)
+	}
+	if p.MinP > 0 {
+		cands = minP(cands, p.MinP)
+		normalize(cands)
+	}
+	return cands
+}
+
+// referenceSample draws from referenceDistribution as Sample draws.
+func referenceSample(p SamplingParams, rng *rand.Rand, logits []float32, history []int32) int32 {
+	cands := referenceDistribution(p, logits, history)
+	if len(cands) == 1 {
+		return cands[0].id
+	}
+	r := rng.Float64()
+	acc := 0.0
+	for _, c := range cands {
+		if acc += c.prob; r < acc {
+			return c.id
+		}
+	}
+	return cands[len(cands)-1].id
+}
+
+// TestSamplerMatchesReference checks that the sampler's bounds and fast
+// paths change nothing: the same candidates in the same order with the
+// same probabilities (to rounding), and the same tokens for the same seed,
+// over logits of several shapes (flat, peaked, tied, partly -Inf) and every
+// filter alone and combined.
+func TestSamplerMatchesReference(t *testing.T) {
+	const vocab = 3000
+	tied := normalLogits(vocab, 9)
+	for i := range tied {
+		tied[i] = float32(math.Round(float64(tied[i])*2) / 2) // many equal logits
+	}
+	masked := lmLogits(vocab, 10)
+	for i := range masked {
+		if i%3 != 0 {
+			masked[i] = float32(math.Inf(-1))
+		}
+	}
+	spike := make([]float32, vocab) // one token far above the rest: one candidate
+	spike[17] = 100
+	shapes := map[string][]float32{
+		"normal": normalLogits(vocab, 7), "lm": lmLogits(vocab, 8), "tied": tied, "masked": masked, "spike": spike,
+	}
+	with := func(f func(*SamplingParams)) SamplingParams {
+		p := DefaultSampling
+		f(&p)
+		return p
+	}
+	params := map[string]SamplingParams{
+		"plain":            DefaultSampling,
+		"temperature 0.7":  with(func(p *SamplingParams) { p.Temperature = 0.7 }),
+		"temperature 2":    with(func(p *SamplingParams) { p.Temperature = 2 }),
+		"top-k 1":          with(func(p *SamplingParams) { p.TopK = 1 }),
+		"top-k 40":         with(func(p *SamplingParams) { p.TopK = 40 }),
+		"top-k 600":        with(func(p *SamplingParams) { p.TopK = 600 }),
+		"top-k above":      with(func(p *SamplingParams) { p.TopK = vocab + 1 }),
+		"top-p 0.5":        with(func(p *SamplingParams) { p.TopP = 0.5 }),
+		"top-p 0.9 T 0.8":  with(func(p *SamplingParams) { p.TopP, p.Temperature = 0.9, 0.8 }),
+		"top-p 0.999":      with(func(p *SamplingParams) { p.TopP = 0.999 }),
+		"top-p 0":          with(func(p *SamplingParams) { p.TopP = 0 }),
+		"min-p 0.05":       with(func(p *SamplingParams) { p.MinP = 0.05 }),
+		"min-p 1e-9":       with(func(p *SamplingParams) { p.MinP = 1e-9 }),
+		"top-k top-p":      with(func(p *SamplingParams) { p.TopK, p.TopP = 100, 0.8 }),
+		"top-p min-p":      with(func(p *SamplingParams) { p.TopP, p.MinP = 0.95, 0.01 }),
+		"all with penalty": {Temperature: 0.8, TopK: 40, TopP: 0.9, MinP: 0.05, RepetitionPenalty: 1.3},
+		"penalty only":     with(func(p *SamplingParams) { p.RepetitionPenalty = 0.7 }),
+		"greedy penalty":   {Temperature: 0, TopP: 1, RepetitionPenalty: 2},
+	}
+	rng := rand.New(rand.NewPCG(5, 6))
+	history := make([]int32, 200)
+	for i := range history {
+		history[i] = int32(rng.IntN(vocab))
+	}
+	for sname, logits := range shapes {
+		for pname, p := range params {
+			name := sname + "/" + pname
+			want := referenceDistribution(p, logits, history)
+			got := NewSampler(p, 1).distribution(logits, history)
+			if len(got) != len(want) {
+				t.Errorf("%s: %d candidates, want %d", name, len(got), len(want))
+				continue
+			}
+			for i := range got {
+				if got[i].id != want[i].id || math.Abs(got[i].prob-want[i].prob) > 1e-12 {
+					t.Errorf("%s: candidate %d is %d with P %v, want %d with %v", name, i, got[i].id, got[i].prob, want[i].id, want[i].prob)
+					break
+				}
+			}
+			const seed = 11
+			s := NewSampler(p, seed)
+			ref := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+			for d := range 300 {
+				if g, w := s.Sample(logits, history), referenceSample(p, ref, logits, history); g != w {
+					t.Errorf("%s: draw %d is %d, the reference draws %d", name, d, g, w)
+					break
+				}
+			}
+		}
 	}
 }

@@ -278,3 +278,57 @@ func Script(script []int32) func([]int32) int32 {
 func TextScript(text string) func([]int32) int32 {
 	return Script(Tokenizer{}.Encode(text))
 }
+
+// FixedModel is a model.Model whose Forward does no work and returns the
+// same Logits slice every call, so that a benchmark of the engine measures
+// the per-token work on the host alone (sampling, detokenizing, stop
+// matching) at a realistic vocabulary size.
+type FixedModel struct {
+	// Logits are returned by every Forward; their length is the vocabulary.
+	Logits []float32
+	// Ctx is the context length reported in Config (default 4096).
+	Ctx int
+}
+
+var _ model.Model = (*FixedModel)(nil)
+
+// Config describes the fixed model.
+func (m *FixedModel) Config() model.Config {
+	ctx := m.Ctx
+	if ctx == 0 {
+		ctx = 4096
+	}
+	return model.Config{Arch: "fixed", Name: "fixed", VocabSize: len(m.Logits), ContextLength: ctx, Layers: 1, Hidden: 8}
+}
+
+// NewCache returns a cache that counts tokens.
+func (m *FixedModel) NewCache(ctx int) (model.Cache, error) {
+	if ctx <= 0 {
+		return nil, fmt.Errorf("enginetest: cache size %d", ctx)
+	}
+	return &countingCache{cap: ctx}, nil
+}
+
+// Forward advances the cache and returns Logits.
+func (m *FixedModel) Forward(c model.Cache, tokens []int32, all bool) ([]float32, error) {
+	cc := c.(*countingCache)
+	if all {
+		return nil, errors.New("enginetest: all-token logits not supported")
+	}
+	if cc.n+len(tokens) > cc.cap {
+		return nil, fmt.Errorf("enginetest: %d tokens do not fit a cache of %d holding %d", len(tokens), cc.cap, cc.n)
+	}
+	cc.n += len(tokens)
+	return m.Logits, nil
+}
+
+// Close does nothing.
+func (m *FixedModel) Close() error { return nil }
+
+// countingCache is FixedModel's cache: only a length.
+type countingCache struct{ n, cap int }
+
+func (c *countingCache) Len() int { return c.n }
+func (c *countingCache) Cap() int { return c.cap }
+func (c *countingCache) Reset()   { c.n = 0 }
+func (c *countingCache) Free()    {}
