@@ -22,6 +22,7 @@ type kvCache struct {
 	n        int   // tokens stored
 	capacity int   // tokens the cache can hold
 	freed    bool
+	logits   []float32 // host buffer Forward returns the last token's logits in
 }
 
 // newKVCache allocates the caches of len(rows) layers, each rows[l]×cols.
@@ -72,7 +73,7 @@ func (c *kvCache) free() {
 	for _, t := range c.v {
 		c.be.Free(t)
 	}
-	c.k, c.v, c.freed = nil, nil, true
+	c.k, c.v, c.logits, c.freed = nil, nil, nil, true
 }
 
 // newCacheRows checks a requested context size and returns the cache rows of

@@ -108,11 +108,18 @@ func (m *core[B]) forward(cache Cache, tokens []int32, all bool, step stepFunc) 
 			return nil, fmt.Errorf("model: token %d (index %d) is outside the vocabulary [0, %d)", t, i, vocab)
 		}
 	}
+	// The last token's logits go to the cache's own buffer, reused every
+	// step (a decode step would otherwise allocate VocabSize floats: 0.8 MB
+	// for gpt-oss). Every token's logits, a large and rare request, get
+	// their own slice.
 	var out []float32
 	if all {
 		out = make([]float32, len(tokens)*vocab)
 	} else {
-		out = make([]float32, vocab)
+		if len(c.logits) != vocab {
+			c.logits = make([]float32, vocab)
+		}
+		out = c.logits
 	}
 	for lo := 0; lo < len(tokens); lo += m.maxBatch {
 		hi := min(lo+m.maxBatch, len(tokens))

@@ -23,6 +23,10 @@ type Model interface {
 	// to it. It returns the logits of the last token (VocabSize values) or,
 	// when all is true, of every token (len(tokens)·VocabSize values).
 	// Running past the cache's capacity is an error and changes nothing.
+	//
+	// The returned slice may belong to the cache: it is valid until the
+	// next Forward on the same cache, which may overwrite it, or until the
+	// cache is freed. Callers that keep logits longer copy them.
 	Forward(c Cache, tokens []int32, all bool) ([]float32, error)
 	// Close frees the weights.
 	Close() error
