@@ -16,6 +16,7 @@ import (
 	"os"
 	"runtime"
 	"sort"
+	"strings"
 	"sync"
 	"unsafe"
 
@@ -143,6 +144,10 @@ type Backend struct {
 
 	work   map[string]*devBuf
 	graphs map[string]*graph
+	// mqX and mqN name the activation (and its rows) whose quantized copy
+	// is in the "mq" workspace (quantizeX); nil once anything else is queued.
+	mqX    *Tensor
+	mqN    int
 	cap    *capture // non-nil while Graph records
 	closed bool
 }
@@ -553,6 +558,9 @@ func (b *Backend) scratch(name string, n int64) (uintptr, error) {
 // in order: uintptr for pointers, int for int, int64 for long long, float32
 // for float.
 func (b *Backend) launch(name string, grid, block [3]int, shmem int, args ...any) {
+	if !strings.HasPrefix(name, "mq_matvec_") {
+		b.mqX = nil // this kernel may write the activation quantizeX copied
+	}
 	f, ok := b.funcs[name]
 	if !ok {
 		var p uintptr

@@ -16,8 +16,9 @@ import (
 // Every op is compared with the cpu backend (the reference) on fresh random
 // inputs. Tolerances are relative L2 errors: 1e-4 where the GPU computes in
 // f32 (which includes the tensor-core matmul of quantized weights, whose
-// activations are split into two f16 terms), 2e-3 where it rounds F32
-// weights to f16, 3e-4 for the grouped MoE. Attention gets keys and values
+// activations are split into two f16 terms, and the decode products of
+// Q8_0 and MXFP4, whose activations are quantized to two int8 digits), 2e-3
+// where it rounds F32 weights to f16, 3e-4 for the grouped MoE. Attention gets keys and values
 // already rounded to f16, so the f16 caches of long contexts compare at 1e-4.
 
 // pair is the cuda backend under test and the cpu reference.
@@ -253,6 +254,13 @@ func TestRowOps(t *testing.T) {
 		p.ref.LayerNorm(dst.c, a.c, w.c, bias.c, 1e-5)
 		p.check("LayerNorm "+name, dst, rows*cols, 1e-5)
 
+		// AddRMSNorm: x += delta, then dst = RMSNorm(x).
+		x := p.f32(rows, cols, randF32(r, rows*cols, 2))
+		p.gpu.AddRMSNorm(dst.g, x.g, a.g, w.g, 1e-5)
+		p.ref.AddRMSNorm(dst.c, x.c, a.c, w.c, 1e-5)
+		p.check("AddRMSNorm "+name, dst, rows*cols, 1e-5)
+		p.check("AddRMSNorm residual "+name, x, rows*cols, 1e-6)
+
 		// RMSNorm in place (dst aliases x).
 		p.gpu.RMSNorm(bb.g, bb.g, w.g, 1e-5)
 		p.ref.RMSNorm(bb.c, bb.c, w.c, 1e-5)
@@ -423,7 +431,9 @@ func TestGraphReplay(t *testing.T) {
 		p.ref.WriteI32(slot.c, sv)
 		p.gpu.Graph("step", func() { step(p.gpu, x.g, q.g, k.g, kc.g, vc.g, pos.g, slot.g, out.g, wq.g, wk.g, freq.g) })
 		step(p.ref, x.c, q.c, k.c, kc.c, vc.c, pos.c, slot.c, out.c, wq.c, wk.c, freq.c)
-		p.check(fmt.Sprintf("graph step %d", i), out, hidden, 1e-4)
+		// 5e-4: the decode products quantize q's and k's input to about 15
+		// bits (mqvec.cu), and the softmax over q·k amplifies that.
+		p.check(fmt.Sprintf("graph step %d", i), out, hidden, 5e-4)
 	}
 	if len(p.gpu.graphs) == 0 {
 		t.Errorf("no graph was recorded")

@@ -4,35 +4,42 @@
 #   CGO_ENABLED=0 go test -c -o bin/cuda/cuda.test ./backend/cuda
 #   CGO_ENABLED=0 go build -o bin/cuda/orcd ./cmd/orcd
 # Usage (repo root): backend/cuda/gpu_check.sh [tests|bench|all]; logs go to $OUT.
+# BIN names another folder of binaries; KBENCH is a -test.bench pattern of
+# kernel benchmarks to run after the tests.
 set -u
 what=${1:-all}
+BIN=${BIN:-bin/cuda}
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 export ORCD_CUDA_CACHE=/tmp/orcd-cuda-cache
 summary=$OUT/summary.txt
 : >"$summary"
 if [ "$what" != bench ]; then
-  (cd backend/cuda && timeout 300 ../../bin/cuda/cuda.test -test.v -test.timeout 290s ${TESTRUN:+-test.run "$TESTRUN"}) >"$OUT/test.log" 2>&1
+  (cd backend/cuda && timeout 300 ../../$BIN/cuda.test -test.v -test.timeout 290s ${TESTRUN:+-test.run "$TESTRUN"}) >"$OUT/test.log" 2>&1
   echo "tests rc=$?" >>"$summary"
   grep -E "^(--- |ok|FAIL|PASS|panic)|relative error|max relative|steady" "$OUT/test.log" | head -60 >>"$summary"
 fi
+if [ -n "${KBENCH:-}" ]; then
+  (cd backend/cuda && timeout 120 ../../$BIN/cuda.test -test.run NONE -test.bench "$KBENCH" -test.benchtime 200x) >"$OUT/kbench.log" 2>&1
+  grep -E "^Benchmark|FAIL|panic" "$OUT/kbench.log" >>"$summary"
+fi
 if [ "$what" != tests ]; then
   model=/tmp/gpt-oss-20b-synth.gguf
-  [ -f $model ] || { /usr/bin/time -f "synth %e s" bin/cuda/orcd synth --preset gpt-oss-20b -o $model >"$OUT/synth.log" 2>&1; tail -2 "$OUT/synth.log" >>"$summary"; }
+  [ -f $model ] || { /usr/bin/time -f "synth %e s" $BIN/orcd synth --preset gpt-oss-20b -o $model >"$OUT/synth.log" 2>&1; tail -2 "$OUT/synth.log" >>"$summary"; }
   cat $model >/dev/null # warm the page cache for the load-time figure
-  timeout 240 bin/cuda/orcd bench --model $model --device cuda -p 512,2048 -n 128 --reps ${REPS:-3} --max-batch 2048 --ctx-size ${CTX:-4096} ${BENCH_ARGS:-} >"$OUT/bench.md" 2>"$OUT/bench.log"
+  timeout 240 $BIN/orcd bench --model $model --device cuda -p 512,2048 -n 128 --reps ${REPS:-3} --max-batch 2048 --ctx-size ${CTX:-4096} ${BENCH_ARGS:-} >"$OUT/bench.md" 2>"$OUT/bench.log"
   echo "bench rc=$?" >>"$summary"
   cat "$OUT/bench.md" >>"$summary"
   grep -E "loaded|error|Error" "$OUT/bench.log" | head -5 >>"$summary"
   if [ -n "${LONGCTX:-}" ]; then
     # VRAM with a full 131,072-token KV cache (f16 above 16k tokens).
-    timeout 120 bin/cuda/orcd bench --model $model --device cuda -p 2048 -n 64 --reps 1 --max-batch 512 --ctx-size 131072 >"$OUT/bench-131k.md" 2>"$OUT/bench-131k.log"
+    timeout 120 $BIN/orcd bench --model $model --device cuda -p 2048 -n 64 --reps 1 --max-batch 512 --ctx-size 131072 >"$OUT/bench-131k.md" 2>"$OUT/bench-131k.log"
     echo "bench 131k rc=$?" >>"$summary"
     cat "$OUT/bench-131k.md" >>"$summary"
   fi
   if [ -n "${SERVE:-}" ]; then
     # Smoke test of `orcd serve --device cuda`: health, one job, shutdown.
-    bin/cuda/orcd serve --model $model --device cuda --port 18080 --log-format text >"$OUT/serve.log" 2>&1 &
+    $BIN/orcd serve --model $model --device cuda --port 18080 --log-format text >"$OUT/serve.log" 2>&1 &
     pid=$!
     for i in $(seq 90); do curl -sf localhost:18080/health >"$OUT/health.json" 2>/dev/null && break; sleep 1; done
     echo "health: $(cat "$OUT/health.json")" >>"$summary"
@@ -44,7 +51,7 @@ if [ "$what" != tests ]; then
     echo "serve rc=$?" >>"$summary"
   fi
   if [ -n "${PROFILE:-}" ]; then
-    ORCD_CUDA_PROFILE=1 timeout 120 bin/cuda/orcd bench --model $model --device cuda -p 2048 -n 16 --reps 1 --max-batch 2048 >"$OUT/profile.md" 2>"$OUT/profile.log"
+    ORCD_CUDA_PROFILE=1 timeout 120 $BIN/orcd bench --model $model --device cuda -p 2048 -n 16 --reps 1 --max-batch 2048 >"$OUT/profile.md" 2>"$OUT/profile.log"
     echo "profile rc=$?" >>"$summary"
     grep -A16 "kernel profile of" "$OUT/profile.log" | grep -v "^--" >>"$summary"
   fi

@@ -159,7 +159,53 @@ func (b *Backend) MatMul(dst, x, w, bias backend.Tensor) {
 		return
 	}
 	defer b.bind()()
+	if n <= mqTokens && mqTypes[wt.typ] {
+		qx, dx, ok := b.quantizeX(xs, n, in)
+		if ok {
+			b.launch("mq_matvec_"+uploadTypes[wt.typ], [3]int{(out + 15) / 16, 1, 1}, [3]int{32 * mqWarps, 1, 1}, 0,
+				d.ptr, qx, dx, wt.ptr, wt.aux, in, bp, n, out)
+		}
+		return
+	}
 	b.matmul(d.ptr, xs.ptr, n, wt, bp, false)
+}
+
+// The integer tensor-core decode kernels (mqvec.cu) take up to mqTokens rows
+// of x (4 tokens × 2 digit columns fill the MMA's 8 columns) against Q8_0
+// or MXFP4 weights; mqWarps matches MQ_WARPS.
+const (
+	mqTokens = 4
+	mqWarps  = 8
+)
+
+var mqTypes = map[tensor.Type]bool{tensor.Q8_0: true, tensor.MXFP4: true}
+
+// quantizeX queues mq_quant of x (n ≤ mqTokens rows of in) into the "mq"
+// workspace and returns the quantized activations and their scales. The q,
+// k and v projections read the same x one after another, usually just
+// written by RMSNorm, which quantizes too: while nothing else has been
+// queued since x was quantized (b.mqX; launch, write and Graph reset it),
+// the quantized copy is reused.
+func (b *Backend) quantizeX(x *Tensor, n, in int) (qx, dx uintptr, ok bool) {
+	qx, dx, ok = b.mqBuffer("MatMul", in)
+	if ok && (b.mqX != x || b.mqN != n) {
+		chunks := int64(in / 32)
+		b.launch("mq_quant", [3]int{int((chunks + 3) / 4), 1, 1}, [3]int{128, 1, 1}, 0, qx, dx, x.ptr, n, in)
+		b.mqX, b.mqN = x, n
+	}
+	return qx, dx, ok
+}
+
+// mqBuffer returns the "mq" workspace for activations of in columns: the
+// quantized chunks (256 bytes each) and their scales (mqTokens each).
+func (b *Backend) mqBuffer(op string, in int) (qx, dx uintptr, ok bool) {
+	chunks := int64(in / 32)
+	buf, err := b.scratch("mq", chunks*(256+4*mqTokens))
+	if err != nil {
+		b.fail(fmt.Errorf("%s: %w", op, err))
+		return 0, 0, false
+	}
+	return buf, buf + uintptr(chunks*256), true
 }
 
 // matmul queues dst (n×out) = x (n×in)·wᵀ + bias for a 2-D weight. The
@@ -236,7 +282,16 @@ func (b *Backend) LayerNorm(dst, x, w, bias backend.Tensor, eps float32) {
 
 // RMSNorm scales each row of x by 1/sqrt(mean(x²)+eps), then by w.
 func (b *Backend) RMSNorm(dst, x, w backend.Tensor, eps float32) {
-	const op = "RMSNorm"
+	b.rmsNorm("RMSNorm", dst, x, nil, w, eps)
+}
+
+// AddRMSNorm sets x += delta, then dst = RMSNorm(x, w), in one kernel.
+func (b *Backend) AddRMSNorm(dst, x, delta, w backend.Tensor, eps float32) {
+	b.rmsNorm("AddRMSNorm", dst, x, delta, w, eps)
+}
+
+// rmsNorm queues RMSNorm, first adding delta into x when delta is not nil.
+func (b *Backend) rmsNorm(op string, dst, x, delta, w backend.Tensor, eps float32) {
 	d := b.f32(dst, op, "dst")
 	if d == nil {
 		return
@@ -246,8 +301,25 @@ func (b *Backend) RMSNorm(dst, x, w backend.Tensor, eps float32) {
 	if xs == nil || ws == nil {
 		return
 	}
+	var dp uintptr
+	if delta != nil {
+		ds := b.matrix(delta, op, "delta", rows, cols)
+		if ds == nil {
+			return
+		}
+		dp = ds.ptr
+	}
 	defer b.bind()()
-	b.launch("rms_norm", [3]int{rows, 1, 1}, [3]int{normBlock(cols), 1, 1}, 0, d.ptr, xs.ptr, ws.ptr, cols, eps)
+	grid, block := [3]int{rows, 1, 1}, [3]int{normBlock(cols), 1, 1}
+	if rows <= mqTokens && cols%32 == 0 {
+		// Also quantize the rows for the decode products that follow.
+		if qx, dx, ok := b.mqBuffer(op, cols); ok {
+			b.launch("rms_norm_mq", grid, block, 0, d.ptr, xs.ptr, dp, ws.ptr, cols, eps, qx, dx)
+			b.mqX, b.mqN = d, rows
+		}
+		return
+	}
+	b.launch("rms_norm", grid, block, 0, d.ptr, xs.ptr, dp, ws.ptr, cols, eps)
 }
 
 // GELU applies the tanh approximation of GELU elementwise.
@@ -470,6 +542,10 @@ func (b *Backend) MoE(dst, x backend.Tensor, w *backend.MoEWeights, p backend.Mo
 	k := p.TopK
 	na := int64(n) * int64(k)
 	grouped := n > 4 && tileTypes[gate.typ] && tileTypes[down.typ]
+	// Decode of Q8_0 or MXFP4 experts runs on the integer tensor cores
+	// (mqvec.cu): x and the SwiGLU output are quantized to two int8 digits.
+	mq := n <= mqTokens && mqTypes[gate.typ] && down.typ == gate.typ
+	chunksX, chunksH := int64(hidden/32), na*int64(ff/32)
 
 	// Workspace layout, in 4-byte words: logits, ids, weights, then the
 	// grouped buffers (starts, rows, slot rows, counts) and activations.
@@ -483,10 +559,29 @@ func (b *Backend) MoE(dst, x backend.Tensor, w *backend.MoEWeights, p backend.Mo
 	if grouped {
 		total += na*int64(ff) + na*int64(hidden)
 	}
+	// mq: x as 8 columns × 32 bytes and 4 scales a chunk, then h as 2
+	// columns × 32 bytes and 1 scale a chunk, after the rest.
+	qxOff := total
+	dxOff := qxOff + chunksX*64
+	qhOff := dxOff + chunksX*4
+	dhOff := qhOff + chunksH*16
+	if mq {
+		total = dhOff + chunksH
+	}
 	ws, err := b.scratch("moe", total*4)
 	if err != nil {
 		b.fail(fmt.Errorf("%s: %w", op, err))
 		return
+	}
+	// x usually comes straight from RMSNorm, which left it quantized in the
+	// "mq" workspace (the router's launches below do not touch that).
+	var qxMQ, dxMQ uintptr
+	cached := mq && b.mqX == xs && b.mqN == n
+	if cached {
+		var ok bool
+		if qxMQ, dxMQ, ok = b.mqBuffer(op, hidden); !ok {
+			return
+		}
 	}
 	at := func(word int64) uintptr { return ws + uintptr(word*4) }
 	logits, ids, wts := at(0), at(int64(n)*int64(nExp)), at(int64(n)*int64(nExp)+na)
@@ -495,6 +590,20 @@ func (b *Backend) MoE(dst, x backend.Tensor, w *backend.MoEWeights, p backend.Mo
 	b.matmul(logits, xs.ptr, n, router, rb, true)
 	b.launch("moe_topk", [3]int{(n + 3) / 4, 1, 1}, [3]int{128, 1, 1}, 0, ids, wts, logits, n, nExp, k)
 
+	if mq {
+		qx, dx, qh, dh := qxMQ, dxMQ, at(qhOff), at(dhOff)
+		suffix := uploadTypes[gate.typ]
+		if !cached {
+			qx, dx = at(qxOff), at(dxOff)
+			b.launch("mq_quant", [3]int{int((chunksX + 3) / 4), 1, 1}, [3]int{128, 1, 1}, 0, qx, dx, xs.ptr, n, hidden)
+		}
+		b.launch("mq_gateup_"+suffix, [3]int{ff / 32, int(na), 1}, [3]int{256, 1, 1}, 0,
+			qh, dh, qx, dx, gate.ptr, gate.aux, up.ptr, up.aux, hidden, gb, ub, ids, k, ff, p.Alpha, p.Limit)
+		ksplit := max(1, 16/k) // k·ksplit warps a block, at most 32 (MoE checks k ≤ 32)
+		b.launch("mq_down_"+suffix, [3]int{(hidden + 15) / 16, n, 1}, [3]int{32 * k * ksplit, 1, 1}, 0,
+			d.ptr, qh, dh, down.ptr, down.aux, ff, db, ids, wts, k, hidden, ksplit)
+		return
+	}
 	if !grouped {
 		b.launch("moe_gateup_"+uploadTypes[gate.typ], [3]int{(ff + 7) / 8, int(na), 1}, [3]int{128, 1, 1}, 0,
 			h, xs.ptr, gate.ptr, gate.aux, up.ptr, up.aux, hidden, gb, ub, ids, k, ff, p.Alpha, p.Limit)

@@ -195,6 +195,7 @@ func (b *Backend) write(d *Tensor, p unsafe.Pointer, n int, op string) {
 		b.failf("%s inside Graph", op)
 		return
 	}
+	b.mqX = nil // d may be the activation quantizeX copied
 	defer b.bind()()
 	var pin runtime.Pinner
 	pin.Pin(p)

@@ -22,14 +22,29 @@ extern "C" __global__ void gelu_tanh(float* dst, const float* x, i64 n) {
     }
 }
 
-// rms_norm: one block per row.
-extern "C" __global__ void rms_norm(float* dst, const float* x, const float* w, int cols, float eps) {
-    __shared__ float sh[32];
-    const float* xr = x + (i64)blockIdx.x * cols;
-    float* dr = dst + (i64)blockIdx.x * cols;
+// add_rows adds row blockIdx.x of delta (if not NULL) into x's row xr in
+// place and returns the thread's part of the row's sum of squares. A thread
+// later reads back only the elements it wrote.
+__device__ __forceinline__ float add_rows(float* xr, const float* delta, int cols) {
+    const float* dr = delta ? delta + (i64)blockIdx.x * cols : 0;
     float ss = 0.f;
-    for (int c = threadIdx.x; c < cols; c += blockDim.x) ss += xr[c] * xr[c];
-    float inv = rsqrtf(block_sum(ss, sh) / cols + eps);
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+        float v = xr[c];
+        if (dr) {
+            v += dr[c];
+            xr[c] = v;
+        }
+        ss += v * v;
+    }
+    return ss;
+}
+
+// rms_norm: one block per row. With delta, x += delta first (AddRMSNorm).
+extern "C" __global__ void rms_norm(float* dst, float* x, const float* delta, const float* w, int cols, float eps) {
+    __shared__ float sh[32];
+    float* xr = x + (i64)blockIdx.x * cols;
+    float* dr = dst + (i64)blockIdx.x * cols;
+    float inv = rsqrtf(block_sum(add_rows(xr, delta, cols), sh) / cols + eps);
     for (int c = threadIdx.x; c < cols; c += blockDim.x) dr[c] = xr[c] * inv * w[c];
 }
 
