@@ -108,6 +108,10 @@ type Backend interface {
 	LayerNorm(dst, x, w, b Tensor, eps float32)
 	// RMSNorm scales each row of x by 1/sqrt(mean(x²)+eps), then by w.
 	RMSNorm(dst, x, w Tensor, eps float32)
+	// AddRMSNorm adds delta into the residual stream x (x += delta) and then
+	// sets dst = RMSNorm(x, w): Add followed by RMSNorm, in one op so a
+	// backend can read and write the residual once.
+	AddRMSNorm(dst, x, delta, w Tensor, eps float32)
 	// GELU applies the tanh approximation of GELU elementwise.
 	GELU(dst, x Tensor)
 	// RoPE rotates x (n × heads*headDim) in place, NeoX style: within each

@@ -348,8 +348,14 @@ func (m *gptoss) step(c *kvCache, tokens []int32, start int, mode logitsMode, ou
 				slots = b.ringSlots
 			}
 			// Attention: RMSNorm → Q, K, V → RoPE on Q and K → causal GQA
-			// with sinks (and a window on even layers) → O, residual.
-			be.RMSNorm(b.h, b.x, blk.attnNorm, m.p.eps)
+			// with sinks (and a window on even layers) → O. Each residual add
+			// is fused into the norm after it (AddRMSNorm): here the previous
+			// block's expert output joins the residual stream.
+			if l == 0 {
+				be.RMSNorm(b.h, b.x, blk.attnNorm, m.p.eps)
+			} else {
+				be.AddRMSNorm(b.h, b.x, b.proj, blk.attnNorm, m.p.eps)
+			}
 			be.MatMul(b.q, b.h, blk.qW, blk.qB)
 			be.MatMul(b.k, b.h, blk.kW, blk.kB)
 			be.MatMul(b.v, b.h, blk.vW, blk.vB)
@@ -358,13 +364,13 @@ func (m *gptoss) step(c *kvCache, tokens []int32, start int, mode logitsMode, ou
 			be.StoreKV(c.k[l], c.v[l], b.k, b.v, slots)
 			be.Attention(b.att, b.q, c.k[l], c.v[l], b.pos, blk.sinks, attn)
 			be.MatMul(b.proj, b.att, blk.oW, blk.oB)
-			be.Add(b.x, b.x, b.proj)
-			// Mixture of experts: RMSNorm → router top-k → clamped SwiGLU
-			// experts, weighted sum, residual.
-			be.RMSNorm(b.h, b.x, blk.postAttnNorm, m.p.eps)
+			// Mixture of experts: residual add and RMSNorm → router top-k →
+			// clamped SwiGLU experts, weighted sum (added to the residual by
+			// the next block's norm).
+			be.AddRMSNorm(b.h, b.x, b.proj, blk.postAttnNorm, m.p.eps)
 			be.MoE(b.proj, b.h, &blk.moe, m.moe)
-			be.Add(b.x, b.x, b.proj)
 		}
+		be.Add(b.x, b.x, b.proj) // the last block's expert output
 		// Final norm and the output projection, for the last row only unless
 		// every row is wanted.
 		switch mode {

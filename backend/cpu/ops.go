@@ -170,6 +170,13 @@ func (b *Backend) RMSNorm(dst, x, w backend.Tensor, eps float32) {
 	})
 }
 
+// AddRMSNorm sets x += delta, then dst = RMSNorm(x, w): exactly Add then
+// RMSNorm.
+func (b *Backend) AddRMSNorm(dst, x, delta, w backend.Tensor, eps float32) {
+	b.Add(x, x, delta)
+	b.RMSNorm(dst, x, w, eps)
+}
+
 // GELU sets dst = 0.5x(1+tanh(√(2/π)(x+0.044715x³))), evaluated in float64.
 func (b *Backend) GELU(dst, x backend.Tensor) {
 	d, xs := b.sameDims("GELU", dst, x, "x")

@@ -166,6 +166,37 @@ func TestRMSNorm(t *testing.T) {
 	}
 }
 
+// TestAddRMSNorm checks the fused op against Add then RMSNorm.
+func TestAddRMSNorm(t *testing.T) {
+	for name, b := range backends() {
+		t.Run(name, func(t *testing.T) {
+			r := newRand(t)
+			rows, cols := 5, 64
+			xv, dv, wv := randF32(r, rows*cols, 3), randF32(r, rows*cols, 1), randF32(r, cols, 1)
+			const eps = 1e-5
+			w := must(b.Upload("w", tensor.F32, []int{cols}, f32Bytes(wv)))
+			delta := activation(t, b, rows, cols, dv)
+
+			x1 := activation(t, b, rows, cols, xv)
+			want := poisoned(t, b, rows, cols)
+			b.Add(x1, x1, delta)
+			b.RMSNorm(want, x1, w, eps)
+			wantX, wantDst := read(t, b, x1), read(t, b, want)
+
+			x2 := activation(t, b, rows, cols, xv)
+			dst := poisoned(t, b, rows, cols)
+			b.AddRMSNorm(dst, x2, delta, w, eps)
+			for what, pair := range map[string][2][]float32{"x": {read(t, b, x2), wantX}, "dst": {read(t, b, dst), wantDst}} {
+				for i := range pair[1] {
+					if pair[0][i] != pair[1][i] {
+						t.Fatalf("%s[%d] = %v, Add then RMSNorm gives %v", what, i, pair[0][i], pair[1][i])
+					}
+				}
+			}
+		})
+	}
+}
+
 func TestGELU(t *testing.T) {
 	b := NewWithThreads(3)
 	r := newRand(t)
