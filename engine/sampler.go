@@ -81,11 +81,11 @@ func NewSampler(p SamplingParams, seed uint64) *Sampler {
 // returns the first largest.
 func (s *Sampler) Sample(logits []float32, history []int32) int32 {
 	logits = s.penalize(logits, history)
-	best := argmax(logits)
+	top := largest(logits)
 	p := s.params
-	maxLogit := float64(logits[best])
+	maxLogit := float64(top)
 	if p.Temperature == 0 || math.IsInf(maxLogit, 0) {
-		return int32(best)
+		return int32(firstIndex(logits, top))
 	}
 	if p.TopK == 0 && p.TopP >= 1 && p.MinP == 0 {
 		return s.drawAll(logits, maxLogit)
@@ -123,10 +123,10 @@ const negligible = 30
 // draws from it (plain sampling without building it).
 func (s *Sampler) distribution(logits []float32, history []int32) []candidate {
 	logits = s.penalize(logits, history)
-	best := argmax(logits)
-	maxLogit := float64(logits[best])
+	top := largest(logits)
+	maxLogit := float64(top)
 	if s.params.Temperature == 0 || math.IsInf(maxLogit, 0) {
-		s.cands = append(s.cands[:0], candidate{id: int32(best), logit: maxLogit, prob: 1})
+		s.cands = append(s.cands[:0], candidate{id: int32(firstIndex(logits, top)), logit: maxLogit, prob: 1})
 		return s.cands
 	}
 	return s.filter(logits, maxLogit)
@@ -137,7 +137,7 @@ func (s *Sampler) distribution(logits []float32, history []int32) []candidate {
 //
 // Each filter bounds what a token needs to survive, so that only tokens
 // above the bound become candidates and get the full treatment:
-//   - top-k keeps the k best logits, found in one pass with a heap of k;
+//   - top-k keeps the k best logits, found in one pass above a rising cut;
 //   - min-p alone keeps tokens with e^((l-max)/T) ≥ min_p, a logit bound;
 //   - top-p needs the softmax denominator over all tokens (one pass of exp),
 //     after which tokens below (1-top_p)/n of it cannot be in the nucleus
@@ -210,10 +210,9 @@ func (s *Sampler) penalize(logits []float32, history []int32) []float32 {
 	return s.scratch
 }
 
-// argmax returns the index of the first largest logit, ignoring NaN (0 when
-// there is no other). It finds the largest value in four independent lanes,
-// which is faster than tracking an index, then looks for it.
-func argmax(logits []float32) int {
+// largest returns the largest logit, ignoring NaN (-Inf when there is no
+// other). Four independent lanes make it faster than one running maximum.
+func largest(logits []float32) float32 {
 	inf := float32(math.Inf(-1))
 	t0, t1, t2, t3 := inf, inf, inf, inf
 	i := 0
@@ -237,9 +236,13 @@ func argmax(logits []float32) int {
 			t0 = l
 		}
 	}
-	best := max(t0, t1, t2, t3)
+	return max(t0, t1, t2, t3)
+}
+
+// firstIndex returns the index of the first logit equal to v (0 if none).
+func firstIndex(logits []float32, v float32) int {
 	for i, l := range logits {
-		if l == best {
+		if l == v {
 			return i
 		}
 	}
@@ -307,37 +310,31 @@ func (s *Sampler) drawAll(logits []float32, maxLogit float64) int32 {
 		n += m
 	}
 	if n == 1 {
-		return int32(argmax(logits))
+		return int32(firstIndex(logits, float32(maxLogit)))
 	}
 	target := s.rng.Float64() * total
-	acc, last := 0.0, -1
+	acc := 0.0
 	for b, sum := range s.blocks {
-		if sum == 0 {
-			continue
-		}
 		lo := b * drawBlock
 		if target >= acc+sum {
 			acc += sum
-			last = lo // some token of this block is a candidate
 			continue
 		}
 		for i, l := range logits[lo:min(lo+drawBlock, len(logits))] {
 			if v := float64(l); v >= floor {
-				acc += exp2k((v - maxLogit) * scale)
-				last = lo + i
-				if target < acc {
+				if acc += exp2k((v - maxLogit) * scale); target < acc {
 					return int32(lo + i)
 				}
 			}
 		}
 	}
-	// target fell in the rounding gap at the top: the last candidate owns it.
-	for i := len(logits) - 1; i >= max(last, 0); i-- {
-		if float64(logits[i]) >= floor {
-			return int32(i)
-		}
+	// target fell in the rounding gap at the top: the last candidate owns it
+	// (there is one: the largest logit).
+	i := len(logits) - 1
+	for float64(logits[i]) < floor {
+		i--
 	}
-	return int32(argmax(logits))
+	return int32(i)
 }
 
 // topKLogits returns the k tokens with the largest logits among those ≥
