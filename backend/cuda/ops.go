@@ -176,6 +176,9 @@ func (b *Backend) MatMul(dst, x, w, bias backend.Tensor) {
 const (
 	mqTokens = 4
 	mqWarps  = 8
+	// mqDownWarps matches MQ_DOWN_WARPS: an mq_down block has a warp per
+	// selected expert or more, so top-k above it takes the float kernels.
+	mqDownWarps = 16
 )
 
 var mqTypes = map[tensor.Type]bool{tensor.Q8_0: true, tensor.MXFP4: true}
@@ -464,6 +467,14 @@ func (b *Backend) Attention(dst, q, kCache, vCache, pos, sinks backend.Tensor, p
 	b.launch(fmt.Sprintf("attn_partial_%s_r%d_d%d", uploadTypes[kc.typ], rowsPer, maxDim), [3]int{p.KVHeads * hgroups, rowBlocks, splits},
 		[3]int{32 * warps, 1, 1}, shmem,
 		qs.ptr, kc.ptr, vc.ptr, ps.ptr, n, p.Heads, p.KVHeads, p.HeadDim, p.Scale, p.Window, p.CacheCap, hgroups, pm, pl, pacc)
+	if n <= mqTokens && p.HeadDim%32 == 0 {
+		// Also quantize the rows for the output projection that follows.
+		if qx, dx, ok := b.mqBuffer(op, qCols); ok {
+			b.launch("attn_combine_mq", [3]int{p.Heads, n, 1}, [3]int{p.HeadDim, 1, 1}, 0, d.ptr, pm, pl, pacc, sp, p.Heads, p.HeadDim, splits, qx, dx)
+			b.mqX, b.mqN = d, n
+		}
+		return
+	}
 	b.launch("attn_combine", [3]int{p.Heads, n, 1}, [3]int{p.HeadDim, 1, 1}, 0, d.ptr, pm, pl, pacc, sp, p.Heads, p.HeadDim, splits)
 }
 
@@ -544,7 +555,7 @@ func (b *Backend) MoE(dst, x backend.Tensor, w *backend.MoEWeights, p backend.Mo
 	grouped := n > 4 && tileTypes[gate.typ] && tileTypes[down.typ]
 	// Decode of Q8_0 or MXFP4 experts runs on the integer tensor cores
 	// (mqvec.cu): x and the SwiGLU output are quantized to two int8 digits.
-	mq := n <= mqTokens && mqTypes[gate.typ] && down.typ == gate.typ
+	mq := n <= mqTokens && mqTypes[gate.typ] && down.typ == gate.typ && k <= mqDownWarps
 	chunksX, chunksH := int64(hidden/32), na*int64(ff/32)
 
 	// Workspace layout, in 4-byte words: logits, ids, weights, then the
@@ -599,7 +610,7 @@ func (b *Backend) MoE(dst, x backend.Tensor, w *backend.MoEWeights, p backend.Mo
 		}
 		b.launch("mq_gateup_"+suffix, [3]int{ff / 32, int(na), 1}, [3]int{256, 1, 1}, 0,
 			qh, dh, qx, dx, gate.ptr, gate.aux, up.ptr, up.aux, hidden, gb, ub, ids, k, ff, p.Alpha, p.Limit)
-		ksplit := max(1, 16/k) // k·ksplit warps a block, at most 32 (MoE checks k ≤ 32)
+		ksplit := max(1, mqDownWarps/k) // k·ksplit warps a block
 		b.launch("mq_down_"+suffix, [3]int{(hidden + 15) / 16, n, 1}, [3]int{32 * k * ksplit, 1, 1}, 0,
 			d.ptr, qh, dh, down.ptr, down.aux, ff, db, ids, wts, k, hidden, ksplit)
 		return

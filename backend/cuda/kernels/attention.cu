@@ -186,9 +186,10 @@ ATTN_PARTIAL(float, f32, 1, 256)
 ATTN_PARTIAL(u16, f16, 4, 256)
 ATTN_PARTIAL(float, f32, 4, 256)
 
-// attn_combine: block (head, row), dim threads.
-extern "C" __global__ void attn_combine(float* dst, const float* pm, const float* pl, const float* pacc,
-                                        const float* sinks, int heads, int dim, int splits) {
+// attn_combined is element threadIdx.x of head blockIdx.x, row blockIdx.y of
+// the attention output.
+__device__ float attn_combined(const float* pm, const float* pl, const float* pacc, const float* sinks, int heads,
+                               int dim, int splits) {
     int h = blockIdx.x, row = blockIdx.y, d = threadIdx.x;
     i64 base = ((i64)row * heads + h) * splits;
     float M = sinks ? sinks[h] : NEG_INF;
@@ -201,5 +202,11 @@ extern "C" __global__ void attn_combine(float* dst, const float* pm, const float
         L += pl[base + s] * f;
         acc += pacc[(base + s) * dim + d] * f;
     }
-    dst[((i64)row * heads + h) * dim + d] = acc / L;
+    return acc / L;
+}
+
+// attn_combine: block (head, row), dim threads.
+extern "C" __global__ void attn_combine(float* dst, const float* pm, const float* pl, const float* pacc,
+                                        const float* sinks, int heads, int dim, int splits) {
+    dst[((i64)blockIdx.y * heads + blockIdx.x) * dim + threadIdx.x] = attn_combined(pm, pl, pacc, sinks, heads, dim, splits);
 }

@@ -34,7 +34,7 @@
 #define MQ_QMAX 32639.f  // 127·256 + 127: hi and lo both fit int8
 #define MQ_WARPS 8       // warps splitting the inner dimension in mq_matvec
 #define MQ_KSPLIT 4      // warps splitting the inner dimension in mq_gateup
-#define MQ_CPI 4         // chunks a warp loads before computing any: bytes in flight bound decode
+#define MQ_DOWN_WARPS 16 // most warps of an mq_down block: k slots × ksplit
 
 // Doubled E2M1 magnitudes as int8, and their negatives.
 #define MX_POS0 0x03020100u
@@ -63,6 +63,20 @@ __device__ __forceinline__ void mq_digits(float v, float amax, int& hi, int& lo)
     lo = q - (hi << 8);
 }
 
+// mq_store quantizes v into row `row` of chunk `chunk` of qx and dx
+// (mq_quant's layout). The warp's 32 lanes hold the chunk's 32 elements,
+// lane = element.
+__device__ __forceinline__ void mq_store(float v, i64 chunk, int row, u8* qx, float* dx) {
+    int lane = threadIdx.x & 31;
+    float amax = warp_max(fabsf(v));
+    int hi = 0, lo = 0;
+    if (amax > 0.f) mq_digits(v, amax, hi, lo);
+    u8* o = qx + chunk * MQ_CHUNK + 2 * row * 32 + mq_offset(lane);
+    o[0] = (u8)hi;
+    o[32] = (u8)lo;
+    if (lane == 0) dx[chunk * MQ_TOKENS + row] = amax / MQ_QMAX;
+}
+
 // mq_quant: one warp per 32-element chunk c of x (n ≤ 4 rows of in). Writes
 // qx[c] (8 columns × 32 bytes; columns of rows ≥ n are zero) and the chunk
 // scales dx[c*4 + t] = max|x|/32639.
@@ -70,21 +84,15 @@ extern "C" __global__ void mq_quant(u8* qx, float* dx, const float* x, int n, in
     int lane = threadIdx.x & 31;
     int c = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (c >= in / 32) return;
-    u8* o = qx + (i64)c * MQ_CHUNK + mq_offset(lane);
     for (int t = 0; t < MQ_TOKENS; t++) {
-        int hi = 0, lo = 0;
-        float d = 0.f;
         if (t < n) {
-            float v = x[(i64)t * in + c * 32 + lane];
-            float amax = warp_max(fabsf(v));
-            if (amax > 0.f) {
-                mq_digits(v, amax, hi, lo);
-                d = amax / MQ_QMAX;
-            }
+            mq_store(x[(i64)t * in + c * 32 + lane], c, t, qx, dx);
+            continue;
         }
-        o[2 * t * 32] = (u8)hi;
-        o[(2 * t + 1) * 32] = (u8)lo;
-        if (lane == 0) dx[c * MQ_TOKENS + t] = d;
+        u8* o = qx + (i64)c * MQ_CHUNK + 2 * t * 32 + lane;
+        o[0] = 0;
+        o[32] = 0;
+        if (lane == 0) dx[c * MQ_TOKENS + t] = 0.f;
     }
 }
 
@@ -148,39 +156,167 @@ __device__ __forceinline__ void mq_rows16(const MqRaw& ka, const MqRaw& kb, uint
     acc1 += (float)(d[2] * 256 + d[3]) * (sb * xd);
 }
 
+// quad_transpose exchanges words within each quad of lanes: on entry lane t
+// holds row t of a 4×4 matrix of words, on exit its column t.
+__device__ __forceinline__ void quad_transpose(u32* w) {
+    int t = threadIdx.x & 3;
+    bool hi = t & 2, odd = t & 1;
+    // Swap the off-diagonal 2×2 blocks with lane t^2 …
+    u32 r0 = __shfl_xor_sync(0xffffffffu, hi ? w[0] : w[2], 2);
+    u32 r1 = __shfl_xor_sync(0xffffffffu, hi ? w[1] : w[3], 2);
+    if (hi) {
+        w[0] = r0;
+        w[1] = r1;
+    } else {
+        w[2] = r0;
+        w[3] = r1;
+    }
+    // … then transpose each 2×2 block with lane t^1.
+    r0 = __shfl_xor_sync(0xffffffffu, odd ? w[0] : w[1], 1);
+    r1 = __shfl_xor_sync(0xffffffffu, odd ? w[2] : w[3], 1);
+    if (odd) {
+        w[0] = r0;
+        w[2] = r1;
+    } else {
+        w[1] = r0;
+        w[3] = r1;
+    }
+}
+
+// MqPair names rows ra and ra+8's counterpart rb (a lane's rows g and g+8)
+// of one weight matrix.
+struct MqPair {
+    const u8* q;
+    const u8* s;
+    i64 ra, rb;
+};
+
+// MqX is a lane's view of the quantized activations: q and d point at
+// column g's bytes for lane t and at lane t's scale in chunk 0; live is
+// false for a column that holds nothing (B is then zero).
+struct MqX {
+    const u8* q;
+    const float* d;
+    int qstride, dstride; // bytes and floats from one chunk to the next
+    bool live;
+};
+
+__device__ __forceinline__ void mq_xload(const MqX& x, int c, uint2& b, float& d) {
+    b = uint2{0u, 0u};
+    if (x.live) b = *(const uint2*)(x.q + (i64)c * x.qstride);
+    d = x.d[(i64)c * x.dstride];
+}
+
+// A group is 4 MXFP4 chunks (64 bytes of a row) or 2 Q8_0 chunks (64
+// bytes): the 4 lanes of a quad load it with one 16-byte load each (lane t:
+// MXFP4 chunk c0+t, Q8_0 bytes 16t..16t+15) and a quad transpose hands each
+// lane the words it owns in the MMA. Loading those words directly (4 bytes
+// a lane, 8 rows a warp instruction) made the kernels bound by L1 wavefronts
+// rather than by DRAM. Lane t also loads one block scale of the group (MXFP4:
+// chunk c0+t of both rows; Q8_0: chunk c0+(t&1) of row a for t < 2, of row b
+// otherwise), shared by shuffles.
+#define MQ_GC(T) ((T) == T_MXFP4 ? 4 : 2)
+
+struct MqGroup {
+    uint4 a, b;
+    u32 s;
+};
+
+template <int T>
+__device__ __forceinline__ void mq_gload(const MqPair& p, int in, int c0, int t, MqGroup& g) {
+    if (T == T_MXFP4) {
+        g.a = __ldg((const uint4*)(p.q + p.ra * (in / 2) + (c0 + t) * 16));
+        g.b = __ldg((const uint4*)(p.q + p.rb * (in / 2) + (c0 + t) * 16));
+        g.s = (u32)__ldg(p.s + p.ra * (in / 32) + c0 + t) | ((u32)__ldg(p.s + p.rb * (in / 32) + c0 + t) << 8);
+    } else {
+        g.a = __ldg((const uint4*)(p.q + p.ra * in + c0 * 32 + 16 * t));
+        g.b = __ldg((const uint4*)(p.q + p.rb * in + c0 * 32 + 16 * t));
+        g.s = __ldg((const u16*)p.s + (t < 2 ? p.ra : p.rb) * (in / 32) + c0 + (t & 1));
+    }
+}
+
+// mq_gdot adds a loaded group to acc0 (row g) and acc1 (row g+8).
+template <int T>
+__device__ __forceinline__ void mq_gdot(const MqGroup& g, const uint2* bx, const float* xd, float& acc0,
+                                        float& acc1) {
+    u32 a[4] = {g.a.x, g.a.y, g.a.z, g.a.w}, b[4] = {g.b.x, g.b.y, g.b.z, g.b.w};
+    quad_transpose(a);
+    quad_transpose(b);
+    int quad = threadIdx.x & 28;
+    if (T == T_MXFP4) {
+#pragma unroll
+        for (int j = 0; j < 4; j++) { // a[j], b[j]: chunk c0+j
+            u32 sj = __shfl_sync(0xffffffffu, g.s, quad | j);
+            mq_rows16<T>(MqRaw{a[j], 0u, sj & 0xff}, MqRaw{b[j], 0u, sj >> 8}, bx[j], xd[j], acc0, acc1);
+        }
+    } else {
+#pragma unroll
+        for (int j = 0; j < 2; j++) { // a[2j], a[2j+1]: bytes 4t.. and 16+4t.. of chunk c0+j
+            u32 sa = __shfl_sync(0xffffffffu, g.s, quad | j), sb = __shfl_sync(0xffffffffu, g.s, quad | 2 | j);
+            mq_rows16<T>(MqRaw{a[2 * j], a[2 * j + 1], sa}, MqRaw{b[2 * j], b[2 * j + 1], sb}, bx[j], xd[j], acc0,
+                         acc1);
+        }
+    }
+}
+
+// mq_dot adds NP row pairs p[i]·x to acc[2i] (row g) and acc[2i+1] (row
+// g+8) over this warp's share of the inner dimension: groups first,
+// first+stride, …, GPI at a time (loaded before any is used: bytes in flight
+// bound decode; more cost registers, and registers bound occupancy), then
+// the chunks after the last whole group, one at a time.
+template <int T, int NP, int GPI>
+__device__ __forceinline__ void mq_dot(const MqPair* p, int in, const MqX& x, int first, int stride, float* acc) {
+    const int GC = MQ_GC(T);
+    int t = threadIdx.x & 3, nblk = in / 32, ngrp = nblk / GC;
+    for (int g0 = first; g0 < ngrp; g0 += GPI * stride) {
+        MqGroup gr[GPI][NP];
+        uint2 bx[GPI][GC];
+        float xd[GPI][GC];
+#pragma unroll
+        for (int j = 0; j < GPI; j++) {
+            int grp = g0 + j * stride;
+            if (grp < ngrp) {
+#pragma unroll
+                for (int i = 0; i < NP; i++) mq_gload<T>(p[i], in, grp * GC, t, gr[j][i]);
+#pragma unroll
+                for (int k = 0; k < GC; k++) mq_xload(x, grp * GC + k, bx[j][k], xd[j][k]);
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < GPI; j++)
+            if (g0 + j * stride < ngrp)
+#pragma unroll
+                for (int i = 0; i < NP; i++) mq_gdot<T>(gr[j][i], bx[j], xd[j], acc[2 * i], acc[2 * i + 1]);
+    }
+    for (int c = ngrp * GC + first; c < nblk; c += stride) {
+        uint2 b;
+        float d;
+        mq_xload(x, c, b, d);
+#pragma unroll
+        for (int i = 0; i < NP; i++) {
+            MqRaw ka, kb;
+            mq_load<T>(p[i].q, p[i].s, in, p[i].ra, c, t, ka);
+            mq_load<T>(p[i].q, p[i].s, in, p[i].rb, c, t, kb);
+            mq_rows16<T>(ka, kb, b, d, acc[2 * i], acc[2 * i + 1]);
+        }
+    }
+}
+
 // mq_matvec: dst[t][r] = x[t]·w[r] + bias[r] for t < n ≤ 4. A block of
-// MQ_WARPS warps owns 16 rows; warp w takes chunks w, w+MQ_WARPS, … and the
-// block sums the warps' parts.
+// MQ_WARPS warps owns 16 rows; the warps split the inner dimension and the
+// block sums their parts.
 template <int T>
 __device__ void mq_matvec_impl(float* dst, const u8* qx, const float* dx, const u8* q, const u8* s, int in,
                                const float* bias, int n, int out) {
     __shared__ float red[MQ_WARPS][16][MQ_TOKENS];
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     int r0 = blockIdx.x * 16;
-    i64 ra = min(r0 + g, out - 1), rb = min(r0 + g + 8, out - 1); // rows past the end repeat the last
-    int nblk = in / 32;
-    const u8* xb = qx + g * 32 + t * 8;
-    float acc0 = 0.f, acc1 = 0.f;
-    for (int c0 = warp; c0 < nblk; c0 += MQ_CPI * MQ_WARPS) {
-        MqRaw ka[MQ_CPI], kb[MQ_CPI];
-        uint2 bx[MQ_CPI];
-        float xd[MQ_CPI];
-#pragma unroll
-        for (int j = 0; j < MQ_CPI; j++) {
-            int c = c0 + j * MQ_WARPS;
-            if (c < nblk) {
-                mq_load<T>(q, s, in, ra, c, t, ka[j]);
-                mq_load<T>(q, s, in, rb, c, t, kb[j]);
-                bx[j] = *(const uint2*)(xb + (i64)c * MQ_CHUNK);
-                xd[j] = dx[c * MQ_TOKENS + t];
-            }
-        }
-#pragma unroll
-        for (int j = 0; j < MQ_CPI; j++)
-            if (c0 + j * MQ_WARPS < nblk) mq_rows16<T>(ka[j], kb[j], bx[j], xd[j], acc0, acc1);
-    }
-    red[warp][g][t] = acc0;
-    red[warp][g + 8][t] = acc1;
+    MqPair p = {q, s, min(r0 + g, out - 1), min(r0 + g + 8, out - 1)}; // rows past the end repeat the last
+    MqX x = {qx + g * 32 + t * 8, dx + t, MQ_CHUNK, MQ_TOKENS, true};
+    float acc[2] = {0.f, 0.f};
+    mq_dot<T, 1, 2>(&p, in, x, warp, MQ_WARPS, acc);
+    red[warp][g][t] = acc[0];
+    red[warp][g + 8][t] = acc[1];
     __syncthreads();
     if (threadIdx.x < 16 * MQ_TOKENS) {
         int row = threadIdx.x >> 2, tok = threadIdx.x & 3, r = r0 + row;
@@ -205,39 +341,18 @@ __device__ void mq_gateup_impl(u8* qh, float* dh, const u8* qx, const float* dx,
     __shared__ float red[MQ_KSPLIT][32][2];
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     int rg = warp / MQ_KSPLIT, ks = warp % MQ_KSPLIT;
-    int a = blockIdx.y, tok = a / k, in = (int)gw.in, nblk = in / 32;
+    int a = blockIdx.y, tok = a / k, in = (int)gw.in;
     i64 base = (i64)ids[a] * ff + blockIdx.x * 32;
-    i64 ra = base + rg * 16 + g, rb = ra + 8;
-    const u8* xb = qx + g * 32 + t * 8;
-    float g0 = 0.f, g1 = 0.f, u0 = 0.f, u1 = 0.f;
-    for (int c0 = ks; c0 < nblk; c0 += MQ_CPI * MQ_KSPLIT) {
-        MqRaw ga[MQ_CPI], gb2[MQ_CPI], ua[MQ_CPI], ub2[MQ_CPI];
-        uint2 bx[MQ_CPI];
-        float xd[MQ_CPI];
-#pragma unroll
-        for (int j = 0; j < MQ_CPI; j++) {
-            int c = c0 + j * MQ_KSPLIT;
-            if (c < nblk) {
-                mq_load<T>(gw.q, gw.s, in, ra, c, t, ga[j]);
-                mq_load<T>(gw.q, gw.s, in, rb, c, t, gb2[j]);
-                mq_load<T>(uw.q, uw.s, in, ra, c, t, ua[j]);
-                mq_load<T>(uw.q, uw.s, in, rb, c, t, ub2[j]);
-                bx[j] = *(const uint2*)(xb + (i64)c * MQ_CHUNK);
-                xd[j] = dx[c * MQ_TOKENS + t];
-            }
-        }
-#pragma unroll
-        for (int j = 0; j < MQ_CPI; j++)
-            if (c0 + j * MQ_KSPLIT < nblk) {
-                mq_rows16<T>(ga[j], gb2[j], bx[j], xd[j], g0, g1);
-                mq_rows16<T>(ua[j], ub2[j], bx[j], xd[j], u0, u1);
-            }
-    }
+    i64 ra = base + rg * 16 + g;
+    MqPair p[2] = {{gw.q, gw.s, ra, ra + 8}, {uw.q, uw.s, ra, ra + 8}};
+    MqX x = {qx + g * 32 + t * 8, dx + t, MQ_CHUNK, MQ_TOKENS, true};
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+    mq_dot<T, 2, 1>(p, in, x, ks, MQ_KSPLIT, acc);
     if (t == tok) {
-        red[ks][rg * 16 + g][0] = g0;
-        red[ks][rg * 16 + g + 8][0] = g1;
-        red[ks][rg * 16 + g][1] = u0;
-        red[ks][rg * 16 + g + 8][1] = u1;
+        red[ks][rg * 16 + g][0] = acc[0];
+        red[ks][rg * 16 + g + 8][0] = acc[1];
+        red[ks][rg * 16 + g][1] = acc[2];
+        red[ks][rg * 16 + g + 8][1] = acc[3];
     }
     __syncthreads();
     if (warp != 0) return;
@@ -262,44 +377,26 @@ __device__ void mq_gateup_impl(u8* qh, float* dh, const u8* qx, const float* dx,
 
 // mq_down: MoE decode, second half: dst[t][r] = Σ_slot wts[a]·(down_e[r]·h[a] + db_e[r])
 // with a = t·k + slot. Block (16 rows, token t) has k × ksplit warps: warp
-// w works on slot w / ksplit and every ksplit-th chunk; thread r then sums
-// the slots in ascending expert order (ids are sorted per token), as the
-// reference does.
+// w works on slot w / ksplit and its share of the inner dimension; thread r
+// then sums the slots in ascending expert order (ids are sorted per token),
+// as the reference does.
 template <int T>
 __device__ void mq_down_impl(float* dst, const u8* qh, const float* dh, WView dw, const float* db, const int* ids,
                              const float* wts, int k, int hidden, int ksplit) {
-    __shared__ float red[32][16];
+    __shared__ float red[MQ_DOWN_WARPS][16];
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     int slot = warp / ksplit, ks = warp % ksplit;
     int r0 = blockIdx.x * 16, tok = blockIdx.y, a = tok * k + slot;
     int in = (int)dw.in, nblk = in / 32;
     i64 base = (i64)ids[a] * hidden;
-    i64 ra = base + min(r0 + g, hidden - 1), rb = base + min(r0 + g + 8, hidden - 1);
-    const u8* hb = qh + (i64)a * nblk * 64 + g * 32 + t * 8;
-    const float* hd = dh + (i64)a * nblk;
-    float acc0 = 0.f, acc1 = 0.f;
-    for (int c0 = ks; c0 < nblk; c0 += MQ_CPI * ksplit) {
-        MqRaw ka[MQ_CPI], kb[MQ_CPI];
-        uint2 bx[MQ_CPI];
-        float xd[MQ_CPI];
-#pragma unroll
-        for (int j = 0; j < MQ_CPI; j++) {
-            int c = c0 + j * ksplit;
-            bx[j] = uint2{0u, 0u}; // only columns 0 and 1 (this slot's h) are used
-            if (c < nblk) {
-                mq_load<T>(dw.q, dw.s, in, ra, c, t, ka[j]);
-                mq_load<T>(dw.q, dw.s, in, rb, c, t, kb[j]);
-                if (g < 2) bx[j] = *(const uint2*)(hb + (i64)c * 64);
-                xd[j] = hd[c];
-            }
-        }
-#pragma unroll
-        for (int j = 0; j < MQ_CPI; j++)
-            if (c0 + j * ksplit < nblk) mq_rows16<T>(ka[j], kb[j], bx[j], xd[j], acc0, acc1);
-    }
+    MqPair p = {dw.q, dw.s, base + min(r0 + g, hidden - 1), base + min(r0 + g + 8, hidden - 1)};
+    // Only columns 0 and 1 (this slot's h, hi and lo) hold data.
+    MqX x = {qh + (i64)a * nblk * 64 + g * 32 + t * 8, dh + (i64)a * nblk, 64, 1, g < 2};
+    float acc[2] = {0.f, 0.f};
+    mq_dot<T, 1, 1>(&p, in, x, ks, ksplit, acc);
     if (t == 0) {
-        red[warp][g] = acc0;
-        red[warp][g + 8] = acc1;
+        red[warp][g] = acc[0];
+        red[warp][g + 8] = acc[1];
     }
     __syncthreads();
     int row = threadIdx.x;
@@ -320,14 +417,14 @@ __device__ void mq_down_impl(float* dst, const u8* qh, const float* dh, WView dw
                          const float* bias, int n, int out) {                                                  \
         mq_matvec_impl<T>(dst, qx, dx, q, s, in, bias, n, out);                                               \
     }                                                                                                          \
-    extern "C" __global__ void __launch_bounds__(64 * MQ_KSPLIT)                                               \
+    extern "C" __global__ void __launch_bounds__(64 * MQ_KSPLIT, 3)                                            \
         mq_gateup_##NAME(u8* qh, float* dh, const u8* qx, const float* dx, const u8* gq, const u8* gs,         \
                          const u8* uq, const u8* us, int in, const float* gb, const float* ub, const int* ids, \
                          int k, int ff, float alpha, float limit) {                                            \
         mq_gateup_impl<T>(qh, dh, qx, dx, WView{gq, gs, in}, WView{uq, us, in}, gb, ub, ids, k, ff, alpha,     \
                           limit);                                                                              \
     }                                                                                                          \
-    extern "C" __global__ void __launch_bounds__(1024)                                                         \
+    extern "C" __global__ void __launch_bounds__(32 * MQ_DOWN_WARPS, 2)                                        \
         mq_down_##NAME(float* dst, const u8* qh, const float* dh, const u8* q, const u8* s, int in,            \
                        const float* db, const int* ids, const float* wts, int k, int hidden, int ksplit) {     \
         mq_down_impl<T>(dst, qh, dh, WView{q, s, in}, db, ids, wts, k, hidden, ksplit);                        \
@@ -344,20 +441,24 @@ MQ_KERNELS(T_MXFP4, mxfp4)
 extern "C" __global__ void rms_norm_mq(float* dst, float* x, const float* delta, const float* w, int cols, float eps,
                                        u8* qx, float* dx) {
     __shared__ float sh[32];
-    int row = blockIdx.x, lane = threadIdx.x & 31;
+    int row = blockIdx.x;
     float* xr = x + (i64)row * cols;
     float* dr = dst + (i64)row * cols;
     float inv = rsqrtf(block_sum(add_rows(xr, delta, cols), sh) / cols + eps);
     for (int c = threadIdx.x; c < cols; c += blockDim.x) {
         float v = xr[c] * inv * w[c];
         dr[c] = v;
-        float amax = warp_max(fabsf(v));
-        int hi = 0, lo = 0;
-        if (amax > 0.f) mq_digits(v, amax, hi, lo);
-        int chunk = c >> 5;
-        u8* o = qx + (i64)chunk * MQ_CHUNK + 2 * row * 32 + mq_offset(lane);
-        o[0] = (u8)hi;
-        o[32] = (u8)lo;
-        if (lane == 0) dx[chunk * MQ_TOKENS + row] = amax / MQ_QMAX;
+        mq_store(v, c >> 5, row, qx, dx);
     }
+}
+
+// attn_combine_mq is attn_combine (attention.cu) for n ≤ 4 rows with a head
+// dim that is a multiple of 32, also writing the rows quantized for the
+// output projection, as rms_norm_mq does for the q, k and v projections.
+extern "C" __global__ void attn_combine_mq(float* dst, const float* pm, const float* pl, const float* pacc,
+                                           const float* sinks, int heads, int dim, int splits, u8* qx, float* dx) {
+    i64 col = (i64)blockIdx.x * dim + threadIdx.x;
+    float v = attn_combined(pm, pl, pacc, sinks, heads, dim, splits);
+    dst[(i64)blockIdx.y * heads * dim + col] = v;
+    mq_store(v, col >> 5, blockIdx.y, qx, dx);
 }
