@@ -160,16 +160,7 @@ func (s *Sampler) filter(logits []float32, maxLogit float64) []candidate {
 			normalize(cands)
 		}
 	case p.TopP < 1:
-		sum, n := expSum(logits, maxLogit, floor, 1/p.Temperature)
-		// The nucleus holds only tokens of probability ≥ (1-p)/n, i.e. of
-		// logit ≥ max + T·ln((1-p)·sum/n); a small margin keeps rounding
-		// from losing a token on the bound (extra tokens change nothing).
-		bound := maxLogit + p.Temperature*math.Log((1-p.TopP)*sum/float64(n)) - 1e-6
-		cands = s.gather(logits, max(floor, bound))
-		for i := range cands {
-			cands[i].prob = expNeg(cands[i].logit-maxLogit/p.Temperature) / sum
-		}
-		cands = nucleus(cands, p.TopP)
+		cands = nucleus(s.nucleusCandidates(logits, maxLogit, floor), p.TopP)
 		normalize(cands)
 	case p.MinP > 0:
 		// min-p keeps probabilities ≥ min_p·top, i.e. e^((l-max)/T) ≥
@@ -285,6 +276,64 @@ func expSum(logits []float32, maxLogit, floor, invT float64) (sum float64, n int
 		}
 	}
 	return sum, n
+}
+
+// eagerLimit is the most tokens nucleusCandidates gathers during its first
+// pass before it leaves gathering to a second.
+const eagerLimit = 1024
+
+// nucleusCandidates returns the tokens ≥ floor whose probability (softmax
+// over the tokens ≥ floor) is at least (1-p)/n, n being their number, with
+// that probability, in vocabulary order. They include the top-p nucleus:
+// the tokens below hold less than 1-p together.
+//
+// One pass sums the weights e^((l-max)/T). The bound's weight (1-p)·sum/n is
+// known only at the end, but it is at least (1-p)·max(s, 1)/len(logits) for
+// the sum s so far (the largest token weighs 1), so the pass gathers the
+// tokens above that rising bound: from a peaked distribution, a handful.
+// From a flat one, where that would be more than eagerLimit tokens, it
+// stops gathering and a second pass gathers by the final bound.
+func (s *Sampler) nucleusCandidates(logits []float32, maxLogit, floor float64) []candidate {
+	p := s.params
+	invT := 1 / p.Temperature
+	scale := invT * expScale
+	early := (1 - p.TopP) / float64(len(logits)) * (1 - 1e-9) // the margin absorbs rounding
+	cands := s.cands[:0]
+	sum, n, bound := 0.0, 0, early
+	for lo := 0; lo < len(logits); lo += drawBlock {
+		for i, l := range logits[lo:min(lo+drawBlock, len(logits))] {
+			if v := float64(l); v >= floor {
+				w := exp2k((v - maxLogit) * scale)
+				sum += w
+				n++
+				if w >= bound {
+					cands = append(cands, candidate{id: int32(lo + i), logit: v * invT, prob: w})
+				}
+			}
+		}
+		bound = early * max(sum, 1)
+		if len(cands) > eagerLimit {
+			bound = math.Inf(1) // no weight reaches it
+		}
+	}
+	s.cands = cands
+	final := (1 - p.TopP) * sum / float64(n)
+	if math.IsInf(bound, 1) {
+		// The final bound as a logit, less a margin so that rounding
+		// loses no token (extra tokens are dropped below).
+		cands = s.gather(logits, max(floor, maxLogit+p.Temperature*math.Log(final)-1e-6))
+		for i := range cands {
+			cands[i].prob = exp2k((float64(logits[cands[i].id]) - maxLogit) * scale)
+		}
+	}
+	kept := cands[:0]
+	for _, c := range cands {
+		if c.prob >= final {
+			c.prob /= sum
+			kept = append(kept, c)
+		}
+	}
+	return kept
 }
 
 // drawBlock is the number of tokens per block in drawAll: the draw finds its
