@@ -419,6 +419,7 @@ func (j *Job) generate(ctx context.Context, cache model.Cache, res *Result, emit
 	dec := e.cfg.Tokenizer.NewStreamDecoder()
 	stops := NewStopMatcher(j.req.Stop)
 	history := append(make([]int32, 0, len(j.prompt)+j.req.MaxTokens), j.prompt...)
+	step := make([]int32, 1) // the decode step's input, reused
 	// release passes text through the stop matcher to emit and reports
 	// whether generation must stop.
 	release := func(tok Token, text string) bool {
@@ -458,7 +459,8 @@ func (j *Job) generate(ctx context.Context, cache model.Cache, res *Result, emit
 			return nil
 		}
 		var err error
-		if logits, err = e.forward(cache, []int32{id}); err != nil {
+		step[0] = id
+		if logits, err = e.forward(cache, step); err != nil {
 			return fmt.Errorf("engine: decode step %d: %w", res.TokensOut, err)
 		}
 	}
