@@ -98,6 +98,10 @@ type Backend interface {
 	// MatMul sets dst = x·wᵀ (+ bias): x is n×in, w has Dims [in, out], dst
 	// is n×out. Quantized w is read in its block format, never expanded.
 	MatMul(dst, x, w, bias Tensor)
+	// MatMulQKV is MatMul(q, x, wq, bq), MatMul(k, x, wk, bk) and
+	// MatMul(v, x, wv, bv): three products of one x (an attention block's
+	// projections), which a backend may run as one launch.
+	MatMulQKV(q, k, v, x, wq, wk, wv, bq, bk, bv Tensor)
 	// Add sets dst = a + b, elementwise. dst may alias a or b.
 	Add(dst, a, b Tensor)
 	// CopyCols copies the columns srcCol..srcCol+Cols(dst)-1 of src into dst

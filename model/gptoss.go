@@ -356,9 +356,7 @@ func (m *gptoss) step(c *kvCache, tokens []int32, start int, mode logitsMode, ou
 			} else {
 				be.AddRMSNorm(b.h, b.x, b.proj, blk.attnNorm, m.p.eps)
 			}
-			be.MatMul(b.q, b.h, blk.qW, blk.qB)
-			be.MatMul(b.k, b.h, blk.kW, blk.kB)
-			be.MatMul(b.v, b.h, blk.vW, blk.vB)
+			be.MatMulQKV(b.q, b.k, b.v, b.h, blk.qW, blk.kW, blk.vW, blk.qB, blk.kB, blk.vB)
 			be.RoPE(b.q, b.pos, m.invFreq, m.p.headDim, m.mscale)
 			be.RoPE(b.k, b.pos, m.invFreq, m.p.headDim, m.mscale)
 			be.StoreKV(c.k[l], c.v[l], b.k, b.v, slots)

@@ -57,6 +57,13 @@ func (w *weight) row(r int, dst []float32) {
 	decodeRow(w.typ, w.raw[r*w.rowBytes:(r+1)*w.rowBytes], dst[:w.in])
 }
 
+// MatMulQKV runs the three MatMuls of one x in turn.
+func (b *Backend) MatMulQKV(q, k, v, x, wq, wk, wv, bq, bk, bv backend.Tensor) {
+	b.MatMul(q, x, wq, bq)
+	b.MatMul(k, x, wk, bk)
+	b.MatMul(v, x, wv, bv)
+}
+
 // MatMul sets dst = x·wᵀ + bias: x is n×in, w has Dims [in, out], bias (may
 // be nil) has out values, dst is n×out.
 func (b *Backend) MatMul(dst, x, w, bias backend.Tensor) {

@@ -5,6 +5,7 @@ import (
 	"math"
 	"testing"
 
+	"orcd/backend"
 	"orcd/tensor"
 )
 
@@ -80,6 +81,36 @@ func TestMatMulEveryType(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// TestMatMulQKV checks the three products against three MatMuls.
+func TestMatMulQKV(t *testing.T) {
+	for name, b := range backends() {
+		t.Run(name, func(t *testing.T) {
+			r := newRand(t)
+			in, n := 64, 3
+			x := activation(t, b, n, in, randF32(r, n*in, 1))
+			var got, want [3]backend.Tensor
+			var w, bias [3]backend.Tensor
+			for i, out := range []int{48, 16, 16} {
+				w[i] = must(b.Upload("w", tensor.Q8_0, []int{in, out}, randWeightBytes(r, tensor.Q8_0, in*out)))
+				if i != 1 {
+					bias[i] = must(b.Upload("b", tensor.F32, []int{out}, f32Bytes(randF32(r, out, 1))))
+				}
+				got[i], want[i] = poisoned(t, b, n, out), poisoned(t, b, n, out)
+				b.MatMul(want[i], x, w[i], bias[i])
+			}
+			b.MatMulQKV(got[0], got[1], got[2], x, w[0], w[1], w[2], bias[0], bias[1], bias[2])
+			for i := range got {
+				g, wv := read(t, b, got[i]), read(t, b, want[i])
+				for j := range wv {
+					if g[j] != wv[j] {
+						t.Fatalf("product %d [%d] = %v, MatMul gives %v", i, j, g[j], wv[j])
+					}
+				}
+			}
+		})
 	}
 }
 

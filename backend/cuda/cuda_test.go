@@ -216,6 +216,41 @@ func TestMatMul(t *testing.T) {
 	}
 }
 
+// TestMatMulQKV checks the three-product op, one launch for a decode step
+// of one quantized type and three MatMuls otherwise (mixed types).
+func TestMatMulQKV(t *testing.T) {
+	p := newPair(t)
+	r := newRand()
+	in := 2880
+	for _, types := range [][3]tensor.Type{{tensor.Q8_0, tensor.Q8_0, tensor.Q8_0}, {tensor.MXFP4, tensor.MXFP4, tensor.MXFP4}, {tensor.Q8_0, tensor.F16, tensor.Q8_0}} {
+		var w, bias, dst [3]tensors
+		outs := [3]int{4096, 512, 500}
+		for i := range w {
+			w[i] = p.upload(types[i], []int{in, outs[i]}, randWeights(t, r, types[i], in*outs[i]))
+			bias[i] = p.f32(1, outs[i], randF32(r, outs[i], 1))
+		}
+		for _, n := range []int{1, 4, 9} {
+			x := p.f32(n, in, randF32(r, n*in, 1))
+			for i := range dst {
+				dst[i] = p.f32(n, outs[i], nil)
+			}
+			for _, be := range []backend.Backend{p.gpu, p.ref} {
+				pick := func(tt tensors) backend.Tensor {
+					if be == backend.Backend(p.gpu) {
+						return tt.g
+					}
+					return tt.c
+				}
+				be.MatMulQKV(pick(dst[0]), pick(dst[1]), pick(dst[2]), pick(x), pick(w[0]), pick(w[1]), pick(w[2]),
+					pick(bias[0]), nil, pick(bias[2]))
+			}
+			for i := range dst {
+				p.check(fmt.Sprintf("MatMulQKV %v n=%d product %d", types, n, i), dst[i], n*outs[i], 1e-4)
+			}
+		}
+	}
+}
+
 func TestEmbed(t *testing.T) {
 	p := newPair(t)
 	r := newRand()

@@ -138,36 +138,83 @@ func (b *Backend) Embed(dst, table, ids backend.Tensor) {
 
 // MatMul sets dst = x·wᵀ + bias.
 func (b *Backend) MatMul(dst, x, w, bias backend.Tensor) {
-	const op = "MatMul"
+	a, ok := b.matmulArgs("MatMul", dst, x, w, bias)
+	if !ok {
+		return
+	}
+	defer b.bind()()
+	if a.n <= mqTokens && mqTypes[a.w.typ] {
+		if qx, dx, ok := b.quantizeX(a.x, a.n, a.in); ok {
+			b.launch("mq_matvec_"+uploadTypes[a.w.typ], [3]int{(a.out + 15) / 16, 1, 1}, [3]int{32 * mqWarps, 1, 1}, 0,
+				a.dst.ptr, qx, dx, a.w.ptr, a.w.aux, a.in, a.bias, a.n, a.out)
+		}
+		return
+	}
+	b.matmul(a.dst.ptr, a.x.ptr, a.n, a.w, a.bias, false)
+}
+
+// MatMulQKV runs the three products of one x. A decode step's (n ≤
+// mqTokens, one Q8_0 or MXFP4 type) run as one launch: the k and v
+// projections are too small to fill the chip on their own.
+func (b *Backend) MatMulQKV(q, k, v, x, wq, wk, wv, bq, bk, bv backend.Tensor) {
+	var a [3]matmulArgs
+	for i, t := range [3][3]backend.Tensor{{q, wq, bq}, {k, wk, bk}, {v, wv, bv}} {
+		var ok bool
+		if a[i], ok = b.matmulArgs("MatMulQKV", t[0], x, t[1], t[2]); !ok {
+			return
+		}
+	}
+	typ := a[0].w.typ
+	if a[0].n > mqTokens || !mqTypes[typ] || a[1].w.typ != typ || a[2].w.typ != typ {
+		b.MatMul(q, x, wq, bq)
+		b.MatMul(k, x, wk, bk)
+		b.MatMul(v, x, wv, bv)
+		return
+	}
+	defer b.bind()()
+	qx, dx, ok := b.quantizeX(a[0].x, a[0].n, a[0].in)
+	if !ok {
+		return
+	}
+	args := []any{qx, dx, a[0].in, a[0].n}
+	blocks := 0
+	for _, m := range a {
+		args = append(args, m.dst.ptr, m.w.ptr, m.w.aux, m.bias, m.out)
+		blocks += (m.out + 15) / 16
+	}
+	b.launch("mq_matvec3_"+uploadTypes[typ], [3]int{blocks, 1, 1}, [3]int{32 * mqWarps, 1, 1}, 0, args...)
+}
+
+// matmulArgs are the checked operands of one MatMul.
+type matmulArgs struct {
+	dst, x, w  *Tensor
+	bias       uintptr
+	n, in, out int
+}
+
+// matmulArgs checks dst = x·wᵀ + bias for op, recording an error and
+// returning ok=false on a mismatch.
+func (b *Backend) matmulArgs(op string, dst, x, w, bias backend.Tensor) (a matmulArgs, ok bool) {
 	wt := b.weight(w, op, "w")
 	xs := b.f32(x, op, "x")
 	if wt == nil || xs == nil {
-		return
+		return a, false
 	}
 	if len(wt.dims) != 2 {
 		b.failf("%s: w must be 2-D, has dims %v", op, wt.dims)
-		return
+		return a, false
 	}
 	in, out, n := wt.dims[0], wt.dims[1], backend.Rows(xs)
 	if backend.Cols(xs) != in {
 		b.failf("%s: x dims %v do not match w dims %v (%s)", op, xs.dims, wt.dims, wt.typ)
-		return
+		return a, false
 	}
 	d := b.matrix(dst, op, "dst", n, out)
 	bp, ok := b.optVector(bias, op, "bias", out)
 	if d == nil || !ok {
-		return
+		return a, false
 	}
-	defer b.bind()()
-	if n <= mqTokens && mqTypes[wt.typ] {
-		qx, dx, ok := b.quantizeX(xs, n, in)
-		if ok {
-			b.launch("mq_matvec_"+uploadTypes[wt.typ], [3]int{(out + 15) / 16, 1, 1}, [3]int{32 * mqWarps, 1, 1}, 0,
-				d.ptr, qx, dx, wt.ptr, wt.aux, in, bp, n, out)
-		}
-		return
-	}
-	b.matmul(d.ptr, xs.ptr, n, wt, bp, false)
+	return matmulArgs{dst: d, x: xs, w: wt, bias: bp, n: n, in: in, out: out}, true
 }
 
 // The integer tensor-core decode kernels (mqvec.cu) take up to mqTokens rows

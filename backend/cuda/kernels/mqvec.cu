@@ -302,16 +302,26 @@ __device__ __forceinline__ void mq_dot(const MqPair* p, int in, const MqX& x, in
     }
 }
 
-// mq_matvec: dst[t][r] = x[t]·w[r] + bias[r] for t < n ≤ 4. A block of
-// MQ_WARPS warps owns 16 rows; the warps split the inner dimension and the
-// block sums their parts.
+// MqMat is one matrix of mq_matvec: its output, weights, bias and rows.
+struct MqMat {
+    float* dst;
+    const u8* q;
+    const u8* s;
+    const float* bias;
+    int out;
+};
+
+// mq_matvec: dst[t][r] = x[t]·w[r] + bias[r] for t < n ≤ 4 and rows r0..r0+15.
+// A block of MQ_WARPS warps owns 16 rows; the warps split the inner
+// dimension and the block sums their parts.
 template <int T>
-__device__ void mq_matvec_impl(float* dst, const u8* qx, const float* dx, const u8* q, const u8* s, int in,
-                               const float* bias, int n, int out) {
+__device__ void mq_matvec_impl(MqMat m, int r0, const u8* qx, const float* dx, int in, int n) {
     __shared__ float red[MQ_WARPS][16][MQ_TOKENS];
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-    int r0 = blockIdx.x * 16;
-    MqPair p = {q, s, min(r0 + g, out - 1), min(r0 + g + 8, out - 1)}; // rows past the end repeat the last
+    float* dst = m.dst;
+    const float* bias = m.bias;
+    int out = m.out;
+    MqPair p = {m.q, m.s, min(r0 + g, out - 1), min(r0 + g + 8, out - 1)}; // rows past the end repeat the last
     MqX x = {qx + g * 32 + t * 8, dx + t, MQ_CHUNK, MQ_TOKENS, true};
     float acc[2] = {0.f, 0.f};
     mq_dot<T, 1, 2>(&p, in, x, warp, MQ_WARPS, acc);
@@ -415,7 +425,20 @@ __device__ void mq_down_impl(float* dst, const u8* qh, const float* dh, WView dw
     extern "C" __global__ void __launch_bounds__(32 * MQ_WARPS)                                                \
         mq_matvec_##NAME(float* dst, const u8* qx, const float* dx, const u8* q, const u8* s, int in,          \
                          const float* bias, int n, int out) {                                                  \
-        mq_matvec_impl<T>(dst, qx, dx, q, s, in, bias, n, out);                                               \
+        mq_matvec_impl<T>(MqMat{dst, q, s, bias, out}, blockIdx.x * 16, qx, dx, in, n);                        \
+    }                                                                                                          \
+    /* mq_matvec3: three matrices of one x; the first's row blocks come first, then the second's. */          \
+    extern "C" __global__ void __launch_bounds__(32 * MQ_WARPS)                                                \
+        mq_matvec3_##NAME(const u8* qx, const float* dx, int in, int n, float* d0, const u8* q0, const u8* s0, \
+                          const float* b0, int o0, float* d1, const u8* q1, const u8* s1, const float* b1,     \
+                          int o1, float* d2, const u8* q2, const u8* s2, const float* b2, int o2) {            \
+        int blk = blockIdx.x, n0 = (o0 + 15) / 16, n1 = (o1 + 15) / 16;                                        \
+        if (blk < n0)                                                                                          \
+            mq_matvec_impl<T>(MqMat{d0, q0, s0, b0, o0}, blk * 16, qx, dx, in, n);                             \
+        else if (blk < n0 + n1)                                                                                \
+            mq_matvec_impl<T>(MqMat{d1, q1, s1, b1, o1}, (blk - n0) * 16, qx, dx, in, n);                      \
+        else                                                                                                   \
+            mq_matvec_impl<T>(MqMat{d2, q2, s2, b2, o2}, (blk - n0 - n1) * 16, qx, dx, in, n);                 \
     }                                                                                                          \
     extern "C" __global__ void __launch_bounds__(64 * MQ_KSPLIT, 3)                                            \
         mq_gateup_##NAME(u8* qh, float* dh, const u8* qx, const float* dx, const u8* gq, const u8* gs,         \
