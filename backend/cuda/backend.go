@@ -146,10 +146,12 @@ type Backend struct {
 	graphs map[string]*graph
 	// mqX and mqN name the activation (and its rows) whose quantized copy
 	// is in the "mq" workspace (quantizeX); nil once anything else is queued.
-	mqX    *Tensor
-	mqN    int
-	cap    *capture // non-nil while Graph records
-	closed bool
+	mqX *Tensor
+	mqN int
+	// ticketZeroed is the moe_router counter last zeroed (routerTicket).
+	ticketZeroed uintptr
+	cap          *capture // non-nil while Graph records
+	closed       bool
 }
 
 type devBuf struct {
@@ -475,6 +477,7 @@ func (b *Backend) release() {
 		b.mem.free(w.ptr)
 	}
 	b.work = map[string]*devBuf{}
+	b.ticketZeroed = 0
 	for _, s := range b.staging {
 		d.freePinned(s)
 	}

@@ -645,8 +645,18 @@ func (b *Backend) MoE(dst, x backend.Tensor, w *backend.MoEWeights, p backend.Mo
 	logits, ids, wts := at(0), at(int64(n)*int64(nExp)), at(int64(n)*int64(nExp)+na)
 	h := at(hOff)
 
-	b.matmul(logits, xs.ptr, n, router, rb, true)
-	b.launch("moe_topk", [3]int{(n + 3) / 4, 1, 1}, [3]int{128, 1, 1}, 0, ids, wts, logits, n, nExp, k)
+	if n <= mqTokens && router.typ == tensor.F32 {
+		done, err := b.routerTicket()
+		if err != nil {
+			b.fail(fmt.Errorf("%s: %w", op, err))
+			return
+		}
+		b.launch("moe_router", [3]int{nExp, 1, 1}, [3]int{256, 1, 1}, n*nExp*4,
+			ids, wts, logits, done, xs.ptr, router.ptr, rb, n, hidden, nExp, k)
+	} else {
+		b.matmul(logits, xs.ptr, n, router, rb, true)
+		b.launch("moe_topk", [3]int{(n + 3) / 4, 1, 1}, [3]int{128, 1, 1}, 0, ids, wts, logits, n, nExp, k)
+	}
 
 	if mq {
 		qx, dx, qh, dh := qxMQ, dxMQ, at(qhOff), at(dhOff)
@@ -683,6 +693,18 @@ func (b *Backend) MoE(dst, x backend.Tensor, w *backend.MoEWeights, p backend.Mo
 	b.launch("matmul_"+uploadTypes[down.typ], [3]int{(hidden + 63) / 64, mtiles, nExp}, [3]int{128, 1, 1}, 0,
 		y, h, down.ptr, down.aux, ff, db, int(na), hidden, starts, uintptr(0))
 	b.launch("moe_combine", [3]int{n, 1, 1}, [3]int{256, 1, 1}, 0, d.ptr, y, wts, slotRow, k, hidden)
+}
+
+// routerTicket returns moe_router's block counter: a workspace word of its
+// own that is zero between launches (the last block resets it), zeroed when
+// first handed out.
+func (b *Backend) routerTicket() (uintptr, error) {
+	p, err := b.scratch("moe-ticket", 4)
+	if err == nil && p != b.ticketZeroed {
+		err = b.d.call("cuMemsetD32Async", p, 0, 1, b.stream)
+		b.ticketZeroed = p
+	}
+	return p, err
 }
 
 // expert unwraps a stacked expert weight with Dims [in, out, nExp] (out 0

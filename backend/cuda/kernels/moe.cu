@@ -2,13 +2,11 @@
 
 #define MOE_MAX_K 32
 
-// moe_topk: one warp per token. Picks the k largest router logits (ties to
-// the lower index), softmaxes them, and writes the (expert, weight) pairs
-// sorted by expert so every later sum runs in ascending expert order.
-extern "C" __global__ void moe_topk(int* ids, float* wts, const float* logits, int n, int nexp, int k) {
+// topk_warp: the calling warp picks token t's k largest router logits
+// (ties to the lower index), softmaxes them, and writes the (expert, weight)
+// pairs sorted by expert so every later sum runs in ascending expert order.
+__device__ void topk_warp(int* ids, float* wts, const float* logits, int t, int nexp, int k) {
     int lane = threadIdx.x & 31;
-    int t = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (t >= n) return;
     const float* lg = logits + (i64)t * nexp;
     int chosen[MOE_MAX_K];
     float val[MOE_MAX_K];
@@ -51,6 +49,68 @@ extern "C" __global__ void moe_topk(int* ids, float* wts, const float* logits, i
         ids[t * k + j] = chosen[j];
         wts[t * k + j] = val[j] / sum;
     }
+}
+
+// moe_topk: topk_warp with one warp per token.
+extern "C" __global__ void moe_topk(int* ids, float* wts, const float* logits, int n, int nexp, int k) {
+    int t = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (t < n) topk_warp(ids, wts, logits, t, nexp, k);
+}
+
+#define ROUTE_TOKENS 4 // decode steps of up to 4 tokens
+#define ROUTE_WARPS 8
+
+__device__ __forceinline__ float ld_cg(const float* p) {
+    float v;
+    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
+    return v;
+}
+
+// moe_router: router logits and top-k of a decode step (n ≤ 4 tokens) in one
+// launch. Block e computes expert e's logit for every token in f32 (F32
+// weights, in a multiple of 4), its ROUTE_WARPS warps splitting the row;
+// the last block to finish (a ticket on *done, which it resets) reads all
+// logits back from L2 and runs topk_warp for each token. Replaces a matvec
+// of nexp/4 blocks of one row a warp and a second launch.
+extern "C" __global__ void __launch_bounds__(32 * ROUTE_WARPS)
+    moe_router(int* ids, float* wts, float* logits, unsigned* done, const float* x, const float* w,
+               const float* bias, int n, int in, int nexp, int k) {
+    __shared__ float part[ROUTE_WARPS][ROUTE_TOKENS];
+    __shared__ bool last;
+    extern __shared__ float lg[]; // n × nexp, in the last block
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, e = blockIdx.x;
+    const float4* wr = (const float4*)(w + (i64)e * in);
+    float acc[ROUTE_TOKENS] = {0.f, 0.f, 0.f, 0.f};
+    for (int i = threadIdx.x; i < in / 4; i += blockDim.x) {
+        float4 wv = __ldg(wr + i);
+#pragma unroll
+        for (int t = 0; t < ROUTE_TOKENS; t++)
+            if (t < n) {
+                float4 xv = ((const float4*)(x + (i64)t * in))[i];
+                acc[t] += wv.x * xv.x + wv.y * xv.y + wv.z * xv.z + wv.w * xv.w;
+            }
+    }
+#pragma unroll
+    for (int t = 0; t < ROUTE_TOKENS; t++) {
+        float v = warp_sum(acc[t]);
+        if (lane == 0) part[warp][t] = v;
+    }
+    __syncthreads();
+    if (threadIdx.x < n) {
+        float v = bias ? bias[e] : 0.f;
+        for (int j = 0; j < ROUTE_WARPS; j++) v += part[j][threadIdx.x];
+        logits[threadIdx.x * nexp + e] = v;
+    }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(done, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    for (int i = threadIdx.x; i < n * nexp; i += blockDim.x) lg[i] = ld_cg(logits + i);
+    if (threadIdx.x == 0) *done = 0;
+    __syncthreads();
+    if (warp < n) topk_warp(ids, wts, lg, warp, nexp, k);
 }
 
 // moe_group: one block. Counting-sorts the n*k assignments by expert:
