@@ -387,6 +387,7 @@ func TestAttention(t *testing.T) {
 		ring := w
 		ring.CacheCap = 32 // sliding-window layer with a ring-buffer cache
 		attnCase(t, p, r, ring, 300, []int32{298, 299, 300}, sinks)
+		attnCase(t, p, r, ring, 300, seq(285, 301), sinks) // flash kernel over a ring that wraps
 	}
 	attnCase(t, p, r, gpt2, 49, seq(0, 50), false)
 	small := backend.AttentionParams{Heads: 4, KVHeads: 2, HeadDim: 16, Scale: 0.25, CacheCap: 64, Window: 8}
@@ -395,6 +396,7 @@ func TestAttention(t *testing.T) {
 	attnCase(t, p, r, long, 19999, []int32{19999}, true) // split-K decode over a long cache
 	attnCase(t, p, r, long, 5000, []int32{4990, 5000}, true)
 	attnCase(t, p, r, long, 5000, seq(4995, 5001), true) // 4 rows a block, split keys
+	attnCase(t, p, r, long, 5000, seq(4936, 5001), true) // flash kernel, f16 cache, 79 key tiles, a partial row tile
 }
 
 func TestMoE(t *testing.T) {
@@ -499,8 +501,10 @@ func TestOutOfMemoryRecovery(t *testing.T) {
 			t.Fatal("the 64 MiB cap was never hit")
 		}
 	}
-	// An op whose workspace does not fit fails with ErrOutOfMemory...
-	ap := backend.AttentionParams{Heads: 64, KVHeads: 8, HeadDim: 64, Scale: 0.125, CacheCap: 64}
+	// An op whose workspace does not fit fails with ErrOutOfMemory (head
+	// dim 32 keeps attention on the split-K kernels, which need a
+	// workspace; the flash kernel for head dim 64 needs none)...
+	ap := backend.AttentionParams{Heads: 128, KVHeads: 16, HeadDim: 32, Scale: 0.125, CacheCap: 64}
 	for _, x := range held[:5] {
 		b.Free(x)
 	}

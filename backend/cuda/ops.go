@@ -451,6 +451,16 @@ func (b *Backend) StoreKV(kCache, vCache, k, v, slots backend.Tensor) {
 // (the _d256 variants in attention.cu).
 const attnMaxDim = 256
 
+// The flash-attention kernels (attn_flash_*_d64) take batches of at least
+// flashMinRows rows with head dim flashDim, flashRows query rows a block.
+// Smaller batches (decode) keep the split-K kernels, whose grid spreads a
+// few rows' keys over the chip.
+const (
+	flashDim     = 64
+	flashRows    = 64
+	flashMinRows = 16
+)
+
 // Attention computes causal attention over the caches; see backend.Backend.
 func (b *Backend) Attention(dst, q, kCache, vCache, pos, sinks backend.Tensor, p backend.AttentionParams) {
 	const op = "Attention"
@@ -485,6 +495,13 @@ func (b *Backend) Attention(dst, q, kCache, vCache, pos, sinks backend.Tensor, p
 	}
 	sp, ok := b.optVector(sinks, op, "sinks", p.Heads)
 	if !ok {
+		return
+	}
+	if p.HeadDim == flashDim && n >= flashMinRows {
+		// Prefill: one tensor-core kernel, no partial results (attention.cu).
+		defer b.bind()()
+		b.launch("attn_flash_"+uploadTypes[kc.typ]+"_d64", [3]int{p.Heads, (n + flashRows - 1) / flashRows, 1}, [3]int{128, 1, 1}, 0,
+			d.ptr, qs.ptr, kc.ptr, vc.ptr, ps.ptr, sp, n, p.Heads, p.KVHeads, p.Scale, p.Window, p.CacheCap)
 		return
 	}
 	group := p.Heads / p.KVHeads

@@ -210,3 +210,279 @@ extern "C" __global__ void attn_combine(float* dst, const float* pm, const float
                                         const float* sinks, int heads, int dim, int splits) {
     dst[((i64)blockIdx.y * heads + blockIdx.x) * dim + threadIdx.x] = attn_combined(pm, pl, pacc, sinks, heads, dim, splits);
 }
+
+// ---- Prefill: flash attention on the tensor cores ----
+//
+// attn_flash_<cache>_d64: block (head, 64 query rows), 4 warps of 16 rows.
+// The block streams its key range (the union of its rows' visible keys) in
+// tiles of 64 keys, staged in shared memory as f16: K key-major, V
+// transposed (dim-major), so both mma B fragments are single 32-bit reads.
+// Each warp computes its 16×64 scores with mma.sync m16n8k16 (f32
+// accumulators), masks them by the rows' absolute positions, folds the tile
+// into a running max and sum per row (online softmax), and adds P·V into
+// 16×64 f32 output accumulators; the sink joins the denominator at the end,
+// so no partial results go through global memory (the split-K kernels above
+// remain for decode and short batches).
+//
+// Accuracy: q and the probabilities are split into two f16 terms (hi + the
+// rounded residual) and each product runs twice, so they keep ~22 bits; one
+// f16 term would leave ~3e-4 relative error in the output. K and V are f16:
+// exact for f16 caches, a rounding of f32 ones (the precision the backend
+// already uses for long contexts).
+
+#define FA_ROWS 64 // query rows per block, 16 per warp
+#define FA_KEYS 64 // keys per staged tile
+#define FA_D 64    // head dim these kernels are built for
+#define FA_THREADS 128 // 4 warps
+// Shared row length in halves: 64 plus 8 of padding, so the 32 lanes of a
+// fragment read (8 rows × 4 words) land in 32 different banks.
+#define FA_LD 72
+
+__device__ __forceinline__ void attn_mma(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// split2 returns x and y as packed f16 (x in the low half) and their
+// rounding residuals, also packed, in lo.
+__device__ __forceinline__ u32 split2(float x, float y, u32& lo) {
+    u16 hx = f2h(x), hy = f2h(y);
+    lo = pack2(x - h2f(hx), y - h2f(hy));
+    return (u32)hx | ((u32)hy << 16);
+}
+
+// kv_load4 reads 4 consecutive cache elements as 4 packed halves.
+__device__ __forceinline__ uint2 kv_load4(const u16* p, i64 i) { return *(const uint2*)(p + i); }
+__device__ __forceinline__ uint2 kv_load4(const float* p, i64 i) {
+    float4 v = *(const float4*)(p + i);
+    return make_uint2(pack2(v.x, v.y), pack2(v.z, v.w));
+}
+
+__device__ __forceinline__ int warp_min_i(int v) {
+    for (int o = 16; o > 0; o >>= 1) v = min(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+__device__ __forceinline__ int warp_max_i(int v) {
+    for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+template <typename KT>
+__device__ void attn_flash_impl(float* dst, const float* q, const KT* kc, const KT* vc, const int* pos,
+                                const float* sinks, int n, int heads, int kvheads, float scale, int window, int cap) {
+    __shared__ __align__(16) u16 Ks[FA_KEYS * FA_LD]; // [key][dim]
+    __shared__ __align__(16) u16 Vt[FA_D * FA_LD];    // [dim][key]
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, t = lane & 3; // mma fragment coordinates
+    const int h = blockIdx.x, kvh = h / (heads / kvheads);
+    const int row0 = blockIdx.y * FA_ROWS, wrow = row0 + warp * 16;
+
+    // Visible keys lo..hi of this thread's two rows (g and g+8 of the
+    // warp's 16); a row past n sees none (lo > hi for every key).
+    int lo[2], hi[2];
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        int r = wrow + g + 8 * i;
+        lo[i] = 0x7fffffff;
+        hi[i] = -1;
+        if (r < n) {
+            int p = pos[r];
+            hi[i] = p;
+            lo[i] = window > 0 ? max(0, p - window + 1) : 0;
+        }
+    }
+    // The warp's key range (to skip tiles it sees nothing of) and the
+    // block's: every warp reduces the block's 64 positions itself, so the
+    // range needs no shared memory or barrier.
+    const int wlo = warp_min_i(min(lo[0], lo[1])), whi = warp_max_i(max(hi[0], hi[1]));
+    int blo = 0x7fffffff, bhi = -1;
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        int r = row0 + lane + 32 * i;
+        if (r < n) {
+            int p = pos[r];
+            bhi = max(bhi, p);
+            blo = min(blo, window > 0 ? max(0, p - window + 1) : 0);
+        }
+    }
+    blo = warp_min_i(blo);
+    bhi = warp_max_i(bhi);
+    if (bhi < 0) return; // no rows (uniform over the block)
+
+    // q as A fragments (rows g, g+8; dims 2t, 2t+1 and +8 of each 16),
+    // scaled, in two f16 terms.
+    u32 qh[4][4], ql[4][4];
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            int r = wrow + g + ((i & 1) ? 8 : 0);
+            int c = kk * 16 + 2 * t + ((i & 2) ? 8 : 0);
+            float x = 0.f, y = 0.f;
+            if (r < n) {
+                const float* qp = q + ((i64)r * heads + h) * FA_D + c;
+                x = qp[0] * scale;
+                y = qp[1] * scale;
+            }
+            qh[kk][i] = split2(x, y, ql[kk][i]);
+        }
+    }
+
+    float o[8][4], m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) o[j][e] = 0.f;
+
+    const i64 stride = (i64)kvheads * FA_D;
+    const KT* kbase = kc + (i64)kvh * FA_D;
+    const KT* vbase = vc + (i64)kvh * FA_D;
+    const u32* ks32 = (const u32*)Ks;
+    u32* vt32 = (u32*)Vt;
+
+    for (int kb = blo; kb <= bhi; kb += FA_KEYS) {
+        __syncthreads(); // every warp is done with the previous tile
+        // K: unit u is 4 dims (u & 15) of key u >> 4, so a warp reads two
+        // whole key rows. Keys past the block's range are zeros (their
+        // cache rows may hold anything, and 0 × NaN would poison P·V).
+        // V, transposed: unit u is keys 2jp, 2jp+1 (jp = u & 31) × 4 dims
+        // (u >> 5); it writes one word (the two keys' halves) into each of
+        // 4 rows of Vt, and the lanes of a warp write consecutive words.
+        // Every load of a thread is issued before its first store.
+        const int KU = FA_KEYS * FA_D / 4 / FA_THREADS, VU = FA_KEYS * FA_D / 8 / FA_THREADS;
+        uint2 kw[KU], va[VU], vb[VU];
+#pragma unroll
+        for (int it = 0; it < KU; it++) {
+            int u = threadIdx.x + it * FA_THREADS, key = kb + (u >> 4);
+            kw[it] = key <= bhi ? kv_load4(kbase, (i64)(key % cap) * stride + (u & 15) * 4) : make_uint2(0u, 0u);
+        }
+#pragma unroll
+        for (int it = 0; it < VU; it++) {
+            int u = threadIdx.x + it * FA_THREADS, key = kb + 2 * (u & 31), c = (u >> 5) * 4;
+            va[it] = key <= bhi ? kv_load4(vbase, (i64)(key % cap) * stride + c) : make_uint2(0u, 0u);
+            vb[it] = key + 1 <= bhi ? kv_load4(vbase, (i64)((key + 1) % cap) * stride + c) : make_uint2(0u, 0u);
+        }
+#pragma unroll
+        for (int it = 0; it < KU; it++) {
+            int u = threadIdx.x + it * FA_THREADS;
+            *(uint2*)(Ks + (u >> 4) * FA_LD + (u & 15) * 4) = kw[it];
+        }
+#pragma unroll
+        for (int it = 0; it < VU; it++) {
+            int u = threadIdx.x + it * FA_THREADS, jp = u & 31, c = (u >> 5) * 4;
+            vt32[(c + 0) * (FA_LD / 2) + jp] = __byte_perm(va[it].x, vb[it].x, 0x5410);
+            vt32[(c + 1) * (FA_LD / 2) + jp] = __byte_perm(va[it].x, vb[it].x, 0x7632);
+            vt32[(c + 2) * (FA_LD / 2) + jp] = __byte_perm(va[it].y, vb[it].y, 0x5410);
+            vt32[(c + 3) * (FA_LD / 2) + jp] = __byte_perm(va[it].y, vb[it].y, 0x7632);
+        }
+        __syncthreads();
+        if (kb > whi || kb + FA_KEYS - 1 < wlo) continue; // nothing visible to this warp's rows
+
+        // Scores: s[j] is keys 8j..8j+7 (C fragment: rows g, g+8; keys 2t, 2t+1).
+        float s[8][4];
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) s[j][e] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) {
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                const u32* kp = ks32 + (8 * j + g) * (FA_LD / 2) + kk * 8 + t;
+                u32 b0 = kp[0], b1 = kp[4];
+                attn_mma(s[j], qh[kk][0], qh[kk][1], qh[kk][2], qh[kk][3], b0, b1);
+                attn_mma(s[j], ql[kk][0], ql[kk][1], ql[kk][2], ql[kk][3], b0, b1);
+            }
+        }
+        // Mask, then the online softmax: a row's 64 scores are spread over
+        // the 4 lanes of a quad, so the max is reduced across the quad; the
+        // sum l stays a per-lane partial until the end.
+        float mx[2] = {NEG_INF, NEG_INF};
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int i = e >> 1, key = kb + 8 * j + 2 * t + (e & 1);
+                if (key < lo[i] || key > hi[i]) s[j][e] = NEG_INF;
+                mx[i] = fmaxf(mx[i], s[j][e]);
+            }
+        float corr[2];
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+            mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+            float mn = fmaxf(m[i], mx[i]);
+            corr[i] = m[i] == NEG_INF ? 0.f : expf(m[i] - mn);
+            m[i] = mn;
+            l[i] *= corr[i];
+        }
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            o[j][0] *= corr[0];
+            o[j][1] *= corr[0];
+            o[j][2] *= corr[1];
+            o[j][3] *= corr[1];
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int i = e >> 1;
+                float pv = s[j][e] == NEG_INF ? 0.f : expf(s[j][e] - m[i]);
+                l[i] += pv;
+                s[j][e] = pv;
+            }
+        }
+        // O += P·V: the score C fragments of keys 16kk..16kk+15 are the A
+        // fragment of P (two f16 terms); B is read from the transposed V.
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) {
+            u32 ah[4], al[4];
+            ah[0] = split2(s[2 * kk][0], s[2 * kk][1], al[0]);
+            ah[1] = split2(s[2 * kk][2], s[2 * kk][3], al[1]);
+            ah[2] = split2(s[2 * kk + 1][0], s[2 * kk + 1][1], al[2]);
+            ah[3] = split2(s[2 * kk + 1][2], s[2 * kk + 1][3], al[3]);
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                const u32* vp = vt32 + (8 * j + g) * (FA_LD / 2) + kk * 8 + t;
+                u32 b0 = vp[0], b1 = vp[4];
+                attn_mma(o[j], ah[0], ah[1], ah[2], ah[3], b0, b1);
+                attn_mma(o[j], al[0], al[1], al[2], al[3], b0, b1);
+            }
+        }
+    }
+
+    // The sink is one more logit in each row's denominator.
+    float f[2];
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
+        l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
+        float sink = sinks ? sinks[h] : NEG_INF;
+        float M = fmaxf(m[i], sink);
+        float e = m[i] == NEG_INF ? 0.f : expf(m[i] - M);
+        float L = l[i] * e + (sinks ? expf(sink - M) : 0.f);
+        f[i] = e / L;
+    }
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        int r = wrow + g + 8 * i;
+        if (r >= n) continue;
+        float* dp = dst + ((i64)r * heads + h) * FA_D + 2 * t;
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            dp[8 * j] = o[j][2 * i] * f[i];
+            dp[8 * j + 1] = o[j][2 * i + 1] * f[i];
+        }
+    }
+}
+
+#define ATTN_FLASH(KT, NAME)                                                                                    \
+    extern "C" __global__ void __launch_bounds__(FA_THREADS) attn_flash_##NAME##_d64(                           \
+        float* dst, const float* q, const KT* kc, const KT* vc, const int* pos, const float* sinks, int n,      \
+        int heads, int kvheads, float scale, int window, int cap) {                                             \
+        attn_flash_impl<KT>(dst, q, kc, vc, pos, sinks, n, heads, kvheads, scale, window, cap);                 \
+    }
+ATTN_FLASH(u16, f16)
+ATTN_FLASH(float, f32)
