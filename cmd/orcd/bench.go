@@ -85,7 +85,7 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 
 	log := slog.New(slog.NewTextHandler(stderr, nil))
 	start := time.Now()
-	lm, err := loadModel(mf, false, log)
+	lm, err := loadModel(mf, false, log, stderr)
 	if err != nil {
 		return fail("%v", err)
 	}

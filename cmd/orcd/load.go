@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -61,9 +62,9 @@ func (lm *loadedModel) Close() error {
 }
 
 // loadModel opens the model file (or the default model), the backend, and
-// uploads the weights, logging progress; with withTokenizer it loads the
-// tokenizer too (logits needs none).
-func loadModel(mf *modelFlags, withTokenizer bool, log *slog.Logger) (*loadedModel, error) {
+// uploads the weights, showing progress (see loadProgress); with
+// withTokenizer it loads the tokenizer too (logits needs none).
+func loadModel(mf *modelFlags, withTokenizer bool, log *slog.Logger, bar io.Writer) (*loadedModel, error) {
 	if mf.ctxSize < 0 {
 		return nil, fmt.Errorf("--ctx-size %d is negative", mf.ctxSize)
 	}
@@ -96,16 +97,7 @@ func loadModel(mf *modelFlags, withTokenizer bool, log *slog.Logger) (*loadedMod
 	}
 
 	start := time.Now()
-	lastTenth := int64(-1)
-	m, err := model.Load(f, be, model.LoadOptions{
-		MaxBatch: mf.maxBatch,
-		Progress: func(done, total int64) {
-			if tenth := 10 * done / max(total, 1); tenth != lastTenth {
-				lastTenth = tenth
-				log.Info("loading weights", "percent", 10*tenth, "bytes", done, "total", total)
-			}
-		},
-	})
+	m, err := model.Load(f, be, model.LoadOptions{MaxBatch: mf.maxBatch, Progress: loadProgress(path, log, bar)})
 	if err != nil {
 		be.Close()
 		return nil, err
@@ -162,4 +154,20 @@ func defaultModel(log *slog.Logger) (string, error) {
 	}
 	log.Info("default model written", "path", path, "seconds", time.Since(start).Seconds())
 	return path, nil
+}
+
+// loadProgress reports weight-upload progress: a bar redrawn in place when
+// bar is a terminal (a person watching the CLI), else a log line per tenth
+// (a daemon's logs). Both on one terminal would break the bar's line.
+func loadProgress(path string, log *slog.Logger, bar io.Writer) func(done, total int64) {
+	if isTerminal(bar) {
+		return progressLine(bar, "loading "+filepath.Base(path))
+	}
+	lastTenth := int64(-1)
+	return func(done, total int64) {
+		if tenth := 10 * done / max(total, 1); tenth != lastTenth {
+			lastTenth = tenth
+			log.Info("loading weights", "percent", 10*tenth, "bytes", done, "total", total)
+		}
+	}
 }

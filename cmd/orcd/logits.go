@@ -42,7 +42,7 @@ func runLogits(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "orcd logits: %v\n", err)
 		return 2
 	}
-	lm, err := loadModel(mf, false, slog.New(slog.NewTextHandler(stderr, nil)))
+	lm, err := loadModel(mf, false, slog.New(slog.NewTextHandler(stderr, nil)), stderr)
 	if err != nil {
 		fmt.Fprintf(stderr, "orcd logits: %v\n", err)
 		return 1

@@ -69,7 +69,7 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 	}
 
 	log := slog.New(slog.NewTextHandler(stderr, nil))
-	lm, err := loadModel(mf, true, log)
+	lm, err := loadModel(mf, true, log, stderr)
 	if err != nil {
 		fmt.Fprintf(stderr, "orcd run: %v\n", err)
 		return 1

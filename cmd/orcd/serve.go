@@ -125,7 +125,7 @@ func serve(mf *modelFlags, sf *serveFlags, log *slog.Logger, ready func(addr str
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(sig)
-	lm, err := loadModel(mf, true, log)
+	lm, err := loadModel(mf, true, log, nil)
 	if err != nil {
 		return err
 	}

@@ -400,42 +400,6 @@ func randomMXFP4(r *rand.Rand, n int64, std float32) []byte {
 	return out
 }
 
-// progressLine shows a byte-count progress on w: one line redrawn in place
-// on a terminal, else a line per tenth.
-func progressLine(w io.Writer, label string) func(done, total int64) {
-	start := time.Now()
-	tty := false
-	if f, ok := w.(*os.File); ok {
-		if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
-			tty = true
-		}
-	}
-	last := -1
-	return func(done, total int64) {
-		pct := int(100 * done / max(total, 1))
-		step := pct
-		if !tty {
-			step = pct / 10 * 10
-		}
-		if step == last {
-			return
-		}
-		last = step
-		secs := time.Since(start).Seconds()
-		rate := float64(done) / max(secs, 1e-9) / 1e6
-		line := fmt.Sprintf("%s: %3d%% %s of %s, %.1f s, %.0f MB/s", label, pct, humanBytes(done), humanBytes(total), secs, rate)
-		if tty {
-			end := ""
-			if done >= total {
-				end = "\n"
-			}
-			fmt.Fprintf(w, "\r%s\x1b[K%s", line, end)
-		} else {
-			fmt.Fprintln(w, line)
-		}
-	}
-}
-
 func runSynth(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("synth", flag.ContinueOnError)
 	fs.SetOutput(stderr)
