@@ -366,3 +366,40 @@ func TestShutdownEndpoint(t *testing.T) {
 		t.Error("SHUTTING_DOWN not retriable")
 	}
 }
+
+// oomError stands for a backend's out-of-memory error: it carries the worker
+// API code, as the cuda backend's errors do.
+type oomError struct{}
+
+func (oomError) Error() string     { return "cuMemAlloc: out of memory (injected)" }
+func (oomError) ErrorCode() string { return "VRAM_OOM" }
+
+// An out-of-memory failure in the middle of a request ends that request with
+// VRAM_OOM; the worker stays up, the next request succeeds, and no KV cache
+// is leaked.
+func TestExecuteVRAMOOMThenRecovers(t *testing.T) {
+	m := &enginetest.Model{Next: enginetest.TextScript("alpha beta gamma")}
+	m.Fail = func(call int64) error {
+		if call == 3 { // the second decode step of the first request
+			return oomError{}
+		}
+		return nil
+	}
+	ts := newTestServer(t, m, "gpt2", engine.Config{MaxActive: 1}, nil)
+	x := ts.execute(t, map[string]any{"job_id": "oom", "prompt": "x", "max_tokens": 50})
+	if x.err == nil || x.err.Code != "VRAM_OOM" || x.err.Retriable {
+		t.Fatalf("first request: end %+v, error %+v; want a non-retriable VRAM_OOM error", x.end, x.err)
+	}
+	x = ts.execute(t, map[string]any{"job_id": "after", "prompt": "x", "max_tokens": 5})
+	if x.end == nil || x.text != "alpha" {
+		t.Fatalf("request after the OOM: end %+v, error %+v, text %q", x.end, x.err, x.text)
+	}
+	resp, err := http.Get(ts.url + "/health")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("/health after the OOM: %d", resp.StatusCode)
+	}
+}

@@ -132,6 +132,10 @@ type Model struct {
 	Ctx int
 	// FailAfter makes Forward fail once this many calls have run (0: never).
 	FailAfter int64
+	// Fail, when set, is asked before each Forward with the call's number
+	// (from 1); a non-nil result fails that call alone, as a backend's
+	// out-of-memory error would.
+	Fail func(call int64) error
 
 	calls      atomic.Int64
 	running    atomic.Int32
@@ -188,6 +192,11 @@ func (m *Model) Forward(c model.Cache, tokens []int32, all bool) ([]float32, err
 	}
 	if m.FailAfter > 0 && call > m.FailAfter {
 		return nil, errors.New("enginetest: injected model failure")
+	}
+	if m.Fail != nil {
+		if err := m.Fail(call); err != nil {
+			return nil, err
+		}
 	}
 	fc := c.(*Cache)
 	if len(fc.tokens)+len(tokens) > fc.cap {
