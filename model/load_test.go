@@ -9,6 +9,7 @@ import (
 
 	"orcd/backend/cpu"
 	"orcd/gguf"
+	"orcd/internal/testgguf"
 )
 
 // edit describes a change to a fixture: metadata keys to set (nil value
@@ -57,16 +58,7 @@ func rewrite(t *testing.T, name string, e edit) *gguf.File {
 		}
 		data[newName] = slices.Clone(src.TensorData(ti))
 	}
-	path := filepath.Join(t.TempDir(), "edited.gguf")
-	if err := gguf.WriteFile(path, w, data); err != nil {
-		t.Fatal(err)
-	}
-	f, err := gguf.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { f.Close() })
-	return f
+	return testgguf.Open(t, w, data)
 }
 
 func str(s string) *gguf.Value  { v := gguf.StringValue(s); return &v }

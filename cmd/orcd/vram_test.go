@@ -2,12 +2,12 @@ package main
 
 import (
 	"errors"
-	"path/filepath"
 	"strings"
 	"testing"
 
 	"orcd/backend/cpu"
 	"orcd/gguf"
+	"orcd/internal/testgguf"
 )
 
 // gptoss20bMetadata writes a tensor-less GGUF with gpt-oss-20b's attention
@@ -23,16 +23,7 @@ func gptoss20bMetadata(t *testing.T) *gguf.File {
 	} {
 		w.SetUint32("gpt-oss."+key, v)
 	}
-	path := filepath.Join(t.TempDir(), "meta.gguf")
-	if err := gguf.WriteFile(path, w, nil); err != nil {
-		t.Fatal(err)
-	}
-	f, err := gguf.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { f.Close() })
-	return f
+	return testgguf.Open(t, w, nil)
 }
 
 // The KV-cache part of the estimate, worked by hand for gpt-oss-20b at a
