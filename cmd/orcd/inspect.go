@@ -10,6 +10,7 @@ import (
 	"strings"
 	"text/tabwriter"
 	"unicode"
+	"unicode/utf8"
 
 	"orcd/gguf"
 	"orcd/tensor"
@@ -220,7 +221,7 @@ func textValue(v gguf.Value, items int) string {
 			return strconv.Quote(s)
 		}
 		cut := maxStringShown
-		for cut > 0 && !isRuneStart(s[cut]) { // do not split a UTF-8 sequence
+		for cut > 0 && !utf8.RuneStart(s[cut]) { // do not split a UTF-8 sequence
 			cut--
 		}
 		return fmt.Sprintf("%s... (%d bytes)", strconv.Quote(s[:cut]), len(s))
@@ -245,8 +246,6 @@ func textValue(v gguf.Value, items int) string {
 	}
 	return v.String()
 }
-
-func isRuneStart(b byte) bool { return b&0xC0 != 0x80 }
 
 // jsonValue converts a value for the JSON report: scalars as JSON scalars
 // (non-finite floats as the strings "NaN", "+Inf", "-Inf"), arrays as the
