@@ -203,6 +203,7 @@ type gptossBlock struct {
 type gptoss struct {
 	core[*gptossBuffers]
 	p      gptossParams
+	attn   backend.AttentionParams // Window and CacheCap set per layer
 	mscale float32
 	moe    backend.MoEParams
 
@@ -220,6 +221,10 @@ func loadGPTOSS(f *gguf.File, be backend.Backend, arch string, opts LoadOptions)
 	m.be, m.maxBatch = be, opts.MaxBatch
 	m.cfg = Config{Arch: "gpt-oss", VocabSize: p.vocab, ContextLength: p.ctx, Layers: p.layers, Hidden: p.hidden}
 	m.cfg.Name, _ = f.GetString("general.name")
+	m.attn = backend.AttentionParams{
+		Heads: p.heads, KVHeads: p.kvHeads, HeadDim: p.headDim,
+		Scale: float32(1 / math.Sqrt(float64(p.headDim))),
+	}
 	m.moe = backend.MoEParams{TopK: p.expertsUsed, Alpha: gptossSwiGLUAlpha, Limit: gptossSwiGLULimit}
 
 	w := newWeights(f, be, arch, opts.Progress)
@@ -338,11 +343,8 @@ func (m *gptoss) step(c *kvCache, tokens []int32, start int, mode logitsMode, ou
 		be.Embed(b.x, m.tokEmbd, b.ids)
 		for l := range m.blocks {
 			blk := &m.blocks[l]
-			attn := backend.AttentionParams{
-				Heads: m.p.heads, KVHeads: m.p.kvHeads, HeadDim: m.p.headDim,
-				Scale:  float32(1 / math.Sqrt(float64(m.p.headDim))),
-				Window: blk.window, CacheCap: c.rows[l],
-			}
+			attn := m.attn
+			attn.Window, attn.CacheCap = blk.window, c.rows[l]
 			slots := b.pos
 			if blk.window > 0 {
 				slots = b.ringSlots
