@@ -324,18 +324,11 @@ func (m *gptoss) step(c *kvCache, tokens []int32, start int, mode logitsMode, ou
 	if err != nil {
 		return err
 	}
-	// Every sliding layer has the same ring size; find it once.
-	ringRows := 0
-	for l, blk := range m.blocks {
-		if blk.window > 0 {
-			ringRows = c.rows[l]
-			break
-		}
-	}
-	if ringRows > 0 {
-		for i, p := range b.hostPos {
-			b.ring[i] = p % int32(ringRows)
-		}
+	// Every sliding layer has the same ring size, and layer 0 slides (even
+	// layers do, and the window is at least 1).
+	ringRows := int32(c.rows[0])
+	for i, p := range b.hostPos {
+		b.ring[i] = p % ringRows
 	}
 	be.WriteI32(b.ringSlots, b.ring)
 
