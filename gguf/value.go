@@ -273,11 +273,6 @@ func (v Value) Index(i int) Value {
 	panic(fmt.Sprintf("gguf: Index on a %s value", v.typ))
 }
 
-// Slice returns an array's elements as the typed slice described at Value
-// ([]string for a string array, []Value for an array of arrays), or nil if v
-// is not an array. The slice must not be modified.
-func (v Value) Slice() any { return v.arr }
-
 // AsInt64 returns the value of any integer type, if it fits in an int64.
 func (v Value) AsInt64() (int64, bool) {
 	if !v.typ.isInteger() {
