@@ -141,24 +141,25 @@ func (m *core[B]) forward(cache Cache, tokens []int32, all bool, step stepFunc) 
 // activations are the buffers of one batch size that both architectures
 // need; each adapter's buffers embed them and add their own to set.
 type activations struct {
-	id               int            // distinguishes buffer sets in backend.Graph keys
-	ids, pos, last   backend.Tensor // I32: token ids, positions, [n-1]
-	x, h             backend.Tensor // residual stream, normed stream, n×hidden
-	lastX, logits    backend.Tensor // last row and its logits
-	allLogits        backend.Tensor // n×vocab, made on first use
-	set              tensorSet
-	hostIDs, hostPos []int32
+	id             int            // distinguishes buffer sets in backend.Graph keys
+	n              int            // tokens per step
+	ids, pos, last backend.Tensor // I32: token ids, positions, [n-1]
+	x, h           backend.Tensor // residual stream, normed stream, n×hidden
+	lastX, logits  backend.Tensor // last row and its logits
+	allLogits      backend.Tensor // n×vocab, made on first use
+	set            tensorSet
+	hostPos        []int32
 }
 
 // newActivations allocates the shared buffers of n tokens. The caller adds
 // its own to set and then calls ready, which reports any failed allocation.
 func newActivations(be backend.Backend, n, id, hidden, vocab int) activations {
-	a := activations{id: id, set: tensorSet{be: be}}
+	a := activations{id: id, n: n, set: tensorSet{be: be}}
 	s := &a.set
 	a.ids, a.pos, a.last = s.i32(n), s.i32(n), s.i32(1)
 	a.x, a.h = s.f32(n, hidden), s.f32(n, hidden)
 	a.lastX, a.logits = s.f32(1, hidden), s.f32(1, vocab)
-	a.hostIDs, a.hostPos = make([]int32, n), make([]int32, n)
+	a.hostPos = make([]int32, n)
 	return a
 }
 
@@ -169,7 +170,7 @@ func (a *activations) ready() error {
 		a.set.free()
 		return a.set.err
 	}
-	a.set.be.WriteI32(a.last, []int32{int32(len(a.hostIDs) - 1)})
+	a.set.be.WriteI32(a.last, []int32{int32(a.n - 1)})
 	return nil
 }
 
@@ -184,8 +185,7 @@ func (a *activations) input(tokens []int32, start int, mode logitsMode, vocab in
 			return a.set.err
 		}
 	}
-	copy(a.hostIDs, tokens)
-	a.set.be.WriteI32(a.ids, a.hostIDs)
+	a.set.be.WriteI32(a.ids, tokens)
 	a.set.be.WriteI32(a.pos, positions(a.hostPos, start))
 	return nil
 }
@@ -196,7 +196,7 @@ func (a *activations) input(tokens []int32, start int, mode logitsMode, vocab in
 // buffers and the cache, for a backend to record once and replay.
 func (a *activations) run(arch string, c *kvCache, mode logitsMode, out []float32, ops func()) error {
 	be := a.set.be
-	if len(a.hostIDs) == 1 && mode == lastLogits {
+	if a.n == 1 && mode == lastLogits {
 		be.Graph(fmt.Sprintf("%s/decode/buffers#%d/cache#%d", arch, a.id, c.id), ops)
 	} else {
 		ops()
