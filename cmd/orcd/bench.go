@@ -162,9 +162,10 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 				secs = append(secs, time.Since(t0).Seconds())
 			}
 		}
-		results = append(results, row(fmt.Sprintf("tg%d", *gen), *gen, secs))
-		log.Info("bench", "test", results[len(results)-1].Test, "tok_per_s", results[len(results)-1].TokPerSec)
-		printProfile(lm, results[len(results)-1].Test, stderr)
+		r := row(fmt.Sprintf("tg%d", *gen), *gen, secs)
+		results = append(results, r)
+		log.Info("bench", "test", r.Test, "tok_per_s", r.TokPerSec)
+		printProfile(lm, r.Test, stderr)
 	}
 	var vram int64
 	if dm, ok := lm.Backend.(deviceMemory); ok {
