@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/json"
@@ -295,13 +296,7 @@ func quantKind(path string) string {
 		names = append(names, n)
 	}
 	slices.SortFunc(names, func(a, b string) int {
-		if d := bytesOf[b] - bytesOf[a]; d != 0 {
-			if d > 0 {
-				return 1
-			}
-			return -1
-		}
-		return strings.Compare(a, b)
+		return cmp.Or(cmp.Compare(bytesOf[b], bytesOf[a]), strings.Compare(a, b))
 	})
 	return strings.Join(names, "+")
 }
