@@ -7,11 +7,12 @@ import (
 	"orcd/tensor"
 )
 
-// The formats both architectures use (F16, BF16, Q8_0, MXFP4) get their own
-// row decoders here, and on amd64 fused assembly dot kernels: decoding a
-// block inside the dot product keeps the weights streaming at memory speed
-// in decode, where each weight byte is used once. Other formats are decoded
-// by tensor.Dequantize.
+// The formats both architectures use (F16, BF16, Q8_0, MXFP4) get fused
+// assembly dot kernels on amd64: decoding a block inside the dot product
+// keeps the weights streaming at memory speed in decode, where each weight
+// byte is used once. F16, Q8_0 and MXFP4 also get pure-Go row decoders here
+// (a table lookup, and no call per block), faster than tensor.Dequantize;
+// BF16 and the other formats are decoded by tensor.Dequantize.
 
 // kernels are the inner loops a backend runs (see the Go versions below for
 // each one's definition). dot is the float32 dot product of two
@@ -61,10 +62,6 @@ func decodeRow(typ tensor.Type, src []byte, dst []float32) {
 		t := f16Table()
 		for i := range dst {
 			dst[i] = t[binary.LittleEndian.Uint16(src[2*i:])]
-		}
-	case tensor.BF16:
-		for i := range dst {
-			dst[i] = tensor.BF16ToF32(binary.LittleEndian.Uint16(src[2*i:]))
 		}
 	case tensor.Q8_0:
 		for blk := 0; blk < len(dst)/32; blk++ {
