@@ -270,7 +270,7 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 		empty := ""
 		sse.event("", chunk(chatChoice{Delta: &chatOutMsg{Role: "assistant", Content: &empty}}))
 	}
-	res, err := s.runJob(r, job, arrival, out, func(d delta) bool {
+	res, err := s.runJob(r, job, s.metrics.clock(arrival), out, func(d delta) bool {
 		var m chatOutMsg
 		switch d.kind {
 		case deltaContent:

@@ -206,7 +206,7 @@ func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
 	if body.Stream {
 		sse = startSSE(w)
 	}
-	res, err := s.runJob(r, job, arrival, plainOutput{}, func(d delta) bool {
+	res, err := s.runJob(r, job, s.metrics.clock(arrival), plainOutput{}, func(d delta) bool {
 		if sse != nil {
 			sse.event("", chunk(d.text, nil))
 		} else {
@@ -271,9 +271,8 @@ func (plainOutput) finish() []delta { return nil }
 func (plainOutput) toolCalls() int  { return 0 }
 
 // runJob runs job, passing parsed output to emit (which returns true to
-// stop), and records metrics.
-func (s *Server) runJob(r *http.Request, job *engine.Job, arrival time.Time, out outputParser, emit func(delta) bool) (engine.Result, error) {
-	clock := s.metrics.clock(arrival)
+// stop), and records the token timings on clock.
+func (s *Server) runJob(r *http.Request, job *engine.Job, clock *tokenClock, out outputParser, emit func(delta) bool) (engine.Result, error) {
 	res, err := job.Run(r.Context(), func(tok engine.Token) bool {
 		if tok.ID >= 0 {
 			clock.tick()

@@ -169,14 +169,9 @@ func (s *Server) handleExecute(w http.ResponseWriter, r *http.Request) {
 	sse.event("started", startedEvent{req.ID, s.cfg.Model.ID, arrival.UTC().Format(time.RFC3339Nano), job.Seed(), job.PromptTokens()})
 	clock := s.metrics.clock(arrival)
 	n := 0
-	res, err := job.Run(r.Context(), func(tok engine.Token) bool {
-		if tok.ID >= 0 {
-			clock.tick()
-		}
-		if tok.Text != "" {
-			sse.event("token", tokenEvent{tok.Text, n})
-			n++
-		}
+	res, err := s.runJob(r, job, clock, plainOutput{}, func(d delta) bool {
+		sse.event("token", tokenEvent{d.text, n})
+		n++
 		return false
 	})
 	outcome := string(res.StopReason)
