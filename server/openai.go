@@ -112,9 +112,12 @@ func (s *Server) request(c commonFields, maxTokens *int) (engine.Request, error)
 	if c.N != nil && *c.N != 1 {
 		return req, invalid("n: only 1 is supported")
 	}
-	for name, v := range map[string]*float64{"frequency_penalty": c.FrequencyPenalty, "presence_penalty": c.PresencePenalty} {
-		if v != nil && *v != 0 {
-			return req, invalid(name + ": not supported (use repetition_penalty)")
+	for _, f := range []struct {
+		name string
+		v    *float64
+	}{{"frequency_penalty", c.FrequencyPenalty}, {"presence_penalty", c.PresencePenalty}} {
+		if f.v != nil && *f.v != 0 {
+			return req, invalid(f.name + ": not supported (use repetition_penalty)")
 		}
 	}
 	req, err := s.generation(maxTokens, c.samplingFields, c.Stop)
