@@ -24,7 +24,7 @@ func TestExpNeg(t *testing.T) {
 	for range 10_000 {
 		check(-rng.Float64() * 708)
 	}
-	for _, x := range []float64{0, -0.0, -1e-300, -math.Ln2 / 4096, -math.Ln2 / 2048, -math.Ln2, -30, -700, -708} {
+	for _, x := range []float64{0, math.Copysign(0, -1), -1e-300, -math.Ln2 / 4096, -math.Ln2 / 2048, -math.Ln2, -30, -700, -708} {
 		check(x)
 	}
 	for _, x := range []float64{-708.5, -1e10, math.Inf(-1), math.NaN()} {

@@ -243,10 +243,14 @@ func TestServeGPTOSSCancelAndSIGTERM(t *testing.T) {
 			if n++; n == 3 {
 				cancelledAt = time.Now()
 				r, err := http.Post(w.uri+"/cancel", "application/json", strings.NewReader(`{"job_id":"long"}`))
-				if err != nil || r.StatusCode != http.StatusAccepted {
-					t.Errorf("cancel: %v %v", err, r.Status)
+				if err != nil {
+					t.Errorf("cancel: %v", err)
+					return
 				}
 				r.Body.Close()
+				if r.StatusCode != http.StatusAccepted {
+					t.Errorf("cancel: %v", r.Status)
+				}
 			}
 		}
 	})
