@@ -508,7 +508,9 @@ func TestGraphReplay(t *testing.T) {
 		p.ref.WriteI32(pos.c, pv)
 		p.gpu.WriteI32(slot.g, sv)
 		p.ref.WriteI32(slot.c, sv)
-		p.gpu.Graph("step", func() { step(p.gpu, x.g, q.g, k.g, kc.g, vc.g, pos.g, slot.g, out.g, wq.g, wk.g, freq.g, seq.g, table.g) })
+		p.gpu.Graph("step", func() {
+			step(p.gpu, x.g, q.g, k.g, kc.g, vc.g, pos.g, slot.g, out.g, wq.g, wk.g, freq.g, seq.g, table.g)
+		})
 		step(p.ref, x.c, q.c, k.c, kc.c, vc.c, pos.c, slot.c, out.c, wq.c, wk.c, freq.c, seq.c, table.c)
 		// 5e-4: the decode products quantize q's and k's input to about 15
 		// bits (mqvec.cu), and the softmax over q·k amplifies that.
