@@ -334,8 +334,8 @@ func (e *Engine) accept(j *Job, id int32) {
 	}
 }
 
-// end finishes j: it gives back its blocks, sends Run the result and
-// forgets the job.
+// end finishes j: it gives back its blocks, forgets the job and sends Run
+// the result.
 func (e *Engine) end(j *Job, reason StopReason, stopToken int32, err error) {
 	if j.state == jobEnded {
 		return
@@ -356,10 +356,10 @@ func (e *Engine) end(j *Job, reason StopReason, stopToken int32, err error) {
 		res.QueueTime, res.PrefillTime = j.admittedAt.Sub(j.submitted), j.firstAt.Sub(j.admittedAt)
 		res.DecodeTime = now.Sub(j.firstAt)
 	}
-	j.box.finish(res, err)
 	j.cancel(nil)
+	// Forget the job before Run hears of its end, so that a request
+	// submitted once Run returns finds its slot free.
 	e.mu.Lock()
-	defer e.mu.Unlock()
 	delete(e.jobs, j)
 	if j.req.ID != "" && e.byID[j.req.ID] == j {
 		delete(e.byID, j.req.ID)
@@ -368,13 +368,29 @@ func (e *Engine) end(j *Job, reason StopReason, stopToken int32, err error) {
 		close(e.idle)
 		e.idle = nil
 	}
+	e.publishLocked()
+	e.mu.Unlock()
+	j.box.finish(res, err)
 }
 
 // publish updates the gauges that Stats, Active and QueueDepth report.
 func (e *Engine) publish() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.stats.Running, e.stats.Waiting = len(e.running), len(e.waiting)
+	e.publishLocked()
+}
+
+func (e *Engine) publishLocked() {
+	count := func(list []*Job, state int) int {
+		n := 0
+		for _, j := range list {
+			if j.state == state {
+				n++
+			}
+		}
+		return n
+	}
+	e.stats.Running, e.stats.Waiting = count(e.running, jobRunning), count(e.waiting, jobQueued)
 	e.stats.KVBlocksCached = e.mgr.cachedIdle()
 	e.stats.KVBlocksUsed = e.cfg.KVBlocks - e.mgr.available()
 }

@@ -42,7 +42,7 @@ func addModelFlags(fs *flag.FlagSet) *modelFlags {
 	fs.StringVar(&mf.device, "device", "auto", "backend: cpu, cuda or auto (cuda if available)")
 	fs.IntVar(&mf.gpu, "gpu-device", 0, "CUDA device number")
 	fs.IntVar(&mf.ctxSize, "ctx-size", 4096, "tokens per sequence (KV cache size); 0 means the model's context length")
-	fs.IntVar(&mf.maxBatch, "max-batch", model.DefaultMaxBatch, "most tokens per forward step; longer prompts are split")
+	fs.IntVar(&mf.maxBatch, "max-batch", 0, "most tokens per forward step, decode tokens and prompt chunks together; longer prompts are split (0: 2048 on cuda, 512 on cpu)")
 	return mf
 }
 
@@ -68,8 +68,8 @@ func loadModel(mf *modelFlags, withTokenizer bool, log *slog.Logger, bar io.Writ
 	if mf.ctxSize < 0 {
 		return nil, fmt.Errorf("--ctx-size %d is negative", mf.ctxSize)
 	}
-	if mf.maxBatch < 1 {
-		return nil, fmt.Errorf("--max-batch %d must be at least 1", mf.maxBatch)
+	if mf.maxBatch < 0 {
+		return nil, fmt.Errorf("--max-batch %d is negative", mf.maxBatch)
 	}
 	path := mf.model
 	if path == "" {
@@ -89,6 +89,14 @@ func loadModel(mf *modelFlags, withTokenizer bool, log *slog.Logger, bar io.Writ
 		return nil, err
 	}
 	log.Info("backend", "device", be.Name())
+	if mf.maxBatch == 0 {
+		// A GPU step of 2048 tokens keeps the tensor cores busy; on the CPU a
+		// smaller step gives other sequences their turn sooner.
+		mf.maxBatch = model.DefaultMaxBatch
+		if be.Name() == "cuda" {
+			mf.maxBatch = 2048
+		}
+	}
 	// VRAM pre-check (cuda backend owner; see vram.go): refuse before
 	// uploading anything when the GPU cannot hold the model.
 	if err := checkVRAM(f, be, mf); err != nil {

@@ -50,6 +50,9 @@ type serveFlags struct {
 	timeoutSec      float64
 	maxActive       int
 	maxQueue        int
+	kvBlocks        int
+	kvBlockSize     int
+	noPrefixCache   bool
 	maxBodyBytes    int64
 	shutdownTimeout float64
 	logFormat       string
@@ -69,8 +72,11 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&sf.apiKey, "api-key", os.Getenv("ORCD_API_KEY"), "bearer token required on every endpoint but /health (default $ORCD_API_KEY; empty: no auth)")
 	fs.IntVar(&sf.maxTokensOut, "max-tokens-out", 2048, "largest max_tokens a request may ask for")
 	fs.Float64Var(&sf.timeoutSec, "inference-timeout-sec", 300, "per-request time limit, queueing included (0: none)")
-	fs.IntVar(&sf.maxActive, "max-active", 4, "sequences decoded at once, each with its own KV cache")
-	fs.IntVar(&sf.maxQueue, "max-queue", 64, "requests that may wait for a sequence slot; more get 503")
+	fs.IntVar(&sf.maxActive, "max-active", 0, "sequences run at once, batched into each step (0: 256 on cuda, 8 on cpu)")
+	fs.IntVar(&sf.maxQueue, "max-queue", 256, "requests that may wait to run; more get 503")
+	fs.IntVar(&sf.kvBlocks, "kv-blocks", 0, "KV cache blocks in the pool (0: room for --max-active sequences of --ctx-size tokens, within free VRAM or half the free RAM)")
+	fs.IntVar(&sf.kvBlockSize, "kv-block-size", 16, "tokens per KV cache block")
+	fs.BoolVar(&sf.noPrefixCache, "no-prefix-cache", false, "do not reuse the KV blocks of earlier prompts that start the same way")
 	fs.Int64Var(&sf.maxBodyBytes, "max-body-bytes", 1<<20, "largest request body")
 	fs.Float64Var(&sf.shutdownTimeout, "shutdown-timeout-sec", 30, "on SIGTERM or POST /shutdown, how long running jobs may finish before they are cancelled")
 	fs.StringVar(&sf.logFormat, "log-format", "json", "log format: json or text")
@@ -104,8 +110,10 @@ func (sf *serveFlags) validate(fs *flag.FlagSet) error {
 		return fmt.Errorf("--max-tokens-out %d must be at least 1", sf.maxTokensOut)
 	case sf.timeoutSec < 0 || sf.shutdownTimeout < 0:
 		return errors.New("--inference-timeout-sec and --shutdown-timeout-sec must not be negative")
-	case sf.maxActive < 1 || sf.maxQueue < 0:
-		return errors.New("--max-active must be at least 1 and --max-queue not negative")
+	case sf.maxActive < 0 || sf.maxQueue < 0 || sf.kvBlocks < 0:
+		return errors.New("--max-active, --max-queue and --kv-blocks must not be negative")
+	case sf.kvBlockSize < 1 || sf.kvBlockSize > 1024:
+		return fmt.Errorf("--kv-block-size %d is outside [1, 1024]", sf.kvBlockSize)
 	case sf.maxBodyBytes < 1:
 		return errors.New("--max-body-bytes must be positive")
 	case sf.logFormat != "json" && sf.logFormat != "text":
@@ -142,11 +150,29 @@ func serve(mf *modelFlags, sf *serveFlags, log *slog.Logger, ready func(addr str
 	if lm.Tokenizer.AddBOS() && lm.Tokenizer.BOS() >= 0 {
 		prefix = []int32{lm.Tokenizer.BOS()}
 	}
+	maxActive, blocks := sf.maxActive, sf.kvBlocks
+	if maxActive == 0 {
+		maxActive = defaultMaxActive(lm.Backend)
+	}
+	if blocks == 0 {
+		budget, err := kvBudget(lm.Backend)
+		if err != nil {
+			return err
+		}
+		elem := 4
+		if lm.Backend.Name() == "cuda" {
+			elem = 2 // pools beyond a few MiB are f16 there
+		}
+		if blocks, err = kvBlocks(lm.Model.KVLayout(), budget, elem, sf.kvBlockSize, lm.CtxSize, cfg.MaxBatch, maxActive); err != nil {
+			return err
+		}
+	}
 	eng, err := engine.New(engine.Config{
 		Model: lm.Model, Tokenizer: engineTokenizer{lm.Tokenizer},
-		MaxActive: sf.maxActive, MaxQueue: sf.maxQueue, CtxSize: lm.CtxSize,
+		MaxActive: maxActive, MaxQueue: sf.maxQueue, CtxSize: lm.CtxSize,
 		Timeout:      time.Duration(sf.timeoutSec * float64(time.Second)),
 		PromptPrefix: prefix, Logger: log,
+		KVBlocks: blocks, BlockSize: sf.kvBlockSize, NoPrefixCache: sf.noPrefixCache,
 	})
 	if err != nil {
 		return err

@@ -294,3 +294,99 @@ func TestServeCallbackFailureExits(t *testing.T) {
 		t.Errorf("bad --port: exit %d, want 2", code)
 	}
 }
+
+// TestServeBatchedStreams is the CPU end-to-end check of continuous
+// batching: 16 (gpt2) and 64 (gpt-oss) concurrent /execute streams of
+// different prompts, seeds and lengths share the model's steps, and each
+// gives exactly the tokens it gives alone (batch invariance); one more
+// stream is cancelled mid-batch, and /metrics then shows every KV block
+// free again and the server healthy.
+func TestServeBatchedStreams(t *testing.T) {
+	for _, tc := range []struct {
+		preset  string
+		streams int
+	}{{"tiny-gpt2", 16}, {"tiny-gpt-oss", 64}} {
+		t.Run(tc.preset, func(t *testing.T) {
+			path := synthTemp(t, tc.preset, 0)
+			w := startServe(t, "--model", path, "--ctx-size", "256", "--max-active", "16", "--max-queue", "128", "--max-batch", "64")
+			body := func(i int) string {
+				return fmt.Sprintf(`{"job_id":"s%d","prompt":"Story %d: %s","max_tokens":%d,"temperature":1.2,"seed":%d}`,
+					i, i, strings.Repeat("once upon a time ", i%5), 8+i%17, 1000+i)
+			}
+			alone := make([]string, tc.streams)
+			for i := range alone {
+				alone[i] = tokensText(t, executeStream(t, w.uri, body(i), nil))
+			}
+			var wg sync.WaitGroup
+			for i := range tc.streams {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					if got := tokensText(t, executeStream(t, w.uri, strings.Replace(body(i), `"s`, `"b`, 1), nil)); got != alone[i] {
+						t.Errorf("stream %d: batched %q, alone %q", i, got, alone[i])
+					}
+				}()
+			}
+			// A long stream cancelled while the others run.
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				n := 0
+				evs := executeStream(t, w.uri, `{"job_id":"victim","prompt":"Once upon a time","max_tokens":200}`, func(ev event) {
+					if ev.name == "token" {
+						if n++; n == 5 {
+							r, err := http.Post(w.uri+"/cancel", "application/json", strings.NewReader(`{"job_id":"victim"}`))
+							if err == nil {
+								r.Body.Close()
+							}
+						}
+					}
+				})
+				if last := lastEvent(t, evs); last.data["code"] != "CANCELLED" {
+					t.Errorf("cancelled stream ended with %v", last)
+				}
+			}()
+			wg.Wait()
+
+			metrics := func() map[string]string {
+				resp, err := http.Get(w.uri + "/metrics")
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer resp.Body.Close()
+				m := map[string]string{}
+				sc := bufio.NewScanner(resp.Body)
+				for sc.Scan() {
+					if f := strings.Fields(sc.Text()); len(f) == 2 && !strings.HasPrefix(f[0], "#") {
+						m[f[0]] = f[1]
+					}
+				}
+				return m
+			}
+			deadline := time.Now().Add(10 * time.Second)
+			for m := metrics(); m["orcd_kv_blocks_used"] != "0" || m["orcd_running_sequences"] != "0"; m = metrics() {
+				if time.Now().After(deadline) {
+					t.Fatalf("blocks still used after every stream ended: %v", m)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			m := metrics()
+			if m["orcd_prefix_cache_hit_tokens_total"] == "0" {
+				t.Error("metrics: no prefix cache hits, though every prompt starts alike")
+			}
+			if single, all := m[`orcd_step_sequences_bucket{le="1"}`], m["orcd_step_sequences_count"]; single == "" || single == all {
+				t.Errorf("metrics: %s of %s steps ran one sequence: nothing was batched", single, all)
+			}
+			resp, err := http.Get(w.uri + "/health")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var h map[string]any
+			json.NewDecoder(resp.Body).Decode(&h)
+			resp.Body.Close()
+			if h["status"] != "ok" || h["active"] != 0.0 || h["queue_depth"] != 0.0 {
+				t.Errorf("health after the streams: %v", h)
+			}
+		})
+	}
+}

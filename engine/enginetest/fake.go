@@ -129,7 +129,7 @@ func (d *decoder) complete(final bool) string {
 type Model struct {
 	// Next, when set, picks the token to make certain given the sequence so
 	// far; otherwise the logits are a fixed pseudo-random function of the
-	// last token and the position.
+	// whole sequence.
 	Next func(history []int32) int32
 	// Delay is added to every Step call.
 	Delay time.Duration
@@ -280,8 +280,9 @@ func (m *Model) logits(history []int32) []float32 {
 		return out
 	}
 	h := fnv.New64a()
-	last := history[len(history)-1]
-	fmt.Fprintf(h, "%d/%d", last, len(history))
+	for _, t := range history {
+		h.Write([]byte{byte(t), byte(t >> 8)})
+	}
 	state := h.Sum64()
 	for i := range out {
 		state = state*6364136223846793005 + 1442695040888963407
