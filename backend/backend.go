@@ -178,3 +178,25 @@ type Backend interface {
 	// Close frees everything the backend holds.
 	Close() error
 }
+
+// SampleParams are one row's settings for Sampler.Sample: the engine's
+// sampling pipeline (repetition penalty, temperature, top-k, top-p, min-p)
+// and the draw's seed and counter.
+type SampleParams struct {
+	Temperature, TopP, MinP, RepetitionPenalty float32
+	TopK                                       int32
+	// Seed and Counter key the row's random number: the same pair gives
+	// the same number whatever else the batch holds.
+	Seed, Counter uint64
+	// Penalized are the distinct tokens the repetition penalty applies to.
+	Penalized []int32
+}
+
+// Sampler is an optional Backend interface: drawing tokens on the device,
+// so that only the chosen ids cross to the host.
+type Sampler interface {
+	// Sample draws one token for each of the first len(rows) rows of logits
+	// (an F32 rows×vocab tensor, which it may change) into ids, waiting for
+	// the result. It returns the first recorded error.
+	Sample(logits Tensor, rows []SampleParams, ids []int32) error
+}

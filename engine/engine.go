@@ -21,6 +21,7 @@ import (
 	"sync"
 	"time"
 
+	"orcd/backend"
 	"orcd/model"
 )
 
@@ -193,6 +194,8 @@ type Engine struct {
 	waiting  []*Job // FIFO; preempted sequences go back to the front
 	admitted uint64 // admissions so far, to order sequences
 	logits   []float32
+	ids      []int32
+	params   []backend.SampleParams
 }
 
 // New returns an engine for cfg and starts its loop. The KV pool is

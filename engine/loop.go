@@ -2,8 +2,10 @@ package engine
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
+	"orcd/backend"
 	"orcd/model"
 )
 
@@ -263,15 +265,14 @@ func (e *Engine) releaseBlocks(j *Job) {
 	j.tables = nil
 }
 
-// step runs one batch and hands out the sampled tokens.
+// step runs one batch and hands out the sampled tokens: drawn on the
+// device when the backend can, else from the logits read back.
 func (e *Engine) step(batch *model.Batch, jobs []*Job) {
 	start := time.Now()
 	logits, err := e.cfg.Model.Step(e.kv, batch)
+	var ids []int32
 	if err == nil {
-		if need := logits.Rows() * e.vocab; len(e.logits) < need {
-			e.logits = make([]float32, need)
-		}
-		err = logits.Read(e.logits[:logits.Rows()*e.vocab])
+		ids, err = e.sample(logits, batch, jobs)
 	}
 	if err != nil {
 		e.log.Error("step failed", "sequences", len(jobs), "error", err)
@@ -289,9 +290,8 @@ func (e *Engine) step(batch *model.Batch, jobs []*Job) {
 		if ch.Logits == model.NoLogits {
 			continue
 		}
-		id := j.sampler.Sample(e.logits[row*e.vocab:(row+1)*e.vocab], j.tokens)
+		e.accept(j, ids[row])
 		row++
-		e.accept(j, id)
 	}
 	e.mu.Lock()
 	observe := e.observe
@@ -299,6 +299,63 @@ func (e *Engine) step(batch *model.Batch, jobs []*Job) {
 	if observe != nil {
 		observe(StepInfo{Tokens: tokens, Sequences: len(jobs), Duration: time.Since(start)})
 	}
+}
+
+// sample draws the next token of every chunk that asked for logits, in
+// batch order.
+func (e *Engine) sample(logits model.Logits, batch *model.Batch, jobs []*Job) ([]int32, error) {
+	rows := logits.Rows()
+	e.ids = slices.Grow(e.ids[:0], rows)[:rows]
+	e.params = e.params[:0]
+	for i, j := range jobs {
+		if batch.Chunks[i].Logits == model.NoLogits {
+			continue
+		}
+		p := j.req.Sampling
+		sp := backend.SampleParams{
+			Temperature: float32(p.Temperature), TopP: float32(p.TopP), MinP: float32(p.MinP),
+			RepetitionPenalty: float32(p.RepetitionPenalty), TopK: int32(min(p.TopK, e.vocab)),
+			Seed: j.seed, Counter: uint64(len(j.tokens)),
+		}
+		if p.RepetitionPenalty != 1 {
+			sp.Penalized = distinct(j.tokens)
+		}
+		e.params = append(e.params, sp)
+	}
+	if len(e.params) != rows {
+		return nil, fmt.Errorf("engine: %d logits rows for %d sequences", rows, len(e.params))
+	}
+	if done, err := logits.Sample(e.params, e.ids); done || err != nil {
+		return e.ids, err
+	}
+	if need := rows * e.vocab; len(e.logits) < need {
+		e.logits = make([]float32, need)
+	}
+	if err := logits.Read(e.logits[:rows*e.vocab]); err != nil {
+		return nil, err
+	}
+	row := 0
+	for i, j := range jobs {
+		if batch.Chunks[i].Logits == model.NoLogits {
+			continue
+		}
+		e.ids[row] = j.sampler.Sample(e.logits[row*e.vocab:(row+1)*e.vocab], j.tokens)
+		row++
+	}
+	return e.ids, nil
+}
+
+// distinct returns the distinct tokens of ids.
+func distinct(ids []int32) []int32 {
+	seen := make(map[int32]bool, len(ids))
+	out := make([]int32, 0, len(ids))
+	for _, id := range ids {
+		if !seen[id] {
+			seen[id] = true
+			out = append(out, id)
+		}
+	}
+	return out
 }
 
 // register enters j's newly full, computed blocks in the prefix cache.

@@ -119,8 +119,12 @@ type Logits interface {
 	// Rows()·VocabSize values. It returns the step's error, if any.
 	Read(dst []float32) error
 	// Tensor is the Rows×VocabSize logits in backend memory, for ops that
-	// read them on the device (sampling); nil when they are on the host.
+	// read them on the device; nil when they are on the host.
 	Tensor() backend.Tensor
+	// Sample draws the first len(rows) rows' tokens into ids on the device
+	// when the backend can (backend.Sampler), and reports whether it did;
+	// otherwise the caller reads the logits and samples on the host.
+	Sample(rows []backend.SampleParams, ids []int32) (bool, error)
 }
 
 // deviceLogits are the Logits of a step run on a backend.
@@ -132,6 +136,14 @@ type deviceLogits struct {
 
 func (l *deviceLogits) Rows() int              { return l.rows }
 func (l *deviceLogits) Tensor() backend.Tensor { return l.t }
+
+func (l *deviceLogits) Sample(rows []backend.SampleParams, ids []int32) (bool, error) {
+	s, ok := l.be.(backend.Sampler)
+	if !ok || l.rows == 0 {
+		return false, nil
+	}
+	return true, s.Sample(l.t, rows, ids)
+}
 
 func (l *deviceLogits) Read(dst []float32) error {
 	if l.rows == 0 {

@@ -379,6 +379,9 @@ type hostLogits struct {
 func (l *hostLogits) Rows() int                { return l.rows }
 func (l *hostLogits) Tensor() backend.Tensor   { return nil }
 func (l *hostLogits) Read(dst []float32) error { copy(dst, l.data); return nil }
+func (l *hostLogits) Sample([]backend.SampleParams, []int32) (bool, error) {
+	return false, nil
+}
 
 // Script returns a Next function that makes the model generate script after
 // any prompt and then end-of-text. It finds its place by the longest prefix
@@ -469,6 +472,9 @@ type fixedLogits struct {
 
 func (l *fixedLogits) Rows() int              { return l.rows }
 func (l *fixedLogits) Tensor() backend.Tensor { return nil }
+func (l *fixedLogits) Sample([]backend.SampleParams, []int32) (bool, error) {
+	return false, nil
+}
 func (l *fixedLogits) Read(dst []float32) error {
 	for i := range l.rows {
 		copy(dst[i*len(l.row):], l.row)
