@@ -19,7 +19,7 @@ import (
 type servedWorker struct {
 	uri      string
 	callback readyCallback
-	exit     chan int // runServe's exit status
+	exit     chan int // serve's exit status
 }
 
 // startServe runs `orcd serve` with args on a free loopback port and waits
@@ -37,7 +37,7 @@ func startServe(t *testing.T, args ...string) *servedWorker {
 	t.Cleanup(cb.Close)
 	w := &servedWorker{exit: make(chan int, 1)}
 	args = append([]string{"--device", "cpu", "--host", "127.0.0.1", "--port", "0", "--callback-url", cb.URL, "--log-format", "text"}, args...)
-	go func() { w.exit <- runServe(args, io.Discard, io.Discard) }()
+	go func() { w.exit <- runMain(append([]string{"serve"}, args...), nil, io.Discard, io.Discard) }()
 	select {
 	case w.callback = <-got:
 	case code := <-w.exit:
@@ -286,11 +286,11 @@ func TestServeCallbackFailureExits(t *testing.T) {
 		http.Error(w, "no", http.StatusInternalServerError)
 	}))
 	defer cb.Close()
-	code := runServe([]string{"--model", path, "--device", "cpu", "--port", "0", "--callback-url", cb.URL}, io.Discard, io.Discard)
+	code := runMain([]string{"serve", "--model", path, "--device", "cpu", "--port", "0", "--callback-url", cb.URL}, nil, io.Discard, io.Discard)
 	if code == 0 {
 		t.Error("serve exited 0 although the ready callback failed")
 	}
-	if code := runServe([]string{"--port", "70000"}, io.Discard, io.Discard); code != 2 {
+	if code := runMain([]string{"serve", "--port", "70000"}, nil, io.Discard, io.Discard); code != 2 {
 		t.Errorf("bad --port: exit %d, want 2", code)
 	}
 }
