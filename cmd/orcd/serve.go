@@ -19,6 +19,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -34,8 +35,11 @@ func init() {
 		name:     "serve",
 		summary:  "serve the model over HTTP (worker API and OpenAI-compatible API)",
 		synopsis: "orcd serve [flags]",
-		details: `Loads the model, listens, then POSTs the ready callback to --callback-url.
-SIGTERM, SIGINT or POST /shutdown drain the jobs in flight and exit 0. See
+		details: `Start-up: serve binds --host:--port first (a port in use fails at once),
+answers GET /health with 503 {"status":"loading"} (and every other endpoint
+with a retriable 503 LOADING error) while the model loads, then serves, says
+"ok" on /health and POSTs the ready callback to --callback-url. SIGTERM,
+SIGINT or POST /shutdown drain the jobs in flight and exit 0. See
 docs/SERVING.md for the endpoints.`,
 		examples: []string{
 			"orcd serve # the default tiny model on 127.0.0.1:8080",
@@ -87,7 +91,7 @@ func addServeFlags(fs *flag.FlagSet) *serveFlags {
 	fs.StringVar(&sf.workerID, "worker-id", "", "worker `UUID` sent in the ready callback (default: a random UUID)")
 	fs.StringVar(&sf.host, "host", "127.0.0.1", "`ADDRESS` to listen on (0.0.0.0 for all interfaces)")
 	numVar(fs, &sf.port, "port", 8080, 0, 65535, "port to listen on (0: any free port)")
-	fs.StringVar(&sf.callbackURL, "callback-url", "", "`URL` to POST {worker_id, model_ref, vram_bytes, uri} to once listening; failure exits non-zero")
+	fs.StringVar(&sf.callbackURL, "callback-url", "", "`URL` to POST {worker_id, model_ref, vram_bytes, uri} to once the model is loaded; failure exits non-zero")
 	fs.StringVar(&sf.advertiseURL, "advertise-url", "", "base `URL` reported in the ready callback (default: http://HOST:PORT, with this machine's hostname when HOST is unspecified)")
 	fs.StringVar(&sf.modelID, "model-id", "", "model `NAME` in the API (default: the model file's name without .gguf)")
 	fs.StringVar(&sf.apiKey, "api-key", "", "bearer `TOKEN` required on every endpoint but /health (default: $ORCD_API_KEY; empty: no auth)")
@@ -122,17 +126,69 @@ func (sf *serveFlags) resolve(fs *flag.FlagSet) error {
 	return nil
 }
 
-// serve loads the model, listens, sends the ready callback and serves until
-// SIGTERM, SIGINT or POST /shutdown, then drains and frees everything.
-// ready, when set, receives the listening address (for tests).
-func serve(mf *modelFlags, sf *serveFlags, log *slog.Logger, ready func(addr string)) error {
+// serve binds the port, loads the model while /health answers "loading",
+// then serves, sends the ready callback and serves until SIGTERM, SIGINT
+// or POST /shutdown, then drains and frees everything. listening, when
+// set, is called with the bound address before loading starts, and loading
+// waits for it to return (tests hold the worker in its loading state so).
+func serve(mf *modelFlags, sf *serveFlags, log *slog.Logger, listening func(addr string)) error {
 	// Catch signals from the start, so a SIGTERM during loading or the
-	// callback still ends in an orderly shutdown.
+	// callback still ends in an orderly exit.
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(sig)
-	lm, err := loadModel(mf, true, log, nil)
+
+	// Bind before loading: a port in use fails at once, and the
+	// orchestrator can watch /health while the weights upload.
+	ln, err := net.Listen("tcp", net.JoinHostPort(sf.host, strconv.Itoa(sf.port)))
 	if err != nil {
+		return err
+	}
+	var handler swapHandler
+	handler.set(server.Loading())
+	// No ReadTimeout or WriteTimeout: they would cut off long event streams.
+	hs := &http.Server{Handler: &handler, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- hs.Serve(ln) }()
+	defer hs.Close()
+	addr := ln.Addr().String()
+	uri := advertisedURI(sf, ln.Addr().(*net.TCPAddr))
+	log.Info("listening; loading the model", "addr", addr, "uri", uri, "worker_id", sf.workerID)
+
+	type loadResult struct {
+		lm  *loadedModel
+		err error
+	}
+	loaded := make(chan loadResult, 1)
+	go func() {
+		if listening != nil {
+			listening(addr)
+		}
+		lm, err := loadModel(mf, true, log, nil)
+		loaded <- loadResult{lm, err}
+	}()
+	// Loading cannot be interrupted; on a signal or a server failure serve
+	// returns at once, and the model is freed if its loading ever ends.
+	abandon := func() {
+		go func() {
+			if r := <-loaded; r.lm != nil {
+				r.lm.Close()
+			}
+		}()
+	}
+	var lm *loadedModel
+	select {
+	case r := <-loaded:
+		if r.err != nil {
+			return r.err
+		}
+		lm = r.lm
+	case s := <-sig:
+		log.Info("signal received while loading; exiting", "signal", s.String())
+		abandon()
+		return nil
+	case err := <-serveErr:
+		abandon()
 		return err
 	}
 	defer func() {
@@ -170,21 +226,8 @@ func serve(mf *modelFlags, sf *serveFlags, log *slog.Logger, ready func(addr str
 	if err != nil {
 		return err
 	}
-
-	ln, err := net.Listen("tcp", net.JoinHostPort(sf.host, strconv.Itoa(sf.port)))
-	if err != nil {
-		return err
-	}
-	// No ReadTimeout or WriteTimeout: they would cut off long event streams.
-	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- hs.Serve(ln) }()
-	addr := ln.Addr().String()
-	uri := advertisedURI(sf, ln.Addr().(*net.TCPAddr))
-	log.Info("listening", "addr", addr, "uri", uri, "worker_id", sf.workerID)
-	if ready != nil {
-		ready(addr)
-	}
+	handler.set(srv.Handler())
+	log.Info("ready", "uri", uri)
 
 	if sf.callbackURL != "" {
 		body := readyCallback{WorkerID: sf.workerID, ModelRef: lm.Path, VRAMBytes: dev.VRAMBytesUsed(), URI: uri}
@@ -218,6 +261,16 @@ func serve(mf *modelFlags, sf *serveFlags, log *slog.Logger, ready func(addr str
 	}
 	log.Info("drained")
 	return nil
+}
+
+// swapHandler serves with one handler and then another: the loading
+// handler until the server exists.
+type swapHandler struct{ p atomic.Pointer[http.Handler] }
+
+func (s *swapHandler) set(h http.Handler) { s.p.Store(&h) }
+
+func (s *swapHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	(*s.p.Load()).ServeHTTP(w, r)
 }
 
 // engineTokenizer adapts *tokenizer.Tokenizer to engine.Tokenizer.
