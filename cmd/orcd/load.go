@@ -37,12 +37,12 @@ type modelFlags struct {
 // addModelFlags registers the model flags on fs.
 func addModelFlags(fs *flag.FlagSet) *modelFlags {
 	mf := &modelFlags{}
-	fs.StringVar(&mf.model, "model", "", "GGUF model file (default: a tiny random gpt-oss, synthesized into the user cache dir)")
-	fs.StringVar(&mf.tokenizer, "tokenizer", "", "tokenizer.json to use instead of the one beside the model or in its metadata")
-	fs.StringVar(&mf.device, "device", "auto", "backend: cpu, cuda or auto (cuda if available)")
-	fs.IntVar(&mf.gpu, "gpu-device", 0, "CUDA device number")
-	fs.IntVar(&mf.ctxSize, "ctx-size", 4096, "tokens per sequence (KV cache size); 0 means the model's context length")
-	fs.IntVar(&mf.maxBatch, "max-batch", 0, "most tokens per forward step, decode tokens and prompt chunks together; longer prompts are split (0: 2048 on cuda, 512 on cpu)")
+	fs.StringVar(&mf.model, "model", "", "GGUF model `FILE` (default: a tiny random gpt-oss, synthesized into the user cache dir)")
+	fs.StringVar(&mf.tokenizer, "tokenizer", "", "tokenizer.json `FILE` to use instead of the one beside the model or in its metadata")
+	choiceVar(fs, &mf.device, "device", "auto", []string{"cpu", "cuda", "auto"}, "backend (auto: cuda if available, else cpu)")
+	numVar(fs, &mf.gpu, "gpu-device", 0, 0, noMax, "CUDA device number")
+	numVar(fs, &mf.ctxSize, "ctx-size", 4096, 0, noMax, "tokens per sequence (KV cache size); 0 means the model's context length")
+	numVar(fs, &mf.maxBatch, "max-batch", 0, 0, noMax, "most tokens per forward step, decode tokens and prompt chunks together; longer prompts are split (0: 2048 on cuda, 512 on cpu)")
 	return mf
 }
 
@@ -65,12 +65,6 @@ func (lm *loadedModel) Close() error {
 // uploads the weights, showing progress (see loadProgress); with
 // withTokenizer it loads the tokenizer too (logits needs none).
 func loadModel(mf *modelFlags, withTokenizer bool, log *slog.Logger, bar io.Writer) (*loadedModel, error) {
-	if mf.ctxSize < 0 {
-		return nil, fmt.Errorf("--ctx-size %d is negative", mf.ctxSize)
-	}
-	if mf.maxBatch < 0 {
-		return nil, fmt.Errorf("--max-batch %d is negative", mf.maxBatch)
-	}
 	path := mf.model
 	if path == "" {
 		var err error
@@ -165,17 +159,22 @@ func defaultModel(log *slog.Logger) (string, error) {
 }
 
 // loadProgress reports weight-upload progress: a bar redrawn in place when
-// bar is a terminal (a person watching the CLI), else a log line per tenth
-// (a daemon's logs). Both on one terminal would break the bar's line.
+// bar is a terminal (a person watching the CLI), else log lines as a
+// progressGate allows (a daemon's logs). Both on one terminal would break
+// the bar's line.
 func loadProgress(path string, log *slog.Logger, bar io.Writer) func(done, total int64) {
+	return loadProgressAt(path, log, bar, time.Now)
+}
+
+// loadProgressAt is loadProgress on the clock now.
+func loadProgressAt(path string, log *slog.Logger, bar io.Writer, now func() time.Time) func(done, total int64) {
 	if isTerminal(bar) {
 		return progressLine(bar, "loading "+filepath.Base(path))
 	}
-	lastTenth := int64(-1)
+	gate := newProgressGate(now)
 	return func(done, total int64) {
-		if tenth := 10 * done / max(total, 1); tenth != lastTenth {
-			lastTenth = tenth
-			log.Info("loading weights", "percent", 10*tenth, "bytes", done, "total", total)
+		if gate.due(done, total) {
+			log.Info("loading weights", "percent", 100*done/max(total, 1), "bytes", done, "total", total)
 		}
 	}
 }

@@ -5,13 +5,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"math"
 	"math/rand/v2"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -20,9 +20,21 @@ import (
 
 func init() {
 	register(command{
-		name:    "loadtest",
-		summary: "a serving benchmark: concurrent streaming requests against a worker or OpenAI-compatible URL",
-		run:     runLoadtest,
+		name:     "loadtest",
+		summary:  "a serving benchmark: concurrent streaming requests against a worker or OpenAI-compatible URL",
+		synopsis: "orcd loadtest [flags]",
+		details: `Sends --requests streaming requests, --concurrency at a time (a closed
+loop, or Poisson arrivals at --rate), with prompts of --prompt-tokens common
+English words and max_tokens --output-tokens, each with its own seed drawn
+from --seed, and reports output and total tokens per second, time to first
+token, inter-token and request latency (mean, p50, p90, p99) and errors, as
+a Markdown table or JSON. It exits 1 if any request failed.`,
+		examples: []string{
+			"orcd loadtest --url http://127.0.0.1:8080 --concurrency 64 --requests 256",
+			"orcd loadtest --url http://127.0.0.1:8000 --api openai --rate 20 --requests 500 --format json",
+			"orcd loadtest --concurrency 8 --prompt-tokens 128 --prompt-spread 0.5 --shared-prefix 64 --output-tokens 64",
+		},
+		setup: setupLoadtest,
 	})
 }
 
@@ -47,75 +59,49 @@ type loadtestFlags struct {
 	format       string
 }
 
-func runLoadtest(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("loadtest", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+func setupLoadtest(fs *flag.FlagSet) func(*env) int {
 	var lf loadtestFlags
-	fs.StringVar(&lf.url, "url", "http://127.0.0.1:8080", "base URL of the server")
-	fs.StringVar(&lf.api, "api", "worker", "worker (POST /execute, server-sent events) or openai (POST /v1/completions, streamed)")
+	fs.StringVar(&lf.url, "url", "http://127.0.0.1:8080", "base `URL` of the server")
+	choiceVar(fs, &lf.api, "api", "worker", []string{"worker", "openai"}, "worker (POST /execute, server-sent events) or openai (POST /v1/completions, streamed)")
 	fs.StringVar(&lf.modelName, "model-name", "", "model field of OpenAI requests (default: the first of GET /v1/models)")
-	fs.StringVar(&lf.apiKey, "api-key", "", "bearer token to send")
-	fs.IntVar(&lf.concurrency, "concurrency", 16, "requests in flight at once (clients)")
-	fs.IntVar(&lf.requests, "requests", 64, "requests to measure")
-	fs.Float64Var(&lf.rate, "rate", 0, "request arrivals per second, Poisson (0: closed loop, each client sends its next request when the last ends)")
-	fs.IntVar(&lf.promptTokens, "prompt-tokens", 512, "prompt length in tokens (one common English word each)")
-	fs.Float64Var(&lf.promptSpread, "prompt-spread", 0, "prompt lengths vary uniformly by this fraction either way")
-	fs.IntVar(&lf.sharedPrefix, "shared-prefix", 0, "tokens at the start of every prompt that are the same for all requests (exercises the prefix cache)")
-	fs.IntVar(&lf.outputTokens, "output-tokens", 256, "max_tokens of each request")
-	fs.Float64Var(&lf.outputSpread, "output-spread", 0, "max_tokens vary uniformly by this fraction either way")
-	fs.Float64Var(&lf.temperature, "temperature", 1, "sampling temperature")
+	fs.StringVar(&lf.apiKey, "api-key", "", "bearer `TOKEN` to send")
+	numVar(fs, &lf.concurrency, "concurrency", 16, 1, noMax, "requests in flight at once (clients)")
+	numVar(fs, &lf.requests, "requests", 64, 1, noMax, "requests to measure")
+	numVar(fs, &lf.rate, "rate", 0, 0, 1e6, "request arrivals per second, Poisson (0: closed loop, each client sends its next request when the last ends)")
+	numVar(fs, &lf.promptTokens, "prompt-tokens", 512, 1, 1<<20, "prompt length in tokens (one common English word each)")
+	numVar(fs, &lf.promptSpread, "prompt-spread", 0, 0, 0.99, "prompt lengths vary uniformly by this fraction either way")
+	numVar(fs, &lf.sharedPrefix, "shared-prefix", 0, 0, 1<<20, "tokens at the start of every prompt that are the same for all requests (exercises the prefix cache)")
+	numVar(fs, &lf.outputTokens, "output-tokens", 256, 1, 1<<20, "max_tokens of each request")
+	numVar(fs, &lf.outputSpread, "output-spread", 0, 0, 0.99, "max_tokens vary uniformly by this fraction either way")
+	numVar(fs, &lf.temperature, "temperature", 1, 0, 2, "sampling temperature")
 	fs.Uint64Var(&lf.seed, "seed", 1, "seed of the prompts, lengths and the requests' sampling seeds")
-	fs.IntVar(&lf.warmup, "warmup", 0, "requests sent (at the same concurrency) before measuring")
-	fs.Float64Var(&lf.timeout, "timeout-sec", 600, "time limit of one request")
-	fs.StringVar(&lf.format, "format", "markdown", "report format: markdown or json")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	numVar(fs, &lf.warmup, "warmup", 0, 0, noMax, "requests sent (at the same concurrency) before measuring")
+	numVar(fs, &lf.timeout, "timeout-sec", 600, 0.001, maxSeconds, "time limit of one request in seconds")
+	choiceVar(fs, &lf.format, "format", "markdown", []string{"markdown", "json"}, "report format")
+	return func(e *env) int {
+		if lf.sharedPrefix > lf.promptTokens {
+			return e.usageError("--shared-prefix %d is longer than --prompt-tokens %d", lf.sharedPrefix, lf.promptTokens)
+		}
+		if u, err := url.Parse(lf.url); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return e.usageError("--url %q is not an http:// or https:// URL", lf.url)
+		}
+		lf.url = strings.TrimSuffix(lf.url, "/")
+		rep, err := loadtest(context.Background(), &lf, e.stderr)
+		if err != nil {
+			return e.fail(err)
+		}
+		if lf.format == "json" {
+			enc := json.NewEncoder(e.stdout)
+			enc.SetIndent("", "  ")
+			enc.Encode(rep)
+		} else {
+			rep.markdown(e.stdout)
+		}
+		if rep.Failed > 0 {
+			return 1
+		}
+		return 0
 	}
-	if err := lf.validate(fs); err != nil {
-		fmt.Fprintf(stderr, "orcd loadtest: %v\n", err)
-		return 2
-	}
-	rep, err := loadtest(context.Background(), &lf, stderr)
-	if err != nil {
-		fmt.Fprintf(stderr, "orcd loadtest: %v\n", err)
-		return 1
-	}
-	if lf.format == "json" {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		enc.Encode(rep)
-	} else {
-		rep.markdown(stdout)
-	}
-	if rep.Failed > 0 {
-		return 1
-	}
-	return 0
-}
-
-func (lf *loadtestFlags) validate(fs *flag.FlagSet) error {
-	switch {
-	case fs.NArg() > 0:
-		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	case lf.api != "worker" && lf.api != "openai":
-		return fmt.Errorf("--api %q is not worker or openai", lf.api)
-	case lf.concurrency < 1 || lf.requests < 1:
-		return errors.New("--concurrency and --requests must be at least 1")
-	case lf.rate < 0 || lf.warmup < 0 || lf.timeout <= 0:
-		return errors.New("--rate and --warmup must not be negative, --timeout-sec must be positive")
-	case lf.promptTokens < 1 || lf.outputTokens < 1:
-		return errors.New("--prompt-tokens and --output-tokens must be at least 1")
-	case lf.sharedPrefix < 0 || lf.sharedPrefix > lf.promptTokens:
-		return fmt.Errorf("--shared-prefix %d is outside [0, --prompt-tokens]", lf.sharedPrefix)
-	case !(lf.promptSpread >= 0 && lf.promptSpread < 1) || !(lf.outputSpread >= 0 && lf.outputSpread < 1):
-		return errors.New("--prompt-spread and --output-spread must be in [0, 1)")
-	case lf.temperature < 0 || lf.temperature > 2:
-		return fmt.Errorf("--temperature %v is outside [0, 2]", lf.temperature)
-	case lf.format != "markdown" && lf.format != "json":
-		return fmt.Errorf("--format %q is not markdown or json", lf.format)
-	}
-	lf.url = strings.TrimSuffix(lf.url, "/")
-	return nil
 }
 
 // loadWords are common English words that are one token each, with their

@@ -19,9 +19,9 @@ func TestLoadtest(t *testing.T) {
 	for _, api := range []string{"worker", "openai"} {
 		t.Run(api, func(t *testing.T) {
 			var out, errs bytes.Buffer
-			code := runLoadtest([]string{"--url", w.uri, "--api", api, "--concurrency", "4", "--requests", "12",
+			code := runMain([]string{"loadtest", "--url", w.uri, "--api", api, "--concurrency", "4", "--requests", "12",
 				"--prompt-tokens", "20", "--prompt-spread", "0.5", "--shared-prefix", "5", "--output-tokens", "10",
-				"--warmup", "2", "--format", "json"}, &out, &errs)
+				"--warmup", "2", "--format", "json"}, nil, &out, &errs)
 			if code != 0 {
 				t.Fatalf("exit %d: %s", code, errs.String())
 			}
@@ -41,7 +41,7 @@ func TestLoadtest(t *testing.T) {
 		})
 	}
 	var out bytes.Buffer
-	if code := runLoadtest([]string{"--url", w.uri, "--requests", "2", "--prompt-tokens", "5", "--output-tokens", "3"}, &out, io.Discard); code != 0 ||
+	if code := runMain([]string{"loadtest", "--url", w.uri, "--requests", "2", "--prompt-tokens", "5", "--output-tokens", "3"}, nil, &out, io.Discard); code != 0 ||
 		!strings.Contains(out.String(), "| output tok/s |") {
 		t.Errorf("markdown report: exit %d\n%s", code, out.String())
 	}
@@ -54,13 +54,13 @@ func TestLoadtestErrors(t *testing.T) {
 	}))
 	defer srv.Close()
 	var out bytes.Buffer
-	code := runLoadtest([]string{"--url", srv.URL, "--requests", "5", "--format", "json"}, &out, io.Discard)
+	code := runMain([]string{"loadtest", "--url", srv.URL, "--requests", "5", "--format", "json"}, nil, &out, io.Discard)
 	var rep loadReport
 	json.Unmarshal(out.Bytes(), &rep)
 	if code != 1 || rep.Failed != 5 || rep.Errors["HTTP 503"] != 5 {
 		t.Errorf("exit %d, report %+v", code, rep)
 	}
-	if code := runLoadtest([]string{"--api", "grpc"}, io.Discard, io.Discard); code != 2 {
+	if code := runMain([]string{"loadtest", "--api", "grpc"}, nil, io.Discard, io.Discard); code != 2 {
 		t.Errorf("bad --api: exit %d", code)
 	}
 }

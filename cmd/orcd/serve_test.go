@@ -2,11 +2,17 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
+	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -19,7 +25,7 @@ import (
 type servedWorker struct {
 	uri      string
 	callback readyCallback
-	exit     chan int // runServe's exit status
+	exit     chan int // serve's exit status
 }
 
 // startServe runs `orcd serve` with args on a free loopback port and waits
@@ -37,7 +43,7 @@ func startServe(t *testing.T, args ...string) *servedWorker {
 	t.Cleanup(cb.Close)
 	w := &servedWorker{exit: make(chan int, 1)}
 	args = append([]string{"--device", "cpu", "--host", "127.0.0.1", "--port", "0", "--callback-url", cb.URL, "--log-format", "text"}, args...)
-	go func() { w.exit <- runServe(args, io.Discard, io.Discard) }()
+	go func() { w.exit <- runMain(append([]string{"serve"}, args...), nil, io.Discard, io.Discard) }()
 	select {
 	case w.callback = <-got:
 	case code := <-w.exit:
@@ -286,11 +292,11 @@ func TestServeCallbackFailureExits(t *testing.T) {
 		http.Error(w, "no", http.StatusInternalServerError)
 	}))
 	defer cb.Close()
-	code := runServe([]string{"--model", path, "--device", "cpu", "--port", "0", "--callback-url", cb.URL}, io.Discard, io.Discard)
+	code := runMain([]string{"serve", "--model", path, "--device", "cpu", "--port", "0", "--callback-url", cb.URL}, nil, io.Discard, io.Discard)
 	if code == 0 {
 		t.Error("serve exited 0 although the ready callback failed")
 	}
-	if code := runServe([]string{"--port", "70000"}, io.Discard, io.Discard); code != 2 {
+	if code := runMain([]string{"serve", "--port", "70000"}, nil, io.Discard, io.Discard); code != 2 {
 		t.Errorf("bad --port: exit %d, want 2", code)
 	}
 }
@@ -388,5 +394,146 @@ func TestServeBatchedStreams(t *testing.T) {
 				t.Errorf("health after the streams: %v", h)
 			}
 		})
+	}
+}
+
+// A port in use fails at once, before the model is even opened: the error
+// is the bind's, not the missing model file's.
+func TestServePortInUseFailsBeforeLoading(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+	var logs bytes.Buffer
+	code := runMain([]string{"serve", "--model", filepath.Join(t.TempDir(), "missing.gguf"), "--device", "cpu",
+		"--port", port, "--log-format", "text"}, nil, io.Discard, &logs)
+	if code != 1 || !strings.Contains(logs.String(), "address already in use") || strings.Contains(logs.String(), "missing.gguf") {
+		t.Errorf("exit %d, logs:\n%s", code, logs.String())
+	}
+}
+
+// getJSON fetches url and decodes its JSON body.
+func getJSON(t *testing.T, method, url string) (int, map[string]any) {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, strings.NewReader(`{"job_id":"j","prompt":"hi"}`))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var body map[string]any
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+		t.Fatalf("%s %s: %d, body not JSON: %v", method, url, resp.StatusCode, err)
+	}
+	return resp.StatusCode, body
+}
+
+// While the model loads, serve already listens: /health answers 503
+// "loading", the other endpoints a retriable 503 LOADING error in their
+// API's shape, and no ready callback has gone. Once loaded, /health says
+// "ok" and the callback goes.
+func TestServeAnswersLoadingUntilLoaded(t *testing.T) {
+	path := synthTemp(t, "tiny-gpt2", 0)
+	callbacks := make(chan readyCallback, 1)
+	cb := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var body readyCallback
+		json.NewDecoder(r.Body).Decode(&body)
+		callbacks <- body
+	}))
+	defer cb.Close()
+
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	mf, sf := addModelFlags(fs), addServeFlags(fs)
+	if _, err := parseArgs(fs, []string{"--model", path, "--device", "cpu", "--port", "0", "--callback-url", cb.URL}); err != nil {
+		t.Fatal(err)
+	}
+	if err := sf.resolve(fs); err != nil {
+		t.Fatal(err)
+	}
+	addrs, release := make(chan string), make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		done <- serve(mf, sf, slog.New(slog.DiscardHandler), func(addr string) {
+			addrs <- addr
+			<-release // hold the worker in its loading state
+		})
+	}()
+	base := "http://" + <-addrs
+
+	status, body := getJSON(t, "GET", base+"/health")
+	if status != http.StatusServiceUnavailable || body["status"] != "loading" {
+		t.Errorf("health while loading: %d %v", status, body)
+	}
+	status, body = getJSON(t, "POST", base+"/execute")
+	if e, _ := body["error"].(map[string]any); status != http.StatusServiceUnavailable || e["code"] != "LOADING" || e["retriable"] != true {
+		t.Errorf("execute while loading: %d %v", status, body)
+	}
+	status, body = getJSON(t, "POST", base+"/v1/chat/completions")
+	if e, _ := body["error"].(map[string]any); status != http.StatusServiceUnavailable || e["code"] != "loading" || e["message"] == "" {
+		t.Errorf("chat while loading: %d %v", status, body)
+	}
+	select {
+	case c := <-callbacks:
+		t.Fatalf("ready callback %v before the model was loaded", c)
+	default:
+	}
+
+	close(release)
+	select {
+	case c := <-callbacks:
+		if c.URI != base || c.ModelRef != path {
+			t.Errorf("ready callback %+v", c)
+		}
+	case err := <-done:
+		t.Fatalf("serve returned %v before the ready callback", err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("no ready callback within 60 s")
+	}
+	if status, body := getJSON(t, "GET", base+"/health"); status != http.StatusOK || body["status"] != "ok" {
+		t.Errorf("health once loaded: %d %v", status, body)
+	}
+	resp, err := http.Post(base+"/shutdown", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if err := <-done; err != nil {
+		t.Errorf("serve: %v", err)
+	}
+}
+
+// SIGTERM while the model loads ends serve at once, with no error.
+func TestServeSIGTERMWhileLoading(t *testing.T) {
+	path := synthTemp(t, "tiny-gpt2", 0)
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	mf, sf := addModelFlags(fs), addServeFlags(fs)
+	if _, err := parseArgs(fs, []string{"--model", path, "--device", "cpu", "--port", "0"}); err != nil {
+		t.Fatal(err)
+	}
+	sf.resolve(fs)
+	release := make(chan struct{})
+	defer close(release)
+	listening := make(chan string)
+	done := make(chan error, 1)
+	go func() {
+		done <- serve(mf, sf, slog.New(slog.DiscardHandler), func(addr string) {
+			listening <- addr
+			<-release
+		})
+	}()
+	addr := <-listening
+	syscall.Kill(syscall.Getpid(), syscall.SIGTERM)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("serve still running 10 s after SIGTERM while loading")
+	}
+	if _, err := net.Dial("tcp", addr); err == nil {
+		t.Error("still listening after serve returned")
 	}
 }
