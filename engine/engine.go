@@ -103,7 +103,12 @@ type Config struct {
 	KVBlocks int
 	// NoPrefixCache turns off the reuse of cached blocks between prompts.
 	NoPrefixCache bool
-	Logger        *slog.Logger
+	// BatchInvariant keeps a request's tokens independent of the batch it
+	// ran in, with a batch-invariant backend: only blocks computed as
+	// prompt chunks enter the prefix cache (a decode step's kernels round
+	// differently from a prompt chunk's).
+	BatchInvariant bool
+	Logger         *slog.Logger
 }
 
 // Request is one generation request.
@@ -320,6 +325,7 @@ type Job struct {
 	tables     [][]int32 // per KV group
 	hashes     blockHashes
 	registered int // full blocks entered in the prefix cache
+	prefilled  int // leading tokens computed in prompt chunks, not decode steps
 	sampler    *Sampler
 	order      uint64 // admission order (latest admission)
 	admittedAt time.Time

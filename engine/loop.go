@@ -87,7 +87,7 @@ func (e *Engine) schedule(chunks []model.Chunk, jobs []*Job) ([]model.Chunk, []*
 		if j.computed+n == len(j.tokens) {
 			mode = model.LastLogits
 		}
-		chunks = append(chunks, model.Chunk{Tokens: j.tokens[j.computed : j.computed+n], Pos: j.computed, Tables: j.tables, Logits: mode})
+		chunks = append(chunks, model.Chunk{Tokens: j.tokens[j.computed : j.computed+n], Pos: j.computed, Tables: j.tables, Logits: mode, Decode: j.decoding()})
 		jobs = append(jobs, j)
 		budget -= n
 	}
@@ -106,7 +106,7 @@ func (e *Engine) schedule(chunks []model.Chunk, jobs []*Job) ([]model.Chunk, []*
 	for {
 		running := append([]*Job(nil), e.running...)
 		for _, j := range running {
-			if j.state != jobRunning || len(j.tokens)-j.computed != 1 || budget == 0 {
+			if j.state != jobRunning || !j.decoding() || budget == 0 {
 				continue
 			}
 			for e.grow(j, 1) == 0 {
@@ -123,7 +123,7 @@ func (e *Engine) schedule(chunks []model.Chunk, jobs []*Job) ([]model.Chunk, []*
 			}
 		}
 		for _, j := range running {
-			if j.state != jobRunning || len(j.tokens)-j.computed <= 1 || budget == 0 {
+			if j.state != jobRunning || j.decoding() || budget == 0 {
 				continue
 			}
 			if n := e.grow(j, min(len(j.tokens)-j.computed, budget)); n > 0 {
@@ -152,6 +152,12 @@ func (e *Engine) schedule(chunks []model.Chunk, jobs []*Job) ([]model.Chunk, []*
 		e.preempt(e.newestRunning())
 		preempted = true
 	}
+}
+
+// decoding reports whether j's one token left to compute is its last
+// generated one: a decode step, as opposed to (the rest of) a prompt.
+func (j *Job) decoding() bool {
+	return len(j.tokens)-j.computed == 1 && j.computed >= len(j.prompt)
 }
 
 // grow gives j blocks for up to n more tokens and returns how many it got
@@ -185,7 +191,7 @@ func (e *Engine) newestRunning() *Job {
 // blocks free up; its blocks' cached contents often make that quick.
 func (e *Engine) preempt(j *Job) {
 	e.releaseBlocks(j)
-	j.state, j.computed = jobQueued, 0
+	j.state, j.computed, j.prefilled = jobQueued, 0, 0
 	e.waiting = append([]*Job{j}, e.waiting...)
 	e.compact()
 	e.mu.Lock()
@@ -239,7 +245,7 @@ func (e *Engine) admit(j *Job) bool {
 			}
 		}
 	}
-	j.computed, j.registered = hit, hit/bs
+	j.computed, j.registered, j.prefilled = hit, hit/bs, hit
 	j.state, j.order = jobRunning, e.admitted
 	e.admitted++
 	if !j.ran {
@@ -286,6 +292,9 @@ func (e *Engine) step(batch *model.Batch, jobs []*Job) {
 		ch := &batch.Chunks[i]
 		tokens += len(ch.Tokens)
 		j.computed += len(ch.Tokens)
+		if !ch.Decode {
+			j.prefilled = j.computed
+		}
 		e.register(j)
 		if ch.Logits == model.NoLogits {
 			continue
@@ -358,10 +367,14 @@ func distinct(ids []int32) []int32 {
 	return out
 }
 
-// register enters j's newly full, computed blocks in the prefix cache.
+// register enters j's newly full, computed blocks in the prefix cache (in
+// batch-invariant mode, only those computed as prompt chunks).
 func (e *Engine) register(j *Job) {
 	bs := e.cfg.BlockSize
 	full := j.computed / bs
+	if e.cfg.BatchInvariant {
+		full = j.prefilled / bs
+	}
 	if full <= j.registered || !e.mgr.prefix {
 		return
 	}

@@ -136,7 +136,7 @@ type stepInput struct {
 	slots   [][]int32 // per group: the cache row each token's K and V go to
 	tables  [][]int32 // per group: nSeq × stride block ids, -1 padded
 	stride  int       // entries per sequence in tables: a power of two
-	singles int       // leading chunks of one token
+	singles int       // leading decode chunks
 	decode  bool      // every chunk is one token that wants its logits
 }
 
@@ -166,7 +166,7 @@ func (m *core[B]) prepare(kv *kvPool, b *Batch) error {
 		if len(ch.Tables) != len(groups) {
 			return fmt.Errorf("model: Step: chunk %d has %d block tables, the pool has %d KV groups", c, len(ch.Tables), len(groups))
 		}
-		if counting && n == 1 {
+		if counting && n == 1 && ch.Decode {
 			in.singles++
 		} else {
 			counting = false

@@ -85,6 +85,11 @@ type Chunk struct {
 	Tables [][]int32
 	// Logits says which of the chunk's tokens get logits.
 	Logits LogitsMode
+	// Decode marks a chunk of one token that was generated (sampled from
+	// the last step), as opposed to prompt tokens. The leading decode
+	// chunks of a batch may take other kernels than prompt chunks
+	// (backend.AttentionParams.Singles); the caller puts them first.
+	Decode bool
 }
 
 // LogitsMode says which tokens of a chunk get logits.

@@ -74,6 +74,11 @@ type Options struct {
 	// KVF16 stores every KV cache as f16. By default only caches whose f32
 	// form would exceed kvF32MaxBytes (long contexts) are f16.
 	KVF16 bool
+	// BatchInvariant makes every row's result independent of the other
+	// rows of its call: one matmul kernel family at every batch size, the
+	// flash kernel for every prompt row, key splits of a fixed size for
+	// decode rows. Batch-1 decode is slower (see docs/PERFORMANCE.md).
+	BatchInvariant bool
 }
 
 // kvF32MaxBytes is the largest KV cache tensor kept in f32 by default:
@@ -130,8 +135,9 @@ type Backend struct {
 	total int64
 
 	mem      allocator
-	noGraphs bool
-	kvF16    bool
+	noGraphs  bool
+	kvF16     bool
+	invariant bool
 	prof     *profile // non-nil when ORCD_CUDA_PROFILE is set
 
 	argMem  unsafe.Pointer // pinned host memory for kernel parameters
@@ -182,7 +188,7 @@ func New(opts Options) (*Backend, error) {
 	}
 	b := &Backend{
 		d: d, funcs: map[string]uintptr{}, bigShmem: map[string]int{}, live: map[*Tensor]struct{}{},
-		work: map[string]*devBuf{}, graphs: map[string]*graph{}, noGraphs: opts.NoGraphs, kvF16: opts.KVF16,
+		work: map[string]*devBuf{}, graphs: map[string]*graph{}, noGraphs: opts.NoGraphs, kvF16: opts.KVF16, invariant: opts.BatchInvariant,
 	}
 	if os.Getenv("ORCD_CUDA_PROFILE") != "" {
 		b.prof = newProfile()

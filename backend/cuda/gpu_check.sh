@@ -3,6 +3,7 @@
 # synthetic gpt-oss-20b. Binaries are built on the development machine:
 #   CGO_ENABLED=0 go test -c -o bin/cuda/cuda.test ./backend/cuda
 #   CGO_ENABLED=0 go test -c -o bin/cuda/engine.test ./engine
+#   CGO_ENABLED=0 go test -c -o bin/cuda/orcd.test ./cmd/orcd
 #   CGO_ENABLED=0 go build -o bin/cuda/orcd ./cmd/orcd
 # Usage (repo root): backend/cuda/gpu_check.sh [tests|bench|all]; logs go to $OUT.
 # BIN names another folder of binaries; KBENCH is a -test.bench pattern of
@@ -24,6 +25,12 @@ if [ "$what" != bench ]; then
     (cd engine && timeout 120 ../$BIN/engine.test -test.v -test.run DeviceSampler) >"$OUT/engine.log" 2>&1
     echo "engine tests rc=$?" >>"$summary"
     grep -E "^(--- |ok|FAIL|PASS|panic)|chi-square|drew" "$OUT/engine.log" | head -30 >>"$summary"
+  fi
+  if [ -x $BIN/orcd.test ]; then
+    # Batch invariance end to end: serve on cuda, streams alone and together.
+    (cd cmd/orcd && timeout 300 ../../$BIN/orcd.test -test.v -test.run 'CUDA$') >"$OUT/orcd-test.log" 2>&1
+    echo "orcd cuda tests rc=$?" >>"$summary"
+    grep -E "^(--- |ok|FAIL|PASS|panic)|streams differ|batched" "$OUT/orcd-test.log" | head -30 >>"$summary"
   fi
 fi
 if [ -n "${KBENCH:-}" ]; then

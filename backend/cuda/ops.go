@@ -163,7 +163,7 @@ func (b *Backend) MatMul(dst, x, w, bias backend.Tensor) {
 		return
 	}
 	defer b.bind()()
-	if a.n <= mqTokens && mqTypes[a.w.typ] {
+	if a.n <= mqTokens && mqTypes[a.w.typ] && !b.invariant {
 		if qx, dx, ok := b.quantizeX(a.x, a.n, a.in); ok {
 			b.launch("mq_matvec_"+uploadTypes[a.w.typ], [3]int{(a.out + 15) / 16, 1, 1}, [3]int{32 * mqWarps, 1, 1}, 0,
 				a.dst.ptr, qx, dx, a.w.ptr, a.w.aux, a.in, a.bias, a.n, a.out)
@@ -185,7 +185,7 @@ func (b *Backend) MatMulQKV(q, k, v, x, wq, wk, wv, bq, bk, bv backend.Tensor) {
 		}
 	}
 	typ := a[0].w.typ
-	if a[0].n > mqTokens || !mqTypes[typ] || a[1].w.typ != typ || a[2].w.typ != typ {
+	if a[0].n > mqTokens || !mqTypes[typ] || a[1].w.typ != typ || a[2].w.typ != typ || b.invariant {
 		b.MatMul(q, x, wq, bq)
 		b.MatMul(k, x, wk, bk)
 		b.MatMul(v, x, wv, bv)
@@ -280,12 +280,14 @@ func (b *Backend) mqBuffer(op string, in int) (qx, dx uintptr, ok bool) {
 
 // matmul queues dst (n×out) = x (n×in)·wᵀ + bias for a 2-D weight. The
 // tensor-core kernel rounds x to f16; exact keeps x in f32 at any batch size
-// (the MoE router, whose top-k choice must match the reference's).
+// (the MoE router, whose top-k choice must match the reference's). Small
+// batches take the matrix-vector kernels, unless the backend is batch
+// invariant: then every batch size takes the tile kernel.
 func (b *Backend) matmul(dst, x uintptr, n int, w *Tensor, bias uintptr, exact bool) {
 	in := w.dims[0]
 	out := int(w.elements() / int64(in))
 	suffix := uploadTypes[w.typ]
-	if exact || n <= mvTokens || !tileTypes[w.typ] || in%32 != 0 {
+	if exact || n <= mvTokens && !b.invariant || !tileTypes[w.typ] || in%32 != 0 {
 		rowsPerBlock := 4 // MV_WARPS rows, or MV_WARPS*MV_ROWS for Q8_0 and MXFP4 (matvec.cu)
 		if w.typ == tensor.Q8_0 || w.typ == tensor.MXFP4 {
 			rowsPerBlock = 16
@@ -381,7 +383,7 @@ func (b *Backend) rmsNorm(op string, dst, x, delta, w backend.Tensor, eps float3
 	}
 	defer b.bind()()
 	grid, block := [3]int{rows, 1, 1}, [3]int{normBlock(cols), 1, 1}
-	if rows <= mqTokens && cols%32 == 0 {
+	if rows <= mqTokens && cols%32 == 0 && !b.invariant {
 		// Also quantize the rows for the decode products that follow.
 		if qx, dx, ok := b.mqBuffer(op, cols); ok {
 			b.launch("rms_norm_mq", grid, block, 0, d.ptr, xs.ptr, dp, ws.ptr, cols, eps, qx, dx)
@@ -530,6 +532,9 @@ func (b *Backend) Attention(dst, q, kCache, vCache, pos, seq, table, sinks backe
 		return
 	}
 	singles := min(p.Singles, n)
+	if b.invariant && p.HeadDim != flashDim {
+		singles = n // one row a block: no row shares its key tiles with another
+	}
 	defer b.bind()()
 	// rowPtr points at row lo of a tensor of cols 4-byte values a row.
 	rowPtr := func(t *Tensor, lo, cols int) uintptr { return t.ptr + uintptr(lo*cols*4) }
@@ -543,7 +548,7 @@ func (b *Backend) Attention(dst, q, kCache, vCache, pos, seq, table, sinks backe
 	rest := n - singles
 	switch {
 	case rest == 0:
-	case p.HeadDim == flashDim && rest >= flashMinRows:
+	case p.HeadDim == flashDim && (rest >= flashMinRows || b.invariant):
 		// Prompt chunks: one tensor-core kernel, no partial results (attention.cu).
 		b.launch("attn_flash_"+uploadTypes[kc.typ]+"_d64", [3]int{p.Heads, (rest + flashRows - 1) / flashRows, 1}, [3]int{128, 1, 1}, 0,
 			rowPtr(d, singles, qCols), rowPtr(qs, singles, qCols), kc.ptr, vc.ptr, rowPtr(ps, singles, 1), rowPtr(ss, singles, 1),
@@ -568,6 +573,18 @@ func (b *Backend) attnSplitK(dst, q uintptr, kc, vc *Tensor, pos, seq, table, si
 	hgroups := (group + warps - 1) / warps
 	rowBlocks := (n + rowsPer - 1) / rowsPer
 	splits := attnSplits(p, rowBlocks*p.KVHeads*hgroups, b.sms)
+	// A batch-invariant split is a fixed run of keys, so a row's splits do
+	// not depend on the other rows (or the longest sequence); splits past a
+	// row's keys are empty.
+	fixed := 0
+	if b.invariant {
+		fixed = invariantSplitKeys
+		maxKeys := p.MaxBlocks * p.BlockSize
+		if p.Window > 0 {
+			maxKeys = min(maxKeys, p.Window)
+		}
+		splits = (maxKeys + fixed - 1) / fixed
+	}
 	parts := int64(n) * int64(p.Heads) * int64(splits)
 	ws, err := b.scratch("attention", parts*int64(p.HeadDim+2)*4)
 	if err != nil {
@@ -583,9 +600,9 @@ func (b *Backend) attnSplitK(dst, q uintptr, kc, vc *Tensor, pos, seq, table, si
 	}
 	b.launch(fmt.Sprintf("attn_partial_%s_r%d_d%d", uploadTypes[kc.typ], rowsPer, maxDim), [3]int{p.KVHeads * hgroups, rowBlocks, splits},
 		[3]int{32 * warps, 1, 1}, shmem,
-		q, kc.ptr, vc.ptr, pos, seq, table, n, p.Heads, p.KVHeads, p.HeadDim, p.Scale, p.Window, p.BlockSize, p.MaxBlocks, hgroups, pm, pl, pacc)
+		q, kc.ptr, vc.ptr, pos, seq, table, n, p.Heads, p.KVHeads, p.HeadDim, p.Scale, p.Window, p.BlockSize, p.MaxBlocks, hgroups, fixed, pm, pl, pacc)
 	qCols := p.Heads * p.HeadDim
-	if whole != nil && n <= mqTokens && p.HeadDim%32 == 0 {
+	if whole != nil && n <= mqTokens && p.HeadDim%32 == 0 && !b.invariant {
 		// Also quantize the rows for the output projection that follows.
 		if qx, dx, ok := b.mqBuffer("Attention", qCols); ok {
 			b.launch("attn_combine_mq", [3]int{p.Heads, n, 1}, [3]int{p.HeadDim, 1, 1}, 0, dst, pm, pl, pacc, sinks, p.Heads, p.HeadDim, splits, qx, dx)
@@ -595,6 +612,10 @@ func (b *Backend) attnSplitK(dst, q uintptr, kc, vc *Tensor, pos, seq, table, si
 	}
 	b.launch("attn_combine", [3]int{p.Heads, n, 1}, [3]int{p.HeadDim, 1, 1}, 0, dst, pm, pl, pacc, sinks, p.Heads, p.HeadDim, splits)
 }
+
+// invariantSplitKeys is the keys of one split of the split-K attention
+// kernels in batch-invariant mode.
+const invariantSplitKeys = 4096
 
 // attnSplits picks how many parts the keys of each row are split into. It
 // depends only on shapes (never on positions), so recorded graphs stay
@@ -670,10 +691,10 @@ func (b *Backend) MoE(dst, x backend.Tensor, w *backend.MoEWeights, p backend.Mo
 	defer b.bind()()
 	k := p.TopK
 	na := int64(n) * int64(k)
-	grouped := n > 4 && tileTypes[gate.typ] && tileTypes[down.typ]
+	grouped := (n > 4 || b.invariant) && tileTypes[gate.typ] && tileTypes[down.typ]
 	// Decode of Q8_0 or MXFP4 experts runs on the integer tensor cores
 	// (mqvec.cu): x and the SwiGLU output are quantized to two int8 digits.
-	mq := n <= mqTokens && mqTypes[gate.typ] && down.typ == gate.typ && k <= mqDownWarps
+	mq := n <= mqTokens && mqTypes[gate.typ] && down.typ == gate.typ && k <= mqDownWarps && !b.invariant
 	chunksX, chunksH := int64(hidden/32), na*int64(ff/32)
 
 	// Workspace layout, in 4-byte words: logits, ids, weights, then the
@@ -716,7 +737,7 @@ func (b *Backend) MoE(dst, x backend.Tensor, w *backend.MoEWeights, p backend.Mo
 	logits, ids, wts := at(0), at(int64(n)*int64(nExp)), at(int64(n)*int64(nExp)+na)
 	h := at(hOff)
 
-	if n <= mqTokens && router.typ == tensor.F32 {
+	if n <= mqTokens && router.typ == tensor.F32 && !b.invariant {
 		done, err := b.routerTicket()
 		if err != nil {
 			b.fail(fmt.Errorf("%s: %w", op, err))

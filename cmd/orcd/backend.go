@@ -10,15 +10,16 @@ import (
 
 // openBackend returns the backend named by --device: "cpu", "cuda" (GPU
 // number gpu), or "auto", which is cuda when it can be opened and cpu
-// otherwise. Callers log the chosen backend's Name.
-func openBackend(device string, gpu int) (backend.Backend, error) {
+// otherwise. Callers log the chosen backend's Name. The cpu backend's rows
+// never depend on each other; invariant asks the same of cuda.
+func openBackend(device string, gpu int, invariant bool) (backend.Backend, error) {
 	switch device {
 	case "cpu":
 		return cpu.New(), nil
 	case "cuda":
-		return openCUDA(gpu)
+		return openCUDA(gpu, invariant)
 	case "auto":
-		if be, err := openCUDA(gpu); err == nil {
+		if be, err := openCUDA(gpu, invariant); err == nil {
 			return be, nil
 		}
 		return cpu.New(), nil
@@ -27,6 +28,6 @@ func openBackend(device string, gpu int) (backend.Backend, error) {
 }
 
 // openCUDA opens the CUDA backend on GPU gpu. (cuda backend owner's hook)
-func openCUDA(gpu int) (backend.Backend, error) {
-	return cuda.New(cuda.Options{Device: gpu})
+func openCUDA(gpu int, invariant bool) (backend.Backend, error) {
+	return cuda.New(cuda.Options{Device: gpu, BatchInvariant: invariant})
 }

@@ -32,6 +32,7 @@ type modelFlags struct {
 	gpu       int
 	ctxSize   int
 	maxBatch  int
+	invariant bool
 }
 
 // addModelFlags registers the model flags on fs.
@@ -43,6 +44,7 @@ func addModelFlags(fs *flag.FlagSet) *modelFlags {
 	numVar(fs, &mf.gpu, "gpu-device", 0, 0, noMax, "CUDA device number")
 	numVar(fs, &mf.ctxSize, "ctx-size", 4096, 0, noMax, "tokens per sequence (KV cache size); 0 means the model's context length")
 	numVar(fs, &mf.maxBatch, "max-batch", 0, 0, noMax, "most tokens per forward step, decode tokens and prompt chunks together; longer prompts are split (0: 2048 on cuda, 512 on cpu)")
+	fs.BoolVar(&mf.invariant, "batch-invariant", false, "on cuda, compute every sequence's tokens the same whatever else is in the batch (a seeded request gives the same tokens alone or under load; slower, see docs/PERFORMANCE.md); the cpu backend always does")
 	return mf
 }
 
@@ -78,7 +80,7 @@ func loadModel(mf *modelFlags, withTokenizer bool, log *slog.Logger, bar io.Writ
 	}
 	defer f.Close()
 
-	be, err := openBackend(mf.device, mf.gpu)
+	be, err := openBackend(mf.device, mf.gpu, mf.invariant)
 	if err != nil {
 		return nil, err
 	}

@@ -231,7 +231,7 @@ func serve(mf *modelFlags, sf *serveFlags, log *slog.Logger, listening func(addr
 		MaxActive: maxActive, MaxQueue: sf.maxQueue, CtxSize: lm.CtxSize,
 		Timeout:      time.Duration(sf.timeoutSec * float64(time.Second)),
 		PromptPrefix: prefix, Logger: log,
-		KVBlocks: blocks, BlockSize: sf.kvBlockSize, NoPrefixCache: sf.noPrefixCache,
+		KVBlocks: blocks, BlockSize: sf.kvBlockSize, NoPrefixCache: sf.noPrefixCache, BatchInvariant: mf.invariant,
 	})
 	if err != nil {
 		return err

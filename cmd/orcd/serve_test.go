@@ -19,6 +19,9 @@ import (
 	"testing"
 	"time"
 	"unicode/utf8"
+
+	"orcd/backend/cuda"
+	"orcd/tokenizer"
 )
 
 // servedWorker is an `orcd serve` running in this process.
@@ -535,5 +538,58 @@ func TestServeSIGTERMWhileLoading(t *testing.T) {
 	}
 	if _, err := net.Dial("tcp", addr); err == nil {
 		t.Error("still listening after serve returned")
+	}
+}
+
+// TestServeBatchInvariantCUDA runs on the GPU machine: with
+// --batch-invariant, each of 48 seeded streams (prompts longer and shorter
+// than the sliding window, head dim 64 so that prompt chunks take the
+// flash kernel) gives the same tokens alone and among the others. Without
+// the flag it only reports how many differ.
+func TestServeBatchInvariantCUDA(t *testing.T) {
+	if !cuda.Available() {
+		t.Skip("no CUDA driver or device: cuda tests run on the GPU machine")
+	}
+	synthPresets["test-gpt-oss-d64"] = synthPreset{arch: "gpt-oss", vocab: tokenizer.VocabO200kHarmony, layers: 2, hidden: 256,
+		heads: 4, kvHeads: 2, headDim: 64, ff: 256, ctx: 4096, experts: 4, expertsUse: 2, window: 16, ropeBase: 150000}
+	defer delete(synthPresets, "test-gpt-oss-d64")
+	path := synthTemp(t, "test-gpt-oss-d64", 0)
+	const streams = 48
+	body := func(i int) string {
+		return fmt.Sprintf(`{"job_id":"s%d","prompt":"Tale %d: %s","max_tokens":24,"temperature":1,"seed":%d}`,
+			i, i, strings.Repeat("once upon a time ", i%9), 500+i)
+	}
+	for _, invariant := range []bool{true, false} {
+		args := []string{"--model", path, "--device", "cuda", "--ctx-size", "512", "--max-active", "64", "--no-prefix-cache"}
+		if invariant {
+			args = append(args, "--batch-invariant")
+		}
+		w := startServe(t, args...)
+		alone := make([]string, streams)
+		for i := range alone {
+			alone[i] = tokensText(t, executeStream(t, w.uri, body(i), nil))
+		}
+		var mu sync.Mutex
+		differ := 0
+		var wg sync.WaitGroup
+		for i := range streams {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				got := tokensText(t, executeStream(t, w.uri, strings.Replace(body(i), `"s`, `"b`, 1), nil))
+				if got != alone[i] {
+					mu.Lock()
+					differ++
+					mu.Unlock()
+					if invariant {
+						t.Errorf("stream %d: batched %q, alone %q", i, got, alone[i])
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		t.Logf("batch-invariant=%v: %d of %d streams differ between alone and batched", invariant, differ, streams)
+		http.Post(w.uri+"/shutdown", "", nil)
+		w.waitExit(t)
 	}
 }

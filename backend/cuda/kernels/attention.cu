@@ -54,7 +54,7 @@ __device__ __forceinline__ int seg_end(const int* seq, int r, int end) {
 template <typename KT, int R, int PER>
 __device__ void attn_partial_impl(const float* q, const KT* kc, const KT* vc, const int* pos, const int* seq,
                                   const int* table, int n, int heads, int kvheads, int dim, float scale, int window,
-                                  int bs, int maxblocks, int hgroups, float* pm, float* pl, float* pacc) {
+                                  int bs, int maxblocks, int hgroups, int fixed, float* pm, float* pl, float* pacc) {
     extern __shared__ float sm[];
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     int group = heads / kvheads;
@@ -111,7 +111,9 @@ __device__ void attn_partial_impl(const float* q, const KT* kc, const KT* vc, co
                 uhi = max(uhi, rhi[r]);
             }
         int len = uhi - ulo + 1;
-        int chunk = (len + splits - 1) / splits;
+        // A split's share: equal parts of the keys, or (batch-invariant
+        // mode) a fixed number of them.
+        int chunk = fixed > 0 ? fixed : (len + splits - 1) / splits;
         int start = ulo + split * chunk, end = min(uhi + 1, start + chunk);
 
         for (int kb = start; kb < end; kb += 32) {
@@ -207,10 +209,10 @@ __device__ void attn_partial_impl(const float* q, const KT* kc, const KT* vc, co
 #define ATTN_PARTIAL(KT, NAME, R, D)                                                                               \
     extern "C" __global__ void attn_partial_##NAME##_r##R##_d##D(                                                   \
         const float* q, const KT* kc, const KT* vc, const int* pos, const int* seq, const int* table, int n,        \
-        int heads, int kvheads, int dim, float scale, int window, int bs, int maxblocks, int hgroups, float* pm,    \
-        float* pl, float* pacc) {                                                                                   \
+        int heads, int kvheads, int dim, float scale, int window, int bs, int maxblocks, int hgroups, int fixed,    \
+        float* pm, float* pl, float* pacc) {                                                                        \
         attn_partial_impl<KT, R, D / 32>(q, kc, vc, pos, seq, table, n, heads, kvheads, dim, scale, window, bs,     \
-                                         maxblocks, hgroups, pm, pl, pacc);                                         \
+                                         maxblocks, hgroups, fixed, pm, pl, pacc);                                  \
     }
 ATTN_PARTIAL(u16, f16, 1, 64)
 ATTN_PARTIAL(float, f32, 1, 64)
@@ -388,12 +390,14 @@ __device__ void attn_flash_impl(float* dst, const float* q, const KT* kc, const 
         blo = warp_min_i(blo);
         bhi = warp_max_i(bhi);
 
-        for (int kb = blo; kb <= bhi; kb += FA_KEYS) {
+        // Tiles start at multiples of FA_KEYS, whatever rows share the
+        // block, so a row's sums run in the same order in any batch.
+        for (int kb = blo / FA_KEYS * FA_KEYS; kb <= bhi; kb += FA_KEYS) {
             __syncthreads(); // every warp is done with the previous tile
             // K: unit u is 4 dims (u & 15) of key u >> 4, so a warp reads
-            // two whole key rows. Keys past the run's range are zeros
-            // (their cache rows may hold anything, and 0 × NaN would poison
-            // P·V). V, transposed: unit u is keys 2jp, 2jp+1 (jp = u & 31) ×
+            // two whole key rows. Keys outside the run's range are zeros
+            // (their cache rows may hold anything or have no block, and
+            // 0 × NaN would poison P·V). V, transposed: unit u is keys 2jp, 2jp+1 (jp = u & 31) ×
             // 4 dims (u >> 5); it writes one word (the two keys' halves)
             // into each of 4 rows of Vt, and the lanes of a warp write
             // consecutive words. Every load of a thread is issued before its
@@ -403,13 +407,13 @@ __device__ void attn_flash_impl(float* dst, const float* q, const KT* kc, const 
 #pragma unroll
             for (int it = 0; it < KU; it++) {
                 int u = threadIdx.x + it * FA_THREADS, key = kb + (u >> 4);
-                kw[it] = key <= bhi ? kv_load4(kbase, kv_row(tbl, key, bs) * stride + (u & 15) * 4) : make_uint2(0u, 0u);
+                kw[it] = key >= blo && key <= bhi ? kv_load4(kbase, kv_row(tbl, key, bs) * stride + (u & 15) * 4) : make_uint2(0u, 0u);
             }
 #pragma unroll
             for (int it = 0; it < VU; it++) {
                 int u = threadIdx.x + it * FA_THREADS, key = kb + 2 * (u & 31), c = (u >> 5) * 4;
-                va[it] = key <= bhi ? kv_load4(vbase, kv_row(tbl, key, bs) * stride + c) : make_uint2(0u, 0u);
-                vb[it] = key + 1 <= bhi ? kv_load4(vbase, kv_row(tbl, key + 1, bs) * stride + c) : make_uint2(0u, 0u);
+                va[it] = key >= blo && key <= bhi ? kv_load4(vbase, kv_row(tbl, key, bs) * stride + c) : make_uint2(0u, 0u);
+                vb[it] = key + 1 >= blo && key + 1 <= bhi ? kv_load4(vbase, kv_row(tbl, key + 1, bs) * stride + c) : make_uint2(0u, 0u);
             }
 #pragma unroll
             for (int it = 0; it < KU; it++) {
