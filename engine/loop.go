@@ -209,7 +209,7 @@ func (e *Engine) admit(j *Job) bool {
 	hit, tables := m.match(j.hashes, len(j.tokens))
 	need, total := 0, 0
 	for g := range m.groups {
-		want := m.blocksFor(g, len(j.tokens), e.cfg.StepTokens)
+		want := m.blocksFor(g, len(j.tokens), min(len(j.tokens), e.cfg.StepTokens))
 		total += want
 		need += want
 		if tables != nil {
