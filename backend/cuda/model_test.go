@@ -4,6 +4,7 @@ import (
 	"compress/gzip"
 	"encoding/json"
 	"math"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"testing"
@@ -11,6 +12,7 @@ import (
 	"orcd/backend"
 	"orcd/backend/cpu"
 	"orcd/gguf"
+	"orcd/internal/batchtest"
 	"orcd/model"
 )
 
@@ -190,4 +192,54 @@ func TestNoLeaks(t *testing.T) {
 		}
 	}
 	t.Logf("100 requests: device memory steady at %d bytes (%d in tensors)", base, baseTensors)
+}
+
+// TestStepMatchesCPU runs the fixtures' sequences together through Step
+// on cuda (batchtest.Run: prompt chunks and decode steps of several
+// sequences in each step, shuffled and recycled blocks, sequences longer
+// than the sliding windows) and compares every row with the same sequence
+// run alone on the cpu: within 1e-2, and the same greedy token wherever
+// the cpu's top-1/top-2 margin exceeds that.
+func TestStepMatchesCPU(t *testing.T) {
+	p := newPair(t)
+	for _, name := range fixtures {
+		t.Run(name, func(t *testing.T) {
+			gm := loadFixture(t, name, p.gpu, 16)
+			defer gm.Close()
+			cm := loadFixture(t, name, cpu.New(), 16)
+			defer cm.Close()
+			vocab := cm.Config().VocabSize
+			r := rand.New(rand.NewPCG(11, uint64(len(name))))
+			seqs := batchtest.RandomSeqs(r, vocab, 23, 1, 9, 40, 17, 30, 5, 33)
+			want := make([][]float32, len(seqs))
+			for i, s := range seqs {
+				c, err := cm.NewCache(len(s.Tokens))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if want[i], err = cm.Forward(c, s.Tokens, true); err != nil {
+					t.Fatal(err)
+				}
+				c.Free()
+			}
+			var worst float64
+			err := batchtest.Run(gm, seqs, 16, r, func(seq, pos int, got []float32) {
+				w := want[seq][pos*vocab : (pos+1)*vocab]
+				e := maxRelErr(got, w)
+				worst = max(worst, e)
+				tok, margin := top2(w)
+				maxLogit := 0.0
+				for _, v := range w {
+					maxLogit = max(maxLogit, math.Abs(float64(v)))
+				}
+				if g, _ := top2(got); e > modelTolerance || margin > modelTolerance*maxLogit && g != tok {
+					t.Errorf("sequence %d, position %d: relative error %.3g, greedy %d vs cpu %d", seq, pos, e, g, tok)
+				}
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("max relative error %.3g", worst)
+		})
+	}
 }

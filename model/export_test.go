@@ -1,0 +1,10 @@
+package model
+
+// Exports for the model_test package, whose tests use internal/batchtest
+// (which imports this package).
+var (
+	HFFixtures       = hfFixtures
+	LoadFixtureModel = loadFixtureModel
+	RelErr           = relErr
+	Argmax           = argmax
+)
