@@ -28,7 +28,7 @@ func TestDeviceSamplerDistribution(t *testing.T) {
 	defer be.Close()
 	const rows, launches = 1000, 30
 	history := []int32{3, 3, 7, 11, 200, 4000}
-	ties := make([]float32, 3000)
+	ties := make([]float32, 5000)
 	for i := range ties {
 		ties[i] = -5
 	}

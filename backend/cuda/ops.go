@@ -620,18 +620,22 @@ const invariantSplitKeys = 4096
 // attnSplits picks how many parts the keys of each row are split into. It
 // depends only on shapes (never on positions), so recorded graphs stay
 // valid: enough parts that a long cache is spread over the chip, each of at
-// least 1024 keys, and none when the rows alone fill the chip.
+// least attnSplitKeys keys, and fewer when the rows alone fill the chip.
 func attnSplits(p backend.AttentionParams, blocks, sms int) int {
 	maxKeys := p.MaxBlocks * p.BlockSize
 	if p.Window > 0 {
 		maxKeys = min(maxKeys, p.Window)
 	}
-	s := min((maxKeys+1023)/1024, 64)
+	s := min((maxKeys+attnSplitKeys-1)/attnSplitKeys, 64)
 	if blocks*s > 4*sms {
 		s = max(1, 4*sms/blocks)
 	}
 	return max(s, 1)
 }
+
+// attnSplitKeys is the fewest keys worth a split of their own: a block
+// of partial attention costs a few microseconds whatever its length.
+const attnSplitKeys = 256
 
 // MoE computes the gpt-oss mixture of experts; see backend.Backend. Small
 // batches run matrix-vector kernels that read only the selected experts'

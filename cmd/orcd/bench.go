@@ -10,6 +10,9 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"orcd/backend"
+	"orcd/model"
 )
 
 func init() {
@@ -19,12 +22,17 @@ func init() {
 		synopsis: "orcd bench [flags]",
 		details: `Each test runs once untimed, then --reps times: ppN prefills N random
 tokens into an empty cache (its mean time is also the time to first token),
-tgN decodes N tokens one step at a time. The table shows mean ± standard
-deviation of tokens per second.`,
+tgN decodes N tokens one step at a time; tgNxB (with -b) decodes N tokens
+of B sequences at once, each after a prompt of --bp tokens, one step a token
+of every sequence (continuous batching's decode steps; the tokens are drawn
+on the device when the backend can), and reports the tokens of all the
+sequences per second. The table shows mean ± standard deviation of tokens
+per second.`,
 		examples: []string{
 			"orcd bench --model gpt2-124m.gguf --device cpu",
 			"orcd bench --model gpt-oss-20b.gguf -p 512 -n 128 --reps 5 --json",
 			`orcd bench --model gpt2.gguf -p "" -n 64 # decode only`,
+			`orcd bench --model gpt-oss-20b.gguf -p "" -n 64 -b 1,8,64,256 # batched decode`,
 		},
 		setup: setupBench,
 	})
@@ -65,22 +73,31 @@ func setupBench(fs *flag.FlagSet) func(*env) int {
 	prompts := fs.String("p", "512,2048", "comma-separated prompt `LENGTHS` to prefill (empty: none)")
 	gen := numFlag(fs, "n", 128, 0, noMax, "decode steps to time (0: none)")
 	reps := numFlag(fs, "reps", 3, 1, noMax, "timed repetitions of each test, after one untimed warm-up")
+	batches := fs.String("b", "", "comma-separated `COUNTS` of sequences that decode -n tokens together (empty: none)")
+	batchPrompt := numFlag(fs, "bp", 512, 1, noMax, "prompt tokens of each sequence before the batched decode")
 	asJSON := fs.Bool("json", false, "print JSON instead of a markdown table")
 	seed := fs.Uint64("seed", 1, "seed of the random prompt tokens")
 	return func(e *env) int {
-		lengths, err := parseLengths(*prompts)
+		lengths, err := parseLengths("-p", *prompts)
+		if err != nil {
+			return e.usageError("%v", err)
+		}
+		counts, err := parseLengths("-b", *batches)
 		if err != nil {
 			return e.usageError("%v", err)
 		}
 		if len(lengths) == 0 && *gen == 0 {
 			return e.usageError("nothing to measure: -p is empty and -n is 0")
 		}
-		return runBench(e, mf, lf, benchSpec{lengths, *gen, *reps, *seed, *asJSON})
+		if len(counts) > 0 && *gen == 0 {
+			return e.usageError("-b needs decode steps: -n is 0")
+		}
+		return runBench(e, mf, lf, benchSpec{lengths, *gen, *reps, *seed, *asJSON, counts, *batchPrompt})
 	}
 }
 
-// parseLengths parses bench's -p: comma-separated positive token counts.
-func parseLengths(s string) ([]int, error) {
+// parseLengths parses bench's -p or -b: comma-separated positive counts.
+func parseLengths(flag, s string) ([]int, error) {
 	var lengths []int
 	for _, f := range strings.Split(s, ",") {
 		if f = strings.TrimSpace(f); f == "" {
@@ -88,7 +105,7 @@ func parseLengths(s string) ([]int, error) {
 		}
 		v, err := strconv.Atoi(f)
 		if err != nil || v < 1 {
-			return nil, fmt.Errorf("-p %q: %q is not a positive token count", s, f)
+			return nil, fmt.Errorf("%s %q: %q is not a positive count", flag, s, f)
 		}
 		lengths = append(lengths, v)
 	}
@@ -101,6 +118,8 @@ type benchSpec struct {
 	gen, reps int   // decode steps; timed repetitions of each test
 	seed      uint64
 	asJSON    bool
+	batches   []int // sequences of the batched decode tests
+	prompt    int   // their prompt length
 }
 
 // runBench loads the model and runs the tests of spec.
@@ -121,6 +140,9 @@ func runBench(e *env, mf *modelFlags, lf *logFlags, spec benchSpec) int {
 	longest := gen
 	for _, p := range lengths {
 		longest = max(longest, p)
+	}
+	if len(spec.batches) > 0 {
+		longest = max(longest, spec.prompt+gen)
 	}
 	if longest > lm.CtxSize {
 		return fail("a test needs %d tokens but --ctx-size is %d", longest, lm.CtxSize)
@@ -192,6 +214,16 @@ func runBench(e *env, mf *modelFlags, lf *logFlags, spec benchSpec) int {
 		log.Info("bench", "test", r.Test, "tok_per_s", r.TokPerSec)
 		printProfile(lm, r.Test, stderr)
 	}
+	for _, b := range spec.batches {
+		secs, err := batchedDecode(lm.Model, b, spec.prompt, gen, reps, rng)
+		if err != nil {
+			return fail("batched decode of %d sequences: %v", b, err)
+		}
+		r := row(fmt.Sprintf("tg%dx%d", gen, b), gen*b, secs)
+		results = append(results, r)
+		log.Info("bench", "test", r.Test, "tok_per_s", r.TokPerSec)
+		printProfile(lm, r.Test, stderr)
+	}
 	var vram int64
 	if dm, ok := lm.Backend.(deviceMemory); ok {
 		vram = dm.PeakDeviceBytes()
@@ -219,6 +251,99 @@ func runBench(e *env, mf *modelFlags, lf *logFlags, spec benchSpec) int {
 			r.Test, r.TokPerSec, r.TokPerSecSD, ttft, r.LoadSeconds, r.CtxSize, float64(r.VRAMBytes)/(1<<30))
 	}
 	return 0
+}
+
+// batchedDecode prefills b sequences of prompt random tokens and times
+// reps+1 runs (the first untimed) of gen decode steps of all b at once,
+// each step one token of every sequence, drawn greedily on the device when
+// the backend samples there, else read back. Every run restarts at the
+// prompt's end, over the same blocks.
+func batchedDecode(m model.Model, b, prompt, gen, reps int, rng *rand.Rand) ([]float64, error) {
+	cfg := m.Config()
+	const bs = 16
+	perSeq := (prompt + gen + bs - 1) / bs
+	groups := len(m.KVLayout().Groups())
+	kv, err := m.NewKV(b*perSeq*groups, bs)
+	if err != nil {
+		return nil, err
+	}
+	defer kv.Free()
+	tables := make([][][]int32, b)
+	tokens := make([][]int32, b)
+	for s := range b {
+		tables[s] = make([][]int32, groups)
+		for g := range groups {
+			for i := range perSeq {
+				tables[s][g] = append(tables[s][g], int32((s*groups+g)*perSeq+i))
+			}
+		}
+		tokens[s] = make([]int32, prompt+gen)
+		for i := range tokens[s] {
+			tokens[s][i] = int32(rng.IntN(cfg.VocabSize))
+		}
+	}
+	// Prefill, several prompts a step.
+	var batch model.Batch
+	flush := func() error {
+		if len(batch.Chunks) == 0 {
+			return nil
+		}
+		l, err := m.Step(kv, &batch)
+		if err == nil {
+			err = l.Read(nil)
+		}
+		batch.Chunks = batch.Chunks[:0]
+		return err
+	}
+	used := 0
+	for s := range b {
+		for lo := 0; lo < prompt; {
+			n := min(prompt-lo, cfg.MaxBatch-used)
+			batch.Chunks = append(batch.Chunks, model.Chunk{Tokens: tokens[s][lo : lo+n], Pos: lo, Tables: tables[s]})
+			lo, used = lo+n, used+n
+			if used == cfg.MaxBatch {
+				if err := flush(); err != nil {
+					return nil, err
+				}
+				used = 0
+			}
+		}
+	}
+	if err := flush(); err != nil {
+		return nil, err
+	}
+	ids := make([]int32, b)
+	params := make([]backend.SampleParams, b)
+	var logits []float32
+	var secs []float64
+	for rep := 0; rep <= reps; rep++ {
+		t0 := time.Now()
+		for i := range gen {
+			batch.Chunks = batch.Chunks[:0]
+			for s := range b {
+				p := prompt + i
+				batch.Chunks = append(batch.Chunks, model.Chunk{Tokens: tokens[s][p : p+1], Pos: p, Tables: tables[s], Logits: model.LastLogits, Decode: true})
+			}
+			l, err := m.Step(kv, &batch)
+			if err != nil {
+				return nil, err
+			}
+			sampled, err := l.Sample(params, ids)
+			if err == nil && !sampled {
+				if logits == nil {
+					logits = make([]float32, b*cfg.VocabSize)
+				}
+				err = l.Read(logits)
+			}
+			if err != nil {
+				return nil, err
+			}
+		}
+		if rep > 0 {
+			secs = append(secs, time.Since(t0).Seconds())
+		}
+	}
+	return secs, nil
 }
 
 // printProfile writes the backend's per-kernel times of the last test, if

@@ -75,7 +75,7 @@ func setupLoadtest(fs *flag.FlagSet) func(*env) int {
 	numVar(fs, &lf.outputSpread, "output-spread", 0, 0, 0.99, "max_tokens vary uniformly by this fraction either way")
 	numVar(fs, &lf.temperature, "temperature", 1, 0, 2, "sampling temperature")
 	fs.Uint64Var(&lf.seed, "seed", 1, "seed of the prompts, lengths and the requests' sampling seeds")
-	numVar(fs, &lf.warmup, "warmup", 0, 0, noMax, "requests sent (at the same concurrency) before measuring")
+	numVar(fs, &lf.warmup, "warmup", 0, 0, noMax, "requests sent first and left out of the report, so that it measures a server already under load")
 	numVar(fs, &lf.timeout, "timeout-sec", 600, 0.001, maxSeconds, "time limit of one request in seconds")
 	choiceVar(fs, &lf.format, "format", "markdown", []string{"markdown", "json"}, "report format")
 	return func(e *env) int {
@@ -149,6 +149,7 @@ func makeRequests(lf *loadtestFlags, n int, salt uint64) []loadRequest {
 // loadResult is what one request measured.
 type loadResult struct {
 	err          string
+	start, end   time.Time
 	promptTokens int
 	outputTokens int
 	ttft         time.Duration
@@ -187,13 +188,21 @@ func loadtest(ctx context.Context, lf *loadtestFlags, progress io.Writer) (*load
 		}
 		lf.modelName = name
 	}
-	if lf.warmup > 0 {
-		run(ctx, client, lf, makeRequests(lf, lf.warmup, 1), nil)
+	// The warm-up requests go first in the same stream, so the measured
+	// ones start while the server is already loaded, and the measured time
+	// runs from the first measured request's start to the last one's end.
+	reqs := append(makeRequests(lf, lf.warmup, 1), makeRequests(lf, lf.requests, 2)...)
+	results := run(ctx, client, lf, reqs, newLoadProgress(progress, len(reqs)))[lf.warmup:]
+	first, last := results[0].start, results[0].end
+	for _, r := range results {
+		if r.start.Before(first) {
+			first = r.start
+		}
+		if r.end.After(last) {
+			last = r.end
+		}
 	}
-	reqs := makeRequests(lf, lf.requests, 2)
-	start := time.Now()
-	results := run(ctx, client, lf, reqs, newLoadProgress(progress, len(reqs)))
-	return summarize(lf, results, time.Since(start)), nil
+	return summarize(lf, results, last.Sub(first)), nil
 }
 
 // run sends reqs with lf's concurrency (and arrival rate) and returns each
@@ -234,6 +243,8 @@ func run(ctx context.Context, client *http.Client, lf *loadtestFlags, reqs []loa
 
 // send runs one streaming request and measures it.
 func send(ctx context.Context, client *http.Client, lf *loadtestFlags, req loadRequest, i int) (res loadResult) {
+	res.start = time.Now()
+	defer func() { res.end = time.Now() }()
 	var path string
 	var body map[string]any
 	if lf.api == "worker" {

@@ -46,11 +46,12 @@ func startServe(t *testing.T, args ...string) *servedWorker {
 	t.Cleanup(cb.Close)
 	w := &servedWorker{exit: make(chan int, 1)}
 	args = append([]string{"--device", "cpu", "--host", "127.0.0.1", "--port", "0", "--callback-url", cb.URL, "--log-format", "text"}, args...)
-	go func() { w.exit <- runMain(append([]string{"serve"}, args...), nil, io.Discard, io.Discard) }()
+	var log syncBuffer
+	go func() { w.exit <- runMain(append([]string{"serve"}, args...), nil, io.Discard, &log) }()
 	select {
 	case w.callback = <-got:
 	case code := <-w.exit:
-		t.Fatalf("serve exited with %d before the ready callback", code)
+		t.Fatalf("serve exited with %d before the ready callback:\n%s", code, log.String())
 	case <-time.After(60 * time.Second):
 		t.Fatal("no ready callback within 60 s")
 	}
@@ -64,6 +65,25 @@ func startServe(t *testing.T, args ...string) *servedWorker {
 		}
 	})
 	return w
+}
+
+// syncBuffer is a bytes.Buffer that serve's logger and the test may use
+// from different goroutines.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // waitExit returns serve's exit status.
