@@ -185,6 +185,12 @@ __device__ void matmul_impl(float* dst, const float* x, WView w, const float* bi
         }
         __syncthreads();
 
+        // A warp's 16-row subtiles past the block's rows hold nothing (an
+        // expert of a small batch gets a few rows): their products are
+        // skipped. live is the same for the whole warp.
+        bool live[2];
+#pragma unroll
+        for (int mi = 0; mi < 2; mi++) live[mi] = m0 + wm * 32 + mi * 16 < count;
         float tmp[2][4][4];
 #pragma unroll
         for (int i = 0; i < 2; i++)
@@ -217,11 +223,12 @@ __device__ void matmul_impl(float* dst, const float* x, WView w, const float* bi
             }
 #pragma unroll
             for (int mi = 0; mi < 2; mi++)
+                if (live[mi])
 #pragma unroll
-                for (int ni = 0; ni < 4; ni++) {
-                    mma16816(tmp[mi][ni], a[mi][0], a[mi][1], a[mi][2], a[mi][3], b[ni][0], b[ni][1]);
-                    mma16816(tmp[mi][ni], al[mi][0], al[mi][1], al[mi][2], al[mi][3], b[ni][0], b[ni][1]);
-                }
+                    for (int ni = 0; ni < 4; ni++) {
+                        mma16816(tmp[mi][ni], a[mi][0], a[mi][1], a[mi][2], a[mi][3], b[ni][0], b[ni][1]);
+                        mma16816(tmp[mi][ni], al[mi][0], al[mi][1], al[mi][2], al[mi][3], b[ni][0], b[ni][1]);
+                    }
         }
 #pragma unroll
         for (int ni = 0; ni < 4; ni++) {
