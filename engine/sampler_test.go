@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -181,6 +182,19 @@ func TestTopPMatchesFullSort(t *testing.T) {
 		if got := topK(slices.Clone(cands), kk); !slices.Equal(got, want[:kk]) {
 			t.Fatalf("trial %d: top-%d differs from the sorted prefix", trial, kk)
 		}
+	}
+}
+
+// TestSamplerTopKBeyondVocab checks that a top_k larger than the vocabulary
+// keeps every token, even a k for which 2k+256 overflows an int (2^63-127
+// wraps it to 2: the probe that found this panicked with a slice bound).
+func TestSamplerTopKBeyondVocab(t *testing.T) {
+	logits := normalLogits(1000, 5)
+	all := probsOf(t, SamplingParams{Temperature: 1, TopP: 1, RepetitionPenalty: 1}, logits, nil)
+	for _, k := range []int{1000, 1001, math.MaxInt / 2, math.MaxInt/2 + 1, math.MaxInt - 126, math.MaxInt} {
+		p := SamplingParams{Temperature: 1, TopK: k, TopP: 1, RepetitionPenalty: 1}
+		wantProbs(t, fmt.Sprintf("top-k %d", k), probsOf(t, p, logits, nil), all)
+		NewSampler(p, 1).Sample(logits, nil)
 	}
 }
 
