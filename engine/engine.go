@@ -226,9 +226,7 @@ func (e *Engine) Submit(req Request) (*Job, error) {
 	}
 	prompt := req.Tokens
 	if prompt == nil {
-		if text := e.cfg.Tokenizer.Encode(req.Prompt); len(text) > 0 {
-			prompt = append(append([]int32(nil), e.cfg.PromptPrefix...), text...)
-		}
+		prompt = e.EncodePrompt(req.Prompt)
 	}
 	if len(prompt) == 0 {
 		return nil, ErrEmptyPrompt
