@@ -23,22 +23,24 @@ type openAIErrorDetail struct {
 	Code    *string `json:"code"`
 }
 
-func writeOpenAIError(w http.ResponseWriter, status int, typ, code, msg string) {
-	writeJSON(w, status, openAIError{openAIErrorDetail{Message: msg, Type: typ, Code: &code}})
-}
-
 // openAIErrorOf converts a worker API error to OpenAI's shape.
 func openAIErrorOf(e apiError) openAIErrorDetail {
 	typ := "server_error"
 	switch e.status {
-	case http.StatusBadRequest, http.StatusNotFound, http.StatusRequestEntityTooLarge:
+	case http.StatusBadRequest, http.StatusNotFound, http.StatusMethodNotAllowed, http.StatusRequestTimeout,
+		http.StatusRequestEntityTooLarge, http.StatusUnsupportedMediaType:
 		typ = "invalid_request_error"
 	case http.StatusUnauthorized:
 		typ = "authentication_error"
+	case http.StatusForbidden:
+		typ = "permission_error"
 	case http.StatusGatewayTimeout:
 		typ = "timeout"
 	}
 	code := strings.ToLower(e.code)
+	if e.code == codeUnauthorized {
+		code = "invalid_api_key" // OpenAI's code for a missing or wrong key
+	}
 	return openAIErrorDetail{Message: e.message, Type: typ, Code: &code}
 }
 

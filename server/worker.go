@@ -37,8 +37,9 @@ type samplingFields struct {
 	RepetitionPenalty *float64 `json:"repetition_penalty"`
 }
 
-// params validates the fields and fills in defaults; errors name the field.
-func (f samplingFields) params() (engine.SamplingParams, error) {
+// params validates the fields and fills in defaults; errors name the
+// field. vocab bounds top_k (0: no bound).
+func (f samplingFields) params(vocab int) (engine.SamplingParams, error) {
 	p := engine.DefaultSampling
 	check := func(name string, v *float64, lo, hi float64, loOpen bool, dst *float64) error {
 		if v == nil {
@@ -65,8 +66,11 @@ func (f samplingFields) params() (engine.SamplingParams, error) {
 		}
 	}
 	if f.TopK != nil {
-		if *f.TopK < 0 {
+		switch {
+		case *f.TopK < 0:
 			return p, invalid(fmt.Sprintf("top_k: %d is negative", *f.TopK))
+		case vocab > 0 && *f.TopK > vocab:
+			return p, invalid(fmt.Sprintf("top_k: %d is above the vocabulary's %d tokens", *f.TopK, vocab))
 		}
 		p.TopK = *f.TopK
 	}
@@ -85,7 +89,7 @@ func (s *Server) generation(maxTokens *int, f samplingFields, stops []string) (e
 		req.MaxTokens = *maxTokens
 	}
 	var err error
-	if req.Sampling, err = f.params(); err != nil {
+	if req.Sampling, err = f.params(s.cfg.Model.VocabSize); err != nil {
 		return req, err
 	}
 	if len(stops) > maxStops {
@@ -197,8 +201,8 @@ func (s *Server) handleExecute(w http.ResponseWriter, r *http.Request) {
 
 // submit starts a job for one request: unless the server is draining, it
 // decodes the body into body, builds the engine request with build (which
-// reads body) and submits it. If any step fails it answers with reject
-// and returns nil.
+// reads body), tokenizes a text prompt (see tokenize) and submits it. If
+// any step fails it answers with reject and returns nil.
 func (s *Server) submit(w http.ResponseWriter, r *http.Request, endpoint string,
 	reject func(http.ResponseWriter, string, apiError), body any, build func() (engine.Request, error)) *engine.Job {
 	if s.Draining() {
@@ -210,6 +214,14 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request, endpoint string,
 		return nil
 	}
 	req, err := build()
+	if err == nil && req.Tokens == nil {
+		req.Tokens, err = s.tokenize(r.Context(), "prompt", len(req.Prompt), func() ([]int32, error) {
+			return s.cfg.Engine.EncodePrompt(req.Prompt), nil
+		})
+		if err == nil && len(req.Tokens) == 0 {
+			err = engine.ErrEmptyPrompt
+		}
+	}
 	var job *engine.Job
 	if err == nil {
 		job, err = s.cfg.Engine.Submit(req)
