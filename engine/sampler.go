@@ -404,7 +404,7 @@ func (s *Sampler) topKLogits(logits []float32, floor float64, k int) []candidate
 	bound, cut := atLeast(floor), float32(math.Inf(-1))
 	n := 0
 	for i, l := range logits {
-		if l < bound {
+		if !(l >= bound) { // NaN too: softmax over a NaN is NaN everywhere
 			continue
 		}
 		n++

@@ -198,6 +198,33 @@ func TestSamplerTopKBeyondVocab(t *testing.T) {
 	}
 }
 
+// TestSamplerIgnoresNaN: NaN logits (a model's numerical failure) are never
+// drawn, whatever the filters; with top-k a NaN once made every
+// probability NaN and left nothing to draw from.
+func TestSamplerIgnoresNaN(t *testing.T) {
+	logits := make([]float32, 300)
+	for i := range logits {
+		logits[i] = float32(math.Inf(-1))
+	}
+	nan := float32(math.NaN())
+	logits[3], logits[9], logits[20], logits[200] = nan, 2, 1, nan
+	for _, p := range []SamplingParams{
+		{Temperature: 0.7, TopK: 40, TopP: 0.9, MinP: 0.05, RepetitionPenalty: 1.1},
+		{Temperature: 0.7, TopK: 1, TopP: 1, RepetitionPenalty: 1},
+		{Temperature: 1, TopK: 2, TopP: 1, RepetitionPenalty: 1},
+		{Temperature: 1, TopP: 0.5, RepetitionPenalty: 1},
+		{Temperature: 1, TopP: 1, MinP: 0.1, RepetitionPenalty: 1},
+		DefaultSampling,
+	} {
+		s := NewSampler(p, 1)
+		for range 50 {
+			if id := s.Sample(logits, []int32{3, 9}); id != 9 && id != 20 {
+				t.Fatalf("%+v: sampled %d, want 9 or 20", p, id)
+			}
+		}
+	}
+}
+
 func TestSamplingParamsValidate(t *testing.T) {
 	bad := []SamplingParams{
 		{Temperature: -0.1, TopP: 1, RepetitionPenalty: 1},
