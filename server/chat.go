@@ -254,14 +254,7 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 	id := newID("chatcmpl-")
 	var body chatRequest
 	job := s.submit(w, r, endpoint, s.rejectOpenAI, &body, func() (engine.Request, error) {
-		maxTokens := body.MaxTokens
-		if body.MaxCompletionTokens != nil {
-			maxTokens = body.MaxCompletionTokens
-		}
-		req, err := s.request(body.commonFields, maxTokens)
-		if err == nil {
-			err = s.chatPrompt(r.Context(), &body, &req)
-		}
+		req, err := s.chatRequest(r.Context(), &body)
 		req.ID = id
 		return req, err
 	})
@@ -338,6 +331,20 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 		c.Usage = usageOf(job, res)
 		return c
 	}, body.StreamOptions)
+}
+
+// chatRequest checks a /v1/chat/completions body and returns its engine
+// request (without an id), the conversation rendered and tokenized.
+func (s *Server) chatRequest(ctx context.Context, body *chatRequest) (engine.Request, error) {
+	maxTokens := body.MaxTokens
+	if body.MaxCompletionTokens != nil {
+		maxTokens = body.MaxCompletionTokens
+	}
+	req, err := s.request(body.commonFields, maxTokens)
+	if err == nil {
+		err = s.chatPrompt(ctx, body, &req)
+	}
+	return req, err
 }
 
 // chatPrompt renders and tokenizes the conversation into req: harmony for

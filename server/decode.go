@@ -323,10 +323,17 @@ func at(path string) string {
 	return path
 }
 
-// join extends path with an object key; long keys are clipped so that an
-// error message stays short.
+// join extends path with an object key: .key for a plain key, ["key"] for
+// any other (empty, or with spaces, dots, brackets...). Long keys are
+// clipped so that an error message stays short.
 func join(path, key string) string {
-	if path == "" {
+	plain := key != "" && !strings.ContainsFunc(key, func(r rune) bool {
+		return !(r == '_' || r == '-' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9')
+	})
+	switch {
+	case !plain:
+		return fmt.Sprintf("%s[%q]", path, clip(key))
+	case path == "":
 		return clip(key)
 	}
 	return path + "." + clip(key)

@@ -180,6 +180,20 @@ type completionChoice struct {
 
 type completionResponse = openAIResponse[completionChoice]
 
+// completionRequest checks a /v1/completions body and returns its engine
+// request (without an id; the prompt not yet tokenized).
+func (s *Server) completionRequest(body completionRequest) (engine.Request, error) {
+	req, err := s.request(body.commonFields, body.MaxTokens)
+	if err != nil {
+		return req, err
+	}
+	if body.Prompt == nil || len(*body.Prompt) != 1 || (*body.Prompt)[0] == "" {
+		return req, invalid("prompt: must be one non-empty string")
+	}
+	req.Prompt = (*body.Prompt)[0]
+	return req, nil
+}
+
 // handleCompletions serves POST /v1/completions: one string prompt, one
 // choice, streamed as chunks or answered as one object.
 func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
@@ -188,15 +202,9 @@ func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
 	id := newID("cmpl-")
 	var body completionRequest
 	job := s.submit(w, r, endpoint, s.rejectOpenAI, &body, func() (engine.Request, error) {
-		req, err := s.request(body.commonFields, body.MaxTokens)
-		if err != nil {
-			return req, err
-		}
-		if body.Prompt == nil || len(*body.Prompt) != 1 || (*body.Prompt)[0] == "" {
-			return req, invalid("prompt: must be one non-empty string")
-		}
-		req.ID, req.Prompt = id, (*body.Prompt)[0]
-		return req, nil
+		req, err := s.completionRequest(body)
+		req.ID = id
+		return req, err
 	})
 	if job == nil {
 		return
