@@ -53,6 +53,7 @@ type serveFlags struct {
 	maxBodyBytes    int64
 	shutdownTimeout float64
 	logFormat       string
+	limits          *limitFlags
 }
 
 func runServe(args []string, stdout, stderr io.Writer) int {
@@ -74,6 +75,7 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 	fs.Int64Var(&sf.maxBodyBytes, "max-body-bytes", 1<<20, "largest request body")
 	fs.Float64Var(&sf.shutdownTimeout, "shutdown-timeout-sec", 30, "on SIGTERM or POST /shutdown, how long running jobs may finish before they are cancelled")
 	fs.StringVar(&sf.logFormat, "log-format", "json", "log format: json or text")
+	sf.limits = addLimitFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -110,6 +112,9 @@ func (sf *serveFlags) validate(fs *flag.FlagSet) error {
 		return errors.New("--max-body-bytes must be positive")
 	case sf.logFormat != "json" && sf.logFormat != "text":
 		return fmt.Errorf("--log-format %q is not json or text", sf.logFormat)
+	}
+	if err := sf.limits.validate(); err != nil {
+		return err
 	}
 	if sf.workerID == "" {
 		sf.workerID = newUUID()
@@ -152,8 +157,13 @@ func serve(mf *modelFlags, sf *serveFlags, log *slog.Logger, ready func(addr str
 		return err
 	}
 	dev := newBackendDevice(lm.Backend, mf.gpu, log)
+	ln, err := net.Listen("tcp", net.JoinHostPort(sf.host, strconv.Itoa(sf.port)))
+	if err != nil {
+		return err
+	}
+	conns := sf.limits.listener(ln)
 	shutdownRequested := make(chan struct{})
-	srv, err := server.New(server.Config{
+	scfg := server.Config{
 		Engine: eng, Tokenizer: lm.Tokenizer, Device: dev,
 		Model: server.ModelInfo{
 			ID: modelID(sf.modelID, lm.Path), Arch: cfg.Arch, QuantKind: quantKind(lm.Path),
@@ -161,19 +171,16 @@ func serve(mf *modelFlags, sf *serveFlags, log *slog.Logger, ready func(addr str
 		},
 		MaxTokensOut: sf.maxTokensOut, APIKey: sf.apiKey, MaxBodyBytes: sf.maxBodyBytes,
 		OnShutdown: func() { close(shutdownRequested) }, Logger: log,
-	})
+	}
+	sf.limits.apply(&scfg, conns)
+	srv, err := server.New(scfg)
 	if err != nil {
+		conns.Close()
 		return err
 	}
-
-	ln, err := net.Listen("tcp", net.JoinHostPort(sf.host, strconv.Itoa(sf.port)))
-	if err != nil {
-		return err
-	}
-	// No ReadTimeout or WriteTimeout: they would cut off long event streams.
-	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	hs := sf.limits.httpServer(srv.Handler(), log)
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- hs.Serve(ln) }()
+	go func() { serveErr <- hs.Serve(conns) }()
 	addr := ln.Addr().String()
 	uri := advertisedURI(sf, ln.Addr().(*net.TCPAddr))
 	log.Info("listening", "addr", addr, "uri", uri, "worker_id", sf.workerID)

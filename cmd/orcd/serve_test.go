@@ -50,7 +50,7 @@ func startServe(t *testing.T, args ...string) *servedWorker {
 		select {
 		case <-w.exit:
 		default:
-			http.Post(w.uri+"/shutdown", "", nil)
+			http.Post(w.uri+"/shutdown", "application/json", nil)
 			<-w.exit
 		}
 	})
@@ -206,7 +206,32 @@ func TestServeGPT2EndToEnd(t *testing.T) {
 		t.Errorf("chat: %d %+v", resp.StatusCode, chat)
 	}
 
-	resp, err = http.Post(w.uri+"/shutdown", "", nil)
+	// The limits are in place: a prompt longer than the context times the
+	// longest token (128 bytes for gpt2) is refused before tokenizing, and
+	// /metrics counts the open connections.
+	big := strings.Repeat("a", 256*128+1)
+	resp, err = http.Post(w.uri+"/execute", "application/json", strings.NewReader(`{"job_id":"big","prompt":"`+big+`"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(msg), "prompt: 32769 bytes of text cannot fit the context of 256 tokens") {
+		t.Errorf("oversized prompt: %d %s", resp.StatusCode, msg)
+	}
+	resp, err = http.Get(w.uri + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"orcd_open_connections ", "process_open_fds ", "go_goroutines "} {
+		if !strings.Contains(string(msg), want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+
+	resp, err = http.Post(w.uri+"/shutdown", "application/json", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -290,7 +315,10 @@ func TestServeCallbackFailureExits(t *testing.T) {
 	if code == 0 {
 		t.Error("serve exited 0 although the ready callback failed")
 	}
-	if code := runServe([]string{"--port", "70000"}, io.Discard, io.Discard); code != 2 {
-		t.Errorf("bad --port: exit %d, want 2", code)
+	for _, bad := range [][]string{{"--port", "70000"}, {"--max-connections", "-1"}, {"--tokenize-concurrency", "0"},
+		{"--read-timeout-sec", "0"}, {"--admission-timeout-sec", "-1"}, {"--max-header-bytes", "10"}} {
+		if code := runServe(bad, io.Discard, io.Discard); code != 2 {
+			t.Errorf("%v: exit %d, want 2", bad, code)
+		}
 	}
 }
