@@ -699,3 +699,24 @@ func TestMetricsHaveProcessAndGoCollectors(t *testing.T) {
 		}
 	}
 }
+
+// TestPromptRefusedByTokenCount: a prompt within the size bound that
+// tokenizes to more tokens than the context holds (here by one, the
+// prefix) is refused naming the request's field.
+func TestPromptRefusedByTokenCount(t *testing.T) {
+	tok := &countingTokenizer{}
+	bos := enginetest.MustID("<|endoftext|>")
+	ts := newTestServer(t, &enginetest.Model{}, "gpt2", engine.Config{Tokenizer: tok, PromptPrefix: []int32{bos}},
+		func(c *Config) { c.Tokenizer = tok })
+	ctx := ts.engine.CtxSize()
+	e := wantError(t, ts.post(t, "/execute", map[string]any{"job_id": "j", "prompt": strings.Repeat("x", ctx)}), http.StatusBadRequest, "INVALID_REQUEST")
+	if want := fmt.Sprintf("prompt: %d tokens do not fit the context of %d", ctx+1, ctx); e.Message != want {
+		t.Errorf("%q, want %q", e.Message, want)
+	}
+	content := strings.Repeat("x", ctx-len(plainChatPrompt(harmony.Conversation{Messages: []harmony.Message{{Role: "user"}}})))
+	oe := wantOpenAIError(t, ts.post(t, "/v1/chat/completions", map[string]any{"messages": []map[string]string{{"role": "user", "content": content}}}),
+		http.StatusBadRequest, "invalid_request_error", "invalid_request")
+	if want := fmt.Sprintf("messages: %d tokens do not fit the context of %d", ctx+1, ctx); oe.Message != want {
+		t.Errorf("%q, want %q", oe.Message, want)
+	}
+}

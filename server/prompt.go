@@ -40,5 +40,9 @@ func (s *Server) tokenize(ctx context.Context, field string, n int, encode func(
 		}
 	}
 	defer func() { <-s.tokenizers }()
-	return encode()
+	ids, err := encode()
+	if err == nil && len(ids) > s.cfg.Engine.CtxSize() {
+		return nil, invalid(fmt.Sprintf("%s: %d tokens do not fit the context of %d", field, len(ids), s.cfg.Engine.CtxSize()))
+	}
+	return ids, err
 }
