@@ -104,41 +104,21 @@ func (c *checker) value(t reflect.Type, path string) error {
 		if tok != json.Delim('{') {
 			return mismatch(path, "an object", tok)
 		}
-		var fields map[string]reflect.Type
-		if t.Kind() == reflect.Struct {
-			fields = fieldsOf(t)
+		if t.Kind() == reflect.Map {
+			return c.object(path, func(_, at string) error { return c.value(t.Elem(), at) })
 		}
-		seen := map[string]bool{}
-		for c.dec.More() {
-			k, err := c.dec.Token()
-			if err != nil {
-				return describeDecodeError(err)
-			}
-			key := k.(string)
-			at := join(path, key)
-			if seen[key] {
-				return invalid(at + ": duplicate key")
-			}
-			seen[key] = true
-			var ft reflect.Type
-			if fields == nil {
-				ft = t.Elem() // a map's values
-			} else if ft = fields[key]; ft == nil {
+		fields := fieldsOf(t)
+		return c.object(path, func(key, at string) error {
+			if fields[key] == nil {
 				return unknownField(at, key, fields)
 			}
-			if err := c.value(ft, at); err != nil {
-				return err
-			}
-		}
+			return c.value(fields[key], at)
+		})
 	case reflect.Slice, reflect.Array:
 		if tok != json.Delim('[') {
 			return mismatch(path, "an array", tok)
 		}
-		for i := 0; c.dec.More(); i++ {
-			if err := c.value(t.Elem(), fmt.Sprintf("%s[%d]", path, i)); err != nil {
-				return err
-			}
-		}
+		return c.array(path, func(at string) error { return c.value(t.Elem(), at) })
 	case reflect.String:
 		if _, ok := tok.(string); !ok {
 			return mismatch(path, "a string", tok)
@@ -157,8 +137,39 @@ func (c *checker) value(t reflect.Type, path string) error {
 		return number(path, tok, "a number", func(s string) error { _, err := strconv.ParseFloat(s, t.Bits()); return err })
 	case reflect.Interface:
 		return c.anyRest(tok, path)
-	default:
-		return fmt.Errorf("server: cannot check %s: no JSON rule for %s", at(path), t)
+	}
+	return fmt.Errorf("server: cannot check %s: no JSON rule for %s", at(path), t)
+}
+
+// object reads the members of an object whose '{' has been read, up to its
+// '}': no key may repeat, and member checks each value.
+func (c *checker) object(path string, member func(key, at string) error) error {
+	seen := map[string]bool{}
+	for c.dec.More() {
+		k, err := c.dec.Token()
+		if err != nil {
+			return describeDecodeError(err)
+		}
+		key := k.(string)
+		at := join(path, key)
+		if seen[key] {
+			return invalid(at + ": duplicate key")
+		}
+		seen[key] = true
+		if err := member(key, at); err != nil {
+			return err
+		}
+	}
+	return c.closing()
+}
+
+// array reads the elements of an array whose '[' has been read, up to its
+// ']', checking each with elem.
+func (c *checker) array(path string, elem func(at string) error) error {
+	for i := 0; c.dec.More(); i++ {
+		if err := elem(fmt.Sprintf("%s[%d]", path, i)); err != nil {
+			return err
+		}
 	}
 	return c.closing()
 }
@@ -201,32 +212,11 @@ func (c *checker) custom(t reflect.Type, path string) error {
 func (c *checker) anyRest(tok json.Token, path string) error {
 	switch tok {
 	case json.Delim('{'):
-		seen := map[string]bool{}
-		for c.dec.More() {
-			k, err := c.dec.Token()
-			if err != nil {
-				return describeDecodeError(err)
-			}
-			key := k.(string)
-			at := join(path, key)
-			if seen[key] {
-				return invalid(at + ": duplicate key")
-			}
-			seen[key] = true
-			if err := c.anyValue(at); err != nil {
-				return err
-			}
-		}
+		return c.object(path, func(_, at string) error { return c.anyValue(at) })
 	case json.Delim('['):
-		for i := 0; c.dec.More(); i++ {
-			if err := c.anyValue(fmt.Sprintf("%s[%d]", path, i)); err != nil {
-				return err
-			}
-		}
-	default:
-		return nil
+		return c.array(path, c.anyValue)
 	}
-	return c.closing()
+	return nil
 }
 
 func (c *checker) anyValue(path string) error {

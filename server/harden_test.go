@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -718,5 +719,39 @@ func TestPromptRefusedByTokenCount(t *testing.T) {
 		http.StatusBadRequest, "invalid_request_error", "invalid_request")
 	if want := fmt.Sprintf("messages: %d tokens do not fit the context of %d", ctx+1, ctx); oe.Message != want {
 		t.Errorf("%q, want %q", oe.Message, want)
+	}
+}
+
+// TestRequestTypesCheckable walks every request type as decodeStrict does:
+// each field must be of a kind the checker has a rule for, so that no
+// body can reach its "no JSON rule" error.
+func TestRequestTypesCheckable(t *testing.T) {
+	var walk func(path string, typ reflect.Type)
+	walk = func(path string, typ reflect.Type) {
+		for typ.Kind() == reflect.Pointer {
+			typ = typ.Elem()
+		}
+		if reflect.PointerTo(typ).Implements(unmarshalerType) {
+			return
+		}
+		switch typ.Kind() {
+		case reflect.Struct:
+			for key, ft := range fieldsOf(typ) {
+				walk(path+"."+key, ft)
+			}
+		case reflect.Map, reflect.Slice, reflect.Array:
+			walk(path+"[]", typ.Elem())
+		case reflect.String, reflect.Bool, reflect.Int, reflect.Int64, reflect.Uint64, reflect.Float64, reflect.Interface:
+		default:
+			t.Errorf("%s: %s has no rule", path, typ)
+		}
+	}
+	for _, v := range []any{executeRequest{}, cancelRequest{}, completionRequest{}, chatRequest{}} {
+		walk(reflect.TypeOf(v).Name(), reflect.TypeOf(v))
+	}
+	// And the walk sees what encoding/json sees: the promoted fields of the
+	// embedded structs.
+	if got := fieldsOf(reflect.TypeFor[chatRequest]()); got["temperature"] == nil || got["model"] == nil || got["messages"] == nil {
+		t.Errorf("chatRequest keys %v", got)
 	}
 }
