@@ -2,7 +2,6 @@ package server
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -254,7 +253,7 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 	id := newID("chatcmpl-")
 	var body chatRequest
 	job := s.submit(w, r, endpoint, s.rejectOpenAI, &body, func() (engine.Request, error) {
-		req, err := s.chatRequest(r.Context(), &body)
+		req, err := s.chatRequest(&body)
 		req.ID = id
 		return req, err
 	})
@@ -335,21 +334,21 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 
 // chatRequest checks a /v1/chat/completions body and returns its engine
 // request (without an id), the conversation rendered and tokenized.
-func (s *Server) chatRequest(ctx context.Context, body *chatRequest) (engine.Request, error) {
+func (s *Server) chatRequest(body *chatRequest) (engine.Request, error) {
 	maxTokens := body.MaxTokens
 	if body.MaxCompletionTokens != nil {
 		maxTokens = body.MaxCompletionTokens
 	}
 	req, err := s.request(body.commonFields, maxTokens)
 	if err == nil {
-		err = s.chatPrompt(ctx, body, &req)
+		err = s.chatPrompt(body, &req)
 	}
 	return req, err
 }
 
 // chatPrompt renders and tokenizes the conversation into req: harmony for
 // gpt-oss, plain text otherwise.
-func (s *Server) chatPrompt(ctx context.Context, body *chatRequest, req *engine.Request) error {
+func (s *Server) chatPrompt(body *chatRequest, req *engine.Request) error {
 	conv, err := body.conversation(s.cfg.Now())
 	if err != nil {
 		return err
@@ -359,7 +358,7 @@ func (s *Server) chatPrompt(ctx context.Context, body *chatRequest, req *engine.
 			return invalid("tools: this model has no tool-calling format")
 		}
 		text := plainChatPrompt(conv)
-		req.Tokens, err = s.tokenize(ctx, "messages", len(text), func() ([]int32, error) {
+		req.Tokens, err = s.tokenize("messages", len(text), func() ([]int32, error) {
 			return s.cfg.Engine.EncodePrompt(text), nil
 		})
 		req.Stop = append(req.Stop[:len(req.Stop):len(req.Stop)], plainChatStop)
@@ -373,7 +372,7 @@ func (s *Server) chatPrompt(ctx context.Context, body *chatRequest, req *engine.
 	for _, piece := range p {
 		n += len(piece.Text)
 	}
-	req.Tokens, err = s.tokenize(ctx, "messages", n, func() ([]int32, error) { return p.Tokens(s.cfg.Tokenizer) })
+	req.Tokens, err = s.tokenize("messages", n, func() ([]int32, error) { return p.Tokens(s.cfg.Tokenizer) })
 	// Stop strings apply to the content, in harmonyOutput.
 	req.Stop = nil
 	return err

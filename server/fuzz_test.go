@@ -84,16 +84,10 @@ func sample(t *testing.T, req engine.Request) {
 	}
 }
 
-// fuzzContext is a request context with an arrival time, as the Handler
-// makes.
-func fuzzContext() context.Context {
-	return context.WithValue(context.Background(), requestKey{}, requestInfo{"fuzz", time.Now()})
-}
-
 // tokenizeText tokenizes a text prompt as submit does.
 func tokenizeText(t *testing.T, s *Server, req engine.Request) {
 	t.Helper()
-	_, err := s.tokenize(fuzzContext(), "prompt", len(req.Prompt), func() ([]int32, error) {
+	_, err := s.tokenize("prompt", len(req.Prompt), func() ([]int32, error) {
 		return s.cfg.Engine.EncodePrompt(req.Prompt), nil
 	})
 	if err != nil {
@@ -182,7 +176,7 @@ func FuzzChatRequest(f *testing.F) {
 				checkRefusal(t, err)
 				return
 			}
-			req, err := s.chatRequest(fuzzContext(), &b)
+			req, err := s.chatRequest(&b)
 			if err != nil {
 				checkRefusal(t, err)
 				continue

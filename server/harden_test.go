@@ -591,14 +591,15 @@ func TestPromptRefusedBySizeBeforeTokenizing(t *testing.T) {
 	}
 }
 
-// TestTokenizeConcurrency: no more prompts are tokenized at once than the
-// limit; a request that cannot get a tokenizer slot within its admission
-// time gets a retriable QUEUE_FULL.
-func TestTokenizeConcurrency(t *testing.T) {
+// TestAdmissionConcurrency: no more requests are admitted (decoded and
+// tokenized) at once than the limit; a request that cannot get a slot
+// within its admission time gets a retriable QUEUE_FULL; /cancel needs no
+// slot.
+func TestAdmissionConcurrency(t *testing.T) {
 	tok := &countingTokenizer{gate: make(chan struct{})}
 	ts := newTestServer(t, &enginetest.Model{Next: enginetest.TextScript("ok")}, "gpt2",
 		engine.Config{Tokenizer: tok, MaxActive: 8, MaxQueue: 8}, func(c *Config) {
-			c.Tokenizer, c.TokenizeConcurrency, c.AdmissionTimeout = tok, 2, time.Hour
+			c.Tokenizer, c.AdmissionConcurrency, c.AdmissionTimeout = tok, 2, time.Hour
 		})
 	var wg sync.WaitGroup
 	for i := range 6 {
@@ -618,6 +619,12 @@ func TestTokenizeConcurrency(t *testing.T) {
 	if n := tok.running.Load(); n != 2 {
 		t.Errorf("%d prompts tokenizing at once, want 2", n)
 	}
+	resp := ts.post(t, "/cancel", map[string]string{"job_id": "nothing"})
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		t.Errorf("cancel while the admission slots are taken: %d", resp.StatusCode)
+	}
+	wantError(t, ts.post(t, "/cancel", map[string]string{"job_id": strings.Repeat("x", 5000)}), http.StatusRequestEntityTooLarge, "INVALID_REQUEST")
 	for range 6 {
 		tok.gate <- struct{}{}
 	}
@@ -629,7 +636,7 @@ func TestTokenizeConcurrency(t *testing.T) {
 	tok = &countingTokenizer{gate: make(chan struct{})}
 	ts = newTestServer(t, &enginetest.Model{Next: enginetest.TextScript("ok")}, "gpt2",
 		engine.Config{Tokenizer: tok, MaxActive: 2}, func(c *Config) {
-			c.Tokenizer, c.TokenizeConcurrency, c.AdmissionTimeout = tok, 1, 100*time.Millisecond
+			c.Tokenizer, c.AdmissionConcurrency, c.AdmissionTimeout = tok, 1, 100*time.Millisecond
 		})
 	first := make(chan *http.Response)
 	go func() {
@@ -640,11 +647,11 @@ func TestTokenizeConcurrency(t *testing.T) {
 	}
 	wantOpenAIError(t, ts.post(t, "/v1/completions", map[string]any{"prompt": "hi"}), http.StatusServiceUnavailable, "server_error", "queue_full")
 	e := wantError(t, ts.post(t, "/execute", map[string]any{"job_id": "second", "prompt": "hi"}), http.StatusServiceUnavailable, "QUEUE_FULL")
-	if !e.Retriable || !strings.Contains(e.Message, "tokenizing") {
+	if !e.Retriable || !strings.Contains(e.Message, "busy admitting") {
 		t.Errorf("admission timeout: %+v", e)
 	}
 	tok.gate <- struct{}{}
-	resp := <-first
+	resp = <-first
 	if x := checkExecution(t, newSSEReader(t, resp).all(t)); x.end == nil {
 		t.Errorf("first request: %+v", x.err)
 	}

@@ -73,13 +73,13 @@ type Config struct {
 	// ReadHeaderTimeout bounds the headers.
 	BodyReadTimeout time.Duration
 	// AdmissionTimeout bounds the time from a request's arrival to its
-	// entry in the engine's queue: reading the body and waiting for a
-	// tokenizer slot (default 30 s). Past it the request gets a retriable
+	// entry in the engine's queue: reading the body and waiting for an
+	// admission slot (default 30 s). Past it the request gets a retriable
 	// 503 QUEUE_FULL.
 	AdmissionTimeout time.Duration
-	// TokenizeConcurrency is the number of prompts tokenized at once
-	// (default 2).
-	TokenizeConcurrency int
+	// AdmissionConcurrency is the number of generation requests decoded,
+	// checked, rendered and tokenized at once (default 2); see admit.
+	AdmissionConcurrency int
 	// AllowedOrigins are the browser origins ("https://app.example") whose
 	// requests are served, with CORS headers; "*" allows any. A request
 	// with another Origin header gets 403. Empty: no browser origin.
@@ -110,8 +110,9 @@ type Server struct {
 	// maxPromptBytes is the most prompt text that can fit the context
 	// (0: unknown, no check); see tokenize.
 	maxPromptBytes int
-	// tokenizers holds one token per prompt being tokenized.
-	tokenizers chan struct{}
+	// admitting holds one token per request in admission (see
+	// admissionSlot).
+	admitting chan struct{}
 }
 
 // New returns a server for cfg.
@@ -132,8 +133,8 @@ func New(cfg Config) (*Server, error) {
 	if cfg.AdmissionTimeout <= 0 {
 		cfg.AdmissionTimeout = 30 * time.Second
 	}
-	if cfg.TokenizeConcurrency <= 0 {
-		cfg.TokenizeConcurrency = 2
+	if cfg.AdmissionConcurrency <= 0 {
+		cfg.AdmissionConcurrency = 2
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -143,7 +144,7 @@ func New(cfg Config) (*Server, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{cfg: cfg, log: log, started: cfg.Now(), mux: http.NewServeMux(), routes: map[string][]string{},
-		tokenizers: make(chan struct{}, cfg.TokenizeConcurrency)}
+		admitting: make(chan struct{}, cfg.AdmissionConcurrency)}
 	if cfg.Model.Arch == "gpt-oss" {
 		s.specials = map[int32]string{}
 		for _, name := range harmony.SpecialTokens {

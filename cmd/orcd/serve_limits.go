@@ -18,7 +18,7 @@ import (
 type limitFlags struct {
 	maxConns, maxConnsPerIP int
 	maxHeaderBytes          int
-	tokenizeConcurrency     int
+	admissionConcurrency    int
 	readTimeout             float64
 	idleTimeout             float64
 	admissionTimeout        float64
@@ -32,8 +32,8 @@ func addLimitFlags(fs *flag.FlagSet) *limitFlags {
 	fs.IntVar(&lf.maxHeaderBytes, "max-header-bytes", 64<<10, "largest request header block")
 	fs.Float64Var(&lf.readTimeout, "read-timeout-sec", 10, "time a client has to send a request's headers, and again its body; then 408")
 	fs.Float64Var(&lf.idleTimeout, "idle-timeout-sec", 120, "how long an idle keep-alive connection stays open")
-	fs.Float64Var(&lf.admissionTimeout, "admission-timeout-sec", 30, "most time from a request's arrival until it is queued (body read, wait to tokenize); then 503 QUEUE_FULL")
-	fs.IntVar(&lf.tokenizeConcurrency, "tokenize-concurrency", 2, "prompts tokenized at once; the others wait (within --admission-timeout-sec)")
+	fs.Float64Var(&lf.admissionTimeout, "admission-timeout-sec", 30, "most time from a request's arrival until it is queued (body read, wait for an admission slot); then 503 QUEUE_FULL")
+	fs.IntVar(&lf.admissionConcurrency, "admission-concurrency", 2, "generation requests decoded, checked and tokenized at once; the others wait, their bodies read, within --admission-timeout-sec")
 	fs.StringVar(&lf.allowedOrigins, "allowed-origins", "", "comma-separated browser origins (https://host[:port]) allowed to call the API, or *; requests with another Origin header get 403")
 	return lf
 }
@@ -44,8 +44,8 @@ func (lf *limitFlags) validate() error {
 		return errors.New("--max-connections and --max-connections-per-ip must not be negative")
 	case lf.maxHeaderBytes < 1024:
 		return errors.New("--max-header-bytes must be at least 1024")
-	case lf.tokenizeConcurrency < 1:
-		return errors.New("--tokenize-concurrency must be at least 1")
+	case lf.admissionConcurrency < 1:
+		return errors.New("--admission-concurrency must be at least 1")
 	case !(lf.readTimeout > 0 && lf.idleTimeout > 0 && lf.admissionTimeout > 0):
 		return errors.New("--read-timeout-sec, --idle-timeout-sec and --admission-timeout-sec must be positive")
 	}
@@ -58,7 +58,7 @@ func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Se
 func (lf *limitFlags) apply(cfg *server.Config, conns *server.ConnLimiter) {
 	cfg.BodyReadTimeout = seconds(lf.readTimeout)
 	cfg.AdmissionTimeout = seconds(lf.admissionTimeout)
-	cfg.TokenizeConcurrency = lf.tokenizeConcurrency
+	cfg.AdmissionConcurrency = lf.admissionConcurrency
 	cfg.Connections = conns
 	for o := range strings.SplitSeq(lf.allowedOrigins, ",") {
 		if o = strings.TrimSuffix(strings.TrimSpace(o), "/"); o != "" {

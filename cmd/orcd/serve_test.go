@@ -315,7 +315,7 @@ func TestServeCallbackFailureExits(t *testing.T) {
 	if code == 0 {
 		t.Error("serve exited 0 although the ready callback failed")
 	}
-	for _, bad := range [][]string{{"--port", "70000"}, {"--max-connections", "-1"}, {"--tokenize-concurrency", "0"},
+	for _, bad := range [][]string{{"--port", "70000"}, {"--max-connections", "-1"}, {"--admission-concurrency", "0"},
 		{"--read-timeout-sec", "0"}, {"--admission-timeout-sec", "-1"}, {"--max-header-bytes", "10"}} {
 		if code := runServe(bad, io.Discard, io.Discard); code != 2 {
 			t.Errorf("%v: exit %d, want 2", bad, code)
