@@ -78,7 +78,8 @@ type Config struct {
 	// 503 QUEUE_FULL.
 	AdmissionTimeout time.Duration
 	// AdmissionConcurrency is the number of generation requests decoded,
-	// checked, rendered and tokenized at once (default 2); see admit.
+	// checked, rendered and tokenized at once (default 1); see
+	// admissionSlot.
 	AdmissionConcurrency int
 	// AllowedOrigins are the browser origins ("https://app.example") whose
 	// requests are served, with CORS headers; "*" allows any. A request
@@ -134,7 +135,10 @@ func New(cfg Config) (*Server, error) {
 		cfg.AdmissionTimeout = 30 * time.Second
 	}
 	if cfg.AdmissionConcurrency <= 0 {
-		cfg.AdmissionConcurrency = 2
+		// One slot keeps 16 maximal prompts under 220 MB with the default
+		// model (docs/RELIABILITY.md); a normal prompt is admitted in
+		// about a millisecond.
+		cfg.AdmissionConcurrency = 1
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now

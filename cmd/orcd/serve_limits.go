@@ -33,7 +33,7 @@ func addLimitFlags(fs *flag.FlagSet) *limitFlags {
 	fs.Float64Var(&lf.readTimeout, "read-timeout-sec", 10, "time a client has to send a request's headers, and again its body; then 408")
 	fs.Float64Var(&lf.idleTimeout, "idle-timeout-sec", 120, "how long an idle keep-alive connection stays open")
 	fs.Float64Var(&lf.admissionTimeout, "admission-timeout-sec", 30, "most time from a request's arrival until it is queued (body read, wait for an admission slot); then 503 QUEUE_FULL")
-	fs.IntVar(&lf.admissionConcurrency, "admission-concurrency", 2, "generation requests decoded, checked and tokenized at once; the others wait, their bodies read, within --admission-timeout-sec")
+	fs.IntVar(&lf.admissionConcurrency, "admission-concurrency", 1, "generation requests decoded, checked and tokenized at once; the others wait, their bodies read, within --admission-timeout-sec")
 	fs.StringVar(&lf.allowedOrigins, "allowed-origins", "", "comma-separated browser origins (https://host[:port]) allowed to call the API, or *; requests with another Origin header get 403")
 	return lf
 }
