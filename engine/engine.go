@@ -66,6 +66,9 @@ var (
 	ErrEmptyPrompt  = errors.New("engine: prompt has no tokens")
 	ErrPromptLength = errors.New("engine: prompt does not fit the context")
 	ErrCacheAlloc   = errors.New("engine: cannot allocate the KV cache")
+	// ErrPanic ends the jobs of a step in which the model or the sampler
+	// panicked; the loop recovers and goes on with the other jobs.
+	ErrPanic = errors.New("engine: internal error (panic) in a model step")
 )
 
 // Causes of a job's cancellation besides Engine.Cancel and the caller's
@@ -397,9 +400,7 @@ func (e *Engine) Submit(req Request) (*Job, error) {
 	}
 	prompt := req.Tokens
 	if prompt == nil {
-		if text := e.cfg.Tokenizer.Encode(req.Prompt); len(text) > 0 {
-			prompt = append(append([]int32(nil), e.cfg.PromptPrefix...), text...)
-		}
+		prompt = e.EncodePrompt(req.Prompt)
 	}
 	if len(prompt) == 0 {
 		return nil, ErrEmptyPrompt

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"fmt"
+	"runtime/debug"
 	"slices"
 	"time"
 
@@ -275,11 +276,7 @@ func (e *Engine) releaseBlocks(j *Job) {
 // device when the backend can, else from the logits read back.
 func (e *Engine) step(batch *model.Batch, jobs []*Job) {
 	start := time.Now()
-	logits, err := e.cfg.Model.Step(e.kv, batch)
-	var ids []int32
-	if err == nil {
-		ids, err = e.sample(logits, batch, jobs)
-	}
+	ids, err := e.forward(batch, jobs)
 	if err != nil {
 		e.log.Error("step failed", "sequences", len(jobs), "error", err)
 		for _, j := range jobs {
@@ -308,6 +305,23 @@ func (e *Engine) step(batch *model.Batch, jobs []*Job) {
 	if observe != nil {
 		observe(StepInfo{Tokens: tokens, Sequences: len(jobs), Duration: time.Since(start)})
 	}
+}
+
+// forward runs the model on the batch and samples, turning a panic into
+// ErrPanic (its stack logged) so that one bad step ends its own jobs, not
+// the process.
+func (e *Engine) forward(batch *model.Batch, jobs []*Job) (ids []int32, err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			e.log.Error("model step panicked", "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+			ids, err = nil, fmt.Errorf("%w: %v", ErrPanic, v)
+		}
+	}()
+	logits, err := e.cfg.Model.Step(e.kv, batch)
+	if err != nil {
+		return nil, err
+	}
+	return e.sample(logits, batch, jobs)
 }
 
 // sample draws the next token of every chunk that asked for logits, in

@@ -396,12 +396,15 @@ func (s *Sampler) drawAll(logits []float32, maxLogit float64) int32 {
 // keeps the best k and the k-th logit becomes the cut, so after the first
 // few hundred tokens almost every token costs one comparison.
 func (s *Sampler) topKLogits(logits []float32, floor float64, k int) []candidate {
+	// A k beyond the vocabulary keeps everything; clamping it also keeps
+	// 2k+256 from overflowing for a k near the largest int.
+	k = min(k, len(logits))
 	invT := 1 / s.params.Temperature
 	cands := s.cands[:0]
 	bound, cut := atLeast(floor), float32(math.Inf(-1))
 	n := 0
 	for i, l := range logits {
-		if l < bound {
+		if !(l >= bound) { // NaN too: softmax over a NaN is NaN everywhere
 			continue
 		}
 		n++

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -180,6 +181,46 @@ func TestTopPMatchesFullSort(t *testing.T) {
 		kk := 1 + rng.IntN(n)
 		if got := topK(slices.Clone(cands), kk); !slices.Equal(got, want[:kk]) {
 			t.Fatalf("trial %d: top-%d differs from the sorted prefix", trial, kk)
+		}
+	}
+}
+
+// TestSamplerTopKBeyondVocab checks that a top_k larger than the vocabulary
+// keeps every token, even a k for which 2k+256 overflows an int (2^63-127
+// wraps it to 2: the probe that found this panicked with a slice bound).
+func TestSamplerTopKBeyondVocab(t *testing.T) {
+	logits := normalLogits(1000, 5)
+	all := probsOf(t, SamplingParams{Temperature: 1, TopP: 1, RepetitionPenalty: 1}, logits, nil)
+	for _, k := range []int{1000, 1001, math.MaxInt / 2, math.MaxInt/2 + 1, math.MaxInt - 126, math.MaxInt} {
+		p := SamplingParams{Temperature: 1, TopK: k, TopP: 1, RepetitionPenalty: 1}
+		wantProbs(t, fmt.Sprintf("top-k %d", k), probsOf(t, p, logits, nil), all)
+		NewSampler(p, 1).Sample(logits, nil)
+	}
+}
+
+// TestSamplerIgnoresNaN: NaN logits (a model's numerical failure) are never
+// drawn, whatever the filters; with top-k a NaN once made every
+// probability NaN and left nothing to draw from.
+func TestSamplerIgnoresNaN(t *testing.T) {
+	logits := make([]float32, 300)
+	for i := range logits {
+		logits[i] = float32(math.Inf(-1))
+	}
+	nan := float32(math.NaN())
+	logits[3], logits[9], logits[20], logits[200] = nan, 2, 1, nan
+	for _, p := range []SamplingParams{
+		{Temperature: 0.7, TopK: 40, TopP: 0.9, MinP: 0.05, RepetitionPenalty: 1.1},
+		{Temperature: 0.7, TopK: 1, TopP: 1, RepetitionPenalty: 1},
+		{Temperature: 1, TopK: 2, TopP: 1, RepetitionPenalty: 1},
+		{Temperature: 1, TopP: 0.5, RepetitionPenalty: 1},
+		{Temperature: 1, TopP: 1, MinP: 0.1, RepetitionPenalty: 1},
+		DefaultSampling,
+	} {
+		s := NewSampler(p, 1)
+		for range 50 {
+			if id := s.Sample(logits, []int32{3, 9}); id != 9 && id != 20 {
+				t.Fatalf("%+v: sampled %d, want 9 or 20", p, id)
+			}
 		}
 	}
 }

@@ -130,20 +130,13 @@ func Render(c Conversation) (Prompt, error) {
 		return nil, fmt.Errorf("harmony: reasoning effort %q is not low, medium or high", effort)
 	}
 	var p Prompt
-	msg := func(header, content, end string) {
-		p = append(p, Piece{Special: TokenStart})
-		// A header is the role, then optionally <|channel|> and the channel
-		// (with recipient), then optionally <|constrain|> and a type.
-		role, rest, _ := strings.Cut(header, TokenChannel)
-		p = append(p, Piece{Text: role})
-		if rest != "" {
-			channel, ctype, hasType := strings.Cut(rest, TokenConstrain)
-			p = append(p, Piece{Special: TokenChannel}, Piece{Text: channel})
-			if hasType {
-				p = append(p, Piece{Special: TokenConstrain}, Piece{Text: ctype})
+	var err error
+	msg := func(h header, content, end string) {
+		if err == nil {
+			if p, err = h.render(p); err == nil {
+				p = append(p, Piece{Special: TokenMessage}, Piece{Text: content}, Piece{Special: end})
 			}
 		}
-		p = append(p, Piece{Special: TokenMessage}, Piece{Text: content}, Piece{Special: end})
 	}
 
 	system := identity + "\nKnowledge cutoff: " + knowledgeCutoff +
@@ -153,7 +146,7 @@ func Render(c Conversation) (Prompt, error) {
 	if len(c.Tools) > 0 {
 		system += "\nCalls to these tools must go to the commentary channel: 'functions'."
 	}
-	msg("system", system, TokenEnd)
+	msg(header{role: "system"}, system, TokenEnd)
 
 	var dev []string
 	if c.Instructions != "" {
@@ -167,35 +160,107 @@ func Render(c Conversation) (Prompt, error) {
 		dev = append(dev, "# Tools\n\n## functions\n\n"+ns)
 	}
 	if len(dev) > 0 {
-		msg("developer", strings.Join(dev, "\n\n"), TokenEnd)
+		msg(header{role: "developer"}, strings.Join(dev, "\n\n"), TokenEnd)
 	}
 
 	for i, m := range c.Messages {
 		switch m.Role {
 		case "user":
-			msg("user", m.Content, TokenEnd)
+			msg(header{role: "user"}, m.Content, TokenEnd)
 		case "assistant":
 			if len(m.ToolCalls) > 0 && m.Reasoning != "" {
-				msg("assistant"+TokenChannel+"analysis", m.Reasoning, TokenEnd)
+				msg(header{role: "assistant", channel: "analysis"}, m.Reasoning, TokenEnd)
 			}
 			if m.Content != "" || len(m.ToolCalls) == 0 {
 				channel := "final"
 				if len(m.ToolCalls) > 0 {
 					channel = "commentary" // a preamble to the calls
 				}
-				msg("assistant"+TokenChannel+channel, m.Content, TokenEnd)
+				msg(header{role: "assistant", channel: channel}, m.Content, TokenEnd)
 			}
 			for _, tc := range m.ToolCalls {
-				msg("assistant"+TokenChannel+"commentary to=functions."+tc.Name+" "+TokenConstrain+"json", tc.Arguments, TokenCall)
+				msg(header{role: "assistant", channel: "commentary", recipient: "functions." + tc.Name, contentType: "json"}, tc.Arguments, TokenCall)
 			}
 		case "tool":
 			if m.ToolName == "" {
 				return nil, fmt.Errorf("harmony: message %d: tool message without a function name", i)
 			}
-			msg("functions."+m.ToolName+" to=assistant"+TokenChannel+"commentary", m.Content, TokenEnd)
+			msg(header{role: "functions." + m.ToolName, recipientInRole: true, recipient: "assistant", channel: "commentary"}, m.Content, TokenEnd)
 		default:
 			return nil, fmt.Errorf("harmony: message %d: role %q is not user, assistant or tool", i, m.Role)
 		}
+		if err != nil {
+			return nil, fmt.Errorf("harmony: message %d: %w", i, err)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("harmony: %w", err)
 	}
 	return append(p, Piece{Special: TokenStart}, Piece{Text: "assistant"}), nil
+}
+
+// header is the part of a message between <|start|> and <|message|>: the
+// role, then optionally <|channel|> and the channel, the recipient
+// (" to=..." after the channel, or after the role in a tool's answer), and
+// <|constrain|> and the content type.
+type header struct {
+	role, channel, recipient, contentType string
+	recipientInRole                       bool
+}
+
+// render appends the header's pieces to p. Each field must be a dotted
+// name (see CheckName): names from a request cannot end the header early,
+// add a special token or another " to=" to it.
+func (h header) render(p Prompt) (Prompt, error) {
+	for _, f := range []struct{ what, value string }{
+		{"role", h.role}, {"channel", h.channel}, {"recipient", h.recipient}, {"content type", h.contentType},
+	} {
+		if f.value == "" && f.what != "role" {
+			continue
+		}
+		for part := range strings.SplitSeq(f.value, ".") {
+			if err := CheckName(part); err != nil {
+				return nil, fmt.Errorf("%s %q: %w", f.what, f.value, err)
+			}
+		}
+	}
+	role := h.role
+	if h.recipient != "" && h.recipientInRole {
+		role += " to=" + h.recipient
+	}
+	p = append(p, Piece{Special: TokenStart}, Piece{Text: role})
+	if h.channel == "" {
+		return p, nil
+	}
+	channel := h.channel
+	if h.recipient != "" && !h.recipientInRole {
+		channel += " to=" + h.recipient
+	}
+	if h.contentType == "" {
+		return append(p, Piece{Special: TokenChannel}, Piece{Text: channel}), nil
+	}
+	return append(p, Piece{Special: TokenChannel}, Piece{Text: channel + " "}, Piece{Special: TokenConstrain}, Piece{Text: h.contentType}), nil
+}
+
+// maxName is the longest name CheckName accepts, OpenAI's limit for
+// function names.
+const maxName = 64
+
+// CheckName checks a name that goes into a message header or the tools
+// namespace: a function name, a namespace, a channel, a content type. It
+// must be 1 to 64 ASCII letters, digits, '_' or '-', so that it can hold no
+// special token, space, '=' or '.' that would change the header's structure.
+// Every such string of a request passes this one check.
+func CheckName(name string) error {
+	for _, sp := range SpecialTokens {
+		if strings.Contains(name, sp) {
+			return fmt.Errorf("contains the harmony control token %s; a name must be 1-%d letters, digits, '_' or '-'", sp, maxName)
+		}
+	}
+	if name == "" || len(name) > maxName || strings.ContainsFunc(name, func(r rune) bool {
+		return !(r == '_' || r == '-' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9')
+	}) {
+		return fmt.Errorf("a name must be 1-%d letters, digits, '_' or '-'", maxName)
+	}
+	return nil
 }

@@ -15,8 +15,8 @@ func renderTools(tools []Tool) (string, error) {
 	var b strings.Builder
 	b.WriteString("namespace functions {\n\n")
 	for _, t := range tools {
-		if !validToolName(t.Name) {
-			return "", fmt.Errorf("harmony: tool name %q must be 1-64 letters, digits, '_' or '-'", t.Name)
+		if err := CheckName(t.Name); err != nil {
+			return "", fmt.Errorf("harmony: tool name %q: %w", t.Name, err)
 		}
 		writeComment(&b, t.Description)
 		var schema *jsonNode
@@ -34,18 +34,6 @@ func renderTools(tools []Tool) (string, error) {
 	}
 	b.WriteString("} // namespace functions")
 	return b.String(), nil
-}
-
-func validToolName(name string) bool {
-	if name == "" || len(name) > 64 {
-		return false
-	}
-	for _, r := range name {
-		if !(r == '_' || r == '-' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9') {
-			return false
-		}
-	}
-	return true
 }
 
 // writeComment writes text as // lines, one per line of text.

@@ -1,37 +1,22 @@
 package server
 
 import (
-	"bytes"
 	"encoding/json"
 	"io"
 	"log/slog"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 
 	"orcd/engine"
 	"orcd/engine/enginetest"
+	"orcd/internal/testutil"
 )
 
-// syncBuffer is a bytes.Buffer safe for the server's goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-// lines returns the JSON log lines written so far.
-func (b *syncBuffer) lines(t *testing.T) []map[string]any {
-	b.mu.Lock()
-	defer b.mu.Unlock()
+// logLines returns the JSON log lines written to b so far.
+func logLines(t *testing.T, b *testutil.SyncBuffer) []map[string]any {
 	var out []map[string]any
-	for _, l := range strings.Split(strings.TrimSpace(b.buf.String()), "\n") {
+	for _, l := range strings.Split(strings.TrimSpace(b.String()), "\n") {
 		var m map[string]any
 		if err := json.Unmarshal([]byte(l), &m); err != nil {
 			t.Fatalf("log line %q: %v", l, err)
@@ -44,13 +29,16 @@ func (b *syncBuffer) lines(t *testing.T) []map[string]any {
 // The access log line of a failed request carries the error's code and
 // message, as the client got them; successful health checks are debug.
 func TestAccessLogCarriesErrors(t *testing.T) {
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	ts := newTestServer(t, &enginetest.Model{}, "gpt2", engine.Config{}, func(c *Config) {
 		c.Logger = slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 		c.APIKey = "k"
 	})
 	do := func(method, path, body string, auth bool) (int, string) {
 		req, _ := http.NewRequest(method, ts.url+path, strings.NewReader(body))
+		if method == "POST" {
+			req.Header.Set("Content-Type", "application/json")
+		}
 		if auth {
 			req.Header.Set("Authorization", "Bearer k")
 		}
@@ -74,7 +62,7 @@ func TestAccessLogCarriesErrors(t *testing.T) {
 		{"POST", "/execute", `{"job_id":"a","prompt":"hi","temperature":3}`, true, want{400, "INFO", "INVALID_REQUEST"}},
 		{"POST", "/execute", `{}`, false, want{401, "INFO", "UNAUTHORIZED"}},
 		{"POST", "/v1/completions", `{"model":"other","prompt":"hi"}`, true, want{404, "INFO", "not_found"}},
-		{"GET", "/nope", ``, true, want{404, "INFO", ""}},
+		{"GET", "/nope", ``, true, want{404, "INFO", "NOT_FOUND"}},
 		{"GET", "/health", ``, false, want{200, "DEBUG", ""}},
 	}
 	var bodies []string
@@ -86,7 +74,7 @@ func TestAccessLogCarriesErrors(t *testing.T) {
 		bodies = append(bodies, body)
 	}
 	var access []map[string]any
-	for _, l := range logs.lines(t) {
+	for _, l := range logLines(t, &logs) {
 		if l["msg"] == "http request" {
 			access = append(access, l)
 		}

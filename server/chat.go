@@ -102,8 +102,11 @@ func (body *chatRequest) conversation(now time.Time) (harmony.Conversation, erro
 		case "assistant":
 			hm := harmony.Message{Role: "assistant", Content: text, Reasoning: m.ReasoningContent}
 			for j, tc := range m.ToolCalls {
-				if tc.Function.Name == "" {
-					return conv, invalid(fmt.Sprintf("messages[%d].tool_calls[%d].function.name: required", i, j))
+				if err := checkName(fmt.Sprintf("messages[%d].tool_calls[%d].function.name", i, j), tc.Function.Name); err != nil {
+					return conv, err
+				}
+				if tc.Index != nil && *tc.Index < 0 {
+					return conv, invalid(fmt.Sprintf("messages[%d].tool_calls[%d].index: %d is negative", i, j, *tc.Index))
 				}
 				hm.ToolCalls = append(hm.ToolCalls, harmony.ToolCall{Name: tc.Function.Name, Arguments: tc.Function.Arguments})
 				toolNames[tc.ID] = tc.Function.Name
@@ -111,11 +114,14 @@ func (body *chatRequest) conversation(now time.Time) (harmony.Conversation, erro
 			conv.Messages = append(conv.Messages, hm)
 		case "tool":
 			name := toolNames[m.ToolCallID]
-			if name == "" {
+			if name == "" && m.Name != "" {
+				if err := checkName(fmt.Sprintf("messages[%d].name", i), m.Name); err != nil {
+					return conv, err
+				}
 				name = m.Name
 			}
 			if name == "" {
-				return conv, invalid(fmt.Sprintf("messages[%d].tool_call_id: %q matches no earlier tool call", i, m.ToolCallID))
+				return conv, invalid(fmt.Sprintf("messages[%d].tool_call_id: %q matches no earlier tool call", i, clip(m.ToolCallID)))
 			}
 			conv.Messages = append(conv.Messages, harmony.Message{Role: "tool", Content: text, ToolName: name})
 		default:
@@ -126,12 +132,24 @@ func (body *chatRequest) conversation(now time.Time) (harmony.Conversation, erro
 	if string(bytes.TrimSpace(body.ToolChoice)) != `"none"` {
 		for i, t := range body.Tools {
 			if t.Type != "function" {
-				return conv, invalid(fmt.Sprintf("tools[%d].type: %q is not supported; only function", i, t.Type))
+				return conv, invalid(fmt.Sprintf("tools[%d].type: %q is not supported; only function", i, clip(t.Type)))
+			}
+			if err := checkName(fmt.Sprintf("tools[%d].function.name", i), t.Function.Name); err != nil {
+				return conv, err
 			}
 			conv.Tools = append(conv.Tools, harmony.Tool{Name: t.Function.Name, Description: t.Function.Description, Parameters: t.Function.Parameters})
 		}
 	}
 	return conv, nil
+}
+
+// checkName checks a name that goes into the prompt's structure (see
+// harmony.CheckName); field is its API path.
+func checkName(field, name string) error {
+	if err := harmony.CheckName(name); err != nil {
+		return invalid(fmt.Sprintf("%s: %q: %v", field, clip(name), err))
+	}
+	return nil
 }
 
 // plainChatPrompt renders a conversation as plain text for models without
@@ -235,14 +253,7 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 	id := newID("chatcmpl-")
 	var body chatRequest
 	job := s.submit(w, r, endpoint, s.rejectOpenAI, &body, func() (engine.Request, error) {
-		maxTokens := body.MaxTokens
-		if body.MaxCompletionTokens != nil {
-			maxTokens = body.MaxCompletionTokens
-		}
-		req, err := s.request(body.commonFields, maxTokens)
-		if err == nil {
-			err = s.chatPrompt(&body, &req)
-		}
+		req, err := s.chatRequest(&body)
 		req.ID = id
 		return req, err
 	})
@@ -321,8 +332,22 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 	}, body.StreamOptions)
 }
 
-// chatPrompt renders the conversation into req: harmony tokens for gpt-oss,
-// plain text otherwise.
+// chatRequest checks a /v1/chat/completions body and returns its engine
+// request (without an id), the conversation rendered and tokenized.
+func (s *Server) chatRequest(body *chatRequest) (engine.Request, error) {
+	maxTokens := body.MaxTokens
+	if body.MaxCompletionTokens != nil {
+		maxTokens = body.MaxCompletionTokens
+	}
+	req, err := s.request(body.commonFields, maxTokens)
+	if err == nil {
+		err = s.chatPrompt(body, &req)
+	}
+	return req, err
+}
+
+// chatPrompt renders and tokenizes the conversation into req: harmony for
+// gpt-oss, plain text otherwise.
 func (s *Server) chatPrompt(body *chatRequest, req *engine.Request) error {
 	conv, err := body.conversation(s.cfg.Now())
 	if err != nil {
@@ -332,18 +357,23 @@ func (s *Server) chatPrompt(body *chatRequest, req *engine.Request) error {
 		if len(conv.Tools) > 0 {
 			return invalid("tools: this model has no tool-calling format")
 		}
-		req.Prompt = plainChatPrompt(conv)
+		text := plainChatPrompt(conv)
+		req.Tokens, err = s.tokenize("messages", len(text), func() ([]int32, error) {
+			return s.cfg.Engine.EncodePrompt(text), nil
+		})
 		req.Stop = append(req.Stop[:len(req.Stop):len(req.Stop)], plainChatStop)
-		return nil
+		return err
 	}
 	p, err := harmony.Render(conv)
 	if err != nil {
 		return invalid(strings.TrimPrefix(err.Error(), "harmony: "))
 	}
-	if req.Tokens, err = p.Tokens(s.cfg.Tokenizer); err != nil {
-		return err
+	n := 0
+	for _, piece := range p {
+		n += len(piece.Text)
 	}
+	req.Tokens, err = s.tokenize("messages", n, func() ([]int32, error) { return p.Tokens(s.cfg.Tokenizer) })
 	// Stop strings apply to the content, in harmonyOutput.
 	req.Stop = nil
-	return nil
+	return err
 }

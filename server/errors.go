@@ -5,25 +5,30 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"time"
 
 	"orcd/engine"
 )
 
 // Error codes of the worker API.
 const (
-	codeInvalidRequest   = "INVALID_REQUEST"   // 400 (413 for an oversized body)
-	codeInsufficientVRAM = "INSUFFICIENT_VRAM" // 503, retriable
-	codeVRAMOOM          = "VRAM_OOM"          // 500
-	codeCUDAError        = "CUDA_ERROR"        // 500
-	codeTimeout          = "INFERENCE_TIMEOUT" // 504
-	codeCancelled        = "CANCELLED"         // 499
-	codeInternal         = "INTERNAL"          // 500
-	codeQueueFull        = "QUEUE_FULL"        // 503, retriable
-	codeShuttingDown     = "SHUTTING_DOWN"     // 503, retriable
-	codeLoading          = "LOADING"           // 503, retriable: the model is not loaded yet
-	codeUnauthorized     = "UNAUTHORIZED"      // 401
-	codeNotFound         = "NOT_FOUND"         // 404
-	statusClientClosed   = 499                 // nginx's "client closed request"
+	codeInvalidRequest       = "INVALID_REQUEST"        // 400 (413 for an oversized body)
+	codeInsufficientVRAM     = "INSUFFICIENT_VRAM"      // 503, retriable
+	codeVRAMOOM              = "VRAM_OOM"               // 500
+	codeCUDAError            = "CUDA_ERROR"             // 500
+	codeTimeout              = "INFERENCE_TIMEOUT"      // 504
+	codeCancelled            = "CANCELLED"              // 499
+	codeInternal             = "INTERNAL"               // 500
+	codeQueueFull            = "QUEUE_FULL"             // 503, retriable
+	codeShuttingDown         = "SHUTTING_DOWN"          // 503, retriable
+	codeLoading              = "LOADING"                // 503, retriable: the model is not loaded yet
+	codeUnauthorized         = "UNAUTHORIZED"           // 401
+	codeForbidden            = "FORBIDDEN"              // 403
+	codeNotFound             = "NOT_FOUND"              // 404
+	codeMethodNotAllowed     = "METHOD_NOT_ALLOWED"     // 405
+	codeRequestTimeout       = "REQUEST_TIMEOUT"        // 408
+	codeUnsupportedMediaType = "UNSUPPORTED_MEDIA_TYPE" // 415
+	statusClientClosed       = 499                      // nginx's "client closed request"
 )
 
 // apiError is an error with its HTTP status and worker API code.
@@ -55,6 +60,16 @@ func writeError(w http.ResponseWriter, e apiError) {
 	writeJSON(w, e.status, errorBody{errorDetail{e.code, e.message, e.retriable}})
 }
 
+// writeErrorAt writes e in the error shape of the API that path belongs
+// to: OpenAI's under /v1/, the worker API's elsewhere.
+func writeErrorAt(w http.ResponseWriter, path string, e apiError) {
+	if isOpenAIPath(path) {
+		writeJSON(w, e.status, openAIError{openAIErrorOf(e)})
+		return
+	}
+	writeError(w, e)
+}
+
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
@@ -84,6 +99,8 @@ func classify(err error) apiError {
 		return invalid("prompt: encodes to no tokens")
 	case errors.Is(err, engine.ErrPromptLength):
 		return invalid("prompt: " + err.Error())
+	case errors.Is(err, engine.ErrPanic):
+		return apiError{http.StatusInternalServerError, codeInternal, "internal error; the server log has the details", false}
 	case errors.Is(err, engine.ErrCacheAlloc):
 		return apiError{http.StatusServiceUnavailable, codeInsufficientVRAM, err.Error(), true}
 	case errors.As(err, &coder):
@@ -95,6 +112,14 @@ func classify(err error) apiError {
 		}
 	}
 	return apiError{http.StatusInternalServerError, codeInternal, err.Error(), false}
+}
+
+// jobError is runError, counting the jobs a panic in the engine ended.
+func (s *Server) jobError(res engine.Result, err error) error {
+	if errors.Is(err, engine.ErrPanic) {
+		s.metrics.panics.Inc()
+	}
+	return runError(res, err)
 }
 
 // runError is the error a finished job reports: err from Run, or else the
@@ -115,13 +140,23 @@ func runError(res engine.Result, err error) error {
 	return nil
 }
 
-type correlationKey struct{}
-
-func withCorrelationID(ctx context.Context, id string) context.Context {
-	return context.WithValue(ctx, correlationKey{}, id)
+// requestInfo is what the Handler records about a request in its context.
+type requestInfo struct {
+	correlationID string
+	arrival       time.Time
 }
 
+type requestKey struct{}
+
 func correlationID(ctx context.Context) string {
-	id, _ := ctx.Value(correlationKey{}).(string)
-	return id
+	info, _ := ctx.Value(requestKey{}).(requestInfo)
+	return info.correlationID
+}
+
+// arrivalOf is when the request arrived (now, for a context without one).
+func arrivalOf(ctx context.Context) time.Time {
+	if info, ok := ctx.Value(requestKey{}).(requestInfo); ok {
+		return info.arrival
+	}
+	return time.Now()
 }

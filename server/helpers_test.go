@@ -35,7 +35,10 @@ func (fakeDevice) Resident() bool       { return true }
 // newTestServer starts a server; arch "gpt-oss" turns on harmony chat.
 func newTestServer(t *testing.T, m *enginetest.Model, arch string, ecfg engine.Config, mod func(*Config)) *testServer {
 	t.Helper()
-	ecfg.Model, ecfg.Tokenizer = m, enginetest.Tokenizer{}
+	ecfg.Model = m
+	if ecfg.Tokenizer == nil {
+		ecfg.Tokenizer = enginetest.Tokenizer{}
+	}
 	e, err := engine.New(ecfg)
 	if err != nil {
 		t.Fatal(err)

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"orcd/engine"
@@ -15,6 +16,8 @@ import (
 type metrics struct {
 	registry     *prometheus.Registry
 	requests     *prometheus.CounterVec
+	refused      *prometheus.CounterVec
+	panics       prometheus.Counter
 	tokens       prometheus.Counter
 	promptTokens prometheus.Counter
 	ttft         prometheus.Histogram
@@ -23,13 +26,23 @@ type metrics struct {
 	stepSeqs     prometheus.Histogram
 }
 
-func newMetrics(e *engine.Engine, d Device) *metrics {
+// newMetrics registers the server's metrics, the Go runtime's (go_*) and
+// the process's (process_*: resident memory, open file descriptors, CPU);
+// conns may be nil.
+func newMetrics(e *engine.Engine, d Device, conns *ConnLimiter) *metrics {
 	m := &metrics{
 		registry: prometheus.NewRegistry(),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "orcd_requests_total",
 			Help: "Generation requests by endpoint and outcome (a stop reason, or an error code).",
 		}, []string{"endpoint", "outcome"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "orcd_refused_requests_total",
+			Help: "Requests refused before their endpoint ran (origin, auth, route, content type, body size), by error code.",
+		}, []string{"code"}),
+		panics: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "orcd_panics_total", Help: "Panics recovered in request handlers (each is logged with its stack).",
+		}),
 		tokens: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "orcd_generated_tokens_total", Help: "Tokens generated.",
 		}),
@@ -67,7 +80,8 @@ func newMetrics(e *engine.Engine, d Device) *metrics {
 	counter := func(name, help string, v func(engine.Stats) float64) prometheus.Collector {
 		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return v(e.Stats()) })
 	}
-	m.registry.MustRegister(m.requests, m.tokens, m.promptTokens, m.ttft, m.interToken, m.stepTokens, m.stepSeqs,
+	m.registry.MustRegister(m.requests, m.refused, m.panics, m.tokens, m.promptTokens, m.ttft, m.interToken, m.stepTokens, m.stepSeqs,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		stat("orcd_queue_depth", "Requests waiting to run (orcd_waiting_sequences, kept for dashboards).",
 			func(s engine.Stats) float64 { return float64(s.Waiting) }),
 		stat("orcd_active_requests", "Sequences running (orcd_running_sequences, kept for dashboards).",
@@ -108,6 +122,21 @@ func newMetrics(e *engine.Engine, d Device) *metrics {
 			return float64(d.VRAMBytesUsed())
 		}),
 	)
+	if conns != nil {
+		m.registry.MustRegister(
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "orcd_open_connections", Help: "Client connections open.",
+			}, func() float64 { return float64(conns.Open()) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "orcd_refused_connections_total", Help: "Connections closed at accept because a limit was reached.",
+				ConstLabels: prometheus.Labels{"limit": "max_connections"},
+			}, func() float64 { total, _ := conns.Refused(); return float64(total) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "orcd_refused_connections_total", Help: "Connections closed at accept because a limit was reached.",
+				ConstLabels: prometheus.Labels{"limit": "max_connections_per_ip"},
+			}, func() float64 { _, perIP := conns.Refused(); return float64(perIP) }),
+		)
+	}
 	return m
 }
 

@@ -23,22 +23,24 @@ type openAIErrorDetail struct {
 	Code    *string `json:"code"`
 }
 
-func writeOpenAIError(w http.ResponseWriter, status int, typ, code, msg string) {
-	writeJSON(w, status, openAIError{openAIErrorDetail{Message: msg, Type: typ, Code: &code}})
-}
-
 // openAIErrorOf converts a worker API error to OpenAI's shape.
 func openAIErrorOf(e apiError) openAIErrorDetail {
 	typ := "server_error"
 	switch e.status {
-	case http.StatusBadRequest, http.StatusNotFound, http.StatusRequestEntityTooLarge:
+	case http.StatusBadRequest, http.StatusNotFound, http.StatusMethodNotAllowed, http.StatusRequestTimeout,
+		http.StatusRequestEntityTooLarge, http.StatusUnsupportedMediaType:
 		typ = "invalid_request_error"
 	case http.StatusUnauthorized:
 		typ = "authentication_error"
+	case http.StatusForbidden:
+		typ = "permission_error"
 	case http.StatusGatewayTimeout:
 		typ = "timeout"
 	}
 	code := strings.ToLower(e.code)
+	if e.code == codeUnauthorized {
+		code = "invalid_api_key" // OpenAI's code for a missing or wrong key
+	}
 	return openAIErrorDetail{Message: e.message, Type: typ, Code: &code}
 }
 
@@ -178,6 +180,20 @@ type completionChoice struct {
 
 type completionResponse = openAIResponse[completionChoice]
 
+// completionRequest checks a /v1/completions body and returns its engine
+// request (without an id; the prompt not yet tokenized).
+func (s *Server) completionRequest(body completionRequest) (engine.Request, error) {
+	req, err := s.request(body.commonFields, body.MaxTokens)
+	if err != nil {
+		return req, err
+	}
+	if body.Prompt == nil || len(*body.Prompt) != 1 || (*body.Prompt)[0] == "" {
+		return req, invalid("prompt: must be one non-empty string")
+	}
+	req.Prompt = (*body.Prompt)[0]
+	return req, nil
+}
+
 // handleCompletions serves POST /v1/completions: one string prompt, one
 // choice, streamed as chunks or answered as one object.
 func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
@@ -186,15 +202,9 @@ func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
 	id := newID("cmpl-")
 	var body completionRequest
 	job := s.submit(w, r, endpoint, s.rejectOpenAI, &body, func() (engine.Request, error) {
-		req, err := s.request(body.commonFields, body.MaxTokens)
-		if err != nil {
-			return req, err
-		}
-		if body.Prompt == nil || len(*body.Prompt) != 1 || (*body.Prompt)[0] == "" {
-			return req, invalid("prompt: must be one non-empty string")
-		}
-		req.ID, req.Prompt = id, (*body.Prompt)[0]
-		return req, nil
+		req, err := s.completionRequest(body)
+		req.ID = id
+		return req, err
 	})
 	if job == nil {
 		return
@@ -300,7 +310,7 @@ func (s *Server) runJob(r *http.Request, job *engine.Job, clock *tokenClock, out
 func (s *Server) finishOpenAI(w http.ResponseWriter, r *http.Request, endpoint string, sse *sseWriter, job *engine.Job,
 	res engine.Result, err error, final, usageChunk func() any, opts *streamOptions) {
 	outcome := string(res.StopReason)
-	err = runError(res, err)
+	err = s.jobError(res, err)
 	s.log.Info("openai request done", "endpoint", endpoint, "outcome", outcome, "prompt_tokens", job.PromptTokens(),
 		"tokens_out", res.TokensOut, "error", err, "correlation_id", correlationID(r.Context()))
 	switch {

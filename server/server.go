@@ -6,8 +6,8 @@
 package server
 
 import (
+	"context"
 	"crypto/rand"
-	"crypto/subtle"
 	"encoding/hex"
 	"encoding/json"
 	"log/slog"
@@ -64,10 +64,31 @@ type Config struct {
 	// DefaultMaxTokens applies when a request gives none (default 256,
 	// capped by MaxTokensOut).
 	DefaultMaxTokens int
-	// APIKey, when set, is required as a bearer token everywhere except /health.
+	// APIKey, when set, is required as a bearer token everywhere except
+	// /health; without it, /shutdown is refused to non-loopback peers.
 	APIKey string
 	// MaxBodyBytes limits request bodies (default 1 MiB).
 	MaxBodyBytes int64
+	// BodyReadTimeout bounds the time a request body takes to arrive once
+	// the headers are in (default 10 s); the http.Server's
+	// ReadHeaderTimeout bounds the headers.
+	BodyReadTimeout time.Duration
+	// AdmissionTimeout bounds the time from a request's arrival to its
+	// entry in the engine's queue: reading the body and waiting for an
+	// admission slot (default 30 s). Past it the request gets a retriable
+	// 503 QUEUE_FULL.
+	AdmissionTimeout time.Duration
+	// AdmissionConcurrency is the number of generation requests decoded,
+	// checked, rendered and tokenized at once (default 1); see
+	// admissionSlot.
+	AdmissionConcurrency int
+	// AllowedOrigins are the browser origins ("https://app.example") whose
+	// requests are served, with CORS headers; "*" allows any. A request
+	// with another Origin header gets 403. Empty: no browser origin.
+	AllowedOrigins []string
+	// Connections, when set, is the connection limiter in front of the
+	// server; /metrics reports it.
+	Connections *ConnLimiter
 	// OnShutdown is called once when POST /shutdown arrives.
 	OnShutdown func()
 	Logger     *slog.Logger
@@ -84,8 +105,16 @@ type Server struct {
 	shutdown sync.Once
 	metrics  *metrics
 	mux      *http.ServeMux
+	// routes maps each path to the methods it serves, for 404 and 405.
+	routes map[string][]string
 	// specials maps harmony special-token ids to their names (gpt-oss only).
 	specials map[int32]string
+	// maxPromptBytes is the most prompt text that can fit the context
+	// (0: unknown, no check); see tokenize.
+	maxPromptBytes int
+	// admitting holds one token per request in admission (see
+	// admissionSlot).
+	admitting chan struct{}
 }
 
 // New returns a server for cfg.
@@ -100,6 +129,18 @@ func New(cfg Config) (*Server, error) {
 	if cfg.MaxBodyBytes <= 0 {
 		cfg.MaxBodyBytes = 1 << 20
 	}
+	if cfg.BodyReadTimeout <= 0 {
+		cfg.BodyReadTimeout = 10 * time.Second
+	}
+	if cfg.AdmissionTimeout <= 0 {
+		cfg.AdmissionTimeout = 30 * time.Second
+	}
+	if cfg.AdmissionConcurrency <= 0 {
+		// One slot keeps 16 maximal prompts under 220 MB with the default
+		// model (docs/RELIABILITY.md); a 2 KiB prompt is admitted in
+		// 0.15-0.3 ms (BenchmarkAdmission).
+		cfg.AdmissionConcurrency = 1
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -107,7 +148,8 @@ func New(cfg Config) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{cfg: cfg, log: log, started: cfg.Now(), mux: http.NewServeMux()}
+	s := &Server{cfg: cfg, log: log, started: cfg.Now(), mux: http.NewServeMux(), routes: map[string][]string{},
+		admitting: make(chan struct{}, cfg.AdmissionConcurrency)}
 	if cfg.Model.Arch == "gpt-oss" {
 		s.specials = map[int32]string{}
 		for _, name := range harmony.SpecialTokens {
@@ -118,17 +160,27 @@ func New(cfg Config) (*Server, error) {
 			s.specials[id] = name
 		}
 	}
-	s.metrics = newMetrics(cfg.Engine, cfg.Device)
+	if t, ok := cfg.Tokenizer.(maxTokenByter); ok {
+		s.maxPromptBytes = cfg.Engine.CtxSize() * t.MaxTokenBytes()
+	}
+	s.metrics = newMetrics(cfg.Engine, cfg.Device, cfg.Connections)
 
-	s.mux.HandleFunc("GET /health", s.handleHealth)
-	s.mux.Handle("GET /metrics", s.metrics.handler())
-	s.mux.HandleFunc("POST /execute", s.handleExecute)
-	s.mux.HandleFunc("POST /cancel", s.handleCancel)
-	s.mux.HandleFunc("POST /shutdown", s.handleShutdown)
-	s.mux.HandleFunc("GET /v1/models", s.handleModels)
-	s.mux.HandleFunc("POST /v1/completions", s.handleCompletions)
-	s.mux.HandleFunc("POST /v1/chat/completions", s.handleChat)
+	s.handle("GET /health", s.handleHealth)
+	s.handle("GET /metrics", s.metrics.handler().ServeHTTP)
+	s.handle("POST /execute", s.handleExecute)
+	s.handle("POST /cancel", s.handleCancel)
+	s.handle("POST /shutdown", s.handleShutdown)
+	s.handle("GET /v1/models", s.handleModels)
+	s.handle("POST /v1/completions", s.handleCompletions)
+	s.handle("POST /v1/chat/completions", s.handleChat)
 	return s, nil
+}
+
+// handle registers a "METHOD /path" route.
+func (s *Server) handle(pattern string, h http.HandlerFunc) {
+	method, path, _ := strings.Cut(pattern, " ")
+	s.routes[path] = append(s.routes[path], method)
+	s.mux.HandleFunc(pattern, h)
 }
 
 type missingTokenError struct{ name string }
@@ -137,8 +189,9 @@ func (e *missingTokenError) Error() string {
 	return "server: gpt-oss tokenizer has no " + e.name + " token, needed for harmony chat"
 }
 
-// Handler is the HTTP handler with correlation ids, logging, auth and the
-// body limit applied.
+// Handler is the HTTP handler: correlation ids, the access log, panic
+// recovery, the checks of admit (origin, auth, route, content type, body
+// limits), then the endpoint.
 func (s *Server) Handler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
@@ -157,25 +210,15 @@ func (s *Server) Handler() http.Handler {
 			}
 			s.log.Log(r.Context(), accessLevel(r, sw.status), "http request", attrs...)
 		}()
-		if s.cfg.APIKey != "" && r.URL.Path != "/health" && !s.authorized(r) {
-			if isOpenAIPath(r.URL.Path) {
-				writeOpenAIError(sw, http.StatusUnauthorized, "authentication_error", "invalid_api_key", "missing or invalid bearer token")
-			} else {
-				writeError(sw, apiError{http.StatusUnauthorized, codeUnauthorized, "missing or invalid bearer token", false})
-			}
-			return
+		r = r.WithContext(context.WithValue(r.Context(), requestKey{}, requestInfo{cid, start}))
+		defer s.recoverPanic(sw, r)
+		if s.admit(sw, r) {
+			s.mux.ServeHTTP(sw, r)
 		}
-		r.Body = http.MaxBytesReader(sw, r.Body, s.cfg.MaxBodyBytes)
-		s.mux.ServeHTTP(sw, r.WithContext(withCorrelationID(r.Context(), cid)))
 	})
 }
 
 func isOpenAIPath(p string) bool { return strings.HasPrefix(p, "/v1/") }
-
-func (s *Server) authorized(r *http.Request) bool {
-	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	return ok && subtle.ConstantTimeCompare([]byte(token), []byte(s.cfg.APIKey)) == 1
-}
 
 // StartDraining makes the server refuse new generation requests with 503
 // while the ones in flight finish. SIGTERM and POST /shutdown both lead here.
@@ -185,6 +228,12 @@ func (s *Server) StartDraining() { s.draining.Store(true) }
 func (s *Server) Draining() bool { return s.draining.Load() }
 
 func (s *Server) handleShutdown(w http.ResponseWriter, r *http.Request) {
+	// Without a key, anyone who can reach the port could stop the worker;
+	// only a local operator may.
+	if s.cfg.APIKey == "" && !peerIP(r.RemoteAddr).IsLoopback() {
+		writeError(w, apiError{http.StatusForbidden, codeForbidden, "shutdown: allowed only from loopback unless --api-key is set", false})
+		return
+	}
 	s.StartDraining()
 	writeJSON(w, http.StatusAccepted, map[string]string{"status": "draining"})
 	s.shutdown.Do(func() {
@@ -228,11 +277,13 @@ func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 }
 
 // statusWriter records the status code and the start of an error's body
-// for the access log, and passes flushes and deadlines through
+// for the access log, and whether the response has begun for panic
+// recovery, and passes flushes and deadlines through
 // (http.ResponseController unwraps it).
 type statusWriter struct {
 	http.ResponseWriter
 	status  int
+	started bool
 	errBody []byte
 }
 
@@ -240,11 +291,14 @@ type statusWriter struct {
 const maxLoggedErrorBody = 2048
 
 func (w *statusWriter) WriteHeader(code int) {
-	w.status = code
+	if !w.started {
+		w.status, w.started = code, true
+	}
 	w.ResponseWriter.WriteHeader(code)
 }
 
 func (w *statusWriter) Write(b []byte) (int, error) {
+	w.started = true
 	if w.status >= 400 {
 		w.errBody = append(w.errBody, b[:min(len(b), maxLoggedErrorBody-len(w.errBody))]...)
 	}

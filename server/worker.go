@@ -26,6 +26,9 @@ const (
 	maxStops       = 4
 	maxStopBytes   = 256
 	maxJobIDBytes  = 256
+	// maxCancelBodyBytes bounds a /cancel body (a job id of at most
+	// maxJobIDBytes, escaped).
+	maxCancelBodyBytes = 4 << 10
 )
 
 // samplingFields are the sampling fields of every endpoint's request body.
@@ -37,8 +40,9 @@ type samplingFields struct {
 	RepetitionPenalty *float64 `json:"repetition_penalty"`
 }
 
-// params validates the fields and fills in defaults; errors name the field.
-func (f samplingFields) params() (engine.SamplingParams, error) {
+// params validates the fields and fills in defaults; errors name the
+// field. vocab bounds top_k (0: no bound).
+func (f samplingFields) params(vocab int) (engine.SamplingParams, error) {
 	p := engine.DefaultSampling
 	check := func(name string, v *float64, lo, hi float64, loOpen bool, dst *float64) error {
 		if v == nil {
@@ -65,8 +69,11 @@ func (f samplingFields) params() (engine.SamplingParams, error) {
 		}
 	}
 	if f.TopK != nil {
-		if *f.TopK < 0 {
+		switch {
+		case *f.TopK < 0:
 			return p, invalid(fmt.Sprintf("top_k: %d is negative", *f.TopK))
+		case vocab > 0 && *f.TopK > vocab:
+			return p, invalid(fmt.Sprintf("top_k: %d is above the vocabulary's %d tokens", *f.TopK, vocab))
 		}
 		p.TopK = *f.TopK
 	}
@@ -85,7 +92,7 @@ func (s *Server) generation(maxTokens *int, f samplingFields, stops []string) (e
 		req.MaxTokens = *maxTokens
 	}
 	var err error
-	if req.Sampling, err = f.params(); err != nil {
+	if req.Sampling, err = f.params(s.cfg.Model.VocabSize); err != nil {
 		return req, err
 	}
 	if len(stops) > maxStops {
@@ -175,7 +182,7 @@ func (s *Server) handleExecute(w http.ResponseWriter, r *http.Request) {
 		return false
 	})
 	outcome := string(res.StopReason)
-	err = runError(res, err)
+	err = s.jobError(res, err)
 	if err != nil {
 		e := classify(err)
 		outcome = e.code
@@ -196,30 +203,51 @@ func (s *Server) handleExecute(w http.ResponseWriter, r *http.Request) {
 }
 
 // submit starts a job for one request: unless the server is draining, it
-// decodes the body into body, builds the engine request with build (which
-// reads body) and submits it. If any step fails it answers with reject
-// and returns nil.
+// reads the body and, in an admission slot, decodes it into body, builds
+// the engine request with build (which reads body and may tokenize), and
+// tokenizes a text prompt (see tokenize); then it submits the request. If
+// any step fails it answers with reject and returns nil.
 func (s *Server) submit(w http.ResponseWriter, r *http.Request, endpoint string,
 	reject func(http.ResponseWriter, string, apiError), body any, build func() (engine.Request, error)) *engine.Job {
-	if s.Draining() {
-		reject(w, endpoint, classify(engine.ErrShuttingDown))
-		return nil
-	}
-	if err := decodeJSON(r, body); err != nil {
-		reject(w, endpoint, classify(err))
-		return nil
-	}
-	req, err := build()
-	var job *engine.Job
-	if err == nil {
-		job, err = s.cfg.Engine.Submit(req)
-	}
+	job, err := s.prepare(r, body, build)
 	if err != nil {
 		reject(w, endpoint, classify(err))
 		return nil
 	}
 	s.metrics.promptTokens.Add(float64(job.PromptTokens()))
 	return job
+}
+
+// prepare is submit's work up to the engine's queue.
+func (s *Server) prepare(r *http.Request, body any, build func() (engine.Request, error)) (*engine.Job, error) {
+	if s.Draining() {
+		return nil, engine.ErrShuttingDown
+	}
+	data, err := readBody(r)
+	if err != nil {
+		return nil, err
+	}
+	release, err := s.admissionSlot(r.Context())
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	if err := decodeStrict(data, body); err != nil {
+		return nil, err
+	}
+	req, err := build()
+	if err == nil && req.Tokens == nil {
+		req.Tokens, err = s.tokenize("prompt", len(req.Prompt), func() ([]int32, error) {
+			return s.cfg.Engine.EncodePrompt(req.Prompt), nil
+		})
+		if err == nil && len(req.Tokens) == 0 {
+			err = engine.ErrEmptyPrompt
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	return s.cfg.Engine.Submit(req)
 }
 
 // reject answers a request that never started and counts it.
@@ -235,6 +263,9 @@ type cancelRequest struct {
 // handleCancel cancels a job; it is idempotent and answers 202 whether or
 // not the job was (still) running.
 func (s *Server) handleCancel(w http.ResponseWriter, r *http.Request) {
+	// A cancel carries one short id; it needs no admission slot, so its
+	// body is kept small instead.
+	r.Body = http.MaxBytesReader(w, r.Body, maxCancelBodyBytes)
 	var body cancelRequest
 	if err := decodeJSON(r, &body); err != nil {
 		writeError(w, classify(err))

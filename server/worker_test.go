@@ -160,6 +160,7 @@ func TestExecuteClientDisconnect(t *testing.T) {
 	ts := newTestServer(t, m, "gpt2", engine.Config{}, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	req, _ := http.NewRequestWithContext(ctx, "POST", ts.url+"/execute", strings.NewReader(`{"job_id":"d","prompt":"x","max_tokens":2048}`))
+	req.Header.Set("Content-Type", "application/json")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)

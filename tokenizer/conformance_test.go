@@ -219,6 +219,10 @@ func TestMetadata(t *testing.T) {
 		{"gpt2 EOS", g.EOS(), int32(50256)},
 		{"gpt2 PAD", g.PAD(), int32(-1)},
 		{"gpt2 EOG", g.EOG(), []int32{50256}},
+		// The longest entries of o200k_base.tiktoken (base64-decoded) and of
+		// gpt2's encoder.json (one character per byte) are 128 bytes.
+		{"o200k MaxTokenBytes", o.MaxTokenBytes(), 128},
+		{"gpt2 MaxTokenBytes", g.MaxTokenBytes(), 128},
 	}
 	for _, c := range checks {
 		gotJSON, _ := json.Marshal(c.got)

@@ -72,6 +72,11 @@ func TestTinyVocab(t *testing.T) {
 		if got := tk.EncodeSpecial("a<|x|>"); !slices.Equal(got, []int32{'a', 260}) {
 			t.Errorf("%s: EncodeSpecial = %v", tk.Kind(), got)
 		}
+		// "hell" is the longest normal piece; the control tokens are longer
+		// but Encode never produces them.
+		if got := tk.MaxTokenBytes(); got != 4 {
+			t.Errorf("%s: MaxTokenBytes = %d, want 4", tk.Kind(), got)
+		}
 		if !tk.IsEOG(259) || tk.EOS() != 259 {
 			t.Errorf("%s: EOS %d, EOG %v", tk.Kind(), tk.EOS(), tk.EOG())
 		}

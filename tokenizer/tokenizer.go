@@ -55,6 +55,9 @@ type Tokenizer struct {
 	bos, eos, pad int32
 	eog           []int32
 	addBOS        bool
+	// maxTokenBytes is the longest piece Encode can produce (control
+	// tokens excluded: Encode keeps their text as text).
+	maxTokenBytes int
 }
 
 // merge is one BPE merge rule: left and right join into result.
@@ -103,6 +106,9 @@ func newTokenizer(sp *spec) (*Tokenizer, error) {
 	}
 	var userDefined, control []int32
 	for id, p := range sp.pieces {
+		if sp.types[id] != TypeControl {
+			t.maxTokenBytes = max(t.maxTokenBytes, len(p))
+		}
 		switch sp.types[id] {
 		case TypeControl:
 			control = append(control, int32(id))
@@ -176,6 +182,11 @@ func (t *Tokenizer) Kind() string { return t.kind }
 
 // VocabSize is the number of token ids, special tokens included.
 func (t *Tokenizer) VocabSize() int { return len(t.pieces) }
+
+// MaxTokenBytes is the most bytes of text one token from Encode stands
+// for, so that a text of n bytes encodes to at least n/MaxTokenBytes tokens.
+// Servers use it to refuse a prompt that cannot fit before tokenizing it.
+func (t *Tokenizer) MaxTokenBytes() int { return t.maxTokenBytes }
 
 // BOS is the beginning-of-sequence token id, or -1 if there is none.
 func (t *Tokenizer) BOS() int32 { return t.bos }

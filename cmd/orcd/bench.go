@@ -105,7 +105,7 @@ func parseLengths(flag, s string) ([]int, error) {
 		}
 		v, err := strconv.Atoi(f)
 		if err != nil || v < 1 {
-			return nil, fmt.Errorf("%s %q: %q is not a positive count", flag, s, f)
+			return nil, fmt.Errorf("%s %q: %q is not a positive number", flag, s, f)
 		}
 		lengths = append(lengths, v)
 	}

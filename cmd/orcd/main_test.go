@@ -222,7 +222,7 @@ func TestCommandsValidateRanges(t *testing.T) {
 		{[]string{"logits", "--ids", "1,-2"}, `--ids: item 2 ("-2") is not a token id`},
 		{[]string{"bench", "--reps", "0"}, `invalid value "0" for --reps: must be at least 1`},
 		{[]string{"bench", "-n", "-1"}, `invalid value "-1" for -n: must be at least 0`},
-		{[]string{"bench", "-p", "512,0"}, `-p "512,0": "0" is not a positive token count`},
+		{[]string{"bench", "-p", "512,0"}, `-p "512,0": "0" is not a positive number`},
 		{[]string{"bench", "-p", "", "-n", "0"}, "nothing to measure"},
 		{[]string{"serve", "--port", "70000"}, `invalid value "70000" for --port: must be between 0 and 65535`},
 		{[]string{"serve", "--max-tokens-out", "4096"}, `invalid value "4096" for --max-tokens-out: must be between 1 and 2048`},

@@ -69,6 +69,7 @@ type serveFlags struct {
 	noPrefixCache   bool
 	maxBodyBytes    int
 	shutdownTimeout float64
+	limits          *limitFlags
 }
 
 func setupServe(fs *flag.FlagSet) func(*env) int {
@@ -107,6 +108,7 @@ func addServeFlags(fs *flag.FlagSet) *serveFlags {
 	fs.BoolVar(&sf.noPrefixCache, "no-prefix-cache", false, "do not reuse the KV blocks of earlier prompts that start the same way")
 	numVar(fs, &sf.maxBodyBytes, "max-body-bytes", 1<<20, 1, noMax, "largest request body in bytes")
 	numVar(fs, &sf.shutdownTimeout, "shutdown-timeout-sec", 30, 0, maxSeconds, "on SIGTERM or POST /shutdown, how long running jobs may finish before they are cancelled")
+	sf.limits = addLimitFlags(fs)
 	return sf
 }
 
@@ -150,12 +152,12 @@ func serve(mf *modelFlags, sf *serveFlags, log *slog.Logger, listening func(addr
 	if err != nil {
 		return err
 	}
+	conns := sf.limits.listener(ln)
 	var handler swapHandler
 	handler.set(server.Loading())
-	// No ReadTimeout or WriteTimeout: they would cut off long event streams.
-	hs := &http.Server{Handler: &handler, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	hs := sf.limits.httpServer(&handler, log)
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- hs.Serve(ln) }()
+	go func() { serveErr <- hs.Serve(conns) }()
 	defer hs.Close()
 	addr := ln.Addr().String()
 	uri := advertisedURI(sf, ln.Addr().(*net.TCPAddr))
@@ -238,7 +240,7 @@ func serve(mf *modelFlags, sf *serveFlags, log *slog.Logger, listening func(addr
 	}
 	dev := newBackendDevice(lm.Backend, mf.gpu, log)
 	shutdownRequested := make(chan struct{})
-	srv, err := server.New(server.Config{
+	scfg := server.Config{
 		Engine: eng, Tokenizer: lm.Tokenizer, Device: dev,
 		Model: server.ModelInfo{
 			ID: modelID(sf.modelID, lm.Path), Arch: cfg.Arch, QuantKind: quantKind(lm.Path),
@@ -246,7 +248,9 @@ func serve(mf *modelFlags, sf *serveFlags, log *slog.Logger, listening func(addr
 		},
 		MaxTokensOut: sf.maxTokensOut, APIKey: sf.apiKey, MaxBodyBytes: int64(sf.maxBodyBytes),
 		OnShutdown: func() { close(shutdownRequested) }, Logger: log,
-	})
+	}
+	sf.limits.apply(&scfg, conns)
+	srv, err := server.New(scfg)
 	if err != nil {
 		return err
 	}

@@ -21,6 +21,7 @@ import (
 	"unicode/utf8"
 
 	"orcd/backend/cuda"
+	"orcd/internal/testutil"
 	"orcd/tokenizer"
 )
 
@@ -46,7 +47,7 @@ func startServe(t *testing.T, args ...string) *servedWorker {
 	t.Cleanup(cb.Close)
 	w := &servedWorker{exit: make(chan int, 1)}
 	args = append([]string{"--device", "cpu", "--host", "127.0.0.1", "--port", "0", "--callback-url", cb.URL, "--log-format", "text"}, args...)
-	var log syncBuffer
+	var log testutil.SyncBuffer
 	go func() { w.exit <- runMain(append([]string{"serve"}, args...), nil, io.Discard, &log) }()
 	select {
 	case w.callback = <-got:
@@ -60,30 +61,11 @@ func startServe(t *testing.T, args ...string) *servedWorker {
 		select {
 		case <-w.exit:
 		default:
-			http.Post(w.uri+"/shutdown", "", nil)
+			http.Post(w.uri+"/shutdown", "application/json", nil)
 			<-w.exit
 		}
 	})
 	return w
-}
-
-// syncBuffer is a bytes.Buffer that serve's logger and the test may use
-// from different goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // waitExit returns serve's exit status.
@@ -235,7 +217,32 @@ func TestServeGPT2EndToEnd(t *testing.T) {
 		t.Errorf("chat: %d %+v", resp.StatusCode, chat)
 	}
 
-	resp, err = http.Post(w.uri+"/shutdown", "", nil)
+	// The limits are in place: a prompt longer than the context times the
+	// longest token (128 bytes for gpt2) is refused before tokenizing, and
+	// /metrics counts the open connections.
+	big := strings.Repeat("a", 256*128+1)
+	resp, err = http.Post(w.uri+"/execute", "application/json", strings.NewReader(`{"job_id":"big","prompt":"`+big+`"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(msg), "prompt: 32769 bytes of text cannot fit the context of 256 tokens") {
+		t.Errorf("oversized prompt: %d %s", resp.StatusCode, msg)
+	}
+	resp, err = http.Get(w.uri + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"orcd_open_connections ", "process_open_fds ", "go_goroutines "} {
+		if !strings.Contains(string(msg), want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+
+	resp, err = http.Post(w.uri+"/shutdown", "application/json", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -319,8 +326,11 @@ func TestServeCallbackFailureExits(t *testing.T) {
 	if code == 0 {
 		t.Error("serve exited 0 although the ready callback failed")
 	}
-	if code := runMain([]string{"serve", "--port", "70000"}, nil, io.Discard, io.Discard); code != 2 {
-		t.Errorf("bad --port: exit %d, want 2", code)
+	for _, bad := range [][]string{{"--port", "70000"}, {"--max-connections", "-1"}, {"--admission-concurrency", "0"},
+		{"--read-timeout-sec", "0"}, {"--admission-timeout-sec", "-1"}, {"--max-header-bytes", "10"}} {
+		if code := runMain(append([]string{"serve"}, bad...), nil, io.Discard, io.Discard); code != 2 {
+			t.Errorf("%v: exit %d, want 2", bad, code)
+		}
 	}
 }
 
@@ -517,7 +527,7 @@ func TestServeAnswersLoadingUntilLoaded(t *testing.T) {
 	if status, body := getJSON(t, "GET", base+"/health"); status != http.StatusOK || body["status"] != "ok" {
 		t.Errorf("health once loaded: %d %v", status, body)
 	}
-	resp, err := http.Post(base+"/shutdown", "", nil)
+	resp, err := http.Post(base+"/shutdown", "application/json", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -571,7 +581,7 @@ func TestServeBatchInvariantCUDA(t *testing.T) {
 		t.Skip("no CUDA driver or device: cuda tests run on the GPU machine")
 	}
 	synthPresets["test-gpt-oss-d64"] = synthPreset{arch: "gpt-oss", vocab: tokenizer.VocabO200kHarmony, layers: 2, hidden: 256,
-		heads: 4, kvHeads: 2, headDim: 64, ff: 256, ctx: 4096, experts: 4, expertsUse: 2, window: 16, ropeBase: 150000}
+		heads: 4, kvHeads: 2, headDim: 64, ff: 256, ctx: 4096, experts: 4, expertsUse: 2, window: 16, ropeBase: 150000, yarnFactor: 32, yarnOrig: 4096}
 	defer delete(synthPresets, "test-gpt-oss-d64")
 	path := synthTemp(t, "test-gpt-oss-d64", 0)
 	const streams = 48
@@ -609,7 +619,7 @@ func TestServeBatchInvariantCUDA(t *testing.T) {
 		}
 		wg.Wait()
 		t.Logf("batch-invariant=%v: %d of %d streams differ between alone and batched", invariant, differ, streams)
-		http.Post(w.uri+"/shutdown", "", nil)
+		http.Post(w.uri+"/shutdown", "application/json", nil)
 		w.waitExit(t)
 	}
 }

@@ -4,13 +4,36 @@
 package testutil
 
 import (
+	"bytes"
 	"compress/gzip"
 	"encoding/json"
 	"fmt"
 	"io"
 	"os"
+	"sync"
 	"testing"
 )
+
+// SyncBuffer is a bytes.Buffer that several goroutines may write (a
+// logger shared by a server's handlers) while a test reads it.
+type SyncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+// Write appends p.
+func (b *SyncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// String returns what was written so far.
+func (b *SyncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
 
 // ReadGzip returns the decompressed contents of the gzip file at path,
 // failing the test if it cannot be read.
