@@ -1,6 +1,9 @@
 package tokenizer
 
-import "slices"
+import (
+	"slices"
+	"sync"
+)
 
 // specialSet finds the texts of a set of special tokens in a string.
 type specialSet struct {
@@ -91,191 +94,216 @@ func (t *Tokenizer) encode(text string, parseSpecial bool) []int32 {
 
 // encodeOrdinary appends the tokens of text with no special tokens in it.
 func (t *Tokenizer) encodeOrdinary(ids []int32, text string) []int32 {
+	var sc *bpeScratch // bpeQueue's, taken from scratchPool on first use
 	for i := 0; i < len(text); {
 		j := t.pretok(text, i)
-		ids = t.encodePiece(ids, text[i:j])
+		piece := text[i:j]
 		i = j
+		if len(piece) == 1 {
+			ids = append(ids, t.byteID[piece[0]])
+			continue
+		}
+		if t.wholeWords && len(piece) <= t.maxTokenLen {
+			if id, ok := t.normal[piece]; ok {
+				ids = append(ids, id)
+				continue
+			}
+		}
+		if len(piece) <= maxLinearBPE {
+			ids = t.bpeLinear(ids, piece)
+			continue
+		}
+		if sc == nil {
+			sc = scratchPool.Get().(*bpeScratch)
+		}
+		ids = t.bpeQueue(ids, piece, sc)
+	}
+	if sc != nil {
+		scratchPool.Put(sc)
 	}
 	return ids
 }
 
-func (t *Tokenizer) encodePiece(ids []int32, piece string) []int32 {
-	if len(piece) == 1 {
-		return append(ids, t.byteID[piece[0]])
-	}
-	if t.wholeWords {
-		if id, ok := t.normal[piece]; ok {
-			return append(ids, id)
-		}
-	}
-	return t.bpe(ids, piece)
-}
+// BPE starts from the bytes of a piece and merges the adjacent pair of
+// lowest rank, the leftmost among equals, until no pair can merge. Two
+// implementations give the same result: bpeLinear scans all pairs for the
+// best at each merge, which is fastest for short pieces (most words);
+// bpeQueue keeps the pairs in order, so that a merge costs O(log n) rather
+// than O(n), for longer ones (runs of CJK, spaces, emoji).
 
-// pair returns the rank and result of merging left and right, or noRank.
-func (t *Tokenizer) pair(left, right int32) (rank uint32, result int32) {
-	v, ok := t.merges[uint64(uint32(left))<<32|uint64(uint32(right))]
-	if !ok {
-		return noRank, -1
-	}
-	return uint32(v >> 32), int32(uint32(v))
-}
+// maxLinearBPE is the longest piece that bpeLinear handles.
+const maxLinearBPE = 16
 
-// part is one token of a piece during BPE, with what merging it with the
-// next part would give.
-type part struct {
-	id     int32
-	rank   uint32
-	merged int32
-}
-
-// bpe appends the BPE encoding of piece: start from its bytes and merge the
-// adjacent pair of lowest rank (the leftmost among equals) until no pair can
-// merge. Pieces are short (words), so a linear scan for the best pair beats a
-// heap; long pieces are split into linked runs by bpeLong.
-func (t *Tokenizer) bpe(ids []int32, piece string) []int32 {
-	if len(piece) > maxLinearBPE {
-		return t.bpeLong(ids, piece)
+// bpeLinear appends the BPE encoding of piece (at most maxLinearBPE bytes).
+func (t *Tokenizer) bpeLinear(ids []int32, piece string) []int32 {
+	// ranks[i] is the rank of merging part i with part i+1.
+	var idBuf [maxLinearBPE]int32
+	var rankBuf [maxLinearBPE]uint32
+	n := len(piece)
+	id, ranks := idBuf[:n], rankBuf[:n-1]
+	for i := range n {
+		id[i] = t.byteID[piece[i]]
 	}
-	var buf [maxLinearBPE]part
-	parts := buf[:len(piece)]
-	for i := range parts {
-		parts[i].id = t.byteID[piece[i]]
+	for i := range ranks {
+		ranks[i] = t.byteRank[uint16(piece[i])<<8|uint16(piece[i+1])]
 	}
-	for i := 0; i+1 < len(parts); i++ {
-		parts[i].rank, parts[i].merged = t.pair(parts[i].id, parts[i+1].id)
-	}
-	parts[len(parts)-1].rank = noRank
-	for {
+	for len(ranks) > 0 {
 		best, at := noRank, -1
-		for i := 0; i+1 < len(parts); i++ {
-			if parts[i].rank < best {
-				best, at = parts[i].rank, i
+		for i, r := range ranks {
+			if r < best {
+				best, at = r, i
 			}
 		}
 		if at < 0 {
 			break
 		}
-		parts[at].id = parts[at].merged
-		parts = append(parts[:at+1], parts[at+2:]...)
-		if at+1 < len(parts) {
-			parts[at].rank, parts[at].merged = t.pair(parts[at].id, parts[at+1].id)
-		} else {
-			parts[at].rank = noRank
+		id[at] = t.merges.results[best]
+		id = append(id[:at+1], id[at+2:]...)
+		ranks = append(ranks[:at], ranks[at+1:]...)
+		if at < len(ranks) {
+			ranks[at] = t.merges.rank(id[at], id[at+1])
 		}
 		if at > 0 {
-			parts[at-1].rank, parts[at-1].merged = t.pair(parts[at-1].id, parts[at].id)
+			ranks[at-1] = t.merges.rank(id[at-1], id[at])
 		}
 	}
-	for _, p := range parts {
-		ids = append(ids, p.id)
-	}
-	return ids
+	return append(ids, id...)
 }
 
-// maxLinearBPE is the longest piece that bpe handles with its quadratic scan.
-const maxLinearBPE = 128
+// bpeScratch holds bpeQueue's working arrays, reused across pieces and calls.
+type bpeScratch struct {
+	id, next, prev     []int32
+	cur, initial, heap []uint64
+}
 
-// bpeLong is bpe for long pieces (runs of letters or spaces of any length):
-// the same merges, found with a heap over a linked list, so the cost grows as
-// n log n rather than n².
-func (t *Tokenizer) bpeLong(ids []int32, piece string) []int32 {
+var scratchPool = sync.Pool{New: func() any { return new(bpeScratch) }}
+
+// noPair is the key of a part with no mergeable successor, or removed.
+const noPair = ^uint64(0)
+
+// mergeKey orders the merges of a piece: the lowest rank first, the
+// leftmost among equals (pos is the left part's byte position).
+func mergeKey(rank uint32, pos int32) uint64 {
+	if rank == noRank {
+		return noPair
+	}
+	return uint64(rank)<<32 | uint64(uint32(pos))
+}
+
+// bpeQueue appends the BPE encoding of piece. The parts form a linked list
+// over the byte positions, and cur holds the mergeKey of each part's pair
+// with its successor. The next merge is the least valid key among the
+// initial pairs, sorted once, and the pairs made by merges since, kept in a
+// heap; an entry is valid while cur still holds it, since a part's key
+// changes whenever its pair does.
+func (t *Tokenizer) bpeQueue(ids []int32, piece string, sc *bpeScratch) []int32 {
 	n := len(piece)
-	id := make([]int32, n)
-	prev := make([]int32, n)
-	next := make([]int32, n)
-	for i := 0; i < n; i++ {
+	sc.id, sc.next, sc.prev = grow(sc.id, n), grow(sc.next, n), grow(sc.prev, n)
+	if cap(sc.cur) < n {
+		sc.cur = make([]uint64, n)
+	}
+	id, next, prev, cur := sc.id, sc.next, sc.prev, sc.cur[:n]
+	initial, heap := sc.initial[:0], sc.heap[:0]
+	for i := range n {
 		id[i] = t.byteID[piece[i]]
-		prev[i] = int32(i - 1)
-		next[i] = int32(i + 1)
+		next[i], prev[i] = int32(i+1), int32(i-1)
 	}
 	next[n-1] = -1
-	h := &pairHeap{}
-	push := func(i int32) {
+	for i := range n - 1 {
+		cur[i] = mergeKey(t.byteRank[uint16(piece[i])<<8|uint16(piece[i+1])], int32(i))
+		if cur[i] != noPair {
+			initial = append(initial, cur[i])
+		}
+	}
+	cur[n-1] = noPair
+	slices.Sort(initial)
+	for c := 0; ; {
+		for c < len(initial) && cur[uint32(initial[c])] != initial[c] {
+			c++ // stale
+		}
+		for len(heap) > 0 && cur[uint32(heap[0])] != heap[0] {
+			heap = heapPop(heap) // stale
+		}
+		var key uint64
+		if c < len(initial) && (len(heap) == 0 || initial[c] < heap[0]) {
+			key = initial[c]
+			c++
+		} else if len(heap) > 0 {
+			key = heap[0]
+			heap = heapPop(heap)
+		} else {
+			break
+		}
+		i := int32(uint32(key))
 		j := next[i]
-		if j < 0 {
-			return
+		id[i] = t.merges.results[key>>32]
+		k := next[j]
+		next[i], cur[j] = k, noPair
+		cur[i] = noPair
+		if k >= 0 {
+			prev[k] = i
+			if cur[i] = mergeKey(t.merges.rank(id[i], id[k]), i); cur[i] != noPair {
+				heap = heapPush(heap, cur[i])
+			}
 		}
-		if rank, _ := t.pair(id[i], id[j]); rank != noRank {
-			h.push(heapEntry{rank: rank, left: i, right: j, leftID: id[i], rightID: id[j]})
-		}
-	}
-	for i := int32(0); i+1 < int32(n); i++ {
-		push(i)
-	}
-	for h.len() > 0 {
-		e := h.pop()
-		i, j := e.left, e.right
-		if next[i] != j || id[i] != e.leftID || id[j] != e.rightID {
-			continue // stale: a node of this pair has merged since
-		}
-		_, id[i] = t.pair(id[i], id[j])
-		id[j] = -1
-		next[i] = next[j]
-		if next[j] >= 0 {
-			prev[next[j]] = i
-		}
-		push(i)
-		if prev[i] >= 0 {
-			push(prev[i])
+		if h := prev[i]; h >= 0 {
+			if cur[h] = mergeKey(t.merges.rank(id[h], id[i]), h); cur[h] != noPair {
+				heap = heapPush(heap, cur[h])
+			}
 		}
 	}
+	sc.initial, sc.heap = initial, heap
 	for i := int32(0); i >= 0; i = next[i] {
 		ids = append(ids, id[i])
 	}
 	return ids
 }
 
-// heapEntry is a candidate merge of node left with its successor right, valid
-// while both still hold the ids it was made from.
-type heapEntry struct {
-	rank            uint32
-	left, right     int32
-	leftID, rightID int32
-}
-
-// pairHeap is a min-heap of candidate merges by (rank, position): the lowest
-// rank first, the leftmost among equal ranks, as in the linear scan.
-type pairHeap struct{ e []heapEntry }
-
-func (h *pairHeap) len() int { return len(h.e) }
-
-func (h *pairHeap) less(a, b int) bool {
-	if h.e[a].rank != h.e[b].rank {
-		return h.e[a].rank < h.e[b].rank
-	}
-	return h.e[a].left < h.e[b].left
-}
-
-func (h *pairHeap) push(x heapEntry) {
-	h.e = append(h.e, x)
-	for i := len(h.e) - 1; i > 0; {
+// heapPush adds x to the min-heap h.
+func heapPush(h []uint64, x uint64) []uint64 {
+	h = append(h, x)
+	i := len(h) - 1
+	for i > 0 {
 		p := (i - 1) / 2
-		if !h.less(i, p) {
+		if h[p] <= x {
 			break
 		}
-		h.e[i], h.e[p] = h.e[p], h.e[i]
+		h[i] = h[p]
 		i = p
 	}
+	h[i] = x
+	return h
 }
 
-func (h *pairHeap) pop() heapEntry {
-	top := h.e[0]
-	last := len(h.e) - 1
-	h.e[0] = h.e[last]
-	h.e = h.e[:last]
-	for i := 0; ; {
-		l, r, m := 2*i+1, 2*i+2, i
-		if l < len(h.e) && h.less(l, m) {
-			m = l
-		}
-		if r < len(h.e) && h.less(r, m) {
-			m = r
-		}
-		if m == i {
+// heapPop removes the least element of the min-heap h.
+func heapPop(h []uint64) []uint64 {
+	last := h[len(h)-1]
+	h = h[:len(h)-1]
+	if len(h) == 0 {
+		return h
+	}
+	i := 0
+	for {
+		l := 2*i + 1
+		if l >= len(h) {
 			break
 		}
-		h.e[i], h.e[m] = h.e[m], h.e[i]
-		i = m
+		if r := l + 1; r < len(h) && h[r] < h[l] {
+			l = r
+		}
+		if last <= h[l] {
+			break
+		}
+		h[i] = h[l]
+		i = l
 	}
-	return top
+	h[i] = last
+	return h
+}
+
+func grow(s []int32, n int) []int32 {
+	if cap(s) < n {
+		return make([]int32, n)
+	}
+	return s[:n]
 }

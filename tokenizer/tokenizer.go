@@ -41,13 +41,19 @@ type Tokenizer struct {
 	normal map[string]int32
 	// byteID[b] is the token of the single byte b.
 	byteID [256]int32
-	// merges maps a pair of adjacent tokens (left<<32 | right) to
-	// rank<<32 | merged id; a lower rank merges first.
-	merges map[uint64]uint64
+	// merges maps a pair of adjacent tokens to the rank (a lower rank
+	// merges first) and result of their merge.
+	merges *pairTable
+	// byteRank[b0<<8|b1] is merges' rank for the tokens of bytes b0 and b1:
+	// the first lookups of every BPE, without hashing.
+	byteRank *[1 << 16]uint32
 	pretok preTokenizer
 	// wholeWords looks a whole piece up in the vocabulary before running BPE
 	// on it, as tiktoken does (and HF's ignore_merges).
 	wholeWords bool
+	// maxTokenLen is the length of the longest normal token: no longer
+	// piece is a whole word.
+	maxTokenLen int
 	// userDefined holds the tokens always parsed from text; control the
 	// special tokens EncodeSpecial also parses.
 	userDefined, control *specialSet
@@ -82,6 +88,9 @@ func newTokenizer(sp *spec) (*Tokenizer, error) {
 	if n == 0 {
 		return nil, fmt.Errorf("tokenizer: empty vocabulary")
 	}
+	if n > maxTokens {
+		return nil, fmt.Errorf("tokenizer: %d tokens, more than the %d supported", n, maxTokens)
+	}
 	if len(sp.types) != n {
 		return nil, fmt.Errorf("tokenizer: %d token types for %d tokens", len(sp.types), n)
 	}
@@ -93,7 +102,6 @@ func newTokenizer(sp *spec) (*Tokenizer, error) {
 		pieces:     sp.pieces,
 		types:      sp.types,
 		normal:     make(map[string]int32, n),
-		merges:     make(map[uint64]uint64, len(sp.merges)),
 		pretok:     sp.pretok,
 		wholeWords: sp.wholeWords,
 		addBOS:     sp.addBOS,
@@ -113,6 +121,7 @@ func newTokenizer(sp *spec) (*Tokenizer, error) {
 			if _, dup := t.normal[key]; !dup {
 				t.normal[key] = int32(id)
 			}
+			t.maxTokenLen = max(t.maxTokenLen, len(p))
 			if len(p) == 1 && t.byteID[p[0]] < 0 {
 				t.byteID[p[0]] = int32(id)
 			}
@@ -129,10 +138,14 @@ func newTokenizer(sp *spec) (*Tokenizer, error) {
 				return nil, fmt.Errorf("tokenizer: merge %d refers to token %d, outside the vocabulary of %d", rank, id, n)
 			}
 		}
-		key := uint64(uint32(m.left))<<32 | uint64(uint32(m.right))
-		if _, dup := t.merges[key]; !dup {
-			t.merges[key] = uint64(rank)<<32 | uint64(uint32(m.result))
-		}
+	}
+	var err error
+	if t.merges, err = newPairTable(sp.merges); err != nil {
+		return nil, err
+	}
+	t.byteRank = new([1 << 16]uint32)
+	for i := range t.byteRank {
+		t.byteRank[i] = t.merges.rank(t.byteID[i>>8], t.byteID[i&0xFF])
 	}
 	t.userDefined = newSpecialSet(sp.pieces, userDefined)
 	t.control = newSpecialSet(sp.pieces, control)
@@ -143,7 +156,6 @@ func newTokenizer(sp *spec) (*Tokenizer, error) {
 		}
 		return id, nil
 	}
-	var err error
 	if t.bos, err = valid("BOS", sp.bos); err != nil {
 		return nil, err
 	}
