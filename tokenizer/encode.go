@@ -104,7 +104,7 @@ func (t *Tokenizer) encodeOrdinary(ids []int32, text string) []int32 {
 			continue
 		}
 		if t.wholeWords && len(piece) <= t.maxTokenLen {
-			if id, ok := t.normal[piece]; ok {
+			if id, ok := t.words.get(piece); ok {
 				ids = append(ids, id)
 				continue
 			}
@@ -131,43 +131,69 @@ func (t *Tokenizer) encodeOrdinary(ids []int32, text string) []int32 {
 // bpeQueue keeps the pairs in order, so that a merge costs O(log n) rather
 // than O(n), for longer ones (runs of CJK, spaces, emoji).
 
-// maxLinearBPE is the longest piece that bpeLinear handles.
-const maxLinearBPE = 16
+// maxLinearBPE is the longest piece that bpeLinear handles; its keys hold
+// a part's position in the low linearBits bits.
+const (
+	linearBits   = 4
+	maxLinearBPE = 1 << linearBits
+)
+
+// noSmallKey is bpeLinear's key of a part with no mergeable successor.
+const noSmallKey = ^uint32(0)
 
 // bpeLinear appends the BPE encoding of piece (at most maxLinearBPE bytes).
+// The parts form a linked list in fixed arrays; key[i] is rank<<linearBits | i for
+// the pair that part i starts, so the least key is the lowest rank at the
+// leftmost position, found by a branch-free scan. (Ranks are below 2^22, so
+// the keys fit.)
 func (t *Tokenizer) bpeLinear(ids []int32, piece string) []int32 {
-	// ranks[i] is the rank of merging part i with part i+1.
-	var idBuf [maxLinearBPE]int32
-	var rankBuf [maxLinearBPE]uint32
+	var id [maxLinearBPE]int32
+	var next, prev [maxLinearBPE]int8
+	var key [maxLinearBPE]uint32
 	n := len(piece)
-	id, ranks := idBuf[:n], rankBuf[:n-1]
 	for i := range n {
 		id[i] = t.byteID[piece[i]]
+		next[i], prev[i] = int8(i+1), int8(i-1)
 	}
-	for i := range ranks {
-		ranks[i] = t.byteRank[uint16(piece[i])<<8|uint16(piece[i+1])]
+	for i := range n - 1 {
+		key[i] = smallKey(t.byteRank[uint16(piece[i])<<8|uint16(piece[i+1])], i)
 	}
-	for len(ranks) > 0 {
-		best, at := noRank, -1
-		for i, r := range ranks {
-			if r < best {
-				best, at = r, i
-			}
+	key[n-1] = noSmallKey
+	keys := key[:n-1]
+	for {
+		best := noSmallKey
+		for _, k := range keys {
+			best = min(best, k)
 		}
-		if at < 0 {
+		if best == noSmallKey {
 			break
 		}
-		id[at] = t.merges.results[best]
-		id = append(id[:at+1], id[at+2:]...)
-		ranks = append(ranks[:at], ranks[at+1:]...)
-		if at < len(ranks) {
-			ranks[at] = t.merges.rank(id[at], id[at+1])
+		i := best & (maxLinearBPE - 1)
+		j := next[i]
+		id[i] = t.merges.results[best>>linearBits]
+		k := next[j]
+		key[j], key[i] = noSmallKey, noSmallKey
+		next[i] = k
+		if int(k) < n {
+			prev[k] = int8(i)
+			key[i] = smallKey(t.merges.rank(id[i], id[k]), int(i))
 		}
-		if at > 0 {
-			ranks[at-1] = t.merges.rank(id[at-1], id[at])
+		if h := prev[i]; h >= 0 {
+			key[h] = smallKey(t.merges.rank(id[h], id[i]), int(h))
 		}
 	}
-	return append(ids, id...)
+	for i := 0; i < n; i = int(next[i]) {
+		ids = append(ids, id[i])
+	}
+	return ids
+}
+
+// smallKey is bpeLinear's key of merging part i at rank (maybe noRank).
+func smallKey(rank uint32, i int) uint32 {
+	if rank == noRank {
+		return noSmallKey
+	}
+	return rank<<linearBits | uint32(i)
 }
 
 // bpeScratch holds bpeQueue's working arrays, reused across pieces and calls.

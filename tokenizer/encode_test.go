@@ -32,3 +32,45 @@ func TestDuplicateMergeFirstWins(t *testing.T) {
 		}
 	}
 }
+
+// TestWordTable looks up every normal token of both vocabularies, and
+// strings one byte away from each (most of them not tokens), in the
+// tokenizer's wordTable and in a Go map of the same tokens.
+func TestWordTable(t *testing.T) {
+	for _, name := range []string{VocabO200kHarmony, VocabGPT2} {
+		tk, err := Embedded(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := map[string]int32{}
+		for id, p := range tk.pieces {
+			if tk.types[id] == TypeNormal {
+				if _, dup := want[string(p)]; !dup {
+					want[string(p)] = int32(id)
+				}
+			}
+		}
+		check := func(s string) {
+			id, ok := tk.words.get(s)
+			wantID, wantOK := want[s]
+			if ok != wantOK || id != wantID {
+				t.Fatalf("%s: words.get(%q) = %d, %v; want %d, %v", name, s, id, ok, wantID, wantOK)
+			}
+		}
+		found := 0
+		for s := range want {
+			check(s)
+			check(s + "e")
+			check(s[:len(s)-1])
+			if _, ok := want[s[:len(s)-1]]; ok {
+				found++
+			}
+			b := []byte(s)
+			b[len(b)/2] ^= 0x20
+			check(string(b))
+		}
+		if found == 0 {
+			t.Errorf("%s: no prefix of a token is a token; the test checks nothing found", name)
+		}
+	}
+}

@@ -37,8 +37,8 @@ type Tokenizer struct {
 	// pieces[id] is the raw bytes a token stands for (a control token's text).
 	pieces [][]byte
 	types  []int32
-	// normal maps a normal token's bytes to its id.
-	normal map[string]int32
+	// words finds a normal token's id by its bytes.
+	words *wordTable
 	// byteID[b] is the token of the single byte b.
 	byteID [256]int32
 	// merges maps a pair of adjacent tokens to the rank (a lower rank
@@ -47,7 +47,7 @@ type Tokenizer struct {
 	// byteRank[b0<<8|b1] is merges' rank for the tokens of bytes b0 and b1:
 	// the first lookups of every BPE, without hashing.
 	byteRank *[1 << 16]uint32
-	pretok preTokenizer
+	pretok   preTokenizer
 	// wholeWords looks a whole piece up in the vocabulary before running BPE
 	// on it, as tiktoken does (and HF's ignore_merges).
 	wholeWords bool
@@ -101,7 +101,6 @@ func newTokenizer(sp *spec) (*Tokenizer, error) {
 		kind:       sp.kind,
 		pieces:     sp.pieces,
 		types:      sp.types,
-		normal:     make(map[string]int32, n),
 		pretok:     sp.pretok,
 		wholeWords: sp.wholeWords,
 		addBOS:     sp.addBOS,
@@ -109,7 +108,7 @@ func newTokenizer(sp *spec) (*Tokenizer, error) {
 	for i := range t.byteID {
 		t.byteID[i] = -1
 	}
-	var userDefined, control []int32
+	var userDefined, control, normal []int32
 	for id, p := range sp.pieces {
 		switch sp.types[id] {
 		case TypeControl:
@@ -117,10 +116,7 @@ func newTokenizer(sp *spec) (*Tokenizer, error) {
 		case TypeUserDefined:
 			userDefined = append(userDefined, int32(id))
 		case TypeNormal, TypeByte:
-			key := string(p)
-			if _, dup := t.normal[key]; !dup {
-				t.normal[key] = int32(id)
-			}
+			normal = append(normal, int32(id))
 			t.maxTokenLen = max(t.maxTokenLen, len(p))
 			if len(p) == 1 && t.byteID[p[0]] < 0 {
 				t.byteID[p[0]] = int32(id)
@@ -140,6 +136,9 @@ func newTokenizer(sp *spec) (*Tokenizer, error) {
 		}
 	}
 	var err error
+	if t.words, err = newWordTable(sp.pieces, normal); err != nil {
+		return nil, err
+	}
 	if t.merges, err = newPairTable(sp.merges); err != nil {
 		return nil, err
 	}
@@ -222,8 +221,7 @@ func (t *Tokenizer) TokenID(text string) (int32, bool) {
 	if id, ok := t.userDefined.ids[text]; ok {
 		return id, true
 	}
-	id, ok := t.normal[text]
-	return id, ok
+	return t.words.get(text)
 }
 
 // TokenText returns the text a token stands for, for display. A normal
