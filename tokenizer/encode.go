@@ -109,14 +109,16 @@ func (t *Tokenizer) encodeOrdinary(ids []int32, text string) []int32 {
 				continue
 			}
 		}
-		if len(piece) <= maxLinearBPE {
-			ids = t.bpeLinear(ids, piece)
-			continue
-		}
 		if sc == nil {
 			sc = scratchPool.Get().(*bpeScratch)
 		}
-		ids = t.bpeQueue(ids, piece, sc)
+		sc.id, sc.rank = grow(sc.id, len(piece)), growRanks(sc.rank, len(piece))
+		m := t.initialParts(piece, sc.id, sc.rank)
+		if m <= maxLinearBPE {
+			ids = t.bpeLinear(ids, sc.id[:m], sc.rank[:m])
+		} else {
+			ids = t.bpeQueue(ids, sc.id[:m], sc.rank[:m], sc)
+		}
 	}
 	if sc != nil {
 		scratchPool.Put(sc)
@@ -124,15 +126,16 @@ func (t *Tokenizer) encodeOrdinary(ids []int32, text string) []int32 {
 	return ids
 }
 
-// BPE starts from the bytes of a piece and merges the adjacent pair of
-// lowest rank, the leftmost among equals, until no pair can merge. Two
-// implementations give the same result: bpeLinear scans all pairs for the
-// best at each merge, which is fastest for short pieces (most words);
-// bpeQueue keeps the pairs in order, so that a merge costs O(log n) rather
-// than O(n), for longer ones (runs of CJK, spaces, emoji).
+// BPE starts from the bytes of a piece (some of them already merged into
+// characters by initialParts) and merges the adjacent pair of lowest rank,
+// the leftmost among equals, until no pair can merge. Two implementations
+// give the same result: bpeLinear scans all pairs for the best at each
+// merge, which is fastest for pieces of few parts (most words); bpeQueue
+// keeps the pairs in order, so that a merge costs O(log n) rather than
+// O(n), for longer ones (runs of CJK, spaces, emoji).
 
-// maxLinearBPE is the longest piece that bpeLinear handles; its keys hold
-// a part's position in the low linearBits bits.
+// maxLinearBPE is the most parts that bpeLinear handles; its keys hold a
+// part's index in the low linearBits bits.
 const (
 	linearBits   = 4
 	maxLinearBPE = 1 << linearBits
@@ -141,22 +144,22 @@ const (
 // noSmallKey is bpeLinear's key of a part with no mergeable successor.
 const noSmallKey = ^uint32(0)
 
-// bpeLinear appends the BPE encoding of piece (at most maxLinearBPE bytes).
-// The parts form a linked list in fixed arrays; key[i] is rank<<linearBits | i for
-// the pair that part i starts, so the least key is the lowest rank at the
-// leftmost position, found by a branch-free scan. (Ranks are below 2^22, so
-// the keys fit.)
-func (t *Tokenizer) bpeLinear(ids []int32, piece string) []int32 {
+// bpeLinear appends the BPE encoding of a piece that starts as parts (at
+// most maxLinearBPE of them; ranks[i] is the rank of merging part i with
+// part i+1). The parts form a linked list in fixed arrays; key[i] is
+// rank<<linearBits | i for the pair that part i starts, so the least key is
+// the lowest rank at the leftmost position, found by a branch-free scan.
+// (Ranks are below 2^22, so the keys fit.)
+func (t *Tokenizer) bpeLinear(ids []int32, parts []int32, ranks []uint32) []int32 {
 	var id [maxLinearBPE]int32
 	var next, prev [maxLinearBPE]int8
 	var key [maxLinearBPE]uint32
-	n := len(piece)
+	n := copy(id[:], parts)
 	for i := range n {
-		id[i] = t.byteID[piece[i]]
 		next[i], prev[i] = int8(i+1), int8(i-1)
 	}
 	for i := range n - 1 {
-		key[i] = smallKey(t.byteRank[uint16(piece[i])<<8|uint16(piece[i+1])], i)
+		key[i] = smallKey(ranks[i], i)
 	}
 	key[n-1] = noSmallKey
 	keys := key[:n-1]
@@ -196,9 +199,11 @@ func smallKey(rank uint32, i int) uint32 {
 	return rank<<linearBits | uint32(i)
 }
 
-// bpeScratch holds bpeQueue's working arrays, reused across pieces and calls.
+// bpeScratch holds the working arrays of initialParts and bpeQueue, reused
+// across pieces and calls.
 type bpeScratch struct {
 	id, next, prev     []int32
+	rank               []uint32
 	cur, initial, heap []uint64
 }
 
@@ -216,27 +221,27 @@ func mergeKey(rank uint32, pos int32) uint64 {
 	return uint64(rank)<<32 | uint64(uint32(pos))
 }
 
-// bpeQueue appends the BPE encoding of piece. The parts form a linked list
-// over the byte positions, and cur holds the mergeKey of each part's pair
-// with its successor. The next merge is the least valid key among the
-// initial pairs, sorted once, and the pairs made by merges since, kept in a
-// heap; an entry is valid while cur still holds it, since a part's key
-// changes whenever its pair does.
-func (t *Tokenizer) bpeQueue(ids []int32, piece string, sc *bpeScratch) []int32 {
-	n := len(piece)
-	sc.id, sc.next, sc.prev = grow(sc.id, n), grow(sc.next, n), grow(sc.prev, n)
+// bpeQueue appends the BPE encoding of a piece that starts as the parts id
+// (which it overwrites; ranks as for bpeLinear). The parts form a linked
+// list, and cur holds the mergeKey of each part's pair with its successor.
+// The next merge is the least valid key among the initial pairs, sorted
+// once, and the pairs made by merges since, kept in a heap; an entry is
+// valid while cur still holds it, since a part's key changes whenever its
+// pair does.
+func (t *Tokenizer) bpeQueue(ids []int32, id []int32, ranks []uint32, sc *bpeScratch) []int32 {
+	n := len(id)
+	sc.next, sc.prev = grow(sc.next, n), grow(sc.prev, n)
 	if cap(sc.cur) < n {
 		sc.cur = make([]uint64, n)
 	}
-	id, next, prev, cur := sc.id, sc.next, sc.prev, sc.cur[:n]
+	next, prev, cur := sc.next, sc.prev, sc.cur[:n]
 	initial, heap := sc.initial[:0], sc.heap[:0]
 	for i := range n {
-		id[i] = t.byteID[piece[i]]
 		next[i], prev[i] = int32(i+1), int32(i-1)
 	}
 	next[n-1] = -1
 	for i := range n - 1 {
-		cur[i] = mergeKey(t.byteRank[uint16(piece[i])<<8|uint16(piece[i+1])], int32(i))
+		cur[i] = mergeKey(ranks[i], int32(i))
 		if cur[i] != noPair {
 			initial = append(initial, cur[i])
 		}
@@ -330,6 +335,13 @@ func heapPop(h []uint64) []uint64 {
 func grow(s []int32, n int) []int32 {
 	if cap(s) < n {
 		return make([]int32, n)
+	}
+	return s[:n]
+}
+
+func growRanks(s []uint32, n int) []uint32 {
+	if cap(s) < n {
+		return make([]uint32, n)
 	}
 	return s[:n]
 }

@@ -114,15 +114,27 @@ func classAt(s string, i int) uint {
 // split separates classAt's result into the class and the width.
 func split(info uint) (class uint8, width int) { return uint8(info), int(info >> 8) }
 
-// classSlow is classAt for a byte >= 0x80: it decodes UTF-8 as
-// utf8.DecodeRuneInString does (a malformed sequence is one invalid byte),
-// the two- and three-byte forms by hand.
+// classSlow is classAt for a byte >= 0x80.
 func classSlow(s string, i int) uint {
+	r, w := decodeRune(s, i)
+	switch {
+	case w == 1:
+		return 1 << 8 // invalid: class 0
+	case r < 0x10000:
+		return uint(bmpClass[r]) | uint(w)<<8
+	}
+	return uint(computeClass(r)) | 4<<8
+}
+
+// decodeRune decodes the UTF-8 sequence at s[i] (s[i] >= 0x80) as
+// utf8.DecodeRuneInString does, a malformed sequence being one byte of
+// utf8.RuneError, with the two- and three-byte forms by hand.
+func decodeRune(s string, i int) (r rune, width int) {
 	b0 := s[i]
 	switch {
 	case b0 >= 0xC2 && b0 < 0xE0:
 		if i+1 < len(s) && isCont(s[i+1]) {
-			return uint(bmpClass[uint16(b0&0x1F)<<6|uint16(s[i+1]&0x3F)]) | 2<<8
+			return rune(b0&0x1F)<<6 | rune(s[i+1]&0x3F), 2
 		}
 	case b0 >= 0xE0 && b0 < 0xF0:
 		if i+2 < len(s) && isCont(s[i+2]) {
@@ -134,15 +146,13 @@ func classSlow(s string, i int) uint {
 				hi = 0x9F // no surrogates
 			}
 			if b1 >= lo && b1 <= hi {
-				return uint(bmpClass[uint16(b0&0x0F)<<12|uint16(b1&0x3F)<<6|uint16(s[i+2]&0x3F)]) | 3<<8
+				return rune(b0&0x0F)<<12 | rune(b1&0x3F)<<6 | rune(s[i+2]&0x3F), 3
 			}
 		}
 	case b0 >= 0xF0 && b0 < 0xF5:
-		if r, w := utf8.DecodeRuneInString(s[i:]); w == 4 {
-			return uint(computeClass(r)) | 4<<8
-		}
+		return utf8.DecodeRuneInString(s[i:])
 	}
-	return 1 << 8
+	return utf8.RuneError, 1
 }
 
 func isCont(b byte) bool { return b&0xC0 == 0x80 }

@@ -47,7 +47,10 @@ type Tokenizer struct {
 	// byteRank[b0<<8|b1] is merges' rank for the tokens of bytes b0 and b1:
 	// the first lookups of every BPE, without hashing.
 	byteRank *[1 << 16]uint32
-	pretok   preTokenizer
+	// chars lets BPE start from whole characters; nil where the merges do
+	// not allow it.
+	chars  *charTable
+	pretok preTokenizer
 	// wholeWords looks a whole piece up in the vocabulary before running BPE
 	// on it, as tiktoken does (and HF's ignore_merges).
 	wholeWords bool
@@ -146,6 +149,7 @@ func newTokenizer(sp *spec) (*Tokenizer, error) {
 	for i := range t.byteRank {
 		t.byteRank[i] = t.merges.rank(t.byteID[i>>8], t.byteID[i&0xFF])
 	}
+	t.chars = newCharTable(t, sp.merges)
 	t.userDefined = newSpecialSet(sp.pieces, userDefined)
 	t.control = newSpecialSet(sp.pieces, control)
 
