@@ -147,13 +147,13 @@ const noSmallKey = ^uint32(0)
 // bpeLinear appends the BPE encoding of a piece that starts as parts (at
 // most maxLinearBPE of them; ranks[i] is the rank of merging part i with
 // part i+1). The parts form a linked list in fixed arrays; key[i] is
-// rank<<linearBits | i for the pair that part i starts, so the least key is
-// the lowest rank at the leftmost position, found by a branch-free scan.
-// (Ranks are below 2^22, so the keys fit.)
+// rank<<linearBits | i for the pair that part i starts, so the least key
+// is the lowest rank at the leftmost position, found by a branch-free scan
+// of all maxLinearBPE keys. (Ranks are below 2^22, so the keys fit.)
 func (t *Tokenizer) bpeLinear(ids []int32, parts []int32, ranks []uint32) []int32 {
 	var id [maxLinearBPE]int32
 	var next, prev [maxLinearBPE]int8
-	var key [maxLinearBPE]uint32
+	key := noSmallKeys
 	n := copy(id[:], parts)
 	for i := range n {
 		next[i], prev[i] = int8(i+1), int8(i-1)
@@ -161,13 +161,8 @@ func (t *Tokenizer) bpeLinear(ids []int32, parts []int32, ranks []uint32) []int3
 	for i := range n - 1 {
 		key[i] = smallKey(ranks[i], i)
 	}
-	key[n-1] = noSmallKey
-	keys := key[:n-1]
 	for {
-		best := noSmallKey
-		for _, k := range keys {
-			best = min(best, k)
-		}
+		best := minKey(&key)
 		if best == noSmallKey {
 			break
 		}
@@ -189,6 +184,19 @@ func (t *Tokenizer) bpeLinear(ids []int32, parts []int32, ranks []uint32) []int3
 		ids = append(ids, id[i])
 	}
 	return ids
+}
+
+// noSmallKeys is bpeLinear's keys before any pair is known.
+var noSmallKeys = [maxLinearBPE]uint32{
+	noSmallKey, noSmallKey, noSmallKey, noSmallKey, noSmallKey, noSmallKey, noSmallKey, noSmallKey,
+	noSmallKey, noSmallKey, noSmallKey, noSmallKey, noSmallKey, noSmallKey, noSmallKey, noSmallKey,
+}
+
+// minKey is the least of 16 keys, as a tree of independent comparisons.
+func minKey(k *[maxLinearBPE]uint32) uint32 {
+	a0, a1, a2, a3 := min(k[0], k[1]), min(k[2], k[3]), min(k[4], k[5]), min(k[6], k[7])
+	a4, a5, a6, a7 := min(k[8], k[9]), min(k[10], k[11]), min(k[12], k[13]), min(k[14], k[15])
+	return min(min(min(a0, a1), min(a2, a3)), min(min(a4, a5), min(a6, a7)))
 }
 
 // smallKey is bpeLinear's key of merging part i at rank (maybe noRank).

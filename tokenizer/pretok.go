@@ -132,24 +132,18 @@ func classSlow(s string, i int) uint {
 func decodeRune(s string, i int) (r rune, width int) {
 	b0 := s[i]
 	switch {
-	case b0 >= 0xC2 && b0 < 0xE0:
-		if i+1 < len(s) && isCont(s[i+1]) {
+	case b0 < 0xE0:
+		if b0 >= 0xC2 && i+1 < len(s) && isCont(s[i+1]) {
 			return rune(b0&0x1F)<<6 | rune(s[i+1]&0x3F), 2
 		}
-	case b0 >= 0xE0 && b0 < 0xF0:
-		if i+2 < len(s) && isCont(s[i+2]) {
-			b1 := s[i+1]
-			lo, hi := byte(0x80), byte(0xBF)
-			if b0 == 0xE0 {
-				lo = 0xA0 // no overlong forms
-			} else if b0 == 0xED {
-				hi = 0x9F // no surrogates
-			}
-			if b1 >= lo && b1 <= hi {
-				return rune(b0&0x0F)<<12 | rune(b1&0x3F)<<6 | rune(s[i+2]&0x3F), 3
+	case b0 < 0xF0:
+		if i+2 < len(s) && isCont(s[i+1]) && isCont(s[i+2]) {
+			r = rune(b0&0x0F)<<12 | rune(s[i+1]&0x3F)<<6 | rune(s[i+2]&0x3F)
+			if r >= 0x800 && (r < 0xD800 || r > 0xDFFF) { // not overlong, not a surrogate
+				return r, 3
 			}
 		}
-	case b0 >= 0xF0 && b0 < 0xF5:
+	default:
 		return utf8.DecodeRuneInString(s[i:])
 	}
 	return utf8.RuneError, 1
@@ -299,8 +293,37 @@ func o200kContraction(s string, e int) int {
 	return e
 }
 
+// o200kASCIIWord is o200kNext for the commonest piece: ASCII letters, with
+// an ASCII prefix or none, followed by an ASCII byte or the end. There the
+// pattern's first two alternatives reduce to [A-Z]*[a-z]+ and then
+// [A-Z]+. It returns the piece's end, or 0 where o200kNext must decide.
+func o200kASCIIWord(s string, i int) int {
+	p := i // the start of the letters
+	if s[i]-'A' >= 26 && s[i]-'a' >= 26 {
+		if s[i] >= utf8.RuneSelf || asciiInfo[s[i]]&(cN|cCRLF) != 0 {
+			return 0
+		}
+		p++ // [^\r\n\p{L}\p{N}]
+	}
+	q := p
+	for q < len(s) && s[q]-'A' < 26 {
+		q++
+	}
+	e := q
+	for e < len(s) && s[e]-'a' < 26 {
+		e++
+	}
+	if e == p || (e < len(s) && s[e] >= utf8.RuneSelf) {
+		return 0 // no letters, or a rune that may continue the word
+	}
+	return o200kContraction(s, e)
+}
+
 // o200kNext scans one piece of o200kPattern.
 func o200kNext(s string, i int) int {
+	if e := o200kASCIIWord(s, i); e > 0 {
+		return e
+	}
 	c, w := split(classAt(s, i))
 	// [^\r\n\p{L}\p{N}]? : may this rune be a word's one-rune prefix?
 	prefixable := c&(cL|cN|cCRLF) == 0

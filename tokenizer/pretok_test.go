@@ -89,7 +89,7 @@ func TestPretokCorpora(t *testing.T) {
 
 // FuzzPretok: both scanners split any text the same way.
 func FuzzPretok(f *testing.F) {
-	for _, s := range []string{"", "Hello world", "  \r\n\t x", "don't DON'T 'S ſ", "中文 한국어 👨‍👩‍👧‍👦", "e\u0301\u0301ABC", "\xff\xc3 \xe2\x82", "12345 6.7"} {
+	for _, s := range []string{"", "Hello world", "  \r\n\t x", "don't DON'T 'S ſ x'ſ", "中文 한국어 👨‍👩‍👧‍👦", "e\u0301\u0301ABC", "\xff\xc3 \xe2\x82", "12345 6.7", "HTTPServer ABC def ABCé (Abc) _x"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) { checkPieces(t, s) })

@@ -36,23 +36,33 @@ func newWordTable(pieces [][]byte, ids []int32) (*wordTable, error) {
 		if len(p) > maxWordLen {
 			return nil, fmt.Errorf("tokenizer: token %d is %d bytes long, more than the %d supported", id, len(p), maxWordLen)
 		}
-		if _, dup := w.get(p); dup {
-			continue
-		}
 		head, h := wordHash(p)
-		i := h >> w.shift
-		for w.slots[i].meta != 0 {
-			i = (i + 1) & mask
+		meta := wordMeta(h, len(p)) | uint64(id+1)
+		for i := h >> w.shift; ; i = (i + 1) & mask {
+			sl := &w.slots[i]
+			if sl.meta == 0 {
+				*sl = wordSlot{head: head, meta: meta}
+				break
+			}
+			if w.match(sl, p, head, meta) {
+				break // a duplicate: the first token wins
+			}
 		}
-		w.slots[i] = wordSlot{head: head, meta: wordMeta(h, len(p)) | uint64(id+1)}
 	}
 	return w, nil
+}
+
+// match reports whether slot sl holds the token s, whose head and meta
+// (id bits aside) are given.
+func (w *wordTable) match(sl *wordSlot, s string, head, meta uint64) bool {
+	return sl.head == head && sl.meta&^0xFFFFFFFF == meta&^0xFFFFFFFF &&
+		(len(s) <= 8 || string(w.pieces[uint32(sl.meta)-1][8:]) == s[8:])
 }
 
 // get returns the id of the token whose bytes are s.
 func (w *wordTable) get(s string) (int32, bool) {
 	head, h := wordHash(s)
-	want := wordMeta(h, len(s))
+	meta := wordMeta(h, len(s))
 	slots := w.slots
 	mask := uint64(len(slots) - 1)
 	for i := h >> w.shift; ; i = (i + 1) & mask {
@@ -60,11 +70,8 @@ func (w *wordTable) get(s string) (int32, bool) {
 		if sl.meta == 0 {
 			return 0, false
 		}
-		if sl.head == head && sl.meta&^0xFFFFFFFF == want {
-			id := int32(uint32(sl.meta) - 1)
-			if len(s) <= 8 || string(w.pieces[id][8:]) == s[8:] {
-				return id, true
-			}
+		if w.match(sl, s, head, meta) {
+			return int32(uint32(sl.meta) - 1), true
 		}
 	}
 }
