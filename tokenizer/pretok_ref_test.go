@@ -4,8 +4,6 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
-	"unicode"
-	"unicode/utf8"
 )
 
 // The reference pre-tokenizers that the scanners in pretok.go are tested
@@ -14,7 +12,10 @@ import (
 // backtracking engine would (leftmost-first). Two things need help: Go's
 // \s is ASCII only, so it is spelled out as Unicode's White_Space (as
 // unicode.IsSpace and the reference tokenizers have it), and regexp has no
-// lookahead, so the patterns' common ending `\s+(?!\S)|\s+` is done by hand.
+// lookahead, so the patterns' common ending `\s+(?!\S)|\s+` becomes
+// `([ws]+)$|([ws]+)[ws]|[ws]` with the piece ending where the group does:
+// the whole run at the end of the text, else the run less its last rune
+// (which the lookahead leaves to the next piece), else one rune.
 var (
 	refO200kNext = regexNext(o200kPattern)
 	refGpt2Next  = regexNext(gpt2Pattern)
@@ -31,25 +32,22 @@ func regexNext(pattern string) preTokenizer {
 	}
 	head = strings.ReplaceAll(head, `[^\s`, `[^`+whiteSpace)
 	head = strings.ReplaceAll(head, `\s`, `[`+whiteSpace+`]`)
-	re := regexp.MustCompile(`^(?:` + head + `)`)
+	headRe := regexp.MustCompile(`^(?:` + head + `)`)
+	ws := `[` + whiteSpace + `]`
+	tailRe := regexp.MustCompile(`^(?:(` + ws + `+)$|(` + ws + `+)` + ws + `|` + ws + `)`)
 	return func(s string, i int) int {
-		if m := re.FindStringIndex(s[i:]); m != nil {
+		if m := headRe.FindStringIndex(s[i:]); m != nil {
 			return i + m[1]
 		}
-		// \s+(?!\S)|\s+ : the run of white space, less its last rune if a
-		// non-space follows and the run has more than one rune.
-		j, last := i, i
-		for j < len(s) {
-			r, w := utf8.DecodeRuneInString(s[j:])
-			if !unicode.IsSpace(r) {
-				break
-			}
-			last = j
-			j += w
+		m := tailRe.FindStringSubmatchIndex(s[i:])
+		switch {
+		case m == nil:
+			return i // no piece: the test reports it
+		case m[3] > 0:
+			return i + m[3]
+		case m[5] > 0:
+			return i + m[5]
 		}
-		if j == len(s) || last == i {
-			return j
-		}
-		return last
+		return i + m[1]
 	}
 }
