@@ -240,7 +240,9 @@ func (t *Tokenizer) bpeQueue(ids []int32, id []int32, ranks []uint32, sc *bpeScr
 	n := len(id)
 	sc.next, sc.prev = grow(sc.next, n), grow(sc.prev, n)
 	if cap(sc.cur) < n {
-		sc.cur = make([]uint64, n)
+		// initial holds at most n-1 keys, and the heap holds at most n
+		// valid ones (and the stale ones not yet popped).
+		sc.cur, sc.initial, sc.heap = make([]uint64, n), make([]uint64, 0, n), make([]uint64, 0, n)
 	}
 	next, prev, cur := sc.next, sc.prev, sc.cur[:n]
 	initial, heap := sc.initial[:0], sc.heap[:0]
