@@ -94,7 +94,7 @@ func (t *Tokenizer) encode(text string, parseSpecial bool) []int32 {
 
 // encodeOrdinary appends the tokens of text with no special tokens in it.
 func (t *Tokenizer) encodeOrdinary(ids []int32, text string) []int32 {
-	var sc *bpeScratch // bpeQueue's, taken from scratchPool on first use
+	var sc *bpeScratch // from scratchPool at the first piece that needs BPE
 	for i := 0; i < len(text); {
 		j := t.pretok(text, i)
 		piece := text[i:j]
@@ -112,7 +112,7 @@ func (t *Tokenizer) encodeOrdinary(ids []int32, text string) []int32 {
 		if sc == nil {
 			sc = scratchPool.Get().(*bpeScratch)
 		}
-		sc.id, sc.rank = grow(sc.id, len(piece)), growRanks(sc.rank, len(piece))
+		sc.id, sc.rank = grow(sc.id, len(piece)), grow(sc.rank, len(piece))
 		m := t.initialParts(piece, sc.id, sc.rank)
 		if m <= maxLinearBPE {
 			ids = t.bpeLinear(ids, sc.id[:m], sc.rank[:m])
@@ -221,7 +221,7 @@ var scratchPool = sync.Pool{New: func() any { return new(bpeScratch) }}
 const noPair = ^uint64(0)
 
 // mergeKey orders the merges of a piece: the lowest rank first, the
-// leftmost among equals (pos is the left part's byte position).
+// leftmost among equals (pos is the left part's index).
 func mergeKey(rank uint32, pos int32) uint64 {
 	if rank == noRank {
 		return noPair
@@ -342,16 +342,10 @@ func heapPop(h []uint64) []uint64 {
 	return h
 }
 
-func grow(s []int32, n int) []int32 {
+// grow returns s with length n, reallocated if its capacity is less.
+func grow[T any](s []T, n int) []T {
 	if cap(s) < n {
-		return make([]int32, n)
-	}
-	return s[:n]
-}
-
-func growRanks(s []uint32, n int) []uint32 {
-	if cap(s) < n {
-		return make([]uint32, n)
+		return make([]T, n)
 	}
 	return s[:n]
 }
