@@ -18,7 +18,7 @@ type wordTable struct {
 }
 
 type wordSlot struct {
-	head uint64 // wordHead of the token's bytes
+	head uint64 // the head of the token's bytes (see wordHash)
 	meta uint64 // hash tag<<48 | length<<32 | id+1; 0 if the slot is free
 }
 
