@@ -1,6 +1,9 @@
 package tokenizer
 
-import "slices"
+import (
+	"slices"
+	"sync"
+)
 
 // specialSet finds the texts of a set of special tokens in a string.
 type specialSet struct {
@@ -91,191 +94,258 @@ func (t *Tokenizer) encode(text string, parseSpecial bool) []int32 {
 
 // encodeOrdinary appends the tokens of text with no special tokens in it.
 func (t *Tokenizer) encodeOrdinary(ids []int32, text string) []int32 {
+	var sc *bpeScratch // from scratchPool at the first piece that needs BPE
 	for i := 0; i < len(text); {
 		j := t.pretok(text, i)
-		ids = t.encodePiece(ids, text[i:j])
+		piece := text[i:j]
 		i = j
-	}
-	return ids
-}
-
-func (t *Tokenizer) encodePiece(ids []int32, piece string) []int32 {
-	if len(piece) == 1 {
-		return append(ids, t.byteID[piece[0]])
-	}
-	if t.wholeWords {
-		if id, ok := t.normal[piece]; ok {
-			return append(ids, id)
+		if len(piece) == 1 {
+			ids = append(ids, t.byteID[piece[0]])
+			continue
 		}
-	}
-	return t.bpe(ids, piece)
-}
-
-// pair returns the rank and result of merging left and right, or noRank.
-func (t *Tokenizer) pair(left, right int32) (rank uint32, result int32) {
-	v, ok := t.merges[uint64(uint32(left))<<32|uint64(uint32(right))]
-	if !ok {
-		return noRank, -1
-	}
-	return uint32(v >> 32), int32(uint32(v))
-}
-
-// part is one token of a piece during BPE, with what merging it with the
-// next part would give.
-type part struct {
-	id     int32
-	rank   uint32
-	merged int32
-}
-
-// bpe appends the BPE encoding of piece: start from its bytes and merge the
-// adjacent pair of lowest rank (the leftmost among equals) until no pair can
-// merge. Pieces are short (words), so a linear scan for the best pair beats a
-// heap; long pieces are split into linked runs by bpeLong.
-func (t *Tokenizer) bpe(ids []int32, piece string) []int32 {
-	if len(piece) > maxLinearBPE {
-		return t.bpeLong(ids, piece)
-	}
-	var buf [maxLinearBPE]part
-	parts := buf[:len(piece)]
-	for i := range parts {
-		parts[i].id = t.byteID[piece[i]]
-	}
-	for i := 0; i+1 < len(parts); i++ {
-		parts[i].rank, parts[i].merged = t.pair(parts[i].id, parts[i+1].id)
-	}
-	parts[len(parts)-1].rank = noRank
-	for {
-		best, at := noRank, -1
-		for i := 0; i+1 < len(parts); i++ {
-			if parts[i].rank < best {
-				best, at = parts[i].rank, i
+		if t.wholeWords && len(piece) <= t.maxTokenLen {
+			if id, ok := t.words.get(piece); ok {
+				ids = append(ids, id)
+				continue
 			}
 		}
-		if at < 0 {
-			break
+		if sc == nil {
+			sc = scratchPool.Get().(*bpeScratch)
 		}
-		parts[at].id = parts[at].merged
-		parts = append(parts[:at+1], parts[at+2:]...)
-		if at+1 < len(parts) {
-			parts[at].rank, parts[at].merged = t.pair(parts[at].id, parts[at+1].id)
+		sc.id, sc.rank = grow(sc.id, len(piece)), grow(sc.rank, len(piece))
+		m := t.initialParts(piece, sc.id, sc.rank)
+		if m <= maxLinearBPE {
+			ids = t.bpeLinear(ids, sc.id[:m], sc.rank[:m])
 		} else {
-			parts[at].rank = noRank
-		}
-		if at > 0 {
-			parts[at-1].rank, parts[at-1].merged = t.pair(parts[at-1].id, parts[at].id)
+			ids = t.bpeQueue(ids, sc.id[:m], sc.rank[:m], sc)
 		}
 	}
-	for _, p := range parts {
-		ids = append(ids, p.id)
+	if sc != nil {
+		scratchPool.Put(sc)
 	}
 	return ids
 }
 
-// maxLinearBPE is the longest piece that bpe handles with its quadratic scan.
-const maxLinearBPE = 128
+// BPE starts from the bytes of a piece (some of them already merged into
+// characters by initialParts) and merges the adjacent pair of lowest rank,
+// the leftmost among equals, until no pair can merge. Two implementations
+// give the same result: bpeLinear scans all pairs for the best at each
+// merge, which is fastest for pieces of few parts (most words); bpeQueue
+// keeps the pairs in order, so that a merge costs O(log n) rather than
+// O(n), for longer ones (runs of CJK, spaces, emoji).
 
-// bpeLong is bpe for long pieces (runs of letters or spaces of any length):
-// the same merges, found with a heap over a linked list, so the cost grows as
-// n log n rather than n².
-func (t *Tokenizer) bpeLong(ids []int32, piece string) []int32 {
-	n := len(piece)
-	id := make([]int32, n)
-	prev := make([]int32, n)
-	next := make([]int32, n)
-	for i := 0; i < n; i++ {
-		id[i] = t.byteID[piece[i]]
-		prev[i] = int32(i - 1)
-		next[i] = int32(i + 1)
+// maxLinearBPE is the most parts that bpeLinear handles; its keys hold a
+// part's index in the low linearBits bits.
+const (
+	linearBits   = 4
+	maxLinearBPE = 1 << linearBits
+)
+
+// noSmallKey is bpeLinear's key of a part with no mergeable successor.
+const noSmallKey = ^uint32(0)
+
+// bpeLinear appends the BPE encoding of a piece that starts as parts (at
+// most maxLinearBPE of them; ranks[i] is the rank of merging part i with
+// part i+1). The parts form a linked list in fixed arrays; key[i] is
+// rank<<linearBits | i for the pair that part i starts, so the least key
+// is the lowest rank at the leftmost position, found by a branch-free scan
+// of all maxLinearBPE keys. (Ranks are below 2^22, so the keys fit.)
+func (t *Tokenizer) bpeLinear(ids []int32, parts []int32, ranks []uint32) []int32 {
+	var id [maxLinearBPE]int32
+	var next, prev [maxLinearBPE]int8
+	key := noSmallKeys
+	n := copy(id[:], parts)
+	for i := range n {
+		next[i], prev[i] = int8(i+1), int8(i-1)
+	}
+	for i := range n - 1 {
+		key[i] = smallKey(ranks[i], i)
+	}
+	for {
+		best := minKey(&key)
+		if best == noSmallKey {
+			break
+		}
+		i := best & (maxLinearBPE - 1)
+		j := next[i]
+		id[i] = t.merges.results[best>>linearBits]
+		k := next[j]
+		key[j], key[i] = noSmallKey, noSmallKey
+		next[i] = k
+		if int(k) < n {
+			prev[k] = int8(i)
+			key[i] = smallKey(t.merges.rank(id[i], id[k]), int(i))
+		}
+		if h := prev[i]; h >= 0 {
+			key[h] = smallKey(t.merges.rank(id[h], id[i]), int(h))
+		}
+	}
+	for i := 0; i < n; i = int(next[i]) {
+		ids = append(ids, id[i])
+	}
+	return ids
+}
+
+// noSmallKeys is bpeLinear's keys before any pair is known.
+var noSmallKeys = [maxLinearBPE]uint32{
+	noSmallKey, noSmallKey, noSmallKey, noSmallKey, noSmallKey, noSmallKey, noSmallKey, noSmallKey,
+	noSmallKey, noSmallKey, noSmallKey, noSmallKey, noSmallKey, noSmallKey, noSmallKey, noSmallKey,
+}
+
+// minKey is the least of 16 keys, as a tree of independent comparisons.
+func minKey(k *[maxLinearBPE]uint32) uint32 {
+	a0, a1, a2, a3 := min(k[0], k[1]), min(k[2], k[3]), min(k[4], k[5]), min(k[6], k[7])
+	a4, a5, a6, a7 := min(k[8], k[9]), min(k[10], k[11]), min(k[12], k[13]), min(k[14], k[15])
+	return min(min(min(a0, a1), min(a2, a3)), min(min(a4, a5), min(a6, a7)))
+}
+
+// smallKey is bpeLinear's key of merging part i at rank (maybe noRank).
+func smallKey(rank uint32, i int) uint32 {
+	if rank == noRank {
+		return noSmallKey
+	}
+	return rank<<linearBits | uint32(i)
+}
+
+// bpeScratch holds the working arrays of initialParts and bpeQueue, reused
+// across pieces and calls.
+type bpeScratch struct {
+	id, next, prev     []int32
+	rank               []uint32
+	cur, initial, heap []uint64
+}
+
+var scratchPool = sync.Pool{New: func() any { return new(bpeScratch) }}
+
+// noPair is the key of a part with no mergeable successor, or removed.
+const noPair = ^uint64(0)
+
+// mergeKey orders the merges of a piece: the lowest rank first, the
+// leftmost among equals (pos is the left part's index).
+func mergeKey(rank uint32, pos int32) uint64 {
+	if rank == noRank {
+		return noPair
+	}
+	return uint64(rank)<<32 | uint64(uint32(pos))
+}
+
+// bpeQueue appends the BPE encoding of a piece that starts as the parts id
+// (which it overwrites; ranks as for bpeLinear). The parts form a linked
+// list, and cur holds the mergeKey of each part's pair with its successor.
+// The next merge is the least valid key among the initial pairs, sorted
+// once, and the pairs made by merges since, kept in a heap; an entry is
+// valid while cur still holds it, since a part's key changes whenever its
+// pair does.
+func (t *Tokenizer) bpeQueue(ids []int32, id []int32, ranks []uint32, sc *bpeScratch) []int32 {
+	n := len(id)
+	sc.next, sc.prev = grow(sc.next, n), grow(sc.prev, n)
+	if cap(sc.cur) < n {
+		// initial holds at most n-1 keys, and the heap holds at most n
+		// valid ones (and the stale ones not yet popped).
+		sc.cur, sc.initial, sc.heap = make([]uint64, n), make([]uint64, 0, n), make([]uint64, 0, n)
+	}
+	next, prev, cur := sc.next, sc.prev, sc.cur[:n]
+	initial, heap := sc.initial[:0], sc.heap[:0]
+	for i := range n {
+		next[i], prev[i] = int32(i+1), int32(i-1)
 	}
 	next[n-1] = -1
-	h := &pairHeap{}
-	push := func(i int32) {
+	for i := range n - 1 {
+		cur[i] = mergeKey(ranks[i], int32(i))
+		if cur[i] != noPair {
+			initial = append(initial, cur[i])
+		}
+	}
+	cur[n-1] = noPair
+	slices.Sort(initial)
+	for c := 0; ; {
+		for c < len(initial) && cur[uint32(initial[c])] != initial[c] {
+			c++ // stale
+		}
+		for len(heap) > 0 && cur[uint32(heap[0])] != heap[0] {
+			heap = heapPop(heap) // stale
+		}
+		var key uint64
+		if c < len(initial) && (len(heap) == 0 || initial[c] < heap[0]) {
+			key = initial[c]
+			c++
+		} else if len(heap) > 0 {
+			key = heap[0]
+			heap = heapPop(heap)
+		} else {
+			break
+		}
+		i := int32(uint32(key))
 		j := next[i]
-		if j < 0 {
-			return
+		id[i] = t.merges.results[key>>32]
+		k := next[j]
+		next[i], cur[j] = k, noPair
+		cur[i] = noPair
+		if k >= 0 {
+			prev[k] = i
+			if cur[i] = mergeKey(t.merges.rank(id[i], id[k]), i); cur[i] != noPair {
+				heap = heapPush(heap, cur[i])
+			}
 		}
-		if rank, _ := t.pair(id[i], id[j]); rank != noRank {
-			h.push(heapEntry{rank: rank, left: i, right: j, leftID: id[i], rightID: id[j]})
-		}
-	}
-	for i := int32(0); i+1 < int32(n); i++ {
-		push(i)
-	}
-	for h.len() > 0 {
-		e := h.pop()
-		i, j := e.left, e.right
-		if next[i] != j || id[i] != e.leftID || id[j] != e.rightID {
-			continue // stale: a node of this pair has merged since
-		}
-		_, id[i] = t.pair(id[i], id[j])
-		id[j] = -1
-		next[i] = next[j]
-		if next[j] >= 0 {
-			prev[next[j]] = i
-		}
-		push(i)
-		if prev[i] >= 0 {
-			push(prev[i])
+		if h := prev[i]; h >= 0 {
+			if cur[h] = mergeKey(t.merges.rank(id[h], id[i]), h); cur[h] != noPair {
+				heap = heapPush(heap, cur[h])
+			}
 		}
 	}
+	sc.initial, sc.heap = initial, heap
 	for i := int32(0); i >= 0; i = next[i] {
 		ids = append(ids, id[i])
 	}
 	return ids
 }
 
-// heapEntry is a candidate merge of node left with its successor right, valid
-// while both still hold the ids it was made from.
-type heapEntry struct {
-	rank            uint32
-	left, right     int32
-	leftID, rightID int32
-}
-
-// pairHeap is a min-heap of candidate merges by (rank, position): the lowest
-// rank first, the leftmost among equal ranks, as in the linear scan.
-type pairHeap struct{ e []heapEntry }
-
-func (h *pairHeap) len() int { return len(h.e) }
-
-func (h *pairHeap) less(a, b int) bool {
-	if h.e[a].rank != h.e[b].rank {
-		return h.e[a].rank < h.e[b].rank
-	}
-	return h.e[a].left < h.e[b].left
-}
-
-func (h *pairHeap) push(x heapEntry) {
-	h.e = append(h.e, x)
-	for i := len(h.e) - 1; i > 0; {
+// heapPush adds x to the min-heap h.
+func heapPush(h []uint64, x uint64) []uint64 {
+	h = append(h, x)
+	i := len(h) - 1
+	for i > 0 {
 		p := (i - 1) / 2
-		if !h.less(i, p) {
+		if h[p] <= x {
 			break
 		}
-		h.e[i], h.e[p] = h.e[p], h.e[i]
+		h[i] = h[p]
 		i = p
 	}
+	h[i] = x
+	return h
 }
 
-func (h *pairHeap) pop() heapEntry {
-	top := h.e[0]
-	last := len(h.e) - 1
-	h.e[0] = h.e[last]
-	h.e = h.e[:last]
-	for i := 0; ; {
-		l, r, m := 2*i+1, 2*i+2, i
-		if l < len(h.e) && h.less(l, m) {
-			m = l
-		}
-		if r < len(h.e) && h.less(r, m) {
-			m = r
-		}
-		if m == i {
+// heapPop removes the least element of the min-heap h.
+func heapPop(h []uint64) []uint64 {
+	last := h[len(h)-1]
+	h = h[:len(h)-1]
+	if len(h) == 0 {
+		return h
+	}
+	i := 0
+	for {
+		l := 2*i + 1
+		if l >= len(h) {
 			break
 		}
-		h.e[i], h.e[m] = h.e[m], h.e[i]
-		i = m
+		if r := l + 1; r < len(h) && h[r] < h[l] {
+			l = r
+		}
+		if last <= h[l] {
+			break
+		}
+		h[i] = h[l]
+		i = l
 	}
-	return top
+	h[i] = last
+	return h
+}
+
+// grow returns s with length n, reallocated if its capacity is less.
+func grow[T any](s []T, n int) []T {
+	if cap(s) < n {
+		return make([]T, n)
+	}
+	return s[:n]
 }

@@ -46,17 +46,27 @@ const (
 	cCRLF             // \r or \n
 )
 
-// bmpClass caches the class of every rune in the Basic Multilingual Plane;
-// built on first use, since most programs that link this package never
-// tokenize.
+// The class of a rune and its width in bytes travel together as one uint,
+// class | width<<8 (see classAt).
+
+// asciiInfo holds class | 1<<8 for every ASCII byte, and bmpClass the
+// class of every rune in the Basic Multilingual Plane; bmpClass is built on
+// first use, since most programs that link this package never tokenize.
 var (
-	bmpClass     []uint8
+	asciiInfo    [utf8.RuneSelf]uint16
+	bmpClass     *[0x10000]uint8
 	bmpClassOnce sync.Once
 )
 
+func init() {
+	for b := range asciiInfo {
+		asciiInfo[b] = uint16(computeClass(rune(b))) | 1<<8
+	}
+}
+
 func buildClassTable() {
 	bmpClassOnce.Do(func() {
-		t := make([]uint8, 0x10000)
+		t := new([0x10000]uint8)
 		for r := range t {
 			t[r] = computeClass(rune(r))
 		}
@@ -90,27 +100,62 @@ func computeClass(r rune) uint8 {
 	return c
 }
 
-// runeAt decodes the rune at s[i] and returns its class and width. Invalid
-// UTF-8 is one byte of class 0 (like a symbol), so scanning never stalls.
-func runeAt(s string, i int) (r rune, class uint8, width int) {
+// classAt returns class | width<<8 for the rune at s[i]. Invalid UTF-8 is
+// one byte of class 0 (like a symbol), so scanning never stalls. It is
+// small enough for the compiler to inline, which matters for ASCII text;
+// other runes take classSlow.
+func classAt(s string, i int) uint {
 	if b := s[i]; b < utf8.RuneSelf {
-		return rune(b), bmpClass[b], 1
+		return uint(asciiInfo[b])
 	}
-	r, width = utf8.DecodeRuneInString(s[i:])
-	if r == utf8.RuneError && width == 1 {
-		return r, 0, 1
-	}
-	if r < 0x10000 {
-		return r, bmpClass[r], width
-	}
-	return r, computeClass(r), width
+	return classSlow(s, i)
 }
+
+// split separates classAt's result into the class and the width.
+func split(info uint) (class uint8, width int) { return uint8(info), int(info >> 8) }
+
+// classSlow is classAt for a byte >= 0x80.
+func classSlow(s string, i int) uint {
+	r, w := decodeRune(s, i)
+	switch {
+	case w == 1:
+		return 1 << 8 // invalid: class 0
+	case r < 0x10000:
+		return uint(bmpClass[r]) | uint(w)<<8
+	}
+	return uint(computeClass(r)) | 4<<8
+}
+
+// decodeRune decodes the UTF-8 sequence at s[i] (s[i] >= 0x80) as
+// utf8.DecodeRuneInString does, a malformed sequence being one byte of
+// utf8.RuneError, with the two- and three-byte forms by hand.
+func decodeRune(s string, i int) (r rune, width int) {
+	b0 := s[i]
+	switch {
+	case b0 < 0xE0:
+		if b0 >= 0xC2 && i+1 < len(s) && isCont(s[i+1]) {
+			return rune(b0&0x1F)<<6 | rune(s[i+1]&0x3F), 2
+		}
+	case b0 < 0xF0:
+		if i+2 < len(s) && isCont(s[i+1]) && isCont(s[i+2]) {
+			r = rune(b0&0x0F)<<12 | rune(s[i+1]&0x3F)<<6 | rune(s[i+2]&0x3F)
+			if r >= 0x800 && (r < 0xD800 || r > 0xDFFF) { // not overlong, not a surrogate
+				return r, 3
+			}
+		}
+	default:
+		return utf8.DecodeRuneInString(s[i:])
+	}
+	return utf8.RuneError, 1
+}
+
+func isCont(b byte) bool { return b&0xC0 == 0x80 }
 
 // scanWhile returns the end of the run of runes from i that have any of the
 // class bits in want.
 func scanWhile(s string, i int, want uint8) int {
 	for i < len(s) {
-		_, c, w := runeAt(s, i)
+		c, w := split(classAt(s, i))
 		if c&want == 0 {
 			break
 		}
@@ -123,7 +168,7 @@ func scanWhile(s string, i int, want uint8) int {
 // \s, \p{L}, \p{N}.
 func scanOther(s string, i int) int {
 	for i < len(s) {
-		_, c, w := runeAt(s, i)
+		c, w := split(classAt(s, i))
 		if c&(cS|cL|cN) != 0 {
 			break
 		}
@@ -139,7 +184,7 @@ func scanOther(s string, i int) int {
 func whitespaceTail(s string, i int) int {
 	j, last := i, i
 	for j < len(s) {
-		_, c, w := runeAt(s, j)
+		c, w := split(classAt(s, j))
 		if c&cS == 0 {
 			break
 		}
@@ -154,8 +199,8 @@ func whitespaceTail(s string, i int) int {
 
 // gpt2Next scans one piece of gpt2Pattern.
 func gpt2Next(s string, i int) int {
-	r, c, w := runeAt(s, i)
-	if r == '\'' && i+1 < len(s) {
+	c, w := split(classAt(s, i))
+	if s[i] == '\'' && i+1 < len(s) {
 		switch s[i+1] {
 		case 's', 'd', 'm', 't':
 			return i + 2
@@ -168,8 +213,8 @@ func gpt2Next(s string, i int) int {
 			}
 		}
 	}
-	if r == ' ' && i+1 < len(s) {
-		_, c2, w2 := runeAt(s, i+1)
+	if s[i] == ' ' && i+1 < len(s) {
+		c2, w2 := split(classAt(s, i+1))
 		switch {
 		case c2&cL != 0:
 			return scanWhile(s, i+1+w2, cL)
@@ -199,7 +244,7 @@ func o200kWord(s string, p int, firstOnly bool) int {
 	// that is also in W (Lm, Lo, M), the end a backtracking W+ would reach.
 	q, lastW := p, -1
 	for q < len(s) {
-		_, c, w := runeAt(s, q)
+		c, w := split(classAt(s, q))
 		if c&cU == 0 {
 			break
 		}
@@ -209,7 +254,7 @@ func o200kWord(s string, p int, firstOnly bool) int {
 		}
 	}
 	if q < len(s) {
-		if _, c, _ := runeAt(s, q); c&cW != 0 {
+		if c, _ := split(classAt(s, q)); c&cW != 0 {
 			return scanWhile(s, q, cW) // U* then W+ with no backtracking
 		}
 	}
@@ -229,10 +274,13 @@ func o200kContraction(s string, e int) int {
 	if e+1 >= len(s) || s[e] != '\'' {
 		return e
 	}
-	r, _, w := runeAt(s, e+1)
-	switch r {
-	case 's', 'S', 'ſ', 't', 'T', 'm', 'M', 'd', 'D':
-		return e + 1 + w
+	switch s[e+1] {
+	case 's', 'S', 't', 'T', 'm', 'M', 'd', 'D':
+		return e + 2
+	case 0xC5: // 'ſ' is C5 BF
+		if e+2 < len(s) && s[e+2] == 0xBF {
+			return e + 3
+		}
 	case 'r', 'R', 'v', 'V':
 		if e+2 < len(s) && s[e+2]|0x20 == 'e' { // 'e' or 'E'
 			return e + 3
@@ -245,9 +293,38 @@ func o200kContraction(s string, e int) int {
 	return e
 }
 
+// o200kASCIIWord is o200kNext for the commonest piece: ASCII letters, with
+// an ASCII prefix or none, followed by an ASCII byte or the end. There the
+// pattern's first two alternatives reduce to [A-Z]*[a-z]+ and then
+// [A-Z]+. It returns the piece's end, or 0 where o200kNext must decide.
+func o200kASCIIWord(s string, i int) int {
+	p := i // the start of the letters
+	if s[i]-'A' >= 26 && s[i]-'a' >= 26 {
+		if s[i] >= utf8.RuneSelf || asciiInfo[s[i]]&(cN|cCRLF) != 0 {
+			return 0
+		}
+		p++ // [^\r\n\p{L}\p{N}]
+	}
+	q := p
+	for q < len(s) && s[q]-'A' < 26 {
+		q++
+	}
+	e := q
+	for e < len(s) && s[e]-'a' < 26 {
+		e++
+	}
+	if e == p || (e < len(s) && s[e] >= utf8.RuneSelf) {
+		return 0 // no letters, or a rune that may continue the word
+	}
+	return o200kContraction(s, e)
+}
+
 // o200kNext scans one piece of o200kPattern.
 func o200kNext(s string, i int) int {
-	r, c, w := runeAt(s, i)
+	if e := o200kASCIIWord(s, i); e > 0 {
+		return e
+	}
+	c, w := split(classAt(s, i))
 	// [^\r\n\p{L}\p{N}]? : may this rune be a word's one-rune prefix?
 	prefixable := c&(cL|cN|cCRLF) == 0
 	// Alternatives 1 and 2: a word, with the optional prefix tried first.
@@ -275,7 +352,7 @@ func o200kNext(s string, i int) int {
 	if c&cN != 0 {
 		j := i + w
 		for n := 1; n < 3 && j < len(s); n++ {
-			_, c2, w2 := runeAt(s, j)
+			c2, w2 := split(classAt(s, j))
 			if c2&cN == 0 {
 				break
 			}
@@ -287,8 +364,8 @@ func o200kNext(s string, i int) int {
 	start := -1
 	if c&(cS|cL|cN) == 0 {
 		start = i + w
-	} else if r == ' ' && i+1 < len(s) {
-		if _, c2, w2 := runeAt(s, i+1); c2&(cS|cL|cN) == 0 {
+	} else if s[i] == ' ' && i+1 < len(s) {
+		if c2, w2 := split(classAt(s, i+1)); c2&(cS|cL|cN) == 0 {
 			start = i + 1 + w2
 		}
 	}
@@ -302,7 +379,7 @@ func o200kNext(s string, i int) int {
 	// `\s*[\r\n]+`: the whitespace run up to and including its last \r or \n.
 	lastNL := -1
 	for j := i; j < len(s); {
-		_, c2, w2 := runeAt(s, j)
+		c2, w2 := split(classAt(s, j))
 		if c2&cS == 0 {
 			break
 		}

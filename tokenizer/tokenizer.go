@@ -37,17 +37,26 @@ type Tokenizer struct {
 	// pieces[id] is the raw bytes a token stands for (a control token's text).
 	pieces [][]byte
 	types  []int32
-	// normal maps a normal token's bytes to its id.
-	normal map[string]int32
+	// words finds a normal token's id by its bytes.
+	words *wordTable
 	// byteID[b] is the token of the single byte b.
 	byteID [256]int32
-	// merges maps a pair of adjacent tokens (left<<32 | right) to
-	// rank<<32 | merged id; a lower rank merges first.
-	merges map[uint64]uint64
+	// merges maps a pair of adjacent tokens to the rank (a lower rank
+	// merges first) and result of their merge.
+	merges *pairTable
+	// byteRank[b0<<8|b1] is merges' rank for the tokens of bytes b0 and b1:
+	// the first lookups of every BPE, without hashing.
+	byteRank *[1 << 16]uint32
+	// chars lets BPE start from whole characters; nil where the merges do
+	// not allow it.
+	chars  *charTable
 	pretok preTokenizer
 	// wholeWords looks a whole piece up in the vocabulary before running BPE
 	// on it, as tiktoken does (and HF's ignore_merges).
 	wholeWords bool
+	// maxTokenLen is the length of the longest normal token: no longer
+	// piece is a whole word.
+	maxTokenLen int
 	// userDefined holds the tokens always parsed from text; control the
 	// special tokens EncodeSpecial also parses.
 	userDefined, control *specialSet
@@ -85,6 +94,9 @@ func newTokenizer(sp *spec) (*Tokenizer, error) {
 	if n == 0 {
 		return nil, fmt.Errorf("tokenizer: empty vocabulary")
 	}
+	if n > maxTokens {
+		return nil, fmt.Errorf("tokenizer: %d tokens, more than the %d supported", n, maxTokens)
+	}
 	if len(sp.types) != n {
 		return nil, fmt.Errorf("tokenizer: %d token types for %d tokens", len(sp.types), n)
 	}
@@ -95,8 +107,6 @@ func newTokenizer(sp *spec) (*Tokenizer, error) {
 		kind:       sp.kind,
 		pieces:     sp.pieces,
 		types:      sp.types,
-		normal:     make(map[string]int32, n),
-		merges:     make(map[uint64]uint64, len(sp.merges)),
 		pretok:     sp.pretok,
 		wholeWords: sp.wholeWords,
 		addBOS:     sp.addBOS,
@@ -104,7 +114,7 @@ func newTokenizer(sp *spec) (*Tokenizer, error) {
 	for i := range t.byteID {
 		t.byteID[i] = -1
 	}
-	var userDefined, control []int32
+	var userDefined, control, normal []int32
 	for id, p := range sp.pieces {
 		if sp.types[id] != TypeControl {
 			t.maxTokenBytes = max(t.maxTokenBytes, len(p))
@@ -115,10 +125,8 @@ func newTokenizer(sp *spec) (*Tokenizer, error) {
 		case TypeUserDefined:
 			userDefined = append(userDefined, int32(id))
 		case TypeNormal, TypeByte:
-			key := string(p)
-			if _, dup := t.normal[key]; !dup {
-				t.normal[key] = int32(id)
-			}
+			normal = append(normal, int32(id))
+			t.maxTokenLen = max(t.maxTokenLen, len(p))
 			if len(p) == 1 && t.byteID[p[0]] < 0 {
 				t.byteID[p[0]] = int32(id)
 			}
@@ -135,11 +143,19 @@ func newTokenizer(sp *spec) (*Tokenizer, error) {
 				return nil, fmt.Errorf("tokenizer: merge %d refers to token %d, outside the vocabulary of %d", rank, id, n)
 			}
 		}
-		key := uint64(uint32(m.left))<<32 | uint64(uint32(m.right))
-		if _, dup := t.merges[key]; !dup {
-			t.merges[key] = uint64(rank)<<32 | uint64(uint32(m.result))
-		}
 	}
+	var err error
+	if t.words, err = newWordTable(sp.pieces, normal); err != nil {
+		return nil, err
+	}
+	if t.merges, err = newPairTable(sp.merges); err != nil {
+		return nil, err
+	}
+	t.byteRank = new([1 << 16]uint32)
+	for i := range t.byteRank {
+		t.byteRank[i] = t.merges.rank(t.byteID[i>>8], t.byteID[i&0xFF])
+	}
+	t.chars = newCharTable(t, sp.merges)
 	t.userDefined = newSpecialSet(sp.pieces, userDefined)
 	t.control = newSpecialSet(sp.pieces, control)
 
@@ -149,7 +165,6 @@ func newTokenizer(sp *spec) (*Tokenizer, error) {
 		}
 		return id, nil
 	}
-	var err error
 	if t.bos, err = valid("BOS", sp.bos); err != nil {
 		return nil, err
 	}
@@ -221,8 +236,7 @@ func (t *Tokenizer) TokenID(text string) (int32, bool) {
 	if id, ok := t.userDefined.ids[text]; ok {
 		return id, true
 	}
-	id, ok := t.normal[text]
-	return id, ok
+	return t.words.get(text)
 }
 
 // TokenText returns the text a token stands for, for display. A normal

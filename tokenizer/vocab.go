@@ -217,38 +217,59 @@ func parseTiktoken(data []byte) ([][]byte, error) {
 // The i-th merge returned (left, right rank) produces the i-th multi-byte
 // token, so merge priority follows rank.
 func mergesFromRanks(tokens [][]byte) ([][2]int32, error) {
-	rank := make(map[string]int32, len(tokens))
-	for r, tok := range tokens {
-		rank[string(tok)] = int32(r)
+	ids := make([]int32, len(tokens))
+	for r := range ids {
+		ids[r] = int32(r)
+	}
+	ranks, err := newWordTable(tokens, ids)
+	if err != nil {
+		return nil, err
+	}
+	rankOf := func(s string, limit int) int32 { // the rank of s if below limit, else -1
+		if rk, ok := ranks.get(s); ok && int(rk) < limit {
+			return rk
+		}
+		return -1
 	}
 	var merges [][2]int32
-	var bounds []int // part i is tok[bounds[i]:bounds[i+1]]
-	for r, tok := range tokens {
-		if len(tok) < 2 {
+	var bounds []int  // part i is tok[bounds[i]:bounds[i+1]]
+	var pairs []int32 // pairs[i] is the rank of parts i and i+1 joined, -1 if none below r
+	for r, b := range tokens {
+		if len(b) < 2 {
 			continue
 		}
-		bounds = bounds[:0]
+		tok := string(b)
+		bounds, pairs = bounds[:0], pairs[:0]
 		for i := 0; i <= len(tok); i++ {
 			bounds = append(bounds, i)
 		}
+		for i := 0; i+2 < len(bounds); i++ {
+			pairs = append(pairs, rankOf(tok[bounds[i]:bounds[i+2]], r))
+		}
 		for len(bounds) > 3 {
-			best, at := int32(r), -1
-			for i := 0; i+2 < len(bounds); i++ {
-				if rk, ok := rank[string(tok[bounds[i]:bounds[i+2]])]; ok && rk < best {
-					best, at = rk, i
+			at := -1
+			for i, rk := range pairs {
+				if rk >= 0 && (at < 0 || rk < pairs[at]) {
+					at = i
 				}
 			}
 			if at < 0 {
 				break
 			}
 			bounds = append(bounds[:at+1], bounds[at+2:]...)
+			pairs = append(pairs[:at], pairs[at+1:]...)
+			if at < len(pairs) {
+				pairs[at] = rankOf(tok[bounds[at]:bounds[at+2]], r)
+			}
+			if at > 0 {
+				pairs[at-1] = rankOf(tok[bounds[at-1]:bounds[at+1]], r)
+			}
 		}
 		if len(bounds) != 3 {
 			return nil, fmt.Errorf("token of rank %d (%q) is not the merge of two lower-ranked tokens", r, tok)
 		}
-		left, lok := rank[string(tok[:bounds[1]])]
-		right, rok := rank[string(tok[bounds[1]:])]
-		if !lok || !rok {
+		left, right := rankOf(tok[:bounds[1]], r), rankOf(tok[bounds[1]:], r)
+		if left < 0 || right < 0 {
 			return nil, fmt.Errorf("token of rank %d (%q): parts not in the vocabulary", r, tok)
 		}
 		merges = append(merges, [2]int32{left, right})
