@@ -1,27 +1,22 @@
 package main
 
 import (
-	"context"
+	"cmp"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 
 	"orcd/backend"
+	"orcd/demo"
 	"orcd/gguf"
 	"orcd/model"
 	"orcd/tokenizer"
-)
-
-// The model used when --model is not given: a tiny random gpt-oss,
-// synthesized once into the user cache directory.
-const (
-	defaultPreset = "tiny-gpt-oss"
-	defaultSeed   = 1
 )
 
 // modelFlags are the flags of every command that loads a model.
@@ -37,7 +32,7 @@ type modelFlags struct {
 // addModelFlags registers the model flags on fs.
 func addModelFlags(fs *flag.FlagSet) *modelFlags {
 	mf := &modelFlags{}
-	fs.StringVar(&mf.model, "model", "", "GGUF model file (default: a tiny random gpt-oss, synthesized into the user cache dir)")
+	fs.StringVar(&mf.model, "model", "", "GGUF model file (default: the built-in "+demo.Name+", a small GPT-2 trained on the King James Version)")
 	fs.StringVar(&mf.tokenizer, "tokenizer", "", "tokenizer.json to use instead of the one beside the model or in its metadata")
 	fs.StringVar(&mf.device, "device", "auto", "backend: cpu, cuda or auto (cuda if available)")
 	fs.IntVar(&mf.gpu, "gpu-device", 0, "CUDA device number")
@@ -49,7 +44,9 @@ func addModelFlags(fs *flag.FlagSet) *modelFlags {
 // loadedModel is a model ready to run, shared by run, logits, serve and
 // bench.
 type loadedModel struct {
-	Path      string
+	Path      string // the model file; "" for the built-in model
+	Name      string // the file's name without .gguf, or the built-in model's name
+	QuantKind string // the weight formats (see quantKind)
 	Backend   backend.Backend
 	Model     model.Model
 	Tokenizer *tokenizer.Tokenizer // nil unless asked for
@@ -71,14 +68,16 @@ func loadModel(mf *modelFlags, withTokenizer bool, log *slog.Logger, bar io.Writ
 	if mf.maxBatch < 1 {
 		return nil, fmt.Errorf("--max-batch %d must be at least 1", mf.maxBatch)
 	}
-	path := mf.model
+	path, name := mf.model, demo.Name
+	var f *gguf.File
+	var err error
 	if path == "" {
-		var err error
-		if path, err = defaultModel(log); err != nil {
-			return nil, err
-		}
+		log.Info("no --model given; using the built-in model", "name", name)
+		f, err = demo.Open()
+	} else {
+		name = strings.TrimSuffix(filepath.Base(path), ".gguf")
+		f, err = gguf.Open(path)
 	}
-	f, err := gguf.Open(path)
 	if err != nil {
 		return nil, err
 	}
@@ -97,17 +96,17 @@ func loadModel(mf *modelFlags, withTokenizer bool, log *slog.Logger, bar io.Writ
 	}
 
 	start := time.Now()
-	m, err := model.Load(f, be, model.LoadOptions{MaxBatch: mf.maxBatch, Progress: loadProgress(path, log, bar)})
+	m, err := model.Load(f, be, model.LoadOptions{MaxBatch: mf.maxBatch, Progress: loadProgress(f.Path, log, bar)})
 	if err != nil {
 		be.Close()
 		return nil, err
 	}
 	cfg := m.Config()
-	log.Info("model loaded", "path", path, "arch", cfg.Arch, "layers", cfg.Layers, "hidden", cfg.Hidden,
+	log.Info("model loaded", "path", f.Path, "arch", cfg.Arch, "layers", cfg.Layers, "hidden", cfg.Hidden,
 		"vocab", cfg.VocabSize, "context", cfg.ContextLength, "backend_bytes", be.Allocated(),
 		"seconds", time.Since(start).Seconds())
 
-	lm := &loadedModel{Path: path, Backend: be, Model: m, CtxSize: mf.ctxSize}
+	lm := &loadedModel{Path: path, Name: name, QuantKind: quantKind(f), Backend: be, Model: m, CtxSize: mf.ctxSize}
 	if lm.CtxSize == 0 || lm.CtxSize > cfg.ContextLength {
 		if lm.CtxSize > cfg.ContextLength {
 			log.Info("--ctx-size exceeds the model's context; using the model's", "ctx_size", mf.ctxSize, "context", cfg.ContextLength)
@@ -127,35 +126,6 @@ func loadModel(mf *modelFlags, withTokenizer bool, log *slog.Logger, bar io.Writ
 	return lm, nil
 }
 
-// defaultModel returns the path of the default model in the user cache
-// directory, synthesizing it first if it is missing or unreadable.
-func defaultModel(log *slog.Logger) (string, error) {
-	dir, err := os.UserCacheDir()
-	if err != nil {
-		return "", fmt.Errorf("no --model given and no user cache dir for the default model: %w", err)
-	}
-	dir = filepath.Join(dir, "orcd")
-	path := filepath.Join(dir, fmt.Sprintf("%s-seed%d.gguf", defaultPreset, defaultSeed))
-	if f, err := gguf.Open(path); err == nil {
-		arch, archErr := f.GetString("general.architecture")
-		f.Close()
-		if archErr == nil && arch == synthPresets[defaultPreset].arch {
-			log.Info("no --model given; using the default model", "path", path)
-			return path, nil
-		}
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return "", err
-	}
-	log.Info("no --model given; synthesizing the default model", "preset", defaultPreset, "seed", defaultSeed, "path", path)
-	start := time.Now()
-	if err := synthesize(context.Background(), path, synthOptions{preset: defaultPreset, seed: defaultSeed}); err != nil {
-		return "", fmt.Errorf("synthesizing the default model: %w", err)
-	}
-	log.Info("default model written", "path", path, "seconds", time.Since(start).Seconds())
-	return path, nil
-}
-
 // loadProgress reports weight-upload progress: a bar redrawn in place when
 // bar is a terminal (a person watching the CLI), else a log line per tenth
 // (a daemon's logs). Both on one terminal would break the bar's line.
@@ -170,4 +140,21 @@ func loadProgress(path string, log *slog.Logger, bar io.Writer) func(done, total
 			log.Info("loading weights", "percent", 10*tenth, "bytes", done, "total", total)
 		}
 	}
+}
+
+// quantKind names the weight formats of the file, most bytes first, e.g.
+// "MXFP4+BF16+F32".
+func quantKind(f *gguf.File) string {
+	bytesOf := map[string]int64{}
+	for _, ti := range f.Tensors {
+		bytesOf[ti.Type.String()] += ti.Size
+	}
+	names := make([]string, 0, len(bytesOf))
+	for n := range bytesOf {
+		names = append(names, n)
+	}
+	slices.SortFunc(names, func(a, b string) int {
+		return cmp.Or(cmp.Compare(bytesOf[b], bytesOf[a]), strings.Compare(a, b))
+	})
+	return strings.Join(names, "+")
 }

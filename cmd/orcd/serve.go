@@ -15,16 +15,14 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"orcd/backend"
+	"orcd/demo"
 	"orcd/engine"
-	"orcd/gguf"
 	"orcd/server"
 	"orcd/tokenizer"
 )
@@ -65,7 +63,7 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&sf.port, "port", 8080, "port to listen on (0: any free port)")
 	fs.StringVar(&sf.callbackURL, "callback-url", "", "URL to POST {worker_id, model_ref, vram_bytes, uri} to once listening; failure exits non-zero")
 	fs.StringVar(&sf.advertiseURL, "advertise-url", "", "base URL reported in the ready callback (default: http://HOST:PORT, with this machine's hostname when HOST is unspecified)")
-	fs.StringVar(&sf.modelID, "model-id", "", "model name in the API (default: the model file's name without .gguf)")
+	fs.StringVar(&sf.modelID, "model-id", "", "model name in the API (default: the model file's name without .gguf, or "+demo.Name+")")
 	fs.StringVar(&sf.apiKey, "api-key", os.Getenv("ORCD_API_KEY"), "bearer token required on every endpoint but /health (default $ORCD_API_KEY; empty: no auth)")
 	fs.IntVar(&sf.maxTokensOut, "max-tokens-out", 2048, "largest max_tokens a request may ask for")
 	fs.Float64Var(&sf.timeoutSec, "inference-timeout-sec", 300, "per-request time limit, queueing included (0: none)")
@@ -156,7 +154,7 @@ func serve(mf *modelFlags, sf *serveFlags, log *slog.Logger, ready func(addr str
 	srv, err := server.New(server.Config{
 		Engine: eng, Tokenizer: lm.Tokenizer, Device: dev,
 		Model: server.ModelInfo{
-			ID: modelID(sf.modelID, lm.Path), Arch: cfg.Arch, QuantKind: quantKind(lm.Path),
+			ID: cmp.Or(sf.modelID, lm.Name), Arch: cfg.Arch, QuantKind: lm.QuantKind,
 			TokenizerKind: lm.Tokenizer.Kind(), VocabSize: cfg.VocabSize, ContextLength: lm.CtxSize,
 		},
 		MaxTokensOut: sf.maxTokensOut, APIKey: sf.apiKey, MaxBodyBytes: sf.maxBodyBytes,
@@ -182,7 +180,7 @@ func serve(mf *modelFlags, sf *serveFlags, log *slog.Logger, ready func(addr str
 	}
 
 	if sf.callbackURL != "" {
-		body := readyCallback{WorkerID: sf.workerID, ModelRef: lm.Path, VRAMBytes: dev.VRAMBytesUsed(), URI: uri}
+		body := readyCallback{WorkerID: sf.workerID, ModelRef: cmp.Or(lm.Path, "builtin:"+lm.Name), VRAMBytes: dev.VRAMBytesUsed(), URI: uri}
 		if err := sendReady(sf.callbackURL, body, log); err != nil {
 			hs.Close()
 			eng.Drain(context.Background())
@@ -268,37 +266,6 @@ func advertisedURI(sf *serveFlags, addr *net.TCPAddr) string {
 		}
 	}
 	return "http://" + net.JoinHostPort(host, strconv.Itoa(addr.Port))
-}
-
-// modelID picks the model's name in the API: a file name makes a handier
-// identifier than general.name, which often has spaces.
-func modelID(flagValue, path string) string {
-	if flagValue != "" {
-		return flagValue
-	}
-	return strings.TrimSuffix(filepath.Base(path), ".gguf")
-}
-
-// quantKind names the weight formats of the file, most bytes first, e.g.
-// "MXFP4+BF16+F32".
-func quantKind(path string) string {
-	f, err := gguf.Open(path)
-	if err != nil {
-		return "unknown"
-	}
-	defer f.Close()
-	bytesOf := map[string]int64{}
-	for _, ti := range f.Tensors {
-		bytesOf[ti.Type.String()] += ti.Size
-	}
-	names := make([]string, 0, len(bytesOf))
-	for n := range bytesOf {
-		names = append(names, n)
-	}
-	slices.SortFunc(names, func(a, b string) int {
-		return cmp.Or(cmp.Compare(bytesOf[b], bytesOf[a]), strings.Compare(a, b))
-	})
-	return strings.Join(names, "+")
 }
 
 // backendDevice reports a backend's memory to /health and /metrics. Backends
