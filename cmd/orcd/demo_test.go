@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"math"
+	"net/http"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -230,5 +231,24 @@ func TestDemoPerplexity(t *testing.T) {
 			}
 			t.Logf("perplexity %.4f (PyTorch %.4f) on %d tokens, %.1f s", got.PPL, want.PPL, got.Tokens, got.Seconds)
 		})
+	}
+}
+
+// TestServeBuiltinModel serves without --model: the built-in model, named
+// kjv-demo in the API and builtin:kjv-demo in the ready callback.
+func TestServeBuiltinModel(t *testing.T) {
+	w := startServe(t, "--ctx-size", "256")
+	if w.callback.ModelRef != "builtin:"+demo.Name {
+		t.Errorf("ready callback model_ref %q", w.callback.ModelRef)
+	}
+	resp, err := http.Get(w.uri + "/health")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var h map[string]any
+	json.NewDecoder(resp.Body).Decode(&h)
+	resp.Body.Close()
+	if h["model"] != demo.Name || h["quant_kind"] != "Q8_0+F32" || h["vocab_size"] != 50257.0 {
+		t.Errorf("health %v", h)
 	}
 }
