@@ -5,7 +5,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"math"
-	"net/http"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -241,14 +240,7 @@ func TestServeBuiltinModel(t *testing.T) {
 	if w.callback.ModelRef != "builtin:"+demo.Name {
 		t.Errorf("ready callback model_ref %q", w.callback.ModelRef)
 	}
-	resp, err := http.Get(w.uri + "/health")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var h map[string]any
-	json.NewDecoder(resp.Body).Decode(&h)
-	resp.Body.Close()
-	if h["model"] != demo.Name || h["quant_kind"] != "Q8_0+F32" || h["vocab_size"] != 50257.0 {
+	if h := w.health(t); h["model"] != demo.Name || h["quant_kind"] != "Q8_0+F32" || h["vocab_size"] != 50257.0 {
 		t.Errorf("health %v", h)
 	}
 }

@@ -70,6 +70,21 @@ func (w *servedWorker) waitExit(t *testing.T) int {
 	return -1
 }
 
+// health returns the worker's /health answer.
+func (w *servedWorker) health(t *testing.T) map[string]any {
+	t.Helper()
+	resp, err := http.Get(w.uri + "/health")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var h map[string]any
+	if err := json.NewDecoder(resp.Body).Decode(&h); err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
 // event is one server-sent event of /execute.
 type event struct {
 	name string
@@ -147,13 +162,7 @@ func TestServeGPT2EndToEnd(t *testing.T) {
 		t.Errorf("ready callback %+v", c)
 	}
 
-	resp, err := http.Get(w.uri + "/health")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var h map[string]any
-	json.NewDecoder(resp.Body).Decode(&h)
-	resp.Body.Close()
+	h := w.health(t)
 	if h["status"] != "ok" || h["model"] != "tiny-gpt2" || h["device"] != "cpu" || h["context_length"] != 256.0 || h["tokenizer_kind"] == "" {
 		t.Errorf("health %v", h)
 	}
@@ -186,7 +195,7 @@ func TestServeGPT2EndToEnd(t *testing.T) {
 	}
 	wg.Wait()
 
-	resp, err = http.Post(w.uri+"/v1/chat/completions", "application/json",
+	resp, err := http.Post(w.uri+"/v1/chat/completions", "application/json",
 		strings.NewReader(`{"model":"tiny-gpt2","messages":[{"role":"user","content":"Hi"}],"max_tokens":10}`))
 	if err != nil {
 		t.Fatal(err)
