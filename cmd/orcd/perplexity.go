@@ -37,9 +37,9 @@ window is one sequence, run from an empty cache. The first window scores
 every token after its first; each later one scores only the tokens past the
 end of the window before it. So every token but the first is scored exactly
 once, and with at least ctx-stride tokens of context except in the first
-window (the rule of HF's "perplexity of fixed-length models"; llama-perplexity
-scores the second half of non-overlapping windows, which is stride = ctx/2
-with the first window's first half not scored).
+window. This is the rule of HF's "perplexity of fixed-length models";
+llama-perplexity instead runs non-overlapping windows and scores only the
+second half of each, so its numbers differ from these.
 
 The result is printed with its standard error by the delta method,
 SE = PPL * sd(NLL) / sqrt(N) over the N scored tokens (0 when N is 1). A
