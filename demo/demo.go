@@ -6,7 +6,6 @@
 package demo
 
 import (
-	"embed"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -17,18 +16,15 @@ import (
 // Name is the model's name, which serve uses as its API id.
 const Name = "kjv-demo"
 
-// file is the model's path in files. The directory pattern lets a source
-// tree without it still build; Open then says what is missing.
+// file is the model's path in files (embed.go). The directory pattern lets
+// a source tree without it still build; Open then says what is missing.
 const file = "model/" + Name + ".gguf"
-
-//go:embed model
-var files embed.FS
 
 // Open parses the built-in model, from a copy in memory.
 func Open() (*gguf.File, error) {
 	data, err := files.ReadFile(file)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("this orcd was built without its demo model (demo/%s: see demo/README.md); give --model FILE", file)
+		return nil, fmt.Errorf("this orcd was built without its demo model (demo/%s missing, or the nodemo build tag; see demo/README.md); give --model FILE", file)
 	}
 	if err != nil {
 		return nil, err
