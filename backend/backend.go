@@ -41,14 +41,27 @@ func Rows(t Tensor) int {
 // Cols returns the innermost dimension of t.
 func Cols(t Tensor) int { return t.Dims()[0] }
 
-// AttentionParams describes one attention layer.
+// AttentionParams describes one attention layer and the paged KV cache it
+// reads.
+//
+// The cache is paged: K and V rows live in blocks of BlockSize rows of one
+// pool tensor, and each sequence has a row of MaxBlocks entries in a block
+// table. Key position j of sequence s lives in cache row
+// table[s*MaxBlocks + j/BlockSize]*BlockSize + j%BlockSize. Entries of
+// blocks that no query of the step can see (past the end, or out of a
+// sliding window) may be -1.
 type AttentionParams struct {
-	Heads    int     // query heads
-	KVHeads  int     // key/value heads; Heads is a multiple of it (GQA)
-	HeadDim  int     // from attention.key_length, never hidden/heads
-	Scale    float32 // applied to q·k, usually 1/sqrt(HeadDim)
-	Window   int     // sliding window in tokens (key positions p-Window+1..p); 0 means full causal
-	CacheCap int     // rows of the K/V cache tensors; key at position p lives in row p % CacheCap
+	Heads     int     // query heads
+	KVHeads   int     // key/value heads; Heads is a multiple of it (GQA)
+	HeadDim   int     // from attention.key_length, never hidden/heads
+	Scale     float32 // applied to q·k, usually 1/sqrt(HeadDim)
+	Window    int     // sliding window in tokens (key positions p-Window+1..p); 0 means full causal
+	BlockSize int     // cache rows per block
+	MaxBlocks int     // entries per sequence in the block table
+	// Singles is how many leading rows are sequences of one token each
+	// (decode steps). It is a hint a backend may use to pick kernels; the
+	// result does not depend on it.
+	Singles int
 }
 
 // MoEWeights are the weights of one mixture-of-experts feed-forward block.
@@ -78,6 +91,11 @@ type Backend interface {
 	NewF32(rows, cols int) (Tensor, error)
 	// NewI32 allocates a vector of n int32 (token ids, positions, cache slots).
 	NewI32(n int) (Tensor, error)
+	// View returns a tensor that is the first rows rows of t, an F32 matrix
+	// or I32 vector made by NewF32 or NewI32, sharing its memory: a step of
+	// fewer tokens than the buffers were made for runs on views. A view is
+	// not freed on its own and is invalid once t is freed.
+	View(t Tensor, rows int) Tensor
 	// NewKVCache allocates a rows×cols K or V cache tensor. The backend picks
 	// the storage precision (cpu: f32; cuda may store f16 to halve the
 	// memory of long contexts); StoreKV converts on write.
@@ -126,13 +144,15 @@ type Backend interface {
 	// StoreKV writes the rows of k and v into kCache and vCache at the row
 	// indices in slots (one per row of k).
 	StoreKV(kCache, vCache, k, v, slots Tensor)
-	// Attention computes causal attention for the rows of q (n × Heads*HeadDim)
-	// at absolute positions pos, over the keys already stored in the caches
-	// (StoreKV runs first). A row at position p sees key positions
-	// max(0, p-Window+1)..p (0..p when Window is 0). sinks, if not nil, holds
-	// one logit per query head that joins the softmax denominator only.
-	// dst is n × Heads*HeadDim.
-	Attention(dst, q, kCache, vCache, pos, sinks Tensor, p AttentionParams)
+	// Attention computes causal attention for the rows of q (n ×
+	// Heads*HeadDim) of a batch of sequences, over the keys already stored
+	// in the paged caches (StoreKV runs first). seq[r] is the sequence of
+	// row r (its row of table, I32 nSeq×MaxBlocks); the rows of a sequence
+	// are consecutive. A row at position p sees its own sequence's key
+	// positions max(0, p-Window+1)..p (0..p when Window is 0). sinks, if
+	// not nil, holds one logit per query head that joins the softmax
+	// denominator only. dst is n × Heads*HeadDim.
+	Attention(dst, q, kCache, vCache, pos, seq, table, sinks Tensor, p AttentionParams)
 	// MoE computes the gpt-oss mixture of experts for each row of x: router
 	// logits (with bias), the top-k logits, a softmax over those k, and the
 	// weighted sum of the selected experts' clamped SwiGLU feed-forwards.
@@ -157,4 +177,26 @@ type Backend interface {
 	Err() error
 	// Close frees everything the backend holds.
 	Close() error
+}
+
+// SampleParams are one row's settings for Sampler.Sample: the engine's
+// sampling pipeline (repetition penalty, temperature, top-k, top-p, min-p)
+// and the draw's seed and counter.
+type SampleParams struct {
+	Temperature, TopP, MinP, RepetitionPenalty float32
+	TopK                                       int32
+	// Seed and Counter key the row's random number: the same pair gives
+	// the same number whatever else the batch holds.
+	Seed, Counter uint64
+	// Penalized are the distinct tokens the repetition penalty applies to.
+	Penalized []int32
+}
+
+// Sampler is an optional Backend interface: drawing tokens on the device,
+// so that only the chosen ids cross to the host.
+type Sampler interface {
+	// Sample draws one token for each of the first len(rows) rows of logits
+	// (an F32 rows×vocab tensor, which it may change) into ids, waiting for
+	// the result. It returns the first recorded error.
+	Sample(logits Tensor, rows []SampleParams, ids []int32) error
 }

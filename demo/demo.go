@@ -11,10 +11,15 @@ import (
 	"io/fs"
 
 	"orcd/gguf"
+	"orcd/tokenizer"
 )
 
 // Name is the model's name, which serve uses as its API id.
 const Name = "kjv-demo"
+
+// Vocab is the embedded vocabulary whose metadata the model carries, so
+// that tokenize can use the model's tokenizer without loading the model.
+const Vocab = tokenizer.VocabGPT2
 
 // file is the model's path in files (embed.go). The directory pattern lets
 // a source tree without it still build; Open then says what is missing.

@@ -1,10 +1,15 @@
-// Package engine turns requests into generated text: it tokenizes the
-// prompt, runs prefill and the decode loop on a model.Model, samples each
-// token, detokenizes the stream and applies the stop rules. It queues
-// requests beyond its concurrency limit in a bounded FIFO queue.
+// Package engine turns requests into generated text with continuous
+// batching: one loop runs the model step by step, each step one forward pass
+// over the next token of every running sequence and chunks of the prompts
+// being read, up to a token budget. Requests join at the next step and leave
+// as soon as they end. KV memory is a paged pool (blocks.go): a sequence
+// holds the blocks its tokens fill, prompts that start alike share blocks,
+// and when the pool runs out the newest sequence is preempted and later
+// recomputed.
 //
-// Several sequences can be in flight, each with its own KV cache. Model calls
-// are serialized behind a mutex until batched decode lands.
+// Submit tokenizes and queues a request; Run, on the caller's goroutine,
+// turns the tokens the loop produces into text (detokenizing, stop strings)
+// and hands them to the caller.
 package engine
 
 import (
@@ -16,6 +21,7 @@ import (
 	"sync"
 	"time"
 
+	"orcd/backend"
 	"orcd/model"
 )
 
@@ -46,7 +52,7 @@ const (
 	StopEOG         StopReason = "eog"          // the model produced an end-of-generation token
 	StopString      StopReason = "stop"         // a stop string appeared, or the caller asked to stop
 	StopMaxTokens   StopReason = "max_tokens"   // the request's token budget is spent
-	StopContextFull StopReason = "context_full" // the KV cache is full
+	StopContextFull StopReason = "context_full" // the sequence reached the context size
 	StopCancelled   StopReason = "cancelled"    // Cancel was called or the caller's context ended
 	StopTimeout     StopReason = "timeout"      // the engine's per-request timeout passed
 	StopShutdown    StopReason = "shutdown"     // Drain's deadline passed while the request ran
@@ -62,20 +68,24 @@ var (
 	ErrCacheAlloc   = errors.New("engine: cannot allocate the KV cache")
 )
 
-// errTimeout is the cancellation cause of a request that ran out of time.
-var errTimeout = errors.New("engine: inference timeout")
+// Causes of a job's cancellation besides Engine.Cancel and the caller's
+// context.
+var (
+	errTimeout = errors.New("engine: inference timeout")
+	errStopped = errors.New("engine: the caller stopped generation")
+)
 
 // Config configures an Engine.
 type Config struct {
 	Model     model.Model
 	Tokenizer Tokenizer
-	// MaxActive is the number of sequences decoding at once (default 1).
+	// MaxActive is the most sequences running at once (default 1).
 	MaxActive int
 	// MaxQueue is the number of requests that may wait beyond MaxActive
 	// (default 0: reject when all slots are busy).
 	MaxQueue int
-	// CtxSize is the KV cache length of each sequence (default and
-	// maximum: the model's context length).
+	// CtxSize is the most tokens of one sequence, prompt and output
+	// (default and maximum: the model's context length).
 	CtxSize int
 	// Timeout bounds each request from the moment it is run, queueing
 	// included (0: none).
@@ -83,10 +93,17 @@ type Config struct {
 	// PromptPrefix is put before every text prompt (Request.Prompt), e.g.
 	// BOS for models that expect it; token prompts are taken as they are.
 	PromptPrefix []int32
-	// PrefillChunk is the number of prompt tokens per model call (default
-	// 256), so that cancel and other sequences need not wait for a long prompt.
-	PrefillChunk int
-	Logger       *slog.Logger
+	// StepTokens is the most tokens one step runs, decode tokens and prompt
+	// chunks together (default and maximum: the model's MaxBatch).
+	StepTokens int
+	// BlockSize is the tokens per KV cache block (default 16).
+	BlockSize int
+	// KVBlocks is the number of KV cache blocks (default: enough for
+	// MaxActive sequences of CtxSize tokens).
+	KVBlocks int
+	// NoPrefixCache turns off the reuse of cached blocks between prompts.
+	NoPrefixCache bool
+	Logger        *slog.Logger
 }
 
 // Request is one generation request.
@@ -126,41 +143,75 @@ type Result struct {
 	StopReason   StopReason
 	// StopToken is the end-of-generation token when StopReason is StopEOG.
 	StopToken int32
-	// QueueTime is the wait for a slot; PrefillTime the prompt's forward
-	// passes; DecodeTime the time from the end of prefill to the end.
+	// QueueTime is the wait before the sequence first ran; PrefillTime the
+	// time from then to its first token; DecodeTime the time from the first
+	// token to the end.
 	QueueTime, PrefillTime, DecodeTime time.Duration
+}
+
+// Stats are the engine's gauges and counters, for metrics.
+type Stats struct {
+	Running, Waiting int // sequences in the batch, and queued
+	// KVBlocks is the pool's size; KVBlocksUsed those held by sequences;
+	// KVBlocksCached those held by nobody that keep a cached prefix.
+	KVBlocks, KVBlocksUsed, KVBlocksCached int
+	BlockSize                              int
+	Preemptions                            int64 // sequences preempted so far
+	// PrefixLookupTokens are the prompt tokens looked up in the prefix
+	// cache and PrefixHitTokens those found there, so far.
+	PrefixLookupTokens, PrefixHitTokens int64
+}
+
+// StepInfo describes one step, for Engine.ObserveSteps.
+type StepInfo struct {
+	Tokens, Sequences int
+	Duration          time.Duration
 }
 
 // Engine runs requests against one model.
 type Engine struct {
-	cfg Config
-	log *slog.Logger
-
-	modelMu sync.Mutex // serializes model calls
+	cfg   Config
+	log   *slog.Logger
+	kv    model.KV
+	mgr   *blockManager
+	vocab int
 
 	mu      sync.Mutex
 	closed  bool
-	active  int             // requests holding a slot
-	waiting []chan struct{} // FIFO of requests waiting for a slot
-	jobs    map[*Job]bool   // submitted and not yet finished
-	byID    map[string]*Job // the jobs that have an id
-	caches  []model.Cache   // free caches, reused between requests
-	idle    chan struct{}   // closed when jobs becomes empty while draining
+	exiting bool
+	inbox   []*Job        // submitted, not yet seen by the loop
+	jobs    map[*Job]bool // submitted and not yet finished
+	byID    map[string]*Job
+	idle    chan struct{} // closed when jobs becomes empty while draining
+	stats   Stats
+	observe func(StepInfo)
+
+	wake     chan struct{} // tells the loop that something changed
+	loopDone chan struct{}
+
+	// The loop's own state.
+	running  []*Job // in admission order
+	waiting  []*Job // FIFO; preempted sequences go back to the front
+	admitted uint64 // admissions so far, to order sequences
+	logits   []float32
+	ids      []int32
+	params   []backend.SampleParams
 }
 
-// New returns an engine for cfg.
+// New returns an engine for cfg and starts its loop. The KV pool is
+// allocated here; Drain frees it.
 func New(cfg Config) (*Engine, error) {
 	if cfg.Model == nil || cfg.Tokenizer == nil {
 		return nil, errors.New("engine: config needs a model and a tokenizer")
 	}
-	mctx := cfg.Model.Config().ContextLength
+	mcfg := cfg.Model.Config()
 	switch {
 	case cfg.CtxSize < 0:
 		return nil, fmt.Errorf("engine: ctx size %d is negative", cfg.CtxSize)
 	case cfg.CtxSize == 0:
-		cfg.CtxSize = mctx
-	case mctx > 0 && cfg.CtxSize > mctx:
-		return nil, fmt.Errorf("engine: ctx size %d exceeds the model's context length %d", cfg.CtxSize, mctx)
+		cfg.CtxSize = mcfg.ContextLength
+	case mcfg.ContextLength > 0 && cfg.CtxSize > mcfg.ContextLength:
+		return nil, fmt.Errorf("engine: ctx size %d exceeds the model's context length %d", cfg.CtxSize, mcfg.ContextLength)
 	}
 	if cfg.CtxSize <= 0 {
 		return nil, errors.New("engine: model has no context length; set CtxSize")
@@ -171,46 +222,160 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.MaxQueue < 0 {
 		return nil, fmt.Errorf("engine: queue size %d is negative", cfg.MaxQueue)
 	}
-	if cfg.PrefillChunk <= 0 {
-		cfg.PrefillChunk = 256
+	if cfg.StepTokens <= 0 || cfg.StepTokens > mcfg.MaxBatch {
+		cfg.StepTokens = mcfg.MaxBatch
+	}
+	if cfg.StepTokens <= 0 {
+		return nil, errors.New("engine: model has no batch size; set StepTokens")
+	}
+	if cfg.BlockSize <= 0 {
+		cfg.BlockSize = 16
+	}
+	groups := cfg.Model.KVLayout().Groups()
+	if cfg.KVBlocks <= 0 {
+		probe := newBlockManager(0, cfg.BlockSize, groups, false)
+		for g := range groups {
+			cfg.KVBlocks += cfg.MaxActive * probe.blocksFor(g, cfg.CtxSize, cfg.StepTokens)
+		}
 	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Engine{cfg: cfg, log: log, jobs: map[*Job]bool{}, byID: map[string]*Job{}}, nil
+	kv, err := cfg.Model.NewKV(cfg.KVBlocks, cfg.BlockSize)
+	if err != nil {
+		return nil, fmt.Errorf("%w of %d blocks of %d tokens: %v", ErrCacheAlloc, cfg.KVBlocks, cfg.BlockSize, err)
+	}
+	e := &Engine{
+		cfg: cfg, log: log, kv: kv, vocab: mcfg.VocabSize,
+		mgr:  newBlockManager(cfg.KVBlocks, cfg.BlockSize, groups, !cfg.NoPrefixCache),
+		jobs: map[*Job]bool{}, byID: map[string]*Job{},
+		wake: make(chan struct{}, 1), loopDone: make(chan struct{}),
+	}
+	e.stats.KVBlocks, e.stats.BlockSize = cfg.KVBlocks, cfg.BlockSize
+	log.Info("KV cache allocated", "blocks", cfg.KVBlocks, "block_tokens", cfg.BlockSize,
+		"tokens", cfg.KVBlocks*cfg.BlockSize, "max_active", cfg.MaxActive, "step_tokens", cfg.StepTokens)
+	go e.loop()
+	return e, nil
 }
 
 // CtxSize is the context length of each sequence.
 func (e *Engine) CtxSize() int { return e.cfg.CtxSize }
 
-// QueueDepth is the number of requests waiting for a slot.
+// QueueDepth is the number of requests waiting to run.
 func (e *Engine) QueueDepth() int {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return len(e.waiting)
+	return e.stats.Waiting + len(e.inbox)
 }
 
-// Active is the number of requests holding a slot.
+// Active is the number of sequences running.
 func (e *Engine) Active() int {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return e.active
+	return e.stats.Running
+}
+
+// Stats returns the engine's gauges and counters.
+func (e *Engine) Stats() Stats {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	s := e.stats
+	s.Waiting += len(e.inbox)
+	return s
+}
+
+// ObserveSteps sets a function the loop calls after every step (for a
+// tokens-per-step histogram). It must be quick.
+func (e *Engine) ObserveSteps(fn func(StepInfo)) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.observe = fn
+}
+
+// signal wakes the loop.
+func (e *Engine) signal() {
+	select {
+	case e.wake <- struct{}{}:
+	default:
+	}
 }
 
 // Job is a submitted request. Run must be called exactly once.
 type Job struct {
-	e      *Engine
-	req    Request
-	prompt []int32
-	ctx    context.Context // cancelled by Engine.Cancel
-	cancel context.CancelCauseFunc
-	slot   chan struct{} // closed when the job may run; nil if it got a slot at once
-	seed   uint64
+	e         *Engine
+	req       Request
+	prompt    []int32
+	seed      uint64
+	ctx       context.Context // cancelled by Cancel, Run's context, a stop or Drain
+	cancel    context.CancelCauseFunc
+	submitted time.Time
+	box       mailbox
+
+	// The loop's state of the sequence.
+	state      int     // jobQueued, jobRunning or jobEnded
+	tokens     []int32 // prompt and generated tokens
+	computed   int     // tokens whose keys and values are in the cache
+	generated  int
+	tables     [][]int32 // per KV group
+	hashes     blockHashes
+	registered int // full blocks entered in the prefix cache
+	sampler    *Sampler
+	order      uint64 // admission order (latest admission)
+	admittedAt time.Time
+	firstAt    time.Time
+	ran        bool // admitted at least once
 }
 
-// Submit validates and tokenizes req and enters it in the queue. It fails at
-// once with ErrQueueFull, ErrShuttingDown, ErrDuplicateID, ErrEmptyPrompt or
+// mailbox carries a job's tokens and its end from the loop to Run.
+type mailbox struct {
+	mu   sync.Mutex
+	ids  []int32
+	done bool
+	res  Result
+	err  error
+	wake chan struct{}
+}
+
+func (b *mailbox) push(id int32) {
+	b.mu.Lock()
+	b.ids = append(b.ids, id)
+	b.mu.Unlock()
+	b.signal()
+}
+
+func (b *mailbox) finish(res Result, err error) {
+	b.mu.Lock()
+	b.done, b.res, b.err = true, res, err
+	b.mu.Unlock()
+	b.signal()
+}
+
+func (b *mailbox) signal() {
+	select {
+	case b.wake <- struct{}{}:
+	default:
+	}
+}
+
+// take waits for tokens or the end and returns what has come, handing back
+// the buffer it was given for reuse.
+func (b *mailbox) take(buf []int32) (ids []int32, done bool, res Result, err error) {
+	for {
+		b.mu.Lock()
+		ids, done, res, err = b.ids, b.done, b.res, b.err
+		if len(ids) > 0 || done {
+			b.ids = buf[:0]
+			b.mu.Unlock()
+			return
+		}
+		b.mu.Unlock()
+		<-b.wake
+	}
+}
+
+// Submit validates and tokenizes req and queues it. It fails at once with
+// ErrQueueFull, ErrShuttingDown, ErrDuplicateID, ErrEmptyPrompt or
 // ErrPromptLength, so that callers can answer before streaming.
 func (e *Engine) Submit(req Request) (*Job, error) {
 	if req.MaxTokens < 1 {
@@ -236,13 +401,21 @@ func (e *Engine) Submit(req Request) (*Job, error) {
 	if len(prompt) > e.cfg.CtxSize {
 		return nil, fmt.Errorf("%w: prompt is %d tokens, the context holds %d", ErrPromptLength, len(prompt), e.cfg.CtxSize)
 	}
+	for i, t := range prompt {
+		if t < 0 || int(t) >= e.vocab {
+			return nil, fmt.Errorf("engine: prompt token %d (index %d) is outside the vocabulary [0, %d)", t, i, e.vocab)
+		}
+	}
 	// Drawn seeds stay below 2^53 so that JSON clients (JavaScript
 	// numbers) can send them back exactly.
-	j := &Job{e: e, req: req, prompt: prompt, seed: rand.Uint64N(1 << 53)}
+	j := &Job{e: e, req: req, prompt: prompt, seed: rand.Uint64N(1 << 53), submitted: time.Now()}
 	if req.Seed != nil {
 		j.seed = *req.Seed
 	}
+	j.box.wake = make(chan struct{}, 1)
 	j.ctx, j.cancel = context.WithCancelCause(context.Background())
+	j.tokens = append(make([]int32, 0, len(prompt)+min(req.MaxTokens, e.cfg.CtxSize)), prompt...)
+	j.sampler = NewSampler(req.Sampling, j.seed)
 
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -251,18 +424,15 @@ func (e *Engine) Submit(req Request) (*Job, error) {
 		return nil, ErrShuttingDown
 	case req.ID != "" && e.byID[req.ID] != nil:
 		return nil, ErrDuplicateID
-	case e.active < e.cfg.MaxActive && len(e.waiting) == 0:
-		e.active++
-	case len(e.waiting) >= e.cfg.MaxQueue:
+	case len(e.jobs) >= e.cfg.MaxActive+e.cfg.MaxQueue:
 		return nil, ErrQueueFull
-	default:
-		j.slot = make(chan struct{})
-		e.waiting = append(e.waiting, j.slot)
 	}
 	e.jobs[j] = true
 	if req.ID != "" {
 		e.byID[req.ID] = j
 	}
+	e.inbox = append(e.inbox, j)
+	e.signal()
 	return j, nil
 }
 
@@ -271,6 +441,12 @@ func (j *Job) PromptTokens() int { return len(j.prompt) }
 
 // Seed is the sampler's seed: the request's, or one drawn for it.
 func (j *Job) Seed() uint64 { return j.seed }
+
+// stop ends the job with cause at the loop's next step.
+func (j *Job) stop(cause error) {
+	j.cancel(cause)
+	j.e.signal()
+}
 
 // Cancel stops the request with the given id, queued or running. It reports
 // whether such a request was in flight; cancelling twice is harmless.
@@ -281,195 +457,62 @@ func (e *Engine) Cancel(id string) bool {
 	if j == nil {
 		return false
 	}
-	j.cancel(context.Canceled)
+	j.stop(context.Canceled)
 	return true
 }
 
-// releaseSlot hands the slot to the first waiter, or frees it.
-func (e *Engine) releaseSlot() {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if len(e.waiting) > 0 {
-		close(e.waiting[0])
-		e.waiting = e.waiting[1:]
-		return
-	}
-	e.active--
-}
-
-// finish forgets j and wakes Drain when nothing is left.
-func (e *Engine) finish(j *Job) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	delete(e.jobs, j)
-	if j.req.ID != "" && e.byID[j.req.ID] == j {
-		delete(e.byID, j.req.ID)
-	}
-	if e.closed && len(e.jobs) == 0 && e.active == 0 && e.idle != nil {
-		close(e.idle)
-		e.idle = nil
-	}
-}
-
-// wait blocks until j holds a slot or ctx ends.
-func (j *Job) wait(ctx context.Context) error {
-	if j.slot == nil {
-		return nil
-	}
-	select {
-	case <-j.slot:
-		return nil
-	case <-ctx.Done():
-	}
-	e := j.e
-	e.mu.Lock()
-	for i, w := range e.waiting {
-		if w == j.slot {
-			e.waiting = append(e.waiting[:i], e.waiting[i+1:]...)
-			e.mu.Unlock()
-			return ctx.Err()
-		}
-	}
-	e.mu.Unlock()
-	// The slot was handed over as ctx ended: pass it on.
-	e.releaseSlot()
-	return ctx.Err()
-}
-
-// Run waits for a slot and generates, calling emit for every generated
-// token (end-of-generation tokens excluded) from the calling goroutine.
-// emit returns true to stop generation, which then ends with StopString.
-// Cancellation (Engine.Cancel or ctx), the engine's timeout and Drain's
-// deadline end the request with StopCancelled, StopTimeout or StopShutdown
-// and a nil error; the error is for failures (cache allocation, model
-// errors).
+// Run turns the job's tokens into text as the loop generates them, calling
+// emit for every generated token (end-of-generation tokens excluded) from
+// the calling goroutine. emit returns true to stop generation, which then
+// ends with StopString. Cancellation (Engine.Cancel or ctx), the engine's
+// timeout and Drain's deadline end the request with StopCancelled,
+// StopTimeout or StopShutdown and a nil error; the error is for failures
+// (model errors, a KV pool too small for the prompt).
 func (j *Job) Run(ctx context.Context, emit func(Token) bool) (Result, error) {
 	e := j.e
-	defer e.finish(j)
-	defer j.cancel(nil)
-
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	stopAfter := context.AfterFunc(j.ctx, func() { cancel(context.Cause(j.ctx)) })
-	defer stopAfter()
 	if e.cfg.Timeout > 0 {
-		var stop context.CancelFunc
-		ctx, stop = context.WithTimeoutCause(ctx, e.cfg.Timeout, errTimeout)
-		defer stop()
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeoutCause(ctx, e.cfg.Timeout, errTimeout)
+		defer cancel()
 	}
+	defer context.AfterFunc(ctx, func() { j.stop(context.Cause(ctx)) })()
 
-	res := Result{PromptTokens: len(j.prompt), Seed: j.seed}
-	start := time.Now()
-	if err := j.wait(ctx); err != nil {
-		res.QueueTime = time.Since(start)
-		res.StopReason = stopReasonOf(ctx)
-		return res, nil
-	}
-	defer e.releaseSlot()
-	res.QueueTime = time.Since(start)
-
-	cache, err := e.getCache()
-	if err != nil {
-		return res, err
-	}
-	defer e.putCache(cache)
-	err = j.generate(ctx, cache, &res, emit)
-	return res, err
-}
-
-// stopReasonOf tells a timeout and a shutdown from a cancellation.
-func stopReasonOf(ctx context.Context) StopReason {
-	switch cause := context.Cause(ctx); {
-	case errors.Is(cause, errTimeout):
-		return StopTimeout
-	case errors.Is(cause, ErrShuttingDown):
-		return StopShutdown
-	}
-	return StopCancelled
-}
-
-// forward runs one model call under the model mutex.
-func (e *Engine) forward(c model.Cache, tokens []int32) ([]float32, error) {
-	e.modelMu.Lock()
-	defer e.modelMu.Unlock()
-	return e.cfg.Model.Forward(c, tokens, false)
-}
-
-// generate is the prefill and decode loop of one sequence.
-func (j *Job) generate(ctx context.Context, cache model.Cache, res *Result, emit func(Token) bool) error {
-	e := j.e
-	t0 := time.Now()
-	var logits []float32
-	for i := 0; i < len(j.prompt); i += e.cfg.PrefillChunk {
-		if ctx.Err() != nil {
-			res.PrefillTime = time.Since(t0)
-			res.StopReason = stopReasonOf(ctx)
-			return nil
-		}
-		var err error
-		if logits, err = e.forward(cache, j.prompt[i:min(i+e.cfg.PrefillChunk, len(j.prompt))]); err != nil {
-			return fmt.Errorf("engine: prefill: %w", err)
-		}
-	}
-	t1 := time.Now()
-	res.PrefillTime = t1.Sub(t0)
-	defer func() { res.DecodeTime = time.Since(t1) }()
-
-	sampler := NewSampler(j.req.Sampling, res.Seed)
 	dec := e.cfg.Tokenizer.NewStreamDecoder()
 	stops := NewStopMatcher(j.req.Stop)
-	history := append(make([]int32, 0, len(j.prompt)+j.req.MaxTokens), j.prompt...)
-	step := make([]int32, 1) // the decode step's input, reused
-	// release passes text through the stop matcher to emit and reports
-	// whether generation must stop.
-	release := func(tok Token, text string) bool {
-		out, hit := stops.Push(text)
-		tok.Text = out
-		if emit(tok) || hit {
-			res.StopReason = StopString
-			return true
-		}
-		return false
-	}
+	out, stopped := 0, false
+	var buf []int32
 	for {
-		if ctx.Err() != nil {
-			res.StopReason = stopReasonOf(ctx)
-			return nil
+		ids, done, res, err := j.box.take(buf)
+		for _, id := range ids {
+			if stopped {
+				break
+			}
+			text, hit := stops.Push(dec.Push(id))
+			if emit(Token{Index: out, ID: id, Text: text}) || hit {
+				stopped = true
+				j.stop(errStopped)
+			}
+			out++
 		}
-		id := sampler.Sample(logits, history)
-		if e.cfg.Tokenizer.IsEOG(id) {
-			res.StopReason, res.StopToken = StopEOG, id
-			j.flush(dec, stops, emit, res)
-			return nil
+		buf = ids
+		if !done {
+			continue
 		}
-		history = append(history, id)
-		tok := Token{Index: res.TokensOut, ID: id}
-		res.TokensOut++
-		if release(tok, dec.Push(id)) {
-			return nil
+		res.TokensOut = out
+		switch {
+		case stopped:
+			res.StopReason = StopString
+		case err == nil && (res.StopReason == StopEOG || res.StopReason == StopMaxTokens || res.StopReason == StopContextFull):
+			flush(dec, stops, emit, &res)
 		}
-		if res.TokensOut >= j.req.MaxTokens {
-			res.StopReason = StopMaxTokens
-			j.flush(dec, stops, emit, res)
-			return nil
-		}
-		if cache.Len() >= cache.Cap() {
-			res.StopReason = StopContextFull
-			j.flush(dec, stops, emit, res)
-			return nil
-		}
-		var err error
-		step[0] = id
-		if logits, err = e.forward(cache, step); err != nil {
-			return fmt.Errorf("engine: decode step %d: %w", res.TokensOut, err)
-		}
+		return res, err
 	}
 }
 
 // flush emits the text still held by the decoder and the stop matcher when
 // generation ends for a reason other than a stop string. It is attached to
 // the last generated token.
-func (j *Job) flush(dec StreamDecoder, stops *StopMatcher, emit func(Token) bool, res *Result) {
+func flush(dec StreamDecoder, stops *StopMatcher, emit func(Token) bool, res *Result) {
 	text, hit := stops.Push(dec.Flush())
 	if !hit {
 		text += stops.Flush()
@@ -483,56 +526,28 @@ func (j *Job) flush(dec StreamDecoder, stops *StopMatcher, emit func(Token) bool
 	emit(Token{Index: res.TokensOut - 1, ID: -1, Text: text})
 }
 
-// getCache returns a free cache or allocates one.
-func (e *Engine) getCache() (model.Cache, error) {
-	e.mu.Lock()
-	if n := len(e.caches); n > 0 {
-		c := e.caches[n-1]
-		e.caches = e.caches[:n-1]
-		e.mu.Unlock()
-		return c, nil
+// stopReasonOf names the cause of a job's cancellation.
+func stopReasonOf(ctx context.Context) StopReason {
+	switch cause := context.Cause(ctx); {
+	case errors.Is(cause, errTimeout):
+		return StopTimeout
+	case errors.Is(cause, ErrShuttingDown):
+		return StopShutdown
+	case errors.Is(cause, errStopped):
+		return StopString
 	}
-	e.mu.Unlock()
-	e.modelMu.Lock()
-	c, err := e.cfg.Model.NewCache(e.cfg.CtxSize)
-	e.modelMu.Unlock()
-	if err != nil {
-		e.log.Error("KV cache allocation failed", "tokens", e.cfg.CtxSize, "error", err)
-		return nil, fmt.Errorf("%w of %d tokens: %v", ErrCacheAlloc, e.cfg.CtxSize, err)
-	}
-	e.log.Info("KV cache allocated", "tokens", e.cfg.CtxSize)
-	return c, nil
-}
-
-// putCache keeps c for the next request, or frees it once the engine is
-// closed. Cache calls take the model mutex: another sequence may be in a
-// model call on the same backend.
-func (e *Engine) putCache(c model.Cache) {
-	e.modelMu.Lock()
-	c.Reset()
-	e.modelMu.Unlock()
-	e.mu.Lock()
-	closed := e.closed
-	if !closed {
-		e.caches = append(e.caches, c)
-	}
-	e.mu.Unlock()
-	if closed {
-		e.modelMu.Lock()
-		c.Free()
-		e.modelMu.Unlock()
-	}
+	return StopCancelled
 }
 
 // Drain stops accepting requests (Submit returns ErrShuttingDown) and waits
 // for those in flight to finish. When ctx ends first, it cancels them and
-// waits for them to stop (they end with StopShutdown). Drain then frees the
-// cached KV memory.
+// waits for them to stop (they end with StopShutdown). Drain then stops the
+// loop and frees the KV pool.
 func (e *Engine) Drain(ctx context.Context) {
 	e.mu.Lock()
 	e.closed = true
 	var idle chan struct{}
-	if len(e.jobs) > 0 || e.active > 0 {
+	if len(e.jobs) > 0 {
 		if e.idle == nil {
 			e.idle = make(chan struct{})
 		}
@@ -546,19 +561,19 @@ func (e *Engine) Drain(ctx context.Context) {
 			e.mu.Lock()
 			e.log.Warn("drain deadline passed; stopping the jobs in flight", "jobs", len(e.jobs))
 			for j := range e.jobs {
-				j.cancel(ErrShuttingDown)
+				j.stop(ErrShuttingDown)
 			}
 			e.mu.Unlock()
 			<-idle
 		}
 	}
 	e.mu.Lock()
-	free := e.caches
-	e.caches = nil
+	first := !e.exiting
+	e.exiting = true
 	e.mu.Unlock()
-	e.modelMu.Lock()
-	defer e.modelMu.Unlock()
-	for _, c := range free {
-		c.Free()
+	e.signal()
+	<-e.loopDone
+	if first {
+		e.kv.Free()
 	}
 }

@@ -3,34 +3,62 @@ package model
 import (
 	"errors"
 	"fmt"
+	"math/bits"
 	"sync"
 
 	"orcd/backend"
 )
 
 // core is what both architectures keep beside their hyperparameters and
-// weight layout: the backend, the mutex that serializes Model and Cache calls
-// (a backend serves one goroutine at a time), every tensor Close frees, and
-// the activation buffers of recent batch sizes. Each adapter embeds it, so
-// Config, Close and the Forward plumbing are written once.
-type core[B stepBuffers] struct {
-	be        backend.Backend
-	cfg       Config
-	maxBatch  int
-	weights   []backend.Tensor
-	mu        sync.Mutex
-	buffers   bufferPool[B]
-	nextCache int
+// weight layout: the backend, the mutex that serializes Model, KV and Cache
+// calls (a backend serves one goroutine at a time), every tensor Close
+// frees, and the buffers of a step: activations made once for MaxBatch
+// tokens (a step of n tokens runs on views of their first n rows), the
+// block tables and the logits, which grow on demand. Each adapter embeds
+// it, so Config, Close, the KV plumbing and Forward are written once.
+type core[B stepBuffers[B]] struct {
+	be       backend.Backend
+	cfg      Config
+	layout   KVLayout
+	weights  []backend.Tensor
+	mu       sync.Mutex
+	bufs     B
+	haveBufs bool
+	tables   []growable // per KV group: the block tables, nSeq × stride
+	logits   growable   // rows × vocab
+	in       stepInput
+	nextKV   int
+}
+
+// stepBuffers are an adapter's activations for MaxBatch tokens, which embed
+// activations.
+type stepBuffers[B any] interface {
+	free()
+	// view returns the buffers of the first n tokens.
+	view(be backend.Backend, n int) B
+	// acts returns the shared buffers.
+	acts() *activations
 }
 
 // Config describes the model.
 func (m *core[B]) Config() Config { return m.cfg }
 
-// Close frees the weights and activations. Caches are freed by their owners.
+// KVLayout describes the model's KV caches.
+func (m *core[B]) KVLayout() KVLayout { return m.layout }
+
+// Close frees the weights and activations. KV pools and caches are freed by
+// their owners.
 func (m *core[B]) Close() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.buffers.freeAll()
+	if m.haveBufs {
+		m.bufs.free()
+		m.haveBufs = false
+	}
+	for i := range m.tables {
+		m.tables[i].free(m.be)
+	}
+	m.logits.free(m.be)
 	for _, t := range m.weights {
 		m.be.Free(t)
 	}
@@ -38,61 +66,281 @@ func (m *core[B]) Close() error {
 	return nil
 }
 
-// stepBuffers are an adapter's activation buffers of one batch size, which
-// embed activations.
-type stepBuffers interface {
-	free()
-	input(tokens []int32, start int, mode logitsMode, vocab int) error
-}
-
-// buffersFor returns the buffers of len(tokens) tokens, made with alloc
-// unless kept from an earlier step, with the tokens and their positions
-// start… written.
-func (m *core[B]) buffersFor(tokens []int32, start int, mode logitsMode, alloc func(n, id int) (B, error)) (B, error) {
-	b, err := m.buffers.get(len(tokens), alloc)
-	if err != nil {
-		return b, err
-	}
-	return b, b.input(tokens, start, mode, m.cfg.VocabSize)
-}
-
-// newCache allocates the caches of one sequence of up to capacity tokens,
-// rows[l]×cols in layer l.
-func (m *core[B]) newCache(capacity int, rows []int, cols int) (Cache, error) {
+// NewKV allocates a paged KV pool of blocks blocks of blockSize tokens.
+func (m *core[B]) NewKV(blocks, blockSize int) (KV, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.nextCache++
-	c, err := newKVCache(m.be, m, &m.mu, m.nextCache, capacity, rows, cols)
+	m.nextKV++
+	return newKV(m.be, m, &m.mu, m.nextKV, m.layout, blocks, blockSize)
+}
+
+// NewCache allocates the cache of one sequence of up to ctx tokens.
+func (m *core[B]) NewCache(ctx int) (Cache, error) {
+	if ctx <= 0 || ctx > m.cfg.ContextLength {
+		return nil, fmt.Errorf("model: cache size %d out of range [1, %d] (the model's context length)", ctx, m.cfg.ContextLength)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.nextKV++
+	return newSeqCache(m.be, m, &m.mu, m.nextKV, m.layout, ctx, m.cfg.MaxBatch)
+}
+
+// growable is a backend tensor that is reallocated, larger, when a step
+// needs more than it holds.
+type growable struct {
+	t    backend.Tensor
+	size int // elements (I32) or rows (F32)
+}
+
+func (g *growable) free(be backend.Backend) {
+	be.Free(g.t)
+	*g = growable{}
+}
+
+// i32 returns a view of n values, growing the tensor to a power of two.
+func (g *growable) i32(be backend.Backend, n int) (backend.Tensor, error) {
+	if n > g.size {
+		g.free(be)
+		size := 1 << bits.Len(uint(n-1))
+		t, err := be.NewI32(size)
+		if err != nil {
+			return nil, fmt.Errorf("model: allocating %d int32: %w", size, err)
+		}
+		g.t, g.size = t, size
+	}
+	return be.View(g.t, n), nil
+}
+
+// f32 returns a view of rows×cols, growing the tensor up to maxRows rows.
+func (g *growable) f32(be backend.Backend, rows, cols, maxRows int) (backend.Tensor, error) {
+	if rows > g.size {
+		g.free(be)
+		size := min(max(rows, 2*g.size), maxRows)
+		t, err := be.NewF32(size, cols)
+		if err != nil {
+			return nil, fmt.Errorf("model: allocating a %d×%d activation: %w", size, cols, err)
+		}
+		g.t, g.size = t, size
+	}
+	return be.View(g.t, rows), nil
+}
+
+// stepInput is the host side of one step: the tensors' contents, rebuilt
+// for every batch in slices reused from step to step.
+type stepInput struct {
+	n       int       // tokens
+	ids     []int32   // token ids
+	pos     []int32   // positions
+	seq     []int32   // chunk index of each token
+	last    []int32   // rows whose logits are wanted
+	slots   [][]int32 // per group: the cache row each token's K and V go to
+	tables  [][]int32 // per group: nSeq × stride block ids, -1 padded
+	stride  int       // entries per sequence in tables: a power of two
+	singles int       // leading chunks of one token
+	decode  bool      // every chunk is one token that wants its logits
+}
+
+// prepare checks b against kv and the model and fills in.
+func (m *core[B]) prepare(kv *kvPool, b *Batch) error {
+	in := &m.in
+	in.n, in.stride, in.singles, in.decode = 0, 1, 0, len(b.Chunks) > 0
+	in.ids, in.pos, in.seq, in.last = in.ids[:0], in.pos[:0], in.seq[:0], in.last[:0]
+	groups := kv.groups
+	if len(in.slots) != len(groups) {
+		in.slots, in.tables = make([][]int32, len(groups)), make([][]int32, len(groups))
+	}
+	for g := range groups {
+		in.slots[g] = in.slots[g][:0]
+	}
+	bs, vocab := kv.blockSize, m.cfg.VocabSize
+	counting := true
+	for c, ch := range b.Chunks {
+		n := len(ch.Tokens)
+		if n == 0 {
+			return fmt.Errorf("model: Step: chunk %d has no tokens", c)
+		}
+		if ch.Pos < 0 || ch.Pos+n > m.cfg.ContextLength {
+			return fmt.Errorf("model: Step: chunk %d: positions %d..%d outside the model's context [0, %d)",
+				c, ch.Pos, ch.Pos+n-1, m.cfg.ContextLength)
+		}
+		if len(ch.Tables) != len(groups) {
+			return fmt.Errorf("model: Step: chunk %d has %d block tables, the pool has %d KV groups", c, len(ch.Tables), len(groups))
+		}
+		if counting && n == 1 {
+			in.singles++
+		} else {
+			counting = false
+		}
+		if n != 1 || ch.Logits == NoLogits {
+			in.decode = false
+		}
+		for g, grp := range groups {
+			t := ch.Tables[g]
+			end := ch.Pos + n - 1 // the last position written and seen
+			if end/bs >= len(t) {
+				return fmt.Errorf("model: Step: chunk %d: group %d's table has %d blocks, position %d needs %d",
+					c, g, len(t), end, end/bs+1)
+			}
+			for blk := firstKey(ch.Pos, grp.Window) / bs; blk <= end/bs; blk++ {
+				if t[blk] < 0 || int(t[blk]) >= kv.blocks {
+					return fmt.Errorf("model: Step: chunk %d: group %d's block %d (positions %d..%d) is %d, not a block of the %d-block pool",
+						c, g, blk, blk*bs, (blk+1)*bs-1, t[blk], kv.blocks)
+				}
+			}
+			in.stride = max(in.stride, 1<<bits.Len(uint(end/bs)))
+		}
+		for i, tok := range ch.Tokens {
+			if tok < 0 || int(tok) >= vocab {
+				return fmt.Errorf("model: Step: chunk %d: token %d (index %d) is outside the vocabulary [0, %d)", c, tok, i, vocab)
+			}
+			p := ch.Pos + i
+			if ch.Logits == AllLogits || ch.Logits == LastLogits && i == n-1 {
+				in.last = append(in.last, int32(in.n))
+			}
+			in.ids = append(in.ids, tok)
+			in.pos = append(in.pos, int32(p))
+			in.seq = append(in.seq, int32(c))
+			for g := range groups {
+				in.slots[g] = append(in.slots[g], ch.Tables[g][p/bs]*int32(bs)+int32(p%bs))
+			}
+			in.n++
+		}
+	}
+	if in.n == 0 || in.n > m.cfg.MaxBatch {
+		return fmt.Errorf("model: Step: %d tokens, want 1 to %d", in.n, m.cfg.MaxBatch)
+	}
+	for g := range groups {
+		t := in.tables[g][:0]
+		for _, ch := range b.Chunks {
+			row := ch.Tables[g][:min(len(ch.Tables[g]), in.stride)]
+			t = append(t, row...)
+			for range in.stride - len(row) {
+				t = append(t, -1)
+			}
+		}
+		in.tables[g] = t
+	}
+	return nil
+}
+
+// firstKey is the oldest key position a query at position pos sees.
+func firstKey(pos, window int) int {
+	if window == 0 {
+		return 0
+	}
+	return max(0, pos-window+1)
+}
+
+// stepView is what an adapter's ops need for one step: its buffers (views of
+// n rows), the pool and the step's tables and attention settings.
+type stepView[B any] struct {
+	bufs   B
+	kv     *kvPool
+	tables []backend.Tensor // per group
+	slots  []backend.Tensor // per group
+	last   backend.Tensor   // I32: the m rows whose logits are wanted; nil when none
+	lastX  backend.Tensor   // those rows gathered, m×hidden
+	logits backend.Tensor   // m×vocab
+	stride int
+	single int
+}
+
+// attention returns the attention settings of layer l for this step, from
+// the adapter's base settings (heads, head dim, scale).
+func (v *stepView[B]) attention(base backend.AttentionParams, window int) backend.AttentionParams {
+	p := base
+	p.Window, p.BlockSize, p.MaxBlocks, p.Singles = window, v.kv.blockSize, v.stride, v.single
+	return p
+}
+
+// cache returns layer l's K and V pool tensors, its block table and its
+// slots.
+func (v *stepView[B]) cache(l int) (k, vc, table, slots backend.Tensor) {
+	g, s := v.kv.groupOf[l], v.kv.slotOf[l]
+	return v.kv.k[s], v.kv.v[s], v.tables[g], v.slots[g]
+}
+
+// step is Model.Step for both architectures: under the model's mutex it
+// checks the batch, writes its inputs, and queues the adapter's ops (through
+// backend.Graph for a decode-only batch, whose ops are the same every step
+// for a given number of sequences).
+func (m *core[B]) step(kv KV, b *Batch, alloc func() (B, error), ops func(*stepView[B], B)) (Logits, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	pool, err := poolOf(kv, m)
 	if err != nil {
 		return nil, err
 	}
-	return c, nil
+	return m.stepLocked(pool, b, alloc, ops)
 }
 
-// logitsMode says which logits one forward step computes.
-type logitsMode int
+func (m *core[B]) stepLocked(kv *kvPool, b *Batch, alloc func() (B, error), ops func(*stepView[B], B)) (Logits, error) {
+	if err := m.prepare(kv, b); err != nil {
+		return nil, err
+	}
+	be, in := m.be, &m.in
+	if !m.haveBufs {
+		bufs, err := alloc()
+		if err != nil {
+			return nil, err
+		}
+		m.bufs, m.haveBufs = bufs, true
+	}
+	if len(m.tables) != len(kv.groups) {
+		for i := range m.tables {
+			m.tables[i].free(be)
+		}
+		m.tables = make([]growable, len(kv.groups))
+	}
+	v := &stepView[B]{kv: kv, stride: in.stride, single: in.singles, bufs: m.bufs.view(be, in.n)}
+	a := v.bufs.acts()
+	for g := range kv.groups {
+		t, err := m.tables[g].i32(be, len(in.tables[g]))
+		if err != nil {
+			return nil, err
+		}
+		be.WriteI32(t, in.tables[g])
+		v.tables = append(v.tables, t)
+		slots := be.View(a.slots[g], in.n)
+		be.WriteI32(slots, in.slots[g])
+		v.slots = append(v.slots, slots)
+	}
+	be.WriteI32(a.ids, in.ids)
+	be.WriteI32(a.pos, in.pos)
+	be.WriteI32(a.seq, in.seq)
+	rows := len(in.last)
+	if rows > 0 {
+		var err error
+		if v.logits, err = m.logits.f32(be, rows, m.cfg.VocabSize, m.cfg.MaxBatch); err != nil {
+			return nil, err
+		}
+		last := be.View(a.last, rows)
+		be.WriteI32(last, in.last)
+		v.last, v.lastX = last, be.View(a.lastX, rows)
+	}
+	run := func() { ops(v, v.bufs) }
+	if in.decode {
+		be.Graph(fmt.Sprintf("%s/decode/n=%d/stride=%d/kv#%d", m.cfg.Arch, in.n, in.stride, kv.id), run)
+	} else {
+		run()
+	}
+	if rows == 0 {
+		return &deviceLogits{be: be}, be.Sync()
+	}
+	return &deviceLogits{be: be, t: v.logits, rows: rows}, be.Err()
+}
 
-const (
-	noLogits   logitsMode = iota // an early chunk of a long prompt
-	lastLogits                   // the last token's
-	allLogits                    // every token's
-)
-
-// stepFunc runs one forward step of at most maxBatch tokens starting at
-// position start of cache c and writes the requested logits into out.
-type stepFunc func(c *kvCache, tokens []int32, start int, mode logitsMode, out []float32) error
-
-// forward is Model.Forward for both architectures: under the model's mutex
-// it checks the cache and tokens, splits the tokens into steps of at most
-// maxBatch, and advances the cache after each successful step.
-func (m *core[B]) forward(cache Cache, tokens []int32, all bool, step stepFunc) ([]float32, error) {
+// forward is Model.Forward for both architectures: it splits the tokens
+// into steps of at most MaxBatch, gives the cache blocks for each, and
+// advances it after each successful step.
+func (m *core[B]) forward(cache Cache, tokens []int32, all bool, alloc func() (B, error), ops func(*stepView[B], B)) ([]float32, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	c, ok := cache.(*kvCache)
-	if !ok || c.owner != m {
+	c, ok := cache.(*seqCache)
+	if !ok || c.kv.owner != m {
 		return nil, errors.New("model: Forward: the cache was not made by this model's NewCache")
 	}
-	if c.freed {
+	if c.kv.freed {
 		return nil, errors.New("model: Forward: the cache has been freed")
 	}
 	if len(tokens) == 0 {
@@ -121,16 +369,24 @@ func (m *core[B]) forward(cache Cache, tokens []int32, all bool, step stepFunc) 
 		}
 		out = c.logits
 	}
-	for lo := 0; lo < len(tokens); lo += m.maxBatch {
-		hi := min(lo+m.maxBatch, len(tokens))
-		mode, dst := noLogits, []float32(nil)
+	batch := Batch{Chunks: []Chunk{{Tables: c.tables}}}
+	ch := &batch.Chunks[0]
+	for lo := 0; lo < len(tokens); lo += m.cfg.MaxBatch {
+		hi := min(lo+m.cfg.MaxBatch, len(tokens))
+		mode, dst := NoLogits, []float32(nil)
 		switch {
 		case all:
-			mode, dst = allLogits, out[lo*vocab:hi*vocab]
+			mode, dst = AllLogits, out[lo*vocab:hi*vocab]
 		case hi == len(tokens):
-			mode, dst = lastLogits, out
+			mode, dst = LastLogits, out
 		}
-		if err := step(c, tokens[lo:hi], c.n, mode, dst); err != nil {
+		c.grow(c.n, c.n+hi-lo)
+		ch.Tokens, ch.Pos, ch.Logits, ch.Tables = tokens[lo:hi], c.n, mode, c.tables
+		logits, err := m.stepLocked(c.kv, &batch, alloc, ops)
+		if err == nil && dst != nil {
+			err = logits.Read(dst)
+		}
+		if err != nil {
 			return nil, err
 		}
 		c.n += hi - lo
@@ -138,84 +394,51 @@ func (m *core[B]) forward(cache Cache, tokens []int32, all bool, step stepFunc) 
 	return out, nil
 }
 
-// activations are the buffers of one batch size that both architectures
+// activations are the buffers of MaxBatch tokens that both architectures
 // need; each adapter's buffers embed them and add their own to set.
 type activations struct {
-	id             int            // distinguishes buffer sets in backend.Graph keys
-	n              int            // tokens per step
-	ids, pos, last backend.Tensor // I32: token ids, positions, [n-1]
-	x, h           backend.Tensor // residual stream, normed stream, n×hidden
-	lastX, logits  backend.Tensor // last row and its logits
-	allLogits      backend.Tensor // n×vocab, made on first use
-	set            tensorSet
-	hostPos        []int32
+	ids, pos, seq, last backend.Tensor   // I32: token ids, positions, chunk of each token, rows with logits
+	slots               []backend.Tensor // I32 per KV group: cache rows
+	x, h                backend.Tensor   // residual stream, normed stream, n×hidden
+	lastX               backend.Tensor   // the rows with logits, gathered
+	set                 tensorSet
 }
 
 // newActivations allocates the shared buffers of n tokens. The caller adds
 // its own to set and then calls ready, which reports any failed allocation.
-func newActivations(be backend.Backend, n, id, hidden, vocab int) activations {
-	a := activations{id: id, n: n, set: tensorSet{be: be}}
+func newActivations(be backend.Backend, n, groups, hidden int) activations {
+	a := activations{set: tensorSet{be: be}}
 	s := &a.set
-	a.ids, a.pos, a.last = s.i32(n), s.i32(n), s.i32(1)
-	a.x, a.h = s.f32(n, hidden), s.f32(n, hidden)
-	a.lastX, a.logits = s.f32(1, hidden), s.f32(1, vocab)
-	a.hostPos = make([]int32, n)
+	a.ids, a.pos, a.seq, a.last = s.i32(n), s.i32(n), s.i32(n), s.i32(n)
+	for range groups {
+		a.slots = append(a.slots, s.i32(n))
+	}
+	a.x, a.h, a.lastX = s.f32(n, hidden), s.f32(n, hidden), s.f32(n, hidden)
 	return a
 }
 
-// ready frees everything if an allocation failed; otherwise it writes the
-// index of the last row, which never changes for this batch size.
+// ready frees everything if an allocation failed.
 func (a *activations) ready() error {
 	if a.set.err != nil {
 		a.set.free()
 		return a.set.err
 	}
-	a.set.be.WriteI32(a.last, []int32{int32(a.n - 1)})
 	return nil
 }
 
 func (a *activations) free() { a.set.free() }
 
-// input starts a step over tokens at positions start…: it makes the
-// all-rows logits buffer on first use and writes the token ids and
-// positions (left in hostPos for the caller).
-func (a *activations) input(tokens []int32, start int, mode logitsMode, vocab int) error {
-	if mode == allLogits && a.allLogits == nil {
-		if a.allLogits = a.set.f32(len(tokens), vocab); a.allLogits == nil {
-			return a.set.err
-		}
-	}
-	a.set.be.WriteI32(a.ids, tokens)
-	a.set.be.WriteI32(a.pos, positions(a.hostPos, start))
-	return nil
-}
+// acts returns a itself, so that core reaches the shared buffers of any
+// adapter's buffers.
+func (a *activations) acts() *activations { return a }
 
-// run queues a step's ops and reads the logits mode asks for into out. A
-// single-token decode step queues the same ops on the same tensors every
-// token, so it goes through backend.Graph, keyed by the architecture, the
-// buffers and the cache, for a backend to record once and replay.
-func (a *activations) run(arch string, c *kvCache, mode logitsMode, out []float32, ops func()) error {
-	be := a.set.be
-	if a.n == 1 && mode == lastLogits {
-		be.Graph(fmt.Sprintf("%s/decode/buffers#%d/cache#%d", arch, a.id, c.id), ops)
-	} else {
-		ops()
-	}
-	switch mode {
-	case lastLogits:
-		return be.ReadF32(a.logits, out)
-	case allLogits:
-		return be.ReadF32(a.allLogits, out)
-	}
-	return be.Sync()
-}
-
-// positions returns start, start+1, … for n tokens.
-func positions(dst []int32, start int) []int32 {
-	for i := range dst {
-		dst[i] = int32(start + i)
-	}
-	return dst
+// view returns the shared buffers of the first n tokens. slots, last and
+// lastX stay whole: core views them per step, knowing their lengths.
+func (a *activations) view(be backend.Backend, n int) activations {
+	v := *a
+	v.ids, v.pos, v.seq = be.View(a.ids, n), be.View(a.pos, n), be.View(a.seq, n)
+	v.x, v.h = be.View(a.x, n), be.View(a.h, n)
+	return v
 }
 
 // tensorSet allocates backend tensors and remembers them, so that a group
@@ -258,51 +481,4 @@ func (s *tensorSet) free() {
 		s.be.Free(t)
 	}
 	s.tensors = nil
-}
-
-// bufferPool keeps the activation buffers of recent batch sizes, so that
-// decode steps (size 1) and full prompt chunks (size maxBatch) reuse theirs
-// and a decode step allocates nothing.
-type bufferPool[B interface{ free() }] struct {
-	sets   map[int]B
-	nextID int
-}
-
-// maxBufferSets bounds the batch sizes whose buffers are kept: decode, full
-// chunks and one odd remainder.
-const maxBufferSets = 3
-
-// get returns the buffers for n tokens, making them with alloc (given a
-// fresh id for Graph keys) and freeing other sizes' buffers when too many
-// are kept.
-func (p *bufferPool[B]) get(n int, alloc func(n, id int) (B, error)) (B, error) {
-	if b, ok := p.sets[n]; ok {
-		return b, nil
-	}
-	if p.sets == nil {
-		p.sets = map[int]B{}
-	}
-	if len(p.sets) >= maxBufferSets {
-		for size, b := range p.sets {
-			if size != 1 {
-				b.free()
-				delete(p.sets, size)
-			}
-		}
-	}
-	p.nextID++
-	b, err := alloc(n, p.nextID)
-	if err != nil {
-		return b, err
-	}
-	p.sets[n] = b
-	return b, nil
-}
-
-// freeAll frees and drops every kept set.
-func (p *bufferPool[B]) freeAll() {
-	for size, b := range p.sets {
-		b.free()
-		delete(p.sets, size)
-	}
 }

@@ -85,8 +85,9 @@ func loadGPT2(f *gguf.File, be backend.Backend, opts LoadOptions) (*gpt2, error)
 		return nil, err
 	}
 	m := &gpt2{p: p}
-	m.be, m.maxBatch = be, opts.MaxBatch
-	m.cfg = Config{Arch: "gpt2", VocabSize: p.vocab, ContextLength: p.ctx, Layers: p.layers, Hidden: p.hidden}
+	m.be = be
+	m.cfg = Config{Arch: "gpt2", VocabSize: p.vocab, ContextLength: p.ctx, Layers: p.layers, Hidden: p.hidden, MaxBatch: opts.MaxBatch}
+	m.layout = KVLayout{Windows: make([]int, p.layers), Cols: p.hidden}
 	m.cfg.Name, _ = f.GetString("general.name")
 	m.attn = backend.AttentionParams{
 		Heads: p.heads, KVHeads: p.heads, HeadDim: p.headDim,
@@ -126,16 +127,7 @@ func loadGPT2(f *gguf.File, be backend.Backend, opts LoadOptions) (*gpt2, error)
 	return m, nil
 }
 
-// NewCache allocates the K and V caches of one sequence of up to ctx tokens.
-func (m *gpt2) NewCache(ctx int) (Cache, error) {
-	rows, err := newCacheRows(ctx, m.p.ctx, m.maxBatch, make([]int, m.p.layers))
-	if err != nil {
-		return nil, err
-	}
-	return m.newCache(ctx, rows, m.p.hidden)
-}
-
-// gpt2Buffers are the activations of one batch size n.
+// gpt2Buffers are the activations of a step.
 type gpt2Buffers struct {
 	activations
 	qkv, q, k, v, att backend.Tensor // fused projection, its split, attention output
@@ -143,9 +135,9 @@ type gpt2Buffers struct {
 	ff                backend.Tensor // MLP hidden, n×ff
 }
 
-func (m *gpt2) newBuffers(n, id int) (*gpt2Buffers, error) {
-	h := m.p.hidden
-	b := &gpt2Buffers{activations: newActivations(m.be, n, id, h, m.p.vocab)}
+func (m *gpt2) newBuffers() (*gpt2Buffers, error) {
+	n, h := m.cfg.MaxBatch, m.p.hidden
+	b := &gpt2Buffers{activations: newActivations(m.be, n, 1, h)}
 	s := &b.set
 	b.qkv = s.f32(n, 3*h)
 	b.q, b.k, b.v, b.att, b.proj = s.f32(n, h), s.f32(n, h), s.f32(n, h), s.f32(n, h), s.f32(n, h)
@@ -156,53 +148,56 @@ func (m *gpt2) newBuffers(n, id int) (*gpt2Buffers, error) {
 	return b, nil
 }
 
-// Forward runs tokens through the model at the cache's position.
-func (m *gpt2) Forward(c Cache, tokens []int32, all bool) ([]float32, error) {
-	return m.forward(c, tokens, all, m.step)
+func (b *gpt2Buffers) view(be backend.Backend, n int) *gpt2Buffers {
+	v := *b
+	v.activations = b.activations.view(be, n)
+	for _, t := range []*backend.Tensor{&v.qkv, &v.q, &v.k, &v.v, &v.att, &v.proj, &v.ff} {
+		*t = be.View(*t, n)
+	}
+	return &v
 }
 
-// step runs one batch of tokens at positions start… and writes their logits.
-func (m *gpt2) step(c *kvCache, tokens []int32, start int, mode logitsMode, out []float32) error {
+// Step runs a batch of sequences through the model.
+func (m *gpt2) Step(kv KV, b *Batch) (Logits, error) { return m.step(kv, b, m.newBuffers, m.ops) }
+
+// Forward runs tokens through the model at the cache's position.
+func (m *gpt2) Forward(c Cache, tokens []int32, all bool) ([]float32, error) {
+	return m.forward(c, tokens, all, m.newBuffers, m.ops)
+}
+
+// ops queues one step's forward pass.
+func (m *gpt2) ops(v *stepView[*gpt2Buffers], b *gpt2Buffers) {
 	be := m.be
-	b, err := m.buffersFor(tokens, start, mode, m.newBuffers)
-	if err != nil {
-		return err
+	// Embeddings: wte(ids) + wpe(positions).
+	be.Embed(b.x, m.tokEmbd, b.ids)
+	be.Embed(b.h, m.posEmbd, b.pos)
+	be.Add(b.x, b.x, b.h)
+	attn := v.attention(m.attn, 0)
+	for l := range m.blocks {
+		blk := &m.blocks[l]
+		kc, vc, table, slots := v.cache(l)
+		// Attention: ln_1 → c_attn → split Q|K|V → causal MHA → c_proj, residual.
+		be.LayerNorm(b.h, b.x, blk.attnNormW, blk.attnNormB, m.p.eps)
+		be.MatMul(b.qkv, b.h, blk.qkvW, blk.qkvB)
+		be.CopyCols(b.q, b.qkv, 0)
+		be.CopyCols(b.k, b.qkv, m.p.hidden)
+		be.CopyCols(b.v, b.qkv, 2*m.p.hidden)
+		be.StoreKV(kc, vc, b.k, b.v, slots)
+		be.Attention(b.att, b.q, kc, vc, b.pos, b.seq, table, nil, attn)
+		be.MatMul(b.proj, b.att, blk.attnOutW, blk.attnOutB)
+		be.Add(b.x, b.x, b.proj)
+		// MLP: ln_2 → c_fc → GELU(tanh) → c_proj, residual.
+		be.LayerNorm(b.h, b.x, blk.ffnNormW, blk.ffnNormB, m.p.eps)
+		be.MatMul(b.ff, b.h, blk.upW, blk.upB)
+		be.GELU(b.ff, b.ff)
+		be.MatMul(b.proj, b.ff, blk.downW, blk.downB)
+		be.Add(b.x, b.x, b.proj)
 	}
-	return b.run("gpt2", c, mode, out, func() {
-		// Embeddings: wte(ids) + wpe(positions).
-		be.Embed(b.x, m.tokEmbd, b.ids)
-		be.Embed(b.h, m.posEmbd, b.pos)
-		be.Add(b.x, b.x, b.h)
-		for l := range m.blocks {
-			blk := &m.blocks[l]
-			attn := m.attn
-			attn.CacheCap = c.rows[l]
-			// Attention: ln_1 → c_attn → split Q|K|V → causal MHA → c_proj, residual.
-			be.LayerNorm(b.h, b.x, blk.attnNormW, blk.attnNormB, m.p.eps)
-			be.MatMul(b.qkv, b.h, blk.qkvW, blk.qkvB)
-			be.CopyCols(b.q, b.qkv, 0)
-			be.CopyCols(b.k, b.qkv, m.p.hidden)
-			be.CopyCols(b.v, b.qkv, 2*m.p.hidden)
-			be.StoreKV(c.k[l], c.v[l], b.k, b.v, b.pos)
-			be.Attention(b.att, b.q, c.k[l], c.v[l], b.pos, nil, attn)
-			be.MatMul(b.proj, b.att, blk.attnOutW, blk.attnOutB)
-			be.Add(b.x, b.x, b.proj)
-			// MLP: ln_2 → c_fc → GELU(tanh) → c_proj, residual.
-			be.LayerNorm(b.h, b.x, blk.ffnNormW, blk.ffnNormB, m.p.eps)
-			be.MatMul(b.ff, b.h, blk.upW, blk.upB)
-			be.GELU(b.ff, b.ff)
-			be.MatMul(b.proj, b.ff, blk.downW, blk.downB)
-			be.Add(b.x, b.x, b.proj)
-		}
-		// ln_f and lm_head, for the last row only unless every row is wanted.
-		switch mode {
-		case lastLogits:
-			be.Embed(b.lastX, b.x, b.last)
-			be.LayerNorm(b.lastX, b.lastX, m.outNormW, m.outNormB, m.p.eps)
-			be.MatMul(b.logits, b.lastX, m.output, nil)
-		case allLogits:
-			be.LayerNorm(b.h, b.x, m.outNormW, m.outNormB, m.p.eps)
-			be.MatMul(b.allLogits, b.h, m.output, nil)
-		}
-	})
+	// ln_f and lm_head, for the rows whose logits are wanted.
+	if v.last == nil {
+		return
+	}
+	be.Embed(v.lastX, b.x, v.last)
+	be.LayerNorm(v.lastX, v.lastX, m.outNormW, m.outNormB, m.p.eps)
+	be.MatMul(v.logits, v.lastX, m.output, nil)
 }

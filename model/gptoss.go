@@ -203,7 +203,7 @@ type gptossBlock struct {
 type gptoss struct {
 	core[*gptossBuffers]
 	p      gptossParams
-	attn   backend.AttentionParams // Window and CacheCap set per layer
+	attn   backend.AttentionParams // Window and the paging fields set per step
 	mscale float32
 	moe    backend.MoEParams
 
@@ -218,8 +218,8 @@ func loadGPTOSS(f *gguf.File, be backend.Backend, arch string, opts LoadOptions)
 		return nil, err
 	}
 	m := &gptoss{p: p}
-	m.be, m.maxBatch = be, opts.MaxBatch
-	m.cfg = Config{Arch: "gpt-oss", VocabSize: p.vocab, ContextLength: p.ctx, Layers: p.layers, Hidden: p.hidden}
+	m.be = be
+	m.cfg = Config{Arch: "gpt-oss", VocabSize: p.vocab, ContextLength: p.ctx, Layers: p.layers, Hidden: p.hidden, MaxBatch: opts.MaxBatch}
 	m.cfg.Name, _ = f.GetString("general.name")
 	m.attn = backend.AttentionParams{
 		Heads: p.heads, KVHeads: p.kvHeads, HeadDim: p.headDim,
@@ -256,7 +256,9 @@ func loadGPTOSS(f *gguf.File, be backend.Backend, arch string, opts LoadOptions)
 			b.window = p.window // even layers slide, odd layers see everything
 		}
 		m.blocks = append(m.blocks, b)
+		m.layout.Windows = append(m.layout.Windows, b.window)
 	}
+	m.layout.Cols = kv
 	m.outNorm = w.load(true, []int{h}, "output_norm.weight")
 	m.output = w.load(false, []int{h, p.vocab}, "output.weight")
 	if m.weights, err = w.finish(); err != nil {
@@ -274,106 +276,78 @@ func loadGPTOSS(f *gguf.File, be backend.Backend, arch string, opts LoadOptions)
 	return m, nil
 }
 
-// NewCache allocates the K and V caches of one sequence of up to ctx tokens:
-// ctx rows in full-attention layers, a ring in sliding-window layers.
-func (m *gptoss) NewCache(ctx int) (Cache, error) {
-	windows := make([]int, len(m.blocks))
-	for l, b := range m.blocks {
-		windows[l] = b.window
-	}
-	rows, err := newCacheRows(ctx, m.p.ctx, m.maxBatch, windows)
-	if err != nil {
-		return nil, err
-	}
-	return m.newCache(ctx, rows, m.p.kvHeads*m.p.headDim)
-}
-
-// gptossBuffers are the activations of one batch size n.
+// gptossBuffers are the activations of a step.
 type gptossBuffers struct {
 	activations
-	ringSlots    backend.Tensor // I32 cache rows of sliding layers; full layers use pos
 	q, k, v, att backend.Tensor
 	proj         backend.Tensor // attention output and expert mix, n×hidden
-	ring         []int32
 }
 
-func (m *gptoss) newBuffers(n, id int) (*gptossBuffers, error) {
-	h := m.p.hidden
+func (m *gptoss) newBuffers() (*gptossBuffers, error) {
+	n, h := m.cfg.MaxBatch, m.p.hidden
 	q, kv := m.p.heads*m.p.headDim, m.p.kvHeads*m.p.headDim
-	b := &gptossBuffers{activations: newActivations(m.be, n, id, h, m.p.vocab)}
+	b := &gptossBuffers{activations: newActivations(m.be, n, len(m.layout.Groups()), h)}
 	s := &b.set
-	b.ringSlots = s.i32(n)
 	b.q, b.k, b.v, b.att = s.f32(n, q), s.f32(n, kv), s.f32(n, kv), s.f32(n, q)
 	b.proj = s.f32(n, h)
 	if err := b.ready(); err != nil {
 		return nil, err
 	}
-	b.ring = make([]int32, n)
 	return b, nil
 }
 
-// Forward runs tokens through the model at the cache's position.
-func (m *gptoss) Forward(c Cache, tokens []int32, all bool) ([]float32, error) {
-	return m.forward(c, tokens, all, m.step)
+func (b *gptossBuffers) view(be backend.Backend, n int) *gptossBuffers {
+	v := *b
+	v.activations = b.activations.view(be, n)
+	for _, t := range []*backend.Tensor{&v.q, &v.k, &v.v, &v.att, &v.proj} {
+		*t = be.View(*t, n)
+	}
+	return &v
 }
 
-// step runs one batch of tokens at positions start… and writes their logits.
-func (m *gptoss) step(c *kvCache, tokens []int32, start int, mode logitsMode, out []float32) error {
-	be := m.be
-	b, err := m.buffersFor(tokens, start, mode, m.newBuffers)
-	if err != nil {
-		return err
-	}
-	// Every sliding layer has the same ring size, and layer 0 slides (even
-	// layers do, and the window is at least 1).
-	ringRows := int32(c.rows[0])
-	for i, p := range b.hostPos {
-		b.ring[i] = p % ringRows
-	}
-	be.WriteI32(b.ringSlots, b.ring)
+// Step runs a batch of sequences through the model.
+func (m *gptoss) Step(kv KV, b *Batch) (Logits, error) { return m.step(kv, b, m.newBuffers, m.ops) }
 
-	return b.run("gpt-oss", c, mode, out, func() {
-		be.Embed(b.x, m.tokEmbd, b.ids)
-		for l := range m.blocks {
-			blk := &m.blocks[l]
-			attn := m.attn
-			attn.Window, attn.CacheCap = blk.window, c.rows[l]
-			slots := b.pos
-			if blk.window > 0 {
-				slots = b.ringSlots
-			}
-			// Attention: RMSNorm → Q, K, V → RoPE on Q and K → causal GQA
-			// with sinks (and a window on even layers) → O. Each residual add
-			// is fused into the norm after it (AddRMSNorm): here the previous
-			// block's expert output joins the residual stream.
-			if l == 0 {
-				be.RMSNorm(b.h, b.x, blk.attnNorm, m.p.eps)
-			} else {
-				be.AddRMSNorm(b.h, b.x, b.proj, blk.attnNorm, m.p.eps)
-			}
-			be.MatMulQKV(b.q, b.k, b.v, b.h, blk.qW, blk.kW, blk.vW, blk.qB, blk.kB, blk.vB)
-			be.RoPE(b.q, b.pos, m.invFreq, m.p.headDim, m.mscale)
-			be.RoPE(b.k, b.pos, m.invFreq, m.p.headDim, m.mscale)
-			be.StoreKV(c.k[l], c.v[l], b.k, b.v, slots)
-			be.Attention(b.att, b.q, c.k[l], c.v[l], b.pos, blk.sinks, attn)
-			be.MatMul(b.proj, b.att, blk.oW, blk.oB)
-			// Mixture of experts: residual add and RMSNorm → router top-k →
-			// clamped SwiGLU experts, weighted sum (added to the residual by
-			// the next block's norm).
-			be.AddRMSNorm(b.h, b.x, b.proj, blk.postAttnNorm, m.p.eps)
-			be.MoE(b.proj, b.h, &blk.moe, m.moe)
+// Forward runs tokens through the model at the cache's position.
+func (m *gptoss) Forward(c Cache, tokens []int32, all bool) ([]float32, error) {
+	return m.forward(c, tokens, all, m.newBuffers, m.ops)
+}
+
+// ops queues one step's forward pass.
+func (m *gptoss) ops(v *stepView[*gptossBuffers], b *gptossBuffers) {
+	be := m.be
+	be.Embed(b.x, m.tokEmbd, b.ids)
+	for l := range m.blocks {
+		blk := &m.blocks[l]
+		kc, vc, table, slots := v.cache(l)
+		// Attention: RMSNorm → Q, K, V → RoPE on Q and K → causal GQA with
+		// sinks (and a window on even layers) → O. Each residual add is
+		// fused into the norm after it (AddRMSNorm): here the previous
+		// block's expert output joins the residual stream.
+		if l == 0 {
+			be.RMSNorm(b.h, b.x, blk.attnNorm, m.p.eps)
+		} else {
+			be.AddRMSNorm(b.h, b.x, b.proj, blk.attnNorm, m.p.eps)
 		}
-		be.Add(b.x, b.x, b.proj) // the last block's expert output
-		// Final norm and the output projection, for the last row only unless
-		// every row is wanted.
-		switch mode {
-		case lastLogits:
-			be.Embed(b.lastX, b.x, b.last)
-			be.RMSNorm(b.lastX, b.lastX, m.outNorm, m.p.eps)
-			be.MatMul(b.logits, b.lastX, m.output, nil)
-		case allLogits:
-			be.RMSNorm(b.h, b.x, m.outNorm, m.p.eps)
-			be.MatMul(b.allLogits, b.h, m.output, nil)
-		}
-	})
+		be.MatMulQKV(b.q, b.k, b.v, b.h, blk.qW, blk.kW, blk.vW, blk.qB, blk.kB, blk.vB)
+		be.RoPE(b.q, b.pos, m.invFreq, m.p.headDim, m.mscale)
+		be.RoPE(b.k, b.pos, m.invFreq, m.p.headDim, m.mscale)
+		be.StoreKV(kc, vc, b.k, b.v, slots)
+		be.Attention(b.att, b.q, kc, vc, b.pos, b.seq, table, blk.sinks, v.attention(m.attn, blk.window))
+		be.MatMul(b.proj, b.att, blk.oW, blk.oB)
+		// Mixture of experts: residual add and RMSNorm → router top-k →
+		// clamped SwiGLU experts, weighted sum (added to the residual by
+		// the next block's norm).
+		be.AddRMSNorm(b.h, b.x, b.proj, blk.postAttnNorm, m.p.eps)
+		be.MoE(b.proj, b.h, &blk.moe, m.moe)
+	}
+	be.Add(b.x, b.x, b.proj) // the last block's expert output
+	// Final norm and the output projection, for the rows whose logits are
+	// wanted.
+	if v.last == nil {
+		return
+	}
+	be.Embed(v.lastX, b.x, v.last)
+	be.RMSNorm(v.lastX, v.lastX, m.outNorm, m.p.eps)
+	be.MatMul(v.logits, v.lastX, m.output, nil)
 }

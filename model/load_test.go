@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"orcd/backend/cpu"
@@ -236,20 +237,45 @@ func TestForwardErrors(t *testing.T) {
 	}
 }
 
-// TestSlidingCacheSize checks that sliding-window layers keep only a ring:
-// for gpt-oss-shaped windows, a long context costs KV rows only in the
-// full-attention layers.
-func TestSlidingCacheSize(t *testing.T) {
-	rows, err := newCacheRows(131072, 131072, 512, []int{128, 0, 128, 0})
+// TestSeqCacheSize checks that Forward's cache gives sliding-window layers
+// only the window and one step's blocks: for gpt-oss-shaped windows, a long
+// context costs KV memory only in the full-attention layers. It then walks a
+// sequence to the end of the context, one step at a time, and checks that
+// the pool never runs out and that a sliding group never holds more blocks
+// than the window and the step reach.
+func TestSeqCacheSize(t *testing.T) {
+	var mu sync.Mutex
+	layout := KVLayout{Windows: []int{128, 0, 128, 0}, Cols: 8}
+	const ctx, maxBatch, bs = 131072, 512, seqCacheBlockSize
+	c, err := newSeqCache(cpu.New(), nil, &mu, 1, layout, ctx, maxBatch)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := []int{128 + 512 - 1, 131072, 128 + 512 - 1, 131072}; !slices.Equal(rows, want) {
-		t.Errorf("rows %v, want %v", rows, want)
+	defer c.Free()
+	// Full group: ctx/16 blocks; sliding: (127+512)/16 rounded up, plus one.
+	if want := ctx/bs + 41; c.kv.Blocks() != want {
+		t.Errorf("%d blocks, want %d", c.kv.Blocks(), want)
 	}
-	rows, _ = newCacheRows(100, 131072, 512, []int{128, 0})
-	if want := []int{100, 100}; !slices.Equal(rows, want) {
-		t.Errorf("short context: rows %v, want %v", rows, want)
+	if got, want := layout.BlockBytes(bs, 4), int64(2*2*bs*8*4); got != want {
+		t.Errorf("BlockBytes %d, want %d (2 layers a group, K and V)", got, want)
+	}
+	steps := []int{maxBatch, 1, 37, maxBatch, 5}
+	for i := 0; c.n < ctx; i++ {
+		n := min(steps[i%len(steps)], ctx-c.n)
+		c.grow(c.n, c.n+n)
+		held := 0
+		for _, b := range c.tables[1] {
+			if b >= 0 {
+				held++
+			}
+		}
+		if held > 41 {
+			t.Fatalf("at position %d the sliding group holds %d blocks", c.n, held)
+		}
+		c.n += n
+	}
+	if len(c.tables[0]) != ctx/bs {
+		t.Errorf("full group: %d blocks for %d tokens", len(c.tables[0]), ctx)
 	}
 }
 

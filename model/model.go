@@ -1,6 +1,14 @@
 // Package model holds one adapter per architecture (gpt2.go, gptoss.go),
-// written once against the backend interface.
+// written once against the backend interface, and the paged KV cache they
+// share (kv.go).
+//
+// A forward step (Model.Step) runs a batch of sequences at once: each brings
+// a chunk of tokens (a prompt chunk, or the one next token of a sequence
+// that is decoding), its position and its block tables into one KV pool.
+// Model.Forward is the one-sequence convenience on top of it.
 package model
+
+import "orcd/backend"
 
 // Config is what the rest of orcd needs to know about a loaded model.
 type Config struct {
@@ -10,6 +18,7 @@ type Config struct {
 	ContextLength int    // training context from metadata
 	Layers        int
 	Hidden        int
+	MaxBatch      int // most tokens one Step takes
 }
 
 // Model is a loaded architecture adapter. Its methods and those of its
@@ -17,7 +26,20 @@ type Config struct {
 // because a backend serves one goroutine at a time.
 type Model interface {
 	Config() Config
-	// NewCache allocates the KV cache of one sequence of up to ctx tokens.
+	// KVLayout describes the KV cache the model's layers need.
+	KVLayout() KVLayout
+	// NewKV allocates a paged KV pool of blocks blocks of blockSize tokens,
+	// shared by every sequence that Step runs on it.
+	NewKV(blocks, blockSize int) (KV, error)
+	// Step runs one forward pass over a batch of sequences on kv: it
+	// stores their tokens' keys and values in the blocks their tables
+	// name and returns the logits the chunks ask for. At most
+	// Config().MaxBatch tokens in all. The logits are valid until the next
+	// Step or Forward.
+	Step(kv KV, b *Batch) (Logits, error)
+
+	// NewCache allocates the KV cache of one sequence of up to ctx tokens,
+	// for Forward.
 	NewCache(ctx int) (Cache, error)
 	// Forward runs tokens at the cache's current position and appends them
 	// to it. It returns the logits of the last token (VocabSize values) or,
@@ -32,7 +54,7 @@ type Model interface {
 	Close() error
 }
 
-// Cache is the KV cache of one sequence.
+// Cache is the KV cache of one sequence, for Model.Forward.
 type Cache interface {
 	// Len is the number of tokens stored so far (the next position).
 	Len() int
@@ -42,4 +64,90 @@ type Cache interface {
 	Reset()
 	// Free releases the cache's memory.
 	Free()
+}
+
+// Batch is the input of one Model.Step: a chunk of tokens from each of
+// several sequences.
+type Batch struct {
+	Chunks []Chunk
+}
+
+// Chunk is one sequence's part of a step.
+type Chunk struct {
+	// Tokens are the sequence's next tokens, at positions Pos, Pos+1, ….
+	Tokens []int32
+	Pos    int
+	// Tables[g] is the sequence's block table in KV group g (the groups of
+	// KV.Groups): entry i is the pool block that holds positions
+	// i·BlockSize … (i+1)·BlockSize-1, or -1 where no block is held. It must
+	// cover every position written in this step and every key the chunk's
+	// tokens can see; older entries of sliding-window groups may be -1.
+	Tables [][]int32
+	// Logits says which of the chunk's tokens get logits.
+	Logits LogitsMode
+}
+
+// LogitsMode says which tokens of a chunk get logits.
+type LogitsMode int
+
+// The logits modes.
+const (
+	NoLogits   LogitsMode = iota // an early chunk of a prompt
+	LastLogits                   // the last token's, to sample the next
+	AllLogits                    // every token's (perplexity, conformance)
+)
+
+// KV is a paged key/value cache pool, made by Model.NewKV: Blocks blocks of
+// BlockSize tokens in every layer. Which blocks a sequence holds is its
+// caller's bookkeeping (the engine's block manager, or a Cache for Forward);
+// Step only reads the block tables of each chunk.
+type KV interface {
+	BlockSize() int
+	Blocks() int
+	// Groups are the pool's KV groups; a Chunk has one block table per group.
+	Groups() []KVGroup
+	// Free releases the pool's memory. Using it afterwards is an error.
+	Free()
+}
+
+// Logits are the logits one Step computed: one row of the vocabulary per
+// token that asked for them, in batch order.
+type Logits interface {
+	// Rows is the number of rows.
+	Rows() int
+	// Read waits for the step and copies the logits to dst, which holds
+	// Rows()·VocabSize values. It returns the step's error, if any.
+	Read(dst []float32) error
+	// Tensor is the Rows×VocabSize logits in backend memory, for ops that
+	// read them on the device; nil when they are on the host.
+	Tensor() backend.Tensor
+	// Sample draws the first len(rows) rows' tokens into ids on the device
+	// when the backend can (backend.Sampler), and reports whether it did;
+	// otherwise the caller reads the logits and samples on the host.
+	Sample(rows []backend.SampleParams, ids []int32) (bool, error)
+}
+
+// deviceLogits are the Logits of a step run on a backend.
+type deviceLogits struct {
+	be   backend.Backend
+	t    backend.Tensor
+	rows int
+}
+
+func (l *deviceLogits) Rows() int              { return l.rows }
+func (l *deviceLogits) Tensor() backend.Tensor { return l.t }
+
+func (l *deviceLogits) Sample(rows []backend.SampleParams, ids []int32) (bool, error) {
+	s, ok := l.be.(backend.Sampler)
+	if !ok || l.rows == 0 {
+		return false, nil
+	}
+	return true, s.Sample(l.t, rows, ids)
+}
+
+func (l *deviceLogits) Read(dst []float32) error {
+	if l.rows == 0 {
+		return l.be.Sync()
+	}
+	return l.be.ReadF32(l.t, dst)
 }

@@ -20,6 +20,7 @@ const (
 	codeInternal         = "INTERNAL"          // 500
 	codeQueueFull        = "QUEUE_FULL"        // 503, retriable
 	codeShuttingDown     = "SHUTTING_DOWN"     // 503, retriable
+	codeLoading          = "LOADING"           // 503, retriable: the model is not loaded yet
 	codeUnauthorized     = "UNAUTHORIZED"      // 401
 	codeNotFound         = "NOT_FOUND"         // 404
 	statusClientClosed   = 499                 // nginx's "client closed request"

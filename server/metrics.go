@@ -19,6 +19,8 @@ type metrics struct {
 	promptTokens prometheus.Counter
 	ttft         prometheus.Histogram
 	interToken   prometheus.Histogram
+	stepTokens   prometheus.Histogram
+	stepSeqs     prometheus.Histogram
 }
 
 func newMetrics(e *engine.Engine, d Device) *metrics {
@@ -45,13 +47,58 @@ func newMetrics(e *engine.Engine, d Device) *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14),
 		}),
 	}
-	m.registry.MustRegister(m.requests, m.tokens, m.promptTokens, m.ttft, m.interToken,
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "orcd_queue_depth", Help: "Requests waiting for a decoding slot.",
-		}, func() float64 { return float64(e.QueueDepth()) }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "orcd_active_requests", Help: "Requests holding a decoding slot.",
-		}, func() float64 { return float64(e.Active()) }),
+	m.stepTokens = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "orcd_step_tokens",
+		Help:    "Tokens per engine step (decode tokens and prompt chunks together).",
+		Buckets: prometheus.ExponentialBuckets(1, 2, 13),
+	})
+	m.stepSeqs = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "orcd_step_sequences",
+		Help:    "Sequences per engine step.",
+		Buckets: prometheus.ExponentialBuckets(1, 2, 10),
+	})
+	e.ObserveSteps(func(s engine.StepInfo) {
+		m.stepTokens.Observe(float64(s.Tokens))
+		m.stepSeqs.Observe(float64(s.Sequences))
+	})
+	stat := func(name, help string, v func(engine.Stats) float64) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 { return v(e.Stats()) })
+	}
+	counter := func(name, help string, v func(engine.Stats) float64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return v(e.Stats()) })
+	}
+	m.registry.MustRegister(m.requests, m.tokens, m.promptTokens, m.ttft, m.interToken, m.stepTokens, m.stepSeqs,
+		stat("orcd_queue_depth", "Requests waiting to run (orcd_waiting_sequences, kept for dashboards).",
+			func(s engine.Stats) float64 { return float64(s.Waiting) }),
+		stat("orcd_active_requests", "Sequences running (orcd_running_sequences, kept for dashboards).",
+			func(s engine.Stats) float64 { return float64(s.Running) }),
+		stat("orcd_running_sequences", "Sequences in the running batch.",
+			func(s engine.Stats) float64 { return float64(s.Running) }),
+		stat("orcd_waiting_sequences", "Sequences waiting to be admitted, preempted ones included.",
+			func(s engine.Stats) float64 { return float64(s.Waiting) }),
+		counter("orcd_preemptions_total", "Sequences preempted (to be recomputed) because the KV cache ran out of blocks.",
+			func(s engine.Stats) float64 { return float64(s.Preemptions) }),
+		stat("orcd_kv_blocks", "Blocks in the KV cache pool.",
+			func(s engine.Stats) float64 { return float64(s.KVBlocks) }),
+		stat("orcd_kv_block_tokens", "Tokens per KV cache block.",
+			func(s engine.Stats) float64 { return float64(s.BlockSize) }),
+		stat("orcd_kv_blocks_used", "KV cache blocks held by sequences.",
+			func(s engine.Stats) float64 { return float64(s.KVBlocksUsed) }),
+		stat("orcd_kv_blocks_free", "KV cache blocks not held by any sequence (cached prefixes included).",
+			func(s engine.Stats) float64 { return float64(s.KVBlocks - s.KVBlocksUsed) }),
+		stat("orcd_kv_blocks_cached", "Free KV cache blocks that keep a cached prompt prefix for reuse.",
+			func(s engine.Stats) float64 { return float64(s.KVBlocksCached) }),
+		counter("orcd_prefix_cache_queried_tokens_total", "Prompt tokens looked up in the prefix cache.",
+			func(s engine.Stats) float64 { return float64(s.PrefixLookupTokens) }),
+		counter("orcd_prefix_cache_hit_tokens_total", "Prompt tokens found in the prefix cache (not recomputed).",
+			func(s engine.Stats) float64 { return float64(s.PrefixHitTokens) }),
+		stat("orcd_prefix_cache_hit_rate", "Share of looked-up prompt tokens found in the prefix cache, since start.",
+			func(s engine.Stats) float64 {
+				if s.PrefixLookupTokens == 0 {
+					return 0
+				}
+				return float64(s.PrefixHitTokens) / float64(s.PrefixLookupTokens)
+			}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "orcd_vram_bytes", Help: "Device memory held by the model and its caches.",
 		}, func() float64 {

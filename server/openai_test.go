@@ -192,8 +192,8 @@ func chatBody(stream bool, extra map[string]any) map[string]any {
 
 func TestChatHarmony(t *testing.T) {
 	rec := &recorder{next: enginetest.Script(harmonyTokens(harmonyAnswer))}
-	// One prefill call, so the recorder sees the whole prompt.
-	ts := newTestServer(t, &enginetest.Model{Next: rec.Next, Ctx: 4096}, "gpt-oss", engine.Config{PrefillChunk: 4096}, nil)
+	// The recorder sees the whole prompt at the first token.
+	ts := newTestServer(t, &enginetest.Model{Next: rec.Next, Ctx: 4096}, "gpt-oss", engine.Config{}, nil)
 	var c chatResponse
 	decodeBody(t, ts.post(t, "/v1/chat/completions", chatBody(false, nil)), 200, &c)
 	m := c.Choices[0].Message

@@ -9,6 +9,7 @@ import (
 	"crypto/rand"
 	"crypto/subtle"
 	"encoding/hex"
+	"encoding/json"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -148,8 +149,13 @@ func (s *Server) Handler() http.Handler {
 		w.Header().Set("X-Correlation-Id", cid)
 		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
 		defer func() {
-			s.log.Info("http request", "method", r.Method, "path", r.URL.Path, "status", sw.status,
-				"duration_ms", time.Since(start).Milliseconds(), "correlation_id", cid)
+			attrs := []any{"method", r.Method, "path", r.URL.Path, "status", sw.status,
+				"duration_ms", time.Since(start).Milliseconds(), "correlation_id", cid}
+			if sw.status >= 400 {
+				code, msg := errorOf(sw.errBody)
+				attrs = append(attrs, "error_code", code, "error", msg)
+			}
+			s.log.Log(r.Context(), accessLevel(r, sw.status), "http request", attrs...)
 		}()
 		if s.cfg.APIKey != "" && r.URL.Path != "/health" && !s.authorized(r) {
 			if isOpenAIPath(r.URL.Path) {
@@ -221,16 +227,60 @@ func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, h)
 }
 
-// statusWriter records the status code for the access log and passes
-// flushes and deadlines through (http.ResponseController unwraps it).
+// statusWriter records the status code and the start of an error's body
+// for the access log, and passes flushes and deadlines through
+// (http.ResponseController unwraps it).
 type statusWriter struct {
 	http.ResponseWriter
-	status int
+	status  int
+	errBody []byte
 }
+
+// maxLoggedErrorBody is how much of an error response the access log reads.
+const maxLoggedErrorBody = 2048
 
 func (w *statusWriter) WriteHeader(code int) {
 	w.status = code
 	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status >= 400 {
+		w.errBody = append(w.errBody, b[:min(len(b), maxLoggedErrorBody-len(w.errBody))]...)
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+// errorOf returns the code and message of an error response's body: either
+// API's {"error":{"code","message"}}, or, for a plain-text body (the
+// router's 404 and 405), no code and the text.
+func errorOf(body []byte) (code, message string) {
+	var e struct {
+		Error struct {
+			Code    *string `json:"code"`
+			Message string  `json:"message"`
+		} `json:"error"`
+	}
+	if json.Unmarshal(body, &e) != nil || e.Error.Message == "" {
+		return "", strings.TrimSpace(string(body))
+	}
+	if e.Error.Code != nil {
+		code = *e.Error.Code
+	}
+	return code, e.Error.Message
+}
+
+// accessLevel is the level of a request's access log line: health checks
+// and metric scrapes that succeed are debug (they come every few seconds),
+// server errors warn.
+func accessLevel(r *http.Request, status int) slog.Level {
+	switch {
+	case status >= 500:
+		return slog.LevelWarn
+	case status < 400 && (r.URL.Path == "/health" || r.URL.Path == "/metrics"):
+		return slog.LevelDebug
+	}
+	return slog.LevelInfo
 }
 
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }

@@ -7,19 +7,23 @@ import (
 )
 
 // Attention computes causal (optionally sliding-window) attention with GQA
-// and optional per-head sinks over the K/V caches; see backend.Backend.
+// and optional per-head sinks over the paged K/V caches, for the rows of a
+// batch of sequences; see backend.Backend.
 //
 // Scores are float32 dot products times Scale; the softmax runs in float64
-// and the probability-weighted sum of values in float32. A sink joins the softmax as one more logit
-// whose column is dropped, so it only enlarges the denominator.
+// and the probability-weighted sum of values in float32. A sink joins the
+// softmax as one more logit whose column is dropped, so it only enlarges the
+// denominator. Each row is computed on its own, the same way whatever else
+// is in the batch.
 //
-// It records an error if a row would need a key that the ring buffer no
-// longer holds: key position j lives in row j % CacheCap, so a row whose
-// oldest visible key is lo is only correct while no position in this call
-// reaches lo+CacheCap.
-func (b *Backend) Attention(dst, q, kCache, vCache, pos, sinks backend.Tensor, p backend.AttentionParams) {
+// It records an error if a row would read a block table entry that is
+// missing (-1 or past the table) or outside the cache: that is a bug in the
+// caller's block bookkeeping, and reading another sequence's keys would
+// give a silently wrong answer.
+func (b *Backend) Attention(dst, q, kCache, vCache, pos, seq, table, sinks backend.Tensor, p backend.AttentionParams) {
 	const op = "Attention"
-	if p.Heads <= 0 || p.KVHeads <= 0 || p.HeadDim <= 0 || p.Heads%p.KVHeads != 0 || p.Window < 0 || p.CacheCap <= 0 {
+	if p.Heads <= 0 || p.KVHeads <= 0 || p.HeadDim <= 0 || p.Heads%p.KVHeads != 0 || p.Window < 0 ||
+		p.BlockSize <= 0 || p.MaxBlocks <= 0 {
 		b.fail("%s: bad params %+v", op, p)
 		return
 	}
@@ -34,41 +38,53 @@ func (b *Backend) Attention(dst, q, kCache, vCache, pos, sinks backend.Tensor, p
 		return
 	}
 	d := b.matrix(dst, op, "dst", n, qCols)
-	kc := b.matrix(kCache, op, "kCache", p.CacheCap, kvCols)
-	vc := b.matrix(vCache, op, "vCache", p.CacheCap, kvCols)
-	ps := b.i32(pos, op, "pos", n)
-	if d == nil || kc == nil || vc == nil || ps == nil {
+	kc, vc := b.f32(kCache, op, "kCache"), b.f32(vCache, op, "vCache")
+	ps, ss, ts := b.i32(pos, op, "pos", n), b.i32(seq, op, "seq", n), b.tensorOf(table, op, "table")
+	if d == nil || kc == nil || vc == nil || ps == nil || ss == nil || ts == nil {
+		return
+	}
+	cacheRows := kc.rows()
+	if kc.cols() != kvCols || vc.cols() != kvCols || vc.rows() != cacheRows || cacheRows%p.BlockSize != 0 {
+		b.fail("%s: caches %v and %v, want %d columns and the same rows, a multiple of the block size %d",
+			op, kc.dims, vc.dims, kvCols, p.BlockSize)
+		return
+	}
+	if ts.typ != typeI32 || len(ts.i32)%p.MaxBlocks != 0 {
+		b.fail("%s: table must be an I32 vector of whole rows of %d entries, is %s", op, p.MaxBlocks, describe(ts))
 		return
 	}
 	var sink []float32
 	if sinks != nil {
-		ss := b.vector(sinks, op, "sinks", p.Heads)
-		if ss == nil {
+		sv := b.vector(sinks, op, "sinks", p.Heads)
+		if sv == nil {
 			return
 		}
-		sink = ss.f32
+		sink = sv.f32
 	}
-	positions := ps.i32[:n]
-	maxPos := int32(0)
-	for _, v := range positions {
-		maxPos = max(maxPos, v)
-	}
-	for r, v := range positions {
-		if v < 0 {
-			b.fail("%s: pos[%d] = %d is negative", op, r, v)
+	positions, seqs, tbl := ps.i32[:n], ss.i32[:n], ts.i32
+	nSeq, blocks := len(tbl)/p.MaxBlocks, int32(cacheRows/p.BlockSize)
+	maxKeys := 0
+	for r := range n {
+		pr, s := int(positions[r]), int(seqs[r])
+		if pr < 0 || s < 0 || s >= nSeq {
+			b.fail("%s: row %d: position %d, sequence %d of %d", op, r, pr, s, nSeq)
 			return
 		}
-		if lo := firstKey(int(v), p.Window); int(maxPos)-lo >= p.CacheCap {
-			b.fail("%s: row %d (position %d) needs key position %d, overwritten in the %d-row cache by position %d",
-				op, r, v, lo, p.CacheCap, lo+p.CacheCap)
+		first := firstKey(pr, p.Window)
+		if pr/p.BlockSize >= p.MaxBlocks {
+			b.fail("%s: row %d: position %d is past the %d-block table", op, r, pr, p.MaxBlocks)
 			return
 		}
+		for blk := first / p.BlockSize; blk <= pr/p.BlockSize; blk++ {
+			if e := tbl[s*p.MaxBlocks+blk]; e < 0 || e >= blocks {
+				b.fail("%s: row %d (sequence %d, position %d) needs block %d, whose table entry is %d (the cache has %d blocks)",
+					op, r, s, pr, blk, e, blocks)
+				return
+			}
+		}
+		maxKeys = max(maxKeys, pr-first+1)
 	}
 	group := p.Heads / p.KVHeads
-	maxKeys := 0
-	for _, v := range positions {
-		maxKeys = max(maxKeys, int(v)-firstKey(int(v), p.Window)+1)
-	}
 	type buffers struct {
 		logits, probs []float32
 		exps          []float64
@@ -84,11 +100,12 @@ func (b *Backend) Attention(dst, q, kCache, vCache, pos, sinks backend.Tensor, p
 			pr := int(positions[r])
 			first := firstKey(pr, p.Window)
 			keys := pr - first + 1
+			rowTable := tbl[int(seqs[r])*p.MaxBlocks:]
 			qh := qs.f32[r*qCols+h*p.HeadDim : r*qCols+(h+1)*p.HeadDim]
 			kvOff := (h / group) * p.HeadDim
-			// The keys first..pr lie in at most two runs of consecutive
-			// cache rows: up to the end of the ring, then from its start.
-			forEachRun(first, keys, p.CacheCap, func(i, row, run int) {
+			// The keys first..pr lie in runs of consecutive cache rows, one
+			// run per block.
+			forEachRun(first, keys, p.BlockSize, rowTable, func(i, row, run int) {
 				b.k.scores(qh, kc.f32[row*kvCols+kvOff:], kvCols, logits[i:i+run])
 			})
 			m := math.Inf(-1)
@@ -112,7 +129,7 @@ func (b *Backend) Attention(dst, q, kCache, vCache, pos, sinks backend.Tensor, p
 			}
 			out := d.f32[r*qCols+h*p.HeadDim : r*qCols+(h+1)*p.HeadDim]
 			clear(out)
-			forEachRun(first, keys, p.CacheCap, func(i, row, run int) {
+			forEachRun(first, keys, p.BlockSize, rowTable, func(i, row, run int) {
 				b.k.weightedSum(probs[i:i+run], vc.f32[row*kvCols+kvOff:], kvCols, out)
 			})
 		}
@@ -120,13 +137,13 @@ func (b *Backend) Attention(dst, q, kCache, vCache, pos, sinks backend.Tensor, p
 }
 
 // forEachRun splits the key positions first..first+keys-1 into runs of
-// consecutive ring-buffer rows (position j is row j % capRows) and calls fn
-// with each run's offset among the keys, first row and length.
-func forEachRun(first, keys, capRows int, fn func(i, row, run int)) {
+// consecutive cache rows (position j is row table[j/bs]*bs + j%bs) and calls
+// fn with each run's offset among the keys, first row and length.
+func forEachRun(first, keys, bs int, table []int32, fn func(i, row, run int)) {
 	for i := 0; i < keys; {
-		row := (first + i) % capRows
-		run := min(keys-i, capRows-row)
-		fn(i, row, run)
+		j := first + i
+		run := min(keys-i, bs-j%bs)
+		fn(i, int(table[j/bs])*bs+j%bs, run)
 		i += run
 	}
 }

@@ -51,102 +51,147 @@ func refAttention(q []float32, p int, keys, values [][]float32, sinks []float32,
 	return out
 }
 
+// pagedSeq is one sequence of an attention test: its keys and values by
+// absolute position, and the cache block of each of its block indices.
+type pagedSeq struct {
+	keys, values [][]float32
+	blocks       []int32
+}
+
+// TestAttention runs batches of several sequences over one paged cache:
+// blocks handed out in a shuffled order, so a sequence's keys are scattered
+// and interleaved with other sequences', each step mixing sequences that
+// prefill and sequences that decode, and checks every row against the
+// definition over that sequence's own keys.
 func TestAttention(t *testing.T) {
-	type step []int // positions of the rows of one call, in order
-	seq := func(lo, hi int) step {
-		var s step
-		for p := lo; p < hi; p++ {
-			s = append(s, p)
-		}
-		return s
-	}
-	decode := func(lo, hi int) []step {
-		var s []step
-		for p := lo; p < hi; p++ {
-			s = append(s, step{p})
-		}
-		return s
-	}
 	cases := []struct {
 		name                    string
 		heads, kvHeads, headDim int
-		window, cacheCap        int
+		window, blockSize       int
 		sinks                   bool
-		steps                   []step
+		// steps[i][s] is how many tokens sequence s adds in step i (0: not
+		// in the step).
+		steps [][]int
 	}{
-		{"mha/full/prefill", 4, 4, 8, 0, 32, false, []step{seq(0, 10)}},
-		{"gqa4/full/decode", 8, 2, 16, 0, 32, false, append([]step{seq(0, 20)}, decode(20, 23)...)},
-		{"gqa2/window/sinks/wraparound", 6, 3, 8, 5, 8, true, append([]step{seq(0, 4)}, decode(4, 21)...)},
-		{"gqa4/sinks/odd-headdim", 4, 1, 5, 0, 16, true, []step{seq(0, 3), seq(3, 9), {9}}},
-		{"mha/window/prefill-after-wrap", 2, 2, 12, 3, 8, true, []step{seq(0, 5), seq(5, 10), seq(10, 15), {15}}},
-		{"window-equals-cache", 2, 1, 4, 4, 4, false, decode(0, 11)},
+		{"mha/full/one-sequence", 4, 4, 8, 0, 4, false, [][]int{{10}, {1}, {1}}},
+		{"gqa4/full/mixed", 8, 2, 16, 0, 4, false, [][]int{{7, 3, 0}, {1, 6, 9}, {1, 1, 1}, {0, 1, 5}}},
+		{"gqa2/window/sinks", 6, 3, 8, 5, 2, true, [][]int{{4, 1, 2}, {1, 7, 1}, {9, 1, 1}, {1, 1, 1}}},
+		{"gqa4/sinks/odd-headdim", 4, 1, 5, 0, 3, true, [][]int{{3, 2}, {6, 1}, {1, 8}}},
+		{"mha/window-bigger-than-block", 2, 2, 12, 7, 4, true, [][]int{{5, 0, 11}, {5, 3, 1}, {5, 1, 1}, {1, 9, 1}}},
+		{"block-of-one", 2, 1, 4, 3, 1, false, [][]int{{2, 5}, {1, 1}, {4, 1}}},
 	}
 	for name, b := range backends() {
 		for _, tc := range cases {
 			t.Run(fmt.Sprintf("%s/%s", name, tc.name), func(t *testing.T) {
 				r := newRand(t)
+				nSeq := len(tc.steps[0])
+				total := make([]int, nSeq)
+				for _, st := range tc.steps {
+					for s, k := range st {
+						total[s] += k
+					}
+				}
+				maxBlocks := 0
+				for _, n := range total {
+					maxBlocks = max(maxBlocks, (n+tc.blockSize-1)/tc.blockSize)
+				}
+				nBlocks := nSeq*maxBlocks + 3 // a few never used
+				free := r.Perm(nBlocks)
 				ap := backend.AttentionParams{
 					Heads: tc.heads, KVHeads: tc.kvHeads, HeadDim: tc.headDim,
-					Scale: float32(1 / math.Sqrt(float64(tc.headDim))), Window: tc.window, CacheCap: tc.cacheCap,
+					Scale: float32(1 / math.Sqrt(float64(tc.headDim))), Window: tc.window,
+					BlockSize: tc.blockSize, MaxBlocks: maxBlocks,
 				}
 				qCols, kvCols := tc.heads*tc.headDim, tc.kvHeads*tc.headDim
-				kc, vc := must(b.NewKVCache(tc.cacheCap, kvCols)), must(b.NewKVCache(tc.cacheCap, kvCols))
+				kc := must(b.NewKVCache(nBlocks*tc.blockSize, kvCols))
+				vc := must(b.NewKVCache(nBlocks*tc.blockSize, kvCols))
 				var sinkV []float32
 				var sinks backend.Tensor
 				if tc.sinks {
 					sinkV = randF32(r, tc.heads, 2)
 					sinks = activation(t, b, 1, tc.heads, sinkV)
 				}
-				var keys, values [][]float32
+				seqs := make([]pagedSeq, nSeq)
 				for _, st := range tc.steps {
-					n := len(st)
-					kv, vv, qv := randF32(r, n*kvCols, 1), randF32(r, n*kvCols, 1), randF32(r, n*qCols, 2)
-					pos, slots := make([]int32, n), make([]int32, n)
-					for i, p := range st {
-						keys = append(keys, kv[i*kvCols:(i+1)*kvCols])
-						values = append(values, vv[i*kvCols:(i+1)*kvCols])
-						pos[i], slots[i] = int32(p), int32(p%tc.cacheCap)
+					var pos, seqOf, slots []int32
+					var rowSeq []int
+					for s, k := range st {
+						sq := &seqs[s]
+						for range k {
+							p := len(sq.keys)
+							if p%tc.blockSize == 0 {
+								sq.blocks = append(sq.blocks, int32(free[0]))
+								free = free[1:]
+							}
+							sq.keys = append(sq.keys, randF32(r, kvCols, 1))
+							sq.values = append(sq.values, randF32(r, kvCols, 1))
+							pos = append(pos, int32(p))
+							seqOf = append(seqOf, int32(s))
+							slots = append(slots, sq.blocks[p/tc.blockSize]*int32(tc.blockSize)+int32(p%tc.blockSize))
+							rowSeq = append(rowSeq, s)
+						}
 					}
+					n := len(pos)
+					var kv, vv []float32
+					for i, s := range rowSeq {
+						kv = append(kv, seqs[s].keys[pos[i]]...)
+						vv = append(vv, seqs[s].values[pos[i]]...)
+					}
+					table := make([]int32, nSeq*maxBlocks)
+					for i := range table {
+						table[i] = -1
+					}
+					for s := range seqs {
+						copy(table[s*maxBlocks:], seqs[s].blocks)
+					}
+					qv := randF32(r, n*qCols, 2)
 					b.StoreKV(kc, vc, activation(t, b, n, kvCols, kv), activation(t, b, n, kvCols, vv), ints(t, b, slots))
 					dst := poisoned(t, b, n, qCols)
-					b.Attention(dst, activation(t, b, n, qCols, qv), kc, vc, ints(t, b, pos), sinks, ap)
+					b.Attention(dst, activation(t, b, n, qCols, qv), kc, vc, ints(t, b, pos), ints(t, b, seqOf), ints(t, b, table), sinks, ap)
 					var want []float64
-					for i, p := range st {
-						want = append(want, refAttention(qv[i*qCols:(i+1)*qCols], p, keys, values, sinkV, ap)...)
+					for i, s := range rowSeq {
+						want = append(want, refAttention(qv[i*qCols:(i+1)*qCols], int(pos[i]), seqs[s].keys, seqs[s].values, sinkV, ap)...)
 					}
-					compare(t, fmt.Sprintf("positions %v", st), read(t, b, dst), want, uniformTol(want, 1e-5, 1e-6))
+					compare(t, fmt.Sprintf("step %v", st), read(t, b, dst), want, uniformTol(want, 1e-5, 1e-6))
 				}
 			})
 		}
 	}
 }
 
-// TestAttentionOverwrittenKeys checks that a row needing a key the ring
-// buffer has already overwritten is an error, not a silent wrong answer.
-func TestAttentionOverwrittenKeys(t *testing.T) {
+// TestAttentionMissingBlock checks that a row needing a block whose table
+// entry is missing is an error, not a silent wrong answer, while missing
+// entries a row cannot see (out of its window) are fine.
+func TestAttentionMissingBlock(t *testing.T) {
 	b := New()
 	r := rand.New(rand.NewPCG(1, 2))
-	ap := backend.AttentionParams{Heads: 2, KVHeads: 2, HeadDim: 4, Scale: 0.5, Window: 0, CacheCap: 8}
-	kc, vc := must(b.NewKVCache(8, 8)), must(b.NewKVCache(8, 8))
+	ap := backend.AttentionParams{Heads: 2, KVHeads: 2, HeadDim: 4, Scale: 0.5, BlockSize: 4, MaxBlocks: 3}
+	kc, vc := must(b.NewKVCache(12, 8)), must(b.NewKVCache(12, 8))
 	q := activation(t, b, 1, 8, randF32(r, 8, 1))
 	dst := must(b.NewF32(1, 8))
-	b.Attention(dst, q, kc, vc, ints(t, b, []int32{7}), nil, ap)
-	if err := b.Sync(); err != nil {
-		t.Fatalf("position 7 in an 8-row cache: %v", err)
+	one := ints(t, b, []int32{0})
+	run := func(pos int32, table []int32, window int) error {
+		ap.Window = window
+		b.Attention(dst, q, kc, vc, ints(t, b, []int32{pos}), one, ints(t, b, table), nil, ap)
+		return b.Sync()
 	}
-	b.Attention(dst, q, kc, vc, ints(t, b, []int32{8}), nil, ap)
-	if b.Sync() == nil {
-		t.Error("full attention at position 8 in an 8-row cache: no error")
+	if err := run(9, []int32{2, 0, 1}, 0); err != nil {
+		t.Fatalf("position 9, all blocks present: %v", err)
 	}
-	ap.Window = 4 // a 4-row window with a 5-row prefill in an 8-row cache
-	q5 := activation(t, b, 5, 8, randF32(r, 40, 1))
-	b.Attention(must(b.NewF32(5, 8)), q5, kc, vc, ints(t, b, []int32{10, 11, 12, 13, 14}), nil, ap)
-	if err := b.Sync(); err != nil {
-		t.Errorf("window 4, prefill 10..14, cache 8: %v", err)
+	if run(9, []int32{2, -1, 1}, 0) == nil {
+		t.Error("full attention at position 9 with block 1 missing: no error")
 	}
-	b.Attention(must(b.NewF32(5, 8)), q5, kc, vc, ints(t, b, []int32{10, 11, 12, 13, 15}), nil, ap)
-	if b.Sync() == nil {
-		t.Error("window 4, rows at 10 and 15, cache 8 (key 7 overwritten by 15): no error")
+	if err := run(9, []int32{-1, -1, 1}, 2); err != nil {
+		t.Errorf("window 2 at position 9 (keys 8, 9) with blocks 0 and 1 missing: %v", err)
+	}
+	if run(9, []int32{-1, -1, 1}, 3) == nil {
+		t.Error("window 3 at position 9 (keys 7..9) with block 1 missing: no error")
+	}
+	if run(9, []int32{2, 0, 3}, 0) == nil {
+		t.Error("table entry 3 in a 3-block cache: no error")
+	}
+	if run(12, []int32{2, 0, 1}, 0) == nil {
+		t.Error("position 12 past a 3-block table: no error")
 	}
 }
 

@@ -78,7 +78,8 @@ func BenchmarkGPT2Decode(b *testing.B) {
 			att, up, logits := must(be.NewF32(1, hidden)), must(be.NewF32(1, ff)), must(be.NewF32(1, vocab))
 			pos := must(be.NewI32(1))
 			be.WriteI32(pos, []int32{ctx - 1})
-			ap := backend.AttentionParams{Heads: heads, KVHeads: heads, HeadDim: 64, Scale: 0.125, CacheCap: ctx}
+			seq, table, ap := contiguousTable(be, 1, ctx)
+			ap.Heads, ap.KVHeads, ap.HeadDim, ap.Scale = heads, heads, 64, 0.125
 			b.ResetTimer()
 			for range b.N {
 				for _, l := range ls {
@@ -88,7 +89,7 @@ func BenchmarkGPT2Decode(b *testing.B) {
 					be.CopyCols(k, qkv, hidden)
 					be.CopyCols(v, qkv, 2*hidden)
 					be.StoreKV(l.kc, l.vc, k, v, pos)
-					be.Attention(att, q, l.kc, l.vc, pos, nil, ap)
+					be.Attention(att, q, l.kc, l.vc, pos, seq, table, nil, ap)
 					be.MatMul(h, att, l.o, l.oB)
 					be.Add(x, x, h)
 					be.LayerNorm(h, x, l.ln2w, l.ln2b, 1e-5)
@@ -130,10 +131,11 @@ func BenchmarkAttention(b *testing.B) {
 				}
 				pt := must(be.NewI32(n))
 				be.WriteI32(pt, pos)
-				ap := backend.AttentionParams{Heads: heads, KVHeads: heads, HeadDim: headDim, Scale: 0.125, CacheCap: ctx}
+				seq, table, ap := contiguousTable(be, n, ctx)
+				ap.Heads, ap.KVHeads, ap.HeadDim, ap.Scale = heads, heads, headDim, 0.125
 				b.ResetTimer()
 				for range b.N {
-					be.Attention(dst, q, kc, vc, pt, nil, ap)
+					be.Attention(dst, q, kc, vc, pt, seq, table, nil, ap)
 				}
 				if err := be.Sync(); err != nil {
 					b.Fatal(err)
@@ -141,4 +143,19 @@ func BenchmarkAttention(b *testing.B) {
 			})
 		}
 	}
+}
+
+// contiguousTable returns the sequence ids (all 0) of n rows and the block
+// table of one sequence whose ctx keys fill a cache of ctx rows in order,
+// with the paging fields of AttentionParams set.
+func contiguousTable(be *Backend, n, ctx int) (seq, table backend.Tensor, ap backend.AttentionParams) {
+	const blockSize = 16
+	ap.BlockSize, ap.MaxBlocks = blockSize, (ctx+blockSize-1)/blockSize
+	ids := make([]int32, ap.MaxBlocks)
+	for i := range ids {
+		ids[i] = int32(i)
+	}
+	seq, table = must(be.NewI32(n)), must(be.NewI32(ap.MaxBlocks))
+	be.WriteI32(table, ids)
+	return seq, table, ap
 }

@@ -4,12 +4,29 @@ import (
 	"math"
 
 	"orcd/backend"
+	"orcd/tensor"
 )
 
 // NewKVCache allocates a rows×cols K or V cache. The cpu backend keeps
 // caches in float32, so this is NewF32.
 func (b *Backend) NewKVCache(rows, cols int) (backend.Tensor, error) {
 	return b.NewF32(rows, cols)
+}
+
+// View returns the first rows rows of t, sharing its memory.
+func (b *Backend) View(t backend.Tensor, rows int) backend.Tensor {
+	ct := b.tensorOf(t, "View", "t")
+	if ct == nil {
+		return t
+	}
+	switch {
+	case ct.typ == typeI32 && rows >= 1 && rows <= len(ct.i32):
+		return &Tensor{typ: typeI32, dims: []int{rows}, i32: ct.i32[:rows]}
+	case ct.typ == tensor.F32 && len(ct.dims) == 2 && rows >= 1 && rows <= ct.rows():
+		return &Tensor{typ: tensor.F32, dims: []int{ct.cols(), rows}, f32: ct.f32[:rows*ct.cols()]}
+	}
+	b.fail("View: %d rows of %s", rows, describe(ct))
+	return t
 }
 
 // Graph calls fn: ops run eagerly, so there is nothing to record.

@@ -95,6 +95,7 @@ type Tensor struct {
 	aux   uintptr
 	size  int64
 	freed bool
+	base  *Tensor // the tensor a View shares memory with; nil for an allocation
 }
 
 // Type is the element format (F16 for KV caches, which store f16).

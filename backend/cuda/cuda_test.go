@@ -326,19 +326,36 @@ func TestRoPE(t *testing.T) {
 	p.check("RoPE", x, rows*heads*dim, 1e-5)
 }
 
-// attnCase fills caches with keys 0..last and attends rows at positions pos.
-func attnCase(t *testing.T, p *pair, r *rand.Rand, ap backend.AttentionParams, last int, pos []int32, sinks bool) {
+// attnBatch fills a paged cache, whose blocks are handed out in a shuffled
+// order, with lens[s] keys of each sequence s, and attends one batch in
+// which sequence s brings its last rows[s] positions (none when 0), the
+// one-row sequences first as the model orders them.
+func attnBatch(t *testing.T, p *pair, r *rand.Rand, ap backend.AttentionParams, lens, rows []int, sinks bool) {
 	kvCols := ap.KVHeads * ap.HeadDim
-	kc, vc := p.kv(ap.CacheCap, kvCols), p.kv(ap.CacheCap, kvCols)
-	first := 0
-	if last >= ap.CacheCap {
-		first = last - ap.CacheCap + 1
+	bs := ap.BlockSize
+	ap.MaxBlocks = 1
+	total := 0
+	for _, n := range lens {
+		ap.MaxBlocks = max(ap.MaxBlocks, (n+bs-1)/bs)
+		total += (n + bs - 1) / bs
 	}
-	nk := last - first + 1
-	slots := make([]int32, nk)
-	for i := range slots {
-		slots[i] = int32((first + i) % ap.CacheCap)
+	free := r.Perm(total + 2)
+	kc, vc := p.kv((total+2)*bs, kvCols), p.kv((total+2)*bs, kvCols)
+	table := make([]int32, len(lens)*ap.MaxBlocks)
+	var slots []int32
+	for s, n := range lens {
+		for b := 0; b < ap.MaxBlocks; b++ {
+			table[s*ap.MaxBlocks+b] = -1
+			if b*bs < n {
+				table[s*ap.MaxBlocks+b] = int32(free[0])
+				free = free[1:]
+			}
+		}
+		for j := 0; j < n; j++ {
+			slots = append(slots, table[s*ap.MaxBlocks+j/bs]*int32(bs)+int32(j%bs))
+		}
 	}
+	nk := len(slots)
 	// Keys and values pass through f16 on the GPU; give the reference the
 	// same rounded values so only the attention itself is compared.
 	kv := func() []float32 {
@@ -352,51 +369,73 @@ func attnCase(t *testing.T, p *pair, r *rand.Rand, ap backend.AttentionParams, l
 	sl := p.i32(slots)
 	p.gpu.StoreKV(kc.g, vc.g, k.g, v.g, sl.g)
 	p.ref.StoreKV(kc.c, vc.c, k.c, v.c, sl.c)
+	var order []int // sequences in the batch, one-row ones first
+	for _, single := range []bool{true, false} {
+		for s, n := range rows {
+			if n > 0 && (n == 1) == single {
+				order = append(order, s)
+			}
+		}
+	}
+	var pos, seq []int32
+	ap.Singles = 0
+	for i, s := range order {
+		if rows[s] == 1 && ap.Singles == i {
+			ap.Singles++
+		}
+		for j := lens[s] - rows[s]; j < lens[s]; j++ {
+			pos, seq = append(pos, int32(j)), append(seq, int32(s))
+		}
+	}
 	n := len(pos)
 	q := p.f32(n, ap.Heads*ap.HeadDim, randF32(r, n*ap.Heads*ap.HeadDim, 1))
-	ps := p.i32(pos)
+	ps, sq, tb := p.i32(pos), p.i32(seq), p.i32(table)
 	var sk tensors
 	if sinks {
 		sk = p.f32(1, ap.Heads, randF32(r, ap.Heads, 2))
 	}
 	dst := p.f32(n, ap.Heads*ap.HeadDim, nil)
-	p.gpu.Attention(dst.g, q.g, kc.g, vc.g, ps.g, sk.g, ap)
-	p.ref.Attention(dst.c, q.c, kc.c, vc.c, ps.c, sk.c, ap)
-	p.check(fmt.Sprintf("Attention %+v last=%d n=%d sinks=%v", ap, last, n, sinks), dst, n*ap.Heads*ap.HeadDim, 1e-4)
+	p.gpu.Attention(dst.g, q.g, kc.g, vc.g, ps.g, sq.g, tb.g, sk.g, ap)
+	p.ref.Attention(dst.c, q.c, kc.c, vc.c, ps.c, sq.c, tb.c, sk.c, ap)
+	p.check(fmt.Sprintf("Attention %+v lens=%v rows=%v sinks=%v", ap, lens, rows, sinks), dst, n*ap.Heads*ap.HeadDim, 1e-4)
 }
 
 func TestAttention(t *testing.T) {
 	p := newPair(t)
 	r := newRand()
-	seq := func(lo, hi int) []int32 {
-		v := make([]int32, 0, hi-lo)
-		for i := lo; i < hi; i++ {
-			v = append(v, int32(i))
-		}
-		return v
-	}
-	gptoss := backend.AttentionParams{Heads: 8, KVHeads: 2, HeadDim: 64, Scale: 0.125, CacheCap: 256}
-	gpt2 := backend.AttentionParams{Heads: 3, KVHeads: 3, HeadDim: 64, Scale: 0.125, CacheCap: 100}
+	gptoss := backend.AttentionParams{Heads: 8, KVHeads: 2, HeadDim: 64, Scale: 0.125, BlockSize: 16}
+	gpt2 := backend.AttentionParams{Heads: 3, KVHeads: 3, HeadDim: 64, Scale: 0.125, BlockSize: 16}
+	one := func(n int) []int { return []int{n} }
 	for _, sinks := range []bool{false, true} {
-		attnCase(t, p, r, gptoss, 99, seq(0, 100), sinks) // prefill
-		attnCase(t, p, r, gptoss, 200, []int32{200}, sinks)
 		w := gptoss
 		w.Window = 16
-		attnCase(t, p, r, w, 99, seq(0, 100), sinks)
-		attnCase(t, p, r, w, 200, []int32{200}, sinks)
-		ring := w
-		ring.CacheCap = 32 // sliding-window layer with a ring-buffer cache
-		attnCase(t, p, r, ring, 300, []int32{298, 299, 300}, sinks)
-		attnCase(t, p, r, ring, 300, seq(285, 301), sinks) // flash kernel over a ring that wraps
+		for _, ap := range []backend.AttentionParams{gptoss, w} {
+			attnBatch(t, p, r, ap, one(100), one(100), sinks) // prefill: flash
+			attnBatch(t, p, r, ap, one(201), one(1), sinks)   // decode: split-K
+			attnBatch(t, p, r, ap, one(301), one(3), sinks)   // a short chunk: split-K, 4 rows a block
+			// Two decode rows, then chunks whose 64-row flash tiles span
+			// the end of one sequence and the start of the next.
+			attnBatch(t, p, r, ap, []int{300, 57, 1000, 17}, []int{1, 1, 40, 17}, sinks)
+			// Small chunks of several sequences share split-K blocks.
+			attnBatch(t, p, r, ap, []int{30, 9, 77, 5}, []int{1, 5, 3, 2}, sinks)
+		}
 	}
-	attnCase(t, p, r, gpt2, 49, seq(0, 50), false)
-	small := backend.AttentionParams{Heads: 4, KVHeads: 2, HeadDim: 16, Scale: 0.25, CacheCap: 64, Window: 8}
-	attnCase(t, p, r, small, 40, seq(30, 41), true) // the fixtures' head_dim
-	long := backend.AttentionParams{Heads: 64, KVHeads: 8, HeadDim: 64, Scale: 0.125, CacheCap: 20000}
-	attnCase(t, p, r, long, 19999, []int32{19999}, true) // split-K decode over a long cache
-	attnCase(t, p, r, long, 5000, []int32{4990, 5000}, true)
-	attnCase(t, p, r, long, 5000, seq(4995, 5001), true) // 4 rows a block, split keys
-	attnCase(t, p, r, long, 5000, seq(4936, 5001), true) // flash kernel, f16 cache, 79 key tiles, a partial row tile
+	attnBatch(t, p, r, gpt2, one(50), one(50), false)
+	odd := gptoss
+	odd.BlockSize = 5 // blocks that do not divide the tiles
+	attnBatch(t, p, r, odd, []int{123, 64, 8}, []int{1, 64, 8}, true)
+	small := backend.AttentionParams{Heads: 4, KVHeads: 2, HeadDim: 16, Scale: 0.25, BlockSize: 16, Window: 8}
+	attnBatch(t, p, r, small, []int{41, 12}, []int{11, 2}, true) // the fixtures' head_dim
+	long := backend.AttentionParams{Heads: 64, KVHeads: 8, HeadDim: 64, Scale: 0.125, BlockSize: 16}
+	attnBatch(t, p, r, long, one(20000), one(1), true) // split-K decode over a long cache
+	attnBatch(t, p, r, long, one(5001), one(6), true)  // 4 rows a block, split keys
+	attnBatch(t, p, r, long, one(5001), one(65), true) // flash kernel, f16 cache, 79 key tiles, a partial row tile
+	// A decode batch of 64 sequences of different lengths.
+	lens, rows := make([]int, 64), make([]int, 64)
+	for i := range lens {
+		lens[i], rows[i] = 1+r.IntN(3000), 1
+	}
+	attnBatch(t, p, r, long, lens, rows, true)
 }
 
 func TestMoE(t *testing.T) {
@@ -435,39 +474,44 @@ func TestMoE(t *testing.T) {
 func TestGraphReplay(t *testing.T) {
 	p := newPair(t)
 	r := newRand()
-	ap := backend.AttentionParams{Heads: 4, KVHeads: 2, HeadDim: 64, Scale: 0.125, CacheCap: 64}
+	ap := backend.AttentionParams{Heads: 4, KVHeads: 2, HeadDim: 64, Scale: 0.125, BlockSize: 16, MaxBlocks: 4, Singles: 1}
 	kvCols := ap.KVHeads * ap.HeadDim
 	hidden := ap.Heads * ap.HeadDim
+	const cacheRows = 64
+	table, seq := p.i32([]int32{3, 1, 0, 2}), p.i32([]int32{0})
 	wq := p.upload(tensor.Q8_0, []int{hidden, hidden}, randWeights(t, r, tensor.Q8_0, hidden*hidden))
 	wk := p.upload(tensor.Q8_0, []int{hidden, kvCols}, randWeights(t, r, tensor.Q8_0, hidden*kvCols))
 	freq := p.f32(1, ap.HeadDim/2, randF32(r, ap.HeadDim/2, 0.1))
 	x := p.f32(1, hidden, nil)
 	q, k := p.f32(1, hidden, nil), p.f32(1, kvCols, nil)
 	out := p.f32(1, hidden, nil)
-	kc, vc := p.kv(ap.CacheCap, kvCols), p.kv(ap.CacheCap, kvCols)
+	kc, vc := p.kv(cacheRows, kvCols), p.kv(cacheRows, kvCols)
 	pos, slot := p.i32([]int32{0}), p.i32([]int32{0})
-	step := func(b backend.Backend, x, q, k, kc, vc, pos, slot, out, wq, wk, freq backend.Tensor) {
+	step := func(b backend.Backend, x, q, k, kc, vc, pos, slot, out, wq, wk, freq, seq, table backend.Tensor) {
 		b.MatMul(q, x, wq, nil)
 		b.MatMul(k, x, wk, nil)
 		b.RoPE(q, pos, freq, ap.HeadDim, 1)
 		b.RoPE(k, pos, freq, ap.HeadDim, 1)
 		b.StoreKV(kc, vc, k, k, slot)
-		b.Attention(out, q, kc, vc, pos, nil, ap)
+		b.Attention(out, q, kc, vc, pos, seq, table, nil, ap)
 	}
-	for i := 0; i < 40; i++ {
+	blocks := []int32{3, 1, 0, 2}
+	for i := 0; i < cacheRows; i++ {
 		xv := randF32(r, hidden, 0.3)
 		for _, tt := range []tensors{x} {
 			p.gpu.WriteF32(tt.g, xv)
 			p.ref.WriteF32(tt.c, xv)
 		}
 		pv := []int32{int32(i)}
-		sv := []int32{int32(i % ap.CacheCap)}
+		sv := []int32{blocks[i/ap.BlockSize]*int32(ap.BlockSize) + int32(i%ap.BlockSize)}
 		p.gpu.WriteI32(pos.g, pv)
 		p.ref.WriteI32(pos.c, pv)
 		p.gpu.WriteI32(slot.g, sv)
 		p.ref.WriteI32(slot.c, sv)
-		p.gpu.Graph("step", func() { step(p.gpu, x.g, q.g, k.g, kc.g, vc.g, pos.g, slot.g, out.g, wq.g, wk.g, freq.g) })
-		step(p.ref, x.c, q.c, k.c, kc.c, vc.c, pos.c, slot.c, out.c, wq.c, wk.c, freq.c)
+		p.gpu.Graph("step", func() {
+			step(p.gpu, x.g, q.g, k.g, kc.g, vc.g, pos.g, slot.g, out.g, wq.g, wk.g, freq.g, seq.g, table.g)
+		})
+		step(p.ref, x.c, q.c, k.c, kc.c, vc.c, pos.c, slot.c, out.c, wq.c, wk.c, freq.c, seq.c, table.c)
 		// 5e-4: the decode products quantize q's and k's input to about 15
 		// bits (mqvec.cu), and the softmax over q·k amplifies that.
 		p.check(fmt.Sprintf("graph step %d", i), out, hidden, 5e-4)
@@ -504,7 +548,7 @@ func TestOutOfMemoryRecovery(t *testing.T) {
 	// An op whose workspace does not fit fails with ErrOutOfMemory (head
 	// dim 32 keeps attention on the split-K kernels, which need a
 	// workspace; the flash kernel for head dim 64 needs none)...
-	ap := backend.AttentionParams{Heads: 128, KVHeads: 16, HeadDim: 32, Scale: 0.125, CacheCap: 64}
+	ap := backend.AttentionParams{Heads: 128, KVHeads: 16, HeadDim: 32, Scale: 0.125, BlockSize: 16, MaxBlocks: 4}
 	for _, x := range held[:5] {
 		b.Free(x)
 	}
@@ -513,10 +557,12 @@ func TestOutOfMemoryRecovery(t *testing.T) {
 	kc, err2 := b.NewKVCache(64, 512)
 	vc, err3 := b.NewKVCache(64, 512)
 	pos, err4 := b.NewI32(1024)
-	if err := errors.Join(err1, err2, err3, err4, b.Sync()); err != nil {
+	table, err5 := b.NewI32(4)
+	if err := errors.Join(err1, err2, err3, err4, err5, b.Sync()); err != nil {
 		t.Fatal(err)
 	}
-	b.Attention(q, q, kc, vc, pos, nil, ap)
+	b.WriteI32(table, []int32{0, 1, 2, 3})
+	b.Attention(q, q, kc, vc, pos, pos, table, nil, ap)
 	if err := b.Sync(); !errors.Is(err, ErrOutOfMemory) {
 		t.Fatalf("attention over the cap: got %v, want ErrOutOfMemory", err)
 	}
@@ -524,7 +570,7 @@ func TestOutOfMemoryRecovery(t *testing.T) {
 	for _, x := range held {
 		b.Free(x)
 	}
-	for _, x := range []backend.Tensor{q, kc, vc, pos} {
+	for _, x := range []backend.Tensor{q, kc, vc, pos, table} {
 		b.Free(x)
 	}
 	if got := b.DeviceBytes(); got != base {

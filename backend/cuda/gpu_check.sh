@@ -2,6 +2,7 @@
 # The batch run on the GPU machine: cuda tests, then `orcd bench` on a
 # synthetic gpt-oss-20b. Binaries are built on the development machine:
 #   CGO_ENABLED=0 go test -c -o bin/cuda/cuda.test ./backend/cuda
+#   CGO_ENABLED=0 go test -c -o bin/cuda/engine.test ./engine
 #   CGO_ENABLED=0 go build -tags nodemo -o bin/cuda/orcd ./cmd/orcd
 # (nodemo leaves the 20 MB built-in model out: the trip carries at most 64 MiB.)
 # Usage (repo root): backend/cuda/gpu_check.sh [tests|bench|all]; logs go to $OUT.
@@ -19,6 +20,12 @@ if [ "$what" != bench ]; then
   (cd backend/cuda && timeout 300 ../../$BIN/cuda.test -test.v -test.timeout 290s ${TESTRUN:+-test.run "$TESTRUN"}) >"$OUT/test.log" 2>&1
   echo "tests rc=$?" >>"$summary"
   grep -E "^(--- |ok|FAIL|PASS|panic)|relative error|max relative|steady" "$OUT/test.log" | head -60 >>"$summary"
+  if [ -x $BIN/engine.test ]; then
+    # The device sampler against the host sampler's distribution.
+    (cd engine && timeout 120 ../$BIN/engine.test -test.v -test.run DeviceSampler) >"$OUT/engine.log" 2>&1
+    echo "engine tests rc=$?" >>"$summary"
+    grep -E "^(--- |ok|FAIL|PASS|panic)|chi-square|drew" "$OUT/engine.log" | head -30 >>"$summary"
+  fi
 fi
 if [ -n "${KBENCH:-}" ]; then
   (cd backend/cuda && timeout 120 ../../$BIN/cuda.test -test.run NONE -test.bench "$KBENCH" -test.benchtime 200x) >"$OUT/kbench.log" 2>&1
@@ -48,6 +55,24 @@ if [ "$what" != tests ]; then
       -d '{"job_id":"j1","prompt":"Once upon a time","max_tokens":64,"seed":7}' >"$OUT/execute.txt" 2>&1
     grep -A1 -E "event: (started|metrics|end|error)" "$OUT/execute.txt" >>"$summary"
     curl -s -X POST localhost:18080/shutdown >>"$summary"
+    wait $pid
+    echo "serve rc=$?" >>"$summary"
+  fi
+  if [ -n "${LOADTEST:-}" ]; then
+    # Continuous batching: `orcd loadtest` against `orcd serve` (LOADTEST is
+    # a list of concurrency levels), 512-token prompts, 256 output tokens.
+    $BIN/orcd serve --model $model --device cuda --port 18080 --ctx-size 4096 --log-format text ${SERVE_ARGS:-} >"$OUT/serve-load.log" 2>&1 &
+    pid=$!
+    for i in $(seq 90); do curl -sf localhost:18080/health >/dev/null 2>&1 && break; sleep 1; done
+    for c in $LOADTEST; do
+      timeout 240 $BIN/orcd loadtest --url http://127.0.0.1:18080 --concurrency $c --requests $((c * ${ROUNDS:-2})) --warmup $c \
+        --prompt-tokens 512 --output-tokens 256 --format json >"$OUT/load-$c.json" 2>"$OUT/load-$c.log"
+      echo "loadtest c=$c rc=$?" >>"$summary"
+      grep -E '"(completed|failed|duration_seconds|output_tokens_per_second|total_tokens_per_second)"|"p50"' "$OUT/load-$c.json" | tr -d ' \n' >>"$summary"
+      echo >>"$summary"
+    done
+    curl -s localhost:18080/metrics | grep -E "^orcd_(preempt|kv_blocks|prefix_cache_hit_rate|step_tokens_(sum|count)|step_sequences_(sum|count))" >>"$summary"
+    curl -s -X POST localhost:18080/shutdown >/dev/null
     wait $pid
     echo "serve rc=$?" >>"$summary"
   fi

@@ -96,6 +96,9 @@ func (b *Backend) freeRetired(c *capture) {
 
 // uses notes that the capture in progress, if any, uses t.
 func (b *Backend) uses(t *Tensor) {
+	if t.base != nil {
+		t = t.base // freeing the allocation drops the graphs that use its views
+	}
 	if b.cap != nil {
 		b.cap.tensors[t] = true
 	}

@@ -35,7 +35,7 @@ func (b *Backend) tensorOf(t backend.Tensor, op, arg string) *Tensor {
 		b.failf("%s: %s is nil", op, arg)
 	case !ok:
 		b.failf("%s: %s is a %T, not a cuda tensor", op, arg, t)
-	case ct.freed:
+	case ct.freed || ct.base != nil && ct.base.freed:
 		b.failf("%s: %s was freed", op, arg)
 	default:
 		if b.failed() {
@@ -111,6 +111,26 @@ func (b *Backend) weight(t backend.Tensor, op, arg string) *Tensor {
 		return nil
 	}
 	return ct
+}
+
+// View returns the first rows rows of t, sharing its memory.
+func (b *Backend) View(t backend.Tensor, rows int) backend.Tensor {
+	ct := b.tensorOf(t, "View", "t")
+	if ct == nil {
+		return t
+	}
+	base := ct
+	if ct.base != nil {
+		base = ct.base
+	}
+	switch {
+	case ct.typ == typeI32 && len(ct.dims) == 1 && rows >= 1 && rows <= ct.dims[0]:
+		return &Tensor{typ: typeI32, dims: []int{rows}, ptr: ct.ptr, size: int64(rows) * 4, base: base}
+	case ct.typ == tensor.F32 && len(ct.dims) == 2 && rows >= 1 && rows <= ct.dims[1]:
+		return &Tensor{typ: tensor.F32, dims: []int{ct.dims[0], rows}, ptr: ct.ptr, size: int64(rows) * int64(ct.dims[0]) * 4, base: base}
+	}
+	b.failf("View: %d rows of %s", rows, describe(ct))
+	return t
 }
 
 // Embed sets dst[i] to row ids[i] of table, dequantized.
@@ -461,10 +481,17 @@ const (
 	flashMinRows = 16
 )
 
-// Attention computes causal attention over the caches; see backend.Backend.
-func (b *Backend) Attention(dst, q, kCache, vCache, pos, sinks backend.Tensor, p backend.AttentionParams) {
+// Attention computes causal attention over the paged caches; see
+// backend.Backend. The leading Singles rows (one-token sequences: decode)
+// take the split-K kernels, which spread a row's keys over the chip; the
+// rest (prompt chunks) take the tensor-core flash kernel when the head dim
+// is 64 and there are enough rows, else the split-K kernels with 4 rows a
+// block. Every kernel walks its rows' sequences in turn, so a block may
+// span the end of one chunk and the start of the next.
+func (b *Backend) Attention(dst, q, kCache, vCache, pos, seq, table, sinks backend.Tensor, p backend.AttentionParams) {
 	const op = "Attention"
-	if p.Heads <= 0 || p.KVHeads <= 0 || p.HeadDim <= 0 || p.Heads%p.KVHeads != 0 || p.Window < 0 || p.CacheCap <= 0 {
+	if p.Heads <= 0 || p.KVHeads <= 0 || p.HeadDim <= 0 || p.Heads%p.KVHeads != 0 || p.Window < 0 ||
+		p.BlockSize <= 0 || p.MaxBlocks <= 0 || p.Singles < 0 {
 		b.failf("%s: bad params %+v", op, p)
 		return
 	}
@@ -483,42 +510,68 @@ func (b *Backend) Attention(dst, q, kCache, vCache, pos, sinks backend.Tensor, p
 	}
 	d := b.matrix(dst, op, "dst", n, qCols)
 	kc, vc := b.kvCache(kCache, op, "kCache"), b.kvCache(vCache, op, "vCache")
-	ps := b.i32(pos, op, "pos", n)
-	if d == nil || kc == nil || vc == nil || ps == nil {
+	ps, ss := b.i32(pos, op, "pos", n), b.i32(seq, op, "seq", n)
+	ts := b.i32(table, op, "table", p.MaxBlocks)
+	if d == nil || kc == nil || vc == nil || ps == nil || ss == nil || ts == nil {
 		return
 	}
 	for _, c := range []*Tensor{kc, vc} {
-		if c.dims[0] != kvCols || c.dims[1] != p.CacheCap || c.typ != kc.typ {
-			b.failf("%s: cache %s, want %s [%d %d]", op, describe(c), kc.typ, kvCols, p.CacheCap)
+		if c.dims[0] != kvCols || c.dims[1] != kc.dims[1] || c.dims[1]%p.BlockSize != 0 || c.typ != kc.typ {
+			b.failf("%s: cache %s, want %s with %d columns and whole blocks of %d rows", op, describe(c), kc.typ, kvCols, p.BlockSize)
 			return
 		}
+	}
+	if ts.elements()%int64(p.MaxBlocks) != 0 {
+		b.failf("%s: table %s is not whole rows of %d entries", op, describe(ts), p.MaxBlocks)
+		return
 	}
 	sp, ok := b.optVector(sinks, op, "sinks", p.Heads)
 	if !ok {
 		return
 	}
-	if p.HeadDim == flashDim && n >= flashMinRows {
-		// Prefill: one tensor-core kernel, no partial results (attention.cu).
-		defer b.bind()()
-		b.launch("attn_flash_"+uploadTypes[kc.typ]+"_d64", [3]int{p.Heads, (n + flashRows - 1) / flashRows, 1}, [3]int{128, 1, 1}, 0,
-			d.ptr, qs.ptr, kc.ptr, vc.ptr, ps.ptr, sp, n, p.Heads, p.KVHeads, p.Scale, p.Window, p.CacheCap)
-		return
+	singles := min(p.Singles, n)
+	defer b.bind()()
+	// rowPtr points at row lo of a tensor of cols 4-byte values a row.
+	rowPtr := func(t *Tensor, lo, cols int) uintptr { return t.ptr + uintptr(lo*cols*4) }
+	if singles > 0 {
+		whole := d
+		if singles < n {
+			whole = nil
+		}
+		b.attnSplitK(d.ptr, qs.ptr, kc, vc, ps.ptr, ss.ptr, ts.ptr, sp, singles, 1, whole, p)
 	}
+	rest := n - singles
+	switch {
+	case rest == 0:
+	case p.HeadDim == flashDim && rest >= flashMinRows:
+		// Prompt chunks: one tensor-core kernel, no partial results (attention.cu).
+		b.launch("attn_flash_"+uploadTypes[kc.typ]+"_d64", [3]int{p.Heads, (rest + flashRows - 1) / flashRows, 1}, [3]int{128, 1, 1}, 0,
+			rowPtr(d, singles, qCols), rowPtr(qs, singles, qCols), kc.ptr, vc.ptr, rowPtr(ps, singles, 1), rowPtr(ss, singles, 1),
+			ts.ptr, sp, rest, p.Heads, p.KVHeads, p.Scale, p.Window, p.BlockSize, p.MaxBlocks)
+	default:
+		whole := d
+		if singles > 0 {
+			whole = nil
+		}
+		b.attnSplitK(rowPtr(d, singles, qCols), rowPtr(qs, singles, qCols), kc, vc, rowPtr(ps, singles, 1), rowPtr(ss, singles, 1),
+			ts.ptr, sp, rest, 4, whole, p)
+	}
+}
+
+// attnSplitK queues the split-K kernels for n rows, rowsPer of them a block
+// (1 or 4): attn_partial and the combine, which also quantizes the rows for
+// the output projection when they are the whole (decode-sized) batch,
+// whole being then the output tensor.
+func (b *Backend) attnSplitK(dst, q uintptr, kc, vc *Tensor, pos, seq, table, sinks uintptr, n, rowsPer int, whole *Tensor, p backend.AttentionParams) {
 	group := p.Heads / p.KVHeads
 	warps := min(group, 8)
 	hgroups := (group + warps - 1) / warps
-	rowsPer := 1 // query rows per block: 4 share each key tile in prefill
-	if n >= 4 {
-		rowsPer = 4
-	}
 	rowBlocks := (n + rowsPer - 1) / rowsPer
 	splits := attnSplits(p, rowBlocks*p.KVHeads*hgroups, b.sms)
-
-	defer b.bind()()
 	parts := int64(n) * int64(p.Heads) * int64(splits)
 	ws, err := b.scratch("attention", parts*int64(p.HeadDim+2)*4)
 	if err != nil {
-		b.fail(fmt.Errorf("%s: %w", op, err))
+		b.fail(fmt.Errorf("Attention: %w", err))
 		return
 	}
 	pm, pl, pacc := ws, ws+uintptr(parts*4), ws+uintptr(parts*8)
@@ -530,16 +583,17 @@ func (b *Backend) Attention(dst, q, kCache, vCache, pos, sinks backend.Tensor, p
 	}
 	b.launch(fmt.Sprintf("attn_partial_%s_r%d_d%d", uploadTypes[kc.typ], rowsPer, maxDim), [3]int{p.KVHeads * hgroups, rowBlocks, splits},
 		[3]int{32 * warps, 1, 1}, shmem,
-		qs.ptr, kc.ptr, vc.ptr, ps.ptr, n, p.Heads, p.KVHeads, p.HeadDim, p.Scale, p.Window, p.CacheCap, hgroups, pm, pl, pacc)
-	if n <= mqTokens && p.HeadDim%32 == 0 {
+		q, kc.ptr, vc.ptr, pos, seq, table, n, p.Heads, p.KVHeads, p.HeadDim, p.Scale, p.Window, p.BlockSize, p.MaxBlocks, hgroups, pm, pl, pacc)
+	qCols := p.Heads * p.HeadDim
+	if whole != nil && n <= mqTokens && p.HeadDim%32 == 0 {
 		// Also quantize the rows for the output projection that follows.
-		if qx, dx, ok := b.mqBuffer(op, qCols); ok {
-			b.launch("attn_combine_mq", [3]int{p.Heads, n, 1}, [3]int{p.HeadDim, 1, 1}, 0, d.ptr, pm, pl, pacc, sp, p.Heads, p.HeadDim, splits, qx, dx)
-			b.mqX, b.mqN = d, n
+		if qx, dx, ok := b.mqBuffer("Attention", qCols); ok {
+			b.launch("attn_combine_mq", [3]int{p.Heads, n, 1}, [3]int{p.HeadDim, 1, 1}, 0, dst, pm, pl, pacc, sinks, p.Heads, p.HeadDim, splits, qx, dx)
+			b.mqX, b.mqN = whole, n
 		}
 		return
 	}
-	b.launch("attn_combine", [3]int{p.Heads, n, 1}, [3]int{p.HeadDim, 1, 1}, 0, d.ptr, pm, pl, pacc, sp, p.Heads, p.HeadDim, splits)
+	b.launch("attn_combine", [3]int{p.Heads, n, 1}, [3]int{p.HeadDim, 1, 1}, 0, dst, pm, pl, pacc, sinks, p.Heads, p.HeadDim, splits)
 }
 
 // attnSplits picks how many parts the keys of each row are split into. It
@@ -547,7 +601,7 @@ func (b *Backend) Attention(dst, q, kCache, vCache, pos, sinks backend.Tensor, p
 // valid: enough parts that a long cache is spread over the chip, each of at
 // least 1024 keys, and none when the rows alone fill the chip.
 func attnSplits(p backend.AttentionParams, blocks, sms int) int {
-	maxKeys := p.CacheCap
+	maxKeys := p.MaxBlocks * p.BlockSize
 	if p.Window > 0 {
 		maxKeys = min(maxKeys, p.Window)
 	}

@@ -188,21 +188,40 @@ func (b *Backend) WriteI32(dst backend.Tensor, src []int32) {
 	b.write(d, unsafe.Pointer(&src[0]), len(src)*4, "WriteI32")
 }
 
-// write queues a copy of n host bytes at p into d. The driver stages
-// pageable memory before the call returns, so the caller may reuse it.
+// write queues a copy of n host bytes at p into d.
 func (b *Backend) write(d *Tensor, p unsafe.Pointer, n int, op string) {
+	b.mqX = nil // d may be the activation quantizeX copied
+	b.writeRaw(d.ptr, p, n, op)
+}
+
+// writeRaw queues a copy of n host bytes at p to device address dst. The
+// driver stages pageable memory before the call returns, so the caller may
+// reuse it.
+func (b *Backend) writeRaw(dst uintptr, p unsafe.Pointer, n int, op string) {
 	if b.cap != nil {
 		b.failf("%s inside Graph", op)
 		return
 	}
-	b.mqX = nil // d may be the activation quantizeX copied
 	defer b.bind()()
 	var pin runtime.Pinner
 	pin.Pin(p)
 	defer pin.Unpin()
-	if err := b.d.call("cuMemcpyHtoDAsync_v2", d.ptr, uintptr(p), uintptr(n), b.stream); err != nil {
+	if err := b.d.call("cuMemcpyHtoDAsync_v2", dst, uintptr(p), uintptr(n), b.stream); err != nil {
 		b.fail(fmt.Errorf("%s: %w", op, err))
 	}
+}
+
+// readRaw waits for queued work and copies n bytes from device address src
+// to host memory at p.
+func (b *Backend) readRaw(p unsafe.Pointer, src uintptr, n int, op string) {
+	defer b.bind()()
+	var pin runtime.Pinner
+	pin.Pin(p)
+	defer pin.Unpin()
+	if err := b.d.call("cuMemcpyDtoHAsync_v2", uintptr(p), src, uintptr(n), b.stream); err != nil {
+		b.fail(fmt.Errorf("%s: %w", op, err))
+	}
+	b.syncStream()
 }
 
 // ReadF32 waits for queued work and copies the first len(dst) elements of
@@ -216,16 +235,7 @@ func (b *Backend) ReadF32(src backend.Tensor, dst []float32) error {
 		case s.typ != tensor.F32 || int64(len(dst)) > s.elements():
 			b.failf("ReadF32: %d values from %s", len(dst), describe(s))
 		default:
-			func() {
-				defer b.bind()()
-				var pin runtime.Pinner
-				pin.Pin(&dst[0])
-				defer pin.Unpin()
-				if err := b.d.call("cuMemcpyDtoHAsync_v2", uintptr(unsafe.Pointer(&dst[0])), s.ptr, uintptr(len(dst)*4), b.stream); err != nil {
-					b.fail(fmt.Errorf("ReadF32: %w", err))
-				}
-				b.syncStream()
-			}()
+			b.readRaw(unsafe.Pointer(&dst[0]), s.ptr, len(dst)*4, "ReadF32")
 		}
 	}
 	return b.Err()

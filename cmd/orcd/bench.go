@@ -5,7 +5,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"math"
 	"math/rand/v2"
 	"strconv"
@@ -15,9 +14,19 @@ import (
 
 func init() {
 	register(command{
-		name:    "bench",
-		summary: "measure load time, prefill and decode speed, time to first token and VRAM (like llama-bench)",
-		run:     runBench,
+		name:     "bench",
+		summary:  "measure load time, prefill and decode speed, time to first token and VRAM (like llama-bench)",
+		synopsis: "orcd bench [flags]",
+		details: `Each test runs once untimed, then --reps times: ppN prefills N random
+tokens into an empty cache (its mean time is also the time to first token),
+tgN decodes N tokens one step at a time. The table shows mean ± standard
+deviation of tokens per second.`,
+		examples: []string{
+			"orcd bench --model gpt2-124m.gguf --device cpu",
+			"orcd bench --model gpt-oss-20b.gguf -p 512 -n 128 --reps 5 --json",
+			`orcd bench --model gpt2.gguf -p "" -n 64 # decode only`,
+		},
+		setup: setupBench,
 	})
 }
 
@@ -50,40 +59,56 @@ type deviceMemory interface {
 	DeviceName() string
 }
 
-func runBench(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+func setupBench(fs *flag.FlagSet) func(*env) int {
 	mf := addModelFlags(fs)
-	prompts := fs.String("p", "512,2048", "comma-separated prompt lengths to prefill (empty: none)")
-	gen := fs.Int("n", 128, "decode steps to time (0: none)")
-	reps := fs.Int("reps", 3, "timed repetitions of each test, after one untimed warm-up")
+	lf := addLogFlags(fs, "text")
+	prompts := fs.String("p", "512,2048", "comma-separated prompt `LENGTHS` to prefill (empty: none)")
+	gen := numFlag(fs, "n", 128, 0, noMax, "decode steps to time (0: none)")
+	reps := numFlag(fs, "reps", 3, 1, noMax, "timed repetitions of each test, after one untimed warm-up")
 	asJSON := fs.Bool("json", false, "print JSON instead of a markdown table")
 	seed := fs.Uint64("seed", 1, "seed of the random prompt tokens")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	return func(e *env) int {
+		lengths, err := parseLengths(*prompts)
+		if err != nil {
+			return e.usageError("%v", err)
+		}
+		if len(lengths) == 0 && *gen == 0 {
+			return e.usageError("nothing to measure: -p is empty and -n is 0")
+		}
+		return runBench(e, mf, lf, benchSpec{lengths, *gen, *reps, *seed, *asJSON})
 	}
-	fail := func(format string, a ...any) int {
-		fmt.Fprintf(stderr, "orcd bench: "+format+"\n", a...)
-		return 1
-	}
+}
+
+// parseLengths parses bench's -p: comma-separated positive token counts.
+func parseLengths(s string) ([]int, error) {
 	var lengths []int
-	for _, s := range strings.Split(*prompts, ",") {
-		if s = strings.TrimSpace(s); s == "" {
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f == "" {
 			continue
 		}
-		v, err := strconv.Atoi(s)
+		v, err := strconv.Atoi(f)
 		if err != nil || v < 1 {
-			fmt.Fprintf(stderr, "orcd bench: -p %q: want positive token counts\n", *prompts)
-			return 2
+			return nil, fmt.Errorf("-p %q: %q is not a positive token count", s, f)
 		}
 		lengths = append(lengths, v)
 	}
-	if fs.NArg() > 0 || *gen < 0 || *reps < 1 {
-		fmt.Fprintln(stderr, "orcd bench: bad arguments (see orcd bench --help)")
-		return 2
-	}
+	return lengths, nil
+}
 
-	log := slog.New(slog.NewTextHandler(stderr, nil))
+// benchSpec is what bench measures, from its flags.
+type benchSpec struct {
+	lengths   []int // prompt lengths to prefill
+	gen, reps int   // decode steps; timed repetitions of each test
+	seed      uint64
+	asJSON    bool
+}
+
+// runBench loads the model and runs the tests of spec.
+func runBench(e *env, mf *modelFlags, lf *logFlags, spec benchSpec) int {
+	stdout, stderr := e.stdout, e.stderr
+	lengths, gen, reps, seed, asJSON := spec.lengths, spec.gen, spec.reps, spec.seed, spec.asJSON
+	fail := func(format string, a ...any) int { return e.fail(fmt.Errorf(format, a...)) }
+	log := lf.logger(stderr)
 	start := time.Now()
 	lm, err := loadModel(mf, false, log, stderr)
 	if err != nil {
@@ -93,7 +118,7 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 	loadSeconds := time.Since(start).Seconds()
 	printProfile(lm, "load", stderr)
 	cfg := lm.Model.Config()
-	longest := *gen
+	longest := gen
 	for _, p := range lengths {
 		longest = max(longest, p)
 	}
@@ -106,7 +131,7 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 		return fail("%v", err)
 	}
 	defer cache.Free()
-	rng := rand.New(rand.NewPCG(*seed, 0))
+	rng := rand.New(rand.NewPCG(seed, 0))
 	tokens := make([]int32, longest)
 	for i := range tokens {
 		tokens[i] = int32(rng.IntN(cfg.VocabSize))
@@ -131,7 +156,7 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 	var results []benchResult
 	for _, p := range lengths {
 		var secs []float64
-		for rep := 0; rep <= *reps; rep++ {
+		for rep := 0; rep <= reps; rep++ {
 			cache.Reset()
 			t0 := time.Now()
 			if _, err := lm.Model.Forward(cache, tokens[:p], false); err != nil {
@@ -148,12 +173,12 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 		log.Info("bench", "test", r.Test, "tok_per_s", r.TokPerSec)
 		printProfile(lm, r.Test, stderr)
 	}
-	if *gen > 0 {
+	if gen > 0 {
 		var secs []float64
-		for rep := 0; rep <= *reps; rep++ {
+		for rep := 0; rep <= reps; rep++ {
 			cache.Reset()
 			t0 := time.Now()
-			for i := 0; i < *gen; i++ {
+			for i := 0; i < gen; i++ {
 				if _, err := lm.Model.Forward(cache, tokens[i:i+1], false); err != nil {
 					return fail("decode step %d: %v", i, err)
 				}
@@ -162,7 +187,7 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 				secs = append(secs, time.Since(t0).Seconds())
 			}
 		}
-		r := row(fmt.Sprintf("tg%d", *gen), *gen, secs)
+		r := row(fmt.Sprintf("tg%d", gen), gen, secs)
 		results = append(results, r)
 		log.Info("bench", "test", r.Test, "tok_per_s", r.TokPerSec)
 		printProfile(lm, r.Test, stderr)
@@ -175,7 +200,7 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 		results[i].VRAMBytes = vram
 	}
 
-	if *asJSON {
+	if asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		if err := enc.Encode(results); err != nil {

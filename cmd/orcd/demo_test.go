@@ -77,8 +77,8 @@ func idList(ids []int32) string {
 }
 
 // TestDemoModelFile checks that the built-in model is the file the
-// reference was computed from, and that it carries GPT-2's vocabulary as
-// orcd's synthetic models do.
+// reference was computed from, and that it carries the embedded vocabulary
+// demo.Vocab names (GPT-2's), as orcd's synthetic models do.
 func TestDemoModelFile(t *testing.T) {
 	ref := readDemoReference(t)
 	data, err := os.ReadFile(filepath.Join(demoDir, "model", demo.Name+".gguf"))
@@ -100,12 +100,12 @@ func TestDemoModelFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want, err := tokenizer.VocabGGUF(tokenizer.VocabGPT2)
+	want, err := tokenizer.VocabGGUF(demo.Vocab)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !reflect.DeepEqual(got, want) {
-		t.Error("the built-in model's tokenizer metadata differ from the embedded GPT-2 vocabulary")
+		t.Errorf("the built-in model's tokenizer metadata differ from the embedded %s vocabulary", demo.Vocab)
 	}
 }
 
@@ -240,7 +240,7 @@ func TestServeBuiltinModel(t *testing.T) {
 	if w.callback.ModelRef != "builtin:"+demo.Name {
 		t.Errorf("ready callback model_ref %q", w.callback.ModelRef)
 	}
-	if h := w.health(t); h["model"] != demo.Name || h["quant_kind"] != "Q8_0+F32" || h["vocab_size"] != 50257.0 {
+	if _, h := getJSON(t, "GET", w.uri+"/health"); h["model"] != demo.Name || h["quant_kind"] != "Q8_0+F32" || h["vocab_size"] != 50257.0 {
 		t.Errorf("health %v", h)
 	}
 }

@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
-	"unicode"
 	"unicode/utf8"
 
 	"orcd/gguf"
@@ -18,77 +17,50 @@ import (
 
 func init() {
 	register(command{
-		name:    "inspect",
-		summary: "print a GGUF file's metadata, tensors and totals",
-		run:     runInspect,
+		name:     "inspect",
+		summary:  "print a GGUF file's metadata, tensors and totals",
+		synopsis: "orcd inspect [flags] FILE",
+		details: `Prints a GGUF file's header, metadata (long arrays and strings shortened),
+a table of tensors (name, type, shape in ggml order, bytes), totals per
+tensor type, the parameter count and the file size. Strings from the file
+are shown Go-quoted, so control bytes and invalid UTF-8 appear escaped
+(\x1b, \xff), never raw. A malformed file gives a one-line error and exit
+status 1.`,
+		examples: []string{
+			"orcd inspect model.gguf",
+			"orcd inspect model.gguf --items 32",
+			"orcd inspect --json model.gguf",
+		},
+		args:  "FILE",
+		setup: setupInspect,
 	})
 }
 
-const inspectUsage = `Usage: orcd inspect FILE [--json] [--items N]
-
-Prints a GGUF file's header, metadata (long arrays and strings shortened),
-a table of tensors (name, type, shape in ggml order, bytes), totals per
-tensor type, the parameter count and the file size. A malformed file gives
-a one-line error and exit status 1.
-
-Flags:
-`
-
-func runInspect(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("inspect", flag.ContinueOnError)
-	fs.SetOutput(io.Discard) // errors and help are printed below
+func setupInspect(fs *flag.FlagSet) func(*env) int {
 	asJSON := fs.Bool("json", false, "print the same report as JSON")
-	items := fs.Int("items", 8, "array elements to show before summarizing")
-	printUsage := func(w io.Writer) {
-		fmt.Fprint(w, inspectUsage)
-		fs.SetOutput(w)
-		fs.PrintDefaults()
-		fs.SetOutput(io.Discard)
-	}
-	// Flags may come before or after the file name.
-	var files []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			if err == flag.ErrHelp {
-				printUsage(stdout)
-				return 0
-			}
-			fmt.Fprintf(stderr, "orcd inspect: %v\n", err)
-			printUsage(stderr)
-			return 2
+	items := numFlag(fs, "items", 8, 0, noMax, "array elements to show before summarizing")
+	return func(e *env) int {
+		if len(e.args) != 1 {
+			return e.usageError("want one FILE, got %d arguments", len(e.args))
 		}
-		if fs.NArg() == 0 {
-			break
+		f, err := gguf.Open(e.args[0])
+		if err != nil {
+			return e.fail(err)
 		}
-		files = append(files, fs.Arg(0))
-		args = fs.Args()[1:]
+		defer f.Close()
+		r := newReport(f, *items)
+		if *asJSON {
+			enc := json.NewEncoder(e.stdout)
+			enc.SetIndent("", "  ")
+			err = enc.Encode(r)
+		} else {
+			err = r.writeText(e.stdout)
+		}
+		if err != nil {
+			return e.fail(err)
+		}
+		return 0
 	}
-	if len(files) != 1 || *items < 0 {
-		fmt.Fprintf(stderr, "orcd inspect: want one FILE and --items >= 0\n")
-		printUsage(stderr)
-		return 2
-	}
-
-	f, err := gguf.Open(files[0])
-	if err != nil {
-		// One line, whatever bytes a hostile file put in the message.
-		fmt.Fprintf(stderr, "orcd inspect: %s\n", strings.ReplaceAll(err.Error(), "\n", `\n`))
-		return 1
-	}
-	defer f.Close()
-	r := newReport(f, *items)
-	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		err = enc.Encode(r)
-	} else {
-		err = r.writeText(stdout)
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "orcd inspect: %v\n", err)
-		return 1
-	}
-	return 0
 }
 
 // report is what inspect prints, as text or as JSON.
@@ -275,10 +247,11 @@ func jsonValue(v gguf.Value, items int) any {
 	return json.Number(v.String()) // integers, exactly
 }
 
-// printable returns s, or s quoted if it holds characters that would break
-// the report's lines or columns.
+// printable returns s, or s quoted if it holds bytes that would act on a
+// terminal or break the report's lines or columns (control characters,
+// invalid UTF-8).
 func printable(s string) string {
-	if strings.IndexFunc(s, func(r rune) bool { return !unicode.IsPrint(r) }) >= 0 {
+	if terminalSafe(s) != s {
 		return strconv.Quote(s)
 	}
 	return s

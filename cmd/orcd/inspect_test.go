@@ -8,8 +8,10 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"orcd/gguf"
+	"orcd/tensor"
 )
 
 // The fixtures come from tools/gguf_write_reference.py, an independent
@@ -47,7 +49,7 @@ func loadSidecar(t *testing.T, gguf string) fixtureSidecar {
 
 func runCmd(args ...string) (code int, stdout, stderr string) {
 	var out, errb bytes.Buffer
-	code = runMain(args, &out, &errb)
+	code = runMain(args, strings.NewReader(""), &out, &errb)
 	return code, out.String(), errb.String()
 }
 
@@ -154,9 +156,14 @@ func TestInspectErrors(t *testing.T) {
 	newline := filepath.Join(dir, "newline.gguf")
 	os.WriteFile(newline, []byte("GGUF\x03\x00\x00\x00"+"\x00\x00\x00\x00\x00\x00\x00\x00"+"\x01\x00\x00\x00\x00\x00\x00\x00"+
 		"\x03\x00\x00\x00\x00\x00\x00\x00a\nb"+"\x63\x00\x00\x00"+"\x00\x00\x00\x00\x00\x00\x00\x00"), 0o644)
+	// The same with an invalid UTF-8 byte in the key: escaped, not raw.
+	invalid := filepath.Join(dir, "invalid.gguf")
+	os.WriteFile(invalid, []byte("GGUF\x03\x00\x00\x00"+"\x00\x00\x00\x00\x00\x00\x00\x00"+"\x01\x00\x00\x00\x00\x00\x00\x00"+
+		"\x03\x00\x00\x00\x00\x00\x00\x00a\xffb"+"\x63\x00\x00\x00"+"\x00\x00\x00\x00\x00\x00\x00\x00"), 0o644)
 	for _, c := range []struct{ path, want string }{
 		{truncated, "blk.0.attn_norm.weight"},
 		{newline, `"a\nb"`},
+		{invalid, `a\xffb`},
 		{filepath.Join(dir, "missing.gguf"), "no such file"},
 		{dir, "not a regular file"},
 	} {
@@ -165,7 +172,7 @@ func TestInspectErrors(t *testing.T) {
 			if code != 1 || out != "" {
 				t.Errorf("%v: exit %d, stdout %q; want 1 and nothing", args, code, out)
 			}
-			if strings.Count(errOut, "\n") != 1 || !strings.HasSuffix(errOut, "\n") || !strings.Contains(errOut, c.want) {
+			if strings.Count(errOut, "\n") != 1 || !strings.HasSuffix(errOut, "\n") || !strings.Contains(errOut, c.want) || !utf8.ValidString(errOut) {
 				t.Errorf("%v: stderr %q, want one line containing %q", args, errOut, c.want)
 			}
 		}
@@ -174,13 +181,79 @@ func TestInspectErrors(t *testing.T) {
 
 func TestInspectUsage(t *testing.T) {
 	code, out, _ := runCmd("inspect", "--help")
-	if code != 0 || !strings.Contains(out, "Usage: orcd inspect FILE") || !strings.Contains(out, "-json") {
+	if code != 0 || !strings.Contains(out, "Usage:\n  orcd inspect [flags] FILE") || !strings.Contains(out, "  --json\n") {
 		t.Errorf("--help: exit %d, stdout %q", code, out)
 	}
-	for _, args := range [][]string{{"inspect"}, {"inspect", "a", "b"}, {"inspect", "--bogus", "a"}} {
-		code, _, errOut := runCmd(args...)
-		if code != 2 || !strings.Contains(errOut, "Usage: orcd inspect") {
-			t.Errorf("%v: exit %d, stderr %q; want 2 and usage", args, code, errOut)
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"inspect"}, "want one FILE, got 0 arguments"},
+		{[]string{"inspect", "a", "b"}, "want one FILE, got 2 arguments"},
+		{[]string{"inspect", "--bogus", "a"}, `unknown flag "--bogus"`},
+		{[]string{"inspect", "a", "--items", "-1"}, `invalid value "-1" for --items: must be at least 0`},
+	} {
+		code, _, errOut := runCmd(c.args...)
+		if code != 2 || !strings.HasPrefix(errOut, "orcd inspect: "+c.want) || !strings.Contains(errOut, "Usage:\n  orcd inspect [flags] FILE\n") {
+			t.Errorf("%v: exit %d, stderr %q; want 2, %q and the synopsis", c.args, code, errOut, c.want)
 		}
+	}
+}
+
+// TestInspectEscapesHostileStrings writes a file whose key, string values,
+// string array and tensor name hold control bytes and invalid UTF-8: the
+// text report shows them escaped as Go's %q does (so nothing reaches the
+// terminal raw), and the JSON report stays valid JSON.
+func TestInspectEscapesHostileStrings(t *testing.T) {
+	w := gguf.NewWriter()
+	w.SetString("general.architecture", "gpt2")
+	w.SetString("bad\xffkey", "clear\x1b[2Jscreen\xfe")
+	w.SetString("ok.key", "tab\there, bell\x07, newline\n, nul\x00")
+	w.SetStrings("list", []string{"a\u009b", "\xc3"}) // U+009B is a C1 control (CSI)
+	if err := w.AddTensor("t\xff\x1bname", tensor.F32, []int64{2}); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "hostile.gguf")
+	if err := gguf.WriteFile(path, w, map[string][]byte{"t\xff\x1bname": make([]byte, 8)}); err != nil {
+		t.Fatal(err)
+	}
+
+	code, out, errOut := runCmd("inspect", path)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	if !utf8.ValidString(out) {
+		t.Errorf("the text report is not valid UTF-8:\n%q", out)
+	}
+	if i := strings.IndexFunc(out, func(r rune) bool { return r < 0x20 && r != '\n' || r >= 0x7f && r < 0xa0 }); i >= 0 {
+		t.Errorf("the text report holds a raw control character at byte %d:\n%q", i, out)
+	}
+	// The escapes are those of Go's %q (strconv.Quote).
+	for _, want := range []string{
+		`"bad\xffkey"`,
+		`"clear\x1b[2Jscreen\xfe"`,
+		`"tab\there, bell\a, newline\n, nul\x00"`,
+		`["a\u009b", "\xc3"]`,
+		`"t\xff\x1bname"`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the text report lacks %s:\n%s", want, out)
+		}
+	}
+
+	code, out, errOut = runCmd("inspect", "--json", path)
+	if code != 0 || !json.Valid([]byte(out)) {
+		t.Fatalf("--json: exit %d, valid %v: %s%s", code, json.Valid([]byte(out)), out, errOut)
+	}
+	var r report
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatal(err)
+	}
+	// JSON escapes control characters; invalid UTF-8 becomes U+FFFD.
+	if got := r.Metadata[2].Value; got != "tab\there, bell\x07, newline\n, nul\x00" {
+		t.Errorf("JSON value %q", got)
+	}
+	if got := r.Metadata[1].Value; got != "clear\x1b[2Jscreen\ufffd" {
+		t.Errorf("JSON value %q", got)
 	}
 }

@@ -32,12 +32,12 @@ type modelFlags struct {
 // addModelFlags registers the model flags on fs.
 func addModelFlags(fs *flag.FlagSet) *modelFlags {
 	mf := &modelFlags{}
-	fs.StringVar(&mf.model, "model", "", "GGUF model file (default: the built-in "+demo.Name+", a small GPT-2 trained on the King James Version)")
-	fs.StringVar(&mf.tokenizer, "tokenizer", "", "tokenizer.json to use instead of the one beside the model or in its metadata")
-	fs.StringVar(&mf.device, "device", "auto", "backend: cpu, cuda or auto (cuda if available)")
-	fs.IntVar(&mf.gpu, "gpu-device", 0, "CUDA device number")
-	fs.IntVar(&mf.ctxSize, "ctx-size", 4096, "tokens per sequence (KV cache size); 0 means the model's context length")
-	fs.IntVar(&mf.maxBatch, "max-batch", model.DefaultMaxBatch, "most tokens per forward step; longer prompts are split")
+	fs.StringVar(&mf.model, "model", "", "GGUF model `FILE` (default: the built-in "+demo.Name+", a small GPT-2 trained on the King James Version)")
+	fs.StringVar(&mf.tokenizer, "tokenizer", "", "tokenizer.json `FILE` to use instead of the one beside the model or in its metadata")
+	choiceVar(fs, &mf.device, "device", "auto", []string{"cpu", "cuda", "auto"}, "backend (auto: cuda if available, else cpu)")
+	numVar(fs, &mf.gpu, "gpu-device", 0, 0, noMax, "CUDA device number")
+	numVar(fs, &mf.ctxSize, "ctx-size", 4096, 0, noMax, "tokens per sequence (KV cache size); 0 means the model's context length")
+	numVar(fs, &mf.maxBatch, "max-batch", 0, 0, noMax, "most tokens per forward step, decode tokens and prompt chunks together; longer prompts are split (0: 2048 on cuda, 512 on cpu)")
 	return mf
 }
 
@@ -58,16 +58,10 @@ func (lm *loadedModel) Close() error {
 	return errors.Join(lm.Model.Close(), lm.Backend.Close())
 }
 
-// loadModel opens the model file (or the default model), the backend, and
+// loadModel opens the model file (or the built-in model), the backend, and
 // uploads the weights, showing progress (see loadProgress); with
 // withTokenizer it loads the tokenizer too (logits needs none).
 func loadModel(mf *modelFlags, withTokenizer bool, log *slog.Logger, bar io.Writer) (*loadedModel, error) {
-	if mf.ctxSize < 0 {
-		return nil, fmt.Errorf("--ctx-size %d is negative", mf.ctxSize)
-	}
-	if mf.maxBatch < 1 {
-		return nil, fmt.Errorf("--max-batch %d must be at least 1", mf.maxBatch)
-	}
 	path, name := mf.model, demo.Name
 	var f *gguf.File
 	var err error
@@ -88,6 +82,14 @@ func loadModel(mf *modelFlags, withTokenizer bool, log *slog.Logger, bar io.Writ
 		return nil, err
 	}
 	log.Info("backend", "device", be.Name())
+	if mf.maxBatch == 0 {
+		// A GPU step of 2048 tokens keeps the tensor cores busy; on the CPU a
+		// smaller step gives other sequences their turn sooner.
+		mf.maxBatch = model.DefaultMaxBatch
+		if be.Name() == "cuda" {
+			mf.maxBatch = 2048
+		}
+	}
 	// VRAM pre-check (cuda backend owner; see vram.go): refuse before
 	// uploading anything when the GPU cannot hold the model.
 	if err := checkVRAM(f, be, mf); err != nil {
@@ -127,17 +129,22 @@ func loadModel(mf *modelFlags, withTokenizer bool, log *slog.Logger, bar io.Writ
 }
 
 // loadProgress reports weight-upload progress: a bar redrawn in place when
-// bar is a terminal (a person watching the CLI), else a log line per tenth
-// (a daemon's logs). Both on one terminal would break the bar's line.
+// bar is a terminal (a person watching the CLI), else log lines as a
+// progressGate allows (a daemon's logs). Both on one terminal would break
+// the bar's line.
 func loadProgress(path string, log *slog.Logger, bar io.Writer) func(done, total int64) {
+	return loadProgressAt(path, log, bar, time.Now)
+}
+
+// loadProgressAt is loadProgress on the clock now.
+func loadProgressAt(path string, log *slog.Logger, bar io.Writer, now func() time.Time) func(done, total int64) {
 	if isTerminal(bar) {
 		return progressLine(bar, "loading "+filepath.Base(path))
 	}
-	lastTenth := int64(-1)
+	gate := newProgressGate(now)
 	return func(done, total int64) {
-		if tenth := 10 * done / max(total, 1); tenth != lastTenth {
-			lastTenth = tenth
-			log.Info("loading weights", "percent", 10*tenth, "bytes", done, "total", total)
+		if gate.due(done, total) {
+			log.Info("loading weights", "percent", 100*done/max(total, 1), "bytes", done, "total", total)
 		}
 	}
 }

@@ -3,16 +3,21 @@ package main
 import (
 	"encoding/json"
 	"flag"
-	"fmt"
-	"io"
-	"log/slog"
 )
 
 func init() {
 	register(command{
-		name:    "logits",
-		summary: "print the logits of token ids as JSON (for conformance checks)",
-		run:     runLogits,
+		name:     "logits",
+		summary:  "print the logits of token ids as JSON (for conformance checks)",
+		synopsis: "orcd logits [flags] --ids 1,2,3",
+		details: `Runs the ids through the model in one forward pass and prints
+{"n_vocab": N, "logits": [[...]]}: one row of N float32 logits for the last
+position, or one per position with --all.`,
+		examples: []string{
+			"orcd logits --model gpt2.gguf --ids 15496,11,995",
+			"orcd logits --model gpt2.gguf --device cpu --ids 15496,11,995 --all",
+		},
+		setup: setupLogits,
 	})
 }
 
@@ -23,50 +28,42 @@ type logitsOutput struct {
 	Logits [][]float32 `json:"logits"`
 }
 
-func runLogits(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("logits", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+func setupLogits(fs *flag.FlagSet) func(*env) int {
 	mf := addModelFlags(fs)
-	idsFlag := fs.String("ids", "", "comma-separated token ids")
+	lf := addLogFlags(fs, "text")
+	idsFlag := fs.String("ids", "", "comma-separated token `IDS`")
 	all := fs.Bool("all", false, "print the logits of every position, not only the last")
 	fs.Bool("json", true, "print JSON (the only format)")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	return func(e *env) int {
+		if *idsFlag == "" {
+			return e.usageError("need --ids 1,2,3")
+		}
+		ids, err := parseIDs(*idsFlag)
+		if err != nil {
+			return e.usageError("%v", err)
+		}
+		lm, err := loadModel(mf, false, lf.logger(e.stderr), e.stderr)
+		if err != nil {
+			return e.fail(err)
+		}
+		defer lm.Close()
+		cache, err := lm.Model.NewCache(lm.CtxSize)
+		if err != nil {
+			return e.fail(err)
+		}
+		defer cache.Free()
+		logits, err := lm.Model.Forward(cache, ids, *all)
+		if err != nil {
+			return e.fail(err)
+		}
+		vocab := lm.Model.Config().VocabSize
+		out := logitsOutput{NVocab: vocab}
+		for lo := 0; lo < len(logits); lo += vocab {
+			out.Logits = append(out.Logits, logits[lo:lo+vocab])
+		}
+		if err := json.NewEncoder(e.stdout).Encode(out); err != nil {
+			return e.fail(err)
+		}
+		return 0
 	}
-	if fs.NArg() > 0 || *idsFlag == "" {
-		fmt.Fprintln(stderr, "orcd logits: need --ids 1,2,3 (and no other arguments)")
-		return 2
-	}
-	ids, err := parseIDs(*idsFlag)
-	if err != nil {
-		fmt.Fprintf(stderr, "orcd logits: %v\n", err)
-		return 2
-	}
-	lm, err := loadModel(mf, false, slog.New(slog.NewTextHandler(stderr, nil)), stderr)
-	if err != nil {
-		fmt.Fprintf(stderr, "orcd logits: %v\n", err)
-		return 1
-	}
-	defer lm.Close()
-	cache, err := lm.Model.NewCache(lm.CtxSize)
-	if err != nil {
-		fmt.Fprintf(stderr, "orcd logits: %v\n", err)
-		return 1
-	}
-	defer cache.Free()
-	logits, err := lm.Model.Forward(cache, ids, *all)
-	if err != nil {
-		fmt.Fprintf(stderr, "orcd logits: %v\n", err)
-		return 1
-	}
-	vocab := lm.Model.Config().VocabSize
-	out := logitsOutput{NVocab: vocab}
-	for lo := 0; lo < len(logits); lo += vocab {
-		out.Logits = append(out.Logits, logits[lo:lo+vocab])
-	}
-	if err := json.NewEncoder(stdout).Encode(out); err != nil {
-		fmt.Fprintf(stderr, "orcd logits: %v\n", err)
-		return 1
-	}
-	return 0
 }

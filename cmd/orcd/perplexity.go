@@ -2,11 +2,8 @@ package main
 
 import (
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
-	"io"
-	"log/slog"
 	"math"
 	"os"
 	"runtime"
@@ -18,15 +15,10 @@ import (
 
 func init() {
 	register(command{
-		name:    "perplexity",
-		summary: "score a text file: perplexity over sliding windows, like llama-perplexity",
-		run:     runPerplexity,
-	})
-}
-
-const perplexityUsage = `Usage: orcd perplexity [--model FILE] --file TEXT [--ctx N] [--stride S] [--limit N] [--json]
-
-Measures how well the model predicts a text: the perplexity exp(mean NLL),
+		name:     "perplexity",
+		summary:  "score a text file: perplexity over sliding windows, like llama-perplexity",
+		synopsis: "orcd perplexity [flags] --file TEXT",
+		details: `Measures how well the model predicts a text: the perplexity exp(mean NLL),
 where NLL is the negative log-likelihood (natural log) the model gives each
 token after the first, knowing the tokens before it.
 
@@ -43,14 +35,15 @@ second half of each, so its numbers differ from these.
 
 The result is printed with its standard error by the delta method,
 SE = PPL * sd(NLL) / sqrt(N) over the N scored tokens (0 when N is 1). A
-progress bar is drawn on a terminal.
-
-Examples:
-  orcd perplexity --file demo/testdata/kjv-test.txt
-  orcd perplexity --model gpt2.gguf --file wiki.test.raw --ctx 1024 --stride 512 --device cuda --json
-
-Flags:
-`
+progress bar is drawn on a terminal.`,
+		examples: []string{
+			"orcd perplexity --file demo/testdata/kjv-test.txt",
+			"orcd perplexity --file demo/testdata/kjv-test.txt --limit 1024 --json",
+			"orcd perplexity --model gpt2.gguf --file wiki.test.raw --ctx 1024 --stride 512 --device cuda",
+		},
+		setup: setupPerplexity,
+	})
+}
 
 // perplexityResult is what perplexity prints (--json) and what the tests
 // compare with the references.
@@ -77,87 +70,63 @@ type perplexityResult struct {
 // default context of 512 does.
 const defaultPerplexityCtx = 512
 
-func runPerplexity(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("perplexity", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	mf := addModelFlags(fs)
-	file := fs.String("file", "", "the text file to score")
-	ctx := fs.Int("ctx", 0, fmt.Sprintf("tokens per window (0: the model's context length, at most %d)", defaultPerplexityCtx))
-	stride := fs.Int("stride", 0, "tokens from one window's start to the next's, 1 to ctx-1 (0: ctx/2)")
-	limit := fs.Int("limit", 0, "score only the first N tokens of the file (0: all)")
-	jsonOut := fs.Bool("json", false, "print the result as one JSON object")
-	printUsage := func(w io.Writer) {
-		fmt.Fprint(w, perplexityUsage)
-		fs.SetOutput(w)
-		fs.PrintDefaults()
-		fs.SetOutput(io.Discard)
-	}
-	usageErr := func(msg string) int {
-		fmt.Fprintf(stderr, "orcd perplexity: %s\n", msg)
-		return 2
-	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			printUsage(stdout)
-			return 0
-		}
-		fmt.Fprintf(stderr, "orcd perplexity: %v\n", err)
-		printUsage(stderr)
-		return 2
-	}
-	ctxSizeSet := false
-	fs.Visit(func(f *flag.Flag) { ctxSizeSet = ctxSizeSet || f.Name == "ctx-size" })
-	switch {
-	case fs.NArg() > 0:
-		return usageErr(fmt.Sprintf("unexpected argument %q", fs.Arg(0)))
-	case *file == "":
-		return usageErr("need --file TEXT")
-	case ctxSizeSet:
-		return usageErr("--ctx sets the window (and the cache) here, not --ctx-size")
-	case *ctx < 0 || *ctx == 1:
-		return usageErr(fmt.Sprintf("--ctx %d: a window needs at least 2 tokens", *ctx))
-	case *stride < 0:
-		return usageErr(fmt.Sprintf("--stride %d is negative", *stride))
-	case *limit < 0:
-		return usageErr(fmt.Sprintf("--limit %d is negative", *limit))
-	}
-	text, err := os.ReadFile(*file)
-	if err != nil {
-		fmt.Fprintf(stderr, "orcd perplexity: %v\n", err)
-		return 1
-	}
-	if len(text) == 0 {
-		fmt.Fprintf(stderr, "orcd perplexity: %s is empty\n", *file)
-		return 1
-	}
+// pplOptions are perplexity's window settings; 0 asks for the default.
+type pplOptions struct {
+	ctx, stride, limit int
+}
 
-	// The cache is sized for the window below; 0 lets the loader and the
-	// VRAM check assume the model's whole context when --ctx is not given.
-	mf.ctxSize = *ctx
-	log := slog.New(slog.NewTextHandler(stderr, nil))
-	lm, err := loadModel(mf, true, log, stderr)
-	if err != nil {
-		fmt.Fprintf(stderr, "orcd perplexity: %v\n", err)
-		return 1
+func setupPerplexity(fs *flag.FlagSet) func(*env) int {
+	mf := addModelFlags(fs)
+	lf := addLogFlags(fs, "text")
+	file := fs.String("file", "", "the text `FILE` to score")
+	var o pplOptions
+	numVar(fs, &o.ctx, "ctx", 0, 0, noMax, fmt.Sprintf("tokens per window, at least 2 (0: the model's context length, at most %d)", defaultPerplexityCtx))
+	numVar(fs, &o.stride, "stride", 0, 0, noMax, "tokens from one window's start to the next's, 1 to ctx-1 (0: ctx/2)")
+	numVar(fs, &o.limit, "limit", 0, 0, noMax, "score only the first N tokens of the file (0: all)")
+	jsonOut := fs.Bool("json", false, "print the result as one JSON object")
+	return func(e *env) int {
+		ctxSizeSet := false
+		fs.Visit(func(f *flag.Flag) { ctxSizeSet = ctxSizeSet || f.Name == "ctx-size" })
+		switch {
+		case *file == "":
+			return e.usageError("need --file TEXT")
+		case ctxSizeSet:
+			return e.usageError("--ctx sets the window (and the cache) here, not --ctx-size")
+		case o.ctx == 1:
+			return e.usageError("--ctx 1: a window needs at least 2 tokens")
+		}
+		text, err := os.ReadFile(*file)
+		if err != nil {
+			return e.fail(err)
+		}
+		if len(text) == 0 {
+			return e.fail(fmt.Errorf("%s is empty", *file))
+		}
+
+		// The VRAM check sizes the cache for one window; 0 lets it assume
+		// the model's whole context when --ctx is not given.
+		mf.ctxSize = o.ctx
+		lm, err := loadModel(mf, true, lf.logger(e.stderr), e.stderr)
+		if err != nil {
+			return e.fail(err)
+		}
+		defer lm.Close()
+		res, err := perplexityOfText(lm, string(text), o, progressCounter(e.stderr, "perplexity", windowProgress))
+		if err != nil {
+			return e.fail(fmt.Errorf("%s: %w", *file, err))
+		}
+		res.File = *file
+		if *jsonOut {
+			err = json.NewEncoder(e.stdout).Encode(res)
+		} else {
+			_, err = fmt.Fprintf(e.stdout, "%s on %s, %s: %d tokens scored in %d windows of %d (stride %d), %.1f s\nPPL = %.4f +/- %.4f\n",
+				res.Model, res.Device, res.File, res.Scored, res.Windows, res.Ctx, res.Stride, res.Seconds, res.PPL, res.PPLSE)
+		}
+		if err != nil {
+			return e.fail(err)
+		}
+		return 0
 	}
-	defer lm.Close()
-	res, err := perplexityOfText(lm, string(text), *ctx, *stride, *limit, progressCounter(stderr, "perplexity", windowProgress))
-	if err != nil {
-		fmt.Fprintf(stderr, "orcd perplexity: %s: %v\n", *file, err)
-		return 1
-	}
-	res.File = *file
-	if *jsonOut {
-		err = json.NewEncoder(stdout).Encode(res)
-	} else {
-		_, err = fmt.Fprintf(stdout, "%s on %s, %s: %d tokens scored in %d windows of %d (stride %d), %.1f s\nPPL = %.4f +/- %.4f\n",
-			res.Model, res.Device, res.File, res.Scored, res.Windows, res.Ctx, res.Stride, res.Seconds, res.PPL, res.PPLSE)
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "orcd perplexity: %v\n", err)
-		return 1
-	}
-	return 0
 }
 
 // windowProgress describes perplexity's progress, counted in windows.
@@ -166,9 +135,9 @@ func windowProgress(done, total int64, secs float64) string {
 }
 
 // perplexityOfText tokenizes text with the model's tokenizer and scores it
-// (see perplexityUsage); ctx 0 means the default window and stride 0 half
-// of it; limit > 0 keeps only the first limit tokens.
-func perplexityOfText(lm *loadedModel, text string, ctx, stride, limit int, progress func(done, total int64)) (*perplexityResult, error) {
+// (see the command's details) with the settings of o.
+func perplexityOfText(lm *loadedModel, text string, o pplOptions, progress func(done, total int64)) (*perplexityResult, error) {
+	ctx, stride := o.ctx, o.stride
 	modelCtx := lm.Model.Config().ContextLength
 	switch {
 	case ctx == 0:
@@ -187,8 +156,8 @@ func perplexityOfText(lm *loadedModel, text string, ctx, stride, limit int, prog
 		tokens = append(tokens, tok.BOS())
 	}
 	tokens = append(tokens, lm.Tokenizer.Encode(text)...)
-	if limit > 0 && len(tokens) > limit {
-		tokens = tokens[:limit]
+	if o.limit > 0 && len(tokens) > o.limit {
+		tokens = tokens[:o.limit]
 	}
 	if len(tokens) < 2 {
 		return nil, fmt.Errorf("%d token(s); perplexity needs at least 2", len(tokens))
@@ -206,7 +175,7 @@ func perplexityOfText(lm *loadedModel, text string, ctx, stride, limit int, prog
 type pplWindow struct{ begin, score, end int }
 
 // perplexityWindows plans the windows over n ≥ 2 tokens for 1 ≤ stride <
-// ctx (see perplexityUsage for the rule).
+// ctx (see the command's details for the rule).
 func perplexityWindows(n, ctx, stride int) []pplWindow {
 	var ws []pplWindow
 	for begin, prevEnd := 0, 0; ; begin += stride {

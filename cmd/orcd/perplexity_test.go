@@ -67,7 +67,9 @@ func TestPerplexityWindows(t *testing.T) {
 // posModel is a fake model whose logits at cache position p are
 // [p, 0, 0, 0], whatever the tokens: a window's NLLs then depend only on
 // where its tokens sit in it, which the windowing rule decides.
-type posModel struct{}
+type posModel struct {
+	model.Model // the rest, which perplexity does not use
+}
 
 type posCache struct{ n, cap int }
 
@@ -242,7 +244,7 @@ func TestPerplexityCommand(t *testing.T) {
 		t.Errorf("text output: exit %d, stdout %q, stderr %s", code, stdout, stderr)
 	}
 	code, stdout, _ = runCmd("perplexity", "--help")
-	if code != 0 || !strings.Contains(stdout, "Usage: orcd perplexity") || !strings.Contains(stdout, "-stride") {
+	if code != 0 || !strings.Contains(stdout, "orcd perplexity [flags] --file TEXT") || !strings.Contains(stdout, "--stride N") {
 		t.Errorf("--help: exit %d, stdout %q", code, stdout)
 	}
 }
@@ -258,12 +260,13 @@ func TestPerplexityErrors(t *testing.T) {
 		want string
 	}{
 		{[]string{}, 2, "need --file"},
-		{[]string{"--file", text, "extra"}, 2, `unexpected argument "extra"`},
+		{[]string{"--file", text, "extra"}, 2, `unexpected argument "extra": perplexity takes only flags`},
 		{[]string{"--file", text, "--ctx-size", "64"}, 2, "--ctx sets the window"},
-		{[]string{"--file", text, "--ctx", "1"}, 2, "at least 2 tokens"},
-		{[]string{"--file", text, "--stride", "-1"}, 2, "--stride -1 is negative"},
-		{[]string{"--file", text, "--limit", "-5"}, 2, "--limit -5 is negative"},
-		{[]string{"--file", text, "--bogus"}, 2, "Usage: orcd perplexity"},
+		{[]string{"--file", text, "--ctx", "1"}, 2, "--ctx 1: a window needs at least 2 tokens"},
+		{[]string{"--file", text, "--ctx", "-3"}, 2, `invalid value "-3" for --ctx: must be at least 0`},
+		{[]string{"--file", text, "--stride", "-1"}, 2, `invalid value "-1" for --stride: must be at least 0`},
+		{[]string{"--file", text, "--limit", "-5"}, 2, `invalid value "-5" for --limit: must be at least 0`},
+		{[]string{"--file", text, "--bogus"}, 2, `unknown flag "--bogus"`},
 		{[]string{"--file", filepath.Join(t.TempDir(), "none.txt")}, 1, "no such file"},
 		{[]string{"--file", empty}, 1, empty + " is empty"},
 		{[]string{"--file", one}, 1, "1 token(s); perplexity needs at least 2"},
@@ -274,7 +277,7 @@ func TestPerplexityErrors(t *testing.T) {
 	for _, c := range cases {
 		args := append([]string{"perplexity", "--model", model, "--device", "cpu"}, c.args...)
 		code, _, stderr := runCmd(args...)
-		if code != c.code || !strings.Contains(stderr, c.want) {
+		if code != c.code || !strings.Contains(stderr, c.want) || code == 2 && !strings.HasPrefix(stderr, "orcd perplexity: "+c.want) {
 			t.Errorf("%v: exit %d, stderr %q; want exit %d mentioning %q", c.args, code, stderr, c.code, c.want)
 		}
 	}

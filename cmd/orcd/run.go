@@ -16,9 +16,20 @@ import (
 
 func init() {
 	register(command{
-		name:    "run",
-		summary: "generate text from a prompt (or token ids) and print it",
-		run:     runRun,
+		name:     "run",
+		summary:  "generate text from a prompt (or token ids) and print it",
+		synopsis: "orcd run [flags] (--prompt TEXT | --ids 1,2,3)",
+		details: `The text is streamed to stdout as it is generated; --json prints the ids,
+the text and the stop reason at the end instead. Generation stops at an
+end-of-generation token, after --max-tokens tokens, or when the context
+(--ctx-size) is full. Without --model, the built-in kjv-demo is used: a
+small GPT-2 trained on the King James Version, so its text is KJV-like.`,
+		examples: []string{
+			`orcd run --prompt "In the beginning God" --max-tokens 32`,
+			`orcd run --model gpt2.gguf --prompt "Hello" --temperature 0 --json`,
+			`orcd run --model gpt2.gguf --ids 15496,11,995 --seed 7 --top-p 0.9`,
+		},
+		setup: setupRun,
 	})
 }
 
@@ -29,76 +40,62 @@ type runOutput struct {
 	StopReason string  `json:"stop_reason"`
 }
 
-func runRun(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("run", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+func setupRun(fs *flag.FlagSet) func(*env) int {
 	mf := addModelFlags(fs)
-	prompt := fs.String("prompt", "", "prompt text")
-	idsFlag := fs.String("ids", "", "prompt as comma-separated token ids (instead of --prompt)")
-	maxTokens := fs.Int("max-tokens", 64, "most tokens to generate")
-	temperature := fs.Float64("temperature", engine.DefaultSampling.Temperature, "sampling temperature; 0 is greedy")
-	topK := fs.Int("top-k", 0, "sample from the K most likely tokens; 0 keeps all")
-	topP := fs.Float64("top-p", 1, "sample from the smallest set of tokens whose probability reaches P")
+	lf := addLogFlags(fs, "text")
+	prompt := fs.String("prompt", "", "prompt `TEXT`")
+	idsFlag := fs.String("ids", "", "prompt as comma-separated token `IDS` (instead of --prompt)")
+	maxTokens := numFlag(fs, "max-tokens", 64, 1, noMax, "most tokens to generate")
+	temperature := numFlag[float64](fs, "temperature", engine.DefaultSampling.Temperature, 0, 2, "sampling temperature; 0 is greedy")
+	topK := numFlag(fs, "top-k", 0, 0, noMax, "sample from the K most likely tokens; 0 keeps all")
+	topP := numFlag[float64](fs, "top-p", 1, 0, 1, "sample from the smallest set of tokens whose probability reaches P")
 	seed := fs.Uint64("seed", 0, "sampling seed")
 	jsonOut := fs.Bool("json", false, `print {"token_ids":[...],"text":"...","stop_reason":"..."} instead of streaming text`)
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
-	usageErr := func(msg string) int {
-		fmt.Fprintf(stderr, "orcd run: %s\n", msg)
-		return 2
-	}
-	switch {
-	case fs.NArg() > 0:
-		return usageErr(fmt.Sprintf("unexpected argument %q", fs.Arg(0)))
-	case (*prompt == "") == (*idsFlag == ""):
-		return usageErr("give one of --prompt or --ids")
-	case *maxTokens < 0:
-		return usageErr("--max-tokens must not be negative")
-	}
-	params := engine.SamplingParams{Temperature: *temperature, TopK: *topK, TopP: *topP, RepetitionPenalty: 1}
-	if err := params.Validate(); err != nil {
-		return usageErr(err.Error())
-	}
-	var ids []int32
-	if *idsFlag != "" {
-		var err error
-		if ids, err = parseIDs(*idsFlag); err != nil {
-			return usageErr(err.Error())
+	return func(e *env) int {
+		if (*prompt == "") == (*idsFlag == "") {
+			return e.usageError("give one of --prompt or --ids")
 		}
-	}
+		params := engine.SamplingParams{Temperature: *temperature, TopK: *topK, TopP: *topP, RepetitionPenalty: 1}
+		if err := params.Validate(); err != nil {
+			return e.usageError("%v", err)
+		}
+		var ids []int32
+		if *idsFlag != "" {
+			var err error
+			if ids, err = parseIDs(*idsFlag); err != nil {
+				return e.usageError("%v", err)
+			}
+		}
 
-	log := slog.New(slog.NewTextHandler(stderr, nil))
-	lm, err := loadModel(mf, true, log, stderr)
-	if err != nil {
-		fmt.Fprintf(stderr, "orcd run: %v\n", err)
-		return 1
-	}
-	defer lm.Close()
-	if ids == nil {
-		if lm.Tokenizer.AddBOS() && lm.Tokenizer.BOS() >= 0 {
-			ids = append(ids, lm.Tokenizer.BOS())
+		log := lf.logger(e.stderr)
+		lm, err := loadModel(mf, true, log, e.stderr)
+		if err != nil {
+			return e.fail(err)
 		}
-		ids = append(ids, lm.Tokenizer.Encode(*prompt)...)
-	}
-	text := io.Discard
-	if !*jsonOut {
-		text = stdout
-	}
-	out, err := generate(lm, ids, *maxTokens, engine.NewSampler(params, *seed), text, log)
-	if err != nil {
-		fmt.Fprintf(stderr, "orcd run: %v\n", err)
-		return 1
-	}
-	if *jsonOut {
-		if err := json.NewEncoder(stdout).Encode(out); err != nil {
-			fmt.Fprintf(stderr, "orcd run: %v\n", err)
-			return 1
+		defer lm.Close()
+		if ids == nil {
+			if lm.Tokenizer.AddBOS() && lm.Tokenizer.BOS() >= 0 {
+				ids = append(ids, lm.Tokenizer.BOS())
+			}
+			ids = append(ids, lm.Tokenizer.Encode(*prompt)...)
 		}
-	} else {
-		fmt.Fprintln(stdout)
+		text := io.Discard
+		if !*jsonOut {
+			text = e.stdout
+		}
+		out, err := generate(lm, ids, *maxTokens, engine.NewSampler(params, *seed), text, log)
+		if err != nil {
+			return e.fail(err)
+		}
+		if *jsonOut {
+			if err := json.NewEncoder(e.stdout).Encode(out); err != nil {
+				return e.fail(err)
+			}
+		} else {
+			fmt.Fprintln(e.stdout)
+		}
+		return 0
 	}
-	return 0
 }
 
 // generate runs the prompt, then samples up to maxTokens tokens one decode

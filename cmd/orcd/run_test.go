@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -101,8 +102,9 @@ func TestSynthErrors(t *testing.T) {
 		want string
 	}{
 		{[]string{"synth", "-o", filepath.Join(dir, "x.gguf")}, 2, "need --preset"},
-		{[]string{"synth", "--preset", "gpt5", "-o", filepath.Join(dir, "x.gguf")}, 1, `unknown preset "gpt5"`},
-		{[]string{"synth", "--preset", "tiny-gpt2", "--type", "Q4_K", "-o", filepath.Join(dir, "x.gguf")}, 1, "cannot write that type"},
+		{[]string{"synth", "--preset", "gpt5", "-o", filepath.Join(dir, "x.gguf")}, 2, `invalid value "gpt5" for --preset: want gpt-oss-20b, gpt2-1.5b, gpt2-124m, tiny-gpt-oss or tiny-gpt2`},
+		{[]string{"synth", "--preset", "tiny-gpt2", "--type", "Q4_K", "-o", filepath.Join(dir, "x.gguf")}, 2, `invalid value "Q4_K" for --type: want F32, F16, Q8_0, BF16 or MXFP4`},
+		{[]string{"synth", "--preset", "tiny-gpt2", "--threads", "-1", "-o", filepath.Join(dir, "x.gguf")}, 2, `invalid value "-1" for --threads: must be at least 0`},
 		{[]string{"synth", "--preset", "tiny-gpt2", "-o", filepath.Join(dir, "missing", "x.gguf")}, 1, "no such file"},
 	}
 	for _, c := range cases {
@@ -128,6 +130,17 @@ func TestRunJSON(t *testing.T) {
 	var out runOutput
 	if err := json.Unmarshal([]byte(stdout), &out); err != nil {
 		t.Fatalf("%v in %q", err, stdout)
+	}
+	// The logged rates are rounded to three significant digits.
+	rates := regexp.MustCompile(`(?:prefill|decode)_tokens_per_s=(\S+)`).FindAllStringSubmatch(stderr, -1)
+	if len(rates) != 2 {
+		t.Errorf("no rates logged: %s", stderr)
+	}
+	for _, r := range rates {
+		digits := strings.TrimLeft(strings.ReplaceAll(strings.Split(r[1], "e")[0], ".", ""), "0")
+		if len(strings.TrimRight(digits, "0")) > 3 {
+			t.Errorf("%s has more than three significant digits", r[0])
+		}
 	}
 	if out.StopReason != "max_tokens" && out.StopReason != "eog" {
 		t.Errorf("stop reason %q", out.StopReason)
@@ -161,8 +174,10 @@ func TestRunErrors(t *testing.T) {
 		{[]string{"run", "--model", path}, 2, "give one of --prompt or --ids"},
 		{[]string{"run", "--model", path, "--prompt", "a", "--ids", "1"}, 2, "give one of --prompt or --ids"},
 		{[]string{"run", "--model", path, "--ids", "1,x"}, 2, `item 2 ("x")`},
-		{[]string{"run", "--model", path, "--ids", "1", "--temperature", "-1"}, 2, "temperature"},
-		{[]string{"run", "--model", path, "--ids", "1", "--device", "tpu"}, 1, `unknown --device "tpu"`},
+		{[]string{"run", "--model", path, "--ids", "1", "--temperature", "-1"}, 2, `invalid value "-1" for --temperature: must be between 0 and 2`},
+		{[]string{"run", "--model", path, "--ids", "1", "--device", "tpu"}, 2, `invalid value "tpu" for --device: want cpu, cuda or auto`},
+		{[]string{"run", "--model", path, "--ids", "1", "--max-tokens", "0"}, 2, `invalid value "0" for --max-tokens: must be at least 1`},
+		{[]string{"run", "--model", path, "--ids", "1", "stray"}, 2, `unexpected argument "stray": run takes only flags`},
 		{[]string{"run", "--model", path, "--ids", "99999999", "--device", "cpu"}, 1, "outside the vocabulary"},
 		{[]string{"run", "--model", path, "--ids", "1,2,3", "--ctx-size", "3", "--device", "cpu"}, 1, "leaves no room"},
 		{[]string{"run", "--model", filepath.Join(t.TempDir(), "none.gguf"), "--ids", "1"}, 1, "no such file"},

@@ -6,17 +6,18 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -29,9 +30,22 @@ import (
 
 func init() {
 	register(command{
-		name:    "serve",
-		summary: "serve the model over HTTP (worker API and OpenAI-compatible API)",
-		run:     runServe,
+		name:     "serve",
+		summary:  "serve the model over HTTP (worker API and OpenAI-compatible API)",
+		synopsis: "orcd serve [flags]",
+		details: `Start-up: serve binds --host:--port first (a port in use fails at once),
+answers GET /health with 503 {"status":"loading"} (and every other endpoint
+with a retriable 503 LOADING error) while the model loads, then serves, says
+"ok" on /health and POSTs the ready callback to --callback-url. SIGTERM,
+SIGINT or POST /shutdown drain the jobs in flight and exit 0. See
+docs/SERVING.md for the endpoints.`,
+		examples: []string{
+			"orcd serve # the default tiny model on 127.0.0.1:8080",
+			"orcd serve --model gpt-oss-20b.gguf --device cuda --host 0.0.0.0 --port 8000",
+			"orcd serve --model m.gguf --callback-url http://orchestrator:9000/ready --worker-id 0b5c6a42-1d9e-4f3a-9a51-2c4b8e7d6f10",
+			"orcd serve --model m.gguf --log-format text --log-level debug",
+		},
+		setup: setupServe,
 	})
 }
 
@@ -48,66 +62,67 @@ type serveFlags struct {
 	timeoutSec      float64
 	maxActive       int
 	maxQueue        int
-	maxBodyBytes    int64
+	kvBlocks        int
+	kvBlockSize     int
+	noPrefixCache   bool
+	maxBodyBytes    int
 	shutdownTimeout float64
-	logFormat       string
 }
 
-func runServe(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+func setupServe(fs *flag.FlagSet) func(*env) int {
 	mf := addModelFlags(fs)
-	var sf serveFlags
-	fs.StringVar(&sf.workerID, "worker-id", "", "worker UUID sent in the ready callback (default: a random UUID)")
-	fs.StringVar(&sf.host, "host", "127.0.0.1", "address to listen on (0.0.0.0 for all interfaces)")
-	fs.IntVar(&sf.port, "port", 8080, "port to listen on (0: any free port)")
-	fs.StringVar(&sf.callbackURL, "callback-url", "", "URL to POST {worker_id, model_ref, vram_bytes, uri} to once listening; failure exits non-zero")
-	fs.StringVar(&sf.advertiseURL, "advertise-url", "", "base URL reported in the ready callback (default: http://HOST:PORT, with this machine's hostname when HOST is unspecified)")
-	fs.StringVar(&sf.modelID, "model-id", "", "model name in the API (default: the model file's name without .gguf, or "+demo.Name+")")
-	fs.StringVar(&sf.apiKey, "api-key", os.Getenv("ORCD_API_KEY"), "bearer token required on every endpoint but /health (default $ORCD_API_KEY; empty: no auth)")
-	fs.IntVar(&sf.maxTokensOut, "max-tokens-out", 2048, "largest max_tokens a request may ask for")
-	fs.Float64Var(&sf.timeoutSec, "inference-timeout-sec", 300, "per-request time limit, queueing included (0: none)")
-	fs.IntVar(&sf.maxActive, "max-active", 4, "sequences decoded at once, each with its own KV cache")
-	fs.IntVar(&sf.maxQueue, "max-queue", 64, "requests that may wait for a sequence slot; more get 503")
-	fs.Int64Var(&sf.maxBodyBytes, "max-body-bytes", 1<<20, "largest request body")
-	fs.Float64Var(&sf.shutdownTimeout, "shutdown-timeout-sec", 30, "on SIGTERM or POST /shutdown, how long running jobs may finish before they are cancelled")
-	fs.StringVar(&sf.logFormat, "log-format", "json", "log format: json or text")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	lf := addLogFlags(fs, "json")
+	sf := addServeFlags(fs)
+	return func(e *env) int {
+		if err := sf.resolve(fs); err != nil {
+			return e.usageError("%v", err)
+		}
+		log := lf.logger(e.stderr)
+		if err := serve(mf, sf, log, nil); err != nil {
+			log.Error("serve failed", "error", err)
+			return 1
+		}
+		return 0
 	}
-	if err := sf.validate(fs); err != nil {
-		fmt.Fprintf(stderr, "orcd serve: %v\n", err)
-		return 2
-	}
-	var log *slog.Logger
-	if sf.logFormat == "text" {
-		log = slog.New(slog.NewTextHandler(stderr, nil))
-	} else {
-		log = slog.New(slog.NewJSONHandler(stderr, nil))
-	}
-	if err := serve(mf, &sf, log, nil); err != nil {
-		log.Error("serve failed", "error", err)
-		return 1
-	}
-	return 0
 }
 
-func (sf *serveFlags) validate(fs *flag.FlagSet) error {
-	switch {
-	case fs.NArg() > 0:
-		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	case sf.port < 0 || sf.port > 65535:
-		return fmt.Errorf("--port %d is not a port number", sf.port)
-	case sf.maxTokensOut < 1:
-		return fmt.Errorf("--max-tokens-out %d must be at least 1", sf.maxTokensOut)
-	case sf.timeoutSec < 0 || sf.shutdownTimeout < 0:
-		return errors.New("--inference-timeout-sec and --shutdown-timeout-sec must not be negative")
-	case sf.maxActive < 1 || sf.maxQueue < 0:
-		return errors.New("--max-active must be at least 1 and --max-queue not negative")
-	case sf.maxBodyBytes < 1:
-		return errors.New("--max-body-bytes must be positive")
-	case sf.logFormat != "json" && sf.logFormat != "text":
-		return fmt.Errorf("--log-format %q is not json or text", sf.logFormat)
+// addServeFlags defines serve's own flags on fs.
+func addServeFlags(fs *flag.FlagSet) *serveFlags {
+	sf := &serveFlags{}
+	fs.StringVar(&sf.workerID, "worker-id", "", "worker `UUID` sent in the ready callback (default: a random UUID)")
+	fs.StringVar(&sf.host, "host", "127.0.0.1", "`ADDRESS` to listen on (0.0.0.0 for all interfaces)")
+	numVar(fs, &sf.port, "port", 8080, 0, 65535, "port to listen on (0: any free port)")
+	fs.StringVar(&sf.callbackURL, "callback-url", "", "`URL` to POST {worker_id, model_ref, vram_bytes, uri} to once the model is loaded; failure exits non-zero")
+	fs.StringVar(&sf.advertiseURL, "advertise-url", "", "base `URL` reported in the ready callback (default: http://HOST:PORT, with this machine's hostname when HOST is unspecified)")
+	fs.StringVar(&sf.modelID, "model-id", "", "model `NAME` in the API (default: the model file's name without .gguf, or "+demo.Name+")")
+	fs.StringVar(&sf.apiKey, "api-key", "", "bearer `TOKEN` required on every endpoint but /health (default: $ORCD_API_KEY; empty: no auth)")
+	numVar(fs, &sf.maxTokensOut, "max-tokens-out", server.MaxTokensLimit, 1, server.MaxTokensLimit, "largest max_tokens a request may ask for")
+	numVar(fs, &sf.timeoutSec, "inference-timeout-sec", 300, 0, maxSeconds, "per-request time limit in seconds, queueing included (0: none)")
+	numVar(fs, &sf.maxActive, "max-active", 0, 0, noMax, "sequences run at once, batched into each step (0: 256 on cuda, 8 on cpu)")
+	numVar(fs, &sf.maxQueue, "max-queue", 256, 0, noMax, "requests that may wait to run; more get 503")
+	numVar(fs, &sf.kvBlocks, "kv-blocks", 0, 0, noMax, "KV cache blocks in the pool (0: room for --max-active sequences of --ctx-size tokens, within free VRAM or half the free RAM)")
+	numVar(fs, &sf.kvBlockSize, "kv-block-size", 16, 1, 1024, "tokens per KV cache block")
+	fs.BoolVar(&sf.noPrefixCache, "no-prefix-cache", false, "do not reuse the KV blocks of earlier prompts that start the same way")
+	numVar(fs, &sf.maxBodyBytes, "max-body-bytes", 1<<20, 1, noMax, "largest request body in bytes")
+	numVar(fs, &sf.shutdownTimeout, "shutdown-timeout-sec", 30, 0, maxSeconds, "on SIGTERM or POST /shutdown, how long running jobs may finish before they are cancelled")
+	return sf
+}
+
+// resolve checks what the flags' own checks cannot and fills in the
+// defaults that depend on the environment.
+func (sf *serveFlags) resolve(fs *flag.FlagSet) error {
+	for _, u := range []struct{ name, value string }{{"callback-url", sf.callbackURL}, {"advertise-url", sf.advertiseURL}} {
+		if u.value == "" {
+			continue
+		}
+		if p, err := url.Parse(u.value); err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {
+			return fmt.Errorf("--%s %q is not an http:// or https:// URL", u.name, u.value)
+		}
+	}
+	apiKeySet := false
+	fs.Visit(func(f *flag.Flag) { apiKeySet = apiKeySet || f.Name == "api-key" })
+	if !apiKeySet {
+		sf.apiKey = os.Getenv("ORCD_API_KEY")
 	}
 	if sf.workerID == "" {
 		sf.workerID = newUUID()
@@ -115,17 +130,69 @@ func (sf *serveFlags) validate(fs *flag.FlagSet) error {
 	return nil
 }
 
-// serve loads the model, listens, sends the ready callback and serves until
-// SIGTERM, SIGINT or POST /shutdown, then drains and frees everything.
-// ready, when set, receives the listening address (for tests).
-func serve(mf *modelFlags, sf *serveFlags, log *slog.Logger, ready func(addr string)) error {
+// serve binds the port, loads the model while /health answers "loading",
+// then serves, sends the ready callback and serves until SIGTERM, SIGINT
+// or POST /shutdown, then drains and frees everything. listening, when
+// set, is called with the bound address before loading starts, and loading
+// waits for it to return (tests hold the worker in its loading state so).
+func serve(mf *modelFlags, sf *serveFlags, log *slog.Logger, listening func(addr string)) error {
 	// Catch signals from the start, so a SIGTERM during loading or the
-	// callback still ends in an orderly shutdown.
+	// callback still ends in an orderly exit.
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(sig)
-	lm, err := loadModel(mf, true, log, nil)
+
+	// Bind before loading: a port in use fails at once, and the
+	// orchestrator can watch /health while the weights upload.
+	ln, err := net.Listen("tcp", net.JoinHostPort(sf.host, strconv.Itoa(sf.port)))
 	if err != nil {
+		return err
+	}
+	var handler swapHandler
+	handler.set(server.Loading())
+	// No ReadTimeout or WriteTimeout: they would cut off long event streams.
+	hs := &http.Server{Handler: &handler, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- hs.Serve(ln) }()
+	defer hs.Close()
+	addr := ln.Addr().String()
+	uri := advertisedURI(sf, ln.Addr().(*net.TCPAddr))
+	log.Info("listening; loading the model", "addr", addr, "uri", uri, "worker_id", sf.workerID)
+
+	type loadResult struct {
+		lm  *loadedModel
+		err error
+	}
+	loaded := make(chan loadResult, 1)
+	go func() {
+		if listening != nil {
+			listening(addr)
+		}
+		lm, err := loadModel(mf, true, log, nil)
+		loaded <- loadResult{lm, err}
+	}()
+	// Loading cannot be interrupted; on a signal or a server failure serve
+	// returns at once, and the model is freed if its loading ever ends.
+	abandon := func() {
+		go func() {
+			if r := <-loaded; r.lm != nil {
+				r.lm.Close()
+			}
+		}()
+	}
+	var lm *loadedModel
+	select {
+	case r := <-loaded:
+		if r.err != nil {
+			return r.err
+		}
+		lm = r.lm
+	case s := <-sig:
+		log.Info("signal received while loading; exiting", "signal", s.String())
+		abandon()
+		return nil
+	case err := <-serveErr:
+		abandon()
 		return err
 	}
 	defer func() {
@@ -140,11 +207,29 @@ func serve(mf *modelFlags, sf *serveFlags, log *slog.Logger, ready func(addr str
 	if lm.Tokenizer.AddBOS() && lm.Tokenizer.BOS() >= 0 {
 		prefix = []int32{lm.Tokenizer.BOS()}
 	}
+	maxActive, blocks := sf.maxActive, sf.kvBlocks
+	if maxActive == 0 {
+		maxActive = defaultMaxActive(lm.Backend)
+	}
+	if blocks == 0 {
+		budget, err := kvBudget(lm.Backend)
+		if err != nil {
+			return err
+		}
+		elem := 4
+		if lm.Backend.Name() == "cuda" {
+			elem = 2 // pools beyond a few MiB are f16 there
+		}
+		if blocks, err = kvBlocks(lm.Model.KVLayout(), budget, elem, sf.kvBlockSize, lm.CtxSize, cfg.MaxBatch, maxActive); err != nil {
+			return err
+		}
+	}
 	eng, err := engine.New(engine.Config{
 		Model: lm.Model, Tokenizer: engineTokenizer{lm.Tokenizer},
-		MaxActive: sf.maxActive, MaxQueue: sf.maxQueue, CtxSize: lm.CtxSize,
+		MaxActive: maxActive, MaxQueue: sf.maxQueue, CtxSize: lm.CtxSize,
 		Timeout:      time.Duration(sf.timeoutSec * float64(time.Second)),
 		PromptPrefix: prefix, Logger: log,
+		KVBlocks: blocks, BlockSize: sf.kvBlockSize, NoPrefixCache: sf.noPrefixCache,
 	})
 	if err != nil {
 		return err
@@ -157,27 +242,14 @@ func serve(mf *modelFlags, sf *serveFlags, log *slog.Logger, ready func(addr str
 			ID: cmp.Or(sf.modelID, lm.Name), Arch: cfg.Arch, QuantKind: lm.QuantKind,
 			TokenizerKind: lm.Tokenizer.Kind(), VocabSize: cfg.VocabSize, ContextLength: lm.CtxSize,
 		},
-		MaxTokensOut: sf.maxTokensOut, APIKey: sf.apiKey, MaxBodyBytes: sf.maxBodyBytes,
+		MaxTokensOut: sf.maxTokensOut, APIKey: sf.apiKey, MaxBodyBytes: int64(sf.maxBodyBytes),
 		OnShutdown: func() { close(shutdownRequested) }, Logger: log,
 	})
 	if err != nil {
 		return err
 	}
-
-	ln, err := net.Listen("tcp", net.JoinHostPort(sf.host, strconv.Itoa(sf.port)))
-	if err != nil {
-		return err
-	}
-	// No ReadTimeout or WriteTimeout: they would cut off long event streams.
-	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- hs.Serve(ln) }()
-	addr := ln.Addr().String()
-	uri := advertisedURI(sf, ln.Addr().(*net.TCPAddr))
-	log.Info("listening", "addr", addr, "uri", uri, "worker_id", sf.workerID)
-	if ready != nil {
-		ready(addr)
-	}
+	handler.set(srv.Handler())
+	log.Info("ready", "uri", uri)
 
 	if sf.callbackURL != "" {
 		body := readyCallback{WorkerID: sf.workerID, ModelRef: cmp.Or(lm.Path, "builtin:"+lm.Name), VRAMBytes: dev.VRAMBytesUsed(), URI: uri}
@@ -211,6 +283,16 @@ func serve(mf *modelFlags, sf *serveFlags, log *slog.Logger, ready func(addr str
 	}
 	log.Info("drained")
 	return nil
+}
+
+// swapHandler serves with one handler and then another: the loading
+// handler until the server exists.
+type swapHandler struct{ p atomic.Pointer[http.Handler] }
+
+func (s *swapHandler) set(h http.Handler) { s.p.Store(&h) }
+
+func (s *swapHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	(*s.p.Load()).ServeHTTP(w, r)
 }
 
 // engineTokenizer adapts *tokenizer.Tokenizer to engine.Tokenizer.

@@ -2,11 +2,17 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
+	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -19,7 +25,7 @@ import (
 type servedWorker struct {
 	uri      string
 	callback readyCallback
-	exit     chan int // runServe's exit status
+	exit     chan int // serve's exit status
 }
 
 // startServe runs `orcd serve` with args on a free loopback port and waits
@@ -37,7 +43,7 @@ func startServe(t *testing.T, args ...string) *servedWorker {
 	t.Cleanup(cb.Close)
 	w := &servedWorker{exit: make(chan int, 1)}
 	args = append([]string{"--device", "cpu", "--host", "127.0.0.1", "--port", "0", "--callback-url", cb.URL, "--log-format", "text"}, args...)
-	go func() { w.exit <- runServe(args, io.Discard, io.Discard) }()
+	go func() { w.exit <- runMain(append([]string{"serve"}, args...), nil, io.Discard, io.Discard) }()
 	select {
 	case w.callback = <-got:
 	case code := <-w.exit:
@@ -68,21 +74,6 @@ func (w *servedWorker) waitExit(t *testing.T) int {
 		t.Fatal("serve did not exit within 30 s")
 	}
 	return -1
-}
-
-// health returns the worker's /health answer.
-func (w *servedWorker) health(t *testing.T) map[string]any {
-	t.Helper()
-	resp, err := http.Get(w.uri + "/health")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var h map[string]any
-	if err := json.NewDecoder(resp.Body).Decode(&h); err != nil {
-		t.Fatal(err)
-	}
-	return h
 }
 
 // event is one server-sent event of /execute.
@@ -162,7 +153,7 @@ func TestServeGPT2EndToEnd(t *testing.T) {
 		t.Errorf("ready callback %+v", c)
 	}
 
-	h := w.health(t)
+	_, h := getJSON(t, "GET", w.uri+"/health")
 	if h["status"] != "ok" || h["model"] != "tiny-gpt2" || h["device"] != "cpu" || h["context_length"] != 256.0 || h["tokenizer_kind"] == "" {
 		t.Errorf("health %v", h)
 	}
@@ -295,11 +286,241 @@ func TestServeCallbackFailureExits(t *testing.T) {
 		http.Error(w, "no", http.StatusInternalServerError)
 	}))
 	defer cb.Close()
-	code := runServe([]string{"--model", path, "--device", "cpu", "--port", "0", "--callback-url", cb.URL}, io.Discard, io.Discard)
+	code := runMain([]string{"serve", "--model", path, "--device", "cpu", "--port", "0", "--callback-url", cb.URL}, nil, io.Discard, io.Discard)
 	if code == 0 {
 		t.Error("serve exited 0 although the ready callback failed")
 	}
-	if code := runServe([]string{"--port", "70000"}, io.Discard, io.Discard); code != 2 {
+	if code := runMain([]string{"serve", "--port", "70000"}, nil, io.Discard, io.Discard); code != 2 {
 		t.Errorf("bad --port: exit %d, want 2", code)
+	}
+}
+
+// TestServeBatchedStreams is the CPU end-to-end check of continuous
+// batching: 16 (gpt2) and 64 (gpt-oss) concurrent /execute streams of
+// different prompts, seeds and lengths share the model's steps, and each
+// gives exactly the tokens it gives alone (batch invariance); one more
+// stream is cancelled mid-batch, and /metrics then shows every KV block
+// free again and the server healthy.
+func TestServeBatchedStreams(t *testing.T) {
+	for _, tc := range []struct {
+		preset  string
+		streams int
+	}{{"tiny-gpt2", 16}, {"tiny-gpt-oss", 64}} {
+		t.Run(tc.preset, func(t *testing.T) {
+			path := synthTemp(t, tc.preset, 0)
+			w := startServe(t, "--model", path, "--ctx-size", "256", "--max-active", "16", "--max-queue", "128", "--max-batch", "64")
+			body := func(i int) string {
+				return fmt.Sprintf(`{"job_id":"s%d","prompt":"Story %d: %s","max_tokens":%d,"temperature":1.2,"seed":%d}`,
+					i, i, strings.Repeat("once upon a time ", i%5), 8+i%17, 1000+i)
+			}
+			alone := make([]string, tc.streams)
+			for i := range alone {
+				alone[i] = tokensText(t, executeStream(t, w.uri, body(i), nil))
+			}
+			var wg sync.WaitGroup
+			for i := range tc.streams {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					if got := tokensText(t, executeStream(t, w.uri, strings.Replace(body(i), `"s`, `"b`, 1), nil)); got != alone[i] {
+						t.Errorf("stream %d: batched %q, alone %q", i, got, alone[i])
+					}
+				}()
+			}
+			// A long stream cancelled while the others run.
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				n := 0
+				evs := executeStream(t, w.uri, `{"job_id":"victim","prompt":"Once upon a time","max_tokens":200}`, func(ev event) {
+					if ev.name == "token" {
+						if n++; n == 5 {
+							r, err := http.Post(w.uri+"/cancel", "application/json", strings.NewReader(`{"job_id":"victim"}`))
+							if err == nil {
+								r.Body.Close()
+							}
+						}
+					}
+				})
+				if last := lastEvent(t, evs); last.data["code"] != "CANCELLED" {
+					t.Errorf("cancelled stream ended with %v", last)
+				}
+			}()
+			wg.Wait()
+
+			metrics := func() map[string]string {
+				resp, err := http.Get(w.uri + "/metrics")
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer resp.Body.Close()
+				m := map[string]string{}
+				sc := bufio.NewScanner(resp.Body)
+				for sc.Scan() {
+					if f := strings.Fields(sc.Text()); len(f) == 2 && !strings.HasPrefix(f[0], "#") {
+						m[f[0]] = f[1]
+					}
+				}
+				return m
+			}
+			deadline := time.Now().Add(10 * time.Second)
+			for m := metrics(); m["orcd_kv_blocks_used"] != "0" || m["orcd_running_sequences"] != "0"; m = metrics() {
+				if time.Now().After(deadline) {
+					t.Fatalf("blocks still used after every stream ended: %v", m)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			m := metrics()
+			if m["orcd_prefix_cache_hit_tokens_total"] == "0" {
+				t.Error("metrics: no prefix cache hits, though every prompt starts alike")
+			}
+			if single, all := m[`orcd_step_sequences_bucket{le="1"}`], m["orcd_step_sequences_count"]; single == "" || single == all {
+				t.Errorf("metrics: %s of %s steps ran one sequence: nothing was batched", single, all)
+			}
+			if _, h := getJSON(t, "GET", w.uri+"/health"); h["status"] != "ok" || h["active"] != 0.0 || h["queue_depth"] != 0.0 {
+				t.Errorf("health after the streams: %v", h)
+			}
+		})
+	}
+}
+
+// A port in use fails at once, before the model is even opened: the error
+// is the bind's, not the missing model file's.
+func TestServePortInUseFailsBeforeLoading(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+	var logs bytes.Buffer
+	code := runMain([]string{"serve", "--model", filepath.Join(t.TempDir(), "missing.gguf"), "--device", "cpu",
+		"--port", port, "--log-format", "text"}, nil, io.Discard, &logs)
+	if code != 1 || !strings.Contains(logs.String(), "address already in use") || strings.Contains(logs.String(), "missing.gguf") {
+		t.Errorf("exit %d, logs:\n%s", code, logs.String())
+	}
+}
+
+// getJSON fetches url and decodes its JSON body.
+func getJSON(t *testing.T, method, url string) (int, map[string]any) {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, strings.NewReader(`{"job_id":"j","prompt":"hi"}`))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var body map[string]any
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+		t.Fatalf("%s %s: %d, body not JSON: %v", method, url, resp.StatusCode, err)
+	}
+	return resp.StatusCode, body
+}
+
+// While the model loads, serve already listens: /health answers 503
+// "loading", the other endpoints a retriable 503 LOADING error in their
+// API's shape, and no ready callback has gone. Once loaded, /health says
+// "ok" and the callback goes.
+func TestServeAnswersLoadingUntilLoaded(t *testing.T) {
+	path := synthTemp(t, "tiny-gpt2", 0)
+	callbacks := make(chan readyCallback, 1)
+	cb := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var body readyCallback
+		json.NewDecoder(r.Body).Decode(&body)
+		callbacks <- body
+	}))
+	defer cb.Close()
+
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	mf, sf := addModelFlags(fs), addServeFlags(fs)
+	if _, err := parseArgs(fs, []string{"--model", path, "--device", "cpu", "--port", "0", "--callback-url", cb.URL}); err != nil {
+		t.Fatal(err)
+	}
+	if err := sf.resolve(fs); err != nil {
+		t.Fatal(err)
+	}
+	addrs, release := make(chan string), make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		done <- serve(mf, sf, slog.New(slog.DiscardHandler), func(addr string) {
+			addrs <- addr
+			<-release // hold the worker in its loading state
+		})
+	}()
+	base := "http://" + <-addrs
+
+	status, body := getJSON(t, "GET", base+"/health")
+	if status != http.StatusServiceUnavailable || body["status"] != "loading" {
+		t.Errorf("health while loading: %d %v", status, body)
+	}
+	status, body = getJSON(t, "POST", base+"/execute")
+	if e, _ := body["error"].(map[string]any); status != http.StatusServiceUnavailable || e["code"] != "LOADING" || e["retriable"] != true {
+		t.Errorf("execute while loading: %d %v", status, body)
+	}
+	status, body = getJSON(t, "POST", base+"/v1/chat/completions")
+	if e, _ := body["error"].(map[string]any); status != http.StatusServiceUnavailable || e["code"] != "loading" || e["message"] == "" {
+		t.Errorf("chat while loading: %d %v", status, body)
+	}
+	select {
+	case c := <-callbacks:
+		t.Fatalf("ready callback %v before the model was loaded", c)
+	default:
+	}
+
+	close(release)
+	select {
+	case c := <-callbacks:
+		if c.URI != base || c.ModelRef != path {
+			t.Errorf("ready callback %+v", c)
+		}
+	case err := <-done:
+		t.Fatalf("serve returned %v before the ready callback", err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("no ready callback within 60 s")
+	}
+	if status, body := getJSON(t, "GET", base+"/health"); status != http.StatusOK || body["status"] != "ok" {
+		t.Errorf("health once loaded: %d %v", status, body)
+	}
+	resp, err := http.Post(base+"/shutdown", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if err := <-done; err != nil {
+		t.Errorf("serve: %v", err)
+	}
+}
+
+// SIGTERM while the model loads ends serve at once, with no error.
+func TestServeSIGTERMWhileLoading(t *testing.T) {
+	path := synthTemp(t, "tiny-gpt2", 0)
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	mf, sf := addModelFlags(fs), addServeFlags(fs)
+	if _, err := parseArgs(fs, []string{"--model", path, "--device", "cpu", "--port", "0"}); err != nil {
+		t.Fatal(err)
+	}
+	sf.resolve(fs)
+	release := make(chan struct{})
+	defer close(release)
+	listening := make(chan string)
+	done := make(chan error, 1)
+	go func() {
+		done <- serve(mf, sf, slog.New(slog.DiscardHandler), func(addr string) {
+			listening <- addr
+			<-release
+		})
+	}()
+	addr := <-listening
+	syscall.Kill(syscall.Getpid(), syscall.SIGTERM)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("serve still running 10 s after SIGTERM while loading")
+	}
+	if _, err := net.Dial("tcp", addr); err == nil {
+		t.Error("still listening after serve returned")
 	}
 }

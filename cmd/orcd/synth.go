@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"flag"
 	"fmt"
-	"io"
 	"maps"
 	"math"
 	"math/rand/v2"
@@ -25,9 +24,21 @@ import (
 
 func init() {
 	register(command{
-		name:    "synth",
-		summary: "write a random-weight GGUF model of a named preset",
-		run:     runSynth,
+		name:     "synth",
+		summary:  "write a random-weight GGUF model of a named preset",
+		synopsis: "orcd synth [flags] --preset NAME -o FILE",
+		details: `Writes a model with the preset's shape, the real tokenizer of its family
+(GPT-2 or o200k_harmony) and uniform random weights scaled to keep
+activations finite: the text it generates is gibberish, but it exercises
+every code path at the real size. The file depends only on --preset, --seed
+and --type. It is streamed to disk and appears under its name only when
+complete.`,
+		examples: []string{
+			"orcd synth --preset tiny-gpt2 -o tiny-gpt2.gguf",
+			"orcd synth --preset gpt2-124m --type F16 -o gpt2-124m-f16.gguf",
+			"orcd synth --preset gpt-oss-20b --seed 2 -o gpt-oss-20b.gguf",
+		},
+		setup: setupSynth,
 	})
 }
 
@@ -62,9 +73,9 @@ var synthPresets = map[string]synthPreset{
 		ropeBase: 150000, yarnFactor: 32, yarnOrig: 4096},
 }
 
-// presetNames lists the presets for help and error messages.
-func presetNames() string {
-	return strings.Join(slices.Sorted(maps.Keys(synthPresets)), ", ")
+// presetNames lists the presets, sorted.
+func presetNames() []string {
+	return slices.Sorted(maps.Keys(synthPresets))
 }
 
 // synthTensor is one tensor to generate: uniform random values of standard
@@ -203,7 +214,7 @@ type synthOptions struct {
 func synthesize(ctx context.Context, path string, o synthOptions) error {
 	p, ok := synthPresets[o.preset]
 	if !ok {
-		return fmt.Errorf("unknown preset %q (have %s)", o.preset, presetNames())
+		return fmt.Errorf("unknown preset %q (have %s)", o.preset, strings.Join(presetNames(), ", "))
 	}
 	ty := synthTypes{matrix: tensor.Q8_0, experts: tensor.MXFP4}
 	if o.typ != "" {
@@ -236,8 +247,8 @@ func synthesize(ctx context.Context, path string, o synthOptions) error {
 		total += size
 	}
 
-	// A unique temporary name: two processes synthesizing the same default
-	// model must not write into one file.
+	// A unique temporary name: two processes synthesizing the same path
+	// must not write into one file.
 	f, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".*.tmp")
 	if err != nil {
 		return err
@@ -400,35 +411,40 @@ func randomMXFP4(r *rand.Rand, n int64, std float32) []byte {
 	return out
 }
 
-func runSynth(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("synth", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	preset := fs.String("preset", "", "model preset: "+presetNames())
-	out := fs.String("o", "", "output GGUF path")
+// synthTypeNames are the types --type accepts: those tensor can quantize to.
+func synthTypeNames() []string {
+	var names []string
+	for _, t := range tensor.Types() {
+		if tensor.CanQuantize(t) {
+			names = append(names, t.String())
+		}
+	}
+	return names
+}
+
+func setupSynth(fs *flag.FlagSet) func(*env) int {
+	preset := choiceFlag(fs, "preset", "", presetNames(), "model preset")
+	out := fs.String("o", "", "output GGUF `FILE`")
 	seed := fs.Uint64("seed", 1, "random seed (the same seed gives the same file)")
-	typ := fs.String("type", "", "store every weight matrix as this type (F32, F16, BF16, Q8_0, MXFP4); default: Q8_0 matrices and MXFP4 experts")
-	workers := fs.Int("threads", 0, "generator threads (0: one per CPU)")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	typ := choiceFlag(fs, "type", "", synthTypeNames(), "store every weight matrix as this type (default: Q8_0 matrices and MXFP4 experts)")
+	workers := numFlag(fs, "threads", 0, 0, noMax, "generator threads (0: one per CPU)")
+	return func(e *env) int {
+		if *preset == "" || *out == "" {
+			return e.usageError("need --preset and -o")
+		}
+		start := time.Now()
+		err := synthesize(context.Background(), *out, synthOptions{
+			preset: *preset, seed: *seed, typ: *typ, workers: *workers,
+			progress: progressLine(e.stderr, "synth "+*preset),
+		})
+		if err != nil {
+			return e.fail(err)
+		}
+		st, err := os.Stat(*out)
+		if err != nil {
+			return e.fail(err)
+		}
+		fmt.Fprintf(e.stdout, "wrote %s: preset %s, seed %d, %s in %.1f s\n", *out, *preset, *seed, humanBytes(st.Size()), time.Since(start).Seconds())
+		return 0
 	}
-	if *preset == "" || *out == "" || fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "orcd synth: need --preset and -o (presets: %s)\n", presetNames())
-		return 2
-	}
-	start := time.Now()
-	err := synthesize(context.Background(), *out, synthOptions{
-		preset: *preset, seed: *seed, typ: *typ, workers: *workers,
-		progress: progressLine(stderr, "synth "+*preset),
-	})
-	if err != nil {
-		fmt.Fprintf(stderr, "orcd synth: %v\n", err)
-		return 1
-	}
-	st, err := os.Stat(*out)
-	if err != nil {
-		fmt.Fprintf(stderr, "orcd synth: %v\n", err)
-		return 1
-	}
-	fmt.Fprintf(stdout, "wrote %s: preset %s, seed %d, %s in %.1f s\n", *out, *preset, *seed, humanBytes(st.Size()), time.Since(start).Seconds())
-	return 0
 }

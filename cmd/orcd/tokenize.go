@@ -3,31 +3,23 @@ package main
 import (
 	"bufio"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"os"
 	"strconv"
 	"strings"
 
+	"orcd/demo"
 	"orcd/gguf"
 	"orcd/tokenizer"
 )
 
 func init() {
 	register(command{
-		name:    "tokenize",
-		summary: "encode text to token ids, or decode ids to text",
-		run: func(args []string, stdout, stderr io.Writer) int {
-			return runTokenize(args, os.Stdin, stdout, stderr)
-		},
-	})
-}
-
-const tokenizeUsage = `Usage: orcd tokenize (--model F.gguf | --tokenizer tokenizer.json | --vocab NAME) [flags] [TEXT...]
-
-Encodes each TEXT argument and prints its ids as a JSON array, then one line
+		name:     "tokenize",
+		summary:  "encode text to token ids, or decode ids to text",
+		synopsis: "orcd tokenize [--model FILE | --tokenizer FILE | --vocab NAME] [flags] [TEXT...]",
+		details: `Encodes each TEXT argument and prints its ids as a JSON array, then one line
 per token: the id and the token's text (Go-quoted; a token may hold part of a
 UTF-8 character). Special-token text such as <|start|> is encoded as plain
 text unless --parse-special is given.
@@ -39,70 +31,76 @@ text unless --parse-special is given.
              string
 
 With --model, a tokenizer.json beside the model is preferred to the GGUF's
-own vocabulary, as when serving.
+own vocabulary, as when serving. Without --model, --tokenizer or --vocab,
+the built-in model's vocabulary (gpt2) is used, as run and serve use the
+built-in model.
+A TEXT that begins with a dash goes after --.`,
+		examples: []string{
+			`orcd tokenize "Hello, world"`,
+			`orcd tokenize --vocab gpt2 "Hello, world" " and more"`,
+			`orcd tokenize --model gpt2.gguf --decode "[15496, 11, 995]"`,
+			`orcd tokenize --vocab o200k_harmony --parse-special "<|start|>user"`,
+			`orcd tokenize --vocab gpt2 -- "-not a flag"`,
+		},
+		args:  "[TEXT...]",
+		setup: setupTokenize,
+	})
+}
 
-Flags:
-`
-
-func runTokenize(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("tokenize", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	modelPath := fs.String("model", "", "GGUF model whose tokenizer to use")
-	tokPath := fs.String("tokenizer", "", "HF tokenizer.json to use")
-	vocab := fs.String("vocab", "", `embedded vocabulary to use: "gpt2" or "o200k_harmony"`)
+func setupTokenize(fs *flag.FlagSet) func(*env) int {
+	modelPath := fs.String("model", "", "GGUF model `FILE` whose tokenizer to use")
+	tokPath := fs.String("tokenizer", "", "HF tokenizer.json `FILE` to use")
+	vocab := choiceFlag(fs, "vocab", "", []string{tokenizer.VocabGPT2, tokenizer.VocabO200kHarmony}, "embedded vocabulary to use")
 	jsonl := fs.Bool("jsonl", false, "read JSON strings from stdin, one per line; print id arrays")
 	decode := fs.Bool("decode", false, "decode JSON arrays of ids to JSON strings")
 	parseSpecial := fs.Bool("parse-special", false, "encode special-token text (<|start|>) as special tokens")
-	printUsage := func(w io.Writer) {
-		fmt.Fprint(w, tokenizeUsage)
-		fs.SetOutput(w)
-		fs.PrintDefaults()
-		fs.SetOutput(io.Discard)
-	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			printUsage(stdout)
-			return 0
+	lf := addLogFlags(fs, "text")
+	return func(e *env) int {
+		if *vocab != "" && (*modelPath != "" || *tokPath != "") {
+			return e.usageError("--vocab excludes --model and --tokenizer")
 		}
-		fmt.Fprintf(stderr, "orcd tokenize: %v\n", err)
-		printUsage(stderr)
-		return 2
-	}
-	sources := 0
-	for _, s := range []string{*modelPath, *tokPath, *vocab} {
-		if s != "" {
-			sources++
+		if *jsonl && (*decode || len(e.args) > 0) {
+			return e.usageError("--jsonl reads stdin only and excludes --decode")
 		}
+		if !*jsonl && !*decode && len(e.args) == 0 {
+			return e.usageError("no TEXT to encode (or use --jsonl)")
+		}
+		if *modelPath == "" && *tokPath == "" && *vocab == "" {
+			lf.logger(e.stderr).Info("no --model, --tokenizer or --vocab given; using the built-in model's vocabulary", "model", demo.Name, "vocab", demo.Vocab)
+			*vocab = demo.Vocab
+		}
+		tk, err := openTokenizer(*modelPath, *tokPath, *vocab)
+		if err != nil {
+			return e.fail(err)
+		}
+		if err := tokenizeWith(e, tk, *jsonl, *decode, *parseSpecial); err != nil {
+			return e.fail(err)
+		}
+		return 0
 	}
-	if sources == 0 || (*vocab != "" && sources > 1) || (*jsonl && (*decode || fs.NArg() > 0)) {
-		fmt.Fprintf(stderr, "orcd tokenize: give --model and/or --tokenizer, or --vocab; --jsonl reads stdin only and excludes --decode\n")
-		printUsage(stderr)
-		return 2
-	}
-	tk, err := openTokenizer(*modelPath, *tokPath, *vocab)
-	if err != nil {
-		fmt.Fprintf(stderr, "orcd tokenize: %s\n", strings.ReplaceAll(err.Error(), "\n", `\n`))
-		return 1
-	}
+}
+
+// tokenizeWith runs the mode the flags chose with tk.
+func tokenizeWith(e *env, tk *tokenizer.Tokenizer, jsonl, decode, parseSpecial bool) error {
 	encode := tk.Encode
-	if *parseSpecial {
+	if parseSpecial {
 		encode = tk.EncodeSpecial
 	}
-	out := bufio.NewWriter(stdout)
+	out := bufio.NewWriter(e.stdout)
 	defer out.Flush()
 	enc := json.NewEncoder(out)
 	enc.SetEscapeHTML(false) // print <|start|>, not \u003c|start|\u003e
 
 	switch {
-	case *jsonl:
-		err = eachLine(stdin, func(n int, line string) error {
+	case jsonl:
+		return eachLine(e.stdin, func(n int, line string) error {
 			var text string
 			if err := json.Unmarshal([]byte(line), &text); err != nil {
 				return fmt.Errorf("stdin line %d: want a JSON string: %v", n, err)
 			}
 			return enc.Encode(encode(text))
 		})
-	case *decode:
+	case decode:
 		decodeOne := func(where, line string) error {
 			var ids []int32
 			if err := json.Unmarshal([]byte(line), &ids); err != nil {
@@ -115,38 +113,28 @@ func runTokenize(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			}
 			return enc.Encode(tk.Decode(ids))
 		}
-		if fs.NArg() > 0 {
-			for i, a := range fs.Args() {
-				if err = decodeOne("argument "+strconv.Itoa(i+1), a); err != nil {
-					break
-				}
-			}
-		} else {
-			err = eachLine(stdin, func(n int, line string) error {
+		if len(e.args) == 0 {
+			return eachLine(e.stdin, func(n int, line string) error {
 				return decodeOne("stdin line "+strconv.Itoa(n), line)
 			})
 		}
-	default:
-		if fs.NArg() == 0 {
-			fmt.Fprintf(stderr, "orcd tokenize: no TEXT to encode (or use --jsonl)\n")
-			return 2
-		}
-		for _, text := range fs.Args() {
-			ids := encode(text)
-			if err = enc.Encode(ids); err != nil {
-				break
-			}
-			for _, id := range ids {
-				fmt.Fprintf(out, "%d\t%s\n", id, strconv.Quote(tk.TokenText(id)))
+		for i, a := range e.args {
+			if err := decodeOne("argument "+strconv.Itoa(i+1), a); err != nil {
+				return err
 			}
 		}
+		return nil
 	}
-	if err != nil {
-		out.Flush()
-		fmt.Fprintf(stderr, "orcd tokenize: %v\n", err)
-		return 1
+	for _, text := range e.args {
+		ids := encode(text)
+		if err := enc.Encode(ids); err != nil {
+			return err
+		}
+		for _, id := range ids {
+			fmt.Fprintf(out, "%d\t%s\n", id, strconv.Quote(tk.TokenText(id)))
+		}
 	}
-	return 0
+	return nil
 }
 
 // openTokenizer loads the tokenizer the flags name.

@@ -13,7 +13,7 @@ import (
 func tokenize(t *testing.T, stdin string, args ...string) (stdout, stderr string, rc int) {
 	t.Helper()
 	var out, errOut bytes.Buffer
-	rc = runTokenize(args, strings.NewReader(stdin), &out, &errOut)
+	rc = runMain(append([]string{"tokenize"}, args...), strings.NewReader(stdin), &out, &errOut)
 	return out.String(), errOut.String(), rc
 }
 
@@ -79,20 +79,50 @@ func TestTokenizeTokenizerJSON(t *testing.T) {
 }
 
 func TestTokenizeUsageErrors(t *testing.T) {
-	for _, args := range [][]string{
-		{"hello"},           // no tokenizer
-		{"--vocab", "gpt2"}, // no text
-		{"--vocab", "gpt2", "--jsonl", "--decode"}, // exclusive
-		{"--vocab", "gpt2", "--model", "x.gguf", "hi"},
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--vocab", "gpt2"}, "no TEXT to encode"},
+		{[]string{"--vocab", "gpt2", "--jsonl", "--decode"}, "--jsonl reads stdin only and excludes --decode"},
+		{[]string{"--vocab", "gpt2", "--jsonl", "hi"}, "--jsonl reads stdin only"},
+		{[]string{"--vocab", "gpt2", "--model", "x.gguf", "hi"}, "--vocab excludes --model and --tokenizer"},
+		{[]string{"--vocab", "nope", "hi"}, `invalid value "nope" for --vocab: want gpt2 or o200k_harmony`},
+		{[]string{"hi", "--vocab"}, "flag --vocab needs a value"},
+		{[]string{"--vocab", "gpt2", "-x"}, `unknown flag "-x" (an argument that begins with a dash goes after --)`},
 	} {
-		if _, _, rc := tokenize(t, "", args...); rc != 2 {
-			t.Errorf("%v: rc %d, want 2", args, rc)
+		if _, errOut, rc := tokenize(t, "", c.args...); rc != 2 || !strings.Contains(errOut, c.want) {
+			t.Errorf("%v: rc %d, stderr %q; want 2 and %q", c.args, rc, errOut, c.want)
 		}
 	}
 	if _, errOut, rc := tokenize(t, "", "--model", "/nonexistent/m.gguf", "hi"); rc != 1 || !strings.Contains(errOut, "m.gguf") {
 		t.Errorf("missing model: rc %d, stderr %q", rc, errOut)
 	}
-	if _, errOut, rc := tokenize(t, "", "--vocab", "nope", "hi"); rc != 1 || !strings.Contains(errOut, "nope") {
-		t.Errorf("unknown vocab: rc %d, stderr %q", rc, errOut)
+}
+
+// Flags may follow the text, and "--" makes text of what looks like a flag.
+func TestTokenizeFlagsAfterText(t *testing.T) {
+	// GPT-2 ids as tiktoken gives them (tokenizer/testdata/conformance.json.gz).
+	out, errOut, rc := tokenize(t, "", "Hello world", "--vocab", "gpt2")
+	if rc != 0 || !strings.HasPrefix(out, "[15496,995]\n") {
+		t.Errorf("rc %d, stdout %q, stderr %q", rc, out, errOut)
+	}
+	out, errOut, rc = tokenize(t, "", "--vocab", "gpt2", "--", "-42")
+	if rc != 0 || !strings.HasPrefix(out, "[12,3682]\n") {
+		t.Errorf("after --: rc %d, stdout %q, stderr %q", rc, out, errOut)
+	}
+}
+
+// Without --model, --tokenizer or --vocab, tokenize uses the built-in
+// model's vocabulary (GPT-2's), as run and serve use the built-in model;
+// it needs no model file, so it works in a nodemo build too.
+func TestTokenizeDefaultModel(t *testing.T) {
+	out, errOut, rc := tokenize(t, "", "Hello world")
+	// GPT-2 ids as tiktoken gives them (tokenizer/testdata/conformance.json.gz).
+	if rc != 0 || out != "[15496,995]\n15496\t\"Hello\"\n995\t\" world\"\n" {
+		t.Fatalf("rc %d, stdout %q, stderr %q", rc, out, errOut)
+	}
+	if !strings.Contains(errOut, "built-in model's vocabulary") || !strings.Contains(errOut, "vocab=gpt2") {
+		t.Errorf("stderr does not say which vocabulary was used: %q", errOut)
 	}
 }

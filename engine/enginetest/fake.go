@@ -15,6 +15,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"orcd/backend"
 	"orcd/engine"
 	"orcd/model"
 )
@@ -120,64 +121,92 @@ func (d *decoder) complete(final bool) string {
 	return string(out)
 }
 
-// Model is a fake model.Model over the fake vocabulary.
+// Model is a fake model.Model over the fake vocabulary. Its KV pool stores
+// tokens instead of keys and values: a step writes each chunk's tokens into
+// the blocks its tables name and reads the sequence's history back through
+// them, so a mistake in block bookkeeping (a block shared or reused while
+// in use, a missing entry) changes the output or fails the step.
 type Model struct {
 	// Next, when set, picks the token to make certain given the sequence so
 	// far; otherwise the logits are a fixed pseudo-random function of the
-	// last token and the position.
+	// whole sequence.
 	Next func(history []int32) int32
-	// Delay is added to every Forward call.
+	// Delay is added to every Step call.
 	Delay time.Duration
 	// Ctx is the context length reported in Config (default 512).
 	Ctx int
-	// FailAfter makes Forward fail once this many calls have run (0: never).
+	// MaxBatch is the most tokens a step takes (default 512).
+	MaxBatch int
+	// Windows are the KV layout's layers (default one full-attention
+	// layer); a sliding window only checks that its blocks are there.
+	Windows []int
+	// FailAfter makes Step fail once this many calls have run (0: never).
 	FailAfter int64
-	// Fail, when set, is asked before each Forward with the call's number
+	// Fail, when set, is asked before each Step with the call's number
 	// (from 1); a non-nil result fails that call alone, as a backend's
 	// out-of-memory error would.
 	Fail func(call int64) error
 
 	calls      atomic.Int64
 	running    atomic.Int32
-	MaxRunning atomic.Int32 // the most Forward calls seen running at once
+	MaxRunning atomic.Int32 // the most Step calls seen running at once
 	mu         sync.Mutex
-	liveCaches int
+	livePools  int
+	// StepSizes records the tokens of every step, when not nil.
+	StepSizes chan int
 }
 
 var _ model.Model = (*Model)(nil)
 
 // Config describes the fake model.
 func (m *Model) Config() model.Config {
-	ctx := m.Ctx
+	ctx, batch := m.Ctx, m.MaxBatch
 	if ctx == 0 {
 		ctx = 512
 	}
-	return model.Config{Arch: "fake", Name: "fake", VocabSize: VocabSize, ContextLength: ctx, Layers: 1, Hidden: 8}
+	if batch == 0 {
+		batch = 512
+	}
+	return model.Config{Arch: "fake", Name: "fake", VocabSize: VocabSize, ContextLength: ctx, Layers: 1, Hidden: 8, MaxBatch: batch}
 }
 
-// NewCache returns a cache of ctx tokens.
-func (m *Model) NewCache(ctx int) (model.Cache, error) {
-	if ctx <= 0 {
-		return nil, fmt.Errorf("enginetest: cache size %d", ctx)
+// KVLayout is one full-attention layer unless Windows says otherwise.
+func (m *Model) KVLayout() model.KVLayout {
+	w := m.Windows
+	if w == nil {
+		w = []int{0}
+	}
+	return model.KVLayout{Windows: w, Cols: 1}
+}
+
+// NewKV returns a pool that stores tokens.
+func (m *Model) NewKV(blocks, blockSize int) (model.KV, error) {
+	if blocks < 1 || blockSize < 1 {
+		return nil, fmt.Errorf("enginetest: pool of %d blocks of %d", blocks, blockSize)
 	}
 	m.mu.Lock()
-	m.liveCaches++
+	m.livePools++
 	m.mu.Unlock()
-	return &Cache{m: m, cap: ctx}, nil
+	groups := m.KVLayout().Groups()
+	p := &Pool{m: m, bs: blockSize, groups: groups, tokens: make([][]int32, len(groups))}
+	for g := range groups {
+		p.tokens[g] = make([]int32, blocks*blockSize)
+	}
+	return p, nil
 }
 
-// LiveCaches is the number of caches allocated and not freed.
-func (m *Model) LiveCaches() int {
+// LivePools is the number of KV pools allocated and not freed.
+func (m *Model) LivePools() int {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.liveCaches
+	return m.livePools
 }
 
-// Calls is the number of Forward calls so far.
+// Calls is the number of Step calls so far.
 func (m *Model) Calls() int64 { return m.calls.Load() }
 
-// Forward appends tokens to the cache and returns the last token's logits.
-func (m *Model) Forward(c model.Cache, tokens []int32, all bool) ([]float32, error) {
+// Step stores the chunks' tokens and returns the logits they ask for.
+func (m *Model) Step(kv model.KV, b *model.Batch) (model.Logits, error) {
 	n := m.running.Add(1)
 	defer m.running.Add(-1)
 	for {
@@ -198,15 +227,46 @@ func (m *Model) Forward(c model.Cache, tokens []int32, all bool) ([]float32, err
 			return nil, err
 		}
 	}
-	fc := c.(*Cache)
-	if len(fc.tokens)+len(tokens) > fc.cap {
-		return nil, fmt.Errorf("enginetest: %d tokens do not fit a cache of %d holding %d", len(tokens), fc.cap, len(fc.tokens))
+	p := kv.(*Pool)
+	if p.freed {
+		return nil, errors.New("enginetest: step on a freed pool")
 	}
-	if all {
-		return nil, errors.New("enginetest: all-token logits not supported")
+	total := 0
+	var out []float32
+	rows := 0
+	for c, ch := range b.Chunks {
+		total += len(ch.Tokens)
+		history, err := p.store(ch)
+		if err != nil {
+			return nil, fmt.Errorf("enginetest: chunk %d: %w", c, err)
+		}
+		for i := range ch.Tokens {
+			if ch.Logits == model.AllLogits || ch.Logits == model.LastLogits && i == len(ch.Tokens)-1 {
+				out = append(out, m.logits(history[:ch.Pos+i+1])...)
+				rows++
+			}
+		}
 	}
-	fc.tokens = append(fc.tokens, tokens...)
-	return m.logits(fc.tokens), nil
+	if total == 0 || total > m.Config().MaxBatch {
+		return nil, fmt.Errorf("enginetest: %d tokens in a step", total)
+	}
+	if m.StepSizes != nil {
+		select {
+		case m.StepSizes <- total:
+		default:
+		}
+	}
+	return &hostLogits{rows: rows, data: out}, nil
+}
+
+// Forward is not used by the engine; the fake has no per-sequence caches.
+func (m *Model) Forward(model.Cache, []int32, bool) ([]float32, error) {
+	return nil, errors.New("enginetest: Forward is not supported")
+}
+
+// NewCache is not supported by the fake.
+func (m *Model) NewCache(int) (model.Cache, error) {
+	return nil, errors.New("enginetest: NewCache is not supported")
 }
 
 // logits returns the next-token logits after history.
@@ -220,8 +280,9 @@ func (m *Model) logits(history []int32) []float32 {
 		return out
 	}
 	h := fnv.New64a()
-	last := history[len(history)-1]
-	fmt.Fprintf(h, "%d/%d", last, len(history))
+	for _, t := range history {
+		h.Write([]byte{byte(t), byte(t >> 8)})
+	}
 	state := h.Sum64()
 	for i := range out {
 		state = state*6364136223846793005 + 1442695040888963407
@@ -237,32 +298,89 @@ func (m *Model) logits(history []int32) []float32 {
 // Close does nothing.
 func (m *Model) Close() error { return nil }
 
-// Cache is the fake KV cache: it remembers the tokens.
-type Cache struct {
+// Pool is the fake KV pool: per group, a token per cache row.
+type Pool struct {
 	m      *Model
-	cap    int
-	tokens []int32
+	bs     int
+	groups []model.KVGroup
+	tokens [][]int32
 	freed  bool
 }
 
-// Len is the number of tokens stored.
-func (c *Cache) Len() int { return len(c.tokens) }
+// BlockSize is the tokens per block.
+func (p *Pool) BlockSize() int { return p.bs }
 
-// Cap is the capacity.
-func (c *Cache) Cap() int { return c.cap }
+// Blocks is the number of blocks.
+func (p *Pool) Blocks() int { return len(p.tokens[0]) / p.bs }
 
-// Reset forgets the tokens.
-func (c *Cache) Reset() { c.tokens = c.tokens[:0] }
+// Groups are the layout's groups.
+func (p *Pool) Groups() []model.KVGroup { return p.groups }
 
-// Free releases the cache.
-func (c *Cache) Free() {
-	if c.freed {
+// Free releases the pool.
+func (p *Pool) Free() {
+	if p.freed {
 		return
 	}
-	c.freed = true
-	c.m.mu.Lock()
-	c.m.liveCaches--
-	c.m.mu.Unlock()
+	p.freed = true
+	p.m.mu.Lock()
+	p.m.livePools--
+	p.m.mu.Unlock()
+}
+
+// store writes ch's tokens through its tables and returns the sequence's
+// tokens up to the chunk's end, read back through the first full-attention
+// group's table; every sliding group must hold its window.
+func (p *Pool) store(ch model.Chunk) ([]int32, error) {
+	end := ch.Pos + len(ch.Tokens)
+	row := func(g, pos int) (int, error) {
+		t := ch.Tables[g]
+		if pos/p.bs >= len(t) || t[pos/p.bs] < 0 || int(t[pos/p.bs]) >= p.Blocks() {
+			return 0, fmt.Errorf("group %d has no block for position %d (table %v)", g, pos, t)
+		}
+		return int(t[pos/p.bs])*p.bs + pos%p.bs, nil
+	}
+	for g := range p.groups {
+		for i, tok := range ch.Tokens {
+			r, err := row(g, ch.Pos+i)
+			if err != nil {
+				return nil, err
+			}
+			p.tokens[g][r] = tok
+		}
+	}
+	history := make([]int32, end)
+	for pos := range history {
+		r, err := row(0, pos)
+		if err != nil {
+			return nil, err
+		}
+		history[pos] = p.tokens[0][r]
+	}
+	for g, grp := range p.groups {
+		for pos := max(0, ch.Pos-grp.Window+1); grp.Window > 0 && pos < end; pos++ {
+			r, err := row(g, pos)
+			if err != nil {
+				return nil, err
+			}
+			if p.tokens[g][r] != history[pos] {
+				return nil, fmt.Errorf("group %d holds token %d at position %d, the sequence has %d", g, p.tokens[g][r], pos, history[pos])
+			}
+		}
+	}
+	return history, nil
+}
+
+// hostLogits are logits computed on the host.
+type hostLogits struct {
+	rows int
+	data []float32
+}
+
+func (l *hostLogits) Rows() int                { return l.rows }
+func (l *hostLogits) Tensor() backend.Tensor   { return nil }
+func (l *hostLogits) Read(dst []float32) error { copy(dst, l.data); return nil }
+func (l *hostLogits) Sample([]backend.SampleParams, []int32) (bool, error) {
+	return false, nil
 }
 
 // Script returns a Next function that makes the model generate script after
@@ -288,15 +406,16 @@ func TextScript(text string) func([]int32) int32 {
 	return Script(Tokenizer{}.Encode(text))
 }
 
-// FixedModel is a model.Model whose Forward does no work and returns the
-// same Logits slice every call, so that a benchmark of the engine measures
-// the per-token work on the host alone (sampling, detokenizing, stop
-// matching) at a realistic vocabulary size.
+// FixedModel is a model.Model whose Step does no work and returns the same
+// Logits for every row, so that a benchmark of the engine measures the
+// per-token work on the host alone (sampling, detokenizing, stop matching)
+// at a realistic vocabulary size.
 type FixedModel struct {
-	// Logits are returned by every Forward; their length is the vocabulary.
+	// Logits are returned for every row; their length is the vocabulary.
 	Logits []float32
 	// Ctx is the context length reported in Config (default 4096).
-	Ctx int
+	Ctx   int
+	inner Model
 }
 
 var _ model.Model = (*FixedModel)(nil)
@@ -307,37 +426,58 @@ func (m *FixedModel) Config() model.Config {
 	if ctx == 0 {
 		ctx = 4096
 	}
-	return model.Config{Arch: "fixed", Name: "fixed", VocabSize: len(m.Logits), ContextLength: ctx, Layers: 1, Hidden: 8}
+	return model.Config{Arch: "fixed", Name: "fixed", VocabSize: len(m.Logits), ContextLength: ctx, Layers: 1, Hidden: 8, MaxBatch: 512}
 }
 
-// NewCache returns a cache that counts tokens.
-func (m *FixedModel) NewCache(ctx int) (model.Cache, error) {
-	if ctx <= 0 {
-		return nil, fmt.Errorf("enginetest: cache size %d", ctx)
-	}
-	return &countingCache{cap: ctx}, nil
+// KVLayout is one full-attention layer.
+func (m *FixedModel) KVLayout() model.KVLayout { return m.inner.KVLayout() }
+
+// NewKV returns a pool that stores tokens.
+func (m *FixedModel) NewKV(blocks, blockSize int) (model.KV, error) {
+	return m.inner.NewKV(blocks, blockSize)
 }
 
-// Forward advances the cache and returns Logits.
-func (m *FixedModel) Forward(c model.Cache, tokens []int32, all bool) ([]float32, error) {
-	cc := c.(*countingCache)
-	if all {
-		return nil, errors.New("enginetest: all-token logits not supported")
+// Step returns Logits for every row that asks for logits.
+func (m *FixedModel) Step(kv model.KV, b *model.Batch) (model.Logits, error) {
+	rows := 0
+	for _, ch := range b.Chunks {
+		switch ch.Logits {
+		case model.LastLogits:
+			rows++
+		case model.AllLogits:
+			rows += len(ch.Tokens)
+		}
 	}
-	if cc.n+len(tokens) > cc.cap {
-		return nil, fmt.Errorf("enginetest: %d tokens do not fit a cache of %d holding %d", len(tokens), cc.cap, cc.n)
-	}
-	cc.n += len(tokens)
-	return m.Logits, nil
+	return &fixedLogits{rows: rows, row: m.Logits}, nil
+}
+
+// Forward is not supported.
+func (m *FixedModel) Forward(model.Cache, []int32, bool) ([]float32, error) {
+	return nil, errors.New("enginetest: Forward is not supported")
+}
+
+// NewCache is not supported.
+func (m *FixedModel) NewCache(int) (model.Cache, error) {
+	return nil, errors.New("enginetest: NewCache is not supported")
 }
 
 // Close does nothing.
 func (m *FixedModel) Close() error { return nil }
 
-// countingCache is FixedModel's cache: only a length.
-type countingCache struct{ n, cap int }
+// fixedLogits are rows copies of one row.
+type fixedLogits struct {
+	rows int
+	row  []float32
+}
 
-func (c *countingCache) Len() int { return c.n }
-func (c *countingCache) Cap() int { return c.cap }
-func (c *countingCache) Reset()   { c.n = 0 }
-func (c *countingCache) Free()    {}
+func (l *fixedLogits) Rows() int              { return l.rows }
+func (l *fixedLogits) Tensor() backend.Tensor { return nil }
+func (l *fixedLogits) Sample([]backend.SampleParams, []int32) (bool, error) {
+	return false, nil
+}
+func (l *fixedLogits) Read(dst []float32) error {
+	for i := range l.rows {
+		copy(dst[i*len(l.row):], l.row)
+	}
+	return nil
+}

@@ -1,5 +1,10 @@
-// Attention over K/V caches of f16 or f32, split along the keys
-// (flash-decoding).
+// Attention over paged K/V caches of f16 or f32, split along the keys
+// (flash-decoding), for the rows of a batch of sequences.
+//
+// Key position j of a sequence lives in cache row table[j/bs]*bs + j%bs,
+// table being the sequence's row of the block table (maxblocks entries);
+// seq[r] names the sequence of query row r, and a sequence's rows are
+// consecutive.
 //
 // attn_partial: block (head group, R query rows, split). Each warp is one
 // query head; the warps of a block share one KV head (GQA), so they read the same
@@ -23,15 +28,33 @@ __device__ __forceinline__ float kv_get(const float* p, i64 i) { return p[i]; }
 // different keys with 16-byte loads hit different banks) and its 32 values.
 #define ATT_KROW(dim) ((dim) + 4)
 
+// kv_row maps key position key of the sequence whose block table row is
+// tbl to its cache row (paged cache: see backend.AttentionParams).
+__device__ __forceinline__ i64 kv_row(const int* tbl, int key, int bs) {
+    return (i64)tbl[key / bs] * bs + key % bs;
+}
+
+// seg_end returns the end of the run of rows from r on (below end) that
+// belong to the same sequence as row r. Every thread of a block computes
+// the same runs, so loops over them are uniform.
+__device__ __forceinline__ int seg_end(const int* seq, int r, int end) {
+    int s = seq[r], e = r + 1;
+    while (e < end && seq[e] == s) e++;
+    return e;
+}
+
 // attn_partial_impl: block (KV head × head group, R consecutive query rows,
 // split). Each warp is one query head and keeps R rows' running softmax
 // state, so one staged key/value tile serves R rows (prefill) and every
-// head of the group (GQA). The block's key range is the union of its rows'
-// visible ranges; each row masks the keys outside its own.
+// head of the group (GQA). The block's rows may belong to several
+// sequences: it takes each run of rows of one sequence in turn, over the
+// union of that run's visible keys, read through that sequence's block
+// table; each row masks the keys outside its own range (and all keys in
+// the other runs' passes).
 template <typename KT, int R, int PER>
-__device__ void attn_partial_impl(const float* q, const KT* kc, const KT* vc, const int* pos, int n, int heads,
-                                  int kvheads, int dim, float scale, int window, int cap, int hgroups, float* pm,
-                                  float* pl, float* pacc) {
+__device__ void attn_partial_impl(const float* q, const KT* kc, const KT* vc, const int* pos, const int* seq,
+                                  const int* table, int n, int heads, int kvheads, int dim, float scale, int window,
+                                  int bs, int maxblocks, int hgroups, float* pm, float* pl, float* pacc) {
     extern __shared__ float sm[];
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     int group = heads / kvheads;
@@ -46,7 +69,6 @@ __device__ void attn_partial_impl(const float* q, const KT* kc, const KT* vc, co
     float* Vs = Ks + 32 * krow;
 
     int rlo[R], rhi[R]; // each row's visible keys rlo..rhi (empty for rows past n)
-    int ulo = 0x7fffffff, uhi = -1;
 #pragma unroll
     for (int r = 0; r < R; r++) {
         rlo[r] = 0;
@@ -55,15 +77,10 @@ __device__ void attn_partial_impl(const float* q, const KT* kc, const KT* vc, co
             int p = pos[row0 + r];
             rlo[r] = window > 0 ? max(0, p - window + 1) : 0;
             rhi[r] = p;
-            ulo = min(ulo, rlo[r]);
-            uhi = max(uhi, p);
         }
         for (int d = lane; d < dim; d += 32)
             qw[r * dim + d] = active && row0 + r < n ? q[((i64)(row0 + r) * heads + h) * dim + d] * scale : 0.f;
     }
-    int len = uhi - ulo + 1;
-    int chunk = (len + splits - 1) / splits;
-    int start = ulo + split * chunk, end = min(uhi + 1, start + chunk);
 
     // PER (a template parameter, so the arrays stay in registers) bounds
     // the columns of V per lane; per is the count for this dim.
@@ -82,77 +99,94 @@ __device__ void attn_partial_impl(const float* q, const KT* kc, const KT* vc, co
     const int c0 = threadIdx.x % dim, j0 = threadIdx.x / dim, jstep = blockDim.x / dim;
     const i64 coff = (i64)kvh * dim + c0;
 
-    for (int kb = start; kb < end; kb += 32) {
-        int nk = min(32, end - kb);
-        __syncthreads(); // the previous tile is consumed (and q is written)
-        if (j0 < 32 && jstep > 0) {
-            for (int j = j0; j < 32; j += jstep) {
+    const int rend = min(row0 + R, n);
+    for (int s0 = row0; s0 < rend;) {
+        const int s1 = seg_end(seq, s0, rend);
+        const int* tbl = table + (i64)seq[s0] * maxblocks;
+        int ulo = 0x7fffffff, uhi = -1;
+#pragma unroll
+        for (int r = 0; r < R; r++)
+            if (row0 + r >= s0 && row0 + r < s1) {
+                ulo = min(ulo, rlo[r]);
+                uhi = max(uhi, rhi[r]);
+            }
+        int len = uhi - ulo + 1;
+        int chunk = (len + splits - 1) / splits;
+        int start = ulo + split * chunk, end = min(uhi + 1, start + chunk);
+
+        for (int kb = start; kb < end; kb += 32) {
+            int nk = min(32, end - kb);
+            __syncthreads(); // the previous tile is consumed (and q is written)
+            if (j0 < 32 && jstep > 0) {
+                for (int j = j0; j < 32; j += jstep) {
+                    float kv = 0.f, vv = 0.f;
+                    if (j < nk) {
+                        i64 off = kv_row(tbl, kb + j, bs) * stride + coff;
+                        kv = kv_get(kc, off);
+                        vv = kv_get(vc, off);
+                    }
+                    Ks[j * krow + c0] = kv;
+                    Vs[j * dim + c0] = vv;
+                }
+            }
+            for (int idx = threadIdx.x; jstep == 0 && idx < 32 * dim; idx += blockDim.x) {
+                // blocks narrower than a head (dim > blockDim): plain loop
+                int j = idx / dim, c = idx - j * dim;
                 float kv = 0.f, vv = 0.f;
                 if (j < nk) {
-                    int key = kb + j;
-                    i64 off = (i64)(key < cap ? key : key % cap) * stride + coff;
+                    i64 off = kv_row(tbl, kb + j, bs) * stride + kvh * dim + c;
                     kv = kv_get(kc, off);
                     vv = kv_get(vc, off);
                 }
-                Ks[j * krow + c0] = kv;
-                Vs[j * dim + c0] = vv;
+                Ks[j * krow + c] = kv;
+                Vs[j * dim + c] = vv;
             }
-        }
-        for (int idx = threadIdx.x; jstep == 0 && idx < 32 * dim; idx += blockDim.x) {
-            // blocks narrower than a head (dim > blockDim): plain loop
-            int j = idx / dim, c = idx - j * dim;
-            float kv = 0.f, vv = 0.f;
-            if (j < nk) {
-                i64 off = (i64)((kb + j) % cap) * stride + kvh * dim + c;
-                kv = kv_get(kc, off);
-                vv = kv_get(vc, off);
-            }
-            Ks[j * krow + c] = kv;
-            Vs[j * dim + c] = vv;
-        }
-        __syncthreads();
-        if (!active) continue;
-        int key = kb + lane;
-        float pk[R];
-#pragma unroll
-        for (int r = 0; r < R; r++) {
-            float s = NEG_INF;
-            if (lane < nk && key >= rlo[r] && key <= rhi[r]) {
-                const float4* kp = (const float4*)(Ks + lane * krow);
-                const float4* qp = (const float4*)(qw + r * dim);
-                float dot = 0.f;
-                for (int c = 0; c < dim / 4; c++) {
-                    float4 a = kp[c], b = qp[c];
-                    dot += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
-                }
-                s = dot;
-            }
-            float tmax = warp_max(s);
-            if (tmax == NEG_INF) { // no visible key in this tile for row r
-                pk[r] = 0.f;
-                continue;
-            }
-            float mn = fmaxf(m[r], tmax);
-            float corr = m[r] == NEG_INF ? 0.f : expf(m[r] - mn);
-            pk[r] = s == NEG_INF ? 0.f : expf(s - mn);
-            l[r] = l[r] * corr + warp_sum(pk[r]);
-#pragma unroll
-            for (int i = 0; i < PER; i++) acc[r][i] *= corr;
-            m[r] = mn;
-        }
-        for (int j = 0; j < nk; j++) {
-            const float* vp = Vs + j * dim;
-            float vj[PER];
-#pragma unroll
-            for (int i = 0; i < PER; i++) vj[i] = i < per && lane + 32 * i < dim ? vp[lane + 32 * i] : 0.f;
+            __syncthreads();
+            if (!active) continue;
+            int key = kb + lane;
+            float pk[R];
 #pragma unroll
             for (int r = 0; r < R; r++) {
-                float pj = __shfl_sync(0xffffffffu, pk[r], j);
+                float s = NEG_INF;
+                bool mine = row0 + r >= s0 && row0 + r < s1;
+                if (mine && lane < nk && key >= rlo[r] && key <= rhi[r]) {
+                    const float4* kp = (const float4*)(Ks + lane * krow);
+                    const float4* qp = (const float4*)(qw + r * dim);
+                    float dot = 0.f;
+                    for (int c = 0; c < dim / 4; c++) {
+                        float4 a = kp[c], b = qp[c];
+                        dot += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+                    }
+                    s = dot;
+                }
+                float tmax = warp_max(s);
+                if (tmax == NEG_INF) { // no visible key in this tile for row r
+                    pk[r] = 0.f;
+                    continue;
+                }
+                float mn = fmaxf(m[r], tmax);
+                float corr = m[r] == NEG_INF ? 0.f : expf(m[r] - mn);
+                pk[r] = s == NEG_INF ? 0.f : expf(s - mn);
+                l[r] = l[r] * corr + warp_sum(pk[r]);
 #pragma unroll
-                for (int i = 0; i < PER; i++)
-                    if (i < per) acc[r][i] += pj * vj[i];
+                for (int i = 0; i < PER; i++) acc[r][i] *= corr;
+                m[r] = mn;
+            }
+            for (int j = 0; j < nk; j++) {
+                const float* vp = Vs + j * dim;
+                float vj[PER];
+#pragma unroll
+                for (int i = 0; i < PER; i++) vj[i] = i < per && lane + 32 * i < dim ? vp[lane + 32 * i] : 0.f;
+#pragma unroll
+                for (int r = 0; r < R; r++) {
+                    float pj = __shfl_sync(0xffffffffu, pk[r], j);
+#pragma unroll
+                    for (int i = 0; i < PER; i++)
+                        if (i < per) acc[r][i] += pj * vj[i];
+                }
             }
         }
+        s0 = s1;
     }
     if (!active) return;
 #pragma unroll
@@ -170,12 +204,13 @@ __device__ void attn_partial_impl(const float* q, const KT* kc, const KT* vc, co
 }
 
 // Kernels attn_partial_<cache>_r<rows per block>_d<max head dim>.
-#define ATTN_PARTIAL(KT, NAME, R, D)                                                                           \
-    extern "C" __global__ void attn_partial_##NAME##_r##R##_d##D(                                               \
-        const float* q, const KT* kc, const KT* vc, const int* pos, int n, int heads, int kvheads, int dim,     \
-        float scale, int window, int cap, int hgroups, float* pm, float* pl, float* pacc) {                     \
-        attn_partial_impl<KT, R, D / 32>(q, kc, vc, pos, n, heads, kvheads, dim, scale, window, cap, hgroups, pm, \
-                                         pl, pacc);                                                             \
+#define ATTN_PARTIAL(KT, NAME, R, D)                                                                               \
+    extern "C" __global__ void attn_partial_##NAME##_r##R##_d##D(                                                   \
+        const float* q, const KT* kc, const KT* vc, const int* pos, const int* seq, const int* table, int n,        \
+        int heads, int kvheads, int dim, float scale, int window, int bs, int maxblocks, int hgroups, float* pm,    \
+        float* pl, float* pacc) {                                                                                   \
+        attn_partial_impl<KT, R, D / 32>(q, kc, vc, pos, seq, table, n, heads, kvheads, dim, scale, window, bs,     \
+                                         maxblocks, hgroups, pm, pl, pacc);                                         \
     }
 ATTN_PARTIAL(u16, f16, 1, 64)
 ATTN_PARTIAL(float, f32, 1, 64)
@@ -273,45 +308,16 @@ __device__ __forceinline__ int warp_max_i(int v) {
 
 template <typename KT>
 __device__ void attn_flash_impl(float* dst, const float* q, const KT* kc, const KT* vc, const int* pos,
-                                const float* sinks, int n, int heads, int kvheads, float scale, int window, int cap) {
+                                const int* seq, const int* table, const float* sinks, int n, int heads, int kvheads,
+                                float scale, int window, int bs, int maxblocks) {
     __shared__ __align__(16) u16 Ks[FA_KEYS * FA_LD]; // [key][dim]
     __shared__ __align__(16) u16 Vt[FA_D * FA_LD];    // [dim][key]
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3; // mma fragment coordinates
     const int h = blockIdx.x, kvh = h / (heads / kvheads);
     const int row0 = blockIdx.y * FA_ROWS, wrow = row0 + warp * 16;
-
-    // Visible keys lo..hi of this thread's two rows (g and g+8 of the
-    // warp's 16); a row past n sees none (lo > hi for every key).
-    int lo[2], hi[2];
-#pragma unroll
-    for (int i = 0; i < 2; i++) {
-        int r = wrow + g + 8 * i;
-        lo[i] = 0x7fffffff;
-        hi[i] = -1;
-        if (r < n) {
-            int p = pos[r];
-            hi[i] = p;
-            lo[i] = window > 0 ? max(0, p - window + 1) : 0;
-        }
-    }
-    // The warp's key range (to skip tiles it sees nothing of) and the
-    // block's: every warp reduces the block's 64 positions itself, so the
-    // range needs no shared memory or barrier.
-    const int wlo = warp_min_i(min(lo[0], lo[1])), whi = warp_max_i(max(hi[0], hi[1]));
-    int blo = 0x7fffffff, bhi = -1;
-#pragma unroll
-    for (int i = 0; i < 2; i++) {
-        int r = row0 + lane + 32 * i;
-        if (r < n) {
-            int p = pos[r];
-            bhi = max(bhi, p);
-            blo = min(blo, window > 0 ? max(0, p - window + 1) : 0);
-        }
-    }
-    blo = warp_min_i(blo);
-    bhi = warp_max_i(bhi);
-    if (bhi < 0) return; // no rows (uniform over the block)
+    const int rend = min(row0 + FA_ROWS, n);
+    if (row0 >= n) return; // uniform over the block
 
     // q as A fragments (rows g, g+8; dims 2t, 2t+1 and +8 of each 16),
     // scaled, in two f16 terms.
@@ -344,113 +350,155 @@ __device__ void attn_flash_impl(float* dst, const float* q, const KT* kc, const 
     const u32* ks32 = (const u32*)Ks;
     u32* vt32 = (u32*)Vt;
 
-    for (int kb = blo; kb <= bhi; kb += FA_KEYS) {
-        __syncthreads(); // every warp is done with the previous tile
-        // K: unit u is 4 dims (u & 15) of key u >> 4, so a warp reads two
-        // whole key rows. Keys past the block's range are zeros (their
-        // cache rows may hold anything, and 0 × NaN would poison P·V).
-        // V, transposed: unit u is keys 2jp, 2jp+1 (jp = u & 31) × 4 dims
-        // (u >> 5); it writes one word (the two keys' halves) into each of
-        // 4 rows of Vt, and the lanes of a warp write consecutive words.
-        // Every load of a thread is issued before its first store.
-        const int KU = FA_KEYS * FA_D / 4 / FA_THREADS, VU = FA_KEYS * FA_D / 8 / FA_THREADS;
-        uint2 kw[KU], va[VU], vb[VU];
-#pragma unroll
-        for (int it = 0; it < KU; it++) {
-            int u = threadIdx.x + it * FA_THREADS, key = kb + (u >> 4);
-            kw[it] = key <= bhi ? kv_load4(kbase, (i64)(key % cap) * stride + (u & 15) * 4) : make_uint2(0u, 0u);
-        }
-#pragma unroll
-        for (int it = 0; it < VU; it++) {
-            int u = threadIdx.x + it * FA_THREADS, key = kb + 2 * (u & 31), c = (u >> 5) * 4;
-            va[it] = key <= bhi ? kv_load4(vbase, (i64)(key % cap) * stride + c) : make_uint2(0u, 0u);
-            vb[it] = key + 1 <= bhi ? kv_load4(vbase, (i64)((key + 1) % cap) * stride + c) : make_uint2(0u, 0u);
-        }
-#pragma unroll
-        for (int it = 0; it < KU; it++) {
-            int u = threadIdx.x + it * FA_THREADS;
-            *(uint2*)(Ks + (u >> 4) * FA_LD + (u & 15) * 4) = kw[it];
-        }
-#pragma unroll
-        for (int it = 0; it < VU; it++) {
-            int u = threadIdx.x + it * FA_THREADS, jp = u & 31, c = (u >> 5) * 4;
-            vt32[(c + 0) * (FA_LD / 2) + jp] = __byte_perm(va[it].x, vb[it].x, 0x5410);
-            vt32[(c + 1) * (FA_LD / 2) + jp] = __byte_perm(va[it].x, vb[it].x, 0x7632);
-            vt32[(c + 2) * (FA_LD / 2) + jp] = __byte_perm(va[it].y, vb[it].y, 0x5410);
-            vt32[(c + 3) * (FA_LD / 2) + jp] = __byte_perm(va[it].y, vb[it].y, 0x7632);
-        }
-        __syncthreads();
-        if (kb > whi || kb + FA_KEYS - 1 < wlo) continue; // nothing visible to this warp's rows
-
-        // Scores: s[j] is keys 8j..8j+7 (C fragment: rows g, g+8; keys 2t, 2t+1).
-        float s[8][4];
-#pragma unroll
-        for (int j = 0; j < 8; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) s[j][e] = 0.f;
-#pragma unroll
-        for (int kk = 0; kk < 4; kk++) {
-#pragma unroll
-            for (int j = 0; j < 8; j++) {
-                const u32* kp = ks32 + (8 * j + g) * (FA_LD / 2) + kk * 8 + t;
-                u32 b0 = kp[0], b1 = kp[4];
-                attn_mma(s[j], qh[kk][0], qh[kk][1], qh[kk][2], qh[kk][3], b0, b1);
-                attn_mma(s[j], ql[kk][0], ql[kk][1], ql[kk][2], ql[kk][3], b0, b1);
-            }
-        }
-        // Mask, then the online softmax: a row's 64 scores are spread over
-        // the 4 lanes of a quad, so the max is reduced across the quad; the
-        // sum l stays a per-lane partial until the end.
-        float mx[2] = {NEG_INF, NEG_INF};
-#pragma unroll
-        for (int j = 0; j < 8; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int i = e >> 1, key = kb + 8 * j + 2 * t + (e & 1);
-                if (key < lo[i] || key > hi[i]) s[j][e] = NEG_INF;
-                mx[i] = fmaxf(mx[i], s[j][e]);
-            }
-        float corr[2];
+    // The block's rows may span the end of one sequence's chunk and the
+    // start of the next: each run of rows of one sequence is a pass over
+    // that sequence's keys, in which the other rows see nothing. The
+    // softmax state of a row carries over passes it takes no part in.
+    for (int s0 = row0; s0 < rend;) {
+        const int s1 = seg_end(seq, s0, rend);
+        const int* tbl = table + (i64)seq[s0] * maxblocks;
+        // Visible keys lo..hi of this thread's two rows (g and g+8 of the
+        // warp's 16); a row outside the run sees none (lo > hi).
+        int lo[2], hi[2];
 #pragma unroll
         for (int i = 0; i < 2; i++) {
-            mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
-            mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
-            float mn = fmaxf(m[i], mx[i]);
-            corr[i] = m[i] == NEG_INF ? 0.f : expf(m[i] - mn);
-            m[i] = mn;
-            l[i] *= corr[i];
-        }
-#pragma unroll
-        for (int j = 0; j < 8; j++) {
-            o[j][0] *= corr[0];
-            o[j][1] *= corr[0];
-            o[j][2] *= corr[1];
-            o[j][3] *= corr[1];
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int i = e >> 1;
-                float pv = s[j][e] == NEG_INF ? 0.f : expf(s[j][e] - m[i]);
-                l[i] += pv;
-                s[j][e] = pv;
+            int r = wrow + g + 8 * i;
+            lo[i] = 0x7fffffff;
+            hi[i] = -1;
+            if (r >= s0 && r < s1) {
+                int p = pos[r];
+                hi[i] = p;
+                lo[i] = window > 0 ? max(0, p - window + 1) : 0;
             }
         }
-        // O += P·V: the score C fragments of keys 16kk..16kk+15 are the A
-        // fragment of P (two f16 terms); B is read from the transposed V.
+        // The warp's key range (to skip tiles it sees nothing of) and the
+        // run's: every warp reduces the run's positions itself, so the
+        // range needs no shared memory or barrier.
+        const int wlo = warp_min_i(min(lo[0], lo[1])), whi = warp_max_i(max(hi[0], hi[1]));
+        int blo = 0x7fffffff, bhi = -1;
 #pragma unroll
-        for (int kk = 0; kk < 4; kk++) {
-            u32 ah[4], al[4];
-            ah[0] = split2(s[2 * kk][0], s[2 * kk][1], al[0]);
-            ah[1] = split2(s[2 * kk][2], s[2 * kk][3], al[1]);
-            ah[2] = split2(s[2 * kk + 1][0], s[2 * kk + 1][1], al[2]);
-            ah[3] = split2(s[2 * kk + 1][2], s[2 * kk + 1][3], al[3]);
+        for (int i = 0; i < 2; i++) {
+            int r = row0 + lane + 32 * i;
+            if (r >= s0 && r < s1) {
+                int p = pos[r];
+                bhi = max(bhi, p);
+                blo = min(blo, window > 0 ? max(0, p - window + 1) : 0);
+            }
+        }
+        blo = warp_min_i(blo);
+        bhi = warp_max_i(bhi);
+
+        for (int kb = blo; kb <= bhi; kb += FA_KEYS) {
+            __syncthreads(); // every warp is done with the previous tile
+            // K: unit u is 4 dims (u & 15) of key u >> 4, so a warp reads
+            // two whole key rows. Keys past the run's range are zeros
+            // (their cache rows may hold anything, and 0 × NaN would poison
+            // P·V). V, transposed: unit u is keys 2jp, 2jp+1 (jp = u & 31) ×
+            // 4 dims (u >> 5); it writes one word (the two keys' halves)
+            // into each of 4 rows of Vt, and the lanes of a warp write
+            // consecutive words. Every load of a thread is issued before its
+            // first store.
+            const int KU = FA_KEYS * FA_D / 4 / FA_THREADS, VU = FA_KEYS * FA_D / 8 / FA_THREADS;
+            uint2 kw[KU], va[VU], vb[VU];
+#pragma unroll
+            for (int it = 0; it < KU; it++) {
+                int u = threadIdx.x + it * FA_THREADS, key = kb + (u >> 4);
+                kw[it] = key <= bhi ? kv_load4(kbase, kv_row(tbl, key, bs) * stride + (u & 15) * 4) : make_uint2(0u, 0u);
+            }
+#pragma unroll
+            for (int it = 0; it < VU; it++) {
+                int u = threadIdx.x + it * FA_THREADS, key = kb + 2 * (u & 31), c = (u >> 5) * 4;
+                va[it] = key <= bhi ? kv_load4(vbase, kv_row(tbl, key, bs) * stride + c) : make_uint2(0u, 0u);
+                vb[it] = key + 1 <= bhi ? kv_load4(vbase, kv_row(tbl, key + 1, bs) * stride + c) : make_uint2(0u, 0u);
+            }
+#pragma unroll
+            for (int it = 0; it < KU; it++) {
+                int u = threadIdx.x + it * FA_THREADS;
+                *(uint2*)(Ks + (u >> 4) * FA_LD + (u & 15) * 4) = kw[it];
+            }
+#pragma unroll
+            for (int it = 0; it < VU; it++) {
+                int u = threadIdx.x + it * FA_THREADS, jp = u & 31, c = (u >> 5) * 4;
+                vt32[(c + 0) * (FA_LD / 2) + jp] = __byte_perm(va[it].x, vb[it].x, 0x5410);
+                vt32[(c + 1) * (FA_LD / 2) + jp] = __byte_perm(va[it].x, vb[it].x, 0x7632);
+                vt32[(c + 2) * (FA_LD / 2) + jp] = __byte_perm(va[it].y, vb[it].y, 0x5410);
+                vt32[(c + 3) * (FA_LD / 2) + jp] = __byte_perm(va[it].y, vb[it].y, 0x7632);
+            }
+            __syncthreads();
+            if (kb > whi || kb + FA_KEYS - 1 < wlo) continue; // nothing visible to this warp's rows
+
+            // Scores: s[j] is keys 8j..8j+7 (C fragment: rows g, g+8; keys 2t, 2t+1).
+            float s[8][4];
+#pragma unroll
+            for (int j = 0; j < 8; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) s[j][e] = 0.f;
+#pragma unroll
+            for (int kk = 0; kk < 4; kk++) {
+#pragma unroll
+                for (int j = 0; j < 8; j++) {
+                    const u32* kp = ks32 + (8 * j + g) * (FA_LD / 2) + kk * 8 + t;
+                    u32 b0 = kp[0], b1 = kp[4];
+                    attn_mma(s[j], qh[kk][0], qh[kk][1], qh[kk][2], qh[kk][3], b0, b1);
+                    attn_mma(s[j], ql[kk][0], ql[kk][1], ql[kk][2], ql[kk][3], b0, b1);
+                }
+            }
+            // Mask, then the online softmax: a row's 64 scores are spread
+            // over the 4 lanes of a quad, so the max is reduced across the
+            // quad; the sum l stays a per-lane partial until the end.
+            float mx[2] = {NEG_INF, NEG_INF};
+#pragma unroll
+            for (int j = 0; j < 8; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    int i = e >> 1, key = kb + 8 * j + 2 * t + (e & 1);
+                    if (key < lo[i] || key > hi[i]) s[j][e] = NEG_INF;
+                    mx[i] = fmaxf(mx[i], s[j][e]);
+                }
+            float corr[2];
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+                mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+                float mn = fmaxf(m[i], mx[i]);
+                corr[i] = m[i] == NEG_INF ? 0.f : expf(m[i] - mn);
+                m[i] = mn;
+                l[i] *= corr[i];
+            }
 #pragma unroll
             for (int j = 0; j < 8; j++) {
-                const u32* vp = vt32 + (8 * j + g) * (FA_LD / 2) + kk * 8 + t;
-                u32 b0 = vp[0], b1 = vp[4];
-                attn_mma(o[j], ah[0], ah[1], ah[2], ah[3], b0, b1);
-                attn_mma(o[j], al[0], al[1], al[2], al[3], b0, b1);
+                o[j][0] *= corr[0];
+                o[j][1] *= corr[0];
+                o[j][2] *= corr[1];
+                o[j][3] *= corr[1];
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    int i = e >> 1;
+                    float pv = s[j][e] == NEG_INF ? 0.f : expf(s[j][e] - m[i]);
+                    l[i] += pv;
+                    s[j][e] = pv;
+                }
+            }
+            // O += P·V: the score C fragments of keys 16kk..16kk+15 are the
+            // A fragment of P (two f16 terms); B is read from the
+            // transposed V.
+#pragma unroll
+            for (int kk = 0; kk < 4; kk++) {
+                u32 ah[4], al[4];
+                ah[0] = split2(s[2 * kk][0], s[2 * kk][1], al[0]);
+                ah[1] = split2(s[2 * kk][2], s[2 * kk][3], al[1]);
+                ah[2] = split2(s[2 * kk + 1][0], s[2 * kk + 1][1], al[2]);
+                ah[3] = split2(s[2 * kk + 1][2], s[2 * kk + 1][3], al[3]);
+#pragma unroll
+                for (int j = 0; j < 8; j++) {
+                    const u32* vp = vt32 + (8 * j + g) * (FA_LD / 2) + kk * 8 + t;
+                    u32 b0 = vp[0], b1 = vp[4];
+                    attn_mma(o[j], ah[0], ah[1], ah[2], ah[3], b0, b1);
+                    attn_mma(o[j], al[0], al[1], al[2], al[3], b0, b1);
+                }
             }
         }
+        s0 = s1;
     }
 
     // The sink is one more logit in each row's denominator.
@@ -480,9 +528,10 @@ __device__ void attn_flash_impl(float* dst, const float* q, const KT* kc, const 
 
 #define ATTN_FLASH(KT, NAME)                                                                                    \
     extern "C" __global__ void __launch_bounds__(FA_THREADS) attn_flash_##NAME##_d64(                           \
-        float* dst, const float* q, const KT* kc, const KT* vc, const int* pos, const float* sinks, int n,      \
-        int heads, int kvheads, float scale, int window, int cap) {                                             \
-        attn_flash_impl<KT>(dst, q, kc, vc, pos, sinks, n, heads, kvheads, scale, window, cap);                 \
+        float* dst, const float* q, const KT* kc, const KT* vc, const int* pos, const int* seq, const int* table, \
+        const float* sinks, int n, int heads, int kvheads, float scale, int window, int bs, int maxblocks) {    \
+        attn_flash_impl<KT>(dst, q, kc, vc, pos, seq, table, sinks, n, heads, kvheads, scale, window, bs,       \
+                            maxblocks);                                                                         \
     }
 ATTN_FLASH(u16, f16)
 ATTN_FLASH(float, f32)
