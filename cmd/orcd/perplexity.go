@@ -33,6 +33,12 @@ window. This is the rule of HF's "perplexity of fixed-length models";
 llama-perplexity instead runs non-overlapping windows and scores only the
 second half of each, so its numbers differ from these.
 
+--batch windows run at once, each with its own KV cache in one pool; every
+forward step takes up to --max-batch of their tokens. The windows do not
+see each other, so --batch and --max-batch change the speed, not the
+result, beyond float32 rounding (a row's arithmetic may depend on its place
+in a step).
+
 The result is printed with its standard error by the delta method,
 SE = PPL * sd(NLL) / sqrt(N) over the N scored tokens (0 when N is 1). A
 progress bar is drawn on a terminal.`,
@@ -53,6 +59,7 @@ type perplexityResult struct {
 	Device  string  `json:"device"`
 	Ctx     int     `json:"ctx"`
 	Stride  int     `json:"stride"`
+	Batch   int     `json:"batch"`  // windows run at once
 	Tokens  int     `json:"tokens"` // tokens of the file used (after --limit)
 	Windows int     `json:"windows"`
 	Scored  int     `json:"scored"`
@@ -72,7 +79,7 @@ const defaultPerplexityCtx = 512
 
 // pplOptions are perplexity's window settings; 0 asks for the default.
 type pplOptions struct {
-	ctx, stride, limit int
+	ctx, stride, limit, batch int
 }
 
 func setupPerplexity(fs *flag.FlagSet) func(*env) int {
@@ -83,6 +90,7 @@ func setupPerplexity(fs *flag.FlagSet) func(*env) int {
 	numVar(fs, &o.ctx, "ctx", 0, 0, noMax, fmt.Sprintf("tokens per window, at least 2 (0: the model's context length, at most %d)", defaultPerplexityCtx))
 	numVar(fs, &o.stride, "stride", 0, 0, noMax, "tokens from one window's start to the next's, 1 to ctx-1 (0: ctx/2)")
 	numVar(fs, &o.limit, "limit", 0, 0, noMax, "score only the first N tokens of the file (0: all)")
+	numVar(fs, &o.batch, "batch", 0, 0, noMax, "windows run at once (0: enough to fill a --max-batch step)")
 	jsonOut := fs.Bool("json", false, "print the result as one JSON object")
 	return func(e *env) int {
 		ctxSizeSet := false
@@ -162,7 +170,7 @@ func perplexityOfText(lm *loadedModel, text string, o pplOptions, progress func(
 	if len(tokens) < 2 {
 		return nil, fmt.Errorf("%d token(s); perplexity needs at least 2", len(tokens))
 	}
-	res, err := perplexity(lm.Model, tokens, ctx, stride, progress)
+	res, err := perplexity(lm.Model, tokens, ctx, stride, o.batch, progress)
 	if err != nil {
 		return nil, err
 	}
@@ -188,13 +196,18 @@ func perplexityWindows(n, ctx, stride int) []pplWindow {
 	}
 }
 
+// defaultPerplexityBatch is the number of windows to run at once when
+// --batch is 0: enough that a step of maxBatch tokens is full, since each
+// window brings one piece per step, its context (ctx-stride-1 tokens) or
+// its scored tokens (stride).
+func defaultPerplexityBatch(maxBatch, ctx, stride int) int {
+	return max(1, maxBatch/max(stride, ctx-stride-1))
+}
+
 // perplexity scores tokens with m over the windows of ctx and stride (which
-// the caller has checked), reporting each finished window to progress.
-//
-// Windows are independent jobs: each runs from an empty cache and writes
-// the NLLs of its own tokens. A batched model step could run several at
-// once, each with its own cache; this runs them one after another on one.
-func perplexity(m model.Model, tokens []int32, ctx, stride int, progress func(done, total int64)) (*perplexityResult, error) {
+// the caller has checked), batch windows at a time (0: the default),
+// reporting each finished window to progress.
+func perplexity(m model.Model, tokens []int32, ctx, stride, batch int, progress func(done, total int64)) (*perplexityResult, error) {
 	vocab := m.Config().VocabSize
 	for i, t := range tokens {
 		if t < 0 || int(t) >= vocab {
@@ -202,55 +215,188 @@ func perplexity(m model.Model, tokens []int32, ctx, stride int, progress func(do
 		}
 	}
 	ws := perplexityWindows(len(tokens), ctx, stride)
-	cache, err := m.NewCache(ctx)
-	if err != nil {
-		return nil, err
+	if batch == 0 {
+		batch = defaultPerplexityBatch(m.Config().MaxBatch, ctx, stride)
 	}
-	defer cache.Free()
+	batch = min(batch, len(ws))
 	nll := make([]float64, len(tokens)) // nll[i]: of token i; nll[0] is not scored
 	start := time.Now()
-	run := 0
-	for i, w := range ws {
-		if err := scoreWindow(m, cache, tokens, w, nll); err != nil {
-			return nil, fmt.Errorf("window %d (tokens %d to %d): %w", i, w.begin, w.end, err)
-		}
-		run += w.end - 1 - w.begin
-		if progress != nil {
-			progress(int64(i+1), int64(len(ws)))
-		}
+	steps := pplSteps{ctx: ctx, batch: batch, maxRows: max(1, pplLogitsBytes/(4*vocab))}
+	if err := scoreWindows(m, tokens, ws, steps, nll, progress); err != nil {
+		return nil, err
 	}
 	secs := time.Since(start).Seconds()
+	run := 0
+	for _, w := range ws {
+		run += w.end - 1 - w.begin
+	}
 	mean, sd := meanSD(nll[1:])
 	ppl := math.Exp(mean)
 	return &perplexityResult{
-		Ctx: ctx, Stride: stride, Tokens: len(tokens), Windows: len(ws), Scored: len(tokens) - 1,
+		Ctx: ctx, Stride: stride, Batch: batch, Tokens: len(tokens), Windows: len(ws), Scored: len(tokens) - 1,
 		NLLMean: mean, NLLSD: sd, PPL: ppl, PPLSE: ppl * sd / math.Sqrt(float64(len(tokens)-1)),
 		Seconds: secs, TokensPerSecond: float64(run) / max(secs, 1e-9),
 	}, nil
 }
 
-// scoreWindow runs one window and writes the NLL of each of its scored
-// tokens into nll. The last token is only a target, so the inputs are
-// tokens [begin, end-1): first, without logits, those before the first
-// scored prediction, then the rest with the logits of every position (the
-// output projection, the largest matrix of a small model, runs only where
-// needed).
-func scoreWindow(m model.Model, cache model.Cache, tokens []int32, w pplWindow, nll []float64) error {
-	cache.Reset()
-	if w.score-1 > w.begin {
-		if _, err := m.Forward(cache, tokens[w.begin:w.score-1], false); err != nil {
+// pplBlockSize is the KV block size of perplexity's pool, serve's default.
+const pplBlockSize = 16
+
+// pplRun is a window being run: its block tables (one per KV group) and
+// how many of its inputs have run. Its inputs are tokens [begin, end-1),
+// the last token being only a target, at positions 0, 1, … of its own
+// sequence.
+type pplRun struct {
+	index  int // the window's number
+	w      pplWindow
+	tables [][]int32
+	done   int
+}
+
+// next returns the run's next piece from input done on, at most room
+// tokens and, if they get logits, rowRoom of them: first, without logits,
+// the context before its first scored prediction, then the rest with the
+// logits of every token (the output projection, the largest matrix of a
+// small model, runs only where needed). The piece is empty when its tokens
+// need logits and rowRoom is 0.
+func (r *pplRun) next(tokens []int32, room, rowRoom int) model.Chunk {
+	lo, hi, mode := r.w.begin+r.done, min(r.w.end-1, r.w.begin+r.done+rowRoom), model.AllLogits
+	if first := r.w.score - 1; lo < first {
+		hi, mode = first, model.NoLogits
+	}
+	hi = min(hi, lo+room)
+	return model.Chunk{Tokens: tokens[lo:hi], Pos: r.done, Tables: r.tables, Logits: mode}
+}
+
+// pplSteps says how scoreWindows runs the windows: each of at most ctx
+// tokens, batch of them at once, with logits for at most maxRows tokens a
+// step.
+type pplSteps struct{ ctx, batch, maxRows int }
+
+// pplLogitsBytes bounds the logits of one step (on the device, and again on
+// the host): 333 rows of gpt-oss's vocabulary, 1,335 of GPT-2's. Without
+// it a batched step could ask for --max-batch rows: 1.6 GB of gpt-oss
+// logits for a 2048-token step, and twice the memory of one window at a
+// time on the cpu, for no speed.
+const pplLogitsBytes = 256 << 20
+
+// scoreWindows runs the windows ws over tokens as s says and writes the
+// NLL of each scored token into nll.
+//
+// Each of batch slots of one KV pool holds a window's blocks; a finished
+// window's slot goes to the next window, which overwrites its blocks from
+// position 0 on. Every step takes the next piece (pplRun.next) of each
+// window in its slot, oldest first, until Config().MaxBatch tokens and
+// s.maxRows rows of logits: a step stays full while windows remain.
+func scoreWindows(m model.Model, tokens []int32, ws []pplWindow, s pplSteps, nll []float64, progress func(done, total int64)) error {
+	cfg := m.Config()
+	groups := len(m.KVLayout().Groups())
+	perTable := (s.ctx + pplBlockSize - 1) / pplBlockSize
+	kv, err := m.NewKV(s.batch*groups*perTable, pplBlockSize)
+	if err != nil {
+		return fmt.Errorf("the KV cache of %d windows of %d tokens: %w (--batch sets how many)", s.batch, s.ctx, err)
+	}
+	defer kv.Free()
+	// Slot i, group g: blocks [(i·groups+g)·perTable, +perTable).
+	slots := make([][][]int32, s.batch)
+	for i := range slots {
+		slots[i] = make([][]int32, groups)
+		for g := range slots[i] {
+			t := make([]int32, perTable)
+			for j := range t {
+				t[j] = int32((i*groups+g)*perTable + j)
+			}
+			slots[i][g] = t
+		}
+	}
+	var (
+		active, stepRuns []*pplRun // stepRuns[k] is the run of chunk k
+		b                model.Batch
+		rows             []float32
+		finished         int
+	)
+	for next := 0; next < len(ws) || len(active) > 0; {
+		for ; len(slots) > 0 && next < len(ws); next++ {
+			active = append(active, &pplRun{index: next, w: ws[next], tables: slots[len(slots)-1]})
+			slots = slots[:len(slots)-1]
+		}
+		b.Chunks, stepRuns = b.Chunks[:0], stepRuns[:0]
+		room, nRows := cfg.MaxBatch, 0
+		for _, r := range active {
+			if room == 0 {
+				break
+			}
+			ch := r.next(tokens, room, s.maxRows-nRows)
+			if len(ch.Tokens) == 0 {
+				continue
+			}
+			b.Chunks, stepRuns = append(b.Chunks, ch), append(stepRuns, r)
+			room -= len(ch.Tokens)
+			if ch.Logits == model.AllLogits {
+				nRows += len(ch.Tokens)
+			}
+		}
+		rows = growRows(rows, nRows, cfg.VocabSize, s.maxRows)
+		logits, err := m.Step(kv, &b)
+		if err == nil {
+			err = logits.Read(rows)
+		}
+		if err != nil {
+			return fmt.Errorf("windows %d to %d: %w", stepRuns[0].index, stepRuns[len(stepRuns)-1].index, err)
+		}
+		if err := scoreChunks(b.Chunks, stepRuns, rows, cfg.VocabSize, tokens, nll); err != nil {
 			return err
 		}
-	}
-	logits, err := m.Forward(cache, tokens[w.score-1:w.end-1], true)
-	if err != nil {
-		return err
-	}
-	rowsNLL(logits, m.Config().VocabSize, tokens[w.score:w.end], nll[w.score:w.end])
-	for i := w.score; i < w.end; i++ {
-		if math.IsNaN(nll[i]) || math.IsInf(nll[i], 0) {
-			return fmt.Errorf("the logits predicting token %d are not finite", i)
+		kept := active[:0]
+		for _, r := range active {
+			if r.w.begin+r.done < r.w.end-1 {
+				kept = append(kept, r)
+				continue
+			}
+			slots = append(slots, r.tables)
+			finished++
+			if progress != nil {
+				progress(int64(finished), int64(len(ws)))
+			}
 		}
+		clear(active[len(kept):])
+		active = kept
+	}
+	return nil
+}
+
+// growRows returns buf resized to n rows of vocab values, reallocated only
+// when it is too small, then to at least twice its rows (at most maxRows): a
+// step's rows grow by a few at a time, and each row of a large vocabulary
+// is most of a megabyte.
+func growRows(buf []float32, n, vocab, maxRows int) []float32 {
+	if cap(buf) < n*vocab {
+		buf = make([]float32, max(n, min(2*cap(buf)/vocab, maxRows))*vocab)
+	}
+	return buf[:n*vocab]
+}
+
+// scoreChunks advances the runs by the chunks of a step (chunk k is
+// runs[k]'s) and writes the NLLs of the rows of logits, one per token of
+// the chunks that asked for them.
+func scoreChunks(chunks []model.Chunk, runs []*pplRun, logits []float32, vocab int, tokens []int32, nll []float64) error {
+	row := 0
+	for k, ch := range chunks {
+		r := runs[k]
+		n := len(ch.Tokens)
+		if ch.Logits == model.AllLogits {
+			// The input at token lo predicts token lo+1.
+			lo := r.w.begin + r.done + 1
+			out := nll[lo : lo+n]
+			rowsNLL(logits[row*vocab:(row+n)*vocab], vocab, tokens[lo:lo+n], out)
+			for j, v := range out {
+				if math.IsNaN(v) || math.IsInf(v, 0) {
+					return fmt.Errorf("window %d: the logits predicting token %d are not finite", r.index, lo+j)
+				}
+			}
+			row += n
+		}
+		r.done += n
 	}
 	return nil
 }

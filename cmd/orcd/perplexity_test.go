@@ -2,8 +2,9 @@ package main
 
 import (
 	"encoding/json"
-	"errors"
+	"fmt"
 	"math"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -11,6 +12,7 @@ import (
 	"strings"
 	"testing"
 
+	"orcd/backend"
 	"orcd/backend/cpu"
 	"orcd/gguf"
 	"orcd/internal/testutil"
@@ -64,44 +66,88 @@ func TestPerplexityWindows(t *testing.T) {
 	}
 }
 
-// posModel is a fake model whose logits at cache position p are
+// posModel is a fake model whose logits at position p of a sequence are
 // [p, 0, 0, 0], whatever the tokens: a window's NLLs then depend only on
-// where its tokens sit in it, which the windowing rule decides.
+// where its tokens sit in it, which the windowing rule decides. Its Step
+// checks what perplexity hands it: at most maxBatch tokens, tables within
+// the pool that cover each chunk's positions, and no block in two chunks.
 type posModel struct {
 	model.Model // the rest, which perplexity does not use
+	maxBatch    int
+	steps       int
 }
 
-type posCache struct{ n, cap int }
+var posLayout = model.KVLayout{Windows: []int{0}, Cols: 1}
 
-func (c *posCache) Len() int { return c.n }
-func (c *posCache) Cap() int { return c.cap }
-func (c *posCache) Reset()   { c.n = 0 }
-func (c *posCache) Free()    {}
+type posKV struct{ blocks, blockSize int }
 
-func (posModel) Config() model.Config { return model.Config{VocabSize: 4, ContextLength: 8} }
-func (posModel) NewCache(ctx int) (model.Cache, error) {
-	return &posCache{cap: ctx}, nil
+func (kv posKV) BlockSize() int          { return kv.blockSize }
+func (kv posKV) Blocks() int             { return kv.blocks }
+func (kv posKV) Groups() []model.KVGroup { return posLayout.Groups() }
+func (kv posKV) Free()                   {}
+
+func (m *posModel) Config() model.Config {
+	return model.Config{VocabSize: 4, ContextLength: 8, MaxBatch: m.maxBatch}
 }
-func (posModel) Close() error { return nil }
-func (posModel) Forward(c model.Cache, tokens []int32, all bool) ([]float32, error) {
-	pc := c.(*posCache)
-	if pc.n+len(tokens) > pc.cap {
-		return nil, errors.New("cache full")
-	}
-	var out []float32
-	for i := range tokens {
-		if all || i == len(tokens)-1 {
-			out = append(out, float32(pc.n+i), 0, 0, 0)
+
+func (m *posModel) KVLayout() model.KVLayout { return posLayout }
+
+func (m *posModel) NewKV(blocks, blockSize int) (model.KV, error) {
+	return posKV{blocks, blockSize}, nil
+}
+
+func (m *posModel) Step(kv model.KV, b *model.Batch) (model.Logits, error) {
+	var out posLogits
+	n := 0
+	owner := map[int32]int{}
+	for c, ch := range b.Chunks {
+		n += len(ch.Tokens)
+		t := ch.Tables[0]
+		if last := ch.Pos + len(ch.Tokens) - 1; last/kv.BlockSize() >= len(t) {
+			return nil, fmt.Errorf("chunk %d: position %d past its table of %d blocks", c, last, len(t))
+		}
+		for _, blk := range t {
+			if prev, ok := owner[blk]; ok && prev != c || blk < 0 || int(blk) >= kv.Blocks() {
+				return nil, fmt.Errorf("chunk %d: block %d is another chunk's or outside the pool", c, blk)
+			}
+			owner[blk] = c
+		}
+		for i := range ch.Tokens {
+			if ch.Logits == model.AllLogits { // perplexity asks for no other logits
+				out = append(out, float32(ch.Pos+i), 0, 0, 0)
+			}
 		}
 	}
-	pc.n += len(tokens)
+	if n > m.maxBatch {
+		return nil, fmt.Errorf("a step of %d tokens, more than %d", n, m.maxBatch)
+	}
+	m.steps++
 	return out, nil
+}
+
+// posLogits are posModel's logits, on the host.
+type posLogits []float32
+
+func (l posLogits) Rows() int              { return len(l) / 4 }
+func (l posLogits) Tensor() backend.Tensor { return nil }
+func (l posLogits) Sample([]backend.SampleParams, []int32) (bool, error) {
+	return false, nil
+}
+
+func (l posLogits) Read(dst []float32) error {
+	if len(dst) != len(l) {
+		return fmt.Errorf("read into %d floats, have %d", len(dst), len(l))
+	}
+	copy(dst, l)
+	return nil
 }
 
 // TestPerplexityHandWorked scores 6 tokens with windows of 4 and stride 2,
 // windows (0,1,4) and (2,4,6): tokens 1-3 are predicted at positions 0-2 of
 // the first window, tokens 4 and 5 at positions 1 and 2 of the second. At
-// position p, token 0 has NLL log(e^p+3) - p and any other log(e^p+3).
+// position p, token 0 has NLL log(e^p+3) - p and any other log(e^p+3). The
+// windows run one at a time, together, and together in steps too small for
+// a whole piece, with the same result.
 func TestPerplexityHandWorked(t *testing.T) {
 	tokens := []int32{1, 0, 1, 1, 0, 1}
 	e := math.E
@@ -112,11 +158,6 @@ func TestPerplexityHandWorked(t *testing.T) {
 		math.Log(e+3) - 1, // token 4 (0) at position 1 of window 2
 		math.Log(e*e + 3), // token 5 (1) at position 2 of window 2
 	}
-	var calls [][2]int64
-	res, err := perplexity(posModel{}, tokens, 4, 2, func(done, total int64) { calls = append(calls, [2]int64{done, total}) })
-	if err != nil {
-		t.Fatal(err)
-	}
 	mean := (nll[0] + nll[1] + nll[2] + nll[3] + nll[4]) / 5
 	var ss float64
 	for _, v := range nll {
@@ -124,50 +165,109 @@ func TestPerplexityHandWorked(t *testing.T) {
 	}
 	sd := math.Sqrt(ss / 4)
 	ppl := math.Exp(mean)
-	if res.Windows != 2 || res.Scored != 5 || res.Tokens != 6 {
-		t.Errorf("windows %d, scored %d, tokens %d; want 2, 5, 6", res.Windows, res.Scored, res.Tokens)
-	}
 	for _, c := range []struct {
-		name      string
-		got, want float64
-	}{{"nll_mean", res.NLLMean, mean}, {"nll_sd", res.NLLSD, sd}, {"ppl", res.PPL, ppl}, {"ppl_se", res.PPLSE, ppl * sd / math.Sqrt(5)}} {
-		if math.Abs(c.got-c.want) > 1e-12*max(1, math.Abs(c.want)) {
-			t.Errorf("%s %.15g, want %.15g", c.name, c.got, c.want)
+		maxBatch, batch      int
+		wantBatch, wantSteps int
+	}{
+		// One at a time: window 1's 3 inputs in one step, then window 2's
+		// context (1 token) and its 2 scored inputs.
+		{8, 1, 1, 3},
+		// Together: window 1 whole and window 2's context, then the rest.
+		{8, 2, 2, 2},
+		{8, 0, 2, 2}, // the default: 8 / max(stride 2, ctx-stride-1 1) = 4 windows, 2 of them
+		// Steps of 2 tokens: window 1's 3 inputs take two steps, the
+		// second shared with window 2's context; then its 2 scored.
+		{2, 2, 2, 3},
+	} {
+		m := &posModel{maxBatch: c.maxBatch}
+		var calls [][2]int64
+		res, err := perplexity(m, tokens, 4, 2, c.batch, func(done, total int64) { calls = append(calls, [2]int64{done, total}) })
+		if err != nil {
+			t.Fatalf("max batch %d, batch %d: %v", c.maxBatch, c.batch, err)
+		}
+		if res.Windows != 2 || res.Scored != 5 || res.Tokens != 6 || res.Batch != c.wantBatch || m.steps != c.wantSteps {
+			t.Errorf("max batch %d, batch %d: windows %d, scored %d, tokens %d, batch %d, steps %d; want 2, 5, 6, %d, %d",
+				c.maxBatch, c.batch, res.Windows, res.Scored, res.Tokens, res.Batch, m.steps, c.wantBatch, c.wantSteps)
+		}
+		for _, v := range []struct {
+			name      string
+			got, want float64
+		}{{"nll_mean", res.NLLMean, mean}, {"nll_sd", res.NLLSD, sd}, {"ppl", res.PPL, ppl}, {"ppl_se", res.PPLSE, ppl * sd / math.Sqrt(5)}} {
+			if math.Abs(v.got-v.want) > 1e-12*max(1, math.Abs(v.want)) {
+				t.Errorf("max batch %d, batch %d: %s %.15g, want %.15g", c.maxBatch, c.batch, v.name, v.got, v.want)
+			}
+		}
+		if !reflect.DeepEqual(calls, [][2]int64{{1, 2}, {2, 2}}) {
+			t.Errorf("max batch %d, batch %d: progress calls %v", c.maxBatch, c.batch, calls)
 		}
 	}
-	if !reflect.DeepEqual(calls, [][2]int64{{1, 2}, {2, 2}}) {
-		t.Errorf("progress calls %v", calls)
+	// Logits for one token a step: window 1's three scored inputs take
+	// three steps, the first shared with window 2's context; window 2's
+	// two scored inputs wait for room, then take two more.
+	m := &posModel{maxBatch: 8}
+	got := make([]float64, len(tokens))
+	var calls [][2]int64
+	if err := scoreWindows(m, tokens, perplexityWindows(6, 4, 2), pplSteps{ctx: 4, batch: 2, maxRows: 1}, got,
+		func(done, total int64) { calls = append(calls, [2]int64{done, total}) }); err != nil {
+		t.Fatal(err)
 	}
-	if _, err := perplexity(posModel{}, []int32{1, 4}, 4, 2, nil); err == nil || !strings.Contains(err.Error(), "token 1 is 4") {
+	for i, want := range nll {
+		if math.Abs(got[i+1]-want) > 1e-12 {
+			t.Errorf("one row a step: token %d NLL %.15g, want %.15g", i+1, got[i+1], want)
+		}
+	}
+	if m.steps != 5 || !reflect.DeepEqual(calls, [][2]int64{{1, 2}, {2, 2}}) {
+		t.Errorf("one row a step: %d steps, progress calls %v; want 5 steps", m.steps, calls)
+	}
+	if _, err := perplexity(&posModel{maxBatch: 8}, []int32{1, 4}, 4, 2, 0, nil); err == nil || !strings.Contains(err.Error(), "token 1 is 4") {
 		t.Errorf("token outside the vocabulary: %v", err)
 	}
+}
+
+// hfTestdata is model/testdata, where the HF conformance fixtures are
+// (model/testdata/README.md).
+var hfTestdata = filepath.Join("..", "..", "model", "testdata")
+
+// readHFPrompt returns an HF conformance fixture's prompt and HF's logits
+// at each of its positions.
+func readHFPrompt(t *testing.T, name string) ([]int32, [][]float64) {
+	t.Helper()
+	var fx struct {
+		Prompt       []int32     `json:"prompt"`
+		PromptLogits [][]float64 `json:"prompt_logits"`
+	}
+	testutil.ReadGzipJSON(t, filepath.Join(hfTestdata, name+".json.gz"), &fx)
+	return fx.Prompt, fx.PromptLogits
+}
+
+// loadTestdataModel loads an HF conformance model on the cpu backend, with
+// steps of at most maxBatch tokens (0: the default).
+func loadTestdataModel(t *testing.T, name string, maxBatch int) model.Model {
+	t.Helper()
+	f, err := gguf.Open(filepath.Join(hfTestdata, name+".gguf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := model.Load(f, cpu.New(), model.LoadOptions{MaxBatch: maxBatch})
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	return m
 }
 
 // TestPerplexityHF scores the 40 prompt tokens of an HF conformance fixture
 // in one window and compares with the NLLs of HF's logits.
 func TestPerplexityHF(t *testing.T) {
 	const name = "gpt2_tied_q8"
-	var fx struct {
-		Prompt       []int32     `json:"prompt"`
-		PromptLogits [][]float64 `json:"prompt_logits"`
-	}
-	dir := filepath.Join("..", "..", "model", "testdata")
-	testutil.ReadGzipJSON(t, filepath.Join(dir, name+".json.gz"), &fx)
-	f, err := gguf.Open(filepath.Join(dir, name+".gguf"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := model.Load(f, cpu.New(), model.LoadOptions{})
-	f.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
+	prompt, logits := readHFPrompt(t, name)
+	m := loadTestdataModel(t, name, 0)
 	// HF's NLL of token i: log-sum-exp of the logits at i-1 minus the
 	// target's logit.
 	var want float64
-	for i := 1; i < len(fx.Prompt); i++ {
-		row := fx.PromptLogits[i-1]
+	for i := 1; i < len(prompt); i++ {
+		row := logits[i-1]
 		hi := math.Inf(-1)
 		for _, v := range row {
 			hi = max(hi, v)
@@ -176,15 +276,81 @@ func TestPerplexityHF(t *testing.T) {
 		for _, v := range row {
 			sum += math.Exp(v - hi)
 		}
-		want += hi + math.Log(sum) - row[fx.Prompt[i]]
+		want += hi + math.Log(sum) - row[prompt[i]]
 	}
-	want /= float64(len(fx.Prompt) - 1)
-	res, err := perplexity(m, fx.Prompt, len(fx.Prompt), 1, nil)
+	want /= float64(len(prompt) - 1)
+	res, err := perplexity(m, prompt, len(prompt), 1, 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if res.Windows != 1 || math.Abs(res.NLLMean-want) > 1e-4 {
 		t.Errorf("%d windows, mean NLL %.7g; want 1 and HF's %.7g", res.Windows, res.NLLMean, want)
+	}
+}
+
+// stepCounter counts a model's steps.
+type stepCounter struct {
+	model.Model
+	steps int
+}
+
+func (m *stepCounter) Step(kv model.KV, b *model.Batch) (model.Logits, error) {
+	m.steps++
+	return m.Model.Step(kv, b)
+}
+
+// TestPerplexityBatchedMatchesOneAtATime scores random tokens on real
+// models (the cpu backend) one window at a time and with several windows
+// per step, in steps small enough to split the windows' pieces, and with
+// logits for fewer tokens a step than the step holds. The mean
+// NLL must agree within 1e-6 relative, and each token's within 5e-5: the
+// cpu backend rounds a row of a step differently with its place in the
+// step (4-row kernels, fused ones for steps of 1 or 2 rows), so even one
+// window at a time differs by ~1e-5 between step sizes; a window that saw
+// another's cache would differ by far more. The gpt-oss model's windows
+// are longer than its sliding window (8), so both of its KV groups get
+// tables.
+func TestPerplexityBatchedMatchesOneAtATime(t *testing.T) {
+	for _, name := range []string{"gpt2_tied_q8", "gptoss_mxfp4_q8"} {
+		t.Run(name, func(t *testing.T) {
+			const maxBatch, ctx, stride, n = 40, 48, 13, 300
+			m := &stepCounter{Model: loadTestdataModel(t, name, maxBatch)}
+			r := rand.New(rand.NewPCG(3, 5))
+			tokens := make([]int32, n)
+			for i := range tokens {
+				tokens[i] = int32(r.IntN(m.Config().VocabSize))
+			}
+			ws := perplexityWindows(n, ctx, stride)
+			score := func(batch, maxRows int) ([]float64, float64, int) {
+				m.steps = 0
+				nll := make([]float64, n)
+				if err := scoreWindows(m, tokens, ws, pplSteps{ctx, batch, maxRows}, nll, nil); err != nil {
+					t.Fatalf("batch %d: %v", batch, err)
+				}
+				mean, _ := meanSD(nll[1:])
+				return nll, mean, m.steps
+			}
+			one, oneMean, oneSteps := score(1, maxBatch)
+			for _, c := range []struct{ batch, maxRows int }{{2, maxBatch}, {5, maxBatch}, {len(ws), maxBatch}, {5, 16}} {
+				batch := c.batch
+				nll, mean, steps := score(batch, c.maxRows)
+				worst := 0.0
+				for i := 1; i < n; i++ {
+					if math.IsNaN(nll[i]) || one[i] <= 0 {
+						t.Fatalf("token %d: NLL %g one at a time, %g with batch %d", i, one[i], nll[i], batch)
+					}
+					worst = max(worst, math.Abs(nll[i]-one[i]))
+				}
+				if worst > 5e-5 || math.Abs(mean/oneMean-1) > 1e-6 {
+					t.Errorf("batch %d: mean NLL %.9g, one at a time %.9g; tokens' NLLs differ by up to %.3g", batch, mean, oneMean, worst)
+				}
+				if steps >= oneSteps {
+					t.Errorf("batch %d: %d steps, no fewer than one window at a time (%d)", batch, steps, oneSteps)
+				}
+				t.Logf("%d windows, batch %d, logits for %d tokens a step: %d steps (%d one at a time), mean NLL relative difference %.3g, largest token difference %.3g",
+					len(ws), batch, c.maxRows, steps, oneSteps, math.Abs(mean/oneMean-1), worst)
+			}
+		})
 	}
 }
 
@@ -199,7 +365,8 @@ func writeText(t *testing.T, name, text string) string {
 }
 
 // TestPerplexityCommand runs the command on a synthetic GPT-2 and checks
-// that its output agrees with the tokenizer and the windowing rule.
+// that its output agrees with the tokenizer and the windowing rule, and
+// that --batch and --max-batch change how the windows run, not the result.
 func TestPerplexityCommand(t *testing.T) {
 	model := synthTemp(t, "tiny-gpt2", 0)
 	text := strings.Repeat("In the beginning God created the heaven and the earth. ", 20)
@@ -209,13 +376,18 @@ func TestPerplexityCommand(t *testing.T) {
 		t.Fatal(err)
 	}
 	n := len(tok.Encode(text))
-	for _, c := range []struct {
-		args           []string
-		tokens, ctx, s int
+	var first perplexityResult
+	for i, c := range []struct {
+		args                  []string
+		tokens, ctx, s, batch int
 	}{
-		{[]string{"--ctx", "64", "--stride", "16"}, n, 64, 16},
-		{[]string{"--ctx", "64", "--limit", "100"}, 100, 64, 32},
-		{nil, n, 512, 256}, // the default window: the model's 1024, capped
+		// The default batch: --max-batch 512 on cpu over pieces of up to
+		// ctx-stride-1 = 47 tokens, 10 windows.
+		{[]string{"--ctx", "64", "--stride", "16"}, n, 64, 16, 10},
+		{[]string{"--ctx", "64", "--stride", "16", "--batch", "1"}, n, 64, 16, 1},
+		{[]string{"--ctx", "64", "--stride", "16", "--batch", "3", "--max-batch", "50"}, n, 64, 16, 3},
+		{[]string{"--ctx", "64", "--limit", "100"}, 100, 64, 32, 3}, // 3 windows, fewer than the default batch
+		{nil, n, 512, 256, 1}, // the default window: the model's 1024, capped
 	} {
 		args := append([]string{"perplexity", "--model", model, "--device", "cpu", "--file", file, "--json"}, c.args...)
 		code, stdout, stderr := runCmd(args...)
@@ -227,9 +399,14 @@ func TestPerplexityCommand(t *testing.T) {
 			t.Fatalf("%v: %v in %q", c.args, err, stdout)
 		}
 		windows := len(perplexityWindows(c.tokens, c.ctx, c.s))
-		if res.Tokens != c.tokens || res.Scored != c.tokens-1 || res.Ctx != c.ctx || res.Stride != c.s || res.Windows != windows {
-			t.Errorf("%v: tokens %d, scored %d, ctx %d, stride %d, windows %d; want %d, %d, %d, %d, %d", c.args,
-				res.Tokens, res.Scored, res.Ctx, res.Stride, res.Windows, c.tokens, c.tokens-1, c.ctx, c.s, windows)
+		if res.Tokens != c.tokens || res.Scored != c.tokens-1 || res.Ctx != c.ctx || res.Stride != c.s || res.Windows != windows || res.Batch != c.batch {
+			t.Errorf("%v: tokens %d, scored %d, ctx %d, stride %d, windows %d, batch %d; want %d, %d, %d, %d, %d, %d", c.args,
+				res.Tokens, res.Scored, res.Ctx, res.Stride, res.Windows, res.Batch, c.tokens, c.tokens-1, c.ctx, c.s, windows, c.batch)
+		}
+		if i == 0 {
+			first = res
+		} else if i < 3 && (math.Abs(res.NLLMean/first.NLLMean-1) > 1e-6 || math.Abs(res.NLLSD/first.NLLSD-1) > 1e-6) {
+			t.Errorf("%v: NLL mean %.9g, sd %.9g; with the defaults %.9g, %.9g", c.args, res.NLLMean, res.NLLSD, first.NLLMean, first.NLLSD)
 		}
 		if res.Model != "tiny-gpt2" || res.Device != "cpu" || res.File != file {
 			t.Errorf("%v: model %q, device %q, file %q", c.args, res.Model, res.Device, res.File)
@@ -266,6 +443,7 @@ func TestPerplexityErrors(t *testing.T) {
 		{[]string{"--file", text, "--ctx", "-3"}, 2, `invalid value "-3" for --ctx: must be at least 0`},
 		{[]string{"--file", text, "--stride", "-1"}, 2, `invalid value "-1" for --stride: must be at least 0`},
 		{[]string{"--file", text, "--limit", "-5"}, 2, `invalid value "-5" for --limit: must be at least 0`},
+		{[]string{"--file", text, "--batch", "-2"}, 2, `invalid value "-2" for --batch: must be at least 0`},
 		{[]string{"--file", text, "--bogus"}, 2, `unknown flag "--bogus"`},
 		{[]string{"--file", filepath.Join(t.TempDir(), "none.txt")}, 1, "no such file"},
 		{[]string{"--file", empty}, 1, empty + " is empty"},
