@@ -3,8 +3,9 @@
 # synthetic gpt-oss-20b. Binaries are built on the development machine:
 #   CGO_ENABLED=0 go test -c -o bin/cuda/cuda.test ./backend/cuda
 #   CGO_ENABLED=0 go test -c -o bin/cuda/engine.test ./engine
-#   CGO_ENABLED=0 go test -c -o bin/cuda/orcd.test ./cmd/orcd
-#   CGO_ENABLED=0 go build -o bin/cuda/orcd ./cmd/orcd
+#   CGO_ENABLED=0 go test -c -tags nodemo -o bin/cuda/orcd.test ./cmd/orcd
+#   CGO_ENABLED=0 go build -tags nodemo -o bin/cuda/orcd ./cmd/orcd
+# (nodemo leaves the 20 MB built-in model out: the trip carries at most 64 MiB.)
 # Usage (repo root): backend/cuda/gpu_check.sh [tests|bench|all]; logs go to $OUT.
 # BIN names another folder of binaries; KBENCH is a -test.bench pattern of
 # kernel benchmarks to run after the tests.

@@ -1,27 +1,22 @@
 package main
 
 import (
-	"context"
+	"cmp"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 
 	"orcd/backend"
+	"orcd/demo"
 	"orcd/gguf"
 	"orcd/model"
 	"orcd/tokenizer"
-)
-
-// The model used when --model is not given: a tiny random gpt-oss,
-// synthesized once into the user cache directory.
-const (
-	defaultPreset = "tiny-gpt-oss"
-	defaultSeed   = 1
 )
 
 // modelFlags are the flags of every command that loads a model.
@@ -38,7 +33,7 @@ type modelFlags struct {
 // addModelFlags registers the model flags on fs.
 func addModelFlags(fs *flag.FlagSet) *modelFlags {
 	mf := &modelFlags{}
-	fs.StringVar(&mf.model, "model", "", "GGUF model `FILE` (default: a tiny random gpt-oss, synthesized into the user cache dir)")
+	fs.StringVar(&mf.model, "model", "", "GGUF model `FILE` (default: the built-in "+demo.Name+", a small GPT-2 trained on the King James Version)")
 	fs.StringVar(&mf.tokenizer, "tokenizer", "", "tokenizer.json `FILE` to use instead of the one beside the model or in its metadata")
 	choiceVar(fs, &mf.device, "device", "auto", []string{"cpu", "cuda", "auto"}, "backend (auto: cuda if available, else cpu)")
 	numVar(fs, &mf.gpu, "gpu-device", 0, 0, noMax, "CUDA device number")
@@ -51,7 +46,9 @@ func addModelFlags(fs *flag.FlagSet) *modelFlags {
 // loadedModel is a model ready to run, shared by run, logits, serve and
 // bench.
 type loadedModel struct {
-	Path      string
+	Path      string // the model file; "" for the built-in model
+	Name      string // the file's name without .gguf, or the built-in model's name
+	QuantKind string // the weight formats (see quantKind)
 	Backend   backend.Backend
 	Model     model.Model
 	Tokenizer *tokenizer.Tokenizer // nil unless asked for
@@ -63,18 +60,20 @@ func (lm *loadedModel) Close() error {
 	return errors.Join(lm.Model.Close(), lm.Backend.Close())
 }
 
-// loadModel opens the model file (or the default model), the backend, and
+// loadModel opens the model file (or the built-in model), the backend, and
 // uploads the weights, showing progress (see loadProgress); with
 // withTokenizer it loads the tokenizer too (logits needs none).
 func loadModel(mf *modelFlags, withTokenizer bool, log *slog.Logger, bar io.Writer) (*loadedModel, error) {
-	path := mf.model
+	path, name := mf.model, demo.Name
+	var f *gguf.File
+	var err error
 	if path == "" {
-		var err error
-		if path, err = defaultModel(log); err != nil {
-			return nil, err
-		}
+		log.Info("no --model given; using the built-in model", "name", name)
+		f, err = demo.Open()
+	} else {
+		name = strings.TrimSuffix(filepath.Base(path), ".gguf")
+		f, err = gguf.Open(path)
 	}
-	f, err := gguf.Open(path)
 	if err != nil {
 		return nil, err
 	}
@@ -101,17 +100,17 @@ func loadModel(mf *modelFlags, withTokenizer bool, log *slog.Logger, bar io.Writ
 	}
 
 	start := time.Now()
-	m, err := model.Load(f, be, model.LoadOptions{MaxBatch: mf.maxBatch, Progress: loadProgress(path, log, bar)})
+	m, err := model.Load(f, be, model.LoadOptions{MaxBatch: mf.maxBatch, Progress: loadProgress(f.Path, log, bar)})
 	if err != nil {
 		be.Close()
 		return nil, err
 	}
 	cfg := m.Config()
-	log.Info("model loaded", "path", path, "arch", cfg.Arch, "layers", cfg.Layers, "hidden", cfg.Hidden,
+	log.Info("model loaded", "path", f.Path, "arch", cfg.Arch, "layers", cfg.Layers, "hidden", cfg.Hidden,
 		"vocab", cfg.VocabSize, "context", cfg.ContextLength, "backend_bytes", be.Allocated(),
 		"seconds", time.Since(start).Seconds())
 
-	lm := &loadedModel{Path: path, Backend: be, Model: m, CtxSize: mf.ctxSize}
+	lm := &loadedModel{Path: path, Name: name, QuantKind: quantKind(f), Backend: be, Model: m, CtxSize: mf.ctxSize}
 	if lm.CtxSize == 0 || lm.CtxSize > cfg.ContextLength {
 		if lm.CtxSize > cfg.ContextLength {
 			log.Info("--ctx-size exceeds the model's context; using the model's", "ctx_size", mf.ctxSize, "context", cfg.ContextLength)
@@ -129,35 +128,6 @@ func loadModel(mf *modelFlags, withTokenizer bool, log *slog.Logger, bar io.Writ
 		}
 	}
 	return lm, nil
-}
-
-// defaultModel returns the path of the default model in the user cache
-// directory, synthesizing it first if it is missing or unreadable.
-func defaultModel(log *slog.Logger) (string, error) {
-	dir, err := os.UserCacheDir()
-	if err != nil {
-		return "", fmt.Errorf("no --model given and no user cache dir for the default model: %w", err)
-	}
-	dir = filepath.Join(dir, "orcd")
-	path := filepath.Join(dir, fmt.Sprintf("%s-seed%d.gguf", defaultPreset, defaultSeed))
-	if f, err := gguf.Open(path); err == nil {
-		arch, archErr := f.GetString("general.architecture")
-		f.Close()
-		if archErr == nil && arch == synthPresets[defaultPreset].arch {
-			log.Info("no --model given; using the default model", "path", path)
-			return path, nil
-		}
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return "", err
-	}
-	log.Info("no --model given; synthesizing the default model", "preset", defaultPreset, "seed", defaultSeed, "path", path)
-	start := time.Now()
-	if err := synthesize(context.Background(), path, synthOptions{preset: defaultPreset, seed: defaultSeed}); err != nil {
-		return "", fmt.Errorf("synthesizing the default model: %w", err)
-	}
-	log.Info("default model written", "path", path, "seconds", time.Since(start).Seconds())
-	return path, nil
 }
 
 // loadProgress reports weight-upload progress: a bar redrawn in place when
@@ -179,4 +149,21 @@ func loadProgressAt(path string, log *slog.Logger, bar io.Writer, now func() tim
 			log.Info("loading weights", "percent", 100*done/max(total, 1), "bytes", done, "total", total)
 		}
 	}
+}
+
+// quantKind names the weight formats of the file, most bytes first, e.g.
+// "MXFP4+BF16+F32".
+func quantKind(f *gguf.File) string {
+	bytesOf := map[string]int64{}
+	for _, ti := range f.Tensors {
+		bytesOf[ti.Type.String()] += ti.Size
+	}
+	names := make([]string, 0, len(bytesOf))
+	for n := range bytesOf {
+		names = append(names, n)
+	}
+	slices.SortFunc(names, func(a, b string) int {
+		return cmp.Or(cmp.Compare(bytesOf[b], bytesOf[a]), strings.Compare(a, b))
+	})
+	return strings.Join(names, "+")
 }

@@ -42,6 +42,16 @@ func (g *progressGate) due(done, total int64) bool {
 // progressLine shows a byte-count progress on w: one line redrawn in place
 // on a terminal, else a line when a progressGate allows.
 func progressLine(w io.Writer, label string) func(done, total int64) {
+	return progressCounter(w, label, func(done, total int64, secs float64) string {
+		rate := float64(done) / max(secs, 1e-9) / 1e6
+		return fmt.Sprintf("%s of %s, %.1f s, %.0f MB/s", humanBytes(done), humanBytes(total), secs, rate)
+	})
+}
+
+// progressCounter is progressLine for any count: describe says what follows
+// the percentage, given the count so far, the total and the seconds since
+// the start.
+func progressCounter(w io.Writer, label string, describe func(done, total int64, secs float64) string) func(done, total int64) {
 	start := time.Now()
 	tty := isTerminal(w)
 	gate := newProgressGate(time.Now)
@@ -52,9 +62,7 @@ func progressLine(w io.Writer, label string) func(done, total int64) {
 			return
 		}
 		last = pct
-		secs := time.Since(start).Seconds()
-		rate := float64(done) / max(secs, 1e-9) / 1e6
-		line := fmt.Sprintf("%s: %3d%% %s of %s, %.1f s, %.0f MB/s", label, pct, humanBytes(done), humanBytes(total), secs, rate)
+		line := fmt.Sprintf("%s: %3d%% %s", label, pct, describe(done, total, time.Since(start).Seconds()))
 		if tty {
 			end := ""
 			if done >= total {

@@ -22,10 +22,10 @@ func init() {
 		details: `The text is streamed to stdout as it is generated; --json prints the ids,
 the text and the stop reason at the end instead. Generation stops at an
 end-of-generation token, after --max-tokens tokens, or when the context
-(--ctx-size) is full. Without --model, the default tiny random model is used
-(its text is gibberish).`,
+(--ctx-size) is full. Without --model, the built-in kjv-demo is used: a
+small GPT-2 trained on the King James Version, so its text is KJV-like.`,
 		examples: []string{
-			`orcd run --prompt "Once upon a time" --max-tokens 32`,
+			`orcd run --prompt "In the beginning God" --max-tokens 32`,
 			`orcd run --model gpt2.gguf --prompt "Hello" --temperature 0 --json`,
 			`orcd run --model gpt2.gguf --ids 15496,11,995 --seed 7 --top-p 0.9`,
 		},

@@ -15,7 +15,6 @@ import (
 
 	"orcd/backend/cpu"
 	"orcd/gguf"
-	"orcd/internal/testutil"
 	"orcd/model"
 	"orcd/tensor"
 	"orcd/tokenizer"
@@ -195,16 +194,12 @@ func TestRunErrors(t *testing.T) {
 // and compares with HF's logits (the interface external checks use).
 func TestLogitsCommandHF(t *testing.T) {
 	const name = "gptoss_mxfp4_q8"
-	var fx struct {
-		Prompt       []int32     `json:"prompt"`
-		PromptLogits [][]float32 `json:"prompt_logits"`
-	}
-	testutil.ReadGzipJSON(t, filepath.Join("..", "..", "model", "testdata", name+".json.gz"), &fx)
-	ids := make([]string, len(fx.Prompt))
-	for i, id := range fx.Prompt {
+	prompt, hfLogits := readHFPrompt(t, name)
+	ids := make([]string, len(prompt))
+	for i, id := range prompt {
 		ids[i] = strconv.Itoa(int(id))
 	}
-	code, stdout, stderr := runCmd("logits", "--model", filepath.Join("..", "..", "model", "testdata", name+".gguf"),
+	code, stdout, stderr := runCmd("logits", "--model", filepath.Join(hfTestdata, name+".gguf"),
 		"--device", "cpu", "--ids", strings.Join(ids, ","), "--all", "--json")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
@@ -213,14 +208,14 @@ func TestLogitsCommandHF(t *testing.T) {
 	if err := json.Unmarshal([]byte(stdout), &out); err != nil {
 		t.Fatal(err)
 	}
-	if out.NVocab != 512 || len(out.Logits) != len(fx.Prompt) {
-		t.Fatalf("n_vocab %d, %d rows; want 512, %d", out.NVocab, len(out.Logits), len(fx.Prompt))
+	if out.NVocab != 512 || len(out.Logits) != len(prompt) {
+		t.Fatalf("n_vocab %d, %d rows; want 512, %d", out.NVocab, len(out.Logits), len(prompt))
 	}
-	for p, want := range fx.PromptLogits {
+	for p, want := range hfLogits {
 		var maxErr, maxRef float64
 		for i := range want {
-			maxErr = max(maxErr, math.Abs(float64(out.Logits[p][i]-want[i])))
-			maxRef = max(maxRef, math.Abs(float64(want[i])))
+			maxErr = max(maxErr, math.Abs(float64(out.Logits[p][i])-want[i]))
+			maxRef = max(maxRef, math.Abs(want[i]))
 		}
 		if maxErr/maxRef > 1e-4 {
 			t.Errorf("position %d: relative error %.3g", p, maxErr/maxRef)

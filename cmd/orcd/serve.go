@@ -15,8 +15,6 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
-	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -24,8 +22,8 @@ import (
 	"time"
 
 	"orcd/backend"
+	"orcd/demo"
 	"orcd/engine"
-	"orcd/gguf"
 	"orcd/server"
 	"orcd/tokenizer"
 )
@@ -97,7 +95,7 @@ func addServeFlags(fs *flag.FlagSet) *serveFlags {
 	numVar(fs, &sf.port, "port", 8080, 0, 65535, "port to listen on (0: any free port)")
 	fs.StringVar(&sf.callbackURL, "callback-url", "", "`URL` to POST {worker_id, model_ref, vram_bytes, uri} to once the model is loaded; failure exits non-zero")
 	fs.StringVar(&sf.advertiseURL, "advertise-url", "", "base `URL` reported in the ready callback (default: http://HOST:PORT, with this machine's hostname when HOST is unspecified)")
-	fs.StringVar(&sf.modelID, "model-id", "", "model `NAME` in the API (default: the model file's name without .gguf)")
+	fs.StringVar(&sf.modelID, "model-id", "", "model `NAME` in the API (default: the model file's name without .gguf, or "+demo.Name+")")
 	fs.StringVar(&sf.apiKey, "api-key", "", "bearer `TOKEN` required on every endpoint but /health (default: $ORCD_API_KEY; empty: no auth)")
 	numVar(fs, &sf.maxTokensOut, "max-tokens-out", server.MaxTokensLimit, 1, server.MaxTokensLimit, "largest max_tokens a request may ask for")
 	numVar(fs, &sf.timeoutSec, "inference-timeout-sec", 300, 0, maxSeconds, "per-request time limit in seconds, queueing included (0: none)")
@@ -243,7 +241,7 @@ func serve(mf *modelFlags, sf *serveFlags, log *slog.Logger, listening func(addr
 	scfg := server.Config{
 		Engine: eng, Tokenizer: lm.Tokenizer, Device: dev,
 		Model: server.ModelInfo{
-			ID: modelID(sf.modelID, lm.Path), Arch: cfg.Arch, QuantKind: quantKind(lm.Path),
+			ID: cmp.Or(sf.modelID, lm.Name), Arch: cfg.Arch, QuantKind: lm.QuantKind,
 			TokenizerKind: lm.Tokenizer.Kind(), VocabSize: cfg.VocabSize, ContextLength: lm.CtxSize,
 		},
 		MaxTokensOut: sf.maxTokensOut, APIKey: sf.apiKey, MaxBodyBytes: int64(sf.maxBodyBytes),
@@ -258,7 +256,7 @@ func serve(mf *modelFlags, sf *serveFlags, log *slog.Logger, listening func(addr
 	log.Info("ready", "uri", uri)
 
 	if sf.callbackURL != "" {
-		body := readyCallback{WorkerID: sf.workerID, ModelRef: lm.Path, VRAMBytes: dev.VRAMBytesUsed(), URI: uri}
+		body := readyCallback{WorkerID: sf.workerID, ModelRef: cmp.Or(lm.Path, "builtin:"+lm.Name), VRAMBytes: dev.VRAMBytesUsed(), URI: uri}
 		if err := sendReady(sf.callbackURL, body, log); err != nil {
 			hs.Close()
 			eng.Drain(context.Background())
@@ -354,37 +352,6 @@ func advertisedURI(sf *serveFlags, addr *net.TCPAddr) string {
 		}
 	}
 	return "http://" + net.JoinHostPort(host, strconv.Itoa(addr.Port))
-}
-
-// modelID picks the model's name in the API: a file name makes a handier
-// identifier than general.name, which often has spaces.
-func modelID(flagValue, path string) string {
-	if flagValue != "" {
-		return flagValue
-	}
-	return strings.TrimSuffix(filepath.Base(path), ".gguf")
-}
-
-// quantKind names the weight formats of the file, most bytes first, e.g.
-// "MXFP4+BF16+F32".
-func quantKind(path string) string {
-	f, err := gguf.Open(path)
-	if err != nil {
-		return "unknown"
-	}
-	defer f.Close()
-	bytesOf := map[string]int64{}
-	for _, ti := range f.Tensors {
-		bytesOf[ti.Type.String()] += ti.Size
-	}
-	names := make([]string, 0, len(bytesOf))
-	for n := range bytesOf {
-		names = append(names, n)
-	}
-	slices.SortFunc(names, func(a, b string) int {
-		return cmp.Or(cmp.Compare(bytesOf[b], bytesOf[a]), strings.Compare(a, b))
-	})
-	return strings.Join(names, "+")
 }
 
 // backendDevice reports a backend's memory to /health and /metrics. Backends

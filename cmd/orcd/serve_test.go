@@ -158,13 +158,7 @@ func TestServeGPT2EndToEnd(t *testing.T) {
 		t.Errorf("ready callback %+v", c)
 	}
 
-	resp, err := http.Get(w.uri + "/health")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var h map[string]any
-	json.NewDecoder(resp.Body).Decode(&h)
-	resp.Body.Close()
+	_, h := getJSON(t, "GET", w.uri+"/health")
 	if h["status"] != "ok" || h["model"] != "tiny-gpt2" || h["device"] != "cpu" || h["context_length"] != 256.0 || h["tokenizer_kind"] == "" {
 		t.Errorf("health %v", h)
 	}
@@ -197,7 +191,7 @@ func TestServeGPT2EndToEnd(t *testing.T) {
 	}
 	wg.Wait()
 
-	resp, err = http.Post(w.uri+"/v1/chat/completions", "application/json",
+	resp, err := http.Post(w.uri+"/v1/chat/completions", "application/json",
 		strings.NewReader(`{"model":"tiny-gpt2","messages":[{"role":"user","content":"Hi"}],"max_tokens":10}`))
 	if err != nil {
 		t.Fatal(err)
@@ -416,14 +410,7 @@ func TestServeBatchedStreams(t *testing.T) {
 			if single, all := m[`orcd_step_sequences_bucket{le="1"}`], m["orcd_step_sequences_count"]; single == "" || single == all {
 				t.Errorf("metrics: %s of %s steps ran one sequence: nothing was batched", single, all)
 			}
-			resp, err := http.Get(w.uri + "/health")
-			if err != nil {
-				t.Fatal(err)
-			}
-			var h map[string]any
-			json.NewDecoder(resp.Body).Decode(&h)
-			resp.Body.Close()
-			if h["status"] != "ok" || h["active"] != 0.0 || h["queue_depth"] != 0.0 {
+			if _, h := getJSON(t, "GET", w.uri+"/health"); h["status"] != "ok" || h["active"] != 0.0 || h["queue_depth"] != 0.0 {
 				t.Errorf("health after the streams: %v", h)
 			}
 		})

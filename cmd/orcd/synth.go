@@ -247,8 +247,8 @@ func synthesize(ctx context.Context, path string, o synthOptions) error {
 		total += size
 	}
 
-	// A unique temporary name: two processes synthesizing the same default
-	// model must not write into one file.
+	// A unique temporary name: two processes synthesizing the same path
+	// must not write into one file.
 	f, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".*.tmp")
 	if err != nil {
 		return err

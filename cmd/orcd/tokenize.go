@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 
+	"orcd/demo"
 	"orcd/gguf"
 	"orcd/tokenizer"
 )
@@ -31,7 +32,8 @@ text unless --parse-special is given.
 
 With --model, a tokenizer.json beside the model is preferred to the GGUF's
 own vocabulary, as when serving. Without --model, --tokenizer or --vocab,
-the default model's tokenizer (o200k_harmony) is used, as by run and serve.
+the built-in model's vocabulary (gpt2) is used, as run and serve use the
+built-in model.
 A TEXT that begins with a dash goes after --.`,
 		examples: []string{
 			`orcd tokenize "Hello, world"`,
@@ -64,11 +66,8 @@ func setupTokenize(fs *flag.FlagSet) func(*env) int {
 			return e.usageError("no TEXT to encode (or use --jsonl)")
 		}
 		if *modelPath == "" && *tokPath == "" && *vocab == "" {
-			path, err := defaultModel(lf.logger(e.stderr))
-			if err != nil {
-				return e.fail(err)
-			}
-			*modelPath = path
+			lf.logger(e.stderr).Info("no --model, --tokenizer or --vocab given; using the built-in model's vocabulary", "model", demo.Name, "vocab", demo.Vocab)
+			*vocab = demo.Vocab
 		}
 		tk, err := openTokenizer(*modelPath, *tokPath, *vocab)
 		if err != nil {

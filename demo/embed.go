@@ -1,0 +1,8 @@
+//go:build !nodemo
+
+package demo
+
+import "embed"
+
+//go:embed model
+var files embed.FS
