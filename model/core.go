@@ -482,3 +482,36 @@ func (s *tensorSet) free() {
 	}
 	s.tensors = nil
 }
+
+// routeBuffers are the mixture of experts' routing between its ops (router
+// logits, the chosen experts and their weights), for backends without a
+// fused MoE.
+type routeBuffers struct {
+	logits, ids, weights backend.Tensor
+	k                    int
+}
+
+func newRouteBuffers(s *tensorSet, n, experts, k int) routeBuffers {
+	return routeBuffers{logits: s.f32(n, experts), ids: s.i32(n * k), weights: s.f32(n, k), k: k}
+}
+
+// view returns the buffers of the first n tokens (none when unallocated).
+func (r routeBuffers) view(be backend.Backend, n int) routeBuffers {
+	if r.logits == nil {
+		return r
+	}
+	return routeBuffers{logits: be.View(r.logits, n), ids: be.View(r.ids, n*r.k), weights: be.View(r.weights, n), k: r.k}
+}
+
+// upload makes an F32 weight of host values (RoPE frequencies), which the
+// model then owns; after a failure it closes the model.
+func (m *core[B]) upload(what string, v []float32) (backend.Tensor, error) {
+	t, err := m.be.NewF32(1, len(v))
+	if err != nil {
+		m.Close()
+		return nil, fmt.Errorf("model: allocating %s: %w", what, err)
+	}
+	m.weights = append(m.weights, t)
+	m.be.WriteF32(t, v)
+	return t, nil
+}

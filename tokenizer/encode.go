@@ -1,6 +1,10 @@
 package tokenizer
 
-import "slices"
+import (
+	"slices"
+
+	"golang.org/x/text/unicode/norm"
+)
 
 // specialSet finds the texts of a set of special tokens in a string.
 type specialSet struct {
@@ -91,6 +95,9 @@ func (t *Tokenizer) encode(text string, parseSpecial bool) []int32 {
 
 // encodeOrdinary appends the tokens of text with no special tokens in it.
 func (t *Tokenizer) encodeOrdinary(ids []int32, text string) []int32 {
+	if t.nfc && !norm.NFC.IsNormalString(text) {
+		text = norm.NFC.String(text)
+	}
 	for i := 0; i < len(text); {
 		j := t.pretok(text, i)
 		ids = t.encodePiece(ids, text[i:j])

@@ -9,6 +9,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -264,7 +266,8 @@ func FromVocab(v *GGUFVocab) (*Tokenizer, error) {
 	}
 	pretok, ok := pretokenizerByPre[v.Pre]
 	if !ok {
-		return nil, fmt.Errorf("tokenizer: tokenizer.ggml.pre %q is not supported (known: \"gpt-2\", \"gpt-4o\")", v.Pre)
+		return nil, fmt.Errorf("tokenizer: tokenizer.ggml.pre %q is not supported (known: %s)", v.Pre,
+			strings.Join(slices.Sorted(maps.Keys(pretokenizerByPre)), ", "))
 	}
 	n := len(v.Tokens)
 	if len(v.TokenTypes) != n {
@@ -275,6 +278,7 @@ func FromVocab(v *GGUFVocab) (*Tokenizer, error) {
 		pieces:     make([][]byte, n),
 		types:      v.TokenTypes,
 		pretok:     pretok,
+		nfc:        v.Pre == "qwen2", // HF's Qwen2 tokenizer normalizes to NFC
 		wholeWords: true,
 		bos:        v.BOS, eos: v.EOS, pad: v.PAD, eot: v.EOT, eom: v.EOM,
 		addBOS: v.AddBOS,

@@ -321,9 +321,39 @@ func TestRoPE(t *testing.T) {
 		freq[i] = float32(math.Pow(150000, -2*float64(i)/float64(dim)))
 	}
 	f := p.f32(1, dim/2, freq)
-	p.gpu.RoPE(x.g, pos.g, f.g, dim, 1.35)
-	p.ref.RoPE(x.c, pos.c, f.c, dim, 1.35)
-	p.check("RoPE", x, rows*heads*dim, 1e-5)
+	for _, mode := range []backend.RoPEMode{backend.RoPENeoX, backend.RoPENormal} {
+		rp := backend.RoPEParams{HeadDim: dim, Mode: mode, MScale: 1.35}
+		p.gpu.RoPE(x.g, pos.g, f.g, rp)
+		p.ref.RoPE(x.c, pos.c, f.c, rp)
+		p.check(fmt.Sprintf("RoPE mode %d", mode), x, rows*heads*dim, 1e-5)
+	}
+}
+
+// TestActivations compares SiLU, SwiGLU (plain and gpt-oss's clamped form)
+// and RMSNormHeads (Qwen3-style QK-norm) with the cpu backend.
+func TestActivations(t *testing.T) {
+	p := newPair(t)
+	r := newRand()
+	for _, shape := range [][2]int{{1, 4864}, {7, 896}, {130, 128}} {
+		rows, cols := shape[0], shape[1]
+		g := p.f32(rows, cols, randF32(r, rows*cols, 3))
+		u := p.f32(rows, cols, randF32(r, rows*cols, 3))
+		dst := p.f32(rows, cols, nil)
+		p.gpu.SiLU(dst.g, g.g)
+		p.ref.SiLU(dst.c, g.c)
+		p.check(fmt.Sprintf("SiLU %dx%d", rows, cols), dst, rows*cols, 1e-6)
+		for _, act := range []backend.SwiGLUParams{{Alpha: 1}, {Alpha: 1.702, Limit: 7, UpShift: 1}} {
+			p.gpu.SwiGLU(dst.g, g.g, u.g, act)
+			p.ref.SwiGLU(dst.c, g.c, u.c, act)
+			p.check(fmt.Sprintf("SwiGLU %+v %dx%d", act, rows, cols), dst, rows*cols, 1e-6)
+		}
+		for _, dim := range []int{64, 128} {
+			w := p.f32(1, dim, randF32(r, dim, 1))
+			p.gpu.RMSNormHeads(dst.g, g.g, w.g, dim, 1e-6)
+			p.ref.RMSNormHeads(dst.c, g.c, w.c, dim, 1e-6)
+			p.check(fmt.Sprintf("RMSNormHeads dim %d %dx%d", dim, rows, cols), dst, rows*cols, 1e-5)
+		}
+	}
 }
 
 // attnBatch fills a paged cache, whose blocks are handed out in a shuffled
@@ -438,6 +468,23 @@ func TestAttention(t *testing.T) {
 	attnBatch(t, p, r, long, lens, rows, true)
 }
 
+// cpuMoE is the mixture of experts as the model runs it on the cpu
+// backend: the router's product, Route and Experts.
+func cpuMoE(t *testing.T, be backend.Backend, dst, x backend.Tensor, w *backend.MoEWeights, mp backend.MoEParams) {
+	n, nExp := backend.Rows(x), w.Router.Dims()[1]
+	logits, err1 := be.NewF32(n, nExp)
+	weights, err2 := be.NewF32(n, mp.TopK)
+	ids, err3 := be.NewI32(n * mp.TopK)
+	if err := errors.Join(err1, err2, err3); err != nil {
+		t.Fatal(err)
+	}
+	be.MatMul(logits, x, w.Router, w.RouterBias)
+	be.Route(ids, weights, logits, mp.TopK)
+	be.Experts(dst, x, ids, weights, &w.ExpertWeights, mp.SwiGLU)
+}
+
+// TestMoE compares the fused MoE (gpt-oss's clamped SwiGLU) and the split
+// Route and Experts (plain SwiGLU too) with the cpu backend's ops.
 func TestMoE(t *testing.T) {
 	p := newPair(t)
 	r := newRand()
@@ -454,17 +501,22 @@ func TestMoE(t *testing.T) {
 		set(&w.GateBias, &ref.GateBias, p.f32(nExp, ff, randF32(r, ff*nExp, 1)))
 		set(&w.UpBias, &ref.UpBias, p.f32(nExp, ff, randF32(r, ff*nExp, 1)))
 		set(&w.DownBias, &ref.DownBias, p.f32(nExp, hidden, randF32(r, hidden*nExp, 1)))
-		mp := backend.MoEParams{TopK: 3, Alpha: 1.702, Limit: 7}
-		for _, n := range []int{1, 4, 70} {
-			x := p.f32(n, hidden, randF32(r, n*hidden, 0.2))
-			dst := p.f32(n, hidden, nil)
-			p.gpu.MoE(dst.g, x.g, w, mp)
-			p.ref.MoE(dst.c, x.c, &ref, mp)
-			tol := 1e-4
-			if n > 4 {
-				tol = 3e-4 // grouped tensor-core path
+		for _, act := range []backend.SwiGLUParams{{Alpha: 1.702, Limit: 7, UpShift: 1}, {Alpha: 1}} {
+			mp := backend.MoEParams{TopK: 3, SwiGLU: act}
+			for _, n := range []int{1, 4, 70} {
+				x := p.f32(n, hidden, randF32(r, n*hidden, 0.2))
+				dst := p.f32(n, hidden, nil)
+				tol := 1e-4
+				if n > 4 {
+					tol = 3e-4 // grouped tensor-core path
+				}
+				cpuMoE(t, p.ref, dst.c, x.c, &ref, mp)
+				p.gpu.MoE(dst.g, x.g, w, mp)
+				p.check(fmt.Sprintf("MoE %s %+v n=%d", typ, act, n), dst, n*hidden, tol)
+				// The split ops on the device.
+				cpuMoE(t, p.gpu, dst.g, x.g, w, mp)
+				p.check(fmt.Sprintf("Route+Experts %s %+v n=%d", typ, act, n), dst, n*hidden, tol)
 			}
-			p.check(fmt.Sprintf("MoE %s n=%d", typ, n), dst, n*hidden, tol)
 		}
 	}
 }
@@ -490,8 +542,8 @@ func TestGraphReplay(t *testing.T) {
 	step := func(b backend.Backend, x, q, k, kc, vc, pos, slot, out, wq, wk, freq, seq, table backend.Tensor) {
 		b.MatMul(q, x, wq, nil)
 		b.MatMul(k, x, wk, nil)
-		b.RoPE(q, pos, freq, ap.HeadDim, 1)
-		b.RoPE(k, pos, freq, ap.HeadDim, 1)
+		b.RoPE(q, pos, freq, backend.RoPEParams{HeadDim: ap.HeadDim, MScale: 1})
+		b.RoPE(k, pos, freq, backend.RoPEParams{HeadDim: ap.HeadDim, MScale: 1})
 		b.StoreKV(kc, vc, k, k, slot)
 		b.Attention(out, q, kc, vc, pos, seq, table, nil, ap)
 	}

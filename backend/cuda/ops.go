@@ -408,25 +408,88 @@ func (b *Backend) GELU(dst, x backend.Tensor) {
 	b.launch("gelu_tanh", b.gridFor(n), [3]int{256, 1, 1}, 0, d.ptr, xs.ptr, n)
 }
 
-// RoPE rotates x in place, NeoX style.
-func (b *Backend) RoPE(x, pos, invFreq backend.Tensor, headDim int, mscale float32) {
+// RoPE rotates x in place, pairing elements as p.Mode says.
+func (b *Backend) RoPE(x, pos, invFreq backend.Tensor, p backend.RoPEParams) {
 	const op = "RoPE"
 	xs := b.f32(x, op, "x")
 	if xs == nil {
 		return
 	}
-	rows, cols := backend.Rows(xs), backend.Cols(xs)
+	rows, cols, headDim := backend.Rows(xs), backend.Cols(xs), p.HeadDim
 	if headDim <= 0 || headDim%2 != 0 || cols%headDim != 0 {
 		b.failf("%s: headDim %d does not split x's %d columns into heads of even size", op, headDim, cols)
+		return
+	}
+	if p.Mode != backend.RoPENeoX && p.Mode != backend.RoPENormal {
+		b.failf("%s: unknown mode %d", op, p.Mode)
 		return
 	}
 	fs, ps := b.vector(invFreq, op, "invFreq", headDim/2), b.i32(pos, op, "pos", rows)
 	if fs == nil || ps == nil {
 		return
 	}
+	normal := 0
+	if p.Mode == backend.RoPENormal {
+		normal = 1
+	}
 	defer b.bind()()
-	b.launch("rope_neox", b.gridFor(int64(rows)*int64(cols)/2), [3]int{256, 1, 1}, 0,
-		xs.ptr, ps.ptr, fs.ptr, rows, cols/headDim, headDim, mscale)
+	b.launch("rope", b.gridFor(int64(rows)*int64(cols)/2), [3]int{256, 1, 1}, 0,
+		xs.ptr, ps.ptr, fs.ptr, rows, cols/headDim, headDim, p.MScale, normal)
+}
+
+// SiLU sets dst = x·σ(x) elementwise.
+func (b *Backend) SiLU(dst, x backend.Tensor) {
+	const op = "SiLU"
+	d := b.f32(dst, op, "dst")
+	if d == nil {
+		return
+	}
+	xs := b.matrix(x, op, "x", backend.Rows(d), backend.Cols(d))
+	if xs == nil {
+		return
+	}
+	defer b.bind()()
+	n := d.elements()
+	b.launch("silu", b.gridFor(n), [3]int{256, 1, 1}, 0, d.ptr, xs.ptr, n)
+}
+
+// SwiGLU sets dst = g·σ(Alpha·g)·(u+UpShift), clamped when Limit is set.
+func (b *Backend) SwiGLU(dst, g, u backend.Tensor, p backend.SwiGLUParams) {
+	const op = "SwiGLU"
+	d := b.f32(dst, op, "dst")
+	if d == nil {
+		return
+	}
+	rows, cols := backend.Rows(d), backend.Cols(d)
+	gs, us := b.matrix(g, op, "g", rows, cols), b.matrix(u, op, "u", rows, cols)
+	if gs == nil || us == nil {
+		return
+	}
+	defer b.bind()()
+	n := d.elements()
+	b.launch("swiglu", b.gridFor(n), [3]int{256, 1, 1}, 0, d.ptr, gs.ptr, us.ptr, n, p.Alpha, p.Limit, p.UpShift)
+}
+
+// RMSNormHeads normalizes each head of each row on its own, then scales it
+// by w.
+func (b *Backend) RMSNormHeads(dst, x, w backend.Tensor, headDim int, eps float32) {
+	const op = "RMSNormHeads"
+	d := b.f32(dst, op, "dst")
+	if d == nil {
+		return
+	}
+	rows, cols := backend.Rows(d), backend.Cols(d)
+	if headDim <= 0 || cols%headDim != 0 {
+		b.failf("%s: headDim %d does not split %d columns", op, headDim, cols)
+		return
+	}
+	xs, ws := b.matrix(x, op, "x", rows, cols), b.vector(w, op, "w", headDim)
+	if xs == nil || ws == nil {
+		return
+	}
+	defer b.bind()()
+	b.launch("rms_norm_heads", [3]int{cols / headDim, rows, 1}, [3]int{normBlock(headDim), 1, 1}, 0,
+		d.ptr, xs.ptr, ws.ptr, cols, headDim, eps)
 }
 
 // kvCache unwraps a K or V cache made by NewKVCache (f32 or f16).
@@ -612,11 +675,9 @@ func attnSplits(p backend.AttentionParams, blocks, sms int) int {
 	return max(s, 1)
 }
 
-// MoE computes the gpt-oss mixture of experts; see backend.Backend. Small
-// batches run matrix-vector kernels that read only the selected experts'
-// rows; larger ones sort the (token, expert) pairs by expert and run one
-// grouped tensor-core matmul per projection, so each selected expert's
-// weights are read once per call.
+// MoE is the fused mixture of experts (backend.FusedMoE): the router's
+// product and top-k (one kernel for a decode step of F32 router weights),
+// then the experts as Experts runs them.
 func (b *Backend) MoE(dst, x backend.Tensor, w *backend.MoEWeights, p backend.MoEParams) {
 	const op = "MoE"
 	if w == nil {
@@ -629,61 +690,166 @@ func (b *Backend) MoE(dst, x backend.Tensor, w *backend.MoEWeights, p backend.Mo
 		return
 	}
 	n, hidden := backend.Rows(xs), backend.Cols(xs)
-	d := b.matrix(dst, op, "dst", n, hidden)
-	if d == nil {
-		return
-	}
 	if len(router.dims) != 2 || router.dims[0] != hidden {
 		b.failf("%s: Router dims %v, want [%d nExpert]", op, router.dims, hidden)
 		return
 	}
 	nExp := router.dims[1]
-	if p.TopK < 1 || p.TopK > nExp || p.TopK > 32 {
-		b.failf("%s: TopK %d with %d experts (cuda supports up to 32)", op, p.TopK, nExp)
+	if p.TopK < 1 || p.TopK > nExp || p.TopK > moeMaxK {
+		b.failf("%s: TopK %d with %d experts (cuda supports up to %d)", op, p.TopK, nExp, moeMaxK)
 		return
 	}
-	gate := b.expert(w.Gate, op, "Gate", hidden, 0, nExp)
-	if gate == nil {
+	e, ok := b.expertArgs(op, dst, xs, n, p.TopK, &w.ExpertWeights)
+	rb, ok2 := b.optVector(w.RouterBias, op, "RouterBias", nExp)
+	if !ok || !ok2 {
 		return
 	}
-	ff := gate.dims[1]
-	up := b.expert(w.Up, op, "Up", hidden, ff, nExp)
-	down := b.expert(w.Down, op, "Down", ff, hidden, nExp)
-	if up == nil || down == nil {
-		return
-	}
-	if gate.typ != up.typ {
-		b.failf("%s: Gate is %s and Up is %s; cuda needs one type for both", op, gate.typ, up.typ)
-		return
-	}
-	if hidden%32 != 0 || ff%32 != 0 {
-		b.failf("%s: hidden %d and ff %d must be multiples of 32 on cuda", op, hidden, ff)
-		return
-	}
-	rb, ok1 := b.optVector(w.RouterBias, op, "RouterBias", nExp)
-	gb, ok2 := b.optVector(w.GateBias, op, "GateBias", ff*nExp)
-	ub, ok3 := b.optVector(w.UpBias, op, "UpBias", ff*nExp)
-	db, ok4 := b.optVector(w.DownBias, op, "DownBias", hidden*nExp)
-	if !ok1 || !ok2 || !ok3 || !ok4 {
+	if e.nExp != nExp {
+		b.failf("%s: Router has %d experts, Gate %d", op, nExp, e.nExp)
 		return
 	}
 	defer b.bind()()
-	k := p.TopK
+	// Workspace, in 4-byte words: logits, ids, weights.
+	na := int64(n) * int64(p.TopK)
+	ws, err := b.scratch("moe-route", (int64(n)*int64(nExp)+2*na)*4)
+	if err != nil {
+		b.fail(fmt.Errorf("%s: %w", op, err))
+		return
+	}
+	logits, ids, wts := ws, ws+uintptr(n*nExp*4), ws+uintptr((int64(n)*int64(nExp)+na)*4)
+	// x usually comes straight from RMSNorm, which left it quantized in the
+	// "mq" workspace: note it before the router's launches.
+	cached := b.mqX == xs && b.mqN == n
+	if n <= mqTokens && router.typ == tensor.F32 {
+		done, err := b.routerTicket()
+		if err != nil {
+			b.fail(fmt.Errorf("%s: %w", op, err))
+			return
+		}
+		b.launch("moe_router", [3]int{nExp, 1, 1}, [3]int{256, 1, 1}, n*nExp*4,
+			ids, wts, logits, done, xs.ptr, router.ptr, rb, n, hidden, nExp, p.TopK)
+	} else {
+		b.matmul(logits, xs.ptr, n, router, rb, true)
+		b.launch("moe_topk", [3]int{(n + 3) / 4, 1, 1}, [3]int{128, 1, 1}, 0, ids, wts, logits, n, nExp, p.TopK)
+	}
+	b.experts(op, e, ids, wts, p.SwiGLU, cached)
+}
+
+// moeMaxK is the most experts a token may use (MOE_MAX_K in moe.cu).
+const moeMaxK = 32
+
+// Route picks each row's top k experts, in ascending expert order, and
+// their softmax weights (moe_topk).
+func (b *Backend) Route(ids, weights, logits backend.Tensor, k int) {
+	const op = "Route"
+	lg := b.f32(logits, op, "logits")
+	if lg == nil {
+		return
+	}
+	n, nExp := backend.Rows(lg), backend.Cols(lg)
+	if k < 1 || k > nExp || k > moeMaxK {
+		b.failf("%s: k %d with %d experts (cuda supports up to %d)", op, k, nExp, moeMaxK)
+		return
+	}
+	wt, id := b.matrix(weights, op, "weights", n, k), b.i32(ids, op, "ids", n*k)
+	if wt == nil || id == nil {
+		return
+	}
+	defer b.bind()()
+	b.launch("moe_topk", [3]int{(n + 3) / 4, 1, 1}, [3]int{128, 1, 1}, 0, id.ptr, wt.ptr, lg.ptr, n, nExp, k)
+}
+
+// Experts runs each row's k experts and sums them; see backend.Backend.
+func (b *Backend) Experts(dst, x, ids, weights backend.Tensor, w *backend.ExpertWeights, p backend.SwiGLUParams) {
+	const op = "Experts"
+	xs, wt := b.f32(x, op, "x"), b.f32(weights, op, "weights")
+	if xs == nil || wt == nil || w == nil {
+		if w == nil {
+			b.failf("%s: nil weights", op)
+		}
+		return
+	}
+	n, k := backend.Rows(xs), backend.Cols(wt)
+	if k > moeMaxK || backend.Rows(wt) != n {
+		b.failf("%s: weights %v for %d rows (cuda supports k up to %d)", op, wt.dims, n, moeMaxK)
+		return
+	}
+	id := b.i32(ids, op, "ids", n*k)
+	e, ok := b.expertArgs(op, dst, xs, n, k, w)
+	if id == nil || !ok {
+		return
+	}
+	defer b.bind()()
+	b.experts(op, e, id.ptr, wt.ptr, p, b.mqX == xs && b.mqN == n)
+}
+
+// expertCall are the checked operands of the experts of n rows.
+type expertCall struct {
+	d, xs, gate, up, down *Tensor
+	gb, ub, db            uintptr
+	n, k, hidden, ff      int
+	nExp                  int
+}
+
+// expertArgs checks dst, the expert weights and their biases against x.
+func (b *Backend) expertArgs(op string, dst backend.Tensor, xs *Tensor, n, k int, w *backend.ExpertWeights) (e expertCall, ok bool) {
+	hidden := backend.Cols(xs)
+	d := b.matrix(dst, op, "dst", n, hidden)
+	gate := b.weight(w.Gate, op, "Gate")
+	if d == nil || gate == nil {
+		return e, false
+	}
+	if len(gate.dims) != 3 || gate.dims[0] != hidden {
+		b.failf("%s: Gate dims %v, want [%d ff nExpert]", op, gate.dims, hidden)
+		return e, false
+	}
+	ff, nExp := gate.dims[1], gate.dims[2]
+	up := b.expert(w.Up, op, "Up", hidden, ff, nExp)
+	down := b.expert(w.Down, op, "Down", ff, hidden, nExp)
+	if up == nil || down == nil {
+		return e, false
+	}
+	if gate.typ != up.typ {
+		b.failf("%s: Gate is %s and Up is %s; cuda needs one type for both", op, gate.typ, up.typ)
+		return e, false
+	}
+	if hidden%32 != 0 || ff%32 != 0 {
+		b.failf("%s: hidden %d and ff %d must be multiples of 32 on cuda", op, hidden, ff)
+		return e, false
+	}
+	gb, ok1 := b.optVector(w.GateBias, op, "GateBias", ff*nExp)
+	ub, ok2 := b.optVector(w.UpBias, op, "UpBias", ff*nExp)
+	db, ok3 := b.optVector(w.DownBias, op, "DownBias", hidden*nExp)
+	if !ok1 || !ok2 || !ok3 {
+		return e, false
+	}
+	return expertCall{d: d, xs: xs, gate: gate, up: up, down: down, gb: gb, ub: ub, db: db,
+		n: n, k: k, hidden: hidden, ff: ff, nExp: nExp}, true
+}
+
+// experts queues the expert FFNs of the (token, expert) assignments in ids
+// and wts (device pointers, n·k each, ascending expert order per token).
+// Small batches run matrix-vector kernels that read only the selected
+// experts' rows; larger ones sort the assignments by expert and run one
+// grouped tensor-core matmul per projection, so each selected expert's
+// weights are read once per call. cached says x's quantized copy is in the
+// "mq" workspace (left by rms_norm_mq).
+func (b *Backend) experts(op string, e expertCall, ids, wts uintptr, act backend.SwiGLUParams, cached bool) {
+	n, k, hidden, ff, nExp := e.n, e.k, e.hidden, e.ff, e.nExp
 	na := int64(n) * int64(k)
-	grouped := n > 4 && tileTypes[gate.typ] && tileTypes[down.typ]
+	grouped := n > 4 && tileTypes[e.gate.typ] && tileTypes[e.down.typ]
 	// Decode of Q8_0 or MXFP4 experts runs on the integer tensor cores
 	// (mqvec.cu): x and the SwiGLU output are quantized to two int8 digits.
-	mq := n <= mqTokens && mqTypes[gate.typ] && down.typ == gate.typ && k <= mqDownWarps
+	mq := n <= mqTokens && mqTypes[e.gate.typ] && e.down.typ == e.gate.typ && k <= mqDownWarps
 	chunksX, chunksH := int64(hidden/32), na*int64(ff/32)
 
-	// Workspace layout, in 4-byte words: logits, ids, weights, then the
-	// grouped buffers (starts, rows, slot rows, counts) and activations.
-	words := int64(n)*int64(nExp) + 2*na
-	hOff := words
+	// Workspace layout, in 4-byte words: the grouped buffers (starts, rows,
+	// slot rows, counts), then the activations.
+	var words int64
 	if grouped {
-		hOff += int64(nExp+1) + 2*na + int64(nExp)
+		words = int64(nExp+1) + 2*na + int64(nExp)
 	}
-	hOff = (hOff + 63) &^ 63
+	hOff := (words + 63) &^ 63
 	total := hOff + na*int64(ff)
 	if grouped {
 		total += na*int64(ff) + na*int64(hidden)
@@ -702,67 +868,48 @@ func (b *Backend) MoE(dst, x backend.Tensor, w *backend.MoEWeights, p backend.Mo
 		b.fail(fmt.Errorf("%s: %w", op, err))
 		return
 	}
-	// x usually comes straight from RMSNorm, which left it quantized in the
-	// "mq" workspace (the router's launches below do not touch that).
-	var qxMQ, dxMQ uintptr
-	cached := mq && b.mqX == xs && b.mqN == n
-	if cached {
-		var ok bool
-		if qxMQ, dxMQ, ok = b.mqBuffer(op, hidden); !ok {
-			return
-		}
-	}
 	at := func(word int64) uintptr { return ws + uintptr(word*4) }
-	logits, ids, wts := at(0), at(int64(n)*int64(nExp)), at(int64(n)*int64(nExp)+na)
 	h := at(hOff)
-
-	if n <= mqTokens && router.typ == tensor.F32 {
-		done, err := b.routerTicket()
-		if err != nil {
-			b.fail(fmt.Errorf("%s: %w", op, err))
-			return
-		}
-		b.launch("moe_router", [3]int{nExp, 1, 1}, [3]int{256, 1, 1}, n*nExp*4,
-			ids, wts, logits, done, xs.ptr, router.ptr, rb, n, hidden, nExp, k)
-	} else {
-		b.matmul(logits, xs.ptr, n, router, rb, true)
-		b.launch("moe_topk", [3]int{(n + 3) / 4, 1, 1}, [3]int{128, 1, 1}, 0, ids, wts, logits, n, nExp, k)
-	}
-
+	d, xs := e.d, e.xs
 	if mq {
-		qx, dx, qh, dh := qxMQ, dxMQ, at(qhOff), at(dhOff)
-		suffix := uploadTypes[gate.typ]
-		if !cached {
+		qh, dh := at(qhOff), at(dhOff)
+		var qx, dx uintptr
+		if cached {
+			var ok bool
+			if qx, dx, ok = b.mqBuffer(op, hidden); !ok {
+				return
+			}
+		} else {
 			qx, dx = at(qxOff), at(dxOff)
 			b.launch("mq_quant", [3]int{int((chunksX + 3) / 4), 1, 1}, [3]int{128, 1, 1}, 0, qx, dx, xs.ptr, n, hidden)
 		}
+		suffix := uploadTypes[e.gate.typ]
 		b.launch("mq_gateup_"+suffix, [3]int{ff / 32, int(na), 1}, [3]int{256, 1, 1}, 0,
-			qh, dh, qx, dx, gate.ptr, gate.aux, up.ptr, up.aux, hidden, gb, ub, ids, k, ff, p.Alpha, p.Limit)
+			qh, dh, qx, dx, e.gate.ptr, e.gate.aux, e.up.ptr, e.up.aux, hidden, e.gb, e.ub, ids, k, ff, act.Alpha, act.Limit, act.UpShift)
 		ksplit := max(1, mqDownWarps/k) // k·ksplit warps a block
 		b.launch("mq_down_"+suffix, [3]int{(hidden + 15) / 16, n, 1}, [3]int{32 * k * ksplit, 1, 1}, 0,
-			d.ptr, qh, dh, down.ptr, down.aux, ff, db, ids, wts, k, hidden, ksplit)
+			d.ptr, qh, dh, e.down.ptr, e.down.aux, ff, e.db, ids, wts, k, hidden, ksplit)
 		return
 	}
 	if !grouped {
-		b.launch("moe_gateup_"+uploadTypes[gate.typ], [3]int{(ff + 7) / 8, int(na), 1}, [3]int{128, 1, 1}, 0,
-			h, xs.ptr, gate.ptr, gate.aux, up.ptr, up.aux, hidden, gb, ub, ids, k, ff, p.Alpha, p.Limit)
-		b.launch("moe_down_"+uploadTypes[down.typ], [3]int{(hidden + 3) / 4, n, 1}, [3]int{32 * k, 1, 1}, 0,
-			d.ptr, h, down.ptr, down.aux, ff, db, ids, wts, k, hidden)
+		b.launch("moe_gateup_"+uploadTypes[e.gate.typ], [3]int{(ff + 7) / 8, int(na), 1}, [3]int{128, 1, 1}, 0,
+			h, xs.ptr, e.gate.ptr, e.gate.aux, e.up.ptr, e.up.aux, hidden, e.gb, e.ub, ids, k, ff, act.Alpha, act.Limit, act.UpShift)
+		b.launch("moe_down_"+uploadTypes[e.down.typ], [3]int{(hidden + 3) / 4, n, 1}, [3]int{32 * k, 1, 1}, 0,
+			d.ptr, h, e.down.ptr, e.down.aux, ff, e.db, ids, wts, k, hidden)
 		return
 	}
-	base := int64(n)*int64(nExp) + 2*na
-	starts, xrows, slotRow, counts := at(base), at(base+int64(nExp+1)), at(base+int64(nExp+1)+na), at(base+int64(nExp+1)+2*na)
+	starts, xrows, slotRow, counts := at(0), at(int64(nExp+1)), at(int64(nExp+1)+na), at(int64(nExp+1)+2*na)
 	u := at(hOff + na*int64(ff))
 	y := at(hOff + 2*na*int64(ff))
 	b.launch("moe_group", [3]int{1, 1, 1}, [3]int{1024, 1, 1}, 0, starts, xrows, slotRow, counts, ids, n, k, nExp)
 	mtiles := (n + 63) / 64
-	b.launch("matmul_"+uploadTypes[gate.typ], [3]int{(ff + 63) / 64, mtiles, nExp}, [3]int{128, 1, 1}, 0,
-		h, xs.ptr, gate.ptr, gate.aux, hidden, gb, int(na), ff, starts, xrows)
-	b.launch("matmul_"+uploadTypes[up.typ], [3]int{(ff + 63) / 64, mtiles, nExp}, [3]int{128, 1, 1}, 0,
-		u, xs.ptr, up.ptr, up.aux, hidden, ub, int(na), ff, starts, xrows)
-	b.launch("moe_swiglu", b.gridFor(na*int64(ff)), [3]int{256, 1, 1}, 0, h, u, na*int64(ff), p.Alpha, p.Limit)
-	b.launch("matmul_"+uploadTypes[down.typ], [3]int{(hidden + 63) / 64, mtiles, nExp}, [3]int{128, 1, 1}, 0,
-		y, h, down.ptr, down.aux, ff, db, int(na), hidden, starts, uintptr(0))
+	b.launch("matmul_"+uploadTypes[e.gate.typ], [3]int{(ff + 63) / 64, mtiles, nExp}, [3]int{128, 1, 1}, 0,
+		h, xs.ptr, e.gate.ptr, e.gate.aux, hidden, e.gb, int(na), ff, starts, xrows)
+	b.launch("matmul_"+uploadTypes[e.up.typ], [3]int{(ff + 63) / 64, mtiles, nExp}, [3]int{128, 1, 1}, 0,
+		u, xs.ptr, e.up.ptr, e.up.aux, hidden, e.ub, int(na), ff, starts, xrows)
+	b.launch("swiglu", b.gridFor(na*int64(ff)), [3]int{256, 1, 1}, 0, h, h, u, na*int64(ff), act.Alpha, act.Limit, act.UpShift)
+	b.launch("matmul_"+uploadTypes[e.down.typ], [3]int{(hidden + 63) / 64, mtiles, nExp}, [3]int{128, 1, 1}, 0,
+		y, h, e.down.ptr, e.down.aux, ff, e.db, int(na), hidden, starts, uintptr(0))
 	b.launch("moe_combine", [3]int{n, 1, 1}, [3]int{256, 1, 1}, 0, d.ptr, y, wts, slotRow, k, hidden)
 }
 

@@ -169,7 +169,7 @@ __device__ void matvec_impl(float* dst, const float* x, WView w, const float* bi
 // are read.
 template <int T>
 __device__ void moe_gateup_impl(float* h, const float* x, WView g, WView u, const float* gb, const float* ub,
-                                const int* ids, int k, int ff, float alpha, float limit) {
+                                const int* ids, int k, int ff, SwiGLU act) {
     int lane = threadIdx.x & 31;
     int r = (blockIdx.x * MV_WARPS + (threadIdx.x >> 5)) * 2;
     int a = blockIdx.y;
@@ -191,7 +191,7 @@ __device__ void moe_gateup_impl(float* h, const float* x, WView g, WView u, cons
     if (lane == 0) {
         for (int j = 0; j < (two ? 2 : 1); j++) {
             float gv = v[2 * j] + (gb ? gb[row + j] : 0.f), uv = v[2 * j + 1] + (ub ? ub[row + j] : 0.f);
-            h[(i64)a * ff + r + j] = clamped_swiglu(gv, uv, alpha, limit);
+            h[(i64)a * ff + r + j] = swiglu_act(gv, uv, act);
         }
     }
 }
@@ -266,8 +266,9 @@ __device__ void embed_impl(float* dst, WView w, const int* ids, int rows) {
     extern "C" __global__ void __launch_bounds__(128)                                                        \
         moe_gateup_##NAME(float* h, const float* x, const u8* gq, const u8* gs, const u8* uq, const u8* us,  \
                           int in, const float* gb, const float* ub, const int* ids, int k, int ff, float alpha, \
-                          float limit) {                                                                     \
-        moe_gateup_impl<T>(h, x, WView{gq, gs, in}, WView{uq, us, in}, gb, ub, ids, k, ff, alpha, limit);    \
+                          float limit, float shift) {                                                        \
+        moe_gateup_impl<T>(h, x, WView{gq, gs, in}, WView{uq, us, in}, gb, ub, ids, k, ff,                   \
+                           SwiGLU{alpha, limit, shift});                                                     \
     }                                                                                                        \
     extern "C" __global__ void __launch_bounds__(1024)                                                       \
         moe_down_##NAME(float* dst, const float* h, const u8* q, const u8* s, int in, const float* db,       \

@@ -141,12 +141,6 @@ extern "C" __global__ void moe_group(int* starts, int* xrows, int* slot_row, int
     }
 }
 
-// moe_swiglu: g[i] = clamped_swiglu(g[i], u[i]) over n values.
-extern "C" __global__ void moe_swiglu(float* g, const float* u, i64 n, float alpha, float limit) {
-    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
-        g[i] = clamped_swiglu(g[i], u[i], alpha, limit);
-}
-
 // moe_combine: dst[t] = Σ_slot wts[t][slot]·y[slot_row[t*k+slot]], one block per token.
 extern "C" __global__ void moe_combine(float* dst, const float* y, const float* wts, const int* slot_row, int k,
                                        int hidden) {
