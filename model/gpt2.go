@@ -29,7 +29,13 @@ func init() {
 			return loadGPT2(f, be, opts)
 		},
 		Layout: func(f *gguf.File, _ string) (KVLayout, error) {
-			p, err := readGPT2Params(f)
+			m := metadata{f: f, prefix: "gpt2."}
+			var p gpt2Params
+			var err error
+			if p.layers, err = m.count("block_count", 4096); err != nil {
+				return KVLayout{}, err
+			}
+			p.hidden, err = m.count("embedding_length", 1<<20)
 			return p.layout(), err
 		},
 		FromHF: gpt2FromHF,

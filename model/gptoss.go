@@ -32,8 +32,18 @@ func init() {
 			return loadGPTOSS(f, be, arch, opts)
 		},
 		Layout: func(f *gguf.File, arch string) (KVLayout, error) {
-			p, err := readGPTOSSParams(f, arch)
-			return p.layout(), err
+			m := metadata{f: f, prefix: arch + "."}
+			var p gptossParams
+			var err error
+			for _, k := range []struct {
+				dst *int
+				key string
+			}{{&p.layers, "block_count"}, {&p.kvHeads, "attention.head_count_kv"}, {&p.headDim, "attention.key_length"}, {&p.windowLen, "attention.sliding_window"}} {
+				if *k.dst, err = m.count(k.key, 1<<24); err != nil {
+					return KVLayout{}, err
+				}
+			}
+			return p.layout(), nil
 		},
 		FromHF: gptossFromHF,
 		Presets: map[string]Preset{

@@ -653,3 +653,12 @@ func (c *HFCheckpoint) ExpertBias(name, hf string, pick []int) {
 		return out
 	})
 }
+
+// Open opens a model: a GGUF file, or a Hugging Face checkpoint directory
+// read as one (OpenHF).
+func Open(path string) (*gguf.File, error) {
+	if IsHFDir(path) {
+		return OpenHF(path)
+	}
+	return gguf.Open(path)
+}

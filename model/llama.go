@@ -120,8 +120,25 @@ func (p decoderParams) layout() KVLayout {
 	return KVLayout{Windows: make([]int, p.layers), Cols: p.kvHeads * p.headDim}
 }
 
+// layoutOf reads only the keys the layout needs (memory estimates read
+// metadata before the tensors are checked).
 func (fam decoderFamily) layoutOf(f *gguf.File, arch string) (KVLayout, error) {
-	p, err := fam.readParams(f, arch)
+	m := metadata{f: f, prefix: arch + "."}
+	var p decoderParams
+	var err error
+	if p.layers, err = m.count("block_count", 4096); err != nil {
+		return KVLayout{}, err
+	}
+	if p.hidden, err = m.count("embedding_length", 1<<20); err != nil {
+		return KVLayout{}, err
+	}
+	if p.heads, err = m.count("attention.head_count", 1<<20); err != nil {
+		return KVLayout{}, err
+	}
+	if p.kvHeads, err = m.optionalCount("attention.head_count_kv", p.heads, 1<<20); err != nil {
+		return KVLayout{}, err
+	}
+	p.headDim, err = m.optionalCount("attention.key_length", p.hidden/p.heads, 1<<20)
 	return p.layout(), err
 }
 

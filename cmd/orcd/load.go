@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"orcd/backend"
-	"orcd/gguf"
 	"orcd/model"
 	"orcd/tokenizer"
 )
@@ -72,7 +71,7 @@ func loadModel(mf *modelFlags, withTokenizer bool, log *slog.Logger, bar io.Writ
 			return nil, err
 		}
 	}
-	f, err := gguf.Open(path)
+	f, err := model.Open(path)
 	if err != nil {
 		return nil, err
 	}
@@ -138,10 +137,11 @@ func defaultModel(log *slog.Logger) (string, error) {
 	}
 	dir = filepath.Join(dir, "orcd")
 	path := filepath.Join(dir, fmt.Sprintf("%s-seed%d.gguf", defaultPreset, defaultSeed))
-	if f, err := gguf.Open(path); err == nil {
+	if f, err := model.Open(path); err == nil {
 		arch, archErr := f.GetString("general.architecture")
 		f.Close()
-		if archErr == nil && arch == synthPresets[defaultPreset].arch {
+		_, want, _ := model.LookupPreset(defaultPreset)
+		if archErr == nil && arch == want.Name {
 			log.Info("no --model given; using the default model", "path", path)
 			return path, nil
 		}

@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"orcd/model"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -25,7 +26,6 @@ import (
 
 	"orcd/backend"
 	"orcd/engine"
-	"orcd/gguf"
 	"orcd/server"
 	"orcd/tokenizer"
 )
@@ -364,7 +364,7 @@ func modelID(flagValue, path string) string {
 // quantKind names the weight formats of the file, most bytes first, e.g.
 // "MXFP4+BF16+F32".
 func quantKind(path string) string {
-	f, err := gguf.Open(path)
+	f, err := model.Open(path)
 	if err != nil {
 		return "unknown"
 	}

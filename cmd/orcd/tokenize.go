@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"orcd/model"
 	"strconv"
 	"strings"
 
@@ -146,7 +147,7 @@ func openTokenizer(modelPath, tokPath, vocab string) (*tokenizer.Tokenizer, erro
 	var f *gguf.File
 	if modelPath != "" {
 		var err error
-		if f, err = gguf.Open(modelPath); err != nil {
+		if f, err = model.Open(modelPath); err != nil {
 			return nil, err
 		}
 		defer f.Close()
