@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"orcd/chat"
 	"orcd/engine"
 	"orcd/harmony"
 )
@@ -45,13 +46,24 @@ type chatFunction struct {
 }
 
 type chatTool struct {
-	Type     string `json:"type"`
+	raw      json.RawMessage // as sent: templates print tools in the client's key order
+	Type     string          `json:"type"`
 	Function struct {
 		Name        string          `json:"name"`
 		Description string          `json:"description"`
 		Parameters  json.RawMessage `json:"parameters"`
 		Strict      *bool           `json:"strict"`
 	} `json:"function"`
+}
+
+// UnmarshalJSON keeps the tool's JSON beside its fields.
+func (t *chatTool) UnmarshalJSON(b []byte) error {
+	type fields chatTool
+	if err := json.Unmarshal(b, (*fields)(t)); err != nil {
+		return err
+	}
+	t.raw = append(json.RawMessage(nil), b...)
+	return nil
 }
 
 // text returns the message content: a string, null, or an array of text parts.
@@ -321,12 +333,15 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 	}, body.StreamOptions)
 }
 
-// chatPrompt renders the conversation into req: harmony tokens for gpt-oss,
-// plain text otherwise.
+// chatPrompt renders the conversation into req: harmony tokens, the model's
+// chat template, or plain text, as the model chats.
 func (s *Server) chatPrompt(body *chatRequest, req *engine.Request) error {
 	conv, err := body.conversation(s.cfg.Now())
 	if err != nil {
 		return err
+	}
+	if s.cfg.Model.Chat == ChatTemplate {
+		return s.templatePrompt(body, req)
 	}
 	if s.specials == nil {
 		if len(conv.Tools) > 0 {
@@ -345,5 +360,34 @@ func (s *Server) chatPrompt(body *chatRequest, req *engine.Request) error {
 	}
 	// Stop strings apply to the content, in harmonyOutput.
 	req.Stop = nil
+	return nil
+}
+
+// templatePrompt renders the messages (already checked by conversation)
+// with the model's chat template and tokenizes the text, special-token
+// texts included, as HF's apply_chat_template followed by encoding does.
+func (s *Server) templatePrompt(body *chatRequest, req *engine.Request) error {
+	r := chat.Request{AddGenerationPrompt: true, Now: s.cfg.Now()}
+	for i, m := range body.Messages {
+		text, err := m.text(i)
+		if err != nil {
+			return err
+		}
+		msg := chat.Message{Role: m.Role, Content: text, ToolCallID: m.ToolCallID, Name: m.Name}
+		for _, tc := range m.ToolCalls {
+			msg.ToolCalls = append(msg.ToolCalls, chat.ToolCall{ID: tc.ID, Name: tc.Function.Name, Arguments: tc.Function.Arguments})
+		}
+		r.Messages = append(r.Messages, msg)
+	}
+	if string(bytes.TrimSpace(body.ToolChoice)) != `"none"` {
+		for _, t := range body.Tools {
+			r.Tools = append(r.Tools, t.raw)
+		}
+	}
+	text, err := s.cfg.Template.Render(r)
+	if err != nil {
+		return invalid(err.Error())
+	}
+	req.Tokens = s.cfg.Tokenizer.(specialEncoder).EncodeSpecial(text)
 	return nil
 }

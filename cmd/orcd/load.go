@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"orcd/chat"
+	"orcd/gguf"
 	"os"
 	"path/filepath"
 	"time"
@@ -53,6 +55,11 @@ type loadedModel struct {
 	Model     model.Model
 	Tokenizer *tokenizer.Tokenizer // nil unless asked for
 	CtxSize   int                  // tokens per sequence: --ctx-size within the model's context
+	// Chat is how chat prompts are written: the architecture's format, or
+	// plain text when it is a template the model does not carry.
+	Chat model.ChatFormat
+	// Template is the model's chat template when Chat is model.ChatTemplate.
+	Template *chat.Template
 }
 
 // Close frees the model and the backend.
@@ -120,6 +127,10 @@ func loadModel(mf *modelFlags, withTokenizer bool, log *slog.Logger, bar io.Writ
 			lm.Close()
 			return nil, err
 		}
+		if lm.Chat, lm.Template, err = chatFormat(f, cfg.Chat, lm.Tokenizer, log); err != nil {
+			lm.Close()
+			return nil, err
+		}
 		if n := lm.Tokenizer.VocabSize(); n > cfg.VocabSize {
 			lm.Close()
 			return nil, fmt.Errorf("the tokenizer has %d tokens but the model only %d", n, cfg.VocabSize)
@@ -177,4 +188,24 @@ func loadProgressAt(path string, log *slog.Logger, bar io.Writer, now func() tim
 			log.Info("loading weights", "percent", 100*done/max(total, 1), "bytes", done, "total", total)
 		}
 	}
+}
+
+// chatFormat compiles the model's chat template (GGUF
+// tokenizer.chat_template, which a checkpoint directory's
+// tokenizer_config.json fills in) when the architecture chats through one;
+// a model without a template chats in plain text.
+func chatFormat(f *gguf.File, format model.ChatFormat, tok *tokenizer.Tokenizer, log *slog.Logger) (model.ChatFormat, *chat.Template, error) {
+	if format != model.ChatTemplate {
+		return format, nil, nil
+	}
+	src, err := f.GetString(tokenizer.KeyChatTemplate)
+	if err != nil {
+		log.Warn("the model has no chat template; chat uses plain text", "key", tokenizer.KeyChatTemplate)
+		return model.ChatPlain, nil, nil
+	}
+	tmpl, err := chat.Compile(src, tok.TokenText(tok.BOS()), tok.TokenText(tok.EOS()))
+	if err != nil {
+		return "", nil, fmt.Errorf("%s: %w", f.Path, err)
+	}
+	return format, tmpl, nil
 }

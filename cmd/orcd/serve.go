@@ -239,9 +239,9 @@ func serve(mf *modelFlags, sf *serveFlags, log *slog.Logger, listening func(addr
 	dev := newBackendDevice(lm.Backend, mf.gpu, log)
 	shutdownRequested := make(chan struct{})
 	srv, err := server.New(server.Config{
-		Engine: eng, Tokenizer: lm.Tokenizer, Device: dev,
+		Engine: eng, Tokenizer: lm.Tokenizer, Device: dev, Template: lm.Template,
 		Model: server.ModelInfo{
-			ID: modelID(sf.modelID, lm.Path), Arch: cfg.Arch, QuantKind: quantKind(lm.Path),
+			ID: modelID(sf.modelID, lm.Path), Arch: cfg.Arch, Chat: string(lm.Chat), QuantKind: quantKind(lm.Path),
 			TokenizerKind: lm.Tokenizer.Kind(), VocabSize: cfg.VocabSize, ContextLength: lm.CtxSize,
 		},
 		MaxTokensOut: sf.maxTokensOut, APIKey: sf.apiKey, MaxBodyBytes: int64(sf.maxBodyBytes),
