@@ -6,13 +6,13 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"orcd/model"
 	"strconv"
 	"strings"
 	"text/tabwriter"
 	"unicode/utf8"
 
 	"orcd/gguf"
+	"orcd/model"
 	"orcd/tensor"
 )
 

@@ -7,13 +7,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"orcd/chat"
-	"orcd/gguf"
 	"os"
 	"path/filepath"
 	"time"
 
 	"orcd/backend"
+	"orcd/chat"
+	"orcd/gguf"
 	"orcd/model"
 	"orcd/tokenizer"
 )

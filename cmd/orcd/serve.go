@@ -13,7 +13,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"orcd/model"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -26,6 +25,7 @@ import (
 
 	"orcd/backend"
 	"orcd/engine"
+	"orcd/model"
 	"orcd/server"
 	"orcd/tokenizer"
 )

@@ -6,11 +6,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"orcd/model"
 	"strconv"
 	"strings"
 
 	"orcd/gguf"
+	"orcd/model"
 	"orcd/tokenizer"
 )
 
