@@ -275,7 +275,11 @@ func gptossFromHF(c *HFCheckpoint) error {
 		experts: c.Int("num_local_experts", -1), expertFF: c.Int("intermediate_size", -1),
 		windowLen: c.Int("sliding_window", -1), eps: float32(c.Float("rms_norm_eps", 1e-5)),
 	}
-	p.expertsUsed = c.Int("num_experts_per_tok", c.Int("experts_per_token", -1))
+	if used := "num_experts_per_tok"; c.Has(used) {
+		p.expertsUsed = c.Int(used, -1)
+	} else {
+		p.expertsUsed = c.Int("experts_per_token", -1) // the original release's name
+	}
 	theta, kind, rope := c.RopeParameters()
 	p.ropeBase = theta
 	switch kind {
