@@ -2,6 +2,7 @@ package model
 
 import (
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -23,10 +24,10 @@ type batchSeq struct {
 // same to 1e-5 and the same greedy token. The sequences are longer than the
 // fixtures' sliding windows (8 and 16), and new ones start while others run.
 func TestStepMatchesForward(t *testing.T) {
-	for _, name := range hfFixtures {
+	for _, name := range append(slices.Clone(hfFixtures), "tiny-llama", "tiny-qwen2") {
 		t.Run(name, func(t *testing.T) {
 			const maxBatch = 16
-			m := loadFixtureModel(t, name, maxBatch)
+			m := loadTestModel(t, name, maxBatch)
 			cfg := m.Config()
 			r := rand.New(rand.NewPCG(7, uint64(len(name))))
 			lengths := []int{23, 1, 9, 40, 17, 30, 5, 33}

@@ -3,7 +3,10 @@ package tokenizer
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
+
+	"orcd/internal/testutil"
 )
 
 // TestHFVocabFixtures converts the Llama-3-style, Qwen2-style and harmony
@@ -61,5 +64,36 @@ func TestHFVocabFixtures(t *testing.T) {
 				t.Errorf("NFC %v (json) %v (gguf), want %v", fromJSON.nfc, fromGGUF.nfc, c.nfc)
 			}
 		})
+	}
+}
+
+// TestHFTokenizerIDs encodes the strings of testdata/hf/tokens.json.gz
+// (HF tokenizers on the GPU machine, tools/hf_arch_fixtures.py) with the
+// Llama-3, Qwen2 and harmony fixture tokenizers and expects HF's ids: the
+// pre-tokenizer regexes, NFC and ignore_merges exactly as HF applies them.
+func TestHFTokenizerIDs(t *testing.T) {
+	path := filepath.Join("..", "model", "testdata", "hf", "tokens.json.gz")
+	if _, err := os.Stat(path); err != nil {
+		t.Skip("model/testdata/hf is not there yet: run the fixture command of GPU_COMMANDS.md")
+	}
+	var fx struct {
+		Strings []string             `json:"strings"`
+		IDs     map[string][][]int32 `json:"ids"`
+	}
+	testutil.ReadGzipJSON(t, path, &fx)
+	for _, fam := range []string{"llama3", "qwen2", "harmony"} {
+		tok, err := Load(filepath.Join("..", "model", "testdata", "hf_tok", fam), "", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := fx.IDs[fam]
+		if len(want) != len(fx.Strings) {
+			t.Fatalf("%s: %d id lists for %d strings", fam, len(want), len(fx.Strings))
+		}
+		for i, s := range fx.Strings {
+			if got := tok.EncodeSpecial(s); !slices.Equal(got, want[i]) { // HF parses special-token text too
+				t.Errorf("%s %q: %v, HF %v", fam, s, got, want[i])
+			}
+		}
 	}
 }
