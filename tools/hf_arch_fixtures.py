@@ -87,7 +87,7 @@ def llama_fixture(outdir):
     rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
             "high_freq_factor": 4.0, "original_max_position_embeddings": 32}
     cfg = config(LlamaConfig, vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
-                 num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=128,
+                 num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
                  rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=1000, eos_token_id=1004, rope=rope)
     torch.manual_seed(11)
     model = LlamaForCausalLM(cfg).eval()
@@ -107,7 +107,7 @@ def qwen2_fixture(outdir):
     name = "tiny_qwen2"
     d = os.path.join(outdir, name)
     cfg = config(Qwen2Config, vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
-                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-6,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-6,
                  tie_word_embeddings=True, use_sliding_window=False, eos_token_id=1002,
                  rope={"rope_type": "default", "rope_theta": 1000000.0})
     torch.manual_seed(13)
@@ -161,7 +161,7 @@ def gptoss_fixture(outdir):
             "original_max_position_embeddings": 16, "rope_theta": 100.0}
     cfg = config(GptOssConfig, vocab_size=VOCAB, hidden_size=h, intermediate_size=ff, num_hidden_layers=L,
                  num_attention_heads=H, num_key_value_heads=KV, head_dim=hd, num_local_experts=E,
-                 num_experts_per_tok=K, sliding_window=8, max_position_embeddings=64, rms_norm_eps=1e-5,
+                 num_experts_per_tok=K, sliding_window=8, max_position_embeddings=512, rms_norm_eps=1e-5,
                  tie_word_embeddings=False, attention_bias=True, rope=rope)
     model = GptOssForCausalLM(cfg).eval()
     cfg.save_pretrained(d)
