@@ -18,7 +18,21 @@
 //     input.
 package backend
 
-import "orcd/tensor"
+import (
+	"errors"
+
+	"orcd/tensor"
+)
+
+// The failures a backend's errors wrap, so that callers (the server, which
+// maps them to its API codes) tell them apart with errors.Is without
+// knowing the backend.
+var (
+	// ErrOutOfMemory: device memory ran out (or a configured cap on it).
+	ErrOutOfMemory = errors.New("backend: out of device memory")
+	// ErrDevice: the device or its driver failed.
+	ErrDevice = errors.New("backend: device error")
+)
 
 // Tensor is a handle to memory owned by one backend.
 type Tensor interface {
