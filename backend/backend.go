@@ -266,6 +266,19 @@ type FusedMoE interface {
 	MoE(dst, x Tensor, w *MoEWeights, p MoEParams)
 }
 
+// QuantizedActivations is an optional Backend interface: activations that
+// carry a copy in the backend's quantized input format for small-batch
+// products. The ops that write such a tensor (RMSNorm, AddRMSNorm,
+// Attention: the others refuse it) write the copy too, and the products
+// that take it as x (MatMul, MatMulQKV, and the MoE ops) read the copy,
+// so that an activation read by several products is quantized once, by the
+// op that wrote it. The results are those of plain tensors.
+type QuantizedActivations interface {
+	// NewF32Quantized allocates a rows×cols F32 activation with a
+	// quantized copy.
+	NewF32Quantized(rows, cols int) (Tensor, error)
+}
+
 // Sampler is an optional Backend interface: drawing tokens on the device,
 // so that only the chosen ids cross to the host.
 type Sampler interface {

@@ -406,14 +406,22 @@ type activations struct {
 
 // newActivations allocates the shared buffers of n tokens. The caller adds
 // its own to set and then calls ready, which reports any failed allocation.
-func newActivations(be backend.Backend, n, groups, hidden int) activations {
+// With quantH, the normed stream h carries a quantized copy when the
+// backend has them (backend.QuantizedActivations): h is then written only
+// by RMSNorm and AddRMSNorm and read by the products after them.
+func newActivations(be backend.Backend, n, groups, hidden int, quantH bool) activations {
 	a := activations{set: tensorSet{be: be}}
 	s := &a.set
 	a.ids, a.pos, a.seq, a.last = s.i32(n), s.i32(n), s.i32(n), s.i32(n)
 	for range groups {
 		a.slots = append(a.slots, s.i32(n))
 	}
-	a.x, a.h, a.lastX = s.f32(n, hidden), s.f32(n, hidden), s.f32(n, hidden)
+	a.x, a.lastX = s.f32(n, hidden), s.f32(n, hidden)
+	if quantH {
+		a.h = s.f32q(n, hidden)
+	} else {
+		a.h = s.f32(n, hidden)
+	}
 	return a
 }
 
@@ -455,6 +463,22 @@ func (s *tensorSet) f32(rows, cols int) backend.Tensor {
 		return nil
 	}
 	t, err := s.be.NewF32(rows, cols)
+	if err != nil {
+		s.err = fmt.Errorf("model: allocating a %d×%d activation: %w", rows, cols, err)
+		return nil
+	}
+	s.tensors = append(s.tensors, t)
+	return t
+}
+
+// f32q is f32 for an activation the backend may give a quantized copy
+// (backend.QuantizedActivations).
+func (s *tensorSet) f32q(rows, cols int) backend.Tensor {
+	q, ok := s.be.(backend.QuantizedActivations)
+	if !ok || s.err != nil {
+		return s.f32(rows, cols)
+	}
+	t, err := q.NewF32Quantized(rows, cols)
 	if err != nil {
 		s.err = fmt.Errorf("model: allocating a %d×%d activation: %w", rows, cols, err)
 		return nil

@@ -253,7 +253,7 @@ type gpt2Buffers struct {
 
 func (m *gpt2) newBuffers() (*gpt2Buffers, error) {
 	n, h := m.cfg.MaxBatch, m.p.hidden
-	b := &gpt2Buffers{activations: newActivations(m.be, n, 1, h)}
+	b := &gpt2Buffers{activations: newActivations(m.be, n, 1, h, false)}
 	s := &b.set
 	b.qkv = s.f32(n, 3*h)
 	b.q, b.k, b.v, b.att, b.proj = s.f32(n, h), s.f32(n, h), s.f32(n, h), s.f32(n, h), s.f32(n, h)

@@ -476,9 +476,12 @@ type gptossBuffers struct {
 func (m *gptoss) newBuffers() (*gptossBuffers, error) {
 	n, h := m.cfg.MaxBatch, m.p.hidden
 	q, kv := m.p.heads*m.p.headDim, m.p.kvHeads*m.p.headDim
-	b := &gptossBuffers{activations: newActivations(m.be, n, len(m.layout.Groups()), h)}
+	b := &gptossBuffers{activations: newActivations(m.be, n, len(m.layout.Groups()), h, true)}
 	s := &b.set
-	b.q, b.k, b.v, b.att = s.f32(n, q), s.f32(n, kv), s.f32(n, kv), s.f32(n, q)
+	// The normed stream and the attention output are each read by the
+	// products after them: they carry quantized copies where the backend
+	// has them.
+	b.q, b.k, b.v, b.att = s.f32(n, q), s.f32(n, kv), s.f32(n, kv), s.f32q(n, q)
 	b.proj = s.f32(n, h)
 	if _, fused := m.be.(backend.FusedMoE); !fused {
 		b.route = newRouteBuffers(s, n, m.p.experts, m.p.expertsUsed)

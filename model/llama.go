@@ -424,9 +424,11 @@ type decoderBuffers struct {
 func (m *decoder) newBuffers() (*decoderBuffers, error) {
 	n, h := m.cfg.MaxBatch, m.p.hidden
 	q, kv := m.p.heads*m.p.headDim, m.p.kvHeads*m.p.headDim
-	b := &decoderBuffers{activations: newActivations(m.be, n, 1, h)}
+	b := &decoderBuffers{activations: newActivations(m.be, n, 1, h, true)}
 	s := &b.set
-	b.q, b.k, b.v, b.att, b.proj = s.f32(n, q), s.f32(n, kv), s.f32(n, kv), s.f32(n, q), s.f32(n, h)
+	// h and the attention output carry quantized copies where the backend
+	// has them (each is read by the products after it).
+	b.q, b.k, b.v, b.att, b.proj = s.f32(n, q), s.f32(n, kv), s.f32(n, kv), s.f32q(n, q), s.f32(n, h)
 	b.gate, b.up = s.f32(n, m.p.ff), s.f32(n, m.p.ff)
 	if err := b.ready(); err != nil {
 		return nil, err

@@ -9,9 +9,15 @@
 // bound by L1 traffic (four bytes of x per byte of Q8_0 weight; Nsight:
 // 88% L1/shared throughput, 21% DRAM). Other formats keep one row per warp.
 
+#ifndef MV_WARPS // from Go as -DMV_WARPS (kernelDefines); this default serves standalone checks
 #define MV_WARPS 4
+#endif
+#ifndef MV_TOKENS // from Go as -DMV_TOKENS (kernelDefines); this default serves standalone checks
 #define MV_TOKENS 8
+#endif
+#ifndef MV_ROWS // from Go as -DMV_ROWS (kernelDefines); this default serves standalone checks
 #define MV_ROWS 4 // rows per warp for Q8_0 and MXFP4
+#endif
 
 // load_x32 copies 32 activations (16-byte aligned) into registers.
 __device__ __forceinline__ void load_x32(const float* x, float* o) {

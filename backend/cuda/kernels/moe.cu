@@ -1,6 +1,8 @@
 // Mixture-of-experts routing and the glue around the expert matmuls.
 
+#ifndef MOE_MAX_K // from Go as -DMOE_MAX_K (kernelDefines); this default serves standalone checks
 #define MOE_MAX_K 32
+#endif
 
 // topk_warp: the calling warp picks token t's k largest router logits
 // (ties to the lower index), softmaxes them, and writes the (expert, weight)
@@ -57,7 +59,9 @@ extern "C" __global__ void moe_topk(int* ids, float* wts, const float* logits, i
     if (t < n) topk_warp(ids, wts, logits, t, nexp, k);
 }
 
+#ifndef ROUTE_TOKENS // from Go as -DROUTE_TOKENS (kernelDefines); this default serves standalone checks
 #define ROUTE_TOKENS 4 // decode steps of up to 4 tokens
+#endif
 #define ROUTE_WARPS 8
 
 __device__ __forceinline__ float ld_cg(const float* p) {

@@ -29,12 +29,22 @@
 // (4t, 4t+16, 4t+1, 4t+17 | 4t+2, 4t+18, 4t+3, 4t+19); the Q8_0 quants are
 // permuted into the same order, and mq_quant writes activations in it.
 
+#ifndef MQ_TOKENS // from Go as -DMQ_TOKENS (kernelDefines); this default serves standalone checks
 #define MQ_TOKENS 4
+#endif
+#ifndef MQ_CHUNK // from Go as -DMQ_CHUNK (kernelDefines); this default serves standalone checks
 #define MQ_CHUNK 256     // bytes of quantized x per 32-element chunk: 8 columns × 32
+#endif
 #define MQ_QMAX 32639.f  // 127·256 + 127: hi and lo both fit int8
+#ifndef MQ_WARPS // from Go as -DMQ_WARPS (kernelDefines); this default serves standalone checks
 #define MQ_WARPS 8       // warps splitting the inner dimension in mq_matvec
+#endif
+#ifndef MQ_KSPLIT // from Go as -DMQ_KSPLIT (kernelDefines); this default serves standalone checks
 #define MQ_KSPLIT 4      // warps splitting the inner dimension in mq_gateup
+#endif
+#ifndef MQ_DOWN_WARPS // from Go as -DMQ_DOWN_WARPS (kernelDefines); this default serves standalone checks
 #define MQ_DOWN_WARPS 16 // most warps of an mq_down block: k slots × ksplit
+#endif
 
 // Doubled E2M1 magnitudes as int8, and their negatives.
 #define MX_POS0 0x03020100u
