@@ -139,6 +139,10 @@ type Backend struct {
 	staging [2]*pinned
 	stageN  int
 
+	// mu is the backend's one serialization point for the state other
+	// goroutines read (the pending error, the tensors and their bytes, the
+	// allocator's counters); ops themselves run on one goroutine at a time,
+	// which the model's mutex ensures.
 	mu     sync.Mutex
 	err    error
 	live   map[*Tensor]struct{}
@@ -185,7 +189,7 @@ func New(opts Options) (*Backend, error) {
 		b.prof = newProfile()
 		b.noGraphs = true // kernels are timed one by one
 	}
-	b.mem = allocator{d: d, limit: limit, sizes: map[uintptr]int64{}}
+	b.mem = allocator{d: d, limit: limit, sizes: map[uintptr]int64{}, mu: &b.mu}
 	b.stageN = opts.StagingBytes
 	if b.stageN <= 0 {
 		b.stageN = 64 << 20
