@@ -38,7 +38,7 @@ type modelFlags struct {
 // addModelFlags registers the model flags on fs.
 func addModelFlags(fs *flag.FlagSet) *modelFlags {
 	mf := &modelFlags{}
-	fs.StringVar(&mf.model, "model", "", "GGUF model `FILE` (default: a tiny random gpt-oss, synthesized into the user cache dir)")
+	fs.StringVar(&mf.model, "model", "", "GGUF model `FILE` or Hugging Face checkpoint directory (default: a tiny random gpt-oss, synthesized into the user cache dir)")
 	fs.StringVar(&mf.tokenizer, "tokenizer", "", "tokenizer.json `FILE` to use instead of the one beside the model or in its metadata")
 	choiceVar(fs, &mf.device, "device", "auto", []string{"cpu", "cuda", "auto"}, "backend (auto: cuda if available, else cpu)")
 	numVar(fs, &mf.gpu, "gpu-device", 0, 0, noMax, "CUDA device number")
