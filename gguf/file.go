@@ -106,14 +106,13 @@ type File struct {
 
 // Open maps the file at path read-only and parses it. Close unmaps it.
 func Open(path string) (*File, error) {
-	data, unmap, err := mmap.File(path)
+	f, unmap, err := mmap.Parse(path, Parse)
 	if err != nil {
+		var fe *FormatError
+		if errors.As(err, &fe) {
+			return nil, err
+		}
 		return nil, fmt.Errorf("gguf: %w", err)
-	}
-	f, err := Parse(path, data)
-	if err != nil {
-		unmap()
-		return nil, err
 	}
 	f.unmap = unmap
 	return f, nil

@@ -6,7 +6,6 @@ import (
 	"math"
 	"os"
 	"path/filepath"
-	"slices"
 	"testing"
 
 	"orcd/backend/cpu"
@@ -179,24 +178,7 @@ func TestConformanceHFDirs(t *testing.T) {
 				if maxBatch != 0 {
 					return
 				}
-				fromDir := checkAgainstHF(t, m, fx)
-				out := filepath.Join(t.TempDir(), name+".gguf")
-				if err := WriteGGUF(out, f, nil); err != nil {
-					t.Fatal(err)
-				}
-				g, err := gguf.Open(out)
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer g.Close()
-				mg, err := Load(g, cpu.New(), LoadOptions{})
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer mg.Close()
-				if !slices.Equal(checkAgainstHF(t, mg, fx), fromDir) {
-					t.Error("the converted GGUF's logits differ from the directory's")
-				}
+				checkConverted(t, f, checkAgainstHF(t, m, fx), fx)
 			})
 		}
 	}

@@ -253,11 +253,14 @@ func (v *stepView[B]) attention(base backend.AttentionParams, window int) backen
 	return p
 }
 
-// cache returns layer l's K and V pool tensors, its block table and its
-// slots.
-func (v *stepView[B]) cache(l int) (k, vc, table, slots backend.Tensor) {
+// layerCache is one layer's K and V pool tensors, its group's block table
+// and the cache rows of the step's tokens.
+type layerCache struct{ k, v, table, slots backend.Tensor }
+
+// cache returns layer l's cache tensors.
+func (v *stepView[B]) cache(l int) layerCache {
 	g, s := v.kv.groupOf[l], v.kv.slotOf[l]
-	return v.kv.k[s], v.kv.v[s], v.tables[g], v.slots[g]
+	return layerCache{v.kv.k[s], v.kv.v[s], v.tables[g], v.slots[g]}
 }
 
 // step is Model.Step for both architectures: under the model's mutex it
@@ -538,4 +541,63 @@ func (m *core[B]) upload(what string, v []float32) (backend.Tensor, error) {
 	m.weights = append(m.weights, t)
 	m.be.WriteF32(t, v)
 	return t, nil
+}
+
+// ropeAttention is one layer's attention half in gpt-oss and the Llama
+// family: RMSNorm → Q, K, V (optional biases) → RoPE on Q and K → causal
+// GQA (optional sinks) → O.
+type ropeAttention struct {
+	norm           backend.Tensor
+	qW, kW, vW, oW backend.Tensor
+	qB, kB, vB, oB backend.Tensor // nil without biases
+	sinks          backend.Tensor // one logit per query head, or nil
+}
+
+// ropeSettings are a model's settings for ropeAttention.
+type ropeSettings struct {
+	eps     float32
+	invFreq backend.Tensor
+	rope    backend.RoPEParams
+}
+
+// queue queues layer l's attention half for a step. The residual stream is
+// a.x; out holds the previous half's output, which joins the residual
+// stream in the norm (AddRMSNorm) unless l is 0, and receives this half's.
+// q, k, v and att are the step's buffers for the projections and the
+// attention output.
+func (w *ropeAttention) queue(be backend.Backend, s ropeSettings, l int, a *activations, q, k, v, att, out backend.Tensor,
+	c layerCache, p backend.AttentionParams) {
+	if l == 0 {
+		be.RMSNorm(a.h, a.x, w.norm, s.eps)
+	} else {
+		be.AddRMSNorm(a.h, a.x, out, w.norm, s.eps)
+	}
+	be.MatMulQKV(q, k, v, a.h, w.qW, w.kW, w.vW, w.qB, w.kB, w.vB)
+	be.RoPE(q, a.pos, s.invFreq, s.rope)
+	be.RoPE(k, a.pos, s.invFreq, s.rope)
+	be.StoreKV(c.k, c.v, k, v, c.slots)
+	be.Attention(att, q, c.k, c.v, a.pos, a.seq, c.table, w.sinks, p)
+	be.MatMul(out, att, w.oW, w.oB)
+}
+
+// loadAttention loads layer ll's attention weights: q heads·headDim wide
+// queries and kv-wide keys and values of a hidden-wide stream, with biases
+// when withBias, and the alternative spellings of the output projection
+// that ollama's files use.
+func loadAttention(ll layerLoader, hidden, q, kv int, withBias bool) ropeAttention {
+	var w ropeAttention
+	w.norm = ll.get(true, []int{hidden}, "attn_norm.weight")
+	w.qW = ll.get(false, []int{hidden, q}, "attn_q.weight")
+	w.kW = ll.get(false, []int{hidden, kv}, "attn_k.weight")
+	w.vW = ll.get(false, []int{hidden, kv}, "attn_v.weight")
+	w.oW = ll.get(false, []int{q, hidden}, "attn_output.weight", "attn_out.weight")
+	if withBias {
+		w.qB = ll.get(true, []int{q}, "attn_q.bias")
+		w.kB = ll.get(true, []int{kv}, "attn_k.bias")
+		w.vB = ll.get(true, []int{kv}, "attn_v.bias")
+	}
+	if ll.has("attn_output.bias") || ll.has("attn_out.bias") {
+		w.oB = ll.get(true, []int{hidden}, "attn_output.bias", "attn_out.bias")
+	}
+	return w
 }

@@ -291,15 +291,15 @@ func (m *gpt2) ops(v *stepView[*gpt2Buffers], b *gpt2Buffers) {
 	attn := v.attention(m.attn, 0)
 	for l := range m.blocks {
 		blk := &m.blocks[l]
-		kc, vc, table, slots := v.cache(l)
+		c := v.cache(l)
 		// Attention: ln_1 → c_attn → split Q|K|V → causal MHA → c_proj, residual.
 		be.LayerNorm(b.h, b.x, blk.attnNormW, blk.attnNormB, m.p.eps)
 		be.MatMul(b.qkv, b.h, blk.qkvW, blk.qkvB)
 		be.CopyCols(b.q, b.qkv, 0)
 		be.CopyCols(b.k, b.qkv, m.p.hidden)
 		be.CopyCols(b.v, b.qkv, 2*m.p.hidden)
-		be.StoreKV(kc, vc, b.k, b.v, slots)
-		be.Attention(b.att, b.q, kc, vc, b.pos, b.seq, table, nil, attn)
+		be.StoreKV(c.k, c.v, b.k, b.v, c.slots)
+		be.Attention(b.att, b.q, c.k, c.v, b.pos, b.seq, c.table, nil, attn)
 		be.MatMul(b.proj, b.att, blk.attnOutW, blk.attnOutB)
 		be.Add(b.x, b.x, b.proj)
 		// MLP: ln_2 → c_fc → GELU(tanh) → c_proj, residual.

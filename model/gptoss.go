@@ -382,12 +382,7 @@ func ropeFrequencies(headDim int, base float64, y yarnParams) ([]float32, float3
 
 // gptossBlock is one transformer block's weights.
 type gptossBlock struct {
-	attnNorm     backend.Tensor // input_layernorm
-	qW, qB       backend.Tensor
-	kW, kB       backend.Tensor
-	vW, vB       backend.Tensor
-	oW, oB       backend.Tensor
-	sinks        backend.Tensor // one logit per query head
+	attn         ropeAttention  // with biases and sinks
 	postAttnNorm backend.Tensor // post_attention_layernorm
 	moe          backend.MoEWeights
 	window       int // sliding window of this layer, 0 for full attention
@@ -396,13 +391,12 @@ type gptossBlock struct {
 // gptoss is a loaded gpt-oss.
 type gptoss struct {
 	core[*gptossBuffers]
-	p    gptossParams
-	attn backend.AttentionParams // Window and the paging fields set per step
-	rope backend.RoPEParams
-	moe  backend.MoEParams
+	p            gptossParams
+	attn         backend.AttentionParams // Window and the paging fields set per step
+	attnSettings ropeSettings
+	moe          backend.MoEParams
 
 	tokEmbd, outNorm, output backend.Tensor
-	invFreq                  backend.Tensor // RoPE inverse frequencies, computed on the host
 	blocks                   []gptossBlock
 }
 
@@ -420,7 +414,7 @@ func loadGPTOSS(f *gguf.File, be backend.Backend, arch string, opts LoadOptions)
 		Scale: float32(1 / math.Sqrt(float64(p.headDim))),
 	}
 	m.moe = backend.MoEParams{TopK: p.expertsUsed, SwiGLU: gptossSwiGLU}
-	m.rope = backend.RoPEParams{HeadDim: p.headDim, Mode: backend.RoPENeoX}
+	m.attnSettings = ropeSettings{eps: p.eps, rope: backend.RoPEParams{HeadDim: p.headDim, Mode: backend.RoPENeoX}}
 
 	w := newWeights(f, be, arch, opts.Progress)
 	h, q, kv, ff, e := p.hidden, p.heads*p.headDim, p.kvHeads*p.headDim, p.expertFF, p.experts
@@ -428,16 +422,11 @@ func loadGPTOSS(f *gguf.File, be backend.Backend, arch string, opts LoadOptions)
 	for l := 0; l < p.layers && w.err == nil; l++ {
 		b := gptossBlock{}
 		ll := layerLoader{w: w, layer: l}
-		b.attnNorm = ll.get(true, []int{h}, "attn_norm.weight")
-		b.qW = ll.get(false, []int{h, q}, "attn_q.weight")
-		b.qB = ll.get(true, []int{q}, "attn_q.bias")
-		b.kW = ll.get(false, []int{h, kv}, "attn_k.weight")
-		b.kB = ll.get(true, []int{kv}, "attn_k.bias")
-		b.vW = ll.get(false, []int{h, kv}, "attn_v.weight")
-		b.vB = ll.get(true, []int{kv}, "attn_v.bias")
-		b.oW = ll.get(false, []int{q, h}, "attn_output.weight", "attn_out.weight")
-		b.oB = ll.get(true, []int{h}, "attn_output.bias", "attn_out.bias")
-		b.sinks = ll.get(true, []int{p.heads}, "attn_sinks.weight", "attn_sinks")
+		b.attn = loadAttention(ll, h, q, kv, true)
+		if b.attn.oB == nil { // gpt-oss's output projection has a bias
+			b.attn.oB = ll.get(true, []int{h}, "attn_output.bias", "attn_out.bias")
+		}
+		b.attn.sinks = ll.get(true, []int{p.heads}, "attn_sinks.weight", "attn_sinks")
 		b.postAttnNorm = ll.get(true, []int{h}, "post_attention_norm.weight", "ffn_norm.weight")
 		b.moe.Router = ll.get(false, []int{h, e}, "ffn_gate_inp.weight")
 		b.moe.RouterBias = ll.get(true, []int{e}, "ffn_gate_inp.bias")
@@ -458,8 +447,8 @@ func loadGPTOSS(f *gguf.File, be backend.Backend, arch string, opts LoadOptions)
 	}
 
 	inv, mscale := ropeFrequencies(p.headDim, p.ropeBase, p.yarn)
-	m.rope.MScale = mscale
-	if m.invFreq, err = m.upload("the RoPE frequencies", inv); err != nil {
+	m.attnSettings.rope.MScale = mscale
+	if m.attnSettings.invFreq, err = m.upload("the RoPE frequencies", inv); err != nil {
 		return nil, err
 	}
 	return m, nil
@@ -528,22 +517,10 @@ func (m *gptoss) ops(v *stepView[*gptossBuffers], b *gptossBuffers) {
 	be.Embed(b.x, m.tokEmbd, b.ids)
 	for l := range m.blocks {
 		blk := &m.blocks[l]
-		kc, vc, table, slots := v.cache(l)
-		// Attention: RMSNorm → Q, K, V → RoPE on Q and K → causal GQA with
-		// sinks (and a window on even layers) → O. Each residual add is
-		// fused into the norm after it (AddRMSNorm): here the previous
-		// block's expert output joins the residual stream.
-		if l == 0 {
-			be.RMSNorm(b.h, b.x, blk.attnNorm, m.p.eps)
-		} else {
-			be.AddRMSNorm(b.h, b.x, b.proj, blk.attnNorm, m.p.eps)
-		}
-		be.MatMulQKV(b.q, b.k, b.v, b.h, blk.qW, blk.kW, blk.vW, blk.qB, blk.kB, blk.vB)
-		be.RoPE(b.q, b.pos, m.invFreq, m.rope)
-		be.RoPE(b.k, b.pos, m.invFreq, m.rope)
-		be.StoreKV(kc, vc, b.k, b.v, slots)
-		be.Attention(b.att, b.q, kc, vc, b.pos, b.seq, table, blk.sinks, v.attention(m.attn, blk.window))
-		be.MatMul(b.proj, b.att, blk.oW, blk.oB)
+		// Attention, with sinks and a window on even layers. Each residual
+		// add is fused into the norm after it (AddRMSNorm): here the
+		// previous block's expert output joins the residual stream.
+		blk.attn.queue(be, m.attnSettings, l, &b.activations, b.q, b.k, b.v, b.att, b.proj, v.cache(l), v.attention(m.attn, blk.window))
 		// Mixture of experts: residual add and RMSNorm → router top-k →
 		// clamped SwiGLU experts, weighted sum (added to the residual by
 		// the next block's norm).

@@ -450,11 +450,8 @@ func (c *HFCheckpoint) Rows(name, hf string, rows []int) {
 	if rank == 2 {
 		rowLen = s.t.Shape[1]
 	}
-	for _, r := range rows {
-		if r < 0 || int64(r) >= s.t.Shape[0] {
-			c.fail(fmt.Errorf("model: %s: tensor %s: row %d of %d", c.Dir, hf, r, s.t.Shape[0]))
-			return
-		}
+	if !c.within(hf, "row", rows, s.t.Shape[0]) {
+		return
 	}
 	dims := []int64{rowLen, int64(len(rows))}
 	outType := typ
@@ -473,6 +470,17 @@ func (c *HFCheckpoint) Rows(name, hf string, rows []int) {
 		}
 		return dst
 	})
+}
+
+// within checks that the indices pick of tensor hf are below n.
+func (c *HFCheckpoint) within(hf, what string, pick []int, n int64) bool {
+	for _, r := range pick {
+		if r < 0 || int64(r) >= n {
+			c.fail(fmt.Errorf("model: %s: tensor %s: %s %d of %d", c.Dir, hf, what, r, n))
+			return false
+		}
+	}
+	return true
 }
 
 // Vector declares a GGUF F32 vector computed by the converter (Llama 3's
@@ -520,11 +528,8 @@ func (c *HFCheckpoint) MXFP4Experts(name, prefix string, rows []int) {
 		return
 	}
 	nExp, nRows, nBlk := bs[0], bs[1], bs[2]
-	for _, r := range rows {
-		if r < 0 || int64(r) >= nRows {
-			c.fail(fmt.Errorf("model: %s: %s: row %d of %d", c.Dir, prefix, r, nRows))
-			return
-		}
+	if !c.within(prefix, "row", rows, nRows) {
+		return
 	}
 	c.declare(name, tensor.MXFP4, []int64{nBlk * 32, int64(len(rows)), nExp}, func() []byte {
 		bd, sd := blocks.f.Data(blocks.t), scales.f.Data(scales.t)
@@ -636,11 +641,8 @@ func (c *HFCheckpoint) ExpertBias(name, hf string, pick []int) {
 		return
 	}
 	nExp, n := s.t.Shape[0], s.t.Shape[1]
-	for _, r := range pick {
-		if r < 0 || int64(r) >= n {
-			c.fail(fmt.Errorf("model: %s: tensor %s: column %d of %d", c.Dir, hf, r, n))
-			return
-		}
+	if !c.within(hf, "column", pick, n) {
+		return
 	}
 	c.declare(name, tensor.F32, []int64{int64(len(pick)), nExp}, func() []byte {
 		all := toF32(typ, s.f.Data(s.t))

@@ -261,6 +261,29 @@ func gpt2HFLayout(t *testing.T) hfLayout {
 	}
 }
 
+// checkConverted writes f as a GGUF file (orcd convert) and expects the
+// file to give the logits fromDir of f, bit for bit.
+func checkConverted(t *testing.T, f *gguf.File, fromDir []float32, fx *hfFixture) {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "converted.gguf")
+	if err := WriteGGUF(out, f, nil); err != nil {
+		t.Fatal(err)
+	}
+	g, err := gguf.Open(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	m, err := Load(g, cpu.New(), LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if !slices.Equal(checkAgainstHF(t, m, fx), fromDir) {
+		t.Error("the converted GGUF's logits differ from the directory's")
+	}
+}
+
 // checkAgainstHF runs the fixture's prompt through m and compares every
 // position's logits with HF's.
 func checkAgainstHF(t *testing.T, m Model, fx *hfFixture) []float32 {
@@ -309,26 +332,7 @@ func TestHFDirectories(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer m.Close()
-			fromDir := checkAgainstHF(t, m, fx)
-
-			// convert: the written GGUF gives the same logits, bit for bit.
-			out := filepath.Join(t.TempDir(), "converted.gguf")
-			if err := WriteGGUF(out, f, nil); err != nil {
-				t.Fatal(err)
-			}
-			g, err := gguf.Open(out)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer g.Close()
-			mg, err := Load(g, cpu.New(), LoadOptions{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer mg.Close()
-			if fromFile := checkAgainstHF(t, mg, fx); !slices.Equal(fromFile, fromDir) {
-				t.Error("the converted GGUF's logits differ from the directory's")
-			}
+			checkConverted(t, f, checkAgainstHF(t, m, fx), fx)
 		})
 	}
 }

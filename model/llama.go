@@ -318,24 +318,22 @@ func llama3RopeFactors(headDim int, base float64, rope map[string]float64) []flo
 
 // decoderBlock is one transformer block's weights.
 type decoderBlock struct {
-	attnNorm, ffnNorm backend.Tensor
-	qW, kW, vW, oW    backend.Tensor
-	qB, kB, vB, oB    backend.Tensor // nil without biases
+	attn              ropeAttention
+	ffnNorm           backend.Tensor
 	gateW, upW, downW backend.Tensor
 }
 
 // decoder is a loaded member of the Llama family.
 type decoder struct {
 	core[*decoderBuffers]
-	fam     decoderFamily
-	p       decoderParams
-	attn    backend.AttentionParams
-	rope    backend.RoPEParams
-	tokEmbd backend.Tensor
-	outNorm backend.Tensor
-	output  backend.Tensor // output.weight or the tied token_embd
-	invFreq backend.Tensor
-	blocks  []decoderBlock
+	fam          decoderFamily
+	p            decoderParams
+	attn         backend.AttentionParams
+	attnSettings ropeSettings
+	tokEmbd      backend.Tensor
+	outNorm      backend.Tensor
+	output       backend.Tensor // output.weight or the tied token_embd
+	blocks       []decoderBlock
 }
 
 func (fam decoderFamily) load(f *gguf.File, arch string, be backend.Backend, opts LoadOptions) (Model, error) {
@@ -349,7 +347,7 @@ func (fam decoderFamily) load(f *gguf.File, arch string, be backend.Backend, opt
 	m.cfg.Name, _ = f.GetString("general.name")
 	m.layout = p.layout()
 	m.attn = backend.AttentionParams{Heads: p.heads, KVHeads: p.kvHeads, HeadDim: p.headDim, Scale: float32(1 / math.Sqrt(float64(p.headDim)))}
-	m.rope = backend.RoPEParams{HeadDim: p.headDim, Mode: fam.rope, MScale: 1}
+	m.attnSettings = ropeSettings{eps: p.eps, rope: backend.RoPEParams{HeadDim: p.headDim, Mode: fam.rope, MScale: 1}}
 
 	// Llama 3's frequency divisors, read on the host: the frequencies are
 	// computed once here.
@@ -376,19 +374,7 @@ func (fam decoderFamily) load(f *gguf.File, arch string, be backend.Backend, opt
 	for l := 0; l < p.layers && w.err == nil; l++ {
 		var b decoderBlock
 		ll := layerLoader{w: w, layer: l}
-		b.attnNorm = ll.get(true, []int{h}, "attn_norm.weight")
-		b.qW = ll.get(false, []int{h, q}, "attn_q.weight")
-		b.kW = ll.get(false, []int{h, kv}, "attn_k.weight")
-		b.vW = ll.get(false, []int{h, kv}, "attn_v.weight")
-		b.oW = ll.get(false, []int{q, h}, "attn_output.weight")
-		if fam.qkvBias || ll.has("attn_q.bias") {
-			b.qB = ll.get(true, []int{q}, "attn_q.bias")
-			b.kB = ll.get(true, []int{kv}, "attn_k.bias")
-			b.vB = ll.get(true, []int{kv}, "attn_v.bias")
-		}
-		if ll.has("attn_output.bias") {
-			b.oB = ll.get(true, []int{h}, "attn_output.bias")
-		}
+		b.attn = loadAttention(ll, h, q, kv, fam.qkvBias || ll.has("attn_q.bias"))
 		b.ffnNorm = ll.get(true, []int{h}, "ffn_norm.weight")
 		b.gateW = ll.get(false, []int{h, ff}, "ffn_gate.weight")
 		b.upW = ll.get(false, []int{h, ff}, "ffn_up.weight")
@@ -407,7 +393,7 @@ func (fam decoderFamily) load(f *gguf.File, arch string, be backend.Backend, opt
 	for i := range inv {
 		inv[i] = float32(float64(inv[i]) / float64(factors[i]))
 	}
-	if m.invFreq, err = m.upload("the RoPE frequencies", inv); err != nil {
+	if m.attnSettings.invFreq, err = m.upload("the RoPE frequencies", inv); err != nil {
 		return nil, err
 	}
 	return m, nil
@@ -463,20 +449,9 @@ func (m *decoder) ops(v *stepView[*decoderBuffers], b *decoderBuffers) {
 	attn := v.attention(m.attn, 0)
 	for l := range m.blocks {
 		blk := &m.blocks[l]
-		kc, vc, table, slots := v.cache(l)
-		// Attention: RMSNorm (with the previous block's MLP output added to
-		// the residual first) → Q, K, V → RoPE → causal GQA → O.
-		if l == 0 {
-			be.RMSNorm(b.h, b.x, blk.attnNorm, m.p.eps)
-		} else {
-			be.AddRMSNorm(b.h, b.x, b.proj, blk.attnNorm, m.p.eps)
-		}
-		be.MatMulQKV(b.q, b.k, b.v, b.h, blk.qW, blk.kW, blk.vW, blk.qB, blk.kB, blk.vB)
-		be.RoPE(b.q, b.pos, m.invFreq, m.rope)
-		be.RoPE(b.k, b.pos, m.invFreq, m.rope)
-		be.StoreKV(kc, vc, b.k, b.v, slots)
-		be.Attention(b.att, b.q, kc, vc, b.pos, b.seq, table, nil, attn)
-		be.MatMul(b.proj, b.att, blk.oW, blk.oB)
+		// Attention (the previous block's MLP output joins the residual
+		// stream in its norm).
+		blk.attn.queue(be, m.attnSettings, l, &b.activations, b.q, b.k, b.v, b.att, b.proj, v.cache(l), attn)
 		// MLP: residual add and RMSNorm → SiLU(gate)·up → down.
 		be.AddRMSNorm(b.h, b.x, b.proj, blk.ffnNorm, m.p.eps)
 		be.MatMul(b.gate, b.h, blk.gateW, nil)

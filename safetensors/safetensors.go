@@ -11,6 +11,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -111,17 +112,22 @@ type File struct {
 
 // Open maps the file at path read-only and parses it. Close unmaps it.
 func Open(path string) (*File, error) {
-	data, unmap, err := mmap.File(path)
+	f, unmap, err := mmap.Parse(path, Parse)
 	if err != nil {
-		return nil, fmt.Errorf("safetensors: %w", err)
-	}
-	f, err := Parse(path, data)
-	if err != nil {
-		unmap()
-		return nil, err
+		return nil, wrapOpen(err)
 	}
 	f.unmap = unmap
 	return f, nil
+}
+
+// wrapOpen prefixes errors from the file system; a *FormatError names the
+// package already.
+func wrapOpen(err error) error {
+	var fe *FormatError
+	if errors.As(err, &fe) {
+		return err
+	}
+	return fmt.Errorf("safetensors: %w", err)
 }
 
 // Close releases the mapping; tensor data must not be used afterwards.

@@ -375,8 +375,10 @@ func (b *Backend) rmsNorm(op string, dst, x, delta, w backend.Tensor, eps float3
 }
 
 // GELU applies the tanh approximation of GELU elementwise.
-func (b *Backend) GELU(dst, x backend.Tensor) {
-	const op = "GELU"
+func (b *Backend) GELU(dst, x backend.Tensor) { b.elementwise("GELU", dst, x, b.geluTanh) }
+
+// elementwise checks dst and x (same dims) and queues kernel over them.
+func (b *Backend) elementwise(op string, dst, x backend.Tensor, kernel func(dst, x uintptr, n int64)) {
 	d := b.out(dst, op, "dst")
 	if d == nil {
 		return
@@ -386,8 +388,7 @@ func (b *Backend) GELU(dst, x backend.Tensor) {
 		return
 	}
 	defer b.bind()()
-	n := d.elements()
-	b.geluTanh(d.ptr, xs.ptr, n)
+	kernel(d.ptr, xs.ptr, d.elements())
 }
 
 // RoPE rotates x in place, pairing elements as p.Mode says.
@@ -415,20 +416,7 @@ func (b *Backend) RoPE(x, pos, invFreq backend.Tensor, p backend.RoPEParams) {
 }
 
 // SiLU sets dst = x·σ(x) elementwise.
-func (b *Backend) SiLU(dst, x backend.Tensor) {
-	const op = "SiLU"
-	d := b.out(dst, op, "dst")
-	if d == nil {
-		return
-	}
-	xs := b.matrix(x, op, "x", backend.Rows(d), backend.Cols(d))
-	if xs == nil {
-		return
-	}
-	defer b.bind()()
-	n := d.elements()
-	b.silu(d.ptr, xs.ptr, n)
-}
+func (b *Backend) SiLU(dst, x backend.Tensor) { b.elementwise("SiLU", dst, x, b.silu) }
 
 // SwiGLU sets dst = g·σ(Alpha·g)·(u+UpShift), clamped when Limit is set.
 func (b *Backend) SwiGLU(dst, g, u backend.Tensor, p backend.SwiGLUParams) {

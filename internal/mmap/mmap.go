@@ -34,3 +34,19 @@ func File(path string) ([]byte, func() error, error) {
 	}
 	return data, func() error { return unmap(data) }, nil
 }
+
+// Parse maps path and parses its bytes with parse, releasing the mapping
+// when parse fails; the caller releases it after a success.
+func Parse[T any](path string, parse func(name string, data []byte) (T, error)) (T, func() error, error) {
+	var zero T
+	data, unmap, err := File(path)
+	if err != nil {
+		return zero, nil, err
+	}
+	v, err := parse(path, data)
+	if err != nil {
+		unmap()
+		return zero, nil, err
+	}
+	return v, unmap, nil
+}
