@@ -360,6 +360,16 @@ func (c *HFCheckpoint) floatType(s hfTensor) (tensor.Type, bool) {
 	return 0, false
 }
 
+// floatSource is source for a tensor of a float dtype, and its GGUF type.
+func (c *HFCheckpoint) floatSource(hf string, rank int) (hfTensor, tensor.Type, bool) {
+	s, ok := c.source(hf, rank)
+	if !ok {
+		return s, 0, false
+	}
+	typ, ok := c.floatType(s)
+	return s, typ, ok
+}
+
 // declare adds a GGUF tensor and its producer.
 func (c *HFCheckpoint) declare(name string, typ tensor.Type, dims []int64, data func() []byte) {
 	if c.err != nil {
@@ -388,11 +398,7 @@ func (c *HFCheckpoint) Tensor(name, hf string) {
 		c.source(hf, 0) // records the error
 		return
 	}
-	s, ok = c.source(hf, len(s.t.Shape))
-	if !ok {
-		return
-	}
-	typ, ok := c.floatType(s)
+	s, typ, ok := c.floatSource(hf, len(s.t.Shape))
 	if !ok {
 		return
 	}
@@ -406,11 +412,7 @@ func (c *HFCheckpoint) Tensor(name, hf string) {
 // Transposed maps a 2-D HF tensor stored [in, out] (GPT-2's Conv1D) to a
 // GGUF tensor [in, out] in ggml order, transposing its elements.
 func (c *HFCheckpoint) Transposed(name, hf string) {
-	s, ok := c.source(hf, 2)
-	if !ok {
-		return
-	}
-	typ, ok := c.floatType(s)
+	s, typ, ok := c.floatSource(hf, 2)
 	if !ok {
 		return
 	}
@@ -632,11 +634,7 @@ func WriteGGUF(path string, f *gguf.File, progress func(done, total int64)) erro
 // ExpertBias maps an HF expert bias [E, rows] to the GGUF F32 tensor name
 // [len(pick), E], taking columns pick of each expert's row.
 func (c *HFCheckpoint) ExpertBias(name, hf string, pick []int) {
-	s, ok := c.source(hf, 2)
-	if !ok {
-		return
-	}
-	typ, ok := c.floatType(s)
+	s, typ, ok := c.floatSource(hf, 2)
 	if !ok {
 		return
 	}
