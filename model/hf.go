@@ -1,7 +1,6 @@
 package model
 
 import (
-	"bufio"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -570,65 +569,6 @@ func Span(lo, n, step int) []int {
 		r[i] = lo + i*step
 	}
 	return r
-}
-
-// WriteGGUF writes f (a GGUF file or a checkpoint read by OpenHF) as a
-// GGUF file at path, streaming the tensor data. The file appears under its
-// name only when complete.
-func WriteGGUF(path string, f *gguf.File, progress func(done, total int64)) error {
-	w := gguf.NewWriter()
-	for _, kv := range f.KV {
-		w.Set(kv.Key, kv.Value)
-	}
-	var total int64
-	for _, ti := range f.Tensors {
-		if err := w.AddTensor(ti.Name, ti.Type, ti.Dims); err != nil {
-			return err
-		}
-		total += ti.Size
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".*.tmp")
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if tmp != nil {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	bw := bufio.NewWriterSize(tmp, 8<<20)
-	tw, err := w.Begin(bw)
-	if err != nil {
-		return err
-	}
-	var done int64
-	for i := range f.Tensors {
-		ti := &f.Tensors[i]
-		data := f.TensorData(ti)
-		if int64(len(data)) != ti.Size {
-			return fmt.Errorf("model: %s: tensor %s: %d bytes of data, want %d", f.Path, ti.Name, len(data), ti.Size)
-		}
-		if err := tw.WriteTensor(ti.Name, data); err != nil {
-			return err
-		}
-		done += ti.Size
-		if progress != nil {
-			progress(done, total)
-		}
-	}
-	if err := tw.Close(); err != nil {
-		return err
-	}
-	if err := bw.Flush(); err != nil {
-		return err
-	}
-	name := tmp.Name()
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	tmp = nil
-	return os.Rename(name, path)
 }
 
 // ExpertBias maps an HF expert bias [E, rows] to the GGUF F32 tensor name

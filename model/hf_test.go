@@ -266,7 +266,7 @@ func gpt2HFLayout(t *testing.T) hfLayout {
 func checkConverted(t *testing.T, f *gguf.File, fromDir []float32, fx *hfFixture) {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "converted.gguf")
-	if err := WriteGGUF(out, f, nil); err != nil {
+	if err := WriteGGUF(out, f, ConvertOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	g, err := gguf.Open(out)
@@ -403,5 +403,54 @@ func TestLlama3RopeFactors(t *testing.T) {
 		if math.Abs(float64(got[i])-want[i]) > 1e-3 {
 			t.Errorf("factor %d = %g, want %g", i, got[i], want[i])
 		}
+	}
+}
+
+// TestConvertTypes checks the types convert gives each tensor under
+// llama.cpp's rules: float matrices take the output type ("auto": BF16,
+// as the checkpoint's first matrix is not F16), vectors and the router stay
+// F32, MXFP4 experts stay MXFP4, and general.file_type says so.
+func TestConvertTypes(t *testing.T) {
+	dir := writeHFDir(t, "gptoss_mxfp4_q8", gptossHFConfig(t, "gptoss_mxfp4_q8"), gptossHFLayout(t))
+	f, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for _, c := range []struct {
+		outType  string
+		matrices tensor.Type
+	}{{"auto", tensor.BF16}, {"q8_0", tensor.Q8_0}, {"f16", tensor.F16}} {
+		out := filepath.Join(t.TempDir(), c.outType+".gguf")
+		if err := WriteGGUF(out, f, ConvertOptions{OutType: c.outType}); err != nil {
+			t.Fatal(err)
+		}
+		g, err := gguf.Open(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := map[string]tensor.Type{
+			"token_embd.weight": c.matrices, "blk.0.attn_q.weight": c.matrices, "output.weight": c.matrices,
+			"blk.0.attn_norm.weight": tensor.F32, "blk.0.attn_q.bias": tensor.F32, "blk.0.ffn_gate_inp.weight": tensor.F32,
+			"blk.0.attn_sinks.weight": tensor.F32, "blk.0.ffn_gate_exps.weight": tensor.MXFP4,
+		}
+		for name, typ := range want {
+			if ti, ok := g.Tensor(name); !ok || ti.Type != typ {
+				t.Errorf("%s: %s is %v, want %s", c.outType, name, ti, typ)
+			}
+		}
+		if ft, err := g.GetUint32("general.file_type"); err != nil || ft != 38 {
+			t.Errorf("%s: general.file_type %d, %v; want 38 (MXFP4 experts)", c.outType, ft, err)
+		}
+		// The converted model still runs, close to the directory's.
+		m, err := Load(g, cpu.New(), LoadOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.Close()
+		g.Close()
+	}
+	if err := WriteGGUF(filepath.Join(t.TempDir(), "x.gguf"), f, ConvertOptions{OutType: "q4_k"}); err == nil {
+		t.Error("an unknown output type was accepted")
 	}
 }

@@ -18,14 +18,15 @@ func init() {
 		details: `Reads a Hugging Face checkpoint directory (config.json, *.safetensors,
 sharded with model.safetensors.index.json or not, and the tokenizer files)
 as --model does, and writes it as one GGUF file with llama.cpp's metadata
-keys, tensor names and types: matrices keep their stored type (F32, F16,
-BF16; gpt-oss's experts stay MXFP4), norms and biases become F32, Llama's Q
-and K rows are permuted for llama.cpp's RoPE, and the tokenizer and chat
-template go into tokenizer.* metadata. The file appears under its name only
+keys, tensor names and types: float matrices become --outtype (llama.cpp's
+names and its "auto" rule), norms, biases and the MoE router F32, gpt-oss's
+experts stay MXFP4, Llama's Q and K rows are permuted for llama.cpp's RoPE,
+and the tokenizer and chat template go into tokenizer.* metadata. The file appears under its name only
 when complete.`,
 		examples: []string{
 			"orcd convert ./Qwen2.5-0.5B-Instruct -o qwen2.5-0.5b.gguf",
 			"orcd convert ./gpt-oss-20b -o gpt-oss-20b-mxfp4.gguf",
+			"orcd convert --outtype q8_0 ./Llama-3.2-1B-Instruct -o llama-3.2-1b-q8_0.gguf",
 		},
 		args:  "DIR",
 		setup: setupConvert,
@@ -34,6 +35,7 @@ when complete.`,
 
 func setupConvert(fs *flag.FlagSet) func(*env) int {
 	out := fs.String("o", "", "output GGUF `FILE`")
+	outType := choiceFlag(fs, "outtype", "auto", model.OutTypes, "type of the float weight matrices (auto: llama.cpp's choice, F16 for an F16 checkpoint, else BF16; keep: as stored)")
 	return func(e *env) int {
 		if len(e.args) != 1 || *out == "" {
 			return e.usageError("want one DIR and -o FILE")
@@ -47,7 +49,8 @@ func setupConvert(fs *flag.FlagSet) func(*env) int {
 			return e.fail(err)
 		}
 		defer f.Close()
-		if err := model.WriteGGUF(*out, f, progressLine(e.stderr, "convert "+filepath.Base(e.args[0]))); err != nil {
+		opts := model.ConvertOptions{OutType: *outType, Progress: progressLine(e.stderr, "convert "+filepath.Base(e.args[0]))}
+		if err := model.WriteGGUF(*out, f, opts); err != nil {
 			return e.fail(err)
 		}
 		st, err := os.Stat(*out)
