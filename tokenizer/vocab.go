@@ -274,12 +274,15 @@ func FromVocab(v *GGUFVocab) (*Tokenizer, error) {
 		return nil, fmt.Errorf("tokenizer: %d token types for %d tokens", len(v.TokenTypes), n)
 	}
 	sp := &spec{
-		kind:       KindGGUF,
-		pieces:     make([][]byte, n),
-		types:      v.TokenTypes,
-		pretok:     pretok,
-		nfc:        v.Pre == "qwen2", // HF's Qwen2 tokenizer normalizes to NFC
-		wholeWords: true,
+		kind:   KindGGUF,
+		pieces: make([][]byte, n),
+		types:  v.TokenTypes,
+		pretok: pretok,
+		nfc:    v.Pre == "qwen2", // HF's Qwen2 tokenizer normalizes to NFC
+		// A piece that is a whole token is that token (tiktoken; HF's
+		// ignore_merges, which Llama 3's tokenizer sets), except for Qwen2,
+		// whose tokenizer always runs the merges.
+		wholeWords: v.Pre != "qwen2",
 		bos:        v.BOS, eos: v.EOS, pad: v.PAD, eot: v.EOT, eom: v.EOM,
 		addBOS: v.AddBOS,
 	}
