@@ -79,6 +79,8 @@ func TestHFTokenizerIDs(t *testing.T) {
 	var fx struct {
 		Strings []string             `json:"strings"`
 		IDs     map[string][][]int32 `json:"ids"`
+		// "Hi" with the tokens the tokenizer adds itself (Llama 3's BOS).
+		WithSpecial map[string][]int32 `json:"hi_with_special"`
 	}
 	testutil.ReadGzipJSON(t, path, &fx)
 	for _, fam := range []string{"llama3", "qwen2", "harmony"} {
@@ -89,6 +91,13 @@ func TestHFTokenizerIDs(t *testing.T) {
 		want := fx.IDs[fam]
 		if len(want) != len(fx.Strings) {
 			t.Fatalf("%s: %d id lists for %d strings", fam, len(want), len(fx.Strings))
+		}
+		want1 := tok.EncodeSpecial("Hi")
+		if tok.AddBOS() {
+			want1 = append([]int32{tok.BOS()}, want1...)
+		}
+		if !slices.Equal(want1, fx.WithSpecial[fam]) {
+			t.Errorf("%s: \"Hi\" with added tokens is %v, HF %v (AddBOS %v)", fam, want1, fx.WithSpecial[fam], tok.AddBOS())
 		}
 		for i, s := range fx.Strings {
 			if got := tok.EncodeSpecial(s); !slices.Equal(got, want[i]) { // HF parses special-token text too

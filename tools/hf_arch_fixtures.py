@@ -96,10 +96,15 @@ def llama_fixture(outdir):
             p.data.normal_(1, 0.1)
         else:
             p.data.normal_(0, 1 / math.sqrt(p.shape[-1]) if p.dim() > 1 else 0.1)
-    model.save_pretrained(d, safe_serialization=True)
+    model.save_pretrained(d)
     copy_tokenizer("llama3", d)
-    rot = model.model.rotary_emb
-    print(name, "inv_freq", rot.inv_freq[:4].tolist(), "...", rot.inv_freq[-2:].tolist())
+    # The llama3 scaling must have been applied (HF _compute_llama3_parameters).
+    inv = 500000.0 ** (-np.arange(0, 16, 2) / 16)
+    wavelen = 2 * math.pi / inv
+    smooth = (32 / wavelen - 1) / (4 - 1)
+    want = np.where(wavelen < 8, inv, np.where(wavelen > 32, inv / 8, (1 - smooth) * inv / 8 + smooth * inv))
+    got = model.model.rotary_emb.inv_freq.numpy()
+    assert np.allclose(got, want, rtol=1e-5), ("llama3 rope scaling not applied", got, want)
     reference(outdir, name, model, "llama", 1008, 12)
 
 
@@ -121,7 +126,9 @@ def qwen2_fixture(outdir):
             p.data.normal_(0, 1 / math.sqrt(p.shape[-1]))
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr(), "not tied"
     bf16_round(model)
-    model.to(torch.bfloat16).save_pretrained(d, safe_serialization=True, max_shard_size="100KB")
+    got = model.model.rotary_emb.inv_freq.numpy()
+    assert abs(got[1] / 1e6 ** (-2 / 16) - 1) < 1e-5, ("rope_theta not applied", got)
+    model.to(torch.bfloat16).save_pretrained(d, max_shard_size="100KB")
     model.to(torch.float32)
     assert os.path.exists(os.path.join(d, "model.safetensors.index.json")), "not sharded"
     copy_tokenizer("qwen2", d)
@@ -164,6 +171,7 @@ def gptoss_fixture(outdir):
                  num_experts_per_tok=K, sliding_window=8, max_position_embeddings=512, rms_norm_eps=1e-5,
                  tie_word_embeddings=False, attention_bias=True, rope=rope)
     model = GptOssForCausalLM(cfg).eval()
+    assert abs(float(model.model.rotary_emb.attention_scaling) - (0.1 * math.log(4) + 1)) < 1e-6, "yarn not applied"
     cfg.save_pretrained(d)
     sd = dict(model.named_parameters())
     normal = lambda shape, std: rng.normal(0, std, shape).astype(np.float32)
@@ -295,11 +303,11 @@ TOKEN_STRINGS = [
 
 
 def tokens_fixture(outdir):
-    rec = {"transformers": transformers.__version__, "strings": TOKEN_STRINGS, "ids": {}}
+    rec = {"transformers": transformers.__version__, "strings": TOKEN_STRINGS, "ids": {}, "hi_with_special": {}}
     for fam in ("llama3", "qwen2", "harmony"):
         tok = AutoTokenizer.from_pretrained(os.path.join(TOK, fam))
         rec["ids"][fam] = [tok.encode(s, add_special_tokens=False) for s in TOKEN_STRINGS]
-        rec["ids"][fam + "_with_special"] = tok.encode("Hi", add_special_tokens=True)
+        rec["hi_with_special"][fam] = tok.encode("Hi", add_special_tokens=True)  # BOS where the tokenizer adds it
     dump(os.path.join(outdir, "tokens.json.gz"), rec)
 
 
