@@ -26,9 +26,9 @@ import (
 
 // Template is a compiled chat template. It is safe for concurrent use.
 type Template struct {
-	t          *jinja.Template
-	bos, eos   string
-	usesSystem bool
+	t        *jinja.Template
+	bos, eos string
+	tagged   bool // tool calls between <tool_call> tags (TaggedToolCalls)
 }
 
 // Compile compiles a chat template; bos and eos are the texts of the
@@ -39,7 +39,7 @@ func Compile(src, bos, eos string) (*Template, error) {
 	if err != nil {
 		return nil, fmt.Errorf("chat template: %w", err)
 	}
-	return &Template{t: t, bos: bos, eos: eos}, nil
+	return &Template{t: t, bos: bos, eos: eos, tagged: strings.Contains(src, toolCallOpen)}, nil
 }
 
 // indentedJSON matches `EXPR | tojson(indent=N)` for a variable or

@@ -49,6 +49,9 @@ var weather = json.RawMessage(`{"type": "function", "function": {"name": "get_we
 // whose arguments print as a JSON object.
 func TestQwen2ByHand(t *testing.T) {
 	tmpl := templateOf(t, "qwen2")
+	if !tmpl.TaggedToolCalls() || templateOf(t, "llama3").TaggedToolCalls() {
+		t.Error("TaggedToolCalls: want true for Qwen2.5's template and false for Llama 3's")
+	}
 	got, err := tmpl.Render(Request{Messages: []Message{{Role: "user", Content: "Hi"}}, AddGenerationPrompt: true})
 	if err != nil {
 		t.Fatal(err)

@@ -262,9 +262,12 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var out outputParser = plainOutput{}
-	if s.specials != nil {
+	switch {
+	case s.specials != nil:
 		other, _ := s.cfg.Tokenizer.(specialChecker)
 		out = &harmonyOutput{parser: harmony.NewParser(), specials: s.specials, other: other, stops: engine.NewStopMatcher(body.Stop)}
+	case s.taggedToolCalls(&body):
+		out = &taggedOutput{stops: engine.NewStopMatcher(body.Stop)}
 	}
 	chunk := func(choice chatChoice) chatResponse {
 		obj := "chat.completion"
@@ -389,5 +392,59 @@ func (s *Server) templatePrompt(body *chatRequest, req *engine.Request) error {
 		return invalid(err.Error())
 	}
 	req.Tokens = s.cfg.Tokenizer.(specialEncoder).EncodeSpecial(text)
+	if s.taggedToolCalls(body) {
+		req.Stop = nil // stop strings apply to the content, in taggedOutput
+	}
 	return nil
 }
+
+// taggedToolCalls reports whether the request's output is parsed for tool
+// calls between <tool_call> tags: the request has tools and the model's
+// template writes calls so.
+func (s *Server) taggedToolCalls(body *chatRequest) bool {
+	return s.cfg.Model.Chat == ChatTemplate && s.cfg.Template.TaggedToolCalls() && len(body.Tools) > 0 &&
+		string(bytes.TrimSpace(body.ToolChoice)) != `"none"`
+}
+
+// taggedOutput parses a template model's output into content and the tool
+// calls it writes between <tool_call> tags, applying the request's stop
+// strings to the content.
+type taggedOutput struct {
+	parser chat.ToolCallParser
+	stops  *engine.StopMatcher
+	calls  int
+}
+
+func (o *taggedOutput) token(tok engine.Token) ([]delta, bool) {
+	return o.deltas(o.parser.Push(tok.Text))
+}
+
+func (o *taggedOutput) finish() []delta {
+	out, _ := o.deltas(o.parser.Flush())
+	if text := o.stops.Flush(); text != "" {
+		out = append(out, delta{kind: deltaContent, text: text})
+	}
+	return out
+}
+
+func (o *taggedOutput) deltas(parsed []chat.Output) ([]delta, bool) {
+	var out []delta
+	for _, p := range parsed {
+		if p.Call != nil {
+			out = append(out, delta{kind: deltaToolStart, toolIndex: o.calls, toolName: p.Call.Name},
+				delta{kind: deltaToolArgs, toolIndex: o.calls, text: p.Call.Arguments})
+			o.calls++
+			continue
+		}
+		text, hit := o.stops.Push(p.Content)
+		if text != "" {
+			out = append(out, delta{kind: deltaContent, text: text})
+		}
+		if hit {
+			return out, true
+		}
+	}
+	return out, false
+}
+
+func (o *taggedOutput) toolCalls() int { return o.calls }
