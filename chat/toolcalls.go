@@ -139,9 +139,6 @@ func (p *ToolCallParser) Flush() []Output {
 	return out
 }
 
-// Calls is the number of calls parsed so far.
-func (p *ToolCallParser) Calls() int { return p.calls }
-
 // partialSuffix is the length of the longest suffix of s that is a proper
 // prefix of tag.
 func partialSuffix(s, tag string) int {

@@ -111,13 +111,6 @@ func Register(a Arch) {
 	}
 }
 
-// Lookup returns the architecture of a general.architecture value (a name
-// or an alias).
-func Lookup(name string) (*Arch, bool) {
-	a, ok := arches[name]
-	return a, ok
-}
-
 // Architectures lists the general.architecture values Load accepts, sorted.
 func Architectures() []string { return slices.Sorted(maps.Keys(arches)) }
 
