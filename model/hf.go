@@ -216,6 +216,14 @@ func (c *HFCheckpoint) tokenizer() error {
 		return fmt.Errorf("model: %s: %w", c.Dir, err)
 	}
 	v.SetOn(c.W)
+	if tmpl == "" {
+		// Newer checkpoints keep the template in a file of its own.
+		b, err := read("chat_template.jinja")
+		if err != nil {
+			return fmt.Errorf("model: %w", err)
+		}
+		tmpl = string(b)
+	}
 	if tmpl != "" {
 		c.W.SetString(tokenizer.KeyChatTemplate, tmpl)
 	}

@@ -454,3 +454,45 @@ func TestConvertTypes(t *testing.T) {
 		t.Error("an unknown output type was accepted")
 	}
 }
+
+// TestHFTokenizerFiles adds the qwen2 fixture tokenizer to a checkpoint
+// directory and expects its vocabulary and chat template in the metadata;
+// the template also comes from chat_template.jinja, where newer
+// checkpoints keep it.
+func TestHFTokenizerFiles(t *testing.T) {
+	cfg := map[string]any{"model_type": "gpt2", "n_layer": 3, "n_embd": 64, "n_head": 4, "n_inner": 256,
+		"n_positions": 64, "layer_norm_epsilon": 1e-5, "tie_word_embeddings": false}
+	for _, separate := range []bool{false, true} {
+		dir := writeHFDir(t, "gpt2_untied_mixed", cfg, gpt2HFLayout(t))
+		src := filepath.Join("testdata", "hf_tok", "qwen2")
+		tj, err := os.ReadFile(filepath.Join(src, "tokenizer.json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		tc, err := os.ReadFile(filepath.Join(src, "tokenizer_config.json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var conf map[string]any
+		json.Unmarshal(tc, &conf)
+		tmpl := conf["chat_template"].(string)
+		if separate {
+			delete(conf, "chat_template")
+			tc, _ = json.Marshal(conf)
+			os.WriteFile(filepath.Join(dir, "chat_template.jinja"), []byte(tmpl), 0o644)
+		}
+		os.WriteFile(filepath.Join(dir, "tokenizer.json"), tj, 0o644)
+		os.WriteFile(filepath.Join(dir, "tokenizer_config.json"), tc, 0o644)
+		f, err := Open(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := f.GetString("tokenizer.chat_template")
+		pre, _ := f.GetString("tokenizer.ggml.pre")
+		eos, _ := f.GetUint32("tokenizer.ggml.eos_token_id")
+		if err != nil || got != tmpl || pre != "qwen2" || eos != 1002 {
+			t.Errorf("separate %v: template %d bytes (%v), pre %q, eos %d", separate, len(got), err, pre, eos)
+		}
+		f.Close()
+	}
+}
