@@ -280,6 +280,9 @@ func gptossFromHF(c *HFCheckpoint) error {
 	} else {
 		p.expertsUsed = c.Int("experts_per_token", -1) // the original release's name
 	}
+	if limit := c.Float("swiglu_limit", float64(gptossSwiGLU.Limit)); limit != float64(gptossSwiGLU.Limit) {
+		return fmt.Errorf("model: %s: gpt-oss swiglu_limit %g is not supported (only %g)", c.Dir, limit, float64(gptossSwiGLU.Limit))
+	}
 	theta, kind, rope := c.RopeParameters()
 	p.ropeBase = theta
 	switch kind {

@@ -129,6 +129,9 @@ func shardNames(dir string) ([]string, error) {
 	case !errors.Is(err, fs.ErrNotExist):
 		return nil, fmt.Errorf("model: %w", err)
 	}
+	if st, err := os.Stat(filepath.Join(dir, "model.safetensors")); err == nil && st.Mode().IsRegular() {
+		return []string{"model.safetensors"}, nil // beside it may lie other formats' copies
+	}
 	names, err := filepath.Glob(filepath.Join(dir, "*.safetensors"))
 	if err != nil || len(names) == 0 {
 		return nil, fmt.Errorf("model: %s: no *.safetensors files", dir)
