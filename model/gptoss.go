@@ -265,8 +265,9 @@ func gptossPreset(p gptossParams) Preset {
 }
 
 // gptossFromHF maps an HF GptOssForCausalLM checkpoint: experts as MXFP4
-// _blocks/_scales whose gate and up rows interleave (gate 2i, up 2i+1),
-// everything else bf16 (or any float type).
+// _blocks/_scales whose gate and up rows interleave (gate 2i, up 2i+1), or
+// as float stacks (dequantized checkpoints), everything else bf16 (or any
+// float type).
 func gptossFromHF(c *HFCheckpoint) error {
 	p := gptossParams{
 		layers: c.Int("num_hidden_layers", -1), hidden: c.Int("hidden_size", -1),
@@ -323,9 +324,15 @@ func gptossFromHF(c *HFCheckpoint) error {
 		c.Tensor(b+"ffn_gate_inp.weight", hp+"mlp.router.weight")
 		c.Tensor(b+"ffn_gate_inp.bias", hp+"mlp.router.bias")
 		ex := hp + "mlp.experts."
-		c.MXFP4Experts(b+"ffn_gate_exps.weight", ex+"gate_up_proj", Span(0, ff, 2))
-		c.MXFP4Experts(b+"ffn_up_exps.weight", ex+"gate_up_proj", Span(1, ff, 2))
-		c.MXFP4Experts(b+"ffn_down_exps.weight", ex+"down_proj", Span(0, p.hidden, 1))
+		if c.HasTensor(ex + "gate_up_proj_blocks") { // as published: MXFP4
+			c.MXFP4Experts(b+"ffn_gate_exps.weight", ex+"gate_up_proj", Span(0, ff, 2))
+			c.MXFP4Experts(b+"ffn_up_exps.weight", ex+"gate_up_proj", Span(1, ff, 2))
+			c.MXFP4Experts(b+"ffn_down_exps.weight", ex+"down_proj", Span(0, p.hidden, 1))
+		} else { // dequantized checkpoints: float stacks
+			c.Experts(b+"ffn_gate_exps.weight", ex+"gate_up_proj", p.hidden, Span(0, ff, 2))
+			c.Experts(b+"ffn_up_exps.weight", ex+"gate_up_proj", p.hidden, Span(1, ff, 2))
+			c.Experts(b+"ffn_down_exps.weight", ex+"down_proj", ff, Span(0, p.hidden, 1))
+		}
 		c.ExpertBias(b+"ffn_gate_exps.bias", ex+"gate_up_proj_bias", Span(0, ff, 2))
 		c.ExpertBias(b+"ffn_up_exps.bias", ex+"gate_up_proj_bias", Span(1, ff, 2))
 		c.ExpertBias(b+"ffn_down_exps.bias", ex+"down_proj_bias", Span(0, p.hidden, 1))

@@ -564,6 +564,50 @@ func (c *HFCheckpoint) MXFP4Experts(name, prefix string, rows []int) {
 	})
 }
 
+// Experts maps an HF stack of float expert matrices to the GGUF tensor
+// name [in, len(rows), E], taking output rows `rows` of each expert. HF
+// stores the stack [E, in, out] (transformers' GptOssExperts, whose gate_up
+// columns interleave) or [E, out, in]; in tells them apart.
+func (c *HFCheckpoint) Experts(name, hf string, in int, rows []int) {
+	s, typ, ok := c.floatSource(hf, 3)
+	if !ok {
+		return
+	}
+	nExp, a, b := s.t.Shape[0], s.t.Shape[1], s.t.Shape[2]
+	inOut := a == int64(in) && b != int64(in)
+	if !inOut && !(b == int64(in) && a != int64(in)) {
+		c.fail(fmt.Errorf("model: %s: tensor %s has shape %v; want [E, %d, out] or [E, out, %d], told apart by %d", c.Dir, hf, s.t.Shape, in, in, in))
+		return
+	}
+	outs := a
+	if inOut {
+		outs = b
+	}
+	if !c.within(hf, "output", rows, outs) {
+		return
+	}
+	es := s.t.DType.Size()
+	c.declare(name, typ, []int64{int64(in), int64(len(rows)), nExp}, func() []byte {
+		src := s.f.Data(s.t)
+		dst := make([]byte, 0, nExp*int64(len(rows))*int64(in)*es)
+		for e := range nExp {
+			base := e * a * b
+			for _, r := range rows {
+				if !inOut { // a row of [E, out, in] is already the GGUF row
+					at := (base + int64(r)*b) * es
+					dst = append(dst, src[at:at+b*es]...)
+					continue
+				}
+				for i := range int64(in) { // column r of [E, in, out]
+					at := (base + i*b + int64(r)) * es
+					dst = append(dst, src[at:at+es]...)
+				}
+			}
+		}
+		return dst
+	})
+}
+
 // nibble is element i of an HF MXFP4 block.
 func nibble(blk []byte, i int) byte {
 	b := blk[i/2]

@@ -28,6 +28,9 @@ type stTensor struct {
 	dtype string
 	shape []int64
 	data  []byte
+	// lastAxis: a fused tensor's halves interleave along the last axis
+	// (gate_up_proj [E, in, 2ff]) rather than along axis 1.
+	lastAxis bool
 }
 
 // writeSafetensors writes tensors as a safetensors file, in name order.
@@ -113,27 +116,48 @@ func writeHFDir(t *testing.T, fixture string, config map[string]any, layout hfLa
 	return dir
 }
 
-// mergeRows merges gate (first) and up (second) halves of a gate_up tensor:
-// along the axis of their rows (axis 1 of [E, rows, ...]), gate row i goes
-// to 2i and up row i to 2i+1.
+// mergeRows merges the gate (first) and up (second) halves of a gate_up
+// tensor [E, rows, …]: gate row i goes to 2i and up row i to 2i+1, along
+// axis 1, or along the last axis when lastAxis is set.
 func mergeRows(t *testing.T, name string, gate, up stTensor) stTensor {
 	t.Helper()
 	if !slices.Equal(gate.shape, up.shape) || gate.dtype != up.dtype {
 		t.Fatalf("%s: halves differ: %v %v", name, gate.shape, up.shape)
 	}
-	e, rows := gate.shape[0], gate.shape[1]
-	rowBytes := int64(len(gate.data)) / (e * rows)
+	units := gate.shape[0] * gate.shape[1] // interleaved units: rows
+	shape := slices.Clone(gate.shape)
+	if gate.lastAxis {
+		units = 1
+		for _, d := range gate.shape {
+			units *= d
+		}
+		shape[len(shape)-1] *= 2
+	} else {
+		shape[1] *= 2
+	}
+	unit := int64(len(gate.data)) / units
 	out := make([]byte, 0, 2*len(gate.data))
+	for u := range units {
+		out = append(out, gate.data[u*unit:(u+1)*unit]...)
+		out = append(out, up.data[u*unit:(u+1)*unit]...)
+	}
+	return stTensor{dtype: gate.dtype, shape: shape, data: out}
+}
+
+// inOutExperts lays a float expert stack [E, out, in] (ggml [in, out, E])
+// out as HF's GptOssExperts stores it: [E, in, out].
+func inOutExperts(ti *gguf.TensorInfo, data []byte) stTensor {
+	in, out, e := ti.Dims[0], ti.Dims[1], ti.Dims[2]
+	es := int64(len(data)) / (in * out * e)
+	tr := make([]byte, len(data))
 	for x := range e {
-		for r := range rows {
-			at := (x*rows + r) * rowBytes
-			out = append(out, gate.data[at:at+rowBytes]...)
-			out = append(out, up.data[at:at+rowBytes]...)
+		for o := range out {
+			for i := range in {
+				copy(tr[((x*in+i)*out+o)*es:][:es], data[((x*out+o)*in+i)*es:][:es])
+			}
 		}
 	}
-	shape := slices.Clone(gate.shape)
-	shape[1] *= 2
-	return stTensor{dtype: gate.dtype, shape: shape, data: out}
+	return stTensor{dtype: ti.Type.String(), shape: []int64{e, in, out}, data: tr}
 }
 
 // hfMXFP4 splits ggml MXFP4 data of shape [E, rows, in] into HF's _blocks
@@ -161,8 +185,10 @@ func hfMXFP4(ti *gguf.TensorInfo, data []byte) (blocks, scales stTensor) {
 		stTensor{dtype: "U8", shape: []int64{e, rows, nblk}, data: s}
 }
 
-// gptossHFLayout is gpt-oss's published layout.
-func gptossHFLayout(t *testing.T) hfLayout {
+// gptossHFLayout is gpt-oss's published layout: MXFP4 experts as
+// _blocks/_scales; float experts (dequantized checkpoints) [E, in, out] as
+// transformers' GptOssExperts keeps them, or [E, out, in] with outIn.
+func gptossHFLayout(t *testing.T, outIn ...bool) hfLayout {
 	return func(name string, ti *gguf.TensorInfo, data []byte) map[string]stTensor {
 		switch name {
 		case "token_embd.weight":
@@ -192,6 +218,21 @@ func gptossHFLayout(t *testing.T) hfLayout {
 			return plainTensor(t, hp+hf, ti, data)
 		}
 		ex := hp + "mlp.experts."
+		if ti.Type != tensor.MXFP4 && strings.HasSuffix(rest, "_exps.weight") { // a dequantized checkpoint
+			if len(outIn) > 0 && outIn[0] {
+				st := plainTensor(t, "", ti, data)[""]
+				if rest == "ffn_down_exps.weight" {
+					return map[string]stTensor{ex + "down_proj": st}
+				}
+				return map[string]stTensor{ex + "gate_up_proj": st}
+			}
+			st := inOutExperts(ti, data)
+			if rest == "ffn_down_exps.weight" {
+				return map[string]stTensor{ex + "down_proj": st}
+			}
+			st.lastAxis = true
+			return map[string]stTensor{ex + "gate_up_proj": st}
+		}
 		switch rest {
 		case "ffn_gate_exps.weight", "ffn_up_exps.weight":
 			b, s := hfMXFP4(ti, data)
@@ -315,6 +356,8 @@ func TestHFDirectories(t *testing.T) {
 		layout  hfLayout
 	}{
 		{"gptoss_mxfp4_q8", gptossHFConfig(t, "gptoss_mxfp4_q8"), gptossHFLayout(t)},
+		{"gptoss_f16_bf16", gptossHFConfig(t, "gptoss_f16_bf16"), gptossHFLayout(t)},       // F16 experts, [E, in, out]
+		{"gptoss_f16_bf16", gptossHFConfig(t, "gptoss_f16_bf16"), gptossHFLayout(t, true)}, // [E, out, in]
 		{"gpt2_untied_mixed", map[string]any{"model_type": "gpt2", "n_layer": 3, "n_embd": 64, "n_head": 4, "n_inner": 256,
 			"n_positions": 64, "layer_norm_epsilon": 1e-5, "activation_function": "gelu_new", "tie_word_embeddings": false}, gpt2HFLayout(t)},
 	}
