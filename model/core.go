@@ -240,6 +240,7 @@ type stepView[B any] struct {
 	slots  []backend.Tensor // per group
 	last   backend.Tensor   // I32: the m rows whose logits are wanted; nil when none
 	lastX  backend.Tensor   // those rows gathered, m×hidden
+	lastH  backend.Tensor   // those rows normed, when the adapter's activations have it
 	logits backend.Tensor   // m×vocab
 	stride int
 	single int
@@ -320,6 +321,9 @@ func (m *core[B]) stepLocked(kv *kvPool, b *Batch, alloc func() (B, error), ops 
 		last := be.View(a.last, rows)
 		be.WriteI32(last, in.last)
 		v.last, v.lastX = last, be.View(a.lastX, rows)
+		if a.lastH != nil {
+			v.lastH = be.View(a.lastH, rows)
+		}
 	}
 	run := func() { ops(v, v.bufs) }
 	if in.decode {
@@ -404,14 +408,16 @@ type activations struct {
 	slots               []backend.Tensor // I32 per KV group: cache rows
 	x, h                backend.Tensor   // residual stream, normed stream, n×hidden
 	lastX               backend.Tensor   // the rows with logits, gathered
+	lastH               backend.Tensor   // and normed (quantH only)
 	set                 tensorSet
 }
 
 // newActivations allocates the shared buffers of n tokens. The caller adds
 // its own to set and then calls ready, which reports any failed allocation.
-// With quantH, the normed stream h carries a quantized copy when the
-// backend has them (backend.QuantizedActivations): h is then written only
-// by RMSNorm and AddRMSNorm and read by the products after them.
+// With quantH, the normed stream h and the normed rows with logits lastH
+// carry quantized copies when the backend has them
+// (backend.QuantizedActivations): they are then written only by RMSNorm
+// and AddRMSNorm and read by the products after them.
 func newActivations(be backend.Backend, n, groups, hidden int, quantH bool) activations {
 	a := activations{set: tensorSet{be: be}}
 	s := &a.set
@@ -421,7 +427,7 @@ func newActivations(be backend.Backend, n, groups, hidden int, quantH bool) acti
 	}
 	a.x, a.lastX = s.f32(n, hidden), s.f32(n, hidden)
 	if quantH {
-		a.h = s.f32q(n, hidden)
+		a.h, a.lastH = s.f32q(n, hidden), s.f32q(n, hidden)
 	} else {
 		a.h = s.f32(n, hidden)
 	}
@@ -541,6 +547,19 @@ func (m *core[B]) upload(what string, v []float32) (backend.Tensor, error) {
 	m.weights = append(m.weights, t)
 	m.be.WriteF32(t, v)
 	return t, nil
+}
+
+// rmsLogits queues the last RMSNorm and the output projection for the
+// rows whose logits are wanted (gpt-oss, the Llama family): the rows are
+// gathered from the residual stream x and normed into lastH, whose
+// quantized copy, where the backend has them, the projection reads.
+func (v *stepView[B]) rmsLogits(be backend.Backend, x, norm, output backend.Tensor, eps float32) {
+	if v.last == nil {
+		return
+	}
+	be.Embed(v.lastX, x, v.last)
+	be.RMSNorm(v.lastH, v.lastX, norm, eps)
+	be.MatMul(v.logits, v.lastH, output, nil)
 }
 
 // ropeAttention is one layer's attention half in gpt-oss and the Llama

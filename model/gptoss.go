@@ -540,10 +540,5 @@ func (m *gptoss) ops(v *stepView[*gptossBuffers], b *gptossBuffers) {
 	be.Add(b.x, b.x, b.proj) // the last block's expert output
 	// Final norm and the output projection, for the rows whose logits are
 	// wanted.
-	if v.last == nil {
-		return
-	}
-	be.Embed(v.lastX, b.x, v.last)
-	be.RMSNorm(v.lastX, v.lastX, m.outNorm, m.p.eps)
-	be.MatMul(v.logits, v.lastX, m.output, nil)
+	v.rmsLogits(be, b.x, m.outNorm, m.output, m.p.eps)
 }

@@ -460,10 +460,5 @@ func (m *decoder) ops(v *stepView[*decoderBuffers], b *decoderBuffers) {
 		be.MatMul(b.proj, b.gate, blk.downW, nil)
 	}
 	be.Add(b.x, b.x, b.proj)
-	if v.last == nil {
-		return
-	}
-	be.Embed(v.lastX, b.x, v.last)
-	be.RMSNorm(v.lastX, v.lastX, m.outNorm, m.p.eps)
-	be.MatMul(v.logits, v.lastX, m.output, nil)
+	v.rmsLogits(be, b.x, m.outNorm, m.output, m.p.eps)
 }
