@@ -256,7 +256,9 @@ func (m *gpt2) newBuffers() (*gpt2Buffers, error) {
 	b := &gpt2Buffers{activations: newActivations(m.be, n, 1, h, false)}
 	s := &b.set
 	b.qkv = s.f32(n, 3*h)
-	b.q, b.k, b.v, b.att, b.proj = s.f32(n, h), s.f32(n, h), s.f32(n, h), s.f32(n, h), s.f32(n, h)
+	// The attention output, read by c_proj, carries a quantized copy where
+	// the backend has them.
+	b.q, b.k, b.v, b.att, b.proj = s.f32(n, h), s.f32(n, h), s.f32(n, h), s.f32q(n, h), s.f32(n, h)
 	b.ff = s.f32(n, m.p.ff)
 	if err := b.ready(); err != nil {
 		return nil, err
