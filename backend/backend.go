@@ -18,7 +18,21 @@
 //     input.
 package backend
 
-import "orcd/tensor"
+import (
+	"errors"
+
+	"orcd/tensor"
+)
+
+// The failures a backend's errors wrap, so that callers (the server, which
+// maps them to its API codes) tell them apart with errors.Is without
+// knowing the backend.
+var (
+	// ErrOutOfMemory: device memory ran out (or a configured cap on it).
+	ErrOutOfMemory = errors.New("backend: out of device memory")
+	// ErrDevice: the device or its driver failed.
+	ErrDevice = errors.New("backend: device error")
+)
 
 // Tensor is a handle to memory owned by one backend.
 type Tensor interface {
@@ -64,23 +78,58 @@ type AttentionParams struct {
 	Singles int
 }
 
-// MoEWeights are the weights of one mixture-of-experts feed-forward block.
-// Biases may be nil.
+// ExpertWeights are the stacked feed-forward weights of a mixture of
+// experts. Biases may be nil.
+type ExpertWeights struct {
+	Gate, GateBias Tensor // [hidden, ff, nExpert], [ff, nExpert]
+	Up, UpBias     Tensor // [hidden, ff, nExpert], [ff, nExpert]
+	Down, DownBias Tensor // [ff, hidden, nExpert], [hidden, nExpert]
+}
+
+// MoEWeights are the weights of one mixture-of-experts feed-forward block:
+// the router and the experts. Biases may be nil.
 type MoEWeights struct {
 	Router, RouterBias Tensor // [hidden, nExpert], [nExpert]
-	Gate, GateBias     Tensor // [hidden, ff, nExpert], [ff, nExpert]
-	Up, UpBias         Tensor // [hidden, ff, nExpert], [ff, nExpert]
-	Down, DownBias     Tensor // [ff, hidden, nExpert], [hidden, nExpert]
+	ExpertWeights
 }
 
-// MoEParams configures routing and the clamped SwiGLU of gpt-oss.
+// SwiGLUParams configure a SwiGLU: h = g·σ(Alpha·g)·(u + UpShift), with g
+// and u first clamped when Limit is set. Plain SwiGLU (Llama, Qwen) is
+// Alpha 1 and the rest 0; gpt-oss's is Alpha 1.702, Limit 7, UpShift 1.
+type SwiGLUParams struct {
+	Alpha   float32 // sigmoid slope
+	Limit   float32 // 0: no clamp; else g = min(g, Limit), u = clamp(u, -Limit, Limit)
+	UpShift float32 // added to u after the clamp
+}
+
+// MoEParams configure routing and the experts' SwiGLU.
 type MoEParams struct {
-	TopK  int     // experts used per token
-	Alpha float32 // SwiGLU sigmoid slope (1.702 for gpt-oss)
-	Limit float32 // clamp: gate = min(g, Limit), up = clamp(u, -Limit, Limit)
+	TopK   int // experts used per token
+	SwiGLU SwiGLUParams
 }
 
-// Backend is the set of operations both architectures need.
+// RoPEMode is how RoPE pairs the elements of a head.
+type RoPEMode int
+
+// The RoPE pairings.
+const (
+	// RoPENeoX pairs element i with i+headDim/2 (GPT-NeoX, HF's
+	// rotate_half; gpt-oss and Qwen2 in GGUF files).
+	RoPENeoX RoPEMode = iota
+	// RoPENormal pairs elements 2i and 2i+1 (the original RoPE; Llama in
+	// GGUF files, whose converter permutes the Q and K rows to match).
+	RoPENormal
+)
+
+// RoPEParams configure RoPE.
+type RoPEParams struct {
+	HeadDim int
+	Mode    RoPEMode
+	// MScale multiplies cos and sin (YaRN's attention factor; 1 otherwise).
+	MScale float32
+}
+
+// Backend is the set of operations the architectures are written against.
 type Backend interface {
 	// Name is "cpu" or "cuda".
 	Name() string
@@ -136,11 +185,22 @@ type Backend interface {
 	AddRMSNorm(dst, x, delta, w Tensor, eps float32)
 	// GELU applies the tanh approximation of GELU elementwise.
 	GELU(dst, x Tensor)
-	// RoPE rotates x (n × heads*headDim) in place, NeoX style: within each
-	// head, element i pairs with element i+headDim/2. Row r uses angle
-	// pos[r]·invFreq[i]; cos and sin are multiplied by mscale (YaRN).
-	// invFreq is an f32 tensor of headDim/2 values computed by the model.
-	RoPE(x, pos, invFreq Tensor, headDim int, mscale float32)
+	// SiLU sets dst = x·σ(x) elementwise. dst may alias x.
+	SiLU(dst, x Tensor)
+	// SwiGLU sets dst = g·σ(Alpha·g)·(u + UpShift), elementwise over rows
+	// of the same dims, clamping g and u first when p.Limit is set. dst may
+	// alias g or u.
+	SwiGLU(dst, g, u Tensor, p SwiGLUParams)
+	// RMSNormHeads normalizes each head (each run of headDim columns) of
+	// each row of x on its own, then scales it by w (headDim values): the
+	// per-head QK-norm of Qwen3-style attention. dst may alias x.
+	RMSNormHeads(dst, x, w Tensor, headDim int, eps float32)
+	// RoPE rotates x (n × heads*HeadDim) in place, pairing elements as
+	// p.Mode says. Row r uses angle pos[r]·invFreq[i] for pair i; cos and
+	// sin are multiplied by p.MScale. invFreq is an f32 tensor of
+	// HeadDim/2 values computed by the model (frequency scaling such as
+	// YaRN's or Llama 3's lives there).
+	RoPE(x, pos, invFreq Tensor, p RoPEParams)
 	// StoreKV writes the rows of k and v into kCache and vCache at the row
 	// indices in slots (one per row of k).
 	StoreKV(kCache, vCache, k, v, slots Tensor)
@@ -153,10 +213,16 @@ type Backend interface {
 	// not nil, holds one logit per query head that joins the softmax
 	// denominator only. dst is n × Heads*HeadDim.
 	Attention(dst, q, kCache, vCache, pos, seq, table, sinks Tensor, p AttentionParams)
-	// MoE computes the gpt-oss mixture of experts for each row of x: router
-	// logits (with bias), the top-k logits, a softmax over those k, and the
-	// weighted sum of the selected experts' clamped SwiGLU feed-forwards.
-	MoE(dst, x Tensor, w *MoEWeights, p MoEParams)
+	// Route picks each row's experts from its router logits (n × nExpert):
+	// the k largest logits (ties to the lower index), in ascending expert
+	// order, into ids (I32, n·k values, row-major), and the softmax over
+	// those k logits into weights (F32 n×k), in the same order.
+	Route(ids, weights, logits Tensor, k int)
+	// Experts sets each row of dst to Σ weights[r][j]·FFN_e(x[r]) over the
+	// row's k experts e = ids[r·k+j], summed in ascending expert order,
+	// where FFN_e(x) = SwiGLU(x·Gate[e]ᵀ+GateBias[e], x·Up[e]ᵀ+UpBias[e])
+	// ·Down[e]ᵀ + DownBias[e]. k is Cols(weights).
+	Experts(dst, x, ids, weights Tensor, w *ExpertWeights, p SwiGLUParams)
 
 	// Graph runs fn, which only queues ops on tensors that already exist (no
 	// allocation, no WriteF32/WriteI32/ReadF32 inside). A backend may record
@@ -190,6 +256,27 @@ type SampleParams struct {
 	Seed, Counter uint64
 	// Penalized are the distinct tokens the repetition penalty applies to.
 	Penalized []int32
+}
+
+// FusedMoE is an optional Backend interface: a whole mixture-of-experts
+// block in one op, the router's product, Route and Experts, which lets a
+// backend keep the routing on the device between its kernels. A model uses
+// it when the backend has it; the result is that of the three ops.
+type FusedMoE interface {
+	MoE(dst, x Tensor, w *MoEWeights, p MoEParams)
+}
+
+// QuantizedActivations is an optional Backend interface: activations that
+// carry a copy in the backend's quantized input format for small-batch
+// products. The ops that write such a tensor (RMSNorm, AddRMSNorm,
+// Attention: the others refuse it) write the copy too, and the products
+// that take it as x (MatMul, MatMulQKV, and the MoE ops) read the copy,
+// so that an activation read by several products is quantized once, by the
+// op that wrote it. The results are those of plain tensors.
+type QuantizedActivations interface {
+	// NewF32Quantized allocates a rows×cols F32 activation with a
+	// quantized copy.
+	NewF32Quantized(rows, cols int) (Tensor, error)
 }
 
 // Sampler is an optional Backend interface: drawing tokens on the device,

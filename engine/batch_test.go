@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"orcd/engine"
 	"orcd/engine/enginetest"
@@ -171,7 +172,7 @@ func TestPromptBiggerThanPool(t *testing.T) {
 // TestCancelFreesBlocks cancels one of several running sequences and
 // expects its blocks back at once (the next step), the others unaffected.
 func TestCancelFreesBlocks(t *testing.T) {
-	e := newEngine(t, &enginetest.Model{}, engine.Config{MaxActive: 4, MaxQueue: 4, BlockSize: 4})
+	e := newEngine(t, &enginetest.Model{Ctx: 1 << 20, Delay: time.Millisecond}, engine.Config{MaxActive: 4, MaxQueue: 4, BlockSize: 4})
 	started := make(chan bool, 3)
 	results := make(chan engine.Result, 3)
 	for i := range 3 {

@@ -11,11 +11,11 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"os"
 	"strconv"
 	"strings"
 	"unicode"
 
+	"orcd/internal/mmap"
 	"orcd/tensor"
 )
 
@@ -98,39 +98,21 @@ type File struct {
 	Tensors    []TensorInfo // tensors in file order
 
 	data    []byte
-	unmap   func([]byte) error
-	keys    map[string]int // key → index in KV
-	tensors map[string]int // name → index in Tensors
+	unmap   func() error
+	fetch   func(*TensorInfo) []byte // a virtual file's data (Writer.Virtual)
+	keys    map[string]int           // key → index in KV
+	tensors map[string]int           // name → index in Tensors
 }
 
 // Open maps the file at path read-only and parses it. Close unmaps it.
 func Open(path string) (*File, error) {
-	fd, err := os.Open(path)
+	f, unmap, err := mmap.Parse(path, Parse)
 	if err != nil {
+		var fe *FormatError
+		if errors.As(err, &fe) {
+			return nil, err
+		}
 		return nil, fmt.Errorf("gguf: %w", err)
-	}
-	defer fd.Close()
-	st, err := fd.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("gguf: %w", err)
-	}
-	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("gguf: %s: not a regular file", path)
-	}
-	if st.Size() == 0 {
-		return Parse(path, nil) // mmap cannot map nothing; Parse reports it
-	}
-	if st.Size() > math.MaxInt {
-		return nil, fmt.Errorf("gguf: %s: file too large to map (%d bytes)", path, st.Size())
-	}
-	data, unmap, err := mapFile(fd, int(st.Size()))
-	if err != nil {
-		return nil, fmt.Errorf("gguf: %s: map: %w", path, err)
-	}
-	f, err := Parse(path, data)
-	if err != nil {
-		unmap(data)
-		return nil, err
 	}
 	f.unmap = unmap
 	return f, nil
@@ -139,12 +121,12 @@ func Open(path string) (*File, error) {
 // Close releases the file's mapping. Tensor data returned by TensorData
 // must not be used afterwards; metadata stays valid (it is copied).
 func (f *File) Close() error {
-	data, unmap := f.data, f.unmap
-	f.data, f.unmap = nil, nil
+	unmap := f.unmap
+	f.data, f.unmap, f.fetch = nil, nil, nil
 	if unmap == nil {
 		return nil
 	}
-	return unmap(data)
+	return unmap()
 }
 
 // Tensor returns the description of the named tensor.
@@ -159,6 +141,9 @@ func (f *File) Tensor(name string) (*TensorInfo, bool) {
 // TensorData returns the bytes of a tensor of this file: a view into the
 // mapping, not a copy, valid until Close. It returns nil after Close.
 func (f *File) TensorData(ti *TensorInfo) []byte {
+	if f.fetch != nil {
+		return f.fetch(ti)
+	}
 	if f.data == nil {
 		return nil
 	}

@@ -394,3 +394,25 @@ func (e *encoder) array(v Value, depth int) error {
 	}
 	return nil
 }
+
+// Virtual returns a File with the Writer's metadata and tensors whose data
+// comes from data, called by TensorData with each tensor's name: a model
+// assembled from another format (a Hugging Face checkpoint) reads like a
+// GGUF file without being written out. Offsets are those the tensors would
+// have in a written file; Size is the data's. Close calls release, if set.
+// The Writer must not be changed afterwards.
+func (w *Writer) Virtual(path string, data func(name string) []byte, release func() error) (*File, error) {
+	align, err := w.alignment()
+	if err != nil {
+		return nil, err
+	}
+	f := &File{Path: path, Version: 3, Alignment: align, KV: w.kv, keys: w.keys, tensors: w.names, unmap: release}
+	var off int64
+	for _, ti := range w.tensors {
+		ti.Offset = off
+		off = alignUp(off+ti.Size, align)
+		f.Tensors = append(f.Tensors, ti)
+	}
+	f.fetch = func(ti *TensorInfo) []byte { return data(ti.Name) }
+	return f, nil
+}

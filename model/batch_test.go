@@ -2,6 +2,7 @@ package model_test
 
 import (
 	"math/rand/v2"
+	"slices"
 	"testing"
 
 	"orcd/internal/batchtest"
@@ -17,10 +18,10 @@ import (
 // sequences are longer than the fixtures' sliding windows (8 and 16), and
 // new ones start while others run.
 func TestStepMatchesForward(t *testing.T) {
-	for _, name := range model.HFFixtures {
+	for _, name := range append(slices.Clone(model.HFFixtures), "tiny-llama", "tiny-qwen2") {
 		t.Run(name, func(t *testing.T) {
 			const maxBatch = 16
-			m := model.LoadFixtureModel(t, name, maxBatch)
+			m := model.LoadTestModel(t, name, maxBatch)
 			vocab := m.Config().VocabSize
 			r := rand.New(rand.NewPCG(7, uint64(len(name))))
 			seqs := batchtest.RandomSeqs(r, vocab, 23, 1, 9, 40, 17, 30, 5, 33)

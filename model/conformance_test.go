@@ -2,6 +2,7 @@ package model
 
 import (
 	"encoding/json"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -87,51 +88,97 @@ func TestConformanceHF(t *testing.T) {
 		for _, maxBatch := range []int{0, 7} {
 			t.Run(name+"/maxbatch="+map[int]string{0: "default", 7: "7"}[maxBatch], func(t *testing.T) {
 				m := loadFixtureModel(t, name, maxBatch)
-				vocab := m.Config().VocabSize
-				c, err := m.NewCache(m.Config().ContextLength)
+				checkConformance(t, m, fx)
+			})
+		}
+	}
+}
+
+// checkConformance runs a fixture's prompt through m and compares every
+// position's logits with HF's, then feeds HF's greedy tokens one at a time
+// (the decode path) and checks each step's logits and, where HF's
+// top-1/top-2 margin exceeds the tolerance, the greedy choice.
+func checkConformance(t *testing.T, m Model, fx *hfFixture) {
+	t.Helper()
+	vocab := m.Config().VocabSize
+	c, err := m.NewCache(m.Config().ContextLength)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Free()
+
+	logits, err := m.Forward(c, fx.Prompt, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var worst float64
+	for p, want := range fx.PromptLogits {
+		e := relErr(logits[p*vocab:(p+1)*vocab], want)
+		worst = max(worst, e)
+		if e > conformanceTolerance {
+			t.Errorf("prompt position %d: relative error %.3g > %g", p, e, conformanceTolerance)
+		}
+	}
+	t.Logf("prompt (%d tokens): max relative error %.3g", len(fx.Prompt), worst)
+
+	last := logits[(len(fx.Prompt)-1)*vocab:]
+	worst = 0
+	for s, tok := range fx.Greedy {
+		maxLogit := 0.0
+		for _, v := range last {
+			maxLogit = max(maxLogit, math.Abs(float64(v)))
+		}
+		if float64(fx.Margins[s]) > 2*conformanceTolerance*maxLogit && argmax(last) != tok {
+			t.Errorf("greedy step %d: picked %d, HF picked %d (margin %.3g)", s, argmax(last), tok, fx.Margins[s])
+		}
+		if s == len(fx.GreedyLogits) {
+			break
+		}
+		// Feed HF's token, so that a near-tie cannot derail later steps.
+		if last, err = m.Forward(c, []int32{tok}, false); err != nil {
+			t.Fatal(err)
+		}
+		e := relErr(last, fx.GreedyLogits[s])
+		worst = max(worst, e)
+		if e > conformanceTolerance {
+			t.Errorf("decode step %d: relative error %.3g > %g", s, e, conformanceTolerance)
+		}
+	}
+	t.Logf("decode (%d steps): max relative error %.3g", len(fx.GreedyLogits), worst)
+}
+
+// hfDirFixtures are the checkpoint directories of testdata/hf, made by
+// tools/hf_arch_fixtures.py on the GPU machine (see GPU_COMMANDS.md).
+var hfDirFixtures = []string{"tiny_llama", "tiny_qwen2", "tiny_gptoss"}
+
+// TestConformanceHFDirs loads each checkpoint directory (llama with llama3
+// rope scaling and f32 weights, qwen2 in bf16 shards with QKV biases and a
+// tied embedding, gpt-oss with MXFP4 experts as published) and checks HF's
+// logits and greedy tokens, whole and in steps of 7; then the GGUF that
+// convert writes must give the directory's logits exactly.
+func TestConformanceHFDirs(t *testing.T) {
+	if _, err := os.Stat(filepath.Join("testdata", "hf")); err != nil {
+		t.Skip("testdata/hf is not there yet: run the fixture command of GPU_COMMANDS.md")
+	}
+	for _, name := range hfDirFixtures {
+		fx := readFixture(t, filepath.Join("hf", name))
+		for _, maxBatch := range []int{0, 7} {
+			t.Run(fmt.Sprintf("%s/maxbatch=%d", name, maxBatch), func(t *testing.T) {
+				f, err := Open(filepath.Join("testdata", "hf", name))
 				if err != nil {
 					t.Fatal(err)
 				}
-				defer c.Free()
-
-				logits, err := m.Forward(c, fx.Prompt, true)
+				defer f.Close()
+				m, err := Load(f, cpu.New(), LoadOptions{MaxBatch: maxBatch})
 				if err != nil {
 					t.Fatal(err)
 				}
-				var worst float64
-				for p, want := range fx.PromptLogits {
-					e := relErr(logits[p*vocab:(p+1)*vocab], want)
-					worst = max(worst, e)
-					if e > conformanceTolerance {
-						t.Errorf("prompt position %d: relative error %.3g > %g", p, e, conformanceTolerance)
-					}
+				defer m.Close()
+				checkConformance(t, m, fx)
+				if maxBatch != 0 {
+					return
 				}
-				t.Logf("prompt (%d tokens): max relative error %.3g", len(fx.Prompt), worst)
-
-				last := logits[(len(fx.Prompt)-1)*vocab:]
-				worst = 0
-				for s, tok := range fx.Greedy {
-					maxLogit := 0.0
-					for _, v := range last {
-						maxLogit = max(maxLogit, math.Abs(float64(v)))
-					}
-					if float64(fx.Margins[s]) > 2*conformanceTolerance*maxLogit && argmax(last) != tok {
-						t.Errorf("greedy step %d: picked %d, HF picked %d (margin %.3g)", s, argmax(last), tok, fx.Margins[s])
-					}
-					if s == len(fx.GreedyLogits) {
-						break
-					}
-					// Feed HF's token, so that a near-tie cannot derail later steps.
-					if last, err = m.Forward(c, []int32{tok}, false); err != nil {
-						t.Fatal(err)
-					}
-					e := relErr(last, fx.GreedyLogits[s])
-					worst = max(worst, e)
-					if e > conformanceTolerance {
-						t.Errorf("decode step %d: relative error %.3g > %g", s, e, conformanceTolerance)
-					}
-				}
-				t.Logf("decode (%d steps): max relative error %.3g", len(fx.GreedyLogits), worst)
+				checkConverted(t, f, checkAgainstHF(t, m, fx), fx)
 			})
 		}
 	}

@@ -240,6 +240,7 @@ type stepView[B any] struct {
 	slots  []backend.Tensor // per group
 	last   backend.Tensor   // I32: the m rows whose logits are wanted; nil when none
 	lastX  backend.Tensor   // those rows gathered, m×hidden
+	lastH  backend.Tensor   // those rows normed, when the adapter's activations have it
 	logits backend.Tensor   // m×vocab
 	stride int
 	single int
@@ -253,11 +254,14 @@ func (v *stepView[B]) attention(base backend.AttentionParams, window int) backen
 	return p
 }
 
-// cache returns layer l's K and V pool tensors, its block table and its
-// slots.
-func (v *stepView[B]) cache(l int) (k, vc, table, slots backend.Tensor) {
+// layerCache is one layer's K and V pool tensors, its group's block table
+// and the cache rows of the step's tokens.
+type layerCache struct{ k, v, table, slots backend.Tensor }
+
+// cache returns layer l's cache tensors.
+func (v *stepView[B]) cache(l int) layerCache {
 	g, s := v.kv.groupOf[l], v.kv.slotOf[l]
-	return v.kv.k[s], v.kv.v[s], v.tables[g], v.slots[g]
+	return layerCache{v.kv.k[s], v.kv.v[s], v.tables[g], v.slots[g]}
 }
 
 // step is Model.Step for both architectures: under the model's mutex it
@@ -317,6 +321,9 @@ func (m *core[B]) stepLocked(kv *kvPool, b *Batch, alloc func() (B, error), ops 
 		last := be.View(a.last, rows)
 		be.WriteI32(last, in.last)
 		v.last, v.lastX = last, be.View(a.lastX, rows)
+		if a.lastH != nil {
+			v.lastH = be.View(a.lastH, rows)
+		}
 	}
 	run := func() { ops(v, v.bufs) }
 	if in.decode {
@@ -401,19 +408,29 @@ type activations struct {
 	slots               []backend.Tensor // I32 per KV group: cache rows
 	x, h                backend.Tensor   // residual stream, normed stream, n×hidden
 	lastX               backend.Tensor   // the rows with logits, gathered
+	lastH               backend.Tensor   // and normed (quantH only)
 	set                 tensorSet
 }
 
 // newActivations allocates the shared buffers of n tokens. The caller adds
 // its own to set and then calls ready, which reports any failed allocation.
-func newActivations(be backend.Backend, n, groups, hidden int) activations {
+// With quantH, the normed stream h and the normed rows with logits lastH
+// carry quantized copies when the backend has them
+// (backend.QuantizedActivations): they are then written only by RMSNorm
+// and AddRMSNorm and read by the products after them.
+func newActivations(be backend.Backend, n, groups, hidden int, quantH bool) activations {
 	a := activations{set: tensorSet{be: be}}
 	s := &a.set
 	a.ids, a.pos, a.seq, a.last = s.i32(n), s.i32(n), s.i32(n), s.i32(n)
 	for range groups {
 		a.slots = append(a.slots, s.i32(n))
 	}
-	a.x, a.h, a.lastX = s.f32(n, hidden), s.f32(n, hidden), s.f32(n, hidden)
+	a.x, a.lastX = s.f32(n, hidden), s.f32(n, hidden)
+	if quantH {
+		a.h, a.lastH = s.f32q(n, hidden), s.f32q(n, hidden)
+	} else {
+		a.h = s.f32(n, hidden)
+	}
 	return a
 }
 
@@ -463,6 +480,22 @@ func (s *tensorSet) f32(rows, cols int) backend.Tensor {
 	return t
 }
 
+// f32q is f32 for an activation the backend may give a quantized copy
+// (backend.QuantizedActivations).
+func (s *tensorSet) f32q(rows, cols int) backend.Tensor {
+	q, ok := s.be.(backend.QuantizedActivations)
+	if !ok || s.err != nil {
+		return s.f32(rows, cols)
+	}
+	t, err := q.NewF32Quantized(rows, cols)
+	if err != nil {
+		s.err = fmt.Errorf("model: allocating a %d×%d activation: %w", rows, cols, err)
+		return nil
+	}
+	s.tensors = append(s.tensors, t)
+	return t
+}
+
 func (s *tensorSet) i32(n int) backend.Tensor {
 	if s.err != nil {
 		return nil
@@ -481,4 +514,109 @@ func (s *tensorSet) free() {
 		s.be.Free(t)
 	}
 	s.tensors = nil
+}
+
+// routeBuffers are the mixture of experts' routing between its ops (router
+// logits, the chosen experts and their weights), for backends without a
+// fused MoE.
+type routeBuffers struct {
+	logits, ids, weights backend.Tensor
+	k                    int
+}
+
+func newRouteBuffers(s *tensorSet, n, experts, k int) routeBuffers {
+	return routeBuffers{logits: s.f32(n, experts), ids: s.i32(n * k), weights: s.f32(n, k), k: k}
+}
+
+// view returns the buffers of the first n tokens (none when unallocated).
+func (r routeBuffers) view(be backend.Backend, n int) routeBuffers {
+	if r.logits == nil {
+		return r
+	}
+	return routeBuffers{logits: be.View(r.logits, n), ids: be.View(r.ids, n*r.k), weights: be.View(r.weights, n), k: r.k}
+}
+
+// upload makes an F32 weight of host values (RoPE frequencies), which the
+// model then owns; after a failure it closes the model.
+func (m *core[B]) upload(what string, v []float32) (backend.Tensor, error) {
+	t, err := m.be.NewF32(1, len(v))
+	if err != nil {
+		m.Close()
+		return nil, fmt.Errorf("model: allocating %s: %w", what, err)
+	}
+	m.weights = append(m.weights, t)
+	m.be.WriteF32(t, v)
+	return t, nil
+}
+
+// rmsLogits queues the last RMSNorm and the output projection for the
+// rows whose logits are wanted (gpt-oss, the Llama family): the rows are
+// gathered from the residual stream x and normed into lastH, whose
+// quantized copy, where the backend has them, the projection reads.
+func (v *stepView[B]) rmsLogits(be backend.Backend, x, norm, output backend.Tensor, eps float32) {
+	if v.last == nil {
+		return
+	}
+	be.Embed(v.lastX, x, v.last)
+	be.RMSNorm(v.lastH, v.lastX, norm, eps)
+	be.MatMul(v.logits, v.lastH, output, nil)
+}
+
+// ropeAttention is one layer's attention half in gpt-oss and the Llama
+// family: RMSNorm → Q, K, V (optional biases) → RoPE on Q and K → causal
+// GQA (optional sinks) → O.
+type ropeAttention struct {
+	norm           backend.Tensor
+	qW, kW, vW, oW backend.Tensor
+	qB, kB, vB, oB backend.Tensor // nil without biases
+	sinks          backend.Tensor // one logit per query head, or nil
+}
+
+// ropeSettings are a model's settings for ropeAttention.
+type ropeSettings struct {
+	eps     float32
+	invFreq backend.Tensor
+	rope    backend.RoPEParams
+}
+
+// queue queues layer l's attention half for a step. The residual stream is
+// a.x; out holds the previous half's output, which joins the residual
+// stream in the norm (AddRMSNorm) unless l is 0, and receives this half's.
+// q, k, v and att are the step's buffers for the projections and the
+// attention output.
+func (w *ropeAttention) queue(be backend.Backend, s ropeSettings, l int, a *activations, q, k, v, att, out backend.Tensor,
+	c layerCache, p backend.AttentionParams) {
+	if l == 0 {
+		be.RMSNorm(a.h, a.x, w.norm, s.eps)
+	} else {
+		be.AddRMSNorm(a.h, a.x, out, w.norm, s.eps)
+	}
+	be.MatMulQKV(q, k, v, a.h, w.qW, w.kW, w.vW, w.qB, w.kB, w.vB)
+	be.RoPE(q, a.pos, s.invFreq, s.rope)
+	be.RoPE(k, a.pos, s.invFreq, s.rope)
+	be.StoreKV(c.k, c.v, k, v, c.slots)
+	be.Attention(att, q, c.k, c.v, a.pos, a.seq, c.table, w.sinks, p)
+	be.MatMul(out, att, w.oW, w.oB)
+}
+
+// loadAttention loads layer ll's attention weights: q heads·headDim wide
+// queries and kv-wide keys and values of a hidden-wide stream, with biases
+// when withBias, and the alternative spellings of the output projection
+// that ollama's files use.
+func loadAttention(ll layerLoader, hidden, q, kv int, withBias bool) ropeAttention {
+	var w ropeAttention
+	w.norm = ll.get(true, []int{hidden}, "attn_norm.weight")
+	w.qW = ll.get(false, []int{hidden, q}, "attn_q.weight")
+	w.kW = ll.get(false, []int{hidden, kv}, "attn_k.weight")
+	w.vW = ll.get(false, []int{hidden, kv}, "attn_v.weight")
+	w.oW = ll.get(false, []int{q, hidden}, "attn_output.weight", "attn_out.weight")
+	if withBias {
+		w.qB = ll.get(true, []int{q}, "attn_q.bias")
+		w.kB = ll.get(true, []int{kv}, "attn_k.bias")
+		w.vB = ll.get(true, []int{kv}, "attn_v.bias")
+	}
+	if ll.has("attn_output.bias") || ll.has("attn_out.bias") {
+		w.oB = ll.get(true, []int{hidden}, "attn_output.bias", "attn_out.bias")
+	}
+	return w
 }

@@ -3,8 +3,8 @@ package model
 // Exports for the model_test package, whose tests use internal/batchtest
 // (which imports this package).
 var (
-	HFFixtures       = hfFixtures
-	LoadFixtureModel = loadFixtureModel
-	RelErr           = relErr
-	Argmax           = argmax
+	HFFixtures    = hfFixtures
+	LoadTestModel = loadTestModel
+	RelErr        = relErr
+	Argmax        = argmax
 )

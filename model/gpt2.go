@@ -6,6 +6,7 @@ import (
 
 	"orcd/backend"
 	"orcd/gguf"
+	"orcd/tensor"
 )
 
 // GPT-2 (HF modeling_gpt2): learned token and position embeddings, pre-norm
@@ -17,6 +18,33 @@ import (
 type gpt2Params struct {
 	layers, hidden, ff, heads, headDim, ctx, vocab int
 	eps                                            float32
+}
+
+func init() {
+	Register(Arch{
+		Name:         "gpt2",
+		HFModelTypes: []string{"gpt2"},
+		Chat:         ChatPlain,
+		Load: func(f *gguf.File, _ string, be backend.Backend, opts LoadOptions) (Model, error) {
+			return loadGPT2(f, be, opts)
+		},
+		Layout: func(f *gguf.File, _ string) (KVLayout, error) {
+			m := metadata{f: f, prefix: "gpt2."}
+			var p gpt2Params
+			var err error
+			if p.layers, err = m.count("block_count", 4096); err != nil {
+				return KVLayout{}, err
+			}
+			p.hidden, err = m.count("embedding_length", 1<<20)
+			return p.layout(), err
+		},
+		FromHF: gpt2FromHF,
+		Presets: map[string]Preset{
+			"tiny-gpt2": gpt2Preset(gpt2Params{layers: 2, hidden: 64, heads: 4, headDim: 16, ff: 256, ctx: 1024}),
+			"gpt2-124m": gpt2Preset(gpt2Params{layers: 12, hidden: 768, heads: 12, headDim: 64, ff: 3072, ctx: 1024}),
+			"gpt2-1.5b": gpt2Preset(gpt2Params{layers: 48, hidden: 1600, heads: 25, headDim: 64, ff: 6400, ctx: 1024}),
+		},
+	})
 }
 
 func readGPT2Params(f *gguf.File) (gpt2Params, error) {
@@ -57,6 +85,94 @@ func readGPT2Params(f *gguf.File) (gpt2Params, error) {
 	return p, nil
 }
 
+// layout is every layer with full attention over hidden-wide K and V rows.
+func (p gpt2Params) layout() KVLayout {
+	return KVLayout{Windows: make([]int, p.layers), Cols: p.hidden}
+}
+
+// write sets the metadata keys of p as llama.cpp writes them.
+func (p gpt2Params) write(w *gguf.Writer) {
+	w.SetUint32("gpt2.block_count", uint32(p.layers))
+	w.SetUint32("gpt2.context_length", uint32(p.ctx))
+	w.SetUint32("gpt2.embedding_length", uint32(p.hidden))
+	w.SetUint32("gpt2.feed_forward_length", uint32(p.ff))
+	w.SetUint32("gpt2.attention.head_count", uint32(p.heads))
+	w.SetFloat32("gpt2.attention.layer_norm_epsilon", p.eps)
+}
+
+// gpt2Preset is a synthetic GPT-2 with the GPT-2 tokenizer, initialized as
+// GPT-2 was: std 0.02, residual projections scaled by 1/sqrt(2·layers).
+func gpt2Preset(p gpt2Params) Preset {
+	p.eps = 1e-5
+	return Preset{Vocab: "gpt2", Synth: func(w *gguf.Writer, vocab int, ty SynthTypes) []SynthTensor {
+		p.write(w)
+		h, ff := int64(p.hidden), int64(p.ff)
+		resid := float32(0.02 / math.Sqrt(2*float64(p.layers)))
+		var ts synthList
+		ts.add("token_embd.weight", ty.Matrix, 0.02, 0, h, int64(vocab))
+		ts.add("position_embd.weight", tensor.F32, 0.01, 0, h, int64(p.ctx))
+		for l := range p.layers {
+			b := fmt.Sprintf("blk.%d.", l)
+			ts.norm(b+"attn_norm", h, true)
+			ts.add(b+"attn_qkv.weight", ty.Matrix, 0.02, 0, h, 3*h)
+			ts.add(b+"attn_qkv.bias", tensor.F32, 0, 0, 3*h)
+			ts.add(b+"attn_output.weight", ty.Matrix, resid, 0, h, h)
+			ts.add(b+"attn_output.bias", tensor.F32, 0, 0, h)
+			ts.norm(b+"ffn_norm", h, true)
+			ts.add(b+"ffn_up.weight", ty.Matrix, 0.02, 0, h, ff)
+			ts.add(b+"ffn_up.bias", tensor.F32, 0, 0, ff)
+			ts.add(b+"ffn_down.weight", ty.Matrix, resid, 0, ff, h)
+			ts.add(b+"ffn_down.bias", tensor.F32, 0, 0, h)
+		}
+		ts.norm("output_norm", h, true)
+		return ts
+	}}
+}
+
+// gpt2FromHF maps an HF GPT2LMHeadModel checkpoint (Conv1D weights stored
+// [in, out], optionally under "transformer.").
+func gpt2FromHF(c *HFCheckpoint) error {
+	if act := ""; c.Has("activation_function") {
+		if c.get("activation_function", &act); act != "gelu_new" {
+			return fmt.Errorf("model: %s: gpt2 activation_function %q is not supported (only gelu_new)", c.Dir, act)
+		}
+	}
+	p := gpt2Params{
+		layers: c.Int("n_layer", -1), hidden: c.Int("n_embd", -1), heads: c.Int("n_head", -1),
+		ctx: c.Int("n_positions", c.Int("n_ctx", 1024)), eps: float32(c.Float("layer_norm_epsilon", 1e-5)),
+	}
+	p.ff = c.Int("n_inner", 4*p.hidden)
+	if c.Err() != nil {
+		return c.Err()
+	}
+	p.write(c.W)
+	pre := ""
+	if c.HasTensor("transformer.wte.weight") {
+		pre = "transformer."
+	}
+	c.Tensor("token_embd.weight", pre+"wte.weight")
+	c.Tensor("position_embd.weight", pre+"wpe.weight")
+	for l := range p.layers {
+		b, hp := fmt.Sprintf("blk.%d.", l), fmt.Sprintf("%sh.%d.", pre, l)
+		for _, m := range [][2]string{{"attn_norm", "ln_1"}, {"ffn_norm", "ln_2"}} {
+			c.Tensor(b+m[0]+".weight", hp+m[1]+".weight")
+			c.Tensor(b+m[0]+".bias", hp+m[1]+".bias")
+		}
+		for _, m := range [][2]string{{"attn_qkv", "attn.c_attn"}, {"attn_output", "attn.c_proj"}, {"ffn_up", "mlp.c_fc"}, {"ffn_down", "mlp.c_proj"}} {
+			c.Transposed(b+m[0]+".weight", hp+m[1]+".weight")
+			c.Tensor(b+m[0]+".bias", hp+m[1]+".bias")
+		}
+	}
+	c.Tensor("output_norm.weight", pre+"ln_f.weight")
+	c.Tensor("output_norm.bias", pre+"ln_f.bias")
+	if !c.Bool("tie_word_embeddings", true) {
+		c.Tensor("output.weight", "lm_head.weight")
+	} else if c.HasTensor("lm_head.weight") {
+		c.source("lm_head.weight", 2) // the tied copy some writers keep
+	}
+	return c.Err()
+}
+
 // gpt2Block is one transformer block's weights.
 type gpt2Block struct {
 	attnNormW, attnNormB backend.Tensor // ln_1
@@ -86,8 +202,8 @@ func loadGPT2(f *gguf.File, be backend.Backend, opts LoadOptions) (*gpt2, error)
 	}
 	m := &gpt2{p: p}
 	m.be = be
-	m.cfg = Config{Arch: "gpt2", VocabSize: p.vocab, ContextLength: p.ctx, Layers: p.layers, Hidden: p.hidden, MaxBatch: opts.MaxBatch}
-	m.layout = KVLayout{Windows: make([]int, p.layers), Cols: p.hidden}
+	m.cfg = Config{Arch: "gpt2", Chat: ChatPlain, VocabSize: p.vocab, ContextLength: p.ctx, Layers: p.layers, Hidden: p.hidden, MaxBatch: opts.MaxBatch}
+	m.layout = p.layout()
 	m.cfg.Name, _ = f.GetString("general.name")
 	m.attn = backend.AttentionParams{
 		Heads: p.heads, KVHeads: p.heads, HeadDim: p.headDim,
@@ -137,10 +253,12 @@ type gpt2Buffers struct {
 
 func (m *gpt2) newBuffers() (*gpt2Buffers, error) {
 	n, h := m.cfg.MaxBatch, m.p.hidden
-	b := &gpt2Buffers{activations: newActivations(m.be, n, 1, h)}
+	b := &gpt2Buffers{activations: newActivations(m.be, n, 1, h, false)}
 	s := &b.set
 	b.qkv = s.f32(n, 3*h)
-	b.q, b.k, b.v, b.att, b.proj = s.f32(n, h), s.f32(n, h), s.f32(n, h), s.f32(n, h), s.f32(n, h)
+	// The attention output, read by c_proj, carries a quantized copy where
+	// the backend has them.
+	b.q, b.k, b.v, b.att, b.proj = s.f32(n, h), s.f32(n, h), s.f32(n, h), s.f32q(n, h), s.f32(n, h)
 	b.ff = s.f32(n, m.p.ff)
 	if err := b.ready(); err != nil {
 		return nil, err
@@ -175,15 +293,15 @@ func (m *gpt2) ops(v *stepView[*gpt2Buffers], b *gpt2Buffers) {
 	attn := v.attention(m.attn, 0)
 	for l := range m.blocks {
 		blk := &m.blocks[l]
-		kc, vc, table, slots := v.cache(l)
+		c := v.cache(l)
 		// Attention: ln_1 → c_attn → split Q|K|V → causal MHA → c_proj, residual.
 		be.LayerNorm(b.h, b.x, blk.attnNormW, blk.attnNormB, m.p.eps)
 		be.MatMul(b.qkv, b.h, blk.qkvW, blk.qkvB)
 		be.CopyCols(b.q, b.qkv, 0)
 		be.CopyCols(b.k, b.qkv, m.p.hidden)
 		be.CopyCols(b.v, b.qkv, 2*m.p.hidden)
-		be.StoreKV(kc, vc, b.k, b.v, slots)
-		be.Attention(b.att, b.q, kc, vc, b.pos, b.seq, table, nil, attn)
+		be.StoreKV(c.k, c.v, b.k, b.v, c.slots)
+		be.Attention(b.att, b.q, c.k, c.v, b.pos, b.seq, c.table, nil, attn)
 		be.MatMul(b.proj, b.att, blk.attnOutW, blk.attnOutB)
 		be.Add(b.x, b.x, b.proj)
 		// MLP: ln_2 → c_fc → GELU(tanh) → c_proj, residual.

@@ -29,17 +29,14 @@ type LoadOptions struct {
 	Progress func(done, total int64)
 }
 
-// Architectures lists the values of general.architecture that Load accepts.
-func Architectures() []string { return []string{"gpt2", "gpt-oss", "gptoss"} }
-
 // Load uploads the weights of the model in f to be and returns its adapter,
-// chosen by general.architecture. It checks every metadata key and tensor
-// shape the adapter uses and names the first that is missing or wrong. The
-// file may be closed once Load returns.
+// chosen by general.architecture from the registry. It checks every
+// metadata key and tensor shape the adapter uses and names the first that
+// is missing or wrong. The file may be closed once Load returns.
 func Load(f *gguf.File, be backend.Backend, opts LoadOptions) (Model, error) {
-	arch, err := f.GetString("general.architecture")
+	a, name, err := archOf(f)
 	if err != nil {
-		return nil, fmt.Errorf("model: %w", err)
+		return nil, err
 	}
 	if opts.MaxBatch < 0 {
 		return nil, fmt.Errorf("model: MaxBatch %d is negative", opts.MaxBatch)
@@ -47,20 +44,7 @@ func Load(f *gguf.File, be backend.Backend, opts LoadOptions) (Model, error) {
 	if opts.MaxBatch == 0 {
 		opts.MaxBatch = DefaultMaxBatch
 	}
-	var m Model
-	switch arch {
-	case "gpt2":
-		m, err = loadGPT2(f, be, opts)
-	case "gpt-oss", "gptoss":
-		m, err = loadGPTOSS(f, be, arch, opts)
-	default:
-		err = fmt.Errorf("model: %s: unsupported architecture %q (supported: %s)",
-			f.Path, arch, strings.Join(Architectures(), ", "))
-	}
-	if err != nil {
-		return nil, err
-	}
-	return m, nil
+	return a.Load(f, name, be, opts)
 }
 
 // metadata reads the hyperparameters of one architecture, whose keys all
@@ -244,4 +228,9 @@ func (l layerLoader) get(f32 bool, want []int, names ...string) backend.Tensor {
 		full[i] = fmt.Sprintf("blk.%d.%s", l.layer, n)
 	}
 	return l.w.load(f32, want, full...)
+}
+
+// has reports whether the file holds blk.N.<name>.
+func (l layerLoader) has(name string) bool {
+	return l.w.has(fmt.Sprintf("blk.%d.%s", l.layer, name))
 }

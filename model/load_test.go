@@ -76,8 +76,8 @@ func TestLoadErrors(t *testing.T) {
 		want    []string // substrings of the error
 	}{
 		{"unknown architecture", "gpt2_tied_q8",
-			edit{keys: map[string]*gguf.Value{"general.architecture": str("llama")}},
-			[]string{`unsupported architecture "llama"`, "gpt2, gpt-oss, gptoss"}},
+			edit{keys: map[string]*gguf.Value{"general.architecture": str("falcon")}},
+			[]string{`unsupported architecture "falcon"`, "gpt-oss, gpt2, gptoss, llama, qwen2"}},
 		{"missing key", "gptoss_mxfp4_q8",
 			edit{keys: map[string]*gguf.Value{"gpt-oss.attention.key_length": nil}},
 			[]string{"gpt-oss.attention.key_length", "not found"}},

@@ -1,6 +1,7 @@
-// Package model holds one adapter per architecture (gpt2.go, gptoss.go),
-// written once against the backend interface, and the paged KV cache they
-// share (kv.go).
+// Package model holds one adapter per architecture (gpt2.go, gptoss.go,
+// llama.go, qwen2.go), each written once against the backend interface and
+// registered in the architecture registry (registry.go), the paged KV cache
+// they share (kv.go), and the reading of Hugging Face checkpoints (hf.go).
 //
 // A forward step (Model.Step) runs a batch of sequences at once: each brings
 // a chunk of tokens (a prompt chunk, or the one next token of a sequence
@@ -12,10 +13,11 @@ import "orcd/backend"
 
 // Config is what the rest of orcd needs to know about a loaded model.
 type Config struct {
-	Arch          string // general.architecture, normalized ("gpt2", "gpt-oss")
-	Name          string // general.name, if any
-	VocabSize     int    // rows of the output projection
-	ContextLength int    // training context from metadata
+	Arch          string     // the registered architecture's name ("gpt2", "gpt-oss", "llama", "qwen2")
+	Chat          ChatFormat // how chat prompts are written
+	Name          string     // general.name, if any
+	VocabSize     int        // rows of the output projection
+	ContextLength int        // training context from metadata
 	Layers        int
 	Hidden        int
 	MaxBatch      int // most tokens one Step takes

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"orcd/chat"
 	"orcd/engine"
 	"orcd/harmony"
 )
@@ -45,13 +46,24 @@ type chatFunction struct {
 }
 
 type chatTool struct {
-	Type     string `json:"type"`
+	raw      json.RawMessage // as sent: templates print tools in the client's key order
+	Type     string          `json:"type"`
 	Function struct {
 		Name        string          `json:"name"`
 		Description string          `json:"description"`
 		Parameters  json.RawMessage `json:"parameters"`
 		Strict      *bool           `json:"strict"`
 	} `json:"function"`
+}
+
+// UnmarshalJSON keeps the tool's JSON beside its fields.
+func (t *chatTool) UnmarshalJSON(b []byte) error {
+	type fields chatTool
+	if err := json.Unmarshal(b, (*fields)(t)); err != nil {
+		return err
+	}
+	t.raw = append(json.RawMessage(nil), b...)
+	return nil
 }
 
 // text returns the message content: a string, null, or an array of text parts.
@@ -261,9 +273,12 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var out outputParser = plainOutput{}
-	if s.specials != nil {
+	switch {
+	case s.specials != nil:
 		other, _ := s.cfg.Tokenizer.(specialChecker)
 		out = &harmonyOutput{parser: harmony.NewParser(), specials: s.specials, other: other, stops: engine.NewStopMatcher(body.Stop)}
+	case s.taggedToolCalls(&body):
+		out = &taggedOutput{stops: engine.NewStopMatcher(body.Stop)}
 	}
 	chunk := func(choice chatChoice) chatResponse {
 		obj := "chat.completion"
@@ -346,12 +361,15 @@ func (s *Server) chatRequest(body *chatRequest) (engine.Request, error) {
 	return req, err
 }
 
-// chatPrompt renders and tokenizes the conversation into req: harmony for
-// gpt-oss, plain text otherwise.
+// chatPrompt renders the conversation into req: harmony tokens, the model's
+// chat template, or plain text, as the model chats.
 func (s *Server) chatPrompt(body *chatRequest, req *engine.Request) error {
 	conv, err := body.conversation(s.cfg.Now())
 	if err != nil {
 		return err
+	}
+	if s.cfg.Model.Chat == ChatTemplate {
+		return s.templatePrompt(body, req)
 	}
 	if s.specials == nil {
 		if len(conv.Tools) > 0 {
@@ -377,3 +395,91 @@ func (s *Server) chatPrompt(body *chatRequest, req *engine.Request) error {
 	req.Stop = nil
 	return err
 }
+
+// templatePrompt renders the messages (already checked by conversation)
+// with the model's chat template and tokenizes the text, special-token
+// texts included, as HF's apply_chat_template followed by encoding does.
+func (s *Server) templatePrompt(body *chatRequest, req *engine.Request) error {
+	r := chat.Request{AddGenerationPrompt: true, Now: s.cfg.Now()}
+	for i, m := range body.Messages {
+		text, err := m.text(i)
+		if err != nil {
+			return err
+		}
+		msg := chat.Message{Role: m.Role, Content: text, ToolCallID: m.ToolCallID, Name: m.Name}
+		for _, tc := range m.ToolCalls {
+			msg.ToolCalls = append(msg.ToolCalls, chat.ToolCall{ID: tc.ID, Name: tc.Function.Name, Arguments: tc.Function.Arguments})
+		}
+		r.Messages = append(r.Messages, msg)
+	}
+	if string(bytes.TrimSpace(body.ToolChoice)) != `"none"` {
+		for _, t := range body.Tools {
+			r.Tools = append(r.Tools, t.raw)
+		}
+	}
+	text, err := s.cfg.Template.Render(r)
+	if err != nil {
+		return invalid(err.Error())
+	}
+	req.Tokens, err = s.tokenize("messages", len(text), func() ([]int32, error) {
+		return s.cfg.Tokenizer.(specialEncoder).EncodeSpecial(text), nil
+	})
+	if err != nil {
+		return err
+	}
+	if s.taggedToolCalls(body) {
+		req.Stop = nil // stop strings apply to the content, in taggedOutput
+	}
+	return nil
+}
+
+// taggedToolCalls reports whether the request's output is parsed for tool
+// calls between <tool_call> tags: the request has tools and the model's
+// template writes calls so.
+func (s *Server) taggedToolCalls(body *chatRequest) bool {
+	return s.cfg.Model.Chat == ChatTemplate && s.cfg.Template.TaggedToolCalls() && len(body.Tools) > 0 &&
+		string(bytes.TrimSpace(body.ToolChoice)) != `"none"`
+}
+
+// taggedOutput parses a template model's output into content and the tool
+// calls it writes between <tool_call> tags, applying the request's stop
+// strings to the content.
+type taggedOutput struct {
+	parser chat.ToolCallParser
+	stops  *engine.StopMatcher
+	calls  int
+}
+
+func (o *taggedOutput) token(tok engine.Token) ([]delta, bool) {
+	return o.deltas(o.parser.Push(tok.Text))
+}
+
+func (o *taggedOutput) finish() []delta {
+	out, _ := o.deltas(o.parser.Flush())
+	if text := o.stops.Flush(); text != "" {
+		out = append(out, delta{kind: deltaContent, text: text})
+	}
+	return out
+}
+
+func (o *taggedOutput) deltas(parsed []chat.Output) ([]delta, bool) {
+	var out []delta
+	for _, p := range parsed {
+		if p.Call != nil {
+			out = append(out, delta{kind: deltaToolStart, toolIndex: o.calls, toolName: p.Call.Name},
+				delta{kind: deltaToolArgs, toolIndex: o.calls, text: p.Call.Arguments})
+			o.calls++
+			continue
+		}
+		text, hit := o.stops.Push(p.Content)
+		if text != "" {
+			out = append(out, delta{kind: deltaContent, text: text})
+		}
+		if hit {
+			return out, true
+		}
+	}
+	return out, false
+}
+
+func (o *taggedOutput) toolCalls() int { return o.calls }

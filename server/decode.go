@@ -89,7 +89,10 @@ func (c *checker) value(t reflect.Type, path string) error {
 	for t.Kind() == reflect.Pointer {
 		t = t.Elem()
 	}
-	if reflect.PointerTo(t).Implements(unmarshalerType) {
+	// A struct is walked field by field even when it unmarshals itself
+	// (to keep its raw JSON beside the fields, say); other types that do
+	// are free-form.
+	if reflect.PointerTo(t).Implements(unmarshalerType) && t.Kind() != reflect.Struct {
 		return c.custom(t, path)
 	}
 	tok, err := c.dec.Token()

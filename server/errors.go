@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"time"
 
+	"orcd/backend"
 	"orcd/engine"
 )
 
@@ -76,8 +77,8 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	json.NewEncoder(w).Encode(v)
 }
 
-// errorCoder is implemented by errors that know their worker API code, such
-// as a backend's out-of-memory or CUDA errors (VRAM_OOM, CUDA_ERROR).
+// errorCoder is implemented by errors that know their worker API code
+// (the loader's INSUFFICIENT_VRAM).
 type errorCoder interface {
 	ErrorCode() string
 }
@@ -103,10 +104,12 @@ func classify(err error) apiError {
 		return apiError{http.StatusInternalServerError, codeInternal, "internal error; the server log has the details", false}
 	case errors.Is(err, engine.ErrCacheAlloc):
 		return apiError{http.StatusServiceUnavailable, codeInsufficientVRAM, err.Error(), true}
+	case errors.Is(err, backend.ErrOutOfMemory):
+		return apiError{http.StatusInternalServerError, codeVRAMOOM, err.Error(), false}
+	case errors.Is(err, backend.ErrDevice):
+		return apiError{http.StatusInternalServerError, codeCUDAError, err.Error(), false}
 	case errors.As(err, &coder):
 		switch coder.ErrorCode() {
-		case codeVRAMOOM, codeCUDAError:
-			return apiError{http.StatusInternalServerError, coder.ErrorCode(), err.Error(), false}
 		case codeInsufficientVRAM:
 			return apiError{http.StatusServiceUnavailable, codeInsufficientVRAM, err.Error(), true}
 		}

@@ -51,6 +51,9 @@ func newTestServer(t *testing.T, m *enginetest.Model, arch string, ecfg engine.C
 		OnShutdown: func() { ts.shutdown.Add(1) },
 		Now:        func() time.Time { return time.Date(2025, 6, 28, 0, 0, 0, 0, time.UTC) },
 	}
+	if arch == "gpt-oss" {
+		cfg.Model.Chat = ChatHarmony
+	}
 	if mod != nil {
 		mod(&cfg)
 	}

@@ -10,6 +10,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -17,14 +18,18 @@ import (
 	"sync/atomic"
 	"time"
 
+	"orcd/chat"
 	"orcd/engine"
 	"orcd/harmony"
 )
 
 // ModelInfo describes the served model for /health and /v1/models.
 type ModelInfo struct {
-	ID            string // name clients use in the "model" field
-	Arch          string // "gpt2" or "gpt-oss"; gpt-oss chats in harmony
+	ID   string // name clients use in the "model" field
+	Arch string // the architecture, for information
+	// Chat is the model's chat format: ChatHarmony, ChatTemplate (with
+	// Config.Template) or anything else for plain "User:"/"Assistant:" text.
+	Chat          string
 	QuantKind     string // weight format, e.g. "MXFP4"
 	TokenizerKind string // "gguf-bpe" or "hf-json"
 	VocabSize     int
@@ -53,12 +58,26 @@ type specialChecker interface {
 	IsSpecial(id int32) bool
 }
 
+// The chat formats of ModelInfo.Chat (model.ChatFormat's values).
+const (
+	ChatHarmony  = "harmony"
+	ChatTemplate = "template"
+)
+
+// specialEncoder is the tokenizer method chat templates need: their
+// rendering names special tokens as text.
+type specialEncoder interface {
+	EncodeSpecial(text string) []int32
+}
+
 // Config configures a Server.
 type Config struct {
 	Engine    *engine.Engine
 	Tokenizer Tokenizer
 	Model     ModelInfo
-	Device    Device
+	// Template renders chat prompts when Model.Chat is ChatTemplate.
+	Template *chat.Template
+	Device   Device
 	// MaxTokensOut caps max_tokens of every request (default 2048).
 	MaxTokensOut int
 	// DefaultMaxTokens applies when a request gives none (default 256,
@@ -150,7 +169,12 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, log: log, started: cfg.Now(), mux: http.NewServeMux(), routes: map[string][]string{},
 		admitting: make(chan struct{}, cfg.AdmissionConcurrency)}
-	if cfg.Model.Arch == "gpt-oss" {
+	if cfg.Model.Chat == ChatTemplate {
+		if _, ok := cfg.Tokenizer.(specialEncoder); !ok || cfg.Template == nil {
+			return nil, errors.New("server: a chat template needs Config.Template and a tokenizer with EncodeSpecial")
+		}
+	}
+	if cfg.Model.Chat == ChatHarmony {
 		s.specials = map[int32]string{}
 		for _, name := range harmony.SpecialTokens {
 			id, ok := cfg.Tokenizer.TokenID(name)
@@ -186,7 +210,7 @@ func (s *Server) handle(pattern string, h http.HandlerFunc) {
 type missingTokenError struct{ name string }
 
 func (e *missingTokenError) Error() string {
-	return "server: gpt-oss tokenizer has no " + e.name + " token, needed for harmony chat"
+	return "server: the tokenizer has no " + e.name + " token, needed for harmony chat"
 }
 
 // Handler is the HTTP handler: correlation ids, the access log, panic

@@ -12,6 +12,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"orcd/backend"
 	"orcd/engine"
 	"orcd/engine/enginetest"
 )
@@ -368,12 +369,12 @@ func TestShutdownEndpoint(t *testing.T) {
 	}
 }
 
-// oomError stands for a backend's out-of-memory error: it carries the worker
-// API code, as the cuda backend's errors do.
+// oomError stands for a backend's out-of-memory error: it wraps
+// backend.ErrOutOfMemory, as the cuda backend's errors do.
 type oomError struct{}
 
-func (oomError) Error() string     { return "cuMemAlloc: out of memory (injected)" }
-func (oomError) ErrorCode() string { return "VRAM_OOM" }
+func (oomError) Error() string        { return "cuMemAlloc: out of memory (injected)" }
+func (oomError) Is(target error) bool { return target == backend.ErrOutOfMemory }
 
 // An out-of-memory failure in the middle of a request ends that request with
 // VRAM_OOM; the worker stays up, the next request succeeds, and no KV cache

@@ -3,6 +3,8 @@ package tokenizer
 import (
 	"slices"
 	"sync"
+
+	"golang.org/x/text/unicode/norm"
 )
 
 // specialSet finds the texts of a set of special tokens in a string.
@@ -94,6 +96,9 @@ func (t *Tokenizer) encode(text string, parseSpecial bool) []int32 {
 
 // encodeOrdinary appends the tokens of text with no special tokens in it.
 func (t *Tokenizer) encodeOrdinary(ids []int32, text string) []int32 {
+	if t.nfc && !norm.NFC.IsNormalString(text) {
+		text = norm.NFC.String(text)
+	}
 	var sc *bpeScratch // from scratchPool at the first piece that needs BPE
 	for i := 0; i < len(text); {
 		j := t.pretok(text, i)

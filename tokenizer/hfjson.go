@@ -76,8 +76,10 @@ func hfSpec(data []byte) (*spec, error) {
 		return nil, fmt.Errorf("tokenizer.json: model.continuing_subword_prefix and end_of_word_suffix are not supported")
 	case m.Dropout != nil && *m.Dropout != 0:
 		return nil, fmt.Errorf("tokenizer.json: model.dropout is not supported")
-	case !isJSONNull(h.Normalizer):
-		return nil, fmt.Errorf("tokenizer.json: normalizer %s is not supported (only null)", clip(h.Normalizer))
+	}
+	nfc, err := hfNormalizer(h.Normalizer)
+	if err != nil {
+		return nil, err
 	}
 	var dec struct{ Type string }
 	if err := json.Unmarshal(h.Decoder, &dec); err != nil || dec.Type != "ByteLevel" {
@@ -114,6 +116,7 @@ func hfSpec(data []byte) (*spec, error) {
 		pieces:     make([][]byte, n),
 		types:      make([]int32, n),
 		pretok:     r.split,
+		nfc:        nfc,
 		wholeWords: m.IgnoreMerges,
 		bos:        -1, eos: -1, pad: -1, eot: -1, eom: -1,
 	}
@@ -164,7 +167,6 @@ func hfSpec(data []byte) (*spec, error) {
 		sp.eos = lookup("<|endoftext|>")
 	}
 
-	var err error
 	if sp.merges, err = hfMerges(m.Merges, m.Vocab); err != nil {
 		return nil, err
 	}
@@ -204,18 +206,31 @@ func hfMerges(raw json.RawMessage, byText map[string]int32) ([]merge, error) {
 	return out, nil
 }
 
+// hfNormalizer accepts no normalizer or NFC (Qwen2's), and reports NFC.
+func hfNormalizer(raw json.RawMessage) (bool, error) {
+	if isJSONNull(raw) {
+		return false, nil
+	}
+	var n struct{ Type string }
+	if err := json.Unmarshal(raw, &n); err != nil || n.Type != "NFC" {
+		return false, fmt.Errorf("tokenizer.json: normalizer %s is not supported (only null or NFC)", clip(raw))
+	}
+	return true, nil
+}
+
 // preResolver folds a pre_tokenizer tree into one splitting scanner plus the
 // byte-level mapping.
 type preResolver struct {
 	split     preTokenizer
+	pre       string // the split's tokenizer.ggml.pre name
 	byteLevel bool
 }
 
-func (r *preResolver) setSplit(p preTokenizer) error {
+func (r *preResolver) setSplit(p preTokenizer, pre string) error {
 	if r.split != nil {
 		return fmt.Errorf("more than one splitting step is not supported")
 	}
-	r.split = p
+	r.split, r.pre = p, pre
 	return nil
 }
 
@@ -237,7 +252,7 @@ func (r *preResolver) add(p *hfPreTokenizer) error {
 		}
 		r.byteLevel = true
 		if p.UseRegex == nil || *p.UseRegex {
-			return r.setSplit(gpt2Next)
+			return r.setSplit(gpt2Next, "gpt-2")
 		}
 		return nil
 	case "Split":
@@ -249,12 +264,12 @@ func (r *preResolver) add(p *hfPreTokenizer) error {
 		}
 		scan, ok := pretokenizerByRegex[*p.Pattern.Regex]
 		if !ok {
-			return fmt.Errorf("Split regex %q is not one orcd implements (GPT-2's or o200k's)", clip([]byte(*p.Pattern.Regex)))
+			return fmt.Errorf("Split regex %q is not one orcd implements (GPT-2's, o200k's, Llama 3's or Qwen2's)", clip([]byte(*p.Pattern.Regex)))
 		}
 		if p.Behavior != "Isolated" || p.Invert {
 			return fmt.Errorf("Split behavior %q (invert %v) is not supported (only Isolated)", p.Behavior, p.Invert)
 		}
-		return r.setSplit(scan)
+		return r.setSplit(scan, preByRegex[*p.Pattern.Regex])
 	}
 	return fmt.Errorf("type %q is not supported", p.Type)
 }

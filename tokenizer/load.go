@@ -13,7 +13,8 @@ import (
 )
 
 // Load resolves the tokenizer for a model: tokenizerPath (a tokenizer.json)
-// if given, else tokenizer.json beside modelPath, else the GGUF's own
+// if given, else tokenizer.json beside modelPath (in it, for a checkpoint
+// directory), else the GGUF's own
 // metadata (f may be nil). The error lists every source tried. When both a
 // tokenizer.json and the GGUF's vocabulary are present and their sizes
 // differ, Load logs a warning; the GGUF's special token ids and add_bos
@@ -22,7 +23,11 @@ func Load(modelPath, tokenizerPath string, f *gguf.File) (*Tokenizer, error) {
 	var tried []string
 	jsonPath := tokenizerPath
 	if jsonPath == "" && modelPath != "" {
-		candidate := filepath.Join(filepath.Dir(modelPath), "tokenizer.json")
+		dir := filepath.Dir(modelPath)
+		if st, err := os.Stat(modelPath); err == nil && st.IsDir() {
+			dir = modelPath // a checkpoint directory holds its tokenizer
+		}
+		candidate := filepath.Join(dir, "tokenizer.json")
 		if _, err := os.Stat(candidate); err == nil {
 			jsonPath = candidate
 		} else if errors.Is(err, fs.ErrNotExist) {

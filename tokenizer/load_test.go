@@ -89,7 +89,7 @@ func TestLoadErrors(t *testing.T) {
 		change func(v *GGUFVocab)
 		want   string
 	}{
-		{"unknown pre", func(v *GGUFVocab) { v.Pre = "llama-bpe" }, `tokenizer.ggml.pre "llama-bpe"`},
+		{"unknown pre", func(v *GGUFVocab) { v.Pre = "deepseek-llm" }, `tokenizer.ggml.pre "deepseek-llm"`},
 		{"unknown model", func(v *GGUFVocab) { v.Model = "llama" }, `tokenizer.ggml.model "llama"`},
 		{"types length", func(v *GGUFVocab) { v.TokenTypes = v.TokenTypes[:5] }, "token types"},
 		{"bad merge", func(v *GGUFVocab) { v.Merges = append(v.Merges, "he zz") }, `merge 3 ("he" "zz")`},
@@ -143,7 +143,7 @@ func TestLoadErrors(t *testing.T) {
 		{"prefix space", func(d map[string]any) {
 			d["pre_tokenizer"] = map[string]any{"type": "ByteLevel", "add_prefix_space": true}
 		}, "add_prefix_space"},
-		{"normalizer", func(d map[string]any) { d["normalizer"] = map[string]any{"type": "NFC"} }, "normalizer"},
+		{"normalizer", func(d map[string]any) { d["normalizer"] = map[string]any{"type": "NFKC"} }, "normalizer"},
 		{"decoder", func(d map[string]any) { delete(d, "decoder") }, "decoder"},
 		{"model", func(d map[string]any) { d["model"].(map[string]any)["type"] = "WordPiece" }, `"WordPiece"`},
 		{"byte fallback", func(d map[string]any) { d["model"].(map[string]any)["byte_fallback"] = true }, "byte_fallback"},

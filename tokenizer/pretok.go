@@ -12,11 +12,15 @@ import (
 // hand-written scanner below that follows the regex engine's leftmost-first,
 // backtracking semantics exactly.
 
-// The two pre-tokenizer patterns, byte for byte as the reference tokenizers
-// (tiktoken, HF tokenizer.json) spell them.
+// The pre-tokenizer patterns, byte for byte as the reference tokenizers
+// (tiktoken, HF tokenizer.json) spell them: GPT-2's, o200k's (gpt-oss),
+// Llama 3's (cl100k's) and Qwen2's, which is Llama 3's with one digit per
+// piece.
 const (
-	gpt2Pattern  = `'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`
-	o200kPattern = `[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+`
+	gpt2Pattern   = `'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`
+	llama3Pattern = `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`
+	qwen2Pattern  = `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`
+	o200kPattern  = `[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+`
 )
 
 // preTokenizer returns the end of the piece that starts at byte offset i
@@ -27,12 +31,21 @@ type preTokenizer func(s string, i int) int
 // regexes used by tokenizer.json, to scanners.
 var (
 	pretokenizerByPre = map[string]preTokenizer{
-		"gpt-2":  gpt2Next,
-		"gpt-4o": o200kNext,
+		"gpt-2":     gpt2Next,
+		"gpt-4o":    o200kNext,
+		"llama-bpe": llama3Next,
+		"qwen2":     qwen2Next,
 	}
 	pretokenizerByRegex = map[string]preTokenizer{
-		gpt2Pattern:  gpt2Next,
-		o200kPattern: o200kNext,
+		gpt2Pattern:   gpt2Next,
+		o200kPattern:  o200kNext,
+		llama3Pattern: llama3Next,
+		qwen2Pattern:  qwen2Next,
+	}
+	// preByRegex is the tokenizer.ggml.pre name llama.cpp gives each
+	// pattern, which a converted file carries.
+	preByRegex = map[string]string{
+		gpt2Pattern: "gpt-2", o200kPattern: "gpt-4o", llama3Pattern: "llama-bpe", qwen2Pattern: "qwen2",
 	}
 )
 
@@ -348,10 +361,18 @@ func o200kNext(s string, i int) int {
 			return o200kContraction(s, e)
 		}
 	}
-	// \p{N}{1,3}
+	return digitsSymbolsSpace(s, i, 3, true)
+}
+
+// digitsSymbolsSpace scans the alternatives that o200k's, Llama 3's and
+// Qwen2's patterns share after their words: `\p{N}{1,maxDigits}`, then
+// ` ?[^\s\p{L}\p{N}]+[\r\n]*` (o200k also takes '/' after the symbols),
+// then `\s*[\r\n]+`, then `\s+(?!\S)|\s+`.
+func digitsSymbolsSpace(s string, i, maxDigits int, slash bool) int {
+	c, w := split(classAt(s, i))
 	if c&cN != 0 {
 		j := i + w
-		for n := 1; n < 3 && j < len(s); n++ {
+		for n := 1; n < maxDigits && j < len(s); n++ {
 			c2, w2 := split(classAt(s, j))
 			if c2&cN == 0 {
 				break
@@ -360,7 +381,6 @@ func o200kNext(s string, i int) int {
 		}
 		return j
 	}
-	// ` ?[^\s\p{L}\p{N}]+[\r\n/]*`
 	start := -1
 	if c&(cS|cL|cN) == 0 {
 		start = i + w
@@ -371,7 +391,7 @@ func o200kNext(s string, i int) int {
 	}
 	if start >= 0 {
 		j := scanOther(s, start)
-		for j < len(s) && (s[j] == '\r' || s[j] == '\n' || s[j] == '/') {
+		for j < len(s) && (s[j] == '\r' || s[j] == '\n' || slash && s[j] == '/') {
 			j++
 		}
 		return j
@@ -392,4 +412,30 @@ func o200kNext(s string, i int) int {
 		return lastNL
 	}
 	return whitespaceTail(s, i)
+}
+
+// llama3Next scans one piece of llama3Pattern.
+func llama3Next(s string, i int) int { return llamaFamilyNext(s, i, 3) }
+
+// qwen2Next scans one piece of qwen2Pattern.
+func qwen2Next(s string, i int) int { return llamaFamilyNext(s, i, 1) }
+
+// llamaFamilyNext scans one piece of Llama 3's pattern, whose digit runs
+// are at most maxDigits long (Qwen2's: 1).
+func llamaFamilyNext(s string, i, maxDigits int) int {
+	// (?i:'s|'t|'re|'ve|'m|'ll|'d)
+	if e := o200kContraction(s, i); e > i {
+		return e
+	}
+	// [^\r\n\p{L}\p{N}]?\p{L}+
+	c, w := split(classAt(s, i))
+	if c&(cL|cN|cCRLF) == 0 && i+w < len(s) {
+		if c2, _ := split(classAt(s, i+w)); c2&cL != 0 {
+			return scanWhile(s, i+w, cL)
+		}
+	}
+	if c&cL != 0 {
+		return scanWhile(s, i+w, cL)
+	}
+	return digitsSymbolsSpace(s, i, maxDigits, false)
 }

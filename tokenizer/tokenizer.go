@@ -1,5 +1,5 @@
 // Package tokenizer implements the byte-level BPE tokenizers of the models
-// orcd serves (GPT-2 and gpt-oss's o200k_harmony), loaded from GGUF metadata
+// orcd serves (GPT-2, gpt-oss's o200k_harmony, Llama 3's and Qwen2's), loaded from GGUF metadata
 // or from a Hugging Face tokenizer.json, with a pre-tokenizer that matches the
 // reference regexes exactly and a streaming decoder that never splits a
 // UTF-8 character.
@@ -26,9 +26,11 @@ const (
 	KindHFJSON = "hf-json"
 )
 
-// eogNames are the texts of control tokens that end generation in the GPT
-// families orcd serves (gpt-oss: <|return|>, <|call|>; both: <|endoftext|>).
-var eogNames = []string{"<|endoftext|>", "<|return|>", "<|call|>"}
+// eogNames are the texts of control tokens that end generation in the
+// families orcd serves (gpt-oss: <|return|>, <|call|>; GPT-2, gpt-oss and
+// Qwen2: <|endoftext|>; Qwen2's turns: <|im_end|>; Llama 3: <|eot_id|>,
+// <|eom_id|>, <|end_of_text|>), as llama.cpp also recognises them by text.
+var eogNames = []string{"<|endoftext|>", "<|return|>", "<|call|>", "<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>"}
 
 // Tokenizer encodes text to token ids and back. It is safe for concurrent
 // use.
@@ -51,6 +53,9 @@ type Tokenizer struct {
 	// not allow it.
 	chars  *charTable
 	pretok preTokenizer
+	// nfc normalizes text to Unicode NFC before pre-tokenizing it (Qwen2's
+	// tokenizer.json normalizer).
+	nfc bool
 	// wholeWords looks a whole piece up in the vocabulary before running BPE
 	// on it, as tiktoken does (and HF's ignore_merges).
 	wholeWords bool
@@ -79,6 +84,7 @@ type spec struct {
 	types  []int32
 	merges []merge // in priority order
 	pretok preTokenizer
+	nfc    bool
 	// wholeWords: see Tokenizer.wholeWords.
 	wholeWords         bool
 	bos, eos, pad, eot int32 // -1 if none
@@ -108,6 +114,7 @@ func newTokenizer(sp *spec) (*Tokenizer, error) {
 		pieces:     sp.pieces,
 		types:      sp.types,
 		pretok:     sp.pretok,
+		nfc:        sp.nfc,
 		wholeWords: sp.wholeWords,
 		addBOS:     sp.addBOS,
 	}

@@ -9,6 +9,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -285,18 +287,23 @@ func FromVocab(v *GGUFVocab) (*Tokenizer, error) {
 	}
 	pretok, ok := pretokenizerByPre[v.Pre]
 	if !ok {
-		return nil, fmt.Errorf("tokenizer: tokenizer.ggml.pre %q is not supported (known: \"gpt-2\", \"gpt-4o\")", v.Pre)
+		return nil, fmt.Errorf("tokenizer: tokenizer.ggml.pre %q is not supported (known: %s)", v.Pre,
+			strings.Join(slices.Sorted(maps.Keys(pretokenizerByPre)), ", "))
 	}
 	n := len(v.Tokens)
 	if len(v.TokenTypes) != n {
 		return nil, fmt.Errorf("tokenizer: %d token types for %d tokens", len(v.TokenTypes), n)
 	}
 	sp := &spec{
-		kind:       KindGGUF,
-		pieces:     make([][]byte, n),
-		types:      v.TokenTypes,
-		pretok:     pretok,
-		wholeWords: true,
+		kind:   KindGGUF,
+		pieces: make([][]byte, n),
+		types:  v.TokenTypes,
+		pretok: pretok,
+		nfc:    v.Pre == "qwen2", // HF's Qwen2 tokenizer normalizes to NFC
+		// A piece that is a whole token is that token (tiktoken; HF's
+		// ignore_merges, which Llama 3's tokenizer sets), except for Qwen2,
+		// whose tokenizer always runs the merges.
+		wholeWords: v.Pre != "qwen2",
 		bos:        v.BOS, eos: v.EOS, pad: v.PAD, eot: v.EOT, eom: v.EOM,
 		addBOS: v.AddBOS,
 	}

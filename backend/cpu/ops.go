@@ -175,16 +175,7 @@ func (b *Backend) RMSNorm(dst, x, w backend.Tensor, eps float32) {
 	if ws == nil {
 		return
 	}
-	b.eachRow(d, xs, func(dr, xr []float32) {
-		var sq float64
-		for _, v := range xr {
-			sq += float64(v) * float64(v)
-		}
-		inv := 1 / math.Sqrt(sq/float64(cols)+float64(eps))
-		for i, v := range xr {
-			dr[i] = float32(float64(v)*inv) * ws.f32[i]
-		}
-	})
+	b.eachRow(d, xs, func(dr, xr []float32) { rmsNormRow(dr, xr, ws.f32, eps) })
 }
 
 // AddRMSNorm sets x += delta, then dst = RMSNorm(x, w): exactly Add then
@@ -213,19 +204,23 @@ func gelu(x float32) float32 {
 	return float32(0.5 * v * (1 + math.Tanh(c*(v+0.044715*v*v*v))))
 }
 
-// RoPE rotates each head of each row of x in place, NeoX style. As in HF
-// transformers' float32 path, the angle is the float32 product pos·invFreq[i]
-// (its cosine and sine then evaluated exactly and rounded to float32) and
-// both are scaled by mscale before rotating.
-func (b *Backend) RoPE(x, pos, invFreq backend.Tensor, headDim int, mscale float32) {
+// RoPE rotates each head of each row of x in place, pairing elements as
+// p.Mode says. As in HF transformers' float32 path, the angle is the
+// float32 product pos·invFreq[i] (its cosine and sine then evaluated exactly
+// and rounded to float32) and both are scaled by MScale before rotating.
+func (b *Backend) RoPE(x, pos, invFreq backend.Tensor, p backend.RoPEParams) {
 	const op = "RoPE"
 	xs := b.f32(x, op, "x")
 	if xs == nil {
 		return
 	}
-	rows, cols := xs.rows(), xs.cols()
+	rows, cols, headDim := xs.rows(), xs.cols(), p.HeadDim
 	if headDim <= 0 || headDim%2 != 0 || cols%headDim != 0 {
 		b.fail("%s: headDim %d does not split x's %d columns into heads of even size", op, headDim, cols)
+		return
+	}
+	if p.Mode != backend.RoPENeoX && p.Mode != backend.RoPENormal {
+		b.fail("%s: unknown mode %d", op, p.Mode)
 		return
 	}
 	half := headDim / 2
@@ -234,22 +229,28 @@ func (b *Backend) RoPE(x, pos, invFreq backend.Tensor, headDim int, mscale float
 	if fs == nil || ps == nil {
 		return
 	}
+	// Pair i is elements (i, i+half) for NeoX, (2i, 2i+1) for Normal.
+	second, stride := half, 1
+	if p.Mode == backend.RoPENormal {
+		second, stride = 1, 2
+	}
 	b.parallel(rows, 1, func(_, lo, hi int) {
 		cs := make([]float32, 2*half)
 		for r := lo; r < hi; r++ {
-			p := float32(ps.i32[r])
+			pos := float32(ps.i32[r])
 			for i, f := range fs.f32 {
-				a := float64(p * f)
-				cs[i] = float32(math.Cos(a)) * mscale
-				cs[half+i] = float32(math.Sin(a)) * mscale
+				a := float64(pos * f)
+				cs[i] = float32(math.Cos(a)) * p.MScale
+				cs[half+i] = float32(math.Sin(a)) * p.MScale
 			}
 			row := xs.f32[r*cols : (r+1)*cols]
 			for h := 0; h < cols; h += headDim {
-				x0, x1 := row[h:h+half], row[h+half:h+headDim]
-				for i := range x0 {
-					a, c, s := x0[i], cs[i], cs[half+i]
-					x0[i] = a*c - x1[i]*s
-					x1[i] = x1[i]*c + a*s
+				head := row[h : h+headDim]
+				for i := range half {
+					j := i * stride
+					a, c, s := head[j], cs[i], cs[half+i]
+					head[j] = a*c - head[j+second]*s
+					head[j+second] = head[j+second]*c + a*s
 				}
 			}
 		}

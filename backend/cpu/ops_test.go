@@ -216,41 +216,48 @@ func TestGELU(t *testing.T) {
 
 func TestRoPE(t *testing.T) {
 	for name, b := range backends() {
-		t.Run(name, func(t *testing.T) {
-			r := newRand(t)
-			heads, headDim := 3, 10
-			cols := heads * headDim
-			pos := []int32{0, 1, 7, 130, 5000}
-			rows := len(pos)
-			half := headDim / 2
-			inv := make([]float32, half)
-			for i := range inv {
-				inv[i] = float32(math.Pow(10000, -2*float64(i)/float64(headDim)))
-			}
-			const mscale = 1.3
-			xv := randF32(r, rows*cols, 1)
-			want := make([]float64, len(xv))
-			for i, p := range pos {
-				for h := 0; h < heads; h++ {
-					base := i*cols + h*headDim
-					for k := 0; k < half; k++ {
-						// The angle is the float32 product, as in HF's float32 path.
-						angle := float64(float32(p) * inv[k])
-						c, s := mscale*math.Cos(angle), mscale*math.Sin(angle)
-						a, bb := float64(xv[base+k]), float64(xv[base+k+half])
-						want[base+k] = a*c - bb*s
-						want[base+k+half] = bb*c + a*s
+		for _, mode := range []backend.RoPEMode{backend.RoPENeoX, backend.RoPENormal} {
+			t.Run(fmt.Sprintf("%s/mode=%d", name, mode), func(t *testing.T) {
+				r := newRand(t)
+				heads, headDim := 3, 10
+				cols := heads * headDim
+				pos := []int32{0, 1, 7, 130, 5000}
+				rows := len(pos)
+				half := headDim / 2
+				inv := make([]float32, half)
+				for i := range inv {
+					inv[i] = float32(math.Pow(10000, -2*float64(i)/float64(headDim)))
+				}
+				const mscale = 1.3
+				xv := randF32(r, rows*cols, 1)
+				want := make([]float64, len(xv))
+				for i, p := range pos {
+					for h := 0; h < heads; h++ {
+						base := i*cols + h*headDim
+						for k := 0; k < half; k++ {
+							// Pair k: (k, k+half) in NeoX, (2k, 2k+1) in Normal.
+							e0, e1 := base+k, base+k+half
+							if mode == backend.RoPENormal {
+								e0, e1 = base+2*k, base+2*k+1
+							}
+							// The angle is the float32 product, as in HF's float32 path.
+							angle := float64(float32(p) * inv[k])
+							c, s := mscale*math.Cos(angle), mscale*math.Sin(angle)
+							a, bb := float64(xv[e0]), float64(xv[e1])
+							want[e0] = a*c - bb*s
+							want[e1] = bb*c + a*s
+						}
 					}
 				}
-			}
-			x := activation(t, b, rows, cols, xv)
-			b.RoPE(x, ints(t, b, pos), activation(t, b, 1, half, inv), headDim, mscale)
-			compare(t, "x", read(t, b, x), want, uniformTol(want, 1e-6, 1e-6))
-			b.RoPE(x, ints(t, b, pos), activation(t, b, 1, half, inv), 7, mscale)
-			if b.Sync() == nil {
-				t.Error("odd headDim: no error")
-			}
-		})
+				x := activation(t, b, rows, cols, xv)
+				b.RoPE(x, ints(t, b, pos), activation(t, b, 1, half, inv), backend.RoPEParams{HeadDim: headDim, Mode: mode, MScale: mscale})
+				compare(t, "x", read(t, b, x), want, uniformTol(want, 1e-6, 1e-6))
+				b.RoPE(x, ints(t, b, pos), activation(t, b, 1, half, inv), backend.RoPEParams{HeadDim: 7, Mode: mode, MScale: mscale})
+				if b.Sync() == nil {
+					t.Error("odd headDim: no error")
+				}
+			})
+		}
 	}
 }
 

@@ -12,11 +12,9 @@ import (
 	"embed"
 	"errors"
 	"fmt"
-	"math"
 	"os"
 	"runtime"
 	"sort"
-	"strings"
 	"sync"
 	"unsafe"
 
@@ -101,6 +99,9 @@ type Tensor struct {
 	size  int64
 	freed bool
 	base  *Tensor // the tensor a View shares memory with; nil for an allocation
+	// quant is the quantized copy of an activation made by
+	// NewF32Quantized (a quantBuf of Dims[0] columns), 0 for none.
+	quant uintptr
 }
 
 // Type is the element format (F16 for KV caches, which store f16).
@@ -134,16 +135,20 @@ type Backend struct {
 	sms   int
 	total int64
 
-	mem      allocator
+	mem       allocator
 	noGraphs  bool
 	kvF16     bool
 	invariant bool
-	prof     *profile // non-nil when ORCD_CUDA_PROFILE is set
+	prof      *profile // non-nil when ORCD_CUDA_PROFILE is set
 
 	argMem  unsafe.Pointer // pinned host memory for kernel parameters
 	staging [2]*pinned
 	stageN  int
 
+	// mu is the backend's one serialization point for the state other
+	// goroutines read (the pending error, the tensors and their bytes, the
+	// allocator's counters); ops themselves run on one goroutine at a time,
+	// which the model's mutex ensures.
 	mu     sync.Mutex
 	err    error
 	live   map[*Tensor]struct{}
@@ -151,10 +156,6 @@ type Backend struct {
 
 	work   map[string]*devBuf
 	graphs map[string]*graph
-	// mqX and mqN name the activation (and its rows) whose quantized copy
-	// is in the "mq" workspace (quantizeX); nil once anything else is queued.
-	mqX *Tensor
-	mqN int
 	// ticketZeroed is the moe_router counter last zeroed (routerTicket).
 	ticketZeroed uintptr
 	cap          *capture // non-nil while Graph records
@@ -194,7 +195,7 @@ func New(opts Options) (*Backend, error) {
 		b.prof = newProfile()
 		b.noGraphs = true // kernels are timed one by one
 	}
-	b.mem = allocator{d: d, limit: limit, sizes: map[uintptr]int64{}}
+	b.mem = allocator{d: d, limit: limit, sizes: map[uintptr]int64{}, mu: &b.mu}
 	b.stageN = opts.StagingBytes
 	if b.stageN <= 0 {
 		b.stageN = 64 << 20
@@ -422,6 +423,29 @@ func (b *Backend) NewF32(rows, cols int) (backend.Tensor, error) {
 	return b.zeroed("NewF32", tensor.F32, []int{cols, rows}, int64(rows)*int64(cols)*4)
 }
 
+var _ backend.QuantizedActivations = (*Backend)(nil)
+
+// NewF32Quantized allocates a zeroed rows×cols float32 tensor that also
+// holds a copy of its rows in the decode products' quantized format: the
+// ops that write it (RMSNorm, AddRMSNorm, Attention) write the copy as well
+// when the rows are at most mqTokens, and the products that read it
+// (MatMul, MatMulQKV, MoE, Experts) take the copy instead of quantizing the
+// rows again. A width that is not whole 32-element chunks gets no copy.
+func (b *Backend) NewF32Quantized(rows, cols int) (backend.Tensor, error) {
+	t, err := b.NewF32(rows, cols)
+	if err != nil || cols%32 != 0 {
+		return t, err
+	}
+	ct := t.(*Tensor)
+	p, err := b.mem.alloc(quantBytes(cols), "quantized activation")
+	if err != nil {
+		b.Free(t)
+		return nil, err
+	}
+	ct.quant = p
+	return ct, nil
+}
+
 // NewI32 allocates a zeroed vector of n int32.
 func (b *Backend) NewI32(n int) (backend.Tensor, error) {
 	if err := checkShape("NewI32", 1, n); err != nil {
@@ -468,7 +492,10 @@ func (b *Backend) Free(t backend.Tensor) {
 	if err := b.mem.free(ct.ptr); err != nil {
 		b.fail(err)
 	}
-	ct.ptr, ct.aux, ct.freed = 0, 0, true
+	if err := b.mem.free(ct.quant); err != nil {
+		b.fail(err)
+	}
+	ct.ptr, ct.aux, ct.quant, ct.freed = 0, 0, 0, true
 }
 
 // release frees what New set up, tolerating a partial setup.
@@ -562,70 +589,6 @@ func (b *Backend) scratch(name string, n int64) (uintptr, error) {
 	}
 	b.work[name] = &devBuf{ptr: p, size: size}
 	return p, nil
-}
-
-// launch queues kernel name on the stream. args are the kernel's parameters
-// in order: uintptr for pointers, int for int, int64 for long long, float32
-// for float.
-func (b *Backend) launch(name string, grid, block [3]int, shmem int, args ...any) {
-	if !strings.HasPrefix(name, "mq_matvec_") {
-		b.mqX = nil // this kernel may write the activation quantizeX copied
-	}
-	f, ok := b.funcs[name]
-	if !ok {
-		var p uintptr
-		cname := cString(name)
-		if err := b.d.call("cuModuleGetFunction", uintptr(unsafe.Pointer(&p)), b.module, uintptr(unsafe.Pointer(&cname[0]))); err != nil {
-			b.fail(fmt.Errorf("kernel %s: %w", name, err))
-			return
-		}
-		b.funcs[name] = p
-		f = p
-	}
-	if shmem > 48<<10 && b.bigShmem[name] < shmem {
-		// Beyond 48 KiB a kernel must opt in to dynamic shared memory.
-		if err := b.d.call("cuFuncSetAttribute", f, cuFuncAttrMaxDynamicSharedSize, uintptr(shmem)); err != nil {
-			b.fail(fmt.Errorf("kernel %s: %w", name, err))
-			return
-		}
-		b.bigShmem[name] = shmem
-	}
-	if b.prof != nil {
-		defer b.prof.time(b, fmt.Sprintf("%s %dx%dx%d", name, grid[0], grid[1], grid[2]))()
-	}
-	if len(args) > 32 {
-		panic("cuda: launch of " + name + " with more than 32 parameters")
-	}
-	vals := (*[32]uint64)(b.argMem)
-	ptrs := (*[32]uintptr)(unsafe.Add(b.argMem, 256))
-	for i, a := range args {
-		switch v := a.(type) {
-		case uintptr:
-			vals[i] = uint64(v)
-		case int:
-			vals[i] = uint64(uint32(int32(v)))
-		case int64:
-			vals[i] = uint64(v)
-		case float32:
-			vals[i] = uint64(math.Float32bits(v))
-		default:
-			panic(fmt.Sprintf("cuda: launch of %s: parameter %d has type %T", name, i, a))
-		}
-		ptrs[i] = uintptr(unsafe.Pointer(&vals[i]))
-	}
-	if err := b.d.call("cuLaunchKernel", f, uintptr(grid[0]), uintptr(grid[1]), uintptr(grid[2]),
-		uintptr(block[0]), uintptr(block[1]), uintptr(block[2]), uintptr(shmem), b.stream,
-		uintptr(unsafe.Pointer(ptrs)), 0); err != nil {
-		b.fail(fmt.Errorf("kernel %s: %w", name, err))
-	}
-}
-
-// gridFor returns a 1-D grid of 256-thread blocks covering n elements,
-// capped for grid-stride loops.
-func (b *Backend) gridFor(n int64) [3]int {
-	g := (n + 255) / 256
-	g = min(g, int64(b.sms)*32)
-	return [3]int{int(max(g, 1)), 1, 1}
 }
 
 // errClosed is recorded by ops on a closed backend.

@@ -100,16 +100,18 @@ func BenchmarkMoEDecode(b *testing.B) {
 	const hidden, ff, nExp = 2880, 2880, 32
 	w := &backend.MoEWeights{
 		Router: benchWeights(b, be, tensor.F32, []int{hidden, nExp}),
-		Gate:   benchWeights(b, be, tensor.MXFP4, []int{hidden, ff, nExp}),
-		Up:     benchWeights(b, be, tensor.MXFP4, []int{hidden, ff, nExp}),
-		Down:   benchWeights(b, be, tensor.MXFP4, []int{ff, hidden, nExp}),
+		ExpertWeights: backend.ExpertWeights{
+			Gate: benchWeights(b, be, tensor.MXFP4, []int{hidden, ff, nExp}),
+			Up:   benchWeights(b, be, tensor.MXFP4, []int{hidden, ff, nExp}),
+			Down: benchWeights(b, be, tensor.MXFP4, []int{ff, hidden, nExp}),
+		},
 	}
 	x, _ := be.NewF32(1, hidden)
 	dst, _ := be.NewF32(1, hidden)
 	defer be.Free(x)
 	defer be.Free(dst)
 	be.WriteF32(x, randF32(rand.New(rand.NewPCG(3, 4)), hidden, 1))
-	p := backend.MoEParams{TopK: 4, Alpha: 1.702, Limit: 7}
+	p := backend.MoEParams{TopK: 4, SwiGLU: backend.SwiGLUParams{Alpha: 1.702, Limit: 7, UpShift: 1}}
 	be.MoE(dst, x, w, p)
 	if err := be.Sync(); err != nil {
 		b.Fatal(err)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"strings"
 	"testing"
 
 	"orcd/backend"
@@ -321,9 +322,39 @@ func TestRoPE(t *testing.T) {
 		freq[i] = float32(math.Pow(150000, -2*float64(i)/float64(dim)))
 	}
 	f := p.f32(1, dim/2, freq)
-	p.gpu.RoPE(x.g, pos.g, f.g, dim, 1.35)
-	p.ref.RoPE(x.c, pos.c, f.c, dim, 1.35)
-	p.check("RoPE", x, rows*heads*dim, 1e-5)
+	for _, mode := range []backend.RoPEMode{backend.RoPENeoX, backend.RoPENormal} {
+		rp := backend.RoPEParams{HeadDim: dim, Mode: mode, MScale: 1.35}
+		p.gpu.RoPE(x.g, pos.g, f.g, rp)
+		p.ref.RoPE(x.c, pos.c, f.c, rp)
+		p.check(fmt.Sprintf("RoPE mode %d", mode), x, rows*heads*dim, 1e-5)
+	}
+}
+
+// TestActivations compares SiLU, SwiGLU (plain and gpt-oss's clamped form)
+// and RMSNormHeads (Qwen3-style QK-norm) with the cpu backend.
+func TestActivations(t *testing.T) {
+	p := newPair(t)
+	r := newRand()
+	for _, shape := range [][2]int{{1, 4864}, {7, 896}, {130, 128}} {
+		rows, cols := shape[0], shape[1]
+		g := p.f32(rows, cols, randF32(r, rows*cols, 3))
+		u := p.f32(rows, cols, randF32(r, rows*cols, 3))
+		dst := p.f32(rows, cols, nil)
+		p.gpu.SiLU(dst.g, g.g)
+		p.ref.SiLU(dst.c, g.c)
+		p.check(fmt.Sprintf("SiLU %dx%d", rows, cols), dst, rows*cols, 1e-6)
+		for _, act := range []backend.SwiGLUParams{{Alpha: 1}, {Alpha: 1.702, Limit: 7, UpShift: 1}} {
+			p.gpu.SwiGLU(dst.g, g.g, u.g, act)
+			p.ref.SwiGLU(dst.c, g.c, u.c, act)
+			p.check(fmt.Sprintf("SwiGLU %+v %dx%d", act, rows, cols), dst, rows*cols, 1e-6)
+		}
+		for _, dim := range []int{64, 128} {
+			w := p.f32(1, dim, randF32(r, dim, 1))
+			p.gpu.RMSNormHeads(dst.g, g.g, w.g, dim, 1e-6)
+			p.ref.RMSNormHeads(dst.c, g.c, w.c, dim, 1e-6)
+			p.check(fmt.Sprintf("RMSNormHeads dim %d %dx%d", dim, rows, cols), dst, rows*cols, 1e-5)
+		}
+	}
 }
 
 // attnBatch fills a paged cache, whose blocks are handed out in a shuffled
@@ -394,10 +425,27 @@ func attnBatch(t *testing.T, p *pair, r *rand.Rand, ap backend.AttentionParams, 
 	if sinks {
 		sk = p.f32(1, ap.Heads, randF32(r, ap.Heads, 2))
 	}
-	dst := p.f32(n, ap.Heads*ap.HeadDim, nil)
+	cols := ap.Heads * ap.HeadDim
+	dst := p.f32(n, cols, nil)
 	p.gpu.Attention(dst.g, q.g, kc.g, vc.g, ps.g, sq.g, tb.g, sk.g, ap)
 	p.ref.Attention(dst.c, q.c, kc.c, vc.c, ps.c, sq.c, tb.c, sk.c, ap)
-	p.check(fmt.Sprintf("Attention %+v lens=%v rows=%v sinks=%v", ap, lens, rows, sinks), dst, n*ap.Heads*ap.HeadDim, 1e-4)
+	p.check(fmt.Sprintf("Attention %+v lens=%v rows=%v sinks=%v", ap, lens, rows, sinks), dst, n*cols, 1e-4)
+	if n > mqTokens || cols%32 != 0 {
+		return
+	}
+	// Into an output with a quantized copy (decode steps, mixed or not),
+	// which the output projection then reads.
+	qd, err := p.gpu.NewF32Quantized(n, cols)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.gpu.Free(qd)
+	p.gpu.Attention(qd, q.g, kc.g, vc.g, ps.g, sq.g, tb.g, sk.g, ap)
+	w := p.upload(tensor.Q8_0, []int{cols, 96}, randWeights(t, r, tensor.Q8_0, cols*96))
+	proj := p.f32(n, 96, nil)
+	p.gpu.MatMul(proj.g, qd, w.g, nil)
+	p.ref.MatMul(proj.c, dst.c, w.c, nil)
+	p.check(fmt.Sprintf("Attention into a quantized output, then MatMul, rows=%v", rows), proj, n*96, 1e-4)
 }
 
 func TestAttention(t *testing.T) {
@@ -418,6 +466,9 @@ func TestAttention(t *testing.T) {
 			attnBatch(t, p, r, ap, []int{300, 57, 1000, 17}, []int{1, 1, 40, 17}, sinks)
 			// Small chunks of several sequences share split-K blocks.
 			attnBatch(t, p, r, ap, []int{30, 9, 77, 5}, []int{1, 5, 3, 2}, sinks)
+			// Two decode rows and a chunk of two: a decode-sized batch that
+			// two split-K calls cover.
+			attnBatch(t, p, r, ap, []int{40, 60, 9}, []int{1, 1, 2}, sinks)
 		}
 	}
 	attnBatch(t, p, r, gpt2, one(50), one(50), false)
@@ -426,6 +477,7 @@ func TestAttention(t *testing.T) {
 	attnBatch(t, p, r, odd, []int{123, 64, 8}, []int{1, 64, 8}, true)
 	small := backend.AttentionParams{Heads: 4, KVHeads: 2, HeadDim: 16, Scale: 0.25, BlockSize: 16, Window: 8}
 	attnBatch(t, p, r, small, []int{41, 12}, []int{11, 2}, true) // the fixtures' head_dim
+	attnBatch(t, p, r, small, []int{20, 9}, []int{1, 2}, true)   // head dim 16 with a quantized output
 	long := backend.AttentionParams{Heads: 64, KVHeads: 8, HeadDim: 64, Scale: 0.125, BlockSize: 16}
 	attnBatch(t, p, r, long, one(20000), one(1), true) // split-K decode over a long cache
 	attnBatch(t, p, r, long, one(5001), one(6), true)  // 4 rows a block, split keys
@@ -438,6 +490,23 @@ func TestAttention(t *testing.T) {
 	attnBatch(t, p, r, long, lens, rows, true)
 }
 
+// cpuMoE is the mixture of experts as the model runs it on the cpu
+// backend: the router's product, Route and Experts.
+func cpuMoE(t *testing.T, be backend.Backend, dst, x backend.Tensor, w *backend.MoEWeights, mp backend.MoEParams) {
+	n, nExp := backend.Rows(x), w.Router.Dims()[1]
+	logits, err1 := be.NewF32(n, nExp)
+	weights, err2 := be.NewF32(n, mp.TopK)
+	ids, err3 := be.NewI32(n * mp.TopK)
+	if err := errors.Join(err1, err2, err3); err != nil {
+		t.Fatal(err)
+	}
+	be.MatMul(logits, x, w.Router, w.RouterBias)
+	be.Route(ids, weights, logits, mp.TopK)
+	be.Experts(dst, x, ids, weights, &w.ExpertWeights, mp.SwiGLU)
+}
+
+// TestMoE compares the fused MoE (gpt-oss's clamped SwiGLU) and the split
+// Route and Experts (plain SwiGLU too) with the cpu backend's ops.
 func TestMoE(t *testing.T) {
 	p := newPair(t)
 	r := newRand()
@@ -454,17 +523,22 @@ func TestMoE(t *testing.T) {
 		set(&w.GateBias, &ref.GateBias, p.f32(nExp, ff, randF32(r, ff*nExp, 1)))
 		set(&w.UpBias, &ref.UpBias, p.f32(nExp, ff, randF32(r, ff*nExp, 1)))
 		set(&w.DownBias, &ref.DownBias, p.f32(nExp, hidden, randF32(r, hidden*nExp, 1)))
-		mp := backend.MoEParams{TopK: 3, Alpha: 1.702, Limit: 7}
-		for _, n := range []int{1, 4, 70} {
-			x := p.f32(n, hidden, randF32(r, n*hidden, 0.2))
-			dst := p.f32(n, hidden, nil)
-			p.gpu.MoE(dst.g, x.g, w, mp)
-			p.ref.MoE(dst.c, x.c, &ref, mp)
-			tol := 1e-4
-			if n > 4 {
-				tol = 3e-4 // grouped tensor-core path
+		for _, act := range []backend.SwiGLUParams{{Alpha: 1.702, Limit: 7, UpShift: 1}, {Alpha: 1}} {
+			mp := backend.MoEParams{TopK: 3, SwiGLU: act}
+			for _, n := range []int{1, 4, 70} {
+				x := p.f32(n, hidden, randF32(r, n*hidden, 0.2))
+				dst := p.f32(n, hidden, nil)
+				tol := 1e-4
+				if n > 4 {
+					tol = 3e-4 // grouped tensor-core path
+				}
+				cpuMoE(t, p.ref, dst.c, x.c, &ref, mp)
+				p.gpu.MoE(dst.g, x.g, w, mp)
+				p.check(fmt.Sprintf("MoE %s %+v n=%d", typ, act, n), dst, n*hidden, tol)
+				// The split ops on the device.
+				cpuMoE(t, p.gpu, dst.g, x.g, w, mp)
+				p.check(fmt.Sprintf("Route+Experts %s %+v n=%d", typ, act, n), dst, n*hidden, tol)
 			}
-			p.check(fmt.Sprintf("MoE %s n=%d", typ, n), dst, n*hidden, tol)
 		}
 	}
 }
@@ -490,8 +564,8 @@ func TestGraphReplay(t *testing.T) {
 	step := func(b backend.Backend, x, q, k, kc, vc, pos, slot, out, wq, wk, freq, seq, table backend.Tensor) {
 		b.MatMul(q, x, wq, nil)
 		b.MatMul(k, x, wk, nil)
-		b.RoPE(q, pos, freq, ap.HeadDim, 1)
-		b.RoPE(k, pos, freq, ap.HeadDim, 1)
+		b.RoPE(q, pos, freq, backend.RoPEParams{HeadDim: ap.HeadDim, MScale: 1})
+		b.RoPE(k, pos, freq, backend.RoPEParams{HeadDim: ap.HeadDim, MScale: 1})
 		b.StoreKV(kc, vc, k, k, slot)
 		b.Attention(out, q, kc, vc, pos, seq, table, nil, ap)
 	}
@@ -598,5 +672,70 @@ func TestResidentAndMemory(t *testing.T) {
 	free, err := p.gpu.FreeMemory()
 	if err != nil || free <= 0 || free > p.gpu.TotalMemory() {
 		t.Fatalf("FreeMemory() = %d, %v (total %d)", free, err, p.gpu.TotalMemory())
+	}
+}
+
+// TestQuantizedActivations runs decode-sized rows (1 to 4, and 9, which
+// takes the float path) through an activation with a quantized copy: RMSNorm
+// and AddRMSNorm write it, and MatMul, MatMulQKV, MoE and Experts read it;
+// each result must equal the cpu backend's, as for plain tensors. Then the
+// ops that do not keep the copy current refuse such a tensor.
+func TestQuantizedActivations(t *testing.T) {
+	p := newPair(t)
+	r := newRand()
+	const hidden, out, ff, nExp = 256, 320, 96, 8
+	norm := p.f32(1, hidden, randF32(r, hidden, 1))
+	wq := p.upload(tensor.Q8_0, []int{hidden, out}, randWeights(t, r, tensor.Q8_0, hidden*out))
+	wm := p.upload(tensor.MXFP4, []int{hidden, out}, randWeights(t, r, tensor.MXFP4, hidden*out))
+	w := &backend.MoEWeights{}
+	var ref backend.MoEWeights
+	set := func(g, c *backend.Tensor, tt tensors) { *g, *c = tt.g, tt.c }
+	set(&w.Router, &ref.Router, p.upload(tensor.F32, []int{hidden, nExp}, randWeights(t, r, tensor.F32, hidden*nExp)))
+	set(&w.Gate, &ref.Gate, p.upload(tensor.MXFP4, []int{hidden, ff, nExp}, randWeights(t, r, tensor.MXFP4, hidden*ff*nExp)))
+	set(&w.Up, &ref.Up, p.upload(tensor.MXFP4, []int{hidden, ff, nExp}, randWeights(t, r, tensor.MXFP4, hidden*ff*nExp)))
+	set(&w.Down, &ref.Down, p.upload(tensor.MXFP4, []int{ff, hidden, nExp}, randWeights(t, r, tensor.MXFP4, hidden*ff*nExp)))
+	mp := backend.MoEParams{TopK: 2, SwiGLU: backend.SwiGLUParams{Alpha: 1.702, Limit: 7, UpShift: 1}}
+	for _, n := range []int{1, 3, 4, 9} {
+		hq, err := p.gpu.NewF32Quantized(n, hidden)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := tensors{g: hq, c: p.f32(n, hidden, nil).c}
+		xv := randF32(r, n*hidden, 1)
+		x := p.f32(n, hidden, xv)
+		delta := p.f32(n, hidden, randF32(r, n*hidden, 1))
+		for step := range 2 {
+			if step == 0 {
+				p.gpu.RMSNorm(h.g, x.g, norm.g, 1e-5)
+				p.ref.RMSNorm(h.c, x.c, norm.c, 1e-5)
+			} else {
+				p.gpu.AddRMSNorm(h.g, x.g, delta.g, norm.g, 1e-5)
+				p.ref.AddRMSNorm(h.c, x.c, delta.c, norm.c, 1e-5)
+			}
+			p.check(fmt.Sprintf("norm into a quantized activation n=%d step %d", n, step), h, n*hidden, 1e-5)
+			for _, wt := range []tensors{wq, wm} {
+				d := p.f32(n, out, nil)
+				p.gpu.MatMul(d.g, h.g, wt.g, nil)
+				p.ref.MatMul(d.c, h.c, wt.c, nil)
+				p.check(fmt.Sprintf("MatMul of a quantized activation n=%d", n), d, n*out, 1e-4)
+			}
+			d1, d2, d3 := p.f32(n, out, nil), p.f32(n, out, nil), p.f32(n, out, nil)
+			p.gpu.MatMulQKV(d1.g, d2.g, d3.g, h.g, wq.g, wq.g, wq.g, nil, nil, nil)
+			p.ref.MatMulQKV(d1.c, d2.c, d3.c, h.c, wq.c, wq.c, wq.c, nil, nil, nil)
+			p.check(fmt.Sprintf("MatMulQKV of a quantized activation n=%d", n), d3, n*out, 1e-4)
+			md := p.f32(n, hidden, nil)
+			p.gpu.MoE(md.g, h.g, w, mp)
+			cpuMoE(t, p.ref, md.c, h.c, &ref, mp)
+			tol := 1e-4
+			if n > 4 {
+				tol = 3e-4
+			}
+			p.check(fmt.Sprintf("MoE of a quantized activation n=%d", n), md, n*hidden, tol)
+		}
+		p.gpu.Add(h.g, x.g, x.g)
+		if err := p.gpu.Sync(); err == nil || !strings.Contains(err.Error(), "quantized copy") {
+			t.Errorf("Add into a tensor with a quantized copy: %v", err)
+		}
+		p.gpu.Free(hq)
 	}
 }

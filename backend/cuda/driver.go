@@ -9,6 +9,8 @@ import (
 	"unsafe"
 
 	"github.com/ebitengine/purego"
+
+	"orcd/backend"
 )
 
 // This file binds the CUDA driver API (libcuda.so.1) through purego, so orcd
@@ -18,16 +20,8 @@ import (
 
 // ErrOutOfMemory is wrapped by every error caused by device memory running
 // out, whether the driver refused an allocation or the allocator's cap did.
-// Its ErrorCode is the worker API's VRAM_OOM.
-var ErrOutOfMemory error = &codedError{"cuda: out of device memory", "VRAM_OOM"}
-
-// codedError is an error that knows its worker API error code.
-type codedError struct{ msg, code string }
-
-func (e *codedError) Error() string { return e.msg }
-
-// ErrorCode is the worker API error code (see server/errors.go).
-func (e *codedError) ErrorCode() string { return e.code }
+// It wraps backend.ErrOutOfMemory.
+var ErrOutOfMemory = fmt.Errorf("cuda: out of device memory: %w", backend.ErrOutOfMemory)
 
 // ErrNoDriver is returned by New when libcuda.so.1 cannot be loaded or finds
 // no device.
@@ -44,18 +38,18 @@ func (e *Error) Error() string {
 	return fmt.Sprintf("cuda: %s failed: %s (code %d)", e.Call, e.Msg, e.Code)
 }
 
-// ErrorCode is VRAM_OOM for an out-of-memory result and CUDA_ERROR for
-// every other failure (see server/errors.go).
-func (e *Error) ErrorCode() string {
-	if errors.Is(e, ErrOutOfMemory) {
-		return "VRAM_OOM"
-	}
-	return "CUDA_ERROR"
-}
-
-// Is makes errors.Is(err, ErrOutOfMemory) true for CUDA_ERROR_OUT_OF_MEMORY.
+// Is makes errors.Is(err, ErrOutOfMemory) and errors.Is(err,
+// backend.ErrOutOfMemory) true for CUDA_ERROR_OUT_OF_MEMORY, and
+// errors.Is(err, backend.ErrDevice) true for every driver or NVRTC failure.
 func (e *Error) Is(target error) bool {
-	return target == ErrOutOfMemory && strings.HasPrefix(e.Call, "cu") && e.Code == cudaErrorOutOfMemory
+	oom := strings.HasPrefix(e.Call, "cu") && e.Code == cudaErrorOutOfMemory
+	switch target {
+	case ErrOutOfMemory, backend.ErrOutOfMemory:
+		return oom
+	case backend.ErrDevice:
+		return true
+	}
+	return false
 }
 
 const (

@@ -26,8 +26,6 @@ type capture struct {
 // Graph runs fn, recording it under key on first sight and replaying the
 // recording afterwards. See backend.Backend.Graph.
 func (b *Backend) Graph(key string, fn func()) {
-	b.mqX = nil // a replay rewrites activations without passing through launch
-	defer func() { b.mqX = nil }()
 	if b.noGraphs || b.cap != nil || b.failed() {
 		fn()
 		return

@@ -15,7 +15,9 @@ type allocator struct {
 	d     *driver
 	limit int64 // 0: no cap below what the device has
 
-	mu    sync.Mutex
+	// mu is the backend's one mutex (Backend.mu): the counters are read
+	// by other goroutines (DeviceBytes, FreeMemory for /metrics).
+	mu    *sync.Mutex
 	used  int64
 	peak  int64
 	sizes map[uintptr]int64

@@ -11,7 +11,6 @@ import (
 
 	"orcd/backend"
 	"orcd/backend/cpu"
-	"orcd/gguf"
 	"orcd/internal/batchtest"
 	"orcd/model"
 )
@@ -24,6 +23,23 @@ import (
 const fixtureDir = "../../model/testdata"
 
 var fixtures = []string{"gptoss_mxfp4_q8", "gptoss_f16_bf16", "gpt2_tied_q8", "gpt2_untied_mixed"}
+
+// hfFixtures are the checkpoint directories of model/testdata/hf (tiny
+// llama, qwen2 and gpt-oss as HF publishes them), once made on the GPU
+// machine (GPU_COMMANDS.md).
+var hfFixtures = []string{"hf/tiny_llama", "hf/tiny_qwen2", "hf/tiny_gptoss"}
+
+// allFixtures are the GGUF fixtures and whichever checkpoint directories
+// are there.
+func allFixtures() []string {
+	all := append([]string(nil), fixtures...)
+	for _, f := range hfFixtures {
+		if _, err := os.Stat(filepath.Join(fixtureDir, f)); err == nil {
+			all = append(all, f)
+		}
+	}
+	return all
+}
 
 // modelTolerance bounds max|gpu−cpu| / max|cpu| over one position's logits.
 const modelTolerance = 1e-2
@@ -50,7 +66,11 @@ func fixturePrompt(t *testing.T, name string) []int32 {
 
 func loadFixture(t *testing.T, name string, be backend.Backend, maxBatch int) model.Model {
 	t.Helper()
-	f, err := gguf.Open(filepath.Join(fixtureDir, name+".gguf"))
+	path := filepath.Join(fixtureDir, name+".gguf")
+	if model.IsHFDir(filepath.Join(fixtureDir, name)) {
+		path = filepath.Join(fixtureDir, name)
+	}
+	f, err := model.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +107,7 @@ func top2(v []float32) (int32, float64) {
 
 func TestModelsMatchCPU(t *testing.T) {
 	p := newPair(t)
-	for _, name := range fixtures {
+	for _, name := range allFixtures() {
 		for _, maxBatch := range []int{0, 7} {
 			t.Run(name, func(t *testing.T) {
 				prompt := fixturePrompt(t, name)

@@ -123,7 +123,7 @@ func compile(src string, arch int, driverVersion int) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	opts := []string{fmt.Sprintf("--gpu-architecture=sm_%d", arch), "--std=c++17", "-default-device"}
+	opts := append([]string{fmt.Sprintf("--gpu-architecture=sm_%d", arch), "--std=c++17", "-default-device"}, defineOptions()...)
 	h := sha256.New()
 	fmt.Fprintf(h, "%s\x00%d\x00%d\x00%s\x00%s", src, arch, driverVersion, lib.version, strings.Join(opts, " "))
 	key := hex.EncodeToString(h.Sum(nil))[:32]

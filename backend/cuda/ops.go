@@ -9,11 +9,7 @@ import (
 
 // The ops of backend.Backend: each validates its tensors, records an error
 // instead of launching on a mismatch (or while an earlier error is
-// pending), and queues its kernels on the stream.
-
-// mvTokens is the largest batch that uses the matrix-vector kernels (one
-// read of the weights serves up to 8 rows of x). It matches MV_TOKENS.
-const mvTokens = 8
+// pending), and queues its kernels through their wrappers (kernels.go).
 
 func describe(t *Tensor) string {
 	if t.typ == typeI32 {
@@ -51,6 +47,18 @@ func (b *Backend) f32(t backend.Tensor, op, arg string) *Tensor {
 	ct := b.tensorOf(t, op, arg)
 	if ct != nil && ct.typ != tensor.F32 {
 		b.failf("%s: %s must be an F32 tensor, is %s", op, arg, describe(ct))
+		return nil
+	}
+	return ct
+}
+
+// out unwraps an F32 tensor an op writes. Only RMSNorm, AddRMSNorm and
+// Attention keep a tensor's quantized copy current
+// (backend.QuantizedActivations), so the others refuse such a tensor.
+func (b *Backend) out(t backend.Tensor, op, arg string) *Tensor {
+	ct := b.f32(t, op, arg)
+	if ct != nil && ct.quant != 0 {
+		b.failf("%s: %s has a quantized copy, which %s does not write", op, arg, op)
 		return nil
 	}
 	return ct
@@ -127,7 +135,7 @@ func (b *Backend) View(t backend.Tensor, rows int) backend.Tensor {
 	case ct.typ == typeI32 && len(ct.dims) == 1 && rows >= 1 && rows <= ct.dims[0]:
 		return &Tensor{typ: typeI32, dims: []int{rows}, ptr: ct.ptr, size: int64(rows) * 4, base: base}
 	case ct.typ == tensor.F32 && len(ct.dims) == 2 && rows >= 1 && rows <= ct.dims[1]:
-		return &Tensor{typ: tensor.F32, dims: []int{ct.dims[0], rows}, ptr: ct.ptr, size: int64(rows) * int64(ct.dims[0]) * 4, base: base}
+		return &Tensor{typ: tensor.F32, dims: []int{ct.dims[0], rows}, ptr: ct.ptr, size: int64(rows) * int64(ct.dims[0]) * 4, base: base, quant: ct.quant}
 	}
 	b.failf("View: %d rows of %s", rows, describe(ct))
 	return t
@@ -137,7 +145,7 @@ func (b *Backend) View(t backend.Tensor, rows int) backend.Tensor {
 func (b *Backend) Embed(dst, table, ids backend.Tensor) {
 	const op = "Embed"
 	tb := b.weight(table, op, "table")
-	d := b.f32(dst, op, "dst")
+	d := b.out(dst, op, "dst")
 	if tb == nil || d == nil {
 		return
 	}
@@ -153,7 +161,7 @@ func (b *Backend) Embed(dst, table, ids backend.Tensor) {
 		return
 	}
 	defer b.bind()()
-	b.launch("embed_"+uploadTypes[tb.typ], [3]int{n, 1, 1}, [3]int{128, 1, 1}, 0, d.ptr, tb.ptr, tb.aux, in, id.ptr, rows)
+	b.embed(tb, d.ptr, id.ptr, in, rows, n)
 }
 
 // MatMul sets dst = x·wᵀ + bias.
@@ -164,9 +172,8 @@ func (b *Backend) MatMul(dst, x, w, bias backend.Tensor) {
 	}
 	defer b.bind()()
 	if a.n <= mqTokens && mqTypes[a.w.typ] && !b.invariant {
-		if qx, dx, ok := b.quantizeX(a.x, a.n, a.in); ok {
-			b.launch("mq_matvec_"+uploadTypes[a.w.typ], [3]int{(a.out + 15) / 16, 1, 1}, [3]int{32 * mqWarps, 1, 1}, 0,
-				a.dst.ptr, qx, dx, a.w.ptr, a.w.aux, a.in, a.bias, a.n, a.out)
+		if q, ok := b.inputQuant("MatMul", a.x, a.n, a.in); ok {
+			b.mqMatvec(a.w, a.dst.ptr, q, a.in, a.bias, a.n, a.out)
 		}
 		return
 	}
@@ -192,17 +199,15 @@ func (b *Backend) MatMulQKV(q, k, v, x, wq, wk, wv, bq, bk, bv backend.Tensor) {
 		return
 	}
 	defer b.bind()()
-	qx, dx, ok := b.quantizeX(a[0].x, a[0].n, a[0].in)
+	qx, ok := b.inputQuant("MatMulQKV", a[0].x, a[0].n, a[0].in)
 	if !ok {
 		return
 	}
-	args := []any{qx, dx, a[0].in, a[0].n}
-	blocks := 0
-	for _, m := range a {
-		args = append(args, m.dst.ptr, m.w.ptr, m.w.aux, m.bias, m.out)
-		blocks += (m.out + 15) / 16
+	var m [3]mqMat
+	for i, x := range a {
+		m[i] = mqMat{dst: x.dst.ptr, w: x.w, bias: x.bias, out: x.out}
 	}
-	b.launch("mq_matvec3_"+uploadTypes[typ], [3]int{blocks, 1, 1}, [3]int{32 * mqWarps, 1, 1}, 0, args...)
+	b.mqMatvec3(qx, a[0].in, a[0].n, m)
 }
 
 // matmulArgs are the checked operands of one MatMul.
@@ -230,6 +235,9 @@ func (b *Backend) matmulArgs(op string, dst, x, w, bias backend.Tensor) (a matmu
 		return a, false
 	}
 	d := b.matrix(dst, op, "dst", n, out)
+	if d != nil && b.out(dst, op, "dst") == nil {
+		return a, false
+	}
 	bp, ok := b.optVector(bias, op, "bias", out)
 	if d == nil || !ok {
 		return a, false
@@ -237,45 +245,32 @@ func (b *Backend) matmulArgs(op string, dst, x, w, bias backend.Tensor) (a matmu
 	return matmulArgs{dst: d, x: xs, w: wt, bias: bp, n: n, in: in, out: out}, true
 }
 
-// The integer tensor-core decode kernels (mqvec.cu) take up to mqTokens rows
-// of x (4 tokens × 2 digit columns fill the MMA's 8 columns) against Q8_0
-// or MXFP4 weights; mqWarps matches MQ_WARPS.
-const (
-	mqTokens = 4
-	mqWarps  = 8
-	// mqDownWarps matches MQ_DOWN_WARPS: an mq_down block has a warp per
-	// selected expert or more, so top-k above it takes the float kernels.
-	mqDownWarps = 16
-)
-
 var mqTypes = map[tensor.Type]bool{tensor.Q8_0: true, tensor.MXFP4: true}
 
-// quantizeX queues mq_quant of x (n ≤ mqTokens rows of in) into the "mq"
-// workspace and returns the quantized activations and their scales. The q,
-// k and v projections read the same x one after another, usually just
-// written by RMSNorm, which quantizes too: while nothing else has been
-// queued since x was quantized (b.mqX; launch, write and Graph reset it),
-// the quantized copy is reused.
-func (b *Backend) quantizeX(x *Tensor, n, in int) (qx, dx uintptr, ok bool) {
-	qx, dx, ok = b.mqBuffer("MatMul", in)
-	if ok && (b.mqX != x || b.mqN != n) {
-		chunks := int64(in / 32)
-		b.launch("mq_quant", [3]int{int((chunks + 3) / 4), 1, 1}, [3]int{128, 1, 1}, 0, qx, dx, x.ptr, n, in)
-		b.mqX, b.mqN = x, n
+// quantized returns t's quantized copy for n rows: there when t carries
+// one (NewF32Quantized) and the rows are a decode step's (at most
+// mqTokens); the ops that write t wrote it then.
+func (t *Tensor) quantized(n int) (quantBuf, bool) {
+	if t.quant == 0 || n > mqTokens {
+		return quantBuf{}, false
 	}
-	return qx, dx, ok
+	return quantAt(t.quant, t.dims[0]), true
 }
 
-// mqBuffer returns the "mq" workspace for activations of in columns: the
-// quantized chunks (256 bytes each) and their scales (mqTokens each).
-func (b *Backend) mqBuffer(op string, in int) (qx, dx uintptr, ok bool) {
-	chunks := int64(in / 32)
-	buf, err := b.scratch("mq", chunks*(256+4*mqTokens))
+// inputQuant returns x's n rows (n ≤ mqTokens) quantized for the decode
+// products: x's own copy, or else a new one in the "mq" workspace.
+func (b *Backend) inputQuant(op string, x *Tensor, n, in int) (quantBuf, bool) {
+	if q, ok := x.quantized(n); ok {
+		return q, true
+	}
+	buf, err := b.scratch("mq", quantBytes(in))
 	if err != nil {
 		b.fail(fmt.Errorf("%s: %w", op, err))
-		return 0, 0, false
+		return quantBuf{}, false
 	}
-	return buf, buf + uintptr(chunks*256), true
+	q := quantAt(buf, in)
+	b.mqQuant(q, x.ptr, n, in)
+	return q, true
 }
 
 // matmul queues dst (n×out) = x (n×in)·wᵀ + bias for a 2-D weight. The
@@ -286,24 +281,17 @@ func (b *Backend) mqBuffer(op string, in int) (qx, dx uintptr, ok bool) {
 func (b *Backend) matmul(dst, x uintptr, n int, w *Tensor, bias uintptr, exact bool) {
 	in := w.dims[0]
 	out := int(w.elements() / int64(in))
-	suffix := uploadTypes[w.typ]
 	if exact || n <= mvTokens && !b.invariant || !tileTypes[w.typ] || in%32 != 0 {
-		rowsPerBlock := 4 // MV_WARPS rows, or MV_WARPS*MV_ROWS for Q8_0 and MXFP4 (matvec.cu)
-		if w.typ == tensor.Q8_0 || w.typ == tensor.MXFP4 {
-			rowsPerBlock = 16
-		}
-		b.launch("matvec_"+suffix, [3]int{(out + rowsPerBlock - 1) / rowsPerBlock, (n + mvTokens - 1) / mvTokens, 1}, [3]int{128, 1, 1}, 0,
-			dst, x, w.ptr, w.aux, in, bias, n, out)
+		b.matvec(w, dst, x, in, bias, n, out)
 		return
 	}
-	b.launch("matmul_"+suffix, [3]int{(out + 63) / 64, (n + 63) / 64, 1}, [3]int{128, 1, 1}, 0,
-		dst, x, w.ptr, w.aux, in, bias, n, out, uintptr(0), uintptr(0))
+	b.matmulTiles(w, dst, x, in, bias, n, out, n, 1, 0, 0)
 }
 
 // Add sets dst = a + b elementwise.
 func (b *Backend) Add(dst, x, y backend.Tensor) {
 	const op = "Add"
-	d := b.f32(dst, op, "dst")
+	d := b.out(dst, op, "dst")
 	if d == nil {
 		return
 	}
@@ -314,13 +302,13 @@ func (b *Backend) Add(dst, x, y backend.Tensor) {
 	}
 	defer b.bind()()
 	n := d.elements()
-	b.launch("add_f32", b.gridFor(n), [3]int{256, 1, 1}, 0, d.ptr, xa.ptr, ya.ptr, n)
+	b.addF32(d.ptr, xa.ptr, ya.ptr, n)
 }
 
 // CopyCols copies columns srcCol..srcCol+Cols(dst)-1 of src into dst.
 func (b *Backend) CopyCols(dst, src backend.Tensor, srcCol int) {
 	const op = "CopyCols"
-	d, s := b.f32(dst, op, "dst"), b.f32(src, op, "src")
+	d, s := b.out(dst, op, "dst"), b.f32(src, op, "src")
 	if d == nil || s == nil {
 		return
 	}
@@ -330,16 +318,13 @@ func (b *Backend) CopyCols(dst, src backend.Tensor, srcCol int) {
 		return
 	}
 	defer b.bind()()
-	b.launch("copy_cols", b.gridFor(int64(rows)*int64(cols)), [3]int{256, 1, 1}, 0, d.ptr, s.ptr, rows, cols, sc, srcCol)
+	b.copyCols(d.ptr, s.ptr, rows, cols, sc, srcCol)
 }
-
-// normBlock is the block size of the row-norm kernels.
-func normBlock(cols int) int { return min(1024, max(32, (cols+31)/32*32)) }
 
 // LayerNorm normalizes each row of x, then scales by w and adds bias.
 func (b *Backend) LayerNorm(dst, x, w, bias backend.Tensor, eps float32) {
 	const op = "LayerNorm"
-	d := b.f32(dst, op, "dst")
+	d := b.out(dst, op, "dst")
 	if d == nil {
 		return
 	}
@@ -349,7 +334,7 @@ func (b *Backend) LayerNorm(dst, x, w, bias backend.Tensor, eps float32) {
 		return
 	}
 	defer b.bind()()
-	b.launch("layer_norm", [3]int{rows, 1, 1}, [3]int{normBlock(cols), 1, 1}, 0, d.ptr, xs.ptr, ws.ptr, bs.ptr, cols, eps)
+	b.layerNorm(d.ptr, xs.ptr, ws.ptr, bs.ptr, rows, cols, eps)
 }
 
 // RMSNorm scales each row of x by 1/sqrt(mean(x²)+eps), then by w.
@@ -363,6 +348,8 @@ func (b *Backend) AddRMSNorm(dst, x, delta, w backend.Tensor, eps float32) {
 }
 
 // rmsNorm queues RMSNorm, first adding delta into x when delta is not nil.
+// A dst with a quantized copy gets its rows quantized too, in the same
+// kernel, for the decode products that read it.
 func (b *Backend) rmsNorm(op string, dst, x, delta, w backend.Tensor, eps float32) {
 	d := b.f32(dst, op, "dst")
 	if d == nil {
@@ -370,7 +357,7 @@ func (b *Backend) rmsNorm(op string, dst, x, delta, w backend.Tensor, eps float3
 	}
 	rows, cols := backend.Rows(d), backend.Cols(d)
 	xs, ws := b.matrix(x, op, "x", rows, cols), b.vector(w, op, "w", cols)
-	if xs == nil || ws == nil {
+	if xs == nil || ws == nil || (delta != nil && b.out(x, op, "x") == nil) {
 		return
 	}
 	var dp uintptr
@@ -382,22 +369,19 @@ func (b *Backend) rmsNorm(op string, dst, x, delta, w backend.Tensor, eps float3
 		dp = ds.ptr
 	}
 	defer b.bind()()
-	grid, block := [3]int{rows, 1, 1}, [3]int{normBlock(cols), 1, 1}
-	if rows <= mqTokens && cols%32 == 0 && !b.invariant {
-		// Also quantize the rows for the decode products that follow.
-		if qx, dx, ok := b.mqBuffer(op, cols); ok {
-			b.launch("rms_norm_mq", grid, block, 0, d.ptr, xs.ptr, dp, ws.ptr, cols, eps, qx, dx)
-			b.mqX, b.mqN = d, rows
-		}
+	if q, ok := d.quantized(rows); ok && !b.invariant {
+		b.rmsNormMQ(d.ptr, xs.ptr, dp, ws.ptr, rows, cols, eps, q)
 		return
 	}
-	b.launch("rms_norm", grid, block, 0, d.ptr, xs.ptr, dp, ws.ptr, cols, eps)
+	b.rmsNormK(d.ptr, xs.ptr, dp, ws.ptr, rows, cols, eps)
 }
 
 // GELU applies the tanh approximation of GELU elementwise.
-func (b *Backend) GELU(dst, x backend.Tensor) {
-	const op = "GELU"
-	d := b.f32(dst, op, "dst")
+func (b *Backend) GELU(dst, x backend.Tensor) { b.elementwise("GELU", dst, x, b.geluTanh) }
+
+// elementwise checks dst and x (same dims) and queues kernel over them.
+func (b *Backend) elementwise(op string, dst, x backend.Tensor, kernel func(dst, x uintptr, n int64)) {
+	d := b.out(dst, op, "dst")
 	if d == nil {
 		return
 	}
@@ -406,20 +390,23 @@ func (b *Backend) GELU(dst, x backend.Tensor) {
 		return
 	}
 	defer b.bind()()
-	n := d.elements()
-	b.launch("gelu_tanh", b.gridFor(n), [3]int{256, 1, 1}, 0, d.ptr, xs.ptr, n)
+	kernel(d.ptr, xs.ptr, d.elements())
 }
 
-// RoPE rotates x in place, NeoX style.
-func (b *Backend) RoPE(x, pos, invFreq backend.Tensor, headDim int, mscale float32) {
+// RoPE rotates x in place, pairing elements as p.Mode says.
+func (b *Backend) RoPE(x, pos, invFreq backend.Tensor, p backend.RoPEParams) {
 	const op = "RoPE"
-	xs := b.f32(x, op, "x")
+	xs := b.out(x, op, "x")
 	if xs == nil {
 		return
 	}
-	rows, cols := backend.Rows(xs), backend.Cols(xs)
+	rows, cols, headDim := backend.Rows(xs), backend.Cols(xs), p.HeadDim
 	if headDim <= 0 || headDim%2 != 0 || cols%headDim != 0 {
 		b.failf("%s: headDim %d does not split x's %d columns into heads of even size", op, headDim, cols)
+		return
+	}
+	if p.Mode != backend.RoPENeoX && p.Mode != backend.RoPENormal {
+		b.failf("%s: unknown mode %d", op, p.Mode)
 		return
 	}
 	fs, ps := b.vector(invFreq, op, "invFreq", headDim/2), b.i32(pos, op, "pos", rows)
@@ -427,8 +414,48 @@ func (b *Backend) RoPE(x, pos, invFreq backend.Tensor, headDim int, mscale float
 		return
 	}
 	defer b.bind()()
-	b.launch("rope_neox", b.gridFor(int64(rows)*int64(cols)/2), [3]int{256, 1, 1}, 0,
-		xs.ptr, ps.ptr, fs.ptr, rows, cols/headDim, headDim, mscale)
+	b.rope(xs.ptr, ps.ptr, fs.ptr, rows, cols/headDim, headDim, p.MScale, p.Mode == backend.RoPENormal)
+}
+
+// SiLU sets dst = x·σ(x) elementwise.
+func (b *Backend) SiLU(dst, x backend.Tensor) { b.elementwise("SiLU", dst, x, b.silu) }
+
+// SwiGLU sets dst = g·σ(Alpha·g)·(u+UpShift), clamped when Limit is set.
+func (b *Backend) SwiGLU(dst, g, u backend.Tensor, p backend.SwiGLUParams) {
+	const op = "SwiGLU"
+	d := b.out(dst, op, "dst")
+	if d == nil {
+		return
+	}
+	rows, cols := backend.Rows(d), backend.Cols(d)
+	gs, us := b.matrix(g, op, "g", rows, cols), b.matrix(u, op, "u", rows, cols)
+	if gs == nil || us == nil {
+		return
+	}
+	defer b.bind()()
+	n := d.elements()
+	b.swiglu(d.ptr, gs.ptr, us.ptr, n, p)
+}
+
+// RMSNormHeads normalizes each head of each row on its own, then scales it
+// by w.
+func (b *Backend) RMSNormHeads(dst, x, w backend.Tensor, headDim int, eps float32) {
+	const op = "RMSNormHeads"
+	d := b.out(dst, op, "dst")
+	if d == nil {
+		return
+	}
+	rows, cols := backend.Rows(d), backend.Cols(d)
+	if headDim <= 0 || cols%headDim != 0 {
+		b.failf("%s: headDim %d does not split %d columns", op, headDim, cols)
+		return
+	}
+	xs, ws := b.matrix(x, op, "x", rows, cols), b.vector(w, op, "w", headDim)
+	if xs == nil || ws == nil {
+		return
+	}
+	defer b.bind()()
+	b.rmsNormHeads(d.ptr, xs.ptr, ws.ptr, rows, cols, headDim, eps)
 }
 
 // kvCache unwraps a K or V cache made by NewKVCache (f32 or f16).
@@ -466,22 +493,17 @@ func (b *Backend) StoreKV(kCache, vCache, k, v, slots backend.Tensor) {
 		return
 	}
 	defer b.bind()()
-	b.launch("store_kv_"+uploadTypes[kc.typ], [3]int{n, 1, 1}, [3]int{min(1024, (cols+31)/32*32), 1, 1}, 0, kc.ptr, vc.ptr, ks.ptr, vs.ptr, ss.ptr, cols)
+	b.storeKV(kc.typ, kc.ptr, vc.ptr, ks.ptr, vs.ptr, ss.ptr, n, cols)
 }
 
 // attnMaxDim is the largest head dim the attention kernels are built for
 // (the _d256 variants in attention.cu).
 const attnMaxDim = 256
 
-// The flash-attention kernels (attn_flash_*_d64) take batches of at least
-// flashMinRows rows with head dim flashDim, flashRows query rows a block.
-// Smaller batches (decode) keep the split-K kernels, whose grid spreads a
-// few rows' keys over the chip.
-const (
-	flashDim     = 64
-	flashRows    = 64
-	flashMinRows = 16
-)
+// flashMinRows is the fewest rows that take the flash-attention kernels
+// (head dim flashDim); smaller batches (decode) keep the split-K kernels,
+// whose grid spreads a few rows' keys over the chip.
+const flashMinRows = 16
 
 // Attention computes causal attention over the paged caches; see
 // backend.Backend. The leading Singles rows (one-token sequences: decode)
@@ -538,36 +560,48 @@ func (b *Backend) Attention(dst, q, kCache, vCache, pos, seq, table, sinks backe
 	defer b.bind()()
 	// rowPtr points at row lo of a tensor of cols 4-byte values a row.
 	rowPtr := func(t *Tensor, lo, cols int) uintptr { return t.ptr + uintptr(lo*cols*4) }
+	// A dst with a quantized copy (a decode step's rows) gets it from the
+	// combine kernel when one split-K call covers every row, else from
+	// mq_quant after the kernels.
+	qc, quant := d.quantized(n)
+	quant = quant && !b.invariant
+	var whole *quantBuf
+	if quant && p.HeadDim%32 == 0 {
+		whole = &qc
+	}
+	wrote := false
 	if singles > 0 {
-		whole := d
-		if singles < n {
-			whole = nil
+		var qw *quantBuf
+		if singles == n {
+			qw, wrote = whole, whole != nil
 		}
-		b.attnSplitK(d.ptr, qs.ptr, kc, vc, ps.ptr, ss.ptr, ts.ptr, sp, singles, 1, whole, p)
+		b.attnSplitK(d.ptr, qs.ptr, kc, vc, ps.ptr, ss.ptr, ts.ptr, sp, singles, 1, qw, p)
 	}
 	rest := n - singles
 	switch {
 	case rest == 0:
 	case p.HeadDim == flashDim && (rest >= flashMinRows || b.invariant):
 		// Prompt chunks: one tensor-core kernel, no partial results (attention.cu).
-		b.launch("attn_flash_"+uploadTypes[kc.typ]+"_d64", [3]int{p.Heads, (rest + flashRows - 1) / flashRows, 1}, [3]int{128, 1, 1}, 0,
-			rowPtr(d, singles, qCols), rowPtr(qs, singles, qCols), kc.ptr, vc.ptr, rowPtr(ps, singles, 1), rowPtr(ss, singles, 1),
-			ts.ptr, sp, rest, p.Heads, p.KVHeads, p.Scale, p.Window, p.BlockSize, p.MaxBlocks)
+		b.attnFlash(kc.typ, rowPtr(d, singles, qCols), rowPtr(qs, singles, qCols), kc.ptr, vc.ptr, rowPtr(ps, singles, 1),
+			rowPtr(ss, singles, 1), ts.ptr, sp, rest, p)
 	default:
-		whole := d
-		if singles > 0 {
-			whole = nil
+		var qw *quantBuf
+		if singles == 0 {
+			qw, wrote = whole, whole != nil
 		}
 		b.attnSplitK(rowPtr(d, singles, qCols), rowPtr(qs, singles, qCols), kc, vc, rowPtr(ps, singles, 1), rowPtr(ss, singles, 1),
-			ts.ptr, sp, rest, 4, whole, p)
+			ts.ptr, sp, rest, 4, qw, p)
+	}
+	if quant && !wrote {
+		b.mqQuant(qc, d.ptr, n, qCols)
 	}
 }
 
 // attnSplitK queues the split-K kernels for n rows, rowsPer of them a block
-// (1 or 4): attn_partial and the combine, which also quantizes the rows for
-// the output projection when they are the whole (decode-sized) batch,
-// whole being then the output tensor.
-func (b *Backend) attnSplitK(dst, q uintptr, kc, vc *Tensor, pos, seq, table, sinks uintptr, n, rowsPer int, whole *Tensor, p backend.AttentionParams) {
+// (1 or 4): attn_partial and the combine, which also writes the rows into
+// q when it is not nil (the output's quantized copy, for the output
+// projection).
+func (b *Backend) attnSplitK(dst, q uintptr, kc, vc *Tensor, pos, seq, table, sinks uintptr, n, rowsPer int, quant *quantBuf, p backend.AttentionParams) {
 	group := p.Heads / p.KVHeads
 	warps := min(group, 8)
 	hgroups := (group + warps - 1) / warps
@@ -585,32 +619,39 @@ func (b *Backend) attnSplitK(dst, q uintptr, kc, vc *Tensor, pos, seq, table, si
 		}
 		splits = (maxKeys + fixed - 1) / fixed
 	}
-	parts := int64(n) * int64(p.Heads) * int64(splits)
-	ws, err := b.scratch("attention", parts*int64(p.HeadDim+2)*4)
+	ws, err := b.scratch("attention", attnLayout(n, splits, p).size)
 	if err != nil {
 		b.fail(fmt.Errorf("Attention: %w", err))
 		return
 	}
-	pm, pl, pacc := ws, ws+uintptr(parts*4), ws+uintptr(parts*8)
+	l := attnLayout(n, splits, p)
+	pm, pl, pacc := ws+l.pm, ws+l.pl, ws+l.pacc
 	shmem := (warps*rowsPer*p.HeadDim + 32*(p.HeadDim+4) + 32*p.HeadDim) * 4 // queries, key tile, value tile (attention.cu)
 	// Kernels are built for head dims up to 64 and up to attnMaxDim.
 	maxDim := 64
 	if p.HeadDim > 64 {
 		maxDim = attnMaxDim
 	}
-	b.launch(fmt.Sprintf("attn_partial_%s_r%d_d%d", uploadTypes[kc.typ], rowsPer, maxDim), [3]int{p.KVHeads * hgroups, rowBlocks, splits},
-		[3]int{32 * warps, 1, 1}, shmem,
-		q, kc.ptr, vc.ptr, pos, seq, table, n, p.Heads, p.KVHeads, p.HeadDim, p.Scale, p.Window, p.BlockSize, p.MaxBlocks, hgroups, fixed, pm, pl, pacc)
-	qCols := p.Heads * p.HeadDim
-	if whole != nil && n <= mqTokens && p.HeadDim%32 == 0 && !b.invariant {
-		// Also quantize the rows for the output projection that follows.
-		if qx, dx, ok := b.mqBuffer("Attention", qCols); ok {
-			b.launch("attn_combine_mq", [3]int{p.Heads, n, 1}, [3]int{p.HeadDim, 1, 1}, 0, dst, pm, pl, pacc, sinks, p.Heads, p.HeadDim, splits, qx, dx)
-			b.mqX, b.mqN = whole, n
-		}
+	b.attnPartial(kc.typ, rowsPer, maxDim, grid3(p.KVHeads*hgroups, rowBlocks, splits), warps, shmem,
+		q, kc.ptr, vc.ptr, pos, seq, table, n, p, hgroups, fixed, pm, pl, pacc)
+	if quant != nil {
+		b.attnCombineMQ(dst, pm, pl, pacc, sinks, p.Heads, p.HeadDim, splits, n, *quant)
 		return
 	}
-	b.launch("attn_combine", [3]int{p.Heads, n, 1}, [3]int{p.HeadDim, 1, 1}, 0, dst, pm, pl, pacc, sinks, p.Heads, p.HeadDim, splits)
+	b.attnCombine(dst, pm, pl, pacc, sinks, p.Heads, p.HeadDim, splits, n)
+}
+
+// attnWorkspace is the layout of the "attention" workspace, in bytes from
+// its start: each (row, head, split)'s running max and sum and its partial
+// output of HeadDim values.
+type attnWorkspace struct {
+	pm, pl, pacc uintptr
+	size         int64
+}
+
+func attnLayout(n, splits int, p backend.AttentionParams) attnWorkspace {
+	parts := int64(n) * int64(p.Heads) * int64(splits)
+	return attnWorkspace{pm: 0, pl: uintptr(parts * 4), pacc: uintptr(parts * 8), size: parts * int64(p.HeadDim+2) * 4}
 }
 
 // invariantSplitKeys is the keys of one split of the split-K attention
@@ -637,11 +678,9 @@ func attnSplits(p backend.AttentionParams, blocks, sms int) int {
 // of partial attention costs a few microseconds whatever its length.
 const attnSplitKeys = 256
 
-// MoE computes the gpt-oss mixture of experts; see backend.Backend. Small
-// batches run matrix-vector kernels that read only the selected experts'
-// rows; larger ones sort the (token, expert) pairs by expert and run one
-// grouped tensor-core matmul per projection, so each selected expert's
-// weights are read once per call.
+// MoE is the fused mixture of experts (backend.FusedMoE): the router's
+// product and top-k (one kernel for a decode step of F32 router weights),
+// then the experts as Experts runs them.
 func (b *Backend) MoE(dst, x backend.Tensor, w *backend.MoEWeights, p backend.MoEParams) {
 	const op = "MoE"
 	if w == nil {
@@ -654,141 +693,226 @@ func (b *Backend) MoE(dst, x backend.Tensor, w *backend.MoEWeights, p backend.Mo
 		return
 	}
 	n, hidden := backend.Rows(xs), backend.Cols(xs)
-	d := b.matrix(dst, op, "dst", n, hidden)
-	if d == nil {
-		return
-	}
 	if len(router.dims) != 2 || router.dims[0] != hidden {
 		b.failf("%s: Router dims %v, want [%d nExpert]", op, router.dims, hidden)
 		return
 	}
 	nExp := router.dims[1]
-	if p.TopK < 1 || p.TopK > nExp || p.TopK > 32 {
-		b.failf("%s: TopK %d with %d experts (cuda supports up to 32)", op, p.TopK, nExp)
+	if p.TopK < 1 || p.TopK > nExp || p.TopK > moeMaxK {
+		b.failf("%s: TopK %d with %d experts (cuda supports up to %d)", op, p.TopK, nExp, moeMaxK)
 		return
 	}
-	gate := b.expert(w.Gate, op, "Gate", hidden, 0, nExp)
-	if gate == nil {
+	e, ok := b.expertArgs(op, dst, xs, n, p.TopK, &w.ExpertWeights)
+	rb, ok2 := b.optVector(w.RouterBias, op, "RouterBias", nExp)
+	if !ok || !ok2 {
 		return
 	}
-	ff := gate.dims[1]
-	up := b.expert(w.Up, op, "Up", hidden, ff, nExp)
-	down := b.expert(w.Down, op, "Down", ff, hidden, nExp)
-	if up == nil || down == nil {
-		return
-	}
-	if gate.typ != up.typ {
-		b.failf("%s: Gate is %s and Up is %s; cuda needs one type for both", op, gate.typ, up.typ)
-		return
-	}
-	if hidden%32 != 0 || ff%32 != 0 {
-		b.failf("%s: hidden %d and ff %d must be multiples of 32 on cuda", op, hidden, ff)
-		return
-	}
-	rb, ok1 := b.optVector(w.RouterBias, op, "RouterBias", nExp)
-	gb, ok2 := b.optVector(w.GateBias, op, "GateBias", ff*nExp)
-	ub, ok3 := b.optVector(w.UpBias, op, "UpBias", ff*nExp)
-	db, ok4 := b.optVector(w.DownBias, op, "DownBias", hidden*nExp)
-	if !ok1 || !ok2 || !ok3 || !ok4 {
+	if e.nExp != nExp {
+		b.failf("%s: Router has %d experts, Gate %d", op, nExp, e.nExp)
 		return
 	}
 	defer b.bind()()
-	k := p.TopK
-	na := int64(n) * int64(k)
-	grouped := (n > 4 || b.invariant) && tileTypes[gate.typ] && tileTypes[down.typ]
-	// Decode of Q8_0 or MXFP4 experts runs on the integer tensor cores
-	// (mqvec.cu): x and the SwiGLU output are quantized to two int8 digits.
-	mq := n <= mqTokens && mqTypes[gate.typ] && down.typ == gate.typ && k <= mqDownWarps && !b.invariant
-	chunksX, chunksH := int64(hidden/32), na*int64(ff/32)
-
-	// Workspace layout, in 4-byte words: logits, ids, weights, then the
-	// grouped buffers (starts, rows, slot rows, counts) and activations.
-	words := int64(n)*int64(nExp) + 2*na
-	hOff := words
-	if grouped {
-		hOff += int64(nExp+1) + 2*na + int64(nExp)
-	}
-	hOff = (hOff + 63) &^ 63
-	total := hOff + na*int64(ff)
-	if grouped {
-		total += na*int64(ff) + na*int64(hidden)
-	}
-	// mq: x as 8 columns × 32 bytes and 4 scales a chunk, then h as 2
-	// columns × 32 bytes and 1 scale a chunk, after the rest.
-	qxOff := total
-	dxOff := qxOff + chunksX*64
-	qhOff := dxOff + chunksX*4
-	dhOff := qhOff + chunksH*16
-	if mq {
-		total = dhOff + chunksH
-	}
-	ws, err := b.scratch("moe", total*4)
+	// Workspace, in 4-byte words: logits, ids, weights.
+	na := int64(n) * int64(p.TopK)
+	ws, err := b.scratch("moe-route", (int64(n)*int64(nExp)+2*na)*4)
 	if err != nil {
 		b.fail(fmt.Errorf("%s: %w", op, err))
 		return
 	}
-	// x usually comes straight from RMSNorm, which left it quantized in the
-	// "mq" workspace (the router's launches below do not touch that).
-	var qxMQ, dxMQ uintptr
-	cached := mq && b.mqX == xs && b.mqN == n
-	if cached {
-		var ok bool
-		if qxMQ, dxMQ, ok = b.mqBuffer(op, hidden); !ok {
-			return
-		}
-	}
-	at := func(word int64) uintptr { return ws + uintptr(word*4) }
-	logits, ids, wts := at(0), at(int64(n)*int64(nExp)), at(int64(n)*int64(nExp)+na)
-	h := at(hOff)
-
+	logits, ids, wts := ws, ws+uintptr(n*nExp*4), ws+uintptr((int64(n)*int64(nExp)+na)*4)
 	if n <= mqTokens && router.typ == tensor.F32 && !b.invariant {
 		done, err := b.routerTicket()
 		if err != nil {
 			b.fail(fmt.Errorf("%s: %w", op, err))
 			return
 		}
-		b.launch("moe_router", [3]int{nExp, 1, 1}, [3]int{256, 1, 1}, n*nExp*4,
-			ids, wts, logits, done, xs.ptr, router.ptr, rb, n, hidden, nExp, k)
+		b.moeRouter(ids, wts, logits, done, xs.ptr, router.ptr, rb, n, hidden, nExp, p.TopK)
 	} else {
 		b.matmul(logits, xs.ptr, n, router, rb, true)
-		b.launch("moe_topk", [3]int{(n + 3) / 4, 1, 1}, [3]int{128, 1, 1}, 0, ids, wts, logits, n, nExp, k)
+		b.moeTopK(ids, wts, logits, n, nExp, p.TopK)
 	}
+	b.experts(op, e, ids, wts, p.SwiGLU)
+}
 
-	if mq {
-		qx, dx, qh, dh := qxMQ, dxMQ, at(qhOff), at(dhOff)
-		suffix := uploadTypes[gate.typ]
-		if !cached {
-			qx, dx = at(qxOff), at(dxOff)
-			b.launch("mq_quant", [3]int{int((chunksX + 3) / 4), 1, 1}, [3]int{128, 1, 1}, 0, qx, dx, xs.ptr, n, hidden)
+// Route picks each row's top k experts, in ascending expert order, and
+// their softmax weights (moe_topk).
+func (b *Backend) Route(ids, weights, logits backend.Tensor, k int) {
+	const op = "Route"
+	lg := b.f32(logits, op, "logits")
+	if lg == nil {
+		return
+	}
+	n, nExp := backend.Rows(lg), backend.Cols(lg)
+	if k < 1 || k > nExp || k > moeMaxK {
+		b.failf("%s: k %d with %d experts (cuda supports up to %d)", op, k, nExp, moeMaxK)
+		return
+	}
+	wt, id := b.matrix(weights, op, "weights", n, k), b.i32(ids, op, "ids", n*k)
+	if wt == nil || id == nil {
+		return
+	}
+	defer b.bind()()
+	b.moeTopK(id.ptr, wt.ptr, lg.ptr, n, nExp, k)
+}
+
+// Experts runs each row's k experts and sums them; see backend.Backend.
+func (b *Backend) Experts(dst, x, ids, weights backend.Tensor, w *backend.ExpertWeights, p backend.SwiGLUParams) {
+	const op = "Experts"
+	xs, wt := b.f32(x, op, "x"), b.f32(weights, op, "weights")
+	if xs == nil || wt == nil || w == nil {
+		if w == nil {
+			b.failf("%s: nil weights", op)
 		}
-		b.launch("mq_gateup_"+suffix, [3]int{ff / 32, int(na), 1}, [3]int{256, 1, 1}, 0,
-			qh, dh, qx, dx, gate.ptr, gate.aux, up.ptr, up.aux, hidden, gb, ub, ids, k, ff, p.Alpha, p.Limit)
-		ksplit := max(1, mqDownWarps/k) // k·ksplit warps a block
-		b.launch("mq_down_"+suffix, [3]int{(hidden + 15) / 16, n, 1}, [3]int{32 * k * ksplit, 1, 1}, 0,
-			d.ptr, qh, dh, down.ptr, down.aux, ff, db, ids, wts, k, hidden, ksplit)
 		return
 	}
-	if !grouped {
-		b.launch("moe_gateup_"+uploadTypes[gate.typ], [3]int{(ff + 7) / 8, int(na), 1}, [3]int{128, 1, 1}, 0,
-			h, xs.ptr, gate.ptr, gate.aux, up.ptr, up.aux, hidden, gb, ub, ids, k, ff, p.Alpha, p.Limit)
-		b.launch("moe_down_"+uploadTypes[down.typ], [3]int{(hidden + 3) / 4, n, 1}, [3]int{32 * k, 1, 1}, 0,
-			d.ptr, h, down.ptr, down.aux, ff, db, ids, wts, k, hidden)
+	n, k := backend.Rows(xs), backend.Cols(wt)
+	if k > moeMaxK || backend.Rows(wt) != n {
+		b.failf("%s: weights %v for %d rows (cuda supports k up to %d)", op, wt.dims, n, moeMaxK)
 		return
 	}
-	base := int64(n)*int64(nExp) + 2*na
-	starts, xrows, slotRow, counts := at(base), at(base+int64(nExp+1)), at(base+int64(nExp+1)+na), at(base+int64(nExp+1)+2*na)
-	u := at(hOff + na*int64(ff))
-	y := at(hOff + 2*na*int64(ff))
-	b.launch("moe_group", [3]int{1, 1, 1}, [3]int{1024, 1, 1}, 0, starts, xrows, slotRow, counts, ids, n, k, nExp)
-	mtiles := (n + 63) / 64
-	b.launch("matmul_"+uploadTypes[gate.typ], [3]int{(ff + 63) / 64, mtiles, nExp}, [3]int{128, 1, 1}, 0,
-		h, xs.ptr, gate.ptr, gate.aux, hidden, gb, int(na), ff, starts, xrows)
-	b.launch("matmul_"+uploadTypes[up.typ], [3]int{(ff + 63) / 64, mtiles, nExp}, [3]int{128, 1, 1}, 0,
-		u, xs.ptr, up.ptr, up.aux, hidden, ub, int(na), ff, starts, xrows)
-	b.launch("moe_swiglu", b.gridFor(na*int64(ff)), [3]int{256, 1, 1}, 0, h, u, na*int64(ff), p.Alpha, p.Limit)
-	b.launch("matmul_"+uploadTypes[down.typ], [3]int{(hidden + 63) / 64, mtiles, nExp}, [3]int{128, 1, 1}, 0,
-		y, h, down.ptr, down.aux, ff, db, int(na), hidden, starts, uintptr(0))
-	b.launch("moe_combine", [3]int{n, 1, 1}, [3]int{256, 1, 1}, 0, d.ptr, y, wts, slotRow, k, hidden)
+	id := b.i32(ids, op, "ids", n*k)
+	e, ok := b.expertArgs(op, dst, xs, n, k, w)
+	if id == nil || !ok {
+		return
+	}
+	defer b.bind()()
+	b.experts(op, e, id.ptr, wt.ptr, p)
+}
+
+// expertCall are the checked operands of the experts of n rows.
+type expertCall struct {
+	d, xs, gate, up, down *Tensor
+	gb, ub, db            uintptr
+	n, k, hidden, ff      int
+	nExp                  int
+}
+
+// expertArgs checks dst, the expert weights and their biases against x.
+func (b *Backend) expertArgs(op string, dst backend.Tensor, xs *Tensor, n, k int, w *backend.ExpertWeights) (e expertCall, ok bool) {
+	hidden := backend.Cols(xs)
+	d := b.matrix(dst, op, "dst", n, hidden)
+	if d != nil && b.out(dst, op, "dst") == nil {
+		return e, false
+	}
+	gate := b.weight(w.Gate, op, "Gate")
+	if d == nil || gate == nil {
+		return e, false
+	}
+	if len(gate.dims) != 3 || gate.dims[0] != hidden {
+		b.failf("%s: Gate dims %v, want [%d ff nExpert]", op, gate.dims, hidden)
+		return e, false
+	}
+	ff, nExp := gate.dims[1], gate.dims[2]
+	up := b.expert(w.Up, op, "Up", hidden, ff, nExp)
+	down := b.expert(w.Down, op, "Down", ff, hidden, nExp)
+	if up == nil || down == nil {
+		return e, false
+	}
+	if gate.typ != up.typ {
+		b.failf("%s: Gate is %s and Up is %s; cuda needs one type for both", op, gate.typ, up.typ)
+		return e, false
+	}
+	if hidden%32 != 0 || ff%32 != 0 {
+		b.failf("%s: hidden %d and ff %d must be multiples of 32 on cuda", op, hidden, ff)
+		return e, false
+	}
+	gb, ok1 := b.optVector(w.GateBias, op, "GateBias", ff*nExp)
+	ub, ok2 := b.optVector(w.UpBias, op, "UpBias", ff*nExp)
+	db, ok3 := b.optVector(w.DownBias, op, "DownBias", hidden*nExp)
+	if !ok1 || !ok2 || !ok3 {
+		return e, false
+	}
+	return expertCall{d: d, xs: xs, gate: gate, up: up, down: down, gb: gb, ub: ub, db: db,
+		n: n, k: k, hidden: hidden, ff: ff, nExp: nExp}, true
+}
+
+// experts queues the expert FFNs of the (token, expert) assignments in ids
+// and wts (device pointers, n·k each, ascending expert order per token).
+// Small batches run matrix-vector kernels that read only the selected
+// experts' rows (of Q8_0 or MXFP4 experts, on the integer tensor cores, x
+// and the SwiGLU output quantized to two int8 digits: x's own quantized
+// copy when it has one); larger ones sort the assignments by expert and run
+// one grouped tensor-core matmul per projection, so each selected expert's
+// weights are read once per call.
+func (b *Backend) experts(op string, e expertCall, ids, wts uintptr, act backend.SwiGLUParams) {
+	n, k, hidden, ff, nExp := e.n, e.k, e.hidden, e.ff, e.nExp
+	l := moeLayout(n, k, nExp, hidden, ff, e.gate.typ, e.down.typ, b.invariant)
+	ws, err := b.scratch("moe", l.size)
+	if err != nil {
+		b.fail(fmt.Errorf("%s: %w", op, err))
+		return
+	}
+	at := func(off int64) uintptr { return ws + uintptr(off) }
+	na := n * k
+	d, xs := e.d, e.xs
+	switch {
+	case l.mq:
+		q, ok := xs.quantized(n)
+		if !ok {
+			q = quantAt(at(l.qx), hidden)
+			b.mqQuant(q, xs.ptr, n, hidden)
+		}
+		h := quantBuf{qx: at(l.qh), dx: at(l.dh)}
+		b.mqGateup(e.gate, e.up, h, q, hidden, e.gb, e.ub, ids, k, ff, na, act)
+		b.mqDown(e.down, d.ptr, h, ff, e.db, ids, wts, k, hidden, n)
+	case !l.grouped:
+		b.moeGateup(e.gate, e.up, at(l.h), xs.ptr, hidden, e.gb, e.ub, ids, k, ff, na, act)
+		b.moeDown(e.down, d.ptr, at(l.h), ff, e.db, ids, wts, k, hidden, n)
+	default:
+		starts, xrows, slotRow := at(l.starts), at(l.xrows), at(l.slotRow)
+		b.moeGroup(starts, xrows, slotRow, at(l.counts), ids, n, k, nExp)
+		b.matmulTiles(e.gate, at(l.h), xs.ptr, hidden, e.gb, na, ff, n, nExp, starts, xrows)
+		b.matmulTiles(e.up, at(l.u), xs.ptr, hidden, e.ub, na, ff, n, nExp, starts, xrows)
+		b.swiglu(at(l.h), at(l.h), at(l.u), int64(na)*int64(ff), act)
+		b.matmulTiles(e.down, at(l.y), at(l.h), ff, e.db, na, hidden, n, nExp, starts, 0)
+		b.moeCombine(d.ptr, at(l.y), wts, slotRow, k, hidden, n)
+	}
+}
+
+// moeWorkspace is the layout of the "moe" workspace of one experts call,
+// in bytes from its start. grouped: the counting sort of the assignments
+// (starts, rows, slot rows, counts) and the gate/up/down outputs of every
+// assignment (h, u, y); mq: x quantized (when it carries no copy) and the
+// SwiGLU output quantized (qh, dh); else the SwiGLU outputs h.
+type moeWorkspace struct {
+	grouped, mq                    bool
+	starts, xrows, slotRow, counts int64
+	h, u, y                        int64
+	qx, qh, dh                     int64
+	size                           int64
+}
+
+// moeLayout picks the experts' kernels for n rows (a batch-invariant
+// backend takes the grouped tiles at every n) and lays out their workspace.
+func moeLayout(n, k, nExp, hidden, ff int, gate, down tensor.Type, invariant bool) moeWorkspace {
+	var l moeWorkspace
+	l.grouped = (n > mqTokens || invariant) && tileTypes[gate] && tileTypes[down]
+	l.mq = n <= mqTokens && mqTypes[gate] && down == gate && k <= mqDownWarps && !invariant
+	na := int64(n) * int64(k)
+	var off int64
+	take := func(bytes int64) int64 {
+		at := off
+		off += (bytes + 255) &^ 255
+		return at
+	}
+	switch {
+	case l.mq:
+		l.qx = take(quantBytes(hidden))
+		l.qh = take(na * int64(ff/32) * 64) // 2 columns × 32 bytes a chunk
+		l.dh = take(na * int64(ff/32) * 4)
+	case l.grouped:
+		l.starts = take(int64(nExp+1) * 4)
+		l.xrows = take(na * 4)
+		l.slotRow = take(na * 4)
+		l.counts = take(int64(nExp) * 4)
+		l.h = take(na * int64(ff) * 4)
+		l.u = take(na * int64(ff) * 4)
+		l.y = take(na * int64(hidden) * 4)
+	default:
+		l.h = take(na * int64(ff) * 4)
+	}
+	l.size = max(off, 4)
+	return l
 }
 
 // routerTicket returns moe_router's block counter: a workspace word of its

@@ -10,9 +10,6 @@ import (
 
 var _ backend.Sampler = (*Backend)(nil)
 
-// sampleParamBytes is the size of SampleParams in sample.cu.
-const sampleParamBytes = 40
-
 // Sample draws one token per row on the device (sample.cu) and reads back
 // the ids.
 func (b *Backend) Sample(logits backend.Tensor, rows []backend.SampleParams, ids []int32) error {
@@ -67,8 +64,7 @@ func (b *Backend) Sample(logits backend.Tensor, rows []backend.SampleParams, ids
 	b.writeRaw(ws, unsafe.Pointer(&buf[0]), len(buf), op)
 	func() {
 		defer b.bind()()
-		b.launch("sample_rows", [3]int{n, 1, 1}, [3]int{1024, 1, 1}, 0,
-			ws+uintptr(outOff), lt.ptr, vocab, ws+uintptr(paramOff), ws+uintptr(offOff), ws+uintptr(idsOff))
+		b.sampleRows(ws+uintptr(outOff), lt.ptr, vocab, ws+uintptr(paramOff), ws+uintptr(offOff), ws+uintptr(idsOff), n)
 	}()
 	if !b.failed() {
 		b.readRaw(unsafe.Pointer(&ids[0]), ws+uintptr(outOff), 4*n, op)

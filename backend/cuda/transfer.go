@@ -83,9 +83,8 @@ func (b *Backend) Upload(name string, typ tensor.Type, dims []int, data []byte) 
 
 	blocks := n / 32
 	qBytes, sBytes := n, blocks*2 // Q8_0: int8 quants, f16 scales
-	kernel := "repack_q8_0"
 	if typ == tensor.MXFP4 {
-		qBytes, sBytes, kernel = n/2, blocks, "repack_mxfp4"
+		qBytes, sBytes = n/2, blocks
 	}
 	sOff := (qBytes + planeAlign - 1) &^ (planeAlign - 1)
 	t, err := b.newTensor(what, typ, dims, sOff+sBytes)
@@ -101,7 +100,7 @@ func (b *Backend) Upload(name string, typ tensor.Type, dims []int, data []byte) 
 		b.Free(t)
 		return nil, fmt.Errorf("cuda: %s: %w", what, err)
 	}
-	b.launch(kernel, b.gridFor(blocks), [3]int{256, 1, 1}, 0, t.ptr, t.aux, raw, blocks)
+	b.repack(typ, t.ptr, t.aux, raw, blocks)
 	if err := b.Err(); err != nil {
 		b.Free(t)
 		return nil, err
@@ -190,7 +189,10 @@ func (b *Backend) WriteI32(dst backend.Tensor, src []int32) {
 
 // write queues a copy of n host bytes at p into d.
 func (b *Backend) write(d *Tensor, p unsafe.Pointer, n int, op string) {
-	b.mqX = nil // d may be the activation quantizeX copied
+	if d.quant != 0 {
+		b.failf("%s: the tensor has a quantized copy, which a write would leave stale", op)
+		return
+	}
 	b.writeRaw(d.ptr, p, n, op)
 }
 

@@ -12,6 +12,7 @@ import (
 	"unicode/utf8"
 
 	"orcd/gguf"
+	"orcd/model"
 	"orcd/tensor"
 )
 
@@ -43,7 +44,7 @@ func setupInspect(fs *flag.FlagSet) func(*env) int {
 		if len(e.args) != 1 {
 			return e.usageError("want one FILE, got %d arguments", len(e.args))
 		}
-		f, err := gguf.Open(e.args[0])
+		f, err := model.Open(e.args[0])
 		if err != nil {
 			return e.fail(err)
 		}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"orcd/backend"
+	"orcd/chat"
 	"orcd/demo"
 	"orcd/gguf"
 	"orcd/model"
@@ -33,7 +34,7 @@ type modelFlags struct {
 // addModelFlags registers the model flags on fs.
 func addModelFlags(fs *flag.FlagSet) *modelFlags {
 	mf := &modelFlags{}
-	fs.StringVar(&mf.model, "model", "", "GGUF model `FILE` (default: the built-in "+demo.Name+", a small GPT-2 trained on the King James Version)")
+	fs.StringVar(&mf.model, "model", "", "GGUF model `FILE` or Hugging Face checkpoint directory (default: the built-in "+demo.Name+", a small GPT-2 trained on the King James Version)")
 	fs.StringVar(&mf.tokenizer, "tokenizer", "", "tokenizer.json `FILE` to use instead of the one beside the model or in its metadata")
 	choiceVar(fs, &mf.device, "device", "auto", []string{"cpu", "cuda", "auto"}, "backend (auto: cuda if available, else cpu)")
 	numVar(fs, &mf.gpu, "gpu-device", 0, 0, noMax, "CUDA device number")
@@ -53,6 +54,11 @@ type loadedModel struct {
 	Model     model.Model
 	Tokenizer *tokenizer.Tokenizer // nil unless asked for
 	CtxSize   int                  // tokens per sequence: --ctx-size within the model's context
+	// Chat is how chat prompts are written: the architecture's format, or
+	// plain text when it is a template the model does not carry.
+	Chat model.ChatFormat
+	// Template is the model's chat template when Chat is model.ChatTemplate.
+	Template *chat.Template
 }
 
 // Close frees the model and the backend.
@@ -72,7 +78,7 @@ func loadModel(mf *modelFlags, withTokenizer bool, log *slog.Logger, bar io.Writ
 		f, err = demo.Open()
 	} else {
 		name = strings.TrimSuffix(filepath.Base(path), ".gguf")
-		f, err = gguf.Open(path)
+		f, err = model.Open(path)
 	}
 	if err != nil {
 		return nil, err
@@ -122,6 +128,10 @@ func loadModel(mf *modelFlags, withTokenizer bool, log *slog.Logger, bar io.Writ
 			lm.Close()
 			return nil, err
 		}
+		if lm.Chat, lm.Template, err = chatFormat(f, cfg.Chat, lm.Tokenizer, log); err != nil {
+			lm.Close()
+			return nil, err
+		}
 		if n := lm.Tokenizer.VocabSize(); n > cfg.VocabSize {
 			lm.Close()
 			return nil, fmt.Errorf("the tokenizer has %d tokens but the model only %d", n, cfg.VocabSize)
@@ -166,4 +176,24 @@ func quantKind(f *gguf.File) string {
 		return cmp.Or(cmp.Compare(bytesOf[b], bytesOf[a]), strings.Compare(a, b))
 	})
 	return strings.Join(names, "+")
+}
+
+// chatFormat compiles the model's chat template (GGUF
+// tokenizer.chat_template, which a checkpoint directory's
+// tokenizer_config.json fills in) when the architecture chats through one;
+// a model without a template chats in plain text.
+func chatFormat(f *gguf.File, format model.ChatFormat, tok *tokenizer.Tokenizer, log *slog.Logger) (model.ChatFormat, *chat.Template, error) {
+	if format != model.ChatTemplate {
+		return format, nil, nil
+	}
+	src, err := f.GetString(tokenizer.KeyChatTemplate)
+	if err != nil {
+		log.Warn("the model has no chat template; chat uses plain text", "key", tokenizer.KeyChatTemplate)
+		return model.ChatPlain, nil, nil
+	}
+	tmpl, err := chat.Compile(src, tok.TokenText(tok.BOS()), tok.TokenText(tok.EOS()))
+	if err != nil {
+		return "", nil, fmt.Errorf("%s: %w", f.Path, err)
+	}
+	return format, tmpl, nil
 }

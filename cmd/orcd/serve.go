@@ -239,9 +239,9 @@ func serve(mf *modelFlags, sf *serveFlags, log *slog.Logger, listening func(addr
 	dev := newBackendDevice(lm.Backend, mf.gpu, log)
 	shutdownRequested := make(chan struct{})
 	scfg := server.Config{
-		Engine: eng, Tokenizer: lm.Tokenizer, Device: dev,
+		Engine: eng, Tokenizer: lm.Tokenizer, Device: dev, Template: lm.Template,
 		Model: server.ModelInfo{
-			ID: cmp.Or(sf.modelID, lm.Name), Arch: cfg.Arch, QuantKind: lm.QuantKind,
+			ID: cmp.Or(sf.modelID, lm.Name), Arch: cfg.Arch, Chat: string(lm.Chat), QuantKind: lm.QuantKind,
 			TokenizerKind: lm.Tokenizer.Kind(), VocabSize: cfg.VocabSize, ContextLength: lm.CtxSize,
 		},
 		MaxTokensOut: sf.maxTokensOut, APIKey: sf.apiKey, MaxBodyBytes: int64(sf.maxBodyBytes),

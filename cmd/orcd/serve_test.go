@@ -22,7 +22,6 @@ import (
 
 	"orcd/backend/cuda"
 	"orcd/internal/testutil"
-	"orcd/tokenizer"
 )
 
 // servedWorker is an `orcd serve` running in this process.
@@ -567,10 +566,7 @@ func TestServeBatchInvariantCUDA(t *testing.T) {
 	if !cuda.Available() {
 		t.Skip("no CUDA driver or device: cuda tests run on the GPU machine")
 	}
-	synthPresets["test-gpt-oss-d64"] = synthPreset{arch: "gpt-oss", vocab: tokenizer.VocabO200kHarmony, layers: 2, hidden: 256,
-		heads: 4, kvHeads: 2, headDim: 64, ff: 256, ctx: 4096, experts: 4, expertsUse: 2, window: 16, ropeBase: 150000, yarnFactor: 32, yarnOrig: 4096}
-	defer delete(synthPresets, "test-gpt-oss-d64")
-	path := synthTemp(t, "test-gpt-oss-d64", 0)
+	path := synthTemp(t, "small-gpt-oss", 0)
 	const streams = 48
 	body := func(i int) string {
 		return fmt.Sprintf(`{"job_id":"s%d","prompt":"Tale %d: %s","max_tokens":24,"temperature":1,"seed":%d}`,

@@ -6,18 +6,17 @@ import (
 	"encoding/binary"
 	"flag"
 	"fmt"
-	"maps"
 	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"runtime"
-	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"orcd/gguf"
+	"orcd/model"
 	"orcd/tensor"
 	"orcd/tokenizer"
 )
@@ -42,160 +41,16 @@ complete.`,
 	})
 }
 
-// synthPreset is the shape of a synthetic model.
-type synthPreset struct {
-	arch       string // "gpt2" or "gpt-oss"
-	vocab      string // embedded tokenizer vocabulary; its size is the model's vocab
-	layers     int
-	hidden     int
-	heads      int
-	kvHeads    int // gpt-oss
-	headDim    int
-	ff         int // MLP width (gpt2) or expert FFN width (gpt-oss)
-	ctx        int
-	experts    int // gpt-oss
-	expertsUse int // gpt-oss
-	window     int // gpt-oss sliding window
-	ropeBase   float32
-	yarnFactor float32
-	yarnOrig   int
-}
+// presetNames lists the presets of every registered architecture.
+func presetNames() []string { return model.Presets() }
 
-var synthPresets = map[string]synthPreset{
-	"tiny-gpt2": {arch: "gpt2", vocab: tokenizer.VocabGPT2, layers: 2, hidden: 64, heads: 4, headDim: 16, ff: 256, ctx: 1024},
-	"gpt2-124m": {arch: "gpt2", vocab: tokenizer.VocabGPT2, layers: 12, hidden: 768, heads: 12, headDim: 64, ff: 3072, ctx: 1024},
-	"gpt2-1.5b": {arch: "gpt2", vocab: tokenizer.VocabGPT2, layers: 48, hidden: 1600, heads: 25, headDim: 64, ff: 6400, ctx: 1024},
-	"tiny-gpt-oss": {arch: "gpt-oss", vocab: tokenizer.VocabO200kHarmony, layers: 2, hidden: 64, heads: 4, kvHeads: 2,
-		headDim: 16, ff: 64, ctx: 131072, experts: 4, expertsUse: 2, window: 128,
-		ropeBase: 150000, yarnFactor: 32, yarnOrig: 4096},
-	"gpt-oss-20b": {arch: "gpt-oss", vocab: tokenizer.VocabO200kHarmony, layers: 24, hidden: 2880, heads: 64, kvHeads: 8,
-		headDim: 64, ff: 2880, ctx: 131072, experts: 32, expertsUse: 4, window: 128,
-		ropeBase: 150000, yarnFactor: 32, yarnOrig: 4096},
-}
-
-// presetNames lists the presets, sorted.
-func presetNames() []string {
-	return slices.Sorted(maps.Keys(synthPresets))
-}
-
-// synthTensor is one tensor to generate: uniform random values of standard
-// deviation std (0 for a constant tensor of value fill).
-type synthTensor struct {
-	name string
-	typ  tensor.Type
-	dims []int64 // ggml order
-	std  float32
-	fill float32
-}
-
-func (t synthTensor) elements() int64 {
+// synthElements is the number of elements of a synthetic tensor.
+func synthElements(t model.SynthTensor) int64 {
 	n := int64(1)
-	for _, d := range t.dims {
+	for _, d := range t.Dims {
 		n *= d
 	}
 	return n
-}
-
-// synthTypes are the storage types of a synthetic model: the ggml-org layout
-// (Q8_0 matrices, MXFP4 experts, F32 for the rest), or one type for every
-// matrix when --type is given.
-type synthTypes struct {
-	matrix, experts tensor.Type
-}
-
-// synthTensors lists a preset's tensors in file order, with weight scales
-// that keep activations finite through every layer: GPT-2's own
-// initialization (std 0.02, residual projections scaled by 1/sqrt(2·layers)),
-// and 1/sqrt(fan-in) for gpt-oss, whose RMSNorms rescale each block's input.
-func synthTensors(p synthPreset, vocab int, ty synthTypes) []synthTensor {
-	h, L := int64(p.hidden), p.layers
-	var ts []synthTensor
-	add := func(name string, typ tensor.Type, std, fill float32, dims ...int64) {
-		ts = append(ts, synthTensor{name: name, typ: typ, dims: dims, std: std, fill: fill})
-	}
-	inv := func(n int64) float32 { return float32(1 / math.Sqrt(float64(n))) }
-	switch p.arch {
-	case "gpt2":
-		ff := int64(p.ff)
-		resid := float32(0.02 / math.Sqrt(2*float64(L)))
-		add("token_embd.weight", ty.matrix, 0.02, 0, h, int64(vocab))
-		add("position_embd.weight", tensor.F32, 0.01, 0, h, int64(p.ctx))
-		for l := range L {
-			b := fmt.Sprintf("blk.%d.", l)
-			add(b+"attn_norm.weight", tensor.F32, 0, 1, h)
-			add(b+"attn_norm.bias", tensor.F32, 0, 0, h)
-			add(b+"attn_qkv.weight", ty.matrix, 0.02, 0, h, 3*h)
-			add(b+"attn_qkv.bias", tensor.F32, 0, 0, 3*h)
-			add(b+"attn_output.weight", ty.matrix, resid, 0, h, h)
-			add(b+"attn_output.bias", tensor.F32, 0, 0, h)
-			add(b+"ffn_norm.weight", tensor.F32, 0, 1, h)
-			add(b+"ffn_norm.bias", tensor.F32, 0, 0, h)
-			add(b+"ffn_up.weight", ty.matrix, 0.02, 0, h, ff)
-			add(b+"ffn_up.bias", tensor.F32, 0, 0, ff)
-			add(b+"ffn_down.weight", ty.matrix, resid, 0, ff, h)
-			add(b+"ffn_down.bias", tensor.F32, 0, 0, h)
-		}
-		add("output_norm.weight", tensor.F32, 0, 1, h)
-		add("output_norm.bias", tensor.F32, 0, 0, h)
-	case "gpt-oss":
-		q, kv := int64(p.heads*p.headDim), int64(p.kvHeads*p.headDim)
-		ff, e := int64(p.ff), int64(p.experts)
-		add("token_embd.weight", ty.matrix, 1, 0, h, int64(vocab))
-		for l := range L {
-			b := fmt.Sprintf("blk.%d.", l)
-			add(b+"attn_norm.weight", tensor.F32, 0, 1, h)
-			add(b+"attn_q.weight", ty.matrix, inv(h), 0, h, q)
-			add(b+"attn_q.bias", tensor.F32, 0.02, 0, q)
-			add(b+"attn_k.weight", ty.matrix, inv(h), 0, h, kv)
-			add(b+"attn_k.bias", tensor.F32, 0.02, 0, kv)
-			add(b+"attn_v.weight", ty.matrix, inv(h), 0, h, kv)
-			add(b+"attn_v.bias", tensor.F32, 0.02, 0, kv)
-			add(b+"attn_output.weight", ty.matrix, inv(q), 0, q, h)
-			add(b+"attn_output.bias", tensor.F32, 0.02, 0, h)
-			add(b+"attn_sinks.weight", tensor.F32, 1, 0, int64(p.heads))
-			add(b+"post_attention_norm.weight", tensor.F32, 0, 1, h)
-			add(b+"ffn_gate_inp.weight", tensor.F32, inv(h), 0, h, e)
-			add(b+"ffn_gate_inp.bias", tensor.F32, 0.02, 0, e)
-			add(b+"ffn_gate_exps.weight", ty.experts, inv(h), 0, h, ff, e)
-			add(b+"ffn_gate_exps.bias", tensor.F32, 0.02, 0, ff, e)
-			add(b+"ffn_up_exps.weight", ty.experts, inv(h), 0, h, ff, e)
-			add(b+"ffn_up_exps.bias", tensor.F32, 0.02, 0, ff, e)
-			add(b+"ffn_down_exps.weight", ty.experts, inv(ff), 0, ff, h, e)
-			add(b+"ffn_down_exps.bias", tensor.F32, 0.02, 0, h, e)
-		}
-		add("output_norm.weight", tensor.F32, 0, 1, h)
-		add("output.weight", ty.matrix, inv(h), 0, h, int64(vocab))
-	}
-	return ts
-}
-
-// synthMetadata sets the architecture keys llama.cpp reads for the preset.
-func synthMetadata(w *gguf.Writer, name string, p synthPreset) {
-	w.SetString("general.architecture", p.arch)
-	w.SetString("general.name", "orcd synthetic "+name)
-	a := p.arch + "."
-	w.SetUint32(a+"block_count", uint32(p.layers))
-	w.SetUint32(a+"context_length", uint32(p.ctx))
-	w.SetUint32(a+"embedding_length", uint32(p.hidden))
-	w.SetUint32(a+"feed_forward_length", uint32(p.ff))
-	w.SetUint32(a+"attention.head_count", uint32(p.heads))
-	switch p.arch {
-	case "gpt2":
-		w.SetFloat32(a+"attention.layer_norm_epsilon", 1e-5)
-	case "gpt-oss":
-		w.SetUint32(a+"attention.head_count_kv", uint32(p.kvHeads))
-		w.SetUint32(a+"attention.key_length", uint32(p.headDim))
-		w.SetUint32(a+"attention.value_length", uint32(p.headDim))
-		w.SetUint32(a+"attention.sliding_window", uint32(p.window))
-		w.SetFloat32(a+"attention.layer_norm_rms_epsilon", 1e-5)
-		w.SetFloat32(a+"rope.freq_base", p.ropeBase)
-		w.SetString(a+"rope.scaling.type", "yarn")
-		w.SetFloat32(a+"rope.scaling.factor", p.yarnFactor)
-		w.SetUint32(a+"rope.scaling.original_context_length", uint32(p.yarnOrig))
-		w.SetUint32(a+"expert_count", uint32(p.experts))
-		w.SetUint32(a+"expert_used_count", uint32(p.expertsUse))
-		w.SetUint32(a+"expert_feed_forward_length", uint32(p.ff))
-	}
 }
 
 // synthOptions configure synthesize.
@@ -212,11 +67,11 @@ type synthOptions struct {
 // stays a few chunks per worker whatever the model size. The file appears
 // under its name only when complete.
 func synthesize(ctx context.Context, path string, o synthOptions) error {
-	p, ok := synthPresets[o.preset]
+	p, arch, ok := model.LookupPreset(o.preset)
 	if !ok {
 		return fmt.Errorf("unknown preset %q (have %s)", o.preset, strings.Join(presetNames(), ", "))
 	}
-	ty := synthTypes{matrix: tensor.Q8_0, experts: tensor.MXFP4}
+	ty := model.SynthTypes{Matrix: tensor.Q8_0, Experts: tensor.MXFP4}
 	if o.typ != "" {
 		t, err := tensor.ParseType(o.typ)
 		if err != nil {
@@ -225,24 +80,25 @@ func synthesize(ctx context.Context, path string, o synthOptions) error {
 		if !tensor.CanQuantize(t) {
 			return fmt.Errorf("--type %s: cannot write that type (supported: F32, F16, BF16, Q8_0, MXFP4)", t)
 		}
-		ty = synthTypes{matrix: t, experts: t}
+		ty = model.SynthTypes{Matrix: t, Experts: t}
 	}
-	vocab, err := tokenizer.VocabGGUF(p.vocab)
+	vocab, err := tokenizer.VocabGGUF(p.Vocab)
 	if err != nil {
 		return err
 	}
 	w := gguf.NewWriter()
-	synthMetadata(w, o.preset, p)
+	w.SetString("general.architecture", arch.Name)
+	w.SetString("general.name", "orcd synthetic "+o.preset)
+	tensors := p.Synth(w, len(vocab.Tokens), ty)
 	vocab.SetOn(w)
-	tensors := synthTensors(p, len(vocab.Tokens), ty)
 	var total int64
 	for _, t := range tensors {
-		if err := w.AddTensor(t.name, t.typ, t.dims); err != nil {
+		if err := w.AddTensor(t.Name, t.Type, t.Dims); err != nil {
 			return err
 		}
-		size, err := t.typ.RowSize(t.elements())
+		size, err := t.Type.RowSize(synthElements(t))
 		if err != nil {
-			return fmt.Errorf("tensor %s: %w", t.name, err)
+			return fmt.Errorf("tensor %s: %w", t.Name, err)
 		}
 		total += size
 	}
@@ -301,7 +157,7 @@ type synthResult struct {
 // writeSynthData generates every tensor's data with parallel workers and
 // writes the chunks in file order. Each chunk has its own random stream
 // (seed, tensor, chunk), so the file does not depend on the worker count.
-func writeSynthData(ctx context.Context, tw *gguf.TensorWriter, tensors []synthTensor, o synthOptions, total int64) error {
+func writeSynthData(ctx context.Context, tw *gguf.TensorWriter, tensors []model.SynthTensor, o synthOptions, total int64) error {
 	workers := o.workers
 	if workers <= 0 {
 		workers = runtime.NumCPU()
@@ -325,7 +181,7 @@ func writeSynthData(ctx context.Context, tw *gguf.TensorWriter, tensors []synthT
 		defer close(order)
 		defer close(work)
 		for i, t := range tensors {
-			n := t.elements()
+			n := synthElements(t)
 			for c := int64(0); c*synthChunk < n; c++ {
 				j := synthJob{tensor: i, chunk: c, n: min(synthChunk, n-c*synthChunk), out: make(chan synthResult, 1)}
 				select {
@@ -351,9 +207,9 @@ func writeSynthData(ctx context.Context, tw *gguf.TensorWriter, tensors []synthT
 			return ctx.Err()
 		}
 		if r.err != nil {
-			return fmt.Errorf("tensor %s: %w", tensors[j.tensor].name, r.err)
+			return fmt.Errorf("tensor %s: %w", tensors[j.tensor].Name, r.err)
 		}
-		if err := tw.WriteTensor(tensors[j.tensor].name, r.data); err != nil {
+		if err := tw.WriteTensor(tensors[j.tensor].Name, r.data); err != nil {
 			return err
 		}
 		done += int64(len(r.data))
@@ -366,24 +222,24 @@ func writeSynthData(ctx context.Context, tw *gguf.TensorWriter, tensors []synthT
 
 // generateChunk fills one chunk with uniform values of the tensor's standard
 // deviation (or its constant) and encodes it in the tensor's type.
-func generateChunk(t synthTensor, seed uint64, j synthJob, buf []float32) synthResult {
+func generateChunk(t model.SynthTensor, seed uint64, j synthJob, buf []float32) synthResult {
 	r := rand.New(rand.NewPCG(seed, uint64(j.tensor)<<40|uint64(j.chunk)))
-	if t.typ == tensor.MXFP4 && t.std != 0 {
-		return synthResult{data: randomMXFP4(r, j.n, t.std)}
+	if t.Type == tensor.MXFP4 && t.Std != 0 {
+		return synthResult{data: randomMXFP4(r, j.n, t.Std)}
 	}
 	vals := buf[:j.n]
-	if t.std == 0 {
+	if t.Std == 0 {
 		for i := range vals {
-			vals[i] = t.fill
+			vals[i] = t.Fill
 		}
 	} else {
 		// A uniform on [-a, a] has standard deviation a/sqrt(3).
-		a := t.std * float32(math.Sqrt(3))
+		a := t.Std * float32(math.Sqrt(3))
 		for i := range vals {
 			vals[i] = (2*r.Float32() - 1) * a
 		}
 	}
-	data, err := tensor.Quantize(t.typ, vals)
+	data, err := tensor.Quantize(t.Type, vals)
 	return synthResult{data: data, err: err}
 }
 

@@ -11,6 +11,7 @@ import (
 
 	"orcd/demo"
 	"orcd/gguf"
+	"orcd/model"
 	"orcd/tokenizer"
 )
 
@@ -145,7 +146,7 @@ func openTokenizer(modelPath, tokPath, vocab string) (*tokenizer.Tokenizer, erro
 	var f *gguf.File
 	if modelPath != "" {
 		var err error
-		if f, err = gguf.Open(modelPath); err != nil {
+		if f, err = model.Open(modelPath); err != nil {
 			return nil, err
 		}
 		defer f.Close()

@@ -64,9 +64,13 @@ func estimateVRAM(f *gguf.File, ctx, maxBatch int) (*insufficientVRAMError, erro
 	for i := range f.Tensors {
 		e.weights += f.Tensors[i].Size + 256
 	}
-	arch, err := f.GetString("general.architecture")
+	a, err := model.ArchOf(f)
 	if err != nil {
 		return nil, err
+	}
+	arch := a.Name
+	if name, err := f.GetString("general.architecture"); err == nil {
+		arch = name // the alias the file's keys use
 	}
 	u := func(key string, def int64) int64 {
 		v, err := f.GetUint64(arch + "." + key)
@@ -78,23 +82,25 @@ func estimateVRAM(f *gguf.File, ctx, maxBatch int) (*insufficientVRAMError, erro
 	if maxBatch <= 0 {
 		maxBatch = model.DefaultMaxBatch
 	}
-	layers, hidden := u("block_count", 0), u("embedding_length", 0)
+	layout, err := model.LayoutOf(f)
+	if err != nil {
+		return nil, err
+	}
+	hidden := u("embedding_length", 0)
 	heads := max(u("attention.head_count", 1), 1)
-	kvHeads := u("attention.head_count_kv", heads)
 	headDim := u("attention.key_length", hidden/heads)
-	window := u("attention.sliding_window", 0)
 	maxCtx := u("context_length", int64(ctx))
 	c := int64(ctx)
 	if c <= 0 || c > maxCtx {
 		c = maxCtx
 	}
 	e.ctx = int(c)
-	for l := int64(0); l < layers; l++ {
+	for _, window := range layout.Windows {
 		rows := c
-		if window > 0 && l%2 == 0 { // gpt-oss: sliding window on even layers, a ring of window+batch-1 rows
-			rows = min(c, window+int64(maxBatch)-1)
+		if window > 0 { // a sliding layer keeps a ring of window+batch-1 rows
+			rows = min(c, int64(window)+int64(maxBatch)-1)
 		}
-		e.cache += 2 * rows * kvHeads * headDim * 2
+		e.cache += 2 * rows * int64(layout.Cols) * 2
 	}
 	var vocab int64
 	if ti, ok := f.Tensor("token_embd.weight"); ok && len(ti.Dims) == 2 {

@@ -267,10 +267,16 @@ extern "C" __global__ void attn_combine(float* dst, const float* pm, const float
 // exact for f16 caches, a rounding of f32 ones (the precision the backend
 // already uses for long contexts).
 
+#ifndef FA_ROWS // from Go as -DFA_ROWS (kernelDefines); this default serves standalone checks
 #define FA_ROWS 64 // query rows per block, 16 per warp
+#endif
 #define FA_KEYS 64 // keys per staged tile
+#ifndef FA_D // from Go as -DFA_D (kernelDefines); this default serves standalone checks
 #define FA_D 64    // head dim these kernels are built for
+#endif
+#ifndef FA_THREADS // from Go as -DFA_THREADS (kernelDefines); this default serves standalone checks
 #define FA_THREADS 128 // 4 warps
+#endif
 // Shared row length in halves: 64 plus 8 of padding, so the 32 lanes of a
 // fragment read (8 rows × 4 words) land in 32 different banks.
 #define FA_LD 72

@@ -228,9 +228,17 @@ __device__ __forceinline__ float load_elem(const WView& w, i64 row, i64 k) {
     return bf2f(((const u16*)w.q)[row * w.in + k]);
 }
 
-// clamped_swiglu is gpt-oss's activation of one gate value g and up value u.
-__device__ __forceinline__ float clamped_swiglu(float g, float u, float alpha, float limit) {
-    g = fminf(g, limit);
-    u = fmaxf(-limit, fminf(u, limit));
-    return g / (1.f + expf(-alpha * g)) * (u + 1.f);
+// swiglu_act is g·σ(alpha·g)·(u + shift), g and u first clamped to limit
+// when limit > 0 (gpt-oss: alpha 1.702, limit 7, shift 1; plain SwiGLU:
+// alpha 1, no limit, shift 0). SwiGLU below bundles the three settings.
+struct SwiGLU {
+    float alpha, limit, shift;
+};
+
+__device__ __forceinline__ float swiglu_act(float g, float u, SwiGLU p) {
+    if (p.limit > 0.f) {
+        g = fminf(g, p.limit);
+        u = fmaxf(-p.limit, fminf(u, p.limit));
+    }
+    return g / (1.f + expf(-p.alpha * g)) * (u + p.shift);
 }

@@ -67,12 +67,14 @@ extern "C" __global__ void layer_norm(float* dst, const float* x, const float* w
     for (int c = threadIdx.x; c < cols; c += blockDim.x) dr[c] = (xr[c] - mean) * inv * w[c] + b[c];
 }
 
-// rope_neox rotates x (rows × heads*dim) in place: element i of each head
-// pairs with i+dim/2 at angle pos[row]·inv_freq[i]. The angle is the float32
-// product, as in the reference; its cosine and sine are taken in double.
-extern "C" __global__ void rope_neox(float* x, const int* pos, const float* inv_freq, int rows, int heads, int dim,
-                                     float mscale) {
+// rope rotates x (rows × heads*dim) in place: pair k of each head is
+// elements (k, k+dim/2) (NeoX, normal = 0) or (2k, 2k+1) (normal = 1), at
+// angle pos[row]·inv_freq[k]. The angle is the float32 product, as in the
+// reference; its cosine and sine are taken in double.
+extern "C" __global__ void rope(float* x, const int* pos, const float* inv_freq, int rows, int heads, int dim,
+                                float mscale, int normal) {
     int half = dim / 2;
+    int e1 = normal ? 1 : half, stride = normal ? 2 : 1;
     i64 n = (i64)rows * heads * half;
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
         int k = i % half;
@@ -82,11 +84,39 @@ extern "C" __global__ void rope_neox(float* x, const int* pos, const float* inv_
         double sd, cd;
         sincos((double)a, &sd, &cd);
         float c = (float)cd * mscale, s = (float)sd * mscale;
-        float* p = x + rh * dim;
-        float x0 = p[k], x1 = p[k + half];
-        p[k] = x0 * c - x1 * s;
-        p[k + half] = x1 * c + x0 * s;
+        float* p = x + rh * dim + k * stride;
+        float x0 = p[0], x1 = p[e1];
+        p[0] = x0 * c - x1 * s;
+        p[e1] = x1 * c + x0 * s;
     }
+}
+
+// silu: dst = x·σ(x) over n values.
+extern "C" __global__ void silu(float* dst, const float* x, i64 n) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        float v = x[i];
+        dst[i] = v / (1.f + expf(-v));
+    }
+}
+
+// swiglu: dst = swiglu_act(g, u) over n values (dst may alias g or u).
+extern "C" __global__ void swiglu(float* dst, const float* g, const float* u, i64 n, float alpha, float limit,
+                                  float shift) {
+    SwiGLU p = {alpha, limit, shift};
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
+        dst[i] = swiglu_act(g[i], u[i], p);
+}
+
+// rms_norm_heads: block (head, row) normalizes one head of dim values of a
+// row of cols and scales it by w (dim values). dst may alias x.
+extern "C" __global__ void rms_norm_heads(float* dst, const float* x, const float* w, int cols, int dim, float eps) {
+    __shared__ float sh[32];
+    i64 off = (i64)blockIdx.y * cols + (i64)blockIdx.x * dim;
+    const float* xr = x + off;
+    float ss = 0.f;
+    for (int c = threadIdx.x; c < dim; c += blockDim.x) ss += xr[c] * xr[c];
+    float inv = rsqrtf(block_sum(ss, sh) / dim + eps);
+    for (int c = threadIdx.x; c < dim; c += blockDim.x) dst[off + c] = xr[c] * inv * w[c];
 }
 
 // store_kv writes row i of k and v into row slots[i] of the caches, rounded

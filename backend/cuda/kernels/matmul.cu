@@ -17,8 +17,12 @@
 // x[xrows[i]] (or x[i] when xrows is NULL) and the weights are expert e's
 // out rows of the stacked tensor.
 
+#ifndef MM_BM // from Go as -DMM_BM (kernelDefines); this default serves standalone checks
 #define MM_BM 64
+#endif
+#ifndef MM_BN // from Go as -DMM_BN (kernelDefines); this default serves standalone checks
 #define MM_BN 64
+#endif
 #define MM_LD 40 // f16 per shared row: 32 + 8 padding keeps fragment loads conflict-free
 
 // raw_h converts a loaded Q8_0 or MXFP4 chunk to f16 quants in o (16 words,

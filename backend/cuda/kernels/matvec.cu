@@ -9,9 +9,15 @@
 // bound by L1 traffic (four bytes of x per byte of Q8_0 weight; Nsight:
 // 88% L1/shared throughput, 21% DRAM). Other formats keep one row per warp.
 
+#ifndef MV_WARPS // from Go as -DMV_WARPS (kernelDefines); this default serves standalone checks
 #define MV_WARPS 4
+#endif
+#ifndef MV_TOKENS // from Go as -DMV_TOKENS (kernelDefines); this default serves standalone checks
 #define MV_TOKENS 8
+#endif
+#ifndef MV_ROWS // from Go as -DMV_ROWS (kernelDefines); this default serves standalone checks
 #define MV_ROWS 4 // rows per warp for Q8_0 and MXFP4
+#endif
 
 // load_x32 copies 32 activations (16-byte aligned) into registers.
 __device__ __forceinline__ void load_x32(const float* x, float* o) {
@@ -169,7 +175,7 @@ __device__ void matvec_impl(float* dst, const float* x, WView w, const float* bi
 // are read.
 template <int T>
 __device__ void moe_gateup_impl(float* h, const float* x, WView g, WView u, const float* gb, const float* ub,
-                                const int* ids, int k, int ff, float alpha, float limit) {
+                                const int* ids, int k, int ff, SwiGLU act) {
     int lane = threadIdx.x & 31;
     int r = (blockIdx.x * MV_WARPS + (threadIdx.x >> 5)) * 2;
     int a = blockIdx.y;
@@ -191,7 +197,7 @@ __device__ void moe_gateup_impl(float* h, const float* x, WView g, WView u, cons
     if (lane == 0) {
         for (int j = 0; j < (two ? 2 : 1); j++) {
             float gv = v[2 * j] + (gb ? gb[row + j] : 0.f), uv = v[2 * j + 1] + (ub ? ub[row + j] : 0.f);
-            h[(i64)a * ff + r + j] = clamped_swiglu(gv, uv, alpha, limit);
+            h[(i64)a * ff + r + j] = swiglu_act(gv, uv, act);
         }
     }
 }
@@ -266,8 +272,9 @@ __device__ void embed_impl(float* dst, WView w, const int* ids, int rows) {
     extern "C" __global__ void __launch_bounds__(128)                                                        \
         moe_gateup_##NAME(float* h, const float* x, const u8* gq, const u8* gs, const u8* uq, const u8* us,  \
                           int in, const float* gb, const float* ub, const int* ids, int k, int ff, float alpha, \
-                          float limit) {                                                                     \
-        moe_gateup_impl<T>(h, x, WView{gq, gs, in}, WView{uq, us, in}, gb, ub, ids, k, ff, alpha, limit);    \
+                          float limit, float shift) {                                                        \
+        moe_gateup_impl<T>(h, x, WView{gq, gs, in}, WView{uq, us, in}, gb, ub, ids, k, ff,                   \
+                           SwiGLU{alpha, limit, shift});                                                     \
     }                                                                                                        \
     extern "C" __global__ void __launch_bounds__(1024)                                                       \
         moe_down_##NAME(float* dst, const float* h, const u8* q, const u8* s, int in, const float* db,       \

@@ -1,6 +1,8 @@
 // Mixture-of-experts routing and the glue around the expert matmuls.
 
+#ifndef MOE_MAX_K // from Go as -DMOE_MAX_K (kernelDefines); this default serves standalone checks
 #define MOE_MAX_K 32
+#endif
 
 // topk_warp: the calling warp picks token t's k largest router logits
 // (ties to the lower index), softmaxes them, and writes the (expert, weight)
@@ -57,7 +59,9 @@ extern "C" __global__ void moe_topk(int* ids, float* wts, const float* logits, i
     if (t < n) topk_warp(ids, wts, logits, t, nexp, k);
 }
 
+#ifndef ROUTE_TOKENS // from Go as -DROUTE_TOKENS (kernelDefines); this default serves standalone checks
 #define ROUTE_TOKENS 4 // decode steps of up to 4 tokens
+#endif
 #define ROUTE_WARPS 8
 
 __device__ __forceinline__ float ld_cg(const float* p) {
@@ -139,12 +143,6 @@ extern "C" __global__ void moe_group(int* starts, int* xrows, int* slot_row, int
         xrows[r] = a / k;
         slot_row[a] = r;
     }
-}
-
-// moe_swiglu: g[i] = clamped_swiglu(g[i], u[i]) over n values.
-extern "C" __global__ void moe_swiglu(float* g, const float* u, i64 n, float alpha, float limit) {
-    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
-        g[i] = clamped_swiglu(g[i], u[i], alpha, limit);
 }
 
 // moe_combine: dst[t] = Σ_slot wts[t][slot]·y[slot_row[t*k+slot]], one block per token.

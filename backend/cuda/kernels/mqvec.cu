@@ -29,12 +29,22 @@
 // (4t, 4t+16, 4t+1, 4t+17 | 4t+2, 4t+18, 4t+3, 4t+19); the Q8_0 quants are
 // permuted into the same order, and mq_quant writes activations in it.
 
+#ifndef MQ_TOKENS // from Go as -DMQ_TOKENS (kernelDefines); this default serves standalone checks
 #define MQ_TOKENS 4
+#endif
+#ifndef MQ_CHUNK // from Go as -DMQ_CHUNK (kernelDefines); this default serves standalone checks
 #define MQ_CHUNK 256     // bytes of quantized x per 32-element chunk: 8 columns × 32
+#endif
 #define MQ_QMAX 32639.f  // 127·256 + 127: hi and lo both fit int8
+#ifndef MQ_WARPS // from Go as -DMQ_WARPS (kernelDefines); this default serves standalone checks
 #define MQ_WARPS 8       // warps splitting the inner dimension in mq_matvec
+#endif
+#ifndef MQ_KSPLIT // from Go as -DMQ_KSPLIT (kernelDefines); this default serves standalone checks
 #define MQ_KSPLIT 4      // warps splitting the inner dimension in mq_gateup
+#endif
+#ifndef MQ_DOWN_WARPS // from Go as -DMQ_DOWN_WARPS (kernelDefines); this default serves standalone checks
 #define MQ_DOWN_WARPS 16 // most warps of an mq_down block: k slots × ksplit
+#endif
 
 // Doubled E2M1 magnitudes as int8, and their negatives.
 #define MX_POS0 0x03020100u
@@ -340,14 +350,13 @@ __device__ void mq_matvec_impl(MqMat m, int r0, const u8* qx, const float* dx, i
 
 // mq_gateup: MoE decode, first half. Block (blockIdx.x, assignment a =
 // token·k + slot) computes rows 32·blockIdx.x.. +31 of gate and up of expert
-// ids[a] (two groups of 16 rows × MQ_KSPLIT warps), applies the clamped
+// ids[a] (two groups of 16 rows × MQ_KSPLIT warps), applies the
 // SwiGLU and writes them as chunk blockIdx.x of h for assignment a,
 // quantized for mq_down: qh[a][chunk] is 2 columns × 32 bytes (hi, lo) and
 // dh[a][chunk] its scale. ff is a multiple of 32.
 template <int T>
 __device__ void mq_gateup_impl(u8* qh, float* dh, const u8* qx, const float* dx, WView gw, WView uw,
-                               const float* gb, const float* ub, const int* ids, int k, int ff, float alpha,
-                               float limit) {
+                               const float* gb, const float* ub, const int* ids, int k, int ff, SwiGLU act) {
     __shared__ float red[MQ_KSPLIT][32][2];
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     int rg = warp / MQ_KSPLIT, ks = warp % MQ_KSPLIT;
@@ -374,7 +383,7 @@ __device__ void mq_gateup_impl(u8* qh, float* dh, const u8* qx, const float* dx,
     }
     gv += gb ? gb[base + lane] : 0.f;
     uv += ub ? ub[base + lane] : 0.f;
-    float h = clamped_swiglu(gv, uv, alpha, limit);
+    float h = swiglu_act(gv, uv, act);
     float amax = warp_max(fabsf(h));
     int hi = 0, lo = 0;
     if (amax > 0.f) mq_digits(h, amax, hi, lo);
@@ -443,9 +452,9 @@ __device__ void mq_down_impl(float* dst, const u8* qh, const float* dh, WView dw
     extern "C" __global__ void __launch_bounds__(64 * MQ_KSPLIT, 3)                                            \
         mq_gateup_##NAME(u8* qh, float* dh, const u8* qx, const float* dx, const u8* gq, const u8* gs,         \
                          const u8* uq, const u8* us, int in, const float* gb, const float* ub, const int* ids, \
-                         int k, int ff, float alpha, float limit) {                                            \
-        mq_gateup_impl<T>(qh, dh, qx, dx, WView{gq, gs, in}, WView{uq, us, in}, gb, ub, ids, k, ff, alpha,     \
-                          limit);                                                                              \
+                         int k, int ff, float alpha, float limit, float shift) {                               \
+        mq_gateup_impl<T>(qh, dh, qx, dx, WView{gq, gs, in}, WView{uq, us, in}, gb, ub, ids, k, ff,            \
+                          SwiGLU{alpha, limit, shift});                                                        \
     }                                                                                                          \
     extern "C" __global__ void __launch_bounds__(32 * MQ_DOWN_WARPS, 2)                                        \
         mq_down_##NAME(float* dst, const u8* qh, const float* dh, const u8* q, const u8* s, int in,            \

@@ -19,16 +19,23 @@
 // every order-dependent step (ties, the draw) walks tokens in id order: a
 // run's total, an exclusive scan over the runs, then a walk within one.
 
+#ifndef SAMPLE_THREADS // from Go as -DSAMPLE_THREADS (kernelDefines); this default serves standalone checks
 #define SAMPLE_THREADS 1024
+#endif
 #define SAMPLE_NEGLIGIBLE 30.f
 #define SAMPLE_FIXED 1099511627776.0 // 2^40: weights ≤ 1 in fixed point, a vocabulary of them fits 64 bits
 
-// SampleParams mirrors cuda.sampleParams (ops.go): 40 bytes a row.
+#ifndef SAMPLE_PARAM_BYTES // from Go (kernelDefines); this default serves standalone checks
+#define SAMPLE_PARAM_BYTES 40
+#endif
+
+// SampleParams mirrors the rows Sample (sample.go) writes: SAMPLE_PARAM_BYTES a row.
 struct SampleParams {
     float temp, top_p, min_p, rep;
     int top_k, pad;
     unsigned long long seed, counter;
 };
+static_assert(sizeof(SampleParams) == SAMPLE_PARAM_BYTES, "SampleParams must match sample.go's rows");
 
 // sample_key maps a float to a uint32 whose unsigned order is the float
 // order.

@@ -1,0 +1,338 @@
+package cuda
+
+import (
+	"fmt"
+	"math"
+	"strconv"
+	"unsafe"
+
+	"orcd/backend"
+	"orcd/tensor"
+)
+
+// The kernels as Go functions: one typed wrapper per kernel (or family of
+// kernels that differ only in the weight or cache type they read), whose
+// parameters mirror the kernel's C signature, so a kernel's name and its
+// argument list appear in one place. The constants both sides use are Go's,
+// passed to NVRTC as -D options (kernelDefines); the kernel sources keep
+// defaults only for standalone syntax checks, and a test checks that they
+// equal Go's.
+
+// Shared constants (see kernelDefines).
+const (
+	// mvTokens is the largest batch of the matrix-vector kernels: one read
+	// of the weights serves up to 8 rows of x (MV_TOKENS).
+	mvTokens = 8
+	mvWarps  = 4 // warps of a matvec block, one row (or mvRows) each (MV_WARPS)
+	mvRows   = 4 // rows per warp for Q8_0 and MXFP4 (MV_ROWS)
+	// The integer tensor-core decode kernels (mqvec.cu) take up to
+	// mqTokens rows of x (4 tokens × 2 digit columns fill the MMA's 8
+	// columns) against Q8_0 or MXFP4 weights.
+	mqTokens = 4
+	mqChunk  = 256 // bytes of quantized x per 32-element chunk (MQ_CHUNK)
+	mqWarps  = 8   // warps splitting the inner dimension in mq_matvec (MQ_WARPS)
+	mqKSplit = 4   // warps splitting the inner dimension in mq_gateup (MQ_KSPLIT)
+	// mqDownWarps: an mq_down block has a warp per selected expert or
+	// more, so top-k above it takes the float kernels (MQ_DOWN_WARPS).
+	mqDownWarps = 16
+	// moeMaxK is the most experts a token may use (MOE_MAX_K).
+	moeMaxK = 32
+	// mmTile is the output tile of the tensor-core matmul (MM_BM, MM_BN).
+	mmTile = 64
+	// The flash-attention kernels (attn_flash_*_d64) take flashRows query
+	// rows a block with head dim flashDim (FA_ROWS, FA_D).
+	flashDim     = 64
+	flashRows    = 64
+	flashThreads = 128 // FA_THREADS
+	// sampleThreads is the block of sample_rows (SAMPLE_THREADS) and
+	// sampleParamBytes the size of its SampleParams (SAMPLE_PARAM_BYTES).
+	sampleThreads    = 1024
+	sampleParamBytes = 40
+)
+
+// kernelDefines are the constants passed to NVRTC as -D options.
+var kernelDefines = []struct {
+	name  string
+	value int
+}{
+	{"MV_TOKENS", mvTokens}, {"MV_WARPS", mvWarps}, {"MV_ROWS", mvRows},
+	{"MQ_TOKENS", mqTokens}, {"MQ_CHUNK", mqChunk}, {"MQ_WARPS", mqWarps}, {"MQ_KSPLIT", mqKSplit},
+	{"MQ_DOWN_WARPS", mqDownWarps}, {"MOE_MAX_K", moeMaxK}, {"ROUTE_TOKENS", mqTokens},
+	{"MM_BM", mmTile}, {"MM_BN", mmTile}, {"FA_D", flashDim}, {"FA_ROWS", flashRows}, {"FA_THREADS", flashThreads},
+	{"SAMPLE_THREADS", sampleThreads}, {"SAMPLE_PARAM_BYTES", sampleParamBytes},
+}
+
+// defineOptions are kernelDefines as NVRTC options.
+func defineOptions() []string {
+	opts := make([]string, len(kernelDefines))
+	for i, d := range kernelDefines {
+		opts[i] = "-D" + d.name + "=" + strconv.Itoa(d.value)
+	}
+	return opts
+}
+
+// arg is one kernel parameter in the 8-byte slot cuLaunchKernel copies it
+// from. Its constructors name the C type.
+type arg uint64
+
+func dptr(p uintptr) arg       { return arg(p) }                   // a device pointer (T*)
+func cint(v int) arg           { return arg(uint32(int32(v))) }    // int
+func clong(v int64) arg        { return arg(v) }                   // long long
+func cfloat(v float32) arg     { return arg(math.Float32bits(v)) } // float
+func threads(n int) [3]int     { return [3]int{n, 1, 1} }
+func grid1(n int) [3]int       { return [3]int{max(n, 1), 1, 1} }
+func grid2(x, y int) [3]int    { return [3]int{x, y, 1} }
+func grid3(x, y, z int) [3]int { return [3]int{x, y, z} }
+
+// maxArgs bounds a kernel's parameters (the pinned argument area).
+const maxArgs = 32
+
+// launch queues kernel name on the stream. Only the wrappers below call it.
+func (b *Backend) launch(name string, grid, block [3]int, shmem int, args ...arg) {
+	f, ok := b.funcs[name]
+	if !ok {
+		var p uintptr
+		cname := cString(name)
+		if err := b.d.call("cuModuleGetFunction", uintptr(unsafe.Pointer(&p)), b.module, uintptr(unsafe.Pointer(&cname[0]))); err != nil {
+			b.fail(fmt.Errorf("kernel %s: %w", name, err))
+			return
+		}
+		b.funcs[name] = p
+		f = p
+	}
+	if shmem > 48<<10 && b.bigShmem[name] < shmem {
+		// Beyond 48 KiB a kernel must opt in to dynamic shared memory.
+		if err := b.d.call("cuFuncSetAttribute", f, cuFuncAttrMaxDynamicSharedSize, uintptr(shmem)); err != nil {
+			b.fail(fmt.Errorf("kernel %s: %w", name, err))
+			return
+		}
+		b.bigShmem[name] = shmem
+	}
+	if b.prof != nil {
+		defer b.prof.time(b, fmt.Sprintf("%s %dx%dx%d", name, grid[0], grid[1], grid[2]))()
+	}
+	vals := (*[maxArgs]arg)(b.argMem)
+	ptrs := (*[maxArgs]uintptr)(unsafe.Add(b.argMem, 8*maxArgs))
+	for i, a := range args {
+		vals[i] = a
+		ptrs[i] = uintptr(unsafe.Pointer(&vals[i]))
+	}
+	if err := b.d.call("cuLaunchKernel", f, uintptr(grid[0]), uintptr(grid[1]), uintptr(grid[2]),
+		uintptr(block[0]), uintptr(block[1]), uintptr(block[2]), uintptr(shmem), b.stream,
+		uintptr(unsafe.Pointer(ptrs)), 0); err != nil {
+		b.fail(fmt.Errorf("kernel %s: %w", name, err))
+	}
+}
+
+// gridFor returns a 1-D grid of 256-thread blocks covering n elements,
+// capped for grid-stride loops.
+func (b *Backend) gridFor(n int64) [3]int {
+	g := (n + 255) / 256
+	g = min(g, int64(b.sms)*32)
+	return grid1(int(g))
+}
+
+// suffix is the kernel name suffix of a weight or cache type.
+func suffix(t tensor.Type) string { return uploadTypes[t] }
+
+// quantBuf is a quantized copy of up to mqTokens rows of an activation of
+// in columns, as mq_quant writes it: the chunks (mqChunk bytes each, two
+// int8 digits of every row) and the rows' scales (mqTokens a chunk).
+type quantBuf struct{ qx, dx uintptr }
+
+// quantBytes is the size of a quantBuf of in columns.
+func quantBytes(in int) int64 { return int64(in/32) * (mqChunk + 4*mqTokens) }
+
+// quantAt lays a quantBuf of in columns out at p.
+func quantAt(p uintptr, in int) quantBuf {
+	return quantBuf{qx: p, dx: p + uintptr(int64(in/32)*mqChunk)}
+}
+
+// --- elementwise.cu
+
+func (b *Backend) addF32(dst, x, y uintptr, n int64) {
+	b.launch("add_f32", b.gridFor(n), threads(256), 0, dptr(dst), dptr(x), dptr(y), clong(n))
+}
+
+func (b *Backend) copyCols(dst, src uintptr, rows, cols, scols, col0 int) {
+	b.launch("copy_cols", b.gridFor(int64(rows)*int64(cols)), threads(256), 0, dptr(dst), dptr(src), cint(rows), cint(cols), cint(scols), cint(col0))
+}
+
+func (b *Backend) geluTanh(dst, x uintptr, n int64) {
+	b.launch("gelu_tanh", b.gridFor(n), threads(256), 0, dptr(dst), dptr(x), clong(n))
+}
+
+func (b *Backend) silu(dst, x uintptr, n int64) {
+	b.launch("silu", b.gridFor(n), threads(256), 0, dptr(dst), dptr(x), clong(n))
+}
+
+func (b *Backend) swiglu(dst, g, u uintptr, n int64, p backend.SwiGLUParams) {
+	b.launch("swiglu", b.gridFor(n), threads(256), 0, dptr(dst), dptr(g), dptr(u), clong(n), cfloat(p.Alpha), cfloat(p.Limit), cfloat(p.UpShift))
+}
+
+// normBlock is the block size of the row-norm kernels.
+func normBlock(cols int) int { return min(1024, max(32, (cols+31)/32*32)) }
+
+func (b *Backend) rmsNormK(dst, x, delta, w uintptr, rows, cols int, eps float32) {
+	b.launch("rms_norm", grid1(rows), threads(normBlock(cols)), 0, dptr(dst), dptr(x), dptr(delta), dptr(w), cint(cols), cfloat(eps))
+}
+
+func (b *Backend) rmsNormHeads(dst, x, w uintptr, rows, cols, dim int, eps float32) {
+	b.launch("rms_norm_heads", grid2(cols/dim, rows), threads(normBlock(dim)), 0, dptr(dst), dptr(x), dptr(w), cint(cols), cint(dim), cfloat(eps))
+}
+
+func (b *Backend) layerNorm(dst, x, w, bias uintptr, rows, cols int, eps float32) {
+	b.launch("layer_norm", grid1(rows), threads(normBlock(cols)), 0, dptr(dst), dptr(x), dptr(w), dptr(bias), cint(cols), cfloat(eps))
+}
+
+func (b *Backend) rope(x, pos, invFreq uintptr, rows, heads, dim int, mscale float32, normal bool) {
+	mode := 0
+	if normal {
+		mode = 1
+	}
+	b.launch("rope", b.gridFor(int64(rows)*int64(heads*dim)/2), threads(256), 0,
+		dptr(x), dptr(pos), dptr(invFreq), cint(rows), cint(heads), cint(dim), cfloat(mscale), cint(mode))
+}
+
+func (b *Backend) storeKV(cache tensor.Type, kc, vc, k, v, slots uintptr, n, cols int) {
+	b.launch("store_kv_"+suffix(cache), grid1(n), threads(min(1024, (cols+31)/32*32)), 0,
+		dptr(kc), dptr(vc), dptr(k), dptr(v), dptr(slots), cint(cols))
+}
+
+// repack splits blocks file blocks of a Q8_0 or MXFP4 weight into its
+// quant and scale planes.
+func (b *Backend) repack(typ tensor.Type, q, s, raw uintptr, blocks int64) {
+	b.launch("repack_"+suffix(typ), b.gridFor(blocks), threads(256), 0, dptr(q), dptr(s), dptr(raw), clong(blocks))
+}
+
+// --- matvec.cu, matmul.cu
+
+func (b *Backend) embed(w *Tensor, dst, ids uintptr, in, rows, n int) {
+	b.launch("embed_"+suffix(w.typ), grid1(n), threads(128), 0, dptr(dst), dptr(w.ptr), dptr(w.aux), cint(in), dptr(ids), cint(rows))
+}
+
+func (b *Backend) matvec(w *Tensor, dst, x uintptr, in int, bias uintptr, n, out int) {
+	rowsPerBlock := mvWarps // one row a warp, or mvRows for Q8_0 and MXFP4 (matvec.cu)
+	if w.typ == tensor.Q8_0 || w.typ == tensor.MXFP4 {
+		rowsPerBlock = mvWarps * mvRows
+	}
+	b.launch("matvec_"+suffix(w.typ), grid2((out+rowsPerBlock-1)/rowsPerBlock, (n+mvTokens-1)/mvTokens), threads(32*mvWarps), 0,
+		dptr(dst), dptr(x), dptr(w.ptr), dptr(w.aux), cint(in), dptr(bias), cint(n), cint(out))
+}
+
+// matmulTiles is the tensor-core matmul; with starts (grouped, one grid z
+// per expert of groups) the rows of x are gathered through xrows.
+func (b *Backend) matmulTiles(w *Tensor, dst, x uintptr, in int, bias uintptr, n, out, tileRows, groups int, starts, xrows uintptr) {
+	b.launch("matmul_"+suffix(w.typ), grid3((out+mmTile-1)/mmTile, (tileRows+mmTile-1)/mmTile, groups), threads(128), 0,
+		dptr(dst), dptr(x), dptr(w.ptr), dptr(w.aux), cint(in), dptr(bias), cint(n), cint(out), dptr(starts), dptr(xrows))
+}
+
+func (b *Backend) moeGateup(gate, up *Tensor, h, x uintptr, in int, gb, ub, ids uintptr, k, ff, assignments int, act backend.SwiGLUParams) {
+	b.launch("moe_gateup_"+suffix(gate.typ), grid2((ff+7)/8, assignments), threads(128), 0,
+		dptr(h), dptr(x), dptr(gate.ptr), dptr(gate.aux), dptr(up.ptr), dptr(up.aux), cint(in), dptr(gb), dptr(ub), dptr(ids),
+		cint(k), cint(ff), cfloat(act.Alpha), cfloat(act.Limit), cfloat(act.UpShift))
+}
+
+func (b *Backend) moeDown(down *Tensor, dst, h uintptr, in int, db, ids, wts uintptr, k, hidden, n int) {
+	b.launch("moe_down_"+suffix(down.typ), grid2((hidden+3)/4, n), threads(32*k), 0,
+		dptr(dst), dptr(h), dptr(down.ptr), dptr(down.aux), cint(in), dptr(db), dptr(ids), dptr(wts), cint(k), cint(hidden))
+}
+
+// --- mqvec.cu
+
+func (b *Backend) mqQuant(q quantBuf, x uintptr, n, in int) {
+	b.launch("mq_quant", grid1((in/32+3)/4), threads(128), 0, dptr(q.qx), dptr(q.dx), dptr(x), cint(n), cint(in))
+}
+
+func (b *Backend) mqMatvec(w *Tensor, dst uintptr, q quantBuf, in int, bias uintptr, n, out int) {
+	b.launch("mq_matvec_"+suffix(w.typ), grid1((out+15)/16), threads(32*mqWarps), 0,
+		dptr(dst), dptr(q.qx), dptr(q.dx), dptr(w.ptr), dptr(w.aux), cint(in), dptr(bias), cint(n), cint(out))
+}
+
+// mqMat is one of mq_matvec3's products.
+type mqMat struct {
+	dst  uintptr
+	w    *Tensor
+	bias uintptr
+	out  int
+}
+
+func (b *Backend) mqMatvec3(q quantBuf, in, n int, m [3]mqMat) {
+	args := []arg{dptr(q.qx), dptr(q.dx), cint(in), cint(n)}
+	blocks := 0
+	for _, x := range m {
+		args = append(args, dptr(x.dst), dptr(x.w.ptr), dptr(x.w.aux), dptr(x.bias), cint(x.out))
+		blocks += (x.out + 15) / 16
+	}
+	b.launch("mq_matvec3_"+suffix(m[0].w.typ), grid1(blocks), threads(32*mqWarps), 0, args...)
+}
+
+func (b *Backend) mqGateup(gate, up *Tensor, h quantBuf, q quantBuf, in int, gb, ub, ids uintptr, k, ff, assignments int, act backend.SwiGLUParams) {
+	b.launch("mq_gateup_"+suffix(gate.typ), grid2(ff/32, assignments), threads(64*mqKSplit), 0,
+		dptr(h.qx), dptr(h.dx), dptr(q.qx), dptr(q.dx), dptr(gate.ptr), dptr(gate.aux), dptr(up.ptr), dptr(up.aux), cint(in),
+		dptr(gb), dptr(ub), dptr(ids), cint(k), cint(ff), cfloat(act.Alpha), cfloat(act.Limit), cfloat(act.UpShift))
+}
+
+func (b *Backend) mqDown(down *Tensor, dst uintptr, h quantBuf, in int, db, ids, wts uintptr, k, hidden, n int) {
+	ksplit := max(1, mqDownWarps/k) // k·ksplit warps a block
+	b.launch("mq_down_"+suffix(down.typ), grid2((hidden+15)/16, n), threads(32*k*ksplit), 0,
+		dptr(dst), dptr(h.qx), dptr(h.dx), dptr(down.ptr), dptr(down.aux), cint(in), dptr(db), dptr(ids), dptr(wts), cint(k), cint(hidden), cint(ksplit))
+}
+
+// rmsNormMQ is rms_norm that also writes the rows (at most mqTokens, of a
+// multiple of 32 columns) into q.
+func (b *Backend) rmsNormMQ(dst, x, delta, w uintptr, rows, cols int, eps float32, q quantBuf) {
+	b.launch("rms_norm_mq", grid1(rows), threads(normBlock(cols)), 0,
+		dptr(dst), dptr(x), dptr(delta), dptr(w), cint(cols), cfloat(eps), dptr(q.qx), dptr(q.dx))
+}
+
+// --- moe.cu
+
+func (b *Backend) moeTopK(ids, wts, logits uintptr, n, nExp, k int) {
+	b.launch("moe_topk", grid1((n+3)/4), threads(128), 0, dptr(ids), dptr(wts), dptr(logits), cint(n), cint(nExp), cint(k))
+}
+
+func (b *Backend) moeRouter(ids, wts, logits, done, x, w, bias uintptr, n, in, nExp, k int) {
+	b.launch("moe_router", grid1(nExp), threads(256), n*nExp*4,
+		dptr(ids), dptr(wts), dptr(logits), dptr(done), dptr(x), dptr(w), dptr(bias), cint(n), cint(in), cint(nExp), cint(k))
+}
+
+func (b *Backend) moeGroup(starts, xrows, slotRow, counts, ids uintptr, n, k, nExp int) {
+	b.launch("moe_group", grid1(1), threads(1024), 0, dptr(starts), dptr(xrows), dptr(slotRow), dptr(counts), dptr(ids), cint(n), cint(k), cint(nExp))
+}
+
+func (b *Backend) moeCombine(dst, y, wts, slotRow uintptr, k, hidden, n int) {
+	b.launch("moe_combine", grid1(n), threads(256), 0, dptr(dst), dptr(y), dptr(wts), dptr(slotRow), cint(k), cint(hidden))
+}
+
+// --- attention.cu
+
+func (b *Backend) attnPartial(cache tensor.Type, rowsPer, maxDim int, grid [3]int, warps, shmem int,
+	q, kc, vc, pos, seq, table uintptr, n int, p backend.AttentionParams, hgroups, fixed int, pm, pl, pacc uintptr) {
+	b.launch(fmt.Sprintf("attn_partial_%s_r%d_d%d", suffix(cache), rowsPer, maxDim), grid, threads(32*warps), shmem,
+		dptr(q), dptr(kc), dptr(vc), dptr(pos), dptr(seq), dptr(table), cint(n), cint(p.Heads), cint(p.KVHeads), cint(p.HeadDim),
+		cfloat(p.Scale), cint(p.Window), cint(p.BlockSize), cint(p.MaxBlocks), cint(hgroups), cint(fixed), dptr(pm), dptr(pl), dptr(pacc))
+}
+
+func (b *Backend) attnCombine(dst, pm, pl, pacc, sinks uintptr, heads, dim, splits, n int) {
+	b.launch("attn_combine", grid2(heads, n), threads(dim), 0, dptr(dst), dptr(pm), dptr(pl), dptr(pacc), dptr(sinks), cint(heads), cint(dim), cint(splits))
+}
+
+// attnCombineMQ is attn_combine that also writes the rows (at most
+// mqTokens; dim a multiple of 32) into q.
+func (b *Backend) attnCombineMQ(dst, pm, pl, pacc, sinks uintptr, heads, dim, splits, n int, q quantBuf) {
+	b.launch("attn_combine_mq", grid2(heads, n), threads(dim), 0,
+		dptr(dst), dptr(pm), dptr(pl), dptr(pacc), dptr(sinks), cint(heads), cint(dim), cint(splits), dptr(q.qx), dptr(q.dx))
+}
+
+func (b *Backend) attnFlash(cache tensor.Type, dst, q, kc, vc, pos, seq, table, sinks uintptr, n int, p backend.AttentionParams) {
+	b.launch("attn_flash_"+suffix(cache)+"_d64", grid2(p.Heads, (n+flashRows-1)/flashRows), threads(flashThreads), 0,
+		dptr(dst), dptr(q), dptr(kc), dptr(vc), dptr(pos), dptr(seq), dptr(table), dptr(sinks), cint(n), cint(p.Heads), cint(p.KVHeads),
+		cfloat(p.Scale), cint(p.Window), cint(p.BlockSize), cint(p.MaxBlocks))
+}
+
+// --- sample.cu
+
+func (b *Backend) sampleRows(ids, logits uintptr, vocab int, params, penOff, penIDs uintptr, n int) {
+	b.launch("sample_rows", grid1(n), threads(sampleThreads), 0, dptr(ids), dptr(logits), cint(vocab), dptr(params), dptr(penOff), dptr(penIDs))
+}

@@ -1,0 +1,48 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"orcd/gguf"
+)
+
+// TestConvert converts the tiny gpt-oss checkpoint when the HF fixtures are
+// there (GPU_COMMANDS.md) and checks the file; the errors need no fixture.
+func TestConvert(t *testing.T) {
+	dir := t.TempDir()
+	for _, c := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"convert", dir}, 2, "want one DIR and -o FILE"},
+		{[]string{"convert", dir, "-o", filepath.Join(dir, "x.gguf")}, 1, "not a checkpoint directory"},
+		{[]string{"convert", "--outtype", "q4_k", dir, "-o", filepath.Join(dir, "x.gguf")}, 2, `invalid value "q4_k" for --outtype`},
+	} {
+		code, _, stderr := runCmd(c.args...)
+		if code != c.code || !strings.Contains(stderr, c.want) {
+			t.Errorf("%v: exit %d, stderr %q; want exit %d mentioning %q", c.args, code, stderr, c.code, c.want)
+		}
+	}
+	src := filepath.Join(hfFixtureDir, "tiny_gptoss")
+	if _, err := os.Stat(src); err != nil {
+		t.Skip("model/testdata/hf is not there yet: run the fixture command of GPU_COMMANDS.md")
+	}
+	out := filepath.Join(dir, "gptoss.gguf")
+	if code, stdout, stderr := runCmd("convert", src, "-o", out); code != 0 || !strings.Contains(stdout, "wrote "+out) {
+		t.Fatalf("exit %d: %s %s", code, stdout, stderr)
+	}
+	f, err := gguf.Open(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	arch, _ := f.GetString("general.architecture")
+	ti, ok := f.Tensor("blk.0.ffn_gate_exps.weight")
+	if arch != "gpt-oss" || !ok || ti.Type.String() != "MXFP4" || !f.Has("tokenizer.ggml.tokens") {
+		t.Errorf("arch %q, experts %v, tokenizer %v", arch, ti, f.Has("tokenizer.ggml.tokens"))
+	}
+}
