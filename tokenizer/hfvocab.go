@@ -21,18 +21,9 @@ func HFVocab(tokenizerJSON, tokenizerConfig, generationConfig []byte) (*GGUFVoca
 		return nil, "", err
 	}
 	var h hfJSON
-	var post struct {
-		PostProcessor struct {
-			Type   string `json:"type"`
-			Single []struct {
-				SpecialToken *struct{ ID string } `json:"SpecialToken"`
-			} `json:"single"`
-		} `json:"post_processor"`
-	}
 	if err := json.Unmarshal(tokenizerJSON, &h); err != nil {
 		return nil, "", fmt.Errorf("tokenizer.json: %w", err)
 	}
-	json.Unmarshal(tokenizerJSON, &post) // optional: any shape it does not know means no BOS
 	var pre hfPreTokenizer
 	var r preResolver
 	if err := json.Unmarshal(h.PreTokenizer, &pre); err != nil {
@@ -63,11 +54,42 @@ func HFVocab(tokenizerJSON, tokenizerConfig, generationConfig []byte) (*GGUFVoca
 		}
 		return -1
 	}
+	c, err := readHFConfig(tokenizerJSON, tokenizerConfig, generationConfig, idOf, n)
+	if err != nil {
+		return nil, "", err
+	}
+	v.BOS, v.EOS, v.PAD, v.EOT = c.bos, c.eos, c.pad, c.eot
+	v.AddBOS, v.AddEOS = c.addBOS, c.addEOS
+	return v, c.template, nil
+}
 
+// hfConfig is what tokenizer_config.json, generation_config.json and the
+// post-processor of tokenizer.json say about special tokens: ids are -1
+// where they say nothing.
+type hfConfig struct {
+	bos, eos, pad, eot int32
+	addBOS, addEOS     bool
+	template           string
+}
+
+// readHFConfig reads the special tokens of a Hugging Face tokenizer's
+// companion files (either may be nil); idOf finds a token's id by its text
+// (-1 if none) among n tokens.
+func readHFConfig(tokenizerJSON, tokenizerConfig, generationConfig []byte, idOf func(string) int32, n int) (hfConfig, error) {
+	c := hfConfig{bos: -1, eos: -1, pad: -1, eot: -1}
+	var post struct {
+		PostProcessor struct {
+			Type   string `json:"type"`
+			Single []struct {
+				SpecialToken *struct{ ID string } `json:"SpecialToken"`
+			} `json:"single"`
+		} `json:"post_processor"`
+	}
+	json.Unmarshal(tokenizerJSON, &post) // optional: any shape it does not know means no BOS
 	var cfg map[string]json.RawMessage
 	if tokenizerConfig != nil {
 		if err := json.Unmarshal(tokenizerConfig, &cfg); err != nil {
-			return nil, "", fmt.Errorf("tokenizer_config.json: %w", err)
+			return c, fmt.Errorf("tokenizer_config.json: %w", err)
 		}
 	}
 	flag := func(key string) (set, value bool, err error) {
@@ -79,42 +101,46 @@ func HFVocab(tokenizerJSON, tokenizerConfig, generationConfig []byte) (*GGUFVoca
 		}
 		return true, value, nil
 	}
+	bosText := ""
 	for _, s := range []struct {
 		raw json.RawMessage
 		id  *int32
 		key string
-	}{{cfg["bos_token"], &v.BOS, "bos_token"}, {cfg["eos_token"], &v.EOS, "eos_token"}, {cfg["pad_token"], &v.PAD, "pad_token"}} {
+	}{{cfg["bos_token"], &c.bos, "bos_token"}, {cfg["eos_token"], &c.eos, "eos_token"}, {cfg["pad_token"], &c.pad, "pad_token"}} {
 		text, err := tokenText(s.raw)
 		if err != nil {
-			return nil, "", fmt.Errorf("tokenizer_config.json: %s: %w", s.key, err)
+			return c, fmt.Errorf("tokenizer_config.json: %s: %w", s.key, err)
 		}
 		if text == "" {
 			continue
 		}
 		if *s.id = idOf(text); *s.id < 0 {
-			return nil, "", fmt.Errorf("tokenizer_config.json: %s %q is not in the vocabulary", s.key, text)
+			return c, fmt.Errorf("tokenizer_config.json: %s %q is not in the vocabulary", s.key, text)
+		}
+		if s.id == &c.bos {
+			bosText = text
 		}
 	}
 	setBOS, addBOS, err := flag("add_bos_token")
 	if err != nil {
-		return nil, "", err
+		return c, err
 	}
-	v.AddBOS = addBOS
+	c.addBOS = addBOS
 	if !setBOS && post.PostProcessor.Type == "TemplateProcessing" && len(post.PostProcessor.Single) > 0 {
 		// Llama 3 adds BOS through its post-processor.
-		if st := post.PostProcessor.Single[0].SpecialToken; st != nil && v.BOS >= 0 && st.ID == v.Tokens[v.BOS] {
-			v.AddBOS = true
+		if st := post.PostProcessor.Single[0].SpecialToken; st != nil && bosText != "" && st.ID == bosText {
+			c.addBOS = true
 		}
 	}
-	if _, v.AddEOS, err = flag("add_eos_token"); err != nil {
-		return nil, "", err
+	if _, c.addEOS, err = flag("add_eos_token"); err != nil {
+		return c, err
 	}
 	if generationConfig != nil {
 		var g struct {
 			EOS json.RawMessage `json:"eos_token_id"`
 		}
 		if err := json.Unmarshal(generationConfig, &g); err != nil {
-			return nil, "", fmt.Errorf("generation_config.json: %w", err)
+			return c, fmt.Errorf("generation_config.json: %w", err)
 		}
 		// The first end-of-sequence id that is not EOS ends a turn.
 		var ids []int32
@@ -125,17 +151,16 @@ func HFVocab(tokenizerJSON, tokenizerConfig, generationConfig []byte) (*GGUFVoca
 			}
 		}
 		for _, id := range ids {
-			if id >= 0 && int(id) < n && id != v.EOS {
-				v.EOT = id
+			if id >= 0 && int(id) < n && id != c.eos {
+				c.eot = id
 				break
 			}
 		}
 	}
-	tmpl, err := chatTemplate(cfg["chat_template"])
-	if err != nil {
-		return nil, "", fmt.Errorf("tokenizer_config.json: chat_template: %w", err)
+	if c.template, err = chatTemplate(cfg["chat_template"]); err != nil {
+		return c, fmt.Errorf("tokenizer_config.json: chat_template: %w", err)
 	}
-	return v, tmpl, nil
+	return c, nil
 }
 
 // tokenText reads a special token of tokenizer_config.json: a string, an

@@ -74,7 +74,7 @@ func TestHFVocabFixtures(t *testing.T) {
 func TestHFTokenizerIDs(t *testing.T) {
 	path := filepath.Join("..", "model", "testdata", "hf", "tokens.json.gz")
 	if _, err := os.Stat(path); err != nil {
-		t.Skip("model/testdata/hf is not there yet: run the fixture command of GPU_COMMANDS.md")
+		t.Fatalf("model/testdata/hf is missing (tools/hf_arch_fixtures.py makes it): %v", err)
 	}
 	var fx struct {
 		Strings []string             `json:"strings"`

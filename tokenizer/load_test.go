@@ -225,4 +225,28 @@ func TestLoadResolution(t *testing.T) {
 	if _, err := Load(modelPath, filepath.Join(dir, "nope.json"), f); err == nil || !strings.Contains(err.Error(), "nope.json") {
 		t.Errorf("missing --tokenizer: %v", err)
 	}
+
+	// Without a GGUF, tokenizer_config.json beside the tokenizer.json names
+	// BOS and EOS and asks for BOS, as HF reads it.
+	cfg := filepath.Join(dir, "tokenizer_config.json")
+	if err := os.WriteFile(cfg, []byte(`{"bos_token": "<|y|>", "eos_token": {"content": "<|y|>"}, "add_bos_token": true}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tk, err = Load(dir, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tk.BOS() != 261 || tk.EOS() != 261 || !tk.AddBOS() {
+		t.Errorf("from tokenizer_config.json: BOS %d EOS %d add_bos %v, want 261 261 true", tk.BOS(), tk.EOS(), tk.AddBOS())
+	}
+	// A GGUF's vocabulary still overrides it.
+	if tk, err = Load(modelPath, "", f); err != nil || tk.EOS() != 260 {
+		t.Errorf("with the GGUF: EOS %d, %v; want the GGUF's 260", tk.EOS(), err)
+	}
+	if err := os.WriteFile(cfg, []byte(`{"bos_token": "<|nope|>"}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(dir, "", nil); err == nil || !strings.Contains(err.Error(), "tokenizer_config.json: bos_token \"<|nope|>\"") {
+		t.Errorf("a bos_token not in the vocabulary: %v", err)
+	}
 }
