@@ -110,7 +110,7 @@ func TestIndentedJSON(t *testing.T) {
 func TestHFRenderings(t *testing.T) {
 	path := filepath.Join(testdata, "hf", "chat.json.gz")
 	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
-		t.Skip("model/testdata/hf is not there yet: run the fixture command of GPU_COMMANDS.md")
+		t.Fatalf("model/testdata/hf is missing (tools/hf_arch_fixtures.py makes it): %v", err)
 	}
 	var fx struct {
 		Templates map[string][]struct {

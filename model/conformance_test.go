@@ -148,7 +148,7 @@ func checkConformance(t *testing.T, m Model, fx *hfFixture) {
 }
 
 // hfDirFixtures are the checkpoint directories of testdata/hf, made by
-// tools/hf_arch_fixtures.py on the GPU machine (see GPU_COMMANDS.md).
+// tools/hf_arch_fixtures.py on the GPU machine (see testdata/README.md).
 var hfDirFixtures = []string{"tiny_llama", "tiny_qwen2", "tiny_gptoss"}
 
 // TestConformanceHFDirs loads each checkpoint directory (llama with llama3
@@ -158,7 +158,7 @@ var hfDirFixtures = []string{"tiny_llama", "tiny_qwen2", "tiny_gptoss"}
 // convert writes must give the directory's logits exactly.
 func TestConformanceHFDirs(t *testing.T) {
 	if _, err := os.Stat(filepath.Join("testdata", "hf")); err != nil {
-		t.Skip("testdata/hf is not there yet: run the fixture command of GPU_COMMANDS.md")
+		t.Fatalf("testdata/hf is missing (tools/hf_arch_fixtures.py makes it): %v", err)
 	}
 	for _, name := range hfDirFixtures {
 		fx := readFixture(t, filepath.Join("hf", name))

@@ -38,7 +38,8 @@ from transformers import (AutoTokenizer, GptOssConfig, GptOssForCausalLM, LlamaC
                           Qwen2Config, Qwen2ForCausalLM)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hf_conformance import FP4_VALUES, bf16_bits, dump, floats, run_reference, set_experts, set_param  # noqa: E402
+from gguf_numpy import FP4_VALUES, bf16_bits  # noqa: E402
+from hf_conformance import dump, floats, run_reference, set_experts, set_param  # noqa: E402
 
 torch.set_grad_enabled(False)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -128,8 +129,12 @@ def qwen2_fixture(outdir):
     bf16_round(model)
     got = model.model.rotary_emb.inv_freq.numpy()
     assert abs(got[1] / 1e6 ** (-2 / 16) - 1) < 1e-5, ("rope_theta not applied", got)
+    # Saving as bf16 casts every floating buffer too; put the rotary inv_freq
+    # back in full precision, which is what a loader computes from config.json.
+    inv_freq = model.model.rotary_emb.inv_freq.clone()
     model.to(torch.bfloat16).save_pretrained(d, max_shard_size="100KB")
     model.to(torch.float32)
+    model.model.rotary_emb.inv_freq.copy_(inv_freq)
     assert os.path.exists(os.path.join(d, "model.safetensors.index.json")), "not sharded"
     copy_tokenizer("qwen2", d)
     reference(outdir, name, model, "qwen2", 1005, 14)

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"orcd/backend"
@@ -25,20 +26,13 @@ const fixtureDir = "../../model/testdata"
 var fixtures = []string{"gptoss_mxfp4_q8", "gptoss_f16_bf16", "gpt2_tied_q8", "gpt2_untied_mixed"}
 
 // hfFixtures are the checkpoint directories of model/testdata/hf (tiny
-// llama, qwen2 and gpt-oss as HF publishes them), once made on the GPU
-// machine (GPU_COMMANDS.md).
+// llama, qwen2 and gpt-oss as HF publishes them), made on the GPU machine
+// by tools/hf_arch_fixtures.py.
 var hfFixtures = []string{"hf/tiny_llama", "hf/tiny_qwen2", "hf/tiny_gptoss"}
 
-// allFixtures are the GGUF fixtures and whichever checkpoint directories
-// are there.
+// allFixtures are the GGUF fixtures and the checkpoint directories.
 func allFixtures() []string {
-	all := append([]string(nil), fixtures...)
-	for _, f := range hfFixtures {
-		if _, err := os.Stat(filepath.Join(fixtureDir, f)); err == nil {
-			all = append(all, f)
-		}
-	}
-	return all
+	return append(slices.Clone(fixtures), hfFixtures...)
 }
 
 // modelTolerance bounds max|gpu−cpu| / max|cpu| over one position's logits.

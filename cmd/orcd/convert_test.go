@@ -9,8 +9,8 @@ import (
 	"orcd/gguf"
 )
 
-// TestConvert converts the tiny gpt-oss checkpoint when the HF fixtures are
-// there (GPU_COMMANDS.md) and checks the file; the errors need no fixture.
+// TestConvert checks convert's errors, then converts the tiny gpt-oss
+// checkpoint of the HF fixtures and checks the file.
 func TestConvert(t *testing.T) {
 	dir := t.TempDir()
 	for _, c := range []struct {
@@ -29,7 +29,7 @@ func TestConvert(t *testing.T) {
 	}
 	src := filepath.Join(hfFixtureDir, "tiny_gptoss")
 	if _, err := os.Stat(src); err != nil {
-		t.Skip("model/testdata/hf is not there yet: run the fixture command of GPU_COMMANDS.md")
+		t.Fatalf("model/testdata/hf is missing (tools/hf_arch_fixtures.py makes it): %v", err)
 	}
 	out := filepath.Join(dir, "gptoss.gguf")
 	if code, stdout, stderr := runCmd("convert", src, "-o", out); code != 0 || !strings.Contains(stdout, "wrote "+out) {

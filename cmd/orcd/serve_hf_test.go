@@ -21,7 +21,7 @@ const hfFixtureDir = "../../model/testdata/hf"
 // apply_chat_template gives for the same conversation (chat.json.gz).
 func TestServeHFCheckpoints(t *testing.T) {
 	if _, err := os.Stat(hfFixtureDir); err != nil {
-		t.Skip("model/testdata/hf is not there yet: run the fixture command of GPU_COMMANDS.md")
+		t.Fatalf("model/testdata/hf is missing (tools/hf_arch_fixtures.py makes it): %v", err)
 	}
 	var chat struct {
 		Templates map[string][]struct {
