@@ -54,23 +54,33 @@ func main() {
 	peakLimit := flag.Float64("peak-limit-mb", 300, "memory: the peak resident memory allowed, in MB")
 	flag.Parse()
 
+	dir, err := os.MkdirTemp("", "soak")
+	if err != nil {
+		fail(err)
+	}
+	defer os.RemoveAll(dir)
 	bin := *orcdPath
 	if bin == "" {
-		dir, err := os.MkdirTemp("", "soak")
-		if err != nil {
-			fail(err)
-		}
-		defer os.RemoveAll(dir)
 		bin = filepath.Join(dir, "orcd")
 		fmt.Println("building orcd")
 		if out, err := exec.Command("go", "build", "-o", bin, "./cmd/orcd").CombinedOutput(); err != nil {
 			fail(fmt.Errorf("go build: %v\n%s", err, out))
 		}
 	}
+	args := strings.Fields(*orcdArgs)
+	if !slices.Contains(args, "--model") {
+		// The cases chat with tools and harmony channels, which the built-in
+		// gpt2 demo model has no format for: serve the random tiny gpt-oss.
+		model := filepath.Join(dir, "tiny-gpt-oss.gguf")
+		if out, err := exec.Command(bin, "synth", "--preset", "tiny-gpt-oss", "--seed", "1", "-o", model).CombinedOutput(); err != nil {
+			fail(fmt.Errorf("orcd synth: %v\n%s", err, out))
+		}
+		args = append(args, "--model", model)
+	}
 	var ok bool
 	switch *mode {
 	case "soak":
-		srv, err := startServer(bin, strings.Fields(*orcdArgs))
+		srv, err := startServer(bin, args)
 		if err != nil {
 			fail(err)
 		}
@@ -80,7 +90,7 @@ func main() {
 			ok = false
 		}
 	case "memory":
-		ok = memory(bin, strings.Fields(*orcdArgs), *peakLimit)
+		ok = memory(bin, args, *peakLimit)
 	default:
 		fail(fmt.Errorf("-mode %q is not soak or memory", *mode))
 	}
@@ -135,7 +145,7 @@ func startServer(bin string, extra []string) (*server, error) {
 				Level, Msg, Addr string
 			}
 			json.Unmarshal([]byte(line), &rec)
-			if rec.Msg == "listening" {
+			if strings.HasPrefix(rec.Msg, "listening") { // serve binds before it loads
 				listening <- rec.Addr
 			}
 			panicked := strings.Contains(strings.ToLower(line), "panic")
@@ -165,6 +175,25 @@ func startServer(bin string, extra []string) (*server, error) {
 	}
 	s.base = "http://" + s.addr
 	s.client = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256, MaxConnsPerHost: 0}}
+	// /health answers 503 "loading" until the model is up, then 200.
+	for deadline := time.Now().Add(5 * time.Minute); ; time.Sleep(100 * time.Millisecond) {
+		resp, err := s.do(context.Background(), "GET", "/health", "", nil)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		select {
+		case err := <-s.exited:
+			return nil, fmt.Errorf("orcd serve exited while loading: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			return nil, errors.New("orcd serve did not finish loading within 5 minutes")
+		}
+	}
 	fmt.Printf("orcd serve pid %d listening on %s\n", cmd.Process.Pid, s.addr)
 	return s, nil
 }
