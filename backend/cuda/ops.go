@@ -831,9 +831,10 @@ func (b *Backend) expertArgs(op string, dst backend.Tensor, xs *Tensor, n, k int
 // Small batches run matrix-vector kernels that read only the selected
 // experts' rows (of Q8_0 or MXFP4 experts, on the integer tensor cores, x
 // and the SwiGLU output quantized to two int8 digits: x's own quantized
-// copy when it has one); larger ones sort the assignments by expert and run
-// one grouped tensor-core matmul per projection, so each selected expert's
-// weights are read once per call.
+// copy when it has one); larger ones sort the assignments by expert, so each
+// selected expert's weights are read once per call, and run the grouped
+// integer tensor-core kernels (up to mqgTokens rows of Q8_0 or MXFP4
+// experts) or one grouped f16 tensor-core matmul per projection.
 func (b *Backend) experts(op string, e expertCall, ids, wts uintptr, act backend.SwiGLUParams) {
 	n, k, hidden, ff, nExp := e.n, e.k, e.hidden, e.ff, e.nExp
 	l := moeLayout(n, k, nExp, hidden, ff, e.gate.typ, e.down.typ, b.invariant)
@@ -855,6 +856,14 @@ func (b *Backend) experts(op string, e expertCall, ids, wts uintptr, act backend
 		h := quantBuf{qx: at(l.qh), dx: at(l.dh)}
 		b.mqGateup(e.gate, e.up, h, q, hidden, e.gb, e.ub, ids, k, ff, na, act)
 		b.mqDown(e.down, d.ptr, h, ff, e.db, ids, wts, k, hidden, n)
+	case l.mqg:
+		starts, xrows, slotRow := at(l.starts), at(l.xrows), at(l.slotRow)
+		b.moeGroup(starts, xrows, slotRow, at(l.counts), ids, n, k, nExp)
+		q, h := rowQuant{q: at(l.qx), d: at(l.dx)}, rowQuant{q: at(l.qh), d: at(l.dh)}
+		b.mqQuantRows(q, xs.ptr, n, hidden)
+		b.mqgGateup(e.gate, e.up, h, q, hidden, e.gb, e.ub, starts, xrows, ff, nExp, act)
+		b.mqgDown(e.down, at(l.y), h, ff, e.db, starts, hidden, nExp)
+		b.moeCombine(d.ptr, at(l.y), wts, slotRow, k, hidden, n)
 	case !l.grouped:
 		b.moeGateup(e.gate, e.up, at(l.h), xs.ptr, hidden, e.gb, e.ub, ids, k, ff, na, act)
 		b.moeDown(e.down, d.ptr, at(l.h), ff, e.db, ids, wts, k, hidden, n)
@@ -873,12 +882,14 @@ func (b *Backend) experts(op string, e expertCall, ids, wts uintptr, act backend
 // in bytes from its start. grouped: the counting sort of the assignments
 // (starts, rows, slot rows, counts) and the gate/up/down outputs of every
 // assignment (h, u, y); mq: x quantized (when it carries no copy) and the
-// SwiGLU output quantized (qh, dh); else the SwiGLU outputs h.
+// SwiGLU output quantized (qh, dh); mqg: the counting sort, x and the SwiGLU
+// output quantized row-major (qx, dx, qh, dh) and the down outputs y; else
+// the SwiGLU outputs h.
 type moeWorkspace struct {
-	grouped, mq                    bool
+	grouped, mq, mqg               bool
 	starts, xrows, slotRow, counts int64
 	h, u, y                        int64
-	qx, qh, dh                     int64
+	qx, dx, qh, dh                 int64
 	size                           int64
 }
 
@@ -886,8 +897,9 @@ type moeWorkspace struct {
 // backend takes the grouped tiles at every n) and lays out their workspace.
 func moeLayout(n, k, nExp, hidden, ff int, gate, down tensor.Type, invariant bool) moeWorkspace {
 	var l moeWorkspace
-	l.grouped = (n > mqTokens || invariant) && tileTypes[gate] && tileTypes[down]
 	l.mq = n <= mqTokens && mqTypes[gate] && down == gate && k <= mqDownWarps && !invariant
+	l.mqg = n > mqTokens && n <= mqgTokens && mqTypes[gate] && down == gate && !invariant
+	l.grouped = !l.mqg && (n > mqTokens || invariant) && tileTypes[gate] && tileTypes[down]
 	na := int64(n) * int64(k)
 	var off int64
 	take := func(bytes int64) int64 {
@@ -900,6 +912,16 @@ func moeLayout(n, k, nExp, hidden, ff int, gate, down tensor.Type, invariant boo
 		l.qx = take(quantBytes(hidden))
 		l.qh = take(na * int64(ff/32) * 64) // 2 columns × 32 bytes a chunk
 		l.dh = take(na * int64(ff/32) * 4)
+	case l.mqg:
+		l.starts = take(int64(nExp+1) * 4)
+		l.xrows = take(na * 4)
+		l.slotRow = take(na * 4)
+		l.counts = take(int64(nExp) * 4)
+		q, d := rowQuantBytes(n, hidden)
+		l.qx, l.dx = take(q), take(d)
+		q, d = rowQuantBytes(int(na), ff)
+		l.qh, l.dh = take(q), take(d)
+		l.y = take(na * int64(hidden) * 4)
 	case l.grouped:
 		l.starts = take(int64(nExp+1) * 4)
 		l.xrows = take(na * 4)
