@@ -32,10 +32,10 @@ const (
 	mqChunk  = 256 // bytes of quantized x per 32-element chunk (MQ_CHUNK)
 	mqWarps  = 8   // warps splitting the inner dimension in mq_matvec (MQ_WARPS)
 	mqKSplit = 4   // warps splitting the inner dimension in mq_gateup (MQ_KSPLIT)
-	// mqgTokens is the largest step of the grouped integer tensor-core MoE
-	// kernels (mqvec_grouped.cu), which take steps of more than mqTokens
-	// tokens of Q8_0 or MXFP4 experts; larger ones take the grouped f16
-	// tile kernel.
+	// mqgTokens is the largest step of the integer tensor-core kernels of
+	// the middle sizes (mqvec_grouped.cu), which take steps of more than
+	// mqTokens tokens against Q8_0 or MXFP4 weights (MoE experts and dense
+	// products); larger ones take the f16 tile kernels.
 	mqgTokens = 256
 	// mqDownWarps: an mq_down block has a warp per selected expert or
 	// more, so top-k above it takes the float kernels (MQ_DOWN_WARPS).
@@ -305,6 +305,11 @@ func (b *Backend) mqgGateup(gate, up *Tensor, h, x rowQuant, in int, gb, ub, sta
 	b.launch("mqg_gateup_"+suffix(gate.typ), grid2(ff/32, nExp), threads(64*mqKSplit), 0,
 		dptr(h.q), dptr(h.d), dptr(x.q), dptr(x.d), dptr(gate.ptr), dptr(gate.aux), dptr(up.ptr), dptr(up.aux), cint(in),
 		dptr(gb), dptr(ub), dptr(starts), dptr(xrows), cint(ff), cfloat(act.Alpha), cfloat(act.Limit), cfloat(act.UpShift))
+}
+
+func (b *Backend) mqgMatmul(w *Tensor, dst uintptr, x rowQuant, in int, bias uintptr, n, out int) {
+	b.launch("mqg_matmul_"+suffix(w.typ), grid2((n+31)/32, (out+31)/32), threads(64*mqKSplit), 0,
+		dptr(dst), dptr(x.q), dptr(x.d), dptr(w.ptr), dptr(w.aux), cint(in), dptr(bias), cint(n), cint(out))
 }
 
 func (b *Backend) mqgDown(down *Tensor, y uintptr, h rowQuant, in int, db, starts uintptr, hidden, nExp int) {

@@ -177,12 +177,33 @@ func (b *Backend) MatMul(dst, x, w, bias backend.Tensor) {
 		}
 		return
 	}
+	if a.n <= mqgTokens && mqTypes[a.w.typ] && !b.invariant {
+		if q, ok := b.rowInput("MatMul", a.x, a.n, a.in); ok {
+			b.mqgMatmul(a.w, a.dst.ptr, q, a.in, a.bias, a.n, a.out)
+		}
+		return
+	}
 	b.matmul(a.dst.ptr, a.x.ptr, a.n, a.w, a.bias, false)
+}
+
+// rowInput returns x's n rows quantized row-major (mq_quant_rows) in the
+// "mqg" workspace, for the products of the middle sizes.
+func (b *Backend) rowInput(op string, x *Tensor, n, in int) (rowQuant, bool) {
+	qb, db := rowQuantBytes(n, in)
+	buf, err := b.scratch("mqg", qb+db)
+	if err != nil {
+		b.fail(fmt.Errorf("%s: %w", op, err))
+		return rowQuant{}, false
+	}
+	q := rowQuant{q: buf, d: buf + uintptr(qb)}
+	b.mqQuantRows(q, x.ptr, n, in)
+	return q, true
 }
 
 // MatMulQKV runs the three products of one x. A decode step's (n ≤
 // mqTokens, one Q8_0 or MXFP4 type) run as one launch: the k and v
-// projections are too small to fill the chip on their own.
+// projections are too small to fill the chip on their own; steps of up to
+// mqgTokens quantize x once for the three.
 func (b *Backend) MatMulQKV(q, k, v, x, wq, wk, wv, bq, bk, bv backend.Tensor) {
 	var a [3]matmulArgs
 	for i, t := range [3][3]backend.Tensor{{q, wq, bq}, {k, wk, bk}, {v, wv, bv}} {
@@ -192,7 +213,18 @@ func (b *Backend) MatMulQKV(q, k, v, x, wq, wk, wv, bq, bk, bv backend.Tensor) {
 		}
 	}
 	typ := a[0].w.typ
-	if a[0].n > mqTokens || !mqTypes[typ] || a[1].w.typ != typ || a[2].w.typ != typ || b.invariant {
+	same := mqTypes[typ] && a[1].w.typ == typ && a[2].w.typ == typ && !b.invariant
+	if same && a[0].n > mqTokens && a[0].n <= mqgTokens {
+		// The middle sizes: x quantized once for the three products.
+		defer b.bind()()
+		if qx, ok := b.rowInput("MatMulQKV", a[0].x, a[0].n, a[0].in); ok {
+			for _, m := range a {
+				b.mqgMatmul(m.w, m.dst.ptr, qx, m.in, m.bias, m.n, m.out)
+			}
+		}
+		return
+	}
+	if a[0].n > mqTokens || !same {
 		b.MatMul(q, x, wq, bq)
 		b.MatMul(k, x, wk, bk)
 		b.MatMul(v, x, wv, bv)

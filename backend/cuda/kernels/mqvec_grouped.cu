@@ -1,4 +1,4 @@
-// MoE experts of the middle batch sizes (more than MQ_TOKENS and up to a few
+// MoE experts and dense products of the middle batch sizes (more than MQ_TOKENS and up to a few
 // hundred tokens a step: continuous batching's decode steps) on the integer
 // tensor cores, with mqvec.cu's formats: weights as int8 by byte permutes,
 // activations as two int8 digits a column pair, mma.sync m16n8k32 s8.
@@ -122,11 +122,11 @@ __device__ __forceinline__ void mqg_dot(const MqPair* p, int in, const u8* qx, c
 
 // mqg_pass computes, for the tokens in grouped rows r0..r0+nr-1 (nr ≤
 // 4·MQG_QUADS; row r reads row xrows[r] of x, or row r when xrows is NULL),
-// NP matrices' rows 32·blockIdx.x.. of expert e (row base base) and leaves
+// NP matrices' rows base..base+31 (rows past last repeat it) and leaves
 // red[ks][row][token][i] for the block to sum over ks.
 template <int T, int NP>
-__device__ __forceinline__ void mqg_pass(const WView* w, i64 base, const u8* qx, const float* dx, const int* xrows,
-                                         int r0, int nr, float (*red)[32][4 * MQG_QUADS][NP]) {
+__device__ __forceinline__ void mqg_pass(const WView* w, i64 base, i64 last, const u8* qx, const float* dx,
+                                         const int* xrows, int r0, int nr, float (*red)[32][4 * MQG_QUADS][NP]) {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     int rg = warp / MQ_KSPLIT, ks = warp % MQ_KSPLIT;
     int in = (int)w[0].in, nblk = in / 32, nq = (nr + 3) / 4;
@@ -139,10 +139,10 @@ __device__ __forceinline__ void mqg_pass(const WView* w, i64 base, const u8* qx,
         col.b[j] = xb < 0 ? -1 : xb * nblk * 64 + (g & 1) * 32 + t * 8;
         col.d[j] = xdr < 0 ? -1 : xdr * nblk;
     }
-    i64 ra = base + rg * 16 + g;
+    i64 ra = min(base + rg * 16 + g, last), rb = min(base + rg * 16 + g + 8, last);
     MqPair p[NP];
 #pragma unroll
-    for (int i = 0; i < NP; i++) p[i] = MqPair{w[i].q, w[i].s, ra, ra + 8};
+    for (int i = 0; i < NP; i++) p[i] = MqPair{w[i].q, w[i].s, ra, rb};
     float acc[MQG_QUADS][2 * NP];
 #pragma unroll
     for (int j = 0; j < MQG_QUADS; j++)
@@ -182,7 +182,7 @@ __device__ void mqg_gateup_impl(u8* qh, float* dh, const u8* qx, const float* dx
     WView w[2] = {gw, uw};
     for (int r0 = lo; r0 < hi; r0 += 4 * MQG_QUADS) {
         int nr = min(hi - r0, 4 * MQG_QUADS);
-        mqg_pass<T, 2>(w, base, qx, dx, xrows, r0, nr, red);
+        mqg_pass<T, 2>(w, base, base + 31, qx, dx, xrows, r0, nr, red);
         __syncthreads();
         for (int j = warp; j < nr; j += blockDim.x >> 5) {
             float gv = gb ? gb[base + lane] : 0.f, uv = ub ? ub[base + lane] : 0.f;
@@ -209,7 +209,7 @@ __device__ void mqg_down_impl(float* y, const u8* qh, const float* dh, WView dw,
     i64 base = (i64)e * hidden + blockIdx.x * 32;
     for (int r0 = lo; r0 < hi; r0 += 4 * MQG_QUADS) {
         int nr = min(hi - r0, 4 * MQG_QUADS);
-        mqg_pass<T, 1>(&dw, base, qh, dh, 0, r0, nr, red);
+        mqg_pass<T, 1>(&dw, base, base + 31, qh, dh, 0, r0, nr, red);
         __syncthreads();
         for (int j = warp; j < nr; j += blockDim.x >> 5) {
             float v = db ? db[base + lane] : 0.f;
@@ -218,6 +218,29 @@ __device__ void mqg_down_impl(float* y, const u8* qh, const float* dh, WView dw,
             y[(i64)(r0 + j) * hidden + row] = v;
         }
         __syncthreads();
+    }
+}
+
+// mqg_matmul: the dense product of the same sizes, dst[r][row] = w[row]·x[r]
+// + bias[row] for x's n rows (mq_quant_rows): block (blockIdx.x, blockIdx.y)
+// takes x's rows 32·blockIdx.x.. and w's rows 32·blockIdx.y... The token
+// passes of one row range are consecutive blocks, so all but the first
+// find the weights in L2.
+template <int T>
+__device__ void mqg_matmul_impl(float* dst, const u8* qx, const float* dx, WView w, const float* bias, int n,
+                                int out) {
+    __shared__ float red[MQ_KSPLIT][32][4 * MQG_QUADS][1];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, row = blockIdx.y * 32 + lane;
+    int r0 = blockIdx.x * 4 * MQG_QUADS, nr = min(n - r0, 4 * MQG_QUADS);
+    mqg_pass<T, 1>(&w, blockIdx.y * 32, out - 1, qx, dx, 0, r0, nr, red);
+    __syncthreads();
+    if (row >= out) return;
+    float b = bias ? bias[row] : 0.f;
+    for (int j = warp; j < nr; j += blockDim.x >> 5) {
+        float v = b;
+#pragma unroll
+        for (int s = 0; s < MQ_KSPLIT; s++) v += red[s][lane][j][0];
+        dst[(i64)(r0 + j) * out + row] = v;
     }
 }
 
@@ -233,6 +256,11 @@ __device__ void mqg_down_impl(float* y, const u8* qh, const float* dh, WView dw,
         mqg_down_##NAME(float* y, const u8* qh, const float* dh, const u8* q, const u8* s, int in,             \
                         const float* db, const int* starts, int hidden) {                                      \
         mqg_down_impl<T>(y, qh, dh, WView{q, s, in}, db, starts, hidden);                                      \
+    }                                                                                                          \
+    extern "C" __global__ void __launch_bounds__(64 * MQ_KSPLIT, 2)                                            \
+        mqg_matmul_##NAME(float* dst, const u8* qx, const float* dx, const u8* q, const u8* s, int in,         \
+                          const float* bias, int n, int out) {                                                 \
+        mqg_matmul_impl<T>(dst, qx, dx, WView{q, s, in}, bias, n, out);                                        \
     }
 
 MQG_KERNELS(T_Q8_0, q8_0)
