@@ -930,7 +930,10 @@ type moeWorkspace struct {
 func moeLayout(n, k, nExp, hidden, ff int, gate, down tensor.Type, invariant bool) moeWorkspace {
 	var l moeWorkspace
 	l.mq = n <= mqTokens && mqTypes[gate] && down == gate && k <= mqDownWarps && !invariant
-	l.mqg = n > mqTokens && n <= mqgTokens && mqTypes[gate] && down == gate && !invariant
+	// mqg addresses the quantized h (na rows of ff/32 chunks of 64 bytes)
+	// with 32-bit offsets.
+	fits := int64(n)*int64(k)*int64(max(ff, hidden)/32)*64 < 1<<31
+	l.mqg = n > mqTokens && n <= mqgTokens && mqTypes[gate] && down == gate && !invariant && fits
 	l.grouped = !l.mqg && (n > mqTokens || invariant) && tileTypes[gate] && tileTypes[down]
 	na := int64(n) * int64(k)
 	var off int64
