@@ -230,7 +230,7 @@ func TestMatMulQKV(t *testing.T) {
 			w[i] = p.upload(types[i], []int{in, outs[i]}, randWeights(t, r, types[i], in*outs[i]))
 			bias[i] = p.f32(1, outs[i], randF32(r, outs[i], 1))
 		}
-		for _, n := range []int{1, 4, 9} {
+		for _, n := range []int{1, 4, 9, 70} {
 			x := p.f32(n, in, randF32(r, n*in, 1))
 			for i := range dst {
 				dst[i] = p.f32(n, outs[i], nil)
@@ -525,19 +525,26 @@ func TestMoE(t *testing.T) {
 		set(&w.DownBias, &ref.DownBias, p.f32(nExp, hidden, randF32(r, hidden*nExp, 1)))
 		for _, act := range []backend.SwiGLUParams{{Alpha: 1.702, Limit: 7, UpShift: 1}, {Alpha: 1}} {
 			mp := backend.MoEParams{TopK: 3, SwiGLU: act}
-			for _, n := range []int{1, 4, 70} {
+			for _, n := range []int{1, 4, 8, 70, 200, 300} {
 				x := p.f32(n, hidden, randF32(r, n*hidden, 0.2))
 				dst := p.f32(n, hidden, nil)
-				tol := 1e-4
-				if n > 4 {
-					tol = 3e-4 // grouped tensor-core path
+				tol, splitTol := 1e-4, 1e-4
+				if n > mqTokens && (n > mqgTokens || !mqTypes[typ]) {
+					tol = 3e-4 // grouped f16 tensor-core path
+				}
+				if n > mvTokens {
+					// The split ops' router is a MatMul, whose tile kernel
+					// rounds F32 weights to f16 (the fused MoE keeps f32):
+					// the routing weights move by ~2e-4, on top of the
+					// experts' own error (BF16 n=70 measured 3.03e-4).
+					splitTol = 5e-4
 				}
 				cpuMoE(t, p.ref, dst.c, x.c, &ref, mp)
 				p.gpu.MoE(dst.g, x.g, w, mp)
 				p.check(fmt.Sprintf("MoE %s %+v n=%d", typ, act, n), dst, n*hidden, tol)
 				// The split ops on the device.
 				cpuMoE(t, p.gpu, dst.g, x.g, w, mp)
-				p.check(fmt.Sprintf("Route+Experts %s %+v n=%d", typ, act, n), dst, n*hidden, tol)
+				p.check(fmt.Sprintf("Route+Experts %s %+v n=%d", typ, act, n), dst, n*hidden, splitTol)
 			}
 		}
 	}

@@ -32,6 +32,11 @@ const (
 	mqChunk  = 256 // bytes of quantized x per 32-element chunk (MQ_CHUNK)
 	mqWarps  = 8   // warps splitting the inner dimension in mq_matvec (MQ_WARPS)
 	mqKSplit = 4   // warps splitting the inner dimension in mq_gateup (MQ_KSPLIT)
+	// mqgTokens is the largest step of the integer tensor-core kernels of
+	// the middle sizes (mqvec_grouped.cu), which take steps of more than
+	// mqTokens tokens against Q8_0 or MXFP4 weights (MoE experts and dense
+	// products); larger ones take the f16 tile kernels.
+	mqgTokens = 256
 	// mqDownWarps: an mq_down block has a warp per selected expert or
 	// more, so top-k above it takes the float kernels (MQ_DOWN_WARPS).
 	mqDownWarps = 16
@@ -146,6 +151,17 @@ func quantBytes(in int) int64 { return int64(in/32) * (mqChunk + 4*mqTokens) }
 // quantAt lays a quantBuf of in columns out at p.
 func quantAt(p uintptr, in int) quantBuf {
 	return quantBuf{qx: p, dx: p + uintptr(int64(in/32)*mqChunk)}
+}
+
+// rowQuant is a row-major quantized activation, as mq_store_row writes it:
+// for each row, mqChunk/4 bytes (two int8 digits of 32 elements) and one
+// scale a 32-element chunk.
+type rowQuant struct{ q, d uintptr }
+
+// rowQuantBytes is the size of a rowQuant of rows rows of in columns.
+func rowQuantBytes(rows, in int) (q, d int64) {
+	chunks := int64(rows) * int64(in/32)
+	return chunks * 64, chunks * 4
 }
 
 // --- elementwise.cu
@@ -277,6 +293,28 @@ func (b *Backend) mqDown(down *Tensor, dst uintptr, h quantBuf, in int, db, ids,
 	ksplit := max(1, mqDownWarps/k) // k·ksplit warps a block
 	b.launch("mq_down_"+suffix(down.typ), grid2((hidden+15)/16, n), threads(32*k*ksplit), 0,
 		dptr(dst), dptr(h.qx), dptr(h.dx), dptr(down.ptr), dptr(down.aux), cint(in), dptr(db), dptr(ids), dptr(wts), cint(k), cint(hidden), cint(ksplit))
+}
+
+// --- mqvec_grouped.cu
+
+func (b *Backend) mqQuantRows(q rowQuant, x uintptr, n, in int) {
+	b.launch("mq_quant_rows", grid2((in/32+3)/4, n), threads(128), 0, dptr(q.q), dptr(q.d), dptr(x), cint(in))
+}
+
+func (b *Backend) mqgGateup(gate, up *Tensor, h, x rowQuant, in int, gb, ub, starts, xrows uintptr, ff, nExp int, act backend.SwiGLUParams) {
+	b.launch("mqg_gateup_"+suffix(gate.typ), grid2(ff/32, nExp), threads(64*mqKSplit), 0,
+		dptr(h.q), dptr(h.d), dptr(x.q), dptr(x.d), dptr(gate.ptr), dptr(gate.aux), dptr(up.ptr), dptr(up.aux), cint(in),
+		dptr(gb), dptr(ub), dptr(starts), dptr(xrows), cint(ff), cfloat(act.Alpha), cfloat(act.Limit), cfloat(act.UpShift))
+}
+
+func (b *Backend) mqgMatmul(w *Tensor, dst uintptr, x rowQuant, in int, bias uintptr, n, out int) {
+	b.launch("mqg_matmul_"+suffix(w.typ), grid2((n+31)/32, (out+31)/32), threads(64*mqKSplit), 0,
+		dptr(dst), dptr(x.q), dptr(x.d), dptr(w.ptr), dptr(w.aux), cint(in), dptr(bias), cint(n), cint(out))
+}
+
+func (b *Backend) mqgDown(down *Tensor, y uintptr, h rowQuant, in int, db, starts uintptr, hidden, nExp int) {
+	b.launch("mqg_down_"+suffix(down.typ), grid2(hidden/32, nExp), threads(64*mqKSplit), 0,
+		dptr(y), dptr(h.q), dptr(h.d), dptr(down.ptr), dptr(down.aux), cint(in), dptr(db), dptr(starts), cint(hidden))
 }
 
 // rmsNormMQ is rms_norm that also writes the rows (at most mqTokens, of a

@@ -177,12 +177,33 @@ func (b *Backend) MatMul(dst, x, w, bias backend.Tensor) {
 		}
 		return
 	}
+	if a.n <= mqgTokens && mqTypes[a.w.typ] && !b.invariant {
+		if q, ok := b.rowInput("MatMul", a.x, a.n, a.in); ok {
+			b.mqgMatmul(a.w, a.dst.ptr, q, a.in, a.bias, a.n, a.out)
+		}
+		return
+	}
 	b.matmul(a.dst.ptr, a.x.ptr, a.n, a.w, a.bias, false)
+}
+
+// rowInput returns x's n rows quantized row-major (mq_quant_rows) in the
+// "mqg" workspace, for the products of the middle sizes.
+func (b *Backend) rowInput(op string, x *Tensor, n, in int) (rowQuant, bool) {
+	qb, db := rowQuantBytes(n, in)
+	buf, err := b.scratch("mqg", qb+db)
+	if err != nil {
+		b.fail(fmt.Errorf("%s: %w", op, err))
+		return rowQuant{}, false
+	}
+	q := rowQuant{q: buf, d: buf + uintptr(qb)}
+	b.mqQuantRows(q, x.ptr, n, in)
+	return q, true
 }
 
 // MatMulQKV runs the three products of one x. A decode step's (n ≤
 // mqTokens, one Q8_0 or MXFP4 type) run as one launch: the k and v
-// projections are too small to fill the chip on their own.
+// projections are too small to fill the chip on their own; steps of up to
+// mqgTokens quantize x once for the three.
 func (b *Backend) MatMulQKV(q, k, v, x, wq, wk, wv, bq, bk, bv backend.Tensor) {
 	var a [3]matmulArgs
 	for i, t := range [3][3]backend.Tensor{{q, wq, bq}, {k, wk, bk}, {v, wv, bv}} {
@@ -192,7 +213,18 @@ func (b *Backend) MatMulQKV(q, k, v, x, wq, wk, wv, bq, bk, bv backend.Tensor) {
 		}
 	}
 	typ := a[0].w.typ
-	if a[0].n > mqTokens || !mqTypes[typ] || a[1].w.typ != typ || a[2].w.typ != typ || b.invariant {
+	same := mqTypes[typ] && a[1].w.typ == typ && a[2].w.typ == typ && !b.invariant
+	if same && a[0].n > mqTokens && a[0].n <= mqgTokens {
+		// The middle sizes: x quantized once for the three products.
+		defer b.bind()()
+		if qx, ok := b.rowInput("MatMulQKV", a[0].x, a[0].n, a[0].in); ok {
+			for _, m := range a {
+				b.mqgMatmul(m.w, m.dst.ptr, qx, m.in, m.bias, m.n, m.out)
+			}
+		}
+		return
+	}
+	if a[0].n > mqTokens || !same {
 		b.MatMul(q, x, wq, bq)
 		b.MatMul(k, x, wk, bk)
 		b.MatMul(v, x, wv, bv)
@@ -831,9 +863,10 @@ func (b *Backend) expertArgs(op string, dst backend.Tensor, xs *Tensor, n, k int
 // Small batches run matrix-vector kernels that read only the selected
 // experts' rows (of Q8_0 or MXFP4 experts, on the integer tensor cores, x
 // and the SwiGLU output quantized to two int8 digits: x's own quantized
-// copy when it has one); larger ones sort the assignments by expert and run
-// one grouped tensor-core matmul per projection, so each selected expert's
-// weights are read once per call.
+// copy when it has one); larger ones sort the assignments by expert, so each
+// selected expert's weights are read once per call, and run the grouped
+// integer tensor-core kernels (up to mqgTokens rows of Q8_0 or MXFP4
+// experts) or one grouped f16 tensor-core matmul per projection.
 func (b *Backend) experts(op string, e expertCall, ids, wts uintptr, act backend.SwiGLUParams) {
 	n, k, hidden, ff, nExp := e.n, e.k, e.hidden, e.ff, e.nExp
 	l := moeLayout(n, k, nExp, hidden, ff, e.gate.typ, e.down.typ, b.invariant)
@@ -855,6 +888,14 @@ func (b *Backend) experts(op string, e expertCall, ids, wts uintptr, act backend
 		h := quantBuf{qx: at(l.qh), dx: at(l.dh)}
 		b.mqGateup(e.gate, e.up, h, q, hidden, e.gb, e.ub, ids, k, ff, na, act)
 		b.mqDown(e.down, d.ptr, h, ff, e.db, ids, wts, k, hidden, n)
+	case l.mqg:
+		starts, xrows, slotRow := at(l.starts), at(l.xrows), at(l.slotRow)
+		b.moeGroup(starts, xrows, slotRow, at(l.counts), ids, n, k, nExp)
+		q, h := rowQuant{q: at(l.qx), d: at(l.dx)}, rowQuant{q: at(l.qh), d: at(l.dh)}
+		b.mqQuantRows(q, xs.ptr, n, hidden)
+		b.mqgGateup(e.gate, e.up, h, q, hidden, e.gb, e.ub, starts, xrows, ff, nExp, act)
+		b.mqgDown(e.down, at(l.y), h, ff, e.db, starts, hidden, nExp)
+		b.moeCombine(d.ptr, at(l.y), wts, slotRow, k, hidden, n)
 	case !l.grouped:
 		b.moeGateup(e.gate, e.up, at(l.h), xs.ptr, hidden, e.gb, e.ub, ids, k, ff, na, act)
 		b.moeDown(e.down, d.ptr, at(l.h), ff, e.db, ids, wts, k, hidden, n)
@@ -873,12 +914,14 @@ func (b *Backend) experts(op string, e expertCall, ids, wts uintptr, act backend
 // in bytes from its start. grouped: the counting sort of the assignments
 // (starts, rows, slot rows, counts) and the gate/up/down outputs of every
 // assignment (h, u, y); mq: x quantized (when it carries no copy) and the
-// SwiGLU output quantized (qh, dh); else the SwiGLU outputs h.
+// SwiGLU output quantized (qh, dh); mqg: the counting sort, x and the SwiGLU
+// output quantized row-major (qx, dx, qh, dh) and the down outputs y; else
+// the SwiGLU outputs h.
 type moeWorkspace struct {
-	grouped, mq                    bool
+	grouped, mq, mqg               bool
 	starts, xrows, slotRow, counts int64
 	h, u, y                        int64
-	qx, qh, dh                     int64
+	qx, dx, qh, dh                 int64
 	size                           int64
 }
 
@@ -886,8 +929,12 @@ type moeWorkspace struct {
 // backend takes the grouped tiles at every n) and lays out their workspace.
 func moeLayout(n, k, nExp, hidden, ff int, gate, down tensor.Type, invariant bool) moeWorkspace {
 	var l moeWorkspace
-	l.grouped = (n > mqTokens || invariant) && tileTypes[gate] && tileTypes[down]
 	l.mq = n <= mqTokens && mqTypes[gate] && down == gate && k <= mqDownWarps && !invariant
+	// mqg addresses the quantized h (na rows of ff/32 chunks of 64 bytes)
+	// with 32-bit offsets.
+	fits := int64(n)*int64(k)*int64(max(ff, hidden)/32)*64 < 1<<31
+	l.mqg = n > mqTokens && n <= mqgTokens && mqTypes[gate] && down == gate && !invariant && fits
+	l.grouped = !l.mqg && (n > mqTokens || invariant) && tileTypes[gate] && tileTypes[down]
 	na := int64(n) * int64(k)
 	var off int64
 	take := func(bytes int64) int64 {
@@ -900,6 +947,16 @@ func moeLayout(n, k, nExp, hidden, ff int, gate, down tensor.Type, invariant boo
 		l.qx = take(quantBytes(hidden))
 		l.qh = take(na * int64(ff/32) * 64) // 2 columns × 32 bytes a chunk
 		l.dh = take(na * int64(ff/32) * 4)
+	case l.mqg:
+		l.starts = take(int64(nExp+1) * 4)
+		l.xrows = take(na * 4)
+		l.slotRow = take(na * 4)
+		l.counts = take(int64(nExp) * 4)
+		q, d := rowQuantBytes(n, hidden)
+		l.qx, l.dx = take(q), take(d)
+		q, d = rowQuantBytes(int(na), ff)
+		l.qh, l.dh = take(q), take(d)
+		l.y = take(na * int64(hidden) * 4)
 	case l.grouped:
 		l.starts = take(int64(nExp+1) * 4)
 		l.xrows = take(na * 4)

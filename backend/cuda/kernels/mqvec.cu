@@ -87,6 +87,21 @@ __device__ __forceinline__ void mq_store(float v, i64 chunk, int row, u8* qx, fl
     if (lane == 0) dx[chunk * MQ_TOKENS + row] = amax / MQ_QMAX;
 }
 
+// mq_store_row quantizes v into chunk `chunk` of a row-major quantized
+// activation (q: 64 bytes a chunk, the hi digits then the lo digits, in
+// mq_offset order; d: its scale), as mq_gateup writes h and mq_quant_rows
+// writes x. The warp's 32 lanes hold the chunk's 32 elements, lane = element.
+__device__ __forceinline__ void mq_store_row(float v, i64 chunk, u8* q, float* d) {
+    int lane = threadIdx.x & 31;
+    float amax = warp_max(fabsf(v));
+    int hi = 0, lo = 0;
+    if (amax > 0.f) mq_digits(v, amax, hi, lo);
+    u8* o = q + chunk * 64 + mq_offset(lane);
+    o[0] = (u8)hi;
+    o[32] = (u8)lo;
+    if (lane == 0) d[chunk] = amax / MQ_QMAX;
+}
+
 // mq_quant: one warp per 32-element chunk c of x (n ≤ 4 rows of in). Writes
 // qx[c] (8 columns × 32 bytes; columns of rows ≥ n are zero) and the chunk
 // scales dx[c*4 + t] = max|x|/32639.
@@ -383,15 +398,7 @@ __device__ void mq_gateup_impl(u8* qh, float* dh, const u8* qx, const float* dx,
     }
     gv += gb ? gb[base + lane] : 0.f;
     uv += ub ? ub[base + lane] : 0.f;
-    float h = swiglu_act(gv, uv, act);
-    float amax = warp_max(fabsf(h));
-    int hi = 0, lo = 0;
-    if (amax > 0.f) mq_digits(h, amax, hi, lo);
-    i64 chunk = (i64)a * (ff / 32) + blockIdx.x;
-    u8* o = qh + chunk * 64 + mq_offset(lane);
-    o[0] = (u8)hi;
-    o[32] = (u8)lo;
-    if (lane == 0) dh[chunk] = amax / MQ_QMAX;
+    mq_store_row(swiglu_act(gv, uv, act), (i64)a * (ff / 32) + blockIdx.x, qh, dh);
 }
 
 // mq_down: MoE decode, second half: dst[t][r] = Σ_slot wts[a]·(down_e[r]·h[a] + db_e[r])
