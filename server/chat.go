@@ -272,14 +272,7 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 	if job == nil {
 		return
 	}
-	var out outputParser = plainOutput{}
-	switch {
-	case s.specials != nil:
-		other, _ := s.cfg.Tokenizer.(specialChecker)
-		out = &harmonyOutput{parser: harmony.NewParser(), specials: s.specials, other: other, stops: engine.NewStopMatcher(body.Stop)}
-	case s.taggedToolCalls(&body):
-		out = &taggedOutput{stops: engine.NewStopMatcher(body.Stop)}
-	}
+	out := s.chatOutput(&body)
 	chunk := func(choice chatChoice) chatResponse {
 		obj := "chat.completion"
 		if body.Stream {
@@ -347,6 +340,24 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 	}, body.StreamOptions)
 }
 
+// chatOutput returns the parser of a chat request's output: harmony for
+// gpt-oss, tagged tool calls for templates that write them, plain text
+// otherwise; with parallel_tool_calls false, it keeps the first call only.
+func (s *Server) chatOutput(body *chatRequest) outputParser {
+	var out outputParser = plainOutput{}
+	switch {
+	case s.specials != nil:
+		other, _ := s.cfg.Tokenizer.(specialChecker)
+		out = &harmonyOutput{parser: harmony.NewParser(), specials: s.specials, other: other, stops: engine.NewStopMatcher(body.Stop)}
+	case s.taggedToolCalls(body):
+		out = &taggedOutput{stops: engine.NewStopMatcher(body.Stop)}
+	}
+	if body.ParallelToolCalls != nil && !*body.ParallelToolCalls {
+		out = &oneToolCall{outputParser: out}
+	}
+	return out
+}
+
 // chatRequest checks a /v1/chat/completions body and returns its engine
 // request (without an id), the conversation rendered and tokenized.
 func (s *Server) chatRequest(body *chatRequest) (engine.Request, error) {
@@ -355,6 +366,9 @@ func (s *Server) chatRequest(body *chatRequest) (engine.Request, error) {
 		maxTokens = body.MaxCompletionTokens
 	}
 	req, err := s.request(body.commonFields, maxTokens)
+	if err == nil {
+		err = checkChoices(body)
+	}
 	if err == nil {
 		err = s.chatPrompt(body, &req)
 	}

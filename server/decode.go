@@ -58,12 +58,18 @@ func bodyTooLarge(limit int64) apiError {
 // included) and unknown fields, and so that every error names the API's
 // path to the value (messages[0].tool_calls[1].function.name), not Go's.
 func decodeStrict(data []byte, v any) error {
+	return decodeWith(data, v, nil)
+}
+
+// decodeWith is decodeStrict, except that unknown fields go to unknown
+// when it is set (see tolerance) instead of being rejected.
+func decodeWith(data []byte, v any, unknown *tolerance) error {
 	if len(bytes.TrimSpace(data)) == 0 {
 		return invalid("body: empty; expected a JSON object")
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.UseNumber()
-	c := checker{dec: dec}
+	c := checker{dec: dec, unknown: unknown}
 	if err := c.value(reflect.TypeOf(v).Elem(), ""); err != nil {
 		return err
 	}
@@ -80,6 +86,8 @@ func decodeStrict(data []byte, v any) error {
 // checker walks one JSON value with a json.Decoder's tokens.
 type checker struct {
 	dec *json.Decoder
+	// unknown, when set, takes unknown fields instead of rejecting them.
+	unknown *tolerance
 }
 
 var unmarshalerType = reflect.TypeFor[json.Unmarshaler]()
@@ -113,7 +121,13 @@ func (c *checker) value(t reflect.Type, path string) error {
 		fields := fieldsOf(t)
 		return c.object(path, func(key, at string) error {
 			if fields[key] == nil {
-				return unknownField(at, key, fields)
+				if _, wrongCase := caseMatch(key, fields); c.unknown == nil || wrongCase {
+					return unknownField(at, key, fields)
+				}
+				if err := c.unknown.field(at); err != nil {
+					return err
+				}
+				return c.anyValue(at)
 			}
 			return c.value(fields[key], at)
 		})
@@ -192,7 +206,7 @@ func (c *checker) custom(t reflect.Type, path string) error {
 	if err := c.dec.Decode(&raw); err != nil {
 		return describeDecodeError(err)
 	}
-	sub := checker{json.NewDecoder(bytes.NewReader(raw))}
+	sub := checker{dec: json.NewDecoder(bytes.NewReader(raw))}
 	sub.dec.UseNumber()
 	tok, err := sub.dec.Token()
 	if err != nil {
@@ -266,12 +280,21 @@ func fieldsOf(t reflect.Type) map[string]reflect.Type {
 // unknownField reports a key the request type does not have, suggesting
 // the field it matches but for case.
 func unknownField(at, key string, fields map[string]reflect.Type) error {
-	for name := range fields {
-		if strings.EqualFold(name, key) {
-			return invalid(fmt.Sprintf("%s: unknown field; keys are case-sensitive: did you mean %q?", at, name))
-		}
+	if name, ok := caseMatch(key, fields); ok {
+		return invalid(fmt.Sprintf("%s: unknown field; keys are case-sensitive: did you mean %q?", at, name))
 	}
 	return invalid(at + ": unknown field")
+}
+
+// caseMatch returns the field that key matches but for case: such a key
+// is a mistake, rejected even where unknown fields are tolerated.
+func caseMatch(key string, fields map[string]reflect.Type) (string, bool) {
+	for name := range fields {
+		if strings.EqualFold(name, key) {
+			return name, true
+		}
+	}
+	return "", false
 }
 
 // number checks a number token with parse, which fails on a value outside

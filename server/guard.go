@@ -38,7 +38,7 @@ func (s *Server) admit(w http.ResponseWriter, r *http.Request) bool {
 	if s.cfg.APIKey != "" && r.URL.Path != "/health" && !s.authorized(r) {
 		return s.refuse(w, r, apiError{http.StatusUnauthorized, codeUnauthorized, "missing or invalid bearer token", false})
 	}
-	methods, ok := s.routes[r.URL.Path]
+	methods, ok := s.methodsOf(r.URL.Path)
 	if !ok {
 		return s.refuse(w, r, apiError{http.StatusNotFound, codeNotFound, fmt.Sprintf("%s: no such endpoint", clip(r.URL.Path)), false})
 	}

@@ -41,7 +41,7 @@ func openAIErrorOf(e apiError) openAIErrorDetail {
 	if e.code == codeUnauthorized {
 		code = "invalid_api_key" // OpenAI's code for a missing or wrong key
 	}
-	return openAIErrorDetail{Message: e.message, Type: typ, Code: &code}
+	return openAIErrorDetail{Message: e.message, Type: typ, Param: paramOf(e.message), Code: &code}
 }
 
 func (s *Server) rejectOpenAI(w http.ResponseWriter, endpoint string, e apiError) {
@@ -59,8 +59,22 @@ type modelObject struct {
 func (s *Server) handleModels(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{
 		"object": "list",
-		"data":   []modelObject{{s.cfg.Model.ID, "model", s.started.Unix(), "orcd"}},
+		"data":   []modelObject{s.modelObject()},
 	})
+}
+
+func (s *Server) modelObject() modelObject {
+	return modelObject{s.cfg.Model.ID, "model", s.started.Unix(), "orcd"}
+}
+
+// handleModel serves GET /v1/models/{id}: the served model, or 404.
+func (s *Server) handleModel(w http.ResponseWriter, r *http.Request) {
+	if id := r.PathValue("id"); id != s.cfg.Model.ID {
+		writeJSON(w, http.StatusNotFound, openAIError{openAIErrorOf(apiError{http.StatusNotFound, codeNotFound,
+			fmt.Sprintf("model: %q is not served here; this worker serves %q", clip(id), s.cfg.Model.ID), false})})
+		return
+	}
+	writeJSON(w, http.StatusOK, s.modelObject())
 }
 
 // stringList is a JSON string or array of strings (the OpenAI "stop" and

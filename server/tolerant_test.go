@@ -1,0 +1,107 @@
+package server
+
+import (
+	"net/http"
+	"strings"
+	"testing"
+
+	"orcd/engine"
+	"orcd/engine/enginetest"
+)
+
+// OpenAI request fields orcd does not know are accepted and listed in a
+// header; moot ones are accepted silently; ones that would change the
+// output are refused naming the field; the worker API stays strict.
+func TestTolerantRequests(t *testing.T) {
+	ts := newTestServer(t, &enginetest.Model{}, "gpt2", engine.Config{}, nil)
+	const msgs = `"messages":[{"role":"user","content":"hi","future":1}]`
+	for _, c := range []struct {
+		path, body, header string
+	}{
+		{"/v1/chat/completions", `{` + msgs + `,"max_tokens":2,"new_knob":{"a":[1]},"metadata":{"k":"v"},"service_tier":"auto","store":true,` +
+			`"user":"u","prompt_cache_key":"p","safety_identifier":"s","stream_options":{"include_obfuscation":false},"parallel_tool_calls":true}`,
+			"messages[0].future,new_knob"},
+		{"/v1/completions", `{"prompt":"a","max_tokens":2,"metadata":{},"parallel_tool_calls":false}`, ""},
+		{"/v1/completions", `{"prompt":"a","max_tokens":2,"zzz":null,"yyy":true}`, "zzz,yyy"},
+		{"/v1/responses", `{"input":[{"role":"user","content":"hi","extra":1}],"max_output_tokens":2,"user":"u","new":1}`, "new,input[0].extra"},
+	} {
+		resp := ts.post(t, c.path, c.body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("%s %s: status %d", c.path, c.body, resp.StatusCode)
+		}
+		if got := resp.Header.Get(ignoredFieldsHeader); got != c.header {
+			t.Errorf("%s %s: %s %q, want %q", c.path, c.body, ignoredFieldsHeader, got, c.header)
+		}
+	}
+
+	for _, c := range []struct {
+		path, body, param string
+	}{
+		{"/v1/chat/completions", `{` + msgs + `,"logit_bias":{"5":1}}`, "logit_bias"},
+		{"/v1/chat/completions", `{` + msgs + `,"logprobs":true}`, "logprobs"},
+		{"/v1/chat/completions", `{` + msgs + `,"response_format":{"type":"json_object"}}`, "response_format"},
+		{"/v1/completions", `{"prompt":"a","echo":true}`, "echo"},
+		{"/v1/completions", `{"prompt":"a","suffix":"z"}`, "suffix"},
+		{"/v1/chat/completions", `{` + msgs + `,"Temperature":1}`, "Temperature"},
+		{"/v1/chat/completions", `{` + msgs + `,"temperature":5}`, "temperature"},
+		{"/v1/chat/completions", `{"messages":[{"role":"wizard","content":"hi"}]}`, "messages[0].role"},
+		{"/v1/chat/completions", `{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}`, "messages[0].content[0]"},
+		{"/v1/chat/completions", `{` + msgs + `,"tool_choice":"required"}`, "tool_choice"},
+		{"/v1/chat/completions", `{` + msgs + `,"tool_choice":{"type":"function","function":{"name":"f"}}}`, "tool_choice"},
+		{"/v1/chat/completions", `{` + msgs + `,"tool_choice":"sometimes"}`, "tool_choice"},
+		{"/v1/chat/completions", `{` + msgs + `,"tool_choice":{"type":"function","function":{"name":"a b"}}}`, "tool_choice.function.name"},
+		{"/v1/chat/completions", `{` + msgs + `,"reasoning_effort":"max"}`, "reasoning_effort"},
+		{"/v1/chat/completions", `{` + msgs + `,"n":9}`, "n"},
+		{"/v1/completions", `{"prompt":"a","max_tokens":0}`, "max_tokens"},
+		{"/v1/completions", `{"model":"other","prompt":"a"}`, "model"},
+	} {
+		status := http.StatusBadRequest
+		if c.param == "model" {
+			status = http.StatusNotFound
+		}
+		e := wantOpenAIError(t, ts.post(t, c.path, c.body), status, "invalid_request_error", strings.ToLower(map[int]string{400: codeInvalidRequest, 404: codeNotFound}[status]))
+		if e.Param == nil || *e.Param != c.param {
+			t.Errorf("%s %s: param %v, want %q (%s)", c.path, c.body, e.Param, c.param, e.Message)
+		}
+	}
+	// An error about the body as a whole names no field.
+	if e := wantOpenAIError(t, ts.post(t, "/v1/completions", `{"prompt":`), 400, "invalid_request_error", "invalid_request"); e.Param != nil {
+		t.Errorf("truncated body: param %q", *e.Param)
+	}
+	// The worker API refuses unknown fields.
+	wantError(t, ts.post(t, "/execute", `{"job_id":"a","prompt":"hi","metadata":{}}`), http.StatusBadRequest, codeInvalidRequest)
+}
+
+// Every unknown route and wrong method is answered in the API's JSON error
+// shape; /v1/models/{id} serves the model.
+func TestRoutes(t *testing.T) {
+	ts := newTestServer(t, &enginetest.Model{}, "gpt2", engine.Config{}, nil)
+	get := func(path string) *http.Response {
+		resp, err := http.Get(ts.url + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+	for _, p := range []string{"/v1/nothing", "/v1/models/", "/v1/chat/completions/x", "/v1/responses/resp_unknown"} {
+		wantOpenAIError(t, get(p), http.StatusNotFound, "invalid_request_error", "not_found")
+	}
+	wantError(t, get("/nothing"), http.StatusNotFound, codeNotFound)
+	for _, p := range []string{"/v1/chat/completions", "/v1/responses", "/v1/completions"} {
+		wantOpenAIError(t, get(p), http.StatusMethodNotAllowed, "invalid_request_error", "method_not_allowed")
+	}
+	wantOpenAIError(t, ts.post(t, "/v1/models/tiny", `{}`), http.StatusMethodNotAllowed, "invalid_request_error", "method_not_allowed")
+	wantError(t, get("/execute"), http.StatusMethodNotAllowed, codeMethodNotAllowed)
+
+	var m modelObject
+	decodeBody(t, get("/v1/models/tiny"), http.StatusOK, &m)
+	if m.ID != "tiny" || m.Object != "model" || m.OwnedBy != "orcd" {
+		t.Errorf("model %+v", m)
+	}
+	e := wantOpenAIError(t, get("/v1/models/gpt-5"), http.StatusNotFound, "invalid_request_error", "not_found")
+	if e.Param == nil || *e.Param != "model" {
+		t.Errorf("unknown model: param %v", e.Param)
+	}
+	wantOpenAIError(t, get("/v1/models/org/tiny"), http.StatusNotFound, "invalid_request_error", "not_found")
+}
