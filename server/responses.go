@@ -152,6 +152,12 @@ func (body *responsesRequest) messages(history []chatMessage, unknown *tolerance
 	if len(items) == 0 {
 		return nil, invalid("input: at least one item is required")
 	}
+	calls := map[string]bool{} // call ids of the function calls so far
+	for _, m := range history {
+		for _, tc := range m.ToolCalls {
+			calls[tc.ID] = true
+		}
+	}
 	reasoning := "" // of a reasoning item, for the assistant turn after it
 	// lastAssistant is the index of the assistant message that function
 	// calls join (the calls of one turn), or -1.
@@ -198,11 +204,12 @@ func (body *responsesRequest) messages(history []chatMessage, unknown *tolerance
 				lastAssistant = len(msgs)
 				msgs = append(msgs, m)
 			}
+			calls[it.CallID] = true
 			msgs[lastAssistant].ToolCalls = append(msgs[lastAssistant].ToolCalls,
 				chatToolCall{ID: it.CallID, Type: "function", Function: chatFunction{Name: it.Name, Arguments: it.Arguments}})
 		case "function_call_output":
-			if it.CallID == "" {
-				return nil, invalid(at + ".call_id: required")
+			if !calls[it.CallID] {
+				return nil, invalid(fmt.Sprintf("%s.call_id: %q matches no earlier function_call", at, clip(it.CallID)))
 			}
 			out, err := partsText(at+".output", it.Output, "input_text")
 			if err != nil {
@@ -334,18 +341,18 @@ type (
 		TotalTokens int `json:"total_tokens"`
 	}
 	reasoningItem struct {
-		ID      string     `json:"id"`
-		Type    string     `json:"type"`
-		Summary []any      `json:"summary"`
-		Content []textPart `json:"content"`
-		Status  string     `json:"status"`
+		ID      string `json:"id"`
+		Type    string `json:"type"`
+		Summary []any  `json:"summary"`
+		Content []any  `json:"content"`
+		Status  string `json:"status"`
 	}
 	messageItem struct {
-		ID      string     `json:"id"`
-		Type    string     `json:"type"`
-		Status  string     `json:"status"`
-		Role    string     `json:"role"`
-		Content []textPart `json:"content"`
+		ID      string `json:"id"`
+		Type    string `json:"type"`
+		Status  string `json:"status"`
+		Role    string `json:"role"`
+		Content []any  `json:"content"`
 	}
 	functionCallItem struct {
 		ID        string `json:"id"`
@@ -355,19 +362,17 @@ type (
 		Name      string `json:"name"`
 		Arguments string `json:"arguments"`
 	}
-	// textPart is an output_text part (Annotations and Logprobs set, as
-	// the API always sends them) or a reasoning_text part.
-	textPart struct {
-		Type        string `json:"type"`
+	outputTextPart struct {
+		Type        string `json:"type"` // output_text
 		Text        string `json:"text"`
-		Annotations []any  `json:"annotations,omitempty"`
-		Logprobs    []any  `json:"logprobs,omitempty"`
+		Annotations []any  `json:"annotations"`
+		Logprobs    []any  `json:"logprobs"`
+	}
+	reasoningTextPart struct {
+		Type string `json:"type"` // reasoning_text
+		Text string `json:"text"`
 	}
 )
-
-func outputText(text string) textPart {
-	return textPart{Type: "output_text", Text: text, Annotations: []any{}, Logprobs: []any{}}
-}
 
 // responseItem is an output item being built.
 type responseItem struct {
@@ -383,15 +388,15 @@ type responseItem struct {
 func (it *responseItem) value(status string) any {
 	switch it.kind {
 	case deltaReasoning:
-		var content []textPart
+		content := []any{}
 		if status == "completed" {
-			content = []textPart{{Type: "reasoning_text", Text: it.text.String()}}
+			content = []any{it.part(it.text.String())}
 		}
 		return reasoningItem{ID: it.id, Type: "reasoning", Summary: []any{}, Content: content, Status: status}
 	case deltaContent:
-		content := []textPart{}
+		content := []any{}
 		if status == "completed" {
-			content = []textPart{outputText(it.text.String())}
+			content = []any{it.part(it.text.String())}
 		}
 		return messageItem{ID: it.id, Type: "message", Status: status, Role: "assistant", Content: content}
 	}
@@ -403,11 +408,11 @@ func (it *responseItem) value(status string) any {
 }
 
 // part is the item's one content part (reasoning and message items).
-func (it *responseItem) part(text string) textPart {
+func (it *responseItem) part(text string) any {
 	if it.kind == deltaReasoning {
-		return textPart{Type: "reasoning_text", Text: text}
+		return reasoningTextPart{"reasoning_text", text}
 	}
-	return outputText(text)
+	return outputTextPart{"output_text", text, []any{}, []any{}}
 }
 
 // responseBuilder turns output deltas into items and, when streaming,
