@@ -264,76 +264,97 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 	arrival := time.Now()
 	id := newID("chatcmpl-")
 	var body chatRequest
+	var req engine.Request
 	job := s.submit(w, r, endpoint, s.rejectOpenAI, &body, func() (engine.Request, error) {
-		req, err := s.chatRequest(&body)
+		var err error
+		req, err = s.chatRequest(&body)
 		req.ID = id
 		return req, err
 	})
 	if job == nil {
 		return
 	}
-	out := s.chatOutput(&body)
-	chunk := func(choice chatChoice) chatResponse {
+	n := body.choices()
+	outs := make([]outputParser, n)
+	for i := range outs {
+		outs[i] = s.chatOutput(&body)
+	}
+	chunk := func(choices ...chatChoice) chatResponse {
 		obj := "chat.completion"
 		if body.Stream {
 			obj = "chat.completion.chunk"
 		}
-		return chatResponse{ID: id, Object: obj, Created: arrival.Unix(), Model: s.cfg.Model.ID, Choices: []chatChoice{choice}}
+		return chatResponse{ID: id, Object: obj, Created: arrival.Unix(), Model: s.cfg.Model.ID, Choices: choices}
 	}
 
 	var sse *sseWriter
-	var content, reasoning strings.Builder
-	var calls []chatToolCall
+	type choiceOutput struct {
+		content, reasoning strings.Builder
+		calls              []chatToolCall
+	}
+	got := make([]choiceOutput, n)
 	if body.Stream {
 		sse = startSSE(w)
-		empty := ""
-		sse.event("", chunk(chatChoice{Delta: &chatOutMsg{Role: "assistant", Content: &empty}}))
+		for i := range n {
+			empty := ""
+			sse.event("", chunk(chatChoice{Index: i, Delta: &chatOutMsg{Role: "assistant", Content: &empty}}))
+		}
 	}
-	res, err := s.runJob(r, job, s.metrics.clock(arrival), out, func(d delta) bool {
+	results, err := s.runChoices(r, job, req, s.metrics.clock(arrival), outs, func(i int, d delta) bool {
 		var m chatOutMsg
+		c := &got[i]
 		switch d.kind {
 		case deltaContent:
 			m.Content = &d.text
-			content.WriteString(d.text)
+			c.content.WriteString(d.text)
 		case deltaReasoning:
 			m.ReasoningContent = &d.text
-			reasoning.WriteString(d.text)
+			c.reasoning.WriteString(d.text)
 		case deltaToolStart:
 			idx := d.toolIndex
 			tc := chatToolCall{Index: &idx, ID: newID("call_"), Type: "function", Function: chatFunction{Name: d.toolName}}
-			calls = append(calls, tc)
+			c.calls = append(c.calls, tc)
 			m.ToolCalls = []chatToolCall{tc}
 		case deltaToolArgs:
 			idx := d.toolIndex
-			calls[idx].Function.Arguments += d.text
+			c.calls[idx].Function.Arguments += d.text
 			m.ToolCalls = []chatToolCall{{Index: &idx, Function: chatFunction{Arguments: d.text}}}
 		}
 		if sse != nil {
-			sse.event("", chunk(chatChoice{Delta: &m}))
+			sse.event("", chunk(chatChoice{Index: i, Delta: &m}))
 		}
 		return false
 	})
-	finish := finishReason(res, out.toolCalls())
+	res := sumResults(results)
 	s.finishOpenAI(w, r, endpoint, sse, job, res, err, func() any {
-		if sse != nil {
-			return chunk(chatChoice{Delta: &chatOutMsg{}, FinishReason: &finish})
+		choices := make([]chatChoice, n)
+		for i := range choices {
+			finish := finishReason(results[i], outs[i].toolCalls())
+			if sse != nil {
+				choices[i] = chatChoice{Index: i, Delta: &chatOutMsg{}, FinishReason: &finish}
+				continue
+			}
+			c := &got[i]
+			msg := &chatOutMsg{Role: "assistant"}
+			if text := c.content.String(); text != "" || len(c.calls) == 0 {
+				msg.Content = &text
+			}
+			if rc := c.reasoning.String(); rc != "" {
+				msg.ReasoningContent = &rc
+			}
+			for j := range c.calls {
+				c.calls[j].Index = nil
+			}
+			msg.ToolCalls = c.calls
+			choices[i] = chatChoice{Index: i, Message: msg, FinishReason: &finish}
 		}
-		msg := &chatOutMsg{Role: "assistant"}
-		if c := content.String(); c != "" || len(calls) == 0 {
-			msg.Content = &c
+		c := chunk(choices...)
+		if sse == nil {
+			c.Usage = usageOf(job, res)
 		}
-		if rc := reasoning.String(); rc != "" {
-			msg.ReasoningContent = &rc
-		}
-		for i := range calls {
-			calls[i].Index = nil
-		}
-		msg.ToolCalls = calls
-		c := chunk(chatChoice{Message: msg, FinishReason: &finish})
-		c.Usage = usageOf(job, res)
 		return c
 	}, func() any {
-		c := chunk(chatChoice{})
+		c := chunk()
 		c.Choices = []chatChoice{}
 		c.Usage = usageOf(job, res)
 		return c

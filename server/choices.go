@@ -2,6 +2,9 @@ package server
 
 import (
 	"fmt"
+	"net/http"
+	"runtime/debug"
+	"sync"
 
 	"orcd/engine"
 )
@@ -63,4 +66,114 @@ func (o *oneToolCall) keep(ds []delta, stop bool) ([]delta, bool) {
 		}
 	}
 	return ds, stop
+}
+
+// maxChoices is the largest n a request may ask for.
+const maxChoices = 8
+
+// choices is the number of choices asked for (n, default 1).
+func (c commonFields) choices() int {
+	if c.N == nil {
+		return 1
+	}
+	return *c.N
+}
+
+// runChoices runs the choices of a request, one per parser in outs, and
+// returns their results and the first error. first, already submitted with
+// req, is choice 0. The others are submitted with req once first's prompt
+// is in the engine's prefix cache (at its first token), so that they share
+// its prefill; choice i gets the seed first.Seed()+i and the id req.ID-i.
+// emit receives choice i's deltas, one call at a time.
+func (s *Server) runChoices(r *http.Request, first *engine.Job, req engine.Request, clock *tokenClock, outs []outputParser,
+	emit func(i int, d delta) bool) ([]engine.Result, error) {
+	n := len(outs)
+	results, errs := make([]engine.Result, n), make([]error, n)
+	if n == 1 {
+		results[0], errs[0] = s.runJob(r, first, clock, outs[0], func(d delta) bool { return emit(0, d) })
+		return results, errs[0]
+	}
+	var mu sync.Mutex
+	locked := func(i int) func(delta) bool {
+		return func(d delta) bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return emit(i, d)
+		}
+	}
+	prefilled := make(chan struct{})
+	var once sync.Once
+	release := func() { once.Do(func() { close(prefilled) }) }
+	var wg sync.WaitGroup
+	wg.Add(n)
+	// A panic in a choice's goroutine, out of reach of the Handler's
+	// recovery, ends that choice with an internal error.
+	recoverChoice := func(i int) {
+		if v := recover(); v != nil {
+			s.log.Error("choice panicked", "choice", i, "panic", fmt.Sprint(v), "stack", string(debug.Stack()),
+				"correlation_id", correlationID(r.Context()))
+			errs[i] = fmt.Errorf("%w: %v", engine.ErrPanic, v)
+		}
+	}
+	go func() {
+		defer wg.Done()
+		defer release() // a first choice that fails lets the others try
+		defer recoverChoice(0)
+		results[0], errs[0] = s.runJob(r, first, clock, &onFirstToken{outputParser: outs[0], f: release}, locked(0))
+	}()
+	for i := 1; i < n; i++ {
+		go func() {
+			defer wg.Done()
+			defer recoverChoice(i)
+			select {
+			case <-prefilled:
+			case <-r.Context().Done():
+			}
+			ri := req
+			ri.ID = fmt.Sprintf("%s-%d", req.ID, i)
+			seed := first.Seed() + uint64(i)
+			ri.Seed = &seed
+			job, err := s.cfg.Engine.Submit(ri)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			results[i], errs[i] = s.runJob(r, job, clock, outs[i], locked(i))
+		}()
+	}
+	wg.Wait()
+	for i := range errs {
+		if errs[i] != nil {
+			return results, errs[i]
+		}
+		if err := runError(results[i], nil); err != nil {
+			return results, err
+		}
+	}
+	return results, nil
+}
+
+// sumResults is the result of a request's choices together: the first's,
+// with the tokens of all.
+func sumResults(rs []engine.Result) engine.Result {
+	res := rs[0]
+	for _, r := range rs[1:] {
+		res.TokensOut += r.TokensOut
+	}
+	return res
+}
+
+// onFirstToken calls f at the first token its parser sees.
+type onFirstToken struct {
+	outputParser
+	f    func()
+	seen bool
+}
+
+func (o *onFirstToken) token(tok engine.Token) ([]delta, bool) {
+	if !o.seen {
+		o.seen = true
+		o.f()
+	}
+	return o.outputParser.token(tok)
 }
