@@ -389,19 +389,19 @@ func (it *responseItem) value(status string) any {
 	switch it.kind {
 	case deltaReasoning:
 		content := []any{}
-		if status == "completed" {
+		if status != "in_progress" {
 			content = []any{it.part(it.text.String())}
 		}
 		return reasoningItem{ID: it.id, Type: "reasoning", Summary: []any{}, Content: content, Status: status}
 	case deltaContent:
 		content := []any{}
-		if status == "completed" {
+		if status != "in_progress" {
 			content = []any{it.part(it.text.String())}
 		}
 		return messageItem{ID: it.id, Type: "message", Status: status, Role: "assistant", Content: content}
 	}
 	args := ""
-	if status == "completed" {
+	if status != "in_progress" {
 		args = it.text.String()
 	}
 	return functionCallItem{ID: it.id, Type: "function_call", Status: status, CallID: it.callID, Name: it.name, Arguments: args}
@@ -442,7 +442,7 @@ func (b *responseBuilder) add(d delta) {
 		kind = deltaToolStart
 	}
 	if b.open == nil || b.open.kind != kind || d.kind == deltaToolStart {
-		b.close()
+		b.close("completed")
 		b.start(d)
 	}
 	it := b.open
@@ -483,8 +483,9 @@ func (b *responseBuilder) start(d delta) {
 	}
 }
 
-// close finishes the open item, if any.
-func (b *responseBuilder) close() {
+// close finishes the open item, if any, with status ("completed", or
+// "incomplete" for one cut short).
+func (b *responseBuilder) close(status string) {
 	it := b.open
 	if it == nil {
 		return
@@ -510,13 +511,13 @@ func (b *responseBuilder) close() {
 		ev["arguments"], ev["name"] = text, it.name
 		b.event("response.function_call_arguments.done", ev)
 	}
-	it.finishedItem = it.value("completed")
+	it.finishedItem = it.value(status)
 	b.event("response.output_item.done", map[string]any{"output_index": it.outputIndex, "item": it.finishedItem})
 }
 
-// output returns the finished items.
-func (b *responseBuilder) output() []any {
-	b.close()
+// output returns the finished items, closing the last one with status.
+func (b *responseBuilder) output(status string) []any {
+	b.close(status)
 	out := make([]any, len(b.items))
 	for i, it := range b.items {
 		out[i] = it.finishedItem
@@ -660,17 +661,17 @@ func (s *Server) handleResponses(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		resp.Status, resp.Error = "failed", &responseError{Code: strings.ToLower(e.code), Message: e.message}
-		resp.Output = b.output()
+		resp.Output = b.output("incomplete")
 		b.event("response.failed", map[string]any{"response": resp})
 		return
 	}
 	s.metrics.requests.WithLabelValues(endpoint, outcome).Inc()
-	resp.Output = b.output()
 	resp.Status = "completed"
 	final := "response.completed"
 	if res.StopReason == engine.StopMaxTokens || res.StopReason == engine.StopContextFull {
 		resp.Status, resp.IncompleteDetails, final = "incomplete", &incompleteReason{"max_output_tokens"}, "response.incomplete"
 	}
+	resp.Output = b.output(resp.Status)
 	u := &responseUsage{InputTokens: job.PromptTokens(), OutputTokens: res.TokensOut, TotalTokens: job.PromptTokens() + res.TokensOut}
 	u.OutputTokensDetails.ReasoningTokens = out.count()
 	resp.Usage = u

@@ -137,11 +137,13 @@ func TestResponses(t *testing.T) {
 	}
 
 	// Cut short: incomplete.
-	decodeBody(t, ts.post(t, "/v1/responses", map[string]any{"input": "Hi", "max_output_tokens": 3}), 200, &r)
-	if r.Status != "incomplete" || r.IncompleteDetails == nil || r.IncompleteDetails.Reason != "max_output_tokens" || r.Usage.OutputTokens != 3 {
-		t.Errorf("incomplete: %+v", r)
+	cut := len(harmonyTokens("<|channel|>analysis<|message|>User"))
+	decodeBody(t, ts.post(t, "/v1/responses", map[string]any{"input": "Hi", "max_output_tokens": cut}), 200, &r)
+	if r.Status != "incomplete" || r.IncompleteDetails == nil || r.IncompleteDetails.Reason != "max_output_tokens" || r.Usage.OutputTokens != cut ||
+		!slices.Equal(r.summary(), []string{"reasoning:User"}) || r.Output[0].Status != "incomplete" {
+		t.Errorf("incomplete: %+v %q", r, r.summary())
 	}
-	evs, _ = responseEvents(t, ts.post(t, "/v1/responses", map[string]any{"input": "Hi", "max_output_tokens": 3, "stream": true}))
+	evs, _ = responseEvents(t, ts.post(t, "/v1/responses", map[string]any{"input": "Hi", "max_output_tokens": cut, "stream": true}))
 	if last := evs[len(evs)-1]["type"]; last != "response.incomplete" {
 		t.Errorf("cut stream ends with %v", last)
 	}
