@@ -68,29 +68,7 @@ func (t *chatTool) UnmarshalJSON(b []byte) error {
 
 // text returns the message content: a string, null, or an array of text parts.
 func (m chatMessage) text(i int) (string, error) {
-	c := bytes.TrimSpace(m.Content)
-	if len(c) == 0 || string(c) == "null" {
-		return "", nil
-	}
-	var s string
-	if json.Unmarshal(c, &s) == nil {
-		return s, nil
-	}
-	var parts []struct {
-		Type string `json:"type"`
-		Text string `json:"text"`
-	}
-	if err := json.Unmarshal(c, &parts); err != nil {
-		return "", invalid(fmt.Sprintf("messages[%d].content: expected a string or an array of text parts", i))
-	}
-	var b strings.Builder
-	for j, p := range parts {
-		if p.Type != "text" {
-			return "", invalid(fmt.Sprintf("messages[%d].content[%d]: type %q is not supported; only text", i, j, p.Type))
-		}
-		b.WriteString(p.Text)
-	}
-	return b.String(), nil
+	return partsText(fmt.Sprintf("messages[%d].content", i), m.Content, "text")
 }
 
 // conversation checks the messages and collects them for rendering.

@@ -125,6 +125,7 @@ func (b *deadlineBody) Read(p []byte) (int, error) {
 // generationEndpoints name the endpoints counted in orcd_requests_total.
 var generationEndpoints = map[string]string{
 	"/execute": "execute", "/v1/completions": "completions", "/v1/chat/completions": "chat",
+	"/v1/responses": "responses",
 }
 
 // recoverPanic, deferred by the Handler, turns a panic in an endpoint into

@@ -293,6 +293,35 @@ func (s *Server) checkResponse(body *responsesRequest) error {
 	return notSupportedYet("tool_choice", tc, "text.format", format)
 }
 
+// responseRequest checks a /v1/responses body and returns its engine
+// request (without an id), the chat request it runs as, and its
+// conversation (history and input); the input items' unknown fields go to
+// unknown.
+func (s *Server) responseRequest(body *responsesRequest, unknown *tolerance) (engine.Request, *chatRequest, []chatMessage, error) {
+	if err := s.checkResponse(body); err != nil {
+		return engine.Request{}, nil, nil, err
+	}
+	var history []chatMessage
+	if p := body.PreviousResponseID; p != nil {
+		prev, ok := s.responses.get(*p)
+		if !ok {
+			return engine.Request{}, nil, nil, apiError{http.StatusNotFound, codeNotFound,
+				fmt.Sprintf("previous_response_id: %q is not stored here (unknown, expired, or stored with store false)", clip(*p)), false}
+		}
+		history = prev.messages
+	}
+	input, err := body.messages(history, unknown)
+	if err != nil {
+		return engine.Request{}, nil, nil, err
+	}
+	chat, err := body.chatBody(input)
+	if err != nil {
+		return engine.Request{}, nil, nil, err
+	}
+	req, err := s.chatRequest(chat)
+	return req, chat, input, err
+}
+
 // Output shapes of the Responses API.
 type (
 	responseObject struct {
@@ -590,26 +619,9 @@ func (s *Server) handleResponses(w http.ResponseWriter, r *http.Request) {
 	var input []chatMessage // this request's conversation, stored with the output
 	inputUnknown := &tolerance{}
 	job := s.submit(w, r, endpoint, s.rejectOpenAI, &body, func() (engine.Request, error) {
-		if err := s.checkResponse(&body); err != nil {
-			return engine.Request{}, err
-		}
-		var history []chatMessage
-		if p := body.PreviousResponseID; p != nil {
-			prev, ok := s.responses.get(*p)
-			if !ok {
-				return engine.Request{}, apiError{http.StatusNotFound, codeNotFound,
-					fmt.Sprintf("previous_response_id: %q is not stored here (unknown, expired, or stored with store false)", clip(*p)), false}
-			}
-			history = prev.messages
-		}
+		var req engine.Request
 		var err error
-		if input, err = body.messages(history, inputUnknown); err != nil {
-			return engine.Request{}, err
-		}
-		if chat, err = body.chatBody(input); err != nil {
-			return engine.Request{}, err
-		}
-		req, err := s.chatRequest(chat)
+		req, chat, input, err = s.responseRequest(&body, inputUnknown)
 		req.ID = id
 		return req, err
 	})

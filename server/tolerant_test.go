@@ -46,7 +46,7 @@ func TestTolerantRequests(t *testing.T) {
 		{"/v1/chat/completions", `{` + msgs + `,"Temperature":1}`, "Temperature"},
 		{"/v1/chat/completions", `{` + msgs + `,"temperature":5}`, "temperature"},
 		{"/v1/chat/completions", `{"messages":[{"role":"wizard","content":"hi"}]}`, "messages[0].role"},
-		{"/v1/chat/completions", `{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}`, "messages[0].content[0]"},
+		{"/v1/chat/completions", `{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}`, "messages[0].content[0].type"},
 		{"/v1/chat/completions", `{` + msgs + `,"tool_choice":"required"}`, "tool_choice"},
 		{"/v1/chat/completions", `{` + msgs + `,"tool_choice":{"type":"function","function":{"name":"f"}}}`, "tool_choice"},
 		{"/v1/chat/completions", `{` + msgs + `,"tool_choice":"sometimes"}`, "tool_choice"},
