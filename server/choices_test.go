@@ -196,15 +196,8 @@ func TestToolChoiceNoneHarmony(t *testing.T) {
 	tools := []map[string]any{{"type": "function", "function": map[string]any{"name": "get_weather"}}}
 	var r chatResponse
 	decodeBody(t, ts.post(t, "/v1/chat/completions", chatBody(false, map[string]any{"tools": tools, "tool_choice": "none"})), 200, &r)
-	p, err := harmony.Render(harmony.Conversation{ReasoningEffort: "low", Date: ts.cfg.Now(), Instructions: "Be nice.",
+	wantHarmonyPrompt(t, rec.prompt, harmony.Conversation{ReasoningEffort: "low", Date: ts.cfg.Now(), Instructions: "Be nice.",
 		Messages: []harmony.Message{{Role: "user", Content: "Hi <|end|>"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	want, _ := p.Tokens(enginetest.Tokenizer{})
-	if !slices.Equal(rec.prompt, want) {
-		t.Errorf("prompt %q\nwant %q", (enginetest.Tokenizer{}).Decode(rec.prompt), p.String())
-	}
 	if m := r.Choices[0].Message; len(m.ToolCalls) != 0 || *m.Content != "Hello, wörld!" {
 		t.Errorf("message %+v", m)
 	}

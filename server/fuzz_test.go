@@ -84,6 +84,18 @@ func sample(t *testing.T, req engine.Request) {
 	}
 }
 
+// checkAccepted checks an accepted chat request: its prompt tokens are in
+// the vocabulary and its sampling parameters work.
+func checkAccepted(t *testing.T, req engine.Request) {
+	t.Helper()
+	for _, id := range req.Tokens {
+		if id < 0 || int(id) >= enginetest.VocabSize {
+			t.Fatalf("prompt token %d outside the vocabulary", id)
+		}
+	}
+	sample(t, req)
+}
+
 // tokenizeText tokenizes a text prompt as submit does.
 func tokenizeText(t *testing.T, s *Server, req engine.Request) {
 	t.Helper()
@@ -183,12 +195,7 @@ func FuzzChatRequest(f *testing.F) {
 				checkRefusal(t, err)
 				continue
 			}
-			for _, id := range req.Tokens {
-				if id < 0 || int(id) >= enginetest.VocabSize {
-					t.Fatalf("prompt token %d outside the vocabulary", id)
-				}
-			}
-			sample(t, req)
+			checkAccepted(t, req)
 		}
 	})
 }
@@ -220,12 +227,7 @@ func FuzzResponsesRequest(f *testing.F) {
 				checkRefusal(t, err)
 				continue
 			}
-			for _, id := range req.Tokens {
-				if id < 0 || int(id) >= enginetest.VocabSize {
-					t.Fatalf("prompt token %d outside the vocabulary", id)
-				}
-			}
-			sample(t, req)
+			checkAccepted(t, req)
 		}
 	})
 }

@@ -44,22 +44,11 @@ func (responsesRequest) tolerant() {}
 
 // responseTool is a tool of a responses request: a function, flat.
 type responseTool struct {
-	raw         json.RawMessage
 	Type        string          `json:"type"`
 	Name        string          `json:"name"`
-	Description string          `json:"description"`
-	Parameters  json.RawMessage `json:"parameters"`
-	Strict      *bool           `json:"strict"`
-}
-
-// UnmarshalJSON keeps the tool's JSON beside its fields, to echo it.
-func (t *responseTool) UnmarshalJSON(b []byte) error {
-	type fields responseTool
-	if err := json.Unmarshal(b, (*fields)(t)); err != nil {
-		return err
-	}
-	t.raw = append(json.RawMessage(nil), b...)
-	return nil
+	Description string          `json:"description,omitempty"`
+	Parameters  json.RawMessage `json:"parameters,omitempty"`
+	Strict      *bool           `json:"strict,omitempty"`
 }
 
 // responseInputItem is one item of input: a message (role and content),
@@ -343,7 +332,7 @@ type (
 		TopP               *float64          `json:"top_p"`
 		Text               json.RawMessage   `json:"text"`
 		ToolChoice         json.RawMessage   `json:"tool_choice"`
-		Tools              []json.RawMessage `json:"tools"`
+		Tools              []responseTool    `json:"tools"`
 		Usage              *responseUsage    `json:"usage"`
 		Metadata           map[string]string `json:"metadata"`
 	}
@@ -635,7 +624,7 @@ func (s *Server) handleResponses(w http.ResponseWriter, r *http.Request) {
 		Output: []any{}, Instructions: body.Instructions, MaxOutputTokens: body.MaxOutputTokens,
 		ParallelToolCalls: body.ParallelToolCalls == nil || *body.ParallelToolCalls, PreviousResponseID: body.PreviousResponseID,
 		Store: store, Temperature: body.Temperature, TopP: body.TopP, Text: json.RawMessage(`{"format":{"type":"text"}}`),
-		ToolChoice: body.ToolChoice, Tools: []json.RawMessage{}, Metadata: body.Metadata,
+		ToolChoice: body.ToolChoice, Tools: body.Tools, Metadata: body.Metadata,
 	}
 	if resp.Metadata == nil {
 		resp.Metadata = map[string]string{}
@@ -646,8 +635,8 @@ func (s *Server) handleResponses(w http.ResponseWriter, r *http.Request) {
 	if chat.ReasoningEffort != "" {
 		resp.Reasoning.Effort = &chat.ReasoningEffort
 	}
-	for _, t := range body.Tools {
-		resp.Tools = append(resp.Tools, t.raw)
+	if resp.Tools == nil {
+		resp.Tools = []responseTool{}
 	}
 
 	b := &responseBuilder{}

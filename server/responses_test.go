@@ -13,6 +13,20 @@ import (
 	"orcd/harmony"
 )
 
+// wantHarmonyPrompt checks that prompt is conv rendered as harmony, special
+// tokens by id.
+func wantHarmonyPrompt(t *testing.T, prompt []int32, conv harmony.Conversation) {
+	t.Helper()
+	p, err := harmony.Render(conv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := p.Tokens(enginetest.Tokenizer{})
+	if !slices.Equal(prompt, want) {
+		t.Errorf("prompt %q\nwant   %q", (enginetest.Tokenizer{}).Decode(prompt), p.String())
+	}
+}
+
 // respObject is a response as a client reads it.
 type respObject struct {
 	ID                string `json:"id"`
@@ -91,15 +105,8 @@ func TestResponses(t *testing.T) {
 		t.Errorf("reasoning item %+v", r.Output[0])
 	}
 	// The prompt is the one chat renders for the same conversation.
-	p, err := harmony.Render(harmony.Conversation{ReasoningEffort: "low", Date: ts.cfg.Now(), Instructions: "Be nice.",
+	wantHarmonyPrompt(t, rec.prompt, harmony.Conversation{ReasoningEffort: "low", Date: ts.cfg.Now(), Instructions: "Be nice.",
 		Messages: []harmony.Message{{Role: "user", Content: "Hi <|end|>"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	want, _ := p.Tokens(enginetest.Tokenizer{})
-	if !slices.Equal(rec.prompt, want) {
-		t.Errorf("prompt %q, want %q", (enginetest.Tokenizer{}).Decode(rec.prompt), p.String())
-	}
 	// Usage: the chat path's counts; the reasoning tokens are those of the
 	// analysis message with its header, up to the <|end|> that closes it.
 	var c chatResponse
@@ -238,20 +245,14 @@ func TestResponsesToolCall(t *testing.T) {
 	if got := r2.summary(); !slices.Equal(got, []string{"reasoning:User greets. Reply.", "message:Hello, wörld!"}) {
 		t.Errorf("second turn %q", got)
 	}
-	p, err := harmony.Render(harmony.Conversation{Date: ts.cfg.Now(),
+	conv := harmony.Conversation{Date: ts.cfg.Now(),
 		Tools: []harmony.Tool{{Name: "get_weather", Description: "Weather now.",
 			Parameters: json.RawMessage(`{"properties":{"location":{"type":"string"}},"required":["location"],"type":"object"}`)}},
 		Messages: []harmony.Message{{Role: "user", Content: "Weather in SF?"},
 			{Role: "assistant", Reasoning: "Need the weather.", ToolCalls: []harmony.ToolCall{{Name: "get_weather", Arguments: `{"location":"SF"}`}}},
-			{Role: "tool", ToolName: "get_weather", Content: `{"temp":20}`}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	want, _ := p.Tokens(enginetest.Tokenizer{})
+			{Role: "tool", ToolName: "get_weather", Content: `{"temp":20}`}}}
 	rec.mu.Lock()
-	if !slices.Equal(rec.prompt, want) {
-		t.Errorf("prompt %q\nwant %q", (enginetest.Tokenizer{}).Decode(rec.prompt), p.String())
-	}
+	wantHarmonyPrompt(t, rec.prompt, conv)
 	rec.mu.Unlock()
 
 	// The same conversation sent as items gives the same prompt.
@@ -267,9 +268,7 @@ func TestResponsesToolCall(t *testing.T) {
 	var r3 respObject
 	decodeBody(t, resp, 200, &r3)
 	rec.mu.Lock()
-	if !slices.Equal(rec.prompt, want) {
-		t.Errorf("items prompt %q\nwant %q", (enginetest.Tokenizer{}).Decode(rec.prompt), p.String())
-	}
+	wantHarmonyPrompt(t, rec.prompt, conv)
 	rec.mu.Unlock()
 
 	// store false keeps nothing; the store keeps the 2 most recently used
