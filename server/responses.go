@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -101,11 +102,7 @@ func partsText(path string, raw json.RawMessage, types ...string) (string, error
 	}
 	var b strings.Builder
 	for i, p := range parts {
-		ok := false
-		for _, t := range types {
-			ok = ok || p.Type == t
-		}
-		if !ok {
+		if !slices.Contains(types, p.Type) {
 			return "", invalid(fmt.Sprintf("%s[%d].type: %q is not supported; only %s", path, i, clip(p.Type), strings.Join(types, ", ")))
 		}
 		b.WriteString(p.Text)
@@ -187,9 +184,8 @@ func (body *responsesRequest) messages(history []chatMessage, unknown *tolerance
 				return nil, invalid(at + ".call_id: required")
 			}
 			if lastAssistant < 0 {
-				m := textMessage("assistant", "")
-				m.Content = nil
-				m.ReasoningContent, reasoning = reasoning, ""
+				m := chatMessage{Role: "assistant", ReasoningContent: reasoning}
+				reasoning = ""
 				lastAssistant = len(msgs)
 				msgs = append(msgs, m)
 			}
@@ -247,15 +243,18 @@ func (body *responsesRequest) chatBody(msgs []chatMessage) (*chatRequest, error)
 		if err := checkName(fmt.Sprintf("tools[%d].name", i), t.Name); err != nil {
 			return nil, err
 		}
-		fn := map[string]any{"name": t.Name}
-		if t.Description != "" {
-			fn["description"] = t.Description
-		}
-		if len(t.Parameters) > 0 {
-			fn["parameters"] = t.Parameters
+		// Templates print the tool as chat clients send it, keys in the
+		// order of OpenAI's and HF's examples.
+		type function struct {
+			Name        string          `json:"name"`
+			Description string          `json:"description,omitempty"`
+			Parameters  json.RawMessage `json:"parameters,omitempty"`
 		}
 		var ct chatTool
-		ct.raw, _ = json.Marshal(map[string]any{"type": "function", "function": fn})
+		ct.raw, _ = json.Marshal(struct {
+			Type     string   `json:"type"`
+			Function function `json:"function"`
+		}{"function", function{t.Name, t.Description, t.Parameters}})
 		ct.Type = "function"
 		ct.Function.Name, ct.Function.Description, ct.Function.Parameters = t.Name, t.Description, t.Parameters
 		c.Tools = append(c.Tools, ct)

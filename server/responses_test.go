@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"orcd/chat"
 	"orcd/engine"
 	"orcd/engine/enginetest"
 	"orcd/harmony"
@@ -347,4 +348,36 @@ func TestResponsesFailed(t *testing.T) {
 	}
 	wantOpenAIError(t, ts.post(t, "/v1/responses", map[string]any{"input": "Hi", "max_output_tokens": 1000}),
 		http.StatusGatewayTimeout, "timeout", "inference_timeout")
+}
+
+// On a template model, a response renders its input and tools as the
+// equivalent chat request does (tools printed as JSON, keys in chat's
+// order), and the template's tagged tool calls become function_call items.
+func TestResponsesTemplate(t *testing.T) {
+	tmpl, err := chat.Compile(`{%- for t in tools %}{{ t | tojson }}{% endfor %}`+
+		`{%- for m in messages %}<{{ m.role }}>{{ m.content }}{% for c in m.tool_calls %}<tool_call>{{ c.function.arguments | tojson }}</tool_call>{% endfor %}{% endfor %}`+
+		`{%- if add_generation_prompt %}<assistant>{% endif %}`, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := "Checking.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"location\": \"Paris\"}}\n</tool_call>"
+	rec := &recorder{next: enginetest.TextScript(out)}
+	ts := newTestServer(t, &enginetest.Model{Next: rec.Next, Ctx: 4096}, "qwen2", engine.Config{}, func(c *Config) {
+		c.Model.Chat, c.Template, c.Tokenizer = ChatTemplate, tmpl, byteSpecials{}
+	})
+	// The chat request as clients write it, keys in this order.
+	const params = `{"type":"object","properties":{"location":{"type":"string"}}}`
+	decodeBody(t, ts.post(t, "/v1/chat/completions", `{"messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Weather?"}],`+
+		`"tools":[{"type":"function","function":{"name":"get_weather","description":"Now.","parameters":`+params+`}}]}`), 200, &chatResponse{})
+	chatPrompt := rec.prompt
+	rec.prompt = nil
+	var r respObject
+	decodeBody(t, ts.post(t, "/v1/responses", map[string]any{"instructions": "Be brief.", "input": "Weather?",
+		"tools": []map[string]any{{"type": "function", "name": "get_weather", "description": "Now.", "parameters": json.RawMessage(params)}}}), 200, &r)
+	if !slices.Equal(rec.prompt, chatPrompt) {
+		t.Errorf("responses prompt %q\nchat prompt      %q", (enginetest.Tokenizer{}).Decode(rec.prompt), (enginetest.Tokenizer{}).Decode(chatPrompt))
+	}
+	if got := r.summary(); !slices.Equal(got, []string{"message:Checking.\n", `function_call:get_weather:{"location":"Paris"}`}) {
+		t.Errorf("output %q", got)
+	}
 }
