@@ -9,12 +9,25 @@ import (
 	"strings"
 )
 
+// ParametersError is a tool whose parameters schema cannot be rendered.
+type ParametersError struct {
+	Tool int    // the tool's index in Conversation.Tools
+	Name string // its name
+	Err  error
+}
+
+func (e *ParametersError) Error() string {
+	return fmt.Sprintf("harmony: tool %s: parameters: %v", e.Name, e.Err)
+}
+
+func (e *ParametersError) Unwrap() error { return e.Err }
+
 // renderTools renders function tools as the TypeScript-like `functions`
 // namespace of the developer message.
 func renderTools(tools []Tool) (string, error) {
 	var b strings.Builder
 	b.WriteString("namespace functions {\n\n")
-	for _, t := range tools {
+	for i, t := range tools {
 		if err := CheckName(t.Name); err != nil {
 			return "", fmt.Errorf("harmony: tool name %q: %w", t.Name, err)
 		}
@@ -23,7 +36,7 @@ func renderTools(tools []Tool) (string, error) {
 		if len(bytes.TrimSpace(t.Parameters)) > 0 {
 			var err error
 			if schema, err = parseJSON(t.Parameters); err != nil {
-				return "", fmt.Errorf("harmony: tool %s: parameters: %w", t.Name, err)
+				return "", &ParametersError{Tool: i, Name: t.Name, Err: err}
 			}
 		}
 		if props := schema.get("properties"); props == nil || len(props.keys) == 0 {

@@ -3,6 +3,7 @@ package server
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -396,8 +397,12 @@ func (s *Server) chatPrompt(body *chatRequest, req *engine.Request) error {
 		return err
 	}
 	p, err := harmony.Render(conv)
-	if err != nil {
-		return invalid(strings.TrimPrefix(err.Error(), "harmony: "))
+	var params *harmony.ParametersError
+	switch {
+	case errors.As(err, &params):
+		return invalid(fmt.Sprintf("tools[%d].function.parameters: %v", params.Tool, params.Err))
+	case err != nil:
+		return invalid("messages: " + strings.TrimPrefix(err.Error(), "harmony: "))
 	}
 	n := 0
 	for _, piece := range p {
@@ -432,7 +437,12 @@ func (s *Server) templatePrompt(body *chatRequest, req *engine.Request) error {
 	}
 	text, err := s.cfg.Template.Render(r)
 	if err != nil {
-		return invalid(err.Error())
+		// A tool the template cannot take names itself ("chat: tools[1]:
+		// ..."); anything else is the conversation's.
+		if msg, ok := strings.CutPrefix(err.Error(), "chat: "); ok {
+			return invalid(msg)
+		}
+		return invalid("messages: " + err.Error())
 	}
 	req.Tokens, err = s.tokenize("messages", len(text), func() ([]int32, error) {
 		return s.cfg.Tokenizer.(specialEncoder).EncodeSpecial(text), nil

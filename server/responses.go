@@ -3,6 +3,7 @@ package server
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"slices"
@@ -307,7 +308,25 @@ func (s *Server) responseRequest(body *responsesRequest, unknown *tolerance) (en
 		return engine.Request{}, nil, nil, err
 	}
 	req, err := s.chatRequest(chat)
+	var e apiError
+	if errors.As(err, &e) {
+		err = responsesPath(e)
+	}
 	return req, chat, input, err
+}
+
+// responsesPath renames the chat field an error of the chat path names to
+// this API's: the conversation is the input, and tools are flat.
+func responsesPath(e apiError) apiError {
+	field, rest, ok := strings.Cut(e.message, ": ")
+	switch {
+	case !ok:
+	case field == "messages" || strings.HasPrefix(field, "messages["):
+		e.message = "input: " + rest
+	case strings.HasPrefix(field, "tools["):
+		e.message = strings.Replace(field, ".function.", ".", 1) + ": " + rest
+	}
+	return e
 }
 
 // Output shapes of the Responses API.

@@ -295,7 +295,7 @@ func TestResponsesToolCall(t *testing.T) {
 }
 
 func TestResponsesErrors(t *testing.T) {
-	ts := newTestServer(t, &enginetest.Model{Next: harmonyScripts, Ctx: 4096}, "gpt-oss", engine.Config{}, nil)
+	ts := newTestServer(t, &enginetest.Model{Next: harmonyScripts, Ctx: 1024}, "gpt-oss", engine.Config{}, nil)
 	for _, c := range []struct {
 		body, param string
 	}{
@@ -319,6 +319,8 @@ func TestResponsesErrors(t *testing.T) {
 		{`{"input":[{"type":"function_call_output","call_id":"nope","output":"x"}]}`, "input[0].call_id"},
 		{`{"input":"hi","temperature":-1}`, "temperature"},
 		{`{"input":"hi","background":true}`, "background"},
+		{`{"input":"hi","tools":[{"type":"function","name":"f","parameters":` + strings.Repeat(`{"a":`, 70) + `1` + strings.Repeat(`}`, 70) + `}]}`, "tools[0].parameters"},
+		{`{"input":"` + strings.Repeat("long ", 1000) + `"}`, "input"},
 	} {
 		resp := ts.post(t, "/v1/responses", c.body)
 		status := http.StatusBadRequest

@@ -65,6 +65,14 @@ func TestTolerantRequests(t *testing.T) {
 			t.Errorf("%s %s: param %v, want %q (%s)", c.path, c.body, e.Param, c.param, e.Message)
 		}
 	}
+	// Errors of rendering name their field too.
+	hs := newTestServer(t, &enginetest.Model{}, "gpt-oss", engine.Config{}, nil)
+	deep := strings.Repeat(`{"a":`, 70) + `1` + strings.Repeat(`}`, 70)
+	e := wantOpenAIError(t, hs.post(t, "/v1/chat/completions", `{`+msgs+`,"tools":[{"type":"function","function":{"name":"f"}},`+
+		`{"type":"function","function":{"name":"g","parameters":`+deep+`}}]}`), 400, "invalid_request_error", "invalid_request")
+	if e.Param == nil || *e.Param != "tools[1].function.parameters" {
+		t.Errorf("deep parameters: param %v (%s)", e.Param, e.Message)
+	}
 	// An error about the body as a whole names no field.
 	if e := wantOpenAIError(t, ts.post(t, "/v1/completions", `{"prompt":`), 400, "invalid_request_error", "invalid_request"); e.Param != nil {
 		t.Errorf("truncated body: param %q", *e.Param)
