@@ -113,3 +113,19 @@ func TestRoutes(t *testing.T) {
 	}
 	wantOpenAIError(t, get("/v1/models/org/tiny"), http.StatusNotFound, "invalid_request_error", "not_found")
 }
+
+// A browser client may read the header of ignored fields.
+func TestIgnoredFieldsHeaderExposed(t *testing.T) {
+	ts := newTestServer(t, &enginetest.Model{}, "gpt2", engine.Config{}, func(c *Config) { c.AllowedOrigins = []string{"*"} })
+	req, _ := http.NewRequest("POST", ts.url+"/v1/completions", strings.NewReader(`{"prompt":"a","max_tokens":1,"odd":1}`))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Origin", "https://app.example")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.Header.Get(ignoredFieldsHeader) != "odd" || !strings.Contains(resp.Header.Get("Access-Control-Expose-Headers"), ignoredFieldsHeader) {
+		t.Errorf("headers %v", resp.Header)
+	}
+}
