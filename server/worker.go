@@ -206,7 +206,9 @@ func (s *Server) handleExecute(w http.ResponseWriter, r *http.Request) {
 // reads the body and, in an admission slot, decodes it into body, builds
 // the engine request with build (which reads body and may tokenize), and
 // tokenizes a text prompt (see tokenize); then it submits the request. If
-// any step fails it answers with reject and returns nil.
+// any step fails it answers with reject and returns nil. A body of the
+// OpenAI API (tolerant) may carry unknown fields, which are reported (see
+// tolerance); other bodies are decoded strictly.
 func (s *Server) submit(w http.ResponseWriter, r *http.Request, endpoint string,
 	reject func(http.ResponseWriter, string, apiError), body any, build func() (engine.Request, error)) *engine.Job {
 	var unknown *tolerance
