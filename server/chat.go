@@ -342,7 +342,8 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 
 // chatOutput returns the parser of a chat request's output: harmony for
 // gpt-oss, tagged tool calls for templates that write them, plain text
-// otherwise; with parallel_tool_calls false, it keeps the first call only.
+// otherwise; with parallel_tool_calls false it keeps the first call only,
+// with tool_choice "none" none.
 func (s *Server) chatOutput(body *chatRequest) outputParser {
 	var out outputParser = plainOutput{}
 	switch {
@@ -352,8 +353,11 @@ func (s *Server) chatOutput(body *chatRequest) outputParser {
 	case s.taggedToolCalls(body):
 		out = &taggedOutput{stops: engine.NewStopMatcher(body.Stop)}
 	}
-	if body.ParallelToolCalls != nil && !*body.ParallelToolCalls {
-		out = &oneToolCall{outputParser: out}
+	switch {
+	case string(bytes.TrimSpace(body.ToolChoice)) == `"none"`:
+		out = &callLimit{outputParser: out, max: 0}
+	case body.ParallelToolCalls != nil && !*body.ParallelToolCalls:
+		out = &callLimit{outputParser: out, max: 1}
 	}
 	return out
 }

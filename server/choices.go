@@ -32,14 +32,17 @@ func checkEffort(param, effort string) error {
 	return invalid(fmt.Sprintf("%s: %q is not low, medium or high", param, clip(effort)))
 }
 
-// oneToolCall keeps the first tool call of the output and ends generation
-// when a second one begins (parallel_tool_calls false).
-type oneToolCall struct {
+// callLimit keeps the first max tool calls of the output and ends
+// generation when one more begins: one for parallel_tool_calls false,
+// none for tool_choice "none" (whose prompt offers no tools, so that a
+// call would be the model's invention).
+type callLimit struct {
 	outputParser
-	done bool // a second call began: everything after it is dropped
+	max  int
+	done bool // a call over the limit began: everything after it is dropped
 }
 
-func (o *oneToolCall) token(tok engine.Token) ([]delta, bool) {
+func (o *callLimit) token(tok engine.Token) ([]delta, bool) {
 	if o.done {
 		return nil, true
 	}
@@ -47,7 +50,7 @@ func (o *oneToolCall) token(tok engine.Token) ([]delta, bool) {
 	return out, stop || o.done
 }
 
-func (o *oneToolCall) finish() []delta {
+func (o *callLimit) finish() []delta {
 	if o.done {
 		return nil
 	}
@@ -55,12 +58,12 @@ func (o *oneToolCall) finish() []delta {
 	return out
 }
 
-func (o *oneToolCall) toolCalls() int { return min(o.outputParser.toolCalls(), 1) }
+func (o *callLimit) toolCalls() int { return min(o.outputParser.toolCalls(), o.max) }
 
-// keep returns the deltas before a second tool call.
-func (o *oneToolCall) keep(ds []delta, stop bool) ([]delta, bool) {
+// keep returns the deltas before a call over the limit.
+func (o *callLimit) keep(ds []delta, stop bool) ([]delta, bool) {
 	for i, d := range ds {
-		if d.kind == deltaToolStart && d.toolIndex > 0 {
+		if d.kind == deltaToolStart && d.toolIndex >= o.max {
 			o.done = true
 			return ds[:i], true
 		}

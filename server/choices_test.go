@@ -189,7 +189,9 @@ func TestToolChoiceAndParallelCalls(t *testing.T) {
 	}
 }
 
-// With harmony, tool_choice none leaves the tools out of the prompt.
+// With harmony, tool_choice none leaves the tools out of the prompt, and
+// a call the model makes anyway ends the answer instead of reaching the
+// client.
 func TestToolChoiceNoneHarmony(t *testing.T) {
 	rec := &recorder{next: harmonyScripts}
 	ts := newTestServer(t, &enginetest.Model{Next: rec.Next, Ctx: 4096}, "gpt-oss", engine.Config{}, nil)
@@ -200,5 +202,18 @@ func TestToolChoiceNoneHarmony(t *testing.T) {
 		Messages: []harmony.Message{{Role: "user", Content: "Hi <|end|>"}}})
 	if m := r.Choices[0].Message; len(m.ToolCalls) != 0 || *m.Content != "Hello, wörld!" {
 		t.Errorf("message %+v", m)
+	}
+
+	rogue := newTestServer(t, &enginetest.Model{Next: enginetest.Script(harmonyTokens(harmonyToolCall)), Ctx: 4096}, "gpt-oss", engine.Config{}, nil)
+	decodeBody(t, rogue.post(t, "/v1/chat/completions", chatBody(false, map[string]any{"tools": tools, "tool_choice": "none"})), 200, &r)
+	if m := r.Choices[0].Message; len(m.ToolCalls) != 0 || *m.ReasoningContent != "Need the weather." || *r.Choices[0].FinishReason != "stop" {
+		t.Errorf("a call despite tool_choice none: %+v, finish %s", m, *r.Choices[0].FinishReason)
+	}
+	var calls int
+	for _, ch := range openAIStream[chatResponse](t, rogue.post(t, "/v1/chat/completions", chatBody(true, map[string]any{"tools": tools, "tool_choice": "none"}))) {
+		calls += len(ch.Choices[0].Delta.ToolCalls)
+	}
+	if calls != 0 {
+		t.Errorf("streamed: %d tool call deltas despite tool_choice none", calls)
 	}
 }
