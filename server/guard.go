@@ -28,7 +28,7 @@ func (s *Server) admit(w http.ResponseWriter, r *http.Request) bool {
 		h.Add("Vary", "Origin")
 		h.Set("Access-Control-Expose-Headers", "X-Correlation-Id, "+ignoredFieldsHeader)
 		if r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
-			h.Set("Access-Control-Allow-Methods", "GET, POST")
+			h.Set("Access-Control-Allow-Methods", "GET, POST, DELETE")
 			h.Set("Access-Control-Allow-Headers", "Authorization, Content-Type, X-Correlation-Id")
 			h.Set("Access-Control-Max-Age", "600")
 			w.WriteHeader(http.StatusNoContent)

@@ -709,9 +709,23 @@ func (s *Server) handleGetResponse(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	stored, ok := s.responses.get(id)
 	if !ok {
-		writeJSON(w, http.StatusNotFound, openAIError{openAIErrorOf(apiError{http.StatusNotFound, codeNotFound,
-			fmt.Sprintf("response_id: %q is not stored here", clip(id)), false})})
+		responseNotFound(w, id)
 		return
 	}
 	writeJSON(w, http.StatusOK, stored.response)
+}
+
+// handleDeleteResponse serves DELETE /v1/responses/{id}.
+func (s *Server) handleDeleteResponse(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if !s.responses.remove(id) {
+		responseNotFound(w, id)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"id": id, "object": "response.deleted", "deleted": true})
+}
+
+func responseNotFound(w http.ResponseWriter, id string) {
+	writeJSON(w, http.StatusNotFound, openAIError{openAIErrorOf(apiError{http.StatusNotFound, codeNotFound,
+		fmt.Sprintf("response_id: %q is not stored here", clip(id)), false})})
 }

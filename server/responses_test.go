@@ -292,6 +292,24 @@ func TestResponsesToolCall(t *testing.T) {
 	if stored.ID != r2.ID || !slices.Equal(stored.summary(), r2.summary()) {
 		t.Errorf("stored %+v", stored)
 	}
+	// Deleted, it is gone.
+	del := func() *http.Response {
+		req, _ := http.NewRequest(http.MethodDelete, ts.url+"/v1/responses/"+r2.ID, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+	var deleted struct {
+		ID, Object string
+		Deleted    bool
+	}
+	decodeBody(t, del(), 200, &deleted)
+	if deleted.ID != r2.ID || deleted.Object != "response.deleted" || !deleted.Deleted {
+		t.Errorf("delete: %+v", deleted)
+	}
+	wantOpenAIError(t, del(), http.StatusNotFound, "invalid_request_error", "not_found")
 }
 
 func TestResponsesErrors(t *testing.T) {

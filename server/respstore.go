@@ -58,3 +58,18 @@ func (s *responseStore) get(id string) (storedResponse, bool) {
 	s.order.MoveToFront(e)
 	return e.Value.(*storeEntry).r, true
 }
+
+// remove drops a response and reports whether it was stored.
+func (s *responseStore) remove(id string) bool {
+	if s == nil {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.byID[id]
+	if ok {
+		s.order.Remove(e)
+		delete(s.byID, id)
+	}
+	return ok
+}

@@ -208,6 +208,7 @@ func New(cfg Config) (*Server, error) {
 	s.handle("GET /v1/models/{id...}", s.handleModel)
 	s.handle("POST /v1/responses", s.handleResponses)
 	s.handle("GET /v1/responses/{id}", s.handleGetResponse)
+	s.handle("DELETE /v1/responses/{id}", s.handleDeleteResponse)
 	return s, nil
 }
 
