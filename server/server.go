@@ -176,7 +176,7 @@ func New(cfg Config) (*Server, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{cfg: cfg, log: log, started: cfg.Now(), mux: http.NewServeMux(), routes: map[string][]string{},
-		admitting: make(chan struct{}, cfg.AdmissionConcurrency), responses: newResponseStore(cfg.ResponsesStore)}
+		admitting: make(chan struct{}, cfg.AdmissionConcurrency), responses: newResponseStore(cfg.ResponsesStore, responseStoreBytes)}
 	if cfg.Model.Chat == ChatTemplate {
 		if _, ok := cfg.Tokenizer.(specialEncoder); !ok || cfg.Template == nil {
 			return nil, errors.New("server: a chat template needs Config.Template and a tokenizer with EncodeSpecial")
