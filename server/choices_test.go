@@ -178,6 +178,24 @@ func TestToolChoiceAndParallelCalls(t *testing.T) {
 		}
 	}
 
+	// The Responses API's max_tool_calls limits them the same way.
+	flat := []map[string]any{{"type": "function", "name": "a"}, {"type": "function", "name": "b"}}
+	for _, c := range []struct {
+		max  any
+		want []string
+	}{{nil, []string{"function_call:a:{}", `function_call:b:{"x":1}`}}, {2, []string{"function_call:a:{}", `function_call:b:{"x":1}`}},
+		{1, []string{"function_call:a:{}"}}, {0, nil}} {
+		body := map[string]any{"input": "hi", "tools": flat}
+		if c.max != nil {
+			body["max_tool_calls"] = c.max
+		}
+		var rr respObject
+		decodeBody(t, ts.post(t, "/v1/responses", body), 200, &rr)
+		if got := rr.summary(); !slices.Equal(got, c.want) {
+			t.Errorf("max_tool_calls %v: %q, want %q", c.max, got, c.want)
+		}
+	}
+
 	rec.prompt = nil
 	var r chatResponse
 	decodeBody(t, ts.post(t, "/v1/chat/completions", chatBody(false, map[string]any{"tools": tools, "tool_choice": "none"})), 200, &r)

@@ -124,10 +124,11 @@ func (c *checker) value(t reflect.Type, path string) error {
 				if _, wrongCase := caseMatch(key, fields); c.unknown == nil || wrongCase {
 					return unknownField(at, key, fields)
 				}
-				if err := c.unknown.field(at); err != nil {
+				raw, err := c.raw(at)
+				if err != nil {
 					return err
 				}
-				return c.anyValue(at)
+				return c.unknown.field(at, raw)
 			}
 			return c.value(fields[key], at)
 		})
@@ -202,17 +203,8 @@ func (c *checker) closing() error {
 // custom checks a value decoded by its own UnmarshalJSON (json.RawMessage,
 // stringList): any JSON without duplicate keys, that the type accepts.
 func (c *checker) custom(t reflect.Type, path string) error {
-	var raw json.RawMessage
-	if err := c.dec.Decode(&raw); err != nil {
-		return describeDecodeError(err)
-	}
-	sub := checker{dec: json.NewDecoder(bytes.NewReader(raw))}
-	sub.dec.UseNumber()
-	tok, err := sub.dec.Token()
+	raw, err := c.raw(path)
 	if err != nil {
-		return describeDecodeError(err)
-	}
-	if err := sub.anyRest(tok, path); err != nil {
 		return err
 	}
 	if t == reflect.TypeFor[json.RawMessage]() {
@@ -222,6 +214,21 @@ func (c *checker) custom(t reflect.Type, path string) error {
 		return invalid(at(path) + ": " + err.Error())
 	}
 	return nil
+}
+
+// raw reads the next value, any JSON without duplicate keys, and returns
+// it.
+func (c *checker) raw(path string) (json.RawMessage, error) {
+	var raw json.RawMessage
+	if err := c.dec.Decode(&raw); err != nil {
+		return nil, describeDecodeError(err)
+	}
+	sub := checker{dec: json.NewDecoder(bytes.NewReader(raw))}
+	sub.dec.UseNumber()
+	if err := sub.anyValue(path); err != nil {
+		return nil, err
+	}
+	return raw, nil
 }
 
 // anyRest checks the rest of a free-form value whose first token is tok:

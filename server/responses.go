@@ -26,6 +26,7 @@ type responsesRequest struct {
 	Tools             []responseTool  `json:"tools"`
 	ToolChoice        json.RawMessage `json:"tool_choice"`
 	ParallelToolCalls *bool           `json:"parallel_tool_calls"`
+	MaxToolCalls      *int            `json:"max_tool_calls"`
 	Reasoning         *struct {
 		Effort  string          `json:"effort"`
 		Summary json.RawMessage `json:"summary"` // no summaries: reasoning comes as text
@@ -39,7 +40,8 @@ type responsesRequest struct {
 		Format    json.RawMessage `json:"format"`
 		Verbosity string          `json:"verbosity"` // a hint; ignored
 	} `json:"text"`
-	Metadata map[string]string `json:"metadata"` // echoed back
+	Metadata      map[string]string `json:"metadata"` // echoed back
+	StreamOptions *streamOptions    `json:"stream_options"`
 }
 
 func (responsesRequest) tolerant() {}
@@ -266,6 +268,9 @@ func (body *responsesRequest) chatBody(msgs []chatMessage) (*chatRequest, error)
 // checkResponse checks the fields the chat path does not: the token limit
 // (named as this API names it), tool_choice and text.format.
 func (s *Server) checkResponse(body *responsesRequest) error {
+	if m := body.MaxToolCalls; m != nil && *m < 0 {
+		return invalid(fmt.Sprintf("max_tool_calls: %d is negative", *m))
+	}
 	if m := body.MaxOutputTokens; m != nil {
 		if limit := min(maxTokensLimit, s.cfg.MaxTokensOut); *m < 1 || *m > limit {
 			return invalid(fmt.Sprintf("max_output_tokens: %d is outside [1, %d]", *m, limit))
@@ -663,7 +668,11 @@ func (s *Server) handleResponses(w http.ResponseWriter, r *http.Request) {
 		b.event("response.created", map[string]any{"response": resp})
 		b.event("response.in_progress", map[string]any{"response": resp})
 	}
-	out := &reasoningCounter{outputParser: s.chatOutput(chat)}
+	parser := s.chatOutput(chat)
+	if m := body.MaxToolCalls; m != nil {
+		parser = &callLimit{outputParser: parser, max: *m}
+	}
+	out := &reasoningCounter{outputParser: parser}
 	res, err := s.runJob(r, job, s.metrics.clock(arrival), out, func(d delta) bool {
 		b.add(d)
 		return false

@@ -30,8 +30,9 @@ var mootFields = map[string]bool{
 
 // unimplementedFields are OpenAI request fields that would change the
 // output but that orcd does not implement: a request with one gets a 400
-// naming it rather than an answer that silently ignores it. A field that
-// becomes a request struct's field is no longer unknown and never gets here.
+// naming it rather than an answer that silently ignores it, unless the
+// value asks for nothing (see asksNothing). A field that becomes a request
+// struct's field is no longer unknown and never gets here.
 var unimplementedFields = map[string]string{
 	"logit_bias":         "logit biases are not supported",
 	"logprobs":           "log probabilities are not supported yet",
@@ -49,9 +50,36 @@ var unimplementedFields = map[string]string{
 	"background":         "background responses are not supported",
 	"conversation":       "conversations are not supported; use previous_response_id",
 	"prompt":             "prompt templates are not supported",
-	"max_tool_calls":     "max_tool_calls is not supported",
-	"include":            "include is not supported",
-	"truncation":         "truncation is not supported",
+	"include":            "only reasoning.encrypted_content may be included (and is not produced)",
+	"truncation":         "only truncation \"disabled\" is supported",
+}
+
+// asksNothing reports whether the value of an unimplemented field asks for
+// nothing beyond what orcd does anyway: null, false, an empty string,
+// array or object, or the field's default (clients send these freely).
+func asksNothing(path string, raw json.RawMessage) bool {
+	var v any
+	if json.Unmarshal(raw, &v) != nil {
+		return false
+	}
+	switch x := v.(type) {
+	case nil:
+		return true
+	case bool:
+		return !x
+	case string:
+		return x == "" || path == "truncation" && x == "disabled"
+	case float64:
+		return path == "best_of" && x == 1 || path == "top_logprobs" && x == 0
+	case []any:
+		if len(x) == 1 {
+			return path == "modalities" && x[0] == "text" || path == "include" && x[0] == "reasoning.encrypted_content"
+		}
+		return len(x) == 0
+	case map[string]any:
+		return len(x) == 0 || path == "response_format" && len(x) == 1 && x["type"] == "text"
+	}
+	return false
 }
 
 // tolerance collects the unknown fields of one OpenAI request body.
@@ -64,10 +92,14 @@ type tolerance struct {
 // were ignored, as vLLM warns of them.
 const ignoredFieldsHeader = "X-Orcd-Ignored-Fields"
 
-// field takes one unknown field, by its API path.
-func (t *tolerance) field(path string) error {
+// field takes one unknown field, by its API path, and its value.
+func (t *tolerance) field(path string, raw json.RawMessage) error {
 	if why, ok := unimplementedFields[path]; ok {
-		return invalid(path + ": " + why)
+		if !asksNothing(path, raw) {
+			return invalid(path + ": " + why)
+		}
+		t.moot = append(t.moot, path)
+		return nil
 	}
 	if mootFields[path] {
 		t.moot = append(t.moot, path)

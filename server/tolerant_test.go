@@ -24,6 +24,12 @@ func TestTolerantRequests(t *testing.T) {
 		{"/v1/completions", `{"prompt":"a","max_tokens":2,"metadata":{},"parallel_tool_calls":false}`, ""},
 		{"/v1/completions", `{"prompt":"a","max_tokens":2,"zzz":null,"yyy":true}`, "zzz,yyy"},
 		{"/v1/responses", `{"input":[{"role":"user","content":"hi","extra":1}],"max_output_tokens":2,"user":"u","new":1}`, "new,input[0].extra"},
+		// Unimplemented fields whose values ask for nothing.
+		{"/v1/chat/completions", `{` + msgs + `,"max_tokens":2,"logprobs":false,"top_logprobs":0,"logit_bias":null,"response_format":{"type":"text"},` +
+			`"modalities":["text"],"audio":null,"functions":[],"prediction":{}}`, "messages[0].future"},
+		{"/v1/completions", `{"prompt":"a","max_tokens":2,"echo":false,"best_of":1,"logprobs":null,"suffix":""}`, ""},
+		{"/v1/responses", `{"input":"hi","max_output_tokens":2,"include":["reasoning.encrypted_content"],"truncation":"disabled","background":false,` +
+			`"stream_options":{"include_obfuscation":true}}`, ""},
 	} {
 		resp := ts.post(t, c.path, c.body)
 		resp.Body.Close()
@@ -43,6 +49,14 @@ func TestTolerantRequests(t *testing.T) {
 		{"/v1/chat/completions", `{` + msgs + `,"response_format":{"type":"json_object"}}`, "response_format"},
 		{"/v1/completions", `{"prompt":"a","echo":true}`, "echo"},
 		{"/v1/completions", `{"prompt":"a","suffix":"z"}`, "suffix"},
+		{"/v1/completions", `{"prompt":"a","best_of":2}`, "best_of"},
+		{"/v1/completions", `{"prompt":"a","logprobs":0}`, "logprobs"},
+		{"/v1/chat/completions", `{` + msgs + `,"modalities":["text","audio"]}`, "modalities"},
+		{"/v1/chat/completions", `{` + msgs + `,"response_format":{"type":"json_schema","json_schema":{}}}`, "response_format"},
+		{"/v1/chat/completions", `{` + msgs + `,"logit_bias":{"x":[1,{"a":1,"a":2}]}}`, "logit_bias.x[1].a"},
+		{"/v1/responses", `{"input":"hi","include":["message.output_text.logprobs"]}`, "include"},
+		{"/v1/responses", `{"input":"hi","truncation":"auto"}`, "truncation"},
+		{"/v1/responses", `{"input":"hi","max_tool_calls":-1}`, "max_tool_calls"},
 		{"/v1/chat/completions", `{` + msgs + `,"Temperature":1}`, "Temperature"},
 		{"/v1/chat/completions", `{` + msgs + `,"temperature":5}`, "temperature"},
 		{"/v1/chat/completions", `{"messages":[{"role":"wizard","content":"hi"}]}`, "messages[0].role"},
