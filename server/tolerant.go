@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"regexp"
+	"strconv"
 	"strings"
 )
 
@@ -109,16 +110,41 @@ func (t *tolerance) field(path string, raw json.RawMessage) error {
 	return nil
 }
 
-// report adds the ignored fields to their header and logs the moot ones,
-// each field name once in the server's life.
+// maxIgnoredNamed bounds the fields ignoredFieldsHeader names, so that a
+// body of many unknown fields cannot make a huge header.
+const maxIgnoredNamed = 16
+
+// report adds the ignored fields to their header (at most maxIgnoredNamed
+// named, then "+N more") and logs the moot ones.
 func (s *Server) report(w http.ResponseWriter, t *tolerance) {
-	if len(t.ignored) > 0 {
-		fields := t.ignored
-		if prev := w.Header().Get(ignoredFieldsHeader); prev != "" {
-			fields = append([]string{prev}, fields...)
-		}
-		w.Header().Set(ignoredFieldsHeader, strings.Join(fields, ","))
+	s.logMoot(t)
+	if len(t.ignored) == 0 {
+		return
 	}
+	var named []string
+	more := 0
+	if prev := w.Header().Get(ignoredFieldsHeader); prev != "" {
+		named = strings.Split(prev, ",")
+		last := named[len(named)-1]
+		if n, ok := strings.CutSuffix(strings.TrimPrefix(last, "+"), " more"); ok && last[0] == '+' {
+			more, _ = strconv.Atoi(n)
+			named = named[:len(named)-1]
+		}
+	}
+	named = append(named, t.ignored...)
+	if len(named) > maxIgnoredNamed {
+		more += len(named) - maxIgnoredNamed
+		named = named[:maxIgnoredNamed]
+	}
+	if more > 0 {
+		named = append(named, fmt.Sprintf("+%d more", more))
+	}
+	w.Header().Set(ignoredFieldsHeader, strings.Join(named, ","))
+}
+
+// logMoot logs the moot fields of a request, each field name once in the
+// server's life.
+func (s *Server) logMoot(t *tolerance) {
 	for _, f := range t.moot {
 		if _, seen := s.mootLogged.LoadOrStore(f, true); !seen {
 			s.log.Debug("request field accepted and ignored: it does not change the output (logged once)", "field", f)

@@ -1,12 +1,15 @@
 package server
 
 import (
+	"fmt"
+	"log/slog"
 	"net/http"
 	"strings"
 	"testing"
 
 	"orcd/engine"
 	"orcd/engine/enginetest"
+	"orcd/internal/testutil"
 )
 
 // OpenAI request fields orcd does not know are accepted and listed in a
@@ -30,6 +33,11 @@ func TestTolerantRequests(t *testing.T) {
 		{"/v1/completions", `{"prompt":"a","max_tokens":2,"echo":false,"best_of":1,"logprobs":null,"suffix":""}`, ""},
 		{"/v1/responses", `{"input":"hi","max_output_tokens":2,"include":["reasoning.encrypted_content"],"truncation":"disabled","background":false,` +
 			`"stream_options":{"include_obfuscation":true}}`, ""},
+		// At most 16 named, across the body and the input items.
+		{"/v1/responses", `{"input":[{"role":"user","content":"hi"` + manyFields("i", 10) + `}],"max_output_tokens":2` + manyFields("b", 10) + `}`,
+			"b0,b1,b2,b3,b4,b5,b6,b7,b8,b9,input[0].i0,input[0].i1,input[0].i2,input[0].i3,input[0].i4,input[0].i5,+4 more"},
+		{"/v1/completions", `{"prompt":"a","max_tokens":1` + manyFields("x", 1000) + `}`,
+			"x0,x1,x2,x3,x4,x5,x6,x7,x8,x9,x10,x11,x12,x13,x14,x15,+984 more"},
 	} {
 		resp := ts.post(t, c.path, c.body)
 		resp.Body.Close()
@@ -128,6 +136,15 @@ func TestRoutes(t *testing.T) {
 	wantOpenAIError(t, get("/v1/models/org/tiny"), http.StatusNotFound, "invalid_request_error", "not_found")
 }
 
+// manyFields is n unknown fields, `,"prefix0":0,...`.
+func manyFields(prefix string, n int) string {
+	var b strings.Builder
+	for i := range n {
+		fmt.Fprintf(&b, `,"%s%d":0`, prefix, i)
+	}
+	return b.String()
+}
+
 // A browser client may read the header of ignored fields.
 func TestIgnoredFieldsHeaderExposed(t *testing.T) {
 	ts := newTestServer(t, &enginetest.Model{}, "gpt2", engine.Config{}, func(c *Config) { c.AllowedOrigins = []string{"*"} })
@@ -141,5 +158,23 @@ func TestIgnoredFieldsHeaderExposed(t *testing.T) {
 	resp.Body.Close()
 	if resp.Header.Get(ignoredFieldsHeader) != "odd" || !strings.Contains(resp.Header.Get("Access-Control-Expose-Headers"), ignoredFieldsHeader) {
 		t.Errorf("headers %v", resp.Header)
+	}
+}
+
+// A moot field is logged at debug level once, however many requests carry
+// it; unknown fields are not logged.
+func TestMootFieldsLoggedOnce(t *testing.T) {
+	var logs testutil.SyncBuffer
+	ts := newTestServer(t, &enginetest.Model{}, "gpt2", engine.Config{}, func(c *Config) {
+		c.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	})
+	for range 3 {
+		resp := ts.post(t, "/v1/completions", `{"prompt":"a","max_tokens":1,"metadata":{"k":"v"},"user":"u","odd":1,"logprobs":null}`)
+		resp.Body.Close()
+	}
+	for field, want := range map[string]int{"metadata": 1, "logprobs": 1, "odd": 0} {
+		if n := strings.Count(logs.String(), "accepted and ignored: it does not change the output (logged once)\" field="+field+"\n"); n != want {
+			t.Errorf("%s logged %d times, want %d:\n%s", field, n, want, logs.String())
+		}
 	}
 }
