@@ -401,3 +401,43 @@ func TestResponsesTemplate(t *testing.T) {
 		t.Errorf("output %q", got)
 	}
 }
+
+// A random-weight gpt-oss model emits special tokens anywhere: every
+// response is still well formed, streamed or not, and the streamed deltas
+// add up to the final items.
+func TestResponsesRandomHarmony(t *testing.T) {
+	ts := newTestServer(t, &enginetest.Model{Ctx: 4096}, "gpt-oss", engine.Config{MaxActive: 4}, func(c *Config) { c.ResponsesStore = 4 })
+	for range 12 {
+		// Responses have no seed: each run samples anew from the fake
+		// model's pseudo-random logits.
+		body := map[string]any{"input": "Hi", "max_output_tokens": 200, "temperature": 1.5, "stream": true,
+			"tools": []map[string]any{weatherTool}}
+		evs, final := responseEvents(t, ts.post(t, "/v1/responses", body))
+		if final.Status != "completed" && final.Status != "incomplete" {
+			t.Fatalf("status %q", final.Status)
+		}
+		texts := map[string]string{}
+		for _, ev := range evs {
+			if d, ok := ev["delta"].(string); ok {
+				texts[ev["item_id"].(string)] += d
+			}
+		}
+		for _, it := range final.Output {
+			got := it.Arguments
+			for _, p := range it.Content {
+				got += p.Text
+			}
+			if got != texts[it.ID] {
+				t.Errorf("item %s (%s): final %q, deltas %q", it.ID, it.Type, got, texts[it.ID])
+			}
+			for _, sp := range enginetest.Specials {
+				if strings.Contains(got, sp) {
+					t.Errorf("control token %s in %s: %q", sp, it.Type, got)
+				}
+			}
+		}
+		if u := final.Usage; u == nil || u.OutputTokensDetails.ReasoningTokens > u.OutputTokens {
+			t.Errorf("usage %+v", u)
+		}
+	}
+}
