@@ -273,9 +273,11 @@ func TestTypeScriptSchemas(t *testing.T) {
 		{`{"type":["string","null"]}`, "string | null"},
 		{`{"anyOf":[{"type":"number"},{"type":"boolean"}]}`, "number | boolean"},
 		{`{"type":"array","items":{"enum":[1,2]}}`, "(1 | 2)[]"},
-		{`{"type":"array"}`, "any[]"},
+		{`{"type":"array"}`, "Array<any>"},
 		{`{"type":"object"}`, "object"},
 		{`{"type":"object","properties":{"n":{"type":"number","default":3}},"required":["n"]}`, "{\nn: number, // default: 3\n}"},
+		{`{"type":"object","properties":{"o":{"type":"object","properties":{"k":{"type":"string","default":"v"}}}}}`, "{\no?: {\n    k?: string, // default: \"v\"\n    },\n}"},
+		{`{"type":"object","properties":{"d":{"type":"object","default":{"a":[1,true,null]}}}}`, "{\nd?: object, // default: {\"a\":[1,true,null]}\n}"},
 		{`{}`, "any"},
 	}
 	for _, c := range cases {
@@ -283,7 +285,7 @@ func TestTypeScriptSchemas(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := tsType(n); got != c.want {
+		if got := tsType(n, ""); got != c.want {
 			t.Errorf("%s: got %q, want %q", c.schema, got, c.want)
 		}
 	}

@@ -7,7 +7,8 @@ type EventKind int
 
 // The kinds of parser events.
 const (
-	// Reasoning is text of the analysis channel (chain of thought).
+	// Reasoning is text of the analysis channel (chain of thought), or of
+	// a channel the format does not define.
 	Reasoning EventKind = iota
 	// Content is text meant for the user: the final channel, or a
 	// commentary message without a recipient (a preamble).
@@ -88,6 +89,12 @@ func (p *Parser) Special(tok string) []Event {
 		case TokenStart:
 			p.state = inHeader
 			p.header.Reset()
+		case TokenChannel:
+			// A header whose <|start|>assistant the model left out.
+			p.state = inHeader
+			p.header.Reset()
+			p.header.WriteString("assistant")
+			p.writeHeader(tok)
 		case TokenReturn, TokenCall:
 			p.finish(tok)
 		}
@@ -138,7 +145,10 @@ func (p *Parser) openMessage() []Event {
 	p.header.Reset()
 	p.state = inContent
 	rolePart, rest, _ := strings.Cut(h, TokenChannel)
+	// The channel part ends at <|constrain|>, or at a stray second
+	// <|channel|>.
 	channelPart, _, _ := strings.Cut(rest, TokenConstrain)
+	channelPart, _, _ = strings.Cut(channelPart, TokenChannel)
 	var channel, recipient string
 	for _, f := range strings.Fields(rolePart) {
 		if r, ok := strings.CutPrefix(f, "to="); ok {
@@ -158,10 +168,12 @@ func (p *Parser) openMessage() []Event {
 		p.toolName = strings.TrimPrefix(recipient, "functions.")
 		p.toolCalls++
 		return []Event{{Kind: ToolCallStart, ToolName: p.toolName, ToolIndex: p.toolCalls - 1}}
-	case channel == "analysis":
-		p.kind = Reasoning
-	default:
+	case channel == "" || channel == "final" || channel == "commentary":
 		p.kind = Content
+	default:
+		// The analysis channel, or one the format does not define: not
+		// for the user.
+		p.kind = Reasoning
 	}
 	return nil
 }

@@ -91,8 +91,9 @@ type Message struct {
 	Role    string
 	Content string
 	// Reasoning is the assistant's analysis before its tool calls. It is
-	// rendered only for turns that call tools: chain of thought of turns
-	// that ended in a final answer is dropped, as the format asks.
+	// rendered only for the tool calls of the turn under way (after the
+	// last final answer): chain of thought of turns that ended in a final
+	// answer is dropped, as the format asks.
 	Reasoning string
 	// ToolCalls are the assistant's calls, rendered after its content.
 	ToolCalls []ToolCall
@@ -104,7 +105,8 @@ type Message struct {
 type Conversation struct {
 	// ReasoningEffort is "low", "medium" or "high" (empty: medium).
 	ReasoningEffort string
-	// Date is the current date written in the system message.
+	// Date is the current date written in the system message (zero:
+	// no date line, as harmony's renderer leaves it out without one).
 	Date time.Time
 	// Instructions become the developer message (the "system prompt").
 	Instructions string
@@ -139,9 +141,11 @@ func Render(c Conversation) (Prompt, error) {
 		}
 	}
 
-	system := identity + "\nKnowledge cutoff: " + knowledgeCutoff +
-		"\nCurrent date: " + c.Date.Format("2006-01-02") +
-		"\n\nReasoning: " + effort +
+	system := identity + "\nKnowledge cutoff: " + knowledgeCutoff
+	if !c.Date.IsZero() {
+		system += "\nCurrent date: " + c.Date.Format("2006-01-02")
+	}
+	system += "\n\nReasoning: " + effort +
 		"\n\n# Valid channels: analysis, commentary, final. Channel must be included for every message."
 	if len(c.Tools) > 0 {
 		system += "\nCalls to these tools must go to the commentary channel: 'functions'."
@@ -163,12 +167,21 @@ func Render(c Conversation) (Prompt, error) {
 		msg(header{role: "developer"}, strings.Join(dev, "\n\n"), TokenEnd)
 	}
 
+	// A turn that ended in a final answer drops its chain of thought, the
+	// analysis before its tool calls included: only the analysis of tool
+	// calls after the last final answer (the turn under way) is sent back.
+	lastFinal := -1
+	for i, m := range c.Messages {
+		if m.Role == "assistant" && len(m.ToolCalls) == 0 {
+			lastFinal = i
+		}
+	}
 	for i, m := range c.Messages {
 		switch m.Role {
 		case "user":
 			msg(header{role: "user"}, m.Content, TokenEnd)
 		case "assistant":
-			if len(m.ToolCalls) > 0 && m.Reasoning != "" {
+			if len(m.ToolCalls) > 0 && m.Reasoning != "" && i > lastFinal {
 				msg(header{role: "assistant", channel: "analysis"}, m.Reasoning, TokenEnd)
 			}
 			if m.Content != "" || len(m.ToolCalls) == 0 {

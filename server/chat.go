@@ -3,6 +3,7 @@ package server
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -68,29 +69,7 @@ func (t *chatTool) UnmarshalJSON(b []byte) error {
 
 // text returns the message content: a string, null, or an array of text parts.
 func (m chatMessage) text(i int) (string, error) {
-	c := bytes.TrimSpace(m.Content)
-	if len(c) == 0 || string(c) == "null" {
-		return "", nil
-	}
-	var s string
-	if json.Unmarshal(c, &s) == nil {
-		return s, nil
-	}
-	var parts []struct {
-		Type string `json:"type"`
-		Text string `json:"text"`
-	}
-	if err := json.Unmarshal(c, &parts); err != nil {
-		return "", invalid(fmt.Sprintf("messages[%d].content: expected a string or an array of text parts", i))
-	}
-	var b strings.Builder
-	for j, p := range parts {
-		if p.Type != "text" {
-			return "", invalid(fmt.Sprintf("messages[%d].content[%d]: type %q is not supported; only text", i, j, p.Type))
-		}
-		b.WriteString(p.Text)
-	}
-	return b.String(), nil
+	return partsText(fmt.Sprintf("messages[%d].content", i), m.Content, "text")
 }
 
 // conversation checks the messages and collects them for rendering.
@@ -264,87 +243,123 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 	arrival := time.Now()
 	id := newID("chatcmpl-")
 	var body chatRequest
+	var req engine.Request
 	job := s.submit(w, r, endpoint, s.rejectOpenAI, &body, func() (engine.Request, error) {
-		req, err := s.chatRequest(&body)
+		var err error
+		req, err = s.chatRequest(&body)
 		req.ID = id
 		return req, err
 	})
 	if job == nil {
 		return
 	}
+	n := body.choices()
+	outs := make([]outputParser, n)
+	for i := range outs {
+		outs[i] = s.chatOutput(&body)
+	}
+	chunk := func(choices ...chatChoice) chatResponse {
+		obj := "chat.completion"
+		if body.Stream {
+			obj = "chat.completion.chunk"
+		}
+		return chatResponse{ID: id, Object: obj, Created: arrival.Unix(), Model: s.cfg.Model.ID, Choices: choices}
+	}
+
+	var sse *sseWriter
+	type choiceOutput struct {
+		content, reasoning strings.Builder
+		calls              []chatToolCall
+	}
+	got := make([]choiceOutput, n)
+	if body.Stream {
+		sse = startSSE(w)
+		for i := range n {
+			empty := ""
+			sse.event("", chunk(chatChoice{Index: i, Delta: &chatOutMsg{Role: "assistant", Content: &empty}}))
+		}
+	}
+	results, err := s.runChoices(r, job, req, s.metrics.clock(arrival), outs, func(i int, d delta) bool {
+		var m chatOutMsg
+		c := &got[i]
+		switch d.kind {
+		case deltaContent:
+			m.Content = &d.text
+			c.content.WriteString(d.text)
+		case deltaReasoning:
+			m.ReasoningContent = &d.text
+			c.reasoning.WriteString(d.text)
+		case deltaToolStart:
+			idx := d.toolIndex
+			tc := chatToolCall{Index: &idx, ID: newID("call_"), Type: "function", Function: chatFunction{Name: d.toolName}}
+			c.calls = append(c.calls, tc)
+			m.ToolCalls = []chatToolCall{tc}
+		case deltaToolArgs:
+			idx := d.toolIndex
+			c.calls[idx].Function.Arguments += d.text
+			m.ToolCalls = []chatToolCall{{Index: &idx, Function: chatFunction{Arguments: d.text}}}
+		}
+		if sse != nil {
+			sse.event("", chunk(chatChoice{Index: i, Delta: &m}))
+		}
+		return false
+	})
+	res := sumResults(results)
+	s.finishOpenAI(w, r, endpoint, sse, job, res, err, func() any {
+		choices := make([]chatChoice, n)
+		for i := range choices {
+			finish := finishReason(results[i], outs[i].toolCalls())
+			if sse != nil {
+				choices[i] = chatChoice{Index: i, Delta: &chatOutMsg{}, FinishReason: &finish}
+				continue
+			}
+			c := &got[i]
+			msg := &chatOutMsg{Role: "assistant"}
+			if text := c.content.String(); text != "" || len(c.calls) == 0 {
+				msg.Content = &text
+			}
+			if rc := c.reasoning.String(); rc != "" {
+				msg.ReasoningContent = &rc
+			}
+			for j := range c.calls {
+				c.calls[j].Index = nil
+			}
+			msg.ToolCalls = c.calls
+			choices[i] = chatChoice{Index: i, Message: msg, FinishReason: &finish}
+		}
+		c := chunk(choices...)
+		if sse == nil {
+			c.Usage = usageOf(job, res)
+		}
+		return c
+	}, func() any {
+		c := chunk()
+		c.Choices = []chatChoice{}
+		c.Usage = usageOf(job, res)
+		return c
+	}, body.StreamOptions)
+}
+
+// chatOutput returns the parser of a chat request's output: harmony for
+// gpt-oss, tagged tool calls for templates that write them, plain text
+// otherwise; with parallel_tool_calls false it keeps the first call only,
+// with tool_choice "none" none.
+func (s *Server) chatOutput(body *chatRequest) outputParser {
 	var out outputParser = plainOutput{}
 	switch {
 	case s.specials != nil:
 		other, _ := s.cfg.Tokenizer.(specialChecker)
 		out = &harmonyOutput{parser: harmony.NewParser(), specials: s.specials, other: other, stops: engine.NewStopMatcher(body.Stop)}
-	case s.taggedToolCalls(&body):
+	case s.taggedToolCalls(body):
 		out = &taggedOutput{stops: engine.NewStopMatcher(body.Stop)}
 	}
-	chunk := func(choice chatChoice) chatResponse {
-		obj := "chat.completion"
-		if body.Stream {
-			obj = "chat.completion.chunk"
-		}
-		return chatResponse{ID: id, Object: obj, Created: arrival.Unix(), Model: s.cfg.Model.ID, Choices: []chatChoice{choice}}
+	switch {
+	case string(bytes.TrimSpace(body.ToolChoice)) == `"none"`:
+		out = &callLimit{outputParser: out, max: 0}
+	case body.ParallelToolCalls != nil && !*body.ParallelToolCalls:
+		out = &callLimit{outputParser: out, max: 1}
 	}
-
-	var sse *sseWriter
-	var content, reasoning strings.Builder
-	var calls []chatToolCall
-	if body.Stream {
-		sse = startSSE(w)
-		empty := ""
-		sse.event("", chunk(chatChoice{Delta: &chatOutMsg{Role: "assistant", Content: &empty}}))
-	}
-	res, err := s.runJob(r, job, s.metrics.clock(arrival), out, func(d delta) bool {
-		var m chatOutMsg
-		switch d.kind {
-		case deltaContent:
-			m.Content = &d.text
-			content.WriteString(d.text)
-		case deltaReasoning:
-			m.ReasoningContent = &d.text
-			reasoning.WriteString(d.text)
-		case deltaToolStart:
-			idx := d.toolIndex
-			tc := chatToolCall{Index: &idx, ID: newID("call_"), Type: "function", Function: chatFunction{Name: d.toolName}}
-			calls = append(calls, tc)
-			m.ToolCalls = []chatToolCall{tc}
-		case deltaToolArgs:
-			idx := d.toolIndex
-			calls[idx].Function.Arguments += d.text
-			m.ToolCalls = []chatToolCall{{Index: &idx, Function: chatFunction{Arguments: d.text}}}
-		}
-		if sse != nil {
-			sse.event("", chunk(chatChoice{Delta: &m}))
-		}
-		return false
-	})
-	finish := finishReason(res, out.toolCalls())
-	s.finishOpenAI(w, r, endpoint, sse, job, res, err, func() any {
-		if sse != nil {
-			return chunk(chatChoice{Delta: &chatOutMsg{}, FinishReason: &finish})
-		}
-		msg := &chatOutMsg{Role: "assistant"}
-		if c := content.String(); c != "" || len(calls) == 0 {
-			msg.Content = &c
-		}
-		if rc := reasoning.String(); rc != "" {
-			msg.ReasoningContent = &rc
-		}
-		for i := range calls {
-			calls[i].Index = nil
-		}
-		msg.ToolCalls = calls
-		c := chunk(chatChoice{Message: msg, FinishReason: &finish})
-		c.Usage = usageOf(job, res)
-		return c
-	}, func() any {
-		c := chunk(chatChoice{})
-		c.Choices = []chatChoice{}
-		c.Usage = usageOf(job, res)
-		return c
-	}, body.StreamOptions)
+	return out
 }
 
 // chatRequest checks a /v1/chat/completions body and returns its engine
@@ -355,6 +370,9 @@ func (s *Server) chatRequest(body *chatRequest) (engine.Request, error) {
 		maxTokens = body.MaxCompletionTokens
 	}
 	req, err := s.request(body.commonFields, maxTokens)
+	if err == nil {
+		err = checkChoices(body)
+	}
 	if err == nil {
 		err = s.chatPrompt(body, &req)
 	}
@@ -383,8 +401,12 @@ func (s *Server) chatPrompt(body *chatRequest, req *engine.Request) error {
 		return err
 	}
 	p, err := harmony.Render(conv)
-	if err != nil {
-		return invalid(strings.TrimPrefix(err.Error(), "harmony: "))
+	var params *harmony.ParametersError
+	switch {
+	case errors.As(err, &params):
+		return invalid(fmt.Sprintf("tools[%d].function.parameters: %v", params.Tool, params.Err))
+	case err != nil:
+		return invalid("messages: " + strings.TrimPrefix(err.Error(), "harmony: "))
 	}
 	n := 0
 	for _, piece := range p {
@@ -419,7 +441,12 @@ func (s *Server) templatePrompt(body *chatRequest, req *engine.Request) error {
 	}
 	text, err := s.cfg.Template.Render(r)
 	if err != nil {
-		return invalid(err.Error())
+		// A tool the template cannot take names itself ("chat: tools[1]:
+		// ..."); anything else is the conversation's.
+		if msg, ok := strings.CutPrefix(err.Error(), "chat: "); ok {
+			return invalid(msg)
+		}
+		return invalid("messages: " + err.Error())
 	}
 	req.Tokens, err = s.tokenize("messages", len(text), func() ([]int32, error) {
 		return s.cfg.Tokenizer.(specialEncoder).EncodeSpecial(text), nil

@@ -58,12 +58,18 @@ func bodyTooLarge(limit int64) apiError {
 // included) and unknown fields, and so that every error names the API's
 // path to the value (messages[0].tool_calls[1].function.name), not Go's.
 func decodeStrict(data []byte, v any) error {
+	return decodeWith(data, v, nil)
+}
+
+// decodeWith is decodeStrict, except that unknown fields go to unknown
+// when it is set (see tolerance) instead of being rejected.
+func decodeWith(data []byte, v any, unknown *tolerance) error {
 	if len(bytes.TrimSpace(data)) == 0 {
 		return invalid("body: empty; expected a JSON object")
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.UseNumber()
-	c := checker{dec: dec}
+	c := checker{dec: dec, unknown: unknown}
 	if err := c.value(reflect.TypeOf(v).Elem(), ""); err != nil {
 		return err
 	}
@@ -80,6 +86,8 @@ func decodeStrict(data []byte, v any) error {
 // checker walks one JSON value with a json.Decoder's tokens.
 type checker struct {
 	dec *json.Decoder
+	// unknown, when set, takes unknown fields instead of rejecting them.
+	unknown *tolerance
 }
 
 var unmarshalerType = reflect.TypeFor[json.Unmarshaler]()
@@ -113,7 +121,14 @@ func (c *checker) value(t reflect.Type, path string) error {
 		fields := fieldsOf(t)
 		return c.object(path, func(key, at string) error {
 			if fields[key] == nil {
-				return unknownField(at, key, fields)
+				if _, wrongCase := caseMatch(key, fields); c.unknown == nil || wrongCase {
+					return unknownField(at, key, fields)
+				}
+				raw, err := c.raw(at)
+				if err != nil {
+					return err
+				}
+				return c.unknown.field(at, raw)
 			}
 			return c.value(fields[key], at)
 		})
@@ -188,17 +203,8 @@ func (c *checker) closing() error {
 // custom checks a value decoded by its own UnmarshalJSON (json.RawMessage,
 // stringList): any JSON without duplicate keys, that the type accepts.
 func (c *checker) custom(t reflect.Type, path string) error {
-	var raw json.RawMessage
-	if err := c.dec.Decode(&raw); err != nil {
-		return describeDecodeError(err)
-	}
-	sub := checker{json.NewDecoder(bytes.NewReader(raw))}
-	sub.dec.UseNumber()
-	tok, err := sub.dec.Token()
+	raw, err := c.raw(path)
 	if err != nil {
-		return describeDecodeError(err)
-	}
-	if err := sub.anyRest(tok, path); err != nil {
 		return err
 	}
 	if t == reflect.TypeFor[json.RawMessage]() {
@@ -208,6 +214,21 @@ func (c *checker) custom(t reflect.Type, path string) error {
 		return invalid(at(path) + ": " + err.Error())
 	}
 	return nil
+}
+
+// raw reads the next value, any JSON without duplicate keys, and returns
+// it.
+func (c *checker) raw(path string) (json.RawMessage, error) {
+	var raw json.RawMessage
+	if err := c.dec.Decode(&raw); err != nil {
+		return nil, describeDecodeError(err)
+	}
+	sub := checker{dec: json.NewDecoder(bytes.NewReader(raw))}
+	sub.dec.UseNumber()
+	if err := sub.anyValue(path); err != nil {
+		return nil, err
+	}
+	return raw, nil
 }
 
 // anyRest checks the rest of a free-form value whose first token is tok:
@@ -266,12 +287,21 @@ func fieldsOf(t reflect.Type) map[string]reflect.Type {
 // unknownField reports a key the request type does not have, suggesting
 // the field it matches but for case.
 func unknownField(at, key string, fields map[string]reflect.Type) error {
-	for name := range fields {
-		if strings.EqualFold(name, key) {
-			return invalid(fmt.Sprintf("%s: unknown field; keys are case-sensitive: did you mean %q?", at, name))
-		}
+	if name, ok := caseMatch(key, fields); ok {
+		return invalid(fmt.Sprintf("%s: unknown field; keys are case-sensitive: did you mean %q?", at, name))
 	}
 	return invalid(at + ": unknown field")
+}
+
+// caseMatch returns the field that key matches but for case: such a key
+// is a mistake, rejected even where unknown fields are tolerated.
+func caseMatch(key string, fields map[string]reflect.Type) (string, bool) {
+	for name := range fields {
+		if strings.EqualFold(name, key) {
+			return name, true
+		}
+	}
+	return "", false
 }
 
 // number checks a number token with parse, which fails on a value outside

@@ -95,7 +95,7 @@ func classify(err error) apiError {
 	case errors.Is(err, engine.ErrShuttingDown):
 		return apiError{http.StatusServiceUnavailable, codeShuttingDown, "the worker is shutting down", true}
 	case errors.Is(err, engine.ErrDuplicateID):
-		return invalid("job_id is already in flight")
+		return invalid("job_id: already in flight")
 	case errors.Is(err, engine.ErrEmptyPrompt):
 		return invalid("prompt: encodes to no tokens")
 	case errors.Is(err, engine.ErrPromptLength):

@@ -84,6 +84,18 @@ func sample(t *testing.T, req engine.Request) {
 	}
 }
 
+// checkAccepted checks an accepted chat request: its prompt tokens are in
+// the vocabulary and its sampling parameters work.
+func checkAccepted(t *testing.T, req engine.Request) {
+	t.Helper()
+	for _, id := range req.Tokens {
+		if id < 0 || int(id) >= enginetest.VocabSize {
+			t.Fatalf("prompt token %d outside the vocabulary", id)
+		}
+	}
+	sample(t, req)
+}
+
 // tokenizeText tokenizes a text prompt as submit does.
 func tokenizeText(t *testing.T, s *Server, req engine.Request) {
 	t.Helper()
@@ -134,13 +146,14 @@ func FuzzCompletionRequest(f *testing.F) {
 		`{"prompt":["a"],"top_k":9223372036854775807,"n":1,"frequency_penalty":0,"presence_penalty":0,"user":"u"}`,
 		`{"prompt":["a","b"]}`, `{"prompt":7}`, `{"prompt":"a","stop":[1]}`, `{"prompt":"a","model":"other"}`,
 		`{"prompt":"a","max_tokens":1e3}`, `{"prompt":"a","temperature":-0}`, `{"prompt":"a","Stream":true}`,
+		`{"prompt":"a","n":8,"metadata":{"a":"b"},"new":[1,{"x":null}],"logprobs":true}`,
 	} {
 		f.Add([]byte(body))
 	}
 	s := fuzzServer(f, "gpt2")
 	f.Fuzz(func(t *testing.T, body []byte) {
 		var b completionRequest
-		if err := decodeStrict(body, &b); err != nil {
+		if err := decodeWith(body, &b, &tolerance{}); err != nil {
 			checkRefusal(t, err)
 			return
 		}
@@ -165,6 +178,7 @@ func FuzzChatRequest(f *testing.F) {
 		`{"messages":[{"role":"user","content":"hi","role":"x"}]}`,
 		`{"messages":[{"role":"user","content":"hi"}],"top_k":9223372036854775807}`,
 		`{"messages":[{"role":"user","content":5}]}`, `{"messages":[]}`,
+		`{"messages":[{"role":"user","content":"hi","x":1}],"n":2,"tool_choice":{"type":"function","function":{"name":"f"}},"parallel_tool_calls":false}`,
 	} {
 		f.Add([]byte(body))
 	}
@@ -172,7 +186,7 @@ func FuzzChatRequest(f *testing.F) {
 	f.Fuzz(func(t *testing.T, body []byte) {
 		for _, s := range servers {
 			var b chatRequest
-			if err := decodeStrict(body, &b); err != nil {
+			if err := decodeWith(body, &b, &tolerance{}); err != nil {
 				checkRefusal(t, err)
 				return
 			}
@@ -181,12 +195,39 @@ func FuzzChatRequest(f *testing.F) {
 				checkRefusal(t, err)
 				continue
 			}
-			for _, id := range req.Tokens {
-				if id < 0 || int(id) >= enginetest.VocabSize {
-					t.Fatalf("prompt token %d outside the vocabulary", id)
-				}
+			checkAccepted(t, req)
+		}
+	})
+}
+
+func FuzzResponsesRequest(f *testing.F) {
+	for _, body := range []string{
+		`{"model":"tiny","input":"hi","instructions":"be brief","reasoning":{"effort":"low"},"max_output_tokens":5,"temperature":0.5,"top_p":0.9}`,
+		`{"input":[{"role":"user","content":[{"type":"input_text","text":"w?"}]},{"type":"reasoning","content":[{"type":"reasoning_text","text":"r"}]},` +
+			`{"type":"function_call","call_id":"c","name":"get","arguments":"{}"},{"type":"function_call_output","call_id":"c","output":"1"}],` +
+			`"tools":[{"type":"function","name":"get","parameters":{"type":"object","properties":{"a":{"type":"string"}}}}]}`,
+		`{"input":[{"type":"function_call_output","call_id":"nope","output":"1"}]}`,
+		`{"input":[{"type":"function_call","call_id":"c","name":"get<|channel|>x","arguments":"{}"}]}`,
+		`{"input":"hi","text":{"format":{"type":"json_schema","schema":{}}},"tool_choice":"required"}`,
+		`{"input":"hi","previous_response_id":"resp_x","store":false,"metadata":{"k":"v"},"future":1}`,
+		`{"input":[{"role":"user","content":"a","Role":"b"}]}`, `{"input":7}`, `{"input":[]}`, `{"input":""}`,
+	} {
+		f.Add([]byte(body))
+	}
+	servers := []*Server{fuzzServer(f, "gpt2"), fuzzServer(f, "gpt-oss")}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		for _, s := range servers {
+			var b responsesRequest
+			if err := decodeWith(body, &b, &tolerance{}); err != nil {
+				checkRefusal(t, err)
+				return
 			}
-			sample(t, req)
+			req, _, _, err := s.responseRequest(&b, &tolerance{})
+			if err != nil {
+				checkRefusal(t, err)
+				continue
+			}
+			checkAccepted(t, req)
 		}
 	})
 }

@@ -26,9 +26,9 @@ func (s *Server) admit(w http.ResponseWriter, r *http.Request) bool {
 		h := w.Header()
 		h.Set("Access-Control-Allow-Origin", origin)
 		h.Add("Vary", "Origin")
-		h.Set("Access-Control-Expose-Headers", "X-Correlation-Id")
+		h.Set("Access-Control-Expose-Headers", "X-Correlation-Id, "+ignoredFieldsHeader)
 		if r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
-			h.Set("Access-Control-Allow-Methods", "GET, POST")
+			h.Set("Access-Control-Allow-Methods", "GET, POST, DELETE")
 			h.Set("Access-Control-Allow-Headers", "Authorization, Content-Type, X-Correlation-Id")
 			h.Set("Access-Control-Max-Age", "600")
 			w.WriteHeader(http.StatusNoContent)
@@ -38,7 +38,7 @@ func (s *Server) admit(w http.ResponseWriter, r *http.Request) bool {
 	if s.cfg.APIKey != "" && r.URL.Path != "/health" && !s.authorized(r) {
 		return s.refuse(w, r, apiError{http.StatusUnauthorized, codeUnauthorized, "missing or invalid bearer token", false})
 	}
-	methods, ok := s.routes[r.URL.Path]
+	methods, ok := s.methodsOf(r.URL.Path)
 	if !ok {
 		return s.refuse(w, r, apiError{http.StatusNotFound, codeNotFound, fmt.Sprintf("%s: no such endpoint", clip(r.URL.Path)), false})
 	}
@@ -125,6 +125,7 @@ func (b *deadlineBody) Read(p []byte) (int, error) {
 // generationEndpoints name the endpoints counted in orcd_requests_total.
 var generationEndpoints = map[string]string{
 	"/execute": "execute", "/v1/completions": "completions", "/v1/chat/completions": "chat",
+	"/v1/responses": "responses",
 }
 
 // recoverPanic, deferred by the Handler, turns a panic in an endpoint into

@@ -109,7 +109,7 @@ func TestStrictJSON(t *testing.T) {
 		{"/v1/chat/completions", chat(`,"stream_options":{"include_usage":1}`), `stream_options.include_usage: expected true or false, got a number`},
 		{"/v1/chat/completions", chat(`,"Temperature":1`), `Temperature: unknown field; keys are case-sensitive: did you mean "temperature"?`},
 		{"/v1/chat/completions", `{"messages":[{"role":"user","role":"system","content":"hi"}]}`, `messages[0].role: duplicate key`},
-		{"/v1/chat/completions", `{"messages":[{"role":"user","content":"hi","nme":"x"}]}`, `messages[0].nme: unknown field`},
+		{"/v1/chat/completions", `{"messages":[{"role":"user","content":"hi","Name":"x"}]}`, `messages[0].Name: unknown field; keys are case-sensitive`},
 		{"/v1/chat/completions", `{"messages":[{"role":"user","content":[{"type":"text","text":"a","text":"b"}]}]}`, `messages[0].content[0].text: duplicate key`},
 		{"/v1/chat/completions", chat(`,"tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object","type":"string"}}}]`), `tools[0].function.parameters.type: duplicate key`},
 		{"/v1/chat/completions", chat(`,"tools":[{"type":"function","function":{"name":5}}]`), `tools[0].function.name: expected a string, got a number`},

@@ -2,6 +2,7 @@ package server
 
 import (
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -147,6 +148,7 @@ func (m *metrics) handler() http.Handler {
 // tokenClock records time to first token and inter-token latency of one request.
 type tokenClock struct {
 	m                  *metrics
+	mu                 sync.Mutex // the choices of one request tick it at once
 	start, first, last time.Time
 }
 
@@ -154,6 +156,8 @@ func (m *metrics) clock(start time.Time) *tokenClock { return &tokenClock{m: m, 
 
 // tick records one generated token.
 func (c *tokenClock) tick() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	now := time.Now()
 	if c.first.IsZero() {
 		c.first = now
@@ -167,6 +171,8 @@ func (c *tokenClock) tick() {
 
 // ttft is the time to first token, or 0 when no token came.
 func (c *tokenClock) ttft() time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.first.IsZero() {
 		return 0
 	}

@@ -41,7 +41,7 @@ func openAIErrorOf(e apiError) openAIErrorDetail {
 	if e.code == codeUnauthorized {
 		code = "invalid_api_key" // OpenAI's code for a missing or wrong key
 	}
-	return openAIErrorDetail{Message: e.message, Type: typ, Code: &code}
+	return openAIErrorDetail{Message: e.message, Type: typ, Param: paramOf(e.message), Code: &code}
 }
 
 func (s *Server) rejectOpenAI(w http.ResponseWriter, endpoint string, e apiError) {
@@ -59,8 +59,22 @@ type modelObject struct {
 func (s *Server) handleModels(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{
 		"object": "list",
-		"data":   []modelObject{{s.cfg.Model.ID, "model", s.started.Unix(), "orcd"}},
+		"data":   []modelObject{s.modelObject()},
 	})
+}
+
+func (s *Server) modelObject() modelObject {
+	return modelObject{s.cfg.Model.ID, "model", s.started.Unix(), "orcd"}
+}
+
+// handleModel serves GET /v1/models/{id}: the served model, or 404.
+func (s *Server) handleModel(w http.ResponseWriter, r *http.Request) {
+	if id := r.PathValue("id"); id != s.cfg.Model.ID {
+		writeJSON(w, http.StatusNotFound, openAIError{openAIErrorOf(apiError{http.StatusNotFound, codeNotFound,
+			fmt.Sprintf("model: %q is not served here; this worker serves %q", clip(id), s.cfg.Model.ID), false})})
+		return
+	}
+	writeJSON(w, http.StatusOK, s.modelObject())
 }
 
 // stringList is a JSON string or array of strings (the OpenAI "stop" and
@@ -111,8 +125,8 @@ func (s *Server) request(c commonFields, maxTokens *int) (engine.Request, error)
 	if c.Model != "" && c.Model != s.cfg.Model.ID {
 		return req, apiError{http.StatusNotFound, codeNotFound, fmt.Sprintf("model: %q is not served here; this worker serves %q", c.Model, s.cfg.Model.ID), false}
 	}
-	if c.N != nil && *c.N != 1 {
-		return req, invalid("n: only 1 is supported")
+	if c.N != nil && (*c.N < 1 || *c.N > maxChoices) {
+		return req, invalid(fmt.Sprintf("n: %d is outside [1, %d]", *c.N, maxChoices))
 	}
 	for _, f := range []struct {
 		name string
@@ -150,6 +164,8 @@ type usage struct {
 	TotalTokens      int `json:"total_tokens"`
 }
 
+// usageOf is the usage of a request whose choices generated res.TokensOut
+// tokens in all (see sumResults); the prompt counts once.
 func usageOf(job *engine.Job, res engine.Result) *usage {
 	return &usage{job.PromptTokens(), res.TokensOut, job.PromptTokens() + res.TokensOut}
 }
@@ -194,49 +210,59 @@ func (s *Server) completionRequest(body completionRequest) (engine.Request, erro
 	return req, nil
 }
 
-// handleCompletions serves POST /v1/completions: one string prompt, one
-// choice, streamed as chunks or answered as one object.
+// handleCompletions serves POST /v1/completions: one string prompt, n
+// choices, streamed as chunks or answered as one object.
 func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
 	const endpoint = "completions"
 	arrival := time.Now()
 	id := newID("cmpl-")
 	var body completionRequest
+	var req engine.Request
 	job := s.submit(w, r, endpoint, s.rejectOpenAI, &body, func() (engine.Request, error) {
-		req, err := s.completionRequest(body)
+		var err error
+		req, err = s.completionRequest(body)
 		req.ID = id
 		return req, err
 	})
 	if job == nil {
 		return
 	}
-	chunk := func(text string, finish *string) completionResponse {
-		return completionResponse{ID: id, Object: "text_completion", Created: arrival.Unix(), Model: s.cfg.Model.ID,
-			Choices: []completionChoice{{Text: text, FinishReason: finish}}}
+	chunk := func(choices ...completionChoice) completionResponse {
+		return completionResponse{ID: id, Object: "text_completion", Created: arrival.Unix(), Model: s.cfg.Model.ID, Choices: choices}
 	}
 
+	n := body.choices()
+	outs := make([]outputParser, n)
+	for i := range outs {
+		outs[i] = plainOutput{}
+	}
 	var sse *sseWriter
-	var text strings.Builder
+	text := make([]strings.Builder, n)
 	if body.Stream {
 		sse = startSSE(w)
 	}
-	res, err := s.runJob(r, job, s.metrics.clock(arrival), plainOutput{}, func(d delta) bool {
+	results, err := s.runChoices(r, job, req, s.metrics.clock(arrival), outs, func(i int, d delta) bool {
 		if sse != nil {
-			sse.event("", chunk(d.text, nil))
+			sse.event("", chunk(completionChoice{Text: d.text, Index: i}))
 		} else {
-			text.WriteString(d.text)
+			text[i].WriteString(d.text)
 		}
 		return false
 	})
-	finish := finishReason(res, 0)
+	res := sumResults(results)
 	s.finishOpenAI(w, r, endpoint, sse, job, res, err, func() any {
-		if sse != nil {
-			return chunk("", &finish)
+		choices := make([]completionChoice, n)
+		for i := range choices {
+			finish := finishReason(results[i], 0)
+			choices[i] = completionChoice{Text: text[i].String(), Index: i, FinishReason: &finish}
 		}
-		c := chunk(text.String(), &finish)
-		c.Usage = usageOf(job, res)
+		c := chunk(choices...)
+		if sse == nil {
+			c.Usage = usageOf(job, res)
+		}
 		return c
 	}, func() any {
-		c := chunk("", nil)
+		c := chunk()
 		c.Choices = []completionChoice{}
 		c.Usage = usageOf(job, res)
 		return c

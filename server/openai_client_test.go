@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -56,6 +57,36 @@ type clientResult struct {
 		Finish string
 		Calls  []chatToolCall
 	}
+	N struct {
+		Choices []struct {
+			Index           int
+			Content, Finish string
+		}
+		Usage usage
+	}
+	ToolChoiceNone struct {
+		Finish, Content string
+		Calls           []chatToolCall
+	}
+	Retrieved       string
+	RetrieveMissing *struct {
+		Status     int
+		IsNotFound bool
+	}
+	Responses struct {
+		Status, Text string
+		Items        []clientItem
+		Usage        responseUsage
+	}
+	ResponsesStreamed struct {
+		Types                   []string
+		Text, Reasoning, Status string
+		Usage                   *responseUsage
+	}
+	ResponsesTool struct {
+		Items, StreamedItems []clientItem
+		Next                 string
+	}
 	BadRequest *struct {
 		Status     int
 		Type       string
@@ -63,25 +94,17 @@ type clientResult struct {
 	} `json:"badRequest"`
 }
 
+// clientItem is a Responses output item as client.mjs prints it.
+type clientItem struct {
+	Type, Text, Name, Arguments, CallID string
+}
+
 func TestOpenAINodeClient(t *testing.T) {
 	node := nodeClient(t)
-	answer := harmonyTokens(harmonyAnswer)
-	call := harmonyTokens(harmonyToolCall)
-	// Answer, or call the tool when the prompt defines tools.
-	next := func(h []int32) int32 {
-		b := make([]byte, 0, len(h))
-		for _, id := range h {
-			if id < 256 {
-				b = append(b, byte(id))
-			}
-		}
-		if strings.Contains(string(b), "namespace functions") {
-			return enginetest.Script(call)(h)
-		}
-		return enginetest.Script(answer)(h)
-	}
-	ts := newTestServer(t, &enginetest.Model{Next: next, Ctx: 4096}, "gpt-oss", engine.Config{MaxActive: 2, MaxQueue: 4},
-		func(c *Config) { c.APIKey = "test-key" })
+	// Answer, or call the tool when the prompt defines tools and has no
+	// tool result yet.
+	ts := newTestServer(t, &enginetest.Model{Next: harmonyScripts, Ctx: 4096}, "gpt-oss", engine.Config{MaxActive: 2, MaxQueue: 4},
+		func(c *Config) { c.APIKey, c.ResponsesStore = "test-key", 16 })
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -119,6 +142,39 @@ func TestOpenAINodeClient(t *testing.T) {
 			tc.Calls[0].Function.Arguments != `{"location":"SF"}` || tc.Calls[0].ID == "" {
 			t.Errorf("%s: %+v", name, tc)
 		}
+	}
+	if len(r.N.Choices) != 2 || r.N.Usage.CompletionTokens != 2*p.Usage.CompletionTokens || r.N.Usage.PromptTokens != p.Usage.PromptTokens {
+		t.Errorf("n=2: %+v", r.N)
+	}
+	for i, c := range r.N.Choices {
+		if c.Index != i || c.Content != "Hello, wörld!" || c.Finish != "stop" {
+			t.Errorf("n=2: choice %d %+v", i, c)
+		}
+	}
+	if n := r.ToolChoiceNone; n.Finish != "stop" || n.Content != "Hello, wörld!" || len(n.Calls) != 0 {
+		t.Errorf("tool_choice none: %+v", n)
+	}
+	if r.Retrieved != "tiny" || r.RetrieveMissing == nil || r.RetrieveMissing.Status != 404 || !r.RetrieveMissing.IsNotFound {
+		t.Errorf("models.retrieve: %q %+v", r.Retrieved, r.RetrieveMissing)
+	}
+	answerItems := []clientItem{{Type: "reasoning", Text: "User greets. Reply."}, {Type: "message", Text: "Hello, wörld!"}}
+	if x := r.Responses; x.Status != "completed" || x.Text != "Hello, wörld!" || !slices.Equal(x.Items, answerItems) ||
+		x.Usage.OutputTokens != p.Usage.CompletionTokens || x.Usage.OutputTokensDetails.ReasoningTokens == 0 {
+		t.Errorf("responses: %+v", x)
+	}
+	rs := r.ResponsesStreamed
+	if rs.Text != "Hello, wörld!" || rs.Reasoning != "User greets. Reply." || rs.Status != "completed" || rs.Usage == nil ||
+		len(rs.Types) < 10 || rs.Types[0] != "response.created" || rs.Types[len(rs.Types)-1] != "response.completed" {
+		t.Errorf("responses streamed: %+v", rs)
+	}
+	rt := r.ResponsesTool
+	for name, its := range map[string][]clientItem{"responses tool call": rt.Items, "streamed responses tool call": rt.StreamedItems} {
+		if len(its) != 2 || its[1].Type != "function_call" || its[1].Name != "get_weather" || its[1].Arguments != `{"location":"SF"}` || its[1].CallID == "" {
+			t.Errorf("%s: %+v", name, its)
+		}
+	}
+	if rt.Next != "Hello, wörld!" {
+		t.Errorf("responses after the tool result: %q", rt.Next)
 	}
 	if b := r.BadRequest; b == nil || b.Status != 400 || !b.IsAPIError || b.Type != "invalid_request_error" {
 		t.Errorf("bad request: %+v", b)

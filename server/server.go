@@ -108,6 +108,10 @@ type Config struct {
 	// Connections, when set, is the connection limiter in front of the
 	// server; /metrics reports it.
 	Connections *ConnLimiter
+	// ResponsesStore is the number of /v1/responses responses kept for
+	// previous_response_id and GET /v1/responses/{id}, the least recently
+	// used dropped first (0: none are kept).
+	ResponsesStore int
 	// OnShutdown is called once when POST /shutdown arrives.
 	OnShutdown func()
 	Logger     *slog.Logger
@@ -124,7 +128,8 @@ type Server struct {
 	shutdown sync.Once
 	metrics  *metrics
 	mux      *http.ServeMux
-	// routes maps each path to the methods it serves, for 404 and 405.
+	// routes maps each path to the methods it serves, for 404 and 405; a
+	// path pattern's wildcard segments are written "{}".
 	routes map[string][]string
 	// specials maps harmony special-token ids to their names (gpt-oss only).
 	specials map[int32]string
@@ -134,6 +139,9 @@ type Server struct {
 	// admitting holds one token per request in admission (see
 	// admissionSlot).
 	admitting chan struct{}
+	// mootLogged holds the ignored request fields already logged.
+	mootLogged sync.Map
+	responses  *responseStore
 }
 
 // New returns a server for cfg.
@@ -168,7 +176,7 @@ func New(cfg Config) (*Server, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{cfg: cfg, log: log, started: cfg.Now(), mux: http.NewServeMux(), routes: map[string][]string{},
-		admitting: make(chan struct{}, cfg.AdmissionConcurrency)}
+		admitting: make(chan struct{}, cfg.AdmissionConcurrency), responses: newResponseStore(cfg.ResponsesStore, responseStoreBytes)}
 	if cfg.Model.Chat == ChatTemplate {
 		if _, ok := cfg.Tokenizer.(specialEncoder); !ok || cfg.Template == nil {
 			return nil, errors.New("server: a chat template needs Config.Template and a tokenizer with EncodeSpecial")
@@ -197,14 +205,41 @@ func New(cfg Config) (*Server, error) {
 	s.handle("GET /v1/models", s.handleModels)
 	s.handle("POST /v1/completions", s.handleCompletions)
 	s.handle("POST /v1/chat/completions", s.handleChat)
+	s.handle("GET /v1/models/{id...}", s.handleModel)
+	s.handle("POST /v1/responses", s.handleResponses)
+	s.handle("GET /v1/responses/{id}", s.handleGetResponse)
+	s.handle("DELETE /v1/responses/{id}", s.handleDeleteResponse)
 	return s, nil
 }
 
-// handle registers a "METHOD /path" route.
+// handle registers a "METHOD /path" route; the path may end in a
+// wildcard that takes the rest of it ("{id...}").
 func (s *Server) handle(pattern string, h http.HandlerFunc) {
 	method, path, _ := strings.Cut(pattern, " ")
+	if i := strings.LastIndex(path, "/{"); i >= 0 {
+		path = path[:i] + wildcard
+	}
 	s.routes[path] = append(s.routes[path], method)
 	s.mux.HandleFunc(pattern, h)
+}
+
+// wildcard ends the routes key of a path pattern with a wildcard.
+const wildcard = "/{...}"
+
+// methodsOf returns the methods served at path.
+func (s *Server) methodsOf(path string) ([]string, bool) {
+	if m, ok := s.routes[path]; ok {
+		return m, true
+	}
+	for i := strings.LastIndex(path, "/"); i > 0; i = strings.LastIndex(path[:i], "/") {
+		if i+1 == len(path) {
+			continue // an empty wildcard matches nothing
+		}
+		if m, ok := s.routes[path[:i]+wildcard]; ok {
+			return m, true
+		}
+	}
+	return nil, false
 }
 
 type missingTokenError struct{ name string }

@@ -206,10 +206,19 @@ func (s *Server) handleExecute(w http.ResponseWriter, r *http.Request) {
 // reads the body and, in an admission slot, decodes it into body, builds
 // the engine request with build (which reads body and may tokenize), and
 // tokenizes a text prompt (see tokenize); then it submits the request. If
-// any step fails it answers with reject and returns nil.
+// any step fails it answers with reject and returns nil. A body of the
+// OpenAI API (tolerant) may carry unknown fields, which are reported (see
+// tolerance); other bodies are decoded strictly.
 func (s *Server) submit(w http.ResponseWriter, r *http.Request, endpoint string,
 	reject func(http.ResponseWriter, string, apiError), body any, build func() (engine.Request, error)) *engine.Job {
-	job, err := s.prepare(r, body, build)
+	var unknown *tolerance
+	if _, ok := body.(tolerant); ok {
+		unknown = &tolerance{}
+	}
+	job, err := s.prepare(r, body, unknown, build)
+	if unknown != nil {
+		s.report(w, unknown)
+	}
 	if err != nil {
 		reject(w, endpoint, classify(err))
 		return nil
@@ -218,8 +227,9 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request, endpoint string,
 	return job
 }
 
-// prepare is submit's work up to the engine's queue.
-func (s *Server) prepare(r *http.Request, body any, build func() (engine.Request, error)) (*engine.Job, error) {
+// prepare is submit's work up to the engine's queue. Unknown fields of the
+// body go to unknown when it is set (the OpenAI endpoints).
+func (s *Server) prepare(r *http.Request, body any, unknown *tolerance, build func() (engine.Request, error)) (*engine.Job, error) {
 	if s.Draining() {
 		return nil, engine.ErrShuttingDown
 	}
@@ -232,7 +242,7 @@ func (s *Server) prepare(r *http.Request, body any, build func() (engine.Request
 		return nil, err
 	}
 	defer release()
-	if err := decodeStrict(data, body); err != nil {
+	if err := decodeWith(data, body, unknown); err != nil {
 		return nil, err
 	}
 	req, err := build()

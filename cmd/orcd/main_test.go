@@ -233,6 +233,7 @@ func TestCommandsValidateRanges(t *testing.T) {
 		{[]string{"serve", "--kv-blocks", "-1"}, `invalid value "-1" for --kv-blocks: must be at least 0`},
 		{[]string{"serve", "--max-queue", "-1"}, `invalid value "-1" for --max-queue: must be at least 0`},
 		{[]string{"serve", "--max-body-bytes", "0"}, `invalid value "0" for --max-body-bytes: must be at least 1`},
+		{[]string{"serve", "--responses-store", "-1"}, `invalid value "-1" for --responses-store: must be between 0 and 1048576`},
 		{[]string{"serve", "--log-format", "xml"}, `invalid value "xml" for --log-format: want json or text`},
 		{[]string{"serve", "--callback-url", "ftp://x/ready"}, `--callback-url "ftp://x/ready" is not an http:// or https:// URL`},
 		{[]string{"serve", "--advertise-url", "localhost:8080"}, `--advertise-url "localhost:8080" is not an http:// or https:// URL`},

@@ -67,6 +67,7 @@ type serveFlags struct {
 	noPrefixCache   bool
 	maxBodyBytes    int
 	shutdownTimeout float64
+	responsesStore  int
 	limits          *limitFlags
 }
 
@@ -106,6 +107,7 @@ func addServeFlags(fs *flag.FlagSet) *serveFlags {
 	fs.BoolVar(&sf.noPrefixCache, "no-prefix-cache", false, "do not reuse the KV blocks of earlier prompts that start the same way")
 	numVar(fs, &sf.maxBodyBytes, "max-body-bytes", 1<<20, 1, noMax, "largest request body in bytes")
 	numVar(fs, &sf.shutdownTimeout, "shutdown-timeout-sec", 30, 0, maxSeconds, "on SIGTERM or POST /shutdown, how long running jobs may finish before they are cancelled")
+	numVar(fs, &sf.responsesStore, "responses-store", 1000, 0, 1<<20, "/v1/responses responses kept in memory for previous_response_id, least recently used dropped first (0: none)")
 	sf.limits = addLimitFlags(fs)
 	return sf
 }
@@ -244,7 +246,7 @@ func serve(mf *modelFlags, sf *serveFlags, log *slog.Logger, listening func(addr
 			ID: cmp.Or(sf.modelID, lm.Name), Arch: cfg.Arch, Chat: string(lm.Chat), QuantKind: lm.QuantKind,
 			TokenizerKind: lm.Tokenizer.Kind(), VocabSize: cfg.VocabSize, ContextLength: lm.CtxSize,
 		},
-		MaxTokensOut: sf.maxTokensOut, APIKey: sf.apiKey, MaxBodyBytes: int64(sf.maxBodyBytes),
+		MaxTokensOut: sf.maxTokensOut, APIKey: sf.apiKey, MaxBodyBytes: int64(sf.maxBodyBytes), ResponsesStore: sf.responsesStore,
 		OnShutdown: func() { close(shutdownRequested) }, Logger: log,
 	}
 	sf.limits.apply(&scfg, conns)

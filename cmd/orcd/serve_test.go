@@ -152,7 +152,7 @@ func tokensText(t *testing.T, evs []event) string {
 
 func TestServeGPT2EndToEnd(t *testing.T) {
 	path := synthTemp(t, "tiny-gpt2", 0)
-	w := startServe(t, "--model", path, "--ctx-size", "256", "--worker-id", "11111111-2222-4333-8444-555555555555")
+	w := startServe(t, "--model", path, "--ctx-size", "256", "--worker-id", "11111111-2222-4333-8444-555555555555", "--responses-store", "1")
 	if c := w.callback; c.WorkerID != "11111111-2222-4333-8444-555555555555" || c.ModelRef != path || !strings.HasPrefix(c.URI, "http://127.0.0.1:") {
 		t.Errorf("ready callback %+v", c)
 	}
@@ -208,6 +208,27 @@ func TestServeGPT2EndToEnd(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 200 || len(chat.Choices) != 1 || chat.Choices[0].Message.Role != "assistant" || chat.Usage.CompletionTokens == 0 {
 		t.Errorf("chat: %d %+v", resp.StatusCode, chat)
+	}
+
+	// --responses-store 1 keeps the latest response only.
+	var ids []string
+	for range 2 {
+		resp, err := http.Post(w.uri+"/v1/responses", "application/json", strings.NewReader(`{"input":"Hi","max_output_tokens":3}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r struct{ ID, Status string }
+		json.NewDecoder(resp.Body).Decode(&r)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || r.Status != "incomplete" {
+			t.Fatalf("responses: %d %+v", resp.StatusCode, r)
+		}
+		ids = append(ids, r.ID)
+	}
+	for i, want := range []int{404, 200} {
+		if status, _ := getJSON(t, "GET", w.uri+"/v1/responses/"+ids[i]); status != want {
+			t.Errorf("stored response %d of 2: status %d, want %d", i+1, status, want)
+		}
 	}
 
 	// The limits are in place: a prompt longer than the context times the

@@ -68,6 +68,57 @@ if (process.env.ORCD_TOOLS === '1') {
   out.toolStreamed = { finish: final.choices[0].finish_reason, calls: final.choices[0].message.tool_calls ?? [] };
 }
 
+// n choices, and tool_choice none (tools defined, no call).
+const two = await client.chat.completions.create({ model, messages, max_tokens: 256, n: 2, seed: 3 });
+out.n = { choices: two.choices.map((c) => ({ index: c.index, content: c.message.content, finish: c.finish_reason })), usage: two.usage };
+if (process.env.ORCD_TOOLS === '1') {
+  const none = await client.chat.completions.create({ model, messages, tools, tool_choice: 'none', max_tokens: 256 });
+  out.toolChoiceNone = { finish: none.choices[0].finish_reason, content: none.choices[0].message.content, calls: none.choices[0].message.tool_calls ?? [] };
+}
+
+// The model by id, and an unknown id.
+out.retrieved = (await client.models.retrieve(model)).id;
+try {
+  await client.models.retrieve('no-such-model');
+  out.retrieveMissing = null;
+} catch (e) {
+  out.retrieveMissing = { status: e.status, isNotFound: e instanceof OpenAI.NotFoundError };
+}
+
+// The Responses API: plain, streamed event by event, and with a tool call
+// whose result goes back by previous_response_id.
+const items = (r) => r.output.map((o) => (o.type === 'function_call'
+  ? { type: o.type, name: o.name, arguments: o.arguments, callID: o.call_id }
+  : { type: o.type, text: (o.content ?? []).map((c) => c.text).join('') }));
+const input = 'Hello';
+const instructions = 'Be brief.';
+const resp = await client.responses.create({ model, input, instructions, reasoning: { effort: 'low' }, max_output_tokens: 256 });
+out.responses = { status: resp.status, text: resp.output_text, items: items(resp), usage: resp.usage };
+const rstream = await client.responses.create({ model, input, instructions, max_output_tokens: 256, stream: true });
+const types = [];
+let rtext = '', rreasoning = '', completed = null;
+for await (const ev of rstream) {
+  types.push(ev.type);
+  if (ev.type === 'response.output_text.delta') rtext += ev.delta;
+  if (ev.type === 'response.reasoning_text.delta') rreasoning += ev.delta;
+  if (ev.type === 'response.completed') completed = ev.response;
+}
+out.responsesStreamed = { types, text: rtext, reasoning: rreasoning, status: completed?.status ?? null, usage: completed?.usage ?? null };
+if (process.env.ORCD_TOOLS === '1') {
+  const rtools = [{ type: 'function', name: 'get_weather', description: 'Gets the current weather in the provided location.',
+    parameters: { type: 'object', properties: { location: { type: 'string' } }, required: ['location'] } }];
+  const call = await client.responses.create({ model, input: 'Weather in SF?', tools: rtools, max_output_tokens: 256 });
+  const fc = call.output.find((o) => o.type === 'function_call');
+  // The SDK's stream helper assembles the same response from the events.
+  const helper = client.responses.stream({ model, input: 'Weather in SF?', tools: rtools, max_output_tokens: 256 });
+  const final = await helper.finalResponse();
+  const next = await client.responses.create({
+    model, previous_response_id: call.id, tools: rtools, max_output_tokens: 256,
+    input: [{ type: 'function_call_output', call_id: fc.call_id, output: '{"temperature":20}' }],
+  });
+  out.responsesTool = { items: items(call), streamedItems: items(final), next: next.output_text };
+}
+
 // An invalid request surfaces as the SDK's typed error.
 try {
   await client.chat.completions.create({ model, messages, temperature: 5 });
