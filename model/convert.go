@@ -32,29 +32,30 @@ type ConvertOptions struct {
 	Progress func(done, total int64)
 }
 
-// outTarget resolves opts.OutType for f: the type of its float matrices, or
-// 0 to keep each tensor's.
-func outTarget(f *gguf.File, outType string) (tensor.Type, error) {
+// outTarget resolves opts.OutType for f: the type of its float matrices,
+// and whether they change at all (tensor.F32 is the zero Type, so it cannot
+// also mean "keep").
+func outTarget(f *gguf.File, outType string) (target tensor.Type, convert bool, err error) {
 	switch outType {
 	case "", "keep":
-		return 0, nil
+		return 0, false, nil
 	case "auto":
 		for i := range f.Tensors {
 			ti := &f.Tensors[i]
 			if len(ti.Dims) >= 2 && isFloat(ti.Type) {
 				if ti.Type == tensor.F16 {
-					return tensor.F16, nil
+					return tensor.F16, true, nil
 				}
-				return tensor.BF16, nil
+				return tensor.BF16, true, nil
 			}
 		}
-		return 0, nil
+		return 0, false, nil
 	}
 	t, err := tensor.ParseType(outType)
 	if err != nil || !tensor.CanQuantize(t) || t == tensor.MXFP4 {
-		return 0, fmt.Errorf("model: output type %q is not one of %s", outType, strings.Join(OutTypes, ", "))
+		return 0, false, fmt.Errorf("model: output type %q is not one of %s", outType, strings.Join(OutTypes, ", "))
 	}
-	return t, nil
+	return t, true, nil
 }
 
 func isFloat(t tensor.Type) bool { return t == tensor.F32 || t == tensor.F16 || t == tensor.BF16 }
@@ -66,7 +67,7 @@ func isFloat(t tensor.Type) bool { return t == tensor.F32 || t == tensor.F16 || 
 // and rows that Q8_0 blocks do not divide fall back to F16.
 func storedAs(ti *gguf.TensorInfo, target tensor.Type) tensor.Type {
 	switch {
-	case target == 0 || !isFloat(ti.Type):
+	case !isFloat(ti.Type):
 		return ti.Type
 	case len(ti.Dims) == 1 || strings.HasSuffix(ti.Name, ".bias") || strings.HasSuffix(ti.Name, "_norm.weight") ||
 		strings.HasSuffix(ti.Name, "ffn_gate_inp.weight"):
@@ -82,7 +83,7 @@ func storedAs(ti *gguf.TensorInfo, target tensor.Type) tensor.Type {
 // streaming the tensor data. The file appears under its name only when
 // complete.
 func WriteGGUF(path string, f *gguf.File, opts ConvertOptions) error {
-	target, err := outTarget(f, opts.OutType)
+	target, convert, err := outTarget(f, opts.OutType)
 	if err != nil {
 		return err
 	}
@@ -95,7 +96,10 @@ func WriteGGUF(path string, f *gguf.File, opts ConvertOptions) error {
 	mxfp4 := false
 	for i := range f.Tensors {
 		ti := &f.Tensors[i]
-		types[i] = storedAs(ti, target)
+		types[i] = ti.Type
+		if convert {
+			types[i] = storedAs(ti, target)
+		}
 		mxfp4 = mxfp4 || ti.Type == tensor.MXFP4
 		if err := w.AddTensor(ti.Name, types[i], ti.Dims); err != nil {
 			return err
@@ -103,7 +107,7 @@ func WriteGGUF(path string, f *gguf.File, opts ConvertOptions) error {
 		size, _ := types[i].RowSize(ti.Elements())
 		total += size
 	}
-	if ft, ok := fileTypes[target]; ok {
+	if ft, ok := fileTypes[target]; ok && convert {
 		if mxfp4 {
 			ft = mostlyMXFP4
 		}

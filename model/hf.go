@@ -218,6 +218,15 @@ func (c *HFCheckpoint) tokenizer() error {
 	if err != nil {
 		return fmt.Errorf("model: %s: %w", c.Dir, err)
 	}
+	// llama.cpp takes its vocabulary size from the token list and wants one
+	// embedding row per token, so its converter pads the list to config.json's
+	// vocab_size with unused "[PAD<id>]" tokens; so do we.
+	if n := c.Int("vocab_size", len(v.Tokens)); n > len(v.Tokens) {
+		for id := len(v.Tokens); id < n; id++ {
+			v.Tokens = append(v.Tokens, fmt.Sprintf("[PAD%d]", id))
+			v.TokenTypes = append(v.TokenTypes, tokenizer.TypeUnused)
+		}
+	}
 	v.SetOn(c.W)
 	if tmpl == "" {
 		// Newer checkpoints keep the template in a file of its own.

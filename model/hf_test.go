@@ -451,8 +451,10 @@ func TestLlama3RopeFactors(t *testing.T) {
 
 // TestConvertTypes checks the types convert gives each tensor under
 // llama.cpp's rules: float matrices take the output type ("auto": BF16,
-// as the checkpoint's first matrix is not F16), vectors and the router stay
-// F32, MXFP4 experts stay MXFP4, and general.file_type says so.
+// as the checkpoint's first matrix is not F16; "f32" too, though F32 is the
+// zero tensor.Type), vectors and the router stay F32, MXFP4 experts stay
+// MXFP4, and general.file_type says so. "keep" changes no type and claims
+// no file type.
 func TestConvertTypes(t *testing.T) {
 	dir := writeHFDir(t, "gptoss_mxfp4_q8", gptossHFConfig(t, "gptoss_mxfp4_q8"), gptossHFLayout(t))
 	f, err := Open(dir)
@@ -463,7 +465,7 @@ func TestConvertTypes(t *testing.T) {
 	for _, c := range []struct {
 		outType  string
 		matrices tensor.Type
-	}{{"auto", tensor.BF16}, {"q8_0", tensor.Q8_0}, {"f16", tensor.F16}} {
+	}{{"auto", tensor.BF16}, {"q8_0", tensor.Q8_0}, {"f16", tensor.F16}, {"f32", tensor.F32}} {
 		out := filepath.Join(t.TempDir(), c.outType+".gguf")
 		if err := WriteGGUF(out, f, ConvertOptions{OutType: c.outType}); err != nil {
 			t.Fatal(err)
@@ -492,6 +494,23 @@ func TestConvertTypes(t *testing.T) {
 		}
 		m.Close()
 		g.Close()
+	}
+	out := filepath.Join(t.TempDir(), "keep.gguf")
+	if err := WriteGGUF(out, f, ConvertOptions{OutType: "keep"}); err != nil {
+		t.Fatal(err)
+	}
+	g, err := gguf.Open(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	for i := range f.Tensors {
+		if ti, ok := g.Tensor(f.Tensors[i].Name); !ok || ti.Type != f.Tensors[i].Type {
+			t.Errorf("keep: %s is %v, want %s", f.Tensors[i].Name, ti, f.Tensors[i].Type)
+		}
+	}
+	if ft, err := g.GetUint32("general.file_type"); err == nil {
+		t.Errorf("keep: general.file_type %d, want none", ft)
 	}
 	if err := WriteGGUF(filepath.Join(t.TempDir(), "x.gguf"), f, ConvertOptions{OutType: "q4_k"}); err == nil {
 		t.Error("an unknown output type was accepted")
@@ -537,5 +556,104 @@ func TestHFTokenizerFiles(t *testing.T) {
 			t.Errorf("separate %v: template %d bytes (%v), pre %q, eos %d", separate, len(got), err, pre, eos)
 		}
 		f.Close()
+	}
+}
+
+// TestConvertF32 converts the bf16 qwen2 checkpoint with outtype f32 (the
+// zero tensor.Type, once taken for "keep"): its matrices must come out F32,
+// each value the BF16 bits widened by 16 zero bits, with general.file_type
+// 0 (llama.cpp's ALL_F32).
+func TestConvertF32(t *testing.T) {
+	f, err := Open(filepath.Join("testdata", "hf", "tiny_qwen2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	src, ok := f.Tensor("blk.0.attn_v.weight")
+	if !ok || src.Type != tensor.BF16 {
+		t.Fatalf("the fixture's attn_v is %v, want BF16", src)
+	}
+	want := f.TensorData(src)
+	out := filepath.Join(t.TempDir(), "f32.gguf")
+	if err := WriteGGUF(out, f, ConvertOptions{OutType: "f32"}); err != nil {
+		t.Fatal(err)
+	}
+	g, err := gguf.Open(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	ti, ok := g.Tensor("blk.0.attn_v.weight")
+	if !ok || ti.Type != tensor.F32 {
+		t.Fatalf("attn_v is %v, want F32", ti)
+	}
+	got := g.TensorData(ti)
+	if len(got) != 2*len(want) {
+		t.Fatalf("%d bytes, want %d", len(got), 2*len(want))
+	}
+	for i := 0; i < len(want)/2; i++ {
+		bf := binary.LittleEndian.Uint16(want[2*i:])
+		if w := uint32(bf) << 16; binary.LittleEndian.Uint32(got[4*i:]) != w {
+			t.Fatalf("value %d: %#x, want %#x", i, binary.LittleEndian.Uint32(got[4*i:]), w)
+		}
+	}
+	if ft, err := g.GetUint32("general.file_type"); err != nil || ft != 0 {
+		t.Errorf("general.file_type %d, %v; want 0", ft, err)
+	}
+}
+
+// TestHFVocabPadded opens the llama fixture, whose tokenizer.json has fewer
+// tokens than config.json's vocab_size (and embedding rows): like
+// llama.cpp's converter, which llama.cpp needs to load the file (it wants
+// one token_embd row per token), the token list is padded with unused
+// "[PAD<id>]" tokens up to vocab_size.
+func TestHFVocabPadded(t *testing.T) {
+	dir := filepath.Join("testdata", "hf", "tiny_llama")
+	var tj struct {
+		Model       struct{ Vocab map[string]int } `json:"model"`
+		AddedTokens []struct{ ID int }             `json:"added_tokens"`
+	}
+	var cfg struct {
+		VocabSize int `json:"vocab_size"`
+	}
+	for name, dst := range map[string]any{"tokenizer.json": &tj, "config.json": &cfg} {
+		b, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := json.Unmarshal(b, dst); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n := len(tj.Model.Vocab) + len(tj.AddedTokens)
+	if n >= cfg.VocabSize {
+		t.Fatalf("the fixture's tokenizer has %d tokens for vocab_size %d: nothing to pad", n, cfg.VocabSize)
+	}
+	f, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	tokens, err := f.GetStrings("tokenizer.ggml.tokens")
+	if err != nil {
+		t.Fatal(err)
+	}
+	types, err := f.GetInt32s("tokenizer.ggml.token_type")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(tokens) != cfg.VocabSize || len(types) != cfg.VocabSize {
+		t.Fatalf("%d tokens, %d types; want vocab_size %d", len(tokens), len(types), cfg.VocabSize)
+	}
+	if emb, ok := f.Tensor("token_embd.weight"); !ok || emb.Dims[1] != int64(cfg.VocabSize) {
+		t.Errorf("token_embd.weight is %v, want %d rows", emb, cfg.VocabSize)
+	}
+	for id := n; id < cfg.VocabSize; id++ {
+		if want := fmt.Sprintf("[PAD%d]", id); tokens[id] != want || types[id] != 5 {
+			t.Errorf("token %d is %q of type %d, want %q of type 5 (unused)", id, tokens[id], types[id], want)
+		}
+	}
+	if strings.HasPrefix(tokens[n-1], "[PAD") || types[n-1] == 5 {
+		t.Errorf("token %d (%q, type %d) is the tokenizer's last, not padding", n-1, tokens[n-1], types[n-1])
 	}
 }
