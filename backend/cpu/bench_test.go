@@ -116,7 +116,7 @@ func BenchmarkAttention(b *testing.B) {
 	for _, simd := range []bool{false, true} {
 		for _, n := range []int{1, 64} {
 			b.Run(fmt.Sprintf("simd=%v/n=%d", simd, n), func(b *testing.B) {
-				be := newBackend(2, simd)
+				be := newBackend(2, simd, Exact)
 				defer be.Close()
 				r := rand.New(rand.NewPCG(1, 2))
 				cols := heads * headDim
@@ -158,4 +158,37 @@ func contiguousTable(be *Backend, n, ctx int) (seq, table backend.Tensor, ap bac
 	seq, table = must(be.NewI32(n)), must(be.NewI32(ap.MaxBlocks))
 	be.WriteI32(table, ids)
 	return seq, table, ap
+}
+
+// BenchmarkMatMulQ8 compares the exact and fast precisions on Q8_0
+// weights of the GPT-2 124M shapes: n=1 is decode (MB/s is weight bytes
+// per second), n=512 a prefill chunk.
+func BenchmarkMatMulQ8(b *testing.B) {
+	shapes := []struct{ in, out int }{{768, 2304}, {3072, 768}, {768, 50257}}
+	for _, prec := range []Precision{Exact, Fast} {
+		for _, s := range shapes {
+			for _, n := range []int{1, 8, 512} {
+				name := map[Precision]string{Exact: "exact", Fast: "fast"}[prec]
+				b.Run(fmt.Sprintf("%s/%dx%d/n=%d", name, s.out, s.in, n), func(b *testing.B) {
+					be := NewWithOptions(Options{Precision: prec})
+					defer be.Close()
+					r := rand.New(rand.NewPCG(1, 2))
+					raw := randWeightBytes(r, tensor.Q8_0, s.in*s.out)
+					w := must(be.Upload("w", tensor.Q8_0, []int{s.in, s.out}, raw))
+					x := must(be.NewF32(n, s.in))
+					be.WriteF32(x, randF32(r, n*s.in, 1))
+					dst := must(be.NewF32(n, s.out))
+					b.SetBytes(int64(len(raw)))
+					b.ResetTimer()
+					for range b.N {
+						be.MatMul(dst, x, w, nil)
+					}
+					if err := be.Sync(); err != nil {
+						b.Fatal(err)
+					}
+					b.ReportMetric(float64(b.N)*float64(n)*float64(s.in)*float64(s.out)/b.Elapsed().Seconds()/1e9, "GMAC/s")
+				})
+			}
+		}
+	}
 }

@@ -1,0 +1,57 @@
+package cpu
+
+import "unsafe"
+
+//go:noescape
+func quantQ8AVX2(x *float32, q *int8, meta *q8Meta, blocks int)
+
+//go:noescape
+func gemmQ8x4VNNI(wq *byte, wd *float32, blocks int, xq *int8, meta *q8Meta, xstride, mstride int, out *float32)
+
+//go:noescape
+func gemmQ8x1VNNI(wq *byte, wd *float32, blocks int, xq *int8, meta *q8Meta, out *float32)
+
+// haveVNNI reports whether the CPU and OS support the EVEX-encoded 256-bit
+// VPDPBUSD: AVX-512 VNNI and VL, with the OS saving the AVX-512 state.
+func haveVNNI() bool {
+	if !haveAVX2() {
+		return false
+	}
+	if xgetbv0()&0xe6 != 0xe6 { // XMM, YMM, opmask and both ZMM halves
+		return false
+	}
+	_, b7, c7, _ := cpuid(7, 0)
+	const avx512f, avx512vl, avx512vnni = 1 << 16, 1 << 31, 1 << 11
+	return b7&(avx512f|avx512vl) == avx512f|avx512vl && c7&avx512vnni != 0
+}
+
+// simdQ8Kernels returns the VNNI fast-precision kernels when the CPU has
+// them. Without VNNI the fast precision falls back to exact on amd64: the
+// pure-Go integer loops are slower than the AVX2 float kernels.
+func simdQ8Kernels() *q8Kernels {
+	if !haveVNNI() {
+		return nil
+	}
+	return &q8Kernels{
+		quant: func(x []float32, q []int8, meta []q8Meta) {
+			if len(meta) == 0 {
+				return
+			}
+			_, _ = x[32*len(meta)-1], q[32*len(meta)-1]
+			quantQ8AVX2(&x[0], &q[0], &meta[0], len(meta))
+		},
+		gemm: func(p *packedQ8, g int, a *q8Act, row0, rows int, out []float32) {
+			nb, in := p.blocks, p.blocks*32
+			wq, wd := p.quants[g*nb*256:(g+1)*nb*256], p.scales[g*nb*8:(g+1)*nb*8]
+			q, meta := a.q[row0*in:(row0+rows)*in], a.meta[row0*nb:(row0+rows)*nb]
+			if rows == 4 {
+				_ = out[31]
+				gemmQ8x4VNNI(&wq[0], &wd[0], nb, &q[0], &meta[0], in, nb*int(unsafe.Sizeof(q8Meta{})), &out[0])
+				return
+			}
+			for r := 0; r < rows; r++ {
+				gemmQ8x1VNNI(&wq[0], &wd[0], nb, &q[r*in], &meta[r*nb], &out[8*r:8*r+8][0])
+			}
+		},
+	}
+}

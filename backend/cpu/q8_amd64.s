@@ -1,0 +1,223 @@
+//go:build amd64
+
+#include "textflag.h"
+
+// Integer kernels of the fast precision (see q8.go for the layouts and the
+// pure-Go definitions they must match).
+
+// func quantQ8AVX2(x *float32, q *int8, meta *q8Meta, blocks int)
+// Per 32 floats: amax = max |x|, d = amax/127, id = 127/amax (0 when amax
+// is 0), q = round-to-even(x·id) as int8, and c = -128·Σq.
+TEXT ·quantQ8AVX2(SB), NOSPLIT, $0-32
+	MOVQ         x+0(FP), SI
+	MOVQ         q+8(FP), DI
+	MOVQ         meta+16(FP), DX
+	MOVQ         blocks+24(FP), CX
+	MOVL         $0x7fffffff, AX
+	MOVQ         AX, X15
+	VPBROADCASTD X15, Y15             // |.| mask
+	MOVL         $0x42fe0000, AX      // 127.0
+	MOVQ         AX, X14
+	VXORPS       X13, X13, X13
+	MOVQ         $·q8Perm(SB), AX
+	VMOVDQU      (AX), Y12
+
+qloop:
+	TESTQ        CX, CX
+	JZ           qdone
+	VMOVUPS      (SI), Y0
+	VMOVUPS      32(SI), Y1
+	VMOVUPS      64(SI), Y2
+	VMOVUPS      96(SI), Y3
+	VANDPS       Y15, Y0, Y4
+	VANDPS       Y15, Y1, Y5
+	VANDPS       Y15, Y2, Y6
+	VANDPS       Y15, Y3, Y7
+	VMAXPS       Y5, Y4, Y4
+	VMAXPS       Y7, Y6, Y6
+	VMAXPS       Y6, Y4, Y4
+	VEXTRACTF128 $1, Y4, X5
+	VMAXPS       X5, X4, X4
+	VPERMILPS    $0x4e, X4, X5
+	VMAXPS       X5, X4, X4
+	VPERMILPS    $0xb1, X4, X5
+	VMAXPS       X5, X4, X4           // amax in every lane
+	VDIVSS       X14, X4, X6          // d = amax/127
+	VMOVSS       X6, (DX)
+	VDIVSS       X4, X14, X7          // id = 127/amax
+	VCMPSS       $4, X13, X4, X8      // amax != 0
+	VANDPS       X8, X7, X7
+	VBROADCASTSS X7, Y7
+	VMULPS       Y7, Y0, Y0
+	VMULPS       Y7, Y1, Y1
+	VMULPS       Y7, Y2, Y2
+	VMULPS       Y7, Y3, Y3
+	VCVTPS2DQ    Y0, Y0
+	VCVTPS2DQ    Y1, Y1
+	VCVTPS2DQ    Y2, Y2
+	VCVTPS2DQ    Y3, Y3
+	VPADDD       Y1, Y0, Y4
+	VPADDD       Y3, Y2, Y5
+	VPADDD       Y5, Y4, Y4
+	VEXTRACTI128 $1, Y4, X5
+	VPADDD       X5, X4, X4
+	VPSHUFD      $0x4e, X4, X5
+	VPADDD       X5, X4, X4
+	VPSHUFD      $0xb1, X4, X5
+	VPADDD       X5, X4, X4
+	VMOVD        X4, AX
+	IMULL        $-128, AX
+	MOVL         AX, 4(DX)
+	VPACKSSDW    Y1, Y0, Y0
+	VPACKSSDW    Y3, Y2, Y2
+	VPACKSSWB    Y2, Y0, Y0
+	VPERMD       Y0, Y12, Y0
+	VMOVDQU      Y0, (DI)
+	ADDQ         $128, SI
+	ADDQ         $32, DI
+	ADDQ         $8, DX
+	DECQ         CX
+	JMP          qloop
+
+qdone:
+	VZEROUPPER
+	RET
+
+// VPACKSSDW/VPACKSSWB work within 128-bit lanes; this VPERMD order puts
+// the 32 bytes back in element order.
+DATA ·q8Perm+0(SB)/4, $0
+DATA ·q8Perm+4(SB)/4, $4
+DATA ·q8Perm+8(SB)/4, $1
+DATA ·q8Perm+12(SB)/4, $5
+DATA ·q8Perm+16(SB)/4, $2
+DATA ·q8Perm+20(SB)/4, $6
+DATA ·q8Perm+24(SB)/4, $3
+DATA ·q8Perm+28(SB)/4, $7
+GLOBL ·q8Perm(SB), RODATA|NOPTR, $32
+
+// One step of 4 quants of a block: the weights of 8 rows (as unsigned, by
+// flipping the sign bit) against 4 bytes of x broadcast.
+#define STEP4(off) \
+	VPXOR         (32*off)(SI), Y9, Y8; \
+	VPDPBUSD.BCST (4*off)(BX), Y8, Y4; \
+	VPDPBUSD.BCST (4*off)(R9), Y8, Y5; \
+	VPDPBUSD.BCST (4*off)(R10), Y8, Y6; \
+	VPDPBUSD.BCST (4*off)(R11), Y8, Y7
+
+#define STEP1(off) \
+	VPXOR         (32*off)(SI), Y9, Y8; \
+	VPDPBUSD.BCST (4*off)(BX), Y8, Y4
+
+// func gemmQ8x4VNNI(wq *byte, wd *float32, blocks int, xq *int8, meta *q8Meta, xstride, mstride int, out *float32)
+// out[8r+l] = Σ_b wd[8b+l]·d_r[b]·Σ_k w_l[32b+k]·x_r[32b+k] for 4 rows r
+// of x (xstride bytes apart, their metadata mstride bytes apart) and the 8
+// weight rows l of one packed group. (w+128)·x summed by VPDPBUSD, started
+// from c = -128·Σx, is Σ w·x exactly.
+TEXT ·gemmQ8x4VNNI(SB), NOSPLIT, $0-64
+	MOVQ         wq+0(FP), SI
+	MOVQ         wd+8(FP), DI
+	MOVQ         blocks+16(FP), CX
+	MOVQ         xq+24(FP), BX
+	MOVQ         meta+32(FP), DX
+	MOVQ         xstride+40(FP), R8
+	MOVQ         mstride+48(FP), R12
+	LEAQ         (BX)(R8*1), R9
+	LEAQ         (BX)(R8*2), R10
+	LEAQ         (R9)(R8*2), R11
+	LEAQ         (DX)(R12*2), R13
+	ADDQ         R12, R13
+	MOVL         $0x80808080, AX
+	MOVQ         AX, X9
+	VPBROADCASTD X9, Y9
+	VXORPS       Y0, Y0, Y0
+	VXORPS       Y1, Y1, Y1
+	VXORPS       Y2, Y2, Y2
+	VXORPS       Y3, Y3, Y3
+
+g4loop:
+	VPBROADCASTD 4(DX), Y4
+	VPBROADCASTD 4(DX)(R12*1), Y5
+	VPBROADCASTD 4(DX)(R12*2), Y6
+	VPBROADCASTD 4(R13), Y7
+	STEP4(0)
+	STEP4(1)
+	STEP4(2)
+	STEP4(3)
+	STEP4(4)
+	STEP4(5)
+	STEP4(6)
+	STEP4(7)
+	VMOVUPS      (DI), Y10
+	VCVTDQ2PS    Y4, Y4
+	VCVTDQ2PS    Y5, Y5
+	VCVTDQ2PS    Y6, Y6
+	VCVTDQ2PS    Y7, Y7
+	VBROADCASTSS (DX), Y11
+	VBROADCASTSS (DX)(R12*1), Y12
+	VBROADCASTSS (DX)(R12*2), Y13
+	VBROADCASTSS (R13), Y14
+	VMULPS       Y10, Y11, Y11
+	VMULPS       Y10, Y12, Y12
+	VMULPS       Y10, Y13, Y13
+	VMULPS       Y10, Y14, Y14
+	VFMADD231PS  Y11, Y4, Y0
+	VFMADD231PS  Y12, Y5, Y1
+	VFMADD231PS  Y13, Y6, Y2
+	VFMADD231PS  Y14, Y7, Y3
+	ADDQ         $256, SI
+	ADDQ         $32, DI
+	ADDQ         $32, BX
+	ADDQ         $32, R9
+	ADDQ         $32, R10
+	ADDQ         $32, R11
+	ADDQ         $8, DX
+	ADDQ         $8, R13
+	DECQ         CX
+	JNZ          g4loop
+
+	MOVQ         out+56(FP), AX
+	VMOVUPS      Y0, (AX)
+	VMOVUPS      Y1, 32(AX)
+	VMOVUPS      Y2, 64(AX)
+	VMOVUPS      Y3, 96(AX)
+	VZEROUPPER
+	RET
+
+// func gemmQ8x1VNNI(wq *byte, wd *float32, blocks int, xq *int8, meta *q8Meta, out *float32)
+// gemmQ8x4VNNI for one row of x.
+TEXT ·gemmQ8x1VNNI(SB), NOSPLIT, $0-48
+	MOVQ         wq+0(FP), SI
+	MOVQ         wd+8(FP), DI
+	MOVQ         blocks+16(FP), CX
+	MOVQ         xq+24(FP), BX
+	MOVQ         meta+32(FP), DX
+	MOVL         $0x80808080, AX
+	MOVQ         AX, X9
+	VPBROADCASTD X9, Y9
+	VXORPS       Y0, Y0, Y0
+
+g1loop:
+	VPBROADCASTD 4(DX), Y4
+	STEP1(0)
+	STEP1(1)
+	STEP1(2)
+	STEP1(3)
+	STEP1(4)
+	STEP1(5)
+	STEP1(6)
+	STEP1(7)
+	VCVTDQ2PS    Y4, Y4
+	VBROADCASTSS (DX), Y11
+	VMULPS       (DI), Y11, Y11
+	VFMADD231PS  Y11, Y4, Y0
+	ADDQ         $256, SI
+	ADDQ         $32, DI
+	ADDQ         $32, BX
+	ADDQ         $8, DX
+	DECQ         CX
+	JNZ          g1loop
+
+	MOVQ         out+40(FP), AX
+	VMOVUPS      Y0, (AX)
+	VZEROUPPER
+	RET
