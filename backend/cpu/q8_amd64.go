@@ -50,7 +50,7 @@ func simdQ8Kernels() *q8Kernels {
 				return
 			}
 			for r := 0; r < rows; r++ {
-				gemmQ8x1VNNI(&wq[0], &wd[0], nb, &q[r*in], &meta[r*nb], &out[8*r:8*r+8][0])
+				gemmQ8x1VNNI(&wq[0], &wd[0], nb, &q[r*in], &meta[r*nb], &out[8*r : 8*r+8][0])
 			}
 		},
 	}
