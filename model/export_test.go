@@ -5,6 +5,7 @@ package model
 var (
 	HFFixtures    = hfFixtures
 	LoadTestModel = loadTestModel
+	LoadTestModelOn = loadTestModelOn
 	RelErr        = relErr
 	Argmax        = argmax
 )

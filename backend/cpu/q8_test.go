@@ -184,33 +184,35 @@ func TestMatMulFast(t *testing.T) {
 				continue
 			}
 			for _, n := range []int{1, 3, 5, 40} {
-				t.Run(fmt.Sprintf("simd=%v/threads=%d/n=%d", simd, threads, n), func(t *testing.T) {
-					r := newRand(t)
-					in, out := 128, 45
-					raw := randWeightBytes(r, tensor.Q8_0, in*out)
-					w := must(b.Upload("w", tensor.Q8_0, []int{in, out}, raw))
-					xv := randF32(r, n*in, 1)
-					biasV := randF32(r, out, 1)
-					bt := must(b.Upload("b", tensor.F32, []int{out}, f32Bytes(biasV)))
-					dst := poisoned(t, b, n, out)
-					b.MatMul(dst, activation(t, b, n, in, xv), w, bt)
-					wf := dequant(t, tensor.Q8_0, raw, in*out)
-					want, mag := refMatMul(xv, n, in, wf, out, biasV)
-					tol := matmulTol(mag)
-					for i := 0; i < n; i++ {
-						for o := 0; o < out; o++ {
-							for blk := 0; blk < in/32; blk++ {
-								var amax, wsum float64
-								for k := 32 * blk; k < 32*blk+32; k++ {
-									amax = math.Max(amax, math.Abs(float64(xv[i*in+k])))
-									wsum += math.Abs(wf[o*in+k])
+				for _, shape := range [][2]int{{128, 45}, {64, 512}, {256, 64}} {
+					in, out := shape[0], shape[1]
+					t.Run(fmt.Sprintf("simd=%v/threads=%d/n=%d/%dx%d", simd, threads, n, out, in), func(t *testing.T) {
+						r := newRand(t)
+						raw := randWeightBytes(r, tensor.Q8_0, in*out)
+						w := must(b.Upload("w", tensor.Q8_0, []int{in, out}, raw))
+						xv := randF32(r, n*in, 1)
+						biasV := randF32(r, out, 1)
+						bt := must(b.Upload("b", tensor.F32, []int{out}, f32Bytes(biasV)))
+						dst := poisoned(t, b, n, out)
+						b.MatMul(dst, activation(t, b, n, in, xv), w, bt)
+						wf := dequant(t, tensor.Q8_0, raw, in*out)
+						want, mag := refMatMul(xv, n, in, wf, out, biasV)
+						tol := matmulTol(mag)
+						for i := 0; i < n; i++ {
+							for o := 0; o < out; o++ {
+								for blk := 0; blk < in/32; blk++ {
+									var amax, wsum float64
+									for k := 32 * blk; k < 32*blk+32; k++ {
+										amax = math.Max(amax, math.Abs(float64(xv[i*in+k])))
+										wsum += math.Abs(wf[o*in+k])
+									}
+									tol[i*out+o] += amax / 127 / 2 * wsum
 								}
-								tol[i*out+o] += amax / 127 / 2 * wsum
 							}
 						}
-					}
-					compare(t, "dst", read(t, b, dst), want, tol)
-				})
+						compare(t, "dst", read(t, b, dst), want, tol)
+					})
+				}
 			}
 		}
 	}
