@@ -217,3 +217,15 @@ func TestMatMulFast(t *testing.T) {
 		}
 	}
 }
+
+// TestGELUFast checks geluFast against gelu (math.Tanh) to a float32
+// rounding, from deep in the negative tail (where 1+tanh cancels to 0 and
+// geluFast keeps a tiny value) to large positive inputs.
+func TestGELUFast(t *testing.T) {
+	for x := float32(-30); x <= 30; x += 0.00137 {
+		got, want := geluFast(x), gelu(x)
+		if d := math.Abs(float64(got - want)); d > 2.5e-7*math.Abs(float64(want))+1e-15 {
+			t.Fatalf("geluFast(%v) = %v, gelu %v", x, got, want)
+		}
+	}
+}
