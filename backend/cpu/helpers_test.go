@@ -187,3 +187,14 @@ func backends() map[string]*Backend {
 	}
 	return bs
 }
+
+// backendsWithFast is backends plus fast-precision ones, for the ops whose
+// fast versions keep float32 accuracy (attention's float32 exps).
+func backendsWithFast() map[string]*Backend {
+	bs := backends()
+	bs["go/fast/threads=3"] = newBackend(3, false, Fast)
+	if b := newBackend(3, true, Fast); b.Fast() {
+		bs["simd/fast/threads=3"] = b
+	}
+	return bs
+}

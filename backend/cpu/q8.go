@@ -148,15 +148,16 @@ func (b *Backend) quantize(x []float32, n, in int) *q8Act {
 	return a
 }
 
-// q8Kernels are the fast precision's loops: quant is quantQ8 and gemm is
-// gemmQ8 (rows ≤ 4).
+// q8Kernels are the fast precision's loops: quant is quantQ8, gemm is
+// gemmQ8 (rows ≤ 4) and expSum is expSum (attention's softmax).
 type q8Kernels struct {
-	quant func(x []float32, q []int8, meta []q8Meta)
-	gemm  func(p *packedQ8, g int, a *q8Act, row0, rows int, out []float32)
+	quant  func(x []float32, q []int8, meta []q8Meta)
+	gemm   func(p *packedQ8, g int, a *q8Act, row0, rows int, out []float32)
+	expSum func(x []float32, scale, sub float32, out []float32) float32
 }
 
 // goQ8Kernels are the pure-Go fast-precision loops.
-var goQ8Kernels = &q8Kernels{quant: quantQ8, gemm: gemmQ8}
+var goQ8Kernels = &q8Kernels{quant: quantQ8, gemm: gemmQ8, expSum: expSum}
 
 // q8Tile is how many rows of x a worker runs against its chunk of weight
 // groups before the next rows: 32 rows of a 3072-wide input (96 KiB) stay
@@ -191,4 +192,28 @@ func (b *Backend) matmulQ8(dst, x []float32, n int, w *weight, bias []float32) {
 			}
 		}
 	})
+}
+
+// expF32 is e^t for t ≤ 0 in float32 arithmetic, for the fast precision's
+// softmax: t = k·ln2 + r with |r| ≤ ln2/2, e^r by its degree-6 Taylor
+// polynomial (relative error below 2e-7), times 2^k put into the exponent
+// bits. t is floored at -80 (e^-80 ≈ 2e-35, nothing next to the softmax's
+// largest term, 1) so that 2^k stays a normal float32.
+func expF32(t float32) float32 {
+	t = max(t, -80)
+	k := float32(math.RoundToEven(float64(t * 1.4426950408889634)))
+	r := t - k*0.693359375 - k*-2.12194440e-4
+	p := ((((((1.0/720)*r+1.0/120)*r+1.0/24)*r+1.0/6)*r+0.5)*r+1)*r + 1
+	return math.Float32frombits(math.Float32bits(p) + uint32(int32(k))<<23)
+}
+
+// expSum sets out[i] = expF32(x[i]·scale - sub) for i < len(out) and
+// returns their sum.
+func expSum(x []float32, scale, sub float32, out []float32) float32 {
+	var s float32
+	for i := range out {
+		out[i] = expF32(x[i]*scale - sub)
+		s += out[i]
+	}
+	return s
 }

@@ -33,6 +33,7 @@ func simdQ8Kernels() *q8Kernels {
 		return nil
 	}
 	return &q8Kernels{
+		expSum: expSumSIMD,
 		quant: func(x []float32, q []int8, meta []q8Meta) {
 			if len(meta) == 0 {
 				return
@@ -54,4 +55,18 @@ func simdQ8Kernels() *q8Kernels {
 			}
 		},
 	}
+}
+
+//go:noescape
+func expSumAVX2(x *float32, n int, scale, sub float32, out *float32) float32
+
+// expSumSIMD is expSum with the 8-wide part in assembly.
+func expSumSIMD(x []float32, scale, sub float32, out []float32) float32 {
+	n := len(out) &^ 7
+	var s float32
+	if n > 0 {
+		_ = x[n-1]
+		s = expSumAVX2(&x[0], n, scale, sub, &out[0])
+	}
+	return s + expSum(x[n:len(out)], scale, sub, out[n:])
 }

@@ -221,3 +221,76 @@ g1loop:
 	VMOVUPS      Y0, (AX)
 	VZEROUPPER
 	RET
+
+// func expSumAVX2(x *float32, n int, scale, sub float32, out *float32) float32
+// out[i] = e^(x[i]·scale - sub) for n (a multiple of 8) values ≤ 0 after
+// the shift, and their sum: see expF32 for the method.
+TEXT ·expSumAVX2(SB), NOSPLIT, $0-36
+	MOVQ         x+0(FP), SI
+	MOVQ         n+8(FP), CX
+	VBROADCASTSS scale+16(FP), Y14
+	VBROADCASTSS sub+20(FP), Y13
+	MOVQ         out+24(FP), DI
+	MOVQ         $·expConsts(SB), AX
+	VBROADCASTSS 0(AX), Y12              // floor -80
+	VBROADCASTSS 4(AX), Y11              // log2(e)
+	VBROADCASTSS 8(AX), Y10              // ln2 high
+	VBROADCASTSS 12(AX), Y9              // ln2 low
+	VXORPS       Y0, Y0, Y0
+
+exloop:
+	TESTQ        CX, CX
+	JZ           exdone
+	VMOVUPS      (SI), Y1
+	VFMSUB213PS  Y13, Y14, Y1            // x·scale - sub
+	VMAXPS       Y12, Y1, Y1
+	VMULPS       Y11, Y1, Y2
+	VROUNDPS     $0, Y2, Y2              // k
+	VFNMADD231PS Y10, Y2, Y1
+	VFNMADD231PS Y9, Y2, Y1              // r
+	VBROADCASTSS 40(AX), Y3              // 1/720
+	VBROADCASTSS 36(AX), Y4
+	VFMADD213PS  Y4, Y1, Y3
+	VBROADCASTSS 32(AX), Y4
+	VFMADD213PS  Y4, Y1, Y3
+	VBROADCASTSS 28(AX), Y4
+	VFMADD213PS  Y4, Y1, Y3
+	VBROADCASTSS 24(AX), Y4
+	VFMADD213PS  Y4, Y1, Y3
+	VBROADCASTSS 20(AX), Y4
+	VFMADD213PS  Y4, Y1, Y3
+	VBROADCASTSS 16(AX), Y4
+	VFMADD213PS  Y4, Y1, Y3              // p(r)
+	VCVTPS2DQ    Y2, Y2
+	VPSLLD       $23, Y2, Y2
+	VPADDD       Y2, Y3, Y3              // p·2^k
+	VMOVUPS      Y3, (DI)
+	VADDPS       Y3, Y0, Y0
+	ADDQ         $32, SI
+	ADDQ         $32, DI
+	SUBQ         $8, CX
+	JMP          exloop
+
+exdone:
+	VEXTRACTF128 $1, Y0, X1
+	VADDPS       X1, X0, X0
+	VHADDPS      X0, X0, X0
+	VHADDPS      X0, X0, X0
+	VZEROUPPER
+	MOVSS        X0, ret+32(FP)
+	RET
+
+// expF32's constants: the floor, log2(e), ln2 split high/low, and the
+// Taylor coefficients 1, 1, 1/2, 1/6, 1/24, 1/120, 1/720.
+DATA ·expConsts+0(SB)/4, $-80.0
+DATA ·expConsts+4(SB)/4, $1.4426950408889634
+DATA ·expConsts+8(SB)/4, $0.693359375
+DATA ·expConsts+12(SB)/4, $-2.12194440e-4
+DATA ·expConsts+16(SB)/4, $1.0
+DATA ·expConsts+20(SB)/4, $1.0
+DATA ·expConsts+24(SB)/4, $0.5
+DATA ·expConsts+28(SB)/4, $0.16666666666666666
+DATA ·expConsts+32(SB)/4, $0.041666666666666664
+DATA ·expConsts+36(SB)/4, $0.008333333333333333
+DATA ·expConsts+40(SB)/4, $0.001388888888888889
+GLOBL ·expConsts(SB), RODATA|NOPTR, $44

@@ -229,3 +229,39 @@ func TestGELUFast(t *testing.T) {
 		}
 	}
 }
+
+// TestExpSum checks expSum (Go and assembly) against math.Exp over the
+// softmax's range, including the -80 floor.
+func TestExpSum(t *testing.T) {
+	r := newRand(t)
+	const n = 203 // not a multiple of 8: the assembly's Go tail runs too
+	x := make([]float32, n)
+	for i := range x {
+		x[i] = float32(-100 * r.Float64())
+	}
+	x[0], x[1], x[2] = 0, -80, -0.3466 // the top, the floor, near -ln2/2
+	const scale, sub = 0.5, -1.25      // exps of x/2 + 1.25, ≤ 0 for x ≤ -2.5
+	for i := range x {
+		x[i] = min(x[i], -2.5)
+	}
+	sets := map[string]func(x []float32, scale, sub float32, out []float32) float32{"go": expSum}
+	if k, ok := simdKernels(); ok && k.q8 != nil {
+		sets["simd"] = k.q8.expSum
+	}
+	for name, f := range sets {
+		out := make([]float32, n)
+		sum := f(x, scale, sub, out)
+		var wantSum float64
+		for i, v := range x {
+			a := float64(v)*scale - sub
+			want := math.Exp(max(a, -80))
+			wantSum += want
+			if math.Abs(float64(out[i])-want) > 4e-7*want {
+				t.Fatalf("%s: e^%v = %v, want %v", name, a, out[i], want)
+			}
+		}
+		if math.Abs(float64(sum)-wantSum) > 1e-6*wantSum {
+			t.Fatalf("%s: sum %v, want %v", name, sum, wantSum)
+		}
+	}
+}
