@@ -34,6 +34,14 @@ func simdQ8Kernels() *q8Kernels {
 	}
 	return &q8Kernels{
 		expSum: expSumSIMD,
+		gelu: func(x, out []float32) {
+			n := len(out) &^ 7
+			if n > 0 {
+				_ = x[n-1]
+				geluAVX2(&x[0], &out[0], n)
+			}
+			geluF32s(x[n:len(out)], out[n:])
+		},
 		quant: func(x []float32, q []int8, meta []q8Meta) {
 			if len(meta) == 0 {
 				return
@@ -70,3 +78,6 @@ func expSumSIMD(x []float32, scale, sub float32, out []float32) float32 {
 	}
 	return s + expSum(x[n:len(out)], scale, sub, out[n:])
 }
+
+//go:noescape
+func geluAVX2(x, out *float32, n int)

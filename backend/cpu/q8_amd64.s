@@ -281,7 +281,8 @@ exdone:
 	RET
 
 // expF32's constants: the floor, log2(e), ln2 split high/low, and the
-// Taylor coefficients 1, 1, 1/2, 1/6, 1/24, 1/120, 1/720.
+// Taylor coefficients 1, 1, 1/2, 1/6, 1/24, 1/120, 1/720; then geluF32's
+// -2√(2/π) and 0.044715.
 DATA ·expConsts+0(SB)/4, $-80.0
 DATA ·expConsts+4(SB)/4, $1.4426950408889634
 DATA ·expConsts+8(SB)/4, $0.693359375
@@ -293,4 +294,74 @@ DATA ·expConsts+28(SB)/4, $0.16666666666666666
 DATA ·expConsts+32(SB)/4, $0.041666666666666664
 DATA ·expConsts+36(SB)/4, $0.008333333333333333
 DATA ·expConsts+40(SB)/4, $0.001388888888888889
-GLOBL ·expConsts(SB), RODATA|NOPTR, $44
+DATA ·expConsts+44(SB)/4, $-1.5957691216057308
+DATA ·expConsts+48(SB)/4, $0.044715
+GLOBL ·expConsts(SB), RODATA|NOPTR, $52
+
+// EXP8(t, k, p, tmp) sets p = e^t for the 8 lanes of t (floored at -80;
+// t and k are clobbered), as expF32 does; AX points at expConsts.
+#define EXP8(t, k, p, tmp) \
+	VMAXPS       Y12, t, t; \
+	VMULPS       Y11, t, k; \
+	VROUNDPS     $0, k, k; \
+	VFNMADD231PS Y10, k, t; \
+	VFNMADD231PS Y9, k, t; \
+	VBROADCASTSS 40(AX), p; \
+	VBROADCASTSS 36(AX), tmp; \
+	VFMADD213PS  tmp, t, p; \
+	VBROADCASTSS 32(AX), tmp; \
+	VFMADD213PS  tmp, t, p; \
+	VBROADCASTSS 28(AX), tmp; \
+	VFMADD213PS  tmp, t, p; \
+	VBROADCASTSS 24(AX), tmp; \
+	VFMADD213PS  tmp, t, p; \
+	VBROADCASTSS 20(AX), tmp; \
+	VFMADD213PS  tmp, t, p; \
+	VBROADCASTSS 16(AX), tmp; \
+	VFMADD213PS  tmp, t, p; \
+	VCVTPS2DQ    k, k; \
+	VPSLLD       $23, k, k; \
+	VPADDD       k, p, p
+
+// func geluAVX2(x, out *float32, n int)
+// out = x·σ(2u), u = √(2/π)(x+0.044715x³), for n (a multiple of 8)
+// values: with e = e^(-2|u|), x/(1+e) where u ≥ 0, else x·e/(1+e).
+TEXT ·geluAVX2(SB), NOSPLIT, $0-24
+	MOVQ         x+0(FP), SI
+	MOVQ         out+8(FP), DI
+	MOVQ         n+16(FP), CX
+	MOVQ         $·expConsts(SB), AX
+	VBROADCASTSS 0(AX), Y12
+	VBROADCASTSS 4(AX), Y11
+	VBROADCASTSS 8(AX), Y10
+	VBROADCASTSS 12(AX), Y9
+	VBROADCASTSS 44(AX), Y8              // -2√(2/π)
+	VBROADCASTSS 48(AX), Y7              // 0.044715
+	VBROADCASTSS 16(AX), Y6              // 1
+	MOVL         $0x7fffffff, BX
+	MOVQ         BX, X5
+	VPBROADCASTD X5, Y5                  // |.| mask
+
+geloop:
+	TESTQ        CX, CX
+	JZ           gedone
+	VMOVUPS      (SI), Y0
+	VMULPS       Y0, Y0, Y1
+	VMULPS       Y7, Y1, Y1
+	VFMADD213PS  Y0, Y0, Y1              // x + 0.044715x³
+	VANDPS       Y5, Y1, Y2              // |.| (sign of u is the sign of x)
+	VMULPS       Y8, Y2, Y2              // -2|u|
+	EXP8(Y2, Y3, Y4, Y13)                // Y4 = e
+	VADDPS       Y6, Y4, Y3              // 1+e
+	VMULPS       Y0, Y4, Y2              // x·e
+	VBLENDVPS    Y1, Y2, Y0, Y2          // x where u ≥ 0, x·e where u < 0
+	VDIVPS       Y3, Y2, Y2
+	VMOVUPS      Y2, (DI)
+	ADDQ         $32, SI
+	ADDQ         $32, DI
+	SUBQ         $8, CX
+	JMP          geloop
+
+gedone:
+	VZEROUPPER
+	RET
