@@ -96,23 +96,26 @@ DATA ·q8Perm+28(SB)/4, $7
 GLOBL ·q8Perm(SB), RODATA|NOPTR, $32
 
 // One step of 4 quants of a block: the weights of 8 rows (as unsigned, by
-// flipping the sign bit) against 4 bytes of x broadcast.
-#define STEP4(off) \
+// flipping the sign bit) against 4 bytes of each x row broadcast, into the
+// accumulators a0..a3 (one per row of x).
+#define STEP4(off, a0, a1, a2, a3) \
 	VPXOR         (32*off)(SI), Y9, Y8; \
-	VPDPBUSD.BCST (4*off)(BX), Y8, Y4; \
-	VPDPBUSD.BCST (4*off)(R9), Y8, Y5; \
-	VPDPBUSD.BCST (4*off)(R10), Y8, Y6; \
-	VPDPBUSD.BCST (4*off)(R11), Y8, Y7
+	VPDPBUSD.BCST (4*off)(BX), Y8, a0; \
+	VPDPBUSD.BCST (4*off)(R9), Y8, a1; \
+	VPDPBUSD.BCST (4*off)(R10), Y8, a2; \
+	VPDPBUSD.BCST (4*off)(R11), Y8, a3
 
-#define STEP1(off) \
+#define STEP1(off, a) \
 	VPXOR         (32*off)(SI), Y9, Y8; \
-	VPDPBUSD.BCST (4*off)(BX), Y8, Y4
+	VPDPBUSD.BCST (4*off)(BX), Y8, a
 
 // func gemmQ8x4VNNI(wq *byte, wd *float32, blocks int, xq *int8, meta *q8Meta, xstride, mstride int, out *float32)
 // out[8r+l] = Σ_b wd[8b+l]·d_r[b]·Σ_k w_l[32b+k]·x_r[32b+k] for 4 rows r
 // of x (xstride bytes apart, their metadata mstride bytes apart) and the 8
 // weight rows l of one packed group. (w+128)·x summed by VPDPBUSD, started
-// from c = -128·Σx, is Σ w·x exactly.
+// from c = -128·Σx, is Σ w·x exactly. Each row's block sum is split over
+// two accumulators (even and odd steps), halving the chain of dependent
+// VPDPBUSDs that otherwise bounds the loop.
 TEXT ·gemmQ8x4VNNI(SB), NOSPLIT, $0-64
 	MOVQ         wq+0(FP), SI
 	MOVQ         wd+8(FP), DI
@@ -139,14 +142,22 @@ g4loop:
 	VPBROADCASTD 4(DX)(R12*1), Y5
 	VPBROADCASTD 4(DX)(R12*2), Y6
 	VPBROADCASTD 4(R13), Y7
-	STEP4(0)
-	STEP4(1)
-	STEP4(2)
-	STEP4(3)
-	STEP4(4)
-	STEP4(5)
-	STEP4(6)
-	STEP4(7)
+	VPXORD       Y16, Y16, Y16
+	VPXORD       Y17, Y17, Y17
+	VPXORD       Y18, Y18, Y18
+	VPXORD       Y19, Y19, Y19
+	STEP4(0, Y4, Y5, Y6, Y7)
+	STEP4(1, Y16, Y17, Y18, Y19)
+	STEP4(2, Y4, Y5, Y6, Y7)
+	STEP4(3, Y16, Y17, Y18, Y19)
+	STEP4(4, Y4, Y5, Y6, Y7)
+	STEP4(5, Y16, Y17, Y18, Y19)
+	STEP4(6, Y4, Y5, Y6, Y7)
+	STEP4(7, Y16, Y17, Y18, Y19)
+	VPADDD       Y16, Y4, Y4
+	VPADDD       Y17, Y5, Y5
+	VPADDD       Y18, Y6, Y6
+	VPADDD       Y19, Y7, Y7
 	VMOVUPS      (DI), Y10
 	VCVTDQ2PS    Y4, Y4
 	VCVTDQ2PS    Y5, Y5
@@ -184,7 +195,7 @@ g4loop:
 	RET
 
 // func gemmQ8x1VNNI(wq *byte, wd *float32, blocks int, xq *int8, meta *q8Meta, out *float32)
-// gemmQ8x4VNNI for one row of x.
+// gemmQ8x4VNNI for one row of x, its block sum over four accumulators.
 TEXT ·gemmQ8x1VNNI(SB), NOSPLIT, $0-48
 	MOVQ         wq+0(FP), SI
 	MOVQ         wd+8(FP), DI
@@ -198,14 +209,20 @@ TEXT ·gemmQ8x1VNNI(SB), NOSPLIT, $0-48
 
 g1loop:
 	VPBROADCASTD 4(DX), Y4
-	STEP1(0)
-	STEP1(1)
-	STEP1(2)
-	STEP1(3)
-	STEP1(4)
-	STEP1(5)
-	STEP1(6)
-	STEP1(7)
+	VPXOR        Y5, Y5, Y5
+	VPXOR        Y6, Y6, Y6
+	VPXOR        Y7, Y7, Y7
+	STEP1(0, Y4)
+	STEP1(1, Y5)
+	STEP1(2, Y6)
+	STEP1(3, Y7)
+	STEP1(4, Y4)
+	STEP1(5, Y5)
+	STEP1(6, Y6)
+	STEP1(7, Y7)
+	VPADDD       Y5, Y4, Y4
+	VPADDD       Y7, Y6, Y6
+	VPADDD       Y6, Y4, Y4
 	VCVTDQ2PS    Y4, Y4
 	VBROADCASTSS (DX), Y11
 	VMULPS       (DI), Y11, Y11
