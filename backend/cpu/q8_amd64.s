@@ -95,18 +95,18 @@ DATA ·q8Perm+24(SB)/4, $3
 DATA ·q8Perm+28(SB)/4, $7
 GLOBL ·q8Perm(SB), RODATA|NOPTR, $32
 
-// One step of 4 quants of a block: the weights of 8 rows (as unsigned, by
-// flipping the sign bit) against 4 bytes of each x row broadcast, into the
-// accumulators a0..a3 (one per row of x).
+// One step of 4 quants of a block: the weights of 8 rows (stored plus 128,
+// unsigned) against 4 bytes of each x row broadcast, into the accumulators
+// a0..a3 (one per row of x).
 #define STEP4(off, a0, a1, a2, a3) \
-	VPXOR         (32*off)(SI), Y9, Y8; \
+	VMOVDQU       (32*off)(SI), Y8; \
 	VPDPBUSD.BCST (4*off)(BX), Y8, a0; \
 	VPDPBUSD.BCST (4*off)(R9), Y8, a1; \
 	VPDPBUSD.BCST (4*off)(R10), Y8, a2; \
 	VPDPBUSD.BCST (4*off)(R11), Y8, a3
 
 #define STEP1(off, a) \
-	VPXOR         (32*off)(SI), Y9, Y8; \
+	VMOVDQU       (32*off)(SI), Y8; \
 	VPDPBUSD.BCST (4*off)(BX), Y8, a
 
 // func gemmQ8x4VNNI(wq *byte, wd *float32, blocks int, xq *int8, meta *q8Meta, xstride, mstride int, out *float32)
@@ -129,9 +129,6 @@ TEXT ·gemmQ8x4VNNI(SB), NOSPLIT, $0-64
 	LEAQ         (R9)(R8*2), R11
 	LEAQ         (DX)(R12*2), R13
 	ADDQ         R12, R13
-	MOVL         $0x80808080, AX
-	MOVQ         AX, X9
-	VPBROADCASTD X9, Y9
 	VXORPS       Y0, Y0, Y0
 	VXORPS       Y1, Y1, Y1
 	VXORPS       Y2, Y2, Y2
@@ -202,9 +199,6 @@ TEXT ·gemmQ8x1VNNI(SB), NOSPLIT, $0-48
 	MOVQ         blocks+16(FP), CX
 	MOVQ         xq+24(FP), BX
 	MOVQ         meta+32(FP), DX
-	MOVL         $0x80808080, AX
-	MOVQ         AX, X9
-	VPBROADCASTD X9, Y9
 	VXORPS       Y0, Y0, Y0
 
 g1loop:
