@@ -90,6 +90,10 @@ func (b *Backend) Attention(dst, q, kCache, vCache, pos, seq, table, sinks backe
 		exps          []float64
 	}
 	scratch := make([]*buffers, b.threads)
+	scoresOf := b.k.scores
+	if b.fast {
+		scoresOf = b.k.q8.scores
+	}
 	b.parallel(n*p.Heads, 1, func(worker, lo, hi int) {
 		if scratch[worker] == nil {
 			scratch[worker] = &buffers{make([]float32, maxKeys), make([]float32, maxKeys), make([]float64, maxKeys)}
@@ -106,7 +110,7 @@ func (b *Backend) Attention(dst, q, kCache, vCache, pos, seq, table, sinks backe
 			// The keys first..pr lie in runs of consecutive cache rows, one
 			// run per block.
 			forEachRun(first, keys, p.BlockSize, rowTable, func(i, row, run int) {
-				b.k.scores(qh, kc.f32[row*kvCols+kvOff:], kvCols, logits[i:i+run])
+				scoresOf(qh, kc.f32[row*kvCols+kvOff:], kvCols, logits[i:i+run])
 			})
 			m := math.Inf(-1)
 			ls := logits[:keys]

@@ -153,17 +153,18 @@ func (b *Backend) quantize(x []float32, n, in int) *q8Act {
 }
 
 // q8Kernels are the fast precision's loops: quant is quantQ8, gemm is
-// gemmQ8 (rows ≤ 4), expSum is expSum (attention's softmax) and gelu is
-// geluF32s.
+// gemmQ8 (rows ≤ 4), expSum is expSum (attention's softmax), gelu is
+// geluF32s, and scores is kernels.scores summed in another order.
 type q8Kernels struct {
 	quant  func(x []float32, q []int8, meta []q8Meta)
 	gemm   func(p *packedQ8, g int, a *q8Act, row0, rows int, out []float32)
 	expSum func(x []float32, scale, sub float32, out []float32) float32
 	gelu   func(x, out []float32)
+	scores func(q, k []float32, stride int, out []float32)
 }
 
 // goQ8Kernels are the pure-Go fast-precision loops.
-var goQ8Kernels = &q8Kernels{quant: quantQ8, gemm: gemmQ8, expSum: expSum, gelu: geluF32s}
+var goQ8Kernels = &q8Kernels{quant: quantQ8, gemm: gemmQ8, expSum: expSum, gelu: geluF32s, scores: scores}
 
 // q8Tile is how many rows of x a worker runs against its chunk of weight
 // groups before the next rows: 32 rows of a 3072-wide input (96 KiB) stay

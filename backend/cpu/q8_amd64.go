@@ -34,6 +34,7 @@ func simdQ8Kernels() *q8Kernels {
 	}
 	return &q8Kernels{
 		expSum: expSumSIMD,
+		scores: scoresSIMD,
 		gelu: func(x, out []float32) {
 			n := len(out) &^ 7
 			if n > 0 {
@@ -81,3 +82,20 @@ func expSumSIMD(x []float32, scale, sub float32, out []float32) float32 {
 
 //go:noescape
 func geluAVX2(x, out *float32, n int)
+
+//go:noescape
+func scores4AVX2(q, k *float32, stride, n, d int, out *float32)
+
+// scoresSIMD is scores with whole groups of four keys in scores4AVX2.
+func scoresSIMD(q, k []float32, stride int, out []float32) {
+	d, n := len(q), len(out)&^3
+	if d%8 != 0 || d == 0 || n == 0 {
+		scores(q, k, stride, out)
+		return
+	}
+	_ = k[(n-1)*stride+d-1]
+	scores4AVX2(&q[0], &k[0], stride, n, d, &out[0])
+	if n < len(out) {
+		scores(q, k[n*stride:], stride, out[n:])
+	}
+}

@@ -376,3 +376,55 @@ geloop:
 gedone:
 	VZEROUPPER
 	RET
+
+// func scores4AVX2(q, k *float32, stride, n, d int, out *float32)
+// scoresAVX2 four keys at a time (n a multiple of 4): each 8-wide load of
+// q feeds four FMAs, and one horizontal reduction serves four keys. The
+// partial sums are added in another order than scoresAVX2's, so only the
+// fast precision uses it.
+TEXT ·scores4AVX2(SB), NOSPLIT, $0-48
+	MOVQ q+0(FP), SI
+	MOVQ k+8(FP), DI
+	MOVQ stride+16(FP), R8
+	SHLQ $2, R8
+	MOVQ n+24(FP), CX
+	MOVQ d+32(FP), R9
+	MOVQ out+40(FP), R10
+	LEAQ (R8)(R8*2), R11                 // 3·stride
+
+s4key:
+	TESTQ  CX, CX
+	JZ     s4done
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	XORQ   AX, AX
+	MOVQ   R9, DX
+	MOVQ   DI, BX
+
+s4dim:
+	VMOVUPS     (SI)(AX*1), Y4
+	VFMADD231PS (BX), Y4, Y0
+	VFMADD231PS (BX)(R8*1), Y4, Y1
+	VFMADD231PS (BX)(R8*2), Y4, Y2
+	VFMADD231PS (BX)(R11*1), Y4, Y3
+	ADDQ        $32, AX
+	ADDQ        $32, BX
+	SUBQ        $8, DX
+	JNZ         s4dim
+
+	VHADDPS      Y1, Y0, Y0
+	VHADDPS      Y3, Y2, Y2
+	VHADDPS      Y2, Y0, Y0
+	VEXTRACTF128 $1, Y0, X1
+	VADDPS       X1, X0, X0
+	VMOVUPS      X0, (R10)
+	ADDQ         $16, R10
+	LEAQ         (DI)(R8*4), DI
+	SUBQ         $4, CX
+	JMP          s4key
+
+s4done:
+	VZEROUPPER
+	RET

@@ -278,3 +278,29 @@ func TestExpSum(t *testing.T) {
 		}
 	}
 }
+
+// TestScoresFast checks the fast precision's scores against a float64 dot
+// product, for key counts around the groups of four.
+func TestScoresFast(t *testing.T) {
+	r := newRand(t)
+	const d, stride = 64, 80
+	q := randF32(r, d, 1)
+	k := randF32(r, 11*stride, 1)
+	for name, ks := range q8Sets() {
+		for n := 0; n <= 11; n++ {
+			out := make([]float32, n)
+			ks.scores(q, k, stride, out)
+			for j := range out {
+				var want, mag float64
+				for c := 0; c < d; c++ {
+					p := float64(q[c]) * float64(k[j*stride+c])
+					want += p
+					mag += math.Abs(p)
+				}
+				if math.Abs(float64(out[j])-want) > 1e-6*mag {
+					t.Fatalf("%s n=%d: score %d = %v, want %v", name, n, j, out[j], want)
+				}
+			}
+		}
+	}
+}
