@@ -3,8 +3,9 @@
 // loop over float32 rows split across goroutines; quantized weights stay in
 // their file format and are decoded a row at a time inside MatMul. The inner
 // loops have AVX2 assembly versions on amd64 (picked at run time with CPUID)
-// and pure-Go versions everywhere else; the tests run both. NOTES.md records
-// the measurements behind each optimization.
+// and pure-Go versions everywhere else; the tests run both. The Fast
+// precision (q8.go) multiplies Q8_0 weights by activations quantized to int8
+// per 32 values. NOTES.md records the measurements behind each optimization.
 package cpu
 
 import (
