@@ -43,7 +43,8 @@ type Backend struct {
 
 // Tensor is a block of host memory. Float32 data (activations and F32
 // weights) is held as []float32, int32 vectors as []int32, and every other
-// weight type as its raw file bytes.
+// weight type as its raw file bytes, except Q8_0 matrices in the fast
+// precision, held only as packedQ8.
 type Tensor struct {
 	typ   tensor.Type
 	dims  []int
@@ -211,7 +212,9 @@ func (b *Backend) Upload(name string, typ tensor.Type, dims []int, data []byte) 
 		t.raw = append([]byte(nil), data...)
 	}
 	if b.fast && typ == tensor.Q8_0 && len(dims) == 2 {
-		t.q8 = packQ8(t.raw, dims[0], dims[1])
+		// The packed copy replaces the file bytes: MatMul and Embed read
+		// it, so the weights are not held twice.
+		t.q8, t.raw = packQ8(t.raw, dims[0], dims[1]), nil
 	}
 	return b.track(t), nil
 }

@@ -37,7 +37,8 @@ func (b *Backend) weightOf(t backend.Tensor, op, arg string) *weight {
 	return w
 }
 
-// rows returns the view of rows lo..lo+n-1 of w (one expert of a stack).
+// rows returns the view of rows lo..lo+n-1 of w (one expert of a stack;
+// stacks are 3-D, so never packed).
 func (w *weight) rows(lo, n int) *weight {
 	s := *w
 	s.out, s.q8 = n, nil
@@ -51,6 +52,10 @@ func (w *weight) rows(lo, n int) *weight {
 
 // row dequantizes row r of w into dst[:w.in].
 func (w *weight) row(r int, dst []float32) {
+	if w.q8 != nil {
+		w.q8.row(r, dst[:w.in])
+		return
+	}
 	if w.typ == tensor.F32 {
 		copy(dst[:w.in], w.f32[r*w.in:])
 		return

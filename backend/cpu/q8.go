@@ -72,6 +72,19 @@ func packQ8(raw []byte, in, out int) *packedQ8 {
 	return p
 }
 
+// row dequantizes row r into dst (in values): the quant times the scale in
+// float32, as decodeRow does for the file's bytes.
+func (p *packedQ8) row(r int, dst []float32) {
+	g, l := r/8, r%8
+	for b := 0; b < p.blocks; b++ {
+		gb := g*p.blocks + b
+		d, q := p.scales[gb*8+l], p.quants[gb*256:]
+		for k := 0; k < 32; k++ {
+			dst[32*b+k] = float32(int32(q[(k/4)*32+l*4+k%4])-128) * d
+		}
+	}
+}
+
 // quantQ8 quantizes x (a multiple of 32 values) into q and one meta per
 // block: d = amax/127, q = round-half-even(x·(127/amax)), all zero for an
 // all-zero block. The assembly version computes exactly the same.

@@ -304,3 +304,29 @@ func TestScoresFast(t *testing.T) {
 		}
 	}
 }
+
+// TestEmbedFast checks that Embed from a packed Q8_0 table (the fast
+// precision keeps no other copy) gives the exact precision's rows.
+func TestEmbedFast(t *testing.T) {
+	r := newRand(t)
+	const in, out = 96, 21
+	raw := edgyQ8(r, in, out)
+	ids := []int32{0, 7, 8, 20, 13}
+	var rows [2][]float32
+	for i, prec := range []Precision{Exact, Fast} {
+		b := newBackend(2, false, prec)
+		w := must(b.Upload("w", tensor.Q8_0, []int{in, out}, raw))
+		dst := poisoned(t, b, len(ids), in)
+		b.Embed(dst, w, ints(t, b, ids))
+		rows[i] = read(t, b, dst)
+	}
+	want := make([]float32, len(ids)*in)
+	for i, id := range ids {
+		decodeRow(tensor.Q8_0, raw[int(id)*in/32*34:], want[i*in:(i+1)*in])
+	}
+	for i := range want {
+		if rows[0][i] != want[i] || rows[1][i] != want[i] {
+			t.Fatalf("element %d: exact %v, fast %v, want %v", i, rows[0][i], rows[1][i], want[i])
+		}
+	}
+}
