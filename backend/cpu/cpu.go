@@ -75,7 +75,7 @@ func (t *Tensor) cols() int { return t.dims[0] }
 func (t *Tensor) bytes() int64 {
 	n := int64(len(t.f32))*4 + int64(len(t.i32))*4 + int64(len(t.raw))
 	if t.q8 != nil {
-		n += int64(len(t.q8.scales))*4 + int64(len(t.q8.quants))
+		n += int64(len(t.q8.scales))*2 + int64(len(t.q8.quants))
 	}
 	return n
 }

@@ -38,14 +38,14 @@ type q8Meta struct {
 
 // packedQ8 is a Q8_0 matrix repacked for the integer kernels, in groups of
 // 8 output rows (the last group padded with zero rows). For group g and
-// block b, scales[(g·blocks+b)·8+l] is row l's scale as float32 and the 256
+// block b, scales[(g·blocks+b)·8+l] is row l's f16 scale and the 256
 // bytes at quants[(g·blocks+b)·256:] hold the block's quants plus 128 (as
 // unsigned bytes, the operand VPDPBUSD takes unsigned) ordered
 // [k/4][l][k%4]: one 32-byte load gives 4 quants of each of the 8 rows,
 // which a VPDPBUSD multiplies by 4 broadcast bytes of x.
 type packedQ8 struct {
 	groups, blocks int
-	scales         []float32
+	scales         []uint16 // binary16, as in the file: decode streams 34 bytes per 32 weights
 	quants         []byte
 }
 
@@ -53,7 +53,7 @@ type packedQ8 struct {
 func packQ8(raw []byte, in, out int) *packedQ8 {
 	blocks := in / 32
 	p := &packedQ8{groups: (out + 7) / 8, blocks: blocks}
-	p.scales = make([]float32, p.groups*blocks*8)
+	p.scales = make([]uint16, p.groups*blocks*8)
 	p.quants = make([]byte, p.groups*blocks*256)
 	for i := range p.quants {
 		p.quants[i] = 0x80 // padding rows: quant 0
@@ -63,7 +63,7 @@ func packQ8(raw []byte, in, out int) *packedQ8 {
 		for b := 0; b < blocks; b++ {
 			src := raw[(o*blocks+b)*34:]
 			gb := g*blocks + b
-			p.scales[gb*8+l] = tensor.F16ToF32(binary.LittleEndian.Uint16(src))
+			p.scales[gb*8+l] = binary.LittleEndian.Uint16(src)
 			for k := 0; k < 32; k++ {
 				p.quants[gb*256+(k/4)*32+l*4+k%4] = src[2+k] ^ 0x80
 			}
@@ -78,7 +78,7 @@ func (p *packedQ8) row(r int, dst []float32) {
 	g, l := r/8, r%8
 	for b := 0; b < p.blocks; b++ {
 		gb := g*p.blocks + b
-		d, q := p.scales[gb*8+l], p.quants[gb*256:]
+		d, q := tensor.F16ToF32(p.scales[gb*8+l]), p.quants[gb*256:]
 		for k := 0; k < 32; k++ {
 			dst[32*b+k] = float32(int32(q[(k/4)*32+l*4+k%4])-128) * d
 		}
@@ -127,7 +127,7 @@ func gemmQ8(p *packedQ8, g int, a *q8Act, row0, rows int, out []float32) {
 				for k := 0; k < 32; k++ {
 					s += (int32(w[(k/4)*32+l*4+k%4]) - 128) * int32(q[32*b+k])
 				}
-				scale := p.scales[gb*8+l] * meta[b].d
+				scale := tensor.F16ToF32(p.scales[gb*8+l]) * meta[b].d
 				acc = float32(math.FMA(float64(s), float64(scale), float64(acc)))
 			}
 			out[8*r+l] = acc

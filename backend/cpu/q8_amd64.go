@@ -6,10 +6,10 @@ import "unsafe"
 func quantQ8AVX2(x *float32, q *int8, meta *q8Meta, blocks int)
 
 //go:noescape
-func gemmQ8x4VNNI(wq *byte, wd *float32, blocks int, xq *int8, meta *q8Meta, xstride, mstride int, out *float32)
+func gemmQ8x4VNNI(wq *byte, wd *uint16, blocks int, xq *int8, meta *q8Meta, xstride, mstride int, out *float32)
 
 //go:noescape
-func gemmQ8x1VNNI(wq *byte, wd *float32, blocks int, xq *int8, meta *q8Meta, out *float32)
+func gemmQ8x1VNNI(wq *byte, wd *uint16, blocks int, xq *int8, meta *q8Meta, out *float32)
 
 // haveVNNI reports whether the CPU and OS support the EVEX-encoded 256-bit
 // VPDPBUSD: AVX-512 VNNI and VL, with the OS saving the AVX-512 state.

@@ -109,8 +109,8 @@ GLOBL ·q8Perm(SB), RODATA|NOPTR, $32
 	VMOVDQU       (32*off)(SI), Y8; \
 	VPDPBUSD.BCST (4*off)(BX), Y8, a
 
-// func gemmQ8x4VNNI(wq *byte, wd *float32, blocks int, xq *int8, meta *q8Meta, xstride, mstride int, out *float32)
-// out[8r+l] = Σ_b wd[8b+l]·d_r[b]·Σ_k w_l[32b+k]·x_r[32b+k] for 4 rows r
+// func gemmQ8x4VNNI(wq *byte, wd *uint16, blocks int, xq *int8, meta *q8Meta, xstride, mstride int, out *float32)
+// out[8r+l] = Σ_b wd[8b+l]·d_r[b]·Σ_k w_l[32b+k]·x_r[32b+k] (wd in f16) for 4 rows r
 // of x (xstride bytes apart, their metadata mstride bytes apart) and the 8
 // weight rows l of one packed group. (w+128)·x summed by VPDPBUSD, started
 // from c = -128·Σx, is Σ w·x exactly. Each row's block sum is split over
@@ -155,7 +155,7 @@ g4loop:
 	VPADDD       Y17, Y5, Y5
 	VPADDD       Y18, Y6, Y6
 	VPADDD       Y19, Y7, Y7
-	VMOVUPS      (DI), Y10
+	VCVTPH2PS    (DI), Y10
 	VCVTDQ2PS    Y4, Y4
 	VCVTDQ2PS    Y5, Y5
 	VCVTDQ2PS    Y6, Y6
@@ -173,7 +173,7 @@ g4loop:
 	VFMADD231PS  Y13, Y6, Y2
 	VFMADD231PS  Y14, Y7, Y3
 	ADDQ         $256, SI
-	ADDQ         $32, DI
+	ADDQ         $16, DI
 	ADDQ         $32, BX
 	ADDQ         $32, R9
 	ADDQ         $32, R10
@@ -191,7 +191,7 @@ g4loop:
 	VZEROUPPER
 	RET
 
-// func gemmQ8x1VNNI(wq *byte, wd *float32, blocks int, xq *int8, meta *q8Meta, out *float32)
+// func gemmQ8x1VNNI(wq *byte, wd *uint16, blocks int, xq *int8, meta *q8Meta, out *float32)
 // gemmQ8x4VNNI for one row of x, its block sum over four accumulators.
 TEXT ·gemmQ8x1VNNI(SB), NOSPLIT, $0-48
 	MOVQ         wq+0(FP), SI
@@ -219,10 +219,11 @@ g1loop:
 	VPADDD       Y6, Y4, Y4
 	VCVTDQ2PS    Y4, Y4
 	VBROADCASTSS (DX), Y11
-	VMULPS       (DI), Y11, Y11
+	VCVTPH2PS    (DI), Y10
+	VMULPS       Y10, Y11, Y11
 	VFMADD231PS  Y11, Y4, Y0
 	ADDQ         $256, SI
-	ADDQ         $32, DI
+	ADDQ         $16, DI
 	ADDQ         $32, BX
 	ADDQ         $8, DX
 	DECQ         CX
