@@ -18,25 +18,30 @@ func BenchmarkMatMul(b *testing.B) {
 		for _, s := range shapes {
 			for _, n := range []int{1, 64} {
 				b.Run(fmt.Sprintf("%s/%dx%d/n=%d", typ, s.out, s.in, n), func(b *testing.B) {
-					be := New()
-					defer be.Close()
-					r := rand.New(rand.NewPCG(1, 2))
-					raw := randWeightBytes(r, typ, s.in*s.out)
-					w := must(be.Upload("w", typ, []int{s.in, s.out}, raw))
-					x := must(be.NewF32(n, s.in))
-					be.WriteF32(x, randF32(r, n*s.in, 1))
-					dst := must(be.NewF32(n, s.out))
-					b.SetBytes(int64(len(raw)))
-					b.ResetTimer()
-					for range b.N {
-						be.MatMul(dst, x, w, nil)
-					}
-					if err := be.Sync(); err != nil {
-						b.Fatal(err)
-					}
+					benchMatMul(b, New(), typ, s.in, s.out, n)
 				})
 			}
 		}
+	}
+}
+
+// benchMatMul times MatMul of n random rows by a random in×out weight of
+// typ on be, which it closes.
+func benchMatMul(b *testing.B, be *Backend, typ tensor.Type, in, out, n int) {
+	defer be.Close()
+	r := rand.New(rand.NewPCG(1, 2))
+	raw := randWeightBytes(r, typ, in*out)
+	w := must(be.Upload("w", typ, []int{in, out}, raw))
+	x := must(be.NewF32(n, in))
+	be.WriteF32(x, randF32(r, n*in, 1))
+	dst := must(be.NewF32(n, out))
+	b.SetBytes(int64(len(raw)))
+	b.ResetTimer()
+	for range b.N {
+		be.MatMul(dst, x, w, nil)
+	}
+	if err := be.Sync(); err != nil {
+		b.Fatal(err)
 	}
 }
 
@@ -176,22 +181,7 @@ func BenchmarkMatMulQ8(b *testing.B) {
 			for _, n := range []int{1, 8, 512} {
 				name := map[Precision]string{Exact: "exact", Fast: "fast"}[prec]
 				b.Run(fmt.Sprintf("%s/%dx%d/n=%d", name, s.out, s.in, n), func(b *testing.B) {
-					be := NewWithOptions(Options{Precision: prec})
-					defer be.Close()
-					r := rand.New(rand.NewPCG(1, 2))
-					raw := randWeightBytes(r, tensor.Q8_0, s.in*s.out)
-					w := must(be.Upload("w", tensor.Q8_0, []int{s.in, s.out}, raw))
-					x := must(be.NewF32(n, s.in))
-					be.WriteF32(x, randF32(r, n*s.in, 1))
-					dst := must(be.NewF32(n, s.out))
-					b.SetBytes(int64(len(raw)))
-					b.ResetTimer()
-					for range b.N {
-						be.MatMul(dst, x, w, nil)
-					}
-					if err := be.Sync(); err != nil {
-						b.Fatal(err)
-					}
+					benchMatMul(b, NewWithOptions(Options{Precision: prec}), tensor.Q8_0, s.in, s.out, n)
 					b.ReportMetric(float64(b.N)*float64(n)*float64(s.in)*float64(s.out)/b.Elapsed().Seconds()/1e9, "GMAC/s")
 				})
 			}
