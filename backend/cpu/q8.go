@@ -135,6 +135,14 @@ func gemmQ8(p *packedQ8, g int, a *q8Act, row0, rows int, out []float32) {
 	}
 }
 
+// gemmQ8Groups is gemmQ8 of x row row against the groups g0..g1-1, their
+// 8 outputs each in turn in out.
+func gemmQ8Groups(p *packedQ8, g0, g1 int, a *q8Act, row int, out []float32) {
+	for g := g0; g < g1; g++ {
+		gemmQ8(p, g, a, row, 1, out[8*(g-g0):8*(g-g0)+8])
+	}
+}
+
 // q8Act is n rows of activations quantized by quantQ8.
 type q8Act struct {
 	q    []int8
@@ -166,18 +174,19 @@ func (b *Backend) quantize(x []float32, n, in int) *q8Act {
 }
 
 // q8Kernels are the fast precision's loops: quant is quantQ8, gemm is
-// gemmQ8 (rows ≤ 4), expSum is expSum (attention's softmax), gelu is
+// gemmQ8 (rows ≤ 4), gemm1 is gemmQ8Groups, expSum is expSum (attention's softmax), gelu is
 // geluF32s, and scores is kernels.scores summed in another order.
 type q8Kernels struct {
 	quant  func(x []float32, q []int8, meta []q8Meta)
 	gemm   func(p *packedQ8, g int, a *q8Act, row0, rows int, out []float32)
+	gemm1  func(p *packedQ8, g0, g1 int, a *q8Act, row int, out []float32)
 	expSum func(x []float32, scale, sub float32, out []float32) float32
 	gelu   func(x, out []float32)
 	scores func(q, k []float32, stride int, out []float32)
 }
 
 // goQ8Kernels are the pure-Go fast-precision loops.
-var goQ8Kernels = &q8Kernels{quant: quantQ8, gemm: gemmQ8, expSum: expSum, gelu: geluF32s, scores: scores}
+var goQ8Kernels = &q8Kernels{quant: quantQ8, gemm: gemmQ8, gemm1: gemmQ8Groups, expSum: expSum, gelu: geluF32s, scores: scores}
 
 // q8Tile is how many rows of x a worker runs against its chunk of weight
 // groups before the next rows: 32 rows of a 3072-wide input (96 KiB) stay
@@ -192,6 +201,27 @@ func (b *Backend) matmulQ8(dst, x []float32, n int, w *weight, bias []float32) {
 	defer q8Acts.Put(a)
 	b.parallel(p.groups, 2, func(_, lo, hi int) {
 		var res [32]float32
+		if n < 4 {
+			// Decode: each row against the whole chunk in one call, straight
+			// into dst but for a last group that dst cuts short.
+			full := max(lo, min(hi, out/8))
+			for i := 0; i < n; i++ {
+				d := dst[i*out : (i+1)*out]
+				if full > lo {
+					b.k.q8.gemm1(p, lo, full, a, i, d[8*lo:8*full])
+				}
+				for g := full; g < hi; g++ {
+					b.k.q8.gemm1(p, g, g+1, a, i, res[:8])
+					copy(d[8*g:], res[:out-8*g])
+				}
+				if bias != nil {
+					for o := 8 * lo; o < min(8*hi, out); o++ {
+						d[o] += bias[o]
+					}
+				}
+			}
+			return
+		}
 		for t0 := 0; t0 < n; t0 += q8Tile {
 			t1 := min(t0+q8Tile, n)
 			for g := lo; g < hi; g++ {

@@ -9,7 +9,7 @@ func quantQ8AVX2(x *float32, q *int8, meta *q8Meta, blocks int)
 func gemmQ8x4VNNI(wq *byte, wd *uint16, blocks int, xq *int8, meta *q8Meta, xstride, mstride int, out *float32)
 
 //go:noescape
-func gemmQ8x1VNNI(wq *byte, wd *uint16, blocks int, xq *int8, meta *q8Meta, out *float32)
+func gemmQ8x1VNNI(wq *byte, wd *uint16, blocks int, xq *int8, meta *q8Meta, groups int, out *float32)
 
 // haveVNNI reports whether the CPU and OS support the EVEX-encoded 256-bit
 // VPDPBUSD: AVX-512 VNNI and VL, with the OS saving the AVX-512 state.
@@ -60,8 +60,15 @@ func simdQ8Kernels() *q8Kernels {
 				return
 			}
 			for r := 0; r < rows; r++ {
-				gemmQ8x1VNNI(&wq[0], &wd[0], nb, &q[r*in], &meta[r*nb], &out[8*r : 8*r+8][0])
+				gemmQ8x1VNNI(&wq[0], &wd[0], nb, &q[r*in], &meta[r*nb], 1, &out[8*r : 8*r+8][0])
 			}
+		},
+		gemm1: func(p *packedQ8, g0, g1 int, a *q8Act, row int, out []float32) {
+			nb, in := p.blocks, p.blocks*32
+			wq, wd := p.quants[g0*nb*256:g1*nb*256], p.scales[g0*nb*8:g1*nb*8]
+			q, meta := a.q[row*in:(row+1)*in], a.meta[row*nb:(row+1)*nb]
+			_ = out[8*(g1-g0)-1]
+			gemmQ8x1VNNI(&wq[0], &wd[0], nb, &q[0], &meta[0], g1-g0, &out[0])
 		},
 	}
 }

@@ -191,11 +191,18 @@ g4loop:
 	VZEROUPPER
 	RET
 
-// func gemmQ8x1VNNI(wq *byte, wd *uint16, blocks int, xq *int8, meta *q8Meta, out *float32)
-// gemmQ8x4VNNI for one row of x, its block sum over four accumulators.
-TEXT ·gemmQ8x1VNNI(SB), NOSPLIT, $0-48
+// func gemmQ8x1VNNI(wq *byte, wd *uint16, blocks int, xq *int8, meta *q8Meta, groups int, out *float32)
+// gemmQ8x4VNNI for one row of x against groups consecutive packed groups
+// (out gets 8 values per group), each block sum over four accumulators. One
+// call per chunk of groups instead of per group: in decode a group is only
+// ~100 ns of work, and the call cost was a large part of it.
+TEXT ·gemmQ8x1VNNI(SB), NOSPLIT, $0-56
 	MOVQ         wq+0(FP), SI
 	MOVQ         wd+8(FP), DI
+	MOVQ         groups+40(FP), R8
+	MOVQ         out+48(FP), AX
+
+g1group:
 	MOVQ         blocks+16(FP), CX
 	MOVQ         xq+24(FP), BX
 	MOVQ         meta+32(FP), DX
@@ -229,8 +236,10 @@ g1loop:
 	DECQ         CX
 	JNZ          g1loop
 
-	MOVQ         out+40(FP), AX
 	VMOVUPS      Y0, (AX)
+	ADDQ         $32, AX
+	DECQ         R8
+	JNZ          g1group
 	VZEROUPPER
 	RET
 

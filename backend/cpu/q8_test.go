@@ -138,6 +138,20 @@ func TestGemmQ8(t *testing.T) {
 		for i := 0; i < n; i++ {
 			k.quant(x[i*in:(i+1)*in], a.q[i*in:(i+1)*in], a.meta[i*in/32:(i+1)*in/32])
 		}
+		// gemm1 (one row against a run of groups) must give gemm's values.
+		for row := 0; row < n; row++ {
+			all := make([]float32, 8*p.groups)
+			k.gemm1(p, 0, p.groups, a, row, all)
+			for g := 0; g < p.groups; g++ {
+				one := make([]float32, 8)
+				k.gemm(p, g, a, row, 1, one)
+				for l := range one {
+					if all[8*g+l] != one[l] {
+						t.Fatalf("%s: gemm1 row %d group %d [%d] = %v, gemm %v", name, row, g, l, all[8*g+l], one[l])
+					}
+				}
+			}
+		}
 		for _, rows := range []int{1, 2, 4} {
 			for row0 := 0; row0+rows <= n; row0 += rows {
 				for g := 0; g < p.groups; g++ {
