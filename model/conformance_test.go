@@ -43,12 +43,18 @@ func readFixture(t *testing.T, name string) *hfFixture {
 
 func loadFixtureModel(t *testing.T, name string, maxBatch int) Model {
 	t.Helper()
+	return loadFixtureModelOn(t, name, maxBatch, cpu.New())
+}
+
+// loadFixtureModelOn is loadFixtureModel on the backend be.
+func loadFixtureModelOn(t *testing.T, name string, maxBatch int, be *cpu.Backend) Model {
+	t.Helper()
 	f, err := gguf.Open(filepath.Join("testdata", name+".gguf"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	m, err := Load(f, cpu.New(), LoadOptions{MaxBatch: maxBatch})
+	m, err := Load(f, be, LoadOptions{MaxBatch: maxBatch})
 	if err != nil {
 		t.Fatal(err)
 	}

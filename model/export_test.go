@@ -3,8 +3,9 @@ package model
 // Exports for the model_test package, whose tests use internal/batchtest
 // (which imports this package).
 var (
-	HFFixtures    = hfFixtures
-	LoadTestModel = loadTestModel
-	RelErr        = relErr
-	Argmax        = argmax
+	HFFixtures      = hfFixtures
+	LoadTestModel   = loadTestModel
+	LoadTestModelOn = loadTestModelOn
+	RelErr          = relErr
+	Argmax          = argmax
 )

@@ -47,10 +47,16 @@ func synthFile(t *testing.T, preset string, seed uint64) *gguf.File {
 // loadTestModel loads a conformance fixture, or a preset's random model.
 func loadTestModel(t *testing.T, name string, maxBatch int) Model {
 	t.Helper()
+	return loadTestModelOn(t, name, maxBatch, cpu.New())
+}
+
+// loadTestModelOn is loadTestModel on the backend be.
+func loadTestModelOn(t *testing.T, name string, maxBatch int, be *cpu.Backend) Model {
+	t.Helper()
 	if _, _, ok := LookupPreset(name); !ok {
-		return loadFixtureModel(t, name, maxBatch)
+		return loadFixtureModelOn(t, name, maxBatch, be)
 	}
-	m, err := Load(synthFile(t, name, 5), cpu.New(), LoadOptions{MaxBatch: maxBatch})
+	m, err := Load(synthFile(t, name, 5), be, LoadOptions{MaxBatch: maxBatch})
 	if err != nil {
 		t.Fatal(err)
 	}

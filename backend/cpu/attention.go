@@ -90,6 +90,10 @@ func (b *Backend) Attention(dst, q, kCache, vCache, pos, seq, table, sinks backe
 		exps          []float64
 	}
 	scratch := make([]*buffers, b.threads)
+	scoresOf := b.k.scores
+	if b.fast {
+		scoresOf = b.k.q8.scores
+	}
 	b.parallel(n*p.Heads, 1, func(worker, lo, hi int) {
 		if scratch[worker] == nil {
 			scratch[worker] = &buffers{make([]float32, maxKeys), make([]float32, maxKeys), make([]float64, maxKeys)}
@@ -106,7 +110,7 @@ func (b *Backend) Attention(dst, q, kCache, vCache, pos, seq, table, sinks backe
 			// The keys first..pr lie in runs of consecutive cache rows, one
 			// run per block.
 			forEachRun(first, keys, p.BlockSize, rowTable, func(i, row, run int) {
-				b.k.scores(qh, kc.f32[row*kvCols+kvOff:], kvCols, logits[i:i+run])
+				scoresOf(qh, kc.f32[row*kvCols+kvOff:], kvCols, logits[i:i+run])
 			})
 			m := math.Inf(-1)
 			ls := logits[:keys]
@@ -115,6 +119,24 @@ func (b *Backend) Attention(dst, q, kCache, vCache, pos, seq, table, sinks backe
 			}
 			if sink != nil {
 				m = max(m, float64(sink[h]))
+			}
+			out := d.f32[r*qCols+h*p.HeadDim : r*qCols+(h+1)*p.HeadDim]
+			if b.fast {
+				// float32 exps, 8 at a time; the sum of p·v is divided by
+				// the denominator once instead of every p.
+				denom := b.k.q8.expSum(ls, p.Scale, float32(m), probs[:keys])
+				if sink != nil {
+					denom += float32(math.Exp(float64(sink[h]) - m))
+				}
+				clear(out)
+				forEachRun(first, keys, p.BlockSize, rowTable, func(i, row, run int) {
+					b.k.weightedSum(probs[i:i+run], vc.f32[row*kvCols+kvOff:], kvCols, out)
+				})
+				inv := 1 / denom
+				for c := range out {
+					out[c] *= inv
+				}
+				continue
 			}
 			var denom float64
 			for i, l := range ls {
@@ -127,7 +149,6 @@ func (b *Backend) Attention(dst, q, kCache, vCache, pos, seq, table, sinks backe
 			for i, e := range exps[:keys] {
 				probs[i] = float32(e / denom)
 			}
-			out := d.f32[r*qCols+h*p.HeadDim : r*qCols+(h+1)*p.HeadDim]
 			clear(out)
 			forEachRun(first, keys, p.BlockSize, rowTable, func(i, row, run int) {
 				b.k.weightedSum(probs[i:i+run], vc.f32[row*kvCols+kvOff:], kvCols, out)

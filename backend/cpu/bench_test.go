@@ -18,36 +18,47 @@ func BenchmarkMatMul(b *testing.B) {
 		for _, s := range shapes {
 			for _, n := range []int{1, 64} {
 				b.Run(fmt.Sprintf("%s/%dx%d/n=%d", typ, s.out, s.in, n), func(b *testing.B) {
-					be := New()
-					defer be.Close()
-					r := rand.New(rand.NewPCG(1, 2))
-					raw := randWeightBytes(r, typ, s.in*s.out)
-					w := must(be.Upload("w", typ, []int{s.in, s.out}, raw))
-					x := must(be.NewF32(n, s.in))
-					be.WriteF32(x, randF32(r, n*s.in, 1))
-					dst := must(be.NewF32(n, s.out))
-					b.SetBytes(int64(len(raw)))
-					b.ResetTimer()
-					for range b.N {
-						be.MatMul(dst, x, w, nil)
-					}
-					if err := be.Sync(); err != nil {
-						b.Fatal(err)
-					}
+					benchMatMul(b, New(), typ, s.in, s.out, n)
 				})
 			}
 		}
 	}
 }
 
+// benchMatMul times MatMul of n random rows by a random in×out weight of
+// typ on be, which it closes.
+func benchMatMul(b *testing.B, be *Backend, typ tensor.Type, in, out, n int) {
+	defer be.Close()
+	r := rand.New(rand.NewPCG(1, 2))
+	raw := randWeightBytes(r, typ, in*out)
+	w := must(be.Upload("w", typ, []int{in, out}, raw))
+	x := must(be.NewF32(n, in))
+	be.WriteF32(x, randF32(r, n*in, 1))
+	dst := must(be.NewF32(n, out))
+	b.SetBytes(int64(len(raw)))
+	b.ResetTimer()
+	for range b.N {
+		be.MatMul(dst, x, w, nil)
+	}
+	if err := be.Sync(); err != nil {
+		b.Fatal(err)
+	}
+}
+
 // BenchmarkGPT2Decode runs the ops of one GPT-2 124M decode step (12
-// layers, hidden 768, 12 heads, 50257-token head) at a 256-token context.
+// layers, hidden 768, 12 heads, 50257-token head) at a 256-token context,
+// in the exact precision (F16 and Q8_0 weights) and the fast one (Q8_0).
 // ns/op is the time per token.
 func BenchmarkGPT2Decode(b *testing.B) {
-	for _, typ := range []tensor.Type{tensor.F16, tensor.Q8_0} {
-		b.Run(typ.String(), func(b *testing.B) {
+	for _, c := range []struct {
+		typ  tensor.Type
+		prec Precision
+		name string
+	}{{tensor.F16, Exact, "F16"}, {tensor.Q8_0, Exact, "Q8_0"}, {tensor.Q8_0, Fast, "Q8_0-fast"}} {
+		typ := c.typ
+		b.Run(c.name, func(b *testing.B) {
 			const hidden, ff, layers, heads, vocab, ctx = 768, 3072, 12, 12, 50257, 256
-			be := New()
+			be := NewWithOptions(Options{Precision: c.prec})
 			defer be.Close()
 			r := rand.New(rand.NewPCG(1, 2))
 			weight := func(in, out int) backend.Tensor {
@@ -116,7 +127,7 @@ func BenchmarkAttention(b *testing.B) {
 	for _, simd := range []bool{false, true} {
 		for _, n := range []int{1, 64} {
 			b.Run(fmt.Sprintf("simd=%v/n=%d", simd, n), func(b *testing.B) {
-				be := newBackend(2, simd)
+				be := newBackend(2, simd, Exact)
 				defer be.Close()
 				r := rand.New(rand.NewPCG(1, 2))
 				cols := heads * headDim
@@ -158,4 +169,22 @@ func contiguousTable(be *Backend, n, ctx int) (seq, table backend.Tensor, ap bac
 	seq, table = must(be.NewI32(n)), must(be.NewI32(ap.MaxBlocks))
 	be.WriteI32(table, ids)
 	return seq, table, ap
+}
+
+// BenchmarkMatMulQ8 compares the exact and fast precisions on Q8_0
+// weights of the GPT-2 124M shapes: n=1 is decode (MB/s is weight bytes
+// per second), n=512 a prefill chunk.
+func BenchmarkMatMulQ8(b *testing.B) {
+	shapes := []struct{ in, out int }{{768, 2304}, {3072, 768}, {768, 50257}}
+	for _, prec := range []Precision{Exact, Fast} {
+		for _, s := range shapes {
+			for _, n := range []int{1, 8, 512} {
+				name := map[Precision]string{Exact: "exact", Fast: "fast"}[prec]
+				b.Run(fmt.Sprintf("%s/%dx%d/n=%d", name, s.out, s.in, n), func(b *testing.B) {
+					benchMatMul(b, NewWithOptions(Options{Precision: prec}), tensor.Q8_0, s.in, s.out, n)
+					b.ReportMetric(float64(b.N)*float64(n)*float64(s.in)*float64(s.out)/b.Elapsed().Seconds()/1e9, "GMAC/s")
+				})
+			}
+		}
+	}
 }

@@ -3,8 +3,9 @@
 // loop over float32 rows split across goroutines; quantized weights stay in
 // their file format and are decoded a row at a time inside MatMul. The inner
 // loops have AVX2 assembly versions on amd64 (picked at run time with CPUID)
-// and pure-Go versions everywhere else; the tests run both. NOTES.md records
-// the measurements behind each optimization.
+// and pure-Go versions everywhere else; the tests run both. The Fast
+// precision (q8.go) multiplies Q8_0 weights by activations quantized to int8
+// per 32 values. NOTES.md records the measurements behind each optimization.
 package cpu
 
 import (
@@ -32,6 +33,7 @@ const typeI32 = tensor.Type(26)
 type Backend struct {
 	threads   int
 	k         kernels
+	fast      bool // Q8_0 MatMuls run the integer kernels k.q8
 	allocated atomic.Int64
 
 	mu   sync.Mutex
@@ -41,13 +43,15 @@ type Backend struct {
 
 // Tensor is a block of host memory. Float32 data (activations and F32
 // weights) is held as []float32, int32 vectors as []int32, and every other
-// weight type as its raw file bytes.
+// weight type as its raw file bytes, except Q8_0 matrices in the fast
+// precision, held only as packedQ8.
 type Tensor struct {
 	typ   tensor.Type
 	dims  []int
 	f32   []float32
 	i32   []int32
 	raw   []byte
+	q8    *packedQ8 // Q8_0 matrices in the fast precision
 	freed bool
 }
 
@@ -69,7 +73,11 @@ func (t *Tensor) rows() int {
 func (t *Tensor) cols() int { return t.dims[0] }
 
 func (t *Tensor) bytes() int64 {
-	return int64(len(t.f32))*4 + int64(len(t.i32))*4 + int64(len(t.raw))
+	n := int64(len(t.f32))*4 + int64(len(t.i32))*4 + int64(len(t.raw))
+	if t.q8 != nil {
+		n += int64(len(t.q8.scales))*2 + int64(len(t.q8.quants))
+	}
+	return n
 }
 
 func (t *Tensor) elements() int {
@@ -80,23 +88,49 @@ func (t *Tensor) elements() int {
 	return n
 }
 
-// New returns a backend that uses runtime.NumCPU() goroutines per op.
+// Options configure a Backend.
+type Options struct {
+	// Threads is the most goroutines an op runs on; < 1 means
+	// runtime.NumCPU().
+	Threads int
+	// Precision is Exact or Fast (see Precision). Fast needs AVX-512 VNNI
+	// on amd64 and is Exact without it; other architectures run its
+	// pure-Go loops.
+	Precision Precision
+}
+
+// New returns an exact-precision backend that uses runtime.NumCPU()
+// goroutines per op.
 func New() *Backend { return NewWithThreads(runtime.NumCPU()) }
 
-// NewWithThreads returns a backend that splits each op over at most n
-// goroutines (n < 1 means 1). It uses the assembly kernels where the CPU
-// supports them.
-func NewWithThreads(n int) *Backend { return newBackend(n, true) }
+// NewWithThreads returns an exact-precision backend that splits each op
+// over at most n goroutines (n < 1 means 1). It uses the assembly kernels
+// where the CPU supports them.
+func NewWithThreads(n int) *Backend { return newBackend(max(n, 1), true, Exact) }
 
-// newBackend is NewWithThreads with the choice of kernels: simd false forces
-// the pure-Go loops (tests run both).
-func newBackend(threads int, simd bool) *Backend {
+// NewWithOptions returns a backend configured by o.
+func NewWithOptions(o Options) *Backend {
+	if o.Threads < 1 {
+		o.Threads = runtime.NumCPU()
+	}
+	return newBackend(o.Threads, true, o.Precision)
+}
+
+// newBackend is NewWithOptions with the choice of kernels: simd false
+// forces the pure-Go loops (tests run both).
+func newBackend(threads int, simd bool, prec Precision) *Backend {
 	k := goKernels
 	if s, ok := simdKernels(); ok && simd {
 		k = s
 	}
-	return &Backend{threads: max(threads, 1), k: k, live: make(map[*Tensor]struct{})}
+	return &Backend{threads: max(threads, 1), k: k, fast: prec == Fast && k.q8 != nil, live: make(map[*Tensor]struct{})}
 }
+
+// Fast reports whether Q8_0 MatMuls run in the fast precision.
+func (b *Backend) Fast() bool { return b.fast }
+
+// Threads is the most goroutines an op runs on.
+func (b *Backend) Threads() int { return b.threads }
 
 // Name returns "cpu".
 func (b *Backend) Name() string { return "cpu" }
@@ -177,6 +211,11 @@ func (b *Backend) Upload(name string, typ tensor.Type, dims []int, data []byte) 
 	} else {
 		t.raw = append([]byte(nil), data...)
 	}
+	if b.fast && typ == tensor.Q8_0 && len(dims) == 2 {
+		// The packed copy replaces the file bytes: MatMul and Embed read
+		// it, so the weights are not held twice.
+		t.q8, t.raw = packQ8(t.raw, dims[0], dims[1]), nil
+	}
 	return b.track(t), nil
 }
 
@@ -213,7 +252,7 @@ func (b *Backend) Free(t backend.Tensor) {
 		return
 	}
 	b.allocated.Add(-ct.bytes())
-	ct.f32, ct.i32, ct.raw, ct.freed = nil, nil, nil, true
+	ct.f32, ct.i32, ct.raw, ct.q8, ct.freed = nil, nil, nil, nil, true
 }
 
 // Close frees every live tensor.

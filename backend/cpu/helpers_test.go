@@ -180,10 +180,21 @@ func uniformTol(want []float64, rel, abs float64) []float64 {
 // (where the CPU has them) the assembly kernels, so every op is checked with
 // and without its work split across goroutines and in both kernel sets.
 func backends() map[string]*Backend {
-	bs := map[string]*Backend{"go/threads=1": newBackend(1, false), "go/threads=3": newBackend(3, false)}
+	bs := map[string]*Backend{"go/threads=1": newBackend(1, false, Exact), "go/threads=3": newBackend(3, false, Exact)}
 	if _, ok := simdKernels(); ok {
-		bs["simd/threads=1"] = newBackend(1, true)
-		bs["simd/threads=3"] = newBackend(3, true)
+		bs["simd/threads=1"] = newBackend(1, true, Exact)
+		bs["simd/threads=3"] = newBackend(3, true, Exact)
+	}
+	return bs
+}
+
+// backendsWithFast is backends plus fast-precision ones, for the ops whose
+// fast versions keep float32 accuracy (attention's float32 exps).
+func backendsWithFast() map[string]*Backend {
+	bs := backends()
+	bs["go/fast/threads=3"] = newBackend(3, false, Fast)
+	if b := newBackend(3, true, Fast); b.Fast() {
+		bs["simd/fast/threads=3"] = b
 	}
 	return bs
 }

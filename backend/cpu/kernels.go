@@ -21,7 +21,7 @@ import (
 // where it has an entry for a weight type, replaces decodeRow for it. fused,
 // where it has an entry for a weight type, is the dot product of one weight
 // row in that format with x, decoding as it goes (MatMul uses it for n ≤
-// fusedMaxRows).
+// fusedMaxRows). q8, when not nil, are the fast precision's integer loops.
 type kernels struct {
 	dot         func(a, b []float32) float32
 	scores      func(q, k []float32, stride int, out []float32)
@@ -29,11 +29,12 @@ type kernels struct {
 	dot4x2      func(x []float32, xstride int, w0, w1 []float32, out *[8]float32)
 	decode      map[tensor.Type]func(row []byte, dst []float32)
 	fused       map[tensor.Type]func(row []byte, x []float32) float32
+	q8          *q8Kernels
 }
 
 // goKernels are the pure-Go loops, used where no assembly version exists
 // and in tests as the second implementation to check the assembly against.
-var goKernels = kernels{dot: dot, dot4x2: dot4x2, scores: scores, weightedSum: weightedSum}
+var goKernels = kernels{dot: dot, dot4x2: dot4x2, scores: scores, weightedSum: weightedSum, q8: goQ8Kernels}
 
 // f16Table holds every binary16 bit pattern widened to float32, so an F16
 // weight costs one table load instead of a branchy conversion.

@@ -184,5 +184,6 @@ func simdKernels() (kernels, bool) {
 				return dotMXFP4AVX2(&row[0], &x[0], blocks, &mxfp4HalfScales[0], (*byte)(unsafe.Pointer(&mxfp4Codes[0])))
 			},
 		},
+		q8: simdQ8Kernels(),
 	}, true
 }

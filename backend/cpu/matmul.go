@@ -15,6 +15,7 @@ type weight struct {
 	rowBytes int       // bytes of one row (non-F32 types)
 	f32      []float32 // F32 weights: out*in values
 	raw      []byte    // other types: out*rowBytes bytes
+	q8       *packedQ8 // whole Q8_0 matrices in the fast precision
 }
 
 // weightOf unwraps a weight (or F32 activation) tensor as a matrix of
@@ -29,17 +30,18 @@ func (b *Backend) weightOf(t backend.Tensor, op, arg string) *weight {
 		return nil
 	}
 	in := ct.dims[0]
-	w := &weight{typ: ct.typ, dims: ct.dims, in: in, out: ct.elements() / in, f32: ct.f32, raw: ct.raw}
+	w := &weight{typ: ct.typ, dims: ct.dims, in: in, out: ct.elements() / in, f32: ct.f32, raw: ct.raw, q8: ct.q8}
 	if ct.typ != tensor.F32 {
 		w.rowBytes = in / ct.typ.BlockSize() * ct.typ.TypeSize()
 	}
 	return w
 }
 
-// rows returns the view of rows lo..lo+n-1 of w (one expert of a stack).
+// rows returns the view of rows lo..lo+n-1 of w (one expert of a stack;
+// stacks are 3-D, so never packed).
 func (w *weight) rows(lo, n int) *weight {
 	s := *w
-	s.out = n
+	s.out, s.q8 = n, nil
 	if w.typ == tensor.F32 {
 		s.f32 = w.f32[lo*w.in : (lo+n)*w.in]
 	} else {
@@ -50,6 +52,10 @@ func (w *weight) rows(lo, n int) *weight {
 
 // row dequantizes row r of w into dst[:w.in].
 func (w *weight) row(r int, dst []float32) {
+	if w.q8 != nil {
+		w.q8.row(r, dst[:w.in])
+		return
+	}
 	if w.typ == tensor.F32 {
 		copy(dst[:w.in], w.f32[r*w.in:])
 		return
@@ -118,6 +124,10 @@ const xTile = 64
 // matmul computes dst (n×w.out) = x (n×w.in) · wᵀ + bias, splitting the
 // output features over the workers.
 func (b *Backend) matmul(dst, x []float32, n int, w *weight, bias []float32) {
+	if w.q8 != nil {
+		b.matmulQ8(dst, x, n, w, bias)
+		return
+	}
 	in, out := w.in, w.out
 	k := &b.k
 	biasAt := func(o int) float32 {

@@ -185,13 +185,18 @@ func (b *Backend) AddRMSNorm(dst, x, delta, w backend.Tensor, eps float32) {
 	b.RMSNorm(dst, x, w, eps)
 }
 
-// GELU sets dst = 0.5x(1+tanh(√(2/π)(x+0.044715x³))), evaluated in float64.
+// GELU sets dst = 0.5x(1+tanh(√(2/π)(x+0.044715x³))), evaluated in float64
+// (in the fast precision in float32, by geluF32).
 func (b *Backend) GELU(dst, x backend.Tensor) {
 	d, xs := b.sameDims("GELU", dst, x, "x")
 	if d == nil {
 		return
 	}
 	b.parallel(len(d.f32), 1<<12, func(_, lo, hi int) {
+		if b.fast {
+			b.k.q8.gelu(xs.f32[lo:hi], d.f32[lo:hi])
+			return
+		}
 		for i := lo; i < hi; i++ {
 			d.f32[i] = gelu(xs.f32[i])
 		}

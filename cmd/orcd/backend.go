@@ -9,22 +9,27 @@ import (
 )
 
 // openBackend returns the backend named by --device: "cpu", "cuda" (GPU
-// number gpu), or "auto", which is cuda when it can be opened and cpu
-// otherwise. Callers log the chosen backend's Name. The cpu backend's rows
-// never depend on each other; invariant asks the same of cuda.
-func openBackend(device string, gpu int, invariant bool) (backend.Backend, error) {
-	switch device {
+// number --gpu-device), or "auto", which is cuda when it can be opened and
+// cpu otherwise. Callers log the chosen backend's Name. The cpu backend's
+// rows never depend on each other; --batch-invariant asks the same of cuda.
+// --threads and --cpu-precision configure the cpu backend.
+func openBackend(mf *modelFlags) (backend.Backend, error) {
+	opts := cpu.Options{Threads: mf.threads, Precision: cpu.Exact}
+	if mf.precision == "fast" {
+		opts.Precision = cpu.Fast
+	}
+	switch mf.device {
 	case "cpu":
-		return cpu.New(), nil
+		return cpu.NewWithOptions(opts), nil
 	case "cuda":
-		return openCUDA(gpu, invariant)
+		return openCUDA(mf.gpu, mf.invariant)
 	case "auto":
-		if be, err := openCUDA(gpu, invariant); err == nil {
+		if be, err := openCUDA(mf.gpu, mf.invariant); err == nil {
 			return be, nil
 		}
-		return cpu.New(), nil
+		return cpu.NewWithOptions(opts), nil
 	}
-	return nil, fmt.Errorf("unknown --device %q (want cpu, cuda or auto)", device)
+	return nil, fmt.Errorf("unknown --device %q (want cpu, cuda or auto)", mf.device)
 }
 
 // openCUDA opens the CUDA backend on GPU gpu. (cuda backend owner's hook)

@@ -68,7 +68,7 @@ type deviceMemory interface {
 }
 
 func setupBench(fs *flag.FlagSet) func(*env) int {
-	mf := addModelFlags(fs)
+	mf := addModelFlags(fs, "fast")
 	lf := addLogFlags(fs, "text")
 	prompts := fs.String("p", "512,2048", "comma-separated prompt `LENGTHS` to prefill (empty: none)")
 	gen := numFlag(fs, "n", 128, 0, noMax, "decode steps to time (0: none)")

@@ -206,6 +206,7 @@ func TestDemoPerplexity(t *testing.T) {
 		exact bool
 	}{
 		{"cpu", nil, true},
+		{"cpu-fast", []string{"--cpu-precision", "fast"}, false},
 	}
 	for _, p := range paths {
 		t.Run(p.name, func(t *testing.T) {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"orcd/backend"
+	"orcd/backend/cpu"
 	"orcd/chat"
 	"orcd/demo"
 	"orcd/gguf"
@@ -29,10 +30,14 @@ type modelFlags struct {
 	ctxSize   int
 	maxBatch  int
 	invariant bool
+	threads   int
+	precision string
 }
 
-// addModelFlags registers the model flags on fs.
-func addModelFlags(fs *flag.FlagSet) *modelFlags {
+// addModelFlags registers the model flags on fs; precision is the default
+// of --cpu-precision (fast where speed matters, exact where the numbers are
+// the point).
+func addModelFlags(fs *flag.FlagSet, precision string) *modelFlags {
 	mf := &modelFlags{}
 	fs.StringVar(&mf.model, "model", "", "GGUF model `FILE` or Hugging Face checkpoint directory (default: the built-in "+demo.Name+", a small GPT-2 trained on the King James Version)")
 	fs.StringVar(&mf.tokenizer, "tokenizer", "", "tokenizer.json `FILE` to use instead of the one beside the model or in its metadata")
@@ -41,6 +46,9 @@ func addModelFlags(fs *flag.FlagSet) *modelFlags {
 	numVar(fs, &mf.ctxSize, "ctx-size", 4096, 0, noMax, "tokens per sequence (KV cache size); 0 means the model's context length")
 	numVar(fs, &mf.maxBatch, "max-batch", 0, 0, noMax, "most tokens per forward step, decode tokens and prompt chunks together; longer prompts are split (0: 2048 on cuda, 512 on cpu)")
 	fs.BoolVar(&mf.invariant, "batch-invariant", false, "on cuda, compute every sequence's tokens the same whatever else is in the batch (a seeded request gives the same tokens alone or under load; slower, see docs/PERFORMANCE.md); the cpu backend always does")
+	numVar(fs, &mf.threads, "threads", 0, 0, noMax, "goroutines per op on cpu (0: all cores)")
+	choiceVar(fs, &mf.precision, "cpu-precision", precision, []string{"exact", "fast"},
+		"cpu arithmetic for Q8_0 weights: exact (float32 activations, the reference) or fast (activations quantized to 8 bits per 32 values, integer dot products; needs AVX-512 VNNI on amd64, else exact)")
 	return mf
 }
 
@@ -85,11 +93,15 @@ func loadModel(mf *modelFlags, withTokenizer bool, log *slog.Logger, bar io.Writ
 	}
 	defer f.Close()
 
-	be, err := openBackend(mf.device, mf.gpu, mf.invariant)
+	be, err := openBackend(mf)
 	if err != nil {
 		return nil, err
 	}
-	log.Info("backend", "device", be.Name())
+	if c, ok := be.(*cpu.Backend); ok {
+		log.Info("backend", "device", be.Name(), "threads", c.Threads(), "fast", c.Fast())
+	} else {
+		log.Info("backend", "device", be.Name())
+	}
 	if mf.maxBatch == 0 {
 		// A GPU step of 2048 tokens keeps the tensor cores busy; on the CPU a
 		// smaller step gives other sequences their turn sooner.

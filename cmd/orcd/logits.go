@@ -29,7 +29,7 @@ type logitsOutput struct {
 }
 
 func setupLogits(fs *flag.FlagSet) func(*env) int {
-	mf := addModelFlags(fs)
+	mf := addModelFlags(fs, "exact")
 	lf := addLogFlags(fs, "text")
 	idsFlag := fs.String("ids", "", "comma-separated token `IDS`")
 	all := fs.Bool("all", false, "print the logits of every position, not only the last")

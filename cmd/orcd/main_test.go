@@ -216,6 +216,8 @@ func TestCommandsValidateRanges(t *testing.T) {
 		{[]string{"run", "--prompt", "a", "--ctx-size", "-1"}, `invalid value "-1" for --ctx-size: must be at least 0`},
 		{[]string{"run", "--prompt", "a", "--max-batch", "-1"}, `invalid value "-1" for --max-batch: must be at least 0`},
 		{[]string{"run", "--prompt", "a", "--gpu-device", "-1"}, `invalid value "-1" for --gpu-device: must be at least 0`},
+		{[]string{"run", "--prompt", "a", "--threads", "-1"}, `invalid value "-1" for --threads: must be at least 0`},
+		{[]string{"bench", "--cpu-precision", "half"}, `invalid value "half" for --cpu-precision: want exact or fast`},
 		{[]string{"run", "--prompt", "a", "--log-level", "verbose"}, `invalid value "verbose" for --log-level: want debug, info, warn or error`},
 		{[]string{"run", "--prompt", "a", "--seed", "-1"}, `invalid value "-1" for --seed`},
 		{[]string{"logits"}, "need --ids 1,2,3"},

@@ -83,7 +83,7 @@ type pplOptions struct {
 }
 
 func setupPerplexity(fs *flag.FlagSet) func(*env) int {
-	mf := addModelFlags(fs)
+	mf := addModelFlags(fs, "exact")
 	lf := addLogFlags(fs, "text")
 	file := fs.String("file", "", "the text `FILE` to score")
 	var o pplOptions

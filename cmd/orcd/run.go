@@ -41,7 +41,7 @@ type runOutput struct {
 }
 
 func setupRun(fs *flag.FlagSet) func(*env) int {
-	mf := addModelFlags(fs)
+	mf := addModelFlags(fs, "fast")
 	lf := addLogFlags(fs, "text")
 	prompt := fs.String("prompt", "", "prompt `TEXT`")
 	idsFlag := fs.String("ids", "", "prompt as comma-separated token `IDS` (instead of --prompt)")

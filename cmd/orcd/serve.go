@@ -72,7 +72,7 @@ type serveFlags struct {
 }
 
 func setupServe(fs *flag.FlagSet) func(*env) int {
-	mf := addModelFlags(fs)
+	mf := addModelFlags(fs, "fast")
 	lf := addLogFlags(fs, "json")
 	sf := addServeFlags(fs)
 	return func(e *env) int {

@@ -485,7 +485,7 @@ func TestServeAnswersLoadingUntilLoaded(t *testing.T) {
 	defer cb.Close()
 
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	mf, sf := addModelFlags(fs), addServeFlags(fs)
+	mf, sf := addModelFlags(fs, "fast"), addServeFlags(fs)
 	if _, err := parseArgs(fs, []string{"--model", path, "--device", "cpu", "--port", "0", "--callback-url", cb.URL}); err != nil {
 		t.Fatal(err)
 	}
@@ -548,7 +548,7 @@ func TestServeAnswersLoadingUntilLoaded(t *testing.T) {
 func TestServeSIGTERMWhileLoading(t *testing.T) {
 	path := synthTemp(t, "tiny-gpt2", 0)
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	mf, sf := addModelFlags(fs), addServeFlags(fs)
+	mf, sf := addModelFlags(fs, "fast"), addServeFlags(fs)
 	if _, err := parseArgs(fs, []string{"--model", path, "--device", "cpu", "--port", "0"}); err != nil {
 		t.Fatal(err)
 	}

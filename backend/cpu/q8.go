@@ -1,0 +1,288 @@
+package cpu
+
+import (
+	"encoding/binary"
+	"math"
+	"sync"
+
+	"orcd/tensor"
+)
+
+// The fast precision (Options.Precision = Fast) multiplies Q8_0 weights by
+// activations quantized like ggml's Q8_0: each 32-element block of an x row
+// becomes 32 int8 values and a float32 scale, so a block's dot product is an
+// exact integer sum times two scales. On amd64 with AVX-512 VNNI the sums
+// are VPDPBUSD instructions, 32 multiply-adds each; everywhere else the
+// pure-Go loops below define the same result. Every other weight type, and
+// every op but MatMul, runs as in the exact precision.
+
+// Precision selects how MatMul multiplies Q8_0 weights.
+type Precision int
+
+const (
+	// Exact keeps activations in float32: the reference the conformance
+	// fixtures check.
+	Exact Precision = iota
+	// Fast quantizes activations to int8 per 32-element block for Q8_0
+	// weights (relative error about 1e-3 on the logits of the test models).
+	Fast
+)
+
+// q8Meta is one quantized 32-element block's float32 scale d (x ≈ d·q) and
+// c = -128·Σq, the correction that turns the unsigned-by-signed sum the
+// VNNI instruction computes into Σ w·q.
+type q8Meta struct {
+	d float32
+	c int32
+}
+
+// packedQ8 is a Q8_0 matrix repacked for the integer kernels, in groups of
+// 8 output rows (the last group padded with zero rows). For group g and
+// block b, scales[(g·blocks+b)·8+l] is row l's f16 scale and the 256
+// bytes at quants[(g·blocks+b)·256:] hold the block's quants plus 128 (as
+// unsigned bytes, the operand VPDPBUSD takes unsigned) ordered
+// [k/4][l][k%4]: one 32-byte load gives 4 quants of each of the 8 rows,
+// which a VPDPBUSD multiplies by 4 broadcast bytes of x.
+type packedQ8 struct {
+	groups, blocks int
+	scales         []uint16 // binary16, as in the file: decode streams 34 bytes per 32 weights
+	quants         []byte
+}
+
+// packQ8 repacks raw (out rows of in/32 Q8_0 blocks).
+func packQ8(raw []byte, in, out int) *packedQ8 {
+	blocks := in / 32
+	p := &packedQ8{groups: (out + 7) / 8, blocks: blocks}
+	p.scales = make([]uint16, p.groups*blocks*8)
+	p.quants = make([]byte, p.groups*blocks*256)
+	for i := range p.quants {
+		p.quants[i] = 0x80 // padding rows: quant 0
+	}
+	for o := 0; o < out; o++ {
+		g, l := o/8, o%8
+		for b := 0; b < blocks; b++ {
+			src := raw[(o*blocks+b)*34:]
+			gb := g*blocks + b
+			p.scales[gb*8+l] = binary.LittleEndian.Uint16(src)
+			for k := 0; k < 32; k++ {
+				p.quants[gb*256+(k/4)*32+l*4+k%4] = src[2+k] ^ 0x80
+			}
+		}
+	}
+	return p
+}
+
+// row dequantizes row r into dst (in values): the quant times the scale in
+// float32, as decodeRow does for the file's bytes.
+func (p *packedQ8) row(r int, dst []float32) {
+	g, l := r/8, r%8
+	for b := 0; b < p.blocks; b++ {
+		gb := g*p.blocks + b
+		d, q := tensor.F16ToF32(p.scales[gb*8+l]), p.quants[gb*256:]
+		for k := 0; k < 32; k++ {
+			dst[32*b+k] = float32(int32(q[(k/4)*32+l*4+k%4])-128) * d
+		}
+	}
+}
+
+// quantQ8 quantizes x (a multiple of 32 values) into q and one meta per
+// block: d = amax/127, q = round-half-even(x·(127/amax)), all zero for an
+// all-zero block. The assembly version computes exactly the same.
+func quantQ8(x []float32, q []int8, meta []q8Meta) {
+	for b := range meta {
+		xb := x[32*b : 32*b+32]
+		var amax float32
+		for _, v := range xb {
+			amax = max(amax, float32(math.Abs(float64(v))))
+		}
+		var id float32
+		if amax != 0 {
+			id = 127 / amax
+		}
+		var sum int32
+		for k, v := range xb {
+			qv := int32(math.RoundToEven(float64(v * id)))
+			q[32*b+k] = int8(qv)
+			sum += qv
+		}
+		meta[b] = q8Meta{d: amax / 127, c: -128 * sum}
+	}
+}
+
+// gemmQ8 sets out[8r+l] to the dot product of packed group g's row l with
+// quantized x row r, for r < rows: Σ_b (wd·d_r)·Σ_k w·q, each block's
+// product added with one float32 rounding as the assembly's FMA does (in
+// float64 then rounded, which can differ from a fused float32 add in the
+// last bit).
+func gemmQ8(p *packedQ8, g int, a *q8Act, row0, rows int, out []float32) {
+	in := p.blocks * 32
+	for r := 0; r < rows; r++ {
+		q, meta := a.q[(row0+r)*in:], a.meta[(row0+r)*p.blocks:]
+		for l := 0; l < 8; l++ {
+			var acc float32
+			for b := 0; b < p.blocks; b++ {
+				gb := g*p.blocks + b
+				w := p.quants[gb*256:]
+				var s int32
+				for k := 0; k < 32; k++ {
+					s += (int32(w[(k/4)*32+l*4+k%4]) - 128) * int32(q[32*b+k])
+				}
+				scale := tensor.F16ToF32(p.scales[gb*8+l]) * meta[b].d
+				acc = float32(math.FMA(float64(s), float64(scale), float64(acc)))
+			}
+			out[8*r+l] = acc
+		}
+	}
+}
+
+// gemmQ8Groups is gemmQ8 of x row row against the groups g0..g1-1, their
+// 8 outputs each in turn in out.
+func gemmQ8Groups(p *packedQ8, g0, g1 int, a *q8Act, row int, out []float32) {
+	for g := g0; g < g1; g++ {
+		gemmQ8(p, g, a, row, 1, out[8*(g-g0):8*(g-g0)+8])
+	}
+}
+
+// q8Act is n rows of activations quantized by quantQ8.
+type q8Act struct {
+	q    []int8
+	meta []q8Meta
+}
+
+// q8Acts recycles activation buffers: MatMul needs one per call, and ops
+// may run from several goroutines.
+var q8Acts = sync.Pool{New: func() any { return new(q8Act) }}
+
+// quantize returns x (n rows of in values) quantized; put it back in
+// q8Acts when done.
+func (b *Backend) quantize(x []float32, n, in int) *q8Act {
+	a := q8Acts.Get().(*q8Act)
+	blocks := in / 32
+	if cap(a.q) < n*in {
+		a.q = make([]int8, n*in)
+	}
+	if cap(a.meta) < n*blocks {
+		a.meta = make([]q8Meta, n*blocks)
+	}
+	a.q, a.meta = a.q[:n*in], a.meta[:n*blocks]
+	b.parallel(n, max(1, 4096/in), func(_, lo, hi int) {
+		for r := lo; r < hi; r++ {
+			b.k.q8.quant(x[r*in:(r+1)*in], a.q[r*in:(r+1)*in], a.meta[r*blocks:(r+1)*blocks])
+		}
+	})
+	return a
+}
+
+// q8Kernels are the fast precision's loops: quant is quantQ8, gemm is
+// gemmQ8 (rows ≤ 4), gemm1 is gemmQ8Groups, expSum is expSum (attention's softmax), gelu is
+// geluF32s, and scores is kernels.scores summed in another order.
+type q8Kernels struct {
+	quant  func(x []float32, q []int8, meta []q8Meta)
+	gemm   func(p *packedQ8, g int, a *q8Act, row0, rows int, out []float32)
+	gemm1  func(p *packedQ8, g0, g1 int, a *q8Act, row int, out []float32)
+	expSum func(x []float32, scale, sub float32, out []float32) float32
+	gelu   func(x, out []float32)
+	scores func(q, k []float32, stride int, out []float32)
+}
+
+// goQ8Kernels are the pure-Go fast-precision loops.
+var goQ8Kernels = &q8Kernels{quant: quantQ8, gemm: gemmQ8, gemm1: gemmQ8Groups, expSum: expSum, gelu: geluF32s, scores: scores}
+
+// q8Tile is how many rows of x a worker runs against its chunk of weight
+// groups before the next rows: 32 rows of a 3072-wide input (96 KiB) stay
+// in L2 while each group's weights are reused from L1.
+const q8Tile = 32
+
+// matmulQ8 is matmul for a packed Q8_0 weight in the fast precision: x is
+// quantized once, then the 8-row groups are split over the workers.
+func (b *Backend) matmulQ8(dst, x []float32, n int, w *weight, bias []float32) {
+	p, out := w.q8, w.out
+	a := b.quantize(x, n, w.in)
+	defer q8Acts.Put(a)
+	b.parallel(p.groups, 2, func(_, lo, hi int) {
+		var res [32]float32
+		if n < 4 {
+			// Decode: each row against the whole chunk in one call, straight
+			// into dst but for a last group that dst cuts short.
+			full := max(lo, min(hi, out/8))
+			for i := 0; i < n; i++ {
+				d := dst[i*out : (i+1)*out]
+				if full > lo {
+					b.k.q8.gemm1(p, lo, full, a, i, d[8*lo:8*full])
+				}
+				for g := full; g < hi; g++ {
+					b.k.q8.gemm1(p, g, g+1, a, i, res[:8])
+					copy(d[8*g:], res[:out-8*g])
+				}
+				if bias != nil {
+					for o := 8 * lo; o < min(8*hi, out); o++ {
+						d[o] += bias[o]
+					}
+				}
+			}
+			return
+		}
+		for t0 := 0; t0 < n; t0 += q8Tile {
+			t1 := min(t0+q8Tile, n)
+			for g := lo; g < hi; g++ {
+				cols := min(8, out-8*g)
+				for i := t0; i < t1; i += 4 {
+					rows := min(4, t1-i)
+					b.k.q8.gemm(p, g, a, i, rows, res[:8*rows])
+					for r := 0; r < rows; r++ {
+						d := dst[(i+r)*out+8*g : (i+r)*out+8*g+cols]
+						copy(d, res[8*r:8*r+cols])
+						if bias != nil {
+							for l := range d {
+								d[l] += bias[8*g+l]
+							}
+						}
+					}
+				}
+			}
+		}
+	})
+}
+
+// expF32 is e^t for t ≤ 0 in float32 arithmetic, for the fast precision's
+// softmax: t = k·ln2 + r with |r| ≤ ln2/2, e^r by its degree-6 Taylor
+// polynomial (relative error below 2e-7), times 2^k put into the exponent
+// bits. t is floored at -80 (e^-80 ≈ 2e-35, nothing next to the softmax's
+// largest term, 1) so that 2^k stays a normal float32.
+func expF32(t float32) float32 {
+	t = max(t, -80)
+	k := float32(math.RoundToEven(float64(t * 1.4426950408889634)))
+	r := t - k*0.693359375 - k*-2.12194440e-4
+	p := ((((((1.0/720)*r+1.0/120)*r+1.0/24)*r+1.0/6)*r+0.5)*r+1)*r + 1
+	return math.Float32frombits(math.Float32bits(p) + uint32(int32(k))<<23)
+}
+
+// expSum sets out[i] = expF32(x[i]·scale - sub) for i < len(out) and
+// returns their sum.
+func expSum(x []float32, scale, sub float32, out []float32) float32 {
+	var s float32
+	for i := range out {
+		out[i] = expF32(x[i]*scale - sub)
+		s += out[i]
+	}
+	return s
+}
+
+// geluF32 is gelu in float32 arithmetic through expF32: x·σ(2u) with
+// e = e^(-2|u|), x/(1+e) for u ≥ 0 and x·e/(1+e) below (no cancellation in
+// the negative tail). math.Tanh was 15% of a fast GPT-2 prefill.
+func geluF32(x float32) float32 {
+	u := x + 0.044715*x*x*x
+	e := expF32(-1.5957691216057308 * float32(math.Abs(float64(u))))
+	if u >= 0 {
+		return x / (1 + e)
+	}
+	return x * e / (1 + e)
+}
+
+// geluF32s sets out[i] = geluF32(x[i]).
+func geluF32s(x, out []float32) {
+	for i := range out {
+		out[i] = geluF32(x[i])
+	}
+}

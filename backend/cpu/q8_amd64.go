@@ -1,0 +1,108 @@
+package cpu
+
+import "unsafe"
+
+//go:noescape
+func quantQ8AVX2(x *float32, q *int8, meta *q8Meta, blocks int)
+
+//go:noescape
+func gemmQ8x4VNNI(wq *byte, wd *uint16, blocks int, xq *int8, meta *q8Meta, xstride, mstride int, out *float32)
+
+//go:noescape
+func gemmQ8x1VNNI(wq *byte, wd *uint16, blocks int, xq *int8, meta *q8Meta, groups int, out *float32)
+
+// haveVNNI reports whether the CPU and OS support the EVEX-encoded 256-bit
+// VPDPBUSD: AVX-512 VNNI and VL, with the OS saving the AVX-512 state.
+func haveVNNI() bool {
+	if !haveAVX2() {
+		return false
+	}
+	if xgetbv0()&0xe6 != 0xe6 { // XMM, YMM, opmask and both ZMM halves
+		return false
+	}
+	_, b7, c7, _ := cpuid(7, 0)
+	const avx512f, avx512vl, avx512vnni = 1 << 16, 1 << 31, 1 << 11
+	return b7&(avx512f|avx512vl) == avx512f|avx512vl && c7&avx512vnni != 0
+}
+
+// simdQ8Kernels returns the VNNI fast-precision kernels when the CPU has
+// them. Without VNNI the fast precision falls back to exact on amd64: the
+// pure-Go integer loops are slower than the AVX2 float kernels.
+func simdQ8Kernels() *q8Kernels {
+	if !haveVNNI() {
+		return nil
+	}
+	return &q8Kernels{
+		expSum: expSumSIMD,
+		scores: scoresSIMD,
+		gelu: func(x, out []float32) {
+			n := len(out) &^ 7
+			if n > 0 {
+				_ = x[n-1]
+				geluAVX2(&x[0], &out[0], n)
+			}
+			geluF32s(x[n:len(out)], out[n:])
+		},
+		quant: func(x []float32, q []int8, meta []q8Meta) {
+			if len(meta) == 0 {
+				return
+			}
+			_, _ = x[32*len(meta)-1], q[32*len(meta)-1]
+			quantQ8AVX2(&x[0], &q[0], &meta[0], len(meta))
+		},
+		gemm: func(p *packedQ8, g int, a *q8Act, row0, rows int, out []float32) {
+			nb, in := p.blocks, p.blocks*32
+			wq, wd := p.quants[g*nb*256:(g+1)*nb*256], p.scales[g*nb*8:(g+1)*nb*8]
+			q, meta := a.q[row0*in:(row0+rows)*in], a.meta[row0*nb:(row0+rows)*nb]
+			if rows == 4 {
+				_ = out[31]
+				gemmQ8x4VNNI(&wq[0], &wd[0], nb, &q[0], &meta[0], in, nb*int(unsafe.Sizeof(q8Meta{})), &out[0])
+				return
+			}
+			for r := 0; r < rows; r++ {
+				gemmQ8x1VNNI(&wq[0], &wd[0], nb, &q[r*in], &meta[r*nb], 1, &out[8*r : 8*r+8][0])
+			}
+		},
+		gemm1: func(p *packedQ8, g0, g1 int, a *q8Act, row int, out []float32) {
+			nb, in := p.blocks, p.blocks*32
+			wq, wd := p.quants[g0*nb*256:g1*nb*256], p.scales[g0*nb*8:g1*nb*8]
+			q, meta := a.q[row*in:(row+1)*in], a.meta[row*nb:(row+1)*nb]
+			_ = out[8*(g1-g0)-1]
+			gemmQ8x1VNNI(&wq[0], &wd[0], nb, &q[0], &meta[0], g1-g0, &out[0])
+		},
+	}
+}
+
+//go:noescape
+func expSumAVX2(x *float32, n int, scale, sub float32, out *float32) float32
+
+// expSumSIMD is expSum with the 8-wide part in assembly.
+func expSumSIMD(x []float32, scale, sub float32, out []float32) float32 {
+	n := len(out) &^ 7
+	var s float32
+	if n > 0 {
+		_ = x[n-1]
+		s = expSumAVX2(&x[0], n, scale, sub, &out[0])
+	}
+	return s + expSum(x[n:len(out)], scale, sub, out[n:])
+}
+
+//go:noescape
+func geluAVX2(x, out *float32, n int)
+
+//go:noescape
+func scores4AVX2(q, k *float32, stride, n, d int, out *float32)
+
+// scoresSIMD is scores with whole groups of four keys in scores4AVX2.
+func scoresSIMD(q, k []float32, stride int, out []float32) {
+	d, n := len(q), len(out)&^3
+	if d%8 != 0 || d == 0 || n == 0 {
+		scores(q, k, stride, out)
+		return
+	}
+	_ = k[(n-1)*stride+d-1]
+	scores4AVX2(&q[0], &k[0], stride, n, d, &out[0])
+	if n < len(out) {
+		scores(q, k[n*stride:], stride, out[n:])
+	}
+}

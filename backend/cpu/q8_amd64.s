@@ -1,0 +1,440 @@
+//go:build amd64
+
+#include "textflag.h"
+
+// Integer kernels of the fast precision (see q8.go for the layouts and the
+// pure-Go definitions they must match).
+
+// func quantQ8AVX2(x *float32, q *int8, meta *q8Meta, blocks int)
+// Per 32 floats: amax = max |x|, d = amax/127, id = 127/amax (0 when amax
+// is 0), q = round-to-even(x·id) as int8, and c = -128·Σq.
+TEXT ·quantQ8AVX2(SB), NOSPLIT, $0-32
+	MOVQ         x+0(FP), SI
+	MOVQ         q+8(FP), DI
+	MOVQ         meta+16(FP), DX
+	MOVQ         blocks+24(FP), CX
+	MOVL         $0x7fffffff, AX
+	MOVQ         AX, X15
+	VPBROADCASTD X15, Y15             // |.| mask
+	MOVL         $0x42fe0000, AX      // 127.0
+	MOVQ         AX, X14
+	VXORPS       X13, X13, X13
+	MOVQ         $·q8Perm(SB), AX
+	VMOVDQU      (AX), Y12
+
+qloop:
+	TESTQ        CX, CX
+	JZ           qdone
+	VMOVUPS      (SI), Y0
+	VMOVUPS      32(SI), Y1
+	VMOVUPS      64(SI), Y2
+	VMOVUPS      96(SI), Y3
+	VANDPS       Y15, Y0, Y4
+	VANDPS       Y15, Y1, Y5
+	VANDPS       Y15, Y2, Y6
+	VANDPS       Y15, Y3, Y7
+	VMAXPS       Y5, Y4, Y4
+	VMAXPS       Y7, Y6, Y6
+	VMAXPS       Y6, Y4, Y4
+	VEXTRACTF128 $1, Y4, X5
+	VMAXPS       X5, X4, X4
+	VPERMILPS    $0x4e, X4, X5
+	VMAXPS       X5, X4, X4
+	VPERMILPS    $0xb1, X4, X5
+	VMAXPS       X5, X4, X4           // amax in every lane
+	VDIVSS       X14, X4, X6          // d = amax/127
+	VMOVSS       X6, (DX)
+	VDIVSS       X4, X14, X7          // id = 127/amax
+	VCMPSS       $4, X13, X4, X8      // amax != 0
+	VANDPS       X8, X7, X7
+	VBROADCASTSS X7, Y7
+	VMULPS       Y7, Y0, Y0
+	VMULPS       Y7, Y1, Y1
+	VMULPS       Y7, Y2, Y2
+	VMULPS       Y7, Y3, Y3
+	VCVTPS2DQ    Y0, Y0
+	VCVTPS2DQ    Y1, Y1
+	VCVTPS2DQ    Y2, Y2
+	VCVTPS2DQ    Y3, Y3
+	VPADDD       Y1, Y0, Y4
+	VPADDD       Y3, Y2, Y5
+	VPADDD       Y5, Y4, Y4
+	VEXTRACTI128 $1, Y4, X5
+	VPADDD       X5, X4, X4
+	VPSHUFD      $0x4e, X4, X5
+	VPADDD       X5, X4, X4
+	VPSHUFD      $0xb1, X4, X5
+	VPADDD       X5, X4, X4
+	VMOVD        X4, AX
+	IMULL        $-128, AX
+	MOVL         AX, 4(DX)
+	VPACKSSDW    Y1, Y0, Y0
+	VPACKSSDW    Y3, Y2, Y2
+	VPACKSSWB    Y2, Y0, Y0
+	VPERMD       Y0, Y12, Y0
+	VMOVDQU      Y0, (DI)
+	ADDQ         $128, SI
+	ADDQ         $32, DI
+	ADDQ         $8, DX
+	DECQ         CX
+	JMP          qloop
+
+qdone:
+	VZEROUPPER
+	RET
+
+// VPACKSSDW/VPACKSSWB work within 128-bit lanes; this VPERMD order puts
+// the 32 bytes back in element order.
+DATA ·q8Perm+0(SB)/4, $0
+DATA ·q8Perm+4(SB)/4, $4
+DATA ·q8Perm+8(SB)/4, $1
+DATA ·q8Perm+12(SB)/4, $5
+DATA ·q8Perm+16(SB)/4, $2
+DATA ·q8Perm+20(SB)/4, $6
+DATA ·q8Perm+24(SB)/4, $3
+DATA ·q8Perm+28(SB)/4, $7
+GLOBL ·q8Perm(SB), RODATA|NOPTR, $32
+
+// One step of 4 quants of a block: the weights of 8 rows (stored plus 128,
+// unsigned) against 4 bytes of each x row broadcast, into the accumulators
+// a0..a3 (one per row of x).
+#define STEP4(off, a0, a1, a2, a3) \
+	VMOVDQU       (32*off)(SI), Y8; \
+	VPDPBUSD.BCST (4*off)(BX), Y8, a0; \
+	VPDPBUSD.BCST (4*off)(R9), Y8, a1; \
+	VPDPBUSD.BCST (4*off)(R10), Y8, a2; \
+	VPDPBUSD.BCST (4*off)(R11), Y8, a3
+
+#define STEP1(off, a) \
+	VMOVDQU       (32*off)(SI), Y8; \
+	VPDPBUSD.BCST (4*off)(BX), Y8, a
+
+// func gemmQ8x4VNNI(wq *byte, wd *uint16, blocks int, xq *int8, meta *q8Meta, xstride, mstride int, out *float32)
+// out[8r+l] = Σ_b wd[8b+l]·d_r[b]·Σ_k w_l[32b+k]·x_r[32b+k] (wd in f16) for 4 rows r
+// of x (xstride bytes apart, their metadata mstride bytes apart) and the 8
+// weight rows l of one packed group. (w+128)·x summed by VPDPBUSD, started
+// from c = -128·Σx, is Σ w·x exactly. Each row's block sum is split over
+// two accumulators (even and odd steps), halving the chain of dependent
+// VPDPBUSDs that otherwise bounds the loop.
+TEXT ·gemmQ8x4VNNI(SB), NOSPLIT, $0-64
+	MOVQ         wq+0(FP), SI
+	MOVQ         wd+8(FP), DI
+	MOVQ         blocks+16(FP), CX
+	MOVQ         xq+24(FP), BX
+	MOVQ         meta+32(FP), DX
+	MOVQ         xstride+40(FP), R8
+	MOVQ         mstride+48(FP), R12
+	LEAQ         (BX)(R8*1), R9
+	LEAQ         (BX)(R8*2), R10
+	LEAQ         (R9)(R8*2), R11
+	LEAQ         (DX)(R12*2), R13
+	ADDQ         R12, R13
+	VXORPS       Y0, Y0, Y0
+	VXORPS       Y1, Y1, Y1
+	VXORPS       Y2, Y2, Y2
+	VXORPS       Y3, Y3, Y3
+
+g4loop:
+	VPBROADCASTD 4(DX), Y4
+	VPBROADCASTD 4(DX)(R12*1), Y5
+	VPBROADCASTD 4(DX)(R12*2), Y6
+	VPBROADCASTD 4(R13), Y7
+	VPXORD       Y16, Y16, Y16
+	VPXORD       Y17, Y17, Y17
+	VPXORD       Y18, Y18, Y18
+	VPXORD       Y19, Y19, Y19
+	STEP4(0, Y4, Y5, Y6, Y7)
+	STEP4(1, Y16, Y17, Y18, Y19)
+	STEP4(2, Y4, Y5, Y6, Y7)
+	STEP4(3, Y16, Y17, Y18, Y19)
+	STEP4(4, Y4, Y5, Y6, Y7)
+	STEP4(5, Y16, Y17, Y18, Y19)
+	STEP4(6, Y4, Y5, Y6, Y7)
+	STEP4(7, Y16, Y17, Y18, Y19)
+	VPADDD       Y16, Y4, Y4
+	VPADDD       Y17, Y5, Y5
+	VPADDD       Y18, Y6, Y6
+	VPADDD       Y19, Y7, Y7
+	VCVTPH2PS    (DI), Y10
+	VCVTDQ2PS    Y4, Y4
+	VCVTDQ2PS    Y5, Y5
+	VCVTDQ2PS    Y6, Y6
+	VCVTDQ2PS    Y7, Y7
+	VBROADCASTSS (DX), Y11
+	VBROADCASTSS (DX)(R12*1), Y12
+	VBROADCASTSS (DX)(R12*2), Y13
+	VBROADCASTSS (R13), Y14
+	VMULPS       Y10, Y11, Y11
+	VMULPS       Y10, Y12, Y12
+	VMULPS       Y10, Y13, Y13
+	VMULPS       Y10, Y14, Y14
+	VFMADD231PS  Y11, Y4, Y0
+	VFMADD231PS  Y12, Y5, Y1
+	VFMADD231PS  Y13, Y6, Y2
+	VFMADD231PS  Y14, Y7, Y3
+	ADDQ         $256, SI
+	ADDQ         $16, DI
+	ADDQ         $32, BX
+	ADDQ         $32, R9
+	ADDQ         $32, R10
+	ADDQ         $32, R11
+	ADDQ         $8, DX
+	ADDQ         $8, R13
+	DECQ         CX
+	JNZ          g4loop
+
+	MOVQ         out+56(FP), AX
+	VMOVUPS      Y0, (AX)
+	VMOVUPS      Y1, 32(AX)
+	VMOVUPS      Y2, 64(AX)
+	VMOVUPS      Y3, 96(AX)
+	VZEROUPPER
+	RET
+
+// func gemmQ8x1VNNI(wq *byte, wd *uint16, blocks int, xq *int8, meta *q8Meta, groups int, out *float32)
+// gemmQ8x4VNNI for one row of x against groups consecutive packed groups
+// (out gets 8 values per group), each block sum over four accumulators. One
+// call per chunk of groups instead of per group: in decode a group is only
+// ~100 ns of work, and the call cost was a large part of it.
+TEXT ·gemmQ8x1VNNI(SB), NOSPLIT, $0-56
+	MOVQ         wq+0(FP), SI
+	MOVQ         wd+8(FP), DI
+	MOVQ         groups+40(FP), R8
+	MOVQ         out+48(FP), AX
+
+g1group:
+	MOVQ         blocks+16(FP), CX
+	MOVQ         xq+24(FP), BX
+	MOVQ         meta+32(FP), DX
+	VXORPS       Y0, Y0, Y0
+
+g1loop:
+	VPBROADCASTD 4(DX), Y4
+	VPXOR        Y5, Y5, Y5
+	VPXOR        Y6, Y6, Y6
+	VPXOR        Y7, Y7, Y7
+	STEP1(0, Y4)
+	STEP1(1, Y5)
+	STEP1(2, Y6)
+	STEP1(3, Y7)
+	STEP1(4, Y4)
+	STEP1(5, Y5)
+	STEP1(6, Y6)
+	STEP1(7, Y7)
+	VPADDD       Y5, Y4, Y4
+	VPADDD       Y7, Y6, Y6
+	VPADDD       Y6, Y4, Y4
+	VCVTDQ2PS    Y4, Y4
+	VBROADCASTSS (DX), Y11
+	VCVTPH2PS    (DI), Y10
+	VMULPS       Y10, Y11, Y11
+	VFMADD231PS  Y11, Y4, Y0
+	ADDQ         $256, SI
+	ADDQ         $16, DI
+	ADDQ         $32, BX
+	ADDQ         $8, DX
+	DECQ         CX
+	JNZ          g1loop
+
+	VMOVUPS      Y0, (AX)
+	ADDQ         $32, AX
+	DECQ         R8
+	JNZ          g1group
+	VZEROUPPER
+	RET
+
+// func expSumAVX2(x *float32, n int, scale, sub float32, out *float32) float32
+// out[i] = e^(x[i]·scale - sub) for n (a multiple of 8) values ≤ 0 after
+// the shift, and their sum: see expF32 for the method.
+TEXT ·expSumAVX2(SB), NOSPLIT, $0-36
+	MOVQ         x+0(FP), SI
+	MOVQ         n+8(FP), CX
+	VBROADCASTSS scale+16(FP), Y14
+	VBROADCASTSS sub+20(FP), Y13
+	MOVQ         out+24(FP), DI
+	MOVQ         $·expConsts(SB), AX
+	VBROADCASTSS 0(AX), Y12              // floor -80
+	VBROADCASTSS 4(AX), Y11              // log2(e)
+	VBROADCASTSS 8(AX), Y10              // ln2 high
+	VBROADCASTSS 12(AX), Y9              // ln2 low
+	VXORPS       Y0, Y0, Y0
+
+exloop:
+	TESTQ        CX, CX
+	JZ           exdone
+	VMOVUPS      (SI), Y1
+	VFMSUB213PS  Y13, Y14, Y1            // x·scale - sub
+	VMAXPS       Y12, Y1, Y1
+	VMULPS       Y11, Y1, Y2
+	VROUNDPS     $0, Y2, Y2              // k
+	VFNMADD231PS Y10, Y2, Y1
+	VFNMADD231PS Y9, Y2, Y1              // r
+	VBROADCASTSS 40(AX), Y3              // 1/720
+	VBROADCASTSS 36(AX), Y4
+	VFMADD213PS  Y4, Y1, Y3
+	VBROADCASTSS 32(AX), Y4
+	VFMADD213PS  Y4, Y1, Y3
+	VBROADCASTSS 28(AX), Y4
+	VFMADD213PS  Y4, Y1, Y3
+	VBROADCASTSS 24(AX), Y4
+	VFMADD213PS  Y4, Y1, Y3
+	VBROADCASTSS 20(AX), Y4
+	VFMADD213PS  Y4, Y1, Y3
+	VBROADCASTSS 16(AX), Y4
+	VFMADD213PS  Y4, Y1, Y3              // p(r)
+	VCVTPS2DQ    Y2, Y2
+	VPSLLD       $23, Y2, Y2
+	VPADDD       Y2, Y3, Y3              // p·2^k
+	VMOVUPS      Y3, (DI)
+	VADDPS       Y3, Y0, Y0
+	ADDQ         $32, SI
+	ADDQ         $32, DI
+	SUBQ         $8, CX
+	JMP          exloop
+
+exdone:
+	VEXTRACTF128 $1, Y0, X1
+	VADDPS       X1, X0, X0
+	VHADDPS      X0, X0, X0
+	VHADDPS      X0, X0, X0
+	VZEROUPPER
+	MOVSS        X0, ret+32(FP)
+	RET
+
+// expF32's constants: the floor, log2(e), ln2 split high/low, and the
+// Taylor coefficients 1, 1, 1/2, 1/6, 1/24, 1/120, 1/720; then geluF32's
+// -2√(2/π) and 0.044715.
+DATA ·expConsts+0(SB)/4, $-80.0
+DATA ·expConsts+4(SB)/4, $1.4426950408889634
+DATA ·expConsts+8(SB)/4, $0.693359375
+DATA ·expConsts+12(SB)/4, $-2.12194440e-4
+DATA ·expConsts+16(SB)/4, $1.0
+DATA ·expConsts+20(SB)/4, $1.0
+DATA ·expConsts+24(SB)/4, $0.5
+DATA ·expConsts+28(SB)/4, $0.16666666666666666
+DATA ·expConsts+32(SB)/4, $0.041666666666666664
+DATA ·expConsts+36(SB)/4, $0.008333333333333333
+DATA ·expConsts+40(SB)/4, $0.001388888888888889
+DATA ·expConsts+44(SB)/4, $-1.5957691216057308
+DATA ·expConsts+48(SB)/4, $0.044715
+GLOBL ·expConsts(SB), RODATA|NOPTR, $52
+
+// EXP8(t, k, p, tmp) sets p = e^t for the 8 lanes of t (floored at -80;
+// t and k are clobbered), as expF32 does; AX points at expConsts.
+#define EXP8(t, k, p, tmp) \
+	VMAXPS       Y12, t, t; \
+	VMULPS       Y11, t, k; \
+	VROUNDPS     $0, k, k; \
+	VFNMADD231PS Y10, k, t; \
+	VFNMADD231PS Y9, k, t; \
+	VBROADCASTSS 40(AX), p; \
+	VBROADCASTSS 36(AX), tmp; \
+	VFMADD213PS  tmp, t, p; \
+	VBROADCASTSS 32(AX), tmp; \
+	VFMADD213PS  tmp, t, p; \
+	VBROADCASTSS 28(AX), tmp; \
+	VFMADD213PS  tmp, t, p; \
+	VBROADCASTSS 24(AX), tmp; \
+	VFMADD213PS  tmp, t, p; \
+	VBROADCASTSS 20(AX), tmp; \
+	VFMADD213PS  tmp, t, p; \
+	VBROADCASTSS 16(AX), tmp; \
+	VFMADD213PS  tmp, t, p; \
+	VCVTPS2DQ    k, k; \
+	VPSLLD       $23, k, k; \
+	VPADDD       k, p, p
+
+// func geluAVX2(x, out *float32, n int)
+// out = x·σ(2u), u = √(2/π)(x+0.044715x³), for n (a multiple of 8)
+// values: with e = e^(-2|u|), x/(1+e) where u ≥ 0, else x·e/(1+e).
+TEXT ·geluAVX2(SB), NOSPLIT, $0-24
+	MOVQ         x+0(FP), SI
+	MOVQ         out+8(FP), DI
+	MOVQ         n+16(FP), CX
+	MOVQ         $·expConsts(SB), AX
+	VBROADCASTSS 0(AX), Y12
+	VBROADCASTSS 4(AX), Y11
+	VBROADCASTSS 8(AX), Y10
+	VBROADCASTSS 12(AX), Y9
+	VBROADCASTSS 44(AX), Y8              // -2√(2/π)
+	VBROADCASTSS 48(AX), Y7              // 0.044715
+	VBROADCASTSS 16(AX), Y6              // 1
+	MOVL         $0x7fffffff, BX
+	MOVQ         BX, X5
+	VPBROADCASTD X5, Y5                  // |.| mask
+
+geloop:
+	TESTQ        CX, CX
+	JZ           gedone
+	VMOVUPS      (SI), Y0
+	VMULPS       Y0, Y0, Y1
+	VMULPS       Y7, Y1, Y1
+	VFMADD213PS  Y0, Y0, Y1              // x + 0.044715x³
+	VANDPS       Y5, Y1, Y2              // |.| (sign of u is the sign of x)
+	VMULPS       Y8, Y2, Y2              // -2|u|
+	EXP8(Y2, Y3, Y4, Y13)                // Y4 = e
+	VADDPS       Y6, Y4, Y3              // 1+e
+	VMULPS       Y0, Y4, Y2              // x·e
+	VBLENDVPS    Y1, Y2, Y0, Y2          // x where u ≥ 0, x·e where u < 0
+	VDIVPS       Y3, Y2, Y2
+	VMOVUPS      Y2, (DI)
+	ADDQ         $32, SI
+	ADDQ         $32, DI
+	SUBQ         $8, CX
+	JMP          geloop
+
+gedone:
+	VZEROUPPER
+	RET
+
+// func scores4AVX2(q, k *float32, stride, n, d int, out *float32)
+// scoresAVX2 four keys at a time (n a multiple of 4): each 8-wide load of
+// q feeds four FMAs, and one horizontal reduction serves four keys. The
+// partial sums are added in another order than scoresAVX2's, so only the
+// fast precision uses it.
+TEXT ·scores4AVX2(SB), NOSPLIT, $0-48
+	MOVQ q+0(FP), SI
+	MOVQ k+8(FP), DI
+	MOVQ stride+16(FP), R8
+	SHLQ $2, R8
+	MOVQ n+24(FP), CX
+	MOVQ d+32(FP), R9
+	MOVQ out+40(FP), R10
+	LEAQ (R8)(R8*2), R11                 // 3·stride
+
+s4key:
+	TESTQ  CX, CX
+	JZ     s4done
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	XORQ   AX, AX
+	MOVQ   R9, DX
+	MOVQ   DI, BX
+
+s4dim:
+	VMOVUPS     (SI)(AX*1), Y4
+	VFMADD231PS (BX), Y4, Y0
+	VFMADD231PS (BX)(R8*1), Y4, Y1
+	VFMADD231PS (BX)(R8*2), Y4, Y2
+	VFMADD231PS (BX)(R11*1), Y4, Y3
+	ADDQ        $32, AX
+	ADDQ        $32, BX
+	SUBQ        $8, DX
+	JNZ         s4dim
+
+	VHADDPS      Y1, Y0, Y0
+	VHADDPS      Y3, Y2, Y2
+	VHADDPS      Y2, Y0, Y0
+	VEXTRACTF128 $1, Y0, X1
+	VADDPS       X1, X0, X0
+	VMOVUPS      X0, (R10)
+	ADDQ         $16, R10
+	LEAQ         (DI)(R8*4), DI
+	SUBQ         $4, CX
+	JMP          s4key
+
+s4done:
+	VZEROUPPER
+	RET
