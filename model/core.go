@@ -388,7 +388,9 @@ func (m *core[B]) forward(cache Cache, tokens []int32, all bool, alloc func() (B
 			mode, dst = LastLogits, out
 		}
 		c.grow(c.n, c.n+hi-lo)
-		ch.Tokens, ch.Pos, ch.Logits, ch.Tables = tokens[lo:hi], c.n, mode, c.tables
+		// A one-token call is a decode step: it takes the backend's
+		// one-row kernels (AttentionParams.Singles), as the engine's do.
+		ch.Tokens, ch.Pos, ch.Logits, ch.Tables, ch.Decode = tokens[lo:hi], c.n, mode, c.tables, hi-lo == 1
 		logits, err := m.stepLocked(c.kv, &batch, alloc, ops)
 		if err == nil && dst != nil {
 			err = logits.Read(dst)
