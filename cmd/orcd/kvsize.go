@@ -49,6 +49,20 @@ func kvBudget(be backend.Backend) (int64, error) {
 // what the budget holds. Fewer blocks than one full sequence needs is an
 // error naming the memory.
 func kvBlocks(layout model.KVLayout, budget int64, elemBytes, blockSize, ctx, stepTokens, maxActive int) (int, error) {
+	perSeq := kvSeqBlocks(layout, blockSize, ctx, stepTokens)
+	blockBytes := layout.BlockBytes(blockSize, elemBytes)
+	fit := int(budget / max(blockBytes, 1))
+	if fit < perSeq {
+		return 0, fmt.Errorf("the KV cache of one %d-token sequence needs %d blocks of %d bytes, but only %d bytes are left for it; lower --ctx-size or set --kv-blocks",
+			ctx, perSeq, blockBytes, max(budget, 0))
+	}
+	return min(fit, perSeq*maxActive), nil
+}
+
+// kvSeqBlocks is the most blocks one sequence of ctx tokens holds: every
+// block of its positions in full-attention groups, and in sliding-window
+// groups the window plus the step that writes into it.
+func kvSeqBlocks(layout model.KVLayout, blockSize, ctx, stepTokens int) int {
 	perSeq := 0
 	for _, g := range layout.Groups() {
 		n := (ctx + blockSize - 1) / blockSize
@@ -57,13 +71,7 @@ func kvBlocks(layout model.KVLayout, budget int64, elemBytes, blockSize, ctx, st
 		}
 		perSeq += n
 	}
-	blockBytes := layout.BlockBytes(blockSize, elemBytes)
-	fit := int(budget / max(blockBytes, 1))
-	if fit < perSeq {
-		return 0, fmt.Errorf("the KV cache of one %d-token sequence needs %d blocks of %d bytes, but only %d bytes are left for it; lower --ctx-size or set --kv-blocks",
-			ctx, perSeq, blockBytes, max(budget, 0))
-	}
-	return min(fit, perSeq*maxActive), nil
+	return perSeq
 }
 
 // memAvailable reads MemAvailable from /proc/meminfo (Linux); elsewhere it
@@ -85,4 +93,13 @@ func memAvailable() (int64, error) {
 		}
 	}
 	return 4 << 30, sc.Err()
+}
+
+// kvElemBytes is the bytes of one cached value in a serving pool: f16 on
+// cuda (pools beyond a few MiB are f16 there), f32 on the CPU.
+func kvElemBytes(be backend.Backend) int {
+	if be.Name() == "cuda" {
+		return 2
+	}
+	return 4
 }

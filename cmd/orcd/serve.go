@@ -220,14 +220,14 @@ func serve(mf *modelFlags, sf *serveFlags, log *slog.Logger, listening func(addr
 		if err != nil {
 			return err
 		}
-		elem := 4
-		if lm.Backend.Name() == "cuda" {
-			elem = 2 // pools beyond a few MiB are f16 there
-		}
-		if blocks, err = kvBlocks(lm.Model.KVLayout(), budget, elem, sf.kvBlockSize, lm.CtxSize, cfg.MaxBatch, maxActive); err != nil {
+		if blocks, err = kvBlocks(lm.Model.KVLayout(), budget, kvElemBytes(lm.Backend), sf.kvBlockSize, lm.CtxSize, cfg.MaxBatch, maxActive); err != nil {
 			return err
 		}
 	}
+	blockBytes := lm.Model.KVLayout().BlockBytes(sf.kvBlockSize, kvElemBytes(lm.Backend))
+	log.Info("kv cache", "blocks", blocks, "block_tokens", sf.kvBlockSize, "gib", round3(float64(blockBytes)*float64(blocks)/(1<<30)),
+		"bytes_per_token", blockBytes/int64(sf.kvBlockSize),
+		"full_sequences", blocks/kvSeqBlocks(lm.Model.KVLayout(), sf.kvBlockSize, lm.CtxSize, cfg.MaxBatch))
 	eng, err := engine.New(engine.Config{
 		Model: lm.Model, Tokenizer: engineTokenizer{lm.Tokenizer},
 		MaxActive: maxActive, MaxQueue: sf.maxQueue, CtxSize: lm.CtxSize,
