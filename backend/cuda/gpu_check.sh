@@ -61,7 +61,7 @@ if [ "$what" != tests ]; then
     curl -sN localhost:18080/execute -H 'Content-Type: application/json' \
       -d '{"job_id":"j1","prompt":"Once upon a time","max_tokens":64,"seed":7}' >"$OUT/execute.txt" 2>&1
     grep -A1 -E "event: (started|metrics|end|error)" "$OUT/execute.txt" >>"$summary"
-    curl -s -X POST localhost:18080/shutdown >>"$summary"
+    curl -s -X POST -H 'Content-Type: application/json' localhost:18080/shutdown >>"$summary"
     wait $pid
     echo "serve rc=$?" >>"$summary"
   fi
@@ -79,7 +79,7 @@ if [ "$what" != tests ]; then
       echo >>"$summary"
     done
     curl -s localhost:18080/metrics | grep -E "^orcd_(preempt|kv_blocks|prefix_cache_hit_rate|step_tokens_(sum|count)|step_sequences_(sum|count))" >>"$summary"
-    curl -s -X POST localhost:18080/shutdown >/dev/null
+    curl -s -X POST -H 'Content-Type: application/json' localhost:18080/shutdown >/dev/null
     wait $pid
     echo "serve rc=$?" >>"$summary"
   fi

@@ -180,7 +180,13 @@ type loadReport struct {
 
 // loadtest runs the warm-up and the measured requests and reports.
 func loadtest(ctx context.Context, lf *loadtestFlags, progress io.Writer) (*loadReport, error) {
-	client := &http.Client{Timeout: time.Duration(lf.timeout * float64(time.Second))}
+	// Every client keeps its connection between requests. (net/http keeps
+	// 2 idle connections a host by default: the others would be closed and
+	// reopened at each request, which costs the server accepts and can
+	// briefly push a client past the server's connections-per-IP limit.)
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.MaxIdleConnsPerHost = lf.concurrency
+	client := &http.Client{Timeout: time.Duration(lf.timeout * float64(time.Second)), Transport: tr}
 	if lf.api == "openai" && lf.modelName == "" {
 		name, err := firstModel(ctx, client, lf)
 		if err != nil {

@@ -6,8 +6,11 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // TestLoadtest runs orcd loadtest against a served tiny model through both
@@ -62,5 +65,29 @@ func TestLoadtestErrors(t *testing.T) {
 	}
 	if code := runMain([]string{"loadtest", "--api", "grpc"}, nil, io.Discard, io.Discard); code != 2 {
 		t.Errorf("bad --api: exit %d", code)
+	}
+}
+
+// TestLoadtestKeepsConnections checks that each client reuses its
+// connection: --concurrency 8 opens at most 8, however many requests (with
+// net/http's default of 2 idle connections a host, most requests opened a
+// new one, and 256 clients briefly exceeded serve's 256 connections per IP).
+func TestLoadtestKeepsConnections(t *testing.T) {
+	var opened atomic.Int32
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		time.Sleep(5 * time.Millisecond) // all 8 clients in flight at once
+		http.Error(w, `{"code":"QUEUE_FULL"}`, http.StatusServiceUnavailable)
+	}))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			opened.Add(1)
+		}
+	}
+	srv.Start()
+	defer srv.Close()
+	runMain([]string{"loadtest", "--url", srv.URL, "--concurrency", "8", "--requests", "64", "--format", "json"}, nil, io.Discard, io.Discard)
+	if n := opened.Load(); n > 8 {
+		t.Errorf("64 requests by 8 clients opened %d connections, want at most 8", n)
 	}
 }
