@@ -33,8 +33,11 @@ type TokenLogprob struct {
 // those filters keep). The same definition scores prompt tokens
 // (Request.PromptLogprobs), although nothing drew them.
 type Logprobs struct {
-	TokenLogprob                // the token at the position
-	Top          []TokenLogprob // the most likely tokens, most likely first, ties by id
+	TokenLogprob // the token at the position
+	// Top are the most likely tokens, most likely first, ties by id. It
+	// leaves out tokens whose logit is -Inf or NaN, which can never be
+	// drawn: fewer possible tokens than asked for give fewer alternatives.
+	Top []TokenLogprob
 }
 
 // Logprobs returns the log probabilities of the position whose logits are
