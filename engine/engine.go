@@ -488,6 +488,9 @@ func (e *Engine) Submit(req Request) (*Job, error) {
 // PromptTokens is the number of prompt tokens.
 func (j *Job) PromptTokens() int { return len(j.prompt) }
 
+// Prompt returns the prompt's tokens, which the caller must not change.
+func (j *Job) Prompt() []int32 { return j.prompt }
+
 // Seed is the sampler's seed: the request's, or one drawn for it.
 func (j *Job) Seed() uint64 { return j.seed }
 
@@ -538,8 +541,8 @@ func (j *Job) Run(ctx context.Context, emit func(Token) bool) (Result, error) {
 	var buf []generated
 	for {
 		ids, prompt, done, res, err := j.box.take(buf)
-		if prompt != nil {
-			j.promptOut = prompt
+		if prompt != nil && j.promptOut == nil {
+			j.promptOut = prompt // once: other goroutines may read it after the first token
 		}
 		for _, g := range ids {
 			if stopped {
