@@ -61,10 +61,11 @@ func (s *Sampler) Logprobs(logits []float32, history []int32, id int32, top int)
 		return out
 	}
 	// topKLogits keeps its candidates in s.cands, free once Sample has
-	// drawn; its order is vocabulary order when it keeps them all.
+	// drawn; its order is vocabulary order when it keeps them all. Its
+	// floor, the lowest finite logit, leaves out the -Inf ones.
 	saved := s.params.Temperature
 	s.params.Temperature = 1 / invT
-	cands := s.topKLogits(logits, math.Inf(-1), top)
+	cands := s.topKLogits(logits, -math.MaxFloat32, top)
 	s.params.Temperature = saved
 	slices.SortFunc(cands, moreLikely)
 	out.Top = make([]TokenLogprob, len(cands))

@@ -91,6 +91,7 @@ func TestLogprobsGarbage(t *testing.T) {
 		"all nan": {nan, nan},
 		"+inf":    {1, inf, inf},
 		"-inf":    {-inf, -inf},
+		"one":     {-inf, 1, -inf, -inf},
 		"empty":   {},
 	} {
 		s := NewSampler(DefaultSampling, 1)
@@ -102,6 +103,10 @@ func TestLogprobsGarbage(t *testing.T) {
 				}
 			}
 		}
+	}
+	// One possible token: certain, and the only alternative.
+	if lp := NewSampler(DefaultSampling, 1).Logprobs([]float32{-inf, 1, -inf, -inf}, nil, 1, 3); lp.Logprob != 0 || len(lp.Top) != 1 || lp.Top[0] != lp.TokenLogprob {
+		t.Errorf("one possible token: %+v", lp)
 	}
 	// Two +Inf logits share the mass.
 	lp := NewSampler(DefaultSampling, 1).Logprobs([]float32{1, inf, inf}, nil, 1, 1)
