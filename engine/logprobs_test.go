@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"fmt"
 	"math"
 	"testing"
 )
@@ -167,6 +168,27 @@ func TestLogprobsLargeVocabulary(t *testing.T) {
 			if !found {
 				t.Errorf("token %d (%v) is missing from the top", i, w)
 			}
+		}
+	}
+}
+
+// BenchmarkLogprobs is the host cost of one token's log probabilities
+// with 20 alternatives on gpt-oss's 201,088-token vocabulary.
+func BenchmarkLogprobs(b *testing.B) {
+	const vocab = 201088
+	for _, shape := range []struct {
+		name   string
+		logits []float32
+	}{{"lm", lmLogits(vocab, 5)}, {"normal", normalLogits(vocab, 3)}} {
+		for _, p := range []SamplingParams{DefaultSampling, {Temperature: 0.8, TopP: 1, RepetitionPenalty: 1.1}} {
+			b.Run(fmt.Sprintf("%s/T=%v/penalty=%v", shape.name, p.Temperature, p.RepetitionPenalty), func(b *testing.B) {
+				s := NewSampler(p, 1)
+				history := []int32{1, 2, 3, 4, 5, 6, 7, 8}
+				b.ReportAllocs()
+				for b.Loop() {
+					s.Logprobs(shape.logits, history, 7, MaxTopLogprobs)
+				}
+			})
 		}
 	}
 }
