@@ -12,6 +12,7 @@ import (
 	"orcd/engine"
 	"orcd/engine/enginetest"
 	"orcd/gguf"
+	"orcd/internal/testutil"
 	"orcd/model"
 )
 
@@ -118,7 +119,7 @@ func TestDeviceLogprobs(t *testing.T) {
 	}
 	check := func(what string, pos int, lp engine.Logprobs) {
 		row := ref[(pos-1)*vocab : pos*vocab]
-		if want := logSoftmax(row, seq[pos], 0.8); lp.ID != seq[pos] || math.Abs(lp.Logprob-want) > 1e-3 {
+		if want := testutil.LogSoftmax(row, seq[pos], 0.8); lp.ID != seq[pos] || math.Abs(lp.Logprob-want) > 1e-3 {
 			t.Errorf("%s at %d: %+v, want token %d at %v", what, pos, lp.TokenLogprob, seq[pos], want)
 		}
 	}

@@ -9,21 +9,8 @@ import (
 
 	"orcd/engine"
 	"orcd/engine/enginetest"
+	"orcd/internal/testutil"
 )
-
-// logSoftmax is the reference: log(e^(l_id/T) / Σ e^(l/T)) in float64 with
-// math.Exp, straight from the definition.
-func logSoftmax(logits []float32, id int32, temperature float64) float64 {
-	hi := math.Inf(-1)
-	for _, l := range logits {
-		hi = max(hi, float64(l)/temperature)
-	}
-	sum := 0.0
-	for _, l := range logits {
-		sum += math.Exp(float64(l)/temperature - hi)
-	}
-	return float64(logits[id])/temperature - hi - math.Log(sum)
-}
 
 // scored is one run's tokens with their log probabilities, and its prompt's.
 type scored struct {
@@ -84,16 +71,16 @@ func TestLogprobsMatchModel(t *testing.T) {
 		}
 		for i, lp := range got.prompt {
 			logits := m.Logits(prompt[:i+1])
-			if lp.ID != prompt[i+1] || math.Abs(lp.Logprob-logSoftmax(logits, prompt[i+1], scale)) > 1e-9 {
-				t.Errorf("T=%v: prompt token %d: %+v, want %d at %v", temp, i+1, lp.TokenLogprob, prompt[i+1], logSoftmax(logits, prompt[i+1], scale))
+			if lp.ID != prompt[i+1] || math.Abs(lp.Logprob-testutil.LogSoftmax(logits, prompt[i+1], scale)) > 1e-9 {
+				t.Errorf("T=%v: prompt token %d: %+v, want %d at %v", temp, i+1, lp.TokenLogprob, prompt[i+1], testutil.LogSoftmax(logits, prompt[i+1], scale))
 			}
 		}
 		seq := append([]int32(nil), prompt...)
 		for i, lp := range got.lps {
 			logits := m.Logits(seq)
 			id := got.ids[i]
-			if lp.ID != id || math.Abs(lp.Logprob-logSoftmax(logits, id, scale)) > 1e-9 {
-				t.Errorf("T=%v: token %d: %+v, want %d at %v", temp, i, lp.TokenLogprob, id, logSoftmax(logits, id, scale))
+			if lp.ID != id || math.Abs(lp.Logprob-testutil.LogSoftmax(logits, id, scale)) > 1e-9 {
+				t.Errorf("T=%v: token %d: %+v, want %d at %v", temp, i, lp.TokenLogprob, id, testutil.LogSoftmax(logits, id, scale))
 			}
 			if len(lp.Top) != 5 {
 				t.Fatalf("token %d: %d alternatives, want 5", i, len(lp.Top))
@@ -101,7 +88,7 @@ func TestLogprobsMatchModel(t *testing.T) {
 			sum := 0.0
 			for _, alt := range lp.Top {
 				sum += math.Exp(alt.Logprob)
-				if math.Abs(alt.Logprob-logSoftmax(logits, alt.ID, scale)) > 1e-9 {
+				if math.Abs(alt.Logprob-testutil.LogSoftmax(logits, alt.ID, scale)) > 1e-9 {
 					t.Errorf("token %d: alternative %+v", i, alt)
 				}
 			}

@@ -9,6 +9,7 @@ import (
 
 	"orcd/engine"
 	"orcd/engine/enginetest"
+	"orcd/internal/testutil"
 )
 
 // Test-side shapes of responses with log probabilities (the handlers'
@@ -28,20 +29,6 @@ type (
 		FinishReason *string             `json:"finish_reason"`
 	}
 )
-
-// refLogprob is log softmax(logits/T)[id], in float64 with math.Exp: the
-// reference the server's numbers are checked against.
-func refLogprob(logits []float32, id int32, temperature float64) float64 {
-	hi := math.Inf(-1)
-	for _, l := range logits {
-		hi = max(hi, float64(l)/temperature)
-	}
-	sum := 0.0
-	for _, l := range logits {
-		sum += math.Exp(float64(l)/temperature - hi)
-	}
-	return float64(logits[id])/temperature - hi - math.Log(sum)
-}
 
 // perByte is b as the fake tokenizer's decoder shows it: U+FFFD for each
 // byte that is not part of a valid character.
@@ -94,7 +81,7 @@ func TestChatLogprobs(t *testing.T) {
 		for i, e := range ch.Logprobs.Content {
 			id := byteID(t, e.Token, e.Bytes)
 			logits := m.Logits(history)
-			if want := refLogprob(logits, id, scale); math.Abs(e.Logprob-want) > 1e-9 {
+			if want := testutil.LogSoftmax(logits, id, scale); math.Abs(e.Logprob-want) > 1e-9 {
 				t.Errorf("T=%v: token %d (%q): logprob %v, want %v", temp, i, e.Token, e.Logprob, want)
 			}
 			if len(e.TopLogprobs) != 4 {
@@ -102,7 +89,7 @@ func TestChatLogprobs(t *testing.T) {
 			}
 			sum := 0.0
 			for j, alt := range e.TopLogprobs {
-				if want := refLogprob(logits, byteID(t, alt.Token, alt.Bytes), scale); math.Abs(alt.Logprob-want) > 1e-9 {
+				if want := testutil.LogSoftmax(logits, byteID(t, alt.Token, alt.Bytes), scale); math.Abs(alt.Logprob-want) > 1e-9 {
 					t.Errorf("token %d, alternative %d: %+v, want %v", i, j, alt, want)
 				}
 				if j > 0 && alt.Logprob > e.TopLogprobs[j-1].Logprob {
@@ -196,7 +183,7 @@ func TestChatLogprobsHarmony(t *testing.T) {
 // text; streamed equals not streamed; n = 2 echoes the prompt in both.
 func TestCompletionLogprobs(t *testing.T) {
 	m := &enginetest.Model{}
-	ts := newTestServer(t, m, "gpt2", engine.Config{}, nil)
+	ts := newTestServer(t, m, "gpt2", engine.Config{MaxActive: 2, MaxQueue: 2}, nil)
 	const prompt = "The fox"
 	body := map[string]any{"prompt": prompt, "max_tokens": 10, "seed": 3, "temperature": 0.9, "logprobs": 3, "echo": true, "n": 2}
 	var c openAIResponse[completionLPChoice]
@@ -233,7 +220,7 @@ func TestCompletionLogprobs(t *testing.T) {
 			if i > 0 && tok != "\uFFFD" {
 				// The prompt's tokens are scored at T = 0.9 too.
 				logits := m.Logits(history)
-				if want := refLogprob(logits, id[0], 0.9); lp.TokenLogprobs[i] == nil || math.Abs(*lp.TokenLogprobs[i]-want) > 1e-9 {
+				if want := testutil.LogSoftmax(logits, id[0], 0.9); lp.TokenLogprobs[i] == nil || math.Abs(*lp.TokenLogprobs[i]-want) > 1e-9 {
 					t.Errorf("choice %d, token %d (%q): %v, want %v", ch.Index, i, tok, lp.TokenLogprobs[i], want)
 				}
 				top := lp.TopLogprobs[i]
@@ -243,7 +230,7 @@ func TestCompletionLogprobs(t *testing.T) {
 					t.Errorf("choice %d, token %d: top %v", ch.Index, i, top)
 				}
 				for alt, v := range top {
-					if a := (enginetest.Tokenizer{}).Encode(alt); len(a) == 1 && math.Abs(v-refLogprob(logits, a[0], 0.9)) > 1e-9 {
+					if a := (enginetest.Tokenizer{}).Encode(alt); len(a) == 1 && math.Abs(v-testutil.LogSoftmax(logits, a[0], 0.9)) > 1e-9 {
 						t.Errorf("choice %d, token %d: alternative %q %v", ch.Index, i, alt, v)
 					}
 				}

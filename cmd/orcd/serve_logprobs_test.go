@@ -9,6 +9,7 @@ import (
 
 	"orcd/backend/cpu"
 	"orcd/gguf"
+	"orcd/internal/testutil"
 	"orcd/model"
 	"orcd/tokenizer"
 )
@@ -95,21 +96,6 @@ func TestServeLogprobsMatchModel(t *testing.T) {
 		}
 		rows = append(rows, append([]float32(nil), out...))
 	}
-	logSoftmax := func(row []float32) []float64 {
-		hi := math.Inf(-1)
-		for _, v := range row {
-			hi = max(hi, float64(v))
-		}
-		sum := 0.0
-		for _, v := range row {
-			sum += math.Exp(float64(v) - hi)
-		}
-		out := make([]float64, len(row))
-		for i, v := range row {
-			out[i] = float64(v) - hi - math.Log(sum)
-		}
-		return out
-	}
 	text := func(id int32) string { return strings.ToValidUTF8(tok.TokenText(id), "\uFFFD") }
 
 	want := ids[skip:]
@@ -127,9 +113,9 @@ func TestServeLogprobsMatchModel(t *testing.T) {
 			}
 			continue
 		}
-		ref := logSoftmax(rows[pos-1])
-		if got.TokenLogprobs[i] == nil || math.Abs(*got.TokenLogprobs[i]-ref[id]) > 1e-6 {
-			t.Errorf("token %d (%q): logprob %v, want %.6f", i, got.Tokens[i], got.TokenLogprobs[i], ref[id])
+		ref := func(id int32) float64 { return testutil.LogSoftmax(rows[pos-1], id, 1) }
+		if got.TokenLogprobs[i] == nil || math.Abs(*got.TokenLogprobs[i]-ref(id)) > 1e-6 {
+			t.Errorf("token %d (%q): logprob %v, want %.6f", i, got.Tokens[i], got.TokenLogprobs[i], ref(id))
 		}
 		if len(got.TopLogprobs[i]) < 1 || len(got.TopLogprobs[i]) > k+1 {
 			t.Errorf("token %d: %d alternatives", i, len(got.TopLogprobs[i]))
@@ -137,8 +123,8 @@ func TestServeLogprobsMatchModel(t *testing.T) {
 		sum := 0.0
 		for alt, v := range got.TopLogprobs[i] {
 			sum += math.Exp(v)
-			if ids := tok.Encode(alt); len(ids) == 1 && math.Abs(v-ref[ids[0]]) > 1e-6 {
-				t.Errorf("token %d: alternative %q %v, want %.6f", i, alt, v, ref[ids[0]])
+			if ids := tok.Encode(alt); len(ids) == 1 && math.Abs(v-ref(ids[0])) > 1e-6 {
+				t.Errorf("token %d: alternative %q %v, want %.6f", i, alt, v, ref(ids[0]))
 			}
 		}
 		if sum > 1+1e-9 {
