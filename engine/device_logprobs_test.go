@@ -5,7 +5,6 @@ import (
 	"math"
 	"path/filepath"
 	"reflect"
-	"sync"
 	"testing"
 
 	"orcd/backend/cuda"
@@ -91,12 +90,7 @@ func TestDeviceLogprobs(t *testing.T) {
 	scoredReq.Sampling.Temperature = 0.8
 	e := newEngine()
 	wantPlain, wantScored := runScored(t, e, plain), runScored(t, e, scoredReq)
-	var got [2]scored
-	var wg sync.WaitGroup
-	for i, req := range []engine.Request{plain, scoredReq} {
-		wg.Go(func() { got[i] = runScored(t, e, req) })
-	}
-	wg.Wait()
+	got := runTogether(t, e, plain, scoredReq)
 	if !reflect.DeepEqual(got[0].ids, wantPlain.ids) {
 		t.Errorf("without logprobs: %v beside a logprobs request, %v alone", got[0].ids, wantPlain.ids)
 	}

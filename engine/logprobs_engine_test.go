@@ -49,6 +49,18 @@ func runScored(t *testing.T, e *engine.Engine, req engine.Request) scored {
 	return out
 }
 
+// runTogether runs the requests at once on e.
+func runTogether(t *testing.T, e *engine.Engine, reqs ...engine.Request) []scored {
+	t.Helper()
+	got := make([]scored, len(reqs))
+	var wg sync.WaitGroup
+	for i, req := range reqs {
+		wg.Go(func() { got[i] = runScored(t, e, req) })
+	}
+	wg.Wait()
+	return got
+}
+
 // TestLogprobsMatchModel checks the reported log probabilities of generated
 // and prompt tokens against a log-softmax of the fake model's logits,
 // computed here; with greedy decoding the drawn token is the most likely
@@ -143,12 +155,7 @@ func TestLogprobsBatchInvariant(t *testing.T) {
 			plain.Logprobs, plain.PromptLogprobs = false, false
 			runScored(t, e, plain)
 		}
-		got := make([]scored, len(reqs))
-		var wg sync.WaitGroup
-		for i, req := range reqs {
-			wg.Go(func() { got[i] = runScored(t, e, req) })
-		}
-		wg.Wait()
+		got := runTogether(t, e, reqs...)
 		for i := range reqs {
 			if !reflect.DeepEqual(got[i], want[i]) {
 				t.Errorf("%+v: request %d differs from its run alone:\n got %+v\nwant %+v", cfg, i, got[i], want[i])
@@ -176,12 +183,7 @@ func TestLogprobsDeviceSampling(t *testing.T) {
 	wantScored := runScored(t, host, scoredReq)
 
 	dev := newEngine(t, &enginetest.Model{DeviceSampling: true}, engine.Config{MaxActive: 4, MaxQueue: 4, StepTokens: 8})
-	var got [2]scored
-	var wg sync.WaitGroup
-	for i, req := range []engine.Request{plain, scoredReq} {
-		wg.Go(func() { got[i] = runScored(t, dev, req) })
-	}
-	wg.Wait()
+	got := runTogether(t, dev, plain, scoredReq)
 	if !reflect.DeepEqual(got[0].ids, wantGreedy.ids) {
 		t.Errorf("without logprobs: %v, want the device's draws %v", got[0].ids, wantGreedy.ids)
 	}

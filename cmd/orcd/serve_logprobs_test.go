@@ -7,11 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"orcd/backend/cpu"
-	"orcd/gguf"
 	"orcd/internal/testutil"
-	"orcd/model"
-	"orcd/tokenizer"
 )
 
 // TestServeLogprobsMatchModel serves a tiny GPT-2 on the cpu backend and
@@ -47,20 +43,7 @@ func TestServeLogprobsMatchModel(t *testing.T) {
 	}
 	got := body.Choices[0].Logprobs
 
-	f, err := gguf.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	tok, err := tokenizer.FromGGUF(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := model.Load(f, cpu.New(), model.LoadOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
+	m, tok := loadCPU(t, path)
 	var ids []int32
 	if tok.AddBOS() && tok.BOS() >= 0 {
 		ids = append(ids, tok.BOS())
