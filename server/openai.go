@@ -244,6 +244,19 @@ func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
 	text := make([]strings.Builder, n)
 	lps := make([]*completionLogprobs, n)
 	echoed := make([]bool, n)
+	// send adds text, and the log probabilities added since the last
+	// call, to choice i: a chunk, or the text kept for the answer.
+	send := func(i int, t string) {
+		if sse == nil {
+			text[i].WriteString(t)
+			return
+		}
+		c := completionChoice{Text: t, Index: i}
+		if lps[i] != nil {
+			c.Logprobs = lps[i].flushPart()
+		}
+		sse.event("", chunk(c))
+	}
 	// echo starts choice i with the prompt and, when asked, its tokens'
 	// log probabilities, known once the first choice has its first token.
 	echo := func(i int) {
@@ -257,17 +270,8 @@ func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
 				lps[i].addPrompt(s, job)
 			}
 		}
-		if !body.Echo {
-			return
-		}
-		if sse != nil {
-			c := completionChoice{Text: req.Prompt, Index: i}
-			if lps[i] != nil {
-				c.Logprobs = lps[i].flushPart()
-			}
-			sse.event("", chunk(c))
-		} else {
-			text[i].WriteString(req.Prompt)
+		if body.Echo {
+			send(i, req.Prompt)
 		}
 	}
 	if body.Stream {
@@ -278,15 +282,7 @@ func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
 		if lps[i] != nil {
 			lps[i].addGenerated(s, d.logprobs)
 		}
-		if sse != nil {
-			c := completionChoice{Text: d.text, Index: i}
-			if lps[i] != nil {
-				c.Logprobs = lps[i].flushPart()
-			}
-			sse.event("", chunk(c))
-		} else {
-			text[i].WriteString(d.text)
-		}
+		send(i, d.text)
 		return false
 	})
 	if err == nil {
