@@ -223,6 +223,9 @@ type Engine struct {
 	drawn    []int32 // per logits row: the device's draws
 	host     []int32 // the logits rows the host needs, ascending
 	params   []backend.SampleParams
+	// hostDraws is set once the model's logits have declined to draw on
+	// the device, which they then never do: steps read all rows at once.
+	hostDraws bool
 }
 
 // New returns an engine for cfg and starts its loop. The KV pool is

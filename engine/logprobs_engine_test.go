@@ -26,6 +26,12 @@ func runScored(t *testing.T, e *engine.Engine, req engine.Request) scored {
 	if err != nil {
 		t.Fatalf("submit: %v", err)
 	}
+	return runSubmitted(t, j, req)
+}
+
+// runSubmitted runs j, submitted with req, to the end.
+func runSubmitted(t *testing.T, j *engine.Job, req engine.Request) scored {
+	t.Helper()
 	var out scored
 	if _, err := j.Run(context.Background(), func(tok engine.Token) bool {
 		if tok.ID < 0 {
@@ -49,13 +55,21 @@ func runScored(t *testing.T, e *engine.Engine, req engine.Request) scored {
 	return out
 }
 
-// runTogether runs the requests at once on e.
+// runTogether submits the requests to e, all before any runs, and then
+// runs them at once.
 func runTogether(t *testing.T, e *engine.Engine, reqs ...engine.Request) []scored {
 	t.Helper()
+	jobs := make([]*engine.Job, len(reqs))
+	for i, req := range reqs {
+		var err error
+		if jobs[i], err = e.Submit(req); err != nil {
+			t.Fatalf("submit %d: %v", i, err)
+		}
+	}
 	got := make([]scored, len(reqs))
 	var wg sync.WaitGroup
 	for i, req := range reqs {
-		wg.Go(func() { got[i] = runScored(t, e, req) })
+		wg.Go(func() { got[i] = runSubmitted(t, jobs[i], req) })
 	}
 	wg.Wait()
 	return got

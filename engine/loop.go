@@ -422,7 +422,7 @@ func (e *Engine) sample(logits model.Logits, batch *model.Batch, jobs []*Job) ([
 func (e *Engine) readBack(logits model.Logits) (all bool, err error) {
 	rows := logits.Rows()
 	rr, byRow := logits.(model.RowReader)
-	if len(e.host) == 0 || byRow {
+	if !e.hostDraws && (len(e.host) == 0 || byRow) {
 		if len(e.host) > 0 {
 			e.picked = grow(e.picked, len(e.host)*e.vocab)
 			if err := rr.ReadRows(e.host, e.picked); err != nil {
@@ -430,9 +430,11 @@ func (e *Engine) readBack(logits model.Logits) (all bool, err error) {
 			}
 		}
 		e.drawn = slices.Grow(e.drawn[:0], rows)[:rows]
-		if done, err := logits.Sample(e.params, e.drawn); done || err != nil {
+		done, err := logits.Sample(e.params, e.drawn)
+		if done || err != nil {
 			return false, err
 		}
+		e.hostDraws = true // the model's logits never draw on the device
 	}
 	e.logits = grow(e.logits, rows*e.vocab)
 	return true, logits.Read(e.logits[:rows*e.vocab])

@@ -11,6 +11,7 @@ package model
 
 import (
 	"fmt"
+	"sync"
 
 	"orcd/backend"
 )
@@ -151,9 +152,19 @@ type RowReader interface {
 
 // deviceLogits are the Logits of a step run on a backend.
 type deviceLogits struct {
-	be   backend.Backend
-	t    backend.Tensor
-	rows int
+	be     backend.Backend
+	t      backend.Tensor
+	rows   int
+	picked *pickBuffers
+}
+
+// pickBuffers are the tensors ReadRows gathers rows into, kept by the
+// model from step to step under its mutex.
+type pickBuffers struct {
+	mu      *sync.Mutex
+	out     growable // rows × vocab
+	ids     growable // the rows' indexes
+	maxRows int
 }
 
 func (l *deviceLogits) Rows() int              { return l.rows }
@@ -168,7 +179,7 @@ func (l *deviceLogits) Sample(rows []backend.SampleParams, ids []int32) (bool, e
 }
 
 // ReadRows gathers the rows on the backend (Embed reads an F32 activation
-// as its table) into a tensor of their own, which it reads back and frees.
+// as its table) into a tensor of their own, and reads that back.
 func (l *deviceLogits) ReadRows(rows []int32, dst []float32) error {
 	if len(rows) == 0 {
 		return l.be.Sync()
@@ -180,18 +191,19 @@ func (l *deviceLogits) ReadRows(rows []int32, dst []float32) error {
 	}
 	vocab := backend.Cols(l.t)
 	if len(dst) != len(rows)*vocab {
-		return fmt.Errorf("model: ReadRows: %d values for %d rows of %d", len(dst), len(rows), vocab)
+		return fmt.Errorf("model: ReadRows: %d values for %d rows of %d values", len(dst), len(rows), vocab)
 	}
-	ids, err := l.be.NewI32(len(rows))
+	p := l.picked
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	ids, err := p.ids.i32(l.be, len(rows))
 	if err != nil {
 		return fmt.Errorf("model: ReadRows: %w", err)
 	}
-	defer l.be.Free(ids)
-	out, err := l.be.NewF32(len(rows), vocab)
+	out, err := p.out.f32(l.be, len(rows), vocab, p.maxRows)
 	if err != nil {
 		return fmt.Errorf("model: ReadRows: %w", err)
 	}
-	defer l.be.Free(out)
 	l.be.WriteI32(ids, rows)
 	l.be.Embed(out, l.t, ids)
 	return l.be.ReadF32(out, dst)

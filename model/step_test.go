@@ -72,11 +72,6 @@ func TestReadRows(t *testing.T) {
 	if !ok {
 		t.Fatal("the step's logits are no RowReader")
 	}
-	rows := []int32{3, 0, 2}
-	got := make([]float32, len(rows)*vocab)
-	if err := rr.ReadRows(rows, got); err != nil {
-		t.Fatal(err)
-	}
 	all := make([]float32, logits.Rows()*vocab)
 	if err := logits.Read(all); err != nil {
 		t.Fatal(err)
@@ -84,10 +79,18 @@ func TestReadRows(t *testing.T) {
 	if logits.Rows() != 4 {
 		t.Fatalf("%d rows, want 4", logits.Rows())
 	}
-	for i, r := range rows {
-		for c := range vocab {
-			if got[i*vocab+c] != all[int(r)*vocab+c] {
-				t.Fatalf("row %d (read as %d), column %d: %v, Read has %v", r, i, c, got[i*vocab+c], all[int(r)*vocab+c])
+	// The model's gather buffers are reused, smaller and then larger.
+	var got []float32
+	for _, rows := range [][]int32{{3, 0, 2}, {1}, {0, 1, 2, 3, 3}} {
+		got = make([]float32, len(rows)*vocab)
+		if err := rr.ReadRows(rows, got); err != nil {
+			t.Fatal(err)
+		}
+		for i, r := range rows {
+			for c := range vocab {
+				if got[i*vocab+c] != all[int(r)*vocab+c] {
+					t.Fatalf("rows %v: row %d (read as %d), column %d: %v, Read has %v", rows, r, i, c, got[i*vocab+c], all[int(r)*vocab+c])
+				}
 			}
 		}
 	}
