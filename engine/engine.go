@@ -222,6 +222,7 @@ type Engine struct {
 	lps      []*Logprobs
 	drawn    []int32 // per logits row: the device's draws
 	host     []int32 // the logits rows the host needs, ascending
+	tasks    []scoreTask
 	params   []backend.SampleParams
 	// hostDraws is set once the model's logits have declined to draw on
 	// the device, which they then never do: steps read all rows at once.

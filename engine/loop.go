@@ -2,8 +2,11 @@ package engine
 
 import (
 	"fmt"
+	"runtime"
 	"runtime/debug"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"orcd/backend"
@@ -403,16 +406,72 @@ func (e *Engine) sample(logits model.Logits, batch *model.Batch, jobs []*Job) ([
 					e.lps[i] = &lp
 				}
 			case data != nil && scores(j, ch.Pos+r) && ch.Pos+r == len(j.promptLP):
-				p := ch.Pos + r
-				j.promptLP = append(j.promptLP, j.sampler.Logprobs(data, j.tokens[:p+1], j.tokens[p+1], j.req.TopLogprobs))
-				if !j.scoring() {
-					j.box.setPrompt(j.promptLP)
-				}
+				e.tasks = append(e.tasks, scoreTask{j, len(j.promptLP), data})
+				j.promptLP = append(j.promptLP, Logprobs{})
 			}
 		}
 		row += k
 	}
+	scorePrompt(e.tasks)
+	for _, t := range e.tasks {
+		if t.pos == len(t.j.promptLP)-1 && !t.j.scoring() {
+			t.j.box.setPrompt(t.j.promptLP)
+		}
+	}
+	clear(e.tasks)
+	e.tasks = e.tasks[:0]
 	return e.ids, nil
+}
+
+// scoreTask is one prompt row to score: the logits of position pos of j,
+// for j.promptLP[pos], the log probabilities of the token after it.
+type scoreTask struct {
+	j    *Job
+	pos  int
+	data []float32
+}
+
+// scorePrompt runs the tasks on up to GOMAXPROCS goroutines, each with its
+// own sampler (only the parameters matter), so that a long prompt's rows
+// (a pass of exp over the vocabulary each) do not hold up the step for
+// long. A panic in one comes back on the caller's goroutine.
+func scorePrompt(tasks []scoreTask) {
+	run := func(s *Sampler, t scoreTask) *Sampler {
+		if s == nil || s.params != t.j.req.Sampling {
+			s = NewSampler(t.j.req.Sampling, 0)
+		}
+		j := t.j
+		j.promptLP[t.pos] = s.Logprobs(t.data, j.tokens[:t.pos+1], j.tokens[t.pos+1], j.req.TopLogprobs)
+		return s
+	}
+	workers := min(runtime.GOMAXPROCS(0), len(tasks))
+	if workers <= 1 {
+		var s *Sampler
+		for _, t := range tasks {
+			s = run(s, t)
+		}
+		return
+	}
+	var next atomic.Int64
+	var failed atomic.Value
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			defer func() {
+				if v := recover(); v != nil {
+					failed.CompareAndSwap(nil, fmt.Sprint(v))
+				}
+			}()
+			var s *Sampler
+			for n := int(next.Add(1)) - 1; n < len(tasks); n = int(next.Add(1)) - 1 {
+				s = run(s, tasks[n])
+			}
+		})
+	}
+	wg.Wait()
+	if v := failed.Load(); v != nil {
+		panic(v)
+	}
 }
 
 // readBack draws on the device what it can (into e.drawn) after reading
