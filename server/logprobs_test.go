@@ -277,3 +277,21 @@ func TestCompletionLogprobs(t *testing.T) {
 		t.Errorf("logprobs 0 without echo: %+v", lp)
 	}
 }
+
+// TestCompletionEchoAfterBOS: a prompt prefix the engine adds (BOS) is not
+// echoed, and the first echoed token, predicted from it, has a log
+// probability.
+func TestCompletionEchoAfterBOS(t *testing.T) {
+	m := &enginetest.Model{}
+	bos := enginetest.MustID("<|endoftext|>")
+	ts := newTestServer(t, m, "gpt2", engine.Config{PromptPrefix: []int32{bos}}, nil)
+	var c openAIResponse[completionLPChoice]
+	decodeBody(t, ts.post(t, "/v1/completions", map[string]any{"prompt": "ab", "max_tokens": 1, "logprobs": 1, "echo": true}), 200, &c)
+	lp := c.Choices[0].Logprobs
+	if lp == nil || len(lp.Tokens) != 3 || lp.Tokens[0] != "a" || lp.Tokens[1] != "b" || !strings.HasPrefix(c.Choices[0].Text, "ab") {
+		t.Fatalf("echo after BOS: %q %+v", c.Choices[0].Text, lp)
+	}
+	if want := testutil.LogSoftmax(m.Logits([]int32{bos}), 'a', 1); lp.TokenLogprobs[0] == nil || math.Abs(*lp.TokenLogprobs[0]-want) > 1e-9 {
+		t.Errorf("first echoed token: %v, want %v", lp.TokenLogprobs[0], want)
+	}
+}
