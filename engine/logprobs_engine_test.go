@@ -77,14 +77,27 @@ func runTogether(t *testing.T, e *engine.Engine, reqs ...engine.Request) []score
 
 // TestLogprobsMatchModel checks the reported log probabilities of generated
 // and prompt tokens against a log-softmax of the fake model's logits,
-// computed here; with greedy decoding the drawn token is the most likely
-// and its log probability the largest.
+// penalized and tempered here; with greedy decoding the drawn token is the
+// most likely and its log probability the largest.
 func TestLogprobsMatchModel(t *testing.T) {
 	m := &enginetest.Model{}
 	e := newEngine(t, m, engine.Config{BlockSize: 4})
-	for _, temp := range []float64{0, 0.7} {
+	for _, c := range []struct{ temp, penalty float64 }{{0, 1}, {0.7, 1}, {0.7, 1.3}} {
+		temp := c.temp
+		// The repetition penalty by its rule (CTRL): a positive logit of a
+		// token seen before is divided by it, another multiplied.
+		pen := func(logits []float32, history []int32) []float32 {
+			for _, id := range history {
+				if l := m.Logits(history)[id]; l > 0 {
+					logits[id] = float32(float64(l) / c.penalty)
+				} else {
+					logits[id] = float32(float64(l) * c.penalty)
+				}
+			}
+			return logits
+		}
 		req := request("Hello, world", 12)
-		req.Sampling.Temperature = temp
+		req.Sampling.Temperature, req.Sampling.RepetitionPenalty = temp, c.penalty
 		req.Logprobs, req.TopLogprobs, req.PromptLogprobs = true, 5, true
 		got := runScored(t, e, req)
 		prompt := enginetest.Tokenizer{}.Encode("Hello, world")
@@ -96,14 +109,14 @@ func TestLogprobsMatchModel(t *testing.T) {
 			scale = 1
 		}
 		for i, lp := range got.prompt {
-			logits := m.Logits(prompt[:i+1])
+			logits := pen(m.Logits(prompt[:i+1]), prompt[:i+1])
 			if lp.ID != prompt[i+1] || math.Abs(lp.Logprob-testutil.LogSoftmax(logits, prompt[i+1], scale)) > 1e-9 {
 				t.Errorf("T=%v: prompt token %d: %+v, want %d at %v", temp, i+1, lp.TokenLogprob, prompt[i+1], testutil.LogSoftmax(logits, prompt[i+1], scale))
 			}
 		}
 		seq := append([]int32(nil), prompt...)
 		for i, lp := range got.lps {
-			logits := m.Logits(seq)
+			logits := pen(m.Logits(seq), seq)
 			id := got.ids[i]
 			if lp.ID != id || math.Abs(lp.Logprob-testutil.LogSoftmax(logits, id, scale)) > 1e-9 {
 				t.Errorf("T=%v: token %d: %+v, want %d at %v", temp, i, lp.TokenLogprob, id, testutil.LogSoftmax(logits, id, scale))
