@@ -129,6 +129,18 @@ type Request struct {
 	// Stop strings end generation when they appear in the text; they are
 	// never emitted.
 	Stop []string
+	// Logprobs asks for each generated token's log probabilities
+	// (Token.Logprobs), with TopLogprobs alternatives (0 to
+	// MaxTopLogprobs). See Logprobs for the distribution. On a backend
+	// that samples on the device, such a request's rows are read back and
+	// drawn on the host (same distribution, other random numbers).
+	Logprobs    bool
+	TopLogprobs int
+	// PromptLogprobs asks for the log probabilities of the prompt's tokens
+	// after the first (Job.PromptLogprobs), with TopLogprobs alternatives.
+	// The prompt is then computed in full, never taken from the prefix
+	// cache, until they are known.
+	PromptLogprobs bool
 }
 
 // Token is one generated token and the text it releases. Text may be empty
@@ -141,6 +153,9 @@ type Token struct {
 	Index int   // 0 for the first generated token
 	ID    int32 // token id, or -1 for the final flush
 	Text  string
+	// Logprobs are the token's log probabilities when the request asked
+	// for them (Request.Logprobs); nil for the final flush.
+	Logprobs *Logprobs
 }
 
 // Result describes a finished request.
@@ -202,8 +217,16 @@ type Engine struct {
 	waiting  []*Job // FIFO; preempted sequences go back to the front
 	admitted uint64 // admissions so far, to order sequences
 	logits   []float32
-	ids      []int32
+	picked   []float32 // the rows read back for the host, on the device path
+	ids      []int32   // per chunk of the step: the token drawn, or -1
+	lps      []*Logprobs
+	drawn    []int32 // per logits row: the device's draws
+	host     []int32 // the logits rows the host needs, ascending
+	tasks    []scoreTask
 	params   []backend.SampleParams
+	// hostDraws is set once the model's logits have declined to draw on
+	// the device, which they then never do: steps read all rows at once.
+	hostDraws bool
 }
 
 // New returns an engine for cfg and starts its loop. The KV pool is
@@ -333,24 +356,41 @@ type Job struct {
 	order      uint64 // admission order (latest admission)
 	admittedAt time.Time
 	firstAt    time.Time
-	ran        bool // admitted at least once
+	ran        bool       // admitted at least once
+	promptLP   []Logprobs // the prompt's log probabilities so far (PromptLogprobs)
+	promptOut  []Logprobs // Run's copy of them, for PromptLogprobs
 }
 
 // mailbox carries a job's tokens and its end from the loop to Run.
 type mailbox struct {
-	mu   sync.Mutex
-	ids  []int32
-	done bool
-	res  Result
-	err  error
-	wake chan struct{}
+	mu     sync.Mutex
+	ids    []generated
+	prompt []Logprobs // the prompt's log probabilities, once all are known
+	done   bool
+	res    Result
+	err    error
+	wake   chan struct{}
 }
 
-func (b *mailbox) push(id int32) {
+// generated is one token for Run, with its log probabilities if asked.
+type generated struct {
+	id int32
+	lp *Logprobs
+}
+
+func (b *mailbox) push(id int32, lp *Logprobs) {
 	b.mu.Lock()
-	b.ids = append(b.ids, id)
+	b.ids = append(b.ids, generated{id, lp})
 	b.mu.Unlock()
 	b.signal()
+}
+
+// setPrompt hands Run the prompt's log probabilities, before the first
+// token.
+func (b *mailbox) setPrompt(lps []Logprobs) {
+	b.mu.Lock()
+	b.prompt = lps
+	b.mu.Unlock()
 }
 
 func (b *mailbox) finish(res Result, err error) {
@@ -369,10 +409,10 @@ func (b *mailbox) signal() {
 
 // take waits for tokens or the end and returns what has come, handing back
 // the buffer it was given for reuse.
-func (b *mailbox) take(buf []int32) (ids []int32, done bool, res Result, err error) {
+func (b *mailbox) take(buf []generated) (ids []generated, prompt []Logprobs, done bool, res Result, err error) {
 	for {
 		b.mu.Lock()
-		ids, done, res, err = b.ids, b.done, b.res, b.err
+		ids, prompt, done, res, err = b.ids, b.prompt, b.done, b.res, b.err
 		if len(ids) > 0 || done {
 			b.ids = buf[:0]
 			b.mu.Unlock()
@@ -398,6 +438,9 @@ func (e *Engine) Submit(req Request) (*Job, error) {
 			return nil, fmt.Errorf("engine: stop string %d is empty", i)
 		}
 	}
+	if req.TopLogprobs < 0 || req.TopLogprobs > MaxTopLogprobs {
+		return nil, fmt.Errorf("engine: top logprobs %d is outside [0, %d]", req.TopLogprobs, MaxTopLogprobs)
+	}
 	prompt := req.Tokens
 	if prompt == nil {
 		prompt = e.EncodePrompt(req.Prompt)
@@ -420,6 +463,9 @@ func (e *Engine) Submit(req Request) (*Job, error) {
 		j.seed = *req.Seed
 	}
 	j.box.wake = make(chan struct{}, 1)
+	if req.PromptLogprobs && len(prompt) == 1 {
+		j.box.prompt = []Logprobs{} // nothing to score: known at once
+	}
 	j.ctx, j.cancel = context.WithCancelCause(context.Background())
 	j.tokens = append(make([]int32, 0, len(prompt)+min(req.MaxTokens, e.cfg.CtxSize)), prompt...)
 	j.sampler = NewSampler(req.Sampling, j.seed)
@@ -446,8 +492,17 @@ func (e *Engine) Submit(req Request) (*Job, error) {
 // PromptTokens is the number of prompt tokens.
 func (j *Job) PromptTokens() int { return len(j.prompt) }
 
+// Prompt returns the prompt's tokens, which the caller must not change.
+func (j *Job) Prompt() []int32 { return j.prompt }
+
 // Seed is the sampler's seed: the request's, or one drawn for it.
 func (j *Job) Seed() uint64 { return j.seed }
+
+// PromptLogprobs are the log probabilities of the prompt's tokens after
+// the first (entry i is token i+1's) when the request asked for them
+// (Request.PromptLogprobs). They are known by Run's first emit and when Run
+// returns without an error; call it from Run's goroutine (emit included).
+func (j *Job) PromptLogprobs() []Logprobs { return j.promptOut }
 
 // stop ends the job with cause at the loop's next step.
 func (j *Job) stop(cause error) {
@@ -487,15 +542,18 @@ func (j *Job) Run(ctx context.Context, emit func(Token) bool) (Result, error) {
 	dec := e.cfg.Tokenizer.NewStreamDecoder()
 	stops := NewStopMatcher(j.req.Stop)
 	out, stopped := 0, false
-	var buf []int32
+	var buf []generated
 	for {
-		ids, done, res, err := j.box.take(buf)
-		for _, id := range ids {
+		ids, prompt, done, res, err := j.box.take(buf)
+		if prompt != nil && j.promptOut == nil {
+			j.promptOut = prompt // once: other goroutines may read it after the first token
+		}
+		for _, g := range ids {
 			if stopped {
 				break
 			}
-			text, hit := stops.Push(dec.Push(id))
-			if emit(Token{Index: out, ID: id, Text: text}) || hit {
+			text, hit := stops.Push(dec.Push(g.id))
+			if emit(Token{Index: out, ID: g.id, Text: text, Logprobs: g.lp}) || hit {
 				stopped = true
 				j.stop(errStopped)
 			}

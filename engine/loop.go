@@ -2,8 +2,11 @@ package engine
 
 import (
 	"fmt"
+	"runtime"
 	"runtime/debug"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"orcd/backend"
@@ -85,7 +88,10 @@ func (e *Engine) schedule(chunks []model.Chunk, jobs []*Job) ([]model.Chunk, []*
 	budget := e.cfg.StepTokens
 	add := func(j *Job, n int) {
 		mode := model.NoLogits
-		if j.computed+n == len(j.tokens) {
+		switch {
+		case j.scoring():
+			mode = model.AllLogits
+		case j.computed+n == len(j.tokens):
 			mode = model.LastLogits
 		}
 		chunks = append(chunks, model.Chunk{Tokens: j.tokens[j.computed : j.computed+n], Pos: j.computed, Tables: j.tables, Logits: mode, Decode: j.decoding()})
@@ -155,6 +161,12 @@ func (e *Engine) schedule(chunks []model.Chunk, jobs []*Job) ([]model.Chunk, []*
 	}
 }
 
+// scoring reports whether j still needs logits rows of its prompt, for
+// the prompt's log probabilities.
+func (j *Job) scoring() bool {
+	return j.req.PromptLogprobs && len(j.promptLP) < len(j.prompt)-1
+}
+
 // decoding reports whether j's one token left to compute is its last
 // generated one: a decode step, as opposed to (the rest of) a prompt.
 func (j *Job) decoding() bool {
@@ -207,7 +219,10 @@ func (e *Engine) preempt(j *Job) {
 func (e *Engine) admit(j *Job) bool {
 	m, bs := e.mgr, e.cfg.BlockSize
 	j.hashes = j.hashes.extend(j.tokens, bs)
-	hit, tables := m.match(j.hashes, len(j.tokens))
+	hit, tables := 0, [][]int32(nil)
+	if !j.scoring() { // cached blocks would skip the rows it needs
+		hit, tables = m.match(j.hashes, len(j.tokens))
+	}
 	need, total := 0, 0
 	for g := range m.groups {
 		want := m.blocksFor(g, len(j.tokens), min(len(j.tokens), e.cfg.StepTokens))
@@ -284,7 +299,7 @@ func (e *Engine) step(batch *model.Batch, jobs []*Job) {
 		}
 		return
 	}
-	tokens, row := 0, 0
+	tokens := 0
 	for i, j := range jobs {
 		ch := &batch.Chunks[i]
 		tokens += len(ch.Tokens)
@@ -293,11 +308,9 @@ func (e *Engine) step(batch *model.Batch, jobs []*Job) {
 			j.prefilled = j.computed
 		}
 		e.register(j)
-		if ch.Logits == model.NoLogits {
-			continue
+		if ids[i] >= 0 {
+			e.accept(j, ids[i], e.lps[i])
 		}
-		e.accept(j, ids[row])
-		row++
 	}
 	e.mu.Lock()
 	observe := e.observe
@@ -324,48 +337,212 @@ func (e *Engine) forward(batch *model.Batch, jobs []*Job) (ids []int32, err erro
 	return e.sample(logits, batch, jobs)
 }
 
-// sample draws the next token of every chunk that asked for logits, in
-// batch order.
+// sample draws the next token of every chunk that ends its sequence's
+// tokens and returns them per chunk (-1 for the others), their log
+// probabilities in e.lps when asked, and records the prompt log
+// probabilities of the rows that score a prompt.
+//
+// The draws are made on the device when the backend can, except for the
+// rows whose log probabilities are wanted: those rows alone are read back
+// first (the device's sampler may change the logits) and drawn on the host.
+// Otherwise all rows are read back and drawn on the host.
 func (e *Engine) sample(logits model.Logits, batch *model.Batch, jobs []*Job) ([]int32, error) {
-	rows := logits.Rows()
-	e.ids = slices.Grow(e.ids[:0], rows)[:rows]
-	e.params = e.params[:0]
+	n := len(jobs)
+	e.ids = slices.Grow(e.ids[:0], n)[:n]
+	e.lps = slices.Grow(e.lps[:0], n)[:n]
+	e.params, e.host = e.params[:0], e.host[:0]
+	rows := 0
 	for i, j := range jobs {
-		if batch.Chunks[i].Logits == model.NoLogits {
-			continue
+		ch := &batch.Chunks[i]
+		e.ids[i], e.lps[i] = -1, nil
+		k := rowsOf(ch)
+		for r := range k {
+			if r == k-1 && draws(j, ch) {
+				e.params = append(e.params, e.sampleParams(j))
+				if j.req.Logprobs {
+					e.host = append(e.host, int32(rows+r))
+				}
+				continue
+			}
+			// A row that only scores the prompt: the device draws greedily
+			// for nothing.
+			e.params = append(e.params, backend.SampleParams{RepetitionPenalty: 1, TopP: 1})
+			if scores(j, ch.Pos+r) {
+				e.host = append(e.host, int32(rows+r))
+			}
 		}
-		p := j.req.Sampling
-		sp := backend.SampleParams{
-			Temperature: float32(p.Temperature), TopP: float32(p.TopP), MinP: float32(p.MinP),
-			RepetitionPenalty: float32(p.RepetitionPenalty), TopK: int32(min(p.TopK, e.vocab)),
-			Seed: j.seed, Counter: uint64(len(j.tokens)),
-		}
-		if p.RepetitionPenalty != 1 {
-			sp.Penalized = distinct(j.tokens)
-		}
-		e.params = append(e.params, sp)
+		rows += k
 	}
-	if len(e.params) != rows {
-		return nil, fmt.Errorf("engine: %d logits rows for %d sequences", rows, len(e.params))
+	if logits.Rows() != rows {
+		return nil, fmt.Errorf("engine: %d logits rows for %d wanted", logits.Rows(), rows)
 	}
-	if done, err := logits.Sample(e.params, e.ids); done || err != nil {
-		return e.ids, err
-	}
-	if need := rows * e.vocab; len(e.logits) < need {
-		e.logits = make([]float32, need)
-	}
-	if err := logits.Read(e.logits[:rows*e.vocab]); err != nil {
+	all, err := e.readBack(logits)
+	if err != nil {
 		return nil, err
 	}
-	row := 0
+	row, next := 0, 0 // next: the index in e.host of the next row read back
 	for i, j := range jobs {
-		if batch.Chunks[i].Logits == model.NoLogits {
-			continue
+		ch := &batch.Chunks[i]
+		k := rowsOf(ch)
+		for r := range k {
+			var data []float32
+			switch {
+			case all:
+				data = e.logits[(row+r)*e.vocab : (row+r+1)*e.vocab]
+			case next < len(e.host) && int(e.host[next]) == row+r:
+				data = e.picked[next*e.vocab : (next+1)*e.vocab]
+				next++
+			}
+			switch {
+			case r == k-1 && draws(j, ch):
+				if data == nil {
+					e.ids[i] = e.drawn[row+r]
+					continue
+				}
+				id := j.sampler.Sample(data, j.tokens)
+				e.ids[i] = id
+				if j.req.Logprobs {
+					lp := j.sampler.Logprobs(data, j.tokens, id, j.req.TopLogprobs)
+					e.lps[i] = &lp
+				}
+			case data != nil && scores(j, ch.Pos+r) && ch.Pos+r == len(j.promptLP):
+				e.tasks = append(e.tasks, scoreTask{j, len(j.promptLP), data})
+				j.promptLP = append(j.promptLP, Logprobs{})
+			}
 		}
-		e.ids[row] = j.sampler.Sample(e.logits[row*e.vocab:(row+1)*e.vocab], j.tokens)
-		row++
+		row += k
 	}
+	scorePrompt(e.tasks)
+	for _, t := range e.tasks {
+		if t.pos == len(t.j.promptLP)-1 && !t.j.scoring() {
+			t.j.box.setPrompt(t.j.promptLP)
+		}
+	}
+	clear(e.tasks)
+	e.tasks = e.tasks[:0]
 	return e.ids, nil
+}
+
+// scoreTask is one prompt row to score: the logits of position pos of j,
+// for j.promptLP[pos], the log probabilities of the token after it.
+type scoreTask struct {
+	j    *Job
+	pos  int
+	data []float32
+}
+
+// scorePrompt runs the tasks on up to GOMAXPROCS goroutines, each with its
+// own sampler (only the parameters matter), so that a long prompt's rows
+// (a pass of exp over the vocabulary each) do not hold up the step for
+// long. A panic in one comes back on the caller's goroutine.
+func scorePrompt(tasks []scoreTask) {
+	run := func(s *Sampler, t scoreTask) *Sampler {
+		if s == nil || s.params != t.j.req.Sampling {
+			s = NewSampler(t.j.req.Sampling, 0)
+		}
+		j := t.j
+		j.promptLP[t.pos] = s.Logprobs(t.data, j.tokens[:t.pos+1], j.tokens[t.pos+1], j.req.TopLogprobs)
+		return s
+	}
+	workers := min(runtime.GOMAXPROCS(0), len(tasks))
+	if workers <= 1 {
+		var s *Sampler
+		for _, t := range tasks {
+			s = run(s, t)
+		}
+		return
+	}
+	var next atomic.Int64
+	var failed atomic.Value
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			defer func() {
+				if v := recover(); v != nil {
+					failed.CompareAndSwap(nil, fmt.Sprint(v))
+				}
+			}()
+			var s *Sampler
+			for n := int(next.Add(1)) - 1; n < len(tasks); n = int(next.Add(1)) - 1 {
+				s = run(s, tasks[n])
+			}
+		})
+	}
+	wg.Wait()
+	if v := failed.Load(); v != nil {
+		panic(v)
+	}
+}
+
+// readBack draws on the device what it can (into e.drawn) after reading
+// the rows in e.host into e.picked, and reports false; or, when the device
+// cannot draw or the rows cannot be read alone, reads every row into
+// e.logits and reports true.
+func (e *Engine) readBack(logits model.Logits) (all bool, err error) {
+	rows := logits.Rows()
+	rr, byRow := logits.(model.RowReader)
+	if !e.hostDraws && (len(e.host) == 0 || byRow) {
+		if len(e.host) > 0 {
+			e.picked = grow(e.picked, len(e.host)*e.vocab)
+			if err := rr.ReadRows(e.host, e.picked); err != nil {
+				return false, err
+			}
+		}
+		e.drawn = slices.Grow(e.drawn[:0], rows)[:rows]
+		done, err := logits.Sample(e.params, e.drawn)
+		if done || err != nil {
+			return false, err
+		}
+		e.hostDraws = true // the model's logits never draw on the device
+	}
+	e.logits = grow(e.logits, rows*e.vocab)
+	return true, logits.Read(e.logits[:rows*e.vocab])
+}
+
+// grow returns buf with room for n values, reallocated when too short.
+func grow(buf []float32, n int) []float32 {
+	if len(buf) < n {
+		return make([]float32, n)
+	}
+	return buf[:n]
+}
+
+// rowsOf is the number of logits rows a chunk gets.
+func rowsOf(ch *model.Chunk) int {
+	switch ch.Logits {
+	case model.LastLogits:
+		return 1
+	case model.AllLogits:
+		return len(ch.Tokens)
+	}
+	return 0
+}
+
+// draws reports whether the chunk's last row draws j's next token: the
+// chunk ends j's tokens and asks for logits.
+func draws(j *Job, ch *model.Chunk) bool {
+	return ch.Logits != model.NoLogits && ch.Pos+len(ch.Tokens) == len(j.tokens)
+}
+
+// scores reports whether the logits row of position p scores a prompt
+// token of j (the one after p) whose log probability is not known yet.
+// Positions come in order, so such a row is the next one to score.
+func scores(j *Job, p int) bool {
+	return j.req.PromptLogprobs && p >= len(j.promptLP) && p+1 < len(j.prompt)
+}
+
+// sampleParams are j's settings for the device's sampler.
+func (e *Engine) sampleParams(j *Job) backend.SampleParams {
+	p := j.req.Sampling
+	sp := backend.SampleParams{
+		Temperature: float32(p.Temperature), TopP: float32(p.TopP), MinP: float32(p.MinP),
+		RepetitionPenalty: float32(p.RepetitionPenalty), TopK: int32(min(p.TopK, e.vocab)),
+		Seed: j.seed, Counter: uint64(len(j.tokens)),
+	}
+	if p.RepetitionPenalty != 1 {
+		sp.Penalized = distinct(j.tokens)
+	}
+	return sp
 }
 
 // distinct returns the distinct tokens of ids.
@@ -399,7 +576,7 @@ func (e *Engine) register(j *Job) {
 
 // accept handles j's new token: the end of generation, or one more token
 // for Run, after which the budget or the context may be spent.
-func (e *Engine) accept(j *Job, id int32) {
+func (e *Engine) accept(j *Job, id int32, lp *Logprobs) {
 	if j.firstAt.IsZero() {
 		j.firstAt = time.Now()
 	}
@@ -409,7 +586,7 @@ func (e *Engine) accept(j *Job, id int32) {
 	}
 	j.tokens = append(j.tokens, id)
 	j.generated++
-	j.box.push(id)
+	j.box.push(id, lp)
 	switch {
 	case j.generated >= j.req.MaxTokens:
 		e.end(j, StopMaxTokens, -1, nil)

@@ -11,3 +11,7 @@ func (e *Engine) EncodePrompt(text string) []int32 {
 	}
 	return append(append(make([]int32, 0, len(e.cfg.PromptPrefix)+len(ids)), e.cfg.PromptPrefix...), ids...)
 }
+
+// PrefixTokens is the number of tokens EncodePrompt puts before a text
+// prompt's own (Config.PromptPrefix).
+func (e *Engine) PrefixTokens() int { return len(e.cfg.PromptPrefix) }

@@ -294,3 +294,33 @@ func TestTypeScriptSchemas(t *testing.T) {
 		t.Error("100 levels of nesting parsed")
 	}
 }
+
+// TestParserInContent follows InContent through an answer: true only in
+// the body of a message for the user (final, or commentary without a
+// recipient), never in headers, reasoning or tool calls.
+func TestParserInContent(t *testing.T) {
+	p := NewParser()
+	steps := []struct {
+		special, text string
+		want          bool // InContent after the step
+	}{
+		{TokenChannel, "", false}, {"", "analysis", false}, {TokenMessage, "", false}, {"", "thinking", false},
+		{TokenEnd, "", false}, {TokenStart, "", false}, {"", "assistant", false},
+		{TokenChannel, "", false}, {"", "commentary to=functions.f ", false}, {TokenConstrain, "", false}, {"", "json", false},
+		{TokenMessage, "", false}, {"", "{}", false}, {TokenEnd, "", false},
+		{TokenStart, "", false}, {"", "assistant", false}, {TokenChannel, "", false}, {"", "commentary", false},
+		{TokenMessage, "", true}, {"", "one moment", true}, {TokenEnd, "", false},
+		{TokenStart, "", false}, {"", "assistant", false}, {TokenChannel, "", false}, {"", "final", false},
+		{TokenMessage, "", true}, {"", "Hi", true}, {TokenReturn, "", false},
+	}
+	for i, s := range steps {
+		if s.special != "" {
+			p.Special(s.special)
+		} else {
+			p.Text(s.text)
+		}
+		if got := p.InContent(); got != s.want {
+			t.Errorf("step %d (%q%q): InContent %v, want %v", i, s.special, s.text, got, s.want)
+		}
+	}
+}

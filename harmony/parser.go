@@ -124,6 +124,10 @@ func (p *Parser) Text(s string) []Event {
 // <|call|>), or "" if the output has not ended.
 func (p *Parser) Stop() string { return p.stop }
 
+// InContent reports whether text fed now would be Content: the parser is
+// in the body of a message for the user.
+func (p *Parser) InContent() bool { return p.state == inContent && p.kind == Content }
+
 // ToolCalls is the number of tool calls seen.
 func (p *Parser) ToolCalls() int { return p.toolCalls }
 

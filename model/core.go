@@ -26,6 +26,7 @@ type core[B stepBuffers[B]] struct {
 	haveBufs bool
 	tables   []growable // per KV group: the block tables, nSeq × stride
 	logits   growable   // rows × vocab
+	picked   pickBuffers
 	in       stepInput
 	nextKV   int
 }
@@ -59,6 +60,8 @@ func (m *core[B]) Close() error {
 		m.tables[i].free(m.be)
 	}
 	m.logits.free(m.be)
+	m.picked.out.free(m.be)
+	m.picked.ids.free(m.be)
 	for _, t := range m.weights {
 		m.be.Free(t)
 	}
@@ -334,7 +337,8 @@ func (m *core[B]) stepLocked(kv *kvPool, b *Batch, alloc func() (B, error), ops 
 	if rows == 0 {
 		return &deviceLogits{be: be}, be.Sync()
 	}
-	return &deviceLogits{be: be, t: v.logits, rows: rows}, be.Err()
+	m.picked.mu, m.picked.maxRows = &m.mu, m.cfg.MaxBatch
+	return &deviceLogits{be: be, t: v.logits, rows: rows, picked: &m.picked}, be.Err()
 }
 
 // forward is Model.Forward for both architectures: it splits the tokens

@@ -9,7 +9,12 @@
 // Model.Forward is the one-sequence convenience on top of it.
 package model
 
-import "orcd/backend"
+import (
+	"fmt"
+	"sync"
+
+	"orcd/backend"
+)
 
 // Config is what the rest of orcd needs to know about a loaded model.
 type Config struct {
@@ -134,11 +139,32 @@ type Logits interface {
 	Sample(rows []backend.SampleParams, ids []int32) (bool, error)
 }
 
+// RowReader is an optional Logits interface: reading some rows only, so
+// that a step whose tokens are drawn on the device (Logits.Sample) can
+// still bring the few rows that the host needs (log probabilities) back
+// without copying all of them.
+type RowReader interface {
+	// ReadRows waits for the step and copies the given rows (indexes
+	// below Rows()) to dst, len(rows)·VocabSize values, in the order
+	// given. It returns the step's error, if any.
+	ReadRows(rows []int32, dst []float32) error
+}
+
 // deviceLogits are the Logits of a step run on a backend.
 type deviceLogits struct {
-	be   backend.Backend
-	t    backend.Tensor
-	rows int
+	be     backend.Backend
+	t      backend.Tensor
+	rows   int
+	picked *pickBuffers
+}
+
+// pickBuffers are the tensors ReadRows gathers rows into, kept by the
+// model from step to step under its mutex.
+type pickBuffers struct {
+	mu      *sync.Mutex
+	out     growable // rows × vocab
+	ids     growable // the rows' indexes
+	maxRows int
 }
 
 func (l *deviceLogits) Rows() int              { return l.rows }
@@ -150,6 +176,37 @@ func (l *deviceLogits) Sample(rows []backend.SampleParams, ids []int32) (bool, e
 		return false, nil
 	}
 	return true, s.Sample(l.t, rows, ids)
+}
+
+// ReadRows gathers the rows on the backend (Embed reads an F32 activation
+// as its table) into a tensor of their own, and reads that back.
+func (l *deviceLogits) ReadRows(rows []int32, dst []float32) error {
+	if len(rows) == 0 {
+		return l.be.Sync()
+	}
+	for _, r := range rows {
+		if r < 0 || int(r) >= l.rows {
+			return fmt.Errorf("model: ReadRows: row %d is outside the step's %d rows", r, l.rows)
+		}
+	}
+	vocab := backend.Cols(l.t)
+	if len(dst) != len(rows)*vocab {
+		return fmt.Errorf("model: ReadRows: %d values for %d rows of %d values", len(dst), len(rows), vocab)
+	}
+	p := l.picked
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	ids, err := p.ids.i32(l.be, len(rows))
+	if err != nil {
+		return fmt.Errorf("model: ReadRows: %w", err)
+	}
+	out, err := p.out.f32(l.be, len(rows), vocab, p.maxRows)
+	if err != nil {
+		return fmt.Errorf("model: ReadRows: %w", err)
+	}
+	l.be.WriteI32(ids, rows)
+	l.be.Embed(out, l.t, ids)
+	return l.be.ReadF32(out, dst)
 }
 
 func (l *deviceLogits) Read(dst []float32) error {

@@ -48,3 +48,56 @@ func TestStepErrors(t *testing.T) {
 		t.Errorf("sliding group with its out-of-window block given back: %v", err)
 	}
 }
+
+// TestReadRows reads chosen rows of a step's logits (RowReader) and
+// compares them with the same rows of Read, and refuses rows outside the
+// step and a destination of the wrong size.
+func TestReadRows(t *testing.T) {
+	m := loadFixtureModel(t, "gpt2_tied_q8", 8)
+	vocab := m.Config().VocabSize
+	kv, err := m.NewKV(8, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer kv.Free()
+	batch := &Batch{Chunks: []Chunk{
+		{Tokens: []int32{5, 6, 7}, Tables: [][]int32{{0}}, Logits: AllLogits},
+		{Tokens: []int32{9, 10}, Tables: [][]int32{{1}}, Logits: LastLogits},
+	}}
+	logits, err := m.Step(kv, batch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rr, ok := logits.(RowReader)
+	if !ok {
+		t.Fatal("the step's logits are no RowReader")
+	}
+	all := make([]float32, logits.Rows()*vocab)
+	if err := logits.Read(all); err != nil {
+		t.Fatal(err)
+	}
+	if logits.Rows() != 4 {
+		t.Fatalf("%d rows, want 4", logits.Rows())
+	}
+	// The model's gather buffers are reused, smaller and then larger.
+	var got []float32
+	for _, rows := range [][]int32{{3, 0, 2}, {1}, {0, 1, 2, 3, 3}} {
+		got = make([]float32, len(rows)*vocab)
+		if err := rr.ReadRows(rows, got); err != nil {
+			t.Fatal(err)
+		}
+		for i, r := range rows {
+			for c := range vocab {
+				if got[i*vocab+c] != all[int(r)*vocab+c] {
+					t.Fatalf("rows %v: row %d (read as %d), column %d: %v, Read has %v", rows, r, i, c, got[i*vocab+c], all[int(r)*vocab+c])
+				}
+			}
+		}
+	}
+	if err := rr.ReadRows([]int32{4}, got[:vocab]); err == nil || !strings.Contains(err.Error(), "row 4 is outside the step's 4 rows") {
+		t.Errorf("row 4 of 4: %v", err)
+	}
+	if err := rr.ReadRows([]int32{1}, got); err == nil || !strings.Contains(err.Error(), "for 1 rows") {
+		t.Errorf("wrong destination size: %v", err)
+	}
+}

@@ -23,6 +23,8 @@ type chatRequest struct {
 	ToolChoice          json.RawMessage `json:"tool_choice"`
 	ParallelToolCalls   *bool           `json:"parallel_tool_calls"`
 	ReasoningEffort     string          `json:"reasoning_effort"`
+	Logprobs            *bool           `json:"logprobs"`
+	TopLogprobs         *int            `json:"top_logprobs"`
 }
 
 type chatMessage struct {
@@ -270,6 +272,7 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 	type choiceOutput struct {
 		content, reasoning strings.Builder
 		calls              []chatToolCall
+		logprobs           []engine.Logprobs
 	}
 	got := make([]choiceOutput, n)
 	if body.Stream {
@@ -299,8 +302,13 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 			c.calls[idx].Function.Arguments += d.text
 			m.ToolCalls = []chatToolCall{{Index: &idx, Function: chatFunction{Arguments: d.text}}}
 		}
+		c.logprobs = append(c.logprobs, d.logprobs...)
 		if sse != nil {
-			sse.event("", chunk(chatChoice{Index: i, Delta: &m}))
+			ch := chatChoice{Index: i, Delta: &m}
+			if d.logprobs != nil {
+				ch.Logprobs = s.chatLogprobsOf(d.logprobs)
+			}
+			sse.event("", chunk(ch))
 		}
 		return false
 	})
@@ -326,6 +334,9 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 			}
 			msg.ToolCalls = c.calls
 			choices[i] = chatChoice{Index: i, Message: msg, FinishReason: &finish}
+			if req.Logprobs {
+				choices[i].Logprobs = s.chatLogprobsOf(c.logprobs)
+			}
 		}
 		c := chunk(choices...)
 		if sse == nil {
@@ -372,6 +383,9 @@ func (s *Server) chatRequest(body *chatRequest) (engine.Request, error) {
 	req, err := s.request(body.commonFields, maxTokens)
 	if err == nil {
 		err = checkChoices(body)
+	}
+	if err == nil {
+		err = chatLogprobsRequest(body, &req)
 	}
 	if err == nil {
 		err = s.chatPrompt(body, &req)

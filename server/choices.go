@@ -134,6 +134,9 @@ func (s *Server) runChoices(r *http.Request, first *engine.Job, req engine.Reque
 			}
 			ri := req
 			ri.ID = fmt.Sprintf("%s-%d", req.ID, i)
+			// The first choice scores the prompt for all; the others
+			// share its prefill through the prefix cache.
+			ri.PromptLogprobs = false
 			seed := first.Seed() + uint64(i)
 			ri.Seed = &seed
 			job, err := s.cfg.Engine.Submit(ri)

@@ -77,9 +77,26 @@ func sample(t *testing.T, req engine.Request) {
 		seed = *req.Seed
 	}
 	history := []int32{1, 2, 3, -1, int32(enginetest.VocabSize)}
+	if req.TopLogprobs < 0 || req.TopLogprobs > engine.MaxTopLogprobs || !req.Logprobs && req.TopLogprobs > 0 {
+		t.Fatalf("accepted %d alternatives (logprobs %v)", req.TopLogprobs, req.Logprobs)
+	}
 	for _, logits := range fuzzLogits {
-		if id := engine.NewSampler(req.Sampling, seed).Sample(logits, history); id < 0 || int(id) >= len(logits) {
+		s := engine.NewSampler(req.Sampling, seed)
+		id := s.Sample(logits, history)
+		if id < 0 || int(id) >= len(logits) {
 			t.Fatalf("sampled %d from %d logits", id, len(logits))
+		}
+		if !req.Logprobs {
+			continue
+		}
+		lp := s.Logprobs(logits, history, id, req.TopLogprobs)
+		if len(lp.Top) > req.TopLogprobs {
+			t.Fatalf("%d alternatives, %d asked", len(lp.Top), req.TopLogprobs)
+		}
+		for _, v := range append(lp.Top, lp.TokenLogprob) {
+			if !(v.Logprob >= engine.MinLogprob && v.Logprob <= 0) {
+				t.Fatalf("log probability %v of token %d", v.Logprob, v.ID)
+			}
 		}
 	}
 }
@@ -147,6 +164,8 @@ func FuzzCompletionRequest(f *testing.F) {
 		`{"prompt":["a","b"]}`, `{"prompt":7}`, `{"prompt":"a","stop":[1]}`, `{"prompt":"a","model":"other"}`,
 		`{"prompt":"a","max_tokens":1e3}`, `{"prompt":"a","temperature":-0}`, `{"prompt":"a","Stream":true}`,
 		`{"prompt":"a","n":8,"metadata":{"a":"b"},"new":[1,{"x":null}],"logprobs":true}`,
+		`{"prompt":"a","logprobs":20,"echo":true,"temperature":0}`, `{"prompt":"a","logprobs":-3}`, `{"prompt":"a","logprobs":null,"echo":false}`,
+		`{"prompt":"a","logprobs":1e30}`, `{"prompt":"a","echo":1}`,
 	} {
 		f.Add([]byte(body))
 	}
@@ -179,6 +198,10 @@ func FuzzChatRequest(f *testing.F) {
 		`{"messages":[{"role":"user","content":"hi"}],"top_k":9223372036854775807}`,
 		`{"messages":[{"role":"user","content":5}]}`, `{"messages":[]}`,
 		`{"messages":[{"role":"user","content":"hi","x":1}],"n":2,"tool_choice":{"type":"function","function":{"name":"f"}},"parallel_tool_calls":false}`,
+		`{"messages":[{"role":"user","content":"hi"}],"logprobs":true,"top_logprobs":20,"temperature":0.3,"repetition_penalty":1.5}`,
+		`{"messages":[{"role":"user","content":"hi"}],"logprobs":false,"top_logprobs":1}`,
+		`{"messages":[{"role":"user","content":"hi"}],"logprobs":null,"top_logprobs":0}`,
+		`{"messages":[{"role":"user","content":"hi"}],"logprobs":"yes","top_logprobs":2.5}`,
 	} {
 		f.Add([]byte(body))
 	}

@@ -185,6 +185,10 @@ func finishReason(res engine.Result, toolCalls int) string {
 type completionRequest struct {
 	commonFields
 	Prompt *stringList `json:"prompt"`
+	// Logprobs is the number of alternatives per token (null: no log
+	// probabilities); Echo puts the prompt before the output.
+	Logprobs *int `json:"logprobs"`
+	Echo     bool `json:"echo"`
 }
 
 type completionChoice struct {
@@ -207,7 +211,7 @@ func (s *Server) completionRequest(body completionRequest) (engine.Request, erro
 		return req, invalid("prompt: must be one non-empty string")
 	}
 	req.Prompt = (*body.Prompt)[0]
-	return req, nil
+	return req, completionLogprobsRequest(&body, &req)
 }
 
 // handleCompletions serves POST /v1/completions: one string prompt, n
@@ -238,23 +242,63 @@ func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
 	}
 	var sse *sseWriter
 	text := make([]strings.Builder, n)
+	lps := make([]*completionLogprobs, n)
+	echoed := make([]bool, n)
+	// send adds text, and the log probabilities added since the last
+	// call, to choice i: a chunk, or the text kept for the answer.
+	send := func(i int, t string) {
+		if sse == nil {
+			text[i].WriteString(t)
+			return
+		}
+		c := completionChoice{Text: t, Index: i}
+		if lps[i] != nil {
+			c.Logprobs = lps[i].flushPart()
+		}
+		sse.event("", chunk(c))
+	}
+	// echo starts choice i with the prompt and, when asked, its tokens'
+	// log probabilities, known once the first choice has its first token.
+	echo := func(i int) {
+		if echoed[i] {
+			return
+		}
+		echoed[i] = true
+		if req.Logprobs {
+			lps[i] = newCompletionLogprobs()
+			if body.Echo {
+				lps[i].addPrompt(s, job)
+			}
+		}
+		if body.Echo {
+			send(i, req.Prompt)
+		}
+	}
 	if body.Stream {
 		sse = startSSE(w)
 	}
 	results, err := s.runChoices(r, job, req, s.metrics.clock(arrival), outs, func(i int, d delta) bool {
-		if sse != nil {
-			sse.event("", chunk(completionChoice{Text: d.text, Index: i}))
-		} else {
-			text[i].WriteString(d.text)
+		echo(i)
+		if lps[i] != nil {
+			lps[i].addGenerated(s, d.logprobs)
 		}
+		send(i, d.text)
 		return false
 	})
+	if err == nil {
+		for i := range n {
+			echo(i) // the choices that generated nothing
+		}
+	}
 	res := sumResults(results)
 	s.finishOpenAI(w, r, endpoint, sse, job, res, err, func() any {
 		choices := make([]completionChoice, n)
 		for i := range choices {
 			finish := finishReason(results[i], 0)
 			choices[i] = completionChoice{Text: text[i].String(), Index: i, FinishReason: &finish}
+			if sse == nil && lps[i] != nil {
+				choices[i].Logprobs = lps[i]
+			}
 		}
 		c := chunk(choices...)
 		if sse == nil {
@@ -275,6 +319,9 @@ type delta struct {
 	text      string
 	toolIndex int
 	toolName  string
+	// logprobs are those of the tokens reported (see logprobsCarrier) since
+	// the last delta, when the request asked for them.
+	logprobs []engine.Logprobs
 }
 
 type deltaKind int
@@ -284,6 +331,7 @@ const (
 	deltaReasoning
 	deltaToolStart
 	deltaToolArgs
+	deltaLogprobs // log probabilities only: their tokens' text is held or not shown
 )
 
 // outputParser turns generated tokens into deltas.
@@ -311,12 +359,22 @@ func (plainOutput) toolCalls() int  { return 0 }
 
 // runJob runs job, passing parsed output to emit (which returns true to
 // stop), and records the token timings on clock.
+//
+// Log probabilities of generated tokens ride on the next delta emitted, or
+// on a deltaLogprobs delta at the end.
 func (s *Server) runJob(r *http.Request, job *engine.Job, clock *tokenClock, out outputParser, emit func(delta) bool) (engine.Result, error) {
+	var lps []engine.Logprobs // not yet on a delta
 	res, err := job.Run(r.Context(), func(tok engine.Token) bool {
 		if tok.ID >= 0 {
 			clock.tick()
 		}
+		if tok.Logprobs != nil && reports(out, tok) {
+			lps = append(lps, *tok.Logprobs)
+		}
 		deltas, stop := out.token(tok)
+		if len(deltas) > 0 && lps != nil {
+			deltas[len(deltas)-1].logprobs, lps = lps, nil
+		}
 		for _, d := range deltas {
 			if emit(d) {
 				stop = true
@@ -324,7 +382,14 @@ func (s *Server) runJob(r *http.Request, job *engine.Job, clock *tokenClock, out
 		}
 		return stop
 	})
-	for _, d := range out.finish() {
+	rest := out.finish()
+	if lps != nil {
+		if len(rest) == 0 {
+			rest = []delta{{kind: deltaLogprobs}}
+		}
+		rest[len(rest)-1].logprobs = lps
+	}
+	for _, d := range rest {
 		emit(d)
 	}
 	return res, err

@@ -87,6 +87,11 @@ type clientResult struct {
 		Items, StreamedItems []clientItem
 		Next                 string
 	}
+	Logprobs struct {
+		Content, Streamed []chatTokenLogprob
+		CompletionText    string
+		Completion        *completionLogprobs
+	}
 	BadRequest *struct {
 		Status     int
 		Type       string
@@ -175,6 +180,26 @@ func TestOpenAINodeClient(t *testing.T) {
 	}
 	if rt.Next != "Hello, wörld!" {
 		t.Errorf("responses after the tool result: %q", rt.Next)
+	}
+	// The scripted model makes every token certain.
+	lp := r.Logprobs
+	var content []byte
+	for _, e := range lp.Content {
+		for _, b := range e.Bytes {
+			content = append(content, byte(b))
+		}
+		if e.Logprob != 0 || len(e.TopLogprobs) != 1 {
+			t.Errorf("logprobs entry %+v", e)
+		}
+	}
+	if string(content) != "Hello, wörld!" || !slices.EqualFunc(lp.Content, lp.Streamed, func(a, b chatTokenLogprob) bool {
+		return a.Token == b.Token && a.Logprob == b.Logprob && slices.Equal(a.Bytes, b.Bytes)
+	}) {
+		t.Errorf("chat logprobs: content bytes %q, %d entries, %d streamed", content, len(lp.Content), len(lp.Streamed))
+	}
+	if c := lp.Completion; !strings.HasPrefix(lp.CompletionText, "Hello") || c == nil || len(c.Tokens) < 5 ||
+		strings.Join(c.Tokens[:5], "") != "Hello" || c.TokenLogprobs[0] != nil || c.TokenLogprobs[1] == nil || c.TextOffset[4] != 4 {
+		t.Errorf("completion logprobs: %q %+v", lp.CompletionText, c)
 	}
 	if b := r.BadRequest; b == nil || b.Status != 400 || !b.IsAPIError || b.Type != "invalid_request_error" {
 		t.Errorf("bad request: %+v", b)

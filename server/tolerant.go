@@ -36,10 +36,8 @@ var mootFields = map[string]bool{
 // struct's field is no longer unknown and never gets here.
 var unimplementedFields = map[string]string{
 	"logit_bias":         "logit biases are not supported",
-	"logprobs":           "log probabilities are not supported yet",
-	"top_logprobs":       "log probabilities are not supported yet",
+	"top_logprobs":       "log probabilities are supported on chat and completions only",
 	"response_format":    "structured output is not supported yet",
-	"echo":               "echoing the prompt is not supported",
 	"suffix":             "insertion (suffix) is not supported",
 	"best_of":            "best_of is not supported; use n",
 	"prediction":         "predicted outputs are not supported",

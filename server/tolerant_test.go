@@ -53,12 +53,17 @@ func TestTolerantRequests(t *testing.T) {
 		path, body, param string
 	}{
 		{"/v1/chat/completions", `{` + msgs + `,"logit_bias":{"5":1}}`, "logit_bias"},
-		{"/v1/chat/completions", `{` + msgs + `,"logprobs":true}`, "logprobs"},
+		{"/v1/chat/completions", `{` + msgs + `,"top_logprobs":3}`, "top_logprobs"},
+		{"/v1/chat/completions", `{` + msgs + `,"logprobs":true,"top_logprobs":21}`, "top_logprobs"},
+		{"/v1/chat/completions", `{` + msgs + `,"logprobs":true,"top_logprobs":-1}`, "top_logprobs"},
+		{"/v1/chat/completions", `{` + msgs + `,"logprobs":1}`, "logprobs"},
+		{"/v1/responses", `{"input":"hi","top_logprobs":2}`, "top_logprobs"},
 		{"/v1/chat/completions", `{` + msgs + `,"response_format":{"type":"json_object"}}`, "response_format"},
-		{"/v1/completions", `{"prompt":"a","echo":true}`, "echo"},
+		{"/v1/completions", `{"prompt":"a","echo":"yes"}`, "echo"},
 		{"/v1/completions", `{"prompt":"a","suffix":"z"}`, "suffix"},
 		{"/v1/completions", `{"prompt":"a","best_of":2}`, "best_of"},
-		{"/v1/completions", `{"prompt":"a","logprobs":0}`, "logprobs"},
+		{"/v1/completions", `{"prompt":"a","logprobs":21}`, "logprobs"},
+		{"/v1/completions", `{"prompt":"a","logprobs":true}`, "logprobs"},
 		{"/v1/chat/completions", `{` + msgs + `,"modalities":["text","audio"]}`, "modalities"},
 		{"/v1/chat/completions", `{` + msgs + `,"response_format":{"type":"json_schema","json_schema":{}}}`, "response_format"},
 		{"/v1/chat/completions", `{` + msgs + `,"logit_bias":{"x":[1,{"a":1,"a":2}]}}`, "logit_bias.x[1].a"},
@@ -169,10 +174,10 @@ func TestMootFieldsLoggedOnce(t *testing.T) {
 		c.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	})
 	for range 3 {
-		resp := ts.post(t, "/v1/completions", `{"prompt":"a","max_tokens":1,"metadata":{"k":"v"},"user":"u","odd":1,"logprobs":null}`)
+		resp := ts.post(t, "/v1/completions", `{"prompt":"a","max_tokens":1,"metadata":{"k":"v"},"user":"u","odd":1,"suffix":null}`)
 		resp.Body.Close()
 	}
-	for field, want := range map[string]int{"metadata": 1, "logprobs": 1, "odd": 0} {
+	for field, want := range map[string]int{"metadata": 1, "suffix": 1, "odd": 0} {
 		if n := strings.Count(logs.String(), "accepted and ignored: it does not change the output (logged once)\" field="+field+"\n"); n != want {
 			t.Errorf("%s logged %d times, want %d:\n%s", field, n, want, logs.String())
 		}

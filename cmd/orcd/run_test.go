@@ -30,27 +30,34 @@ func synthTemp(t testing.TB, preset string, workers int) string {
 	return path
 }
 
+// loadCPU loads a model file and its tokenizer on an exact cpu backend,
+// freed when the test ends.
+func loadCPU(t *testing.T, path string) (model.Model, *tokenizer.Tokenizer) {
+	t.Helper()
+	f, err := gguf.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	tok, err := tokenizer.FromGGUF(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := model.Load(f, cpu.New(), model.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	return m, tok
+}
+
 // TestSynthTinyPresets loads each tiny preset and runs a prompt through it:
 // the logits must be finite and vary, and the vocabulary must be the real
 // tokenizer's.
 func TestSynthTinyPresets(t *testing.T) {
 	for _, preset := range []string{"tiny-gpt2", "tiny-gpt-oss"} {
 		t.Run(preset, func(t *testing.T) {
-			path := synthTemp(t, preset, 0)
-			f, err := gguf.Open(path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer f.Close()
-			tok, err := tokenizer.FromGGUF(f)
-			if err != nil {
-				t.Fatal(err)
-			}
-			m, err := model.Load(f, cpu.New(), model.LoadOptions{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer m.Close()
+			m, tok := loadCPU(t, synthTemp(t, preset, 0))
 			if m.Config().VocabSize != tok.VocabSize() {
 				t.Errorf("model vocab %d, tokenizer %d", m.Config().VocabSize, tok.VocabSize())
 			}

@@ -74,6 +74,18 @@ func (t Tokenizer) Decode(ids []int32) string {
 	return s + d.Flush()
 }
 
+// TokenText returns the text of one token: its byte (not valid UTF-8 on
+// its own above 127), or a special token's name.
+func (Tokenizer) TokenText(id int32) string {
+	switch {
+	case id >= 0 && id < 256:
+		return string([]byte{byte(id)})
+	case id >= 256 && int(id) < VocabSize:
+		return Specials[id-256]
+	}
+	return ""
+}
+
 // IsSpecial reports whether id is a special token.
 func (Tokenizer) IsSpecial(id int32) bool { return id >= 256 && int(id) < VocabSize }
 
@@ -146,6 +158,12 @@ type Model struct {
 	// (from 1); a non-nil result fails that call alone, as a backend's
 	// out-of-memory error would.
 	Fail func(call int64) error
+	// DeviceSampling makes the logits draw on a fake device, as
+	// backend.Sampler does: the most likely token of every row (first of
+	// ties), whatever the row's settings; drawing overwrites the logits
+	// with NaN (a device may change them), and rows can be read alone
+	// (model.RowReader).
+	DeviceSampling bool
 
 	calls      atomic.Int64
 	running    atomic.Int32
@@ -256,6 +274,9 @@ func (m *Model) Step(kv model.KV, b *model.Batch) (model.Logits, error) {
 		default:
 		}
 	}
+	if m.DeviceSampling {
+		return &deviceLogits{hostLogits{rows: rows, data: out}}, nil
+	}
 	return &hostLogits{rows: rows, data: out}, nil
 }
 
@@ -268,6 +289,10 @@ func (m *Model) Forward(model.Cache, []int32, bool) ([]float32, error) {
 func (m *Model) NewCache(int) (model.Cache, error) {
 	return nil, errors.New("enginetest: NewCache is not supported")
 }
+
+// Logits returns the logits the model gives after history (for tests that
+// compute what the engine should report from them).
+func (m *Model) Logits(history []int32) []float32 { return m.logits(history) }
 
 // logits returns the next-token logits after history.
 func (m *Model) logits(history []int32) []float32 {
@@ -381,6 +406,46 @@ func (l *hostLogits) Tensor() backend.Tensor   { return nil }
 func (l *hostLogits) Read(dst []float32) error { copy(dst, l.data); return nil }
 func (l *hostLogits) Sample([]backend.SampleParams, []int32) (bool, error) {
 	return false, nil
+}
+
+// deviceLogits are hostLogits drawn on a fake device (Model.DeviceSampling).
+type deviceLogits struct{ hostLogits }
+
+var _ model.RowReader = (*deviceLogits)(nil)
+
+func (l *deviceLogits) Sample(rows []backend.SampleParams, ids []int32) (bool, error) {
+	if len(rows) != l.rows || len(ids) < l.rows {
+		return true, fmt.Errorf("enginetest: %d sampling rows and %d ids for %d rows", len(rows), len(ids), l.rows)
+	}
+	vocab := len(l.data) / max(l.rows, 1)
+	for r := range l.rows {
+		row := l.data[r*vocab : (r+1)*vocab]
+		best := 0
+		for i, v := range row {
+			if v > row[best] {
+				best = i
+			}
+		}
+		ids[r] = int32(best)
+		for i := range row {
+			row[i] = float32(math.NaN())
+		}
+	}
+	return true, nil
+}
+
+func (l *deviceLogits) ReadRows(rows []int32, dst []float32) error {
+	vocab := len(l.data) / max(l.rows, 1)
+	if len(dst) != len(rows)*vocab {
+		return fmt.Errorf("enginetest: ReadRows: %d values for %d rows", len(dst), len(rows))
+	}
+	for i, r := range rows {
+		if r < 0 || int(r) >= l.rows {
+			return fmt.Errorf("enginetest: ReadRows: row %d of %d", r, l.rows)
+		}
+		copy(dst[i*vocab:], l.data[int(r)*vocab:(int(r)+1)*vocab])
+	}
+	return nil
 }
 
 // Script returns a Next function that makes the model generate script after

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"sync"
 	"testing"
@@ -84,4 +85,19 @@ func readGzip(path string) ([]byte, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return b, nil
+}
+
+// LogSoftmax returns log(e^(l_id/T) / Σ e^(l/T)) over logits, in float64
+// with math.Exp, straight from the definition: the reference that tests
+// check reported log probabilities against.
+func LogSoftmax(logits []float32, id int32, temperature float64) float64 {
+	hi := math.Inf(-1)
+	for _, l := range logits {
+		hi = max(hi, float64(l)/temperature)
+	}
+	sum := 0.0
+	for _, l := range logits {
+		sum += math.Exp(float64(l)/temperature - hi)
+	}
+	return float64(logits[id])/temperature - hi - math.Log(sum)
 }

@@ -76,6 +76,23 @@ if (process.env.ORCD_TOOLS === '1') {
   out.toolChoiceNone = { finish: none.choices[0].finish_reason, content: none.choices[0].message.content, calls: none.choices[0].message.tool_calls ?? [] };
 }
 
+// Log probabilities: chat, streamed and not, and completions with echo.
+const lp = await client.chat.completions.create({ model, messages, max_tokens: 256, seed: 1, logprobs: true, top_logprobs: 2 });
+const lstream = await client.chat.completions.create({
+  model, messages, max_tokens: 256, seed: 1, logprobs: true, top_logprobs: 2, stream: true,
+});
+const streamedLogprobs = [];
+for await (const chunk of lstream) {
+  for (const c of chunk.choices) streamedLogprobs.push(...(c.logprobs?.content ?? []));
+}
+const comp = await client.completions.create({ model, prompt: 'Hello', max_tokens: 4, logprobs: 2, echo: true });
+out.logprobs = {
+  content: lp.choices[0].logprobs?.content ?? null,
+  streamed: streamedLogprobs,
+  completionText: comp.choices[0].text,
+  completion: comp.choices[0].logprobs,
+};
+
 // The model by id, and an unknown id.
 out.retrieved = (await client.models.retrieve(model)).id;
 try {
