@@ -6,7 +6,7 @@ import "unsafe"
 func quantQ8AVX2(x *float32, q *int8, meta *q8Meta, blocks int)
 
 //go:noescape
-func gemmQ8x4VNNI(wq *byte, wd *uint16, blocks int, xq *int8, meta *q8Meta, xstride, mstride int, out *float32)
+func gemmQ8x8VNNI(wq *byte, wd *uint16, blocks int, xq *int8, meta *q8Meta, xstride, mstride int, out *float32)
 
 //go:noescape
 func gemmQ8x1VNNI(wq *byte, wd *uint16, blocks int, xq *int8, meta *q8Meta, groups int, out *float32)
@@ -52,22 +52,22 @@ func simdQ8Kernels() *q8Kernels {
 		},
 		gemm: func(p *packedQ8, g int, a *q8Act, row0, rows int, out []float32) {
 			nb, in := p.blocks, p.blocks*32
-			wq, wd := p.quants[g*nb*256:(g+1)*nb*256], p.scales[g*nb*8:(g+1)*nb*8]
+			wq, wd := p.quants[g*nb*32*q8Group:(g+1)*nb*32*q8Group], p.scales[g*nb*q8Group:(g+1)*nb*q8Group]
 			q, meta := a.q[row0*in:(row0+rows)*in], a.meta[row0*nb:(row0+rows)*nb]
-			if rows == 4 {
-				_ = out[31]
-				gemmQ8x4VNNI(&wq[0], &wd[0], nb, &q[0], &meta[0], in, nb*int(unsafe.Sizeof(q8Meta{})), &out[0])
+			if rows == q8Rows {
+				_ = out[q8Rows*q8Group-1]
+				gemmQ8x8VNNI(&wq[0], &wd[0], nb, &q[0], &meta[0], in, nb*int(unsafe.Sizeof(q8Meta{})), &out[0])
 				return
 			}
 			for r := 0; r < rows; r++ {
-				gemmQ8x1VNNI(&wq[0], &wd[0], nb, &q[r*in], &meta[r*nb], 1, &out[8*r : 8*r+8][0])
+				gemmQ8x1VNNI(&wq[0], &wd[0], nb, &q[r*in], &meta[r*nb], 1, &out[q8Group*r : q8Group*(r+1)][0])
 			}
 		},
 		gemm1: func(p *packedQ8, g0, g1 int, a *q8Act, row int, out []float32) {
 			nb, in := p.blocks, p.blocks*32
-			wq, wd := p.quants[g0*nb*256:g1*nb*256], p.scales[g0*nb*8:g1*nb*8]
+			wq, wd := p.quants[g0*nb*32*q8Group:g1*nb*32*q8Group], p.scales[g0*nb*q8Group:g1*nb*q8Group]
 			q, meta := a.q[row*in:(row+1)*in], a.meta[row*nb:(row+1)*nb]
-			_ = out[8*(g1-g0)-1]
+			_ = out[q8Group*(g1-g0)-1]
 			gemmQ8x1VNNI(&wq[0], &wd[0], nb, &q[0], &meta[0], g1-g0, &out[0])
 		},
 	}

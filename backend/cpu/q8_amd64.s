@@ -95,28 +95,37 @@ DATA ·q8Perm+24(SB)/4, $3
 DATA ·q8Perm+28(SB)/4, $7
 GLOBL ·q8Perm(SB), RODATA|NOPTR, $32
 
-// One step of 4 quants of a block: the weights of 8 rows (stored plus 128,
-// unsigned) against 4 bytes of each x row broadcast, into the accumulators
-// a0..a3 (one per row of x).
-#define STEP4(off, a0, a1, a2, a3) \
-	VMOVDQU       (32*off)(SI), Y8; \
-	VPDPBUSD.BCST (4*off)(BX), Y8, a0; \
-	VPDPBUSD.BCST (4*off)(R9), Y8, a1; \
-	VPDPBUSD.BCST (4*off)(R10), Y8, a2; \
-	VPDPBUSD.BCST (4*off)(R11), Y8, a3
+// One step of 4 quants of a block: the weights of 16 rows (stored plus 128,
+// unsigned) in Z8, against 4 bytes of each of the 8 x rows broadcast, into
+// the int32 accumulators Z16..Z23. The x rows are at BX, BX+s, BX+2s, R9 =
+// BX+3s, BX+4s, R9+2s, R10 = BX+6s, R9+4s (s = R8).
+#define STEP8(off) \
+	VMOVDQU32     (64*off)(SI), Z8; \
+	VPDPBUSD.BCST (4*off)(BX), Z8, Z16; \
+	VPDPBUSD.BCST (4*off)(BX)(R8*1), Z8, Z17; \
+	VPDPBUSD.BCST (4*off)(BX)(R8*2), Z8, Z18; \
+	VPDPBUSD.BCST (4*off)(R9), Z8, Z19; \
+	VPDPBUSD.BCST (4*off)(BX)(R8*4), Z8, Z20; \
+	VPDPBUSD.BCST (4*off)(R9)(R8*2), Z8, Z21; \
+	VPDPBUSD.BCST (4*off)(R10), Z8, Z22; \
+	VPDPBUSD.BCST (4*off)(R9)(R8*4), Z8, Z23
 
-#define STEP1(off, a) \
-	VMOVDQU       (32*off)(SI), Y8; \
-	VPDPBUSD.BCST (4*off)(BX), Y8, a
+// SCALE8(acc, sum, m) adds x row's block sum (int32, in sum) times the
+// weights' scales (Z9) times the row's d (at m) to acc.
+#define SCALE8(acc, sum, m) \
+	VCVTDQ2PS        sum, sum; \
+	VMULPS           Z9, sum, sum; \
+	VFMADD231PS.BCST m, sum, acc
 
-// func gemmQ8x4VNNI(wq *byte, wd *uint16, blocks int, xq *int8, meta *q8Meta, xstride, mstride int, out *float32)
-// out[8r+l] = Σ_b wd[8b+l]·d_r[b]·Σ_k w_l[32b+k]·x_r[32b+k] (wd in f16) for 4 rows r
-// of x (xstride bytes apart, their metadata mstride bytes apart) and the 8
-// weight rows l of one packed group. (w+128)·x summed by VPDPBUSD, started
-// from c = -128·Σx, is Σ w·x exactly. Each row's block sum is split over
-// two accumulators (even and odd steps), halving the chain of dependent
-// VPDPBUSDs that otherwise bounds the loop.
-TEXT ·gemmQ8x4VNNI(SB), NOSPLIT, $0-64
+// func gemmQ8x8VNNI(wq *byte, wd *uint16, blocks int, xq *int8, meta *q8Meta, xstride, mstride int, out *float32)
+// out[16r+l] = Σ_b (Σ_k w_l[32b+k]·x_r[32b+k])·wd[16b+l]·d_r[b] (wd in f16)
+// for 8 rows r of x (xstride bytes apart, their metadata mstride bytes
+// apart) and the 16 weight rows l of one packed group. (w+128)·x summed by
+// VPDPBUSD, started from c = -128·Σx, is Σ w·x exactly. Each 64-byte load
+// of weights feeds 8 VPDPBUSDs (one per x row), whose chains are
+// independent, and per block each row needs one conversion, one multiply
+// and one FMA.
+TEXT ·gemmQ8x8VNNI(SB), NOSPLIT, $0-64
 	MOVQ         wq+0(FP), SI
 	MOVQ         wd+8(FP), DI
 	MOVQ         blocks+16(FP), CX
@@ -124,78 +133,78 @@ TEXT ·gemmQ8x4VNNI(SB), NOSPLIT, $0-64
 	MOVQ         meta+32(FP), DX
 	MOVQ         xstride+40(FP), R8
 	MOVQ         mstride+48(FP), R12
-	LEAQ         (BX)(R8*1), R9
-	LEAQ         (BX)(R8*2), R10
-	LEAQ         (R9)(R8*2), R11
+	LEAQ         (BX)(R8*2), R9
+	ADDQ         R8, R9               // x row 3
+	LEAQ         (R9)(R8*2), R10
+	ADDQ         R8, R10              // x row 6
 	LEAQ         (DX)(R12*2), R13
-	ADDQ         R12, R13
-	VXORPS       Y0, Y0, Y0
-	VXORPS       Y1, Y1, Y1
-	VXORPS       Y2, Y2, Y2
-	VXORPS       Y3, Y3, Y3
+	ADDQ         R12, R13             // meta row 3
+	LEAQ         (R13)(R12*2), R11
+	ADDQ         R12, R11             // meta row 6
+	VPXORD       Z0, Z0, Z0
+	VPXORD       Z1, Z1, Z1
+	VPXORD       Z2, Z2, Z2
+	VPXORD       Z3, Z3, Z3
+	VPXORD       Z4, Z4, Z4
+	VPXORD       Z5, Z5, Z5
+	VPXORD       Z6, Z6, Z6
+	VPXORD       Z7, Z7, Z7
 
-g4loop:
-	VPBROADCASTD 4(DX), Y4
-	VPBROADCASTD 4(DX)(R12*1), Y5
-	VPBROADCASTD 4(DX)(R12*2), Y6
-	VPBROADCASTD 4(R13), Y7
-	VPXORD       Y16, Y16, Y16
-	VPXORD       Y17, Y17, Y17
-	VPXORD       Y18, Y18, Y18
-	VPXORD       Y19, Y19, Y19
-	STEP4(0, Y4, Y5, Y6, Y7)
-	STEP4(1, Y16, Y17, Y18, Y19)
-	STEP4(2, Y4, Y5, Y6, Y7)
-	STEP4(3, Y16, Y17, Y18, Y19)
-	STEP4(4, Y4, Y5, Y6, Y7)
-	STEP4(5, Y16, Y17, Y18, Y19)
-	STEP4(6, Y4, Y5, Y6, Y7)
-	STEP4(7, Y16, Y17, Y18, Y19)
-	VPADDD       Y16, Y4, Y4
-	VPADDD       Y17, Y5, Y5
-	VPADDD       Y18, Y6, Y6
-	VPADDD       Y19, Y7, Y7
-	VCVTPH2PS    (DI), Y10
-	VCVTDQ2PS    Y4, Y4
-	VCVTDQ2PS    Y5, Y5
-	VCVTDQ2PS    Y6, Y6
-	VCVTDQ2PS    Y7, Y7
-	VBROADCASTSS (DX), Y11
-	VBROADCASTSS (DX)(R12*1), Y12
-	VBROADCASTSS (DX)(R12*2), Y13
-	VBROADCASTSS (R13), Y14
-	VMULPS       Y10, Y11, Y11
-	VMULPS       Y10, Y12, Y12
-	VMULPS       Y10, Y13, Y13
-	VMULPS       Y10, Y14, Y14
-	VFMADD231PS  Y11, Y4, Y0
-	VFMADD231PS  Y12, Y5, Y1
-	VFMADD231PS  Y13, Y6, Y2
-	VFMADD231PS  Y14, Y7, Y3
-	ADDQ         $256, SI
-	ADDQ         $16, DI
+g8loop:
+	VPBROADCASTD 4(DX), Z16
+	VPBROADCASTD 4(DX)(R12*1), Z17
+	VPBROADCASTD 4(DX)(R12*2), Z18
+	VPBROADCASTD 4(R13), Z19
+	VPBROADCASTD 4(DX)(R12*4), Z20
+	VPBROADCASTD 4(R13)(R12*2), Z21
+	VPBROADCASTD 4(R11), Z22
+	VPBROADCASTD 4(R13)(R12*4), Z23
+	STEP8(0)
+	STEP8(1)
+	STEP8(2)
+	STEP8(3)
+	STEP8(4)
+	STEP8(5)
+	STEP8(6)
+	STEP8(7)
+	VCVTPH2PS    (DI), Z9
+	SCALE8(Z0, Z16, (DX))
+	SCALE8(Z1, Z17, (DX)(R12*1))
+	SCALE8(Z2, Z18, (DX)(R12*2))
+	SCALE8(Z3, Z19, (R13))
+	SCALE8(Z4, Z20, (DX)(R12*4))
+	SCALE8(Z5, Z21, (R13)(R12*2))
+	SCALE8(Z6, Z22, (R11))
+	SCALE8(Z7, Z23, (R13)(R12*4))
+	ADDQ         $512, SI
+	ADDQ         $32, DI
 	ADDQ         $32, BX
 	ADDQ         $32, R9
 	ADDQ         $32, R10
-	ADDQ         $32, R11
 	ADDQ         $8, DX
 	ADDQ         $8, R13
+	ADDQ         $8, R11
 	DECQ         CX
-	JNZ          g4loop
+	JNZ          g8loop
 
 	MOVQ         out+56(FP), AX
-	VMOVUPS      Y0, (AX)
-	VMOVUPS      Y1, 32(AX)
-	VMOVUPS      Y2, 64(AX)
-	VMOVUPS      Y3, 96(AX)
+	VMOVUPS      Z0, (AX)
+	VMOVUPS      Z1, 64(AX)
+	VMOVUPS      Z2, 128(AX)
+	VMOVUPS      Z3, 192(AX)
+	VMOVUPS      Z4, 256(AX)
+	VMOVUPS      Z5, 320(AX)
+	VMOVUPS      Z6, 384(AX)
+	VMOVUPS      Z7, 448(AX)
 	VZEROUPPER
 	RET
 
 // func gemmQ8x1VNNI(wq *byte, wd *uint16, blocks int, xq *int8, meta *q8Meta, groups int, out *float32)
-// gemmQ8x4VNNI for one row of x against groups consecutive packed groups
-// (out gets 8 values per group), each block sum over four accumulators. One
-// call per chunk of groups instead of per group: in decode a group is only
-// ~100 ns of work, and the call cost was a large part of it.
+// gemmQ8x8VNNI for one row of x against groups consecutive packed groups
+// (out gets 16 values per group), each block sum over four accumulators
+// (a chain of 8 dependent VPDPBUSDs would bound the loop). One call per
+// chunk of groups instead of per group: in decode a group is only ~200 ns
+// of work, and the call cost was a large part of it.
 TEXT ·gemmQ8x1VNNI(SB), NOSPLIT, $0-56
 	MOVQ         wq+0(FP), SI
 	MOVQ         wd+8(FP), DI
@@ -206,38 +215,43 @@ g1group:
 	MOVQ         blocks+16(FP), CX
 	MOVQ         xq+24(FP), BX
 	MOVQ         meta+32(FP), DX
-	VXORPS       Y0, Y0, Y0
+	VPXORD       Z0, Z0, Z0
 
 g1loop:
-	VPBROADCASTD 4(DX), Y4
-	VPXOR        Y5, Y5, Y5
-	VPXOR        Y6, Y6, Y6
-	VPXOR        Y7, Y7, Y7
-	STEP1(0, Y4)
-	STEP1(1, Y5)
-	STEP1(2, Y6)
-	STEP1(3, Y7)
-	STEP1(4, Y4)
-	STEP1(5, Y5)
-	STEP1(6, Y6)
-	STEP1(7, Y7)
-	VPADDD       Y5, Y4, Y4
-	VPADDD       Y7, Y6, Y6
-	VPADDD       Y6, Y4, Y4
-	VCVTDQ2PS    Y4, Y4
-	VBROADCASTSS (DX), Y11
-	VCVTPH2PS    (DI), Y10
-	VMULPS       Y10, Y11, Y11
-	VFMADD231PS  Y11, Y4, Y0
-	ADDQ         $256, SI
-	ADDQ         $16, DI
+	VPBROADCASTD 4(DX), Z4
+	VPXORD       Z5, Z5, Z5
+	VPXORD       Z6, Z6, Z6
+	VPXORD       Z7, Z7, Z7
+	VMOVDQU32    (SI), Z8
+	VPDPBUSD.BCST (BX), Z8, Z4
+	VMOVDQU32    64(SI), Z8
+	VPDPBUSD.BCST 4(BX), Z8, Z5
+	VMOVDQU32    128(SI), Z8
+	VPDPBUSD.BCST 8(BX), Z8, Z6
+	VMOVDQU32    192(SI), Z8
+	VPDPBUSD.BCST 12(BX), Z8, Z7
+	VMOVDQU32    256(SI), Z8
+	VPDPBUSD.BCST 16(BX), Z8, Z4
+	VMOVDQU32    320(SI), Z8
+	VPDPBUSD.BCST 20(BX), Z8, Z5
+	VMOVDQU32    384(SI), Z8
+	VPDPBUSD.BCST 24(BX), Z8, Z6
+	VMOVDQU32    448(SI), Z8
+	VPDPBUSD.BCST 28(BX), Z8, Z7
+	VPADDD       Z5, Z4, Z4
+	VPADDD       Z7, Z6, Z6
+	VPADDD       Z6, Z4, Z4
+	VCVTPH2PS    (DI), Z9
+	SCALE8(Z0, Z4, (DX))
+	ADDQ         $512, SI
+	ADDQ         $32, DI
 	ADDQ         $32, BX
 	ADDQ         $8, DX
 	DECQ         CX
 	JNZ          g1loop
 
-	VMOVUPS      Y0, (AX)
-	ADDQ         $32, AX
+	VMOVUPS      Z0, (AX)
+	ADDQ         $64, AX
 	DECQ         R8
 	JNZ          g1group
 	VZEROUPPER

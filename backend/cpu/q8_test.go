@@ -129,7 +129,7 @@ func edgyQ8(r *rand.Rand, in, out int) []byte {
 // over the unpacked Q8_0 bytes, and the assembly against the Go loops.
 func TestGemmQ8(t *testing.T) {
 	r := newRand(t)
-	const in, out, n = 96, 21, 6
+	const in, out, n = 96, 37, 17
 	raw := edgyQ8(r, in, out)
 	p := packQ8(raw, in, out)
 	x := edgyF32(r, n*in/32)
@@ -140,26 +140,26 @@ func TestGemmQ8(t *testing.T) {
 		}
 		// gemm1 (one row against a run of groups) must give gemm's values.
 		for row := 0; row < n; row++ {
-			all := make([]float32, 8*p.groups)
+			all := make([]float32, q8Group*p.groups)
 			k.gemm1(p, 0, p.groups, a, row, all)
 			for g := 0; g < p.groups; g++ {
-				one := make([]float32, 8)
+				one := make([]float32, q8Group)
 				k.gemm(p, g, a, row, 1, one)
 				for l := range one {
-					if all[8*g+l] != one[l] {
-						t.Fatalf("%s: gemm1 row %d group %d [%d] = %v, gemm %v", name, row, g, l, all[8*g+l], one[l])
+					if all[q8Group*g+l] != one[l] {
+						t.Fatalf("%s: gemm1 row %d group %d [%d] = %v, gemm %v", name, row, g, l, all[q8Group*g+l], one[l])
 					}
 				}
 			}
 		}
-		for _, rows := range []int{1, 2, 4} {
+		for _, rows := range []int{1, 3, q8Rows} {
 			for row0 := 0; row0+rows <= n; row0 += rows {
 				for g := 0; g < p.groups; g++ {
-					got := make([]float32, 8*rows)
+					got := make([]float32, q8Group*rows)
 					k.gemm(p, g, a, row0, rows, got)
 					for ri := 0; ri < rows; ri++ {
-						for l := 0; l < 8; l++ {
-							o := 8*g + l
+						for l := 0; l < q8Group; l++ {
+							o := q8Group*g + l
 							var want, mag float64
 							if o < out {
 								for b := 0; b < in/32; b++ {
@@ -174,9 +174,9 @@ func TestGemmQ8(t *testing.T) {
 									mag += math.Abs(ws * float64(m.d) * float64(s))
 								}
 							}
-							if e := math.Abs(float64(got[8*ri+l]) - want); e > 1e-6*mag+1e-30 {
+							if e := math.Abs(float64(got[q8Group*ri+l]) - want); e > 1e-6*mag+1e-30 {
 								t.Fatalf("%s rows=%d: x row %d · w row %d = %v, want %v (tolerance %v)",
-									name, rows, row0+ri, o, got[8*ri+l], want, 1e-6*mag)
+									name, rows, row0+ri, o, got[q8Group*ri+l], want, 1e-6*mag)
 							}
 						}
 					}
