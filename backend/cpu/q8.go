@@ -113,17 +113,18 @@ func quantQ8(x []float32, q []int8, meta []q8Meta) {
 	}
 }
 
-// gemmQ8 sets out[16r+l] to the dot product of packed group g's row l with
-// quantized x row r, for r < rows: Σ_b (Σ_k w·q)·wd·d_r, each block's
-// integer sum times wd rounded to float32, then times d_r added with one
-// rounding as the assembly's FMA does (here in float64 then rounded, which
-// can differ from a fused float32 add in the last bit).
-func gemmQ8(p *packedQ8, g int, a *q8Act, row0, rows int, out []float32) {
+// gemmQ8 sets out[r·ostride+l] to bias[l] plus the dot product of packed
+// group g's row l with quantized x row row0+r, for r < rows and l <
+// q8Group: Σ_b (Σ_k w·q)·wd·d_r, each block's integer sum times wd rounded
+// to float32, then times d_r added with one rounding as the assembly's FMA
+// does (here in float64 then rounded, which can differ from a fused
+// float32 add in the last bit).
+func gemmQ8(p *packedQ8, g int, a *q8Act, row0, rows int, bias, out []float32, ostride int) {
 	in := p.blocks * 32
 	for r := 0; r < rows; r++ {
 		q, meta := a.q[(row0+r)*in:], a.meta[(row0+r)*p.blocks:]
 		for l := 0; l < q8Group; l++ {
-			var acc float32
+			acc := bias[l]
 			for b := 0; b < p.blocks; b++ {
 				gb := g*p.blocks + b
 				w := p.quants[gb*32*q8Group:]
@@ -134,18 +135,27 @@ func gemmQ8(p *packedQ8, g int, a *q8Act, row0, rows int, out []float32) {
 				t := float32(s) * tensor.F16ToF32(p.scales[gb*q8Group+l])
 				acc = float32(math.FMA(float64(t), float64(meta[b].d), float64(acc)))
 			}
-			out[q8Group*r+l] = acc
+			out[r*ostride+l] = acc
 		}
 	}
 }
 
 // gemmQ8Groups is gemmQ8 of x row row against the groups g0..g1-1, their
-// q8Group outputs each in turn in out.
-func gemmQ8Groups(p *packedQ8, g0, g1 int, a *q8Act, row int, out []float32) {
+// q8Group outputs each in turn in out, plus bias (the same length as out)
+// unless it is nil.
+func gemmQ8Groups(p *packedQ8, g0, g1 int, a *q8Act, row int, bias, out []float32) {
 	for g := g0; g < g1; g++ {
-		gemmQ8(p, g, a, row, 1, out[q8Group*(g-g0):q8Group*(g-g0)+q8Group])
+		o := out[q8Group*(g-g0) : q8Group*(g-g0+1)]
+		gb := noBias[:]
+		if bias != nil {
+			gb = bias[q8Group*(g-g0) : q8Group*(g-g0+1)]
+		}
+		gemmQ8(p, g, a, row, 1, gb, o, q8Group)
 	}
 }
+
+// noBias is the bias of a MatMul without one, for gemmQ8.
+var noBias [q8Group]float32
 
 // q8Act is n rows of activations quantized by quantQ8.
 type q8Act struct {
@@ -182,8 +192,8 @@ func (b *Backend) quantize(x []float32, n, in int) *q8Act {
 // geluF32s, and scores is kernels.scores summed in another order.
 type q8Kernels struct {
 	quant  func(x []float32, q []int8, meta []q8Meta)
-	gemm   func(p *packedQ8, g int, a *q8Act, row0, rows int, out []float32)
-	gemm1  func(p *packedQ8, g0, g1 int, a *q8Act, row int, out []float32)
+	gemm   func(p *packedQ8, g int, a *q8Act, row0, rows int, bias, out []float32, ostride int)
+	gemm1  func(p *packedQ8, g0, g1 int, a *q8Act, row int, bias, out []float32)
 	expSum func(x []float32, scale, sub float32, out []float32) float32
 	gelu   func(x, out []float32)
 	scores func(q, k []float32, stride int, out []float32)
@@ -214,18 +224,22 @@ func (b *Backend) matmulQ8(dst, x []float32, n int, w *weight, bias []float32) {
 			// Decode: each row against the whole chunk in one call, straight
 			// into dst but for a last group that dst cuts short.
 			full := max(lo, min(hi, out/q8Group))
+			var gb []float32
 			for i := 0; i < n; i++ {
 				d := dst[i*out : (i+1)*out]
 				if full > lo {
-					b.k.q8.gemm1(p, lo, full, a, i, d[q8Group*lo:q8Group*full])
+					if bias != nil {
+						gb = bias[q8Group*lo : q8Group*full]
+					}
+					b.k.q8.gemm1(p, lo, full, a, i, gb, d[q8Group*lo:q8Group*full])
 				}
 				for g := full; g < hi; g++ {
-					b.k.q8.gemm1(p, g, g+1, a, i, res[:q8Group])
-					copy(d[q8Group*g:], res[:out-q8Group*g])
-				}
-				if bias != nil {
-					for o := q8Group * lo; o < min(q8Group*hi, out); o++ {
-						d[o] += bias[o]
+					b.k.q8.gemm1(p, g, g+1, a, i, nil, res[:q8Group])
+					for o := q8Group * g; o < out; o++ {
+						d[o] = res[o-q8Group*g]
+						if bias != nil {
+							d[o] += bias[o]
+						}
 					}
 				}
 			}
@@ -234,18 +248,24 @@ func (b *Backend) matmulQ8(dst, x []float32, n int, w *weight, bias []float32) {
 		for t0 := 0; t0 < n; t0 += q8Tile {
 			t1 := min(t0+q8Tile, n)
 			for g := lo; g < hi; g++ {
-				cols := min(q8Group, out-q8Group*g)
+				// Whole groups go straight into dst, the bias added by the
+				// kernel; a last partial group goes through res.
+				cols, gb := min(q8Group, out-q8Group*g), noBias[:]
+				if bias != nil && cols == q8Group {
+					gb = bias[q8Group*g : q8Group*(g+1)]
+				} else if bias != nil {
+					gb = make([]float32, q8Group)
+					copy(gb, bias[q8Group*g:])
+				}
 				for i := t0; i < t1; i += q8Rows {
 					rows := min(q8Rows, t1-i)
-					b.k.q8.gemm(p, g, a, i, rows, res[:q8Group*rows])
+					if cols == q8Group {
+						b.k.q8.gemm(p, g, a, i, rows, gb, dst[i*out+q8Group*g:], out)
+						continue
+					}
+					b.k.q8.gemm(p, g, a, i, rows, gb, res[:], q8Group)
 					for r := 0; r < rows; r++ {
-						d := dst[(i+r)*out+q8Group*g : (i+r)*out+q8Group*g+cols]
-						copy(d, res[q8Group*r:q8Group*r+cols])
-						if bias != nil {
-							for l := range d {
-								d[l] += bias[q8Group*g+l]
-							}
-						}
+						copy(dst[(i+r)*out+q8Group*g:(i+r)*out+q8Group*g+cols], res[q8Group*r:])
 					}
 				}
 			}

@@ -6,10 +6,10 @@ import "unsafe"
 func quantQ8AVX2(x *float32, q *int8, meta *q8Meta, blocks int)
 
 //go:noescape
-func gemmQ8x8VNNI(wq *byte, wd *uint16, blocks int, xq *int8, meta *q8Meta, xstride, mstride int, out *float32)
+func gemmQ8x8VNNI(wq *byte, wd *uint16, blocks int, xq *int8, meta *q8Meta, xstride, mstride int, bias, out *float32, ostride int)
 
 //go:noescape
-func gemmQ8x1VNNI(wq *byte, wd *uint16, blocks int, xq *int8, meta *q8Meta, groups int, out *float32)
+func gemmQ8x1VNNI(wq *byte, wd *uint16, blocks int, xq *int8, meta *q8Meta, groups int, bias *float32, bstride int, out *float32)
 
 // haveVNNI reports whether the CPU and OS support the EVEX-encoded 256-bit
 // VPDPBUSD: AVX-512 VNNI and VL, with the OS saving the AVX-512 state.
@@ -50,25 +50,30 @@ func simdQ8Kernels() *q8Kernels {
 			_, _ = x[32*len(meta)-1], q[32*len(meta)-1]
 			quantQ8AVX2(&x[0], &q[0], &meta[0], len(meta))
 		},
-		gemm: func(p *packedQ8, g int, a *q8Act, row0, rows int, out []float32) {
+		gemm: func(p *packedQ8, g int, a *q8Act, row0, rows int, bias, out []float32, ostride int) {
 			nb, in := p.blocks, p.blocks*32
 			wq, wd := p.quants[g*nb*32*q8Group:(g+1)*nb*32*q8Group], p.scales[g*nb*q8Group:(g+1)*nb*q8Group]
 			q, meta := a.q[row0*in:(row0+rows)*in], a.meta[row0*nb:(row0+rows)*nb]
+			_, _ = bias[q8Group-1], out[(rows-1)*ostride+q8Group-1]
 			if rows == q8Rows {
-				_ = out[q8Rows*q8Group-1]
-				gemmQ8x8VNNI(&wq[0], &wd[0], nb, &q[0], &meta[0], in, nb*int(unsafe.Sizeof(q8Meta{})), &out[0])
+				gemmQ8x8VNNI(&wq[0], &wd[0], nb, &q[0], &meta[0], in, nb*int(unsafe.Sizeof(q8Meta{})), &bias[0], &out[0], 4*ostride)
 				return
 			}
 			for r := 0; r < rows; r++ {
-				gemmQ8x1VNNI(&wq[0], &wd[0], nb, &q[r*in], &meta[r*nb], 1, &out[q8Group*r : q8Group*(r+1)][0])
+				gemmQ8x1VNNI(&wq[0], &wd[0], nb, &q[r*in], &meta[r*nb], 1, &bias[0], 0, &out[r*ostride])
 			}
 		},
-		gemm1: func(p *packedQ8, g0, g1 int, a *q8Act, row int, out []float32) {
+		gemm1: func(p *packedQ8, g0, g1 int, a *q8Act, row int, bias, out []float32) {
 			nb, in := p.blocks, p.blocks*32
 			wq, wd := p.quants[g0*nb*32*q8Group:g1*nb*32*q8Group], p.scales[g0*nb*q8Group:g1*nb*q8Group]
 			q, meta := a.q[row*in:(row+1)*in], a.meta[row*nb:(row+1)*nb]
 			_ = out[q8Group*(g1-g0)-1]
-			gemmQ8x1VNNI(&wq[0], &wd[0], nb, &q[0], &meta[0], g1-g0, &out[0])
+			bp, bstride := &noBias[0], 0
+			if bias != nil {
+				_ = bias[q8Group*(g1-g0)-1]
+				bp, bstride = &bias[0], 4*q8Group
+			}
+			gemmQ8x1VNNI(&wq[0], &wd[0], nb, &q[0], &meta[0], g1-g0, bp, bstride, &out[0])
 		},
 	}
 }

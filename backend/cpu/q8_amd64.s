@@ -117,15 +117,15 @@ GLOBL ·q8Perm(SB), RODATA|NOPTR, $32
 	VMULPS           Z9, sum, sum; \
 	VFMADD231PS.BCST m, sum, acc
 
-// func gemmQ8x8VNNI(wq *byte, wd *uint16, blocks int, xq *int8, meta *q8Meta, xstride, mstride int, out *float32)
-// out[16r+l] = Σ_b (Σ_k w_l[32b+k]·x_r[32b+k])·wd[16b+l]·d_r[b] (wd in f16)
+// func gemmQ8x8VNNI(wq *byte, wd *uint16, blocks int, xq *int8, meta *q8Meta, xstride, mstride int, bias, out *float32, ostride int)
+// out[r·ostride/4+l] = bias[l] + Σ_b (Σ_k w_l[32b+k]·x_r[32b+k])·wd[16b+l]·d_r[b] (wd in f16)
 // for 8 rows r of x (xstride bytes apart, their metadata mstride bytes
 // apart) and the 16 weight rows l of one packed group. (w+128)·x summed by
 // VPDPBUSD, started from c = -128·Σx, is Σ w·x exactly. Each 64-byte load
 // of weights feeds 8 VPDPBUSDs (one per x row), whose chains are
 // independent, and per block each row needs one conversion, one multiply
 // and one FMA.
-TEXT ·gemmQ8x8VNNI(SB), NOSPLIT, $0-64
+TEXT ·gemmQ8x8VNNI(SB), NOSPLIT, $0-80
 	MOVQ         wq+0(FP), SI
 	MOVQ         wd+8(FP), DI
 	MOVQ         blocks+16(FP), CX
@@ -141,14 +141,15 @@ TEXT ·gemmQ8x8VNNI(SB), NOSPLIT, $0-64
 	ADDQ         R12, R13             // meta row 3
 	LEAQ         (R13)(R12*2), R11
 	ADDQ         R12, R11             // meta row 6
-	VPXORD       Z0, Z0, Z0
-	VPXORD       Z1, Z1, Z1
-	VPXORD       Z2, Z2, Z2
-	VPXORD       Z3, Z3, Z3
-	VPXORD       Z4, Z4, Z4
-	VPXORD       Z5, Z5, Z5
-	VPXORD       Z6, Z6, Z6
-	VPXORD       Z7, Z7, Z7
+	MOVQ         bias+56(FP), AX
+	VMOVUPS      (AX), Z0
+	VMOVAPS      Z0, Z1
+	VMOVAPS      Z0, Z2
+	VMOVAPS      Z0, Z3
+	VMOVAPS      Z0, Z4
+	VMOVAPS      Z0, Z5
+	VMOVAPS      Z0, Z6
+	VMOVAPS      Z0, Z7
 
 g8loop:
 	VPBROADCASTD 4(DX), Z16
@@ -187,35 +188,44 @@ g8loop:
 	DECQ         CX
 	JNZ          g8loop
 
-	MOVQ         out+56(FP), AX
+	MOVQ         out+64(FP), AX
+	MOVQ         ostride+72(FP), R8
+	LEAQ         (AX)(R8*2), R9
+	ADDQ         R8, R9               // out row 3
+	LEAQ         (R9)(R8*2), R10
+	ADDQ         R8, R10              // out row 6
 	VMOVUPS      Z0, (AX)
-	VMOVUPS      Z1, 64(AX)
-	VMOVUPS      Z2, 128(AX)
-	VMOVUPS      Z3, 192(AX)
-	VMOVUPS      Z4, 256(AX)
-	VMOVUPS      Z5, 320(AX)
-	VMOVUPS      Z6, 384(AX)
-	VMOVUPS      Z7, 448(AX)
+	VMOVUPS      Z1, (AX)(R8*1)
+	VMOVUPS      Z2, (AX)(R8*2)
+	VMOVUPS      Z3, (R9)
+	VMOVUPS      Z4, (AX)(R8*4)
+	VMOVUPS      Z5, (R9)(R8*2)
+	VMOVUPS      Z6, (R10)
+	VMOVUPS      Z7, (R9)(R8*4)
 	VZEROUPPER
 	RET
 
-// func gemmQ8x1VNNI(wq *byte, wd *uint16, blocks int, xq *int8, meta *q8Meta, groups int, out *float32)
+// func gemmQ8x1VNNI(wq *byte, wd *uint16, blocks int, xq *int8, meta *q8Meta, groups int, bias *float32, bstride int, out *float32)
 // gemmQ8x8VNNI for one row of x against groups consecutive packed groups
-// (out gets 16 values per group), each block sum over four accumulators
+// (out gets 16 values per group, the sums started from the 16 floats at
+// bias, which moves bstride bytes a group), each block sum over four accumulators
 // (a chain of 8 dependent VPDPBUSDs would bound the loop). One call per
 // chunk of groups instead of per group: in decode a group is only ~200 ns
 // of work, and the call cost was a large part of it.
-TEXT ·gemmQ8x1VNNI(SB), NOSPLIT, $0-56
+TEXT ·gemmQ8x1VNNI(SB), NOSPLIT, $0-72
 	MOVQ         wq+0(FP), SI
 	MOVQ         wd+8(FP), DI
 	MOVQ         groups+40(FP), R8
-	MOVQ         out+48(FP), AX
+	MOVQ         bias+48(FP), R9
+	MOVQ         bstride+56(FP), R10
+	MOVQ         out+64(FP), AX
 
 g1group:
 	MOVQ         blocks+16(FP), CX
 	MOVQ         xq+24(FP), BX
 	MOVQ         meta+32(FP), DX
-	VPXORD       Z0, Z0, Z0
+	VMOVUPS      (R9), Z0
+	ADDQ         R10, R9
 
 g1loop:
 	VPBROADCASTD 4(DX), Z4

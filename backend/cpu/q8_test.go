@@ -138,29 +138,52 @@ func TestGemmQ8(t *testing.T) {
 		for i := 0; i < n; i++ {
 			k.quant(x[i*in:(i+1)*in], a.q[i*in:(i+1)*in], a.meta[i*in/32:(i+1)*in/32])
 		}
-		// gemm1 (one row against a run of groups) must give gemm's values.
+		bias := randF32(r, q8Group*p.groups, 1)
+		// gemm1 (one row against a run of groups) must give gemm's values,
+		// with and without a bias.
 		for row := 0; row < n; row++ {
-			all := make([]float32, q8Group*p.groups)
-			k.gemm1(p, 0, p.groups, a, row, all)
-			for g := 0; g < p.groups; g++ {
-				one := make([]float32, q8Group)
-				k.gemm(p, g, a, row, 1, one)
-				for l := range one {
-					if all[q8Group*g+l] != one[l] {
-						t.Fatalf("%s: gemm1 row %d group %d [%d] = %v, gemm %v", name, row, g, l, all[q8Group*g+l], one[l])
+			for _, withBias := range []bool{false, true} {
+				var gb []float32
+				if withBias {
+					gb = bias
+				}
+				all := make([]float32, q8Group*p.groups)
+				k.gemm1(p, 0, p.groups, a, row, gb, all)
+				for g := 0; g < p.groups; g++ {
+					one, b1 := make([]float32, q8Group), noBias[:]
+					if withBias {
+						b1 = bias[q8Group*g : q8Group*(g+1)]
+					}
+					k.gemm(p, g, a, row, 1, b1, one, q8Group)
+					for l := range one {
+						if all[q8Group*g+l] != one[l] {
+							t.Fatalf("%s: gemm1 row %d group %d [%d] = %v, gemm %v (bias %v)", name, row, g, l, all[q8Group*g+l], one[l], withBias)
+						}
 					}
 				}
 			}
 		}
+		// gemm against the float64 sum, plus the bias, writing rows a
+		// stride apart (the gaps must stay untouched).
+		const stride = q8Group + 5
 		for _, rows := range []int{1, 3, q8Rows} {
 			for row0 := 0; row0+rows <= n; row0 += rows {
 				for g := 0; g < p.groups; g++ {
-					got := make([]float32, q8Group*rows)
-					k.gemm(p, g, a, row0, rows, got)
+					got := make([]float32, stride*rows)
+					for i := range got {
+						got[i] = -7
+					}
+					gb := bias[q8Group*g : q8Group*(g+1)]
+					k.gemm(p, g, a, row0, rows, gb, got, stride)
 					for ri := 0; ri < rows; ri++ {
+						for l := q8Group; l < stride; l++ {
+							if got[stride*ri+l] != -7 {
+								t.Fatalf("%s rows=%d: wrote past row %d's %d outputs", name, rows, ri, q8Group)
+							}
+						}
 						for l := 0; l < q8Group; l++ {
 							o := q8Group*g + l
-							var want, mag float64
+							want, mag := float64(gb[l]), math.Abs(float64(gb[l]))
 							if o < out {
 								for b := 0; b < in/32; b++ {
 									blk := raw[(o*in/32+b)*34:]
@@ -174,9 +197,9 @@ func TestGemmQ8(t *testing.T) {
 									mag += math.Abs(ws * float64(m.d) * float64(s))
 								}
 							}
-							if e := math.Abs(float64(got[q8Group*ri+l]) - want); e > 1e-6*mag+1e-30 {
+							if e := math.Abs(float64(got[stride*ri+l]) - want); e > 1e-6*mag+1e-30 {
 								t.Fatalf("%s rows=%d: x row %d · w row %d = %v, want %v (tolerance %v)",
-									name, rows, row0+ri, o, got[q8Group*ri+l], want, 1e-6*mag)
+									name, rows, row0+ri, o, got[stride*ri+l], want, 1e-6*mag)
 							}
 						}
 					}
