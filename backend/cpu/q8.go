@@ -188,8 +188,9 @@ func (b *Backend) quantize(x []float32, n, in int) *q8Act {
 }
 
 // q8Kernels are the fast precision's loops: quant is quantQ8, gemm is
-// gemmQ8 (rows ≤ q8Rows), gemm1 is gemmQ8Groups, expSum is expSum (attention's softmax), gelu is
-// geluF32s, and scores is kernels.scores summed in another order.
+// gemmQ8 (rows ≤ q8Rows), gemm1 is gemmQ8Groups, expSum is expSum
+// (attention's softmax), gelu is geluF32s, and scores is kernels.scores
+// summed in another order.
 type q8Kernels struct {
 	quant  func(x []float32, q []int8, meta []q8Meta)
 	gemm   func(p *packedQ8, g int, a *q8Act, row0, rows int, bias, out []float32, ostride int)
@@ -197,10 +198,29 @@ type q8Kernels struct {
 	expSum func(x []float32, scale, sub float32, out []float32) float32
 	gelu   func(x, out []float32)
 	scores func(q, k []float32, stride int, out []float32)
+	// max is the largest of x (len(x) ≥ 1), for the softmax.
+	max func(x []float32) float32
+	// weightedSum4 is kernels.weightedSum for four rows of probabilities
+	// over the same values, with the same result for each row.
+	weightedSum4 func(p [4][]float32, v []float32, stride int, out [4][]float32)
 }
 
 // goQ8Kernels are the pure-Go fast-precision loops.
-var goQ8Kernels = &q8Kernels{quant: quantQ8, gemm: gemmQ8, gemm1: gemmQ8Groups, expSum: expSum, gelu: geluF32s, scores: scores}
+var goQ8Kernels = &q8Kernels{quant: quantQ8, gemm: gemmQ8, gemm1: gemmQ8Groups, expSum: expSum, gelu: geluF32s, scores: scores,
+	max: maxF32, weightedSum4: func(p [4][]float32, v []float32, stride int, out [4][]float32) {
+		for i := range p {
+			weightedSum(p[i], v, stride, out[i])
+		}
+	}}
+
+// maxF32 is the largest of x.
+func maxF32(x []float32) float32 {
+	m := x[0]
+	for _, v := range x[1:] {
+		m = max(m, v)
+	}
+	return m
+}
 
 // q8Rows is how many rows of x the prefill kernel runs against a group at
 // once: 8 accumulators of 16 int32 sums and 8 of float32 sums, with the

@@ -34,6 +34,31 @@ func simdQ8Kernels() *q8Kernels {
 	}
 	return &q8Kernels{
 		expSum: expSumSIMD,
+		max: func(x []float32) float32 {
+			n := len(x) &^ 15
+			if n == 0 {
+				return maxF32(x)
+			}
+			m := maxAVX512(&x[0], n)
+			if n < len(x) {
+				m = max(m, maxF32(x[n:]))
+			}
+			return m
+		},
+		weightedSum4: func(p [4][]float32, v []float32, stride int, out [4][]float32) {
+			n := len(p[0])
+			if len(out[0]) != 64 || n == 0 {
+				for i := range p {
+					weightedSumSIMD(p[i], v, stride, out[i])
+				}
+				return
+			}
+			_ = v[(n-1)*stride+63]
+			for i := range p {
+				_, _ = p[i][n-1], out[i][63]
+			}
+			weightedSum4AVX512(&p[0][0], &p[1][0], &p[2][0], &p[3][0], &v[0], stride, n, &out[0][0], &out[1][0], &out[2][0], &out[3][0])
+		},
 		scores: scoresSIMD,
 		gelu: func(x, out []float32) {
 			n := len(out) &^ 7
@@ -77,6 +102,12 @@ func simdQ8Kernels() *q8Kernels {
 		},
 	}
 }
+
+//go:noescape
+func weightedSum4AVX512(p0, p1, p2, p3, v *float32, stride, n int, o0, o1, o2, o3 *float32)
+
+//go:noescape
+func maxAVX512(x *float32, n int) float32
 
 //go:noescape
 func expSumAVX2(x *float32, n int, scale, sub float32, out *float32) float32

@@ -462,3 +462,137 @@ s4dim:
 s4done:
 	VZEROUPPER
 	RET
+
+// func weightedSum4AVX512(p0, p1, p2, p3, v *float32, stride, n int, o0, o1, o2, o3 *float32)
+// weightedSumAVX2 for four rows of probabilities over the same n values of
+// 64 columns (stride elements apart): oi[c] += Σ_j pi[j]·v[j·stride+c].
+// Each value row is loaded once for the four rows, and the 16 sums are
+// independent chains, where one row's 4 (8 in ymm) wait on each other's
+// FMA latency. Every oi[c] gets the same FMAs in the same order as from
+// weightedSumAVX2.
+TEXT ·weightedSum4AVX512(SB), NOSPLIT, $0-88
+	MOVQ         p0+0(FP), AX
+	MOVQ         p1+8(FP), BX
+	MOVQ         p2+16(FP), DX
+	MOVQ         p3+24(FP), R11
+	MOVQ         v+32(FP), SI
+	MOVQ         stride+40(FP), R8
+	SHLQ         $2, R8
+	MOVQ         n+48(FP), CX
+	MOVQ         o0+56(FP), R12
+	VMOVUPS      (R12), Z0
+	VMOVUPS      64(R12), Z1
+	VMOVUPS      128(R12), Z2
+	VMOVUPS      192(R12), Z3
+	MOVQ         o1+64(FP), R12
+	VMOVUPS      (R12), Z4
+	VMOVUPS      64(R12), Z5
+	VMOVUPS      128(R12), Z6
+	VMOVUPS      192(R12), Z7
+	MOVQ         o2+72(FP), R12
+	VMOVUPS      (R12), Z8
+	VMOVUPS      64(R12), Z9
+	VMOVUPS      128(R12), Z10
+	VMOVUPS      192(R12), Z11
+	MOVQ         o3+80(FP), R12
+	VMOVUPS      (R12), Z12
+	VMOVUPS      64(R12), Z13
+	VMOVUPS      128(R12), Z14
+	VMOVUPS      192(R12), Z15
+	TESTQ        CX, CX
+	JZ           ws4store
+
+ws4loop:
+	VMOVUPS      (SI), Z16
+	VMOVUPS      64(SI), Z17
+	VMOVUPS      128(SI), Z18
+	VMOVUPS      192(SI), Z19
+	VBROADCASTSS (AX), Z20
+	VBROADCASTSS (BX), Z21
+	VBROADCASTSS (DX), Z22
+	VBROADCASTSS (R11), Z23
+	VFMADD231PS  Z16, Z20, Z0
+	VFMADD231PS  Z17, Z20, Z1
+	VFMADD231PS  Z18, Z20, Z2
+	VFMADD231PS  Z19, Z20, Z3
+	VFMADD231PS  Z16, Z21, Z4
+	VFMADD231PS  Z17, Z21, Z5
+	VFMADD231PS  Z18, Z21, Z6
+	VFMADD231PS  Z19, Z21, Z7
+	VFMADD231PS  Z16, Z22, Z8
+	VFMADD231PS  Z17, Z22, Z9
+	VFMADD231PS  Z18, Z22, Z10
+	VFMADD231PS  Z19, Z22, Z11
+	VFMADD231PS  Z16, Z23, Z12
+	VFMADD231PS  Z17, Z23, Z13
+	VFMADD231PS  Z18, Z23, Z14
+	VFMADD231PS  Z19, Z23, Z15
+	ADDQ         R8, SI
+	ADDQ         $4, AX
+	ADDQ         $4, BX
+	ADDQ         $4, DX
+	ADDQ         $4, R11
+	DECQ         CX
+	JNZ          ws4loop
+
+ws4store:
+	MOVQ         o0+56(FP), R12
+	VMOVUPS      Z0, (R12)
+	VMOVUPS      Z1, 64(R12)
+	VMOVUPS      Z2, 128(R12)
+	VMOVUPS      Z3, 192(R12)
+	MOVQ         o1+64(FP), R12
+	VMOVUPS      Z4, (R12)
+	VMOVUPS      Z5, 64(R12)
+	VMOVUPS      Z6, 128(R12)
+	VMOVUPS      Z7, 192(R12)
+	MOVQ         o2+72(FP), R12
+	VMOVUPS      Z8, (R12)
+	VMOVUPS      Z9, 64(R12)
+	VMOVUPS      Z10, 128(R12)
+	VMOVUPS      Z11, 192(R12)
+	MOVQ         o3+80(FP), R12
+	VMOVUPS      Z12, (R12)
+	VMOVUPS      Z13, 64(R12)
+	VMOVUPS      Z14, 128(R12)
+	VMOVUPS      Z15, 192(R12)
+	VZEROUPPER
+	RET
+
+// func maxAVX512(x *float32, n int) float32
+// The largest of n (a positive multiple of 16) values.
+TEXT ·maxAVX512(SB), NOSPLIT, $0-20
+	MOVQ          x+0(FP), SI
+	MOVQ          n+8(FP), CX
+	VMOVUPS       (SI), Z0
+	VMOVAPS       Z0, Z1
+	ADDQ          $64, SI
+	SUBQ          $16, CX
+
+max32:
+	CMPQ          CX, $32
+	JLT           max16
+	VMAXPS        (SI), Z0, Z0
+	VMAXPS        64(SI), Z1, Z1
+	ADDQ          $128, SI
+	SUBQ          $32, CX
+	JMP           max32
+
+max16:
+	TESTQ         CX, CX
+	JZ            maxdone
+	VMAXPS        (SI), Z0, Z0
+
+maxdone:
+	VMAXPS        Z1, Z0, Z0
+	VEXTRACTF64X4 $1, Z0, Y1
+	VMAXPS        Y1, Y0, Y0
+	VEXTRACTF128  $1, Y0, X1
+	VMAXPS        X1, X0, X0
+	VPERMILPS     $0x4e, X0, X1
+	VMAXPS        X1, X0, X0
+	VPERMILPS     $0xb1, X0, X1
+	VMAXPS        X1, X0, X0
+	VMOVSS        X0, ret+16(FP)
+	VZEROUPPER
+	RET
