@@ -2,6 +2,7 @@ package cpu
 
 import (
 	"math"
+	"sync"
 
 	"orcd/backend"
 )
@@ -85,13 +86,6 @@ func (b *Backend) Attention(dst, q, kCache, vCache, pos, seq, table, sinks backe
 		maxKeys = max(maxKeys, pr-first+1)
 	}
 	group := p.Heads / p.KVHeads
-	type buffers struct {
-		logits, probs []float32
-		exps          []float64
-		logits4       [4][]float32
-		probs4        [4][]float32
-	}
-	scratch := make([]*buffers, b.threads)
 	scoresOf := b.k.scores
 	tasks := n * p.Heads
 	if b.fast {
@@ -99,19 +93,10 @@ func (b *Backend) Attention(dst, q, kCache, vCache, pos, seq, table, sinks backe
 		// Tasks are blocks of 4 rows of one head (see attend4).
 		tasks = (n + 3) / 4 * p.Heads
 	}
-	b.parallel(tasks, 1, func(worker, lo, hi int) {
-		if scratch[worker] == nil {
-			sb := &buffers{logits: make([]float32, maxKeys), probs: make([]float32, maxKeys)}
-			if b.fast {
-				for i := range 4 {
-					sb.logits4[i], sb.probs4[i] = make([]float32, maxKeys+3), make([]float32, maxKeys+3)
-				}
-			} else {
-				sb.exps = make([]float64, maxKeys)
-			}
-			scratch[worker] = sb
-		}
-		sb := scratch[worker]
+	b.parallel(tasks, 1, func(_, lo, hi int) {
+		sb := attnScratch.Get().(*attnBuffers)
+		defer attnScratch.Put(sb)
+		sb.grow(maxKeys, b.fast && n >= 4)
 		logits, probs, exps := sb.logits, sb.probs, sb.exps
 		// softmaxFast sets probs to the float32 exps of ls (the scores of
 		// head h, times Scale, less their largest) and returns their sum
@@ -240,6 +225,32 @@ func (b *Backend) Attention(dst, q, kCache, vCache, pos, seq, table, sinks backe
 			}
 		}
 	})
+}
+
+// attnBuffers are one worker's scratch rows for Attention: a row's logits,
+// probabilities and (exact) float64 exps, and the fast precision's four
+// rows of logits and probabilities.
+type attnBuffers struct {
+	logits, probs   []float32
+	exps            []float64
+	logits4, probs4 [4][]float32
+}
+
+// attnScratch recycles attnBuffers: a decode step's attention calls would
+// otherwise allocate them each time.
+var attnScratch = sync.Pool{New: func() any { return new(attnBuffers) }}
+
+// grow makes the buffers hold keys values, and the four-row ones too when
+// rows4 is set.
+func (sb *attnBuffers) grow(keys int, rows4 bool) {
+	if len(sb.logits) < keys {
+		sb.logits, sb.probs, sb.exps = make([]float32, keys), make([]float32, keys), make([]float64, keys)
+	}
+	if rows4 && len(sb.logits4[0]) < keys+3 {
+		for i := range 4 {
+			sb.logits4[i], sb.probs4[i] = make([]float32, keys+3), make([]float32, keys+3)
+		}
+	}
 }
 
 // forEachRun splits the key positions first..first+keys-1 into runs of

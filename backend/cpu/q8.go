@@ -239,7 +239,12 @@ func (b *Backend) matmulQ8(dst, x []float32, n int, w *weight, bias []float32) {
 	a := b.quantize(x, n, w.in)
 	defer q8Acts.Put(a)
 	b.parallel(p.groups, 2, func(_, lo, hi int) {
-		var res [q8Rows * q8Group]float32
+		// res takes a last group that dst cuts short; most matrices have
+		// none, and a decode step would otherwise allocate one per op.
+		var res []float32
+		if out%q8Group != 0 && hi == p.groups {
+			res = make([]float32, q8Rows*q8Group)
+		}
 		if n < 4 {
 			// Decode: each row against the whole chunk in one call, straight
 			// into dst but for a last group that dst cuts short.
@@ -283,7 +288,7 @@ func (b *Backend) matmulQ8(dst, x []float32, n int, w *weight, bias []float32) {
 						b.k.q8.gemm(p, g, a, i, rows, gb, dst[i*out+q8Group*g:], out)
 						continue
 					}
-					b.k.q8.gemm(p, g, a, i, rows, gb, res[:], q8Group)
+					b.k.q8.gemm(p, g, a, i, rows, gb, res, q8Group)
 					for r := 0; r < rows; r++ {
 						copy(dst[(i+r)*out+q8Group*g:(i+r)*out+q8Group*g+cols], res[q8Group*r:])
 					}
