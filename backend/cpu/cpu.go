@@ -15,6 +15,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"orcd/backend"
 	"orcd/tensor"
@@ -39,6 +40,8 @@ type Backend struct {
 	mu   sync.Mutex
 	err  error
 	live map[*Tensor]struct{}
+
+	helpers []helper // parallel's worker goroutines, threads-1 of them
 }
 
 // Tensor is a block of host memory. Float32 data (activations and F32
@@ -123,7 +126,9 @@ func newBackend(threads int, simd bool, prec Precision) *Backend {
 	if s, ok := simdKernels(); ok && simd {
 		k = s
 	}
-	return &Backend{threads: max(threads, 1), k: k, fast: prec == Fast && k.q8 != nil, live: make(map[*Tensor]struct{})}
+	threads = max(threads, 1)
+	return &Backend{threads: threads, k: k, fast: prec == Fast && k.q8 != nil, live: make(map[*Tensor]struct{}),
+		helpers: make([]helper, threads-1)}
 }
 
 // Fast reports whether Q8_0 MatMuls run in the fast precision.
@@ -392,6 +397,11 @@ func describe(t *Tensor) string {
 // other load takes fewer chunks instead of holding everyone up. worker
 // (0 to b.threads-1) is unique among concurrently running calls, for
 // per-worker scratch buffers.
+//
+// The other workers are helper goroutines that, after their part, spin for
+// helperSpin waiting for the next call's part before they exit: a decode
+// step is ~60 parallel ops of 10-100 µs, and starting a goroutine on an
+// idle core (waking its thread) costs a good part of that.
 func (b *Backend) parallel(n, minChunk int, fn func(worker, lo, hi int)) {
 	if n <= 0 {
 		return
@@ -413,14 +423,92 @@ func (b *Backend) parallel(n, minChunk int, fn func(worker, lo, hi int)) {
 			fn(worker, lo, min(lo+chunk, n))
 		}
 	}
-	var wg sync.WaitGroup
+	c := &call{run: run}
+	c.pending.Store(int32(workers - 1))
+	c.wg.Add(workers - 1)
 	for w := 1; w < workers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			run(w)
-		}()
+		b.helpers[w-1].start(c, w)
 	}
 	run(0)
-	wg.Wait()
+	// The helpers' last chunks are usually done within microseconds.
+	for deadline := time.Now().Add(helperSpin); c.pending.Load() != 0; {
+		if time.Now().After(deadline) {
+			c.wg.Wait()
+			break
+		}
+	}
+}
+
+// helperSpin is how long a helper goroutine waits, spinning, for more work
+// before it exits, and how long parallel spins for the helpers to finish
+// before it blocks.
+const helperSpin = 50 * time.Microsecond
+
+// call is one parallel call's work for its helpers.
+type call struct {
+	run     func(worker int)
+	pending atomic.Int32 // helpers not yet done
+	wg      sync.WaitGroup
+}
+
+// helper is a slot for one of a Backend's helper goroutines.
+type helper struct {
+	// state is idle (no goroutine), spinning (one waits for a call) or
+	// claimed (running a call, or about to receive one in next).
+	state atomic.Int32
+	next  atomic.Pointer[helperWork]
+}
+
+const (
+	helperIdle int32 = iota
+	helperSpinning
+	helperClaimed
+)
+
+// helperWork is a call and the worker number to run it as.
+type helperWork struct {
+	c      *call
+	worker int
+}
+
+// start runs c as worker on h's spinning goroutine, else on a new one
+// (which then waits in h), or, if h is busy with another call, on a
+// goroutine of its own.
+func (h *helper) start(c *call, worker int) {
+	w := &helperWork{c, worker}
+	if h.state.CompareAndSwap(helperSpinning, helperClaimed) {
+		h.next.Store(w)
+		return
+	}
+	if h.state.CompareAndSwap(helperIdle, helperClaimed) {
+		go h.loop(w)
+		return
+	}
+	go w.do()
+}
+
+// do runs the work and reports it done.
+func (w *helperWork) do() {
+	w.c.run(w.worker)
+	w.c.pending.Add(-1)
+	w.c.wg.Done()
+}
+
+// loop runs w, then spins for up to helperSpin for the next work handed to
+// h, and exits when none comes.
+func (h *helper) loop(w *helperWork) {
+	for {
+		w.do()
+		h.state.Store(helperSpinning)
+		deadline := time.Now().Add(helperSpin)
+		for {
+			if w = h.next.Swap(nil); w != nil {
+				break
+			}
+			if time.Now().After(deadline) && h.state.CompareAndSwap(helperSpinning, helperIdle) {
+				return
+			}
+			// Claimed after the deadline: the work is on its way.
+		}
+	}
 }
