@@ -129,15 +129,30 @@ func geluAVX2(x, out *float32, n int)
 //go:noescape
 func scores4AVX2(q, k *float32, stride, n, d int, out *float32)
 
-// scoresSIMD is scores with whole groups of four keys in scores4AVX2.
+//go:noescape
+func scores8AVX512(q, k *float32, stride, n int, out *float32)
+
+// scoresSIMD is scores with whole groups of eight keys in scores8AVX512
+// when the head has 64 values, then groups of four in scores4AVX2.
 func scoresSIMD(q, k []float32, stride int, out []float32) {
-	d, n := len(q), len(out)&^3
-	if d%8 != 0 || d == 0 || n == 0 {
+	d := len(q)
+	if d%8 != 0 || d == 0 {
 		scores(q, k, stride, out)
 		return
 	}
-	_ = k[(n-1)*stride+d-1]
-	scores4AVX2(&q[0], &k[0], stride, n, d, &out[0])
+	if n := len(out) &^ 7; d == 64 && n > 0 {
+		_ = k[(n-1)*stride+d-1]
+		scores8AVX512(&q[0], &k[0], stride, n, &out[0])
+		if n == len(out) {
+			return
+		}
+		k, out = k[n*stride:], out[n:]
+	}
+	n := len(out) &^ 3
+	if n > 0 {
+		_ = k[(n-1)*stride+d-1]
+		scores4AVX2(&q[0], &k[0], stride, n, d, &out[0])
+	}
 	if n < len(out) {
 		scores(q, k[n*stride:], stride, out[n:])
 	}

@@ -596,3 +596,96 @@ maxdone:
 	VMOVSS        X0, ret+16(FP)
 	VZEROUPPER
 	RET
+
+// SCORE8(acc, key) sets acc to the 16 partial products of the 64 values of
+// q (Z16..Z19) with the key's, chained in 4 steps.
+#define SCORE8(acc, key) \
+	VMULPS      key, Z16, acc; \
+	VFMADD231PS 64 key, Z17, acc; \
+	VFMADD231PS 128 key, Z18, acc; \
+	VFMADD231PS 192 key, Z19, acc
+
+// PAIRSUM(a, b, t) sets a to [a0+a2, a1+a3, b0+b2, b1+b3] (128-bit lanes
+// of a and b): half of each row's partial sums.
+#define PAIRSUM(a, b, t) \
+	VSHUFF64X2 $0xee, b, a, t; \
+	VSHUFF64X2 $0x44, b, a, a; \
+	VADDPS     t, a, a
+
+// QUADSUM(a, b, t) sets a, holding [A0, A1, B0, B1] and b [C0, C1, D0, D1],
+// to [A0+A1, B0+B1, C0+C1, D0+D1].
+#define QUADSUM(a, b, t) \
+	VSHUFF64X2 $0xdd, b, a, t; \
+	VSHUFF64X2 $0x88, b, a, a; \
+	VADDPS     t, a, a
+
+// func scores8AVX512(q, k *float32, stride, n int, out *float32)
+// out[j] = Σ_c q[c]·k[j·stride+c] for 64 columns and j < n (a multiple of
+// 8): eight keys at a time, each a chain of 4 zmm FMAs, the eight sums
+// reduced together by shuffles (24 instructions for 8 scores).
+TEXT ·scores8AVX512(SB), NOSPLIT, $0-40
+	MOVQ       q+0(FP), SI
+	MOVQ       k+8(FP), BX
+	MOVQ       stride+16(FP), R8
+	SHLQ       $2, R8
+	MOVQ       n+24(FP), CX
+	MOVQ       out+32(FP), DI
+	VMOVUPS    (SI), Z16
+	VMOVUPS    64(SI), Z17
+	VMOVUPS    128(SI), Z18
+	VMOVUPS    192(SI), Z19
+	VMOVDQU32  ·scores8Perm(SB), Z20
+
+s8loop:
+	LEAQ       (BX)(R8*2), R11
+	ADDQ       R8, R11                // key 3
+	LEAQ       (R11)(R8*2), R12
+	ADDQ       R8, R12                // key 6
+	SCORE8(Z0, (BX))
+	SCORE8(Z1, (BX)(R8*1))
+	SCORE8(Z2, (BX)(R8*2))
+	SCORE8(Z3, (R11))
+	SCORE8(Z4, (BX)(R8*4))
+	SCORE8(Z5, (R11)(R8*2))
+	SCORE8(Z6, (R12))
+	SCORE8(Z7, (R11)(R8*4))
+	PAIRSUM(Z0, Z1, Z8)
+	PAIRSUM(Z2, Z3, Z9)
+	PAIRSUM(Z4, Z5, Z10)
+	PAIRSUM(Z6, Z7, Z11)
+	QUADSUM(Z0, Z2, Z8)               // 128-bit lane j: key j's 4 partial sums
+	QUADSUM(Z4, Z6, Z9)               // key 4+j's
+	VSHUFPS    $0xee, Z4, Z0, Z8
+	VSHUFPS    $0x44, Z4, Z0, Z0
+	VADDPS     Z8, Z0, Z0             // lane j: [j, j, 4+j, 4+j] partial sums
+	VPERMILPS  $0xb1, Z0, Z8
+	VADDPS     Z8, Z0, Z0             // elements 4j and 4j+2: keys j and 4+j
+	VPERMPS    Z0, Z20, Z0
+	VMOVUPS    Y0, (DI)
+	ADDQ       $32, DI
+	LEAQ       (R11)(R8*4), BX
+	ADDQ       R8, BX                 // key 8
+	SUBQ       $8, CX
+	JNZ        s8loop
+	VZEROUPPER
+	RET
+
+// scores8Perm gathers keys 0..7's sums (elements 0, 4, 8, 12, 2, 6, 10, 14)
+// into the low 8 elements.
+DATA ·scores8Perm+0(SB)/4, $0
+DATA ·scores8Perm+4(SB)/4, $4
+DATA ·scores8Perm+8(SB)/4, $8
+DATA ·scores8Perm+12(SB)/4, $12
+DATA ·scores8Perm+16(SB)/4, $2
+DATA ·scores8Perm+20(SB)/4, $6
+DATA ·scores8Perm+24(SB)/4, $10
+DATA ·scores8Perm+28(SB)/4, $14
+DATA ·scores8Perm+32(SB)/4, $0
+DATA ·scores8Perm+36(SB)/4, $0
+DATA ·scores8Perm+40(SB)/4, $0
+DATA ·scores8Perm+44(SB)/4, $0
+DATA ·scores8Perm+48(SB)/4, $0
+DATA ·scores8Perm+52(SB)/4, $0
+DATA ·scores8Perm+56(SB)/4, $0
+DATA ·scores8Perm+60(SB)/4, $0
+GLOBL ·scores8Perm(SB), RODATA|NOPTR, $64
