@@ -426,10 +426,23 @@ func (b *Backend) parallel(n, minChunk int, fn func(worker, lo, hi int)) {
 	c := &call{run: run}
 	c.pending.Store(int32(workers - 1))
 	c.wg.Add(workers - 1)
+	var handed [maxHanded]*helperWork
 	for w := 1; w < workers; w++ {
-		b.helpers[w-1].start(c, w)
+		hw := &helperWork{c, w}
+		if b.helpers[w-1].hand(hw) && w-1 < maxHanded {
+			handed[w-1] = hw
+		}
 	}
 	run(0)
+	// Every chunk is claimed now: work a helper has not picked up (its
+	// thread descheduled by other load, or not started yet) is taken back
+	// rather than waited for.
+	for i, hw := range handed[:min(workers-1, maxHanded)] {
+		if hw != nil && b.helpers[i].next.CompareAndSwap(hw, nil) {
+			c.pending.Add(-1)
+			c.wg.Done()
+		}
+	}
 	// The helpers' last chunks are usually done within microseconds.
 	for deadline := time.Now().Add(helperSpin); c.pending.Load() != 0; {
 		if time.Now().After(deadline) {
@@ -438,6 +451,11 @@ func (b *Backend) parallel(n, minChunk int, fn func(worker, lo, hi int)) {
 		}
 	}
 }
+
+// maxHanded bounds the helpers whose work parallel can take back (an array
+// on the stack, not an allocation per call); helpers beyond it are waited
+// for.
+const maxHanded = 63
 
 // helperSpin is how long a helper goroutine waits, spinning, for more work
 // before it exits, and how long parallel spins for the helpers to finish
@@ -451,19 +469,13 @@ type call struct {
 	wg      sync.WaitGroup
 }
 
-// helper is a slot for one of a Backend's helper goroutines.
+// helper is a slot for one of a Backend's helper goroutines: work is
+// handed over in next, and alive says a goroutine is (or is about to be)
+// watching next.
 type helper struct {
-	// state is idle (no goroutine), spinning (one waits for a call) or
-	// claimed (running a call, or about to receive one in next).
-	state atomic.Int32
 	next  atomic.Pointer[helperWork]
+	alive atomic.Bool
 }
-
-const (
-	helperIdle int32 = iota
-	helperSpinning
-	helperClaimed
-)
 
 // helperWork is a call and the worker number to run it as.
 type helperWork struct {
@@ -471,20 +483,21 @@ type helperWork struct {
 	worker int
 }
 
-// start runs c as worker on h's spinning goroutine, else on a new one
-// (which then waits in h), or, if h is busy with another call, on a
-// goroutine of its own.
-func (h *helper) start(c *call, worker int) {
-	w := &helperWork{c, worker}
-	if h.state.CompareAndSwap(helperSpinning, helperClaimed) {
-		h.next.Store(w)
-		return
+// hand gives w to h's goroutine, starting one if none is alive, and
+// reports whether it went through h (and so can be taken back from next).
+// If h still holds another call's work (calls from several goroutines),
+// w runs on a goroutine of its own.
+func (h *helper) hand(w *helperWork) bool {
+	if !h.next.CompareAndSwap(nil, w) {
+		go w.do()
+		return false
 	}
-	if h.state.CompareAndSwap(helperIdle, helperClaimed) {
-		go h.loop(w)
-		return
+	// With loop's store of alive and load of next, one side sees the
+	// other's store: the work is never left without a goroutine.
+	if !h.alive.Load() && h.alive.CompareAndSwap(false, true) {
+		go h.loop()
 	}
-	go w.do()
+	return true
 }
 
 // do runs the work and reports it done.
@@ -494,21 +507,21 @@ func (w *helperWork) do() {
 	w.c.wg.Done()
 }
 
-// loop runs w, then spins for up to helperSpin for the next work handed to
-// h, and exits when none comes.
-func (h *helper) loop(w *helperWork) {
+// loop runs the work handed to h, spinning for up to helperSpin after
+// each for the next, and exits when none comes.
+func (h *helper) loop() {
+	deadline := time.Now().Add(helperSpin)
 	for {
-		w.do()
-		h.state.Store(helperSpinning)
-		deadline := time.Now().Add(helperSpin)
-		for {
-			if w = h.next.Swap(nil); w != nil {
-				break
-			}
-			if time.Now().After(deadline) && h.state.CompareAndSwap(helperSpinning, helperIdle) {
+		if w := h.next.Swap(nil); w != nil {
+			w.do()
+			deadline = time.Now().Add(helperSpin)
+			continue
+		}
+		if time.Now().After(deadline) {
+			h.alive.Store(false)
+			if h.next.Load() == nil || !h.alive.CompareAndSwap(false, true) {
 				return
 			}
-			// Claimed after the deadline: the work is on its way.
 		}
 	}
 }
