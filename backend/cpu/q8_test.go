@@ -369,3 +369,24 @@ func TestEmbedFast(t *testing.T) {
 		}
 	}
 }
+
+// TestMaxFast checks the softmax's max (Go and assembly) against a plain
+// loop, for lengths around the assembly's 16 and 32 at a time, with the
+// largest value at every position in turn.
+func TestMaxFast(t *testing.T) {
+	r := newRand(t)
+	for name, k := range q8Sets() {
+		for n := 1; n <= 70; n++ {
+			for at := 0; at < n; at++ {
+				x := randF32(r, n, 1)
+				for i := range x {
+					x[i] -= 2 // all negative, so a max stuck at 0 fails
+				}
+				x[at] = 5
+				if got := k.max(x); got != 5 {
+					t.Fatalf("%s: max of %d values with 5 at %d = %v", name, n, at, got)
+				}
+			}
+		}
+	}
+}
