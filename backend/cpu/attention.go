@@ -134,14 +134,27 @@ func (b *Backend) Attention(dst, q, kCache, vCache, pos, seq, table, sinks backe
 			var outs [4][]float32
 			var ps [4][]float32
 			var denoms [4]float32
+			// Without a window, the whole blocks before p0's are every
+			// row's runs of blockSize keys: scored four rows at once when
+			// blockSize is a multiple of 8 (scores4q gives what scoresOf
+			// gives for such runs).
+			shared := 0
+			if p.Window == 0 && p.BlockSize%8 == 0 {
+				shared = p0 / p.BlockSize * p.BlockSize
+				q4 := qs.f32[r0*qCols+h*p.HeadDim:]
+				forEachRun(0, shared, p.BlockSize, rowTable, func(j, row, run int) {
+					b.k.q8.scores4q(q4, qCols, p.HeadDim, kc.f32[row*kvCols+kvOff:], kvCols, [4][]float32{
+						sb.logits4[0][j : j+run], sb.logits4[1][j : j+run], sb.logits4[2][j : j+run], sb.logits4[3][j : j+run]})
+				})
+			}
 			for i := range 4 {
 				pr := p0 + i
 				first := firstKey(pr, p.Window)
 				keys, off := pr-first+1, first-f0
 				qh := qs.f32[(r0+i)*qCols+h*p.HeadDim : (r0+i)*qCols+(h+1)*p.HeadDim]
 				ls := sb.logits4[i][off : off+keys]
-				forEachRun(first, keys, p.BlockSize, rowTable, func(j, row, run int) {
-					scoresOf(qh, kc.f32[row*kvCols+kvOff:], kvCols, ls[j:j+run])
+				forEachRun(first+shared, keys-shared, p.BlockSize, rowTable, func(j, row, run int) {
+					scoresOf(qh, kc.f32[row*kvCols+kvOff:], kvCols, ls[shared+j:shared+j+run])
 				})
 				ps[i] = sb.probs4[i][:union]
 				clear(ps[i][:off])

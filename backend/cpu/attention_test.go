@@ -84,6 +84,9 @@ func TestAttention(t *testing.T) {
 		// window and sinks.
 		{"gqa2/headdim64/prefill", 4, 2, 64, 0, 4, true, [][]int{{13, 6, 0}, {5, 4, 9}, {1, 1, 1}, {7, 0, 4}}},
 		{"mha/headdim64/window", 2, 2, 64, 6, 4, false, [][]int{{11, 3}, {4, 9}, {1, 1}}},
+		// Blocks of 8: four rows scored together over the whole blocks
+		// before their own.
+		{"gqa2/headdim64/block8", 4, 2, 64, 0, 8, true, [][]int{{21, 3}, {6, 18}, {1, 1}, {9, 1}}},
 	}
 	for name, b := range backendsWithFast() {
 		for _, tc := range cases {
@@ -235,7 +238,7 @@ func TestAttentionRowsAlone(t *testing.T) {
 				qv := randF32(r, n*qCols, 2)
 				pos := make([]int32, n)
 				for i := range pos {
-					pos[i] = int32(3 + i)
+					pos[i] = int32(ctx - n + i) // rows of 4 with a whole block before them
 				}
 				dst := poisoned(t, b, n, qCols)
 				b.Attention(dst, activation(t, b, n, qCols, qv), kc, vc, ints(t, b, pos), seq, table, sinks, ap)

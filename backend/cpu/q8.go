@@ -198,6 +198,10 @@ type q8Kernels struct {
 	expSum func(x []float32, scale, sub float32, out []float32) float32
 	gelu   func(x, out []float32)
 	scores func(q, k []float32, stride int, out []float32)
+	// scores4q is scores for the four queries of d values at q[i·qstride:]
+	// over the same keys, into out[i], each score computed as scores
+	// computes it in a run of len(out[i]) keys.
+	scores4q func(q []float32, qstride, d int, k []float32, stride int, out [4][]float32)
 	// max is the largest of x (len(x) ≥ 1), for the softmax.
 	max func(x []float32) float32
 	// weightedSum4 is kernels.weightedSum for four rows of probabilities
@@ -207,7 +211,11 @@ type q8Kernels struct {
 
 // goQ8Kernels are the pure-Go fast-precision loops.
 var goQ8Kernels = &q8Kernels{quant: quantQ8, gemm: gemmQ8, gemm1: gemmQ8Groups, expSum: expSum, gelu: geluF32s, scores: scores,
-	max: maxF32, weightedSum4: func(p [4][]float32, v []float32, stride int, out [4][]float32) {
+	max: maxF32, scores4q: func(q []float32, qstride, d int, k []float32, stride int, out [4][]float32) {
+		for i := range out {
+			scores(q[i*qstride:i*qstride+d], k, stride, out[i])
+		}
+	}, weightedSum4: func(p [4][]float32, v []float32, stride int, out [4][]float32) {
 		for i := range p {
 			weightedSum(p[i], v, stride, out[i])
 		}

@@ -45,6 +45,21 @@ func simdQ8Kernels() *q8Kernels {
 			}
 			return m
 		},
+		scores4q: func(q []float32, qstride, d int, k []float32, stride int, out [4][]float32) {
+			// Runs whose keys scoresSIMD would all give to scores8AVX512.
+			n := len(out[0])
+			if d != 64 || n == 0 || n%8 != 0 {
+				for i := range out {
+					scoresSIMD(q[i*qstride:i*qstride+d], k, stride, out[i])
+				}
+				return
+			}
+			_, _ = q[3*qstride+63], k[(n-1)*stride+63]
+			for i := range out {
+				_ = out[i][n-1]
+			}
+			scores4qAVX512(&q[0], qstride, &k[0], stride, n, &out[0][0], &out[1][0], &out[2][0], &out[3][0])
+		},
 		weightedSum4: func(p [4][]float32, v []float32, stride int, out [4][]float32) {
 			n := len(p[0])
 			if len(out[0]) != 64 || n == 0 {
@@ -128,6 +143,9 @@ func geluAVX2(x, out *float32, n int)
 
 //go:noescape
 func scores4AVX2(q, k *float32, stride, n, d int, out *float32)
+
+//go:noescape
+func scores4qAVX512(q *float32, qstride int, k *float32, kstride, n int, o0, o1, o2, o3 *float32)
 
 //go:noescape
 func scores8AVX512(q, k *float32, stride, n int, out *float32)

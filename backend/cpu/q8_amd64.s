@@ -689,3 +689,96 @@ DATA ·scores8Perm+52(SB)/4, $0
 DATA ·scores8Perm+56(SB)/4, $0
 DATA ·scores8Perm+60(SB)/4, $0
 GLOBL ·scores8Perm(SB), RODATA|NOPTR, $64
+
+// SCOREQ(acc, key, qa, qb, qc, qd) is SCORE8 with the query in qa..qd.
+#define SCOREQ(acc, key, qa, qb, qc, qd) \
+	VMULPS      key, qa, acc; \
+	VFMADD231PS 64 key, qb, acc; \
+	VFMADD231PS 128 key, qc, acc; \
+	VFMADD231PS 192 key, qd, acc
+
+// SCOREK(acc0, q0) is 4 keys' SCOREQ for the query in q0..q0+3 (register
+// numbers given as Zn names): keys at BX, BX+s, BX+2s and R11.
+#define SCORE4K(a0, a1, a2, a3, qa, qb, qc, qd) \
+	SCOREQ(a0, (BX), qa, qb, qc, qd); \
+	SCOREQ(a1, (BX)(R8*1), qa, qb, qc, qd); \
+	SCOREQ(a2, (BX)(R8*2), qa, qb, qc, qd); \
+	SCOREQ(a3, (R11), qa, qb, qc, qd)
+
+// REDUCE8(a0..a7, t0..t3, perm) leaves in the low 8 elements of a0 the
+// sums of a0..a7's 16 lanes, each added exactly as scores8AVX512 adds it.
+#define REDUCE8(a0, a1, a2, a3, a4, a5, a6, a7, t0, t1, t2, t3, perm) \
+	PAIRSUM(a0, a1, t0); \
+	PAIRSUM(a2, a3, t1); \
+	PAIRSUM(a4, a5, t2); \
+	PAIRSUM(a6, a7, t3); \
+	QUADSUM(a0, a2, t0); \
+	QUADSUM(a4, a6, t1); \
+	VSHUFPS    $0xee, a4, a0, t0; \
+	VSHUFPS    $0x44, a4, a0, a0; \
+	VADDPS     t0, a0, a0; \
+	VPERMILPS  $0xb1, a0, t0; \
+	VADDPS     t0, a0, a0; \
+	VPERMPS    a0, perm, a0
+
+// func scores4qAVX512(q *float32, qstride int, k *float32, kstride, n int, o0, o1, o2, o3 *float32)
+// scores8AVX512 for four queries (qstride elements apart) over the same n
+// keys (a multiple of 4), into o0..o3: each key's 64 values are read from
+// L2 once for the four queries instead of four times, and every score is
+// computed with exactly scores8AVX512's operations.
+TEXT ·scores4qAVX512(SB), NOSPLIT, $0-72
+	MOVQ       q+0(FP), SI
+	MOVQ       qstride+8(FP), R9
+	SHLQ       $2, R9
+	LEAQ       (SI)(R9*2), R10
+	ADDQ       R9, R10                // query 3
+	MOVQ       k+16(FP), BX
+	MOVQ       kstride+24(FP), R8
+	SHLQ       $2, R8
+	MOVQ       n+32(FP), CX
+	MOVQ       o0+40(FP), AX
+	MOVQ       o1+48(FP), DX
+	MOVQ       o2+56(FP), DI
+	MOVQ       o3+64(FP), R12
+
+s4qloop:
+	LEAQ       (BX)(R8*2), R11
+	ADDQ       R8, R11                // key 3
+	VMOVUPS    (SI), Z16
+	VMOVUPS    64(SI), Z17
+	VMOVUPS    128(SI), Z18
+	VMOVUPS    192(SI), Z19
+	VMOVUPS    (SI)(R9*1), Z20
+	VMOVUPS    64(SI)(R9*1), Z21
+	VMOVUPS    128(SI)(R9*1), Z22
+	VMOVUPS    192(SI)(R9*1), Z23
+	VMOVUPS    (SI)(R9*2), Z24
+	VMOVUPS    64(SI)(R9*2), Z25
+	VMOVUPS    128(SI)(R9*2), Z26
+	VMOVUPS    192(SI)(R9*2), Z27
+	VMOVUPS    (R10), Z28
+	VMOVUPS    64(R10), Z29
+	VMOVUPS    128(R10), Z30
+	VMOVUPS    192(R10), Z31
+	SCORE4K(Z0, Z1, Z2, Z3, Z16, Z17, Z18, Z19)
+	SCORE4K(Z4, Z5, Z6, Z7, Z20, Z21, Z22, Z23)
+	SCORE4K(Z8, Z9, Z10, Z11, Z24, Z25, Z26, Z27)
+	SCORE4K(Z12, Z13, Z14, Z15, Z28, Z29, Z30, Z31)
+	VMOVDQU32  ·scores8Perm(SB), Z24
+	REDUCE8(Z0, Z1, Z2, Z3, Z4, Z5, Z6, Z7, Z16, Z17, Z18, Z19, Z24)
+	REDUCE8(Z8, Z9, Z10, Z11, Z12, Z13, Z14, Z15, Z20, Z21, Z22, Z23, Z24)
+	VMOVUPS    X0, (AX)
+	VEXTRACTF32X4 $1, Y0, X1
+	VMOVUPS    X1, (DX)
+	VMOVUPS    X8, (DI)
+	VEXTRACTF32X4 $1, Y8, X9
+	VMOVUPS    X9, (R12)
+	ADDQ       $16, AX
+	ADDQ       $16, DX
+	ADDQ       $16, DI
+	ADDQ       $16, R12
+	LEAQ       (R11)(R8*1), BX        // key 4
+	SUBQ       $4, CX
+	JNZ        s4qloop
+	VZEROUPPER
+	RET
