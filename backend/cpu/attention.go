@@ -2,6 +2,7 @@ package cpu
 
 import (
 	"math"
+	"sync"
 
 	"orcd/backend"
 )
@@ -85,76 +86,184 @@ func (b *Backend) Attention(dst, q, kCache, vCache, pos, seq, table, sinks backe
 		maxKeys = max(maxKeys, pr-first+1)
 	}
 	group := p.Heads / p.KVHeads
-	type buffers struct {
-		logits, probs []float32
-		exps          []float64
-	}
-	scratch := make([]*buffers, b.threads)
 	scoresOf := b.k.scores
+	tasks := n * p.Heads
 	if b.fast {
 		scoresOf = b.k.q8.scores
+		// Tasks are blocks of 4 rows of one head (see attend4).
+		tasks = (n + 3) / 4 * p.Heads
 	}
-	b.parallel(n*p.Heads, 1, func(worker, lo, hi int) {
-		if scratch[worker] == nil {
-			scratch[worker] = &buffers{make([]float32, maxKeys), make([]float32, maxKeys), make([]float64, maxKeys)}
-		}
-		logits, probs, exps := scratch[worker].logits, scratch[worker].probs, scratch[worker].exps
-		for task := lo; task < hi; task++ {
-			r, h := task/p.Heads, task%p.Heads
-			pr := int(positions[r])
-			first := firstKey(pr, p.Window)
-			keys := pr - first + 1
-			rowTable := tbl[int(seqs[r])*p.MaxBlocks:]
-			qh := qs.f32[r*qCols+h*p.HeadDim : r*qCols+(h+1)*p.HeadDim]
-			kvOff := (h / group) * p.HeadDim
-			// The keys first..pr lie in runs of consecutive cache rows, one
-			// run per block.
-			forEachRun(first, keys, p.BlockSize, rowTable, func(i, row, run int) {
-				scoresOf(qh, kc.f32[row*kvCols+kvOff:], kvCols, logits[i:i+run])
-			})
-			m := math.Inf(-1)
-			ls := logits[:keys]
-			for _, l := range ls {
-				m = max(m, float64(l*p.Scale))
+	b.parallel(tasks, 1, func(_, lo, hi int) {
+		sb := attnScratch.Get().(*attnBuffers)
+		defer attnScratch.Put(sb)
+		sb.grow(maxKeys, b.fast && n >= 4)
+		logits, probs, exps := sb.logits, sb.probs, sb.exps
+		// softmaxFast sets probs to the float32 exps of ls (the scores of
+		// head h, times Scale, less their largest) and returns their sum
+		// with the sink's term.
+		softmaxFast := func(ls, probs []float32, h int) float32 {
+			var m float64
+			if p.Scale > 0 {
+				m = float64(b.k.q8.max(ls) * p.Scale)
+			} else {
+				m = math.Inf(-1)
+				for _, l := range ls {
+					m = max(m, float64(l*p.Scale))
+				}
 			}
 			if sink != nil {
 				m = max(m, float64(sink[h]))
 			}
-			out := d.f32[r*qCols+h*p.HeadDim : r*qCols+(h+1)*p.HeadDim]
+			denom := b.k.q8.expSum(ls, p.Scale, float32(m), probs)
+			if sink != nil {
+				denom += float32(math.Exp(float64(sink[h]) - m))
+			}
+			return denom
+		}
+		// attend4 is row r0..r0+3 of head h, four consecutive positions of
+		// one sequence: the scores and softmax of each row as one row's are,
+		// and the weighted sums of all four over the union of their keys
+		// in one pass over the values (a row's probability is 0 outside its
+		// own keys, which leaves its sums exactly as one row's pass would).
+		attend4 := func(r0, h int) {
+			p0 := int(positions[r0])
+			f0 := firstKey(p0, p.Window)
+			union := p0 + 3 - f0 + 1
+			rowTable := tbl[int(seqs[r0])*p.MaxBlocks:]
+			kvOff := (h / group) * p.HeadDim
+			var outs [4][]float32
+			var ps [4][]float32
+			var denoms [4]float32
+			// Without a window, the whole blocks before p0's are every
+			// row's runs of blockSize keys: scored four rows at once when
+			// blockSize is a multiple of 8 (scores4q gives what scoresOf
+			// gives for such runs).
+			shared := 0
+			if p.Window == 0 && p.BlockSize%8 == 0 {
+				shared = p0 / p.BlockSize * p.BlockSize
+				q4 := qs.f32[r0*qCols+h*p.HeadDim:]
+				forEachRun(0, shared, p.BlockSize, rowTable, func(j, row, run int) {
+					b.k.q8.scores4q(q4, qCols, p.HeadDim, kc.f32[row*kvCols+kvOff:], kvCols, [4][]float32{
+						sb.logits4[0][j : j+run], sb.logits4[1][j : j+run], sb.logits4[2][j : j+run], sb.logits4[3][j : j+run]})
+				})
+			}
+			for i := range 4 {
+				pr := p0 + i
+				first := firstKey(pr, p.Window)
+				keys, off := pr-first+1, first-f0
+				qh := qs.f32[(r0+i)*qCols+h*p.HeadDim : (r0+i)*qCols+(h+1)*p.HeadDim]
+				ls := sb.logits4[i][off : off+keys]
+				forEachRun(first+shared, keys-shared, p.BlockSize, rowTable, func(j, row, run int) {
+					scoresOf(qh, kc.f32[row*kvCols+kvOff:], kvCols, ls[shared+j:shared+j+run])
+				})
+				ps[i] = sb.probs4[i][:union]
+				clear(ps[i][:off])
+				clear(ps[i][off+keys:])
+				denoms[i] = softmaxFast(ls, ps[i][off:off+keys], h)
+				outs[i] = d.f32[(r0+i)*qCols+h*p.HeadDim : (r0+i)*qCols+(h+1)*p.HeadDim]
+				clear(outs[i])
+			}
+			forEachRun(f0, union, p.BlockSize, rowTable, func(j, row, run int) {
+				b.k.q8.weightedSum4([4][]float32{ps[0][j : j+run], ps[1][j : j+run], ps[2][j : j+run], ps[3][j : j+run]},
+					vc.f32[row*kvCols+kvOff:], kvCols, outs)
+			})
+			for i, out := range outs {
+				inv := 1 / denoms[i]
+				for c := range out {
+					out[c] *= inv
+				}
+			}
+		}
+		for task := lo; task < hi; task++ {
+			r, h, end := task/p.Heads, task%p.Heads, task/p.Heads+1
 			if b.fast {
-				// float32 exps, 8 at a time; the sum of p·v is divided by
-				// the denominator once instead of every p.
-				denom := b.k.q8.expSum(ls, p.Scale, float32(m), probs[:keys])
+				r, end = 4*r, min(n, 4*r+4)
+				if end == r+4 && positions[r+3] == positions[r]+3 && seqs[r+3] == seqs[r] &&
+					positions[r+1] == positions[r]+1 && seqs[r+1] == seqs[r] &&
+					positions[r+2] == positions[r]+2 && seqs[r+2] == seqs[r] {
+					attend4(r, h)
+					continue
+				}
+			}
+			for r1 := r; r1 < end; r1++ {
+				pr := int(positions[r1])
+				first := firstKey(pr, p.Window)
+				keys := pr - first + 1
+				rowTable := tbl[int(seqs[r1])*p.MaxBlocks:]
+				qh := qs.f32[r1*qCols+h*p.HeadDim : r1*qCols+(h+1)*p.HeadDim]
+				kvOff := (h / group) * p.HeadDim
+				// The keys first..pr lie in runs of consecutive cache rows,
+				// one run per block.
+				forEachRun(first, keys, p.BlockSize, rowTable, func(i, row, run int) {
+					scoresOf(qh, kc.f32[row*kvCols+kvOff:], kvCols, logits[i:i+run])
+				})
+				ls := logits[:keys]
+				out := d.f32[r1*qCols+h*p.HeadDim : r1*qCols+(h+1)*p.HeadDim]
+				if b.fast {
+					// float32 exps, 8 at a time; the sum of p·v is divided by
+					// the denominator once instead of every p.
+					denom := softmaxFast(ls, probs[:keys], h)
+					clear(out)
+					forEachRun(first, keys, p.BlockSize, rowTable, func(i, row, run int) {
+						b.k.weightedSum(probs[i:i+run], vc.f32[row*kvCols+kvOff:], kvCols, out)
+					})
+					inv := 1 / denom
+					for c := range out {
+						out[c] *= inv
+					}
+					continue
+				}
+				m := math.Inf(-1)
+				for _, l := range ls {
+					m = max(m, float64(l*p.Scale))
+				}
 				if sink != nil {
-					denom += float32(math.Exp(float64(sink[h]) - m))
+					m = max(m, float64(sink[h]))
+				}
+				var denom float64
+				for i, l := range ls {
+					exps[i] = expNonPositive(float64(l*p.Scale) - m)
+					denom += exps[i]
+				}
+				if sink != nil {
+					denom += math.Exp(float64(sink[h]) - m)
+				}
+				for i, e := range exps[:keys] {
+					probs[i] = float32(e / denom)
 				}
 				clear(out)
 				forEachRun(first, keys, p.BlockSize, rowTable, func(i, row, run int) {
 					b.k.weightedSum(probs[i:i+run], vc.f32[row*kvCols+kvOff:], kvCols, out)
 				})
-				inv := 1 / denom
-				for c := range out {
-					out[c] *= inv
-				}
-				continue
 			}
-			var denom float64
-			for i, l := range ls {
-				exps[i] = expNonPositive(float64(l*p.Scale) - m)
-				denom += exps[i]
-			}
-			if sink != nil {
-				denom += math.Exp(float64(sink[h]) - m)
-			}
-			for i, e := range exps[:keys] {
-				probs[i] = float32(e / denom)
-			}
-			clear(out)
-			forEachRun(first, keys, p.BlockSize, rowTable, func(i, row, run int) {
-				b.k.weightedSum(probs[i:i+run], vc.f32[row*kvCols+kvOff:], kvCols, out)
-			})
 		}
 	})
+}
+
+// attnBuffers are one worker's scratch rows for Attention: a row's logits,
+// probabilities and (exact) float64 exps, and the fast precision's four
+// rows of logits and probabilities.
+type attnBuffers struct {
+	logits, probs   []float32
+	exps            []float64
+	logits4, probs4 [4][]float32
+}
+
+// attnScratch recycles attnBuffers: a decode step's attention calls would
+// otherwise allocate them each time.
+var attnScratch = sync.Pool{New: func() any { return new(attnBuffers) }}
+
+// grow makes the buffers hold keys values, and the four-row ones too when
+// rows4 is set.
+func (sb *attnBuffers) grow(keys int, rows4 bool) {
+	if len(sb.logits) < keys {
+		sb.logits, sb.probs, sb.exps = make([]float32, keys), make([]float32, keys), make([]float64, keys)
+	}
+	if rows4 && len(sb.logits4[0]) < keys+3 {
+		for i := range 4 {
+			sb.logits4[i], sb.probs4[i] = make([]float32, keys+3), make([]float32, keys+3)
+		}
+	}
 }
 
 // forEachRun splits the key positions first..first+keys-1 into runs of

@@ -79,6 +79,14 @@ func TestAttention(t *testing.T) {
 		{"gqa4/sinks/odd-headdim", 4, 1, 5, 0, 3, true, [][]int{{3, 2}, {6, 1}, {1, 8}}},
 		{"mha/window-bigger-than-block", 2, 2, 12, 7, 4, true, [][]int{{5, 0, 11}, {5, 3, 1}, {5, 1, 1}, {1, 9, 1}}},
 		{"block-of-one", 2, 1, 4, 3, 1, false, [][]int{{2, 5}, {1, 1}, {4, 1}}},
+		// Head size 64 with runs of 4+ consecutive rows: the fast
+		// precision's four-row blocks, also across block-table gaps, a
+		// window and sinks.
+		{"gqa2/headdim64/prefill", 4, 2, 64, 0, 4, true, [][]int{{13, 6, 0}, {5, 4, 9}, {1, 1, 1}, {7, 0, 4}}},
+		{"mha/headdim64/window", 2, 2, 64, 6, 4, false, [][]int{{11, 3}, {4, 9}, {1, 1}}},
+		// Blocks of 8: four rows scored together over the whole blocks
+		// before their own.
+		{"gqa2/headdim64/block8", 4, 2, 64, 0, 8, true, [][]int{{21, 3}, {6, 18}, {1, 1}, {9, 1}}},
 	}
 	for name, b := range backendsWithFast() {
 		for _, tc := range cases {
@@ -207,5 +215,45 @@ func TestExpNonPositive(t *testing.T) {
 	}
 	if got := expNonPositive(math.Inf(-1)); got != 0 {
 		t.Errorf("expNonPositive(-Inf) = %v, want 0", got)
+	}
+}
+
+// TestAttentionRowsAlone checks that each row of a prefill gets the same
+// bits as when it is the only row of its call, as the package promises
+// (the fast precision runs runs of four rows together).
+func TestAttentionRowsAlone(t *testing.T) {
+	const heads, kvHeads, headDim, ctx, n = 4, 2, 64, 32, 11
+	for name, b := range backendsWithFast() {
+		for _, window := range []int{0, 5} {
+			t.Run(fmt.Sprintf("%s/window=%d", name, window), func(t *testing.T) {
+				r := newRand(t)
+				qCols, kvCols := heads*headDim, kvHeads*headDim
+				kc, vc := must(b.NewKVCache(ctx, kvCols)), must(b.NewKVCache(ctx, kvCols))
+				b.WriteF32(kc, randF32(r, ctx*kvCols, 1))
+				b.WriteF32(vc, randF32(r, ctx*kvCols, 1))
+				seq, table, ap := contiguousTable(b, n, ctx)
+				ap.Heads, ap.KVHeads, ap.HeadDim, ap.Window = heads, kvHeads, headDim, window
+				ap.Scale = 0.125
+				sinks := activation(t, b, 1, heads, randF32(r, heads, 2))
+				qv := randF32(r, n*qCols, 2)
+				pos := make([]int32, n)
+				for i := range pos {
+					pos[i] = int32(ctx - n + i) // rows of 4 with a whole block before them
+				}
+				dst := poisoned(t, b, n, qCols)
+				b.Attention(dst, activation(t, b, n, qCols, qv), kc, vc, ints(t, b, pos), seq, table, sinks, ap)
+				all := read(t, b, dst)
+				seq1, _, _ := contiguousTable(b, 1, ctx)
+				for i := range n {
+					one := poisoned(t, b, 1, qCols)
+					b.Attention(one, activation(t, b, 1, qCols, qv[i*qCols:(i+1)*qCols]), kc, vc, ints(t, b, pos[i:i+1]), seq1, table, sinks, ap)
+					for c, v := range read(t, b, one) {
+						if math.Float32bits(float32(v)) != math.Float32bits(float32(all[i*qCols+c])) {
+							t.Fatalf("row %d [%d]: %v alone, %v in the batch", i, c, v, all[i*qCols+c])
+						}
+					}
+				}
+			})
+		}
 	}
 }

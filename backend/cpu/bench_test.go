@@ -120,14 +120,19 @@ func BenchmarkGPT2Decode(b *testing.B) {
 }
 
 // BenchmarkAttention times GPT-2-shaped attention (12 heads of 64) over a
-// 1024-token cache, for one decode row and a 64-row prefill chunk, with the
-// pure-Go and the assembly kernels.
+// 1024-token cache, for one decode row, a 64-row prefill chunk and a
+// 512-row one, with the pure-Go and the assembly kernels, and the fast
+// precision's.
 func BenchmarkAttention(b *testing.B) {
 	const heads, headDim, ctx = 12, 64, 1024
-	for _, simd := range []bool{false, true} {
-		for _, n := range []int{1, 64} {
-			b.Run(fmt.Sprintf("simd=%v/n=%d", simd, n), func(b *testing.B) {
-				be := newBackend(2, simd, Exact)
+	for _, c := range []struct {
+		simd bool
+		prec Precision
+		name string
+	}{{false, Exact, "simd=false"}, {true, Exact, "simd=true"}, {true, Fast, "fast"}} {
+		for _, n := range []int{1, 64, 512} {
+			b.Run(fmt.Sprintf("%s/n=%d", c.name, n), func(b *testing.B) {
+				be := newBackend(2, c.simd, c.prec)
 				defer be.Close()
 				r := rand.New(rand.NewPCG(1, 2))
 				cols := heads * headDim

@@ -15,6 +15,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"orcd/backend"
 	"orcd/tensor"
@@ -39,6 +40,8 @@ type Backend struct {
 	mu   sync.Mutex
 	err  error
 	live map[*Tensor]struct{}
+
+	helpers []helper // parallel's worker goroutines, threads-1 of them
 }
 
 // Tensor is a block of host memory. Float32 data (activations and F32
@@ -123,7 +126,9 @@ func newBackend(threads int, simd bool, prec Precision) *Backend {
 	if s, ok := simdKernels(); ok && simd {
 		k = s
 	}
-	return &Backend{threads: max(threads, 1), k: k, fast: prec == Fast && k.q8 != nil, live: make(map[*Tensor]struct{})}
+	threads = max(threads, 1)
+	return &Backend{threads: threads, k: k, fast: prec == Fast && k.q8 != nil, live: make(map[*Tensor]struct{}),
+		helpers: make([]helper, threads-1)}
 }
 
 // Fast reports whether Q8_0 MatMuls run in the fast precision.
@@ -392,6 +397,11 @@ func describe(t *Tensor) string {
 // other load takes fewer chunks instead of holding everyone up. worker
 // (0 to b.threads-1) is unique among concurrently running calls, for
 // per-worker scratch buffers.
+//
+// The other workers are helper goroutines that, after their part, spin for
+// helperSpin waiting for the next call's part before they exit: a decode
+// step is ~60 parallel ops of 10-100 µs, and starting a goroutine on an
+// idle core (waking its thread) costs a good part of that.
 func (b *Backend) parallel(n, minChunk int, fn func(worker, lo, hi int)) {
 	if n <= 0 {
 		return
@@ -413,14 +423,105 @@ func (b *Backend) parallel(n, minChunk int, fn func(worker, lo, hi int)) {
 			fn(worker, lo, min(lo+chunk, n))
 		}
 	}
-	var wg sync.WaitGroup
+	c := &call{run: run}
+	c.pending.Store(int32(workers - 1))
+	c.wg.Add(workers - 1)
+	var handed [maxHanded]*helperWork
 	for w := 1; w < workers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			run(w)
-		}()
+		hw := &helperWork{c, w}
+		if b.helpers[w-1].hand(hw) && w-1 < maxHanded {
+			handed[w-1] = hw
+		}
 	}
 	run(0)
-	wg.Wait()
+	// Every chunk is claimed now: work a helper has not picked up (its
+	// thread descheduled by other load, or not started yet) is taken back
+	// rather than waited for.
+	for i, hw := range handed[:min(workers-1, maxHanded)] {
+		if hw != nil && b.helpers[i].next.CompareAndSwap(hw, nil) {
+			c.pending.Add(-1)
+			c.wg.Done()
+		}
+	}
+	// The helpers' last chunks are usually done within microseconds.
+	for deadline := time.Now().Add(helperSpin); c.pending.Load() != 0; {
+		if time.Now().After(deadline) {
+			c.wg.Wait()
+			break
+		}
+	}
+}
+
+// maxHanded bounds the helpers whose work parallel can take back (an array
+// on the stack, not an allocation per call); helpers beyond it are waited
+// for.
+const maxHanded = 63
+
+// helperSpin is how long a helper goroutine waits, spinning, for more work
+// before it exits, and how long parallel spins for the helpers to finish
+// before it blocks.
+const helperSpin = 50 * time.Microsecond
+
+// call is one parallel call's work for its helpers.
+type call struct {
+	run     func(worker int)
+	pending atomic.Int32 // helpers not yet done
+	wg      sync.WaitGroup
+}
+
+// helper is a slot for one of a Backend's helper goroutines: work is
+// handed over in next, and alive says a goroutine is (or is about to be)
+// watching next.
+type helper struct {
+	next  atomic.Pointer[helperWork]
+	alive atomic.Bool
+}
+
+// helperWork is a call and the worker number to run it as.
+type helperWork struct {
+	c      *call
+	worker int
+}
+
+// hand gives w to h's goroutine, starting one if none is alive, and
+// reports whether it went through h (and so can be taken back from next).
+// If h still holds another call's work (calls from several goroutines),
+// w runs on a goroutine of its own.
+func (h *helper) hand(w *helperWork) bool {
+	if !h.next.CompareAndSwap(nil, w) {
+		go w.do()
+		return false
+	}
+	// With loop's store of alive and load of next, one side sees the
+	// other's store: the work is never left without a goroutine.
+	if !h.alive.Load() && h.alive.CompareAndSwap(false, true) {
+		go h.loop()
+	}
+	return true
+}
+
+// do runs the work and reports it done.
+func (w *helperWork) do() {
+	w.c.run(w.worker)
+	w.c.pending.Add(-1)
+	w.c.wg.Done()
+}
+
+// loop runs the work handed to h, spinning for up to helperSpin after
+// each for the next, and exits when none comes.
+func (h *helper) loop() {
+	deadline := time.Now().Add(helperSpin)
+	for {
+		if w := h.next.Swap(nil); w != nil {
+			w.do()
+			deadline = time.Now().Add(helperSpin)
+			continue
+		}
+		if time.Now().After(deadline) {
+			h.alive.Store(false)
+			if h.next.Load() == nil || !h.alive.CompareAndSwap(false, true) {
+				return
+			}
+		}
+	}
 }

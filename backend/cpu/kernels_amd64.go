@@ -105,15 +105,7 @@ func simdKernels() (kernels, bool) {
 			_ = k[(len(out)-1)*stride+d-1]
 			scoresAVX2(&q[0], &k[0], stride, len(out), d, &out[0])
 		},
-		weightedSum: func(p, v []float32, stride int, out []float32) {
-			d := len(out)
-			if d%8 != 0 || len(p) == 0 {
-				weightedSum(p, v, stride, out)
-				return
-			}
-			_ = v[(len(p)-1)*stride+d-1]
-			weightedSumAVX2(&p[0], &v[0], stride, len(p), d, &out[0])
-		},
+		weightedSum: weightedSumSIMD,
 		dot4x2: func(x []float32, xstride int, w0, w1 []float32, out *[8]float32) {
 			n := len(w0)
 			if n%8 != 0 || n == 0 {
@@ -186,4 +178,16 @@ func simdKernels() (kernels, bool) {
 		},
 		q8: simdQ8Kernels(),
 	}, true
+}
+
+// weightedSumSIMD is weightedSum in weightedSumAVX2 where out's length is a
+// multiple of 8.
+func weightedSumSIMD(p, v []float32, stride int, out []float32) {
+	d := len(out)
+	if d%8 != 0 || len(p) == 0 {
+		weightedSum(p, v, stride, out)
+		return
+	}
+	_ = v[(len(p)-1)*stride+d-1]
+	weightedSumAVX2(&p[0], &v[0], stride, len(p), d, &out[0])
 }

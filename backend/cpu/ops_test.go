@@ -3,8 +3,10 @@ package cpu
 import (
 	"fmt"
 	"math"
+	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"orcd/backend"
 	"orcd/tensor"
@@ -352,5 +354,44 @@ func TestParallelCoversRange(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// TestParallelConcurrentCalls runs parallel from several goroutines at once
+// on one backend, so that calls find its helper goroutines busy with
+// another call, spinning, or gone (after a pause longer than helperSpin),
+// and checks that each call still covers its range exactly once.
+func TestParallelConcurrentCalls(t *testing.T) {
+	b := NewWithThreads(3)
+	var wg sync.WaitGroup
+	errs := make(chan string, 8)
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 200 {
+				if i%50 == 49 {
+					time.Sleep(2 * helperSpin)
+				}
+				n := 1 + (g*37+i*11)%300
+				hits := make([]int32, n)
+				b.parallel(n, 1, func(_, lo, hi int) {
+					for j := lo; j < hi; j++ {
+						atomic.AddInt32(&hits[j], 1)
+					}
+				})
+				for j, h := range hits {
+					if h != 1 {
+						errs <- fmt.Sprintf("goroutine %d call %d: index %d of %d run %d times", g, i, j, n, h)
+						return
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
 	}
 }

@@ -36,12 +36,16 @@ type q8Meta struct {
 	c int32
 }
 
+// q8Group is how many output rows a packed group holds: one 512-bit
+// register of int32 sums, 16 lanes.
+const q8Group = 16
+
 // packedQ8 is a Q8_0 matrix repacked for the integer kernels, in groups of
-// 8 output rows (the last group padded with zero rows). For group g and
-// block b, scales[(g·blocks+b)·8+l] is row l's f16 scale and the 256
-// bytes at quants[(g·blocks+b)·256:] hold the block's quants plus 128 (as
+// q8Group output rows (the last group padded with zero rows). For group g
+// and block b, scales[(g·blocks+b)·16+l] is row l's f16 scale and the 512
+// bytes at quants[(g·blocks+b)·512:] hold the block's quants plus 128 (as
 // unsigned bytes, the operand VPDPBUSD takes unsigned) ordered
-// [k/4][l][k%4]: one 32-byte load gives 4 quants of each of the 8 rows,
+// [k/4][l][k%4]: one 64-byte load gives 4 quants of each of the 16 rows,
 // which a VPDPBUSD multiplies by 4 broadcast bytes of x.
 type packedQ8 struct {
 	groups, blocks int
@@ -52,20 +56,20 @@ type packedQ8 struct {
 // packQ8 repacks raw (out rows of in/32 Q8_0 blocks).
 func packQ8(raw []byte, in, out int) *packedQ8 {
 	blocks := in / 32
-	p := &packedQ8{groups: (out + 7) / 8, blocks: blocks}
-	p.scales = make([]uint16, p.groups*blocks*8)
-	p.quants = make([]byte, p.groups*blocks*256)
+	p := &packedQ8{groups: (out + q8Group - 1) / q8Group, blocks: blocks}
+	p.scales = make([]uint16, p.groups*blocks*q8Group)
+	p.quants = make([]byte, p.groups*blocks*32*q8Group)
 	for i := range p.quants {
 		p.quants[i] = 0x80 // padding rows: quant 0
 	}
 	for o := 0; o < out; o++ {
-		g, l := o/8, o%8
+		g, l := o/q8Group, o%q8Group
 		for b := 0; b < blocks; b++ {
 			src := raw[(o*blocks+b)*34:]
 			gb := g*blocks + b
-			p.scales[gb*8+l] = binary.LittleEndian.Uint16(src)
+			p.scales[gb*q8Group+l] = binary.LittleEndian.Uint16(src)
 			for k := 0; k < 32; k++ {
-				p.quants[gb*256+(k/4)*32+l*4+k%4] = src[2+k] ^ 0x80
+				p.quants[gb*32*q8Group+(k/4)*4*q8Group+l*4+k%4] = src[2+k] ^ 0x80
 			}
 		}
 	}
@@ -75,12 +79,12 @@ func packQ8(raw []byte, in, out int) *packedQ8 {
 // row dequantizes row r into dst (in values): the quant times the scale in
 // float32, as decodeRow does for the file's bytes.
 func (p *packedQ8) row(r int, dst []float32) {
-	g, l := r/8, r%8
+	g, l := r/q8Group, r%q8Group
 	for b := 0; b < p.blocks; b++ {
 		gb := g*p.blocks + b
-		d, q := tensor.F16ToF32(p.scales[gb*8+l]), p.quants[gb*256:]
+		d, q := tensor.F16ToF32(p.scales[gb*q8Group+l]), p.quants[gb*32*q8Group:]
 		for k := 0; k < 32; k++ {
-			dst[32*b+k] = float32(int32(q[(k/4)*32+l*4+k%4])-128) * d
+			dst[32*b+k] = float32(int32(q[(k/4)*4*q8Group+l*4+k%4])-128) * d
 		}
 	}
 }
@@ -109,39 +113,49 @@ func quantQ8(x []float32, q []int8, meta []q8Meta) {
 	}
 }
 
-// gemmQ8 sets out[8r+l] to the dot product of packed group g's row l with
-// quantized x row r, for r < rows: Σ_b (wd·d_r)·Σ_k w·q, each block's
-// product added with one float32 rounding as the assembly's FMA does (in
-// float64 then rounded, which can differ from a fused float32 add in the
-// last bit).
-func gemmQ8(p *packedQ8, g int, a *q8Act, row0, rows int, out []float32) {
+// gemmQ8 sets out[r·ostride+l] to bias[l] plus the dot product of packed
+// group g's row l with quantized x row row0+r, for r < rows and l <
+// q8Group: Σ_b (Σ_k w·q)·wd·d_r, each block's integer sum times wd rounded
+// to float32, then times d_r added with one rounding as the assembly's FMA
+// does (here in float64 then rounded, which can differ from a fused
+// float32 add in the last bit).
+func gemmQ8(p *packedQ8, g int, a *q8Act, row0, rows int, bias, out []float32, ostride int) {
 	in := p.blocks * 32
 	for r := 0; r < rows; r++ {
 		q, meta := a.q[(row0+r)*in:], a.meta[(row0+r)*p.blocks:]
-		for l := 0; l < 8; l++ {
-			var acc float32
+		for l := 0; l < q8Group; l++ {
+			acc := bias[l]
 			for b := 0; b < p.blocks; b++ {
 				gb := g*p.blocks + b
-				w := p.quants[gb*256:]
+				w := p.quants[gb*32*q8Group:]
 				var s int32
 				for k := 0; k < 32; k++ {
-					s += (int32(w[(k/4)*32+l*4+k%4]) - 128) * int32(q[32*b+k])
+					s += (int32(w[(k/4)*4*q8Group+l*4+k%4]) - 128) * int32(q[32*b+k])
 				}
-				scale := tensor.F16ToF32(p.scales[gb*8+l]) * meta[b].d
-				acc = float32(math.FMA(float64(s), float64(scale), float64(acc)))
+				t := float32(s) * tensor.F16ToF32(p.scales[gb*q8Group+l])
+				acc = float32(math.FMA(float64(t), float64(meta[b].d), float64(acc)))
 			}
-			out[8*r+l] = acc
+			out[r*ostride+l] = acc
 		}
 	}
 }
 
 // gemmQ8Groups is gemmQ8 of x row row against the groups g0..g1-1, their
-// 8 outputs each in turn in out.
-func gemmQ8Groups(p *packedQ8, g0, g1 int, a *q8Act, row int, out []float32) {
+// q8Group outputs each in turn in out, plus bias (the same length as out)
+// unless it is nil.
+func gemmQ8Groups(p *packedQ8, g0, g1 int, a *q8Act, row int, bias, out []float32) {
 	for g := g0; g < g1; g++ {
-		gemmQ8(p, g, a, row, 1, out[8*(g-g0):8*(g-g0)+8])
+		o := out[q8Group*(g-g0) : q8Group*(g-g0+1)]
+		gb := noBias[:]
+		if bias != nil {
+			gb = bias[q8Group*(g-g0) : q8Group*(g-g0+1)]
+		}
+		gemmQ8(p, g, a, row, 1, gb, o, q8Group)
 	}
 }
+
+// noBias is the bias of a MatMul without one, for gemmQ8.
+var noBias [q8Group]float32
 
 // q8Act is n rows of activations quantized by quantQ8.
 type q8Act struct {
@@ -174,49 +188,91 @@ func (b *Backend) quantize(x []float32, n, in int) *q8Act {
 }
 
 // q8Kernels are the fast precision's loops: quant is quantQ8, gemm is
-// gemmQ8 (rows ≤ 4), gemm1 is gemmQ8Groups, expSum is expSum (attention's softmax), gelu is
-// geluF32s, and scores is kernels.scores summed in another order.
+// gemmQ8 (rows ≤ q8Rows), gemm1 is gemmQ8Groups, expSum is expSum
+// (attention's softmax), gelu is geluF32s, and scores is kernels.scores
+// summed in another order.
 type q8Kernels struct {
 	quant  func(x []float32, q []int8, meta []q8Meta)
-	gemm   func(p *packedQ8, g int, a *q8Act, row0, rows int, out []float32)
-	gemm1  func(p *packedQ8, g0, g1 int, a *q8Act, row int, out []float32)
+	gemm   func(p *packedQ8, g int, a *q8Act, row0, rows int, bias, out []float32, ostride int)
+	gemm1  func(p *packedQ8, g0, g1 int, a *q8Act, row int, bias, out []float32)
 	expSum func(x []float32, scale, sub float32, out []float32) float32
 	gelu   func(x, out []float32)
 	scores func(q, k []float32, stride int, out []float32)
+	// scores4q is scores for the four queries of d values at q[i·qstride:]
+	// over the same keys, into out[i], each score computed as scores
+	// computes it in a run of len(out[i]) keys.
+	scores4q func(q []float32, qstride, d int, k []float32, stride int, out [4][]float32)
+	// max is the largest of x (len(x) ≥ 1), for the softmax.
+	max func(x []float32) float32
+	// weightedSum4 is kernels.weightedSum for four rows of probabilities
+	// over the same values, with the same result for each row.
+	weightedSum4 func(p [4][]float32, v []float32, stride int, out [4][]float32)
 }
 
 // goQ8Kernels are the pure-Go fast-precision loops.
-var goQ8Kernels = &q8Kernels{quant: quantQ8, gemm: gemmQ8, gemm1: gemmQ8Groups, expSum: expSum, gelu: geluF32s, scores: scores}
+var goQ8Kernels = &q8Kernels{quant: quantQ8, gemm: gemmQ8, gemm1: gemmQ8Groups, expSum: expSum, gelu: geluF32s, scores: scores,
+	max: maxF32, scores4q: func(q []float32, qstride, d int, k []float32, stride int, out [4][]float32) {
+		for i := range out {
+			scores(q[i*qstride:i*qstride+d], k, stride, out[i])
+		}
+	}, weightedSum4: func(p [4][]float32, v []float32, stride int, out [4][]float32) {
+		for i := range p {
+			weightedSum(p[i], v, stride, out[i])
+		}
+	}}
+
+// maxF32 is the largest of x.
+func maxF32(x []float32) float32 {
+	m := x[0]
+	for _, v := range x[1:] {
+		m = max(m, v)
+	}
+	return m
+}
+
+// q8Rows is how many rows of x the prefill kernel runs against a group at
+// once: 8 accumulators of 16 int32 sums and 8 of float32 sums, with the
+// weights loaded once per 8 VPDPBUSDs.
+const q8Rows = 8
 
 // q8Tile is how many rows of x a worker runs against its chunk of weight
 // groups before the next rows: 32 rows of a 3072-wide input (96 KiB) stay
-// in L2 while each group's weights are reused from L1.
+// in L2 while each group's weights are reused from L1 or L2.
 const q8Tile = 32
 
 // matmulQ8 is matmul for a packed Q8_0 weight in the fast precision: x is
-// quantized once, then the 8-row groups are split over the workers.
+// quantized once, then the groups are split over the workers.
 func (b *Backend) matmulQ8(dst, x []float32, n int, w *weight, bias []float32) {
 	p, out := w.q8, w.out
 	a := b.quantize(x, n, w.in)
 	defer q8Acts.Put(a)
 	b.parallel(p.groups, 2, func(_, lo, hi int) {
-		var res [32]float32
+		// res takes a last group that dst cuts short; most matrices have
+		// none, and a decode step would otherwise allocate one per op.
+		var res []float32
+		if out%q8Group != 0 && hi == p.groups {
+			res = make([]float32, q8Rows*q8Group)
+		}
 		if n < 4 {
 			// Decode: each row against the whole chunk in one call, straight
 			// into dst but for a last group that dst cuts short.
-			full := max(lo, min(hi, out/8))
+			full := max(lo, min(hi, out/q8Group))
+			var gb []float32
 			for i := 0; i < n; i++ {
 				d := dst[i*out : (i+1)*out]
 				if full > lo {
-					b.k.q8.gemm1(p, lo, full, a, i, d[8*lo:8*full])
+					if bias != nil {
+						gb = bias[q8Group*lo : q8Group*full]
+					}
+					b.k.q8.gemm1(p, lo, full, a, i, gb, d[q8Group*lo:q8Group*full])
 				}
 				for g := full; g < hi; g++ {
-					b.k.q8.gemm1(p, g, g+1, a, i, res[:8])
-					copy(d[8*g:], res[:out-8*g])
-				}
-				if bias != nil {
-					for o := 8 * lo; o < min(8*hi, out); o++ {
-						d[o] += bias[o]
+					b.k.q8.gemm1(p, g, g+1, a, i, nil, res[:q8Group])
+					for o := q8Group * g; o < out; o++ {
+						d[o] = res[o-q8Group*g]
+						if bias != nil {
+							d[o] += bias[o]
+						}
 					}
 				}
 			}
@@ -225,18 +281,24 @@ func (b *Backend) matmulQ8(dst, x []float32, n int, w *weight, bias []float32) {
 		for t0 := 0; t0 < n; t0 += q8Tile {
 			t1 := min(t0+q8Tile, n)
 			for g := lo; g < hi; g++ {
-				cols := min(8, out-8*g)
-				for i := t0; i < t1; i += 4 {
-					rows := min(4, t1-i)
-					b.k.q8.gemm(p, g, a, i, rows, res[:8*rows])
+				// Whole groups go straight into dst, the bias added by the
+				// kernel; a last partial group goes through res.
+				cols, gb := min(q8Group, out-q8Group*g), noBias[:]
+				if bias != nil && cols == q8Group {
+					gb = bias[q8Group*g : q8Group*(g+1)]
+				} else if bias != nil {
+					gb = make([]float32, q8Group)
+					copy(gb, bias[q8Group*g:])
+				}
+				for i := t0; i < t1; i += q8Rows {
+					rows := min(q8Rows, t1-i)
+					if cols == q8Group {
+						b.k.q8.gemm(p, g, a, i, rows, gb, dst[i*out+q8Group*g:], out)
+						continue
+					}
+					b.k.q8.gemm(p, g, a, i, rows, gb, res, q8Group)
 					for r := 0; r < rows; r++ {
-						d := dst[(i+r)*out+8*g : (i+r)*out+8*g+cols]
-						copy(d, res[8*r:8*r+cols])
-						if bias != nil {
-							for l := range d {
-								d[l] += bias[8*g+l]
-							}
-						}
+						copy(dst[(i+r)*out+q8Group*g:(i+r)*out+q8Group*g+cols], res[q8Group*r:])
 					}
 				}
 			}

@@ -6,10 +6,10 @@ import "unsafe"
 func quantQ8AVX2(x *float32, q *int8, meta *q8Meta, blocks int)
 
 //go:noescape
-func gemmQ8x4VNNI(wq *byte, wd *uint16, blocks int, xq *int8, meta *q8Meta, xstride, mstride int, out *float32)
+func gemmQ8x8VNNI(wq *byte, wd *uint16, blocks int, xq *int8, meta *q8Meta, xstride, mstride int, bias, out *float32, ostride int)
 
 //go:noescape
-func gemmQ8x1VNNI(wq *byte, wd *uint16, blocks int, xq *int8, meta *q8Meta, groups int, out *float32)
+func gemmQ8x1VNNI(wq *byte, wd *uint16, blocks int, xq *int8, meta *q8Meta, groups int, bias *float32, bstride int, out *float32)
 
 // haveVNNI reports whether the CPU and OS support the EVEX-encoded 256-bit
 // VPDPBUSD: AVX-512 VNNI and VL, with the OS saving the AVX-512 state.
@@ -34,6 +34,46 @@ func simdQ8Kernels() *q8Kernels {
 	}
 	return &q8Kernels{
 		expSum: expSumSIMD,
+		max: func(x []float32) float32 {
+			n := len(x) &^ 15
+			if n == 0 {
+				return maxF32(x)
+			}
+			m := maxAVX512(&x[0], n)
+			if n < len(x) {
+				m = max(m, maxF32(x[n:]))
+			}
+			return m
+		},
+		scores4q: func(q []float32, qstride, d int, k []float32, stride int, out [4][]float32) {
+			// Runs whose keys scoresSIMD would all give to scores8AVX512.
+			n := len(out[0])
+			if d != 64 || n == 0 || n%8 != 0 {
+				for i := range out {
+					scoresSIMD(q[i*qstride:i*qstride+d], k, stride, out[i])
+				}
+				return
+			}
+			_, _ = q[3*qstride+63], k[(n-1)*stride+63]
+			for i := range out {
+				_ = out[i][n-1]
+			}
+			scores4qAVX512(&q[0], qstride, &k[0], stride, n, &out[0][0], &out[1][0], &out[2][0], &out[3][0])
+		},
+		weightedSum4: func(p [4][]float32, v []float32, stride int, out [4][]float32) {
+			n := len(p[0])
+			if len(out[0]) != 64 || n == 0 {
+				for i := range p {
+					weightedSumSIMD(p[i], v, stride, out[i])
+				}
+				return
+			}
+			_ = v[(n-1)*stride+63]
+			for i := range p {
+				_, _ = p[i][n-1], out[i][63]
+			}
+			weightedSum4AVX512(&p[0][0], &p[1][0], &p[2][0], &p[3][0], &v[0], stride, n, &out[0][0], &out[1][0], &out[2][0], &out[3][0])
+		},
 		scores: scoresSIMD,
 		gelu: func(x, out []float32) {
 			n := len(out) &^ 7
@@ -50,28 +90,39 @@ func simdQ8Kernels() *q8Kernels {
 			_, _ = x[32*len(meta)-1], q[32*len(meta)-1]
 			quantQ8AVX2(&x[0], &q[0], &meta[0], len(meta))
 		},
-		gemm: func(p *packedQ8, g int, a *q8Act, row0, rows int, out []float32) {
+		gemm: func(p *packedQ8, g int, a *q8Act, row0, rows int, bias, out []float32, ostride int) {
 			nb, in := p.blocks, p.blocks*32
-			wq, wd := p.quants[g*nb*256:(g+1)*nb*256], p.scales[g*nb*8:(g+1)*nb*8]
+			wq, wd := p.quants[g*nb*32*q8Group:(g+1)*nb*32*q8Group], p.scales[g*nb*q8Group:(g+1)*nb*q8Group]
 			q, meta := a.q[row0*in:(row0+rows)*in], a.meta[row0*nb:(row0+rows)*nb]
-			if rows == 4 {
-				_ = out[31]
-				gemmQ8x4VNNI(&wq[0], &wd[0], nb, &q[0], &meta[0], in, nb*int(unsafe.Sizeof(q8Meta{})), &out[0])
+			_, _ = bias[q8Group-1], out[(rows-1)*ostride+q8Group-1]
+			if rows == q8Rows {
+				gemmQ8x8VNNI(&wq[0], &wd[0], nb, &q[0], &meta[0], in, nb*int(unsafe.Sizeof(q8Meta{})), &bias[0], &out[0], 4*ostride)
 				return
 			}
 			for r := 0; r < rows; r++ {
-				gemmQ8x1VNNI(&wq[0], &wd[0], nb, &q[r*in], &meta[r*nb], 1, &out[8*r : 8*r+8][0])
+				gemmQ8x1VNNI(&wq[0], &wd[0], nb, &q[r*in], &meta[r*nb], 1, &bias[0], 0, &out[r*ostride])
 			}
 		},
-		gemm1: func(p *packedQ8, g0, g1 int, a *q8Act, row int, out []float32) {
+		gemm1: func(p *packedQ8, g0, g1 int, a *q8Act, row int, bias, out []float32) {
 			nb, in := p.blocks, p.blocks*32
-			wq, wd := p.quants[g0*nb*256:g1*nb*256], p.scales[g0*nb*8:g1*nb*8]
+			wq, wd := p.quants[g0*nb*32*q8Group:g1*nb*32*q8Group], p.scales[g0*nb*q8Group:g1*nb*q8Group]
 			q, meta := a.q[row*in:(row+1)*in], a.meta[row*nb:(row+1)*nb]
-			_ = out[8*(g1-g0)-1]
-			gemmQ8x1VNNI(&wq[0], &wd[0], nb, &q[0], &meta[0], g1-g0, &out[0])
+			_ = out[q8Group*(g1-g0)-1]
+			bp, bstride := &noBias[0], 0
+			if bias != nil {
+				_ = bias[q8Group*(g1-g0)-1]
+				bp, bstride = &bias[0], 4*q8Group
+			}
+			gemmQ8x1VNNI(&wq[0], &wd[0], nb, &q[0], &meta[0], g1-g0, bp, bstride, &out[0])
 		},
 	}
 }
+
+//go:noescape
+func weightedSum4AVX512(p0, p1, p2, p3, v *float32, stride, n int, o0, o1, o2, o3 *float32)
+
+//go:noescape
+func maxAVX512(x *float32, n int) float32
 
 //go:noescape
 func expSumAVX2(x *float32, n int, scale, sub float32, out *float32) float32
@@ -93,15 +144,33 @@ func geluAVX2(x, out *float32, n int)
 //go:noescape
 func scores4AVX2(q, k *float32, stride, n, d int, out *float32)
 
-// scoresSIMD is scores with whole groups of four keys in scores4AVX2.
+//go:noescape
+func scores4qAVX512(q *float32, qstride int, k *float32, kstride, n int, o0, o1, o2, o3 *float32)
+
+//go:noescape
+func scores8AVX512(q, k *float32, stride, n int, out *float32)
+
+// scoresSIMD is scores with whole groups of eight keys in scores8AVX512
+// when the head has 64 values, then groups of four in scores4AVX2.
 func scoresSIMD(q, k []float32, stride int, out []float32) {
-	d, n := len(q), len(out)&^3
-	if d%8 != 0 || d == 0 || n == 0 {
+	d := len(q)
+	if d%8 != 0 || d == 0 {
 		scores(q, k, stride, out)
 		return
 	}
-	_ = k[(n-1)*stride+d-1]
-	scores4AVX2(&q[0], &k[0], stride, n, d, &out[0])
+	if n := len(out) &^ 7; d == 64 && n > 0 {
+		_ = k[(n-1)*stride+d-1]
+		scores8AVX512(&q[0], &k[0], stride, n, &out[0])
+		if n == len(out) {
+			return
+		}
+		k, out = k[n*stride:], out[n:]
+	}
+	n := len(out) &^ 3
+	if n > 0 {
+		_ = k[(n-1)*stride+d-1]
+		scores4AVX2(&q[0], &k[0], stride, n, d, &out[0])
+	}
 	if n < len(out) {
 		scores(q, k[n*stride:], stride, out[n:])
 	}

@@ -95,28 +95,37 @@ DATA ·q8Perm+24(SB)/4, $3
 DATA ·q8Perm+28(SB)/4, $7
 GLOBL ·q8Perm(SB), RODATA|NOPTR, $32
 
-// One step of 4 quants of a block: the weights of 8 rows (stored plus 128,
-// unsigned) against 4 bytes of each x row broadcast, into the accumulators
-// a0..a3 (one per row of x).
-#define STEP4(off, a0, a1, a2, a3) \
-	VMOVDQU       (32*off)(SI), Y8; \
-	VPDPBUSD.BCST (4*off)(BX), Y8, a0; \
-	VPDPBUSD.BCST (4*off)(R9), Y8, a1; \
-	VPDPBUSD.BCST (4*off)(R10), Y8, a2; \
-	VPDPBUSD.BCST (4*off)(R11), Y8, a3
+// One step of 4 quants of a block: the weights of 16 rows (stored plus 128,
+// unsigned) in Z8, against 4 bytes of each of the 8 x rows broadcast, into
+// the int32 accumulators Z16..Z23. The x rows are at BX, BX+s, BX+2s, R9 =
+// BX+3s, BX+4s, R9+2s, R10 = BX+6s, R9+4s (s = R8).
+#define STEP8(off) \
+	VMOVDQU32     (64*off)(SI), Z8; \
+	VPDPBUSD.BCST (4*off)(BX), Z8, Z16; \
+	VPDPBUSD.BCST (4*off)(BX)(R8*1), Z8, Z17; \
+	VPDPBUSD.BCST (4*off)(BX)(R8*2), Z8, Z18; \
+	VPDPBUSD.BCST (4*off)(R9), Z8, Z19; \
+	VPDPBUSD.BCST (4*off)(BX)(R8*4), Z8, Z20; \
+	VPDPBUSD.BCST (4*off)(R9)(R8*2), Z8, Z21; \
+	VPDPBUSD.BCST (4*off)(R10), Z8, Z22; \
+	VPDPBUSD.BCST (4*off)(R9)(R8*4), Z8, Z23
 
-#define STEP1(off, a) \
-	VMOVDQU       (32*off)(SI), Y8; \
-	VPDPBUSD.BCST (4*off)(BX), Y8, a
+// SCALE8(acc, sum, m) adds x row's block sum (int32, in sum) times the
+// weights' scales (Z9) times the row's d (at m) to acc.
+#define SCALE8(acc, sum, m) \
+	VCVTDQ2PS        sum, sum; \
+	VMULPS           Z9, sum, sum; \
+	VFMADD231PS.BCST m, sum, acc
 
-// func gemmQ8x4VNNI(wq *byte, wd *uint16, blocks int, xq *int8, meta *q8Meta, xstride, mstride int, out *float32)
-// out[8r+l] = Σ_b wd[8b+l]·d_r[b]·Σ_k w_l[32b+k]·x_r[32b+k] (wd in f16) for 4 rows r
-// of x (xstride bytes apart, their metadata mstride bytes apart) and the 8
-// weight rows l of one packed group. (w+128)·x summed by VPDPBUSD, started
-// from c = -128·Σx, is Σ w·x exactly. Each row's block sum is split over
-// two accumulators (even and odd steps), halving the chain of dependent
-// VPDPBUSDs that otherwise bounds the loop.
-TEXT ·gemmQ8x4VNNI(SB), NOSPLIT, $0-64
+// func gemmQ8x8VNNI(wq *byte, wd *uint16, blocks int, xq *int8, meta *q8Meta, xstride, mstride int, bias, out *float32, ostride int)
+// out[r·ostride/4+l] = bias[l] + Σ_b (Σ_k w_l[32b+k]·x_r[32b+k])·wd[16b+l]·d_r[b] (wd in f16)
+// for 8 rows r of x (xstride bytes apart, their metadata mstride bytes
+// apart) and the 16 weight rows l of one packed group. (w+128)·x summed by
+// VPDPBUSD, started from c = -128·Σx, is Σ w·x exactly. Each 64-byte load
+// of weights feeds 8 VPDPBUSDs (one per x row), whose chains are
+// independent, and per block each row needs one conversion, one multiply
+// and one FMA.
+TEXT ·gemmQ8x8VNNI(SB), NOSPLIT, $0-80
 	MOVQ         wq+0(FP), SI
 	MOVQ         wd+8(FP), DI
 	MOVQ         blocks+16(FP), CX
@@ -124,120 +133,135 @@ TEXT ·gemmQ8x4VNNI(SB), NOSPLIT, $0-64
 	MOVQ         meta+32(FP), DX
 	MOVQ         xstride+40(FP), R8
 	MOVQ         mstride+48(FP), R12
-	LEAQ         (BX)(R8*1), R9
-	LEAQ         (BX)(R8*2), R10
-	LEAQ         (R9)(R8*2), R11
+	LEAQ         (BX)(R8*2), R9
+	ADDQ         R8, R9               // x row 3
+	LEAQ         (R9)(R8*2), R10
+	ADDQ         R8, R10              // x row 6
 	LEAQ         (DX)(R12*2), R13
-	ADDQ         R12, R13
-	VXORPS       Y0, Y0, Y0
-	VXORPS       Y1, Y1, Y1
-	VXORPS       Y2, Y2, Y2
-	VXORPS       Y3, Y3, Y3
+	ADDQ         R12, R13             // meta row 3
+	LEAQ         (R13)(R12*2), R11
+	ADDQ         R12, R11             // meta row 6
+	MOVQ         bias+56(FP), AX
+	VMOVUPS      (AX), Z0
+	VMOVAPS      Z0, Z1
+	VMOVAPS      Z0, Z2
+	VMOVAPS      Z0, Z3
+	VMOVAPS      Z0, Z4
+	VMOVAPS      Z0, Z5
+	VMOVAPS      Z0, Z6
+	VMOVAPS      Z0, Z7
 
-g4loop:
-	VPBROADCASTD 4(DX), Y4
-	VPBROADCASTD 4(DX)(R12*1), Y5
-	VPBROADCASTD 4(DX)(R12*2), Y6
-	VPBROADCASTD 4(R13), Y7
-	VPXORD       Y16, Y16, Y16
-	VPXORD       Y17, Y17, Y17
-	VPXORD       Y18, Y18, Y18
-	VPXORD       Y19, Y19, Y19
-	STEP4(0, Y4, Y5, Y6, Y7)
-	STEP4(1, Y16, Y17, Y18, Y19)
-	STEP4(2, Y4, Y5, Y6, Y7)
-	STEP4(3, Y16, Y17, Y18, Y19)
-	STEP4(4, Y4, Y5, Y6, Y7)
-	STEP4(5, Y16, Y17, Y18, Y19)
-	STEP4(6, Y4, Y5, Y6, Y7)
-	STEP4(7, Y16, Y17, Y18, Y19)
-	VPADDD       Y16, Y4, Y4
-	VPADDD       Y17, Y5, Y5
-	VPADDD       Y18, Y6, Y6
-	VPADDD       Y19, Y7, Y7
-	VCVTPH2PS    (DI), Y10
-	VCVTDQ2PS    Y4, Y4
-	VCVTDQ2PS    Y5, Y5
-	VCVTDQ2PS    Y6, Y6
-	VCVTDQ2PS    Y7, Y7
-	VBROADCASTSS (DX), Y11
-	VBROADCASTSS (DX)(R12*1), Y12
-	VBROADCASTSS (DX)(R12*2), Y13
-	VBROADCASTSS (R13), Y14
-	VMULPS       Y10, Y11, Y11
-	VMULPS       Y10, Y12, Y12
-	VMULPS       Y10, Y13, Y13
-	VMULPS       Y10, Y14, Y14
-	VFMADD231PS  Y11, Y4, Y0
-	VFMADD231PS  Y12, Y5, Y1
-	VFMADD231PS  Y13, Y6, Y2
-	VFMADD231PS  Y14, Y7, Y3
-	ADDQ         $256, SI
-	ADDQ         $16, DI
+g8loop:
+	VPBROADCASTD 4(DX), Z16
+	VPBROADCASTD 4(DX)(R12*1), Z17
+	VPBROADCASTD 4(DX)(R12*2), Z18
+	VPBROADCASTD 4(R13), Z19
+	VPBROADCASTD 4(DX)(R12*4), Z20
+	VPBROADCASTD 4(R13)(R12*2), Z21
+	VPBROADCASTD 4(R11), Z22
+	VPBROADCASTD 4(R13)(R12*4), Z23
+	STEP8(0)
+	STEP8(1)
+	STEP8(2)
+	STEP8(3)
+	STEP8(4)
+	STEP8(5)
+	STEP8(6)
+	STEP8(7)
+	VCVTPH2PS    (DI), Z9
+	SCALE8(Z0, Z16, (DX))
+	SCALE8(Z1, Z17, (DX)(R12*1))
+	SCALE8(Z2, Z18, (DX)(R12*2))
+	SCALE8(Z3, Z19, (R13))
+	SCALE8(Z4, Z20, (DX)(R12*4))
+	SCALE8(Z5, Z21, (R13)(R12*2))
+	SCALE8(Z6, Z22, (R11))
+	SCALE8(Z7, Z23, (R13)(R12*4))
+	ADDQ         $512, SI
+	ADDQ         $32, DI
 	ADDQ         $32, BX
 	ADDQ         $32, R9
 	ADDQ         $32, R10
-	ADDQ         $32, R11
 	ADDQ         $8, DX
 	ADDQ         $8, R13
+	ADDQ         $8, R11
 	DECQ         CX
-	JNZ          g4loop
+	JNZ          g8loop
 
-	MOVQ         out+56(FP), AX
-	VMOVUPS      Y0, (AX)
-	VMOVUPS      Y1, 32(AX)
-	VMOVUPS      Y2, 64(AX)
-	VMOVUPS      Y3, 96(AX)
+	MOVQ         out+64(FP), AX
+	MOVQ         ostride+72(FP), R8
+	LEAQ         (AX)(R8*2), R9
+	ADDQ         R8, R9               // out row 3
+	LEAQ         (R9)(R8*2), R10
+	ADDQ         R8, R10              // out row 6
+	VMOVUPS      Z0, (AX)
+	VMOVUPS      Z1, (AX)(R8*1)
+	VMOVUPS      Z2, (AX)(R8*2)
+	VMOVUPS      Z3, (R9)
+	VMOVUPS      Z4, (AX)(R8*4)
+	VMOVUPS      Z5, (R9)(R8*2)
+	VMOVUPS      Z6, (R10)
+	VMOVUPS      Z7, (R9)(R8*4)
 	VZEROUPPER
 	RET
 
-// func gemmQ8x1VNNI(wq *byte, wd *uint16, blocks int, xq *int8, meta *q8Meta, groups int, out *float32)
-// gemmQ8x4VNNI for one row of x against groups consecutive packed groups
-// (out gets 8 values per group), each block sum over four accumulators. One
-// call per chunk of groups instead of per group: in decode a group is only
-// ~100 ns of work, and the call cost was a large part of it.
-TEXT ·gemmQ8x1VNNI(SB), NOSPLIT, $0-56
+// func gemmQ8x1VNNI(wq *byte, wd *uint16, blocks int, xq *int8, meta *q8Meta, groups int, bias *float32, bstride int, out *float32)
+// gemmQ8x8VNNI for one row of x against groups consecutive packed groups
+// (out gets 16 values per group, the sums started from the 16 floats at
+// bias, which moves bstride bytes a group), each block sum over four accumulators
+// (a chain of 8 dependent VPDPBUSDs would bound the loop). One call per
+// chunk of groups instead of per group: in decode a group is only ~200 ns
+// of work, and the call cost was a large part of it.
+TEXT ·gemmQ8x1VNNI(SB), NOSPLIT, $0-72
 	MOVQ         wq+0(FP), SI
 	MOVQ         wd+8(FP), DI
 	MOVQ         groups+40(FP), R8
-	MOVQ         out+48(FP), AX
+	MOVQ         bias+48(FP), R9
+	MOVQ         bstride+56(FP), R10
+	MOVQ         out+64(FP), AX
 
 g1group:
 	MOVQ         blocks+16(FP), CX
 	MOVQ         xq+24(FP), BX
 	MOVQ         meta+32(FP), DX
-	VXORPS       Y0, Y0, Y0
+	VMOVUPS      (R9), Z0
+	ADDQ         R10, R9
 
 g1loop:
-	VPBROADCASTD 4(DX), Y4
-	VPXOR        Y5, Y5, Y5
-	VPXOR        Y6, Y6, Y6
-	VPXOR        Y7, Y7, Y7
-	STEP1(0, Y4)
-	STEP1(1, Y5)
-	STEP1(2, Y6)
-	STEP1(3, Y7)
-	STEP1(4, Y4)
-	STEP1(5, Y5)
-	STEP1(6, Y6)
-	STEP1(7, Y7)
-	VPADDD       Y5, Y4, Y4
-	VPADDD       Y7, Y6, Y6
-	VPADDD       Y6, Y4, Y4
-	VCVTDQ2PS    Y4, Y4
-	VBROADCASTSS (DX), Y11
-	VCVTPH2PS    (DI), Y10
-	VMULPS       Y10, Y11, Y11
-	VFMADD231PS  Y11, Y4, Y0
-	ADDQ         $256, SI
-	ADDQ         $16, DI
+	VPBROADCASTD 4(DX), Z4
+	VPXORD       Z5, Z5, Z5
+	VPXORD       Z6, Z6, Z6
+	VPXORD       Z7, Z7, Z7
+	VMOVDQU32    (SI), Z8
+	VPDPBUSD.BCST (BX), Z8, Z4
+	VMOVDQU32    64(SI), Z8
+	VPDPBUSD.BCST 4(BX), Z8, Z5
+	VMOVDQU32    128(SI), Z8
+	VPDPBUSD.BCST 8(BX), Z8, Z6
+	VMOVDQU32    192(SI), Z8
+	VPDPBUSD.BCST 12(BX), Z8, Z7
+	VMOVDQU32    256(SI), Z8
+	VPDPBUSD.BCST 16(BX), Z8, Z4
+	VMOVDQU32    320(SI), Z8
+	VPDPBUSD.BCST 20(BX), Z8, Z5
+	VMOVDQU32    384(SI), Z8
+	VPDPBUSD.BCST 24(BX), Z8, Z6
+	VMOVDQU32    448(SI), Z8
+	VPDPBUSD.BCST 28(BX), Z8, Z7
+	VPADDD       Z5, Z4, Z4
+	VPADDD       Z7, Z6, Z6
+	VPADDD       Z6, Z4, Z4
+	VCVTPH2PS    (DI), Z9
+	SCALE8(Z0, Z4, (DX))
+	ADDQ         $512, SI
+	ADDQ         $32, DI
 	ADDQ         $32, BX
 	ADDQ         $8, DX
 	DECQ         CX
 	JNZ          g1loop
 
-	VMOVUPS      Y0, (AX)
-	ADDQ         $32, AX
+	VMOVUPS      Z0, (AX)
+	ADDQ         $64, AX
 	DECQ         R8
 	JNZ          g1group
 	VZEROUPPER
@@ -436,5 +460,325 @@ s4dim:
 	JMP          s4key
 
 s4done:
+	VZEROUPPER
+	RET
+
+// func weightedSum4AVX512(p0, p1, p2, p3, v *float32, stride, n int, o0, o1, o2, o3 *float32)
+// weightedSumAVX2 for four rows of probabilities over the same n values of
+// 64 columns (stride elements apart): oi[c] += Σ_j pi[j]·v[j·stride+c].
+// Each value row is loaded once for the four rows, and the 16 sums are
+// independent chains, where one row's 4 (8 in ymm) wait on each other's
+// FMA latency. Every oi[c] gets the same FMAs in the same order as from
+// weightedSumAVX2.
+TEXT ·weightedSum4AVX512(SB), NOSPLIT, $0-88
+	MOVQ         p0+0(FP), AX
+	MOVQ         p1+8(FP), BX
+	MOVQ         p2+16(FP), DX
+	MOVQ         p3+24(FP), R11
+	MOVQ         v+32(FP), SI
+	MOVQ         stride+40(FP), R8
+	SHLQ         $2, R8
+	MOVQ         n+48(FP), CX
+	MOVQ         o0+56(FP), R12
+	VMOVUPS      (R12), Z0
+	VMOVUPS      64(R12), Z1
+	VMOVUPS      128(R12), Z2
+	VMOVUPS      192(R12), Z3
+	MOVQ         o1+64(FP), R12
+	VMOVUPS      (R12), Z4
+	VMOVUPS      64(R12), Z5
+	VMOVUPS      128(R12), Z6
+	VMOVUPS      192(R12), Z7
+	MOVQ         o2+72(FP), R12
+	VMOVUPS      (R12), Z8
+	VMOVUPS      64(R12), Z9
+	VMOVUPS      128(R12), Z10
+	VMOVUPS      192(R12), Z11
+	MOVQ         o3+80(FP), R12
+	VMOVUPS      (R12), Z12
+	VMOVUPS      64(R12), Z13
+	VMOVUPS      128(R12), Z14
+	VMOVUPS      192(R12), Z15
+	TESTQ        CX, CX
+	JZ           ws4store
+
+ws4loop:
+	VMOVUPS      (SI), Z16
+	VMOVUPS      64(SI), Z17
+	VMOVUPS      128(SI), Z18
+	VMOVUPS      192(SI), Z19
+	VBROADCASTSS (AX), Z20
+	VBROADCASTSS (BX), Z21
+	VBROADCASTSS (DX), Z22
+	VBROADCASTSS (R11), Z23
+	VFMADD231PS  Z16, Z20, Z0
+	VFMADD231PS  Z17, Z20, Z1
+	VFMADD231PS  Z18, Z20, Z2
+	VFMADD231PS  Z19, Z20, Z3
+	VFMADD231PS  Z16, Z21, Z4
+	VFMADD231PS  Z17, Z21, Z5
+	VFMADD231PS  Z18, Z21, Z6
+	VFMADD231PS  Z19, Z21, Z7
+	VFMADD231PS  Z16, Z22, Z8
+	VFMADD231PS  Z17, Z22, Z9
+	VFMADD231PS  Z18, Z22, Z10
+	VFMADD231PS  Z19, Z22, Z11
+	VFMADD231PS  Z16, Z23, Z12
+	VFMADD231PS  Z17, Z23, Z13
+	VFMADD231PS  Z18, Z23, Z14
+	VFMADD231PS  Z19, Z23, Z15
+	ADDQ         R8, SI
+	ADDQ         $4, AX
+	ADDQ         $4, BX
+	ADDQ         $4, DX
+	ADDQ         $4, R11
+	DECQ         CX
+	JNZ          ws4loop
+
+ws4store:
+	MOVQ         o0+56(FP), R12
+	VMOVUPS      Z0, (R12)
+	VMOVUPS      Z1, 64(R12)
+	VMOVUPS      Z2, 128(R12)
+	VMOVUPS      Z3, 192(R12)
+	MOVQ         o1+64(FP), R12
+	VMOVUPS      Z4, (R12)
+	VMOVUPS      Z5, 64(R12)
+	VMOVUPS      Z6, 128(R12)
+	VMOVUPS      Z7, 192(R12)
+	MOVQ         o2+72(FP), R12
+	VMOVUPS      Z8, (R12)
+	VMOVUPS      Z9, 64(R12)
+	VMOVUPS      Z10, 128(R12)
+	VMOVUPS      Z11, 192(R12)
+	MOVQ         o3+80(FP), R12
+	VMOVUPS      Z12, (R12)
+	VMOVUPS      Z13, 64(R12)
+	VMOVUPS      Z14, 128(R12)
+	VMOVUPS      Z15, 192(R12)
+	VZEROUPPER
+	RET
+
+// func maxAVX512(x *float32, n int) float32
+// The largest of n (a positive multiple of 16) values.
+TEXT ·maxAVX512(SB), NOSPLIT, $0-20
+	MOVQ          x+0(FP), SI
+	MOVQ          n+8(FP), CX
+	VMOVUPS       (SI), Z0
+	VMOVAPS       Z0, Z1
+	ADDQ          $64, SI
+	SUBQ          $16, CX
+
+max32:
+	CMPQ          CX, $32
+	JLT           max16
+	VMAXPS        (SI), Z0, Z0
+	VMAXPS        64(SI), Z1, Z1
+	ADDQ          $128, SI
+	SUBQ          $32, CX
+	JMP           max32
+
+max16:
+	TESTQ         CX, CX
+	JZ            maxdone
+	VMAXPS        (SI), Z0, Z0
+
+maxdone:
+	VMAXPS        Z1, Z0, Z0
+	VEXTRACTF64X4 $1, Z0, Y1
+	VMAXPS        Y1, Y0, Y0
+	VEXTRACTF128  $1, Y0, X1
+	VMAXPS        X1, X0, X0
+	VPERMILPS     $0x4e, X0, X1
+	VMAXPS        X1, X0, X0
+	VPERMILPS     $0xb1, X0, X1
+	VMAXPS        X1, X0, X0
+	VMOVSS        X0, ret+16(FP)
+	VZEROUPPER
+	RET
+
+// SCORE8(acc, key) sets acc to the 16 partial products of the 64 values of
+// q (Z16..Z19) with the key's, chained in 4 steps.
+#define SCORE8(acc, key) \
+	VMULPS      key, Z16, acc; \
+	VFMADD231PS 64 key, Z17, acc; \
+	VFMADD231PS 128 key, Z18, acc; \
+	VFMADD231PS 192 key, Z19, acc
+
+// PAIRSUM(a, b, t) sets a to [a0+a2, a1+a3, b0+b2, b1+b3] (128-bit lanes
+// of a and b): half of each row's partial sums.
+#define PAIRSUM(a, b, t) \
+	VSHUFF64X2 $0xee, b, a, t; \
+	VSHUFF64X2 $0x44, b, a, a; \
+	VADDPS     t, a, a
+
+// QUADSUM(a, b, t) sets a, holding [A0, A1, B0, B1] and b [C0, C1, D0, D1],
+// to [A0+A1, B0+B1, C0+C1, D0+D1].
+#define QUADSUM(a, b, t) \
+	VSHUFF64X2 $0xdd, b, a, t; \
+	VSHUFF64X2 $0x88, b, a, a; \
+	VADDPS     t, a, a
+
+// func scores8AVX512(q, k *float32, stride, n int, out *float32)
+// out[j] = Σ_c q[c]·k[j·stride+c] for 64 columns and j < n (a multiple of
+// 8): eight keys at a time, each a chain of 4 zmm FMAs, the eight sums
+// reduced together by shuffles (24 instructions for 8 scores).
+TEXT ·scores8AVX512(SB), NOSPLIT, $0-40
+	MOVQ       q+0(FP), SI
+	MOVQ       k+8(FP), BX
+	MOVQ       stride+16(FP), R8
+	SHLQ       $2, R8
+	MOVQ       n+24(FP), CX
+	MOVQ       out+32(FP), DI
+	VMOVUPS    (SI), Z16
+	VMOVUPS    64(SI), Z17
+	VMOVUPS    128(SI), Z18
+	VMOVUPS    192(SI), Z19
+	VMOVDQU32  ·scores8Perm(SB), Z20
+
+s8loop:
+	LEAQ       (BX)(R8*2), R11
+	ADDQ       R8, R11                // key 3
+	LEAQ       (R11)(R8*2), R12
+	ADDQ       R8, R12                // key 6
+	SCORE8(Z0, (BX))
+	SCORE8(Z1, (BX)(R8*1))
+	SCORE8(Z2, (BX)(R8*2))
+	SCORE8(Z3, (R11))
+	SCORE8(Z4, (BX)(R8*4))
+	SCORE8(Z5, (R11)(R8*2))
+	SCORE8(Z6, (R12))
+	SCORE8(Z7, (R11)(R8*4))
+	PAIRSUM(Z0, Z1, Z8)
+	PAIRSUM(Z2, Z3, Z9)
+	PAIRSUM(Z4, Z5, Z10)
+	PAIRSUM(Z6, Z7, Z11)
+	QUADSUM(Z0, Z2, Z8)               // 128-bit lane j: key j's 4 partial sums
+	QUADSUM(Z4, Z6, Z9)               // key 4+j's
+	VSHUFPS    $0xee, Z4, Z0, Z8
+	VSHUFPS    $0x44, Z4, Z0, Z0
+	VADDPS     Z8, Z0, Z0             // lane j: [j, j, 4+j, 4+j] partial sums
+	VPERMILPS  $0xb1, Z0, Z8
+	VADDPS     Z8, Z0, Z0             // elements 4j and 4j+2: keys j and 4+j
+	VPERMPS    Z0, Z20, Z0
+	VMOVUPS    Y0, (DI)
+	ADDQ       $32, DI
+	LEAQ       (R11)(R8*4), BX
+	ADDQ       R8, BX                 // key 8
+	SUBQ       $8, CX
+	JNZ        s8loop
+	VZEROUPPER
+	RET
+
+// scores8Perm gathers keys 0..7's sums (elements 0, 4, 8, 12, 2, 6, 10, 14)
+// into the low 8 elements.
+DATA ·scores8Perm+0(SB)/4, $0
+DATA ·scores8Perm+4(SB)/4, $4
+DATA ·scores8Perm+8(SB)/4, $8
+DATA ·scores8Perm+12(SB)/4, $12
+DATA ·scores8Perm+16(SB)/4, $2
+DATA ·scores8Perm+20(SB)/4, $6
+DATA ·scores8Perm+24(SB)/4, $10
+DATA ·scores8Perm+28(SB)/4, $14
+DATA ·scores8Perm+32(SB)/4, $0
+DATA ·scores8Perm+36(SB)/4, $0
+DATA ·scores8Perm+40(SB)/4, $0
+DATA ·scores8Perm+44(SB)/4, $0
+DATA ·scores8Perm+48(SB)/4, $0
+DATA ·scores8Perm+52(SB)/4, $0
+DATA ·scores8Perm+56(SB)/4, $0
+DATA ·scores8Perm+60(SB)/4, $0
+GLOBL ·scores8Perm(SB), RODATA|NOPTR, $64
+
+// SCOREQ(acc, key, qa, qb, qc, qd) is SCORE8 with the query in qa..qd.
+#define SCOREQ(acc, key, qa, qb, qc, qd) \
+	VMULPS      key, qa, acc; \
+	VFMADD231PS 64 key, qb, acc; \
+	VFMADD231PS 128 key, qc, acc; \
+	VFMADD231PS 192 key, qd, acc
+
+// SCOREK(acc0, q0) is 4 keys' SCOREQ for the query in q0..q0+3 (register
+// numbers given as Zn names): keys at BX, BX+s, BX+2s and R11.
+#define SCORE4K(a0, a1, a2, a3, qa, qb, qc, qd) \
+	SCOREQ(a0, (BX), qa, qb, qc, qd); \
+	SCOREQ(a1, (BX)(R8*1), qa, qb, qc, qd); \
+	SCOREQ(a2, (BX)(R8*2), qa, qb, qc, qd); \
+	SCOREQ(a3, (R11), qa, qb, qc, qd)
+
+// REDUCE8(a0..a7, t0..t3, perm) leaves in the low 8 elements of a0 the
+// sums of a0..a7's 16 lanes, each added exactly as scores8AVX512 adds it.
+#define REDUCE8(a0, a1, a2, a3, a4, a5, a6, a7, t0, t1, t2, t3, perm) \
+	PAIRSUM(a0, a1, t0); \
+	PAIRSUM(a2, a3, t1); \
+	PAIRSUM(a4, a5, t2); \
+	PAIRSUM(a6, a7, t3); \
+	QUADSUM(a0, a2, t0); \
+	QUADSUM(a4, a6, t1); \
+	VSHUFPS    $0xee, a4, a0, t0; \
+	VSHUFPS    $0x44, a4, a0, a0; \
+	VADDPS     t0, a0, a0; \
+	VPERMILPS  $0xb1, a0, t0; \
+	VADDPS     t0, a0, a0; \
+	VPERMPS    a0, perm, a0
+
+// func scores4qAVX512(q *float32, qstride int, k *float32, kstride, n int, o0, o1, o2, o3 *float32)
+// scores8AVX512 for four queries (qstride elements apart) over the same n
+// keys (a multiple of 4), into o0..o3: each key's 64 values are read from
+// L2 once for the four queries instead of four times, and every score is
+// computed with exactly scores8AVX512's operations.
+TEXT ·scores4qAVX512(SB), NOSPLIT, $0-72
+	MOVQ       q+0(FP), SI
+	MOVQ       qstride+8(FP), R9
+	SHLQ       $2, R9
+	LEAQ       (SI)(R9*2), R10
+	ADDQ       R9, R10                // query 3
+	MOVQ       k+16(FP), BX
+	MOVQ       kstride+24(FP), R8
+	SHLQ       $2, R8
+	MOVQ       n+32(FP), CX
+	MOVQ       o0+40(FP), AX
+	MOVQ       o1+48(FP), DX
+	MOVQ       o2+56(FP), DI
+	MOVQ       o3+64(FP), R12
+
+s4qloop:
+	LEAQ       (BX)(R8*2), R11
+	ADDQ       R8, R11                // key 3
+	VMOVUPS    (SI), Z16
+	VMOVUPS    64(SI), Z17
+	VMOVUPS    128(SI), Z18
+	VMOVUPS    192(SI), Z19
+	VMOVUPS    (SI)(R9*1), Z20
+	VMOVUPS    64(SI)(R9*1), Z21
+	VMOVUPS    128(SI)(R9*1), Z22
+	VMOVUPS    192(SI)(R9*1), Z23
+	VMOVUPS    (SI)(R9*2), Z24
+	VMOVUPS    64(SI)(R9*2), Z25
+	VMOVUPS    128(SI)(R9*2), Z26
+	VMOVUPS    192(SI)(R9*2), Z27
+	VMOVUPS    (R10), Z28
+	VMOVUPS    64(R10), Z29
+	VMOVUPS    128(R10), Z30
+	VMOVUPS    192(R10), Z31
+	SCORE4K(Z0, Z1, Z2, Z3, Z16, Z17, Z18, Z19)
+	SCORE4K(Z4, Z5, Z6, Z7, Z20, Z21, Z22, Z23)
+	SCORE4K(Z8, Z9, Z10, Z11, Z24, Z25, Z26, Z27)
+	SCORE4K(Z12, Z13, Z14, Z15, Z28, Z29, Z30, Z31)
+	VMOVDQU32  ·scores8Perm(SB), Z24
+	REDUCE8(Z0, Z1, Z2, Z3, Z4, Z5, Z6, Z7, Z16, Z17, Z18, Z19, Z24)
+	REDUCE8(Z8, Z9, Z10, Z11, Z12, Z13, Z14, Z15, Z20, Z21, Z22, Z23, Z24)
+	VMOVUPS    X0, (AX)
+	VEXTRACTF32X4 $1, Y0, X1
+	VMOVUPS    X1, (DX)
+	VMOVUPS    X8, (DI)
+	VEXTRACTF32X4 $1, Y8, X9
+	VMOVUPS    X9, (R12)
+	ADDQ       $16, AX
+	ADDQ       $16, DX
+	ADDQ       $16, DI
+	ADDQ       $16, R12
+	LEAQ       (R11)(R8*1), BX        // key 4
+	SUBQ       $4, CX
+	JNZ        s4qloop
 	VZEROUPPER
 	RET

@@ -129,7 +129,7 @@ func edgyQ8(r *rand.Rand, in, out int) []byte {
 // over the unpacked Q8_0 bytes, and the assembly against the Go loops.
 func TestGemmQ8(t *testing.T) {
 	r := newRand(t)
-	const in, out, n = 96, 21, 6
+	const in, out, n = 96, 37, 17
 	raw := edgyQ8(r, in, out)
 	p := packQ8(raw, in, out)
 	x := edgyF32(r, n*in/32)
@@ -138,29 +138,52 @@ func TestGemmQ8(t *testing.T) {
 		for i := 0; i < n; i++ {
 			k.quant(x[i*in:(i+1)*in], a.q[i*in:(i+1)*in], a.meta[i*in/32:(i+1)*in/32])
 		}
-		// gemm1 (one row against a run of groups) must give gemm's values.
+		bias := randF32(r, q8Group*p.groups, 1)
+		// gemm1 (one row against a run of groups) must give gemm's values,
+		// with and without a bias.
 		for row := 0; row < n; row++ {
-			all := make([]float32, 8*p.groups)
-			k.gemm1(p, 0, p.groups, a, row, all)
-			for g := 0; g < p.groups; g++ {
-				one := make([]float32, 8)
-				k.gemm(p, g, a, row, 1, one)
-				for l := range one {
-					if all[8*g+l] != one[l] {
-						t.Fatalf("%s: gemm1 row %d group %d [%d] = %v, gemm %v", name, row, g, l, all[8*g+l], one[l])
+			for _, withBias := range []bool{false, true} {
+				var gb []float32
+				if withBias {
+					gb = bias
+				}
+				all := make([]float32, q8Group*p.groups)
+				k.gemm1(p, 0, p.groups, a, row, gb, all)
+				for g := 0; g < p.groups; g++ {
+					one, b1 := make([]float32, q8Group), noBias[:]
+					if withBias {
+						b1 = bias[q8Group*g : q8Group*(g+1)]
+					}
+					k.gemm(p, g, a, row, 1, b1, one, q8Group)
+					for l := range one {
+						if all[q8Group*g+l] != one[l] {
+							t.Fatalf("%s: gemm1 row %d group %d [%d] = %v, gemm %v (bias %v)", name, row, g, l, all[q8Group*g+l], one[l], withBias)
+						}
 					}
 				}
 			}
 		}
-		for _, rows := range []int{1, 2, 4} {
+		// gemm against the float64 sum, plus the bias, writing rows a
+		// stride apart (the gaps must stay untouched).
+		const stride = q8Group + 5
+		for _, rows := range []int{1, 3, q8Rows} {
 			for row0 := 0; row0+rows <= n; row0 += rows {
 				for g := 0; g < p.groups; g++ {
-					got := make([]float32, 8*rows)
-					k.gemm(p, g, a, row0, rows, got)
+					got := make([]float32, stride*rows)
+					for i := range got {
+						got[i] = -7
+					}
+					gb := bias[q8Group*g : q8Group*(g+1)]
+					k.gemm(p, g, a, row0, rows, gb, got, stride)
 					for ri := 0; ri < rows; ri++ {
-						for l := 0; l < 8; l++ {
-							o := 8*g + l
-							var want, mag float64
+						for l := q8Group; l < stride; l++ {
+							if got[stride*ri+l] != -7 {
+								t.Fatalf("%s rows=%d: wrote past row %d's %d outputs", name, rows, ri, q8Group)
+							}
+						}
+						for l := 0; l < q8Group; l++ {
+							o := q8Group*g + l
+							want, mag := float64(gb[l]), math.Abs(float64(gb[l]))
 							if o < out {
 								for b := 0; b < in/32; b++ {
 									blk := raw[(o*in/32+b)*34:]
@@ -174,9 +197,9 @@ func TestGemmQ8(t *testing.T) {
 									mag += math.Abs(ws * float64(m.d) * float64(s))
 								}
 							}
-							if e := math.Abs(float64(got[8*ri+l]) - want); e > 1e-6*mag+1e-30 {
+							if e := math.Abs(float64(got[stride*ri+l]) - want); e > 1e-6*mag+1e-30 {
 								t.Fatalf("%s rows=%d: x row %d · w row %d = %v, want %v (tolerance %v)",
-									name, rows, row0+ri, o, got[8*ri+l], want, 1e-6*mag)
+									name, rows, row0+ri, o, got[stride*ri+l], want, 1e-6*mag)
 							}
 						}
 					}
@@ -299,11 +322,13 @@ func TestScoresFast(t *testing.T) {
 	r := newRand(t)
 	const d, stride = 64, 80
 	q := randF32(r, d, 1)
-	k := randF32(r, 11*stride, 1)
+	k := randF32(r, 29*stride, 1)
 	for name, ks := range q8Sets() {
-		for n := 0; n <= 11; n++ {
+		// Up to 3 groups of eight keys, one of four and the rest.
+		for n := 0; n <= 29; n++ {
 			out := make([]float32, n)
-			ks.scores(q, k, stride, out)
+			// k ends with the last key's values, as at the end of a cache.
+			ks.scores(q, k[:max(0, (n-1)*stride+d)], stride, out)
 			for j := range out {
 				var want, mag float64
 				for c := 0; c < d; c++ {
@@ -341,6 +366,27 @@ func TestEmbedFast(t *testing.T) {
 	for i := range want {
 		if rows[0][i] != want[i] || rows[1][i] != want[i] {
 			t.Fatalf("element %d: exact %v, fast %v, want %v", i, rows[0][i], rows[1][i], want[i])
+		}
+	}
+}
+
+// TestMaxFast checks the softmax's max (Go and assembly) against a plain
+// loop, for lengths around the assembly's 16 and 32 at a time, with the
+// largest value at every position in turn.
+func TestMaxFast(t *testing.T) {
+	r := newRand(t)
+	for name, k := range q8Sets() {
+		for n := 1; n <= 70; n++ {
+			for at := 0; at < n; at++ {
+				x := randF32(r, n, 1)
+				for i := range x {
+					x[i] -= 2 // all negative, so a max stuck at 0 fails
+				}
+				x[at] = 5
+				if got := k.max(x); got != 5 {
+					t.Fatalf("%s: max of %d values with 5 at %d = %v", name, n, at, got)
+				}
+			}
 		}
 	}
 }
