@@ -1,0 +1,161 @@
+package grammar
+
+import (
+	"bytes"
+	"encoding/binary"
+	"slices"
+	"sync"
+)
+
+// Vocab is a tokenizer's vocabulary as a trie of the tokens' bytes, for
+// computing masks. It is safe for concurrent use.
+type Vocab struct {
+	size int
+	// Node i's edges are edgeByte/edgeNode[edges[i]:edges[i+1]]; the
+	// tokens whose bytes end at node i are ids[toks[i]:toks[i+1]].
+	edges    []int32
+	edgeByte []byte
+	edgeNode []int32
+	toks     []int32
+	ids      []int32
+	maxLen   int
+
+	mu    sync.Mutex
+	cache map[string][]uint64
+	key   []byte
+}
+
+// maxMasks bounds the masks a Vocab caches (25 KB each for a 201k vocabulary).
+const maxMasks = 1024
+
+// NewVocab builds the trie of tokens, where tokens[id] is token id's bytes;
+// tokens with no bytes (special tokens) are never allowed by a mask.
+func NewVocab(tokens [][]byte) *Vocab {
+	order := make([]int32, 0, len(tokens))
+	for id, t := range tokens {
+		if len(t) > 0 {
+			order = append(order, int32(id))
+		}
+	}
+	slices.SortFunc(order, func(a, b int32) int {
+		if c := bytes.Compare(tokens[a], tokens[b]); c != 0 {
+			return c
+		}
+		return int(a - b)
+	})
+	v := &Vocab{size: len(tokens), cache: map[string][]uint64{}}
+	// Nodes are numbered in the order build visits them; each node's
+	// edges are laid down before its children are built, so they stay
+	// contiguous.
+	type pending struct {
+		lo, hi, depth int
+		node          int32
+	}
+	v.edges = []int32{0}
+	v.toks = []int32{0}
+	nodes := 1
+	var build func(lo, hi, depth int)
+	build = func(lo, hi, depth int) {
+		// Tokens ending here come first in sorted order.
+		for lo < hi && len(tokens[order[lo]]) == depth {
+			v.ids = append(v.ids, order[lo])
+			lo++
+		}
+		v.maxLen = max(v.maxLen, depth)
+		v.toks = append(v.toks, int32(len(v.ids)))
+		var kids []pending
+		for i := lo; i < hi; {
+			b := tokens[order[i]][depth]
+			j := i
+			for j < hi && tokens[order[j]][depth] == b {
+				j++
+			}
+			kids = append(kids, pending{i, j, depth + 1, 0})
+			i = j
+		}
+		start := len(v.edgeByte)
+		for k := range kids {
+			v.edgeByte = append(v.edgeByte, tokens[order[kids[k].lo]][depth])
+			v.edgeNode = append(v.edgeNode, 0)
+		}
+		v.edges = append(v.edges, int32(len(v.edgeByte)))
+		for k, kid := range kids {
+			v.edgeNode[start+k] = int32(nodes)
+			nodes++
+			build(kid.lo, kid.hi, kid.depth)
+		}
+	}
+	build(0, len(order), 0)
+	// edges[i]/toks[i] were appended in visiting order, which is node order.
+	return v
+}
+
+// Size is the number of token ids.
+func (v *Vocab) Size() int { return v.size }
+
+// Mask returns the tokens whose bytes m accepts next, one bit per token id
+// (bit id%64 of word id/64). With finish, only tokens every byte of which
+// brings the end one byte closer are allowed, so that the instance ends
+// within MinBytes tokens. The mask is shared: the caller must not change it.
+func (v *Vocab) Mask(m *Matcher, finish bool) []uint64 {
+	v.mu.Lock()
+	key := binary.AppendUvarint(v.key[:0], m.g.id)
+	if finish {
+		key = append(key, 1)
+	} else {
+		key = append(key, 0)
+	}
+	key = m.appendKey(key)
+	v.key = key
+	if mask, ok := v.cache[string(key)]; ok {
+		v.mu.Unlock()
+		return mask
+	}
+	k := string(key)
+	v.mu.Unlock()
+	mask := make([]uint64, (v.size+63)/64)
+	w := walker{v: v, mask: mask, finish: finish, bufs: make([][]*stack, v.maxLen+1)}
+	w.walk(0, m.stacks, minDist(m.stacks), 0)
+	v.mu.Lock()
+	if len(v.cache) >= maxMasks {
+		for old := range v.cache { // evict one, arbitrarily
+			delete(v.cache, old)
+			break
+		}
+	}
+	v.cache[k] = mask
+	v.mu.Unlock()
+	return mask
+}
+
+type walker struct {
+	v      *Vocab
+	mask   []uint64
+	finish bool
+	bufs   [][]*stack // one per depth, reused across siblings
+}
+
+// walk visits node's subtree with the stacks reached by its bytes.
+func (w *walker) walk(node int32, stacks []*stack, d, depth int) {
+	v := w.v
+	for e := v.edges[node]; e < v.edges[node+1]; e++ {
+		next := advance(stacks, v.edgeByte[e], w.bufs[depth])
+		w.bufs[depth] = next
+		if len(next) == 0 {
+			continue
+		}
+		nd := d
+		if w.finish {
+			nd = minDist(next)
+			if nd != d-1 {
+				continue
+			}
+		}
+		child := v.edgeNode[e]
+		for _, id := range v.ids[v.toks[child]:v.toks[child+1]] {
+			w.mask[id/64] |= 1 << (id % 64)
+		}
+		// The children reuse deeper buffers; next stays intact.
+		w.walk(child, next, nd, depth+1)
+	}
+}
