@@ -129,6 +129,22 @@ type Request struct {
 	// Stop strings end generation when they appear in the text; they are
 	// never emitted.
 	Stop []string
+	// NewConstraint, when set, makes the constraint that restricts the
+	// request's tokens (structured output); Submit calls it once per job.
+	NewConstraint func() Constraint
+}
+
+// Constraint restricts the tokens of one sequence, e.g. to those of a
+// grammar. The loop calls Next before drawing each token and Accept with
+// the token drawn.
+type Constraint interface {
+	// Next returns the tokens allowed next, one bit per id (bit id%64 of
+	// word id/64; nil allows any), or forced >= 0, a token that must come
+	// next. remaining is how many tokens the sequence may still produce,
+	// this one included, so that the constraint can finish in time.
+	Next(remaining int) (allowed []uint64, forced int32)
+	// Accept records the token that came; an error ends the request.
+	Accept(id int32) error
 }
 
 // Token is one generated token and the text it releases. Text may be empty
@@ -204,6 +220,7 @@ type Engine struct {
 	logits   []float32
 	ids      []int32
 	params   []backend.SampleParams
+	masks    []rowMask
 }
 
 // New returns an engine for cfg and starts its loop. The KV pool is
@@ -330,6 +347,7 @@ type Job struct {
 	registered int // full blocks entered in the prefix cache
 	prefilled  int // leading tokens computed in prompt chunks, not decode steps
 	sampler    *Sampler
+	con        Constraint // nil when unconstrained
 	order      uint64 // admission order (latest admission)
 	admittedAt time.Time
 	firstAt    time.Time
@@ -423,6 +441,9 @@ func (e *Engine) Submit(req Request) (*Job, error) {
 	j.ctx, j.cancel = context.WithCancelCause(context.Background())
 	j.tokens = append(make([]int32, 0, len(prompt)+min(req.MaxTokens, e.cfg.CtxSize)), prompt...)
 	j.sampler = NewSampler(req.Sampling, j.seed)
+	if req.NewConstraint != nil {
+		j.con = req.NewConstraint()
+	}
 
 	e.mu.Lock()
 	defer e.mu.Unlock()

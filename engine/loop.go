@@ -325,11 +325,15 @@ func (e *Engine) forward(batch *model.Batch, jobs []*Job) (ids []int32, err erro
 }
 
 // sample draws the next token of every chunk that asked for logits, in
-// batch order.
+// batch order. Constrained rows are drawn on the host from their masked
+// logits (read before the device sampler, which may change them); the
+// others on the device when the backend can.
 func (e *Engine) sample(logits model.Logits, batch *model.Batch, jobs []*Job) ([]int32, error) {
 	rows := logits.Rows()
 	e.ids = slices.Grow(e.ids[:0], rows)[:rows]
 	e.params = e.params[:0]
+	e.masks = e.masks[:0]
+	constrained := false
 	for i, j := range jobs {
 		if batch.Chunks[i].Logits == model.NoLogits {
 			continue
@@ -344,28 +348,61 @@ func (e *Engine) sample(logits model.Logits, batch *model.Batch, jobs []*Job) ([
 			sp.Penalized = distinct(j.tokens)
 		}
 		e.params = append(e.params, sp)
+		m := rowMask{forced: -1}
+		if j.con != nil {
+			m.on = true
+			m.allowed, m.forced = j.con.Next(min(j.req.MaxTokens-j.generated, e.cfg.CtxSize-len(j.tokens)+1))
+			constrained = true
+		}
+		e.masks = append(e.masks, m)
 	}
 	if len(e.params) != rows {
 		return nil, fmt.Errorf("engine: %d logits rows for %d sequences", rows, len(e.params))
 	}
-	if done, err := logits.Sample(e.params, e.ids); done || err != nil {
-		return e.ids, err
+	read := func() error {
+		if need := rows * e.vocab; len(e.logits) < need {
+			e.logits = make([]float32, need)
+		}
+		return logits.Read(e.logits[:rows*e.vocab])
 	}
-	if need := rows * e.vocab; len(e.logits) < need {
-		e.logits = make([]float32, need)
+	if constrained {
+		if err := read(); err != nil {
+			return nil, err
+		}
 	}
-	if err := logits.Read(e.logits[:rows*e.vocab]); err != nil {
+	done, err := logits.Sample(e.params, e.ids)
+	if err != nil {
 		return nil, err
+	}
+	if !done && !constrained {
+		if err := read(); err != nil {
+			return nil, err
+		}
 	}
 	row := 0
 	for i, j := range jobs {
 		if batch.Chunks[i].Logits == model.NoLogits {
 			continue
 		}
-		e.ids[row] = j.sampler.Sample(e.logits[row*e.vocab:(row+1)*e.vocab], j.tokens)
+		l, m := e.logits[row*e.vocab:(row+1)*e.vocab], e.masks[row]
+		switch {
+		case m.forced >= 0:
+			e.ids[row] = m.forced
+		case m.on && m.allowed != nil:
+			e.ids[row] = j.sampler.SampleMasked(l, j.tokens, m.allowed)
+		case !done:
+			e.ids[row] = j.sampler.Sample(l, j.tokens)
+		}
 		row++
 	}
 	return e.ids, nil
+}
+
+// rowMask is a row's constraint for one step.
+type rowMask struct {
+	on      bool
+	allowed []uint64
+	forced  int32
 }
 
 // distinct returns the distinct tokens of ids.
@@ -402,6 +439,12 @@ func (e *Engine) register(j *Job) {
 func (e *Engine) accept(j *Job, id int32) {
 	if j.firstAt.IsZero() {
 		j.firstAt = time.Now()
+	}
+	if j.con != nil {
+		if err := j.con.Accept(id); err != nil {
+			e.end(j, "", -1, fmt.Errorf("engine: constraint: %w", err))
+			return
+		}
 	}
 	if e.cfg.Tokenizer.IsEOG(id) {
 		e.end(j, StopEOG, id, nil)
