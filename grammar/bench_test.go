@@ -37,9 +37,9 @@ func BenchmarkMaskWarm(b *testing.B) {
 	for _, s := range benchStates {
 		b.Run(s.name, func(b *testing.B) {
 			m := benchMatcher(b, s.schema, s.prefix)
-			v.Mask(m, false)
+			v.Mask(m, -1)
 			for b.Loop() {
-				v.Mask(m, false)
+				v.Mask(m, -1)
 			}
 		})
 	}
@@ -56,7 +56,7 @@ func BenchmarkMaskCold(b *testing.B) {
 				v.mu.Lock()
 				clear(v.cache)
 				v.mu.Unlock()
-				v.Mask(m, false)
+				v.Mask(m, -1)
 			}
 		})
 	}

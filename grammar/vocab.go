@@ -21,7 +21,7 @@ type Vocab struct {
 	maxLen   int
 
 	mu    sync.Mutex
-	cache map[string][]uint64
+	cache map[string]*maskEntry
 	key   []byte
 }
 
@@ -43,7 +43,7 @@ func NewVocab(tokens [][]byte) *Vocab {
 		}
 		return int(a - b)
 	})
-	v := &Vocab{size: len(tokens), cache: map[string][]uint64{}}
+	v := &Vocab{size: len(tokens), cache: map[string]*maskEntry{}}
 	// Nodes are numbered in the order build visits them; each node's
 	// edges are laid down before its children are built, so they stay
 	// contiguous.
@@ -94,28 +94,59 @@ func NewVocab(tokens [][]byte) *Vocab {
 func (v *Vocab) Size() int { return v.size }
 
 // Mask returns the tokens whose bytes m accepts next, one bit per token id
-// (bit id%64 of word id/64). With finish, only tokens every byte of which
-// brings the end one byte closer are allowed, so that the instance ends
-// within MinBytes tokens. The mask is shared: the caller must not change it.
-func (v *Vocab) Mask(m *Matcher, finish bool) []uint64 {
+// (bit id%64 of word id/64), keeping only those after which the value can
+// still end within limit bytes (limit < 0: no limit). A caller with n
+// tokens left that keeps limit at most n-1 (one byte-sized step each)
+// always finishes in time, since every vocabulary of byte-level BPE has a
+// token for each byte. The mask may be shared: the caller must not change it.
+func (v *Vocab) Mask(m *Matcher, limit int) []uint64 {
+	d := m.MinBytes()
+	tight := limit >= 0 && limit < d
+	e := v.entry(m, tight)
+	if limit < 0 || tight || limit >= e.maxAfter {
+		return e.mask
+	}
+	mask := append([]uint64(nil), e.mask...)
+	for _, t := range e.rising {
+		if int(t.after) > limit {
+			mask[t.id/64] &^= 1 << (t.id % 64)
+		}
+	}
+	return mask
+}
+
+// maskEntry is a state's cached mask. rising lists the allowed tokens
+// after which the value needs more bytes than before, with that number;
+// maxAfter is its largest. In tight entries only tokens that bring the end
+// closer are allowed.
+type maskEntry struct {
+	mask     []uint64
+	rising   []risingToken
+	maxAfter int
+}
+
+type risingToken struct{ id, after int32 }
+
+func (v *Vocab) entry(m *Matcher, tight bool) *maskEntry {
 	v.mu.Lock()
 	key := binary.AppendUvarint(v.key[:0], m.g.id)
-	if finish {
+	if tight {
 		key = append(key, 1)
 	} else {
 		key = append(key, 0)
 	}
 	key = m.appendKey(key)
 	v.key = key
-	if mask, ok := v.cache[string(key)]; ok {
+	if e, ok := v.cache[string(key)]; ok {
 		v.mu.Unlock()
-		return mask
+		return e
 	}
 	k := string(key)
 	v.mu.Unlock()
-	mask := make([]uint64, (v.size+63)/64)
-	w := walker{v: v, mask: mask, finish: finish, bufs: make([][]*stack, v.maxLen+1)}
-	w.walk(0, m.stacks, minDist(m.stacks), 0)
+	d := minDist(m.stacks)
+	w := walker{v: v, e: &maskEntry{mask: make([]uint64, (v.size+63)/64)}, tight: tight, before: d,
+		bufs: make([][]*stack, v.maxLen+1)}
+	w.walk(0, m.stacks, 0)
 	v.mu.Lock()
 	if len(v.cache) >= maxMasks {
 		for old := range v.cache { // evict one, arbitrarily
@@ -123,20 +154,21 @@ func (v *Vocab) Mask(m *Matcher, finish bool) []uint64 {
 			break
 		}
 	}
-	v.cache[k] = mask
+	v.cache[k] = w.e
 	v.mu.Unlock()
-	return mask
+	return w.e
 }
 
 type walker struct {
 	v      *Vocab
-	mask   []uint64
-	finish bool
+	e      *maskEntry
+	tight  bool
+	before int
 	bufs   [][]*stack // one per depth, reused across siblings
 }
 
 // walk visits node's subtree with the stacks reached by its bytes.
-func (w *walker) walk(node int32, stacks []*stack, d, depth int) {
+func (w *walker) walk(node int32, stacks []*stack, depth int) {
 	v := w.v
 	for e := v.edges[node]; e < v.edges[node+1]; e++ {
 		next := advance(stacks, v.edgeByte[e], w.bufs[depth])
@@ -144,18 +176,20 @@ func (w *walker) walk(node int32, stacks []*stack, d, depth int) {
 		if len(next) == 0 {
 			continue
 		}
-		nd := d
-		if w.finish {
-			nd = minDist(next)
-			if nd != d-1 {
-				continue
+		child := v.edgeNode[e]
+		if ids := v.ids[v.toks[child]:v.toks[child+1]]; len(ids) > 0 {
+			after := minDist(next)
+			if !w.tight || after < w.before {
+				for _, id := range ids {
+					w.e.mask[id/64] |= 1 << (id % 64)
+					if after > w.before {
+						w.e.rising = append(w.e.rising, risingToken{id, int32(min(after, inf))})
+						w.e.maxAfter = max(w.e.maxAfter, after)
+					}
+				}
 			}
 		}
-		child := v.edgeNode[e]
-		for _, id := range v.ids[v.toks[child]:v.toks[child+1]] {
-			w.mask[id/64] |= 1 << (id % 64)
-		}
 		// The children reuse deeper buffers; next stays intact.
-		w.walk(child, next, nd, depth+1)
+		w.walk(child, next, depth+1)
 	}
 }

@@ -1,0 +1,258 @@
+package constrain
+
+import (
+	"bytes"
+	"encoding/json"
+	"math/bits"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/santhosh-tekuri/jsonschema/v6"
+
+	"orcd/engine"
+	"orcd/grammar"
+	"orcd/harmony"
+	"orcd/internal/testutil"
+	"orcd/tokenizer"
+)
+
+var (
+	vocabOnce sync.Once
+	o200k     *Vocab
+	o200kTok  *tokenizer.Tokenizer
+)
+
+func testVocab(t *testing.T) (*Vocab, *tokenizer.Tokenizer) {
+	t.Helper()
+	vocabOnce.Do(func() {
+		tk, err := tokenizer.FromHFJSONBytes(testutil.ReadGzip(t, "../tokenizer/testdata/o200k_harmony.tokenizer.json.gz"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		o200kTok, o200k = tk, NewVocab(tk)
+	})
+	if o200k == nil {
+		t.Fatal("no vocabulary")
+	}
+	return o200k, o200kTok
+}
+
+// run drives c like the engine with a random model: a random allowed
+// token each step (any token when free), until an end-of-generation token
+// or maxTokens.
+func run(t *testing.T, c engine.Constraint, tk *tokenizer.Tokenizer, rng *rand.Rand, maxTokens int) []int32 {
+	t.Helper()
+	var out []int32
+	for len(out) < maxTokens {
+		mask, forced := c.Next(maxTokens - len(out))
+		id := forced
+		if id < 0 {
+			id = pick(mask, tk.VocabSize(), rng)
+		}
+		if err := c.Accept(id); err != nil {
+			t.Fatalf("after %q: %v", tk.Decode(out), err)
+		}
+		out = append(out, id)
+		if tk.IsEOG(id) {
+			break
+		}
+	}
+	return out
+}
+
+// pick draws a random allowed id (any id of n when mask is nil).
+func pick(mask []uint64, n int, rng *rand.Rand) int32 {
+	if mask == nil {
+		return int32(rng.IntN(n))
+	}
+	count := 0
+	for _, w := range mask {
+		count += bits.OnesCount64(w)
+	}
+	if count == 0 {
+		panic("empty mask")
+	}
+	k := rng.IntN(count)
+	for i, w := range mask {
+		if c := bits.OnesCount64(w); k >= c {
+			k -= c
+			continue
+		}
+		for ; ; w &= w - 1 {
+			if k == 0 {
+				return int32(i*64 + bits.TrailingZeros64(w))
+			}
+			k--
+		}
+	}
+	panic("unreachable")
+}
+
+// parse splits harmony output into its final content, reasoning and calls.
+func parse(tk *tokenizer.Tokenizer, ids []int32) (content, reasoning string, calls map[string]string, stop string) {
+	p := harmony.NewParser()
+	var c, r strings.Builder
+	calls = map[string]string{}
+	names := map[int]string{}
+	for _, id := range ids {
+		var evs []harmony.Event
+		if tk.IsSpecial(id) {
+			evs = p.Special(tk.TokenText(id))
+		} else {
+			evs = p.Text(tk.TokenText(id))
+		}
+		for _, ev := range evs {
+			switch ev.Kind {
+			case harmony.Content:
+				c.WriteString(ev.Text)
+			case harmony.Reasoning:
+				r.WriteString(ev.Text)
+			case harmony.ToolCallStart:
+				names[ev.ToolIndex] = ev.ToolName
+				calls[ev.ToolName] += ""
+			case harmony.ToolCallArgs:
+				calls[names[ev.ToolIndex]] += ev.Text
+			}
+		}
+	}
+	return c.String(), r.String(), calls, p.Stop()
+}
+
+func validate(t *testing.T, schema, out string) {
+	t.Helper()
+	if !json.Valid([]byte(out)) {
+		t.Fatalf("output %q is not JSON", out)
+	}
+	doc, err := jsonschema.UnmarshalJSON(strings.NewReader(schema))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := jsonschema.NewCompiler()
+	if err := c.AddResource("s.json", doc); err != nil {
+		t.Fatal(err)
+	}
+	s, err := c.Compile("s.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	inst, _ := jsonschema.UnmarshalJSON(bytes.NewReader([]byte(out)))
+	if err := s.Validate(inst); err != nil {
+		t.Fatalf("output %q does not validate: %v", out, err)
+	}
+}
+
+const weather = `{"type":"object","properties":{"location":{"type":"string"},"unit":{"enum":["c","f"]},"days":{"type":"integer"}},"required":["location","unit"],"additionalProperties":false}`
+
+func TestHarmonyAnswer(t *testing.T) {
+	if testing.Short() {
+		t.Skip("loads the o200k vocabulary")
+	}
+	v, tk := testVocab(t)
+	g, err := grammar.Compile([]byte(weather))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for seed := range uint64(20) {
+		budget := []int{0, 5, 40}[seed%3]
+		newC, err := v.New(Spec{Answer: g, Reasoning: budget}, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		maxTokens := 30 + int(seed)*5
+		ids := run(t, newC(), tk, rand.New(rand.NewPCG(seed, 7)), maxTokens)
+		content, reasoning, calls, stop := parse(tk, ids)
+		if stop != harmony.TokenReturn || len(calls) != 0 {
+			t.Fatalf("seed %d: stop %q, calls %v: %q", seed, stop, calls, tk.Decode(ids))
+		}
+		validate(t, weather, content)
+		if n := len(tk.Encode(reasoning)); budget == 0 && reasoning != "" || n > budget+8 {
+			t.Errorf("seed %d: reasoning of about %d tokens over a budget of %d", seed, n, budget)
+		}
+	}
+}
+
+func TestHarmonyForcedCall(t *testing.T) {
+	if testing.Short() {
+		t.Skip("loads the o200k vocabulary")
+	}
+	v, tk := testVocab(t)
+	g, _ := grammar.Compile([]byte(weather))
+	schemas := map[string]string{"get_weather": weather, "get_time": `{"type":"object"}`, "get": `{"type":"object","properties":{"q":{"type":"string"}},"required":["q"]}`}
+	args := map[string]*grammar.Grammar{"get_weather": g, "get_time": grammar.JSONObject()}
+	args["get"], _ = grammar.Compile([]byte(schemas["get"]))
+	for seed := range uint64(20) {
+		call := []string{"get_weather", "get_time", "get"}
+		if seed%2 == 0 {
+			call = call[seed%3 : seed%3+1]
+		}
+		newC, err := v.New(Spec{Call: call, Args: args, Reasoning: 10}, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids := run(t, newC(), tk, rand.New(rand.NewPCG(seed, 8)), 80)
+		_, _, calls, stop := parse(tk, ids)
+		if stop != harmony.TokenCall || len(calls) != 1 {
+			t.Fatalf("seed %d: stop %q, calls %v: %q", seed, stop, calls, tk.Decode(ids))
+		}
+		for name, a := range calls {
+			if !strings.Contains(strings.Join(call, ","), name) {
+				t.Fatalf("called %q, not one of %v", name, call)
+			}
+			validate(t, schemas[name], a)
+		}
+	}
+}
+
+// TestHarmonyStrictFree: with only strict functions, output is free until
+// a call of one begins; its arguments then follow the schema.
+func TestHarmonyStrictFree(t *testing.T) {
+	if testing.Short() {
+		t.Skip("loads the o200k vocabulary")
+	}
+	v, tk := testVocab(t)
+	g, _ := grammar.Compile([]byte(weather))
+	newC, err := v.New(Spec{Args: map[string]*grammar.Grammar{"get_weather": g}}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newC()
+	// The model opens a call itself.
+	prefix := "<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>"
+	for _, id := range tk.EncodeSpecial(prefix) {
+		if mask, forced := c.Next(100); mask != nil || forced >= 0 {
+			t.Fatalf("constrained before the call: forced %d", forced)
+		}
+		if err := c.Accept(id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ids := append(tk.EncodeSpecial(prefix), run(t, c, tk, rand.New(rand.NewPCG(1, 1)), 60)...)
+	_, _, calls, stop := parse(tk, ids)
+	if stop != harmony.TokenCall {
+		t.Fatalf("stop %q: %q", stop, tk.Decode(ids))
+	}
+	validate(t, weather, calls["get_weather"])
+}
+
+func TestPlain(t *testing.T) {
+	if testing.Short() {
+		t.Skip("loads the o200k vocabulary")
+	}
+	v, tk := testVocab(t)
+	for seed := range uint64(10) {
+		newC, err := v.New(Spec{Answer: grammar.JSONObject()}, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids := run(t, newC(), tk, rand.New(rand.NewPCG(seed, 9)), 20+int(seed))
+		if !tk.IsEOG(ids[len(ids)-1]) {
+			t.Fatalf("no end: %q", tk.Decode(ids))
+		}
+		validate(t, `{"type":"object"}`, tk.Decode(ids[:len(ids)-1]))
+	}
+	if _, err := v.New(Spec{Call: []string{"f"}, Args: map[string]*grammar.Grammar{"f": grammar.JSONObject()}}, false); err == nil {
+		t.Error("a forced call on a non-harmony model was accepted")
+	}
+}
