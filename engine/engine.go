@@ -348,7 +348,7 @@ type Job struct {
 	prefilled  int // leading tokens computed in prompt chunks, not decode steps
 	sampler    *Sampler
 	con        Constraint // nil when unconstrained
-	order      uint64 // admission order (latest admission)
+	order      uint64     // admission order (latest admission)
 	admittedAt time.Time
 	firstAt    time.Time
 	ran        bool // admitted at least once
