@@ -23,6 +23,10 @@ type chatRequest struct {
 	ToolChoice          json.RawMessage `json:"tool_choice"`
 	ParallelToolCalls   *bool           `json:"parallel_tool_calls"`
 	ReasoningEffort     string          `json:"reasoning_effort"`
+	ResponseFormat      json.RawMessage `json:"response_format"`
+	// MaxReasoningTokens bounds the reasoning before a structured answer
+	// or a forced call (default by reasoning effort).
+	MaxReasoningTokens *int `json:"max_reasoning_tokens"`
 }
 
 type chatMessage struct {
@@ -375,6 +379,9 @@ func (s *Server) chatRequest(body *chatRequest) (engine.Request, error) {
 	}
 	if err == nil {
 		err = s.chatPrompt(body, &req)
+	}
+	if err == nil {
+		req.NewConstraint, err = s.constraint(body, req.MaxTokens)
 	}
 	return req, err
 }

@@ -74,6 +74,20 @@ func (t Tokenizer) Decode(ids []int32) string {
 	return s + d.Flush()
 }
 
+// TokenText returns the byte a token stands for, or a special token's name.
+func (Tokenizer) TokenText(id int32) string {
+	switch {
+	case id >= 0 && id < 256:
+		return string([]byte{byte(id)})
+	case id >= 256 && int(id) < VocabSize:
+		return Specials[id-256]
+	}
+	return ""
+}
+
+// VocabSize is the number of token ids.
+func (Tokenizer) VocabSize() int { return VocabSize }
+
 // IsSpecial reports whether id is a special token.
 func (Tokenizer) IsSpecial(id int32) bool { return id >= 256 && int(id) < VocabSize }
 
