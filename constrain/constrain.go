@@ -122,7 +122,7 @@ func (p *jsonPhase) next(remaining int) ([]uint64, int32) {
 	// After this token, remaining-1 are left, one of them for the end
 	// token: the value must be able to end in remaining-2 bytes (a
 	// byte-sized token each).
-	if remaining <= 1 {
+	if remaining <= 1 && p.m.CanEnd() {
 		return p.end, -1
 	}
 	mask := p.v.trie.Mask(p.m, remaining-2)
@@ -184,7 +184,8 @@ func (c *plainConstraint) Accept(id int32) error {
 
 // The phases of a harmony constraint.
 const (
-	phReason = iota // free analysis text, until <|end|> or the budget
+	phStart  = iota // before the first token: reasoning or not
+	phReason        // free analysis text, until <|end|> or the budget
 	phHeader        // choosing the answer's header: final, or a call
 	phJSON          // the answer's or the call's JSON
 	phFree          // free output, watched for calls of strict functions
@@ -205,13 +206,14 @@ type harmonyConstraint struct {
 	phase    int
 	queue    []int32 // tokens to force, then phase becomes next
 	next     int
-	total    int // the first remaining seen: the request's budget
 	reasoned int
 	options  []string // headers to choose from, after <|channel|>
 	header   *grammar.Matcher
 	chosen   []byte // the header's bytes so far
 	json     jsonPhase
 	reserve  int // tokens the header and the shortest answer need
+	analysis int // tokens of the analysis message's header
+	limit    int // the most reasoning tokens
 	parser   *harmony.Parser
 	textEnd  []uint64
 }
@@ -239,18 +241,27 @@ func (v *Vocab) harmony(spec Spec) *harmonyConstraint {
 	for _, name := range spec.Call {
 		shortest = min(shortest, spec.Args[name].NewMatcher().MinBytes())
 	}
-	// <|end|><|start|>assistant<|channel|> header <|constrain|>json<|message|> answer end
-	c.reserve = 1 + 1 + len(v.tk.Encode("assistant")) + 1 + longest + 3 + shortest + 1
+	// <|end|><|start|>assistant<|channel|> header <|constrain|>json<|message|> answer end,
+	// the header's bytes bounding its tokens.
+	c.reserve = 1 + 1 + len(v.tk.Encode("assistant")) + 1 + longest + 2 + len(v.tk.Encode("json")) + shortest + 1
+	c.analysis = 2 + len(v.tk.Encode("analysis"))
 	c.textEnd = append([]uint64(nil), v.text...)
 	end := v.ids[harmony.TokenEnd]
 	c.textEnd[end/64] |= 1 << (end % 64)
-	c.phase = phReason
-	if spec.Reasoning <= 0 {
-		c.openHeader(false)
-		return c
-	}
-	c.force(phReason, c.special(harmony.TokenChannel), v.tk.Encode("analysis"), c.special(harmony.TokenMessage))
+	c.phase = phStart
 	return c
+}
+
+// start begins the output: with the analysis message if the budget allows
+// some reasoning, else with the answer's header.
+func (c *harmonyConstraint) start(total int) {
+	c.phase = phReason // until the forced tokens end
+	c.limit = min(c.spec.Reasoning, max(0, (total-c.reserve-c.analysis)/2))
+	if c.limit <= 0 {
+		c.openHeader(false)
+		return
+	}
+	c.force(phReason, c.special(harmony.TokenChannel), c.v.tk.Encode("analysis"), c.special(harmony.TokenMessage))
 }
 
 func (c *harmonyConstraint) special(name string) []int32 { return []int32{c.v.ids[name]} }
@@ -308,16 +319,15 @@ func (c *harmonyConstraint) endMask(name string) []uint64 {
 }
 
 func (c *harmonyConstraint) Next(remaining int) ([]uint64, int32) {
-	if c.total == 0 {
-		c.total = remaining
+	if c.phase == phStart {
+		c.start(remaining)
 	}
 	if len(c.queue) > 0 {
 		return nil, c.queue[0]
 	}
 	switch c.phase {
 	case phReason:
-		limit := min(c.spec.Reasoning, max(0, (c.total-c.reserve)/2))
-		if c.reasoned >= limit || remaining <= c.reserve {
+		if c.reasoned >= c.limit || remaining <= c.reserve {
 			return nil, c.v.ids[harmony.TokenEnd]
 		}
 		return c.textEnd, -1

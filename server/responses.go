@@ -658,6 +658,10 @@ func (s *Server) handleResponses(w http.ResponseWriter, r *http.Request) {
 	if resp.Metadata == nil {
 		resp.Metadata = map[string]string{}
 	}
+	if body.Text != nil && len(bytes.TrimSpace(body.Text.Format)) > 0 && string(bytes.TrimSpace(body.Text.Format)) != "null" {
+		// Echo the format asked for (checked already).
+		resp.Text, _ = json.Marshal(map[string]json.RawMessage{"format": body.Text.Format})
+	}
 	if len(bytes.TrimSpace(resp.ToolChoice)) == 0 {
 		resp.ToolChoice = json.RawMessage(`"auto"`)
 	}
