@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"math/bits"
 	"math/rand/v2"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -254,5 +255,45 @@ func TestPlain(t *testing.T) {
 	}
 	if _, err := v.New(Spec{Call: []string{"f"}, Args: map[string]*grammar.Grammar{"f": grammar.JSONObject()}}, false); err == nil {
 		t.Error("a forced call on a non-harmony model was accepted")
+	}
+}
+
+// TestHarmonyAnswerSchemas: for every schema of grammar's test set and 200
+// seeds, a random model's final answer under the constraint parses and
+// validates, whatever the token budget.
+func TestHarmonyAnswerSchemas(t *testing.T) {
+	if testing.Short() {
+		t.Skip("loads the o200k vocabulary")
+	}
+	v, tk := testVocab(t)
+	var schemas []json.RawMessage
+	data, err := os.ReadFile("../grammar/testdata/schemas.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(data, &schemas); err != nil {
+		t.Fatal(err)
+	}
+	for si, schema := range schemas {
+		g, err := grammar.Compile(schema)
+		if err != nil {
+			t.Fatal(err)
+		}
+		min := g.NewMatcher().MinBytes()
+		for seed := range uint64(200) {
+			rng := rand.New(rand.NewPCG(seed, uint64(si)))
+			newC, err := v.New(Spec{Answer: g, Reasoning: rng.IntN(20)}, true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// From the tightest budget that fits the shortest answer up.
+			maxTokens := min + 12 + rng.IntN(60)
+			ids := run(t, newC(), tk, rng, maxTokens)
+			content, _, _, stop := parse(tk, ids)
+			if stop != harmony.TokenReturn {
+				t.Fatalf("schema %d seed %d: no end in %d tokens: %q", si, seed, maxTokens, tk.Decode(ids))
+			}
+			validate(t, string(schema), content)
+		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"math/rand/v2"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -15,32 +16,25 @@ import (
 	"orcd/tokenizer"
 )
 
-// testSchemas are the schemas the random walks cover.
-var testSchemas = []string{
-	`{"type":"object","properties":{"name":{"type":"string"},"age":{"type":"integer"}},"required":["name","age"],"additionalProperties":false}`,
-	`{"type":"object","properties":{"a":{"type":"number"},"b":{"type":"boolean"},"c":{"type":"null"}},"required":["a"]}`,
-	`{"type":"array","items":{"type":"integer"}}`,
-	`{"type":"array","items":{"type":"object","properties":{"x":{"type":"number"},"y":{"type":"number"}},"required":["x","y"],"additionalProperties":false}}`,
-	`{"type":"string"}`,
-	`{"type":"number"}`,
-	`{"type":"integer"}`,
-	`{"type":"boolean"}`,
-	`{"enum":["red","green","blue",1,null,true]}`,
-	`{"const":{"k":[1,2,"three"]}}`,
-	`{"type":"string","enum":["a","ab","abc","b"]}`,
-	`{"anyOf":[{"type":"string"},{"type":"null"}]}`,
-	`{"anyOf":[{"type":"object","properties":{"kind":{"const":"circle"},"r":{"type":"number"}},"required":["kind","r"],"additionalProperties":false},{"type":"object","properties":{"kind":{"const":"rect"},"w":{"type":"number"},"h":{"type":"number"}},"required":["kind","w","h"],"additionalProperties":false}]}`,
-	`{"type":["string","integer","null"]}`,
-	`{"$defs":{"node":{"type":"object","properties":{"value":{"type":"integer"},"next":{"anyOf":[{"$ref":"#/$defs/node"},{"type":"null"}]}},"required":["value","next"],"additionalProperties":false}},"$ref":"#/$defs/node"}`,
-	`{"$defs":{"tree":{"type":"object","properties":{"name":{"type":"string"},"children":{"type":"array","items":{"$ref":"#/$defs/tree"}}},"required":["name","children"],"additionalProperties":false}},"type":"object","properties":{"root":{"$ref":"#/$defs/tree"}},"required":["root"],"additionalProperties":false}`,
-	`{"type":"object"}`,
-	`{}`,
-	`{"type":"object","properties":{"opt1":{"type":"string"},"opt2":{"type":"integer"},"req":{"type":"boolean"},"opt3":{"type":"array","items":{"type":"string"}}},"required":["req"],"additionalProperties":false}`,
-	`{"type":"object","properties":{"tags":{"type":"array","items":{"enum":["x","y","z"]}},"meta":{"type":"object"},"any":{}},"required":["tags","meta","any"]}`,
-	`{"type":"object","properties":{"q\"uote":{"type":"string"},"ünï":{"type":"number"},"a/b~c":{"type":"integer"}},"required":["q\"uote","ünï","a/b~c"],"additionalProperties":false}`,
-	`{"type":"object","properties":{"location":{"type":"string","description":"City"},"unit":{"type":"string","enum":["celsius","fahrenheit"]}},"required":["location","unit"],"additionalProperties":false}`,
-	`{"type":"array","items":{"type":"array","items":{"anyOf":[{"type":"number"},{"type":"string"}]}}}`,
-	`{"anyOf":[{"type":"integer"},{"type":"number"},{"enum":[1,12,123]}]}`,
+// testSchemas are the schemas the random walks cover (shared with the
+// tests of constrain and cmd/orcd).
+var testSchemas = func() []string {
+	var raw []json.RawMessage
+	if err := json.Unmarshal(must(os.ReadFile("testdata/schemas.json")), &raw); err != nil {
+		panic(err)
+	}
+	out := make([]string, len(raw))
+	for i, r := range raw {
+		out[i] = string(r)
+	}
+	return out
+}()
+
+func must(b []byte, err error) []byte {
+	if err != nil {
+		panic(err)
+	}
+	return b
 }
 
 var validatorID sync.Mutex

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 
@@ -15,12 +16,22 @@ import (
 	"orcd/backend/cuda"
 )
 
-// structuredSchemas are the response formats the end-to-end tests ask for.
-var structuredSchemas = []string{
-	`{"type":"object","properties":{"name":{"type":"string"},"age":{"type":"integer"}},"required":["name","age"],"additionalProperties":false}`,
-	`{"type":"object","properties":{"tags":{"type":"array","items":{"enum":["a","b","c"]}},"ok":{"type":"boolean"},"score":{"type":"number"}},"required":["tags","ok"],"additionalProperties":false}`,
-	`{"$defs":{"node":{"type":"object","properties":{"v":{"type":"integer"},"next":{"anyOf":[{"$ref":"#/$defs/node"},{"type":"null"}]}},"required":["v","next"],"additionalProperties":false}},"$ref":"#/$defs/node"}`,
-	`{"type":"object","properties":{"shape":{"anyOf":[{"type":"object","properties":{"r":{"type":"number"}},"required":["r"],"additionalProperties":false},{"type":"string"}]},"note":{"type":["string","null"]}},"required":["shape","note"],"additionalProperties":false}`,
+// structuredSchemas are the response formats the end-to-end tests ask
+// for: grammar's test set.
+func structuredSchemas(t *testing.T) []string {
+	data, err := os.ReadFile("../../grammar/testdata/schemas.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var raw []json.RawMessage
+	if err := json.Unmarshal(data, &raw); err != nil {
+		t.Fatal(err)
+	}
+	out := make([]string, len(raw))
+	for i, r := range raw {
+		out[i] = string(r)
+	}
+	return out
 }
 
 // checkValid parses out and validates it against schema with an
@@ -156,8 +167,9 @@ func testStructuredOutputs(t *testing.T, device, preset string) {
 
 	// response_format json_schema: several schemas and seeds, streamed and
 	// not, with n=2 (each choice constrained).
-	for si, schema := range structuredSchemas {
-		for seed := range 3 {
+	schemas := structuredSchemas(t)
+	for si, schema := range schemas {
+		for seed := range 2 {
 			stream := seed%2 == 1
 			body := fmt.Sprintf(`{%s,"max_tokens":%d,"seed":%d,"n":2,"temperature":1,
 				"response_format":{"type":"json_schema","json_schema":{"name":"s","strict":true,"schema":%s}}}`,
@@ -208,18 +220,18 @@ func testStructuredOutputs(t *testing.T, device, preset string) {
 
 	// A tiny reasoning budget closes the reasoning: the answer arrives.
 	status, r, raw = postChat(t, w.uri, `{`+msgs+`,"max_tokens":200,"seed":5,"max_reasoning_tokens":3,
-		"response_format":{"type":"json_schema","json_schema":{"name":"s","schema":`+structuredSchemas[0]+`}}}`, false)
+		"response_format":{"type":"json_schema","json_schema":{"name":"s","schema":`+schemas[0]+`}}}`, false)
 	if status != 200 {
 		t.Fatalf("budget: %d %s", status, raw)
 	}
-	checkValid(t, structuredSchemas[0], r.content[0])
+	checkValid(t, schemas[0], r.content[0])
 	if n := len(strings.Fields(r.reasoning[0])); n > 3*4 {
 		t.Errorf("reasoning of %d words under a budget of 3 tokens: %q", n, r.reasoning[0])
 	}
 
 	// text.format on /v1/responses.
 	resp, err := http.Post(w.uri+"/v1/responses", "application/json", strings.NewReader(
-		`{"input":"Describe a person.","max_output_tokens":80,"text":{"format":{"type":"json_schema","name":"p","schema":`+structuredSchemas[0]+`}}}`))
+		`{"input":"Describe a person.","max_output_tokens":80,"text":{"format":{"type":"json_schema","name":"p","schema":`+schemas[0]+`}}}`))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -243,7 +255,7 @@ func testStructuredOutputs(t *testing.T, device, preset string) {
 	if resp.StatusCode != 200 || rr.Status != "completed" {
 		t.Fatalf("responses: %d %+v", resp.StatusCode, rr)
 	}
-	checkValid(t, structuredSchemas[0], text)
+	checkValid(t, schemas[0], text)
 
 	// A schema keyword orcd cannot enforce: 400 naming the field and keyword.
 	status, _, raw = postChat(t, w.uri, `{`+msgs+`,"response_format":{"type":"json_schema","json_schema":{"name":"s","schema":{"type":"string","pattern":"^a"}}}}`, false)
