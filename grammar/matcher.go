@@ -113,10 +113,6 @@ func (m *Matcher) CanEnd() bool {
 // MinBytes is the fewest bytes that complete the instance from here.
 func (m *Matcher) MinBytes() int { return minDist(m.stacks) }
 
-// Dead reports whether no continuation exists (only after a bug or a
-// schema with no instance; Advance never leads there).
-func (m *Matcher) Dead() bool { return len(m.stacks) == 0 }
-
 func minDist(stacks []*stack) int {
 	d := inf
 	for _, s := range stacks {

@@ -89,7 +89,6 @@ type node struct {
 	lits                    [][]byte // sorted, so a prefix comes before its extensions
 	alts                    []*node
 	minLen                  int // shortest instance in bytes; inf when none
-	ref                     string
 }
 
 const inf = math.MaxInt32
@@ -604,7 +603,6 @@ func (c *compiler) refNode(ref string) *node {
 		return n
 	}
 	n := c.newNode(kAnyOf) // filled in by resolve
-	n.ref = ref
 	c.refs[ref] = n
 	return n
 }

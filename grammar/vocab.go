@@ -90,9 +90,6 @@ func NewVocab(tokens [][]byte) *Vocab {
 	return v
 }
 
-// Size is the number of token ids.
-func (v *Vocab) Size() int { return v.size }
-
 // Mask returns the tokens whose bytes m accepts next, one bit per token id
 // (bit id%64 of word id/64), keeping only those after which the value can
 // still end within limit bytes (limit < 0: no limit). A caller with n
