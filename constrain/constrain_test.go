@@ -1,20 +1,16 @@
 package constrain
 
 import (
-	"bytes"
-	"encoding/json"
 	"math/bits"
 	"math/rand/v2"
-	"os"
 	"strings"
 	"sync"
 	"testing"
 
-	"github.com/santhosh-tekuri/jsonschema/v6"
-
 	"orcd/engine"
 	"orcd/grammar"
 	"orcd/harmony"
+	"orcd/internal/schematest"
 	"orcd/internal/testutil"
 	"orcd/tokenizer"
 )
@@ -121,29 +117,6 @@ func parse(tk *tokenizer.Tokenizer, ids []int32) (content, reasoning string, cal
 	return c.String(), r.String(), calls, p.Stop()
 }
 
-func validate(t *testing.T, schema, out string) {
-	t.Helper()
-	if !json.Valid([]byte(out)) {
-		t.Fatalf("output %q is not JSON", out)
-	}
-	doc, err := jsonschema.UnmarshalJSON(strings.NewReader(schema))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := jsonschema.NewCompiler()
-	if err := c.AddResource("s.json", doc); err != nil {
-		t.Fatal(err)
-	}
-	s, err := c.Compile("s.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	inst, _ := jsonschema.UnmarshalJSON(bytes.NewReader([]byte(out)))
-	if err := s.Validate(inst); err != nil {
-		t.Fatalf("output %q does not validate: %v", out, err)
-	}
-}
-
 const weather = `{"type":"object","properties":{"location":{"type":"string"},"unit":{"enum":["c","f"]},"days":{"type":"integer"}},"required":["location","unit"],"additionalProperties":false}`
 
 func TestHarmonyAnswer(t *testing.T) {
@@ -167,7 +140,7 @@ func TestHarmonyAnswer(t *testing.T) {
 		if stop != harmony.TokenReturn || len(calls) != 0 {
 			t.Fatalf("seed %d: stop %q, calls %v: %q", seed, stop, calls, tk.Decode(ids))
 		}
-		validate(t, weather, content)
+		schematest.Check(t, weather, content)
 		if n := len(tk.Encode(reasoning)); budget == 0 && reasoning != "" || n > budget+8 {
 			t.Errorf("seed %d: reasoning of about %d tokens over a budget of %d", seed, n, budget)
 		}
@@ -201,7 +174,7 @@ func TestHarmonyForcedCall(t *testing.T) {
 			if !strings.Contains(strings.Join(call, ","), name) {
 				t.Fatalf("called %q, not one of %v", name, call)
 			}
-			validate(t, schemas[name], a)
+			schematest.Check(t, schemas[name], a)
 		}
 	}
 }
@@ -234,7 +207,7 @@ func TestHarmonyStrictFree(t *testing.T) {
 	if stop != harmony.TokenCall {
 		t.Fatalf("stop %q: %q", stop, tk.Decode(ids))
 	}
-	validate(t, weather, calls["get_weather"])
+	schematest.Check(t, weather, calls["get_weather"])
 }
 
 func TestPlain(t *testing.T) {
@@ -251,7 +224,7 @@ func TestPlain(t *testing.T) {
 		if !tk.IsEOG(ids[len(ids)-1]) {
 			t.Fatalf("no end: %q", tk.Decode(ids))
 		}
-		validate(t, `{"type":"object"}`, tk.Decode(ids[:len(ids)-1]))
+		schematest.Check(t, `{"type":"object"}`, tk.Decode(ids[:len(ids)-1]))
 	}
 	if _, err := v.New(Spec{Call: []string{"f"}, Args: map[string]*grammar.Grammar{"f": grammar.JSONObject()}}, false); err == nil {
 		t.Error("a forced call on a non-harmony model was accepted")
@@ -266,16 +239,8 @@ func TestHarmonyAnswerSchemas(t *testing.T) {
 		t.Skip("loads the o200k vocabulary")
 	}
 	v, tk := testVocab(t)
-	var schemas []json.RawMessage
-	data, err := os.ReadFile("../grammar/testdata/schemas.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := json.Unmarshal(data, &schemas); err != nil {
-		t.Fatal(err)
-	}
-	for si, schema := range schemas {
-		g, err := grammar.Compile(schema)
+	for si, schema := range schematest.Schemas() {
+		g, err := grammar.Compile([]byte(schema))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -293,7 +258,7 @@ func TestHarmonyAnswerSchemas(t *testing.T) {
 			if stop != harmony.TokenReturn {
 				t.Fatalf("schema %d seed %d: no end in %d tokens: %q", si, seed, maxTokens, tk.Decode(ids))
 			}
-			validate(t, string(schema), content)
+			schematest.Check(t, schema, content)
 		}
 	}
 }

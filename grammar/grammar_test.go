@@ -5,75 +5,17 @@ import (
 	"encoding/json"
 	"errors"
 	"math/rand/v2"
-	"os"
-	"strings"
 	"sync"
 	"testing"
 
-	"github.com/santhosh-tekuri/jsonschema/v6"
-
+	"orcd/internal/schematest"
 	"orcd/internal/testutil"
 	"orcd/tokenizer"
 )
 
 // testSchemas are the schemas the random walks cover (shared with the
 // tests of constrain and cmd/orcd).
-var testSchemas = func() []string {
-	var raw []json.RawMessage
-	if err := json.Unmarshal(must(os.ReadFile("testdata/schemas.json")), &raw); err != nil {
-		panic(err)
-	}
-	out := make([]string, len(raw))
-	for i, r := range raw {
-		out[i] = string(r)
-	}
-	return out
-}()
-
-func must(b []byte, err error) []byte {
-	if err != nil {
-		panic(err)
-	}
-	return b
-}
-
-var validatorID sync.Mutex
-
-// validator compiles schema with the independent validator.
-func validator(t testing.TB, schema string) *jsonschema.Schema {
-	t.Helper()
-	validatorID.Lock()
-	defer validatorID.Unlock()
-	doc, err := jsonschema.UnmarshalJSON(strings.NewReader(schema))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := jsonschema.NewCompiler()
-	if err := c.AddResource("schema.json", doc); err != nil {
-		t.Fatal(err)
-	}
-	s, err := c.Compile("schema.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
-// checkInstance parses out with encoding/json and validates it.
-func checkInstance(t testing.TB, s *jsonschema.Schema, schema string, out []byte) {
-	t.Helper()
-	var v any
-	if err := json.Unmarshal(out, &v); err != nil {
-		t.Fatalf("schema %s: output %q does not parse: %v", schema, out, err)
-	}
-	inst, err := jsonschema.UnmarshalJSON(bytes.NewReader(out))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Validate(inst); err != nil {
-		t.Fatalf("schema %s: output %q does not validate: %v", schema, out, err)
-	}
-}
+var testSchemas = schematest.Schemas()
 
 // byteWalk draws random allowed bytes until the value may end and a coin
 // says so, finishing once budget bytes are near.
@@ -122,20 +64,18 @@ func TestRandomByteWalks(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", schema, err)
 		}
-		s := validator(t, schema)
 		for seed := range uint64(60) {
 			rng := rand.New(rand.NewPCG(seed, 1))
 			out := byteWalk(t, g, rng, 20+int(seed)*3)
-			checkInstance(t, s, schema, out)
+			schematest.Check(t, schema, string(out))
 		}
 	}
 }
 
 func TestJSONObject(t *testing.T) {
-	s := validator(t, `{"type":"object"}`)
 	for seed := range uint64(100) {
 		out := byteWalk(t, JSONObject(), rand.New(rand.NewPCG(seed, 2)), 60)
-		checkInstance(t, s, "json_object", out)
+		schematest.Check(t, `{"type":"object"}`, string(out))
 	}
 }
 
@@ -313,7 +253,6 @@ func TestTokenWalks(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		s := validator(t, schema)
 		for seed := range uint64(4) {
 			rng := rand.New(rand.NewPCG(seed, uint64(si)))
 			budget := g.NewMatcher().MinBytes() + 1 + rng.IntN(40)
@@ -350,7 +289,7 @@ func TestTokenWalks(t *testing.T) {
 			if n := len(out); n > 0 && !m.CanEnd() {
 				t.Fatalf("ended incomplete: %q", out)
 			}
-			checkInstance(t, s, schema, out)
+			schematest.Check(t, schema, string(out))
 		}
 	}
 }
@@ -389,7 +328,7 @@ func FuzzMatcher(f *testing.F) {
 		}
 		m := g.NewMatcher()
 		if m.Advance(in) && m.CanEnd() {
-			checkInstance(t, validator(t, schema), schema, in)
+			schematest.Check(t, schema, string(in))
 		}
 	})
 }

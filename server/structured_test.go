@@ -7,35 +7,10 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/santhosh-tekuri/jsonschema/v6"
-
 	"orcd/engine"
 	"orcd/engine/enginetest"
+	"orcd/internal/schematest"
 )
-
-// validates parses out and checks it with an independent validator.
-func validates(t *testing.T, schema, out string) {
-	t.Helper()
-	doc, err := jsonschema.UnmarshalJSON(strings.NewReader(schema))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := jsonschema.NewCompiler()
-	if err := c.AddResource("s.json", doc); err != nil {
-		t.Fatal(err)
-	}
-	s, err := c.Compile("s.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	inst, err := jsonschema.UnmarshalJSON(strings.NewReader(out))
-	if err != nil {
-		t.Fatalf("output %q does not parse: %v", out, err)
-	}
-	if err := s.Validate(inst); err != nil {
-		t.Fatalf("output %q does not validate: %v", out, err)
-	}
-}
 
 type structuredChoice struct {
 	Message struct {
@@ -63,7 +38,7 @@ func TestStructuredOutputFakeModels(t *testing.T) {
 				t.Fatalf("%s: %d choices", arch, len(out.Choices))
 			}
 			for _, c := range out.Choices {
-				validates(t, schema, *c.Message.Content)
+				schematest.Check(t, schema, *c.Message.Content)
 			}
 		}
 	}
@@ -79,7 +54,7 @@ func TestStructuredOutputFakeModels(t *testing.T) {
 		if len(ch.Message.ToolCalls) != 1 || ch.Message.ToolCalls[0].Function.Name != "f" || ch.FinishReason != "tool_calls" {
 			t.Fatalf("%s: %+v", c, ch)
 		}
-		validates(t, schema, ch.Message.ToolCalls[0].Function.Arguments)
+		schematest.Check(t, schema, ch.Message.ToolCalls[0].Function.Arguments)
 	}
 	// The responses form of a named tool choice, and text.format.
 	var resp struct {
@@ -94,7 +69,7 @@ func TestStructuredOutputFakeModels(t *testing.T) {
 		json.Unmarshal(o, &item)
 		if item.Type == "function_call" {
 			found = true
-			validates(t, schema, item.Arguments)
+			schematest.Check(t, schema, item.Arguments)
 		}
 	}
 	if !found {

@@ -7,58 +7,12 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"strings"
 	"testing"
 
-	"github.com/santhosh-tekuri/jsonschema/v6"
-
 	"orcd/backend/cuda"
+	"orcd/internal/schematest"
 )
-
-// structuredSchemas are the response formats the end-to-end tests ask
-// for: grammar's test set.
-func structuredSchemas(t *testing.T) []string {
-	data, err := os.ReadFile("../../grammar/testdata/schemas.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var raw []json.RawMessage
-	if err := json.Unmarshal(data, &raw); err != nil {
-		t.Fatal(err)
-	}
-	out := make([]string, len(raw))
-	for i, r := range raw {
-		out[i] = string(r)
-	}
-	return out
-}
-
-// checkValid parses out and validates it against schema with an
-// independent validator.
-func checkValid(t *testing.T, schema, out string) {
-	t.Helper()
-	var v any
-	if err := json.Unmarshal([]byte(out), &v); err != nil {
-		t.Fatalf("output %q does not parse: %v", out, err)
-	}
-	doc, err := jsonschema.UnmarshalJSON(strings.NewReader(schema))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := jsonschema.NewCompiler()
-	if err := c.AddResource("s.json", doc); err != nil {
-		t.Fatal(err)
-	}
-	s, err := c.Compile("s.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	inst, _ := jsonschema.UnmarshalJSON(strings.NewReader(out))
-	if err := s.Validate(inst); err != nil {
-		t.Fatalf("output %q does not validate against %s: %v", out, schema, err)
-	}
-}
 
 // chatResult is what a chat completion answered, streamed or not.
 type chatResult struct {
@@ -167,7 +121,7 @@ func testStructuredOutputs(t *testing.T, device, preset string) {
 
 	// response_format json_schema: several schemas and seeds, streamed and
 	// not, with n=2 (each choice constrained).
-	schemas := structuredSchemas(t)
+	schemas := schematest.Schemas()
 	for si, schema := range schemas {
 		for seed := range 2 {
 			stream := seed%2 == 1
@@ -179,7 +133,7 @@ func testStructuredOutputs(t *testing.T, device, preset string) {
 				t.Fatalf("schema %d seed %d: %d %s", si, seed, status, raw)
 			}
 			for i := range r.content {
-				checkValid(t, schema, r.content[i])
+				schematest.Check(t, schema, r.content[i])
 				if r.finish[i] != "stop" {
 					t.Errorf("schema %d seed %d choice %d: finish %q", si, seed, i, r.finish[i])
 				}
@@ -192,7 +146,7 @@ func testStructuredOutputs(t *testing.T, device, preset string) {
 	if status != 200 {
 		t.Fatalf("json_object: %d %s", status, raw)
 	}
-	checkValid(t, `{"type":"object"}`, r.content[0])
+	schematest.Check(t, `{"type":"object"}`, r.content[0])
 
 	// A forced tool call, named and required: the arguments validate.
 	params := `{"type":"object","properties":{"city":{"type":"string"},"unit":{"enum":["c","f"]}},"required":["city","unit"],"additionalProperties":false}`
@@ -208,9 +162,9 @@ func testStructuredOutputs(t *testing.T, device, preset string) {
 			for name, args := range r.calls[0] {
 				switch name {
 				case "get_weather":
-					checkValid(t, params, args)
+					schematest.Check(t, params, args)
 				case "get_time":
-					checkValid(t, `{"type":"object","properties":{"tz":{"type":"string"}},"required":["tz"]}`, args)
+					schematest.Check(t, `{"type":"object","properties":{"tz":{"type":"string"}},"required":["tz"]}`, args)
 				default:
 					t.Fatalf("called %q", name)
 				}
@@ -224,7 +178,7 @@ func testStructuredOutputs(t *testing.T, device, preset string) {
 	if status != 200 {
 		t.Fatalf("budget: %d %s", status, raw)
 	}
-	checkValid(t, schemas[0], r.content[0])
+	schematest.Check(t, schemas[0], r.content[0])
 	if n := len(strings.Fields(r.reasoning[0])); n > 3*4 {
 		t.Errorf("reasoning of %d words under a budget of 3 tokens: %q", n, r.reasoning[0])
 	}
@@ -255,7 +209,7 @@ func testStructuredOutputs(t *testing.T, device, preset string) {
 	if resp.StatusCode != 200 || rr.Status != "completed" {
 		t.Fatalf("responses: %d %+v", resp.StatusCode, rr)
 	}
-	checkValid(t, schemas[0], text)
+	schematest.Check(t, schemas[0], text)
 
 	// A schema keyword orcd cannot enforce: 400 naming the field and keyword.
 	status, _, raw = postChat(t, w.uri, `{`+msgs+`,"response_format":{"type":"json_schema","json_schema":{"name":"s","schema":{"type":"string","pattern":"^a"}}}}`, false)
