@@ -299,6 +299,8 @@ func FuzzCompile(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Add([]byte(`{"$ref":"#"}`))
+	f.Add([]byte(`{"anyOf":[{"$ref":"#"},{"type":"null"}]}`))
+	f.Add([]byte(`{"anyOf":[{"$ref":"#/$defs/a"},{"type":"null"}],"$defs":{"a":{"anyOf":[{"$ref":"#"}]}}}`))
 	f.Add([]byte(`{"anyOf":[{"$ref":"#/$defs/a"}],"$defs":{"a":{"$ref":"#/$defs/a"}}}`))
 	f.Fuzz(func(t *testing.T, schema []byte) {
 		g, err := Compile(schema)

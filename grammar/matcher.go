@@ -166,6 +166,13 @@ func sameStack(a, b *stack) bool {
 // push begins a value of n on top of parent (nil at the root), appending
 // one stack per way to begin it.
 func push(parent *stack, n *node, out []*stack) []*stack {
+	var seen [8]*node
+	return pushSeen(parent, n, out, seen[:0])
+}
+
+// pushSeen is push with the anyOf nodes being expanded: one met again
+// (as in {"anyOf":[{"$ref":"#"},...]}) adds no way to begin.
+func pushSeen(parent *stack, n *node, out []*stack, seen []*node) []*stack {
 	if n.minLen >= inf {
 		return out
 	}
@@ -177,8 +184,14 @@ func push(parent *stack, n *node, out []*stack) []*stack {
 		return out
 	}
 	if n.kind == kAnyOf {
+		for _, s := range seen {
+			if s == n {
+				return out
+			}
+		}
+		seen = append(seen, n)
 		for _, a := range n.alts {
-			out = push(parent, a, out)
+			out = pushSeen(parent, a, out, seen)
 		}
 		return out
 	}
