@@ -75,7 +75,7 @@ type Spec struct {
 	Call []string
 	// Args are the argument grammars by function name: of the functions in
 	// Call and of strict ones, whose arguments are constrained whenever
-	// they are called.
+	// they are called (harmony models only).
 	Args map[string]*grammar.Grammar
 	// Reasoning is the most reasoning tokens before the answer is forced
 	// (harmony); it is capped so the answer fits the token budget.
@@ -92,8 +92,13 @@ func (v *Vocab) New(spec Spec, harmonyFormat bool) (func() engine.Constraint, er
 		return nil, nil
 	}
 	if !harmonyFormat {
-		if len(spec.Call) > 0 || len(spec.Args) > 0 {
-			return nil, errors.New("forced and strict tool calls need a harmony model")
+		// Other formats' calls are not followed: strict arguments stay
+		// free, a forced call cannot be made.
+		if len(spec.Call) > 0 {
+			return nil, errors.New("forcing a tool call needs a harmony model")
+		}
+		if spec.Answer == nil {
+			return nil, nil
 		}
 		return func() engine.Constraint { return v.plain(spec.Answer) }, nil
 	}

@@ -229,6 +229,9 @@ func TestPlain(t *testing.T) {
 	if _, err := v.New(Spec{Call: []string{"f"}, Args: map[string]*grammar.Grammar{"f": grammar.JSONObject()}}, false); err == nil {
 		t.Error("a forced call on a non-harmony model was accepted")
 	}
+	if c, err := v.New(Spec{Args: map[string]*grammar.Grammar{"f": grammar.JSONObject()}}, false); c != nil || err != nil {
+		t.Errorf("strict tools on a non-harmony model: %v, %v; want no constraint", c != nil, err)
+	}
 }
 
 // TestHarmonyAnswerSchemas: for every schema of grammar's test set and 200

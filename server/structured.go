@@ -117,6 +117,9 @@ func (s *Server) constraint(body *chatRequest, maxTokens int) (func() engine.Con
 	if spec.Answer == nil && len(spec.Call) == 0 && len(spec.Args) == 0 {
 		return nil, nil
 	}
+	if s.specials == nil && spec.Answer == nil && len(spec.Call) == 0 {
+		return nil, nil // strict arguments are followed on harmony models only
+	}
 	v, err := s.constraintVocab()
 	if err != nil {
 		return nil, err
@@ -124,7 +127,7 @@ func (s *Server) constraint(body *chatRequest, maxTokens int) (func() engine.Con
 	newC, err := v.New(spec, s.specials != nil)
 	if err != nil {
 		param := "response_format"
-		if len(spec.Call) > 0 || len(spec.Args) > 0 {
+		if len(spec.Call) > 0 {
 			param = "tool_choice"
 		}
 		return nil, invalid(param + ": " + err.Error())
