@@ -21,7 +21,7 @@ var (
 	o200kTok  *tokenizer.Tokenizer
 )
 
-func testVocab(t *testing.T) (*Vocab, *tokenizer.Tokenizer) {
+func testVocab(t testing.TB) (*Vocab, *tokenizer.Tokenizer) {
 	t.Helper()
 	vocabOnce.Do(func() {
 		tk, err := tokenizer.FromHFJSONBytes(testutil.ReadGzip(t, "../tokenizer/testdata/o200k_harmony.tokenizer.json.gz"))
@@ -39,7 +39,7 @@ func testVocab(t *testing.T) (*Vocab, *tokenizer.Tokenizer) {
 // run drives c like the engine with a random model: a random allowed
 // token each step (any token when free), until an end-of-generation token
 // or maxTokens.
-func run(t *testing.T, c engine.Constraint, tk *tokenizer.Tokenizer, rng *rand.Rand, maxTokens int) []int32 {
+func run(t testing.TB, c engine.Constraint, tk *tokenizer.Tokenizer, rng *rand.Rand, maxTokens int) []int32 {
 	t.Helper()
 	var out []int32
 	for len(out) < maxTokens {
@@ -264,4 +264,27 @@ func TestHarmonyAnswerSchemas(t *testing.T) {
 			schematest.Check(t, schema, content)
 		}
 	}
+}
+
+// BenchmarkConstraintToken is the constraint's cost per token (Next and
+// Accept, masks cached) over a whole constrained answer on the o200k
+// vocabulary: the tokens of the answer are replayed.
+func BenchmarkConstraintToken(b *testing.B) {
+	v, tk := testVocab(b)
+	g, _ := grammar.Compile([]byte(weather))
+	newC, _ := v.New(Spec{Answer: g, Reasoning: 8}, true)
+	ids := run(b, newC(), tk, rand.New(rand.NewPCG(1, 1)), 120)
+	b.ResetTimer()
+	n := 0
+	for b.Loop() {
+		c := newC()
+		for i, id := range ids {
+			c.Next(120 - i)
+			if err := c.Accept(id); err != nil {
+				b.Fatal(err)
+			}
+		}
+		n += len(ids)
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(n), "ns/token")
 }

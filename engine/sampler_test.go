@@ -516,3 +516,28 @@ func TestSampleMaskedDistribution(t *testing.T) {
 		t.Errorf("all allowed logits -Inf: drew %d, want 2", id)
 	}
 }
+
+// BenchmarkSampleMasked is a masked draw over the o200k vocabulary size,
+// the mask copy included: a mask that allows most tokens (inside a JSON
+// string) and one that allows a few (an object key).
+func BenchmarkSampleMasked(b *testing.B) {
+	const vocab = 201088
+	logits := lmLogits(vocab, 5)
+	row := make([]float32, vocab)
+	for _, m := range []struct {
+		name  string
+		every int
+	}{{"most", 1}, {"few", 5000}} {
+		mask := make([]uint64, (vocab+63)/64)
+		for id := 0; id < vocab; id += m.every {
+			mask[id/64] |= 1 << (id % 64)
+		}
+		b.Run(m.name, func(b *testing.B) {
+			s := NewSampler(DefaultSampling, 1)
+			for b.Loop() {
+				copy(row, logits)
+				s.SampleMasked(row, nil, mask)
+			}
+		})
+	}
+}

@@ -2,6 +2,9 @@ package grammar
 
 import (
 	"testing"
+
+	"orcd/internal/testutil"
+	"orcd/tokenizer"
 )
 
 // benchStates are matcher states met while generating: inside a string
@@ -59,5 +62,18 @@ func BenchmarkMaskCold(b *testing.B) {
 				v.Mask(m, -1)
 			}
 		})
+	}
+}
+
+// BenchmarkNewVocab is the one-time cost of the o200k_harmony trie.
+func BenchmarkNewVocab(b *testing.B) {
+	o200k(b)
+	tk, err := tokenizer.FromHFJSONBytes(testutil.ReadGzip(b, "../tokenizer/testdata/o200k_harmony.tokenizer.json.gz"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	toks := tokenBytesOf(tk)
+	for b.Loop() {
+		NewVocab(toks)
 	}
 }
