@@ -350,9 +350,9 @@ func (e *Engine) sample(logits model.Logits, batch *model.Batch, jobs []*Job) ([
 		e.params = append(e.params, sp)
 		m := rowMask{forced: -1}
 		if j.con != nil {
-			m.on = true
 			m.allowed, m.forced = j.con.Next(min(j.req.MaxTokens-j.generated, e.cfg.CtxSize-len(j.tokens)+1))
-			constrained = true
+			// Only a masked draw needs the logits on the host.
+			constrained = constrained || m.forced < 0 && m.allowed != nil
 		}
 		e.masks = append(e.masks, m)
 	}
@@ -388,7 +388,7 @@ func (e *Engine) sample(logits model.Logits, batch *model.Batch, jobs []*Job) ([
 		switch {
 		case m.forced >= 0:
 			e.ids[row] = m.forced
-		case m.on && m.allowed != nil:
+		case m.allowed != nil:
 			e.ids[row] = j.sampler.SampleMasked(l, j.tokens, m.allowed)
 		case !done:
 			e.ids[row] = j.sampler.Sample(l, j.tokens)
@@ -398,9 +398,9 @@ func (e *Engine) sample(logits model.Logits, batch *model.Batch, jobs []*Job) ([
 	return e.ids, nil
 }
 
-// rowMask is a row's constraint for one step.
+// rowMask is a row's constraint for one step: a forced token (>= 0), or
+// the tokens allowed (nil: any).
 type rowMask struct {
-	on      bool
 	allowed []uint64
 	forced  int32
 }
