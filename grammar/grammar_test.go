@@ -334,3 +334,46 @@ func FuzzMatcher(f *testing.F) {
 		}
 	})
 }
+
+// TestMaskMatchesMatcher compares masks with the matcher token by token
+// over the whole o200k vocabulary, for states of several kinds and limits.
+func TestMaskMatchesMatcher(t *testing.T) {
+	if testing.Short() {
+		t.Skip("loads the o200k vocabulary")
+	}
+	v := o200k(t)
+	tk, _ := tokenizer.FromHFJSONBytes(testutil.ReadGzip(t, "../tokenizer/testdata/o200k_harmony.tokenizer.json.gz"))
+	toks := tokenBytesOf(tk)
+	for _, c := range []struct {
+		schema, prefix string
+		limit          int
+	}{
+		{testSchemas[0], `{"name":"Al`, -1},
+		{testSchemas[0], `{"name":"Al`, 9},
+		{testSchemas[0], `{"name":"Al`, 11},
+		{testSchemas[0], `{"name":"\u00`, -1},
+		{testSchemas[0], "{\"name\":\"\xe2\x82", -1},
+		{testSchemas[18], `{"opt1":"x",`, 20},
+		{testSchemas[1], `{"a":12`, -1},
+		{testSchemas[15], `{"root":{"name":"a","children":[`, -1},
+		{`{"type":"object"}`, `{"k":[1,"v`, 6},
+		{testSchemas[12], ``, -1},
+	} {
+		g, err := Compile([]byte(c.schema))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := g.NewMatcher()
+		if !m.Advance([]byte(c.prefix)) {
+			t.Fatalf("prefix %q refused", c.prefix)
+		}
+		mask := v.Mask(m, c.limit)
+		for id, b := range toks {
+			n := m.Clone()
+			want := len(b) > 0 && n.Advance(b) && (c.limit < 0 || n.MinBytes() <= c.limit || n.MinBytes() < m.MinBytes())
+			if got := mask[id/64]&(1<<(id%64)) != 0; got != want {
+				t.Fatalf("%s after %q, limit %d: token %d %q allowed %v, matcher says %v", c.schema, c.prefix, c.limit, id, b, got, want)
+			}
+		}
+	}
+}
