@@ -19,6 +19,13 @@ type Vocab struct {
 	toks     []int32
 	ids      []int32
 	maxLen   int
+	// special[i] reports whether a byte below node i ends a JSON string
+	// body ('"', '\\' or a control character): the subtrees without one
+	// give the same tokens inside every string (see bodyEntry).
+	special []bool
+
+	bodyOnce sync.Once
+	body     *maskEntry
 
 	mu    sync.Mutex
 	cache map[string]*maskEntry
@@ -86,8 +93,37 @@ func NewVocab(tokens [][]byte) *Vocab {
 		}
 	}
 	build(0, len(order), 0)
-	// edges[i]/toks[i] were appended in visiting order, which is node order.
+	// edges[i]/toks[i] were appended in visiting order, which is node
+	// order; children come after their parents.
+	v.special = make([]bool, nodes)
+	for i := nodes - 1; i >= 0; i-- {
+		for e := v.edges[i]; e < v.edges[i+1]; e++ {
+			if specialByte(v.edgeByte[e]) || v.special[v.edgeNode[e]] {
+				v.special[i] = true
+				break
+			}
+		}
+	}
 	return v
+}
+
+// specialByte reports whether c ends or escapes a JSON string body.
+func specialByte(c byte) bool { return c == '"' || c == '\\' || c < 0x20 }
+
+// bodyEntry is the mask of the tokens made only of bytes that stay in a
+// string body (valid UTF-8, no special byte), from the body state, with
+// how many bytes each adds to the shortest ending (a token that stops
+// inside a character) in rising. Inside any string, these are allowed
+// whatever the stack below, so masks there walk only the paths with a
+// special byte.
+func (v *Vocab) bodyEntry() *maskEntry {
+	v.bodyOnce.Do(func() {
+		w := walker{v: v, e: &maskEntry{mask: make([]uint64, (v.size+63)/64)}, before: 1, plainOnly: true,
+			bufs: make([][]*stack, v.maxLen+1)}
+		w.walk(0, []*stack{{f: frame{n: keyNode, st: sBody}, depth: 1}}, 0, false)
+		v.body = w.e
+	})
+	return v.body
 }
 
 // Mask returns the tokens whose bytes m accepts next, one bit per token id
@@ -143,7 +179,19 @@ func (v *Vocab) entry(m *Matcher, tight bool) *maskEntry {
 	d := minDist(m.stacks)
 	w := walker{v: v, e: &maskEntry{mask: make([]uint64, (v.size+63)/64)}, tight: tight, before: d,
 		bufs: make([][]*stack, v.maxLen+1)}
-	w.walk(0, m.stacks, 0)
+	if s := m.stacks[0]; len(m.stacks) == 1 && s != nil && s.f.n.kind == kString && s.f.st == sBody {
+		w.specialOnly = true
+		if !tight { // body tokens never bring the end closer
+			b := v.bodyEntry()
+			copy(w.e.mask, b.mask)
+			for _, r := range b.rising {
+				after := d - 1 + int(r.after)
+				w.e.rising = append(w.e.rising, risingToken{r.id, int32(after)})
+				w.e.maxAfter = max(w.e.maxAfter, after)
+			}
+		}
+	}
+	w.walk(0, m.stacks, 0, false)
 	v.mu.Lock()
 	if len(v.cache) >= maxMasks {
 		for old := range v.cache { // evict one, arbitrarily
@@ -161,20 +209,28 @@ type walker struct {
 	e      *maskEntry
 	tight  bool
 	before int
-	bufs   [][]*stack // one per depth, reused across siblings
+	// plainOnly skips special bytes (bodyEntry); specialOnly visits only
+	// the paths with one, and takes the tokens that have one.
+	plainOnly, specialOnly bool
+	bufs                   [][]*stack // one per depth, reused across siblings
 }
 
-// walk visits node's subtree with the stacks reached by its bytes.
-func (w *walker) walk(node int32, stacks []*stack, depth int) {
+// walk visits node's subtree with the stacks reached by its bytes;
+// sawSpecial says whether those bytes hold a special one.
+func (w *walker) walk(node int32, stacks []*stack, depth int, sawSpecial bool) {
 	v := w.v
 	for e := v.edges[node]; e < v.edges[node+1]; e++ {
-		next := advance(stacks, v.edgeByte[e], w.bufs[depth])
+		c, child := v.edgeByte[e], v.edgeNode[e]
+		sp := sawSpecial || specialByte(c)
+		if w.plainOnly && sp || w.specialOnly && !sp && !v.special[child] {
+			continue
+		}
+		next := advance(stacks, c, w.bufs[depth])
 		w.bufs[depth] = next
 		if len(next) == 0 {
 			continue
 		}
-		child := v.edgeNode[e]
-		if ids := v.ids[v.toks[child]:v.toks[child+1]]; len(ids) > 0 {
+		if ids := v.ids[v.toks[child]:v.toks[child+1]]; len(ids) > 0 && (sp || !w.specialOnly) {
 			after := minDist(next)
 			if !w.tight || after < w.before {
 				for _, id := range ids {
@@ -187,6 +243,6 @@ func (w *walker) walk(node int32, stacks []*stack, depth int) {
 			}
 		}
 		// The children reuse deeper buffers; next stays intact.
-		w.walk(child, next, depth+1)
+		w.walk(child, next, depth+1, sp)
 	}
 }
