@@ -73,6 +73,9 @@ type Spec struct {
 	// Call, when not empty, are the functions one of which must be called
 	// (tool_choice "required" or a named function).
 	Call []string
+	// Offer, with Answer, are the functions the model may call instead of
+	// answering (tool_choice "auto").
+	Offer []string
 	// Args are the argument grammars by function name: of the functions in
 	// Call and of strict ones, whose arguments are constrained whenever
 	// they are called (harmony models only).
@@ -107,7 +110,7 @@ func (v *Vocab) New(spec Spec, harmonyFormat bool) (func() engine.Constraint, er
 			return nil, fmt.Errorf("the vocabulary has no %s token", name)
 		}
 	}
-	for _, name := range spec.Call {
+	for _, name := range append(spec.Call, spec.Offer...) {
 		if spec.Args[name] == nil {
 			return nil, fmt.Errorf("no argument grammar for %q", name)
 		}
@@ -229,26 +232,28 @@ func (v *Vocab) harmony(spec Spec) *harmonyConstraint {
 		c.phase, c.parser = phFree, harmony.NewParser()
 		return c
 	}
-	if len(spec.Call) > 0 {
-		for _, name := range spec.Call {
-			c.options = append(c.options, "commentary to=functions."+name+" ")
-		}
-	} else {
-		c.options = []string{"final"}
+	calls := spec.Call
+	if len(calls) == 0 {
+		c.options, calls = []string{"final"}, spec.Offer
 	}
-	longest, shortest := 0, 1<<30
+	for _, name := range calls {
+		c.options = append(c.options, "commentary to=functions."+name+" ")
+	}
+	// The reserve covers whichever header the model chooses: the longest,
+	// and the longest shortest value.
+	longest, need := 0, 0
 	for _, o := range c.options {
 		longest = max(longest, len(o))
 	}
-	if spec.Answer != nil {
-		shortest = spec.Answer.NewMatcher().MinBytes()
+	if len(spec.Call) == 0 {
+		need = spec.Answer.NewMatcher().MinBytes()
 	}
-	for _, name := range spec.Call {
-		shortest = min(shortest, spec.Args[name].NewMatcher().MinBytes())
+	for _, name := range calls {
+		need = max(need, spec.Args[name].NewMatcher().MinBytes())
 	}
-	// <|end|><|start|>assistant<|channel|> header <|constrain|>json<|message|> answer end,
+	// <|end|><|start|>assistant<|channel|> header <|constrain|>json<|message|> value end,
 	// the header's bytes bounding its tokens.
-	c.reserve = 1 + 1 + len(v.tk.Encode("assistant")) + 1 + longest + 2 + len(v.tk.Encode("json")) + shortest + 1
+	c.reserve = 1 + 1 + len(v.tk.Encode("assistant")) + 1 + longest + 2 + len(v.tk.Encode("json")) + need + 1
 	c.analysis = 2 + len(v.tk.Encode("analysis"))
 	c.textEnd = append([]uint64(nil), v.text...)
 	end := v.ids[harmony.TokenEnd]

@@ -288,3 +288,42 @@ func BenchmarkConstraintToken(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(n), "ns/token")
 }
+
+// TestHarmonyAnswerOrCall: with a format and tools offered, the model
+// chooses after its reasoning between the final answer and a call; either
+// validates.
+func TestHarmonyAnswerOrCall(t *testing.T) {
+	if testing.Short() {
+		t.Skip("loads the o200k vocabulary")
+	}
+	v, tk := testVocab(t)
+	answer, _ := grammar.Compile([]byte(weather))
+	timeSchema := `{"type":"object","properties":{"tz":{"type":"string"}},"required":["tz"],"additionalProperties":false}`
+	tg, _ := grammar.Compile([]byte(timeSchema))
+	spec := Spec{Answer: answer, Offer: []string{"get_time", "get_any"}, Reasoning: 6,
+		Args: map[string]*grammar.Grammar{"get_time": tg, "get_any": grammar.JSONObject()}}
+	newC, err := v.New(spec, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for seed := range uint64(60) {
+		ids := run(t, newC(), tk, rand.New(rand.NewPCG(seed, 11)), 90)
+		content, _, calls, stop := parse(tk, ids)
+		switch stop {
+		case harmony.TokenReturn:
+			seen["final"] = true
+			schematest.Check(t, weather, content)
+		case harmony.TokenCall:
+			for name, args := range calls {
+				seen[name] = true
+				schematest.Check(t, map[string]string{"get_time": timeSchema, "get_any": `{"type":"object"}`}[name], args)
+			}
+		default:
+			t.Fatalf("seed %d: no end: %q", seed, tk.Decode(ids))
+		}
+	}
+	if len(seen) != 3 {
+		t.Errorf("60 random runs chose only %v", seen)
+	}
+}

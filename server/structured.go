@@ -85,18 +85,30 @@ func (s *Server) constraint(body *chatRequest, maxTokens int) (func() engine.Con
 		for i, t := range body.Tools {
 			strict := t.Function.Strict != nil && *t.Function.Strict
 			forced := tc.forced != nil && (*tc.forced == "" || *tc.forced == t.Function.Name)
-			if !strict && !forced {
+			// With a format, the model chooses between the answer and a
+			// call of any tool (auto), so every tool's arguments are
+			// constrained: a schema the grammar cannot take is then any
+			// object unless the function is strict.
+			offered := answer != nil && tc.forced == nil
+			if !strict && !forced && !offered {
 				continue
 			}
 			g := grammar.JSONObject()
 			if params := bytes.TrimSpace(t.Function.Parameters); len(params) > 0 && string(params) != "null" {
-				if g, err = compileSchema(fmt.Sprintf("tools[%d].function.parameters", i), params); err != nil {
+				pg, err := compileSchema(fmt.Sprintf("tools[%d].function.parameters", i), params)
+				switch {
+				case err == nil:
+					g = pg
+				case strict || forced:
 					return nil, err
 				}
 			}
 			spec.Args[t.Function.Name] = g
-			if forced {
+			switch {
+			case forced:
 				spec.Call = append(spec.Call, t.Function.Name)
+			case offered:
+				spec.Offer = append(spec.Offer, t.Function.Name)
 			}
 		}
 		if tc.forced != nil && len(spec.Call) == 0 {

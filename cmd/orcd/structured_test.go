@@ -172,6 +172,25 @@ func testStructuredOutputs(t *testing.T, device, preset string) {
 		}
 	}
 
+	// A format with tools offered (auto): the answer or a call, either valid.
+	for seed := range 6 {
+		body := fmt.Sprintf(`{%s,%s,"max_tokens":120,"seed":%d,"response_format":{"type":"json_schema","json_schema":{"name":"s","schema":%s}}}`,
+			msgs, tools, seed, schemas[0])
+		status, r, raw := postChat(t, w.uri, body, seed%2 == 1)
+		switch {
+		case status != 200:
+			t.Fatalf("format and tools: %d %s", status, raw)
+		case r.finish[0] == "tool_calls":
+			for name, args := range r.calls[0] {
+				if name == "get_weather" {
+					schematest.Check(t, params, args)
+				}
+			}
+		default:
+			schematest.Check(t, schemas[0], r.content[0])
+		}
+	}
+
 	// A tiny reasoning budget closes the reasoning: the answer arrives.
 	status, r, raw = postChat(t, w.uri, `{`+msgs+`,"max_tokens":200,"seed":5,"max_reasoning_tokens":3,
 		"response_format":{"type":"json_schema","json_schema":{"name":"s","schema":`+schemas[0]+`}}}`, false)
