@@ -179,7 +179,7 @@ func (v *Vocab) entry(m *Matcher, tight bool) *maskEntry {
 	d := minDist(m.stacks)
 	w := walker{v: v, e: &maskEntry{mask: make([]uint64, (v.size+63)/64)}, tight: tight, before: d,
 		bufs: make([][]*stack, v.maxLen+1)}
-	if s := m.stacks[0]; len(m.stacks) == 1 && s != nil && s.f.n.kind == kString && s.f.st == sBody {
+	if len(m.stacks) == 1 && m.stacks[0] != nil && m.stacks[0].f.n.kind == kString && m.stacks[0].f.st == sBody {
 		w.specialOnly = true
 		if !tight { // body tokens never bring the end closer
 			b := v.bodyEntry()
