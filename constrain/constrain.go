@@ -205,9 +205,11 @@ const (
 //	<|channel|>analysis<|message|>(free)<|end|><|start|>assistant<|channel|>final<|message|>(json)<|return|>
 //	... <|channel|>commentary to=functions.NAME <|constrain|>json<|message|>(json)<|call|>
 //
-// with every token outside (free) and (json) forced, except NAME when
-// several functions may be called. With only strict functions to enforce,
-// output stays free and a call's arguments are constrained when it begins.
+// with every token outside (free) and (json) forced, except the header's
+// choice when there is one: among the functions of a required call, or
+// between the final answer and the functions offered beside a format. With
+// only strict functions to enforce, output stays free and a call's
+// arguments are constrained when it begins.
 type harmonyConstraint struct {
 	v        *Vocab
 	spec     Spec
@@ -298,10 +300,7 @@ func (c *harmonyConstraint) openHeader(afterReasoning bool) {
 		c.queue = append(c.queue, c.afterHeader(c.options[0])...)
 		return
 	}
-	g, err := grammar.Literals(c.options)
-	if err != nil { // options are never empty here
-		panic(err)
-	}
+	g, _ := grammar.Literals(c.options) // fails only without options
 	c.header = g.NewMatcher()
 	c.force(phHeader, parts...)
 }
