@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"orcd/chat"
 	"orcd/engine"
 	"orcd/engine/enginetest"
 	"orcd/internal/schematest"
@@ -78,6 +79,33 @@ func TestStructuredOutputFakeModels(t *testing.T) {
 	decodeBody(t, ts.post(t, "/v1/responses", `{"input":"hi","max_output_tokens":60,"text":{"format":{"type":"json_object"}}}`), http.StatusOK, &resp)
 	if string(resp.Text) != `{"format":{"type":"json_object"}}` {
 		t.Errorf("text echoed as %s", resp.Text)
+	}
+}
+
+// TestStructuredOutputTemplate: a template model's whole answer is the
+// JSON value; forcing a call is refused (only harmony's calls are made).
+func TestStructuredOutputTemplate(t *testing.T) {
+	tmpl, err := chat.Compile(testTemplate, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := newTestServer(t, &enginetest.Model{Ctx: 4096}, "qwen2", engine.Config{}, func(c *Config) {
+		c.Model.Chat, c.Template, c.Tokenizer = ChatTemplate, tmpl, byteSpecials{}
+	})
+	schema := `{"type":"object","properties":{"x":{"type":"array","items":{"type":"number"}}},"required":["x"]}`
+	for seed := range 5 {
+		var out struct{ Choices []structuredChoice }
+		decodeBody(t, ts.post(t, "/v1/chat/completions", fmt.Sprintf(`{"messages":[{"role":"user","content":"hi"}],"max_tokens":40,"seed":%d,
+			"response_format":{"type":"json_schema","json_schema":{"name":"x","schema":%s}}}`, seed, schema)), http.StatusOK, &out)
+		if out.Choices[0].FinishReason != "stop" {
+			t.Errorf("finish %q", out.Choices[0].FinishReason)
+		}
+		schematest.Check(t, schema, *out.Choices[0].Message.Content)
+	}
+	e := wantOpenAIError(t, ts.post(t, "/v1/chat/completions", `{"messages":[{"role":"user","content":"hi"}],"tool_choice":"required",
+		"tools":[{"type":"function","function":{"name":"f"}}]}`), http.StatusBadRequest, "invalid_request_error", "invalid_request")
+	if e.Param == nil || *e.Param != "tool_choice" {
+		t.Errorf("forced call on a template model: %+v", e)
 	}
 }
 
