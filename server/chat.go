@@ -78,7 +78,7 @@ func (m chatMessage) text(i int) (string, error) {
 
 // conversation checks the messages and collects them for rendering.
 func (body *chatRequest) conversation(now time.Time) (harmony.Conversation, error) {
-	conv := harmony.Conversation{ReasoningEffort: body.ReasoningEffort, Date: now}
+	conv := harmony.Conversation{ReasoningEffort: body.ReasoningEffort, Date: now, Format: promptFormat(body.ResponseFormat)}
 	if len(body.Messages) == 0 {
 		return conv, invalid("messages: at least one message is required")
 	}
@@ -378,10 +378,10 @@ func (s *Server) chatRequest(body *chatRequest) (engine.Request, error) {
 		err = checkChoices(body)
 	}
 	if err == nil {
-		err = s.chatPrompt(body, &req)
+		req.NewConstraint, err = s.constraint(body, req.MaxTokens)
 	}
 	if err == nil {
-		req.NewConstraint, err = s.constraint(body, req.MaxTokens)
+		err = s.chatPrompt(body, &req)
 	}
 	return req, err
 }

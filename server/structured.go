@@ -10,6 +10,7 @@ import (
 	"orcd/constrain"
 	"orcd/engine"
 	"orcd/grammar"
+	"orcd/harmony"
 )
 
 // Structured output: response_format (chat) and text.format (responses),
@@ -55,6 +56,28 @@ func parseFormat(param string, raw json.RawMessage) (*grammar.Grammar, error) {
 		return compileSchema(param+".json_schema.schema", f.JSONSchema.Schema)
 	}
 	return nil, invalid(fmt.Sprintf("%s.type: %q is not text, json_schema or json_object", param, clip(f.Type)))
+}
+
+// promptFormat is the json_schema response format to describe in a
+// harmony prompt (nil for other formats); the format was checked by
+// parseFormat.
+func promptFormat(raw json.RawMessage) *harmony.Format {
+	var f struct {
+		Type       string `json:"type"`
+		JSONSchema *struct {
+			Name        string          `json:"name"`
+			Description string          `json:"description"`
+			Schema      json.RawMessage `json:"schema"`
+		} `json:"json_schema"`
+	}
+	if json.Unmarshal(raw, &f) != nil || f.Type != "json_schema" || f.JSONSchema == nil || !json.Valid(f.JSONSchema.Schema) {
+		return nil
+	}
+	name := f.JSONSchema.Name
+	if name == "" {
+		name = "response"
+	}
+	return &harmony.Format{Name: name, Description: f.JSONSchema.Description, Schema: f.JSONSchema.Schema}
 }
 
 // compileSchema compiles a JSON schema; param names its field, and the

@@ -126,11 +126,26 @@ func TestStructuredOutputErrors(t *testing.T) {
 		{ts, "/v1/chat/completions", `{` + msgs + `,"max_reasoning_tokens":-1,"response_format":{"type":"json_object"}}`, "max_reasoning_tokens", ""},
 		{ts, "/v1/responses", `{"input":"hi","text":{"format":{"type":"json_schema","name":"x","schema":{"oneOf":[]}}}}`, "text.format.schema", `"oneOf"`},
 		{ts, "/v1/responses", `{"input":"hi","tools":[{"type":"function","name":"f","strict":true,"parameters":{"type":"object","patternProperties":{}}}]}`, "tools[0].parameters", `"patternProperties"`},
-		{plain, "/v1/chat/completions", `{` + msgs + `,"tool_choice":"required","tools":[{"type":"function","function":{"name":"f"}}]}`, "tools", ""},
+		{plain, "/v1/chat/completions", `{` + msgs + `,"tool_choice":"required","tools":[{"type":"function","function":{"name":"f"}}]}`, "tool_choice", "harmony"},
 	} {
 		e := wantOpenAIError(t, c.ts.post(t, c.path, c.body), http.StatusBadRequest, "invalid_request_error", "invalid_request")
 		if e.Param == nil || *e.Param != c.param || !strings.Contains(e.Message, c.keyword) {
 			t.Errorf("%s: param %v, message %q; want %q and %q", c.body, e.Param, e.Message, c.param, c.keyword)
 		}
+	}
+}
+
+// TestStructuredOutputPrompt: a harmony prompt describes the json_schema
+// format at the end of the developer message, as the harmony format asks.
+func TestStructuredOutputPrompt(t *testing.T) {
+	rec := &recorder{next: func([]int32) int32 { return '{' }}
+	ts := newTestServer(t, &enginetest.Model{Next: rec.Next, Ctx: 1024}, "gpt-oss", engine.Config{}, nil)
+	resp := ts.post(t, "/v1/chat/completions", `{"messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"hi"}],"max_tokens":30,
+		"response_format":{"type":"json_schema","json_schema":{"name":"point","description":"A point.","schema":{"type": "object", "properties": {"x": {"type": "number"}}}}}}`)
+	resp.Body.Close()
+	want := "<|start|>developer<|message|># Instructions\n\nBe brief.\n\n# Response Formats\n\n## point\n\n// A point.\n" +
+		`{"type":"object","properties":{"x":{"type":"number"}}}<|end|>`
+	if got := (enginetest.Tokenizer{}).Decode(rec.prompt); !strings.Contains(got, want) {
+		t.Errorf("prompt %q lacks %q", got, want)
 	}
 }
