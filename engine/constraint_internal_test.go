@@ -9,11 +9,14 @@ import (
 
 // deviceLogits samples "on the device": every row gets token 3, and like
 // the CUDA kernel it changes the logits in place (the repetition penalty).
-type deviceLogits struct{ data []float32 }
+type deviceLogits struct {
+	data []float32
+	read int // values read
+}
 
 func (l *deviceLogits) Rows() int              { return len(l.data) / 4 }
 func (l *deviceLogits) Tensor() backend.Tensor { return nil }
-func (l *deviceLogits) Read(d []float32) error { copy(d, l.data); return nil }
+func (l *deviceLogits) Read(d []float32) error { l.read += copy(d, l.data); return nil }
 func (l *deviceLogits) Sample(rows []backend.SampleParams, ids []int32) (bool, error) {
 	for i := range rows {
 		ids[i] = 3
@@ -55,5 +58,8 @@ func TestSampleConstrainedWithDeviceSampler(t *testing.T) {
 	}
 	if want := []int32{3, 2, 1}; ids[0] != want[0] || ids[1] != want[1] || ids[2] != want[2] {
 		t.Errorf("ids %v, want %v", ids, want)
+	}
+	if logits.read != 2*4 {
+		t.Errorf("read %d logits, want the 2 rows up to the masked one", logits.read)
 	}
 }

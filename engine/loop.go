@@ -325,15 +325,15 @@ func (e *Engine) forward(batch *model.Batch, jobs []*Job) (ids []int32, err erro
 }
 
 // sample draws the next token of every chunk that asked for logits, in
-// batch order. Constrained rows are drawn on the host from their masked
-// logits (read before the device sampler, which may change them); the
-// others on the device when the backend can.
+// batch order. Masked rows are drawn on the host from their logits, read
+// (the rows up to the last masked one) before the device sampler, which
+// may change them; the others on the device when the backend can.
 func (e *Engine) sample(logits model.Logits, batch *model.Batch, jobs []*Job) ([]int32, error) {
 	rows := logits.Rows()
 	e.ids = slices.Grow(e.ids[:0], rows)[:rows]
 	e.params = e.params[:0]
 	e.masks = e.masks[:0]
-	constrained := false
+	masked := 0 // rows up to the last masked one
 	for i, j := range jobs {
 		if batch.Chunks[i].Logits == model.NoLogits {
 			continue
@@ -352,21 +352,20 @@ func (e *Engine) sample(logits model.Logits, batch *model.Batch, jobs []*Job) ([
 		if j.con != nil {
 			m.allowed, m.forced = j.con.Next(min(j.req.MaxTokens-j.generated, e.cfg.CtxSize-len(j.tokens)+1))
 			// Only a masked draw needs the logits on the host.
-			constrained = constrained || m.forced < 0 && m.allowed != nil
+			if m.forced < 0 && m.allowed != nil {
+				masked = len(e.masks) + 1
+			}
 		}
 		e.masks = append(e.masks, m)
 	}
 	if len(e.params) != rows {
 		return nil, fmt.Errorf("engine: %d logits rows for %d sequences", rows, len(e.params))
 	}
-	read := func() error {
-		if need := rows * e.vocab; len(e.logits) < need {
-			e.logits = make([]float32, need)
-		}
-		return logits.Read(e.logits[:rows*e.vocab])
+	if need := rows * e.vocab; len(e.logits) < need {
+		e.logits = make([]float32, need)
 	}
-	if constrained {
-		if err := read(); err != nil {
+	if masked > 0 {
+		if err := logits.Read(e.logits[:masked*e.vocab]); err != nil {
 			return nil, err
 		}
 	}
@@ -374,8 +373,10 @@ func (e *Engine) sample(logits model.Logits, batch *model.Batch, jobs []*Job) ([
 	if err != nil {
 		return nil, err
 	}
-	if !done && !constrained {
-		if err := read(); err != nil {
+	if !done && masked < rows {
+		// Host sampling: the rest of the rows (all of them again, from a
+		// host backend, where reading is a copy).
+		if err := logits.Read(e.logits[:rows*e.vocab]); err != nil {
 			return nil, err
 		}
 	}

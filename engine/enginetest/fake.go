@@ -490,7 +490,7 @@ func (l *fixedLogits) Sample([]backend.SampleParams, []int32) (bool, error) {
 	return false, nil
 }
 func (l *fixedLogits) Read(dst []float32) error {
-	for i := range l.rows {
+	for i := 0; i < l.rows && (i+1)*len(l.row) <= len(dst); i++ {
 		copy(dst[i*len(l.row):], l.row)
 	}
 	return nil
