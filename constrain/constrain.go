@@ -88,19 +88,49 @@ type Spec struct {
 // active reports whether s constrains anything.
 func (s *Spec) active() bool { return s.Answer != nil || len(s.Call) > 0 || len(s.Args) > 0 }
 
+// Format is how a model lays out its answer.
+type Format int
+
+// The formats.
+const (
+	// Plain output is the answer itself; the model cannot call tools.
+	Plain Format = iota
+	// Tagged output writes a tool call as <tool_call>\n{"name":...,
+	// "arguments":...}\n</tool_call> (Qwen2.5's and the Hermes templates).
+	Tagged
+	// Harmony is gpt-oss's message format.
+	Harmony
+)
+
 // New returns a constraint factory for a request, or nil when spec
-// constrains nothing. harmonyFormat says the model writes harmony.
-func (v *Vocab) New(spec Spec, harmonyFormat bool) (func() engine.Constraint, error) {
+// constrains nothing.
+func (v *Vocab) New(spec Spec, format Format) (func() engine.Constraint, error) {
 	if !spec.active() {
 		return nil, nil
 	}
-	if !harmonyFormat {
-		// Other formats' calls are not followed: strict arguments stay
-		// free, a forced call cannot be made.
-		if len(spec.Call) > 0 {
-			return nil, errors.New("forcing a tool call needs a harmony model")
-		}
-		if spec.Answer == nil {
+	if format != Harmony {
+		// Calls are not followed in other formats (strict arguments stay
+		// free); a forced one is written whole.
+		switch {
+		case len(spec.Call) > 0 && format == Tagged:
+			args := make([]*grammar.Grammar, len(spec.Call))
+			for i, name := range spec.Call {
+				if args[i] = spec.Args[name]; args[i] == nil {
+					return nil, fmt.Errorf("no argument grammar for %q", name)
+				}
+			}
+			g, err := grammar.ToolCall(spec.Call, args)
+			if err != nil {
+				return nil, err
+			}
+			return func() engine.Constraint {
+				c := v.plain(g)
+				c.queue, c.suffix = v.tk.Encode("<tool_call>\n"), v.tk.Encode("\n</tool_call>")
+				return c
+			}, nil
+		case len(spec.Call) > 0:
+			return nil, errors.New("forcing a tool call needs a model that writes calls (harmony, or <tool_call> tags)")
+		case spec.Answer == nil:
 			return nil, nil
 		}
 		return func() engine.Constraint { return v.plain(spec.Answer) }, nil
@@ -164,10 +194,13 @@ func clip(s string) string {
 }
 
 // plainConstraint constrains a whole completion, ended by any
-// end-of-generation token.
+// end-of-generation token; for a tagged call, the tags around the value
+// are forced.
 type plainConstraint struct {
-	json jsonPhase
-	done bool
+	json   jsonPhase
+	queue  []int32 // tokens to force
+	suffix []int32 // forced once the value is complete
+	done   bool
 }
 
 func (v *Vocab) plain(g *grammar.Grammar) *plainConstraint {
@@ -175,18 +208,34 @@ func (v *Vocab) plain(g *grammar.Grammar) *plainConstraint {
 }
 
 func (c *plainConstraint) Next(remaining int) ([]uint64, int32) {
-	if c.done {
+	switch {
+	case len(c.queue) > 0:
+		return nil, c.queue[0]
+	case c.done:
 		return c.json.end, -1
 	}
-	return c.json.next(remaining)
+	return c.json.next(remaining - len(c.suffix))
 }
 
 func (c *plainConstraint) Accept(id int32) error {
-	if c.done {
+	switch {
+	case len(c.queue) > 0:
+		if id != c.queue[0] {
+			return fmt.Errorf("token %d where %d was forced", id, c.queue[0])
+		}
+		c.queue = c.queue[1:]
+		return nil
+	case c.done:
 		return nil
 	}
 	end, err := c.json.accept(id)
-	c.done = end
+	switch {
+	case err != nil:
+	case end:
+		c.done = true
+	case c.suffix != nil && c.json.m.Done():
+		c.done, c.queue = true, c.suffix
+	}
 	return err
 }
 

@@ -1,6 +1,7 @@
 package constrain
 
 import (
+	"encoding/json"
 	"math/bits"
 	"math/rand/v2"
 	"strings"
@@ -130,7 +131,7 @@ func TestHarmonyAnswer(t *testing.T) {
 	}
 	for seed := range uint64(20) {
 		budget := []int{0, 5, 40}[seed%3]
-		newC, err := v.New(Spec{Answer: g, Reasoning: budget}, true)
+		newC, err := v.New(Spec{Answer: g, Reasoning: budget}, Harmony)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -161,7 +162,7 @@ func TestHarmonyForcedCall(t *testing.T) {
 		if seed%2 == 0 {
 			call = call[seed%3 : seed%3+1]
 		}
-		newC, err := v.New(Spec{Call: call, Args: args, Reasoning: 10}, true)
+		newC, err := v.New(Spec{Call: call, Args: args, Reasoning: 10}, Harmony)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -187,7 +188,7 @@ func TestHarmonyStrictFree(t *testing.T) {
 	}
 	v, tk := testVocab(t)
 	g, _ := grammar.Compile([]byte(weather))
-	newC, err := v.New(Spec{Args: map[string]*grammar.Grammar{"get_weather": g}}, true)
+	newC, err := v.New(Spec{Args: map[string]*grammar.Grammar{"get_weather": g}}, Harmony)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,7 +217,7 @@ func TestPlain(t *testing.T) {
 	}
 	v, tk := testVocab(t)
 	for seed := range uint64(10) {
-		newC, err := v.New(Spec{Answer: grammar.JSONObject()}, false)
+		newC, err := v.New(Spec{Answer: grammar.JSONObject()}, Plain)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -226,10 +227,10 @@ func TestPlain(t *testing.T) {
 		}
 		schematest.Check(t, `{"type":"object"}`, tk.Decode(ids[:len(ids)-1]))
 	}
-	if _, err := v.New(Spec{Call: []string{"f"}, Args: map[string]*grammar.Grammar{"f": grammar.JSONObject()}}, false); err == nil {
+	if _, err := v.New(Spec{Call: []string{"f"}, Args: map[string]*grammar.Grammar{"f": grammar.JSONObject()}}, Plain); err == nil {
 		t.Error("a forced call on a non-harmony model was accepted")
 	}
-	if c, err := v.New(Spec{Args: map[string]*grammar.Grammar{"f": grammar.JSONObject()}}, false); c != nil || err != nil {
+	if c, err := v.New(Spec{Args: map[string]*grammar.Grammar{"f": grammar.JSONObject()}}, Plain); c != nil || err != nil {
 		t.Errorf("strict tools on a non-harmony model: %v, %v; want no constraint", c != nil, err)
 	}
 }
@@ -250,7 +251,7 @@ func TestHarmonyAnswerSchemas(t *testing.T) {
 		min := g.NewMatcher().MinBytes()
 		for seed := range uint64(200) {
 			rng := rand.New(rand.NewPCG(seed, uint64(si)))
-			newC, err := v.New(Spec{Answer: g, Reasoning: rng.IntN(20)}, true)
+			newC, err := v.New(Spec{Answer: g, Reasoning: rng.IntN(20)}, Harmony)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -272,7 +273,7 @@ func TestHarmonyAnswerSchemas(t *testing.T) {
 func BenchmarkConstraintToken(b *testing.B) {
 	v, tk := testVocab(b)
 	g, _ := grammar.Compile([]byte(weather))
-	newC, _ := v.New(Spec{Answer: g, Reasoning: 8}, true)
+	newC, _ := v.New(Spec{Answer: g, Reasoning: 8}, Harmony)
 	ids := run(b, newC(), tk, rand.New(rand.NewPCG(1, 1)), 120)
 	b.ResetTimer()
 	n := 0
@@ -302,7 +303,7 @@ func TestHarmonyAnswerOrCall(t *testing.T) {
 	tg, _ := grammar.Compile([]byte(timeSchema))
 	spec := Spec{Answer: answer, Offer: []string{"get_time", "get_any"}, Reasoning: 6,
 		Args: map[string]*grammar.Grammar{"get_time": tg, "get_any": grammar.JSONObject()}}
-	newC, err := v.New(spec, true)
+	newC, err := v.New(spec, Harmony)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -325,5 +326,40 @@ func TestHarmonyAnswerOrCall(t *testing.T) {
 	}
 	if len(seen) != 3 {
 		t.Errorf("60 random runs chose only %v", seen)
+	}
+}
+
+// TestTaggedCall: a forced call in the tagged format is the tags around
+// {"name","arguments"}, the arguments valid for the function named, then
+// the end.
+func TestTaggedCall(t *testing.T) {
+	if testing.Short() {
+		t.Skip("loads the o200k vocabulary")
+	}
+	v, tk := testVocab(t)
+	g, _ := grammar.Compile([]byte(weather))
+	newC, err := v.New(Spec{Call: []string{"get_weather", "noop"}, Args: map[string]*grammar.Grammar{"get_weather": g, "noop": grammar.JSONObject()}}, Tagged)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for seed := range uint64(20) {
+		ids := run(t, newC(), tk, rand.New(rand.NewPCG(seed, 12)), 40+int(seed))
+		if !tk.IsEOG(ids[len(ids)-1]) {
+			t.Fatalf("seed %d: no end: %q", seed, tk.Decode(ids))
+		}
+		text := tk.Decode(ids[:len(ids)-1])
+		body, ok := strings.CutPrefix(text, "<tool_call>\n")
+		body, ok2 := strings.CutSuffix(body, "\n</tool_call>")
+		if !ok || !ok2 {
+			t.Fatalf("seed %d: %q", seed, text)
+		}
+		var call struct {
+			Name      string
+			Arguments json.RawMessage
+		}
+		if err := json.Unmarshal([]byte(body), &call); err != nil {
+			t.Fatalf("seed %d: %q: %v", seed, body, err)
+		}
+		schematest.Check(t, map[string]string{"get_weather": weather, "noop": `{"type":"object"}`}[call.Name], string(call.Arguments))
 	}
 }

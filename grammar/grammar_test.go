@@ -377,3 +377,31 @@ func TestMaskMatchesMatcher(t *testing.T) {
 		}
 	}
 }
+
+// TestToolCall: the call object names one function and carries its
+// arguments; another function's arguments are refused (worked by hand).
+func TestToolCall(t *testing.T) {
+	a, _ := Compile([]byte(`{"type":"object","properties":{"x":{"type":"integer"}},"required":["x"],"additionalProperties":false}`))
+	g, err := ToolCall([]string{"f", "g"}, []*Grammar{a, JSONObject()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for in, ok := range map[string]bool{
+		`{"name":"f","arguments":{"x":1}}`:  true,
+		`{"name":"g","arguments":{"y":[]}}`: true,
+		`{"name":"f","arguments":{"y":1}}`:  false,
+		`{"name":"h","arguments":{}}`:       false,
+		`{"arguments":{},"name":"g"}`:       false,
+	} {
+		m := g.NewMatcher()
+		if got := m.Advance([]byte(in)) && m.Done(); got != ok {
+			t.Errorf("%s: accepted %v, want %v", in, got, ok)
+		}
+	}
+	if m := g.NewMatcher(); m.MinBytes() != len(`{"name":"g","arguments":{}}`) {
+		t.Errorf("MinBytes %d", m.MinBytes())
+	}
+	if _, err := ToolCall(nil, nil); err == nil {
+		t.Error("a call of no function")
+	}
+}

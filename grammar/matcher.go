@@ -110,6 +110,16 @@ func (m *Matcher) CanEnd() bool {
 	return false
 }
 
+// Done reports whether the instance is complete and nothing may follow.
+func (m *Matcher) Done() bool {
+	for _, s := range m.stacks {
+		if s != nil {
+			return false
+		}
+	}
+	return true
+}
+
 // MinBytes is the fewest bytes that complete the instance from here.
 func (m *Matcher) MinBytes() int { return minDist(m.stacks) }
 

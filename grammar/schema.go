@@ -177,6 +177,28 @@ func Literals(words []string) (*Grammar, error) {
 	return g, nil
 }
 
+// ToolCall is the grammar of {"name":NAME,"arguments":ARGS}, NAME one of
+// names and ARGS an instance of that function's grammar in args: a call
+// as tagged tool-call formats write it.
+func ToolCall(names []string, args []*Grammar) (*Grammar, error) {
+	if len(names) == 0 || len(names) != len(args) {
+		return nil, errors.New("grammar: a tool call needs names and their argument grammars")
+	}
+	c := newCompiler(nil)
+	n := c.newNode(kAnyOf)
+	for i, name := range names {
+		lit := c.newNode(kLiteral)
+		lit.lits = [][]byte{encodeString(name)}
+		obj := c.newNode(kObject)
+		obj.props = []prop{
+			{key: append(encodeString("name"), ':'), value: lit, required: true},
+			{key: append(encodeString("arguments"), ':'), value: args[i].root, required: true},
+		}
+		n.alts = append(n.alts, obj)
+	}
+	return c.finish(n), nil
+}
+
 func compile(schema []byte) (*Grammar, error) {
 	if len(schema) > maxSchemaBytes {
 		return nil, &SchemaError{Msg: fmt.Sprintf("schema of %d bytes exceeds %d", len(schema), maxSchemaBytes)}

@@ -159,7 +159,14 @@ func (s *Server) constraint(body *chatRequest, maxTokens int) (func() engine.Con
 	if err != nil {
 		return nil, err
 	}
-	newC, err := v.New(spec, s.specials != nil)
+	format := constrain.Plain
+	switch {
+	case s.specials != nil:
+		format = constrain.Harmony
+	case s.cfg.Model.Chat == ChatTemplate && s.cfg.Template.TaggedToolCalls():
+		format = constrain.Tagged
+	}
+	newC, err := v.New(spec, format)
 	if err != nil {
 		param := "response_format"
 		if len(spec.Call) > 0 {

@@ -83,7 +83,7 @@ func TestStructuredOutputFakeModels(t *testing.T) {
 }
 
 // TestStructuredOutputTemplate: a template model's whole answer is the
-// JSON value; forcing a call is refused (only harmony's calls are made).
+// JSON value, and a forced call is written in its tagged format.
 func TestStructuredOutputTemplate(t *testing.T) {
 	tmpl, err := chat.Compile(testTemplate, "", "")
 	if err != nil {
@@ -102,10 +102,23 @@ func TestStructuredOutputTemplate(t *testing.T) {
 		}
 		schematest.Check(t, schema, *out.Choices[0].Message.Content)
 	}
-	e := wantOpenAIError(t, ts.post(t, "/v1/chat/completions", `{"messages":[{"role":"user","content":"hi"}],"tool_choice":"required",
-		"tools":[{"type":"function","function":{"name":"f"}}]}`), http.StatusBadRequest, "invalid_request_error", "invalid_request")
-	if e.Param == nil || *e.Param != "tool_choice" {
-		t.Errorf("forced call on a template model: %+v", e)
+	// A forced call is written between the template's <tool_call> tags.
+	for _, choice := range []string{`"required"`, `{"type":"function","function":{"name":"f"}}`} {
+		var out struct{ Choices []structuredChoice }
+		decodeBody(t, ts.post(t, "/v1/chat/completions", `{"messages":[{"role":"user","content":"hi"}],"max_tokens":60,"tool_choice":`+choice+`,
+			"tools":[{"type":"function","function":{"name":"f","parameters":`+schema+`}},{"type":"function","function":{"name":"g"}}]}`), http.StatusOK, &out)
+		ch := out.Choices[0]
+		if ch.FinishReason != "tool_calls" || len(ch.Message.ToolCalls) != 1 {
+			t.Fatalf("tool_choice %s: %+v", choice, ch)
+		}
+		switch c := ch.Message.ToolCalls[0].Function; c.Name {
+		case "f":
+			schematest.Check(t, schema, c.Arguments)
+		case "g":
+			schematest.Check(t, `{"type":"object"}`, c.Arguments)
+		default:
+			t.Fatalf("called %q", c.Name)
+		}
 	}
 }
 
