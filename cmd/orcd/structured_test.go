@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -257,4 +258,31 @@ func TestServeStructuredOutputsCUDA(t *testing.T) {
 		t.Skip("no CUDA driver or device: cuda tests run on the GPU machine")
 	}
 	testStructuredOutputs(t, "cuda", "tiny-gpt-oss")
+}
+
+// TestServeStructuredOutputsQwen2 serves the tiny random-weight qwen2
+// checkpoint (its Qwen2.5 template writes calls between <tool_call> tags):
+// the answer is the JSON value, and a forced call comes back as a tool call
+// whose arguments validate.
+func TestServeStructuredOutputsQwen2(t *testing.T) {
+	w := startServe(t, "--model", filepath.Join(hfFixtureDir, "tiny_qwen2"), "--ctx-size", "1024")
+	schemas := schematest.Schemas()
+	msgs := `"messages":[{"role":"user","content":"Describe a person."}]`
+	for si, schema := range schemas[:8] {
+		body := fmt.Sprintf(`{%s,"max_tokens":80,"seed":%d,"response_format":{"type":"json_schema","json_schema":{"name":"s","schema":%s}}}`, msgs, si, schema)
+		status, r, raw := postChat(t, w.uri, body, si%2 == 1)
+		if status != 200 {
+			t.Fatalf("schema %d: %d %s", si, status, raw)
+		}
+		schematest.Check(t, schema, r.content[0])
+	}
+	params := `{"type":"object","properties":{"city":{"type":"string"},"days":{"type":"integer"}},"required":["city","days"],"additionalProperties":false}`
+	for _, stream := range []bool{false, true} {
+		body := `{` + msgs + `,"max_tokens":80,"tool_choice":"required","tools":[{"type":"function","function":{"name":"forecast","parameters":` + params + `}}]}`
+		status, r, raw := postChat(t, w.uri, body, stream)
+		if status != 200 || r.finish[0] != "tool_calls" || len(r.calls[0]) != 1 {
+			t.Fatalf("forced call: %d %+v %s", status, r, raw)
+		}
+		schematest.Check(t, params, r.calls[0]["forecast"])
+	}
 }
