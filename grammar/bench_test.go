@@ -1,11 +1,6 @@
 package grammar
 
-import (
-	"testing"
-
-	"orcd/internal/testutil"
-	"orcd/tokenizer"
-)
+import "testing"
 
 // benchStates are matcher states met while generating: inside a string
 // (nearly every token allowed), at an object key (a few allowed), in a
@@ -36,7 +31,7 @@ func benchMatcher(b *testing.B, schema, prefix string) *Matcher {
 // BenchmarkMaskWarm is the per-token cost of a mask on the o200k_harmony
 // vocabulary (201,088 ids) once the state's mask is cached.
 func BenchmarkMaskWarm(b *testing.B) {
-	v := o200k(b)
+	v, _ := o200k(b)
 	for _, s := range benchStates {
 		b.Run(s.name, func(b *testing.B) {
 			m := benchMatcher(b, s.schema, s.prefix)
@@ -51,7 +46,7 @@ func BenchmarkMaskWarm(b *testing.B) {
 // BenchmarkMaskCold is the cost of computing a mask by walking the trie
 // (the first time a state is met).
 func BenchmarkMaskCold(b *testing.B) {
-	v := o200k(b)
+	v, _ := o200k(b)
 	for _, s := range benchStates {
 		b.Run(s.name, func(b *testing.B) {
 			m := benchMatcher(b, s.schema, s.prefix)
@@ -67,12 +62,7 @@ func BenchmarkMaskCold(b *testing.B) {
 
 // BenchmarkNewVocab is the one-time cost of the o200k_harmony trie.
 func BenchmarkNewVocab(b *testing.B) {
-	o200k(b)
-	tk, err := tokenizer.FromHFJSONBytes(testutil.ReadGzip(b, "../tokenizer/testdata/o200k_harmony.tokenizer.json.gz"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	toks := tokenBytesOf(tk)
+	_, toks := o200k(b)
 	for b.Loop() {
 		NewVocab(toks)
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	mbits "math/bits"
 	"math/rand/v2"
 	"sync"
 	"testing"
@@ -189,23 +190,26 @@ func TestSchemaErrors(t *testing.T) {
 }
 
 var (
-	o200kOnce  sync.Once
-	o200kVocab *Vocab
+	o200kOnce   sync.Once
+	o200kVocab  *Vocab
+	o200kTokens [][]byte
 )
 
-// o200k is the o200k_harmony vocabulary (201,088 ids) as a Vocab.
-func o200k(t testing.TB) *Vocab {
+// o200k is the o200k_harmony vocabulary (201,088 ids) as a Vocab, and
+// its tokens' bytes.
+func o200k(t testing.TB) (*Vocab, [][]byte) {
 	o200kOnce.Do(func() {
 		tk, err := tokenizer.FromHFJSONBytes(testutil.ReadGzip(t, "../tokenizer/testdata/o200k_harmony.tokenizer.json.gz"))
 		if err != nil {
 			t.Fatal(err)
 		}
-		o200kVocab = NewVocab(tokenBytesOf(tk))
+		o200kTokens = tokenBytesOf(tk)
+		o200kVocab = NewVocab(o200kTokens)
 	})
 	if o200kVocab == nil {
 		t.Fatal("no vocabulary")
 	}
-	return o200kVocab
+	return o200kVocab, o200kTokens
 }
 
 // tokenBytesOf lists a tokenizer's tokens' bytes, special tokens empty.
@@ -224,19 +228,10 @@ func allowedIDs(mask []uint64) []int32 {
 	var ids []int32
 	for w, bits := range mask {
 		for ; bits != 0; bits &= bits - 1 {
-			ids = append(ids, int32(w*64+trailing(bits)))
+			ids = append(ids, int32(w*64+mbits.TrailingZeros64(bits)))
 		}
 	}
 	return ids
-}
-
-func trailing(x uint64) int {
-	n := 0
-	for x&1 == 0 {
-		x >>= 1
-		n++
-	}
-	return n
 }
 
 // TestTokenWalks draws random allowed tokens of the o200k vocabulary and
@@ -245,9 +240,7 @@ func TestTokenWalks(t *testing.T) {
 	if testing.Short() {
 		t.Skip("loads the o200k vocabulary")
 	}
-	v := o200k(t)
-	tk, _ := tokenizer.FromHFJSONBytes(testutil.ReadGzip(t, "../tokenizer/testdata/o200k_harmony.tokenizer.json.gz"))
-	toks := tokenBytesOf(tk)
+	v, toks := o200k(t)
 	for si, schema := range testSchemas {
 		g, err := Compile([]byte(schema))
 		if err != nil {
@@ -341,9 +334,7 @@ func TestMaskMatchesMatcher(t *testing.T) {
 	if testing.Short() {
 		t.Skip("loads the o200k vocabulary")
 	}
-	v := o200k(t)
-	tk, _ := tokenizer.FromHFJSONBytes(testutil.ReadGzip(t, "../tokenizer/testdata/o200k_harmony.tokenizer.json.gz"))
-	toks := tokenBytesOf(tk)
+	v, toks := o200k(t)
 	for _, c := range []struct {
 		schema, prefix string
 		limit          int
