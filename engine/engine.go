@@ -141,6 +141,22 @@ type Request struct {
 	// The prompt is then computed in full, never taken from the prefix
 	// cache, until they are known.
 	PromptLogprobs bool
+	// NewConstraint, when set, makes the constraint that restricts the
+	// request's tokens (structured output); Submit calls it once per job.
+	NewConstraint func() Constraint
+}
+
+// Constraint restricts the tokens of one sequence, e.g. to those of a
+// grammar. The loop calls Next before drawing each token and Accept with
+// the token drawn.
+type Constraint interface {
+	// Next returns the tokens allowed next, one bit per id (bit id%64 of
+	// word id/64; nil allows any), or forced >= 0, a token that must come
+	// next. remaining is how many tokens the sequence may still produce,
+	// this one included, so that the constraint can finish in time.
+	Next(remaining int) (allowed []uint64, forced int32)
+	// Accept records the token that came; an error ends the request.
+	Accept(id int32) error
 }
 
 // Token is one generated token and the text it releases. Text may be empty
@@ -227,6 +243,7 @@ type Engine struct {
 	// hostDraws is set once the model's logits have declined to draw on
 	// the device, which they then never do: steps read all rows at once.
 	hostDraws bool
+	masks     []rowMask
 }
 
 // New returns an engine for cfg and starts its loop. The KV pool is
@@ -353,7 +370,8 @@ type Job struct {
 	registered int // full blocks entered in the prefix cache
 	prefilled  int // leading tokens computed in prompt chunks, not decode steps
 	sampler    *Sampler
-	order      uint64 // admission order (latest admission)
+	con        Constraint // nil when unconstrained
+	order      uint64     // admission order (latest admission)
 	admittedAt time.Time
 	firstAt    time.Time
 	ran        bool       // admitted at least once
@@ -469,6 +487,9 @@ func (e *Engine) Submit(req Request) (*Job, error) {
 	j.ctx, j.cancel = context.WithCancelCause(context.Background())
 	j.tokens = append(make([]int32, 0, len(prompt)+min(req.MaxTokens, e.cfg.CtxSize)), prompt...)
 	j.sampler = NewSampler(req.Sampling, j.seed)
+	if req.NewConstraint != nil {
+		j.con = req.NewConstraint()
+	}
 
 	e.mu.Lock()
 	defer e.mu.Unlock()

@@ -345,12 +345,15 @@ func (e *Engine) forward(batch *model.Batch, jobs []*Job) (ids []int32, err erro
 // The draws are made on the device when the backend can, except for the
 // rows whose log probabilities are wanted: those rows alone are read back
 // first (the device's sampler may change the logits) and drawn on the host.
-// Otherwise all rows are read back and drawn on the host.
+// Otherwise all rows are read back and drawn on the host. A constrained
+// row is forced (no draw) or, when masked, drawn on the host like a row
+// with log probabilities.
 func (e *Engine) sample(logits model.Logits, batch *model.Batch, jobs []*Job) ([]int32, error) {
 	n := len(jobs)
 	e.ids = slices.Grow(e.ids[:0], n)[:n]
 	e.lps = slices.Grow(e.lps[:0], n)[:n]
 	e.params, e.host = e.params[:0], e.host[:0]
+	e.masks = slices.Grow(e.masks[:0], n)[:n]
 	rows := 0
 	for i, j := range jobs {
 		ch := &batch.Chunks[i]
@@ -359,7 +362,13 @@ func (e *Engine) sample(logits model.Logits, batch *model.Batch, jobs []*Job) ([
 		for r := range k {
 			if r == k-1 && draws(j, ch) {
 				e.params = append(e.params, e.sampleParams(j))
-				if j.req.Logprobs {
+				m := rowMask{forced: -1}
+				if j.con != nil {
+					m.allowed, m.forced = j.con.Next(min(j.req.MaxTokens-j.generated, e.cfg.CtxSize-len(j.tokens)+1))
+				}
+				e.masks[i] = m
+				// Only a masked draw, or log probabilities, need the row on the host.
+				if j.req.Logprobs || m.forced < 0 && m.allowed != nil {
 					e.host = append(e.host, int32(rows+r))
 				}
 				continue
@@ -395,12 +404,22 @@ func (e *Engine) sample(logits model.Logits, batch *model.Batch, jobs []*Job) ([
 			}
 			switch {
 			case r == k-1 && draws(j, ch):
+				m := e.masks[i]
+				var id int32
+				switch {
+				case m.forced >= 0:
+					id = m.forced
+				case data == nil:
+					id = e.drawn[row+r]
+				case m.allowed != nil:
+					id = j.sampler.SampleMasked(data, j.tokens, m.allowed)
+				default:
+					id = j.sampler.Sample(data, j.tokens)
+				}
+				e.ids[i] = id
 				if data == nil {
-					e.ids[i] = e.drawn[row+r]
 					continue
 				}
-				id := j.sampler.Sample(data, j.tokens)
-				e.ids[i] = id
 				if j.req.Logprobs {
 					lp := j.sampler.Logprobs(data, j.tokens, id, j.req.TopLogprobs)
 					e.lps[i] = &lp
@@ -545,6 +564,13 @@ func (e *Engine) sampleParams(j *Job) backend.SampleParams {
 	return sp
 }
 
+// rowMask is a row's constraint for one step: a forced token (>= 0), or
+// the tokens allowed (nil: any).
+type rowMask struct {
+	allowed []uint64
+	forced  int32
+}
+
 // distinct returns the distinct tokens of ids.
 func distinct(ids []int32) []int32 {
 	seen := make(map[int32]bool, len(ids))
@@ -579,6 +605,12 @@ func (e *Engine) register(j *Job) {
 func (e *Engine) accept(j *Job, id int32, lp *Logprobs) {
 	if j.firstAt.IsZero() {
 		j.firstAt = time.Now()
+	}
+	if j.con != nil {
+		if err := j.con.Accept(id); err != nil {
+			e.end(j, "", -1, fmt.Errorf("engine: constraint: %w", err))
+			return
+		}
 	}
 	if e.cfg.Tokenizer.IsEOG(id) {
 		e.end(j, StopEOG, id, nil)

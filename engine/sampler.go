@@ -3,6 +3,7 @@ package engine
 import (
 	"fmt"
 	"math"
+	"math/bits"
 	"math/rand/v2"
 	"slices"
 )
@@ -91,6 +92,51 @@ func (s *Sampler) Sample(logits []float32, history []int32) int32 {
 		return s.drawAll(logits, maxLogit)
 	}
 	return s.draw(s.filter(logits, maxLogit))
+}
+
+// SampleMasked is Sample restricted to the tokens mask allows (bit id%64 of
+// word id/64; ids beyond the mask are refused): the others' logits become
+// -Inf first, in logits itself, so the draw is from the masked distribution
+// renormalized, after the same transforms. When no allowed token has a
+// finite logit it returns the first allowed one (0 if none is).
+func (s *Sampler) SampleMasked(logits []float32, history []int32, mask []uint64) int32 {
+	first := applyMask(logits, mask)
+	id := s.Sample(logits, history)
+	if !Allowed(mask, id) {
+		return first
+	}
+	return id
+}
+
+// applyMask sets the logits of the tokens mask refuses to -Inf and returns
+// the first allowed id (0 if none is).
+func applyMask(logits []float32, mask []uint64) int32 {
+	ninf := float32(math.Inf(-1))
+	first := int32(-1)
+	for w := 0; w*64 < len(logits); w++ {
+		var word uint64
+		if w < len(mask) {
+			word = mask[w]
+		}
+		if word != 0 && first < 0 {
+			first = int32(w*64 + bits.TrailingZeros64(word))
+		}
+		if word == ^uint64(0) {
+			continue
+		}
+		row := logits[w*64 : min(len(logits), w*64+64)]
+		for i := range row {
+			if word&(1<<i) == 0 {
+				row[i] = ninf
+			}
+		}
+	}
+	return max(first, 0)
+}
+
+// Allowed reports whether mask allows id.
+func Allowed(mask []uint64, id int32) bool {
+	return id >= 0 && int(id/64) < len(mask) && mask[id/64]&(1<<(id%64)) != 0
 }
 
 // draw picks one of cands, whose probabilities sum to 1, with one number

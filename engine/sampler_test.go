@@ -470,3 +470,74 @@ func TestSamplerMatchesReference(t *testing.T) {
 		}
 	}
 }
+
+// TestSampleMaskedDistribution checks that a mask leaves the renormalized
+// distribution of the allowed tokens, after the other transforms: worked
+// by hand, and drawn (chi-square).
+func TestSampleMaskedDistribution(t *testing.T) {
+	mask := []uint64{1<<1 | 1<<3}
+	masked := func(p SamplingParams) map[int32]float64 {
+		l := logitsOf(0.4, 0.3, 0.2, 0.1)
+		applyMask(l, mask)
+		return probsOf(t, p, l, nil)
+	}
+	wantProbs(t, "plain", masked(DefaultSampling), map[int32]float64{1: .75, 3: .25})
+	p := DefaultSampling
+	p.TopP = 0.7 // the masked nucleus: .75 alone reaches .7
+	wantProbs(t, "top-p", masked(p), map[int32]float64{1: 1})
+	p = DefaultSampling
+	p.Temperature = 0.5 // .3² : .1² = .9 : .1
+	wantProbs(t, "temperature", masked(p), map[int32]float64{1: .9, 3: .1})
+	p = DefaultSampling
+	p.Temperature = 0
+	wantProbs(t, "greedy", masked(p), map[int32]float64{1: 1})
+
+	s := NewSampler(DefaultSampling, 9)
+	counts := map[int32]int{}
+	const n = 40000
+	for range n {
+		id := s.SampleMasked(logitsOf(0.4, 0.3, 0.2, 0.1), nil, mask)
+		counts[id]++
+	}
+	if len(counts) != 2 {
+		t.Fatalf("drew %v, want only tokens 1 and 3", counts)
+	}
+	chi := 0.0
+	for id, q := range map[int32]float64{1: .75, 3: .25} {
+		d := float64(counts[id]) - q*n
+		chi += d * d / (q * n)
+	}
+	if chi > 10.83 { // 99.9th percentile, 1 degree of freedom
+		t.Errorf("chi-square %v exceeds 10.83: %v", chi, counts)
+	}
+	// No allowed token with a finite logit: the first allowed one.
+	l := logitsOf(0.5, 0.5, 0, 0)
+	if id := s.SampleMasked(l, nil, []uint64{1 << 2}); id != 2 {
+		t.Errorf("all allowed logits -Inf: drew %d, want 2", id)
+	}
+}
+
+// BenchmarkSampleMasked is a masked draw over the o200k vocabulary size,
+// the mask copy included: a mask that allows most tokens (inside a JSON
+// string) and one that allows a few (an object key).
+func BenchmarkSampleMasked(b *testing.B) {
+	const vocab = 201088
+	logits := lmLogits(vocab, 5)
+	row := make([]float32, vocab)
+	for _, m := range []struct {
+		name  string
+		every int
+	}{{"most", 1}, {"few", 5000}} {
+		mask := make([]uint64, (vocab+63)/64)
+		for id := 0; id < vocab; id += m.every {
+			mask[id/64] |= 1 << (id % 64)
+		}
+		b.Run(m.name, func(b *testing.B) {
+			s := NewSampler(DefaultSampling, 1)
+			for b.Loop() {
+				copy(row, logits)
+				s.SampleMasked(row, nil, mask)
+			}
+		})
+	}
+}

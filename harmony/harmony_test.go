@@ -324,3 +324,29 @@ func TestParserInContent(t *testing.T) {
 		}
 	}
 }
+
+// TestRenderResponseFormat renders the docs' shopping-list example: the
+// format ends the developer message as "# Response Formats", "## name",
+// the description as a comment, and the schema compacted (worked by hand
+// from docs/format.md's "Structured output").
+func TestRenderResponseFormat(t *testing.T) {
+	p, err := Render(Conversation{
+		Instructions: "You are a helpful shopping assistant",
+		Format: &Format{Name: "shopping_list", Description: "What to buy", Schema: json.RawMessage(`{
+			"properties": {"items": {"type": "array", "description": "entries on the shopping list", "items": {"type": "string"}}},
+			"type": "object"}`)},
+		Messages: []Message{{Role: "user", Content: "I need to buy coffee, soda and eggs"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "<|start|>developer<|message|># Instructions\n\nYou are a helpful shopping assistant\n\n# Response Formats\n\n## shopping_list\n\n" +
+		"// What to buy\n" + `{"properties":{"items":{"type":"array","description":"entries on the shopping list","items":{"type":"string"}}},"type":"object"}` +
+		"<|end|><|start|>user<|message|>I need to buy coffee, soda and eggs<|end|><|start|>assistant"
+	if got := p.String(); !strings.HasSuffix(got, want) {
+		t.Errorf("rendered:\n%s\n\nwant the end:\n%s", got, want)
+	}
+	if _, err := Render(Conversation{Format: &Format{Name: "x", Schema: json.RawMessage(`{`)}}); err == nil {
+		t.Error("a format whose schema is not JSON rendered")
+	}
+}

@@ -4,6 +4,7 @@
 package harmony
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -111,7 +112,17 @@ type Conversation struct {
 	// Instructions become the developer message (the "system prompt").
 	Instructions string
 	Tools        []Tool
-	Messages     []Message
+	// Format, when set, is the structured output asked for, described at
+	// the end of the developer message (the model is told; constrained
+	// decoding enforces it).
+	Format   *Format
+	Messages []Message
+}
+
+// Format is a response format: a named JSON schema.
+type Format struct {
+	Name, Description string
+	Schema            json.RawMessage
 }
 
 // Model identity and knowledge cutoff of the system message, as the format
@@ -162,6 +173,17 @@ func Render(c Conversation) (Prompt, error) {
 			return nil, err
 		}
 		dev = append(dev, "# Tools\n\n## functions\n\n"+ns)
+	}
+	if f := c.Format; f != nil {
+		var schema bytes.Buffer
+		if err := json.Compact(&schema, f.Schema); err != nil {
+			return nil, fmt.Errorf("harmony: response format schema: %w", err)
+		}
+		section := "# Response Formats\n\n## " + f.Name + "\n\n"
+		if f.Description != "" {
+			section += "// " + strings.ReplaceAll(f.Description, "\n", " ") + "\n"
+		}
+		dev = append(dev, section+schema.String())
 	}
 	if len(dev) > 0 {
 		msg(header{role: "developer"}, strings.Join(dev, "\n\n"), TokenEnd)

@@ -25,6 +25,10 @@ type chatRequest struct {
 	ReasoningEffort     string          `json:"reasoning_effort"`
 	Logprobs            *bool           `json:"logprobs"`
 	TopLogprobs         *int            `json:"top_logprobs"`
+	ResponseFormat      json.RawMessage `json:"response_format"`
+	// MaxReasoningTokens bounds the reasoning before a structured answer
+	// or a forced call (default by reasoning effort).
+	MaxReasoningTokens *int `json:"max_reasoning_tokens"`
 }
 
 type chatMessage struct {
@@ -76,7 +80,7 @@ func (m chatMessage) text(i int) (string, error) {
 
 // conversation checks the messages and collects them for rendering.
 func (body *chatRequest) conversation(now time.Time) (harmony.Conversation, error) {
-	conv := harmony.Conversation{ReasoningEffort: body.ReasoningEffort, Date: now}
+	conv := harmony.Conversation{ReasoningEffort: body.ReasoningEffort, Date: now, Format: promptFormat(body.ResponseFormat)}
 	if len(body.Messages) == 0 {
 		return conv, invalid("messages: at least one message is required")
 	}
@@ -386,6 +390,9 @@ func (s *Server) chatRequest(body *chatRequest) (engine.Request, error) {
 	}
 	if err == nil {
 		err = chatLogprobsRequest(body, &req)
+	}
+	if err == nil {
+		req.NewConstraint, err = s.constraint(body, req.MaxTokens)
 	}
 	if err == nil {
 		err = s.chatPrompt(body, &req)

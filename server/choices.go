@@ -10,14 +10,10 @@ import (
 )
 
 // checkChoices checks the chat fields that choose what the model may do:
-// tool_choice (forced calls are refused until constrained decoding exists,
-// see notSupportedYet) and reasoning_effort.
+// tool_choice (a forced call is constrained, see Server.constraint) and
+// reasoning_effort.
 func checkChoices(body *chatRequest) error {
-	tc, err := parseToolChoice("tool_choice", body.ToolChoice)
-	if err != nil {
-		return err
-	}
-	if err := notSupportedYet("tool_choice", tc, "", nil); err != nil {
+	if _, err := parseToolChoice("tool_choice", body.ToolChoice); err != nil {
 		return err
 	}
 	return checkEffort("reasoning_effort", body.ReasoningEffort)

@@ -13,6 +13,7 @@ import (
 
 	"orcd/engine"
 	"orcd/engine/enginetest"
+	"orcd/internal/schematest"
 )
 
 // clientDir holds the npm project that drives the server with the official
@@ -203,5 +204,50 @@ func TestOpenAINodeClient(t *testing.T) {
 	}
 	if b := r.BadRequest; b == nil || b.Status != 400 || !b.IsAPIError || b.Type != "invalid_request_error" {
 		t.Errorf("bad request: %+v", b)
+	}
+}
+
+// TestOpenAINodeClientStructured drives structured output through the
+// openai package against the fake model's pseudo-random logits: every
+// answer and forced call validates against its schema.
+func TestOpenAINodeClientStructured(t *testing.T) {
+	node := nodeClient(t)
+	ts := newTestServer(t, &enginetest.Model{Ctx: 4096}, "gpt-oss", engine.Config{MaxActive: 2, MaxQueue: 4}, nil)
+	schema := `{"type":"object","properties":{"name":{"type":"string"},"tags":{"type":"array","items":{"enum":["a","b"]}},"n":{"type":["integer","null"]}},"required":["name","tags","n"],"additionalProperties":false}`
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, node, "client.mjs")
+	cmd.Dir = clientDir
+	cmd.Env = append(os.Environ(), "ORCD_BASE_URL="+ts.url+"/v1", "ORCD_STRUCTURED=1", "ORCD_SCHEMA="+schema)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("node client.mjs: %v\n%s", err, stderr.String())
+	}
+	var r struct {
+		Structured struct {
+			Chat, ChatStreamed, Responses string
+			Required, Named               struct {
+				Finish string
+				Calls  []chatToolCall
+			}
+		}
+	}
+	if err := json.Unmarshal(out, &r); err != nil {
+		t.Fatalf("client output %s: %v", out, err)
+	}
+	st := r.Structured
+	for _, answer := range []string{st.Chat, st.ChatStreamed, st.Responses} {
+		schematest.Check(t, schema, answer)
+	}
+	for _, c := range []struct {
+		Finish string
+		Calls  []chatToolCall
+	}{st.Required, st.Named} {
+		if c.Finish != "tool_calls" || len(c.Calls) != 1 || c.Calls[0].Function.Name != "answer" {
+			t.Fatalf("forced call: %+v", c)
+		}
+		schematest.Check(t, schema, c.Calls[0].Function.Arguments)
 	}
 }

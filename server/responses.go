@@ -32,6 +32,8 @@ type responsesRequest struct {
 		Summary json.RawMessage `json:"summary"` // no summaries: reasoning comes as text
 	} `json:"reasoning"`
 	MaxOutputTokens *int `json:"max_output_tokens"`
+	// MaxReasoningTokens is as chat's max_reasoning_tokens.
+	MaxReasoningTokens *int `json:"max_reasoning_tokens"`
 	samplingFields
 	Stream             bool    `json:"stream"`
 	Store              *bool   `json:"store"`
@@ -225,9 +227,17 @@ func (body *responsesRequest) messages(history []chatMessage, unknown *tolerance
 // as a system message, then the conversation.
 func (body *responsesRequest) chatBody(msgs []chatMessage) (*chatRequest, error) {
 	c := &chatRequest{
-		commonFields:      commonFields{Model: body.Model, MaxTokens: body.MaxOutputTokens, samplingFields: body.samplingFields},
-		ToolChoice:        body.ToolChoice,
-		ParallelToolCalls: body.ParallelToolCalls,
+		commonFields:       commonFields{Model: body.Model, MaxTokens: body.MaxOutputTokens, samplingFields: body.samplingFields},
+		ToolChoice:         body.ToolChoice,
+		ParallelToolCalls:  body.ParallelToolCalls,
+		MaxReasoningTokens: body.MaxReasoningTokens,
+	}
+	if body.Text != nil {
+		f, err := formatAsChat(body.Text.Format)
+		if err != nil {
+			return nil, err
+		}
+		c.ResponseFormat = f
 	}
 	if body.Instructions != nil && *body.Instructions != "" {
 		c.Messages = append(c.Messages, textMessage("system", *body.Instructions))
@@ -260,6 +270,7 @@ func (body *responsesRequest) chatBody(msgs []chatMessage) (*chatRequest, error)
 		}{"function", function{t.Name, t.Description, t.Parameters}})
 		ct.Type = "function"
 		ct.Function.Name, ct.Function.Description, ct.Function.Parameters = t.Name, t.Description, t.Parameters
+		ct.Function.Strict = t.Strict
 		c.Tools = append(c.Tools, ct)
 	}
 	return c, nil
@@ -276,15 +287,8 @@ func (s *Server) checkResponse(body *responsesRequest) error {
 			return invalid(fmt.Sprintf("max_output_tokens: %d is outside [1, %d]", *m, limit))
 		}
 	}
-	tc, err := parseToolChoice("tool_choice", body.ToolChoice)
-	if err != nil {
-		return err
-	}
-	var format json.RawMessage
-	if body.Text != nil {
-		format = body.Text.Format
-	}
-	return notSupportedYet("tool_choice", tc, "text.format", format)
+	_, err := parseToolChoice("tool_choice", body.ToolChoice)
+	return err
 }
 
 // responseRequest checks a /v1/responses body and returns its engine
@@ -328,8 +332,10 @@ func responsesPath(e apiError) apiError {
 	case !ok:
 	case field == "messages" || strings.HasPrefix(field, "messages["):
 		e.message = "input: " + rest
-	case strings.HasPrefix(field, "tools["):
+	case strings.HasPrefix(field, "tools["), strings.HasPrefix(field, "tool_choice."):
 		e.message = strings.Replace(field, ".function.", ".", 1) + ": " + rest
+	case strings.HasPrefix(field, "response_format"):
+		e.message = formatPath(field) + ": " + rest
 	}
 	return e
 }
@@ -651,6 +657,10 @@ func (s *Server) handleResponses(w http.ResponseWriter, r *http.Request) {
 	}
 	if resp.Metadata == nil {
 		resp.Metadata = map[string]string{}
+	}
+	if body.Text != nil && len(bytes.TrimSpace(body.Text.Format)) > 0 && string(bytes.TrimSpace(body.Text.Format)) != "null" {
+		// Echo the format asked for (checked already).
+		resp.Text, _ = json.Marshal(map[string]json.RawMessage{"format": body.Text.Format})
 	}
 	if len(bytes.TrimSpace(resp.ToolChoice)) == 0 {
 		resp.ToolChoice = json.RawMessage(`"auto"`)

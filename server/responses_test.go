@@ -317,11 +317,10 @@ func TestResponsesErrors(t *testing.T) {
 	for _, c := range []struct {
 		body, param string
 	}{
-		{`{"input":"hi","text":{"format":{"type":"json_schema","name":"x","schema":{}}}}`, "text.format"},
-		{`{"input":"hi","text":{"format":{"type":"json_object"}}}`, "text.format"},
+		{`{"input":"hi","text":{"format":{"type":"json_schema","name":"x","schema":{"type":"string","pattern":"a"}}}}`, "text.format.schema"},
 		{`{"input":"hi","text":{"format":{"type":"yaml"}}}`, "text.format.type"},
-		{`{"input":"hi","tools":[` + mustJSON(weatherTool) + `],"tool_choice":"required"}`, "tool_choice"},
-		{`{"input":"hi","tool_choice":{"type":"function","name":"get_weather"}}`, "tool_choice"},
+		{`{"input":"hi","tool_choice":"required"}`, "tool_choice"},
+		{`{"input":"hi","tool_choice":{"type":"function","name":"get_weather"}}`, "tool_choice.name"},
 		{`{"input":"hi","tools":[{"type":"web_search"}]}`, "tools[0].type"},
 		{`{"input":"hi","tools":[{"type":"function","name":"a.b"}]}`, "tools[0].name"},
 		{`{"input":"hi","max_output_tokens":0}`, "max_output_tokens"},

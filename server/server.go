@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"orcd/chat"
+	"orcd/constrain"
 	"orcd/engine"
 	"orcd/harmony"
 )
@@ -142,6 +143,10 @@ type Server struct {
 	// mootLogged holds the ignored request fields already logged.
 	mootLogged sync.Map
 	responses  *responseStore
+	// vocab is the vocabulary prepared for structured output, built at
+	// the first request that needs it.
+	vocabOnce sync.Once
+	vocab     *constrain.Vocab
 }
 
 // New returns a server for cfg.

@@ -37,7 +37,6 @@ var mootFields = map[string]bool{
 var unimplementedFields = map[string]string{
 	"logit_bias":         "logit biases are not supported",
 	"top_logprobs":       "log probabilities are supported on chat and completions only",
-	"response_format":    "structured output is not supported yet",
 	"suffix":             "insertion (suffix) is not supported",
 	"best_of":            "best_of is not supported; use n",
 	"prediction":         "predicted outputs are not supported",
@@ -76,7 +75,7 @@ func asksNothing(path string, raw json.RawMessage) bool {
 		}
 		return len(x) == 0
 	case map[string]any:
-		return len(x) == 0 || path == "response_format" && len(x) == 1 && x["type"] == "text"
+		return len(x) == 0
 	}
 	return false
 }
@@ -218,32 +217,4 @@ func parseToolChoice(param string, raw json.RawMessage) (toolChoice, error) {
 		return toolChoice{}, err
 	}
 	return toolChoice{forced: &name}, nil
-}
-
-// notSupportedYet refuses what needs constrained decoding, which orcd
-// does not have yet: a forced tool call (tool_choice "required" or a named
-// function) and a structured-output format ({type: json_schema or
-// json_object}, as response_format or text.format). formatParam and format
-// may be empty. The error's param names the field.
-func notSupportedYet(choiceParam string, choice toolChoice, formatParam string, format json.RawMessage) error {
-	if choice.forced != nil {
-		return invalid(choiceParam + ": forcing a tool call is not supported yet; use \"auto\" or \"none\"")
-	}
-	format = bytes.TrimSpace(format)
-	if len(format) == 0 || string(format) == "null" {
-		return nil
-	}
-	var f struct {
-		Type string `json:"type"`
-	}
-	if json.Unmarshal(format, &f) != nil || f.Type == "" {
-		return invalid(formatParam + `: expected an object with a type ("text", "json_schema" or "json_object")`)
-	}
-	switch f.Type {
-	case "text":
-		return nil
-	case "json_schema", "json_object":
-		return invalid(formatParam + ": structured output (" + f.Type + ") is not supported yet")
-	}
-	return invalid(fmt.Sprintf("%s.type: %q is not text, json_schema or json_object", formatParam, clip(f.Type)))
 }

@@ -86,6 +86,9 @@ func (Tokenizer) TokenText(id int32) string {
 	return ""
 }
 
+// VocabSize is the number of token ids.
+func (Tokenizer) VocabSize() int { return VocabSize }
+
 // IsSpecial reports whether id is a special token.
 func (Tokenizer) IsSpecial(id int32) bool { return id >= 256 && int(id) < VocabSize }
 
@@ -541,7 +544,7 @@ func (l *fixedLogits) Sample([]backend.SampleParams, []int32) (bool, error) {
 	return false, nil
 }
 func (l *fixedLogits) Read(dst []float32) error {
-	for i := range l.rows {
+	for i := 0; i < l.rows && (i+1)*len(l.row) <= len(dst); i++ {
 		copy(dst[i*len(l.row):], l.row)
 	}
 	return nil

@@ -136,6 +136,29 @@ if (process.env.ORCD_TOOLS === '1') {
   out.responsesTool = { items: items(call), streamedItems: items(final), next: next.output_text };
 }
 
+// Structured output: response_format (plain and streamed), forced tool
+// calls (required and named) and the Responses API's text.format; the Go
+// test validates each against its schema.
+if (process.env.ORCD_STRUCTURED === '1') {
+  const schema = JSON.parse(process.env.ORCD_SCHEMA);
+  const response_format = { type: 'json_schema', json_schema: { name: 'answer', strict: true, schema } };
+  const st = {};
+  const c = await client.chat.completions.create({ model, messages, max_tokens: 200, seed: 5, response_format });
+  st.chat = c.choices[0].message.content;
+  const cs = await client.chat.completions.create({ model, messages, max_tokens: 200, seed: 6, response_format, stream: true });
+  st.chatStreamed = '';
+  for await (const chunk of cs) for (const ch of chunk.choices) st.chatStreamed += ch.delta.content ?? '';
+  const stools = [{ type: 'function', function: { name: 'answer', strict: true, parameters: schema } }];
+  for (const [key, tool_choice] of [['required', 'required'], ['named', { type: 'function', function: { name: 'answer' } }]]) {
+    const t = await client.chat.completions.create({ model, messages, tools: stools, tool_choice, max_tokens: 200 });
+    st[key] = { finish: t.choices[0].finish_reason, calls: t.choices[0].message.tool_calls ?? [] };
+  }
+  const rf = await client.responses.create({ model, input: 'Hello', max_output_tokens: 200,
+    text: { format: { type: 'json_schema', name: 'answer', strict: true, schema } } });
+  st.responses = rf.output_text;
+  out.structured = st;
+}
+
 // An invalid request surfaces as the SDK's typed error.
 try {
   await client.chat.completions.create({ model, messages, temperature: 5 });
