@@ -16,13 +16,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+
+	"orcd/internal/jsonorder"
 )
 
 // SchemaError is a schema the compiler cannot enforce: Keyword at Path
@@ -203,7 +204,7 @@ func compile(schema []byte) (*Grammar, error) {
 	if len(schema) > maxSchemaBytes {
 		return nil, &SchemaError{Msg: fmt.Sprintf("schema of %d bytes exceeds %d", len(schema), maxSchemaBytes)}
 	}
-	v, err := parseOrdered(schema)
+	v, err := jsonorder.Parse(schema, 4*maxSchemaDepth)
 	if err != nil {
 		return nil, &SchemaError{Msg: "not valid JSON: " + err.Error()}
 	}
@@ -354,7 +355,7 @@ func (c *compiler) compile(v any, path string, depth int) (*node, error) {
 }
 
 func (c *compiler) compileObject(s *object, path string, depth int) (*node, error) {
-	for _, k := range s.keys {
+	for _, k := range s.Keys {
 		switch k {
 		case "type", "properties", "required", "additionalProperties", "items", "enum", "const", "anyOf", "$ref":
 		default:
@@ -363,8 +364,8 @@ func (c *compiler) compileObject(s *object, path string, depth int) (*node, erro
 			}
 		}
 	}
-	if ref, ok := s.get("$ref"); ok {
-		for _, k := range s.keys {
+	if ref, ok := s.Get("$ref"); ok {
+		for _, k := range s.Keys {
 			if k != "$ref" && !annotations[k] {
 				return nil, &SchemaError{Path: path, Keyword: k, Msg: "not supported next to $ref"}
 			}
@@ -375,18 +376,18 @@ func (c *compiler) compileObject(s *object, path string, depth int) (*node, erro
 		}
 		return c.refNode(r), nil
 	}
-	if e, ok := s.get("enum"); ok {
+	if e, ok := s.Get("enum"); ok {
 		arr, ok := e.([]any)
 		if !ok {
 			return nil, &SchemaError{Path: path, Keyword: "enum", Msg: "must be an array"}
 		}
 		return c.literals(s, arr, path, "enum")
 	}
-	if e, ok := s.get("const"); ok {
+	if e, ok := s.Get("const"); ok {
 		return c.literals(s, []any{e}, path, "const")
 	}
-	if a, ok := s.get("anyOf"); ok {
-		if _, ok := s.get("type"); ok {
+	if a, ok := s.Get("anyOf"); ok {
+		if _, ok := s.Get("type"); ok {
 			return nil, &SchemaError{Path: path, Keyword: "type", Msg: "not supported next to anyOf"}
 		}
 		arr, ok := a.([]any)
@@ -403,10 +404,10 @@ func (c *compiler) compileObject(s *object, path string, depth int) (*node, erro
 		}
 		return n, nil
 	}
-	t, hasType := s.get("type")
+	t, hasType := s.Get("type")
 	if !hasType {
 		for _, k := range []string{"properties", "required", "additionalProperties", "items"} {
-			if _, ok := s.get(k); ok {
+			if _, ok := s.Get(k); ok {
 				return nil, &SchemaError{Path: path, Keyword: k, Msg: "needs a type"}
 			}
 		}
@@ -439,7 +440,7 @@ func (c *compiler) compileObject(s *object, path string, depth int) (*node, erro
 // typed compiles s as an instance of type t.
 func (c *compiler) typed(s *object, t, path string, depth int) (*node, error) {
 	onlyFor := func(kw, typ string) error {
-		if _, ok := s.get(kw); ok && t != typ {
+		if _, ok := s.Get(kw); ok && t != typ {
 			return &SchemaError{Path: path, Keyword: kw, Msg: "applies only to type " + typ}
 		}
 		return nil
@@ -457,7 +458,7 @@ func (c *compiler) typed(s *object, t, path string, depth int) (*node, error) {
 		return c.object(s, path, depth)
 	case "array":
 		n := c.newNode(kArray)
-		if it, ok := s.get("items"); ok {
+		if it, ok := s.Get("items"); ok {
 			in, err := c.compile(it, path+"/items", depth+1)
 			if err != nil {
 				return nil, err
@@ -486,12 +487,12 @@ func (c *compiler) typed(s *object, t, path string, depth int) (*node, error) {
 }
 
 func (c *compiler) object(s *object, path string, depth int) (*node, error) {
-	props, hasProps := s.get("properties")
-	if ap, ok := s.get("additionalProperties"); ok {
+	props, hasProps := s.Get("properties")
+	if ap, ok := s.Get("additionalProperties"); ok {
 		switch ap := ap.(type) {
 		case bool:
 		case *object:
-			if len(ap.keys) != 0 {
+			if len(ap.Keys) != 0 {
 				return nil, &SchemaError{Path: path, Keyword: "additionalProperties", Msg: "only true or false is supported"}
 			}
 		default:
@@ -499,7 +500,7 @@ func (c *compiler) object(s *object, path string, depth int) (*node, error) {
 		}
 	}
 	required := map[string]bool{}
-	if r, ok := s.get("required"); ok {
+	if r, ok := s.Get("required"); ok {
 		arr, ok := r.([]any)
 		if !ok {
 			return nil, &SchemaError{Path: path, Keyword: "required", Msg: "must be an array of strings"}
@@ -523,8 +524,8 @@ func (c *compiler) object(s *object, path string, depth int) (*node, error) {
 		return nil, &SchemaError{Path: path, Keyword: "properties", Msg: "must be an object"}
 	}
 	n := c.newNode(kObject)
-	for i, name := range po.keys {
-		vn, err := c.compile(po.vals[i], path+"/properties/"+escapePointer(name), depth+1)
+	for i, name := range po.Keys {
+		vn, err := c.compile(po.Vals[i], path+"/properties/"+escapePointer(name), depth+1)
 		if err != nil {
 			return nil, err
 		}
@@ -540,13 +541,13 @@ func (c *compiler) object(s *object, path string, depth int) (*node, error) {
 // literals compiles enum or const values, keeping those of the schema's
 // type when it has one.
 func (c *compiler) literals(s *object, vals []any, path, kw string) (*node, error) {
-	for _, k := range s.keys {
+	for _, k := range s.Keys {
 		if k != kw && k != "type" && !annotations[k] {
 			return nil, &SchemaError{Path: path, Keyword: k, Msg: "not supported next to " + kw}
 		}
 	}
 	var types []string
-	if t, ok := s.get("type"); ok {
+	if t, ok := s.Get("type"); ok {
 		switch t := t.(type) {
 		case string:
 			types = []string{t}
@@ -673,7 +674,7 @@ func (c *compiler) lookup(ref string) (any, string, error) {
 		if root == nil {
 			break
 		}
-		d, ok := root.get(defs[2 : len(defs)-1])
+		d, ok := root.Get(defs[2 : len(defs)-1])
 		if !ok {
 			break
 		}
@@ -681,7 +682,7 @@ func (c *compiler) lookup(ref string) (any, string, error) {
 		if !ok {
 			break
 		}
-		if t, ok := do.get(name); ok {
+		if t, ok := do.Get(name); ok {
 			return t, defs[1:] + escapePointer(name), nil
 		}
 	}
@@ -700,77 +701,7 @@ func clip(s string) string {
 }
 
 // object is a JSON object with its keys in document order.
-type object struct {
-	keys []string
-	vals []any
-}
-
-func (o *object) get(k string) (any, bool) {
-	for i, key := range o.keys {
-		if key == k {
-			return o.vals[i], true
-		}
-	}
-	return nil, false
-}
-
-// parseOrdered parses JSON keeping the order of object keys (schema order
-// is generation order); numbers stay json.Number.
-func parseOrdered(data []byte) (any, error) {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.UseNumber()
-	v, err := parseValue(dec, 0)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, errors.New("data after the schema")
-	}
-	return v, nil
-}
-
-func parseValue(dec *json.Decoder, depth int) (any, error) {
-	if depth > 4*maxSchemaDepth {
-		return nil, errors.New("nested too deep")
-	}
-	tok, err := dec.Token()
-	if err != nil {
-		return nil, err
-	}
-	switch tok {
-	case json.Delim('{'):
-		o := &object{}
-		for dec.More() {
-			kt, err := dec.Token()
-			if err != nil {
-				return nil, err
-			}
-			k, _ := kt.(string)
-			v, err := parseValue(dec, depth+1)
-			if err != nil {
-				return nil, err
-			}
-			if _, dup := o.get(k); dup {
-				return nil, fmt.Errorf("duplicate key %q", clip(k))
-			}
-			o.keys, o.vals = append(o.keys, k), append(o.vals, v)
-		}
-		_, err := dec.Token()
-		return o, err
-	case json.Delim('['):
-		arr := []any{}
-		for dec.More() {
-			v, err := parseValue(dec, depth+1)
-			if err != nil {
-				return nil, err
-			}
-			arr = append(arr, v)
-		}
-		_, err := dec.Token()
-		return arr, err
-	}
-	return tok, nil
-}
+type object = jsonorder.Object
 
 // encodeValue writes v as compact JSON, object keys in document order.
 func encodeValue(b *bytes.Buffer, v any) {
@@ -794,13 +725,13 @@ func encodeValue(b *bytes.Buffer, v any) {
 		b.WriteByte(']')
 	case *object:
 		b.WriteByte('{')
-		for i, k := range v.keys {
+		for i, k := range v.Keys {
 			if i > 0 {
 				b.WriteByte(',')
 			}
 			b.Write(encodeString(k))
 			b.WriteByte(':')
-			encodeValue(b, v.vals[i])
+			encodeValue(b, v.Vals[i])
 		}
 		b.WriteByte('}')
 	}

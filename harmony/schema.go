@@ -3,10 +3,10 @@ package harmony
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"strings"
+
+	"orcd/internal/jsonorder"
 )
 
 // ParametersError is a tool whose parameters schema cannot be rendered.
@@ -315,71 +315,40 @@ func (n *jsonNode) compact() string {
 	return n.literal()
 }
 
-// parseJSON parses one JSON value.
+// parseJSON parses one JSON value into a tree that keeps the order of
+// object keys.
 func parseJSON(data []byte) (*jsonNode, error) {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.UseNumber()
-	n, err := parseValue(dec, 0)
+	v, err := jsonorder.Parse(data, maxDepth)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, errors.New("trailing data after the JSON value")
-	}
-	return n, nil
+	return nodeOf(v), nil
 }
 
 // maxDepth bounds nesting so hostile input cannot exhaust the stack.
 const maxDepth = 64
 
-func parseValue(dec *json.Decoder, depth int) (*jsonNode, error) {
-	if depth > maxDepth {
-		return nil, fmt.Errorf("nesting deeper than %d", maxDepth)
-	}
-	tok, err := dec.Token()
-	if err != nil {
-		return nil, err
-	}
-	switch v := tok.(type) {
-	case json.Delim:
-		switch v {
-		case '{':
-			n := &jsonNode{kind: 'o'}
-			for dec.More() {
-				kt, err := dec.Token()
-				if err != nil {
-					return nil, err
-				}
-				val, err := parseValue(dec, depth+1)
-				if err != nil {
-					return nil, err
-				}
-				n.keys = append(n.keys, kt.(string))
-				n.vals = append(n.vals, val)
-			}
-			_, err := dec.Token() // '}'
-			return n, err
-		case '[':
-			n := &jsonNode{kind: 'a'}
-			for dec.More() {
-				val, err := parseValue(dec, depth+1)
-				if err != nil {
-					return nil, err
-				}
-				n.items = append(n.items, val)
-			}
-			_, err := dec.Token() // ']'
-			return n, err
+// nodeOf converts a value of jsonorder.Parse.
+func nodeOf(v any) *jsonNode {
+	switch v := v.(type) {
+	case *jsonorder.Object:
+		n := &jsonNode{kind: 'o', keys: v.Keys}
+		for _, x := range v.Vals {
+			n.vals = append(n.vals, nodeOf(x))
 		}
-		return nil, fmt.Errorf("unexpected %v", v)
+		return n
+	case []any:
+		n := &jsonNode{kind: 'a'}
+		for _, x := range v {
+			n.items = append(n.items, nodeOf(x))
+		}
+		return n
 	case string:
-		return &jsonNode{kind: 's', str: v}, nil
+		return &jsonNode{kind: 's', str: v}
 	case json.Number:
-		return &jsonNode{kind: 'n', str: v.String()}, nil
+		return &jsonNode{kind: 'n', str: v.String()}
 	case bool:
-		return &jsonNode{kind: 'b', str: fmt.Sprint(v)}, nil
-	case nil:
-		return &jsonNode{kind: 'z'}, nil
+		return &jsonNode{kind: 'b', str: fmt.Sprint(v)}
 	}
-	return nil, fmt.Errorf("unexpected token %v", tok)
+	return &jsonNode{kind: 'z'}
 }
