@@ -69,7 +69,7 @@ func TestLoadtestErrors(t *testing.T) {
 }
 
 // TestLoadtestKeepsConnections checks that each client reuses its
-// connection: --concurrency 8 opens at most 8, however many requests (with
+// connection: --concurrency 8 opens about 8, however many requests (with
 // net/http's default of 2 idle connections a host, most requests opened a
 // new one, and 256 clients briefly exceeded serve's 256 connections per IP).
 func TestLoadtestKeepsConnections(t *testing.T) {
@@ -86,8 +86,10 @@ func TestLoadtestKeepsConnections(t *testing.T) {
 	}
 	srv.Start()
 	defer srv.Close()
-	runMain([]string{"loadtest", "--url", srv.URL, "--concurrency", "8", "--requests", "64", "--format", "json"}, nil, io.Discard, io.Discard)
-	if n := opened.Load(); n > 8 {
-		t.Errorf("64 requests by 8 clients opened %d connections, want at most 8", n)
+	runMain([]string{"loadtest", "--url", srv.URL, "--concurrency", "8", "--requests", "256", "--format", "json"}, nil, io.Discard, io.Discard)
+	// A client may dial once more while its last connection is being
+	// handed back; without reuse, 256 requests opened ~70.
+	if n := opened.Load(); n > 12 {
+		t.Errorf("256 requests by 8 clients opened %d connections, want at most 12", n)
 	}
 }
