@@ -127,10 +127,8 @@ type KV interface {
 type Logits interface {
 	// Rows is the number of rows.
 	Rows() int
-	// Read waits for the step and copies the first len(dst)/VocabSize
-	// rows of logits to dst, which holds at most Rows()·VocabSize values
-	// (a prefix of the rows costs a prefix of the transfer). It returns
-	// the step's error, if any.
+	// Read waits for the step and copies the logits to dst, which holds
+	// Rows()·VocabSize values. It returns the step's error, if any.
 	Read(dst []float32) error
 	// Tensor is the Rows×VocabSize logits in backend memory, for ops that
 	// read them on the device; nil when they are on the host.

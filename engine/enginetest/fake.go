@@ -544,7 +544,7 @@ func (l *fixedLogits) Sample([]backend.SampleParams, []int32) (bool, error) {
 	return false, nil
 }
 func (l *fixedLogits) Read(dst []float32) error {
-	for i := 0; i < l.rows && (i+1)*len(l.row) <= len(dst); i++ {
+	for i := range l.rows {
 		copy(dst[i*len(l.row):], l.row)
 	}
 	return nil
