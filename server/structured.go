@@ -22,6 +22,17 @@ import (
 // structured answer is forced, by reasoning effort.
 var reasoningBudgets = map[string]int{"low": 1024, "": 4096, "medium": 4096, "high": 16384}
 
+// responseFormat is chat's response_format.
+type responseFormat struct {
+	Type       string `json:"type"`
+	JSONSchema *struct {
+		Name        string          `json:"name"`
+		Description string          `json:"description"`
+		Schema      json.RawMessage `json:"schema"`
+		Strict      *bool           `json:"strict"`
+	} `json:"json_schema"`
+}
+
 // parseFormat checks a response format, in the chat shape {type,
 // json_schema: {name, schema, strict}}, and compiles it; nil for "text" or
 // none. param names the field.
@@ -30,14 +41,7 @@ func parseFormat(param string, raw json.RawMessage) (*grammar.Grammar, error) {
 	if len(raw) == 0 || string(raw) == "null" {
 		return nil, nil
 	}
-	var f struct {
-		Type       string `json:"type"`
-		JSONSchema *struct {
-			Name   string          `json:"name"`
-			Schema json.RawMessage `json:"schema"`
-			Strict *bool           `json:"strict"`
-		} `json:"json_schema"`
-	}
+	var f responseFormat
 	if json.Unmarshal(raw, &f) != nil || f.Type == "" {
 		return nil, invalid(param + `: expected an object with a type ("text", "json_schema" or "json_object")`)
 	}
@@ -62,14 +66,7 @@ func parseFormat(param string, raw json.RawMessage) (*grammar.Grammar, error) {
 // harmony prompt (nil for other formats); the format was checked by
 // parseFormat.
 func promptFormat(raw json.RawMessage) *harmony.Format {
-	var f struct {
-		Type       string `json:"type"`
-		JSONSchema *struct {
-			Name        string          `json:"name"`
-			Description string          `json:"description"`
-			Schema      json.RawMessage `json:"schema"`
-		} `json:"json_schema"`
-	}
+	var f responseFormat
 	if json.Unmarshal(raw, &f) != nil || f.Type != "json_schema" || f.JSONSchema == nil || !json.Valid(f.JSONSchema.Schema) {
 		return nil
 	}
