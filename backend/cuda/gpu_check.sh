@@ -23,7 +23,7 @@ if [ "$what" != bench ]; then
   grep -E "^(--- |ok|FAIL|PASS|panic)|relative error|max relative|steady" "$OUT/test.log" | head -60 >>"$summary"
   if [ -x $BIN/engine.test ]; then
     # The device sampler against the host sampler's distribution.
-    (cd engine && timeout 120 ../$BIN/engine.test -test.v -test.run DeviceSampler) >"$OUT/engine.log" 2>&1
+    (cd engine && timeout 120 ../$BIN/engine.test -test.v -test.run Device) >"$OUT/engine.log" 2>&1
     echo "engine tests rc=$?" >>"$summary"
     grep -E "^(--- |ok|FAIL|PASS|panic)|chi-square|drew" "$OUT/engine.log" | head -30 >>"$summary"
   fi

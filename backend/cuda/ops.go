@@ -706,9 +706,11 @@ func attnSplits(p backend.AttentionParams, blocks, sms int) int {
 	return max(s, 1)
 }
 
-// attnSplitKeys is the fewest keys worth a split of their own: a block
-// of partial attention costs a few microseconds whatever its length.
-const attnSplitKeys = 256
+// attnSplitKeys is the fewest keys of a split: one tile of the kernel.
+// Few rows (a decode step of one sequence is 8 blocks for gpt-oss's 8 KV
+// heads) leave most of the chip idle, so splitting even short caches into
+// tiles pays (NOTES.md #20).
+const attnSplitKeys = 32
 
 // MoE is the fused mixture of experts (backend.FusedMoE): the router's
 // product and top-k (one kernel for a decode step of F32 router weights),
