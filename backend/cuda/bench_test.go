@@ -1,6 +1,8 @@
 package cuda
 
 import (
+	"fmt"
+	"math"
 	"math/rand/v2"
 	"testing"
 
@@ -95,23 +97,59 @@ func BenchmarkMatMulMXFP4N2048(b *testing.B) {
 
 // BenchmarkMoEDecode is one token through a 32-expert top-4 block; the
 // bytes are those of the 4 selected experts' three matrices.
-func BenchmarkMoEDecode(b *testing.B) {
+func BenchmarkMoEDecode(b *testing.B) { benchMoE(b, 1) }
+
+// benchMoE runs n tokens of random activations through a 32-expert top-4
+// block of gpt-oss-20b's shape and reports the bytes of the experts the
+// router selected (at least one token each) per second.
+func benchMoE(b *testing.B, n int) {
 	be := benchBackend(b)
-	const hidden, ff, nExp = 2880, 2880, 32
+	const hidden, ff, nExp, topK = 2880, 2880, 32, 4
+	r := rand.New(rand.NewPCG(3, 4))
+	router := randF32(r, hidden*nExp, 1)
+	rb, err := tensor.Quantize(tensor.F32, router)
+	if err != nil {
+		b.Fatal(err)
+	}
+	rt, err := be.Upload("router", tensor.F32, []int{hidden, nExp}, rb)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer be.Free(rt)
 	w := &backend.MoEWeights{
-		Router: benchWeights(b, be, tensor.F32, []int{hidden, nExp}),
+		Router: rt,
 		ExpertWeights: backend.ExpertWeights{
 			Gate: benchWeights(b, be, tensor.MXFP4, []int{hidden, ff, nExp}),
 			Up:   benchWeights(b, be, tensor.MXFP4, []int{hidden, ff, nExp}),
 			Down: benchWeights(b, be, tensor.MXFP4, []int{ff, hidden, nExp}),
 		},
 	}
-	x, _ := be.NewF32(1, hidden)
-	dst, _ := be.NewF32(1, hidden)
+	xs := randF32(r, n*hidden, 1)
+	x, _ := be.NewF32(n, hidden)
+	dst, _ := be.NewF32(n, hidden)
 	defer be.Free(x)
 	defer be.Free(dst)
-	be.WriteF32(x, randF32(rand.New(rand.NewPCG(3, 4)), hidden, 1))
-	p := backend.MoEParams{TopK: 4, SwiGLU: backend.SwiGLUParams{Alpha: 1.702, Limit: 7, UpShift: 1}}
+	be.WriteF32(x, xs)
+	// The experts the step touches, from the router's top-k on the host.
+	used := map[int]bool{}
+	for i := 0; i < n; i++ {
+		logit := make([]float64, nExp)
+		for e := range logit {
+			for k := 0; k < hidden; k++ {
+				logit[e] += float64(xs[i*hidden+k]) * float64(router[e*hidden+k])
+			}
+		}
+		for range topK {
+			best := 0
+			for e := range logit {
+				if logit[e] > logit[best] {
+					best = e
+				}
+			}
+			used[best], logit[best] = true, math.Inf(-1)
+		}
+	}
+	p := backend.MoEParams{TopK: topK, SwiGLU: backend.SwiGLUParams{Alpha: 1.702, Limit: 7, UpShift: 1}}
 	be.MoE(dst, x, w, p)
 	if err := be.Sync(); err != nil {
 		b.Fatal(err)
@@ -123,6 +161,17 @@ func BenchmarkMoEDecode(b *testing.B) {
 	if err := be.Sync(); err != nil {
 		b.Fatal(err)
 	}
-	size, _ := tensor.MXFP4.RowSize(3 * 4 * hidden * ff)
-	b.ReportMetric(float64(size)/(b.Elapsed().Seconds()/float64(b.N))/1e9, "GB/s")
+	size, _ := tensor.MXFP4.RowSize(int64(3 * len(used) * hidden * ff))
+	sec := b.Elapsed().Seconds() / float64(b.N)
+	b.ReportMetric(float64(size)/sec/1e9, "GB/s")
+	b.ReportMetric(sec*1e6, "µs/step")
+}
+
+// BenchmarkMoEStep is a batched step of n tokens through a 32-expert
+// top-4 block (the grouped kernels of mqvec_grouped.cu from 5 tokens);
+// the bytes are those of every expert the step selects.
+func BenchmarkMoEStep(b *testing.B) {
+	for _, n := range []int{8, 64, 256} {
+		b.Run(fmt.Sprintf("n=%d", n), func(b *testing.B) { benchMoE(b, n) })
+	}
 }
