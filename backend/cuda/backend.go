@@ -130,10 +130,12 @@ type Backend struct {
 	// beyond the default 48 KiB.
 	bigShmem map[string]int
 
-	name  string
-	arch  int // compute capability, e.g. 90
-	sms   int
-	total int64
+	name string
+	arch int // compute capability, e.g. 90
+	// maxShmem is the most shared memory a block may opt into, in bytes.
+	maxShmem int
+	sms      int
+	total    int64
 
 	mem       allocator
 	noGraphs  bool
@@ -228,6 +230,9 @@ func (b *Backend) open(device int) error {
 		return err
 	}
 	b.arch = major*10 + minor
+	if b.maxShmem, err = d.deviceAttr(b.dev, cuDeviceAttrMaxSharedPerBlockOptin); err != nil {
+		return err
+	}
 	if b.sms, err = d.deviceAttr(b.dev, cuDeviceAttrMultiprocessorCount); err != nil {
 		return err
 	}

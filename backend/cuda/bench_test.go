@@ -91,6 +91,10 @@ func benchMatMul(b *testing.B, typ tensor.Type, in, out, n int) {
 func BenchmarkMatVecQ8LMHead(b *testing.B) { benchMatMul(b, tensor.Q8_0, 2880, 201088, 1) }
 func BenchmarkMatVecQ8QProj(b *testing.B)  { benchMatMul(b, tensor.Q8_0, 2880, 4096, 1) }
 func BenchmarkMatMulQ8N2048(b *testing.B)  { benchMatMul(b, tensor.Q8_0, 2880, 4096, 2048) }
+
+// The dense products of a 64-sequence decode step (continuous batching).
+func BenchmarkMatMulQ8LMHeadN64(b *testing.B) { benchMatMul(b, tensor.Q8_0, 2880, 201088, 64) }
+func BenchmarkMatMulQ8QProjN64(b *testing.B)  { benchMatMul(b, tensor.Q8_0, 2880, 4096, 64) }
 func BenchmarkMatMulMXFP4N2048(b *testing.B) {
 	benchMatMul(b, tensor.MXFP4, 2880, 2880, 2048)
 }

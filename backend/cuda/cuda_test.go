@@ -551,7 +551,7 @@ func TestMoE(t *testing.T) {
 		set(&w.DownBias, &ref.DownBias, p.f32(nExp, hidden, randF32(r, hidden*nExp, 1)))
 		for _, act := range []backend.SwiGLUParams{{Alpha: 1.702, Limit: 7, UpShift: 1}, {Alpha: 1}} {
 			mp := backend.MoEParams{TopK: 3, SwiGLU: act}
-			for _, n := range []int{1, 4, 8, 70, 200, 300} {
+			for _, n := range []int{1, 4, 8, 24, 70, 200, 300} { // 8, 24, 70: grouped passes of 2, 4, 8 quads
 				x := p.f32(n, hidden, randF32(r, n*hidden, 0.2))
 				dst := p.f32(n, hidden, nil)
 				tol := 1e-4

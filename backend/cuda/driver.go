@@ -58,6 +58,7 @@ const (
 	cuDeviceAttrMultiprocessorCount    = 16
 	cuDeviceAttrComputeCapabilityMajor = 75
 	cuDeviceAttrComputeCapabilityMinor = 76
+	cuDeviceAttrMaxSharedPerBlockOptin = 97
 
 	cuFuncAttrMaxDynamicSharedSize = 8
 

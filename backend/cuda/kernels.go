@@ -37,6 +37,11 @@ const (
 	// mqTokens tokens against Q8_0 or MXFP4 weights (MoE experts and dense
 	// products); larger ones take the f16 tile kernels.
 	mqgTokens = 256
+	// The grouped kernels stream weights and x through shared memory
+	// mqgStage 32-element chunks at a time, mqgStages stages in flight
+	// (MQG_STAGE, MQG_STAGES).
+	mqgStage  = 4
+	mqgStages = 4
 	// mqDownWarps: an mq_down block has a warp per selected expert or
 	// more, so top-k above it takes the float kernels (MQ_DOWN_WARPS).
 	mqDownWarps = 16
@@ -62,7 +67,7 @@ var kernelDefines = []struct {
 }{
 	{"MV_TOKENS", mvTokens}, {"MV_WARPS", mvWarps}, {"MV_ROWS", mvRows},
 	{"MQ_TOKENS", mqTokens}, {"MQ_CHUNK", mqChunk}, {"MQ_WARPS", mqWarps}, {"MQ_KSPLIT", mqKSplit},
-	{"MQ_DOWN_WARPS", mqDownWarps}, {"MOE_MAX_K", moeMaxK}, {"ROUTE_TOKENS", mqTokens},
+	{"MQ_DOWN_WARPS", mqDownWarps}, {"MQG_STAGE", mqgStage}, {"MQG_STAGES", mqgStages}, {"MOE_MAX_K", moeMaxK}, {"ROUTE_TOKENS", mqTokens},
 	{"MM_BM", mmTile}, {"MM_BN", mmTile}, {"FA_D", flashDim}, {"FA_ROWS", flashRows}, {"FA_THREADS", flashThreads},
 	{"SAMPLE_THREADS", sampleThreads}, {"SAMPLE_PARAM_BYTES", sampleParamBytes},
 }
@@ -301,19 +306,73 @@ func (b *Backend) mqQuantRows(q rowQuant, x uintptr, n, in int) {
 	b.launch("mq_quant_rows", grid2((in/32+3)/4, n), threads(128), 0, dptr(q.q), dptr(q.d), dptr(x), cint(in))
 }
 
-func (b *Backend) mqgGateup(gate, up *Tensor, h, x rowQuant, in int, gb, ub, starts, xrows uintptr, ff, nExp int, act backend.SwiGLUParams) {
-	b.launch("mqg_gateup_"+suffix(gate.typ), grid2(ff/32, nExp), threads(64*mqKSplit), 0,
+// mqgQuads is the quads of tokens (Q) of a grouped kernel's pass when each
+// weight row meets perRow tokens a step (an expert's share of the
+// assignments, or every row of a dense product): the smallest of 2, 4 and
+// 8 whose pass holds them, since a block's registers and shared memory
+// grow with Q and small blocks start more weight streams.
+func mqgQuads(perRow int) int {
+	switch {
+	case perRow <= 8:
+		return 2
+	case perRow <= 16:
+		return 4
+	}
+	return 8
+}
+
+// mqgShmem is the dynamic shared memory of a grouped block of rows rows of
+// np matrices of type t, in columns, and q token quads (mqvec_grouped.cu's
+// MqgSmem): the weights' scales, x's scales and rows, the weight and x
+// stages.
+func mqgShmem(t tensor.Type, np, q, rows, in int) int {
+	chunk, scale := 16, 1 // MXFP4
+	if t == tensor.Q8_0 {
+		chunk, scale = 32, 2
+	}
+	nblk, tokens := in/32, 4*q
+	return np*rows*nblk*scale + tokens*nblk*4 + tokens*4 +
+		mqgStages*np*rows*(mqgStage*chunk+16) + mqgStages*tokens*(mqgStage*64+64)
+}
+
+// mqgFits says whether a grouped block of np matrices of type t, in
+// columns, fits the device's shared memory at its largest.
+func (b *Backend) mqgFits(t tensor.Type, np, in int) bool {
+	return mqgShmem(t, np, 8, 64, in) <= b.maxShmem
+}
+
+// mqgGrid is the grid of a grouped launch: passes of 4q tokens (the most
+// any expert can hold: every one of the step's n tokens) by tiles of rows
+// rows by experts. The passes of one tile are neighbours, so all but the
+// first find its weights in L2, and passes past an expert's tokens return
+// at once.
+func mqgGrid(n, q, rows, out, nExp int) [3]int {
+	return grid3((n+4*q-1)/(4*q), (out+rows-1)/rows, nExp)
+}
+
+func (b *Backend) mqgGateup(gate, up *Tensor, h, x rowQuant, in int, gb, ub, starts, xrows uintptr, ff, n, k, nExp int, act backend.SwiGLUParams) {
+	q := mqgQuads((n*k + nExp - 1) / nExp)
+	b.launch(fmt.Sprintf("mqg_gateup_%s_q%d", suffix(gate.typ), q), mqgGrid(n, q, 64, ff, nExp), threads(128), mqgShmem(gate.typ, 2, q, 64, in),
 		dptr(h.q), dptr(h.d), dptr(x.q), dptr(x.d), dptr(gate.ptr), dptr(gate.aux), dptr(up.ptr), dptr(up.aux), cint(in),
 		dptr(gb), dptr(ub), dptr(starts), dptr(xrows), cint(ff), cfloat(act.Alpha), cfloat(act.Limit), cfloat(act.UpShift))
 }
 
+// mqgMatmul takes 64-row blocks, or 16-row ones (mqg_matmul16_*, whose
+// warps split the inner dimension) where 64-row blocks would not give each
+// SM two.
 func (b *Backend) mqgMatmul(w *Tensor, dst uintptr, x rowQuant, in int, bias uintptr, n, out int) {
-	b.launch("mqg_matmul_"+suffix(w.typ), grid2((n+31)/32, (out+31)/32), threads(64*mqKSplit), 0,
+	q := mqgQuads(n)
+	name, rows := "mqg_matmul_", 64
+	if g := mqgGrid(n, q, rows, out, 1); g[0]*g[1] < 2*b.sms {
+		name, rows = "mqg_matmul16_", 16
+	}
+	b.launch(fmt.Sprintf("%s%s_q%d", name, suffix(w.typ), q), mqgGrid(n, q, rows, out, 1), threads(128), mqgShmem(w.typ, 1, q, rows, in),
 		dptr(dst), dptr(x.q), dptr(x.d), dptr(w.ptr), dptr(w.aux), cint(in), dptr(bias), cint(n), cint(out))
 }
 
-func (b *Backend) mqgDown(down *Tensor, y uintptr, h rowQuant, in int, db, starts uintptr, hidden, nExp int) {
-	b.launch("mqg_down_"+suffix(down.typ), grid2(hidden/32, nExp), threads(64*mqKSplit), 0,
+func (b *Backend) mqgDown(down *Tensor, y uintptr, h rowQuant, in int, db, starts uintptr, hidden, n, k, nExp int) {
+	q := mqgQuads((n*k + nExp - 1) / nExp)
+	b.launch(fmt.Sprintf("mqg_down_%s_q%d", suffix(down.typ), q), mqgGrid(n, q, 64, hidden, nExp), threads(128), mqgShmem(down.typ, 1, q, 64, in),
 		dptr(y), dptr(h.q), dptr(h.d), dptr(down.ptr), dptr(down.aux), cint(in), dptr(db), dptr(starts), cint(hidden))
 }
 

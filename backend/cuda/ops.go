@@ -177,7 +177,7 @@ func (b *Backend) MatMul(dst, x, w, bias backend.Tensor) {
 		}
 		return
 	}
-	if a.n <= mqgTokens && mqTypes[a.w.typ] && !b.invariant {
+	if a.n <= mqgTokens && mqTypes[a.w.typ] && !b.invariant && b.mqgFits(a.w.typ, 1, a.in) {
 		if q, ok := b.rowInput("MatMul", a.x, a.n, a.in); ok {
 			b.mqgMatmul(a.w, a.dst.ptr, q, a.in, a.bias, a.n, a.out)
 		}
@@ -214,7 +214,7 @@ func (b *Backend) MatMulQKV(q, k, v, x, wq, wk, wv, bq, bk, bv backend.Tensor) {
 	}
 	typ := a[0].w.typ
 	same := mqTypes[typ] && a[1].w.typ == typ && a[2].w.typ == typ && !b.invariant
-	if same && a[0].n > mqTokens && a[0].n <= mqgTokens {
+	if same && a[0].n > mqTokens && a[0].n <= mqgTokens && b.mqgFits(typ, 1, a[0].in) {
 		// The middle sizes: x quantized once for the three products.
 		defer b.bind()()
 		if qx, ok := b.rowInput("MatMulQKV", a[0].x, a[0].n, a[0].in); ok {
@@ -871,7 +871,8 @@ func (b *Backend) expertArgs(op string, dst backend.Tensor, xs *Tensor, n, k int
 // experts) or one grouped f16 tensor-core matmul per projection.
 func (b *Backend) experts(op string, e expertCall, ids, wts uintptr, act backend.SwiGLUParams) {
 	n, k, hidden, ff, nExp := e.n, e.k, e.hidden, e.ff, e.nExp
-	l := moeLayout(n, k, nExp, hidden, ff, e.gate.typ, e.down.typ, b.invariant)
+	fits := b.mqgFits(e.gate.typ, 2, hidden) && b.mqgFits(e.down.typ, 1, ff)
+	l := moeLayout(n, k, nExp, hidden, ff, e.gate.typ, e.down.typ, b.invariant, fits)
 	ws, err := b.scratch("moe", l.size)
 	if err != nil {
 		b.fail(fmt.Errorf("%s: %w", op, err))
@@ -895,8 +896,8 @@ func (b *Backend) experts(op string, e expertCall, ids, wts uintptr, act backend
 		b.moeGroup(starts, xrows, slotRow, at(l.counts), ids, n, k, nExp)
 		q, h := rowQuant{q: at(l.qx), d: at(l.dx)}, rowQuant{q: at(l.qh), d: at(l.dh)}
 		b.mqQuantRows(q, xs.ptr, n, hidden)
-		b.mqgGateup(e.gate, e.up, h, q, hidden, e.gb, e.ub, starts, xrows, ff, nExp, act)
-		b.mqgDown(e.down, at(l.y), h, ff, e.db, starts, hidden, nExp)
+		b.mqgGateup(e.gate, e.up, h, q, hidden, e.gb, e.ub, starts, xrows, ff, n, k, nExp, act)
+		b.mqgDown(e.down, at(l.y), h, ff, e.db, starts, hidden, n, k, nExp)
 		b.moeCombine(d.ptr, at(l.y), wts, slotRow, k, hidden, n)
 	case !l.grouped:
 		b.moeGateup(e.gate, e.up, at(l.h), xs.ptr, hidden, e.gb, e.ub, ids, k, ff, na, act)
@@ -928,14 +929,12 @@ type moeWorkspace struct {
 }
 
 // moeLayout picks the experts' kernels for n rows (a batch-invariant
-// backend takes the grouped tiles at every n) and lays out their workspace.
-func moeLayout(n, k, nExp, hidden, ff int, gate, down tensor.Type, invariant bool) moeWorkspace {
+// backend takes the grouped tiles at every n; mqgFits: the grouped integer
+// kernels' blocks fit in shared memory) and lays out their workspace.
+func moeLayout(n, k, nExp, hidden, ff int, gate, down tensor.Type, invariant, mqgFits bool) moeWorkspace {
 	var l moeWorkspace
 	l.mq = n <= mqTokens && mqTypes[gate] && down == gate && k <= mqDownWarps && !invariant
-	// mqg addresses the quantized h (na rows of ff/32 chunks of 64 bytes)
-	// with 32-bit offsets.
-	fits := int64(n)*int64(k)*int64(max(ff, hidden)/32)*64 < 1<<31
-	l.mqg = n > mqTokens && n <= mqgTokens && mqTypes[gate] && down == gate && !invariant && fits
+	l.mqg = n > mqTokens && n <= mqgTokens && mqTypes[gate] && down == gate && !invariant && mqgFits
 	l.grouped = !l.mqg && (n > mqTokens || invariant) && tileTypes[gate] && tileTypes[down]
 	na := int64(n) * int64(k)
 	var off int64

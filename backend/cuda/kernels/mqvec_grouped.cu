@@ -5,158 +5,205 @@
 //
 // The assignments are first counting-sorted by expert (moe_group), so each
 // selected expert's weights are read once a step, and a weight chunk, once
-// decoded to int8, serves every token of its expert: a block owns 32 rows of
-// one expert's matrix (two row groups of 16 × MQ_KSPLIT warps splitting the
-// inner dimension) and walks its expert's tokens MQG_QUADS quads (4 tokens,
-// 8 MMA columns) at a time. The grouped f16 tile kernel (matmul.cu), which
-// these replace below the prefill sizes, read each expert's rows once per 64
-// tokens too, but with one 32-element chunk in flight a thread, so at a few
-// tokens an expert it was bound by DRAM latency, not bandwidth.
+// decoded to int8, serves every token of its expert. A block owns 64 rows
+// of one expert's matrices (gate and up together, or down) and up to 4·Q
+// tokens of that expert (a pass; an expert with more tokens takes more
+// passes, neighbouring blocks that find its weights in L2). Its four warps
+// own 16 rows each and the whole inner dimension; dense products too small
+// to fill the chip that way take 16-row blocks whose warps split the chunks.
+//
+// Weights and activations stream through shared memory by cp.async, a stage
+// (MQG_STAGE chunks of 32 elements) at a time, MQG_STAGES stages in
+// flight, so a block keeps tens of kilobytes of loads outstanding whatever
+// its arithmetic is doing. The previous kernels held one load group a warp
+// in registers and were latency-bound at a quarter occupancy (NOTES.md
+// #21: 595 GB/s at 64 tokens a step). The block scales of the weights and
+// of x are read into shared memory once, before the stream.
 //
 // x and h are quantized row-major (mq_store_row): chunk c of row r is 64
 // bytes at q + (r·nblk + c)·64, the hi digits then the lo digits, and its
 // scale d[r·nblk + c]. Lane (g, t) of an MMA needs B column g (token g/2,
-// digit g&1) of chunk c: 8 bytes at q + (row·nblk + c)·64 + (g&1)·32 + 8t,
-// and the scale of token t.
+// digit g&1) of a chunk: 8 bytes at (g&1)·32 + 8t, and the scale of token t.
 
-#define MQG_QUADS 8 // token quads a pass keeps in registers (32 tokens)
+#ifndef MQG_STAGE // from Go as -DMQG_STAGE (kernelDefines); this default serves standalone checks
+#define MQG_STAGE 4 // 32-element chunks a pipeline stage
+#endif
+#ifndef MQG_STAGES // from Go as -DMQG_STAGES (kernelDefines); this default serves standalone checks
+#define MQG_STAGES 4 // pipeline stages in flight
+#endif
+#define MQG_THREADS 128 // four warps: row groups of 16 × slices of each stage's chunks
 
-// MqgCols is a lane's view of the current pass's tokens: for quad j, the
-// byte offset of its B column in chunk 0 (-1: no token, B is zero) and the
-// scale index of its token t in chunk 0 (-1: none).
-struct MqgCols {
-    int b[MQG_QUADS], d[MQG_QUADS];
+// Shared-memory row strides: 16 pad bytes after a weight row's stage and 64
+// after a token's make the fragment loads of a warp free of bank conflicts.
+#define MQG_WROW(T) (MQG_STAGE * ((T) == T_Q8_0 ? 32 : 16) + 16)
+#define MQG_XROW (MQG_STAGE * 64 + 64)
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+    u32 d = (u32)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(src), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async4(void* dst, const void* src) {
+    u32 d = (u32)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(d), "l"(src));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;" ::"n"(N));
+}
+
+// mqg_copy copies n bytes to dst (16-byte aligned) by cp.async, in 16- or
+// 4-byte pieces as src and n allow, else byte by byte with plain loads.
+// (A loop of dependent plain loads of every scale cost tens of µs a block.)
+__device__ __forceinline__ void mqg_copy(u8* dst, const u8* src, int n) {
+    if ((((size_t)src | n) & 15) == 0)
+        for (int p = threadIdx.x * 16; p < n; p += MQG_THREADS * 16) cp_async16(dst + p, src + p, true);
+    else if ((((size_t)src | n) & 3) == 0)
+        for (int p = threadIdx.x * 4; p < n; p += MQG_THREADS * 4) cp_async4(dst + p, src + p);
+    else
+        for (int p = threadIdx.x; p < n; p += MQG_THREADS) dst[p] = __ldg(src + p);
+}
+
+// MqgSmem is a block's shared memory, carved from the dynamic allocation
+// (mqgShmem in Go computes the same size): the weight scales (NP·16RG rows
+// × nblk, 1 byte (MXFP4) or 2 (Q8_0) each), x's scales (4Q tokens × nblk
+// floats), each token's x row, then the weight and x stages.
+template <int T, int NP, int Q, int RG>
+struct MqgSmem {
+    u8 *ws, *w, *x;
+    float* xs;
+    int* xrow;
+    __device__ MqgSmem(u8* base, int nblk) {
+        ws = base;
+        xs = (float*)(ws + NP * 16 * RG * nblk * (T == T_Q8_0 ? 2 : 1));
+        xrow = (int*)(xs + 4 * Q * nblk);
+        w = (u8*)(xrow + 4 * Q);
+        x = w + MQG_STAGES * NP * 16 * RG * MQG_WROW(T);
+    }
 };
 
-// mqg_chunk adds chunk c of NP row pairs (ka: rows g, kb: rows g+8, as
-// loaded) times the pass's nq quads of x to acc[j][2i] (row g) and
-// acc[j][2i+1] (row g+8) for token t of quad j.
-template <int T, int NP>
-__device__ __forceinline__ void mqg_chunk(const MqRaw* ka, const MqRaw* kb, const u8* qx, const float* dx, int c,
-                                          const MqgCols& col, int nq, float (*acc)[2 * NP]) {
-    u32 a[NP][4];
-    float sa[NP], sb[NP];
-#pragma unroll
-    for (int i = 0; i < NP; i++) {
-        sa[i] = mq_frag<T>(ka[i], a[i][0], a[i][2]);
-        sb[i] = mq_frag<T>(kb[i], a[i][1], a[i][3]);
+// mqg_load_stage issues the cp.async loads of stage s (chunks
+// s·MQG_STAGE..) into buffer s % MQG_STAGES: NP matrices' rows
+// base..base+16RG-1 (rows from valid on are zero) and the pass's tokens' x
+// (absent tokens are zero).
+template <int T, int NP, int Q, int RG>
+__device__ __forceinline__ void mqg_load_stage(const MqgSmem<T, NP, Q, RG>& sm, const WView* w, i64 base, int valid,
+                                               const u8* qx, int nblk, int s) {
+    const int CB = T == T_Q8_0 ? 32 : 16, PR = MQG_STAGE * CB / 16, R = 16 * RG; // PR: 16-byte pieces a row's stage
+    int c0 = s * MQG_STAGE, buf = s % MQG_STAGES;
+    u8* wb = sm.w + buf * NP * R * MQG_WROW(T);
+    for (int p = threadIdx.x; p < NP * R * PR; p += MQG_THREADS) {
+        int rr = p / PR, c = (p % PR) * 16 / CB, part = (p % PR) * 16 % CB;
+        int i = rr / R, r = rr % R;
+        bool ok = r < valid && c0 + c < nblk;
+        const u8* src = w[i].q + (ok ? (base + r) * nblk * CB + (c0 + c) * CB + part : 0);
+        cp_async16(wb + rr * MQG_WROW(T) + c * CB + part, src, ok);
     }
-    uint2 bx[MQG_QUADS];
-    float xd[MQG_QUADS];
-#pragma unroll
-    for (int j = 0; j < MQG_QUADS; j++) {
-        bx[j] = uint2{0u, 0u};
-        xd[j] = 0.f;
-        if (j < nq) {
-            if (col.b[j] >= 0) bx[j] = __ldg((const uint2*)(qx + col.b[j] + (i64)c * 64));
-            if (col.d[j] >= 0) xd[j] = __ldg(dx + col.d[j] + c);
-        }
+    u8* xb = sm.x + buf * 4 * Q * MQG_XROW;
+    for (int p = threadIdx.x; p < 4 * Q * MQG_STAGE * 4; p += MQG_THREADS) {
+        int j = p / (MQG_STAGE * 4), c = p / 4 % MQG_STAGE, part = p % 4 * 16, xr = sm.xrow[j];
+        bool ok = xr >= 0 && c0 + c < nblk;
+        const u8* src = qx + (ok ? ((i64)xr * nblk + c0 + c) * 64 + part : 0);
+        cp_async16(xb + j * MQG_XROW + c * 64 + part, src, ok);
     }
-#pragma unroll
-    for (int j = 0; j < MQG_QUADS; j++)
-        if (j < nq)
-#pragma unroll
-            for (int i = 0; i < NP; i++) {
-                int d[4];
-                mma_s8(d, a[i][0], a[i][1], a[i][2], a[i][3], bx[j].x, bx[j].y);
-                acc[j][2 * i] += (float)(d[0] * 256 + d[1]) * (sa[i] * xd[j]);
-                acc[j][2 * i + 1] += (float)(d[2] * 256 + d[3]) * (sb[i] * xd[j]);
-            }
 }
 
-// mqg_dot runs this warp's share of the inner dimension (groups ks,
-// ks + MQ_KSPLIT, …, the next group's loads issued before the current one
-// is used; then the chunks after the last whole group) for NP row pairs.
-template <int T, int NP>
-__device__ __forceinline__ void mqg_dot(const MqPair* p, int in, const u8* qx, const float* dx, const MqgCols& col,
-                                        int nq, int ks, float (*acc)[2 * NP]) {
-    const int GC = MQ_GC(T);
-    int t = threadIdx.x & 3, quad = threadIdx.x & 28, nblk = in / 32, ngrp = nblk / GC;
-    MqGroup cur[NP], nxt[NP];
-    if (ks < ngrp)
+// mqg_stage adds stage s (in its buffer) to acc[j][2i] (row g of this
+// warp's 16 of matrix i) and acc[j][2i+1] (row g+8) for token t of quad j,
+// quads below nq. With RG row groups the 4/RG warps of a group take every
+// (4/RG)-th chunk of the stage.
+template <int T, int NP, int Q, int RG>
+__device__ __forceinline__ void mqg_stage(const MqgSmem<T, NP, Q, RG>& sm, int nblk, int s, int nq,
+                                          float (*acc)[2 * NP]) {
+    const int CB = T == T_Q8_0 ? 32 : 16, KS = 4 / RG, R = 16 * RG;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    int rg = warp / KS, ks = warp % KS, c0 = s * MQG_STAGE, buf = s % MQG_STAGES;
+    const u8* wb = sm.w + buf * NP * R * MQG_WROW(T);
+    const u8* xb = sm.x + buf * 4 * Q * MQG_XROW + (g >> 1) * MQG_XROW + (g & 1) * 32 + 8 * t;
 #pragma unroll
-        for (int i = 0; i < NP; i++) mq_gload<T>(p[i], in, ks * GC, t, cur[i]);
-    for (int grp = ks; grp < ngrp; grp += MQ_KSPLIT) {
-        if (grp + MQ_KSPLIT < ngrp)
-#pragma unroll
-            for (int i = 0; i < NP; i++) mq_gload<T>(p[i], in, (grp + MQ_KSPLIT) * GC, t, nxt[i]);
-        u32 wa[NP][4], wb[NP][4];
+    for (int u = 0; u < MQG_STAGE / KS; u++) {
+        int c = u * KS + ks, cg = c0 + c;
+        if (cg >= nblk) break;
+        u32 a[NP][4];
+        float sa[NP], sb[NP];
 #pragma unroll
         for (int i = 0; i < NP; i++) {
-            wa[i][0] = cur[i].a.x, wa[i][1] = cur[i].a.y, wa[i][2] = cur[i].a.z, wa[i][3] = cur[i].a.w;
-            wb[i][0] = cur[i].b.x, wb[i][1] = cur[i].b.y, wb[i][2] = cur[i].b.z, wb[i][3] = cur[i].b.w;
-            quad_transpose(wa[i]);
-            quad_transpose(wb[i]);
+            int ra = i * R + rg * 16 + g, rb = ra + 8;
+            const u8* pa = wb + ra * MQG_WROW(T) + c * CB + 4 * t;
+            const u8* pb = wb + rb * MQG_WROW(T) + c * CB + 4 * t;
+            MqRaw ka, kb;
+            if (T == T_Q8_0) {
+                ka = MqRaw{*(const u32*)pa, *(const u32*)(pa + 16), ((const u16*)sm.ws)[ra * nblk + cg]};
+                kb = MqRaw{*(const u32*)pb, *(const u32*)(pb + 16), ((const u16*)sm.ws)[rb * nblk + cg]};
+            } else {
+                ka = MqRaw{*(const u32*)pa, 0u, sm.ws[ra * nblk + cg]};
+                kb = MqRaw{*(const u32*)pb, 0u, sm.ws[rb * nblk + cg]};
+            }
+            sa[i] = mq_frag<T>(ka, a[i][0], a[i][2]);
+            sb[i] = mq_frag<T>(kb, a[i][1], a[i][3]);
         }
 #pragma unroll
-        for (int j = 0; j < GC; j++) { // as mq_gdot hands the words out
-            MqRaw ka[NP], kb[NP];
+        for (int j = 0; j < Q; j++)
+            if (j < nq) {
+                uint2 bx = *(const uint2*)(xb + 4 * j * MQG_XROW + c * 64);
+                float xd = sm.xs[(4 * j + t) * nblk + cg];
 #pragma unroll
-            for (int i = 0; i < NP; i++) {
-                if (T == T_MXFP4) {
-                    u32 s = __shfl_sync(0xffffffffu, cur[i].s, quad | j);
-                    ka[i] = MqRaw{wa[i][j], 0u, s & 0xff};
-                    kb[i] = MqRaw{wb[i][j], 0u, s >> 8};
-                } else {
-                    u32 s0 = __shfl_sync(0xffffffffu, cur[i].s, quad | j);
-                    u32 s1 = __shfl_sync(0xffffffffu, cur[i].s, quad | 2 | j);
-                    ka[i] = MqRaw{wa[i][2 * j], wa[i][2 * j + 1], s0};
-                    kb[i] = MqRaw{wb[i][2 * j], wb[i][2 * j + 1], s1};
+                for (int i = 0; i < NP; i++) {
+                    int d[4];
+                    mma_s8(d, a[i][0], a[i][1], a[i][2], a[i][3], bx.x, bx.y);
+                    acc[j][2 * i] += (float)(d[0] * 256 + d[1]) * (sa[i] * xd);
+                    acc[j][2 * i + 1] += (float)(d[2] * 256 + d[3]) * (sb[i] * xd);
                 }
             }
-            mqg_chunk<T, NP>(ka, kb, qx, dx, grp * GC + j, col, nq, acc);
-        }
-#pragma unroll
-        for (int i = 0; i < NP; i++) cur[i] = nxt[i];
-    }
-    for (int c = ngrp * GC + ks; c < nblk; c += MQ_KSPLIT) {
-        MqRaw ka[NP], kb[NP];
-#pragma unroll
-        for (int i = 0; i < NP; i++) {
-            mq_load<T>(p[i].q, p[i].s, in, p[i].ra, c, t, ka[i]);
-            mq_load<T>(p[i].q, p[i].s, in, p[i].rb, c, t, kb[i]);
-        }
-        mqg_chunk<T, NP>(ka, kb, qx, dx, c, col, nq, acc);
     }
 }
 
-// mqg_pass computes, for the tokens in grouped rows r0..r0+nr-1 (nr ≤
-// 4·MQG_QUADS; row r reads row xrows[r] of x, or row r when xrows is NULL),
-// NP matrices' rows base..base+31 (rows past last repeat it) and leaves
-// red[ks][row][token][i] for the block to sum over ks.
-template <int T, int NP>
-__device__ __forceinline__ void mqg_pass(const WView* w, i64 base, i64 last, const u8* qx, const float* dx,
-                                         const int* xrows, int r0, int nr, float (*red)[32][4 * MQG_QUADS][NP]) {
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-    int rg = warp / MQ_KSPLIT, ks = warp % MQ_KSPLIT;
-    int in = (int)w[0].in, nblk = in / 32, nq = (nr + 3) / 4;
-    MqgCols col;
+// mqg_block computes, for the grouped rows r0..r0+nr-1 (nr ≤ 4Q; row r
+// reads row xrows[r] of x, or row r when xrows is NULL), NP matrices' rows
+// base..base+valid-1 (valid ≤ 16RG) into acc (this warp's share of the
+// chunks), streaming the scales, weights and x through shared memory. On
+// return the shared memory is free.
+template <int T, int NP, int Q, int RG>
+__device__ __forceinline__ void mqg_block(const MqgSmem<T, NP, Q, RG>& sm, const WView* w, i64 base, int valid,
+                                          const u8* qx, const float* dx, const int* xrows, int r0, int nr,
+                                          float (*acc)[2 * NP]) {
+    const int SB = T == T_Q8_0 ? 2 : 1, R = 16 * RG;
+    int nblk = (int)(w[0].in / 32), nst = (nblk + MQG_STAGE - 1) / MQG_STAGE, nq = (nr + 3) / 4;
+    for (int j = threadIdx.x; j < 4 * Q; j += MQG_THREADS)
+        sm.xrow[j] = j < nr ? (xrows ? xrows[r0 + j] : r0 + j) : -1;
+    // The scales join the first stage's group; rows past valid get zeros.
 #pragma unroll
-    for (int j = 0; j < MQG_QUADS; j++) {
-        int rb = 4 * j + (g >> 1), rd = 4 * j + t;
-        int xb = rb < nr ? (xrows ? xrows[r0 + rb] : r0 + rb) : -1;
-        int xdr = rd < nr ? (xrows ? xrows[r0 + rd] : r0 + rd) : -1;
-        col.b[j] = xb < 0 ? -1 : xb * nblk * 64 + (g & 1) * 32 + t * 8;
-        col.d[j] = xdr < 0 ? -1 : xdr * nblk;
+    for (int i = 0; i < NP; i++) {
+        u8* d = sm.ws + i * R * nblk * SB;
+        mqg_copy(d, w[i].s + base * nblk * SB, valid * nblk * SB);
+        for (int p = valid * nblk * SB + threadIdx.x; p < R * nblk * SB; p += MQG_THREADS) d[p] = 0;
     }
-    i64 ra = min(base + rg * 16 + g, last), rb = min(base + rg * 16 + g + 8, last);
-    MqPair p[NP];
+    __syncthreads(); // xrow
+    for (int p = threadIdx.x; p < 4 * Q * nblk; p += MQG_THREADS) {
+        int xr = sm.xrow[p / nblk];
+        if (xr >= 0)
+            cp_async4(sm.xs + p, dx + (i64)xr * nblk + p % nblk);
+        else
+            sm.xs[p] = 0.f;
+    }
 #pragma unroll
-    for (int i = 0; i < NP; i++) p[i] = MqPair{w[i].q, w[i].s, ra, rb};
-    float acc[MQG_QUADS][2 * NP];
+    for (int s = 0; s < MQG_STAGES - 1; s++) {
+        if (s < nst) mqg_load_stage<T, NP, Q, RG>(sm, w, base, valid, qx, nblk, s);
+        cp_async_commit();
+    }
 #pragma unroll
-    for (int j = 0; j < MQG_QUADS; j++)
+    for (int j = 0; j < Q; j++)
 #pragma unroll
         for (int i = 0; i < 2 * NP; i++) acc[j][i] = 0.f;
-    mqg_dot<T, NP>(p, in, qx, dx, col, nq, ks, acc);
-#pragma unroll
-    for (int j = 0; j < MQG_QUADS; j++)
-        if (j < nq)
-#pragma unroll
-            for (int i = 0; i < NP; i++) {
-                red[ks][rg * 16 + g][4 * j + t][i] = acc[j][2 * i];
-                red[ks][rg * 16 + g + 8][4 * j + t][i] = acc[j][2 * i + 1];
-            }
+    for (int s = 0; s < nst; s++) {
+        cp_async_wait<MQG_STAGES - 2>();
+        __syncthreads(); // stage s landed for every thread; stage s-1's buffer is free
+        if (s + MQG_STAGES - 1 < nst) mqg_load_stage<T, NP, Q, RG>(sm, w, base, valid, qx, nblk, s + MQG_STAGES - 1);
+        cp_async_commit();
+        mqg_stage<T, NP, Q, RG>(sm, nblk, s, nq, acc);
+    }
+    cp_async_wait<0>();
+    __syncthreads();
 }
 
 // mq_quant_rows: x's n rows quantized row-major (mq_store_row), one warp a
@@ -166,102 +213,110 @@ extern "C" __global__ void mq_quant_rows(u8* q, float* d, const float* x, int in
     if (c < nblk) mq_store_row(x[(i64)r * in + c * 32 + (threadIdx.x & 31)], (i64)r * nblk + c, q, d);
 }
 
-// mqg_gateup: block (blockIdx.x, expert e = blockIdx.y) computes rows
-// 32·blockIdx.x.. of gate and up of expert e for each of its grouped rows r
-// (starts[e] ≤ r < starts[e+1], token xrows[r]), applies the SwiGLU and
-// writes h's chunk blockIdx.x of row r quantized (qh, dh: row-major, ff/32
-// chunks a row) for mqg_down.
-template <int T>
+// mqg_gateup: block (pass blockIdx.x, row tile blockIdx.y, expert e =
+// blockIdx.z) computes rows 64·blockIdx.y.. of gate and up of expert
+// e for its grouped rows r0 = starts[e] + 4Q·blockIdx.x.. (below
+// starts[e+1], token xrows[r]), applies the SwiGLU and writes h's chunks of
+// those rows quantized (qh, dh: row-major, ff/32 chunks a row) for
+// mqg_down.
+template <int T, int Q>
 __device__ void mqg_gateup_impl(u8* qh, float* dh, const u8* qx, const float* dx, WView gw, WView uw,
                                 const float* gb, const float* ub, const int* starts, const int* xrows, int ff,
                                 SwiGLU act) {
-    __shared__ float red[MQ_KSPLIT][32][4 * MQG_QUADS][2];
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, e = blockIdx.y;
-    int lo = starts[e], hi = starts[e + 1];
-    i64 base = (i64)e * ff + blockIdx.x * 32;
+    extern __shared__ __align__(16) u8 mqg_shmem[];
+    int e = blockIdx.z, r0 = starts[e] + 4 * Q * blockIdx.x, nr = min(starts[e + 1] - r0, 4 * Q);
+    if (nr <= 0) return;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int R = 64;
+    int row0 = blockIdx.y * R, valid = min(R, ff - row0);
+    i64 base = (i64)e * ff + row0;
+    MqgSmem<T, 2, Q, 4> sm(mqg_shmem, (int)(gw.in / 32));
     WView w[2] = {gw, uw};
-    for (int r0 = lo; r0 < hi; r0 += 4 * MQG_QUADS) {
-        int nr = min(hi - r0, 4 * MQG_QUADS);
-        mqg_pass<T, 2>(w, base, base + 31, qx, dx, xrows, r0, nr, red);
-        __syncthreads();
-        for (int j = warp; j < nr; j += blockDim.x >> 5) {
-            float gv = gb ? gb[base + lane] : 0.f, uv = ub ? ub[base + lane] : 0.f;
+    float acc[Q][4];
+    mqg_block<T, 2, Q, 4>(sm, w, base, valid, qx, dx, xrows, r0, nr, acc);
+    // Gate and up of (token, row) meet in shared memory, free again.
+    float2* red = (float2*)mqg_shmem; // [4Q tokens][R rows]
 #pragma unroll
-            for (int s = 0; s < MQ_KSPLIT; s++) {
-                gv += red[s][lane][j][0];
-                uv += red[s][lane][j][1];
-            }
-            mq_store_row(swiglu_act(gv, uv, act), (i64)(r0 + j) * (ff / 32) + blockIdx.x, qh, dh);
-        }
-        __syncthreads();
+    for (int j = 0; j < Q; j++) {
+        red[(4 * j + t) * R + warp * 16 + g] = make_float2(acc[j][0], acc[j][2]);
+        red[(4 * j + t) * R + warp * 16 + g + 8] = make_float2(acc[j][1], acc[j][3]);
     }
-}
-
-// mqg_down: block (blockIdx.x, expert e) computes rows 32·blockIdx.x.. of
-// down of expert e for its grouped rows r: y[r][row] = down_e[row]·h[r] +
-// db_e[row] (moe_combine then sums each token's slots).
-template <int T>
-__device__ void mqg_down_impl(float* y, const u8* qh, const float* dh, WView dw, const float* db, const int* starts,
-                              int hidden) {
-    __shared__ float red[MQ_KSPLIT][32][4 * MQG_QUADS][1];
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, e = blockIdx.y;
-    int lo = starts[e], hi = starts[e + 1], row = blockIdx.x * 32 + lane;
-    i64 base = (i64)e * hidden + blockIdx.x * 32;
-    for (int r0 = lo; r0 < hi; r0 += 4 * MQG_QUADS) {
-        int nr = min(hi - r0, 4 * MQG_QUADS);
-        mqg_pass<T, 1>(&dw, base, base + 31, qh, dh, 0, r0, nr, red);
-        __syncthreads();
-        for (int j = warp; j < nr; j += blockDim.x >> 5) {
-            float v = db ? db[base + lane] : 0.f;
-#pragma unroll
-            for (int s = 0; s < MQ_KSPLIT; s++) v += red[s][lane][j][0];
-            y[(i64)(r0 + j) * hidden + row] = v;
-        }
-        __syncthreads();
-    }
-}
-
-// mqg_matmul: the dense product of the same sizes, dst[r][row] = w[row]·x[r]
-// + bias[row] for x's n rows (mq_quant_rows): block (blockIdx.x, blockIdx.y)
-// takes x's rows 32·blockIdx.x.. and w's rows 32·blockIdx.y... The token
-// passes of one row range are consecutive blocks, so all but the first
-// find the weights in L2.
-template <int T>
-__device__ void mqg_matmul_impl(float* dst, const u8* qx, const float* dx, WView w, const float* bias, int n,
-                                int out) {
-    __shared__ float red[MQ_KSPLIT][32][4 * MQG_QUADS][1];
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, row = blockIdx.y * 32 + lane;
-    int r0 = blockIdx.x * 4 * MQG_QUADS, nr = min(n - r0, 4 * MQG_QUADS);
-    mqg_pass<T, 1>(&w, blockIdx.y * 32, out - 1, qx, dx, 0, r0, nr, red);
     __syncthreads();
-    if (row >= out) return;
-    float b = bias ? bias[row] : 0.f;
-    for (int j = warp; j < nr; j += blockDim.x >> 5) {
-        float v = b;
-#pragma unroll
-        for (int s = 0; s < MQ_KSPLIT; s++) v += red[s][lane][j][0];
-        dst[(i64)(r0 + j) * out + row] = v;
+    for (int p = warp; p < nr * (R / 32); p += MQG_THREADS / 32) {
+        int j = p / (R / 32), half = p % (R / 32), row = half * 32 + lane;
+        if (half * 32 >= valid) continue;
+        float2 v = red[j * R + row];
+        float gv = v.x + (gb ? gb[base + row] : 0.f), uv = v.y + (ub ? ub[base + row] : 0.f);
+        mq_store_row(swiglu_act(gv, uv, act), (i64)(r0 + j) * (ff / 32) + (row0 + half * 32) / 32, qh, dh);
     }
 }
 
-#define MQG_KERNELS(T, NAME)                                                                                   \
-    extern "C" __global__ void __launch_bounds__(64 * MQ_KSPLIT, 2)                                            \
-        mqg_gateup_##NAME(u8* qh, float* dh, const u8* qx, const float* dx, const u8* gq, const u8* gs,        \
-                          const u8* uq, const u8* us, int in, const float* gb, const float* ub,                \
-                          const int* starts, const int* xrows, int ff, float alpha, float limit, float shift) { \
-        mqg_gateup_impl<T>(qh, dh, qx, dx, WView{gq, gs, in}, WView{uq, us, in}, gb, ub, starts, xrows, ff,    \
-                           SwiGLU{alpha, limit, shift});                                                       \
-    }                                                                                                          \
-    extern "C" __global__ void __launch_bounds__(64 * MQ_KSPLIT, 2)                                            \
-        mqg_down_##NAME(float* y, const u8* qh, const float* dh, const u8* q, const u8* s, int in,             \
-                        const float* db, const int* starts, int hidden) {                                      \
-        mqg_down_impl<T>(y, qh, dh, WView{q, s, in}, db, starts, hidden);                                      \
-    }                                                                                                          \
-    extern "C" __global__ void __launch_bounds__(64 * MQ_KSPLIT, 2)                                            \
-        mqg_matmul_##NAME(float* dst, const u8* qx, const float* dx, const u8* q, const u8* s, int in,         \
-                          const float* bias, int n, int out) {                                                 \
-        mqg_matmul_impl<T>(dst, qx, dx, WView{q, s, in}, bias, n, out);                                        \
+// mqg_rows: block (pass blockIdx.x, row tile blockIdx.y, expert e =
+// blockIdx.z) computes y[r][row] = w_e[row]·x[r] + bias_e[row] for rows
+// 16RG·blockIdx.y.. of expert e's out rows and its grouped rows r0 =
+// starts[e] + 4Q·blockIdx.x.. (below starts[e+1]); without starts, the
+// dense product of x's n rows (one "expert"). mqg_down and mqg_matmul.
+template <int T, int Q, int RG>
+__device__ void mqg_rows_impl(float* y, const u8* qx, const float* dx, WView w, const float* bias, const int* starts,
+                              int n, int out) {
+    extern __shared__ __align__(16) u8 mqg_shmem[];
+    const int KS = 4 / RG, R = 16 * RG;
+    int e = blockIdx.z, lo = starts ? starts[e] : 0, hi = starts ? starts[e + 1] : n;
+    int r0 = lo + 4 * Q * blockIdx.x, nr = min(hi - r0, 4 * Q);
+    if (nr <= 0) return;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    int row0 = blockIdx.y * R, valid = min(R, out - row0);
+    i64 base = (i64)e * out + row0;
+    MqgSmem<T, 1, Q, RG> sm(mqg_shmem, (int)(w.in / 32));
+    float acc[Q][2];
+    mqg_block<T, 1, Q, RG>(sm, &w, base, valid, qx, dx, 0, r0, nr, acc);
+    // The warps' chunk slices meet in shared memory: red[ks][token][row].
+    float* red = (float*)mqg_shmem;
+    int ra = (warp / KS) * 16 + g, ks = warp % KS;
+#pragma unroll
+    for (int j = 0; j < Q; j++) {
+        red[(ks * 4 * Q + 4 * j + t) * R + ra] = acc[j][0];
+        red[(ks * 4 * Q + 4 * j + t) * R + ra + 8] = acc[j][1];
+    }
+    __syncthreads();
+    for (int p = threadIdx.x; p < nr * R; p += MQG_THREADS) {
+        int j = p / R, row = p % R;
+        if (row >= valid) continue;
+        float v = bias ? bias[base + row] : 0.f;
+#pragma unroll
+        for (int k = 0; k < KS; k++) v += red[(k * 4 * Q + j) * R + row];
+        y[(i64)(r0 + j) * out + row0 + row] = v;
+    }
+}
+
+#define MQG_KERNELS(T, NAME, Q)                                                                                  \
+    extern "C" __global__ void __launch_bounds__(MQG_THREADS, 2)                                                 \
+        mqg_gateup_##NAME##_q##Q(u8* qh, float* dh, const u8* qx, const float* dx, const u8* gq, const u8* gs,   \
+                                 const u8* uq, const u8* us, int in, const float* gb, const float* ub,           \
+                                 const int* starts, const int* xrows, int ff, float alpha, float limit,          \
+                                 float shift) {                                                                  \
+        mqg_gateup_impl<T, Q>(qh, dh, qx, dx, WView{gq, gs, in}, WView{uq, us, in}, gb, ub, starts, xrows, ff,   \
+                              SwiGLU{alpha, limit, shift});                                                      \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(MQG_THREADS, 2)                                                 \
+        mqg_down_##NAME##_q##Q(float* y, const u8* qh, const float* dh, const u8* q, const u8* s, int in,        \
+                               const float* db, const int* starts, int hidden) {                                 \
+        mqg_rows_impl<T, Q, 4>(y, qh, dh, WView{q, s, in}, db, starts, 0, hidden);                               \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(MQG_THREADS, 2)                                                 \
+        mqg_matmul_##NAME##_q##Q(float* dst, const u8* qx, const float* dx, const u8* q, const u8* s, int in,    \
+                                 const float* bias, int n, int out) {                                            \
+        mqg_rows_impl<T, Q, 4>(dst, qx, dx, WView{q, s, in}, bias, 0, n, out);                                   \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(MQG_THREADS, 2)                                                 \
+        mqg_matmul16_##NAME##_q##Q(float* dst, const u8* qx, const float* dx, const u8* q, const u8* s, int in,  \
+                                   const float* bias, int n, int out) {                                          \
+        mqg_rows_impl<T, Q, 1>(dst, qx, dx, WView{q, s, in}, bias, 0, n, out);                                   \
     }
 
-MQG_KERNELS(T_Q8_0, q8_0)
-MQG_KERNELS(T_MXFP4, mxfp4)
+MQG_KERNELS(T_Q8_0, q8_0, 2)
+MQG_KERNELS(T_Q8_0, q8_0, 4)
+MQG_KERNELS(T_Q8_0, q8_0, 8)
+MQG_KERNELS(T_MXFP4, mxfp4, 2)
+MQG_KERNELS(T_MXFP4, mxfp4, 4)
+MQG_KERNELS(T_MXFP4, mxfp4, 8)
