@@ -91,22 +91,22 @@ func simdQ8Kernels() *q8Kernels {
 			quantQ8AVX2(&x[0], &q[0], &meta[0], len(meta))
 		},
 		gemm: func(p *packedQ8, g int, a *q8Act, row0, rows int, bias, out []float32, ostride int) {
-			nb, in := p.blocks, p.blocks*32
+			nb, qlen := p.blocks, p.blocks*64
 			wq, wd := p.quants[g*nb*32*q8Group:(g+1)*nb*32*q8Group], p.scales[g*nb*q8Group:(g+1)*nb*q8Group]
-			q, meta := a.q[row0*in:(row0+rows)*in], a.meta[row0*nb:(row0+rows)*nb]
+			q, meta := a.q[row0*qlen:(row0+rows)*qlen], a.meta[row0*nb:(row0+rows)*nb]
 			_, _ = bias[q8Group-1], out[(rows-1)*ostride+q8Group-1]
 			if rows == q8Rows {
-				gemmQ8x8VNNI(&wq[0], &wd[0], nb, &q[0], &meta[0], in, nb*int(unsafe.Sizeof(q8Meta{})), &bias[0], &out[0], 4*ostride)
+				gemmQ8x8VNNI(&wq[0], &wd[0], nb, &q[0], &meta[0], qlen, nb*int(unsafe.Sizeof(q8Meta{})), &bias[0], &out[0], 4*ostride)
 				return
 			}
 			for r := 0; r < rows; r++ {
-				gemmQ8x1VNNI(&wq[0], &wd[0], nb, &q[r*in], &meta[r*nb], 1, &bias[0], 0, &out[r*ostride])
+				gemmQ8x1VNNI(&wq[0], &wd[0], nb, &q[r*qlen], &meta[r*nb], 1, &bias[0], 0, &out[r*ostride])
 			}
 		},
 		gemm1: func(p *packedQ8, g0, g1 int, a *q8Act, row int, bias, out []float32) {
-			nb, in := p.blocks, p.blocks*32
+			nb, qlen := p.blocks, p.blocks*64
 			wq, wd := p.quants[g0*nb*32*q8Group:g1*nb*32*q8Group], p.scales[g0*nb*q8Group:g1*nb*q8Group]
-			q, meta := a.q[row*in:(row+1)*in], a.meta[row*nb:(row+1)*nb]
+			q, meta := a.q[row*qlen:(row+1)*qlen], a.meta[row*nb:(row+1)*nb]
 			_ = out[q8Group*(g1-g0)-1]
 			bp, bstride := &noBias[0], 0
 			if bias != nil {
