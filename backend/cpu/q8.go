@@ -270,7 +270,13 @@ func (b *Backend) matmulQ8(dst, x []float32, n int, w *weight, bias []float32) {
 			// Decode: each row against the whole chunk in one call, straight
 			// into dst but for a last group that dst cuts short.
 			full := max(lo, min(hi, out/q8Group))
-			var gb []float32
+			var gb, lastBias []float32
+			if bias != nil && full < hi {
+				// The kernel starts the sums from the bias, as for n ≥ 4:
+				// adding it afterwards would round differently.
+				lastBias = make([]float32, q8Group)
+				copy(lastBias, bias[q8Group*full:])
+			}
 			for i := 0; i < n; i++ {
 				d := dst[i*out : (i+1)*out]
 				if full > lo {
@@ -280,13 +286,8 @@ func (b *Backend) matmulQ8(dst, x []float32, n int, w *weight, bias []float32) {
 					b.k.q8.gemm1(p, lo, full, a, i, gb, d[q8Group*lo:q8Group*full])
 				}
 				for g := full; g < hi; g++ {
-					b.k.q8.gemm1(p, g, g+1, a, i, nil, res[:q8Group])
-					for o := q8Group * g; o < out; o++ {
-						d[o] = res[o-q8Group*g]
-						if bias != nil {
-							d[o] += bias[o]
-						}
-					}
+					b.k.q8.gemm1(p, g, g+1, a, i, lastBias, res[:q8Group])
+					copy(d[q8Group*g:], res[:out-q8Group*g])
 				}
 			}
 			return

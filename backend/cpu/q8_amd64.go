@@ -150,28 +150,41 @@ func scores4qAVX512(q *float32, qstride int, k *float32, kstride, n int, o0, o1,
 //go:noescape
 func scores8AVX512(q, k *float32, stride, n int, out *float32)
 
-// scoresSIMD is scores with whole groups of eight keys in scores8AVX512
-// when the head has 64 values, then groups of four in scores4AVX2.
+// scoresSIMD is scores with every key's score computed by one kernel
+// whatever run of keys it is in, so that a row's scores do not depend on
+// how its keys fall into blocks (the block size, a window's start, a
+// prompt's chunks): scores8AVX512 for heads of 64 values, scores4AVX2 for
+// other multiples of 8 (in both, each key's sum is its own), the pure-Go
+// loop otherwise. Keys after the last whole group of g go through the
+// kernel as the run's last g keys, or, in a run shorter than g, one at a
+// time as a group of copies (stride 0).
 func scoresSIMD(q, k []float32, stride int, out []float32) {
 	d := len(q)
-	if d%8 != 0 || d == 0 {
+	if d%8 != 0 || d == 0 || len(out) == 0 {
 		scores(q, k, stride, out)
 		return
 	}
-	if n := len(out) &^ 7; d == 64 && n > 0 {
-		_ = k[(n-1)*stride+d-1]
-		scores8AVX512(&q[0], &k[0], stride, n, &out[0])
-		if n == len(out) {
-			return
-		}
-		k, out = k[n*stride:], out[n:]
+	g, kernel := 4, func(k []float32, stride, n int, out []float32) { scores4AVX2(&q[0], &k[0], stride, n, d, &out[0]) }
+	if d == 64 {
+		g, kernel = 8, func(k []float32, stride, n int, out []float32) { scores8AVX512(&q[0], &k[0], stride, n, &out[0]) }
 	}
-	n := len(out) &^ 3
+	_ = k[(len(out)-1)*stride+d-1]
+	n := len(out) / g * g
 	if n > 0 {
-		_ = k[(n-1)*stride+d-1]
-		scores4AVX2(&q[0], &k[0], stride, n, d, &out[0])
+		kernel(k, stride, n, out)
 	}
-	if n < len(out) {
-		scores(q, k[n*stride:], stride, out[n:])
+	if n == len(out) {
+		return
+	}
+	var tmp [8]float32
+	if n > 0 {
+		last := len(out) - g
+		kernel(k[last*stride:], stride, g, tmp[:])
+		copy(out[n:], tmp[n-last:g])
+		return
+	}
+	for j := range out {
+		kernel(k[j*stride:], 0, g, tmp[:])
+		out[j] = tmp[0]
 	}
 }
