@@ -20,14 +20,19 @@ import (
 // weight rows: every output of either is summed in the same order, so that
 // MatMul gives a row the same bits whatever rows share the call. scores and
 // weightedSum are attention's two loops over keys. decode, where it has an
-// entry for a weight type, replaces decodeRow for it. q8, when not nil, are
-// the fast precision's integer loops.
+// entry for a weight type, replaces decodeRow for it. fused, where it has
+// an entry for a weight type, is dot1x4 of x with the four weight rows in
+// that format at w[j·rowBytes:] (rowBytes may be 0), decoding as it goes,
+// for len(x) a multiple of 8: the decode path's kernel, where each weight
+// byte is used once. q8, when not nil, are the fast precision's integer
+// loops.
 type kernels struct {
 	scores      func(q, k []float32, stride int, out []float32)
 	weightedSum func(p, v []float32, stride int, out []float32)
 	dot4x2      func(x []float32, xstride int, w0, w1 []float32, out *[8]float32)
 	dot1x4      func(x, w0, w1, w2, w3 []float32, out *[4]float32)
 	decode      map[tensor.Type]func(row []byte, dst []float32)
+	fused       map[tensor.Type]func(w []byte, rowBytes int, x []float32, out *[4]float32)
 	q8          *q8Kernels
 }
 

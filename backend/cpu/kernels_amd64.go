@@ -23,6 +23,18 @@ func dot4x2AVX2(x *float32, xstride int, w0, w1 *float32, n int, out *[8]float32
 func dot1x4AVX2(x, w0, w1, w2, w3 *float32, n int, out *[4]float32)
 
 //go:noescape
+func dotQ8_0x4AVX2(w *byte, rowBytes int, x *float32, blocks int, out *[4]float32)
+
+//go:noescape
+func dotMXFP4x4AVX2(w *byte, rowBytes int, x *float32, blocks int, out *[4]float32, scales *float32, values *byte)
+
+//go:noescape
+func dotF16x4AVX2(w *byte, rowBytes int, x *float32, n int, out *[4]float32)
+
+//go:noescape
+func dotBF16x4AVX2(w *byte, rowBytes int, x *float32, n int, out *[4]float32)
+
+//go:noescape
 func decodeQ8_0AVX2(w *byte, out *float32, blocks int)
 
 //go:noescape
@@ -126,6 +138,26 @@ func simdKernels() (kernels, bool) {
 				blocks := len(dst) / 32
 				_ = row[17*blocks-1]
 				decodeMXFP4AVX2(&row[0], &dst[0], blocks, &mxfp4HalfScales[0], (*byte)(unsafe.Pointer(&mxfp4Codes[0])))
+			},
+		},
+		fused: map[tensor.Type]func(w []byte, rowBytes int, x []float32, out *[4]float32){
+			tensor.F16: func(w []byte, rowBytes int, x []float32, out *[4]float32) {
+				_ = w[3*rowBytes+2*len(x)-1]
+				dotF16x4AVX2(&w[0], rowBytes, &x[0], len(x), out)
+			},
+			tensor.BF16: func(w []byte, rowBytes int, x []float32, out *[4]float32) {
+				_ = w[3*rowBytes+2*len(x)-1]
+				dotBF16x4AVX2(&w[0], rowBytes, &x[0], len(x), out)
+			},
+			tensor.Q8_0: func(w []byte, rowBytes int, x []float32, out *[4]float32) {
+				blocks := len(x) / 32
+				_ = w[3*rowBytes+34*blocks-1]
+				dotQ8_0x4AVX2(&w[0], rowBytes, &x[0], blocks, out)
+			},
+			tensor.MXFP4: func(w []byte, rowBytes int, x []float32, out *[4]float32) {
+				blocks := len(x) / 32
+				_ = w[3*rowBytes+17*blocks-1]
+				dotMXFP4x4AVX2(&w[0], rowBytes, &x[0], blocks, out, &mxfp4HalfScales[0], (*byte)(unsafe.Pointer(&mxfp4Codes[0])))
 			},
 		},
 		q8: simdQ8Kernels(),

@@ -393,3 +393,217 @@ dbf16loop:
 dbf16done:
 	VZEROUPPER
 	RET
+
+// The fused decode kernels below are dot1x4AVX2 of one row of x with four
+// weight rows in their file format, rowBytes apart, decoding 8 values at a
+// time in registers (each decoded value is exact in float32, so it equals
+// the row decoders' output): out[j] is then the same bits as dot1x4AVX2 and
+// dot4x2AVX2 give for the decoded rows. REDUCE4 is their shared reduction
+// of the accumulators Y0..Y3 into out at R10.
+#define REDUCE4 \
+	VHADDPS      Y1, Y0, Y0; \
+	VHADDPS      Y3, Y2, Y2; \
+	VHADDPS      Y2, Y0, Y0; \
+	VEXTRACTF128 $1, Y0, X1; \
+	VADDPS       X1, X0, X0; \
+	VMOVUPS      X0, (R10); \
+	VZEROUPPER
+
+// ROWS4 sets the row pointers R11, R12, R13 from the first, SI, and
+// rowBytes in R8, and zeroes the accumulators.
+#define ROWS4 \
+	LEAQ (SI)(R8*1), R11; \
+	LEAQ (R11)(R8*1), R12; \
+	LEAQ (R12)(R8*1), R13; \
+	VXORPS Y0, Y0, Y0; \
+	VXORPS Y1, Y1, Y1; \
+	VXORPS Y2, Y2, Y2; \
+	VXORPS Y3, Y3, Y3
+
+// Q8ROW(r, acc): one Q8_0 block of the row at r against x in Y4..Y7.
+#define Q8ROW(r, acc) \
+	VPBROADCASTW (r), X8; \
+	VCVTPH2PS    X8, Y8; \
+	VPMOVSXBD    2(r), Y9; \
+	VPMOVSXBD    10(r), Y10; \
+	VPMOVSXBD    18(r), Y11; \
+	VPMOVSXBD    26(r), Y12; \
+	VCVTDQ2PS    Y9, Y9; \
+	VCVTDQ2PS    Y10, Y10; \
+	VCVTDQ2PS    Y11, Y11; \
+	VCVTDQ2PS    Y12, Y12; \
+	VMULPS       Y8, Y9, Y9; \
+	VMULPS       Y8, Y10, Y10; \
+	VMULPS       Y8, Y11, Y11; \
+	VMULPS       Y8, Y12, Y12; \
+	VFMADD231PS  Y4, Y9, acc; \
+	VFMADD231PS  Y5, Y10, acc; \
+	VFMADD231PS  Y6, Y11, acc; \
+	VFMADD231PS  Y7, Y12, acc
+
+// func dotQ8_0x4AVX2(w *byte, rowBytes int, x *float32, blocks int, out *[4]float32)
+TEXT ·dotQ8_0x4AVX2(SB), NOSPLIT, $0-40
+	MOVQ w+0(FP), SI
+	MOVQ rowBytes+8(FP), R8
+	ROWS4
+	MOVQ x+16(FP), DI
+	MOVQ blocks+24(FP), CX
+	MOVQ out+32(FP), R10
+
+q84loop:
+	TESTQ   CX, CX
+	JZ      q84done
+	VMOVUPS (DI), Y4
+	VMOVUPS 32(DI), Y5
+	VMOVUPS 64(DI), Y6
+	VMOVUPS 96(DI), Y7
+	Q8ROW(SI, Y0)
+	Q8ROW(R11, Y1)
+	Q8ROW(R12, Y2)
+	Q8ROW(R13, Y3)
+	ADDQ    $34, SI
+	ADDQ    $34, R11
+	ADDQ    $34, R12
+	ADDQ    $34, R13
+	ADDQ    $128, DI
+	DECQ    CX
+	JMP     q84loop
+
+q84done:
+	REDUCE4
+	RET
+
+// MXROW(r, acc): one MXFP4 block of the row at r (layout as in
+// dotMXFP4's decoder: element j in the low nibble of byte j, j+16 in the
+// high one) against x in Y4..Y7; scales at R9, codes in X15, 0x0F in X14.
+#define MXROW(r, acc) \
+	MOVBLZX      (r), AX; \
+	VBROADCASTSS (R9)(AX*4), Y8; \
+	VMOVDQU      1(r), X9; \
+	VPSRLW       $4, X9, X10; \
+	VPAND        X14, X9, X9; \
+	VPAND        X14, X10, X10; \
+	VPSHUFB      X9, X15, X9; \
+	VPSHUFB      X10, X15, X10; \
+	VPMOVSXBD    X9, Y11; \
+	VPSRLDQ      $8, X9, X9; \
+	VPMOVSXBD    X9, Y12; \
+	VPMOVSXBD    X10, Y13; \
+	VPSRLDQ      $8, X10, X10; \
+	VPMOVSXBD    X10, Y9; \
+	VCVTDQ2PS    Y11, Y11; \
+	VCVTDQ2PS    Y12, Y12; \
+	VCVTDQ2PS    Y13, Y13; \
+	VCVTDQ2PS    Y9, Y9; \
+	VMULPS       Y8, Y11, Y11; \
+	VMULPS       Y8, Y12, Y12; \
+	VMULPS       Y8, Y13, Y13; \
+	VMULPS       Y8, Y9, Y9; \
+	VFMADD231PS  Y4, Y11, acc; \
+	VFMADD231PS  Y5, Y12, acc; \
+	VFMADD231PS  Y6, Y13, acc; \
+	VFMADD231PS  Y7, Y9, acc
+
+// func dotMXFP4x4AVX2(w *byte, rowBytes int, x *float32, blocks int, out *[4]float32, scales *float32, values *byte)
+TEXT ·dotMXFP4x4AVX2(SB), NOSPLIT, $0-56
+	MOVQ w+0(FP), SI
+	MOVQ rowBytes+8(FP), R8
+	ROWS4
+	MOVQ         x+16(FP), DI
+	MOVQ         blocks+24(FP), CX
+	MOVQ         out+32(FP), R10
+	MOVQ         scales+40(FP), R9
+	MOVQ         values+48(FP), DX
+	VMOVDQU      (DX), X15
+	MOVL         $0x0F0F0F0F, AX
+	MOVQ         AX, X14
+	VPBROADCASTD X14, X14
+
+mx4loop:
+	TESTQ   CX, CX
+	JZ      mx4done
+	VMOVUPS (DI), Y4
+	VMOVUPS 32(DI), Y5
+	VMOVUPS 64(DI), Y6
+	VMOVUPS 96(DI), Y7
+	MXROW(SI, Y0)
+	MXROW(R11, Y1)
+	MXROW(R12, Y2)
+	MXROW(R13, Y3)
+	ADDQ    $17, SI
+	ADDQ    $17, R11
+	ADDQ    $17, R12
+	ADDQ    $17, R13
+	ADDQ    $128, DI
+	DECQ    CX
+	JMP     mx4loop
+
+mx4done:
+	REDUCE4
+	RET
+
+// func dotF16x4AVX2(w *byte, rowBytes int, x *float32, n int, out *[4]float32)
+// n is a multiple of 8.
+TEXT ·dotF16x4AVX2(SB), NOSPLIT, $0-40
+	MOVQ w+0(FP), SI
+	MOVQ rowBytes+8(FP), R8
+	ROWS4
+	MOVQ x+16(FP), DI
+	MOVQ n+24(FP), CX
+	MOVQ out+32(FP), R10
+	XORQ AX, AX
+
+f164loop:
+	CMPQ        CX, $8
+	JLT         f164done
+	VMOVUPS     (DI)(AX*2), Y4
+	VCVTPH2PS   (SI)(AX*1), Y8
+	VCVTPH2PS   (R11)(AX*1), Y9
+	VCVTPH2PS   (R12)(AX*1), Y10
+	VCVTPH2PS   (R13)(AX*1), Y11
+	VFMADD231PS Y4, Y8, Y0
+	VFMADD231PS Y4, Y9, Y1
+	VFMADD231PS Y4, Y10, Y2
+	VFMADD231PS Y4, Y11, Y3
+	ADDQ        $16, AX
+	SUBQ        $8, CX
+	JMP         f164loop
+
+f164done:
+	REDUCE4
+	RET
+
+// func dotBF16x4AVX2(w *byte, rowBytes int, x *float32, n int, out *[4]float32)
+// n is a multiple of 8.
+TEXT ·dotBF16x4AVX2(SB), NOSPLIT, $0-40
+	MOVQ w+0(FP), SI
+	MOVQ rowBytes+8(FP), R8
+	ROWS4
+	MOVQ x+16(FP), DI
+	MOVQ n+24(FP), CX
+	MOVQ out+32(FP), R10
+	XORQ AX, AX
+
+bf164loop:
+	CMPQ        CX, $8
+	JLT         bf164done
+	VMOVUPS     (DI)(AX*2), Y4
+	VPMOVZXWD   (SI)(AX*1), Y8
+	VPMOVZXWD   (R11)(AX*1), Y9
+	VPMOVZXWD   (R12)(AX*1), Y10
+	VPMOVZXWD   (R13)(AX*1), Y11
+	VPSLLD      $16, Y8, Y8
+	VPSLLD      $16, Y9, Y9
+	VPSLLD      $16, Y10, Y10
+	VPSLLD      $16, Y11, Y11
+	VFMADD231PS Y4, Y8, Y0
+	VFMADD231PS Y4, Y9, Y1
+	VFMADD231PS Y4, Y10, Y2
+	VFMADD231PS Y4, Y11, Y3
+	ADDQ        $16, AX
+	SUBQ        $8, CX
+	JMP         bf164loop
+
+bf164done:
+	REDUCE4
+	RET

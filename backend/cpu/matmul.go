@@ -151,24 +151,48 @@ func (b *Backend) matmul(dst, x []float32, n int, w *weight, bias []float32) {
 		}
 		var res4 [4]float32
 		if n < 4 {
-			// Decode: four weight rows at a time (the last ones repeated
-			// where the chunk ends) against each row of x, each row
-			// decoded once.
-			var r [4][]float32
-			for o := lo; o < hi; o += 4 {
-				m := min(4, hi-o)
+			// Decode: four weight rows at a time against each row of x, each
+			// weight byte read once (by the type's fused kernel where it has
+			// one). The four rows are a quarter of the chunk apart, so that
+			// they are four long sequential streams for the prefetcher, not
+			// four rows' worth of short ones; rows left over go alone, as
+			// four copies of themselves.
+			fused := k.fused[w.typ]
+			if in%8 != 0 {
+				fused = nil // dot4x2 and dot1x4 run the Go loops
+			}
+			// rows4 does rows o, o+step, o+2·step and o+3·step, the first m
+			// of them stored.
+			rows4 := func(o, step, m int) {
+				if fused != nil {
+					for i := 0; i < n; i++ {
+						fused(w.raw[o*w.rowBytes:], step*w.rowBytes, x[i*in:(i+1)*in], &res4)
+						for j := range m {
+							dst[i*out+o+j*step] = res4[j] + biasAt(o+j*step)
+						}
+					}
+					return
+				}
+				var r [4][]float32
 				for j := range r {
 					r[j] = r[0]
 					if j < m {
-						r[j] = w.decoded(k, o+j, bufs[j])
+						r[j] = w.decoded(k, o+j*step, bufs[j])
 					}
 				}
 				for i := 0; i < n; i++ {
 					k.dot1x4(x[i*in:(i+1)*in], r[0], r[1], r[2], r[3], &res4)
 					for j := range m {
-						dst[i*out+o+j] = res4[j] + biasAt(o+j)
+						dst[i*out+o+j*step] = res4[j] + biasAt(o+j*step)
 					}
 				}
+			}
+			q := (hi - lo) / 4
+			for o := lo; o < lo+q; o++ {
+				rows4(o, q, 4)
+			}
+			for o := lo + 4*q; o < hi; o++ {
+				rows4(o, 0, 1)
 			}
 			return
 		}
