@@ -155,9 +155,10 @@ func scores8AVX512(q, k *float32, stride, n int, out *float32)
 // how its keys fall into blocks (the block size, a window's start, a
 // prompt's chunks): scores8AVX512 for heads of 64 values, scores4AVX2 for
 // other multiples of 8 (in both, each key's sum is its own), the pure-Go
-// loop otherwise. Keys after the last whole group of g go through the
-// kernel as the run's last g keys, or, in a run shorter than g, one at a
-// time as a group of copies (stride 0).
+// loop otherwise. The keys after the last whole group of g go through the
+// kernel as a group of g with the cache rows after them, where k holds
+// them (their scores are dropped); else as the run's last g keys, or, in a
+// run shorter than g, one at a time as a group of copies (stride 0).
 func scoresSIMD(q, k []float32, stride int, out []float32) {
 	d := len(q)
 	if d%8 != 0 || d == 0 || len(out) == 0 {
@@ -177,6 +178,11 @@ func scoresSIMD(q, k []float32, stride int, out []float32) {
 		return
 	}
 	var tmp [8]float32
+	if len(k) >= (n+g-1)*stride+d {
+		kernel(k[n*stride:], stride, g, tmp[:])
+		copy(out[n:], tmp[:])
+		return
+	}
 	if n > 0 {
 		last := len(out) - g
 		kernel(k[last*stride:], stride, g, tmp[:])
