@@ -257,3 +257,76 @@ func TestAttentionRowsAlone(t *testing.T) {
 		}
 	}
 }
+
+// TestAttentionBlockLayout checks that a row's output has the same bits
+// whatever the block size and the order of its blocks in the cache, and
+// whether it is computed alone or among all of its sequence's rows: the
+// fast precision scores keys in groups, and a key's score must not depend
+// on the group its block boundaries put it in (a prompt computed in one
+// chunk and one computed step by step must agree).
+func TestAttentionBlockLayout(t *testing.T) {
+	const heads, kvHeads, ctx = 4, 2, 45
+	for name, b := range backendsWithFast() {
+		for _, headDim := range []int{64, 32} {
+			for _, window := range []int{0, 7} {
+				t.Run(fmt.Sprintf("%s/d=%d/window=%d", name, headDim, window), func(t *testing.T) {
+					r := newRand(t)
+					qCols, kvCols := heads*headDim, kvHeads*headDim
+					keys, values := randF32(r, ctx*kvCols, 1), randF32(r, ctx*kvCols, 1)
+					qv := randF32(r, ctx*qCols, 2)
+					sinks := activation(t, b, 1, heads, randF32(r, heads, 2))
+					// run lays the keys out in blocks of bs in the cache order
+					// perm gives and computes the rows at positions rows.
+					run := func(bs int, perm []int, rows []int32) []float32 {
+						nBlocks := (ctx + bs - 1) / bs
+						kc, vc := make([]float32, nBlocks*bs*kvCols), make([]float32, nBlocks*bs*kvCols)
+						table := make([]int32, nBlocks)
+						for i := range table {
+							table[i] = int32(perm[i])
+						}
+						for j := range ctx {
+							row := perm[j/bs]*bs + j%bs
+							copy(kc[row*kvCols:(row+1)*kvCols], keys[j*kvCols:])
+							copy(vc[row*kvCols:(row+1)*kvCols], values[j*kvCols:])
+						}
+						kt, vt := must(b.NewKVCache(nBlocks*bs, kvCols)), must(b.NewKVCache(nBlocks*bs, kvCols))
+						b.WriteF32(kt, kc)
+						b.WriteF32(vt, vc)
+						q := make([]float32, 0, len(rows)*qCols)
+						for _, p := range rows {
+							q = append(q, qv[int(p)*qCols:(int(p)+1)*qCols]...)
+						}
+						ap := backend.AttentionParams{Heads: heads, KVHeads: kvHeads, HeadDim: headDim, Scale: 0.125,
+							Window: window, BlockSize: bs, MaxBlocks: nBlocks}
+						dst := poisoned(t, b, len(rows), qCols)
+						b.Attention(dst, activation(t, b, len(rows), qCols, q), kt, vt, ints(t, b, rows),
+							ints(t, b, make([]int32, len(rows))), ints(t, b, table), sinks, ap)
+						if err := b.Sync(); err != nil {
+							t.Fatal(err)
+						}
+						return read(t, b, dst)
+					}
+					all := make([]int32, ctx)
+					for i := range all {
+						all[i] = int32(i)
+					}
+					want := run(16, r.Perm(3), all)
+					for _, bs := range []int{1, 4, 5, 8, 32} {
+						perm := r.Perm((ctx + bs - 1) / bs)
+						got := run(bs, perm, all)
+						for p := range ctx {
+							if p%9 == 0 {
+								got = append(got[:p*qCols], append(run(bs, perm, []int32{int32(p)}), got[(p+1)*qCols:]...)...)
+							}
+						}
+						for i, v := range got {
+							if math.Float32bits(v) != math.Float32bits(want[i]) {
+								t.Fatalf("block size %d: position %d [%d] = %v, %v with blocks of 16", bs, i/qCols, i%qCols, v, want[i])
+							}
+						}
+					}
+				})
+			}
+		}
+	}
+}

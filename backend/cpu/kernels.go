@@ -7,34 +7,38 @@ import (
 	"orcd/tensor"
 )
 
-// The formats both architectures use (F16, BF16, Q8_0, MXFP4) get fused
-// assembly dot kernels on amd64: decoding a block inside the dot product
-// keeps the weights streaming at memory speed in decode, where each weight
-// byte is used once. F16, Q8_0 and MXFP4 also get pure-Go row decoders here
-// (a table lookup, and no call per block), faster than tensor.Dequantize;
-// BF16 and the other formats are decoded by tensor.Dequantize.
+// MatMul decodes weight rows to float32 (assembly decoders for F16, BF16,
+// Q8_0 and MXFP4 on amd64; pure-Go ones here for F16, Q8_0 and MXFP4, a
+// table lookup and no call per block, faster than tensor.Dequantize; BF16
+// and the other formats go through tensor.Dequantize) and runs float32 dot
+// products that sum every output in one order, whatever the number of rows
+// (see matmul).
 
 // kernels are the inner loops a backend runs (see the Go versions below for
-// each one's definition). dot is the float32 dot product of two
-// equal-length vectors and dot4x2 that of four rows of x with two weight
-// rows; scores and weightedSum are attention's two loops over keys. decode,
-// where it has an entry for a weight type, replaces decodeRow for it. fused,
-// where it has an entry for a weight type, is the dot product of one weight
-// row in that format with x, decoding as it goes (MatMul uses it for n ≤
-// fusedMaxRows). q8, when not nil, are the fast precision's integer loops.
+// each one's definition). dot4x2 is the float32 dot products of four rows
+// of x with two weight rows and dot1x4 those of one row of x with four
+// weight rows: every output of either is summed in the same order, so that
+// MatMul gives a row the same bits whatever rows share the call. scores and
+// weightedSum are attention's two loops over keys. decode, where it has an
+// entry for a weight type, replaces decodeRow for it. fused, where it has
+// an entry for a weight type, is dot1x4 of x with the four weight rows in
+// that format at w[j·rowBytes:] (rowBytes may be 0), decoding as it goes,
+// for len(x) a multiple of 8: the decode path's kernel, where each weight
+// byte is used once. q8, when not nil, are the fast precision's integer
+// loops.
 type kernels struct {
-	dot         func(a, b []float32) float32
 	scores      func(q, k []float32, stride int, out []float32)
 	weightedSum func(p, v []float32, stride int, out []float32)
 	dot4x2      func(x []float32, xstride int, w0, w1 []float32, out *[8]float32)
+	dot1x4      func(x, w0, w1, w2, w3 []float32, out *[4]float32)
 	decode      map[tensor.Type]func(row []byte, dst []float32)
-	fused       map[tensor.Type]func(row []byte, x []float32) float32
+	fused       map[tensor.Type]func(w []byte, rowBytes int, x []float32, out *[4]float32)
 	q8          *q8Kernels
 }
 
 // goKernels are the pure-Go loops, used where no assembly version exists
 // and in tests as the second implementation to check the assembly against.
-var goKernels = kernels{dot: dot, dot4x2: dot4x2, scores: scores, weightedSum: weightedSum, q8: goQ8Kernels}
+var goKernels = kernels{dot4x2: dot4x2, dot1x4: dot1x4, scores: scores, weightedSum: weightedSum, q8: goQ8Kernels}
 
 // f16Table holds every binary16 bit pattern widened to float32, so an F16
 // weight costs one table load instead of a branchy conversion.
@@ -116,6 +120,14 @@ func dot4x2(x []float32, xstride int, w0, w1 []float32, out *[8]float32) {
 	for i := 0; i < 4; i++ {
 		xi := x[i*xstride : i*xstride+len(w0)]
 		out[2*i], out[2*i+1] = dot(xi, w0), dot(xi, w1)
+	}
+}
+
+// dot1x4 sets out[j] to the dot product of x with wj (len(w0) elements),
+// for j < 4.
+func dot1x4(x, w0, w1, w2, w3 []float32, out *[4]float32) {
+	for j, w := range [4][]float32{w0, w1, w2, w3} {
+		out[j] = dot(x[:len(w)], w)
 	}
 }
 

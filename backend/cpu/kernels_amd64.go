@@ -11,15 +11,6 @@ import (
 // pure-Go loops.
 
 //go:noescape
-func dotF32AVX2(a, b *float32, n int) float32
-
-//go:noescape
-func dotF16AVX2(w *byte, x *float32, n int) float32
-
-//go:noescape
-func dotBF16AVX2(w *byte, x *float32, n int) float32
-
-//go:noescape
 func scoresAVX2(q, k *float32, stride, n, d int, out *float32)
 
 //go:noescape
@@ -27,6 +18,21 @@ func weightedSumAVX2(p, v *float32, stride, n, d int, out *float32)
 
 //go:noescape
 func dot4x2AVX2(x *float32, xstride int, w0, w1 *float32, n int, out *[8]float32)
+
+//go:noescape
+func dot1x4AVX2(x, w0, w1, w2, w3 *float32, n int, out *[4]float32)
+
+//go:noescape
+func dotQ8_0x4AVX2(w *byte, rowBytes int, x *float32, blocks int, out *[4]float32)
+
+//go:noescape
+func dotMXFP4x4AVX2(w *byte, rowBytes int, x *float32, blocks int, out *[4]float32, scales *float32, values *byte)
+
+//go:noescape
+func dotF16x4AVX2(w *byte, rowBytes int, x *float32, n int, out *[4]float32)
+
+//go:noescape
+func dotBF16x4AVX2(w *byte, rowBytes int, x *float32, n int, out *[4]float32)
 
 //go:noescape
 func decodeQ8_0AVX2(w *byte, out *float32, blocks int)
@@ -39,12 +45,6 @@ func decodeBF16AVX2(w *byte, out *float32, n int)
 
 //go:noescape
 func decodeMXFP4AVX2(w *byte, out *float32, blocks int, scales *float32, values *byte)
-
-//go:noescape
-func dotQ8_0AVX2(w *byte, x *float32, blocks int) float32
-
-//go:noescape
-func dotMXFP4AVX2(w *byte, x *float32, blocks int, scales *float32, values *byte) float32
 
 func cpuid(leaf, sub uint32) (a, b, c, d uint32)
 
@@ -85,17 +85,6 @@ func simdKernels() (kernels, bool) {
 		return kernels{}, false
 	}
 	return kernels{
-		dot: func(a, b []float32) float32 {
-			n := len(a) &^ 7
-			var s float32
-			if n > 0 {
-				s = dotF32AVX2(&a[0], &b[:n][0], n)
-			}
-			for i := n; i < len(a); i++ {
-				s += a[i] * b[i]
-			}
-			return s
-		},
 		scores: func(q, k []float32, stride int, out []float32) {
 			d := len(q)
 			if d%8 != 0 || len(out) == 0 {
@@ -114,6 +103,16 @@ func simdKernels() (kernels, bool) {
 			}
 			_, _ = x[3*xstride+n-1], w1[n-1]
 			dot4x2AVX2(&x[0], xstride, &w0[0], &w1[0], n, out)
+		},
+		dot1x4: func(x, w0, w1, w2, w3 []float32, out *[4]float32) {
+			// The same fallback as dot4x2's, so both always sum alike.
+			n := len(w0)
+			if n%8 != 0 || n == 0 {
+				dot1x4(x, w0, w1, w2, w3, out)
+				return
+			}
+			_, _, _, _ = x[n-1], w1[n-1], w2[n-1], w3[n-1]
+			dot1x4AVX2(&x[0], &w0[0], &w1[0], &w2[0], &w3[0], n, out)
 		},
 		decode: map[tensor.Type]func(row []byte, dst []float32){
 			tensor.F16: func(row []byte, dst []float32) {
@@ -141,39 +140,24 @@ func simdKernels() (kernels, bool) {
 				decodeMXFP4AVX2(&row[0], &dst[0], blocks, &mxfp4HalfScales[0], (*byte)(unsafe.Pointer(&mxfp4Codes[0])))
 			},
 		},
-		fused: map[tensor.Type]func(row []byte, x []float32) float32{
-			tensor.BF16: func(row []byte, x []float32) float32 {
-				n := len(x) &^ 7
-				var s float32
-				if n > 0 {
-					s = dotBF16AVX2(&row[:2*n][0], &x[0], n)
-				}
-				for i := n; i < len(x); i++ {
-					s += tensor.BF16ToF32(uint16(row[2*i])|uint16(row[2*i+1])<<8) * x[i]
-				}
-				return s
+		fused: map[tensor.Type]func(w []byte, rowBytes int, x []float32, out *[4]float32){
+			tensor.F16: func(w []byte, rowBytes int, x []float32, out *[4]float32) {
+				_ = w[3*rowBytes+2*len(x)-1]
+				dotF16x4AVX2(&w[0], rowBytes, &x[0], len(x), out)
 			},
-			tensor.F16: func(row []byte, x []float32) float32 {
-				n := len(x) &^ 7
-				var s float32
-				if n > 0 {
-					s = dotF16AVX2(&row[:2*n][0], &x[0], n)
-				}
-				t := f16Table()
-				for i := n; i < len(x); i++ {
-					s += t[uint16(row[2*i])|uint16(row[2*i+1])<<8] * x[i]
-				}
-				return s
+			tensor.BF16: func(w []byte, rowBytes int, x []float32, out *[4]float32) {
+				_ = w[3*rowBytes+2*len(x)-1]
+				dotBF16x4AVX2(&w[0], rowBytes, &x[0], len(x), out)
 			},
-			tensor.Q8_0: func(row []byte, x []float32) float32 {
+			tensor.Q8_0: func(w []byte, rowBytes int, x []float32, out *[4]float32) {
 				blocks := len(x) / 32
-				_ = row[34*blocks-1]
-				return dotQ8_0AVX2(&row[0], &x[0], blocks)
+				_ = w[3*rowBytes+34*blocks-1]
+				dotQ8_0x4AVX2(&w[0], rowBytes, &x[0], blocks, out)
 			},
-			tensor.MXFP4: func(row []byte, x []float32) float32 {
+			tensor.MXFP4: func(w []byte, rowBytes int, x []float32, out *[4]float32) {
 				blocks := len(x) / 32
-				_ = row[17*blocks-1]
-				return dotMXFP4AVX2(&row[0], &x[0], blocks, &mxfp4HalfScales[0], (*byte)(unsafe.Pointer(&mxfp4Codes[0])))
+				_ = w[3*rowBytes+17*blocks-1]
+				dotMXFP4x4AVX2(&w[0], rowBytes, &x[0], blocks, out, &mxfp4HalfScales[0], (*byte)(unsafe.Pointer(&mxfp4Codes[0])))
 			},
 		},
 		q8: simdQ8Kernels(),

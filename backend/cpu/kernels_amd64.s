@@ -2,163 +2,10 @@
 
 #include "textflag.h"
 
-// AVX2+FMA inner loops of the cpu backend. Each returns the float32 dot
-// product of one weight row (in its file format) with a float32 vector,
-// accumulated in 8-lane partial sums. The Go declarations and the pure-Go
-// equivalents are in kernels_amd64.go and kernels.go.
-
-// func dotF32AVX2(a, b *float32, n int) float32
-// n is a multiple of 8.
-TEXT ·dotF32AVX2(SB), NOSPLIT, $0-28
-	MOVQ   a+0(FP), SI
-	MOVQ   b+8(FP), DI
-	MOVQ   n+16(FP), CX
-	VXORPS Y0, Y0, Y0
-	VXORPS Y1, Y1, Y1
-	VXORPS Y2, Y2, Y2
-	VXORPS Y3, Y3, Y3
-
-f32loop32:
-	CMPQ        CX, $32
-	JLT         f32loop8
-	VMOVUPS     (SI), Y4
-	VMOVUPS     32(SI), Y5
-	VMOVUPS     64(SI), Y6
-	VMOVUPS     96(SI), Y7
-	VFMADD231PS (DI), Y4, Y0
-	VFMADD231PS 32(DI), Y5, Y1
-	VFMADD231PS 64(DI), Y6, Y2
-	VFMADD231PS 96(DI), Y7, Y3
-	ADDQ        $128, SI
-	ADDQ        $128, DI
-	SUBQ        $32, CX
-	JMP         f32loop32
-
-f32loop8:
-	CMPQ        CX, $8
-	JLT         f32done
-	VMOVUPS     (SI), Y4
-	VFMADD231PS (DI), Y4, Y0
-	ADDQ        $32, SI
-	ADDQ        $32, DI
-	SUBQ        $8, CX
-	JMP         f32loop8
-
-f32done:
-	VADDPS Y1, Y0, Y0
-	VADDPS Y3, Y2, Y2
-	VADDPS Y2, Y0, Y0
-	VEXTRACTF128 $1, Y0, X1
-	VADDPS       X1, X0, X0
-	VHADDPS      X0, X0, X0
-	VHADDPS      X0, X0, X0
-	VZEROUPPER
-	MOVSS        X0, ret+24(FP)
-	RET
-
-// func dotF16AVX2(w *byte, x *float32, n int) float32
-// w holds n little-endian binary16 values; n is a multiple of 8.
-TEXT ·dotF16AVX2(SB), NOSPLIT, $0-28
-	MOVQ   w+0(FP), SI
-	MOVQ   x+8(FP), DI
-	MOVQ   n+16(FP), CX
-	VXORPS Y0, Y0, Y0
-	VXORPS Y1, Y1, Y1
-	VXORPS Y2, Y2, Y2
-	VXORPS Y3, Y3, Y3
-
-f16loop32:
-	CMPQ        CX, $32
-	JLT         f16loop8
-	VCVTPH2PS   (SI), Y4
-	VCVTPH2PS   16(SI), Y5
-	VCVTPH2PS   32(SI), Y6
-	VCVTPH2PS   48(SI), Y7
-	VFMADD231PS (DI), Y4, Y0
-	VFMADD231PS 32(DI), Y5, Y1
-	VFMADD231PS 64(DI), Y6, Y2
-	VFMADD231PS 96(DI), Y7, Y3
-	ADDQ        $64, SI
-	ADDQ        $128, DI
-	SUBQ        $32, CX
-	JMP         f16loop32
-
-f16loop8:
-	CMPQ        CX, $8
-	JLT         f16done
-	VCVTPH2PS   (SI), Y4
-	VFMADD231PS (DI), Y4, Y0
-	ADDQ        $16, SI
-	ADDQ        $32, DI
-	SUBQ        $8, CX
-	JMP         f16loop8
-
-f16done:
-	VADDPS Y1, Y0, Y0
-	VADDPS Y3, Y2, Y2
-	VADDPS Y2, Y0, Y0
-	VEXTRACTF128 $1, Y0, X1
-	VADDPS       X1, X0, X0
-	VHADDPS      X0, X0, X0
-	VHADDPS      X0, X0, X0
-	VZEROUPPER
-	MOVSS        X0, ret+24(FP)
-	RET
-
-// func dotBF16AVX2(w *byte, x *float32, n int) float32
-// w holds n little-endian bfloat16 values (the top halves of float32s); n is
-// a multiple of 8.
-TEXT ·dotBF16AVX2(SB), NOSPLIT, $0-28
-	MOVQ   w+0(FP), SI
-	MOVQ   x+8(FP), DI
-	MOVQ   n+16(FP), CX
-	VXORPS Y0, Y0, Y0
-	VXORPS Y1, Y1, Y1
-	VXORPS Y2, Y2, Y2
-	VXORPS Y3, Y3, Y3
-
-bf16loop32:
-	CMPQ        CX, $32
-	JLT         bf16loop8
-	VPMOVZXWD   (SI), Y4
-	VPMOVZXWD   16(SI), Y5
-	VPMOVZXWD   32(SI), Y6
-	VPMOVZXWD   48(SI), Y7
-	VPSLLD      $16, Y4, Y4
-	VPSLLD      $16, Y5, Y5
-	VPSLLD      $16, Y6, Y6
-	VPSLLD      $16, Y7, Y7
-	VFMADD231PS (DI), Y4, Y0
-	VFMADD231PS 32(DI), Y5, Y1
-	VFMADD231PS 64(DI), Y6, Y2
-	VFMADD231PS 96(DI), Y7, Y3
-	ADDQ        $64, SI
-	ADDQ        $128, DI
-	SUBQ        $32, CX
-	JMP         bf16loop32
-
-bf16loop8:
-	CMPQ        CX, $8
-	JLT         bf16done
-	VPMOVZXWD   (SI), Y4
-	VPSLLD      $16, Y4, Y4
-	VFMADD231PS (DI), Y4, Y0
-	ADDQ        $16, SI
-	ADDQ        $32, DI
-	SUBQ        $8, CX
-	JMP         bf16loop8
-
-bf16done:
-	VADDPS       Y1, Y0, Y0
-	VADDPS       Y3, Y2, Y2
-	VADDPS       Y2, Y0, Y0
-	VEXTRACTF128 $1, Y0, X1
-	VADDPS       X1, X0, X0
-	VHADDPS      X0, X0, X0
-	VHADDPS      X0, X0, X0
-	VZEROUPPER
-	MOVSS        X0, ret+24(FP)
-	RET
+// AVX2+FMA inner loops of the cpu backend: MatMul's dot products of float32
+// rows, attention's loops over keys, and the weight row decoders. The Go
+// declarations and the pure-Go equivalents are in kernels_amd64.go and
+// kernels.go.
 
 // func scoresAVX2(q, k *float32, stride, n, d int, out *float32)
 // out[j] = Σ_c q[c]·k[j·stride+c] for j < n, c < d; d is a multiple of 8 and
@@ -292,146 +139,6 @@ wsdone:
 	VZEROUPPER
 	RET
 
-// func dotQ8_0AVX2(w *byte, x *float32, blocks int) float32
-// Per 34-byte block: Σ q·x over its 32 int8 quants, times the f16 scale
-// (VPBROADCASTW+VCVTPH2PS broadcasts it in two instructions). Two blocks per
-// iteration into two accumulators: 25% faster than one (20 -> 26 GB/s on
-// one Zen 4 core).
-TEXT ·dotQ8_0AVX2(SB), NOSPLIT, $0-28
-	MOVQ   w+0(FP), SI
-	MOVQ   x+8(FP), DI
-	MOVQ   blocks+16(FP), CX
-	VXORPS Y0, Y0, Y0
-	VXORPS Y8, Y8, Y8
-
-q8loop2:
-	CMPQ         CX, $2
-	JLT          q8loop1
-	VPBROADCASTW (SI), X7
-	VCVTPH2PS    X7, Y7
-	VPBROADCASTW 34(SI), X9
-	VCVTPH2PS    X9, Y9
-	VPMOVSXBD    2(SI), Y1
-	VPMOVSXBD    10(SI), Y2
-	VPMOVSXBD    18(SI), Y3
-	VPMOVSXBD    26(SI), Y4
-	VPMOVSXBD    36(SI), Y10
-	VPMOVSXBD    44(SI), Y11
-	VPMOVSXBD    52(SI), Y12
-	VPMOVSXBD    60(SI), Y13
-	VCVTDQ2PS    Y1, Y1
-	VCVTDQ2PS    Y2, Y2
-	VCVTDQ2PS    Y3, Y3
-	VCVTDQ2PS    Y4, Y4
-	VCVTDQ2PS    Y10, Y10
-	VCVTDQ2PS    Y11, Y11
-	VCVTDQ2PS    Y12, Y12
-	VCVTDQ2PS    Y13, Y13
-	VMULPS       (DI), Y1, Y1
-	VMULPS       32(DI), Y2, Y2
-	VFMADD231PS  64(DI), Y3, Y1
-	VFMADD231PS  96(DI), Y4, Y2
-	VMULPS       128(DI), Y10, Y10
-	VMULPS       160(DI), Y11, Y11
-	VFMADD231PS  192(DI), Y12, Y10
-	VFMADD231PS  224(DI), Y13, Y11
-	VADDPS       Y2, Y1, Y1
-	VADDPS       Y11, Y10, Y10
-	VFMADD231PS  Y7, Y1, Y0
-	VFMADD231PS  Y9, Y10, Y8
-	ADDQ         $68, SI
-	ADDQ         $256, DI
-	SUBQ         $2, CX
-	JMP          q8loop2
-
-q8loop1:
-	TESTQ        CX, CX
-	JZ           q8done
-	VPBROADCASTW (SI), X7
-	VCVTPH2PS    X7, Y7
-	VPMOVSXBD    2(SI), Y1
-	VPMOVSXBD    10(SI), Y2
-	VPMOVSXBD    18(SI), Y3
-	VPMOVSXBD    26(SI), Y4
-	VCVTDQ2PS    Y1, Y1
-	VCVTDQ2PS    Y2, Y2
-	VCVTDQ2PS    Y3, Y3
-	VCVTDQ2PS    Y4, Y4
-	VMULPS       (DI), Y1, Y1
-	VMULPS       32(DI), Y2, Y2
-	VFMADD231PS  64(DI), Y3, Y1
-	VFMADD231PS  96(DI), Y4, Y2
-	VADDPS       Y2, Y1, Y1
-	VFMADD231PS  Y7, Y1, Y0
-
-q8done:
-	VADDPS       Y8, Y0, Y0
-	VEXTRACTF128 $1, Y0, X1
-	VADDPS       X1, X0, X0
-	VHADDPS      X0, X0, X0
-	VHADDPS      X0, X0, X0
-	VZEROUPPER
-	MOVSS        X0, ret+24(FP)
-	RET
-
-// func dotMXFP4AVX2(w *byte, x *float32, blocks int, scales *float32, values *byte) float32
-// Per 17-byte block: an E8M0 scale byte, looked up in scales (2^(e-128)),
-// then 16 bytes of 4-bit codes (element j in the low nibble of byte j,
-// element j+16 in the high nibble), looked up in values (the doubled E2M1
-// values as int8).
-TEXT ·dotMXFP4AVX2(SB), NOSPLIT, $0-44
-	MOVQ         w+0(FP), SI
-	MOVQ         x+8(FP), DI
-	MOVQ         blocks+16(FP), CX
-	MOVQ         scales+24(FP), R9
-	MOVQ         values+32(FP), R8
-	VMOVDQU      (R8), X15
-	MOVL         $0x0F0F0F0F, AX
-	MOVQ         AX, X14
-	VPBROADCASTD X14, X14
-	VXORPS       Y0, Y0, Y0
-
-mxloop:
-	TESTQ        CX, CX
-	JZ           mxdone
-	MOVBLZX      (SI), AX
-	VBROADCASTSS (R9)(AX*4), Y7
-	VMOVDQU      1(SI), X1
-	VPSRLW       $4, X1, X2
-	VPAND        X14, X1, X1
-	VPAND        X14, X2, X2
-	VPSHUFB      X1, X15, X1
-	VPSHUFB      X2, X15, X2
-	VPMOVSXBD    X1, Y3
-	VPSRLDQ      $8, X1, X1
-	VPMOVSXBD    X1, Y4
-	VPMOVSXBD    X2, Y5
-	VPSRLDQ      $8, X2, X2
-	VPMOVSXBD    X2, Y6
-	VCVTDQ2PS    Y3, Y3
-	VCVTDQ2PS    Y4, Y4
-	VCVTDQ2PS    Y5, Y5
-	VCVTDQ2PS    Y6, Y6
-	VMULPS       (DI), Y3, Y3
-	VMULPS       32(DI), Y4, Y4
-	VFMADD231PS  64(DI), Y5, Y3
-	VFMADD231PS  96(DI), Y6, Y4
-	VADDPS       Y4, Y3, Y3
-	VFMADD231PS  Y7, Y3, Y0
-	ADDQ         $17, SI
-	ADDQ         $128, DI
-	DECQ         CX
-	JMP          mxloop
-
-mxdone:
-	VEXTRACTF128 $1, Y0, X1
-	VADDPS       X1, X0, X0
-	VHADDPS      X0, X0, X0
-	VHADDPS      X0, X0, X0
-	VZEROUPPER
-	MOVSS        X0, ret+40(FP)
-	RET
-
 // func cpuid(leaf, sub uint32) (a, b, c, d uint32)
 TEXT ·cpuid(SB), NOSPLIT, $0-24
 	MOVL leaf+0(FP), AX
@@ -511,6 +218,48 @@ d42reduce:
 	VADDPS       X5, X4, X4
 	VMOVUPS      X0, (R10)
 	VMOVUPS      X4, 16(R10)
+	VZEROUPPER
+	RET
+
+// func dot1x4AVX2(x, w0, w1, w2, w3 *float32, n int, out *[4]float32)
+// out[j] = Σ_c x[c]·wj[c] for j < 4 and c < n, a multiple of 8: one row of
+// x against four weight rows, each output summed exactly as dot4x2AVX2 sums
+// its eight (one 8-lane accumulator, FMAs in order, the same pairwise
+// reduction), so a row's MatMul result does not depend on how many rows
+// share the call.
+TEXT ·dot1x4AVX2(SB), NOSPLIT, $0-56
+	MOVQ   x+0(FP), SI
+	MOVQ   w0+8(FP), DI
+	MOVQ   w1+16(FP), DX
+	MOVQ   w2+24(FP), R8
+	MOVQ   w3+32(FP), R9
+	MOVQ   n+40(FP), CX
+	MOVQ   out+48(FP), R10
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	XORQ   AX, AX
+
+d14loop:
+	CMPQ        CX, $8
+	JLT         d14reduce
+	VMOVUPS     (SI)(AX*1), Y8
+	VFMADD231PS (DI)(AX*1), Y8, Y0
+	VFMADD231PS (DX)(AX*1), Y8, Y1
+	VFMADD231PS (R8)(AX*1), Y8, Y2
+	VFMADD231PS (R9)(AX*1), Y8, Y3
+	ADDQ        $32, AX
+	SUBQ        $8, CX
+	JMP         d14loop
+
+d14reduce:
+	VHADDPS      Y1, Y0, Y0
+	VHADDPS      Y3, Y2, Y2
+	VHADDPS      Y2, Y0, Y0
+	VEXTRACTF128 $1, Y0, X1
+	VADDPS       X1, X0, X0
+	VMOVUPS      X0, (R10)
 	VZEROUPPER
 	RET
 
@@ -643,4 +392,218 @@ dbf16loop:
 
 dbf16done:
 	VZEROUPPER
+	RET
+
+// The fused decode kernels below are dot1x4AVX2 of one row of x with four
+// weight rows in their file format, rowBytes apart, decoding 8 values at a
+// time in registers (each decoded value is exact in float32, so it equals
+// the row decoders' output): out[j] is then the same bits as dot1x4AVX2 and
+// dot4x2AVX2 give for the decoded rows. REDUCE4 is their shared reduction
+// of the accumulators Y0..Y3 into out at R10.
+#define REDUCE4 \
+	VHADDPS      Y1, Y0, Y0; \
+	VHADDPS      Y3, Y2, Y2; \
+	VHADDPS      Y2, Y0, Y0; \
+	VEXTRACTF128 $1, Y0, X1; \
+	VADDPS       X1, X0, X0; \
+	VMOVUPS      X0, (R10); \
+	VZEROUPPER
+
+// ROWS4 sets the row pointers R11, R12, R13 from the first, SI, and
+// rowBytes in R8, and zeroes the accumulators.
+#define ROWS4 \
+	LEAQ (SI)(R8*1), R11; \
+	LEAQ (R11)(R8*1), R12; \
+	LEAQ (R12)(R8*1), R13; \
+	VXORPS Y0, Y0, Y0; \
+	VXORPS Y1, Y1, Y1; \
+	VXORPS Y2, Y2, Y2; \
+	VXORPS Y3, Y3, Y3
+
+// Q8ROW(r, acc): one Q8_0 block of the row at r against x in Y4..Y7.
+#define Q8ROW(r, acc) \
+	VPBROADCASTW (r), X8; \
+	VCVTPH2PS    X8, Y8; \
+	VPMOVSXBD    2(r), Y9; \
+	VPMOVSXBD    10(r), Y10; \
+	VPMOVSXBD    18(r), Y11; \
+	VPMOVSXBD    26(r), Y12; \
+	VCVTDQ2PS    Y9, Y9; \
+	VCVTDQ2PS    Y10, Y10; \
+	VCVTDQ2PS    Y11, Y11; \
+	VCVTDQ2PS    Y12, Y12; \
+	VMULPS       Y8, Y9, Y9; \
+	VMULPS       Y8, Y10, Y10; \
+	VMULPS       Y8, Y11, Y11; \
+	VMULPS       Y8, Y12, Y12; \
+	VFMADD231PS  Y4, Y9, acc; \
+	VFMADD231PS  Y5, Y10, acc; \
+	VFMADD231PS  Y6, Y11, acc; \
+	VFMADD231PS  Y7, Y12, acc
+
+// func dotQ8_0x4AVX2(w *byte, rowBytes int, x *float32, blocks int, out *[4]float32)
+TEXT ·dotQ8_0x4AVX2(SB), NOSPLIT, $0-40
+	MOVQ w+0(FP), SI
+	MOVQ rowBytes+8(FP), R8
+	ROWS4
+	MOVQ x+16(FP), DI
+	MOVQ blocks+24(FP), CX
+	MOVQ out+32(FP), R10
+
+q84loop:
+	TESTQ   CX, CX
+	JZ      q84done
+	VMOVUPS (DI), Y4
+	VMOVUPS 32(DI), Y5
+	VMOVUPS 64(DI), Y6
+	VMOVUPS 96(DI), Y7
+	Q8ROW(SI, Y0)
+	Q8ROW(R11, Y1)
+	Q8ROW(R12, Y2)
+	Q8ROW(R13, Y3)
+	ADDQ    $34, SI
+	ADDQ    $34, R11
+	ADDQ    $34, R12
+	ADDQ    $34, R13
+	ADDQ    $128, DI
+	DECQ    CX
+	JMP     q84loop
+
+q84done:
+	REDUCE4
+	RET
+
+// MXROW(r, acc): one MXFP4 block of the row at r (layout as in
+// dotMXFP4's decoder: element j in the low nibble of byte j, j+16 in the
+// high one) against x in Y4..Y7; scales at R9, codes in X15, 0x0F in X14.
+#define MXROW(r, acc) \
+	MOVBLZX      (r), AX; \
+	VBROADCASTSS (R9)(AX*4), Y8; \
+	VMOVDQU      1(r), X9; \
+	VPSRLW       $4, X9, X10; \
+	VPAND        X14, X9, X9; \
+	VPAND        X14, X10, X10; \
+	VPSHUFB      X9, X15, X9; \
+	VPSHUFB      X10, X15, X10; \
+	VPMOVSXBD    X9, Y11; \
+	VPSRLDQ      $8, X9, X9; \
+	VPMOVSXBD    X9, Y12; \
+	VPMOVSXBD    X10, Y13; \
+	VPSRLDQ      $8, X10, X10; \
+	VPMOVSXBD    X10, Y9; \
+	VCVTDQ2PS    Y11, Y11; \
+	VCVTDQ2PS    Y12, Y12; \
+	VCVTDQ2PS    Y13, Y13; \
+	VCVTDQ2PS    Y9, Y9; \
+	VMULPS       Y8, Y11, Y11; \
+	VMULPS       Y8, Y12, Y12; \
+	VMULPS       Y8, Y13, Y13; \
+	VMULPS       Y8, Y9, Y9; \
+	VFMADD231PS  Y4, Y11, acc; \
+	VFMADD231PS  Y5, Y12, acc; \
+	VFMADD231PS  Y6, Y13, acc; \
+	VFMADD231PS  Y7, Y9, acc
+
+// func dotMXFP4x4AVX2(w *byte, rowBytes int, x *float32, blocks int, out *[4]float32, scales *float32, values *byte)
+TEXT ·dotMXFP4x4AVX2(SB), NOSPLIT, $0-56
+	MOVQ w+0(FP), SI
+	MOVQ rowBytes+8(FP), R8
+	ROWS4
+	MOVQ         x+16(FP), DI
+	MOVQ         blocks+24(FP), CX
+	MOVQ         out+32(FP), R10
+	MOVQ         scales+40(FP), R9
+	MOVQ         values+48(FP), DX
+	VMOVDQU      (DX), X15
+	MOVL         $0x0F0F0F0F, AX
+	MOVQ         AX, X14
+	VPBROADCASTD X14, X14
+
+mx4loop:
+	TESTQ   CX, CX
+	JZ      mx4done
+	VMOVUPS (DI), Y4
+	VMOVUPS 32(DI), Y5
+	VMOVUPS 64(DI), Y6
+	VMOVUPS 96(DI), Y7
+	MXROW(SI, Y0)
+	MXROW(R11, Y1)
+	MXROW(R12, Y2)
+	MXROW(R13, Y3)
+	ADDQ    $17, SI
+	ADDQ    $17, R11
+	ADDQ    $17, R12
+	ADDQ    $17, R13
+	ADDQ    $128, DI
+	DECQ    CX
+	JMP     mx4loop
+
+mx4done:
+	REDUCE4
+	RET
+
+// func dotF16x4AVX2(w *byte, rowBytes int, x *float32, n int, out *[4]float32)
+// n is a multiple of 8.
+TEXT ·dotF16x4AVX2(SB), NOSPLIT, $0-40
+	MOVQ w+0(FP), SI
+	MOVQ rowBytes+8(FP), R8
+	ROWS4
+	MOVQ x+16(FP), DI
+	MOVQ n+24(FP), CX
+	MOVQ out+32(FP), R10
+	XORQ AX, AX
+
+f164loop:
+	CMPQ        CX, $8
+	JLT         f164done
+	VMOVUPS     (DI)(AX*2), Y4
+	VCVTPH2PS   (SI)(AX*1), Y8
+	VCVTPH2PS   (R11)(AX*1), Y9
+	VCVTPH2PS   (R12)(AX*1), Y10
+	VCVTPH2PS   (R13)(AX*1), Y11
+	VFMADD231PS Y4, Y8, Y0
+	VFMADD231PS Y4, Y9, Y1
+	VFMADD231PS Y4, Y10, Y2
+	VFMADD231PS Y4, Y11, Y3
+	ADDQ        $16, AX
+	SUBQ        $8, CX
+	JMP         f164loop
+
+f164done:
+	REDUCE4
+	RET
+
+// func dotBF16x4AVX2(w *byte, rowBytes int, x *float32, n int, out *[4]float32)
+// n is a multiple of 8.
+TEXT ·dotBF16x4AVX2(SB), NOSPLIT, $0-40
+	MOVQ w+0(FP), SI
+	MOVQ rowBytes+8(FP), R8
+	ROWS4
+	MOVQ x+16(FP), DI
+	MOVQ n+24(FP), CX
+	MOVQ out+32(FP), R10
+	XORQ AX, AX
+
+bf164loop:
+	CMPQ        CX, $8
+	JLT         bf164done
+	VMOVUPS     (DI)(AX*2), Y4
+	VPMOVZXWD   (SI)(AX*1), Y8
+	VPMOVZXWD   (R11)(AX*1), Y9
+	VPMOVZXWD   (R12)(AX*1), Y10
+	VPMOVZXWD   (R13)(AX*1), Y11
+	VPSLLD      $16, Y8, Y8
+	VPSLLD      $16, Y9, Y9
+	VPSLLD      $16, Y10, Y10
+	VPSLLD      $16, Y11, Y11
+	VFMADD231PS Y4, Y8, Y0
+	VFMADD231PS Y4, Y9, Y1
+	VFMADD231PS Y4, Y10, Y2
+	VFMADD231PS Y4, Y11, Y3
+	ADDQ        $16, AX
+	SUBQ        $8, CX
+	JMP         bf164loop
+
+bf164done:
+	REDUCE4
 	RET

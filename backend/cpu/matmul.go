@@ -110,11 +110,6 @@ func (b *Backend) MatMul(dst, x, w, bias backend.Tensor) {
 	b.matmul(d.f32, xs.f32, n, wv, bv)
 }
 
-// fusedMaxRows is the largest n for which MatMul runs the fused kernels,
-// decoding each weight row once per row of x; above it a row is decoded
-// once into a buffer and reused for every row of x.
-const fusedMaxRows = 2
-
 // xTile is how many rows of x a worker runs against its chunk of weight
 // rows before taking the next rows of x: 64 rows of even a 3072-wide input
 // (GPT-2's down projection) stay within L2 cache, and each decoded weight row
@@ -123,6 +118,13 @@ const xTile = 64
 
 // matmul computes dst (n×w.out) = x (n×w.in) · wᵀ + bias, splitting the
 // output features over the workers.
+//
+// Every output is one float32 dot product summed in one order (dot4x2's,
+// which dot1x4 shares) plus the bias, whatever n, the split and which rows
+// of x share a kernel call, so a row gets the same bits alone or in any
+// batch: the mixture of experts batches the rows routed to each expert,
+// and the fast precision's two-digit activations carry a last-bit
+// difference on to the sampled tokens.
 func (b *Backend) matmul(dst, x []float32, n int, w *weight, bias []float32) {
 	if w.q8 != nil {
 		b.matmulQ8(dst, x, n, w, bias)
@@ -136,52 +138,92 @@ func (b *Backend) matmul(dst, x []float32, n int, w *weight, bias []float32) {
 		}
 		return bias[o]
 	}
-	if fused := k.fused[w.typ]; fused != nil && n <= fusedMaxRows {
-		b.parallel(out, 16, func(_, lo, hi int) {
-			for o := lo; o < hi; o++ {
-				row, bo := w.raw[o*w.rowBytes:(o+1)*w.rowBytes], biasAt(o)
-				for i := 0; i < n; i++ {
-					dst[i*out+o] = fused(row, x[i*in:(i+1)*in]) + bo
-				}
-			}
-		})
-		return
-	}
-	scratch := make([][]float32, b.threads) // two decoded rows per worker
+	scratch := make([][]float32, b.threads) // four decoded rows per worker
 	b.parallel(out, 16, func(worker, lo, hi int) {
-		var buf0, buf1 []float32
+		var bufs [4][]float32
 		if w.typ != tensor.F32 {
 			if scratch[worker] == nil {
-				scratch[worker] = make([]float32, 2*in)
+				scratch[worker] = make([]float32, 4*in)
 			}
-			buf0, buf1 = scratch[worker][:in], scratch[worker][in:]
+			for j := range bufs {
+				bufs[j] = scratch[worker][j*in : (j+1)*in]
+			}
+		}
+		var res4 [4]float32
+		if n < 4 {
+			// Decode: four weight rows at a time against each row of x, each
+			// weight byte read once (by the type's fused kernel where it has
+			// one). The four rows are a quarter of the chunk apart, so that
+			// they are four long sequential streams for the prefetcher, not
+			// four rows' worth of short ones; rows left over go alone, as
+			// four copies of themselves.
+			fused := k.fused[w.typ]
+			if in%8 != 0 {
+				fused = nil // dot4x2 and dot1x4 run the Go loops
+			}
+			// rows4 does rows o, o+step, o+2·step and o+3·step, the first m
+			// of them stored.
+			rows4 := func(o, step, m int) {
+				if fused != nil {
+					for i := 0; i < n; i++ {
+						fused(w.raw[o*w.rowBytes:], step*w.rowBytes, x[i*in:(i+1)*in], &res4)
+						for j := range m {
+							dst[i*out+o+j*step] = res4[j] + biasAt(o+j*step)
+						}
+					}
+					return
+				}
+				var r [4][]float32
+				for j := range r {
+					r[j] = r[0]
+					if j < m {
+						r[j] = w.decoded(k, o+j*step, bufs[j])
+					}
+				}
+				for i := 0; i < n; i++ {
+					k.dot1x4(x[i*in:(i+1)*in], r[0], r[1], r[2], r[3], &res4)
+					for j := range m {
+						dst[i*out+o+j*step] = res4[j] + biasAt(o+j*step)
+					}
+				}
+			}
+			q := (hi - lo) / 4
+			for o := lo; o < lo+q; o++ {
+				rows4(o, q, 4)
+			}
+			for o := lo + 4*q; o < hi; o++ {
+				rows4(o, 0, 1)
+			}
+			return
 		}
 		var res [8]float32
 		for t0 := 0; t0 < n; t0 += xTile {
 			t1 := min(t0+xTile, n)
 			// Weight rows go in pairs through dot4x2, four rows of x at a
-			// time; an odd last row and leftover rows of x use dot.
+			// time; an odd last weight row goes as a pair with itself, and
+			// leftover rows of x through dot1x4.
 			for o := lo; o < hi; o += 2 {
-				r0, b0 := w.decoded(k, o, buf0), biasAt(o)
-				if o+1 == hi {
-					for i := t0; i < t1; i++ {
-						dst[i*out+o] = k.dot(x[i*in:(i+1)*in], r0) + b0
-					}
-					break
+				r0, b0 := w.decoded(k, o, bufs[0]), biasAt(o)
+				r1, b1 := r0, b0
+				if o+1 < hi {
+					r1, b1 = w.decoded(k, o+1, bufs[1]), biasAt(o+1)
 				}
-				r1, b1 := w.decoded(k, o+1, buf1), biasAt(o+1)
 				i := t0
 				for ; i+4 <= t1; i += 4 {
 					k.dot4x2(x[i*in:], in, r0, r1, &res)
 					for j := 0; j < 4; j++ {
 						dst[(i+j)*out+o] = res[2*j] + b0
-						dst[(i+j)*out+o+1] = res[2*j+1] + b1
+						if o+1 < hi {
+							dst[(i+j)*out+o+1] = res[2*j+1] + b1
+						}
 					}
 				}
 				for ; i < t1; i++ {
-					xi := x[i*in : (i+1)*in]
-					dst[i*out+o] = k.dot(xi, r0) + b0
-					dst[i*out+o+1] = k.dot(xi, r1) + b1
+					k.dot1x4(x[i*in:(i+1)*in], r0, r1, r0, r1, &res4)
+					dst[i*out+o] = res4[0] + b0
+					if o+1 < hi {
+						dst[i*out+o+1] = res4[1] + b1
+					}
 				}
 			}
 		}

@@ -143,3 +143,43 @@ func TestMatMulShapeErrors(t *testing.T) {
 		t.Errorf("valid MatMul after errors: %v", err)
 	}
 }
+
+// TestMatMulRowsAlone checks that every row of a MatMul gets the same bits
+// as when it is the only row of the call, for each kernel path (the decode
+// path below 4 rows, dot4x2 with leftover rows and an odd last weight row,
+// tiles of 64 rows) and weight type: the model batches the rows routed to
+// an expert, so without this a token's output depends on which other
+// tokens share its step.
+func TestMatMulRowsAlone(t *testing.T) {
+	for name, b := range backendsWithFast() {
+		for _, typ := range []tensor.Type{tensor.F32, tensor.F16, tensor.BF16, tensor.Q8_0, tensor.MXFP4, tensor.Q4_K} {
+			for _, in := range []int{testIn(typ), 256} {
+				t.Run(fmt.Sprintf("%s/%s/in=%d", name, typ, in), func(t *testing.T) {
+					const out, rows = 37, 70
+					r := newRand(t)
+					w := must(b.Upload("w", typ, []int{in, out}, randWeightBytes(r, typ, in*out)))
+					bias := must(b.Upload("b", tensor.F32, []int{out}, f32Bytes(randF32(r, out, 1))))
+					xv := randF32(r, rows*in, 1)
+					alone := make([]float32, rows*out)
+					for i := range rows {
+						dst := poisoned(t, b, 1, out)
+						b.MatMul(dst, activation(t, b, 1, in, xv[i*in:(i+1)*in]), w, bias)
+						copy(alone[i*out:], read(t, b, dst))
+					}
+					for _, n := range []int{2, 3, 4, 5, 7, 9, 13, 70} {
+						dst := poisoned(t, b, n, out)
+						b.MatMul(dst, activation(t, b, n, in, xv[:n*in]), w, bias)
+						for i, v := range read(t, b, dst) {
+							if math.Float32bits(v) != math.Float32bits(alone[i]) {
+								t.Fatalf("n=%d: row %d [%d] = %v, alone %v", n, i/out, i%out, v, alone[i])
+							}
+						}
+					}
+					if err := b.Sync(); err != nil {
+						t.Fatal(err)
+					}
+				})
+			}
+		}
+	}
+}

@@ -91,22 +91,22 @@ func simdQ8Kernels() *q8Kernels {
 			quantQ8AVX2(&x[0], &q[0], &meta[0], len(meta))
 		},
 		gemm: func(p *packedQ8, g int, a *q8Act, row0, rows int, bias, out []float32, ostride int) {
-			nb, in := p.blocks, p.blocks*32
+			nb, qlen := p.blocks, p.blocks*64
 			wq, wd := p.quants[g*nb*32*q8Group:(g+1)*nb*32*q8Group], p.scales[g*nb*q8Group:(g+1)*nb*q8Group]
-			q, meta := a.q[row0*in:(row0+rows)*in], a.meta[row0*nb:(row0+rows)*nb]
+			q, meta := a.q[row0*qlen:(row0+rows)*qlen], a.meta[row0*nb:(row0+rows)*nb]
 			_, _ = bias[q8Group-1], out[(rows-1)*ostride+q8Group-1]
 			if rows == q8Rows {
-				gemmQ8x8VNNI(&wq[0], &wd[0], nb, &q[0], &meta[0], in, nb*int(unsafe.Sizeof(q8Meta{})), &bias[0], &out[0], 4*ostride)
+				gemmQ8x8VNNI(&wq[0], &wd[0], nb, &q[0], &meta[0], qlen, nb*int(unsafe.Sizeof(q8Meta{})), &bias[0], &out[0], 4*ostride)
 				return
 			}
 			for r := 0; r < rows; r++ {
-				gemmQ8x1VNNI(&wq[0], &wd[0], nb, &q[r*in], &meta[r*nb], 1, &bias[0], 0, &out[r*ostride])
+				gemmQ8x1VNNI(&wq[0], &wd[0], nb, &q[r*qlen], &meta[r*nb], 1, &bias[0], 0, &out[r*ostride])
 			}
 		},
 		gemm1: func(p *packedQ8, g0, g1 int, a *q8Act, row int, bias, out []float32) {
-			nb, in := p.blocks, p.blocks*32
+			nb, qlen := p.blocks, p.blocks*64
 			wq, wd := p.quants[g0*nb*32*q8Group:g1*nb*32*q8Group], p.scales[g0*nb*q8Group:g1*nb*q8Group]
-			q, meta := a.q[row*in:(row+1)*in], a.meta[row*nb:(row+1)*nb]
+			q, meta := a.q[row*qlen:(row+1)*qlen], a.meta[row*nb:(row+1)*nb]
 			_ = out[q8Group*(g1-g0)-1]
 			bp, bstride := &noBias[0], 0
 			if bias != nil {
@@ -150,28 +150,47 @@ func scores4qAVX512(q *float32, qstride int, k *float32, kstride, n int, o0, o1,
 //go:noescape
 func scores8AVX512(q, k *float32, stride, n int, out *float32)
 
-// scoresSIMD is scores with whole groups of eight keys in scores8AVX512
-// when the head has 64 values, then groups of four in scores4AVX2.
+// scoresSIMD is scores with every key's score computed by one kernel
+// whatever run of keys it is in, so that a row's scores do not depend on
+// how its keys fall into blocks (the block size, a window's start, a
+// prompt's chunks): scores8AVX512 for heads of 64 values, scores4AVX2 for
+// other multiples of 8 (in both, each key's sum is its own), the pure-Go
+// loop otherwise. The keys after the last whole group of g go through the
+// kernel as a group of g with the cache rows after them, where k holds
+// them (their scores are dropped); else as the run's last g keys, or, in a
+// run shorter than g, one at a time as a group of copies (stride 0).
 func scoresSIMD(q, k []float32, stride int, out []float32) {
 	d := len(q)
-	if d%8 != 0 || d == 0 {
+	if d%8 != 0 || d == 0 || len(out) == 0 {
 		scores(q, k, stride, out)
 		return
 	}
-	if n := len(out) &^ 7; d == 64 && n > 0 {
-		_ = k[(n-1)*stride+d-1]
-		scores8AVX512(&q[0], &k[0], stride, n, &out[0])
-		if n == len(out) {
-			return
-		}
-		k, out = k[n*stride:], out[n:]
+	g, kernel := 4, func(k []float32, stride, n int, out []float32) { scores4AVX2(&q[0], &k[0], stride, n, d, &out[0]) }
+	if d == 64 {
+		g, kernel = 8, func(k []float32, stride, n int, out []float32) { scores8AVX512(&q[0], &k[0], stride, n, &out[0]) }
 	}
-	n := len(out) &^ 3
+	_ = k[(len(out)-1)*stride+d-1]
+	n := len(out) / g * g
 	if n > 0 {
-		_ = k[(n-1)*stride+d-1]
-		scores4AVX2(&q[0], &k[0], stride, n, d, &out[0])
+		kernel(k, stride, n, out)
 	}
-	if n < len(out) {
-		scores(q, k[n*stride:], stride, out[n:])
+	if n == len(out) {
+		return
+	}
+	var tmp [8]float32
+	if len(k) >= (n+g-1)*stride+d {
+		kernel(k[n*stride:], stride, g, tmp[:])
+		copy(out[n:], tmp[:])
+		return
+	}
+	if n > 0 {
+		last := len(out) - g
+		kernel(k[last*stride:], stride, g, tmp[:])
+		copy(out[n:], tmp[n-last:g])
+		return
+	}
+	for j := range out {
+		kernel(k[j*stride:], 0, g, tmp[:])
+		out[j] = tmp[0]
 	}
 }

@@ -6,8 +6,10 @@
 // pure-Go definitions they must match).
 
 // func quantQ8AVX2(x *float32, q *int8, meta *q8Meta, blocks int)
-// Per 32 floats: amax = max |x|, d = amax/127, id = 127/amax (0 when amax
-// is 0), q = round-to-even(x·id) as int8, and c = -128·Σq.
+// Per 32 floats: amax = max |x|, id = 127/amax (0 when amax is 0), t =
+// x·id, q1 = round-to-even(t), q2 = round-to-even((t-q1)·256) saturated to
+// 127, stored as 32 int8 of q1 then 32 of q2; d = amax/127/256 and c =
+// -128·(256·Σq1+Σq2).
 TEXT ·quantQ8AVX2(SB), NOSPLIT, $0-32
 	MOVQ         x+0(FP), SI
 	MOVQ         q+8(FP), DI
@@ -21,6 +23,12 @@ TEXT ·quantQ8AVX2(SB), NOSPLIT, $0-32
 	VXORPS       X13, X13, X13
 	MOVQ         $·q8Perm(SB), AX
 	VMOVDQU      (AX), Y12
+	MOVL         $0x43800000, AX      // 256.0
+	MOVQ         AX, X11
+	VBROADCASTSS X11, Y11
+	MOVL         $127, AX
+	MOVQ         AX, X10
+	VPBROADCASTD X10, Y10
 
 qloop:
 	TESTQ        CX, CX
@@ -42,39 +50,70 @@ qloop:
 	VMAXPS       X5, X4, X4
 	VPERMILPS    $0xb1, X4, X5
 	VMAXPS       X5, X4, X4           // amax in every lane
-	VDIVSS       X14, X4, X6          // d = amax/127
+	VDIVSS       X14, X4, X6          // amax/127
+	VDIVSS       X11, X6, X6          // d = amax/127/256
 	VMOVSS       X6, (DX)
 	VDIVSS       X4, X14, X7          // id = 127/amax
 	VCMPSS       $4, X13, X4, X8      // amax != 0
 	VANDPS       X8, X7, X7
 	VBROADCASTSS X7, Y7
-	VMULPS       Y7, Y0, Y0
+	VMULPS       Y7, Y0, Y0           // t
 	VMULPS       Y7, Y1, Y1
 	VMULPS       Y7, Y2, Y2
 	VMULPS       Y7, Y3, Y3
+	VROUNDPS     $0, Y0, Y4           // q1
+	VROUNDPS     $0, Y1, Y5
+	VROUNDPS     $0, Y2, Y6
+	VROUNDPS     $0, Y3, Y8
+	VSUBPS       Y4, Y0, Y0           // t-q1, exact
+	VSUBPS       Y5, Y1, Y1
+	VSUBPS       Y6, Y2, Y2
+	VSUBPS       Y8, Y3, Y3
+	VMULPS       Y11, Y0, Y0
+	VMULPS       Y11, Y1, Y1
+	VMULPS       Y11, Y2, Y2
+	VMULPS       Y11, Y3, Y3
+	VCVTPS2DQ    Y4, Y4
+	VCVTPS2DQ    Y5, Y5
+	VCVTPS2DQ    Y6, Y6
+	VCVTPS2DQ    Y8, Y8
 	VCVTPS2DQ    Y0, Y0
 	VCVTPS2DQ    Y1, Y1
 	VCVTPS2DQ    Y2, Y2
 	VCVTPS2DQ    Y3, Y3
-	VPADDD       Y1, Y0, Y4
-	VPADDD       Y3, Y2, Y5
-	VPADDD       Y5, Y4, Y4
-	VEXTRACTI128 $1, Y4, X5
-	VPADDD       X5, X4, X4
-	VPSHUFD      $0x4e, X4, X5
-	VPADDD       X5, X4, X4
-	VPSHUFD      $0xb1, X4, X5
-	VPADDD       X5, X4, X4
-	VMOVD        X4, AX
+	VPMINSD      Y10, Y0, Y0          // q2 = 128 only at t-q1 = 1/2
+	VPMINSD      Y10, Y1, Y1
+	VPMINSD      Y10, Y2, Y2
+	VPMINSD      Y10, Y3, Y3
+	VPADDD       Y5, Y4, Y9
+	VPADDD       Y8, Y6, Y7
+	VPADDD       Y7, Y9, Y9
+	VPSLLD       $8, Y9, Y9           // 256·Σq1 (by lane)
+	VPADDD       Y1, Y0, Y7
+	VPADDD       Y7, Y9, Y9
+	VPADDD       Y3, Y2, Y7
+	VPADDD       Y7, Y9, Y9
+	VEXTRACTI128 $1, Y9, X7
+	VPADDD       X7, X9, X9
+	VPSHUFD      $0x4e, X9, X7
+	VPADDD       X7, X9, X9
+	VPSHUFD      $0xb1, X9, X7
+	VPADDD       X7, X9, X9
+	VMOVD        X9, AX
 	IMULL        $-128, AX
 	MOVL         AX, 4(DX)
+	VPACKSSDW    Y5, Y4, Y4
+	VPACKSSDW    Y8, Y6, Y6
+	VPACKSSWB    Y6, Y4, Y4
+	VPERMD       Y4, Y12, Y4
+	VMOVDQU      Y4, (DI)
 	VPACKSSDW    Y1, Y0, Y0
 	VPACKSSDW    Y3, Y2, Y2
 	VPACKSSWB    Y2, Y0, Y0
 	VPERMD       Y0, Y12, Y0
-	VMOVDQU      Y0, (DI)
+	VMOVDQU      Y0, 32(DI)
 	ADDQ         $128, SI
-	ADDQ         $32, DI
+	ADDQ         $64, DI
 	ADDQ         $8, DX
 	DECQ         CX
 	JMP          qloop
@@ -96,9 +135,10 @@ DATA ·q8Perm+28(SB)/4, $7
 GLOBL ·q8Perm(SB), RODATA|NOPTR, $32
 
 // One step of 4 quants of a block: the weights of 16 rows (stored plus 128,
-// unsigned) in Z8, against 4 bytes of each of the 8 x rows broadcast, into
-// the int32 accumulators Z16..Z23. The x rows are at BX, BX+s, BX+2s, R9 =
-// BX+3s, BX+4s, R9+2s, R10 = BX+6s, R9+4s (s = R8).
+// unsigned) in Z8, against 4 bytes of each digit of each of the 8 x rows
+// broadcast, into the int32 accumulators Z16..Z23 (q1) and Z24..Z31 (q2,
+// 32 bytes on). The x rows are at BX, BX+s, BX+2s, R9 = BX+3s, BX+4s,
+// R9+2s, R10 = BX+6s, R9+4s (s = R8).
 #define STEP8(off) \
 	VMOVDQU32     (64*off)(SI), Z8; \
 	VPDPBUSD.BCST (4*off)(BX), Z8, Z16; \
@@ -108,23 +148,33 @@ GLOBL ·q8Perm(SB), RODATA|NOPTR, $32
 	VPDPBUSD.BCST (4*off)(BX)(R8*4), Z8, Z20; \
 	VPDPBUSD.BCST (4*off)(R9)(R8*2), Z8, Z21; \
 	VPDPBUSD.BCST (4*off)(R10), Z8, Z22; \
-	VPDPBUSD.BCST (4*off)(R9)(R8*4), Z8, Z23
+	VPDPBUSD.BCST (4*off)(R9)(R8*4), Z8, Z23; \
+	VPDPBUSD.BCST (32+4*off)(BX), Z8, Z24; \
+	VPDPBUSD.BCST (32+4*off)(BX)(R8*1), Z8, Z25; \
+	VPDPBUSD.BCST (32+4*off)(BX)(R8*2), Z8, Z26; \
+	VPDPBUSD.BCST (32+4*off)(R9), Z8, Z27; \
+	VPDPBUSD.BCST (32+4*off)(BX)(R8*4), Z8, Z28; \
+	VPDPBUSD.BCST (32+4*off)(R9)(R8*2), Z8, Z29; \
+	VPDPBUSD.BCST (32+4*off)(R10), Z8, Z30; \
+	VPDPBUSD.BCST (32+4*off)(R9)(R8*4), Z8, Z31
 
-// SCALE8(acc, sum, m) adds x row's block sum (int32, in sum) times the
-// weights' scales (Z9) times the row's d (at m) to acc.
-#define SCALE8(acc, sum, m) \
-	VCVTDQ2PS        sum, sum; \
-	VMULPS           Z9, sum, sum; \
-	VFMADD231PS.BCST m, sum, acc
+// SCALE8(acc, s1, s2, m) adds x row's block sum 256·s1+s2 (int32, exact)
+// times the weights' scales (Z9) times the row's d (at m) to acc.
+#define SCALE8(acc, s1, s2, m) \
+	VPSLLD           $8, s1, s1; \
+	VPADDD           s2, s1, s1; \
+	VCVTDQ2PS        s1, s1; \
+	VMULPS           Z9, s1, s1; \
+	VFMADD231PS.BCST m, s1, acc
 
 // func gemmQ8x8VNNI(wq *byte, wd *uint16, blocks int, xq *int8, meta *q8Meta, xstride, mstride int, bias, out *float32, ostride int)
-// out[r·ostride/4+l] = bias[l] + Σ_b (Σ_k w_l[32b+k]·x_r[32b+k])·wd[16b+l]·d_r[b] (wd in f16)
-// for 8 rows r of x (xstride bytes apart, their metadata mstride bytes
-// apart) and the 16 weight rows l of one packed group. (w+128)·x summed by
-// VPDPBUSD, started from c = -128·Σx, is Σ w·x exactly. Each 64-byte load
-// of weights feeds 8 VPDPBUSDs (one per x row), whose chains are
-// independent, and per block each row needs one conversion, one multiply
-// and one FMA.
+// out[r·ostride/4+l] = bias[l] + Σ_b (Σ_k w_l[32b+k]·(256·q1_r+q2_r)[32b+k])·wd[16b+l]·d_r[b]
+// (wd in f16) for 8 rows r of x (xstride bytes apart, their metadata
+// mstride bytes apart) and the 16 weight rows l of one packed group.
+// (w+128)·q summed by VPDPBUSD, the q2 sum started from c, is the exact
+// integer sum. Each 64-byte load of weights feeds 16 VPDPBUSDs (two digits
+// of 8 x rows), whose chains are independent, and per block each row needs
+// a shift and add, one conversion, one multiply and one FMA.
 TEXT ·gemmQ8x8VNNI(SB), NOSPLIT, $0-80
 	MOVQ         wq+0(FP), SI
 	MOVQ         wd+8(FP), DI
@@ -152,14 +202,22 @@ TEXT ·gemmQ8x8VNNI(SB), NOSPLIT, $0-80
 	VMOVAPS      Z0, Z7
 
 g8loop:
-	VPBROADCASTD 4(DX), Z16
-	VPBROADCASTD 4(DX)(R12*1), Z17
-	VPBROADCASTD 4(DX)(R12*2), Z18
-	VPBROADCASTD 4(R13), Z19
-	VPBROADCASTD 4(DX)(R12*4), Z20
-	VPBROADCASTD 4(R13)(R12*2), Z21
-	VPBROADCASTD 4(R11), Z22
-	VPBROADCASTD 4(R13)(R12*4), Z23
+	VPXORD       Z16, Z16, Z16
+	VPXORD       Z17, Z17, Z17
+	VPXORD       Z18, Z18, Z18
+	VPXORD       Z19, Z19, Z19
+	VPXORD       Z20, Z20, Z20
+	VPXORD       Z21, Z21, Z21
+	VPXORD       Z22, Z22, Z22
+	VPXORD       Z23, Z23, Z23
+	VPBROADCASTD 4(DX), Z24
+	VPBROADCASTD 4(DX)(R12*1), Z25
+	VPBROADCASTD 4(DX)(R12*2), Z26
+	VPBROADCASTD 4(R13), Z27
+	VPBROADCASTD 4(DX)(R12*4), Z28
+	VPBROADCASTD 4(R13)(R12*2), Z29
+	VPBROADCASTD 4(R11), Z30
+	VPBROADCASTD 4(R13)(R12*4), Z31
 	STEP8(0)
 	STEP8(1)
 	STEP8(2)
@@ -169,19 +227,19 @@ g8loop:
 	STEP8(6)
 	STEP8(7)
 	VCVTPH2PS    (DI), Z9
-	SCALE8(Z0, Z16, (DX))
-	SCALE8(Z1, Z17, (DX)(R12*1))
-	SCALE8(Z2, Z18, (DX)(R12*2))
-	SCALE8(Z3, Z19, (R13))
-	SCALE8(Z4, Z20, (DX)(R12*4))
-	SCALE8(Z5, Z21, (R13)(R12*2))
-	SCALE8(Z6, Z22, (R11))
-	SCALE8(Z7, Z23, (R13)(R12*4))
+	SCALE8(Z0, Z16, Z24, (DX))
+	SCALE8(Z1, Z17, Z25, (DX)(R12*1))
+	SCALE8(Z2, Z18, Z26, (DX)(R12*2))
+	SCALE8(Z3, Z19, Z27, (R13))
+	SCALE8(Z4, Z20, Z28, (DX)(R12*4))
+	SCALE8(Z5, Z21, Z29, (R13)(R12*2))
+	SCALE8(Z6, Z22, Z30, (R11))
+	SCALE8(Z7, Z23, Z31, (R13)(R12*4))
 	ADDQ         $512, SI
 	ADDQ         $32, DI
-	ADDQ         $32, BX
-	ADDQ         $32, R9
-	ADDQ         $32, R10
+	ADDQ         $64, BX
+	ADDQ         $64, R9
+	ADDQ         $64, R10
 	ADDQ         $8, DX
 	ADDQ         $8, R13
 	ADDQ         $8, R11
@@ -205,13 +263,19 @@ g8loop:
 	VZEROUPPER
 	RET
 
+// STEP1(off) is STEP8 for one x row at BX: q1 sums alternate between Z4
+// and Z5, q2 sums between Z6 and Z7, so no chain is more than 4 deep.
+#define STEP1(off, a, b) \
+	VMOVDQU32     (64*off)(SI), Z8; \
+	VPDPBUSD.BCST (4*off)(BX), Z8, a; \
+	VPDPBUSD.BCST (32+4*off)(BX), Z8, b
+
 // func gemmQ8x1VNNI(wq *byte, wd *uint16, blocks int, xq *int8, meta *q8Meta, groups int, bias *float32, bstride int, out *float32)
 // gemmQ8x8VNNI for one row of x against groups consecutive packed groups
 // (out gets 16 values per group, the sums started from the 16 floats at
-// bias, which moves bstride bytes a group), each block sum over four accumulators
-// (a chain of 8 dependent VPDPBUSDs would bound the loop). One call per
-// chunk of groups instead of per group: in decode a group is only ~200 ns
-// of work, and the call cost was a large part of it.
+// bias, which moves bstride bytes a group). One call per chunk of groups
+// instead of per group: in decode a group is only ~200 ns of work, and the
+// call cost was a large part of it.
 TEXT ·gemmQ8x1VNNI(SB), NOSPLIT, $0-72
 	MOVQ         wq+0(FP), SI
 	MOVQ         wd+8(FP), DI
@@ -228,34 +292,25 @@ g1group:
 	ADDQ         R10, R9
 
 g1loop:
-	VPBROADCASTD 4(DX), Z4
+	VPXORD       Z4, Z4, Z4
 	VPXORD       Z5, Z5, Z5
-	VPXORD       Z6, Z6, Z6
+	VPBROADCASTD 4(DX), Z6
 	VPXORD       Z7, Z7, Z7
-	VMOVDQU32    (SI), Z8
-	VPDPBUSD.BCST (BX), Z8, Z4
-	VMOVDQU32    64(SI), Z8
-	VPDPBUSD.BCST 4(BX), Z8, Z5
-	VMOVDQU32    128(SI), Z8
-	VPDPBUSD.BCST 8(BX), Z8, Z6
-	VMOVDQU32    192(SI), Z8
-	VPDPBUSD.BCST 12(BX), Z8, Z7
-	VMOVDQU32    256(SI), Z8
-	VPDPBUSD.BCST 16(BX), Z8, Z4
-	VMOVDQU32    320(SI), Z8
-	VPDPBUSD.BCST 20(BX), Z8, Z5
-	VMOVDQU32    384(SI), Z8
-	VPDPBUSD.BCST 24(BX), Z8, Z6
-	VMOVDQU32    448(SI), Z8
-	VPDPBUSD.BCST 28(BX), Z8, Z7
+	STEP1(0, Z4, Z6)
+	STEP1(1, Z5, Z7)
+	STEP1(2, Z4, Z6)
+	STEP1(3, Z5, Z7)
+	STEP1(4, Z4, Z6)
+	STEP1(5, Z5, Z7)
+	STEP1(6, Z4, Z6)
+	STEP1(7, Z5, Z7)
 	VPADDD       Z5, Z4, Z4
 	VPADDD       Z7, Z6, Z6
-	VPADDD       Z6, Z4, Z4
 	VCVTPH2PS    (DI), Z9
-	SCALE8(Z0, Z4, (DX))
+	SCALE8(Z0, Z4, Z6, (DX))
 	ADDQ         $512, SI
 	ADDQ         $32, DI
-	ADDQ         $32, BX
+	ADDQ         $64, BX
 	ADDQ         $8, DX
 	DECQ         CX
 	JNZ          g1loop

@@ -48,7 +48,7 @@ func addModelFlags(fs *flag.FlagSet, precision string) *modelFlags {
 	fs.BoolVar(&mf.invariant, "batch-invariant", false, "on cuda, compute every sequence's tokens the same whatever else is in the batch (a seeded request gives the same tokens alone or under load; slower, see docs/PERFORMANCE.md); the cpu backend always does")
 	numVar(fs, &mf.threads, "threads", 0, 0, noMax, "goroutines per op on cpu (0: all cores)")
 	choiceVar(fs, &mf.precision, "cpu-precision", precision, []string{"exact", "fast"},
-		"cpu arithmetic for Q8_0 weights: exact (float32 activations, the reference) or fast (activations quantized to 8 bits per 32 values, integer dot products; needs AVX-512 VNNI on amd64, else exact)")
+		"cpu arithmetic for Q8_0 weights: exact (float32 activations, the reference) or fast (activations quantized to two int8 digits per value, integer dot products; needs AVX-512 VNNI on amd64, else exact)")
 	return mf
 }
 
