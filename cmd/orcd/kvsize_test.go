@@ -5,7 +5,6 @@ import (
 	"testing"
 
 	"orcd/backend/cpu"
-
 	"orcd/model"
 )
 
