@@ -1216,3 +1216,45 @@ ehloop:
 ehdone:
 	VZEROUPPER
 	RET
+
+// func weightedSumF16x64AVX512(p *float32, v *uint16, stride, n int, out *float32)
+// weightedSumF16AVX2 for 64 columns in one pass over the keys: each value
+// row's 128 bytes are read once, not in two passes of 32 columns, and the
+// four zmm chains give every column the FMAs of weightedSumAVX2 in the
+// same order.
+TEXT ·weightedSumF16x64AVX512(SB), NOSPLIT, $0-40
+	MOVQ         p+0(FP), AX
+	MOVQ         v+8(FP), SI
+	MOVQ         stride+16(FP), R8
+	SHLQ         $1, R8
+	MOVQ         n+24(FP), CX
+	MOVQ         out+32(FP), DI
+	VMOVUPS      (DI), Z0
+	VMOVUPS      64(DI), Z1
+	VMOVUPS      128(DI), Z2
+	VMOVUPS      192(DI), Z3
+	TESTQ        CX, CX
+	JZ           wsh64store
+
+wsh64loop:
+	VBROADCASTSS (AX), Z20
+	VCVTPH2PS    (SI), Z16
+	VCVTPH2PS    32(SI), Z17
+	VCVTPH2PS    64(SI), Z18
+	VCVTPH2PS    96(SI), Z19
+	VFMADD231PS  Z16, Z20, Z0
+	VFMADD231PS  Z17, Z20, Z1
+	VFMADD231PS  Z18, Z20, Z2
+	VFMADD231PS  Z19, Z20, Z3
+	ADDQ         R8, SI
+	ADDQ         $4, AX
+	DECQ         CX
+	JNZ          wsh64loop
+
+wsh64store:
+	VMOVUPS      Z0, (DI)
+	VMOVUPS      Z1, 64(DI)
+	VMOVUPS      Z2, 128(DI)
+	VMOVUPS      Z3, 192(DI)
+	VZEROUPPER
+	RET
