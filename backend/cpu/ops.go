@@ -10,7 +10,7 @@ import (
 
 // NewKVCache allocates a rows×cols K or V cache: float32 (NewF32) in the
 // exact precision, binary16 in the fast one, which halves the bytes that
-// batched decode attention streams from memory (NOTES.md §15).
+// batched decode attention streams from memory (NOTES.md §14).
 func (b *Backend) NewKVCache(rows, cols int) (backend.Tensor, error) {
 	if !b.fast {
 		return b.NewF32(rows, cols)
