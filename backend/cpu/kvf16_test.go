@@ -48,7 +48,7 @@ func sameBits(t *testing.T, what string, got, want []float32) {
 func TestF16KernelsMatchF32(t *testing.T) {
 	r := newRand(t)
 	for name, ks := range kernelSets() {
-		for _, d := range []int{64, 32, 24, 5} {
+		for _, d := range []int{64, 88, 32, 24, 5} {
 			stride := 3*d + 8
 			kh, kf := randF16(r, 30*stride, 1)
 			q := randF32(r, 4*stride, 2)

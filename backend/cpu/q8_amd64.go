@@ -165,8 +165,8 @@ func maxAVX512(x *float32, n int) float32
 //go:noescape
 func expSumAVX2(x *float32, n int, scale, sub float32, out *float32) float32
 
-// weightedSumF16SIMD is weightedSumF16 in weightedSumF16x64AVX512 for 64
-// columns and weightedSumF16AVX2 for other multiples of 8.
+// weightedSumF16SIMD is weightedSumF16 in weightedSumF16AVX512 where out's
+// length is a multiple of 8.
 func weightedSumF16SIMD(p []float32, v []uint16, stride int, out []float32) {
 	d := len(out)
 	if d%8 != 0 || len(p) == 0 {
@@ -174,15 +174,11 @@ func weightedSumF16SIMD(p []float32, v []uint16, stride int, out []float32) {
 		return
 	}
 	_ = v[(len(p)-1)*stride+d-1]
-	if d == 64 {
-		weightedSumF16x64AVX512(&p[0], &v[0], stride, len(p), &out[0])
-		return
-	}
-	weightedSumF16AVX2(&p[0], &v[0], stride, len(p), d, &out[0])
+	weightedSumF16AVX512(&p[0], &v[0], stride, len(p), d, &out[0])
 }
 
 //go:noescape
-func weightedSumF16x64AVX512(p *float32, v *uint16, stride, n int, out *float32)
+func weightedSumF16AVX512(p *float32, v *uint16, stride, n, d int, out *float32)
 
 // expSumSIMD is expSum with the 8-wide part in assembly.
 func expSumSIMD(x []float32, scale, sub float32, out []float32) float32 {
@@ -283,9 +279,6 @@ func scores4F16AVX2(q *float32, k *uint16, stride, n, d int, out *float32)
 
 //go:noescape
 func scores4qF16AVX512(q *float32, qstride int, k *uint16, kstride, n int, o0, o1, o2, o3 *float32)
-
-//go:noescape
-func weightedSumF16AVX2(p *float32, v *uint16, stride, n, d int, out *float32)
 
 //go:noescape
 func weightedSum4F16AVX512(p0, p1, p2, p3 *float32, v *uint16, stride, n int, o0, o1, o2, o3 *float32)

@@ -518,6 +518,44 @@ s4done:
 	VZEROUPPER
 	RET
 
+// WS4LOAD and WS4STORE move the 64 sums of each of the four rows of
+// weightedSum4AVX512 (at DI, R9, R10 and R13) to and from Z0..Z15.
+#define WS4LOAD \
+	VMOVUPS      (DI), Z0; \
+	VMOVUPS      64(DI), Z1; \
+	VMOVUPS      128(DI), Z2; \
+	VMOVUPS      192(DI), Z3; \
+	VMOVUPS      (R9), Z4; \
+	VMOVUPS      64(R9), Z5; \
+	VMOVUPS      128(R9), Z6; \
+	VMOVUPS      192(R9), Z7; \
+	VMOVUPS      (R10), Z8; \
+	VMOVUPS      64(R10), Z9; \
+	VMOVUPS      128(R10), Z10; \
+	VMOVUPS      192(R10), Z11; \
+	VMOVUPS      (R13), Z12; \
+	VMOVUPS      64(R13), Z13; \
+	VMOVUPS      128(R13), Z14; \
+	VMOVUPS      192(R13), Z15
+
+#define WS4STORE \
+	VMOVUPS      Z0, (DI); \
+	VMOVUPS      Z1, 64(DI); \
+	VMOVUPS      Z2, 128(DI); \
+	VMOVUPS      Z3, 192(DI); \
+	VMOVUPS      Z4, (R9); \
+	VMOVUPS      Z5, 64(R9); \
+	VMOVUPS      Z6, 128(R9); \
+	VMOVUPS      Z7, 192(R9); \
+	VMOVUPS      Z8, (R10); \
+	VMOVUPS      Z9, 64(R10); \
+	VMOVUPS      Z10, 128(R10); \
+	VMOVUPS      Z11, 192(R10); \
+	VMOVUPS      Z12, (R13); \
+	VMOVUPS      Z13, 64(R13); \
+	VMOVUPS      Z14, 128(R13); \
+	VMOVUPS      Z15, 192(R13)
+
 // func weightedSum4AVX512(p0, p1, p2, p3, v *float32, stride, n int, o0, o1, o2, o3 *float32)
 // weightedSumAVX2 for four rows of probabilities over the same n values of
 // 64 columns (stride elements apart): oi[c] += Σ_j pi[j]·v[j·stride+c].
@@ -534,26 +572,11 @@ TEXT ·weightedSum4AVX512(SB), NOSPLIT, $0-88
 	MOVQ         stride+40(FP), R8
 	SHLQ         $2, R8
 	MOVQ         n+48(FP), CX
-	MOVQ         o0+56(FP), R12
-	VMOVUPS      (R12), Z0
-	VMOVUPS      64(R12), Z1
-	VMOVUPS      128(R12), Z2
-	VMOVUPS      192(R12), Z3
-	MOVQ         o1+64(FP), R12
-	VMOVUPS      (R12), Z4
-	VMOVUPS      64(R12), Z5
-	VMOVUPS      128(R12), Z6
-	VMOVUPS      192(R12), Z7
-	MOVQ         o2+72(FP), R12
-	VMOVUPS      (R12), Z8
-	VMOVUPS      64(R12), Z9
-	VMOVUPS      128(R12), Z10
-	VMOVUPS      192(R12), Z11
-	MOVQ         o3+80(FP), R12
-	VMOVUPS      (R12), Z12
-	VMOVUPS      64(R12), Z13
-	VMOVUPS      128(R12), Z14
-	VMOVUPS      192(R12), Z15
+	MOVQ         o0+56(FP), DI
+	MOVQ         o1+64(FP), R9
+	MOVQ         o2+72(FP), R10
+	MOVQ         o3+80(FP), R13
+	WS4LOAD
 	TESTQ        CX, CX
 	JZ           ws4store
 
@@ -591,26 +614,7 @@ ws4loop:
 	JNZ          ws4loop
 
 ws4store:
-	MOVQ         o0+56(FP), R12
-	VMOVUPS      Z0, (R12)
-	VMOVUPS      Z1, 64(R12)
-	VMOVUPS      Z2, 128(R12)
-	VMOVUPS      Z3, 192(R12)
-	MOVQ         o1+64(FP), R12
-	VMOVUPS      Z4, (R12)
-	VMOVUPS      Z5, 64(R12)
-	VMOVUPS      Z6, 128(R12)
-	VMOVUPS      Z7, 192(R12)
-	MOVQ         o2+72(FP), R12
-	VMOVUPS      Z8, (R12)
-	VMOVUPS      Z9, 64(R12)
-	VMOVUPS      Z10, 128(R12)
-	VMOVUPS      Z11, 192(R12)
-	MOVQ         o3+80(FP), R12
-	VMOVUPS      Z12, (R12)
-	VMOVUPS      Z13, 64(R12)
-	VMOVUPS      Z14, 128(R12)
-	VMOVUPS      Z15, 192(R12)
+	WS4STORE
 	VZEROUPPER
 	RET
 
@@ -674,6 +678,25 @@ maxdone:
 	VSHUFF64X2 $0x88, b, a, a; \
 	VADDPS     t, a, a
 
+// REDUCE8(a0..a7, t0..t3, perm) leaves in the low 8 elements of a0 the
+// sums of a0..a7's 16 lanes: after the QUADSUMs, 128-bit lane j of a0
+// holds key j's 4 partial sums and of a4 key 4+j's; the shuffles leave
+// keys j and 4+j in elements 4j and 4j+2, which perm (scores8Perm)
+// gathers.
+#define REDUCE8(a0, a1, a2, a3, a4, a5, a6, a7, t0, t1, t2, t3, perm) \
+	PAIRSUM(a0, a1, t0); \
+	PAIRSUM(a2, a3, t1); \
+	PAIRSUM(a4, a5, t2); \
+	PAIRSUM(a6, a7, t3); \
+	QUADSUM(a0, a2, t0); \
+	QUADSUM(a4, a6, t1); \
+	VSHUFPS    $0xee, a4, a0, t0; \
+	VSHUFPS    $0x44, a4, a0, a0; \
+	VADDPS     t0, a0, a0; \
+	VPERMILPS  $0xb1, a0, t0; \
+	VADDPS     t0, a0, a0; \
+	VPERMPS    a0, perm, a0
+
 // func scores8AVX512(q, k *float32, stride, n int, out *float32)
 // out[j] = Σ_c q[c]·k[j·stride+c] for 64 columns and j < n (a multiple of
 // 8): eight keys at a time, each a chain of 4 zmm FMAs, the eight sums
@@ -704,18 +727,7 @@ s8loop:
 	SCORE8(Z5, (R11)(R8*2))
 	SCORE8(Z6, (R12))
 	SCORE8(Z7, (R11)(R8*4))
-	PAIRSUM(Z0, Z1, Z8)
-	PAIRSUM(Z2, Z3, Z9)
-	PAIRSUM(Z4, Z5, Z10)
-	PAIRSUM(Z6, Z7, Z11)
-	QUADSUM(Z0, Z2, Z8)               // 128-bit lane j: key j's 4 partial sums
-	QUADSUM(Z4, Z6, Z9)               // key 4+j's
-	VSHUFPS    $0xee, Z4, Z0, Z8
-	VSHUFPS    $0x44, Z4, Z0, Z0
-	VADDPS     Z8, Z0, Z0             // lane j: [j, j, 4+j, 4+j] partial sums
-	VPERMILPS  $0xb1, Z0, Z8
-	VADDPS     Z8, Z0, Z0             // elements 4j and 4j+2: keys j and 4+j
-	VPERMPS    Z0, Z20, Z0
+	REDUCE8(Z0, Z1, Z2, Z3, Z4, Z5, Z6, Z7, Z8, Z9, Z10, Z11, Z20)
 	VMOVUPS    Y0, (DI)
 	ADDQ       $32, DI
 	LEAQ       (R11)(R8*4), BX
@@ -759,22 +771,6 @@ GLOBL ·scores8Perm(SB), RODATA|NOPTR, $64
 	SCOREQ(a1, (BX)(R8*1), qa, qb, qc, qd); \
 	SCOREQ(a2, (BX)(R8*2), qa, qb, qc, qd); \
 	SCOREQ(a3, (R11), qa, qb, qc, qd)
-
-// REDUCE8(a0..a7, t0..t3, perm) leaves in the low 8 elements of a0 the
-// sums of a0..a7's 16 lanes, each added exactly as scores8AVX512 adds it.
-#define REDUCE8(a0, a1, a2, a3, a4, a5, a6, a7, t0, t1, t2, t3, perm) \
-	PAIRSUM(a0, a1, t0); \
-	PAIRSUM(a2, a3, t1); \
-	PAIRSUM(a4, a5, t2); \
-	PAIRSUM(a6, a7, t3); \
-	QUADSUM(a0, a2, t0); \
-	QUADSUM(a4, a6, t1); \
-	VSHUFPS    $0xee, a4, a0, t0; \
-	VSHUFPS    $0x44, a4, a0, a0; \
-	VADDPS     t0, a0, a0; \
-	VPERMILPS  $0xb1, a0, t0; \
-	VADDPS     t0, a0, a0; \
-	VPERMPS    a0, perm, a0
 
 // func scores4qAVX512(q *float32, qstride int, k *float32, kstride, n int, o0, o1, o2, o3 *float32)
 // scores8AVX512 for four queries (qstride elements apart) over the same n
@@ -882,18 +878,7 @@ s8hloop:
 	SCORE8H(Z5, (R11)(R8*2))
 	SCORE8H(Z6, (R12))
 	SCORE8H(Z7, (R11)(R8*4))
-	PAIRSUM(Z0, Z1, Z8)
-	PAIRSUM(Z2, Z3, Z9)
-	PAIRSUM(Z4, Z5, Z10)
-	PAIRSUM(Z6, Z7, Z11)
-	QUADSUM(Z0, Z2, Z8)
-	QUADSUM(Z4, Z6, Z9)
-	VSHUFPS    $0xee, Z4, Z0, Z8
-	VSHUFPS    $0x44, Z4, Z0, Z0
-	VADDPS     Z8, Z0, Z0
-	VPERMILPS  $0xb1, Z0, Z8
-	VADDPS     Z8, Z0, Z0
-	VPERMPS    Z0, Z20, Z0
+	REDUCE8(Z0, Z1, Z2, Z3, Z4, Z5, Z6, Z7, Z8, Z9, Z10, Z11, Z20)
 	VMOVUPS    Y0, (DI)
 	ADDQ       $32, DI
 	LEAQ       (R11)(R8*4), BX
@@ -1024,85 +1009,6 @@ s4hdone:
 	VZEROUPPER
 	RET
 
-// func weightedSumF16AVX2(p *float32, v *uint16, stride, n, d int, out *float32)
-// weightedSumAVX2 over binary16 values.
-TEXT ·weightedSumF16AVX2(SB), NOSPLIT, $0-48
-	MOVQ p+0(FP), SI
-	MOVQ v+8(FP), DI
-	MOVQ stride+16(FP), R8
-	SHLQ $1, R8
-	MOVQ n+24(FP), R11
-	MOVQ d+32(FP), R9
-	MOVQ out+40(FP), R10
-
-wshchunk32:
-	CMPQ    R9, $32
-	JLT     wshchunk8
-	VMOVUPS (R10), Y0
-	VMOVUPS 32(R10), Y1
-	VMOVUPS 64(R10), Y2
-	VMOVUPS 96(R10), Y3
-	MOVQ    SI, AX
-	MOVQ    DI, BX
-	MOVQ    R11, CX
-
-wshkey32:
-	TESTQ        CX, CX
-	JZ           wshstore32
-	VBROADCASTSS (AX), Y4
-	VCVTPH2PS    (BX), Y5
-	VFMADD231PS  Y5, Y4, Y0
-	VCVTPH2PS    16(BX), Y6
-	VFMADD231PS  Y6, Y4, Y1
-	VCVTPH2PS    32(BX), Y7
-	VFMADD231PS  Y7, Y4, Y2
-	VCVTPH2PS    48(BX), Y8
-	VFMADD231PS  Y8, Y4, Y3
-	ADDQ         $4, AX
-	ADDQ         R8, BX
-	DECQ         CX
-	JMP          wshkey32
-
-wshstore32:
-	VMOVUPS Y0, (R10)
-	VMOVUPS Y1, 32(R10)
-	VMOVUPS Y2, 64(R10)
-	VMOVUPS Y3, 96(R10)
-	ADDQ    $128, R10
-	ADDQ    $64, DI
-	SUBQ    $32, R9
-	JMP     wshchunk32
-
-wshchunk8:
-	CMPQ    R9, $8
-	JLT     wshdone
-	VMOVUPS (R10), Y0
-	MOVQ    SI, AX
-	MOVQ    DI, BX
-	MOVQ    R11, CX
-
-wshkey8:
-	TESTQ        CX, CX
-	JZ           wshstore8
-	VBROADCASTSS (AX), Y4
-	VCVTPH2PS    (BX), Y5
-	VFMADD231PS  Y5, Y4, Y0
-	ADDQ         $4, AX
-	ADDQ         R8, BX
-	DECQ         CX
-	JMP          wshkey8
-
-wshstore8:
-	VMOVUPS Y0, (R10)
-	ADDQ    $32, R10
-	ADDQ    $16, DI
-	SUBQ    $8, R9
-	JMP     wshchunk8
-
-wshdone:
-	VZEROUPPER
-	RET
-
 // func weightedSum4F16AVX512(p0, p1, p2, p3 *float32, v *uint16, stride, n int, o0, o1, o2, o3 *float32)
 // weightedSum4AVX512 over binary16 values.
 TEXT ·weightedSum4F16AVX512(SB), NOSPLIT, $0-88
@@ -1114,26 +1020,11 @@ TEXT ·weightedSum4F16AVX512(SB), NOSPLIT, $0-88
 	MOVQ         stride+40(FP), R8
 	SHLQ         $1, R8
 	MOVQ         n+48(FP), CX
-	MOVQ         o0+56(FP), R12
-	VMOVUPS      (R12), Z0
-	VMOVUPS      64(R12), Z1
-	VMOVUPS      128(R12), Z2
-	VMOVUPS      192(R12), Z3
-	MOVQ         o1+64(FP), R12
-	VMOVUPS      (R12), Z4
-	VMOVUPS      64(R12), Z5
-	VMOVUPS      128(R12), Z6
-	VMOVUPS      192(R12), Z7
-	MOVQ         o2+72(FP), R12
-	VMOVUPS      (R12), Z8
-	VMOVUPS      64(R12), Z9
-	VMOVUPS      128(R12), Z10
-	VMOVUPS      192(R12), Z11
-	MOVQ         o3+80(FP), R12
-	VMOVUPS      (R12), Z12
-	VMOVUPS      64(R12), Z13
-	VMOVUPS      128(R12), Z14
-	VMOVUPS      192(R12), Z15
+	MOVQ         o0+56(FP), DI
+	MOVQ         o1+64(FP), R9
+	MOVQ         o2+72(FP), R10
+	MOVQ         o3+80(FP), R13
+	WS4LOAD
 	TESTQ        CX, CX
 	JZ           ws4hstore
 
@@ -1171,26 +1062,7 @@ ws4hloop:
 	JNZ          ws4hloop
 
 ws4hstore:
-	MOVQ         o0+56(FP), R12
-	VMOVUPS      Z0, (R12)
-	VMOVUPS      Z1, 64(R12)
-	VMOVUPS      Z2, 128(R12)
-	VMOVUPS      Z3, 192(R12)
-	MOVQ         o1+64(FP), R12
-	VMOVUPS      Z4, (R12)
-	VMOVUPS      Z5, 64(R12)
-	VMOVUPS      Z6, 128(R12)
-	VMOVUPS      Z7, 192(R12)
-	MOVQ         o2+72(FP), R12
-	VMOVUPS      Z8, (R12)
-	VMOVUPS      Z9, 64(R12)
-	VMOVUPS      Z10, 128(R12)
-	VMOVUPS      Z11, 192(R12)
-	MOVQ         o3+80(FP), R12
-	VMOVUPS      Z12, (R12)
-	VMOVUPS      Z13, 64(R12)
-	VMOVUPS      Z14, 128(R12)
-	VMOVUPS      Z15, 192(R12)
+	WS4STORE
 	VZEROUPPER
 	RET
 
@@ -1217,44 +1089,99 @@ ehdone:
 	VZEROUPPER
 	RET
 
-// func weightedSumF16x64AVX512(p *float32, v *uint16, stride, n int, out *float32)
-// weightedSumF16AVX2 for 64 columns in one pass over the keys: each value
-// row's 128 bytes are read once, not in two passes of 32 columns, and the
-// four zmm chains give every column the FMAs of weightedSumAVX2 in the
-// same order.
-TEXT ·weightedSumF16x64AVX512(SB), NOSPLIT, $0-40
-	MOVQ         p+0(FP), AX
-	MOVQ         v+8(FP), SI
-	MOVQ         stride+16(FP), R8
-	SHLQ         $1, R8
-	MOVQ         n+24(FP), CX
-	MOVQ         out+32(FP), DI
-	VMOVUPS      (DI), Z0
-	VMOVUPS      64(DI), Z1
-	VMOVUPS      128(DI), Z2
-	VMOVUPS      192(DI), Z3
-	TESTQ        CX, CX
-	JZ           wsh64store
 
-wsh64loop:
+// func weightedSumF16AVX512(p *float32, v *uint16, stride, n, d int, out *float32)
+// weightedSumAVX2 over binary16 values (n ≥ 1, d a multiple of 8), 64
+// columns at a time (each value row's 128 bytes read in one pass, four
+// chains), then 16, then 8: every column gets the FMAs of weightedSumAVX2
+// in the same order, however the columns are chunked.
+TEXT ·weightedSumF16AVX512(SB), NOSPLIT, $0-48
+	MOVQ p+0(FP), SI
+	MOVQ v+8(FP), DI
+	MOVQ stride+16(FP), R8
+	SHLQ $1, R8
+	MOVQ n+24(FP), R11
+	MOVQ d+32(FP), R9
+	MOVQ out+40(FP), R10
+
+wsh64:
+	CMPQ         R9, $64
+	JLT          wsh16
+	VMOVUPS      (R10), Z0
+	VMOVUPS      64(R10), Z1
+	VMOVUPS      128(R10), Z2
+	VMOVUPS      192(R10), Z3
+	MOVQ         SI, AX
+	MOVQ         DI, BX
+	MOVQ         R11, CX
+
+wsh64key:
 	VBROADCASTSS (AX), Z20
-	VCVTPH2PS    (SI), Z16
-	VCVTPH2PS    32(SI), Z17
-	VCVTPH2PS    64(SI), Z18
-	VCVTPH2PS    96(SI), Z19
+	VCVTPH2PS    (BX), Z16
+	VCVTPH2PS    32(BX), Z17
+	VCVTPH2PS    64(BX), Z18
+	VCVTPH2PS    96(BX), Z19
 	VFMADD231PS  Z16, Z20, Z0
 	VFMADD231PS  Z17, Z20, Z1
 	VFMADD231PS  Z18, Z20, Z2
 	VFMADD231PS  Z19, Z20, Z3
-	ADDQ         R8, SI
 	ADDQ         $4, AX
+	ADDQ         R8, BX
 	DECQ         CX
-	JNZ          wsh64loop
+	JNZ          wsh64key
+	VMOVUPS      Z0, (R10)
+	VMOVUPS      Z1, 64(R10)
+	VMOVUPS      Z2, 128(R10)
+	VMOVUPS      Z3, 192(R10)
+	ADDQ         $256, R10
+	ADDQ         $128, DI
+	SUBQ         $64, R9
+	JMP          wsh64
 
-wsh64store:
-	VMOVUPS      Z0, (DI)
-	VMOVUPS      Z1, 64(DI)
-	VMOVUPS      Z2, 128(DI)
-	VMOVUPS      Z3, 192(DI)
+wsh16:
+	CMPQ         R9, $16
+	JLT          wsh8
+	VMOVUPS      (R10), Z0
+	MOVQ         SI, AX
+	MOVQ         DI, BX
+	MOVQ         R11, CX
+
+wsh16key:
+	VBROADCASTSS (AX), Z20
+	VCVTPH2PS    (BX), Z16
+	VFMADD231PS  Z16, Z20, Z0
+	ADDQ         $4, AX
+	ADDQ         R8, BX
+	DECQ         CX
+	JNZ          wsh16key
+	VMOVUPS      Z0, (R10)
+	ADDQ         $64, R10
+	ADDQ         $32, DI
+	SUBQ         $16, R9
+	JMP          wsh16
+
+wsh8:
+	CMPQ         R9, $8
+	JLT          wshdone
+	VMOVUPS      (R10), Y0
+	MOVQ         SI, AX
+	MOVQ         DI, BX
+	MOVQ         R11, CX
+
+wsh8key:
+	VBROADCASTSS (AX), Y4
+	VCVTPH2PS    (BX), Y5
+	VFMADD231PS  Y5, Y4, Y0
+	ADDQ         $4, AX
+	ADDQ         R8, BX
+	DECQ         CX
+	JNZ          wsh8key
+	VMOVUPS      Y0, (R10)
+	ADDQ         $32, R10
+	ADDQ         $16, DI
+	SUBQ         $8, R9
+	JMP          wsh8
+
+wshdone:
 	VZEROUPPER
 	RET
