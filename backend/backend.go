@@ -148,7 +148,7 @@ type Backend interface {
 	// NewKVCache allocates a rows×cols K or V cache tensor. The backend picks
 	// the storage precision (cpu: f32, f16 in its fast precision; cuda may
 	// store f16 to halve the memory of long contexts); StoreKV converts on
-	// write, and only StoreKV and Attention take a cache.
+	// write; besides Free, only StoreKV and Attention take a cache.
 	NewKVCache(rows, cols int) (Tensor, error)
 	// Free releases a tensor's memory. Freeing nil is a no-op.
 	Free(t Tensor)
