@@ -697,6 +697,30 @@ maxdone:
 	VADDPS     t0, a0, a0; \
 	VPERMPS    a0, perm, a0
 
+// SCORES8STEP(score) is one step of scores8AVX512 and its binary16 twin:
+// the scores of the 8 keys from BX (R8 bytes apart) by the macro score,
+// reduced and stored at DI (R11 holds key 3, R12 key 6); BX moves on 8
+// keys and CX down by 8.
+#define SCORES8STEP(score) \
+	LEAQ       (BX)(R8*2), R11; \
+	ADDQ       R8, R11; \
+	LEAQ       (R11)(R8*2), R12; \
+	ADDQ       R8, R12; \
+	score(Z0, (BX)); \
+	score(Z1, (BX)(R8*1)); \
+	score(Z2, (BX)(R8*2)); \
+	score(Z3, (R11)); \
+	score(Z4, (BX)(R8*4)); \
+	score(Z5, (R11)(R8*2)); \
+	score(Z6, (R12)); \
+	score(Z7, (R11)(R8*4)); \
+	REDUCE8(Z0, Z1, Z2, Z3, Z4, Z5, Z6, Z7, Z8, Z9, Z10, Z11, Z20); \
+	VMOVUPS    Y0, (DI); \
+	ADDQ       $32, DI; \
+	LEAQ       (R11)(R8*4), BX; \
+	ADDQ       R8, BX; \
+	SUBQ       $8, CX
+
 // func scores8AVX512(q, k *float32, stride, n int, out *float32)
 // out[j] = Σ_c q[c]·k[j·stride+c] for 64 columns and j < n (a multiple of
 // 8): eight keys at a time, each a chain of 4 zmm FMAs, the eight sums
@@ -715,24 +739,7 @@ TEXT ·scores8AVX512(SB), NOSPLIT, $0-40
 	VMOVDQU32  ·scores8Perm(SB), Z20
 
 s8loop:
-	LEAQ       (BX)(R8*2), R11
-	ADDQ       R8, R11                // key 3
-	LEAQ       (R11)(R8*2), R12
-	ADDQ       R8, R12                // key 6
-	SCORE8(Z0, (BX))
-	SCORE8(Z1, (BX)(R8*1))
-	SCORE8(Z2, (BX)(R8*2))
-	SCORE8(Z3, (R11))
-	SCORE8(Z4, (BX)(R8*4))
-	SCORE8(Z5, (R11)(R8*2))
-	SCORE8(Z6, (R12))
-	SCORE8(Z7, (R11)(R8*4))
-	REDUCE8(Z0, Z1, Z2, Z3, Z4, Z5, Z6, Z7, Z8, Z9, Z10, Z11, Z20)
-	VMOVUPS    Y0, (DI)
-	ADDQ       $32, DI
-	LEAQ       (R11)(R8*4), BX
-	ADDQ       R8, BX                 // key 8
-	SUBQ       $8, CX
+	SCORES8STEP(SCORE8)
 	JNZ        s8loop
 	VZEROUPPER
 	RET
@@ -866,24 +873,7 @@ TEXT ·scores8F16AVX512(SB), NOSPLIT, $0-40
 	VMOVDQU32  ·scores8Perm(SB), Z20
 
 s8hloop:
-	LEAQ       (BX)(R8*2), R11
-	ADDQ       R8, R11                // key 3
-	LEAQ       (R11)(R8*2), R12
-	ADDQ       R8, R12                // key 6
-	SCORE8H(Z0, (BX))
-	SCORE8H(Z1, (BX)(R8*1))
-	SCORE8H(Z2, (BX)(R8*2))
-	SCORE8H(Z3, (R11))
-	SCORE8H(Z4, (BX)(R8*4))
-	SCORE8H(Z5, (R11)(R8*2))
-	SCORE8H(Z6, (R12))
-	SCORE8H(Z7, (R11)(R8*4))
-	REDUCE8(Z0, Z1, Z2, Z3, Z4, Z5, Z6, Z7, Z8, Z9, Z10, Z11, Z20)
-	VMOVUPS    Y0, (DI)
-	ADDQ       $32, DI
-	LEAQ       (R11)(R8*4), BX
-	ADDQ       R8, BX                 // key 8
-	SUBQ       $8, CX
+	SCORES8STEP(SCORE8H)
 	JNZ        s8hloop
 	VZEROUPPER
 	RET
