@@ -1059,7 +1059,6 @@ ehdone:
 	VZEROUPPER
 	RET
 
-
 // func weightedSumF16AVX512(p *float32, v *uint16, stride, n, d int, out *float32)
 // weightedSumAVX2 over binary16 values (n ≥ 1, d a multiple of 8), 64
 // columns at a time (each value row's 128 bytes read in one pass, four
