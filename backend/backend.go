@@ -146,8 +146,9 @@ type Backend interface {
 	// not freed on its own and is invalid once t is freed.
 	View(t Tensor, rows int) Tensor
 	// NewKVCache allocates a rows×cols K or V cache tensor. The backend picks
-	// the storage precision (cpu: f32; cuda may store f16 to halve the
-	// memory of long contexts); StoreKV converts on write.
+	// the storage precision (cpu: f32, f16 in its fast precision; cuda may
+	// store f16 to halve the memory of long contexts); StoreKV converts on
+	// write; besides Free, only StoreKV and Attention take a cache.
 	NewKVCache(rows, cols int) (Tensor, error)
 	// Free releases a tensor's memory. Freeing nil is a no-op.
 	Free(t Tensor)

@@ -5,6 +5,7 @@ import (
 	"sync"
 
 	"orcd/backend"
+	"orcd/tensor"
 )
 
 // Attention computes causal (optionally sliding-window) attention with GQA
@@ -39,15 +40,15 @@ func (b *Backend) Attention(dst, q, kCache, vCache, pos, seq, table, sinks backe
 		return
 	}
 	d := b.matrix(dst, op, "dst", n, qCols)
-	kc, vc := b.f32(kCache, op, "kCache"), b.f32(vCache, op, "vCache")
+	kc, vc := b.kvCache(kCache, op, "kCache"), b.kvCache(vCache, op, "vCache")
 	ps, ss, ts := b.i32(pos, op, "pos", n), b.i32(seq, op, "seq", n), b.tensorOf(table, op, "table")
 	if d == nil || kc == nil || vc == nil || ps == nil || ss == nil || ts == nil {
 		return
 	}
 	cacheRows := kc.rows()
-	if kc.cols() != kvCols || vc.cols() != kvCols || vc.rows() != cacheRows || cacheRows%p.BlockSize != 0 {
-		b.fail("%s: caches %v and %v, want %d columns and the same rows, a multiple of the block size %d",
-			op, kc.dims, vc.dims, kvCols, p.BlockSize)
+	if kc.cols() != kvCols || vc.cols() != kvCols || vc.rows() != cacheRows || cacheRows%p.BlockSize != 0 || vc.typ != kc.typ {
+		b.fail("%s: caches %s and %s, want one type, %d columns and the same rows, a multiple of the block size %d",
+			op, describe(kc), describe(vc), kvCols, p.BlockSize)
 		return
 	}
 	if ts.typ != typeI32 || len(ts.i32)%p.MaxBlocks != 0 {
@@ -92,6 +93,37 @@ func (b *Backend) Attention(dst, q, kCache, vCache, pos, seq, table, sinks backe
 		scoresOf = b.k.q8.scores
 		// Tasks are blocks of 4 rows of one head (see attend4).
 		tasks = (n + 3) / 4 * p.Heads
+	}
+	// The loops over a run of cache rows from row on, at column kvOff: the
+	// float32 kernels, or in the fast precision their binary16 twins.
+	f16 := kc.typ == tensor.F16
+	scoreRun := func(qh []float32, row, kvOff int, out []float32) {
+		if f16 {
+			b.k.q8.scoresF16(qh, kc.f16[row*kvCols+kvOff:], kvCols, out)
+			return
+		}
+		scoresOf(qh, kc.f32[row*kvCols+kvOff:], kvCols, out)
+	}
+	score4Run := func(q4 []float32, row, kvOff int, out [4][]float32) {
+		if f16 {
+			b.k.q8.scores4qF16(q4, qCols, p.HeadDim, kc.f16[row*kvCols+kvOff:], kvCols, out)
+			return
+		}
+		b.k.q8.scores4q(q4, qCols, p.HeadDim, kc.f32[row*kvCols+kvOff:], kvCols, out)
+	}
+	sumRun := func(ps []float32, row, kvOff int, out []float32) {
+		if f16 {
+			b.k.q8.weightedSumF16(ps, vc.f16[row*kvCols+kvOff:], kvCols, out)
+			return
+		}
+		b.k.weightedSum(ps, vc.f32[row*kvCols+kvOff:], kvCols, out)
+	}
+	sum4Run := func(ps [4][]float32, row, kvOff int, out [4][]float32) {
+		if f16 {
+			b.k.q8.weightedSum4F16(ps, vc.f16[row*kvCols+kvOff:], kvCols, out)
+			return
+		}
+		b.k.q8.weightedSum4(ps, vc.f32[row*kvCols+kvOff:], kvCols, out)
 	}
 	b.parallel(tasks, 1, func(_, lo, hi int) {
 		sb := attnScratch.Get().(*attnBuffers)
@@ -143,7 +175,7 @@ func (b *Backend) Attention(dst, q, kCache, vCache, pos, seq, table, sinks backe
 				shared = p0 / p.BlockSize * p.BlockSize
 				q4 := qs.f32[r0*qCols+h*p.HeadDim:]
 				forEachRun(0, shared, p.BlockSize, rowTable, func(j, row, run int) {
-					b.k.q8.scores4q(q4, qCols, p.HeadDim, kc.f32[row*kvCols+kvOff:], kvCols, [4][]float32{
+					score4Run(q4, row, kvOff, [4][]float32{
 						sb.logits4[0][j : j+run], sb.logits4[1][j : j+run], sb.logits4[2][j : j+run], sb.logits4[3][j : j+run]})
 				})
 			}
@@ -154,7 +186,7 @@ func (b *Backend) Attention(dst, q, kCache, vCache, pos, seq, table, sinks backe
 				qh := qs.f32[(r0+i)*qCols+h*p.HeadDim : (r0+i)*qCols+(h+1)*p.HeadDim]
 				ls := sb.logits4[i][off : off+keys]
 				forEachRun(first+shared, keys-shared, p.BlockSize, rowTable, func(j, row, run int) {
-					scoresOf(qh, kc.f32[row*kvCols+kvOff:], kvCols, ls[shared+j:shared+j+run])
+					scoreRun(qh, row, kvOff, ls[shared+j:shared+j+run])
 				})
 				ps[i] = sb.probs4[i][:union]
 				clear(ps[i][:off])
@@ -164,8 +196,7 @@ func (b *Backend) Attention(dst, q, kCache, vCache, pos, seq, table, sinks backe
 				clear(outs[i])
 			}
 			forEachRun(f0, union, p.BlockSize, rowTable, func(j, row, run int) {
-				b.k.q8.weightedSum4([4][]float32{ps[0][j : j+run], ps[1][j : j+run], ps[2][j : j+run], ps[3][j : j+run]},
-					vc.f32[row*kvCols+kvOff:], kvCols, outs)
+				sum4Run([4][]float32{ps[0][j : j+run], ps[1][j : j+run], ps[2][j : j+run], ps[3][j : j+run]}, row, kvOff, outs)
 			})
 			for i, out := range outs {
 				inv := 1 / denoms[i]
@@ -195,7 +226,7 @@ func (b *Backend) Attention(dst, q, kCache, vCache, pos, seq, table, sinks backe
 				// The keys first..pr lie in runs of consecutive cache rows,
 				// one run per block.
 				forEachRun(first, keys, p.BlockSize, rowTable, func(i, row, run int) {
-					scoresOf(qh, kc.f32[row*kvCols+kvOff:], kvCols, logits[i:i+run])
+					scoreRun(qh, row, kvOff, logits[i:i+run])
 				})
 				ls := logits[:keys]
 				out := d.f32[r1*qCols+h*p.HeadDim : r1*qCols+(h+1)*p.HeadDim]
@@ -205,7 +236,7 @@ func (b *Backend) Attention(dst, q, kCache, vCache, pos, seq, table, sinks backe
 					denom := softmaxFast(ls, probs[:keys], h)
 					clear(out)
 					forEachRun(first, keys, p.BlockSize, rowTable, func(i, row, run int) {
-						b.k.weightedSum(probs[i:i+run], vc.f32[row*kvCols+kvOff:], kvCols, out)
+						sumRun(probs[i:i+run], row, kvOff, out)
 					})
 					inv := 1 / denom
 					for c := range out {
@@ -233,7 +264,7 @@ func (b *Backend) Attention(dst, q, kCache, vCache, pos, seq, table, sinks backe
 				}
 				clear(out)
 				forEachRun(first, keys, p.BlockSize, rowTable, func(i, row, run int) {
-					b.k.weightedSum(probs[i:i+run], vc.f32[row*kvCols+kvOff:], kvCols, out)
+					sumRun(probs[i:i+run], row, kvOff, out)
 				})
 			}
 		}

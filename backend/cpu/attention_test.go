@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"orcd/backend"
+	"orcd/tensor"
 )
 
 // refAttention is attention for one query row at position p, from the
@@ -89,80 +90,98 @@ func TestAttention(t *testing.T) {
 		{"gqa2/headdim64/block8", 4, 2, 64, 0, 8, true, [][]int{{21, 3}, {6, 18}, {1, 1}, {9, 1}}},
 	}
 	for name, b := range backendsWithFast() {
-		for _, tc := range cases {
-			t.Run(fmt.Sprintf("%s/%s", name, tc.name), func(t *testing.T) {
-				r := newRand(t)
-				nSeq := len(tc.steps[0])
-				total := make([]int, nSeq)
-				for _, st := range tc.steps {
-					for s, k := range st {
-						total[s] += k
-					}
-				}
-				maxBlocks := 0
-				for _, n := range total {
-					maxBlocks = max(maxBlocks, (n+tc.blockSize-1)/tc.blockSize)
-				}
-				nBlocks := nSeq*maxBlocks + 3 // a few never used
-				free := r.Perm(nBlocks)
-				ap := backend.AttentionParams{
-					Heads: tc.heads, KVHeads: tc.kvHeads, HeadDim: tc.headDim,
-					Scale: float32(1 / math.Sqrt(float64(tc.headDim))), Window: tc.window,
-					BlockSize: tc.blockSize, MaxBlocks: maxBlocks,
-				}
-				qCols, kvCols := tc.heads*tc.headDim, tc.kvHeads*tc.headDim
-				kc := must(b.NewKVCache(nBlocks*tc.blockSize, kvCols))
-				vc := must(b.NewKVCache(nBlocks*tc.blockSize, kvCols))
-				var sinkV []float32
-				var sinks backend.Tensor
-				if tc.sinks {
-					sinkV = randF32(r, tc.heads, 2)
-					sinks = activation(t, b, 1, tc.heads, sinkV)
-				}
-				seqs := make([]pagedSeq, nSeq)
-				for _, st := range tc.steps {
-					var pos, seqOf, slots []int32
-					var rowSeq []int
-					for s, k := range st {
-						sq := &seqs[s]
-						for range k {
-							p := len(sq.keys)
-							if p%tc.blockSize == 0 {
-								sq.blocks = append(sq.blocks, int32(free[0]))
-								free = free[1:]
-							}
-							sq.keys = append(sq.keys, randF32(r, kvCols, 1))
-							sq.values = append(sq.values, randF32(r, kvCols, 1))
-							pos = append(pos, int32(p))
-							seqOf = append(seqOf, int32(s))
-							slots = append(slots, sq.blocks[p/tc.blockSize]*int32(tc.blockSize)+int32(p%tc.blockSize))
-							rowSeq = append(rowSeq, s)
+		// The fast precision's caches are binary16; it also runs on float32
+		// ones.
+		newCaches := map[string]func(rows, cols int) (backend.Tensor, error){"": b.NewKVCache}
+		if b.Fast() {
+			newCaches["/f32kv"] = b.NewF32
+		}
+		for cacheName, newCache := range newCaches {
+			for _, tc := range cases {
+				t.Run(fmt.Sprintf("%s%s/%s", name, cacheName, tc.name), func(t *testing.T) {
+					r := newRand(t)
+					nSeq := len(tc.steps[0])
+					total := make([]int, nSeq)
+					for _, st := range tc.steps {
+						for s, k := range st {
+							total[s] += k
 						}
 					}
-					n := len(pos)
-					var kv, vv []float32
-					for i, s := range rowSeq {
-						kv = append(kv, seqs[s].keys[pos[i]]...)
-						vv = append(vv, seqs[s].values[pos[i]]...)
+					maxBlocks := 0
+					for _, n := range total {
+						maxBlocks = max(maxBlocks, (n+tc.blockSize-1)/tc.blockSize)
 					}
-					table := make([]int32, nSeq*maxBlocks)
-					for i := range table {
-						table[i] = -1
+					nBlocks := nSeq*maxBlocks + 3 // a few never used
+					free := r.Perm(nBlocks)
+					ap := backend.AttentionParams{
+						Heads: tc.heads, KVHeads: tc.kvHeads, HeadDim: tc.headDim,
+						Scale: float32(1 / math.Sqrt(float64(tc.headDim))), Window: tc.window,
+						BlockSize: tc.blockSize, MaxBlocks: maxBlocks,
 					}
-					for s := range seqs {
-						copy(table[s*maxBlocks:], seqs[s].blocks)
+					qCols, kvCols := tc.heads*tc.headDim, tc.kvHeads*tc.headDim
+					kc := must(newCache(nBlocks*tc.blockSize, kvCols))
+					vc := must(newCache(nBlocks*tc.blockSize, kvCols))
+					var sinkV []float32
+					var sinks backend.Tensor
+					if tc.sinks {
+						sinkV = randF32(r, tc.heads, 2)
+						sinks = activation(t, b, 1, tc.heads, sinkV)
 					}
-					qv := randF32(r, n*qCols, 2)
-					b.StoreKV(kc, vc, activation(t, b, n, kvCols, kv), activation(t, b, n, kvCols, vv), ints(t, b, slots))
-					dst := poisoned(t, b, n, qCols)
-					b.Attention(dst, activation(t, b, n, qCols, qv), kc, vc, ints(t, b, pos), ints(t, b, seqOf), ints(t, b, table), sinks, ap)
-					var want []float64
-					for i, s := range rowSeq {
-						want = append(want, refAttention(qv[i*qCols:(i+1)*qCols], int(pos[i]), seqs[s].keys, seqs[s].values, sinkV, ap)...)
+					seqs := make([]pagedSeq, nSeq)
+					for _, st := range tc.steps {
+						var pos, seqOf, slots []int32
+						var rowSeq []int
+						for s, k := range st {
+							sq := &seqs[s]
+							for range k {
+								p := len(sq.keys)
+								if p%tc.blockSize == 0 {
+									sq.blocks = append(sq.blocks, int32(free[0]))
+									free = free[1:]
+								}
+								sq.keys = append(sq.keys, randF32(r, kvCols, 1))
+								sq.values = append(sq.values, randF32(r, kvCols, 1))
+								pos = append(pos, int32(p))
+								seqOf = append(seqOf, int32(s))
+								slots = append(slots, sq.blocks[p/tc.blockSize]*int32(tc.blockSize)+int32(p%tc.blockSize))
+								rowSeq = append(rowSeq, s)
+							}
+						}
+						n := len(pos)
+						var kv, vv []float32
+						for i, s := range rowSeq {
+							kv = append(kv, seqs[s].keys[pos[i]]...)
+							vv = append(vv, seqs[s].values[pos[i]]...)
+						}
+						table := make([]int32, nSeq*maxBlocks)
+						for i := range table {
+							table[i] = -1
+						}
+						for s := range seqs {
+							copy(table[s*maxBlocks:], seqs[s].blocks)
+						}
+						qv := randF32(r, n*qCols, 2)
+						b.StoreKV(kc, vc, activation(t, b, n, kvCols, kv), activation(t, b, n, kvCols, vv), ints(t, b, slots))
+						dst := poisoned(t, b, n, qCols)
+						b.Attention(dst, activation(t, b, n, qCols, qv), kc, vc, ints(t, b, pos), ints(t, b, seqOf), ints(t, b, table), sinks, ap)
+						// A binary16 cache holds the values rounded to nearest even
+						// (tensor.F32ToF16, checked against reference vectors in
+						// package tensor): from those on, the kernels' float32 sums
+						// over at most 44 keys of at most 64 products of values
+						// below 2 keep the same 1e-5 relative error as float32
+						// caches.
+						var want []float64
+						for i, s := range rowSeq {
+							keys, values := seqs[s].keys, seqs[s].values
+							if kc.Type() == tensor.F16 {
+								keys, values = roundF16(keys), roundF16(values)
+							}
+							want = append(want, refAttention(qv[i*qCols:(i+1)*qCols], int(pos[i]), keys, values, sinkV, ap)...)
+						}
+						compare(t, fmt.Sprintf("step %v", st), read(t, b, dst), want, uniformTol(want, 1e-5, 1e-6))
 					}
-					compare(t, fmt.Sprintf("step %v", st), read(t, b, dst), want, uniformTol(want, 1e-5, 1e-6))
-				}
-			})
+				})
+			}
 		}
 	}
 }
@@ -229,8 +248,11 @@ func TestAttentionRowsAlone(t *testing.T) {
 				r := newRand(t)
 				qCols, kvCols := heads*headDim, kvHeads*headDim
 				kc, vc := must(b.NewKVCache(ctx, kvCols)), must(b.NewKVCache(ctx, kvCols))
-				b.WriteF32(kc, randF32(r, ctx*kvCols, 1))
-				b.WriteF32(vc, randF32(r, ctx*kvCols, 1))
+				slots := make([]int32, ctx)
+				for i := range slots {
+					slots[i] = int32(i)
+				}
+				b.StoreKV(kc, vc, activation(t, b, ctx, kvCols, randF32(r, ctx*kvCols, 1)), activation(t, b, ctx, kvCols, randF32(r, ctx*kvCols, 1)), ints(t, b, slots))
 				seq, table, ap := contiguousTable(b, n, ctx)
 				ap.Heads, ap.KVHeads, ap.HeadDim, ap.Window = heads, kvHeads, headDim, window
 				ap.Scale = 0.125
@@ -279,19 +301,16 @@ func TestAttentionBlockLayout(t *testing.T) {
 					// perm gives and computes the rows at positions rows.
 					run := func(bs int, perm []int, rows []int32) []float32 {
 						nBlocks := (ctx + bs - 1) / bs
-						kc, vc := make([]float32, nBlocks*bs*kvCols), make([]float32, nBlocks*bs*kvCols)
 						table := make([]int32, nBlocks)
 						for i := range table {
 							table[i] = int32(perm[i])
 						}
-						for j := range ctx {
-							row := perm[j/bs]*bs + j%bs
-							copy(kc[row*kvCols:(row+1)*kvCols], keys[j*kvCols:])
-							copy(vc[row*kvCols:(row+1)*kvCols], values[j*kvCols:])
+						slots := make([]int32, ctx)
+						for j := range slots {
+							slots[j] = int32(perm[j/bs]*bs + j%bs)
 						}
 						kt, vt := must(b.NewKVCache(nBlocks*bs, kvCols)), must(b.NewKVCache(nBlocks*bs, kvCols))
-						b.WriteF32(kt, kc)
-						b.WriteF32(vt, vc)
+						b.StoreKV(kt, vt, activation(t, b, ctx, kvCols, keys), activation(t, b, ctx, kvCols, values), ints(t, b, slots))
 						q := make([]float32, 0, len(rows)*qCols)
 						for _, p := range rows {
 							q = append(q, qv[int(p)*qCols:(int(p)+1)*qCols]...)
@@ -329,4 +348,17 @@ func TestAttentionBlockLayout(t *testing.T) {
 			}
 		}
 	}
+}
+
+// roundF16 is rows rounded to binary16 and back, as a binary16 KV cache
+// holds them.
+func roundF16(rows [][]float32) [][]float32 {
+	out := make([][]float32, len(rows))
+	for i, r := range rows {
+		out[i] = make([]float32, len(r))
+		for c, v := range r {
+			out[i][c] = tensor.F16ToF32(tensor.F32ToF16(v))
+		}
+	}
+	return out
 }

@@ -122,23 +122,35 @@ func BenchmarkGPT2Decode(b *testing.B) {
 // BenchmarkAttention times GPT-2-shaped attention (12 heads of 64) over a
 // 1024-token cache, for one decode row, a 64-row prefill chunk and a
 // 512-row one, with the pure-Go and the assembly kernels, and the fast
-// precision's.
+// precision's with its binary16 caches and with float32 ones.
 func BenchmarkAttention(b *testing.B) {
 	const heads, headDim, ctx = 12, 64, 1024
 	for _, c := range []struct {
-		simd bool
-		prec Precision
-		name string
-	}{{false, Exact, "simd=false"}, {true, Exact, "simd=true"}, {true, Fast, "fast"}} {
+		simd, f32KV bool
+		prec        Precision
+		name        string
+	}{{false, false, Exact, "simd=false"}, {true, false, Exact, "simd=true"}, {true, false, Fast, "fast"}, {true, true, Fast, "fast/f32kv"}} {
 		for _, n := range []int{1, 64, 512} {
 			b.Run(fmt.Sprintf("%s/n=%d", c.name, n), func(b *testing.B) {
 				be := newBackend(2, c.simd, c.prec)
 				defer be.Close()
 				r := rand.New(rand.NewPCG(1, 2))
 				cols := heads * headDim
-				kc, vc := must(be.NewKVCache(ctx, cols)), must(be.NewKVCache(ctx, cols))
-				be.WriteF32(kc, randF32(r, ctx*cols, 1))
-				be.WriteF32(vc, randF32(r, ctx*cols, 1))
+				newCache := be.NewKVCache
+				if c.f32KV {
+					newCache = be.NewF32
+				}
+				kc, vc := must(newCache(ctx, cols)), must(newCache(ctx, cols))
+				slots := make([]int32, ctx)
+				for i := range slots {
+					slots[i] = int32(i)
+				}
+				kv, vv := must(be.NewF32(ctx, cols)), must(be.NewF32(ctx, cols))
+				be.WriteF32(kv, randF32(r, ctx*cols, 1))
+				be.WriteF32(vv, randF32(r, ctx*cols, 1))
+				st := must(be.NewI32(ctx))
+				be.WriteI32(st, slots)
+				be.StoreKV(kc, vc, kv, vv, st)
 				q, dst := must(be.NewF32(n, cols)), must(be.NewF32(n, cols))
 				be.WriteF32(q, randF32(r, n*cols, 1))
 				pos := make([]int32, n)

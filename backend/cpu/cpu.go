@@ -45,14 +45,16 @@ type Backend struct {
 }
 
 // Tensor is a block of host memory. Float32 data (activations and F32
-// weights) is held as []float32, int32 vectors as []int32, and every other
-// weight type as its raw file bytes, except Q8_0 matrices in the fast
-// precision, held only as packedQ8.
+// weights) is held as []float32, int32 vectors as []int32, the fast
+// precision's F16 KV caches as []uint16, and every other weight type as its
+// raw file bytes, except Q8_0 matrices in the fast precision, held only as
+// packedQ8.
 type Tensor struct {
 	typ   tensor.Type
 	dims  []int
 	f32   []float32
 	i32   []int32
+	f16   []uint16 // binary16 KV caches (fast precision)
 	raw   []byte
 	q8    *packedQ8 // Q8_0 matrices in the fast precision
 	freed bool
@@ -76,7 +78,7 @@ func (t *Tensor) rows() int {
 func (t *Tensor) cols() int { return t.dims[0] }
 
 func (t *Tensor) bytes() int64 {
-	n := int64(len(t.f32))*4 + int64(len(t.i32))*4 + int64(len(t.raw))
+	n := int64(len(t.f32))*4 + int64(len(t.i32))*4 + int64(len(t.f16))*2 + int64(len(t.raw))
 	if t.q8 != nil {
 		n += int64(len(t.q8.scales))*2 + int64(len(t.q8.quants))
 	}
@@ -257,7 +259,7 @@ func (b *Backend) Free(t backend.Tensor) {
 		return
 	}
 	b.allocated.Add(-ct.bytes())
-	ct.f32, ct.i32, ct.raw, ct.q8, ct.freed = nil, nil, nil, nil, true
+	ct.f32, ct.i32, ct.f16, ct.raw, ct.q8, ct.freed = nil, nil, nil, nil, nil, true
 }
 
 // Close frees every live tensor.

@@ -1,16 +1,38 @@
 package cpu
 
 import (
+	"fmt"
 	"math"
 
 	"orcd/backend"
 	"orcd/tensor"
 )
 
-// NewKVCache allocates a rows×cols K or V cache. The cpu backend keeps
-// caches in float32, so this is NewF32.
+// NewKVCache allocates a rows×cols K or V cache: float32 (NewF32) in the
+// exact precision, binary16 in the fast one, which halves the bytes that
+// batched decode attention streams from memory (NOTES.md §14).
 func (b *Backend) NewKVCache(rows, cols int) (backend.Tensor, error) {
-	return b.NewF32(rows, cols)
+	if !b.fast {
+		return b.NewF32(rows, cols)
+	}
+	if rows <= 0 || cols <= 0 || int64(rows)*int64(cols) > 1<<40 {
+		return nil, fmt.Errorf("cpu: NewKVCache: bad shape %d×%d", rows, cols)
+	}
+	return b.track(&Tensor{typ: tensor.F16, dims: []int{cols, rows}, f16: make([]uint16, rows*cols)}), nil
+}
+
+// kvCache unwraps a K or V cache: float32, or binary16 in the fast
+// precision. It returns nil after recording an error.
+func (b *Backend) kvCache(t backend.Tensor, op, arg string) *Tensor {
+	ct := b.tensorOf(t, op, arg)
+	switch {
+	case ct == nil:
+		return nil
+	case len(ct.dims) == 2 && (ct.typ == tensor.F32 || ct.typ == tensor.F16 && ct.f16 != nil && b.fast):
+		return ct
+	}
+	b.fail("%s: %s must be a KV cache from NewKVCache, is %s", op, arg, describe(ct))
+	return nil
 }
 
 // View returns the first rows rows of t, sharing its memory.
@@ -262,17 +284,21 @@ func (b *Backend) RoPE(x, pos, invFreq backend.Tensor, p backend.RoPEParams) {
 	})
 }
 
-// StoreKV copies row i of k and v into row slots[i] of kCache and vCache.
+// StoreKV copies row i of k and v into row slots[i] of kCache and vCache,
+// rounded to nearest even where the caches are binary16.
 func (b *Backend) StoreKV(kCache, vCache, k, v, slots backend.Tensor) {
 	const op = "StoreKV"
-	kc := b.f32(kCache, op, "kCache")
-	if kc == nil {
+	kc, vc := b.kvCache(kCache, op, "kCache"), b.kvCache(vCache, op, "vCache")
+	if kc == nil || vc == nil {
 		return
 	}
 	capRows, cols := kc.rows(), kc.cols()
-	vc := b.matrix(vCache, op, "vCache", capRows, cols)
+	if vc.typ != kc.typ || vc.rows() != capRows || vc.cols() != cols {
+		b.fail("%s: vCache %s does not match kCache %s", op, describe(vc), describe(kc))
+		return
+	}
 	ks := b.f32(k, op, "k")
-	if vc == nil || ks == nil {
+	if ks == nil {
 		return
 	}
 	n := ks.rows()
@@ -290,6 +316,17 @@ func (b *Backend) StoreKV(kCache, vCache, k, v, slots backend.Tensor) {
 			b.fail("%s: slots[%d] = %d is outside the cache's %d rows", op, i, s, capRows)
 			return
 		}
+	}
+	if kc.typ == tensor.F16 {
+		// A prompt's rows are many conversions: split them.
+		b.parallel(n, max(1, 4096/cols), func(_, lo, hi int) {
+			for i, s := range ss.i32[lo:hi] {
+				i, s := lo+i, int(s)
+				b.k.q8.encodeF16(ks.f32[i*cols:], kc.f16[s*cols:(s+1)*cols])
+				b.k.q8.encodeF16(vs.f32[i*cols:], vc.f16[s*cols:(s+1)*cols])
+			}
+		})
+		return
 	}
 	for i, s := range ss.i32[:n] {
 		copy(kc.f32[int(s)*cols:(int(s)+1)*cols], ks.f32[i*cols:])

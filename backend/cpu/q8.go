@@ -220,6 +220,16 @@ type q8Kernels struct {
 	// weightedSum4 is kernels.weightedSum for four rows of probabilities
 	// over the same values, with the same result for each row.
 	weightedSum4 func(p [4][]float32, v []float32, stride int, out [4][]float32)
+	// scoresF16, scores4qF16, weightedSumF16 and weightedSum4F16 are
+	// scores, scores4q, kernels.weightedSum and weightedSum4 over the
+	// binary16 KV caches of the fast precision: each gives, bit for bit,
+	// what its float32 twin gives for the widened (exact) values.
+	scoresF16       func(q []float32, k []uint16, stride int, out []float32)
+	scores4qF16     func(q []float32, qstride, d int, k []uint16, stride int, out [4][]float32)
+	weightedSumF16  func(p []float32, v []uint16, stride int, out []float32)
+	weightedSum4F16 func(p [4][]float32, v []uint16, stride int, out [4][]float32)
+	// encodeF16 is encodeF16 (StoreKV into a binary16 cache).
+	encodeF16 func(x []float32, out []uint16)
 }
 
 // goQ8Kernels are the pure-Go fast-precision loops.
@@ -232,7 +242,51 @@ var goQ8Kernels = &q8Kernels{quant: quantQ8, gemm: gemmQ8, gemm1: gemmQ8Groups, 
 		for i := range p {
 			weightedSum(p[i], v, stride, out[i])
 		}
-	}}
+	}, scoresF16: scoresF16, scores4qF16: func(q []float32, qstride, d int, k []uint16, stride int, out [4][]float32) {
+		for i := range out {
+			scoresF16(q[i*qstride:i*qstride+d], k, stride, out[i])
+		}
+	}, weightedSumF16: weightedSumF16, weightedSum4F16: func(p [4][]float32, v []uint16, stride int, out [4][]float32) {
+		for i := range p {
+			weightedSumF16(p[i], v, stride, out[i])
+		}
+	}, encodeF16: encodeF16}
+
+// scoresF16 is scores over binary16 keys, each widened exactly and then
+// summed as dot sums it.
+func scoresF16(q []float32, k []uint16, stride int, out []float32) {
+	var buf [64]float32
+	w := buf[:]
+	if len(q) > len(buf) {
+		w = make([]float32, len(q))
+	}
+	w = w[:len(q)]
+	t := f16Table()
+	for j := range out {
+		for c, h := range k[j*stride : j*stride+len(q)] {
+			w[c] = t[h]
+		}
+		out[j] = dot(q, w)
+	}
+}
+
+// weightedSumF16 is weightedSum over binary16 values.
+func weightedSumF16(p []float32, v []uint16, stride int, out []float32) {
+	t := f16Table()
+	for j, pj := range p {
+		for c, h := range v[j*stride : j*stride+len(out)] {
+			out[c] += pj * t[h]
+		}
+	}
+}
+
+// encodeF16 rounds x to binary16 into out (len(out) values), to nearest
+// with ties to even.
+func encodeF16(x []float32, out []uint16) {
+	for i := range out {
+		out[i] = tensor.F32ToF16(x[i])
+	}
+}
 
 // maxF32 is the largest of x.
 func maxF32(x []float32) float32 {

@@ -74,7 +74,45 @@ func simdQ8Kernels() *q8Kernels {
 			}
 			weightedSum4AVX512(&p[0][0], &p[1][0], &p[2][0], &p[3][0], &v[0], stride, n, &out[0][0], &out[1][0], &out[2][0], &out[3][0])
 		},
-		scores: scoresSIMD,
+		scores:    scoresSIMD,
+		scoresF16: scoresF16SIMD,
+		scores4qF16: func(q []float32, qstride, d int, k []uint16, stride int, out [4][]float32) {
+			n := len(out[0])
+			if d != 64 || n == 0 || n%8 != 0 {
+				for i := range out {
+					scoresF16SIMD(q[i*qstride:i*qstride+d], k, stride, out[i])
+				}
+				return
+			}
+			_, _ = q[3*qstride+63], k[(n-1)*stride+63]
+			for i := range out {
+				_ = out[i][n-1]
+			}
+			scores4qF16AVX512(&q[0], qstride, &k[0], stride, n, &out[0][0], &out[1][0], &out[2][0], &out[3][0])
+		},
+		weightedSumF16: weightedSumF16SIMD,
+		weightedSum4F16: func(p [4][]float32, v []uint16, stride int, out [4][]float32) {
+			n := len(p[0])
+			if len(out[0]) != 64 || n == 0 {
+				for i := range p {
+					weightedSumF16SIMD(p[i], v, stride, out[i])
+				}
+				return
+			}
+			_ = v[(n-1)*stride+63]
+			for i := range p {
+				_, _ = p[i][n-1], out[i][63]
+			}
+			weightedSum4F16AVX512(&p[0][0], &p[1][0], &p[2][0], &p[3][0], &v[0], stride, n, &out[0][0], &out[1][0], &out[2][0], &out[3][0])
+		},
+		encodeF16: func(x []float32, out []uint16) {
+			n := len(out) &^ 7
+			if n > 0 {
+				_ = x[n-1]
+				encodeF16AVX2(&x[0], &out[0], n)
+			}
+			encodeF16(x[n:len(out)], out[n:])
+		},
 		gelu: func(x, out []float32) {
 			n := len(out) &^ 7
 			if n > 0 {
@@ -127,6 +165,21 @@ func maxAVX512(x *float32, n int) float32
 //go:noescape
 func expSumAVX2(x *float32, n int, scale, sub float32, out *float32) float32
 
+// weightedSumF16SIMD is weightedSumF16 in weightedSumF16AVX512 where out's
+// length is a multiple of 8.
+func weightedSumF16SIMD(p []float32, v []uint16, stride int, out []float32) {
+	d := len(out)
+	if d%8 != 0 || len(p) == 0 {
+		weightedSumF16(p, v, stride, out)
+		return
+	}
+	_ = v[(len(p)-1)*stride+d-1]
+	weightedSumF16AVX512(&p[0], &v[0], stride, len(p), d, &out[0])
+}
+
+//go:noescape
+func weightedSumF16AVX512(p *float32, v *uint16, stride, n, d int, out *float32)
+
 // expSumSIMD is expSum with the 8-wide part in assembly.
 func expSumSIMD(x []float32, scale, sub float32, out []float32) float32 {
 	n := len(out) &^ 7
@@ -155,20 +208,43 @@ func scores8AVX512(q, k *float32, stride, n int, out *float32)
 // how its keys fall into blocks (the block size, a window's start, a
 // prompt's chunks): scores8AVX512 for heads of 64 values, scores4AVX2 for
 // other multiples of 8 (in both, each key's sum is its own), the pure-Go
-// loop otherwise. The keys after the last whole group of g go through the
-// kernel as a group of g with the cache rows after them, where k holds
-// them (their scores are dropped); else as the run's last g keys, or, in a
-// run shorter than g, one at a time as a group of copies (stride 0).
+// loop otherwise (see scoreGroups for the keys after the last whole group).
 func scoresSIMD(q, k []float32, stride int, out []float32) {
 	d := len(q)
 	if d%8 != 0 || d == 0 || len(out) == 0 {
 		scores(q, k, stride, out)
 		return
 	}
-	g, kernel := 4, func(k []float32, stride, n int, out []float32) { scores4AVX2(&q[0], &k[0], stride, n, d, &out[0]) }
 	if d == 64 {
-		g, kernel = 8, func(k []float32, stride, n int, out []float32) { scores8AVX512(&q[0], &k[0], stride, n, &out[0]) }
+		scoreGroups(k, stride, d, out, 8, func(k []float32, stride, n int, out []float32) { scores8AVX512(&q[0], &k[0], stride, n, &out[0]) })
+		return
 	}
+	scoreGroups(k, stride, d, out, 4, func(k []float32, stride, n int, out []float32) { scores4AVX2(&q[0], &k[0], stride, n, d, &out[0]) })
+}
+
+// scoresF16SIMD is scoresSIMD over binary16 keys: scores8F16AVX512 and
+// scores4F16AVX2 give what scores8AVX512 and scores4AVX2 give for the
+// widened keys.
+func scoresF16SIMD(q []float32, k []uint16, stride int, out []float32) {
+	d := len(q)
+	if d%8 != 0 || d == 0 || len(out) == 0 {
+		scoresF16(q, k, stride, out)
+		return
+	}
+	if d == 64 {
+		scoreGroups(k, stride, d, out, 8, func(k []uint16, stride, n int, out []float32) { scores8F16AVX512(&q[0], &k[0], stride, n, &out[0]) })
+		return
+	}
+	scoreGroups(k, stride, d, out, 4, func(k []uint16, stride, n int, out []float32) { scores4F16AVX2(&q[0], &k[0], stride, n, d, &out[0]) })
+}
+
+// scoreGroups runs kernel, which scores keys of d values in groups of g
+// (n a multiple of g), over the len(out) keys at k. The keys after the
+// last whole group go through the kernel as a group of g with the cache
+// rows after them, where k holds them (their scores are dropped); else as
+// the run's last g keys, or, in a run shorter than g, one at a time as a
+// group of copies (stride 0).
+func scoreGroups[E float32 | uint16](k []E, stride, d int, out []float32, g int, kernel func(k []E, stride, n int, out []float32)) {
 	_ = k[(len(out)-1)*stride+d-1]
 	n := len(out) / g * g
 	if n > 0 {
@@ -194,3 +270,18 @@ func scoresSIMD(q, k []float32, stride int, out []float32) {
 		out[j] = tmp[0]
 	}
 }
+
+//go:noescape
+func scores8F16AVX512(q *float32, k *uint16, stride, n int, out *float32)
+
+//go:noescape
+func scores4F16AVX2(q *float32, k *uint16, stride, n, d int, out *float32)
+
+//go:noescape
+func scores4qF16AVX512(q *float32, qstride int, k *uint16, kstride, n int, o0, o1, o2, o3 *float32)
+
+//go:noescape
+func weightedSum4F16AVX512(p0, p1, p2, p3 *float32, v *uint16, stride, n int, o0, o1, o2, o3 *float32)
+
+//go:noescape
+func encodeF16AVX2(x *float32, out *uint16, n int)

@@ -518,6 +518,74 @@ s4done:
 	VZEROUPPER
 	RET
 
+// WS4LOAD and WS4STORE move the 64 sums of each of the four rows of
+// weightedSum4AVX512 (at DI, R9, R10 and R13) to and from Z0..Z15.
+#define WS4LOAD \
+	VMOVUPS      (DI), Z0; \
+	VMOVUPS      64(DI), Z1; \
+	VMOVUPS      128(DI), Z2; \
+	VMOVUPS      192(DI), Z3; \
+	VMOVUPS      (R9), Z4; \
+	VMOVUPS      64(R9), Z5; \
+	VMOVUPS      128(R9), Z6; \
+	VMOVUPS      192(R9), Z7; \
+	VMOVUPS      (R10), Z8; \
+	VMOVUPS      64(R10), Z9; \
+	VMOVUPS      128(R10), Z10; \
+	VMOVUPS      192(R10), Z11; \
+	VMOVUPS      (R13), Z12; \
+	VMOVUPS      64(R13), Z13; \
+	VMOVUPS      128(R13), Z14; \
+	VMOVUPS      192(R13), Z15
+
+#define WS4STORE \
+	VMOVUPS      Z0, (DI); \
+	VMOVUPS      Z1, 64(DI); \
+	VMOVUPS      Z2, 128(DI); \
+	VMOVUPS      Z3, 192(DI); \
+	VMOVUPS      Z4, (R9); \
+	VMOVUPS      Z5, 64(R9); \
+	VMOVUPS      Z6, 128(R9); \
+	VMOVUPS      Z7, 192(R9); \
+	VMOVUPS      Z8, (R10); \
+	VMOVUPS      Z9, 64(R10); \
+	VMOVUPS      Z10, 128(R10); \
+	VMOVUPS      Z11, 192(R10); \
+	VMOVUPS      Z12, (R13); \
+	VMOVUPS      Z13, 64(R13); \
+	VMOVUPS      Z14, 128(R13); \
+	VMOVUPS      Z15, 192(R13)
+
+// WS4STEP adds the value row in Z16..Z19 times each row's probability
+// (at AX, BX, DX, R11) to the sums and moves on one key.
+#define WS4STEP \
+	VBROADCASTSS (AX), Z20; \
+	VBROADCASTSS (BX), Z21; \
+	VBROADCASTSS (DX), Z22; \
+	VBROADCASTSS (R11), Z23; \
+	VFMADD231PS  Z16, Z20, Z0; \
+	VFMADD231PS  Z17, Z20, Z1; \
+	VFMADD231PS  Z18, Z20, Z2; \
+	VFMADD231PS  Z19, Z20, Z3; \
+	VFMADD231PS  Z16, Z21, Z4; \
+	VFMADD231PS  Z17, Z21, Z5; \
+	VFMADD231PS  Z18, Z21, Z6; \
+	VFMADD231PS  Z19, Z21, Z7; \
+	VFMADD231PS  Z16, Z22, Z8; \
+	VFMADD231PS  Z17, Z22, Z9; \
+	VFMADD231PS  Z18, Z22, Z10; \
+	VFMADD231PS  Z19, Z22, Z11; \
+	VFMADD231PS  Z16, Z23, Z12; \
+	VFMADD231PS  Z17, Z23, Z13; \
+	VFMADD231PS  Z18, Z23, Z14; \
+	VFMADD231PS  Z19, Z23, Z15; \
+	ADDQ         R8, SI; \
+	ADDQ         $4, AX; \
+	ADDQ         $4, BX; \
+	ADDQ         $4, DX; \
+	ADDQ         $4, R11; \
+	DECQ         CX
+
 // func weightedSum4AVX512(p0, p1, p2, p3, v *float32, stride, n int, o0, o1, o2, o3 *float32)
 // weightedSumAVX2 for four rows of probabilities over the same n values of
 // 64 columns (stride elements apart): oi[c] += Σ_j pi[j]·v[j·stride+c].
@@ -534,26 +602,11 @@ TEXT ·weightedSum4AVX512(SB), NOSPLIT, $0-88
 	MOVQ         stride+40(FP), R8
 	SHLQ         $2, R8
 	MOVQ         n+48(FP), CX
-	MOVQ         o0+56(FP), R12
-	VMOVUPS      (R12), Z0
-	VMOVUPS      64(R12), Z1
-	VMOVUPS      128(R12), Z2
-	VMOVUPS      192(R12), Z3
-	MOVQ         o1+64(FP), R12
-	VMOVUPS      (R12), Z4
-	VMOVUPS      64(R12), Z5
-	VMOVUPS      128(R12), Z6
-	VMOVUPS      192(R12), Z7
-	MOVQ         o2+72(FP), R12
-	VMOVUPS      (R12), Z8
-	VMOVUPS      64(R12), Z9
-	VMOVUPS      128(R12), Z10
-	VMOVUPS      192(R12), Z11
-	MOVQ         o3+80(FP), R12
-	VMOVUPS      (R12), Z12
-	VMOVUPS      64(R12), Z13
-	VMOVUPS      128(R12), Z14
-	VMOVUPS      192(R12), Z15
+	MOVQ         o0+56(FP), DI
+	MOVQ         o1+64(FP), R9
+	MOVQ         o2+72(FP), R10
+	MOVQ         o3+80(FP), R13
+	WS4LOAD
 	TESTQ        CX, CX
 	JZ           ws4store
 
@@ -562,55 +615,11 @@ ws4loop:
 	VMOVUPS      64(SI), Z17
 	VMOVUPS      128(SI), Z18
 	VMOVUPS      192(SI), Z19
-	VBROADCASTSS (AX), Z20
-	VBROADCASTSS (BX), Z21
-	VBROADCASTSS (DX), Z22
-	VBROADCASTSS (R11), Z23
-	VFMADD231PS  Z16, Z20, Z0
-	VFMADD231PS  Z17, Z20, Z1
-	VFMADD231PS  Z18, Z20, Z2
-	VFMADD231PS  Z19, Z20, Z3
-	VFMADD231PS  Z16, Z21, Z4
-	VFMADD231PS  Z17, Z21, Z5
-	VFMADD231PS  Z18, Z21, Z6
-	VFMADD231PS  Z19, Z21, Z7
-	VFMADD231PS  Z16, Z22, Z8
-	VFMADD231PS  Z17, Z22, Z9
-	VFMADD231PS  Z18, Z22, Z10
-	VFMADD231PS  Z19, Z22, Z11
-	VFMADD231PS  Z16, Z23, Z12
-	VFMADD231PS  Z17, Z23, Z13
-	VFMADD231PS  Z18, Z23, Z14
-	VFMADD231PS  Z19, Z23, Z15
-	ADDQ         R8, SI
-	ADDQ         $4, AX
-	ADDQ         $4, BX
-	ADDQ         $4, DX
-	ADDQ         $4, R11
-	DECQ         CX
+	WS4STEP
 	JNZ          ws4loop
 
 ws4store:
-	MOVQ         o0+56(FP), R12
-	VMOVUPS      Z0, (R12)
-	VMOVUPS      Z1, 64(R12)
-	VMOVUPS      Z2, 128(R12)
-	VMOVUPS      Z3, 192(R12)
-	MOVQ         o1+64(FP), R12
-	VMOVUPS      Z4, (R12)
-	VMOVUPS      Z5, 64(R12)
-	VMOVUPS      Z6, 128(R12)
-	VMOVUPS      Z7, 192(R12)
-	MOVQ         o2+72(FP), R12
-	VMOVUPS      Z8, (R12)
-	VMOVUPS      Z9, 64(R12)
-	VMOVUPS      Z10, 128(R12)
-	VMOVUPS      Z11, 192(R12)
-	MOVQ         o3+80(FP), R12
-	VMOVUPS      Z12, (R12)
-	VMOVUPS      Z13, 64(R12)
-	VMOVUPS      Z14, 128(R12)
-	VMOVUPS      Z15, 192(R12)
+	WS4STORE
 	VZEROUPPER
 	RET
 
@@ -674,6 +683,49 @@ maxdone:
 	VSHUFF64X2 $0x88, b, a, a; \
 	VADDPS     t, a, a
 
+// REDUCE8(a0..a7, t0..t3, perm) leaves in the low 8 elements of a0 the
+// sums of a0..a7's 16 lanes: after the QUADSUMs, 128-bit lane j of a0
+// holds key j's 4 partial sums and of a4 key 4+j's; the shuffles leave
+// keys j and 4+j in elements 4j and 4j+2, which perm (scores8Perm)
+// gathers.
+#define REDUCE8(a0, a1, a2, a3, a4, a5, a6, a7, t0, t1, t2, t3, perm) \
+	PAIRSUM(a0, a1, t0); \
+	PAIRSUM(a2, a3, t1); \
+	PAIRSUM(a4, a5, t2); \
+	PAIRSUM(a6, a7, t3); \
+	QUADSUM(a0, a2, t0); \
+	QUADSUM(a4, a6, t1); \
+	VSHUFPS    $0xee, a4, a0, t0; \
+	VSHUFPS    $0x44, a4, a0, a0; \
+	VADDPS     t0, a0, a0; \
+	VPERMILPS  $0xb1, a0, t0; \
+	VADDPS     t0, a0, a0; \
+	VPERMPS    a0, perm, a0
+
+// SCORES8STEP(score) is one step of scores8AVX512 and its binary16 twin:
+// the scores of the 8 keys from BX (R8 bytes apart) by the macro score,
+// reduced and stored at DI (R11 holds key 3, R12 key 6); BX moves on 8
+// keys and CX down by 8.
+#define SCORES8STEP(score) \
+	LEAQ       (BX)(R8*2), R11; \
+	ADDQ       R8, R11; \
+	LEAQ       (R11)(R8*2), R12; \
+	ADDQ       R8, R12; \
+	score(Z0, (BX)); \
+	score(Z1, (BX)(R8*1)); \
+	score(Z2, (BX)(R8*2)); \
+	score(Z3, (R11)); \
+	score(Z4, (BX)(R8*4)); \
+	score(Z5, (R11)(R8*2)); \
+	score(Z6, (R12)); \
+	score(Z7, (R11)(R8*4)); \
+	REDUCE8(Z0, Z1, Z2, Z3, Z4, Z5, Z6, Z7, Z8, Z9, Z10, Z11, Z20); \
+	VMOVUPS    Y0, (DI); \
+	ADDQ       $32, DI; \
+	LEAQ       (R11)(R8*4), BX; \
+	ADDQ       R8, BX; \
+	SUBQ       $8, CX
+
 // func scores8AVX512(q, k *float32, stride, n int, out *float32)
 // out[j] = Σ_c q[c]·k[j·stride+c] for 64 columns and j < n (a multiple of
 // 8): eight keys at a time, each a chain of 4 zmm FMAs, the eight sums
@@ -692,35 +744,7 @@ TEXT ·scores8AVX512(SB), NOSPLIT, $0-40
 	VMOVDQU32  ·scores8Perm(SB), Z20
 
 s8loop:
-	LEAQ       (BX)(R8*2), R11
-	ADDQ       R8, R11                // key 3
-	LEAQ       (R11)(R8*2), R12
-	ADDQ       R8, R12                // key 6
-	SCORE8(Z0, (BX))
-	SCORE8(Z1, (BX)(R8*1))
-	SCORE8(Z2, (BX)(R8*2))
-	SCORE8(Z3, (R11))
-	SCORE8(Z4, (BX)(R8*4))
-	SCORE8(Z5, (R11)(R8*2))
-	SCORE8(Z6, (R12))
-	SCORE8(Z7, (R11)(R8*4))
-	PAIRSUM(Z0, Z1, Z8)
-	PAIRSUM(Z2, Z3, Z9)
-	PAIRSUM(Z4, Z5, Z10)
-	PAIRSUM(Z6, Z7, Z11)
-	QUADSUM(Z0, Z2, Z8)               // 128-bit lane j: key j's 4 partial sums
-	QUADSUM(Z4, Z6, Z9)               // key 4+j's
-	VSHUFPS    $0xee, Z4, Z0, Z8
-	VSHUFPS    $0x44, Z4, Z0, Z0
-	VADDPS     Z8, Z0, Z0             // lane j: [j, j, 4+j, 4+j] partial sums
-	VPERMILPS  $0xb1, Z0, Z8
-	VADDPS     Z8, Z0, Z0             // elements 4j and 4j+2: keys j and 4+j
-	VPERMPS    Z0, Z20, Z0
-	VMOVUPS    Y0, (DI)
-	ADDQ       $32, DI
-	LEAQ       (R11)(R8*4), BX
-	ADDQ       R8, BX                 // key 8
-	SUBQ       $8, CX
+	SCORES8STEP(SCORE8)
 	JNZ        s8loop
 	VZEROUPPER
 	RET
@@ -759,22 +783,6 @@ GLOBL ·scores8Perm(SB), RODATA|NOPTR, $64
 	SCOREQ(a1, (BX)(R8*1), qa, qb, qc, qd); \
 	SCOREQ(a2, (BX)(R8*2), qa, qb, qc, qd); \
 	SCOREQ(a3, (R11), qa, qb, qc, qd)
-
-// REDUCE8(a0..a7, t0..t3, perm) leaves in the low 8 elements of a0 the
-// sums of a0..a7's 16 lanes, each added exactly as scores8AVX512 adds it.
-#define REDUCE8(a0, a1, a2, a3, a4, a5, a6, a7, t0, t1, t2, t3, perm) \
-	PAIRSUM(a0, a1, t0); \
-	PAIRSUM(a2, a3, t1); \
-	PAIRSUM(a4, a5, t2); \
-	PAIRSUM(a6, a7, t3); \
-	QUADSUM(a0, a2, t0); \
-	QUADSUM(a4, a6, t1); \
-	VSHUFPS    $0xee, a4, a0, t0; \
-	VSHUFPS    $0x44, a4, a0, a0; \
-	VADDPS     t0, a0, a0; \
-	VPERMILPS  $0xb1, a0, t0; \
-	VADDPS     t0, a0, a0; \
-	VPERMPS    a0, perm, a0
 
 // func scores4qAVX512(q *float32, qstride int, k *float32, kstride, n int, o0, o1, o2, o3 *float32)
 // scores8AVX512 for four queries (qstride elements apart) over the same n
@@ -835,5 +843,314 @@ s4qloop:
 	LEAQ       (R11)(R8*1), BX        // key 4
 	SUBQ       $4, CX
 	JNZ        s4qloop
+	VZEROUPPER
+	RET
+
+// The fast precision's KV caches hold binary16. The kernels below are the
+// float32 ones above with each cache load replaced by a VCVTPH2PS, which
+// widens exactly: every product and sum is the one the float32 kernel
+// makes from the widened values, bit for bit.
+
+// SCORE8H(acc, key) is SCORE8 for a key of 64 binary16 values.
+#define SCORE8H(acc, key) \
+	VCVTPH2PS   key, Z21; \
+	VMULPS      Z21, Z16, acc; \
+	VCVTPH2PS   32 key, Z22; \
+	VFMADD231PS Z22, Z17, acc; \
+	VCVTPH2PS   64 key, Z23; \
+	VFMADD231PS Z23, Z18, acc; \
+	VCVTPH2PS   96 key, Z24; \
+	VFMADD231PS Z24, Z19, acc
+
+// func scores8F16AVX512(q *float32, k *uint16, stride, n int, out *float32)
+// scores8AVX512 over binary16 keys (stride in elements).
+TEXT ·scores8F16AVX512(SB), NOSPLIT, $0-40
+	MOVQ       q+0(FP), SI
+	MOVQ       k+8(FP), BX
+	MOVQ       stride+16(FP), R8
+	SHLQ       $1, R8
+	MOVQ       n+24(FP), CX
+	MOVQ       out+32(FP), DI
+	VMOVUPS    (SI), Z16
+	VMOVUPS    64(SI), Z17
+	VMOVUPS    128(SI), Z18
+	VMOVUPS    192(SI), Z19
+	VMOVDQU32  ·scores8Perm(SB), Z20
+
+s8hloop:
+	SCORES8STEP(SCORE8H)
+	JNZ        s8hloop
+	VZEROUPPER
+	RET
+
+// CVT4H(key) widens a key of 64 binary16 values into Z16..Z19.
+#define CVT4H(key) \
+	VCVTPH2PS key, Z16; \
+	VCVTPH2PS 32 key, Z17; \
+	VCVTPH2PS 64 key, Z18; \
+	VCVTPH2PS 96 key, Z19
+
+// SCOREHQ(acc, qm) is SCOREQ of the widened key in Z16..Z19 with the query
+// in memory at qm (products commute bit for bit).
+#define SCOREHQ(acc, qm) \
+	VMULPS      qm, Z16, acc; \
+	VFMADD231PS 64 qm, Z17, acc; \
+	VFMADD231PS 128 qm, Z18, acc; \
+	VFMADD231PS 192 qm, Z19, acc
+
+// SCOREH4Q(key, a0, a1, a2, a3) scores one key for the four queries.
+#define SCOREH4Q(key, a0, a1, a2, a3) \
+	CVT4H(key); \
+	SCOREHQ(a0, (SI)); \
+	SCOREHQ(a1, (SI)(R9*1)); \
+	SCOREHQ(a2, (SI)(R9*2)); \
+	SCOREHQ(a3, (R10))
+
+// func scores4qF16AVX512(q *float32, qstride int, k *uint16, kstride, n int, o0, o1, o2, o3 *float32)
+// scores4qAVX512 over binary16 keys: each key is widened once for the four
+// queries, which are read from L1 as memory operands (the 32 registers hold
+// the 16 sums and the widened key).
+TEXT ·scores4qF16AVX512(SB), NOSPLIT, $0-72
+	MOVQ       q+0(FP), SI
+	MOVQ       qstride+8(FP), R9
+	SHLQ       $2, R9
+	LEAQ       (SI)(R9*2), R10
+	ADDQ       R9, R10                // query 3
+	MOVQ       k+16(FP), BX
+	MOVQ       kstride+24(FP), R8
+	SHLQ       $1, R8
+	MOVQ       n+32(FP), CX
+	MOVQ       o0+40(FP), AX
+	MOVQ       o1+48(FP), DX
+	MOVQ       o2+56(FP), DI
+	MOVQ       o3+64(FP), R12
+
+s4qhloop:
+	LEAQ       (BX)(R8*2), R11
+	ADDQ       R8, R11                // key 3
+	SCOREH4Q((BX), Z0, Z4, Z8, Z12)
+	SCOREH4Q((BX)(R8*1), Z1, Z5, Z9, Z13)
+	SCOREH4Q((BX)(R8*2), Z2, Z6, Z10, Z14)
+	SCOREH4Q((R11), Z3, Z7, Z11, Z15)
+	VMOVDQU32  ·scores8Perm(SB), Z24
+	REDUCE8(Z0, Z1, Z2, Z3, Z4, Z5, Z6, Z7, Z16, Z17, Z18, Z19, Z24)
+	REDUCE8(Z8, Z9, Z10, Z11, Z12, Z13, Z14, Z15, Z20, Z21, Z22, Z23, Z24)
+	VMOVUPS    X0, (AX)
+	VEXTRACTF32X4 $1, Y0, X1
+	VMOVUPS    X1, (DX)
+	VMOVUPS    X8, (DI)
+	VEXTRACTF32X4 $1, Y8, X9
+	VMOVUPS    X9, (R12)
+	ADDQ       $16, AX
+	ADDQ       $16, DX
+	ADDQ       $16, DI
+	ADDQ       $16, R12
+	LEAQ       (R11)(R8*1), BX        // key 4
+	SUBQ       $4, CX
+	JNZ        s4qhloop
+	VZEROUPPER
+	RET
+
+// func scores4F16AVX2(q *float32, k *uint16, stride, n, d int, out *float32)
+// scores4AVX2 over binary16 keys.
+TEXT ·scores4F16AVX2(SB), NOSPLIT, $0-48
+	MOVQ q+0(FP), SI
+	MOVQ k+8(FP), DI
+	MOVQ stride+16(FP), R8
+	SHLQ $1, R8
+	MOVQ n+24(FP), CX
+	MOVQ d+32(FP), R9
+	MOVQ out+40(FP), R10
+	LEAQ (R8)(R8*2), R11                 // 3·stride
+
+s4hkey:
+	TESTQ  CX, CX
+	JZ     s4hdone
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	XORQ   AX, AX
+	MOVQ   R9, DX
+	MOVQ   DI, BX
+
+s4hdim:
+	VMOVUPS     (SI)(AX*1), Y4
+	VCVTPH2PS   (BX), Y5
+	VFMADD231PS Y5, Y4, Y0
+	VCVTPH2PS   (BX)(R8*1), Y6
+	VFMADD231PS Y6, Y4, Y1
+	VCVTPH2PS   (BX)(R8*2), Y7
+	VFMADD231PS Y7, Y4, Y2
+	VCVTPH2PS   (BX)(R11*1), Y8
+	VFMADD231PS Y8, Y4, Y3
+	ADDQ        $32, AX
+	ADDQ        $16, BX
+	SUBQ        $8, DX
+	JNZ         s4hdim
+
+	VHADDPS      Y1, Y0, Y0
+	VHADDPS      Y3, Y2, Y2
+	VHADDPS      Y2, Y0, Y0
+	VEXTRACTF128 $1, Y0, X1
+	VADDPS       X1, X0, X0
+	VMOVUPS      X0, (R10)
+	ADDQ         $16, R10
+	LEAQ         (DI)(R8*4), DI
+	SUBQ         $4, CX
+	JMP          s4hkey
+
+s4hdone:
+	VZEROUPPER
+	RET
+
+// func weightedSum4F16AVX512(p0, p1, p2, p3 *float32, v *uint16, stride, n int, o0, o1, o2, o3 *float32)
+// weightedSum4AVX512 over binary16 values.
+TEXT ·weightedSum4F16AVX512(SB), NOSPLIT, $0-88
+	MOVQ         p0+0(FP), AX
+	MOVQ         p1+8(FP), BX
+	MOVQ         p2+16(FP), DX
+	MOVQ         p3+24(FP), R11
+	MOVQ         v+32(FP), SI
+	MOVQ         stride+40(FP), R8
+	SHLQ         $1, R8
+	MOVQ         n+48(FP), CX
+	MOVQ         o0+56(FP), DI
+	MOVQ         o1+64(FP), R9
+	MOVQ         o2+72(FP), R10
+	MOVQ         o3+80(FP), R13
+	WS4LOAD
+	TESTQ        CX, CX
+	JZ           ws4hstore
+
+ws4hloop:
+	VCVTPH2PS    (SI), Z16
+	VCVTPH2PS    32(SI), Z17
+	VCVTPH2PS    64(SI), Z18
+	VCVTPH2PS    96(SI), Z19
+	WS4STEP
+	JNZ          ws4hloop
+
+ws4hstore:
+	WS4STORE
+	VZEROUPPER
+	RET
+
+// func encodeF16AVX2(x *float32, out *uint16, n int)
+// out[i] = x[i] rounded to binary16, to nearest with ties to even (VCVTPS2PH
+// immediate 0), for n a multiple of 8.
+TEXT ·encodeF16AVX2(SB), NOSPLIT, $0-24
+	MOVQ x+0(FP), SI
+	MOVQ out+8(FP), DI
+	MOVQ n+16(FP), CX
+
+ehloop:
+	TESTQ     CX, CX
+	JZ        ehdone
+	VMOVUPS   (SI), Y0
+	VCVTPS2PH $0, Y0, X1
+	VMOVDQU   X1, (DI)
+	ADDQ      $32, SI
+	ADDQ      $16, DI
+	SUBQ      $8, CX
+	JMP       ehloop
+
+ehdone:
+	VZEROUPPER
+	RET
+
+// func weightedSumF16AVX512(p *float32, v *uint16, stride, n, d int, out *float32)
+// weightedSumAVX2 over binary16 values (n ≥ 1, d a multiple of 8), 64
+// columns at a time (each value row's 128 bytes read in one pass, four
+// chains), then 16, then 8: every column gets the FMAs of weightedSumAVX2
+// in the same order, however the columns are chunked.
+TEXT ·weightedSumF16AVX512(SB), NOSPLIT, $0-48
+	MOVQ p+0(FP), SI
+	MOVQ v+8(FP), DI
+	MOVQ stride+16(FP), R8
+	SHLQ $1, R8
+	MOVQ n+24(FP), R11
+	MOVQ d+32(FP), R9
+	MOVQ out+40(FP), R10
+
+wsh64:
+	CMPQ         R9, $64
+	JLT          wsh16
+	VMOVUPS      (R10), Z0
+	VMOVUPS      64(R10), Z1
+	VMOVUPS      128(R10), Z2
+	VMOVUPS      192(R10), Z3
+	MOVQ         SI, AX
+	MOVQ         DI, BX
+	MOVQ         R11, CX
+
+wsh64key:
+	VBROADCASTSS (AX), Z20
+	VCVTPH2PS    (BX), Z16
+	VCVTPH2PS    32(BX), Z17
+	VCVTPH2PS    64(BX), Z18
+	VCVTPH2PS    96(BX), Z19
+	VFMADD231PS  Z16, Z20, Z0
+	VFMADD231PS  Z17, Z20, Z1
+	VFMADD231PS  Z18, Z20, Z2
+	VFMADD231PS  Z19, Z20, Z3
+	ADDQ         $4, AX
+	ADDQ         R8, BX
+	DECQ         CX
+	JNZ          wsh64key
+	VMOVUPS      Z0, (R10)
+	VMOVUPS      Z1, 64(R10)
+	VMOVUPS      Z2, 128(R10)
+	VMOVUPS      Z3, 192(R10)
+	ADDQ         $256, R10
+	ADDQ         $128, DI
+	SUBQ         $64, R9
+	JMP          wsh64
+
+wsh16:
+	CMPQ         R9, $16
+	JLT          wsh8
+	VMOVUPS      (R10), Z0
+	MOVQ         SI, AX
+	MOVQ         DI, BX
+	MOVQ         R11, CX
+
+wsh16key:
+	VBROADCASTSS (AX), Z20
+	VCVTPH2PS    (BX), Z16
+	VFMADD231PS  Z16, Z20, Z0
+	ADDQ         $4, AX
+	ADDQ         R8, BX
+	DECQ         CX
+	JNZ          wsh16key
+	VMOVUPS      Z0, (R10)
+	ADDQ         $64, R10
+	ADDQ         $32, DI
+	SUBQ         $16, R9
+	JMP          wsh16
+
+wsh8:
+	CMPQ         R9, $8
+	JLT          wshdone
+	VMOVUPS      (R10), Y0
+	MOVQ         SI, AX
+	MOVQ         DI, BX
+	MOVQ         R11, CX
+
+wsh8key:
+	VBROADCASTSS (AX), Y4
+	VCVTPH2PS    (BX), Y5
+	VFMADD231PS  Y5, Y4, Y0
+	ADDQ         $4, AX
+	ADDQ         R8, BX
+	DECQ         CX
+	JNZ          wsh8key
+	VMOVUPS      Y0, (R10)
+	ADDQ         $32, R10
+	ADDQ         $16, DI
+	SUBQ         $8, R9
+	JMP          wsh8
+
+wshdone:
 	VZEROUPPER
 	RET

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"orcd/backend"
+	"orcd/backend/cpu"
 	"orcd/model"
 )
 
@@ -96,9 +97,10 @@ func memAvailable() (int64, error) {
 }
 
 // kvElemBytes is the bytes of one cached value in a serving pool: f16 on
-// cuda (pools beyond a few MiB are f16 there), f32 on the CPU.
+// cuda (pools beyond a few MiB are f16 there) and in the CPU's fast
+// precision, f32 in its exact one.
 func kvElemBytes(be backend.Backend) int {
-	if be.Name() == "cuda" {
+	if c, ok := be.(*cpu.Backend); be.Name() == "cuda" || ok && c.Fast() {
 		return 2
 	}
 	return 4

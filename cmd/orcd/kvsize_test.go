@@ -4,6 +4,7 @@ import (
 	"strings"
 	"testing"
 
+	"orcd/backend/cpu"
 	"orcd/model"
 )
 
@@ -34,5 +35,22 @@ func TestKVBlocks(t *testing.T) {
 	}
 	if _, err := kvBlocks(layout, 100<<20, 2, 16, 4096, 2048, 8); err == nil || !strings.Contains(err.Error(), "393 blocks") {
 		t.Errorf("100 MiB: error %v, want one naming the 393 blocks a sequence needs", err)
+	}
+}
+
+// TestKVElemBytes checks the sizing's bytes per cached value against what
+// the CPU backend's caches take, in both precisions.
+func TestKVElemBytes(t *testing.T) {
+	for _, prec := range []cpu.Precision{cpu.Exact, cpu.Fast} {
+		be := cpu.NewWithOptions(cpu.Options{Threads: 1, Precision: prec})
+		before := be.Allocated()
+		c, err := be.NewKVCache(16, 32)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := int64(kvElemBytes(be))*16*32, be.Allocated()-before; got != want {
+			t.Errorf("precision %v (fast %v): sizing %d bytes, the cache takes %d", prec, be.Fast(), got, want)
+		}
+		be.Free(c)
 	}
 }
