@@ -45,6 +45,56 @@ func benchMatMul(b *testing.B, be *Backend, typ tensor.Type, in, out, n int) {
 	}
 }
 
+// BenchmarkMatMulQ8Layers runs the products of GPT-2 124M's 12 layers
+// (q·k·v, o, up, down: 85 M Q8_0 weights, more than the caches hold) in
+// the fast precision, one after another as a decode step does, so the
+// weights stream from memory; BenchmarkMatMulQ8 repeats one matrix, which
+// then stays in cache. GMAC/s counts weight-by-row products.
+func BenchmarkMatMulQ8Layers(b *testing.B) {
+	shapes := []struct{ in, out int }{{768, 2304}, {768, 768}, {768, 3072}, {3072, 768}}
+	for _, n := range []int{1, 8} {
+		b.Run(fmt.Sprintf("n=%d", n), func(b *testing.B) {
+			be := NewWithOptions(Options{Precision: Fast})
+			defer be.Close()
+			r := rand.New(rand.NewPCG(1, 2))
+			xs := map[int]backend.Tensor{}
+			dsts := map[int]backend.Tensor{}
+			for _, s := range shapes {
+				for _, size := range []int{s.in, s.out} {
+					if xs[size] == nil {
+						xs[size] = must(be.NewF32(n, size))
+						be.WriteF32(xs[size], randF32(r, n*size, 1))
+						dsts[size] = must(be.NewF32(n, size))
+					}
+				}
+			}
+			type product struct {
+				w       backend.Tensor
+				in, out int
+			}
+			var ps []product
+			macs := 0
+			for range 12 {
+				for _, s := range shapes {
+					w := must(be.Upload("w", tensor.Q8_0, []int{s.in, s.out}, randWeightBytes(r, tensor.Q8_0, s.in*s.out)))
+					ps = append(ps, product{w, s.in, s.out})
+					macs += s.in * s.out
+				}
+			}
+			b.ResetTimer()
+			for range b.N {
+				for _, p := range ps {
+					be.MatMul(dsts[p.out], xs[p.in], p.w, nil)
+				}
+			}
+			if err := be.Sync(); err != nil {
+				b.Fatal(err)
+			}
+			b.ReportMetric(float64(b.N)*float64(macs)*float64(n)/b.Elapsed().Seconds()/1e9, "GMAC/s")
+		})
+	}
+}
+
 // BenchmarkGPT2Decode runs the ops of one GPT-2 124M decode step (12
 // layers, hidden 768, 12 heads, 50257-token head) at a 256-token context,
 // in the exact precision (F16 and Q8_0 weights) and the fast one (Q8_0).
