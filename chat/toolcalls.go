@@ -42,7 +42,12 @@ type ToolCallParser struct {
 	pending string // held-back text: a possible tag start, or whitespace after a call
 	inCall  bool
 	call    strings.Builder
-	calls   int
+	// str and esc follow the call's JSON: inside a string, and after a
+	// backslash in one. A closing tag inside a string is the string's text
+	// (a model may well write "</tool_call>" in an argument), not the end.
+	str, esc bool
+	// afterCall: nothing but whitespace has come since the last call.
+	afterCall bool
 }
 
 // Push parses the next piece of output.
@@ -52,14 +57,14 @@ func (p *ToolCallParser) Push(text string) []Output {
 	p.pending = ""
 	for s != "" {
 		if p.inCall {
-			i := strings.Index(s, toolCallClose)
+			i := p.callEnd(s)
 			if i < 0 {
 				keep := partialSuffix(s, toolCallClose)
-				p.call.WriteString(s[:len(s)-keep])
+				p.write(s[:len(s)-keep])
 				p.pending = s[len(s)-keep:]
 				return out
 			}
-			p.call.WriteString(s[:i])
+			p.write(s[:i])
 			out = append(out, p.finishCall(true))
 			p.inCall = false
 			s = s[i+len(toolCallClose):]
@@ -80,17 +85,52 @@ func (p *ToolCallParser) Push(text string) []Output {
 	return out
 }
 
+// callEnd is the index in s of the first closing tag outside the call's
+// JSON strings, or -1.
+func (p *ToolCallParser) callEnd(s string) int {
+	str, esc := p.str, p.esc
+	for k := 0; k < len(s); k++ {
+		if !str && strings.HasPrefix(s[k:], toolCallClose) {
+			return k
+		}
+		str, esc = jsonStringStep(str, esc, s[k])
+	}
+	return -1
+}
+
+// write appends text to the call, following its JSON strings.
+func (p *ToolCallParser) write(text string) {
+	p.call.WriteString(text)
+	for k := 0; k < len(text); k++ {
+		p.str, p.esc = jsonStringStep(p.str, p.esc, text[k])
+	}
+}
+
+// jsonStringStep is the (inside a string, after a backslash) state of JSON
+// text after byte c.
+func jsonStringStep(str, esc bool, c byte) (bool, bool) {
+	switch {
+	case esc:
+		return true, false
+	case str && c == '\\':
+		return true, true
+	case c == '"':
+		return !str, false
+	}
+	return str, false
+}
+
 // content appends text as content, except whitespace after a call, which
 // waits in pending for what follows.
 func (p *ToolCallParser) content(out []Output, text string) []Output {
 	if text == "" {
 		return out
 	}
-	if p.calls > 0 && strings.TrimSpace(p.pending+text) == "" {
+	if p.afterCall && strings.TrimSpace(p.pending+text) == "" {
 		p.pending += text
 		return out
 	}
-	text, p.pending = p.pending+text, ""
+	text, p.pending, p.afterCall = p.pending+text, "", false
 	return append(out, Output{Content: text})
 }
 
@@ -99,6 +139,7 @@ func (p *ToolCallParser) content(out []Output, text string) []Output {
 func (p *ToolCallParser) finishCall(closed bool) Output {
 	body := p.call.String()
 	p.call.Reset()
+	p.str, p.esc = false, false
 	var c struct {
 		Name      string          `json:"name"`
 		Arguments json.RawMessage `json:"arguments"`
@@ -118,7 +159,7 @@ func (p *ToolCallParser) finishCall(closed bool) Output {
 	if json.Compact(&compact, []byte(args)) == nil {
 		args = compact.String()
 	}
-	p.calls++
+	p.afterCall = true
 	return Output{Call: &Call{Name: c.Name, Arguments: args}}
 }
 

@@ -30,7 +30,9 @@ func call(name, args string) Output { return Output{Call: &Call{Name: name, Argu
 // TestToolCallParser checks the parser on outputs worked by hand: content
 // alone, a call split across pieces anywhere (inside either tag too), two
 // calls with whitespace between them and after, content before a call,
-// a tag whose inside is not a call, an unfinished tag start, and a call
+// a tag whose inside is not a call, a closing tag inside an argument's
+// string (with an escaped quote before the second), a string never closed
+// (all of it comes back as content), an unfinished tag start, and a call
 // cut off before its closing tag.
 func TestToolCallParser(t *testing.T) {
 	weather := call("get_weather", `{"city":"Paris"}`)
@@ -48,6 +50,9 @@ func TestToolCallParser(t *testing.T) {
 			[]Output{{Content: "Let me check.\n"}, weather}},
 		{"not a call", []string{"<tool_call>oops</tool_call> after"}, []Output{{Content: "<tool_call>oops</tool_call> after"}}},
 		{"unfinished tag", []string{"a <tool_c"}, []Output{{Content: "a <tool_c"}}},
+		{"tag in a string", []string{"<tool_call>{\"name\": \"say\", \"arguments\": {\"text\": \"a </tool_", "call> \\\" </tool_call>\"}}</tool_call>"},
+			[]Output{call("say", `{"text":"a </tool_call> \" </tool_call>"}`)}},
+		{"unclosed string", []string{"<tool_call>{\"name\": \"x</tool_call> after"}, []Output{{Content: "<tool_call>{\"name\": \"x</tool_call> after"}}},
 		{"cut off", []string{"<tool_call>{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}"}, []Output{weather}},
 	}
 	for _, c := range cases {
@@ -60,4 +65,29 @@ func TestToolCallParser(t *testing.T) {
 			}
 		}
 	}
+}
+
+// FuzzToolCallParser feeds any output whole and cut into three pieces
+// anywhere: the parser must not panic, and streaming must not change what
+// it finds.
+func FuzzToolCallParser(f *testing.F) {
+	f.Add(`<tool_call>{"name": "a", "arguments": {"t": "</tool_call> \""}}</tool_call> x`, 5, 40)
+	f.Add("a <tool_c", 1, 2)
+	f.Add("<tool_call>{\"name\": \"x</tool_call>\n\n<tool_call>", 0, 12)
+	f.Fuzz(func(t *testing.T, s string, i, j int) {
+		cut := func(k int) int {
+			if k < 0 {
+				k = -k
+			}
+			return k % (len(s) + 1)
+		}
+		i, j = cut(i), cut(j)
+		if i > j {
+			i, j = j, i
+		}
+		whole := parseAll(s)
+		if got := parseAll(s[:i], s[i:j], s[j:]); !reflect.DeepEqual(got, whole) {
+			t.Errorf("%q cut at %d and %d: %+v, whole %+v", s, i, j, got, whole)
+		}
+	})
 }
