@@ -173,7 +173,7 @@ func benchMoE(b *testing.B, n int) {
 // top-4 block (the grouped kernels of mqvec_grouped.cu from 5 tokens);
 // the bytes are those of every expert the step selects.
 func BenchmarkMoEStep(b *testing.B) {
-	for _, n := range []int{8, 64, 256} {
+	for _, n := range []int{8, 64, 256, 512, 2048} { // 512, 2048: prefill (gemm.cu)
 		b.Run(fmt.Sprintf("n=%d", n), func(b *testing.B) { benchMoE(b, n) })
 	}
 }

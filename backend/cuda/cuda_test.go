@@ -198,7 +198,7 @@ func TestMatMul(t *testing.T) {
 			}
 			w := p.upload(typ, []int{in, out}, randWeights(t, r, typ, in*out))
 			bias := p.f32(1, out, randF32(r, out, 1))
-			for _, n := range []int{1, 3, 8, 9, 70, 130} {
+			for _, n := range []int{1, 3, 8, 9, 70, 130, 300} { // 300: gemm.cu, three token tiles
 				x := p.f32(n, in, randF32(r, n*in, 1))
 				dst := p.f32(n, out, nil)
 				bb := bias
@@ -230,7 +230,7 @@ func TestMatMulQKV(t *testing.T) {
 			w[i] = p.upload(types[i], []int{in, outs[i]}, randWeights(t, r, types[i], in*outs[i]))
 			bias[i] = p.f32(1, outs[i], randF32(r, outs[i], 1))
 		}
-		for _, n := range []int{1, 4, 9, 70} {
+		for _, n := range []int{1, 4, 9, 70, 300} {
 			x := p.f32(n, in, randF32(r, n*in, 1))
 			for i := range dst {
 				dst[i] = p.f32(n, outs[i], nil)
@@ -536,34 +536,49 @@ func cpuMoE(t *testing.T, be backend.Backend, dst, x backend.Tensor, w *backend.
 func TestMoE(t *testing.T) {
 	p := newPair(t)
 	r := newRand()
-	hidden, ff, nExp := 128, 96, 8
+	hidden, ff := 128, 96
+	cases := []struct {
+		nExp, topK int
+		ns         []int
+	}{
+		// 8, 24, 70: grouped passes of 2, 4, 8 quads; 300, 700: gemm.cu, one and several token tiles an expert
+		{8, 3, []int{1, 4, 8, 24, 70, 200, 300, 700}},
+		{32, 2, []int{300}}, // gemm.cu's 256×64 blocks (about 19 tokens an expert)
+	}
 	for _, typ := range []tensor.Type{tensor.MXFP4, tensor.Q8_0, tensor.BF16} {
-		w := &backend.MoEWeights{}
-		var ref backend.MoEWeights
-		set := func(g, c *backend.Tensor, tt tensors) { *g, *c = tt.g, tt.c }
-		set(&w.Router, &ref.Router, p.upload(tensor.F32, []int{hidden, nExp}, randWeights(t, r, tensor.F32, hidden*nExp)))
-		set(&w.RouterBias, &ref.RouterBias, p.f32(1, nExp, randF32(r, nExp, 1)))
-		set(&w.Gate, &ref.Gate, p.upload(typ, []int{hidden, ff, nExp}, randWeights(t, r, typ, hidden*ff*nExp)))
-		set(&w.Up, &ref.Up, p.upload(typ, []int{hidden, ff, nExp}, randWeights(t, r, typ, hidden*ff*nExp)))
-		set(&w.Down, &ref.Down, p.upload(typ, []int{ff, hidden, nExp}, randWeights(t, r, typ, hidden*ff*nExp)))
-		set(&w.GateBias, &ref.GateBias, p.f32(nExp, ff, randF32(r, ff*nExp, 1)))
-		set(&w.UpBias, &ref.UpBias, p.f32(nExp, ff, randF32(r, ff*nExp, 1)))
-		set(&w.DownBias, &ref.DownBias, p.f32(nExp, hidden, randF32(r, hidden*nExp, 1)))
-		for _, act := range []backend.SwiGLUParams{{Alpha: 1.702, Limit: 7, UpShift: 1}, {Alpha: 1}} {
-			mp := backend.MoEParams{TopK: 3, SwiGLU: act}
-			for _, n := range []int{1, 4, 8, 24, 70, 200, 300} { // 8, 24, 70: grouped passes of 2, 4, 8 quads
-				x := p.f32(n, hidden, randF32(r, n*hidden, 0.2))
-				dst := p.f32(n, hidden, nil)
-				tol := 1e-4
-				if n > mqTokens && (n > mqgTokens || !mqTypes[typ]) {
-					tol = 3e-4 // grouped f16 tensor-core path
-				}
-				cpuMoE(t, p.ref, dst.c, x.c, &ref, mp)
-				p.gpu.MoE(dst.g, x.g, w, mp)
-				p.check(fmt.Sprintf("MoE %s %+v n=%d", typ, act, n), dst, n*hidden, tol)
-				splitMoE(t, p, dst, x, w, &ref, mp)
-				p.check(fmt.Sprintf("Route+Experts %s %+v n=%d", typ, act, n), dst, n*hidden, tol)
+		for _, c := range cases {
+			testMoE(t, p, r, typ, hidden, ff, c.nExp, c.topK, c.ns)
+		}
+	}
+}
+
+// testMoE is TestMoE's comparison for one weight type and expert count.
+func testMoE(t *testing.T, p *pair, r *rand.Rand, typ tensor.Type, hidden, ff, nExp, topK int, ns []int) {
+	w := &backend.MoEWeights{}
+	var ref backend.MoEWeights
+	set := func(g, c *backend.Tensor, tt tensors) { *g, *c = tt.g, tt.c }
+	set(&w.Router, &ref.Router, p.upload(tensor.F32, []int{hidden, nExp}, randWeights(t, r, tensor.F32, hidden*nExp)))
+	set(&w.RouterBias, &ref.RouterBias, p.f32(1, nExp, randF32(r, nExp, 1)))
+	set(&w.Gate, &ref.Gate, p.upload(typ, []int{hidden, ff, nExp}, randWeights(t, r, typ, hidden*ff*nExp)))
+	set(&w.Up, &ref.Up, p.upload(typ, []int{hidden, ff, nExp}, randWeights(t, r, typ, hidden*ff*nExp)))
+	set(&w.Down, &ref.Down, p.upload(typ, []int{ff, hidden, nExp}, randWeights(t, r, typ, hidden*ff*nExp)))
+	set(&w.GateBias, &ref.GateBias, p.f32(nExp, ff, randF32(r, ff*nExp, 1)))
+	set(&w.UpBias, &ref.UpBias, p.f32(nExp, ff, randF32(r, ff*nExp, 1)))
+	set(&w.DownBias, &ref.DownBias, p.f32(nExp, hidden, randF32(r, hidden*nExp, 1)))
+	for _, act := range []backend.SwiGLUParams{{Alpha: 1.702, Limit: 7, UpShift: 1}, {Alpha: 1}} {
+		mp := backend.MoEParams{TopK: topK, SwiGLU: act}
+		for _, n := range ns {
+			x := p.f32(n, hidden, randF32(r, n*hidden, 0.2))
+			dst := p.f32(n, hidden, nil)
+			tol := 1e-4
+			if n > mqTokens && (n > mqgTokens || !mqTypes[typ]) {
+				tol = 3e-4 // grouped f16 tensor-core path
 			}
+			cpuMoE(t, p.ref, dst.c, x.c, &ref, mp)
+			p.gpu.MoE(dst.g, x.g, w, mp)
+			p.check(fmt.Sprintf("MoE %s %d experts %+v n=%d", typ, nExp, act, n), dst, n*hidden, tol)
+			splitMoE(t, p, dst, x, w, &ref, mp)
+			p.check(fmt.Sprintf("Route+Experts %s %d experts %+v n=%d", typ, nExp, act, n), dst, n*hidden, tol)
 		}
 	}
 }

@@ -45,6 +45,9 @@ const (
 	// mqDownWarps: an mq_down block has a warp per selected expert or
 	// more, so top-k above it takes the float kernels (MQ_DOWN_WARPS).
 	mqDownWarps = 16
+	// The prefill products of Q8_0 and MXFP4 weights (gemm.cu) keep
+	// gmStages stages of x and of raw weights in flight (GM_STAGES).
+	gmStages = 3
 	// moeMaxK is the most experts a token may use (MOE_MAX_K).
 	moeMaxK = 32
 	// mmTile is the output tile of the tensor-core matmul (MM_BM, MM_BN).
@@ -67,7 +70,8 @@ var kernelDefines = []struct {
 }{
 	{"MV_TOKENS", mvTokens}, {"MV_WARPS", mvWarps}, {"MV_ROWS", mvRows},
 	{"MQ_TOKENS", mqTokens}, {"MQ_CHUNK", mqChunk}, {"MQ_WARPS", mqWarps}, {"MQ_KSPLIT", mqKSplit},
-	{"MQ_DOWN_WARPS", mqDownWarps}, {"MQG_STAGE", mqgStage}, {"MQG_STAGES", mqgStages}, {"MOE_MAX_K", moeMaxK}, {"ROUTE_TOKENS", mqTokens},
+	{"MQ_DOWN_WARPS", mqDownWarps}, {"MQG_STAGE", mqgStage}, {"MQG_STAGES", mqgStages},
+	{"GM_STAGES", gmStages}, {"MOE_MAX_K", moeMaxK}, {"ROUTE_TOKENS", mqTokens},
 	{"MM_BM", mmTile}, {"MM_BN", mmTile}, {"FA_D", flashDim}, {"FA_ROWS", flashRows}, {"FA_THREADS", flashThreads},
 	{"SAMPLE_THREADS", sampleThreads}, {"SAMPLE_PARAM_BYTES", sampleParamBytes},
 }
@@ -376,6 +380,86 @@ func (b *Backend) mqgDown(down *Tensor, y uintptr, h rowQuant, in int, db, start
 		dptr(y), dptr(h.q), dptr(h.d), dptr(down.ptr), dptr(down.aux), cint(in), dptr(db), dptr(starts), cint(hidden))
 }
 
+// --- gemm.cu
+
+// halves are x as gemm.cu reads it: two f16 planes, hi and lo, row-major.
+type halves struct{ hi, lo uintptr }
+
+// halvesAt lays out the planes of n elements from p (4n bytes).
+func halvesAt(p uintptr, n int64) halves { return halves{hi: p, lo: p + uintptr(2*n)} }
+
+func (b *Backend) splitH(h halves, x uintptr, n int64) {
+	b.launch("split_h", b.gridFor(n), threads(256), 0, dptr(h.hi), dptr(h.lo), dptr(x), clong(n))
+}
+
+// gmShape is a gemm.cu block shape: rows weight rows × toks tokens.
+type gmShape struct{ rows, toks int }
+
+// gmShapeFor picks the block shape for perRow tokens a weight row (an
+// expert's share of the assignments, or every row of a dense product):
+// 128 × 128, or 256 × 64 where a 128-token tile would leave half its warps
+// idle.
+func gmShapeFor(perRow int) gmShape {
+	if perRow <= 64 {
+		return gmShape{256, 64}
+	}
+	return gmShape{128, 128}
+}
+
+// name is the kernel name of family (gemm_rows or gemm_gateup) for weights
+// of type t in this shape.
+func (s gmShape) name(family string, t tensor.Type) string {
+	return fmt.Sprintf("%s_%s_%dx%d", family, suffix(t), s.rows, s.toks)
+}
+
+// gmShmem is the dynamic shared memory of a gemm.cu block of shape s
+// against weights of type t and in columns (GmSmem): x's hi and lo stages
+// (64 + 8 halves a row), the raw weight stages (64 bytes a row), two
+// decoded f16 tiles and their chunk scales, the tokens' row offsets and
+// every weight scale of the block's rows.
+func gmShmem(t tensor.Type, in int, s gmShape) int {
+	scale := 1 // MXFP4's E8M0
+	if t == tensor.Q8_0 {
+		scale = 2
+	}
+	return 2*gmStages*s.toks*72*2 + gmStages*s.rows*64 + 2*s.rows*72*2 + 4*s.rows*4 + s.toks*8 + s.rows*in/32*scale
+}
+
+// gmFits says whether gemm.cu takes products of type t with in columns in
+// blocks of shape s: the quantized types it decodes, when the block fits
+// the device's shared memory.
+func (b *Backend) gmFits(t tensor.Type, in int, s gmShape) bool {
+	return mqTypes[t] && in%32 == 0 && gmShmem(t, in, s) <= b.maxShmem
+}
+
+// gemmRows queues y = x·wᵀ + bias: dense for x's n rows (starts 0), or
+// grouped, one grid z per expert of nExp (rows of x gathered through xrows
+// when not 0), in blocks of shape s.
+func (b *Backend) gemmRows(w *Tensor, y uintptr, x halves, in int, bias, starts, xrows uintptr, n, out, nExp int, s gmShape) {
+	b.launch(s.name("gemm_rows", w.typ), grid3((n+s.toks-1)/s.toks, (out+s.rows-1)/s.rows, nExp), threads(256), gmShmem(w.typ, in, s),
+		dptr(y), dptr(x.hi), dptr(x.lo), dptr(w.ptr), dptr(w.aux), cint(in), dptr(bias), dptr(starts), dptr(xrows), cint(n), cint(out))
+}
+
+// gemmRows3 queues the three dense products of one x (q, k and v) as one
+// launch, grid z picking the product: k and v alone fill half the chip.
+func (b *Backend) gemmRows3(x halves, in, n int, m [3]mqMat, s gmShape) {
+	args := []arg{dptr(x.hi), dptr(x.lo), cint(in), cint(n)}
+	most := 0
+	for _, p := range m {
+		args = append(args, dptr(p.dst), dptr(p.w.ptr), dptr(p.w.aux), dptr(p.bias), cint(p.out))
+		most = max(most, p.out)
+	}
+	b.launch(s.name("gemm_rows3", m[0].w.typ), grid3((n+s.toks-1)/s.toks, (most+s.rows-1)/s.rows, 3), threads(256), gmShmem(m[0].w.typ, in, s), args...)
+}
+
+// gemmGateup queues the experts' gate and up products of the grouped rows
+// and their SwiGLU, written as halves for the down projection.
+func (b *Backend) gemmGateup(gate, up *Tensor, h, x halves, in int, gb, ub, starts, xrows uintptr, n, ff, nExp int, act backend.SwiGLUParams, s gmShape) {
+	b.launch(s.name("gemm_gateup", gate.typ), grid3((n+s.toks-1)/s.toks, (ff+s.rows/2-1)/(s.rows/2), nExp), threads(256), gmShmem(gate.typ, in, s),
+		dptr(h.hi), dptr(h.lo), dptr(x.hi), dptr(x.lo), dptr(gate.ptr), dptr(gate.aux), dptr(up.ptr), dptr(up.aux), cint(in),
+		dptr(gb), dptr(ub), dptr(starts), dptr(xrows), cint(ff), cfloat(act.Alpha), cfloat(act.Limit), cfloat(act.UpShift))
+}
+
 // rmsNormMQ is rms_norm that also writes the rows (at most mqTokens, of a
 // multiple of 32 columns) into q.
 func (b *Backend) rmsNormMQ(dst, x, delta, w uintptr, rows, cols int, eps float32, q quantBuf) {
@@ -392,6 +476,11 @@ func (b *Backend) moeTopK(ids, wts, logits uintptr, n, nExp, k int) {
 func (b *Backend) moeRouter(ids, wts, logits, done, x, w, bias uintptr, n, in, nExp, k int) {
 	b.launch("moe_router", grid1(nExp), threads(256), n*nExp*4,
 		dptr(ids), dptr(wts), dptr(logits), dptr(done), dptr(x), dptr(w), dptr(bias), cint(n), cint(in), cint(nExp), cint(k))
+}
+
+func (b *Backend) moeLogits(logits, x, w, bias uintptr, n, in, nExp int) {
+	b.launch("moe_logits", grid2((n+7)/8, (nExp+31)/32), threads(256), 0,
+		dptr(logits), dptr(x), dptr(w), dptr(bias), cint(n), cint(in), cint(nExp))
 }
 
 func (b *Backend) moeGroup(starts, xrows, slotRow, counts, ids uintptr, n, k, nExp int) {

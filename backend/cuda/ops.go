@@ -183,7 +183,27 @@ func (b *Backend) MatMul(dst, x, w, bias backend.Tensor) {
 		}
 		return
 	}
+	if shape := gmShapeFor(a.n); a.n > mqgTokens && !b.invariant && b.gmFits(a.w.typ, a.in, shape) {
+		if h, ok := b.halfInput("MatMul", a.x, a.n, a.in); ok {
+			b.gemmRows(a.w, a.dst.ptr, h, a.in, a.bias, 0, 0, a.n, a.out, 1, shape)
+		}
+		return
+	}
 	b.matmul(a.dst.ptr, a.x.ptr, a.n, a.w, a.bias, false)
+}
+
+// halfInput returns x's n rows as halves (split_h) in the "gemm" workspace,
+// for the prefill products.
+func (b *Backend) halfInput(op string, x *Tensor, n, in int) (halves, bool) {
+	count := int64(n) * int64(in)
+	buf, err := b.scratch("gemm", 4*count)
+	if err != nil {
+		b.fail(fmt.Errorf("%s: %w", op, err))
+		return halves{}, false
+	}
+	h := halvesAt(buf, count)
+	b.splitH(h, x.ptr, count)
+	return h, true
 }
 
 // rowInput returns x's n rows quantized row-major (mq_quant_rows) in the
@@ -221,6 +241,18 @@ func (b *Backend) MatMulQKV(q, k, v, x, wq, wk, wv, bq, bk, bv backend.Tensor) {
 			for _, m := range a {
 				b.mqgMatmul(m.w, m.dst.ptr, qx, m.in, m.bias, m.n, m.out)
 			}
+		}
+		return
+	}
+	if shape := gmShapeFor(a[0].n); same && a[0].n > mqgTokens && b.gmFits(typ, a[0].in, shape) {
+		// Prefill: x split into halves once, the three products one launch.
+		defer b.bind()()
+		if h, ok := b.halfInput("MatMulQKV", a[0].x, a[0].n, a[0].in); ok {
+			var m [3]mqMat
+			for i, x := range a {
+				m[i] = mqMat{dst: x.dst.ptr, w: x.w, bias: x.bias, out: x.out}
+			}
+			b.gemmRows3(h, a[0].in, a[0].n, m, shape)
 		}
 		return
 	}
@@ -713,8 +745,9 @@ func attnSplits(p backend.AttentionParams, blocks, sms int) int {
 const attnSplitKeys = 32
 
 // MoE is the fused mixture of experts (backend.FusedMoE): the router's
-// product and top-k (one kernel for a decode step of F32 router weights),
-// then the experts as Experts runs them.
+// product and top-k (for F32 router weights, one kernel for a decode step
+// and a tiled f32 product for prefill), then the experts as Experts runs
+// them.
 func (b *Backend) MoE(dst, x backend.Tensor, w *backend.MoEWeights, p backend.MoEParams) {
 	const op = "MoE"
 	if w == nil {
@@ -761,6 +794,9 @@ func (b *Backend) MoE(dst, x backend.Tensor, w *backend.MoEWeights, p backend.Mo
 			return
 		}
 		b.moeRouter(ids, wts, logits, done, xs.ptr, router.ptr, rb, n, hidden, nExp, p.TopK)
+	} else if n > mqgTokens && router.typ == tensor.F32 && hidden%32 == 0 && !b.invariant {
+		b.moeLogits(logits, xs.ptr, router.ptr, rb, n, hidden, nExp)
+		b.moeTopK(ids, wts, logits, n, nExp, p.TopK)
 	} else {
 		b.matmul(logits, xs.ptr, n, router, rb, true)
 		b.moeTopK(ids, wts, logits, n, nExp, p.TopK)
@@ -868,11 +904,14 @@ func (b *Backend) expertArgs(op string, dst backend.Tensor, xs *Tensor, n, k int
 // copy when it has one); larger ones sort the assignments by expert, so each
 // selected expert's weights are read once per call, and run the grouped
 // integer tensor-core kernels (up to mqgTokens rows of Q8_0 or MXFP4
-// experts) or one grouped f16 tensor-core matmul per projection.
+// experts), gemm.cu's pipelined f16 kernels (more rows of those types) or
+// one grouped f16 tensor-core matmul per projection (other types).
 func (b *Backend) experts(op string, e expertCall, ids, wts uintptr, act backend.SwiGLUParams) {
 	n, k, hidden, ff, nExp := e.n, e.k, e.hidden, e.ff, e.nExp
 	fits := b.mqgFits(e.gate.typ, 2, hidden) && b.mqgFits(e.down.typ, 1, ff)
-	l := moeLayout(n, k, nExp, hidden, ff, e.gate.typ, e.down.typ, b.invariant, fits)
+	shape := gmShapeFor((n*k + nExp - 1) / nExp)
+	gm := b.gmFits(e.gate.typ, hidden, shape) && b.gmFits(e.down.typ, ff, shape)
+	l := moeLayout(n, k, nExp, hidden, ff, e.gate.typ, e.down.typ, b.invariant, fits, gm)
 	ws, err := b.scratch("moe", l.size)
 	if err != nil {
 		b.fail(fmt.Errorf("%s: %w", op, err))
@@ -899,6 +938,15 @@ func (b *Backend) experts(op string, e expertCall, ids, wts uintptr, act backend
 		b.mqgGateup(e.gate, e.up, h, q, hidden, e.gb, e.ub, starts, xrows, ff, n, k, nExp, act)
 		b.mqgDown(e.down, at(l.y), h, ff, e.db, starts, hidden, n, k, nExp)
 		b.moeCombine(d.ptr, at(l.y), wts, slotRow, k, hidden, n)
+	case l.gemm:
+		starts, xrows, slotRow := at(l.starts), at(l.xrows), at(l.slotRow)
+		b.moeGroup(starts, xrows, slotRow, at(l.counts), ids, n, k, nExp)
+		x := halvesAt(at(l.y), int64(n)*int64(hidden)) // y is free until the down projection
+		h := halvesAt(at(l.h), int64(na)*int64(ff))
+		b.splitH(x, xs.ptr, int64(n)*int64(hidden))
+		b.gemmGateup(e.gate, e.up, h, x, hidden, e.gb, e.ub, starts, xrows, n, ff, nExp, act, shape)
+		b.gemmRows(e.down, at(l.y), h, ff, e.db, starts, 0, n, hidden, nExp, shape)
+		b.moeCombine(d.ptr, at(l.y), wts, slotRow, k, hidden, n)
 	case !l.grouped:
 		b.moeGateup(e.gate, e.up, at(l.h), xs.ptr, hidden, e.gb, e.ub, ids, k, ff, na, act)
 		b.moeDown(e.down, d.ptr, at(l.h), ff, e.db, ids, wts, k, hidden, n)
@@ -918,10 +966,11 @@ func (b *Backend) experts(op string, e expertCall, ids, wts uintptr, act backend
 // (starts, rows, slot rows, counts) and the gate/up/down outputs of every
 // assignment (h, u, y); mq: x quantized (when it carries no copy) and the
 // SwiGLU output quantized (qh, dh); mqg: the counting sort, x and the SwiGLU
-// output quantized row-major (qx, dx, qh, dh) and the down outputs y; else
-// the SwiGLU outputs h.
+// output quantized row-major (qx, dx, qh, dh) and the down outputs y; gemm:
+// the counting sort, the SwiGLU output as halves (h) and the down outputs y
+// (which hold x's halves before); else the SwiGLU outputs h.
 type moeWorkspace struct {
-	grouped, mq, mqg               bool
+	grouped, mq, mqg, gemm         bool
 	starts, xrows, slotRow, counts int64
 	h, u, y                        int64
 	qx, dx, qh, dh                 int64
@@ -929,13 +978,15 @@ type moeWorkspace struct {
 }
 
 // moeLayout picks the experts' kernels for n rows (a batch-invariant
-// backend takes the grouped tiles at every n; mqgFits: the grouped integer
-// kernels' blocks fit in shared memory) and lays out their workspace.
-func moeLayout(n, k, nExp, hidden, ff int, gate, down tensor.Type, invariant, mqgFits bool) moeWorkspace {
+// backend takes the grouped tiles at every n; mqgFits, gmFits: the grouped
+// integer kernels' and gemm.cu's blocks fit in shared memory) and lays out
+// their workspace.
+func moeLayout(n, k, nExp, hidden, ff int, gate, down tensor.Type, invariant, mqgFits, gmFits bool) moeWorkspace {
 	var l moeWorkspace
 	l.mq = n <= mqTokens && mqTypes[gate] && down == gate && k <= mqDownWarps && !invariant
 	l.mqg = n > mqTokens && n <= mqgTokens && mqTypes[gate] && down == gate && !invariant && mqgFits
-	l.grouped = !l.mqg && (n > mqTokens || invariant) && tileTypes[gate] && tileTypes[down]
+	l.gemm = n > mqgTokens && mqTypes[gate] && down == gate && !invariant && gmFits
+	l.grouped = !l.mqg && !l.gemm && (n > mqTokens || invariant) && tileTypes[gate] && tileTypes[down]
 	na := int64(n) * int64(k)
 	var off int64
 	take := func(bytes int64) int64 {
@@ -957,6 +1008,13 @@ func moeLayout(n, k, nExp, hidden, ff int, gate, down tensor.Type, invariant, mq
 		l.qx, l.dx = take(q), take(d)
 		q, d = rowQuantBytes(int(na), ff)
 		l.qh, l.dh = take(q), take(d)
+		l.y = take(na * int64(hidden) * 4)
+	case l.gemm:
+		l.starts = take(int64(nExp+1) * 4)
+		l.xrows = take(na * 4)
+		l.slotRow = take(na * 4)
+		l.counts = take(int64(nExp) * 4)
+		l.h = take(na * int64(ff) * 4)
 		l.y = take(na * int64(hidden) * 4)
 	case l.grouped:
 		l.starts = take(int64(nExp+1) * 4)

@@ -242,3 +242,33 @@ __device__ __forceinline__ float swiglu_act(float g, float u, SwiGLU p) {
     }
     return g / (1.f + expf(-p.alpha * g)) * (u + p.shift);
 }
+
+// cp.async: copies global memory to shared memory without passing through
+// registers, so a block keeps many loads in flight while it computes.
+// cp_async16 with valid false zero-fills its 16 bytes and reads nothing.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+    u32 d = (u32)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(src), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async4(void* dst, const void* src) {
+    u32 d = (u32)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(d), "l"(src));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;" ::"n"(N));
+}
+
+// copy_async copies n bytes to dst (16-byte aligned), the block's threads
+// sharing the work, by cp.async in 16- or 4-byte pieces as src and n
+// allow, else byte by byte with plain loads. (A loop of dependent plain
+// loads of every weight scale cost tens of µs a block.)
+__device__ __forceinline__ void copy_async(u8* dst, const u8* src, int n) {
+    if ((((size_t)src | n) & 15) == 0)
+        for (int p = threadIdx.x * 16; p < n; p += blockDim.x * 16) cp_async16(dst + p, src + p, true);
+    else if ((((size_t)src | n) & 3) == 0)
+        for (int p = threadIdx.x * 4; p < n; p += blockDim.x * 4) cp_async4(dst + p, src + p);
+    else
+        for (int p = threadIdx.x; p < n; p += blockDim.x) dst[p] = __ldg(src + p);
+}

@@ -38,32 +38,6 @@
 #define MQG_WROW(T) (MQG_STAGE * ((T) == T_Q8_0 ? 32 : 16) + 16)
 #define MQG_XROW (MQG_STAGE * 64 + 64)
 
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
-    u32 d = (u32)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(src), "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async4(void* dst, const void* src) {
-    u32 d = (u32)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(d), "l"(src));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;" ::"n"(N));
-}
-
-// mqg_copy copies n bytes to dst (16-byte aligned) by cp.async, in 16- or
-// 4-byte pieces as src and n allow, else byte by byte with plain loads.
-// (A loop of dependent plain loads of every scale cost tens of µs a block.)
-__device__ __forceinline__ void mqg_copy(u8* dst, const u8* src, int n) {
-    if ((((size_t)src | n) & 15) == 0)
-        for (int p = threadIdx.x * 16; p < n; p += MQG_THREADS * 16) cp_async16(dst + p, src + p, true);
-    else if ((((size_t)src | n) & 3) == 0)
-        for (int p = threadIdx.x * 4; p < n; p += MQG_THREADS * 4) cp_async4(dst + p, src + p);
-    else
-        for (int p = threadIdx.x; p < n; p += MQG_THREADS) dst[p] = __ldg(src + p);
-}
-
 // MqgSmem is a block's shared memory, carved from the dynamic allocation
 // (mqgShmem in Go computes the same size): the weight scales (NP·16RG rows
 // × nblk, 1 byte (MXFP4) or 2 (Q8_0) each), x's scales (4Q tokens × nblk
@@ -175,7 +149,7 @@ __device__ __forceinline__ void mqg_block(const MqgSmem<T, NP, Q, RG>& sm, const
 #pragma unroll
     for (int i = 0; i < NP; i++) {
         u8* d = sm.ws + i * R * nblk * SB;
-        mqg_copy(d, w[i].s + base * nblk * SB, valid * nblk * SB);
+        copy_async(d, w[i].s + base * nblk * SB, valid * nblk * SB);
         for (int p = valid * nblk * SB + threadIdx.x; p < R * nblk * SB; p += MQG_THREADS) d[p] = 0;
     }
     __syncthreads(); // xrow

@@ -1,0 +1,425 @@
+// Prefill products of Q8_0 and MXFP4 weights (steps of more than MQG_TOKENS
+// tokens: dense projections and the grouped MoE experts) on the f16 tensor
+// cores, fed by a cp.async pipeline.
+//
+// A block computes GM_ROWS weight rows × GM_TOKS tokens. Its eight warps
+// split that 2 × 4: a warp owns 64 rows (four m16 tiles, the MMA's A) and 32
+// tokens (four n8 tiles, its B), so one ldmatrix of a weight fragment
+// serves eight MMAs and one of an x fragment four. The inner dimension
+// streams through shared memory a stage of GM_K = 64 elements (two 32-
+// element chunks) at a time, GM_STAGES stages in flight: the raw quantized
+// weight rows and x as two f16 planes (hi = f16(x), lo = f16(x − hi): 22
+// bits of x's mantissa, so the result is close to an f32 product; split_h
+// writes them). Each stage's raw weights are decoded once a block into an
+// f16 tile, exactly (int8 and E2M1 values are f16 numbers); the chunk's
+// block scale is applied in f32 to the chunk's partial sums, as in
+// matmul.cu. Every weight scale of the block's rows comes in with the
+// first stage.
+//
+// The previous path for these sizes (matmul.cu's tile kernel) held one
+// chunk in flight, converted x in the loop and read every fragment with
+// 32-bit shared loads: about 52 TFLOP/s on the MoE of a 2,048-token step.
+//
+// Grouped mode (MoE): with starts, blockIdx.z is an expert e, whose rows of
+// the grouped order are starts[e]..starts[e+1]-1; grouped row r reads x row
+// xrows[r] (or r when xrows is NULL) and writes output row r.
+
+#ifndef GM_STAGES // from Go as -DGM_STAGES (kernelDefines); this default serves standalone checks
+#define GM_STAGES 3 // stages of x and of raw weights in flight
+#endif
+#define GM_K 64          // inner elements a stage: two chunks
+#define GM_THREADS 256   // eight warps: RW/64 row groups × TK/32 token groups
+#define GM_LD (GM_K + 8) // f16 a shared row: 8 pad halves keep ldmatrix free of bank conflicts
+#define GM_RAW 64        // bytes of a weight row's raw stage (Q8_0: 2 × 32; MXFP4 uses 32)
+
+// GmSmem is the shared memory of a block of RW weight rows × TK tokens,
+// carved from the dynamic allocation (gmShmem in Go computes the same
+// size): x's hi and lo stages, the raw weight stages, two decoded f16 tiles
+// with their chunk scales, the tokens' row offsets, and every weight scale
+// of the block's rows.
+template <int RW, int TK>
+struct GmSmem {
+    u16 *xh, *xl, *w;
+    u8 *raw, *sc;
+    float* ws;
+    i64* xoff; // element offset of each token's x row, -1 for none
+    __device__ GmSmem(u8* base) {
+        xh = (u16*)base;
+        xl = xh + GM_STAGES * TK * GM_LD;
+        raw = (u8*)(xl + GM_STAGES * TK * GM_LD);
+        w = (u16*)(raw + GM_STAGES * RW * GM_RAW);
+        ws = (float*)(w + 2 * RW * GM_LD);
+        xoff = (i64*)(ws + 4 * RW);
+        sc = (u8*)(xoff + TK);
+    }
+};
+
+__device__ __forceinline__ void ldsm_x4(u32* r, const u16* p) {
+    u32 a = (u32)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+
+__device__ __forceinline__ u32 prmt(u32 a, u32 b, u32 s) {
+    u32 r;
+    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(s));
+    return r;
+}
+
+// e2m1_pair decodes two E2M1 codes to an f16 pair: the codes are bits 4-7
+// of bytes j and j+1 of v (j = 0 or 2; sel = 0x9080 or 0xB0A0 picks them).
+// A permute looks each magnitude's f16 high byte up in registers, and the
+// permute's sign-replicating mode copies each code's sign bit.
+__device__ __forceinline__ u32 e2m1_pair(u32 v, u32 sel) {
+    u32 idx = (sel == 0x9080u ? v : v >> 16) & 0x7070u;
+    u32 mag = prmt(0x3E3C3800u, 0x46444240u, idx); // 0, .5, 1, 1.5, 2, 3, 4, 6 as f16 high bytes
+    return mag | (prmt(v, 0u, sel) & 0x80008000u);
+}
+
+// gm_decode decodes stage s's raw weights (buffer s % GM_STAGES) into f16
+// tile s & 1 and their chunk scales: each thread a (row, chunk) item at a
+// time. Chunks past nblk (zero-filled) get scale 0.
+template <int T, int RW, int TK>
+__device__ __forceinline__ void gm_decode(const GmSmem<RW, TK>& sm, int nblk, int s) {
+    const int CB = T == T_Q8_0 ? 32 : 16;
+#pragma unroll
+    for (int it = 0; it < 2 * RW / GM_THREADS; it++) {
+        int item = it * GM_THREADS + threadIdx.x, rr = item >> 1, c = item & 1, cg = 2 * s + c;
+        const uint4* src = (const uint4*)(sm.raw + ((s % GM_STAGES) * RW + rr) * GM_RAW + c * CB);
+        u32 o[16];
+        float scale = 0.f;
+        if (T == T_Q8_0) {
+            float d = h2f(((const u16*)sm.sc)[rr * nblk + min(cg, nblk - 1)]);
+            scale = cg < nblk ? d : 0.f;
+            uint4 a = src[0], b = src[1];
+            u32 q[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                // 0x64uu is the f16 1024 + uu; uu is the int8 with its sign flipped (+128).
+                u32 u = q[j] ^ 0x80808080u;
+                u32 lo = prmt(u, 0x64646464u, 0x4140u), hi = prmt(u, 0x64646464u, 0x4342u);
+                asm("sub.f16x2 %0, %1, %2;" : "=r"(o[2 * j]) : "r"(lo), "r"(0x64806480u)); // − (1024 + 128)
+                asm("sub.f16x2 %0, %1, %2;" : "=r"(o[2 * j + 1]) : "r"(hi), "r"(0x64806480u));
+            }
+        } else {
+            u32 e = sm.sc[rr * nblk + min(cg, nblk - 1)];
+            scale = cg < nblk ? __int_as_float(e == 0 ? 0x00400000u : e << 23) : 0.f; // 2^(e-127)
+            uint4 a = src[0];
+            u32 q[4] = {a.x, a.y, a.z, a.w};
+#pragma unroll
+            for (int m = 0; m < 4; m++) {
+                // Byte 4m+i holds element 4m+i (low nibble) and 16+4m+i (high).
+                u32 v4 = q[m] << 4;
+                o[2 * m] = e2m1_pair(v4, 0x9080u);
+                o[2 * m + 1] = e2m1_pair(v4, 0xB0A0u);
+                o[8 + 2 * m] = e2m1_pair(q[m], 0x9080u);
+                o[8 + 2 * m + 1] = e2m1_pair(q[m], 0xB0A0u);
+            }
+        }
+        uint4* d = (uint4*)(sm.w + ((s & 1) * RW + rr) * GM_LD + c * 32);
+#pragma unroll
+        for (int j = 0; j < 4; j++) d[j] = make_uint4(o[4 * j], o[4 * j + 1], o[4 * j + 2], o[4 * j + 3]);
+        sm.ws[((s & 1) * 2 + c) * RW + rr] = scale;
+    }
+}
+
+// gm_load_w issues the cp.async loads of stage s's raw weights: NP
+// matrices' RW/NP rows from base[0] and base[NP-1] (rows from valid on, and
+// chunks past nblk, are zero: a stage past the last loads nothing).
+template <int T, int NP, int RW, int TK>
+__device__ __forceinline__ void gm_load_w(const GmSmem<RW, TK>& sm, const WView* w, const i64* base, int valid, int nblk,
+                                          int s) {
+    const int CB = T == T_Q8_0 ? 32 : 16, PR = 2 * CB / 16, RM = RW / NP;
+    u8* rb = sm.raw + (s % GM_STAGES) * RW * GM_RAW;
+#pragma unroll
+    for (int i = 0; i < RW * PR / GM_THREADS; i++) {
+        int p = i * GM_THREADS + threadIdx.x, rr = p / PR, piece = p % PR, r = rr % RM;
+        bool second = rr >= RM; // selects rather than indexes, so w and base stay in registers
+        bool ok = r < valid && 2 * s + piece * 16 / CB < nblk;
+        i64 row = (second ? base[NP - 1] : base[0]) + r;
+        const u8* src = (second ? w[NP - 1].q : w[0].q) + (ok ? (row * nblk + 2 * s) * CB + piece * 16 : 0);
+        cp_async16(rb + rr * GM_RAW + piece * 16, src, ok);
+    }
+}
+
+// gm_load_x issues the cp.async loads of stage s of the block's tokens' x
+// (absent tokens and chunks past nblk are zero). A thread copies one 16-
+// byte piece of one term of every 16th token.
+template <int RW, int TK>
+__device__ __forceinline__ void gm_load_x(const GmSmem<RW, TK>& sm, const u16* xh, const u16* xl, int nblk, int s) {
+    int j0 = threadIdx.x >> 4, term = (threadIdx.x >> 3) & 1, piece = threadIdx.x & 7;
+    const u16* src = (term ? xl : xh) + s * GM_K + piece * 8;
+    u16* dst = (term ? sm.xl : sm.xh) + ((s % GM_STAGES) * TK + j0) * GM_LD + piece * 8;
+    bool chunk = 2 * s + piece / 4 < nblk;
+#pragma unroll
+    for (int i = 0; i < TK / 16; i++) {
+        i64 off = sm.xoff[j0 + 16 * i];
+        bool ok = off >= 0 && chunk;
+        cp_async16(dst + 16 * i * GM_LD, src + (ok ? off : 0), ok);
+    }
+}
+
+__device__ __forceinline__ void mma16816(float* c, const u32* a, const u32* b) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// gm_frags loads k16 step ks (0-3) of stage s's fragments: a warp's four
+// m16 weight tiles and its x's four n8 tiles, hi and lo terms.
+template <int RW, int TK>
+__device__ __forceinline__ void gm_frags(const GmSmem<RW, TK>& sm, int s, int ks, u32 (*a)[4], u32 (*bh)[2],
+                                         u32 (*bl)[2]) {
+    const int WT = TK / 32;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wm = warp / WT, wn = warp % WT;
+    const u16* wa = sm.w + ((s & 1) * RW + wm * 64 + (lane & 15)) * GM_LD + (lane >> 4) * 8 + ks * 16;
+    int tok = (s % GM_STAGES) * TK + wn * 32 + (lane & 7) + ((lane >> 4) << 3);
+    int off = tok * GM_LD + ((lane >> 3) & 1) * 8 + ks * 16;
+#pragma unroll
+    for (int mi = 0; mi < 4; mi++) ldsm_x4(a[mi], wa + mi * 16 * GM_LD);
+#pragma unroll
+    for (int nj = 0; nj < 2; nj++) {
+        u32 r[4];
+        ldsm_x4(r, sm.xh + off + nj * 16 * GM_LD);
+        bh[2 * nj][0] = r[0], bh[2 * nj][1] = r[1], bh[2 * nj + 1][0] = r[2], bh[2 * nj + 1][1] = r[3];
+        ldsm_x4(r, sm.xl + off + nj * 16 * GM_LD);
+        bl[2 * nj][0] = r[0], bl[2 * nj][1] = r[1], bl[2 * nj + 1][0] = r[2], bl[2 * nj + 1][1] = r[3];
+    }
+}
+
+// gm_stage adds stage s's products to acc: per chunk, its two k16 steps
+// with x's hi and lo terms into tmp, then tmp times the chunk's row
+// scales. The next step's fragments load while this step's MMAs run, and
+// the MMAs of one tile are 16 apart (all hi terms, then all lo terms), so
+// no MMA waits for the one before.
+template <int RW, int TK>
+__device__ __forceinline__ void gm_stage(const GmSmem<RW, TK>& sm, int s, float (*acc)[4][4]) {
+    const int WT = TK / 32;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wm = warp / WT, g = lane >> 2;
+    const float* ws = sm.ws + (s & 1) * 2 * RW + wm * 64 + g;
+    u32 a[2][4][4], bh[2][4][2], bl[2][4][2];
+    float tmp[4][4][4];
+    gm_frags(sm, s, 0, a[0], bh[0], bl[0]);
+#pragma unroll
+    for (int ks = 0; ks < 4; ks++) {
+        int f = ks & 1;
+        if (ks < 3) gm_frags(sm, s, ks + 1, a[f ^ 1], bh[f ^ 1], bl[f ^ 1]);
+        if (f == 0) {
+#pragma unroll
+            for (int mi = 0; mi < 4; mi++)
+#pragma unroll
+                for (int ni = 0; ni < 4; ni++)
+#pragma unroll
+                    for (int q = 0; q < 4; q++) tmp[mi][ni][q] = 0.f;
+        }
+#pragma unroll
+        for (int mi = 0; mi < 4; mi++)
+#pragma unroll
+            for (int ni = 0; ni < 4; ni++) mma16816(tmp[mi][ni], a[f][mi], bh[f][ni]);
+#pragma unroll
+        for (int mi = 0; mi < 4; mi++)
+#pragma unroll
+            for (int ni = 0; ni < 4; ni++) mma16816(tmp[mi][ni], a[f][mi], bl[f][ni]);
+        if (f == 1) {
+            int c = ks >> 1;
+#pragma unroll
+            for (int mi = 0; mi < 4; mi++) {
+                float sa = ws[c * RW + mi * 16], sb = ws[c * RW + mi * 16 + 8];
+#pragma unroll
+                for (int ni = 0; ni < 4; ni++) {
+                    acc[mi][ni][0] += sa * tmp[mi][ni][0];
+                    acc[mi][ni][1] += sa * tmp[mi][ni][1];
+                    acc[mi][ni][2] += sb * tmp[mi][ni][2];
+                    acc[mi][ni][3] += sb * tmp[mi][ni][3];
+                }
+            }
+        }
+    }
+}
+
+// gm_block computes the block's tile into acc: NP matrices' rows base[i]..
+// base[i]+valid-1 (valid ≤ RW/NP; tile row i·RW/NP + r is row base[i] + r)
+// against the grouped rows r0..r0+ntok-1 (row r reads x row xrows[r], or r
+// when xrows is NULL). acc[mi][ni][q] is tile row 64·wm + 16·mi + g +
+// 8·(q/2) and token 32·wn + 8·ni + 2·t + q%2. On return the shared memory
+// is free.
+//
+// The pipeline has one barrier a stage: iteration s issues the loads of
+// raw weights s+3 and x s+2 (one commit group), decodes weights s+1 into
+// the f16 tile that stage s's products do not read, and multiplies stage
+// s. The body has no branches (loads past the end are zero-fills, a decode
+// past the end writes a tile no one reads), so the compiler can interleave
+// the decode's integer work with the MMAs: with barriers between them the
+// two phases took turns and the tensor cores idled half the time.
+template <int T, int NP, int RW, int TK>
+__device__ __forceinline__ void gm_block(const GmSmem<RW, TK>& sm, const WView* w, const i64* base, int valid,
+                                         const u16* xh, const u16* xl, const int* xrows, int r0, int ntok,
+                                         float (*acc)[4][4]) {
+    const int SB = T == T_Q8_0 ? 2 : 1, RM = RW / NP;
+    int in = (int)w[0].in, nblk = in / 32, nst = (nblk + 1) / 2;
+    for (int j = threadIdx.x; j < TK; j += GM_THREADS)
+        sm.xoff[j] = j < ntok ? (i64)(xrows ? xrows[r0 + j] : r0 + j) * in : -1;
+#pragma unroll
+    for (int i = 0; i < NP; i++) {
+        u8* d = sm.sc + i * RM * nblk * SB;
+        copy_async(d, w[i].s + base[i] * nblk * SB, valid * nblk * SB);
+        for (int p = valid * nblk * SB + threadIdx.x; p < RM * nblk * SB; p += GM_THREADS) d[p] = 0;
+    }
+    __syncthreads(); // xoff
+    // Groups before the loop: {scales, raw 0, raw 1, x 0}, {raw 2, x 1}.
+    gm_load_w<T, NP>(sm, w, base, valid, nblk, 0);
+    gm_load_w<T, NP>(sm, w, base, valid, nblk, 1);
+    gm_load_x(sm, xh, xl, nblk, 0);
+    cp_async_commit();
+    gm_load_w<T, NP>(sm, w, base, valid, nblk, 2);
+    gm_load_x(sm, xh, xl, nblk, 1);
+    cp_async_commit();
+#pragma unroll
+    for (int mi = 0; mi < 4; mi++)
+#pragma unroll
+        for (int ni = 0; ni < 4; ni++)
+#pragma unroll
+            for (int q = 0; q < 4; q++) acc[mi][ni][q] = 0.f;
+    cp_async_wait<1>();
+    __syncthreads();
+    gm_decode<T>(sm, nblk, 0);
+    for (int s = 0; s < nst; s++) {
+        cp_async_wait<1>(); // raw s+1 and x s (the group before last) landed
+        __syncthreads();    // for every thread; stage s-1's buffers and f16 tile are free
+        gm_load_w<T, NP>(sm, w, base, valid, nblk, s + 3);
+        gm_load_x(sm, xh, xl, nblk, s + 2);
+        cp_async_commit();
+        gm_stage(sm, s, acc);
+        gm_decode<T>(sm, nblk, s + 1); // after the MMAs' shared loads, so its stores need not wait for them
+    }
+    cp_async_wait<0>();
+    __syncthreads();
+}
+
+// gemm_rows: y[r][row] = w_e[row]·x[xrows[r]] + bias_e[row] for the block's
+// grouped rows r (see the top) and weight rows RW·blockIdx.y..; without
+// starts, the dense product of x's n rows (one "expert", xrows NULL). The
+// prefill path of MatMul and the experts' down projection.
+template <int T, int RW, int TK>
+__device__ void gemm_rows_impl(float* y, const u16* xh, const u16* xl, WView w, const float* bias, const int* starts,
+                               const int* xrows, int n, int out) {
+    extern __shared__ __align__(16) u8 gm_shmem[];
+    const int WT = TK / 32;
+    int e = starts ? blockIdx.z : 0, lo = starts ? starts[e] : 0, hi = starts ? starts[e + 1] : n;
+    int r0 = lo + TK * blockIdx.x, ntok = min(hi - r0, TK);
+    if (ntok <= 0) return;
+    int row0 = blockIdx.y * RW, valid = min(RW, out - row0);
+    i64 base = (i64)e * out + row0;
+    GmSmem<RW, TK> sm(gm_shmem);
+    float acc[4][4][4];
+    gm_block<T, 1>(sm, &w, &base, valid, xh, xl, xrows, r0, ntok, acc);
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wm = warp / WT, wn = warp % WT, g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int mi = 0; mi < 4; mi++)
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+            int row = wm * 64 + mi * 16 + g + (q >> 1) * 8;
+            if (row >= valid) continue;
+            float b = bias ? bias[base + row] : 0.f;
+#pragma unroll
+            for (int ni = 0; ni < 4; ni++) {
+                int tok = wn * 32 + ni * 8 + 2 * t + (q & 1);
+                if (tok < ntok) y[(i64)(r0 + tok) * out + row0 + row] = acc[mi][ni][q] + b;
+            }
+        }
+}
+
+// gemm_gateup: the block's tile rows are RW/2 rows of expert e's gate (the
+// first half of the warps' row groups) and the same rows of its up (the
+// second), rows RW/2·blockIdx.y.. of ff. Gate and up of a (token, row) meet
+// in shared memory; the SwiGLU output is written as the f16 hi and lo
+// planes (hh, hl: row-major, ff a row) that gemm_rows reads for the down
+// projection.
+template <int T, int RW, int TK>
+__device__ void gemm_gateup_impl(u16* hh, u16* hl, const u16* xh, const u16* xl, WView gw, WView uw, const float* gb,
+                                 const float* ub, const int* starts, const int* xrows, int ff, SwiGLU act) {
+    extern __shared__ __align__(16) u8 gm_shmem[];
+    const int RM = RW / 2, LD = RM + 4, WT = TK / 32; // LD: red's row stride, free of bank conflicts
+    int e = blockIdx.z, r0 = starts[e] + TK * blockIdx.x, ntok = min(starts[e + 1] - r0, TK);
+    if (ntok <= 0) return;
+    int row0 = blockIdx.y * RM, valid = min(RM, ff - row0);
+    i64 base[2] = {(i64)e * ff + row0, (i64)e * ff + row0};
+    GmSmem<RW, TK> sm(gm_shmem);
+    WView w[2] = {gw, uw};
+    float acc[4][4][4];
+    gm_block<T, 2>(sm, w, base, valid, xh, xl, xrows, r0, ntok, acc);
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wm = warp / WT, wn = warp % WT, g = lane >> 2, t = lane & 3;
+    bool up = wm * 64 >= RM;
+    float* red = (float*)gm_shmem; // [TK tokens][LD]: the up products
+    if (up) {
+#pragma unroll
+        for (int mi = 0; mi < 4; mi++)
+#pragma unroll
+            for (int ni = 0; ni < 4; ni++)
+#pragma unroll
+                for (int q = 0; q < 4; q++)
+                    red[(wn * 32 + ni * 8 + 2 * t + (q & 1)) * LD + wm * 64 - RM + mi * 16 + g + (q >> 1) * 8] =
+                        acc[mi][ni][q];
+    }
+    __syncthreads();
+    if (up) return;
+#pragma unroll
+    for (int mi = 0; mi < 4; mi++)
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+            int row = wm * 64 + mi * 16 + g + (q >> 1) * 8;
+            if (row >= valid) continue;
+            float bg = gb ? gb[base[0] + row] : 0.f, bu = ub ? ub[base[1] + row] : 0.f;
+#pragma unroll
+            for (int ni = 0; ni < 4; ni++) {
+                int tok = wn * 32 + ni * 8 + 2 * t + (q & 1);
+                if (tok >= ntok) continue;
+                float h = swiglu_act(acc[mi][ni][q] + bg, red[tok * LD + row] + bu, act);
+                u16 hb = f2h(h);
+                i64 at = (i64)(r0 + tok) * ff + row0 + row;
+                hh[at] = hb;
+                hl[at] = f2h(h - h2f(hb));
+            }
+        }
+}
+
+// Each kernel in two block shapes: 128 rows × 128 tokens, and 256 × 64
+// for experts of few tokens (a 128-token tile would leave half its warps
+// idle).
+#define GEMM_KERNELS(T, NAME, RW, TK)                                                                            \
+    extern "C" __global__ void __launch_bounds__(GM_THREADS, 1)                                                  \
+        gemm_rows_##NAME##_##RW##x##TK(float* y, const u16* xh, const u16* xl, const u8* q, const u8* s, int in, \
+                                       const float* bias, const int* starts, const int* xrows, int n, int out) { \
+        gemm_rows_impl<T, RW, TK>(y, xh, xl, WView{q, s, in}, bias, starts, xrows, n, out);                      \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(GM_THREADS, 1) gemm_gateup_##NAME##_##RW##x##TK(                \
+        u16* hh, u16* hl, const u16* xh, const u16* xl, const u8* gq, const u8* gs, const u8* uq, const u8* us,  \
+        int in, const float* gb, const float* ub, const int* starts, const int* xrows, int ff, float alpha,      \
+        float limit, float shift) {                                                                              \
+        gemm_gateup_impl<T, RW, TK>(hh, hl, xh, xl, WView{gq, gs, in}, WView{uq, us, in}, gb, ub, starts, xrows, \
+                                    ff, SwiGLU{alpha, limit, shift});                                            \
+    }
+
+// gemm_rows3: three dense products of one x (q, k and v), grid z picking
+// the product; row tiles past a product's out return at once.
+#define GEMM_ROWS3(T, NAME, RW, TK)                                                                               \
+    extern "C" __global__ void __launch_bounds__(GM_THREADS, 1) gemm_rows3_##NAME##_##RW##x##TK(                  \
+        const u16* xh, const u16* xl, int in, int n, float* y0, const u8* q0, const u8* s0, const float* b0,     \
+        int out0, float* y1, const u8* q1, const u8* s1, const float* b1, int out1, float* y2, const u8* q2,     \
+        const u8* s2, const float* b2, int out2) {                                                               \
+        int z = blockIdx.z, out = z == 0 ? out0 : z == 1 ? out1 : out2;                                          \
+        if (blockIdx.y * RW >= out) return;                                                                      \
+        WView w = z == 0 ? WView{q0, s0, in} : z == 1 ? WView{q1, s1, in} : WView{q2, s2, in};                  \
+        gemm_rows_impl<T, RW, TK>(z == 0 ? y0 : z == 1 ? y1 : y2, xh, xl, w, z == 0 ? b0 : z == 1 ? b1 : b2, 0,  \
+                                  0, n, out);                                                                    \
+    }
+
+GEMM_ROWS3(T_Q8_0, q8_0, 128, 128)
+GEMM_ROWS3(T_MXFP4, mxfp4, 128, 128)
+GEMM_KERNELS(T_Q8_0, q8_0, 128, 128)
+GEMM_KERNELS(T_Q8_0, q8_0, 256, 64)
+GEMM_KERNELS(T_MXFP4, mxfp4, 128, 128)
+GEMM_KERNELS(T_MXFP4, mxfp4, 256, 64)
