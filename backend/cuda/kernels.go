@@ -35,7 +35,8 @@ const (
 	// mqgTokens is the largest step of the integer tensor-core kernels of
 	// the middle sizes (mqvec_grouped.cu), which take steps of more than
 	// mqTokens tokens against Q8_0 or MXFP4 weights (MoE experts and dense
-	// products); larger ones take the f16 tile kernels.
+	// products); larger ones take gemm.cu's kernels (those types) or the
+	// f16 tile kernels.
 	mqgTokens = 256
 	// The grouped kernels stream weights and x through shared memory
 	// mqgStage 32-element chunks at a time, mqgStages stages in flight
@@ -382,14 +383,20 @@ func (b *Backend) mqgDown(down *Tensor, y uintptr, h rowQuant, in int, db, start
 
 // --- gemm.cu
 
-// halves are x as gemm.cu reads it: two f16 planes, hi and lo, row-major.
+// halves are x as gemm.cu reads it: two 16-bit planes, hi and lo,
+// row-major (bf16 against MXFP4 weights, f16 against Q8_0).
 type halves struct{ hi, lo uintptr }
 
 // halvesAt lays out the planes of n elements from p (4n bytes).
 func halvesAt(p uintptr, n int64) halves { return halves{hi: p, lo: p + uintptr(2*n)} }
 
-func (b *Backend) splitH(h halves, x uintptr, n int64) {
-	b.launch("split_h", b.gridFor(n), threads(256), 0, dptr(h.hi), dptr(h.lo), dptr(x), clong(n))
+// split writes n elements of x as halves for weights of type t.
+func (b *Backend) split(h halves, x uintptr, n int64, t tensor.Type) {
+	name := "split_h"
+	if t == tensor.MXFP4 {
+		name = "split_bf16"
+	}
+	b.launch(name, b.gridFor(n), threads(256), 0, dptr(h.hi), dptr(h.lo), dptr(x), clong(n))
 }
 
 // gmShape is a gemm.cu block shape: rows weight rows × toks tokens.

@@ -184,7 +184,7 @@ func (b *Backend) MatMul(dst, x, w, bias backend.Tensor) {
 		return
 	}
 	if shape := gmShapeFor(a.n); a.n > mqgTokens && !b.invariant && b.gmFits(a.w.typ, a.in, shape) {
-		if h, ok := b.halfInput("MatMul", a.x, a.n, a.in); ok {
+		if h, ok := b.halfInput("MatMul", a.x, a.n, a.in, a.w.typ); ok {
 			b.gemmRows(a.w, a.dst.ptr, h, a.in, a.bias, 0, 0, a.n, a.out, 1, shape)
 		}
 		return
@@ -192,9 +192,9 @@ func (b *Backend) MatMul(dst, x, w, bias backend.Tensor) {
 	b.matmul(a.dst.ptr, a.x.ptr, a.n, a.w, a.bias, false)
 }
 
-// halfInput returns x's n rows as halves (split_h) in the "gemm" workspace,
-// for the prefill products.
-func (b *Backend) halfInput(op string, x *Tensor, n, in int) (halves, bool) {
+// halfInput returns x's n rows as halves for weights of type t in the
+// "gemm" workspace, for the prefill products.
+func (b *Backend) halfInput(op string, x *Tensor, n, in int, t tensor.Type) (halves, bool) {
 	count := int64(n) * int64(in)
 	buf, err := b.scratch("gemm", 4*count)
 	if err != nil {
@@ -202,7 +202,7 @@ func (b *Backend) halfInput(op string, x *Tensor, n, in int) (halves, bool) {
 		return halves{}, false
 	}
 	h := halvesAt(buf, count)
-	b.splitH(h, x.ptr, count)
+	b.split(h, x.ptr, count, t)
 	return h, true
 }
 
@@ -247,7 +247,7 @@ func (b *Backend) MatMulQKV(q, k, v, x, wq, wk, wv, bq, bk, bv backend.Tensor) {
 	if shape := gmShapeFor(a[0].n); same && a[0].n > mqgTokens && b.gmFits(typ, a[0].in, shape) {
 		// Prefill: x split into halves once, the three products one launch.
 		defer b.bind()()
-		if h, ok := b.halfInput("MatMulQKV", a[0].x, a[0].n, a[0].in); ok {
+		if h, ok := b.halfInput("MatMulQKV", a[0].x, a[0].n, a[0].in, typ); ok {
 			var m [3]mqMat
 			for i, x := range a {
 				m[i] = mqMat{dst: x.dst.ptr, w: x.w, bias: x.bias, out: x.out}
@@ -904,8 +904,9 @@ func (b *Backend) expertArgs(op string, dst backend.Tensor, xs *Tensor, n, k int
 // copy when it has one); larger ones sort the assignments by expert, so each
 // selected expert's weights are read once per call, and run the grouped
 // integer tensor-core kernels (up to mqgTokens rows of Q8_0 or MXFP4
-// experts), gemm.cu's pipelined f16 kernels (more rows of those types) or
-// one grouped f16 tensor-core matmul per projection (other types).
+// experts), gemm.cu's pipelined tensor-core kernels (more rows of those
+// types) or one grouped f16 tensor-core matmul per projection (other
+// types).
 func (b *Backend) experts(op string, e expertCall, ids, wts uintptr, act backend.SwiGLUParams) {
 	n, k, hidden, ff, nExp := e.n, e.k, e.hidden, e.ff, e.nExp
 	fits := b.mqgFits(e.gate.typ, 2, hidden) && b.mqgFits(e.down.typ, 1, ff)
@@ -943,7 +944,7 @@ func (b *Backend) experts(op string, e expertCall, ids, wts uintptr, act backend
 		b.moeGroup(starts, xrows, slotRow, at(l.counts), ids, n, k, nExp)
 		x := halvesAt(at(l.y), int64(n)*int64(hidden)) // y is free until the down projection
 		h := halvesAt(at(l.h), int64(na)*int64(ff))
-		b.splitH(x, xs.ptr, int64(n)*int64(hidden))
+		b.split(x, xs.ptr, int64(n)*int64(hidden), e.gate.typ)
 		b.gemmGateup(e.gate, e.up, h, x, hidden, e.gb, e.ub, starts, xrows, n, ff, nExp, act, shape)
 		b.gemmRows(e.down, at(l.y), h, ff, e.db, starts, 0, n, hidden, nExp, shape)
 		b.moeCombine(d.ptr, at(l.y), wts, slotRow, k, hidden, n)

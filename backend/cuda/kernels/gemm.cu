@@ -1,20 +1,23 @@
 // Prefill products of Q8_0 and MXFP4 weights (steps of more than MQG_TOKENS
-// tokens: dense projections and the grouped MoE experts) on the f16 tensor
+// tokens: dense projections and the grouped MoE experts) on the tensor
 // cores, fed by a cp.async pipeline.
 //
-// A block computes GM_ROWS weight rows × GM_TOKS tokens. Its eight warps
-// split that 2 × 4: a warp owns 64 rows (four m16 tiles, the MMA's A) and 32
-// tokens (four n8 tiles, its B), so one ldmatrix of a weight fragment
-// serves eight MMAs and one of an x fragment four. The inner dimension
-// streams through shared memory a stage of GM_K = 64 elements (two 32-
-// element chunks) at a time, GM_STAGES stages in flight: the raw quantized
-// weight rows and x as two f16 planes (hi = f16(x), lo = f16(x − hi): 22
-// bits of x's mantissa, so the result is close to an f32 product; split_h
-// writes them). Each stage's raw weights are decoded once a block into an
-// f16 tile, exactly (int8 and E2M1 values are f16 numbers); the chunk's
-// block scale is applied in f32 to the chunk's partial sums, as in
-// matmul.cu. Every weight scale of the block's rows comes in with the
-// first stage.
+// A block computes RW weight rows × TK tokens (128 × 128, or 256 × 64 for
+// experts of few tokens). Its eight warps each own 64 rows (four m16
+// tiles, the MMA's A) and 32 tokens (four n8 tiles, its B), so one
+// ldmatrix of a weight fragment serves eight MMAs and one of an x fragment
+// four. The inner dimension streams through shared memory a stage of GM_K
+// = 64 elements (two 32-element chunks) at a time, GM_STAGES stages in
+// flight: the raw quantized weight rows, and x as two 16-bit planes (hi =
+// x rounded, lo = x − hi rounded; split_h and split_bf16 write them), so
+// the result is close to an f32 product. Each stage's raw weights are
+// decoded once a block into a 16-bit tile, exactly:
+// - Q8_0 as f16 int8 values (x's planes f16: 22 bits of its mantissa), the
+//   chunk's scale applied in f32 to the chunk's partial sums;
+// - MXFP4 as bf16 values with the block scale folded in (an E2M1 value
+//   times a power of two is a bf16 number for every E8M0 scale; x's planes
+//   bf16: 16 bits), so products accumulate with no partial sums.
+// Every weight scale of the block's rows comes in with the first stage.
 //
 // The previous path for these sizes (matmul.cu's tile kernel) held one
 // chunk in flight, converted x in the loop and read every fragment with
@@ -67,19 +70,23 @@ __device__ __forceinline__ u32 prmt(u32 a, u32 b, u32 s) {
     return r;
 }
 
-// e2m1_pair decodes two E2M1 codes to an f16 pair: the codes are bits 4-7
-// of bytes j and j+1 of v (j = 0 or 2; sel = 0x9080 or 0xB0A0 picks them).
-// A permute looks each magnitude's f16 high byte up in registers, and the
-// permute's sign-replicating mode copies each code's sign bit.
-__device__ __forceinline__ u32 e2m1_pair(u32 v, u32 sel) {
+// e2m1_pair decodes two E2M1 codes to a bf16 pair times scale2 (the block
+// scale as a bf16 pair: exact). The codes are bits 4-7 of bytes j and j+1
+// of v (j = 0 or 2; sel = 0x9080 or 0xB0A0 picks them). Permutes look each
+// magnitude's bf16 bytes up in registers (0, .5, 1, 1.5, 2, 3, 4, 6: high
+// bytes 00 3F 3F 3F 40 40 40 40, low bytes 00 00 80 C0 00 40 80 C0), and
+// the permute's sign-replicating mode copies each code's sign bit.
+__device__ __forceinline__ u32 e2m1_pair(u32 v, u32 sel, u32 scale2) {
     u32 idx = (sel == 0x9080u ? v : v >> 16) & 0x7070u;
-    u32 mag = prmt(0x3E3C3800u, 0x46444240u, idx); // 0, .5, 1, 1.5, 2, 3, 4, 6 as f16 high bytes
-    return mag | (prmt(v, 0u, sel) & 0x80008000u);
+    u32 mag = prmt(0x3F3F3F00u, 0x40404040u, idx) | prmt(0xC0800000u, 0xC0804000u, idx >> 4);
+    u32 r = mag | (prmt(v, 0u, sel) & 0x80008000u);
+    asm("mul.rn.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(r), "r"(scale2));
+    return r;
 }
 
-// gm_decode decodes stage s's raw weights (buffer s % GM_STAGES) into f16
-// tile s & 1 and their chunk scales: each thread a (row, chunk) item at a
-// time. Chunks past nblk (zero-filled) get scale 0.
+// gm_decode decodes stage s's raw weights (buffer s % GM_STAGES) into
+// 16-bit tile s & 1 (Q8_0: and their chunk scales): each thread a (row,
+// chunk) item at a time. Chunks past nblk (zero-filled) get scale 0.
 template <int T, int RW, int TK>
 __device__ __forceinline__ void gm_decode(const GmSmem<RW, TK>& sm, int nblk, int s) {
     const int CB = T == T_Q8_0 ? 32 : 16;
@@ -88,7 +95,7 @@ __device__ __forceinline__ void gm_decode(const GmSmem<RW, TK>& sm, int nblk, in
         int item = it * GM_THREADS + threadIdx.x, rr = item >> 1, c = item & 1, cg = 2 * s + c;
         const uint4* src = (const uint4*)(sm.raw + ((s % GM_STAGES) * RW + rr) * GM_RAW + c * CB);
         u32 o[16];
-        float scale = 0.f;
+        float scale = 0.f; // Q8_0's chunk scale (MXFP4's is folded into o)
         if (T == T_Q8_0) {
             float d = h2f(((const u16*)sm.sc)[rr * nblk + min(cg, nblk - 1)]);
             scale = cg < nblk ? d : 0.f;
@@ -104,23 +111,23 @@ __device__ __forceinline__ void gm_decode(const GmSmem<RW, TK>& sm, int nblk, in
             }
         } else {
             u32 e = sm.sc[rr * nblk + min(cg, nblk - 1)];
-            scale = cg < nblk ? __int_as_float(e == 0 ? 0x00400000u : e << 23) : 0.f; // 2^(e-127)
+            u32 s2 = cg < nblk ? (e == 0 ? 0x00400040u : e << 7 | e << 23) : 0u; // 2^(e-127) as a bf16 pair
             uint4 a = src[0];
             u32 q[4] = {a.x, a.y, a.z, a.w};
 #pragma unroll
             for (int m = 0; m < 4; m++) {
                 // Byte 4m+i holds element 4m+i (low nibble) and 16+4m+i (high).
                 u32 v4 = q[m] << 4;
-                o[2 * m] = e2m1_pair(v4, 0x9080u);
-                o[2 * m + 1] = e2m1_pair(v4, 0xB0A0u);
-                o[8 + 2 * m] = e2m1_pair(q[m], 0x9080u);
-                o[8 + 2 * m + 1] = e2m1_pair(q[m], 0xB0A0u);
+                o[2 * m] = e2m1_pair(v4, 0x9080u, s2);
+                o[2 * m + 1] = e2m1_pair(v4, 0xB0A0u, s2);
+                o[8 + 2 * m] = e2m1_pair(q[m], 0x9080u, s2);
+                o[8 + 2 * m + 1] = e2m1_pair(q[m], 0xB0A0u, s2);
             }
         }
         uint4* d = (uint4*)(sm.w + ((s & 1) * RW + rr) * GM_LD + c * 32);
 #pragma unroll
         for (int j = 0; j < 4; j++) d[j] = make_uint4(o[4 * j], o[4 * j + 1], o[4 * j + 2], o[4 * j + 3]);
-        sm.ws[((s & 1) * 2 + c) * RW + rr] = scale;
+        if (T == T_Q8_0) sm.ws[((s & 1) * 2 + c) * RW + rr] = scale;
     }
 }
 
@@ -168,6 +175,14 @@ __device__ __forceinline__ void mma16816(float* c, const u32* a, const u32* b) {
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
+__device__ __forceinline__ void mma16816bf(float* c, const u32* a, const u32* b) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
 // gm_frags loads k16 step ks (0-3) of stage s's fragments: a warp's four
 // m16 weight tiles and its x's four n8 tiles, hi and lo terms.
 template <int RW, int TK>
@@ -190,24 +205,26 @@ __device__ __forceinline__ void gm_frags(const GmSmem<RW, TK>& sm, int s, int ks
     }
 }
 
-// gm_stage adds stage s's products to acc: per chunk, its two k16 steps
-// with x's hi and lo terms into tmp, then tmp times the chunk's row
-// scales. The next step's fragments load while this step's MMAs run, and
-// the MMAs of one tile are 16 apart (all hi terms, then all lo terms), so
-// no MMA waits for the one before.
-template <int RW, int TK>
+// gm_stage adds stage s's products to acc. Q8_0: per chunk, its two k16
+// steps with x's hi and lo terms into tmp, then tmp times the chunk's row
+// scales; MXFP4 (scales folded): every step straight into acc. The next
+// step's fragments load while this step's MMAs run, and the MMAs of one
+// tile are 16 apart (all hi terms, then all lo terms), so no MMA waits for
+// the one before.
+template <int T, int RW, int TK>
 __device__ __forceinline__ void gm_stage(const GmSmem<RW, TK>& sm, int s, float (*acc)[4][4]) {
     const int WT = TK / 32;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wm = warp / WT, g = lane >> 2;
     const float* ws = sm.ws + (s & 1) * 2 * RW + wm * 64 + g;
     u32 a[2][4][4], bh[2][4][2], bl[2][4][2];
     float tmp[4][4][4];
+    float(*sum)[4][4] = T == T_Q8_0 ? tmp : acc;
     gm_frags(sm, s, 0, a[0], bh[0], bl[0]);
 #pragma unroll
     for (int ks = 0; ks < 4; ks++) {
         int f = ks & 1;
         if (ks < 3) gm_frags(sm, s, ks + 1, a[f ^ 1], bh[f ^ 1], bl[f ^ 1]);
-        if (f == 0) {
+        if (T == T_Q8_0 && f == 0) {
 #pragma unroll
             for (int mi = 0; mi < 4; mi++)
 #pragma unroll
@@ -218,12 +235,18 @@ __device__ __forceinline__ void gm_stage(const GmSmem<RW, TK>& sm, int s, float 
 #pragma unroll
         for (int mi = 0; mi < 4; mi++)
 #pragma unroll
-            for (int ni = 0; ni < 4; ni++) mma16816(tmp[mi][ni], a[f][mi], bh[f][ni]);
+            for (int ni = 0; ni < 4; ni++) {
+                if (T == T_Q8_0) mma16816(sum[mi][ni], a[f][mi], bh[f][ni]);
+                else mma16816bf(sum[mi][ni], a[f][mi], bh[f][ni]);
+            }
 #pragma unroll
         for (int mi = 0; mi < 4; mi++)
 #pragma unroll
-            for (int ni = 0; ni < 4; ni++) mma16816(tmp[mi][ni], a[f][mi], bl[f][ni]);
-        if (f == 1) {
+            for (int ni = 0; ni < 4; ni++) {
+                if (T == T_Q8_0) mma16816(sum[mi][ni], a[f][mi], bl[f][ni]);
+                else mma16816bf(sum[mi][ni], a[f][mi], bl[f][ni]);
+            }
+        if (T == T_Q8_0 && f == 1) {
             int c = ks >> 1;
 #pragma unroll
             for (int mi = 0; mi < 4; mi++) {
@@ -292,7 +315,7 @@ __device__ __forceinline__ void gm_block(const GmSmem<RW, TK>& sm, const WView* 
         gm_load_w<T, NP>(sm, w, base, valid, nblk, s + 3);
         gm_load_x(sm, xh, xl, nblk, s + 2);
         cp_async_commit();
-        gm_stage(sm, s, acc);
+        gm_stage<T>(sm, s, acc);
         gm_decode<T>(sm, nblk, s + 1); // after the MMAs' shared loads, so its stores need not wait for them
     }
     cp_async_wait<0>();
@@ -335,9 +358,9 @@ __device__ void gemm_rows_impl(float* y, const u16* xh, const u16* xl, WView w, 
 // gemm_gateup: the block's tile rows are RW/2 rows of expert e's gate (the
 // first half of the warps' row groups) and the same rows of its up (the
 // second), rows RW/2·blockIdx.y.. of ff. Gate and up of a (token, row) meet
-// in shared memory; the SwiGLU output is written as the f16 hi and lo
-// planes (hh, hl: row-major, ff a row) that gemm_rows reads for the down
-// projection.
+// in shared memory; the SwiGLU output is written as the hi and lo planes
+// (hh, hl: row-major, ff a row; bf16 for MXFP4, f16 for Q8_0) that
+// gemm_rows reads for the down projection.
 template <int T, int RW, int TK>
 __device__ void gemm_gateup_impl(u16* hh, u16* hl, const u16* xh, const u16* xl, WView gw, WView uw, const float* gb,
                                  const float* ub, const int* starts, const int* xrows, int ff, SwiGLU act) {
@@ -378,10 +401,16 @@ __device__ void gemm_gateup_impl(u16* hh, u16* hl, const u16* xh, const u16* xl,
                 int tok = wn * 32 + ni * 8 + 2 * t + (q & 1);
                 if (tok >= ntok) continue;
                 float h = swiglu_act(acc[mi][ni][q] + bg, red[tok * LD + row] + bu, act);
-                u16 hb = f2h(h);
                 i64 at = (i64)(r0 + tok) * ff + row0 + row;
-                hh[at] = hb;
-                hl[at] = f2h(h - h2f(hb));
+                if (T == T_MXFP4) {
+                    u16 hb = f2bf(h);
+                    hh[at] = hb;
+                    hl[at] = f2bf(h - bf2f(hb));
+                } else {
+                    u16 hb = f2h(h);
+                    hh[at] = hb;
+                    hl[at] = f2h(h - h2f(hb));
+                }
             }
         }
 }
