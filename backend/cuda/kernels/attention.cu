@@ -281,14 +281,6 @@ extern "C" __global__ void attn_combine(float* dst, const float* pm, const float
 // fragment read (8 rows × 4 words) land in 32 different banks.
 #define FA_LD 72
 
-__device__ __forceinline__ void attn_mma(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
 // split2 returns x and y as packed f16 (x in the low half) and their
 // rounding residuals, also packed, in lo.
 __device__ __forceinline__ u32 split2(float x, float y, u32& lo) {
@@ -449,8 +441,8 @@ __device__ void attn_flash_impl(float* dst, const float* q, const KT* kc, const 
                 for (int j = 0; j < 8; j++) {
                     const u32* kp = ks32 + (8 * j + g) * (FA_LD / 2) + kk * 8 + t;
                     u32 b0 = kp[0], b1 = kp[4];
-                    attn_mma(s[j], qh[kk][0], qh[kk][1], qh[kk][2], qh[kk][3], b0, b1);
-                    attn_mma(s[j], ql[kk][0], ql[kk][1], ql[kk][2], ql[kk][3], b0, b1);
+                    mma16816(s[j], qh[kk][0], qh[kk][1], qh[kk][2], qh[kk][3], b0, b1);
+                    mma16816(s[j], ql[kk][0], ql[kk][1], ql[kk][2], ql[kk][3], b0, b1);
                 }
             }
             // Mask, then the online softmax: a row's 64 scores are spread
@@ -503,8 +495,8 @@ __device__ void attn_flash_impl(float* dst, const float* q, const KT* kc, const 
                 for (int j = 0; j < 8; j++) {
                     const u32* vp = vt32 + (8 * j + g) * (FA_LD / 2) + kk * 8 + t;
                     u32 b0 = vp[0], b1 = vp[4];
-                    attn_mma(o[j], ah[0], ah[1], ah[2], ah[3], b0, b1);
-                    attn_mma(o[j], al[0], al[1], al[2], al[3], b0, b1);
+                    mma16816(o[j], ah[0], ah[1], ah[2], ah[3], b0, b1);
+                    mma16816(o[j], al[0], al[1], al[2], al[3], b0, b1);
                 }
             }
         }

@@ -249,6 +249,24 @@ __device__ __forceinline__ float swiglu_act(float g, float u, SwiGLU p) {
     return g / (1.f + expf(-p.alpha * g)) * (u + p.shift);
 }
 
+// mma16816 is mma.sync m16n8k16 with f32 accumulators in c and row-major
+// A (a0-a3), column-major B (b0, b1): f16 inputs, or bf16 when BF.
+template <bool BF = false>
+__device__ __forceinline__ void mma16816(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    if (BF)
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    else
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
 // cp.async: copies global memory to shared memory without passing through
 // registers, so a block keeps many loads in flight while it computes.
 // cp_async16 with valid false zero-fills its 16 bytes and reads nothing.

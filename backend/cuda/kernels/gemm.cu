@@ -167,20 +167,11 @@ __device__ __forceinline__ void gm_load_x(const GmSmem<RW, TK>& sm, const u16* x
     }
 }
 
-__device__ __forceinline__ void mma16816(float* c, const u32* a, const u32* b) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-
-__device__ __forceinline__ void mma16816bf(float* c, const u32* a, const u32* b) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+// gm_mma multiplies an A fragment by a B fragment into c: bf16 for MXFP4's
+// tiles, f16 for Q8_0's.
+template <int T>
+__device__ __forceinline__ void gm_mma(float* c, const u32* a, const u32* b) {
+    mma16816<T == T_MXFP4>(c, a[0], a[1], a[2], a[3], b[0], b[1]);
 }
 
 // gm_frags loads k16 step ks (0-3) of stage s's fragments: a warp's four
@@ -235,17 +226,11 @@ __device__ __forceinline__ void gm_stage(const GmSmem<RW, TK>& sm, int s, float 
 #pragma unroll
         for (int mi = 0; mi < 4; mi++)
 #pragma unroll
-            for (int ni = 0; ni < 4; ni++) {
-                if (T == T_Q8_0) mma16816(sum[mi][ni], a[f][mi], bh[f][ni]);
-                else mma16816bf(sum[mi][ni], a[f][mi], bh[f][ni]);
-            }
+            for (int ni = 0; ni < 4; ni++) gm_mma<T>(sum[mi][ni], a[f][mi], bh[f][ni]);
 #pragma unroll
         for (int mi = 0; mi < 4; mi++)
 #pragma unroll
-            for (int ni = 0; ni < 4; ni++) {
-                if (T == T_Q8_0) mma16816(sum[mi][ni], a[f][mi], bl[f][ni]);
-                else mma16816bf(sum[mi][ni], a[f][mi], bl[f][ni]);
-            }
+            for (int ni = 0; ni < 4; ni++) gm_mma<T>(sum[mi][ni], a[f][mi], bl[f][ni]);
         if (T == T_Q8_0 && f == 1) {
             int c = ks >> 1;
 #pragma unroll
