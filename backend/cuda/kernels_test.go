@@ -4,6 +4,8 @@ import (
 	"regexp"
 	"strconv"
 	"testing"
+
+	"orcd/tensor"
 )
 
 // TestKernelDefines checks, without a GPU, that every constant Go passes to
@@ -32,5 +34,116 @@ func TestKernelDefines(t *testing.T) {
 	}
 	if got := defineOptions(); len(got) != len(kernelDefines) || got[0] != "-DMV_TOKENS=8" {
 		t.Errorf("options %v", got)
+	}
+}
+
+// TestMoELayout checks, without a GPU, which kernels the experts of a step
+// take by its size, and that the workspace regions of a layout lie apart
+// inside it.
+func TestMoELayout(t *testing.T) {
+	const hidden, ff, nExp, k = 2880, 2880, 32, 4
+	mx := tensor.MXFP4
+	path := func(l moeWorkspace) string {
+		switch {
+		case l.mq:
+			return "mq"
+		case l.mqg:
+			return "mqg"
+		case l.gemm:
+			return "gemm"
+		case l.grouped:
+			return "grouped"
+		}
+		return "matvec"
+	}
+	for _, c := range []struct {
+		n                  int
+		invariant, mqg, gm bool
+		want               string
+	}{
+		{1, false, true, true, "mq"},
+		{mqTokens + 1, false, true, true, "mqg"},
+		{mqgTokens, false, true, true, "mqg"},
+		{mqgTokens + 1, false, true, true, "gemm"},
+		{2048, false, true, true, "gemm"},
+		{2048, false, true, false, "grouped"}, // gemm.cu's block does not fit
+		{1, true, true, true, "grouped"},      // batch invariant: one kernel at every size
+		{2048, true, true, true, "grouped"},
+	} {
+		l := moeLayout(c.n, k, nExp, hidden, ff, mx, mx, c.invariant, c.mqg, c.gm)
+		set := 0
+		for _, f := range []bool{l.mq, l.mqg, l.gemm, l.grouped} {
+			if f {
+				set++
+			}
+		}
+		if set > 1 {
+			t.Errorf("n=%d invariant=%v: %d paths chosen", c.n, c.invariant, set)
+		}
+		if got := path(l); got != c.want {
+			t.Errorf("n=%d invariant=%v: %s, want %s", c.n, c.invariant, got, c.want)
+		}
+		type region struct {
+			name      string
+			off, size int64
+		}
+		na := int64(c.n) * k
+		var regs []region
+		switch path(l) {
+		case "gemm":
+			// y holds x's halves (n·hidden·4 bytes) until down writes it.
+			regs = []region{{"starts", l.starts, (nExp + 1) * 4}, {"xrows", l.xrows, na * 4}, {"slotRow", l.slotRow, na * 4},
+				{"counts", l.counts, nExp * 4}, {"h", l.h, na * ff * 4}, {"y", l.y, na * hidden * 4}}
+		case "grouped":
+			regs = []region{{"starts", l.starts, (nExp + 1) * 4}, {"xrows", l.xrows, na * 4}, {"slotRow", l.slotRow, na * 4},
+				{"counts", l.counts, nExp * 4}, {"h", l.h, na * ff * 4}, {"u", l.u, na * ff * 4}, {"y", l.y, na * hidden * 4}}
+		}
+		for i, a := range regs {
+			if a.off < 0 || a.off+a.size > l.size {
+				t.Errorf("n=%d %s: [%d, %d) outside the workspace of %d bytes", c.n, a.name, a.off, a.off+a.size, l.size)
+			}
+			for _, b := range regs[i+1:] {
+				if a.off < b.off+b.size && b.off < a.off+a.size {
+					t.Errorf("n=%d: %s and %s overlap", c.n, a.name, b.name)
+				}
+			}
+		}
+	}
+}
+
+// TestGemmShapes checks gemm.cu's block choice and shared memory against
+// Hopper's 227 KiB a block: the experts of gpt-oss-20b fit either shape;
+// a 4,096-column Q8_0 product (its o projection) fits only 128 × 128,
+// which dense products take.
+func TestGemmShapes(t *testing.T) {
+	const hopper = 232448
+	if s := gmShapeFor(64); s != (gmShape{256, 64}) {
+		t.Errorf("64 tokens a row: %v", s)
+	}
+	if s := gmShapeFor(65); s != (gmShape{128, 128}) {
+		t.Errorf("65 tokens a row: %v", s)
+	}
+	if s := gmShapeFor(mqgTokens + 1); s != (gmShape{128, 128}) {
+		t.Errorf("dense prefill: %v", s)
+	}
+	for _, c := range []struct {
+		t    tensor.Type
+		in   int
+		s    gmShape
+		fits bool
+	}{
+		{tensor.MXFP4, 2880, gmShape{128, 128}, true},
+		{tensor.MXFP4, 2880, gmShape{256, 64}, true},
+		{tensor.Q8_0, 2880, gmShape{128, 128}, true},
+		{tensor.Q8_0, 4096, gmShape{128, 128}, true},
+		{tensor.Q8_0, 4096, gmShape{256, 64}, false},
+	} {
+		b := &Backend{maxShmem: hopper}
+		if got := b.gmFits(c.t, c.in, c.s); got != c.fits {
+			t.Errorf("%s in=%d %v: fits %v (%d bytes), want %v", c.t, c.in, c.s, got, gmShmem(c.t, c.in, c.s), c.fits)
+		}
+	}
+	if (&Backend{maxShmem: hopper}).gmFits(tensor.F16, 2880, gmShape{128, 128}) {
+		t.Error("gemm.cu takes F16 weights")
 	}
 }
