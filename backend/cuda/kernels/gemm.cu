@@ -37,9 +37,9 @@
 
 // GmSmem is the shared memory of a block of RW weight rows × TK tokens,
 // carved from the dynamic allocation (gmShmem in Go computes the same
-// size): x's hi and lo stages, the raw weight stages, two decoded f16 tiles
-// with their chunk scales, the tokens' row offsets, and every weight scale
-// of the block's rows.
+// size): x's hi and lo stages, the raw weight stages, two decoded 16-bit
+// tiles with their chunk scales, the tokens' row offsets, and every weight
+// scale of the block's rows.
 template <int RW, int TK>
 struct GmSmem {
     u16 *xh, *xl, *w;
@@ -256,12 +256,12 @@ __device__ __forceinline__ void gm_stage(const GmSmem<RW, TK>& sm, int s, float 
 // is free.
 //
 // The pipeline has one barrier a stage: iteration s issues the loads of
-// raw weights s+3 and x s+2 (one commit group), decodes weights s+1 into
-// the f16 tile that stage s's products do not read, and multiplies stage
-// s. The body has no branches (loads past the end are zero-fills, a decode
-// past the end writes a tile no one reads), so the compiler can interleave
-// the decode's integer work with the MMAs: with barriers between them the
-// two phases took turns and the tensor cores idled half the time.
+// raw weights s+3 and x s+2 (one commit group), multiplies stage s, and
+// decodes weights s+1 into the 16-bit tile that stage s's products do not
+// read, so warps past their MMAs decode while others multiply. The body
+// has no branches (loads past the end are zero-fills, a decode past the
+// end writes a tile no one reads): with them it took ~955 instructions a
+// warp a stage, without ~575 (NOTES.md #25).
 template <int T, int NP, int RW, int TK>
 __device__ __forceinline__ void gm_block(const GmSmem<RW, TK>& sm, const WView* w, const i64* base, int valid,
                                          const u16* xh, const u16* xl, const int* xrows, int r0, int ntok,
@@ -296,7 +296,7 @@ __device__ __forceinline__ void gm_block(const GmSmem<RW, TK>& sm, const WView* 
     gm_decode<T>(sm, nblk, 0);
     for (int s = 0; s < nst; s++) {
         cp_async_wait<1>(); // raw s+1 and x s (the group before last) landed
-        __syncthreads();    // for every thread; stage s-1's buffers and f16 tile are free
+        __syncthreads();    // for every thread; stage s-1's buffers and 16-bit tile are free
         gm_load_w<T, NP>(sm, w, base, valid, nblk, s + 3);
         gm_load_x(sm, xh, xl, nblk, s + 2);
         cp_async_commit();
