@@ -17,23 +17,17 @@ extern "C" __global__ void copy_cols(float* dst, const float* src, int rows, int
 
 // split_h writes x as two f16 planes, hi = f16(x) and lo = f16(x − hi), and
 // split_bf16 as two bf16 planes, for the prefill products (gemm.cu).
-extern "C" __global__ void split_h(u16* hi, u16* lo, const float* x, i64 n) {
+template <bool BF>
+__device__ __forceinline__ void split_impl(u16* hi, u16* lo, const float* x, i64 n) {
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
         float v = x[i];
-        u16 h = f2h(v);
+        u16 h = BF ? f2bf(v) : f2h(v);
         hi[i] = h;
-        lo[i] = f2h(v - h2f(h));
+        lo[i] = BF ? f2bf(v - bf2f(h)) : f2h(v - h2f(h));
     }
 }
-
-extern "C" __global__ void split_bf16(u16* hi, u16* lo, const float* x, i64 n) {
-    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
-        float v = x[i];
-        u16 h = f2bf(v);
-        hi[i] = h;
-        lo[i] = f2bf(v - bf2f(h));
-    }
-}
+extern "C" __global__ void split_h(u16* hi, u16* lo, const float* x, i64 n) { split_impl<false>(hi, lo, x, n); }
+extern "C" __global__ void split_bf16(u16* hi, u16* lo, const float* x, i64 n) { split_impl<true>(hi, lo, x, n); }
 
 extern "C" __global__ void gelu_tanh(float* dst, const float* x, i64 n) {
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {

@@ -167,6 +167,16 @@ __device__ __forceinline__ void gm_load_x(const GmSmem<RW, TK>& sm, const u16* x
     }
 }
 
+// gm_zero clears a warp's 4 × 4 tiles of sums.
+__device__ __forceinline__ void gm_zero(float (*a)[4][4]) {
+#pragma unroll
+    for (int mi = 0; mi < 4; mi++)
+#pragma unroll
+        for (int ni = 0; ni < 4; ni++)
+#pragma unroll
+            for (int q = 0; q < 4; q++) a[mi][ni][q] = 0.f;
+}
+
 // gm_mma multiplies an A fragment by a B fragment into c: bf16 for MXFP4's
 // tiles, f16 for Q8_0's.
 template <int T>
@@ -215,14 +225,7 @@ __device__ __forceinline__ void gm_stage(const GmSmem<RW, TK>& sm, int s, float 
     for (int ks = 0; ks < 4; ks++) {
         int f = ks & 1;
         if (ks < 3) gm_frags(sm, s, ks + 1, a[f ^ 1], bh[f ^ 1], bl[f ^ 1]);
-        if (T == T_Q8_0 && f == 0) {
-#pragma unroll
-            for (int mi = 0; mi < 4; mi++)
-#pragma unroll
-                for (int ni = 0; ni < 4; ni++)
-#pragma unroll
-                    for (int q = 0; q < 4; q++) tmp[mi][ni][q] = 0.f;
-        }
+        if (T == T_Q8_0 && f == 0) gm_zero(tmp);
 #pragma unroll
         for (int mi = 0; mi < 4; mi++)
 #pragma unroll
@@ -285,12 +288,7 @@ __device__ __forceinline__ void gm_block(const GmSmem<RW, TK>& sm, const WView* 
     gm_load_w<T, NP>(sm, w, base, valid, nblk, 2);
     gm_load_x(sm, xh, xl, nblk, 1);
     cp_async_commit();
-#pragma unroll
-    for (int mi = 0; mi < 4; mi++)
-#pragma unroll
-        for (int ni = 0; ni < 4; ni++)
-#pragma unroll
-            for (int q = 0; q < 4; q++) acc[mi][ni][q] = 0.f;
+    gm_zero(acc);
     cp_async_wait<1>();
     __syncthreads();
     gm_decode<T>(sm, nblk, 0);
