@@ -690,7 +690,7 @@ func (b *Backend) attnSplitK(dst, q uintptr, kc, vc *Tensor, pos, seq, table, si
 	}
 	l := attnLayout(n, splits, p)
 	pm, pl, pacc := ws+l.pm, ws+l.pl, ws+l.pacc
-	shmem := (warps*rowsPer*p.HeadDim + 32*(p.HeadDim+4) + 32*p.HeadDim) * 4 // queries, key tile, value tile (attention.cu)
+	shmem := attnShmem(kc.typ, warps, rowsPer, p.HeadDim)
 	// Kernels are built for head dims up to 64 and up to attnMaxDim.
 	maxDim := 64
 	if p.HeadDim > 64 {
@@ -703,6 +703,19 @@ func (b *Backend) attnSplitK(dst, q uintptr, kc, vc *Tensor, pos, seq, table, si
 		return
 	}
 	b.attnCombine(dst, pm, pl, pacc, sinks, p.Heads, p.HeadDim, splits, n)
+}
+
+// attnShmem is the shared memory of an attn_partial block (attention.cu):
+// the warps' queries in f32, two stages of a 32-key K and V tile as the
+// cache stores them (f32 K rows padded by 4), and for f16 caches the tile
+// widened to f32.
+func attnShmem(cache tensor.Type, warps, rowsPer, dim int) int {
+	queries := warps * rowsPer * dim * 4
+	wide := 32 * (2*dim + 4) * 4
+	if cache == tensor.F32 {
+		return queries + 2*wide
+	}
+	return queries + 2*32*2*dim*2 + wide
 }
 
 // attnWorkspace is the layout of the "attention" workspace, in bytes from

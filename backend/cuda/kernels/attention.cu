@@ -13,9 +13,12 @@
 // pos on the device; split z takes an equal share of them, so the grid
 // depends only on shapes and a captured graph stays valid as p grows. Keys
 // go 32 at a time: the block stages the tile's keys and values in shared
-// memory (coalesced loads, shared by the warps), lane j scores key j
-// against the whole query, the tile's softmax is folded into a running max
-// and sum, and each lane accumulates its own columns of V.
+// memory, lane j scores key j against the whole query, the tile's softmax
+// is folded into a running max and sum, and each lane accumulates its own
+// columns of V. The next tile's keys and values come in by cp.async while
+// the warps work on this one: with plain loads each tile waited for its own
+// loads (one DRAM latency a key per thread), 150 µs a layer for a decode
+// step of 64 sequences of 512 tokens (NOTES.md #27).
 //
 // attn_combine merges the splits and the sink logit into dst.
 
@@ -23,9 +26,11 @@
 __device__ __forceinline__ float kv_get(const u16* p, i64 i) { return h2f(p[i]); }
 __device__ __forceinline__ float kv_get(const float* p, i64 i) { return p[i]; }
 
-// Shared memory of attn_partial, in floats: the warps' queries (R rows
-// each), then a tile of 32 keys (rows padded by 4 so lanes reading
-// different keys with 16-byte loads hit different banks) and its 32 values.
+// Shared memory of attn_partial (attnShmem in Go computes the same size):
+// the warps' queries (R rows each, f32), two stages of a 32-key tile of K
+// and V as the cache stores them (KT), and for f16 caches the tile
+// converted to f32. K rows of f32 are padded by 4 so lanes reading
+// different keys with 16-byte loads hit different banks.
 #define ATT_KROW(dim) ((dim) + 4)
 
 // kv_row maps key position key of the sequence whose block table row is
@@ -41,6 +46,41 @@ __device__ __forceinline__ int seg_end(const int* seq, int r, int end) {
     int s = seq[r], e = r + 1;
     while (e < end && seq[e] == s) e++;
     return e;
+}
+
+// att_load issues the cp.async loads of the 32-key tile from key kb into
+// stage st (K rows kr elements apart, then V rows dim apart); keys from end
+// on are zero-filled. Thread i takes the 16-byte pieces i, i + blockDim, …
+// of the K rows and the same pieces of the V rows.
+template <typename KT>
+__device__ __forceinline__ void att_load(KT* st, const KT* kc, const KT* vc, const int* tbl, int kb, int end, int bs,
+                                         i64 stride, i64 hoff, int dim, int kr) {
+    const int VEC = 16 / sizeof(KT);
+    int ppr = dim / VEC; // pieces a row
+    for (int idx = threadIdx.x; idx < 32 * ppr; idx += blockDim.x) {
+        int j = idx / ppr, c = (idx - j * ppr) * VEC;
+        bool ok = kb + j < end;
+        i64 off = ok ? kv_row(tbl, kb + j, bs) * stride + hoff + c : 0;
+        cp_async16(st + j * kr + c, kc + off, ok);
+        cp_async16(st + 32 * kr + j * dim + c, vc + off, ok);
+    }
+}
+
+// att_widen converts an f16 stage (K rows dim apart, then V) into the f32
+// tile the warps read (K rows krow apart, then V rows dim apart).
+__device__ __forceinline__ void att_widen(float* Ks, const u16* st, int dim, int krow) {
+    int ppr = dim / 8;
+    for (int idx = threadIdx.x; idx < 64 * ppr; idx += blockDim.x) {
+        int j = idx / ppr, c = (idx - j * ppr) * 8; // rows 0-31 K, 32-63 V
+        uint4 v = *(const uint4*)(st + j * dim + c);
+        float* d = j < 32 ? Ks + j * krow + c : Ks + 32 * krow + (j - 32) * dim + c;
+        u32 w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            d[2 * i] = h2f((u16)(w[i] & 0xffffu));
+            d[2 * i + 1] = h2f((u16)(w[i] >> 16));
+        }
+    }
 }
 
 // attn_partial_impl: block (KV head × head group, R consecutive query rows,
@@ -63,10 +103,11 @@ __device__ void attn_partial_impl(const float* q, const KT* kc, const KT* vc, co
     int row0 = blockIdx.y * R, split = blockIdx.z, splits = gridDim.z;
     bool active = hin < group;
     int h = kvh * group + hin;
-    const int krow = ATT_KROW(dim);
+    // Stages of KT: K rows kr apart (f32: padded, read in place), then V.
+    const int krow = ATT_KROW(dim), kr = sizeof(KT) == 4 ? krow : dim, stage = 32 * (kr + dim);
     float* qw = sm + warp * R * dim;
-    float* Ks = sm + warps * R * dim;
-    float* Vs = Ks + 32 * krow;
+    KT* st0 = (KT*)(sm + warps * R * dim);
+    float* wide = (float*)(st0 + 2 * stage); // f16 caches: the tile in f32
 
     int rlo[R], rhi[R]; // each row's visible keys rlo..rhi (empty for rows past n)
 #pragma unroll
@@ -93,11 +134,7 @@ __device__ void attn_partial_impl(const float* q, const KT* kc, const KT* vc, co
 #pragma unroll
         for (int i = 0; i < PER; i++) acc[r][i] = 0.f;
     }
-    i64 stride = (i64)kvheads * dim;
-    // Tile loading: a thread always fills the same column of every
-    // (blockDim/dim)-th key row, so its column offset is computed once.
-    const int c0 = threadIdx.x % dim, j0 = threadIdx.x / dim, jstep = blockDim.x / dim;
-    const i64 coff = (i64)kvh * dim + c0;
+    i64 stride = (i64)kvheads * dim, hoff = (i64)kvh * dim;
 
     const int rend = min(row0 + R, n);
     for (int s0 = row0; s0 < rend;) {
@@ -116,34 +153,22 @@ __device__ void attn_partial_impl(const float* q, const KT* kc, const KT* vc, co
         int chunk = fixed > 0 ? fixed : (len + splits - 1) / splits;
         int start = ulo + split * chunk, end = min(uhi + 1, start + chunk);
 
-        for (int kb = start; kb < end; kb += 32) {
+        __syncthreads(); // the previous run's last tile is consumed (and q is written)
+        if (start < end) att_load(st0, kc, vc, tbl, start, end, bs, stride, hoff, dim, kr);
+        cp_async_commit();
+        for (int kb = start, t = 0; kb < end; kb += 32, t++) {
             int nk = min(32, end - kb);
-            __syncthreads(); // the previous tile is consumed (and q is written)
-            if (j0 < 32 && jstep > 0) {
-                for (int j = j0; j < 32; j += jstep) {
-                    float kv = 0.f, vv = 0.f;
-                    if (j < nk) {
-                        i64 off = kv_row(tbl, kb + j, bs) * stride + coff;
-                        kv = kv_get(kc, off);
-                        vv = kv_get(vc, off);
-                    }
-                    Ks[j * krow + c0] = kv;
-                    Vs[j * dim + c0] = vv;
-                }
+            cp_async_wait<0>();
+            __syncthreads(); // tile t landed for every thread; tile t-1 is consumed
+            if (kb + 32 < end) att_load(st0 + ((t + 1) & 1) * stage, kc, vc, tbl, kb + 32, end, bs, stride, hoff, dim, kr);
+            cp_async_commit();
+            const float* Ks = (const float*)(st0 + (t & 1) * stage);
+            if (sizeof(KT) == 2) {
+                att_widen(wide, (const u16*)(st0 + (t & 1) * stage), dim, krow);
+                __syncthreads();
+                Ks = wide;
             }
-            for (int idx = threadIdx.x; jstep == 0 && idx < 32 * dim; idx += blockDim.x) {
-                // blocks narrower than a head (dim > blockDim): plain loop
-                int j = idx / dim, c = idx - j * dim;
-                float kv = 0.f, vv = 0.f;
-                if (j < nk) {
-                    i64 off = kv_row(tbl, kb + j, bs) * stride + kvh * dim + c;
-                    kv = kv_get(kc, off);
-                    vv = kv_get(vc, off);
-                }
-                Ks[j * krow + c] = kv;
-                Vs[j * dim + c] = vv;
-            }
-            __syncthreads();
+            const float* Vs = Ks + 32 * krow;
             if (!active) continue;
             int key = kb + lane;
             float pk[R];

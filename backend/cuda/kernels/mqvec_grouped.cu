@@ -56,39 +56,72 @@ struct MqgSmem {
     }
 };
 
-// mqg_load_stage issues the cp.async loads of stage s (chunks
-// s·MQG_STAGE..) into buffer s % MQG_STAGES: NP matrices' rows
-// base..base+16RG-1 (rows from valid on are zero) and the pass's tokens' x
-// (absent tokens are zero).
+// MqgLoads is one thread's share of every stage's cp.async loads, worked
+// out once a block: its 16-byte pieces of the weight rows and of the pass's
+// tokens' x, each a source at stage 0, a destination in the stage buffer,
+// and whether its row (or token) exists; a stage moves every source by
+// MQG_STAGE chunks. (Computing each piece's address in the stage loop, with
+// 64-bit products and divisions, took about half the kernel's instructions:
+// NOTES.md #27.)
 template <int T, int NP, int Q, int RG>
-__device__ __forceinline__ void mqg_load_stage(const MqgSmem<T, NP, Q, RG>& sm, const WView* w, i64 base, int valid,
-                                               const u8* qx, int nblk, int s) {
-    const int CB = T == T_Q8_0 ? 32 : 16, PR = MQG_STAGE * CB / 16, R = 16 * RG; // PR: 16-byte pieces a row's stage
-    int c0 = s * MQG_STAGE, buf = s % MQG_STAGES;
-    u8* wb = sm.w + buf * NP * R * MQG_WROW(T);
-    for (int p = threadIdx.x; p < NP * R * PR; p += MQG_THREADS) {
-        int rr = p / PR, c = (p % PR) * 16 / CB, part = (p % PR) * 16 % CB;
-        int i = rr / R, r = rr % R;
-        bool ok = r < valid && c0 + c < nblk;
-        const u8* src = w[i].q + (ok ? (base + r) * nblk * CB + (c0 + c) * CB + part : 0);
-        cp_async16(wb + rr * MQG_WROW(T) + c * CB + part, src, ok);
+struct MqgLoads {
+    static const int CB = T == T_Q8_0 ? 32 : 16, PR = MQG_STAGE * CB / 16, R = 16 * RG; // PR: pieces a row's stage
+    static const int NW = NP * R * PR, NX = 4 * Q * MQG_STAGE * 4;                      // pieces a stage
+    static const int WI = (NW + MQG_THREADS - 1) / MQG_THREADS, XI = (NX + MQG_THREADS - 1) / MQG_THREADS;
+    const u8* wsrc[WI];
+    const u8* xsrc[XI];
+    int wdst[WI], xdst[XI], wc[WI], xc[XI]; // destinations (bytes into a stage) and chunks within a stage
+    bool wok[WI], xok[XI];
+
+    __device__ MqgLoads(const MqgSmem<T, NP, Q, RG>& sm, const WView* w, i64 base, int valid, const u8* qx, int nblk) {
+#pragma unroll
+        for (int i = 0; i < WI; i++) {
+            int p = i * MQG_THREADS + threadIdx.x, rr = p / PR, c = (p % PR) * 16 / CB, part = (p % PR) * 16 % CB;
+            int m = min(rr / R, NP - 1), r = rr % R;
+            wok[i] = p < NW && r < valid;
+            wsrc[i] = w[m].q + (wok[i] ? (base + r) * nblk * CB + c * CB + part : 0);
+            wdst[i] = rr * MQG_WROW(T) + c * CB + part;
+            wc[i] = c;
+        }
+#pragma unroll
+        for (int i = 0; i < XI; i++) {
+            int p = i * MQG_THREADS + threadIdx.x, j = min(p / (MQG_STAGE * 4), 4 * Q - 1);
+            int c = p / 4 % MQG_STAGE, part = p % 4 * 16, xr = sm.xrow[j];
+            xok[i] = p < NX && xr >= 0;
+            xsrc[i] = qx + (xok[i] ? ((i64)xr * nblk + c) * 64 + part : 0);
+            xdst[i] = j * MQG_XROW + c * 64 + part;
+            xc[i] = c;
+        }
     }
-    u8* xb = sm.x + buf * 4 * Q * MQG_XROW;
-    for (int p = threadIdx.x; p < 4 * Q * MQG_STAGE * 4; p += MQG_THREADS) {
-        int j = p / (MQG_STAGE * 4), c = p / 4 % MQG_STAGE, part = p % 4 * 16, xr = sm.xrow[j];
-        bool ok = xr >= 0 && c0 + c < nblk;
-        const u8* src = qx + (ok ? ((i64)xr * nblk + c0 + c) * 64 + part : 0);
-        cp_async16(xb + j * MQG_XROW + c * 64 + part, src, ok);
+
+    // issue queues stage s (chunks s·MQG_STAGE..) into buffer s %
+    // MQG_STAGES; chunks past nblk, absent rows and tokens are zero-filled.
+    __device__ __forceinline__ void issue(const MqgSmem<T, NP, Q, RG>& sm, int nblk, int s) const {
+        int c0 = s * MQG_STAGE, buf = s % MQG_STAGES;
+        u8* wb = sm.w + buf * NP * R * MQG_WROW(T);
+        u8* xb = sm.x + buf * 4 * Q * MQG_XROW;
+#pragma unroll
+        for (int i = 0; i < WI; i++) {
+            bool ok = wok[i] && c0 + wc[i] < nblk;
+            if (NW % MQG_THREADS == 0 || i * MQG_THREADS + (int)threadIdx.x < NW)
+                cp_async16(wb + wdst[i], ok ? wsrc[i] + (i64)c0 * CB : wsrc[i], ok);
+        }
+#pragma unroll
+        for (int i = 0; i < XI; i++) {
+            bool ok = xok[i] && c0 + xc[i] < nblk;
+            if (NX % MQG_THREADS == 0 || i * MQG_THREADS + (int)threadIdx.x < NX)
+                cp_async16(xb + xdst[i], ok ? xsrc[i] + (i64)c0 * 64 : xsrc[i], ok);
+        }
     }
-}
+};
 
 // mqg_stage adds stage s (in its buffer) to acc[j][2i] (row g of this
-// warp's 16 of matrix i) and acc[j][2i+1] (row g+8) for token t of quad j,
-// quads below nq. With RG row groups the 4/RG warps of a group take every
-// (4/RG)-th chunk of the stage.
+// warp's 16 of matrix i) and acc[j][2i+1] (row g+8) for token t of quad j.
+// With RG row groups the 4/RG warps of a group take every (4/RG)-th chunk
+// of the stage. No branches: chunks past nblk have zero weights and scale
+// 0, absent tokens zero digits and scale 0, so they add nothing.
 template <int T, int NP, int Q, int RG>
-__device__ __forceinline__ void mqg_stage(const MqgSmem<T, NP, Q, RG>& sm, int nblk, int s, int nq,
-                                          float (*acc)[2 * NP]) {
+__device__ __forceinline__ void mqg_stage(const MqgSmem<T, NP, Q, RG>& sm, int nblk, int s, float (*acc)[2 * NP]) {
     const int CB = T == T_Q8_0 ? 32 : 16, KS = 4 / RG, R = 16 * RG;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     int rg = warp / KS, ks = warp % KS, c0 = s * MQG_STAGE, buf = s % MQG_STAGES;
@@ -96,8 +129,8 @@ __device__ __forceinline__ void mqg_stage(const MqgSmem<T, NP, Q, RG>& sm, int n
     const u8* xb = sm.x + buf * 4 * Q * MQG_XROW + (g >> 1) * MQG_XROW + (g & 1) * 32 + 8 * t;
 #pragma unroll
     for (int u = 0; u < MQG_STAGE / KS; u++) {
-        int c = u * KS + ks, cg = c0 + c;
-        if (cg >= nblk) break;
+        int c = u * KS + ks, cg = min(c0 + c, nblk - 1);
+        bool in = c0 + c < nblk;
         u32 a[NP][4];
         float sa[NP], sb[NP];
 #pragma unroll
@@ -115,20 +148,21 @@ __device__ __forceinline__ void mqg_stage(const MqgSmem<T, NP, Q, RG>& sm, int n
             }
             sa[i] = mq_frag<T>(ka, a[i][0], a[i][2]);
             sb[i] = mq_frag<T>(kb, a[i][1], a[i][3]);
+            sa[i] = in ? sa[i] : 0.f;
+            sb[i] = in ? sb[i] : 0.f;
         }
 #pragma unroll
-        for (int j = 0; j < Q; j++)
-            if (j < nq) {
-                uint2 bx = *(const uint2*)(xb + 4 * j * MQG_XROW + c * 64);
-                float xd = sm.xs[(4 * j + t) * nblk + cg];
+        for (int j = 0; j < Q; j++) {
+            uint2 bx = *(const uint2*)(xb + 4 * j * MQG_XROW + c * 64);
+            float xd = sm.xs[(4 * j + t) * nblk + cg];
 #pragma unroll
-                for (int i = 0; i < NP; i++) {
-                    int d[4];
-                    mma_s8(d, a[i][0], a[i][1], a[i][2], a[i][3], bx.x, bx.y);
-                    acc[j][2 * i] += (float)(d[0] * 256 + d[1]) * (sa[i] * xd);
-                    acc[j][2 * i + 1] += (float)(d[2] * 256 + d[3]) * (sb[i] * xd);
-                }
+            for (int i = 0; i < NP; i++) {
+                int d[4];
+                mma_s8(d, a[i][0], a[i][1], a[i][2], a[i][3], bx.x, bx.y);
+                acc[j][2 * i] += (float)(d[0] * 256 + d[1]) * (sa[i] * xd);
+                acc[j][2 * i + 1] += (float)(d[2] * 256 + d[3]) * (sb[i] * xd);
             }
+        }
     }
 }
 
@@ -142,7 +176,7 @@ __device__ __forceinline__ void mqg_block(const MqgSmem<T, NP, Q, RG>& sm, const
                                           const u8* qx, const float* dx, const int* xrows, int r0, int nr,
                                           float (*acc)[2 * NP]) {
     const int SB = T == T_Q8_0 ? 2 : 1, R = 16 * RG;
-    int nblk = (int)(w[0].in / 32), nst = (nblk + MQG_STAGE - 1) / MQG_STAGE, nq = (nr + 3) / 4;
+    int nblk = (int)(w[0].in / 32), nst = (nblk + MQG_STAGE - 1) / MQG_STAGE;
     for (int j = threadIdx.x; j < 4 * Q; j += MQG_THREADS)
         sm.xrow[j] = j < nr ? (xrows ? xrows[r0 + j] : r0 + j) : -1;
     // The scales join the first stage's group; rows past valid get zeros.
@@ -153,16 +187,18 @@ __device__ __forceinline__ void mqg_block(const MqgSmem<T, NP, Q, RG>& sm, const
         for (int p = valid * nblk * SB + threadIdx.x; p < R * nblk * SB; p += MQG_THREADS) d[p] = 0;
     }
     __syncthreads(); // xrow
-    for (int p = threadIdx.x; p < 4 * Q * nblk; p += MQG_THREADS) {
-        int xr = sm.xrow[p / nblk];
-        if (xr >= 0)
-            cp_async4(sm.xs + p, dx + (i64)xr * nblk + p % nblk);
-        else
-            sm.xs[p] = 0.f;
+    for (int j = threadIdx.x >> 5; j < 4 * Q; j += MQG_THREADS / 32) {
+        int xr = sm.xrow[j];
+        for (int c = threadIdx.x & 31; c < nblk; c += 32)
+            if (xr >= 0)
+                cp_async4(sm.xs + j * nblk + c, dx + (i64)xr * nblk + c);
+            else
+                sm.xs[j * nblk + c] = 0.f;
     }
+    const MqgLoads<T, NP, Q, RG> ld(sm, w, base, valid, qx, nblk);
 #pragma unroll
     for (int s = 0; s < MQG_STAGES - 1; s++) {
-        if (s < nst) mqg_load_stage<T, NP, Q, RG>(sm, w, base, valid, qx, nblk, s);
+        if (s < nst) ld.issue(sm, nblk, s);
         cp_async_commit();
     }
 #pragma unroll
@@ -172,9 +208,9 @@ __device__ __forceinline__ void mqg_block(const MqgSmem<T, NP, Q, RG>& sm, const
     for (int s = 0; s < nst; s++) {
         cp_async_wait<MQG_STAGES - 2>();
         __syncthreads(); // stage s landed for every thread; stage s-1's buffer is free
-        if (s + MQG_STAGES - 1 < nst) mqg_load_stage<T, NP, Q, RG>(sm, w, base, valid, qx, nblk, s + MQG_STAGES - 1);
+        if (s + MQG_STAGES - 1 < nst) ld.issue(sm, nblk, s + MQG_STAGES - 1);
         cp_async_commit();
-        mqg_stage<T, NP, Q, RG>(sm, nblk, s, nq, acc);
+        mqg_stage<T, NP, Q, RG>(sm, nblk, s, acc);
     }
     cp_async_wait<0>();
     __syncthreads();
