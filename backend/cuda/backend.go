@@ -596,5 +596,16 @@ func (b *Backend) scratch(name string, n int64) (uintptr, error) {
 	return p, nil
 }
 
+// workspace is scratch for op: on failure it records the error (named by
+// op) and returns false, and the op queues nothing.
+func (b *Backend) workspace(op, name string, n int64) (uintptr, bool) {
+	p, err := b.scratch(name, n)
+	if err != nil {
+		b.fail(fmt.Errorf("%s: %w", op, err))
+		return 0, false
+	}
+	return p, true
+}
+
 // errClosed is recorded by ops on a closed backend.
 var errClosed = errors.New("cuda: backend is closed")

@@ -93,8 +93,14 @@ func BenchmarkMatVecQ8QProj(b *testing.B)  { benchMatMul(b, tensor.Q8_0, 2880, 4
 func BenchmarkMatMulQ8N2048(b *testing.B)  { benchMatMul(b, tensor.Q8_0, 2880, 4096, 2048) }
 
 // The dense products of a 64-sequence decode step (continuous batching).
-func BenchmarkMatMulQ8LMHeadN64(b *testing.B) { benchMatMul(b, tensor.Q8_0, 2880, 201088, 64) }
-func BenchmarkMatMulQ8QProjN64(b *testing.B)  { benchMatMul(b, tensor.Q8_0, 2880, 4096, 64) }
+// BenchmarkMatMulQ8LMHead is the LM head of steps of n sequences at the
+// middle sizes (where gemm.cu takes over from the grouped kernels).
+func BenchmarkMatMulQ8LMHead(b *testing.B) {
+	for _, n := range []int{32, 63, 64, 128, 256} {
+		b.Run(fmt.Sprintf("n=%d", n), func(b *testing.B) { benchMatMul(b, tensor.Q8_0, 2880, 201088, n) })
+	}
+}
+func BenchmarkMatMulQ8QProjN64(b *testing.B) { benchMatMul(b, tensor.Q8_0, 2880, 4096, 64) }
 func BenchmarkMatMulMXFP4N2048(b *testing.B) {
 	benchMatMul(b, tensor.MXFP4, 2880, 2880, 2048)
 }

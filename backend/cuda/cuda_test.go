@@ -215,6 +215,22 @@ func TestMatMul(t *testing.T) {
 			}
 		}
 	}
+	// An LM head's shape: from gmDenseTokens rows its blocks fill the chip
+	// four times, so gemm.cu takes it (63: the grouped kernels).
+	in, out := 64, 4*p.gpu.sms*256+100
+	for _, typ := range []tensor.Type{tensor.Q8_0, tensor.MXFP4} {
+		w := p.upload(typ, []int{in, out}, randWeights(t, r, typ, in*out))
+		for _, n := range []int{gmDenseTokens - 1, gmDenseTokens, 100} {
+			if _, gemm := p.gpu.denseGemm(typ, n, in, out); gemm != (n >= gmDenseTokens) {
+				t.Fatalf("%s n=%d out=%d: gemm.cu %v", typ, n, out, gemm)
+			}
+			x := p.f32(n, in, randF32(r, n*in, 1))
+			dst := p.f32(n, out, nil)
+			p.gpu.MatMul(dst.g, x.g, w.g, nil)
+			p.ref.MatMul(dst.c, x.c, w.c, nil)
+			p.check(fmt.Sprintf("%s in=%d out=%d n=%d", typ, in, out, n), dst, n*out, 1e-4)
+		}
+	}
 }
 
 // TestMatMulQKV checks the three-product op, one launch for a decode step

@@ -49,6 +49,10 @@ const (
 	// The prefill products of Q8_0 and MXFP4 weights (gemm.cu) keep
 	// gmStages stages of x and of raw weights in flight (GM_STAGES).
 	gmStages = 3
+	// gmDenseTokens is the smallest step whose large dense products (an LM
+	// head) take gemm.cu rather than the grouped integer kernels: one
+	// full 256 × 64 tile of tokens.
+	gmDenseTokens = 64
 	// moeMaxK is the most experts a token may use (MOE_MAX_K).
 	moeMaxK = 32
 	// mmTile is the output tile of the tensor-core matmul (MM_BM, MM_BN).

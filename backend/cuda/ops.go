@@ -177,13 +177,14 @@ func (b *Backend) MatMul(dst, x, w, bias backend.Tensor) {
 		}
 		return
 	}
-	if a.n <= mqgTokens && mqTypes[a.w.typ] && !b.invariant && b.mqgFits(a.w.typ, 1, a.in) {
+	shape, gemm := b.denseGemm(a.w.typ, a.n, a.in, a.out)
+	if !gemm && a.n <= mqgTokens && mqTypes[a.w.typ] && !b.invariant && b.mqgFits(a.w.typ, 1, a.in) {
 		if q, ok := b.rowInput("MatMul", a.x, a.n, a.in); ok {
 			b.mqgMatmul(a.w, a.dst.ptr, q, a.in, a.bias, a.n, a.out)
 		}
 		return
 	}
-	if shape := gmShapeFor(a.n); a.n > mqgTokens && !b.invariant && b.gmFits(a.w.typ, a.in, shape) {
+	if gemm {
 		if h, ok := b.halfInput("MatMul", a.x, a.n, a.in, a.w.typ); ok {
 			b.gemmRows(a.w, a.dst.ptr, h, a.in, a.bias, 0, 0, a.n, a.out, 1, shape)
 		}
@@ -192,13 +193,29 @@ func (b *Backend) MatMul(dst, x, w, bias backend.Tensor) {
 	b.matmul(a.dst.ptr, a.x.ptr, a.n, a.w, a.bias, false)
 }
 
+// denseGemm says whether a dense product of n rows of type t takes
+// gemm.cu, and in which block shape: every prefill step (more than
+// mqgTokens rows), and steps of gmDenseTokens rows or more whose blocks fill
+// the chip several times over (an LM head under continuous batching). The
+// integer kernels of the middle sizes pay a float epilogue per token and
+// chunk, which at 64 tokens outweighs gemm.cu's hi and lo MMAs; products
+// with few blocks (q, k, v, o) stay on them, where gemm.cu would leave most
+// SMs idle.
+func (b *Backend) denseGemm(t tensor.Type, n, in, out int) (gmShape, bool) {
+	shape := gmShapeFor(n)
+	if b.invariant || !mqTypes[t] || n < gmDenseTokens || !b.gmFits(t, in, shape) {
+		return shape, false
+	}
+	blocks := (out + shape.rows - 1) / shape.rows * ((n + shape.toks - 1) / shape.toks)
+	return shape, n > mqgTokens || blocks >= 4*b.sms
+}
+
 // halfInput returns x's n rows as halves for weights of type t in the
 // "gemm" workspace, for the prefill products.
 func (b *Backend) halfInput(op string, x *Tensor, n, in int, t tensor.Type) (halves, bool) {
 	count := int64(n) * int64(in)
-	buf, err := b.scratch("gemm", 4*count)
-	if err != nil {
-		b.fail(fmt.Errorf("%s: %w", op, err))
+	buf, ok := b.workspace(op, "gemm", 4*count)
+	if !ok {
 		return halves{}, false
 	}
 	h := halvesAt(buf, count)
@@ -210,9 +227,8 @@ func (b *Backend) halfInput(op string, x *Tensor, n, in int, t tensor.Type) (hal
 // "mqg" workspace, for the products of the middle sizes.
 func (b *Backend) rowInput(op string, x *Tensor, n, in int) (rowQuant, bool) {
 	qb, db := rowQuantBytes(n, in)
-	buf, err := b.scratch("mqg", qb+db)
-	if err != nil {
-		b.fail(fmt.Errorf("%s: %w", op, err))
+	buf, ok := b.workspace(op, "mqg", qb+db)
+	if !ok {
 		return rowQuant{}, false
 	}
 	q := rowQuant{q: buf, d: buf + uintptr(qb)}
@@ -327,9 +343,8 @@ func (b *Backend) inputQuant(op string, x *Tensor, n, in int) (quantBuf, bool) {
 	if q, ok := x.quantized(n); ok {
 		return q, true
 	}
-	buf, err := b.scratch("mq", quantBytes(in))
-	if err != nil {
-		b.fail(fmt.Errorf("%s: %w", op, err))
+	buf, ok := b.workspace(op, "mq", quantBytes(in))
+	if !ok {
 		return quantBuf{}, false
 	}
 	q := quantAt(buf, in)
@@ -683,12 +698,11 @@ func (b *Backend) attnSplitK(dst, q uintptr, kc, vc *Tensor, pos, seq, table, si
 		}
 		splits = (maxKeys + fixed - 1) / fixed
 	}
-	ws, err := b.scratch("attention", attnLayout(n, splits, p).size)
-	if err != nil {
-		b.fail(fmt.Errorf("Attention: %w", err))
+	l := attnLayout(n, splits, p)
+	ws, ok := b.workspace("Attention", "attention", l.size)
+	if !ok {
 		return
 	}
-	l := attnLayout(n, splits, p)
 	pm, pl, pacc := ws+l.pm, ws+l.pl, ws+l.pacc
 	shmem := attnShmem(kc.typ, warps, rowsPer, p.HeadDim)
 	// Kernels are built for head dims up to 64 and up to attnMaxDim.
@@ -794,9 +808,8 @@ func (b *Backend) MoE(dst, x backend.Tensor, w *backend.MoEWeights, p backend.Mo
 	defer b.bind()()
 	// Workspace, in 4-byte words: logits, ids, weights.
 	na := int64(n) * int64(p.TopK)
-	ws, err := b.scratch("moe-route", (int64(n)*int64(nExp)+2*na)*4)
-	if err != nil {
-		b.fail(fmt.Errorf("%s: %w", op, err))
+	ws, ok := b.workspace(op, "moe-route", (int64(n)*int64(nExp)+2*na)*4)
+	if !ok {
 		return
 	}
 	logits, ids, wts := ws, ws+uintptr(n*nExp*4), ws+uintptr((int64(n)*int64(nExp)+na)*4)
@@ -926,9 +939,8 @@ func (b *Backend) experts(op string, e expertCall, ids, wts uintptr, act backend
 	shape := gmShapeFor((n*k + nExp - 1) / nExp)
 	gm := b.gmFits(e.gate.typ, hidden, shape) && b.gmFits(e.down.typ, ff, shape)
 	l := moeLayout(n, k, nExp, hidden, ff, e.gate.typ, e.down.typ, b.invariant, fits, gm)
-	ws, err := b.scratch("moe", l.size)
-	if err != nil {
-		b.fail(fmt.Errorf("%s: %w", op, err))
+	ws, ok := b.workspace(op, "moe", l.size)
+	if !ok {
 		return
 	}
 	at := func(off int64) uintptr { return ws + uintptr(off) }

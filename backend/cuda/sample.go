@@ -56,9 +56,8 @@ func (b *Backend) Sample(logits backend.Tensor, rows []backend.SampleParams, ids
 		}
 	}
 	le.PutUint32(buf[offOff+4*n:], uint32(at))
-	ws, err := b.scratch("sample", int64(outOff+4*n))
-	if err != nil {
-		b.fail(err)
+	ws, ok := b.workspace(op, "sample", int64(outOff+4*n))
+	if !ok {
 		return b.Err()
 	}
 	b.writeRaw(ws, unsafe.Pointer(&buf[0]), len(buf), op)
