@@ -147,3 +147,52 @@ func TestGemmShapes(t *testing.T) {
 		t.Error("gemm.cu takes F16 weights")
 	}
 }
+
+// TestDenseGemm checks which dense products take gemm.cu on a 132-SM
+// Hopper: gpt-oss-20b's LM head (201,088 rows) from 64 tokens, its q
+// projection (4,096) only in prefill, never in batch-invariant mode or for
+// F16 weights.
+func TestDenseGemm(t *testing.T) {
+	b := &Backend{maxShmem: 232448, sms: 132}
+	for _, c := range []struct {
+		t         tensor.Type
+		n, out    int
+		invariant bool
+		gemm      bool
+	}{
+		{tensor.Q8_0, 63, 201088, false, false},
+		{tensor.Q8_0, 64, 201088, false, true},
+		{tensor.Q8_0, 256, 201088, false, true},
+		{tensor.MXFP4, 64, 201088, false, true},
+		{tensor.Q8_0, 64, 201088, true, false},
+		{tensor.F16, 64, 201088, false, false},
+		{tensor.Q8_0, 256, 4096, false, false},
+		{tensor.Q8_0, 257, 4096, false, true},
+		// 528 blocks of 256 rows: exactly four per SM.
+		{tensor.Q8_0, 64, 528 * 256, false, true},
+		{tensor.Q8_0, 64, 527 * 256, false, false},
+	} {
+		b.invariant = c.invariant
+		if _, got := b.denseGemm(c.t, c.n, 2880, c.out); got != c.gemm {
+			t.Errorf("%s n=%d out=%d invariant=%v: gemm.cu %v, want %v", c.t, c.n, c.out, c.invariant, got, c.gemm)
+		}
+	}
+}
+
+// TestAttnShmem checks attn_partial's shared memory against sums worked
+// by hand from attention.cu's layout (queries, two KT stages of 32 keys'
+// K and V, f16: the tile widened to f32 with K rows of dim + 4) and that
+// the largest configuration fits Hopper's 227 KiB.
+func TestAttnShmem(t *testing.T) {
+	// f16, 8 warps × 1 row × 64: 2,048 + 2·32·(64+64)·2 = 16,384 + 32·(68+64)·4 = 16,896.
+	if got := attnShmem(tensor.F16, 8, 1, 64); got != 2048+16384+16896 {
+		t.Errorf("f16 r1 d64: %d", got)
+	}
+	// f32, 8 warps × 4 rows × 64: 8,192 + 2·32·(68+64)·4 = 33,792.
+	if got := attnShmem(tensor.F32, 8, 4, 64); got != 8192+33792 {
+		t.Errorf("f32 r4 d64: %d", got)
+	}
+	if got := attnShmem(tensor.F32, 8, 4, attnMaxDim); got > 232448 {
+		t.Errorf("f32 r4 d%d: %d bytes, over Hopper's 232,448", attnMaxDim, got)
+	}
+}
