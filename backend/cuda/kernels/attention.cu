@@ -22,10 +22,6 @@
 //
 // attn_combine merges the splits and the sink logit into dst.
 
-// KV element access for the two cache precisions.
-__device__ __forceinline__ float kv_get(const u16* p, i64 i) { return h2f(p[i]); }
-__device__ __forceinline__ float kv_get(const float* p, i64 i) { return p[i]; }
-
 // Shared memory of attn_partial (attnShmem in Go computes the same size):
 // the warps' queries (R rows each, f32), two stages of a 32-key tile of K
 // and V as the cache stores them (KT), and for f16 caches the tile
