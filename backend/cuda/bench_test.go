@@ -38,16 +38,22 @@ func benchWeights(b *testing.B, be *Backend, typ tensor.Type, dims []int) backen
 	}
 	r := rand.New(rand.NewPCG(1, 2))
 	var data []byte
-	if typ == tensor.MXFP4 {
-		// Random codes with scales near 2^-4: valid blocks without the
-		// cost of quantizing hundreds of millions of floats.
+	if typ == tensor.MXFP4 || typ == tensor.Q8_0 {
+		// Random codes with scales near 2^-4 (MXFP4's E8M0 byte) or 2^-7
+		// (Q8_0's f16, little-endian): valid blocks without the cost of
+		// quantizing hundreds of millions of floats (an LM head took ~10 s
+		// of device time a benchmark).
 		size, _ := typ.RowSize(int64(n))
 		data = make([]byte, size)
 		for i := range data {
 			data[i] = byte(r.UintN(256))
 		}
 		for i := 0; i < len(data); i += typ.TypeSize() {
-			data[i] = byte(120 + r.UintN(6))
+			if typ == tensor.MXFP4 {
+				data[i] = byte(120 + r.UintN(6))
+			} else {
+				data[i+1] = byte(0x20 + r.UintN(4)) // f16 0x20xx-0x23xx: 2^-7 to 2^-6
+			}
 		}
 	} else {
 		var err error
