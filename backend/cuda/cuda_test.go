@@ -491,6 +491,13 @@ func TestAttention(t *testing.T) {
 	odd := gptoss
 	odd.BlockSize = 5 // blocks that do not divide the tiles
 	attnBatch(t, p, r, odd, []int{123, 64, 8}, []int{1, 64, 8}, true)
+	// Head dim 128 (the Llama family): the split-K kernels built for dims
+	// up to attnMaxDim, whose K/V stages hold 16 or 32 pieces a row; an f32
+	// cache, then one over 32 MiB (f16).
+	wide := backend.AttentionParams{Heads: 8, KVHeads: 2, HeadDim: 128, Scale: 0.088, BlockSize: 16}
+	attnBatch(t, p, r, wide, []int{200, 70, 9}, []int{1, 1, 3}, true)
+	wide.Heads, wide.KVHeads = 16, 4
+	attnBatch(t, p, r, wide, one(20000), one(1), false)
 	small := backend.AttentionParams{Heads: 4, KVHeads: 2, HeadDim: 16, Scale: 0.25, BlockSize: 16, Window: 8}
 	attnBatch(t, p, r, small, []int{41, 12}, []int{11, 2}, true) // the fixtures' head_dim
 	attnBatch(t, p, r, small, []int{20, 9}, []int{1, 2}, true)   // head dim 16 with a quantized output
