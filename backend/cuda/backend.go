@@ -12,6 +12,7 @@ import (
 	"embed"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"runtime"
 	"sort"
@@ -72,6 +73,9 @@ type Options struct {
 	// KVF16 stores every KV cache as f16. By default only caches whose f32
 	// form would exceed kvF32MaxBytes (long contexts) are f16.
 	KVF16 bool
+	// Log receives the backend's reports of long work: compiling the
+	// kernels on a first start (nil: none).
+	Log *slog.Logger
 	// BatchInvariant makes every row's result independent of the other
 	// rows of its call: one matmul kernel family at every batch size, the
 	// flash kernel for every prompt row, key splits of a fixed size for
@@ -204,14 +208,14 @@ func New(opts Options) (*Backend, error) {
 	}
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	if err := b.open(opts.Device); err != nil {
+	if err := b.open(opts.Device, opts.Log); err != nil {
 		b.release()
 		return nil, err
 	}
 	return b, nil
 }
 
-func (b *Backend) open(device int) error {
+func (b *Backend) open(device int, log *slog.Logger) error {
 	d := b.d
 	if err := d.call("cuDeviceGet", uintptr(unsafe.Pointer(&b.dev)), uintptr(device)); err != nil {
 		return err
@@ -257,7 +261,7 @@ func (b *Backend) open(device int) error {
 	if err != nil {
 		return fmt.Errorf("cuda: reading embedded kernels: %w", err)
 	}
-	cubin, err := compile(src, b.arch, d.version)
+	cubin, err := compile(src, b.arch, d.version, log)
 	if err != nil {
 		return err
 	}

@@ -4,11 +4,13 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
+	"time"
 	"unsafe"
 
 	"github.com/ebitengine/purego"
@@ -117,8 +119,10 @@ func (l *nvrtcLib) call(name string, args ...uintptr) error {
 // cString returns a NUL-terminated copy of s.
 func cString(s string) []byte { return append([]byte(s), 0) }
 
-// compile returns the cubin of src for sm_<arch>, from the cache when it can.
-func compile(src string, arch int, driverVersion int) ([]byte, error) {
+// compile returns the cubin of src for sm_<arch>, from the cache when it
+// can. A compilation (about a minute on a first start) is logged to log,
+// before and after, when log is not nil.
+func compile(src string, arch int, driverVersion int, log *slog.Logger) ([]byte, error) {
 	lib, err := loadNVRTC()
 	if err != nil {
 		return nil, err
@@ -134,9 +138,17 @@ func compile(src string, arch int, driverVersion int) ([]byte, error) {
 			return b, nil
 		}
 	}
+	start := time.Now()
+	if log != nil {
+		log.Info("compiling the CUDA kernels (first use of this GPU type, driver and orcd build; cached afterwards)",
+			"arch", fmt.Sprintf("sm_%d", arch), "nvrtc", lib.version, "cache", cacheFile)
+	}
 	cubin, err := lib.compile(src, opts)
 	if err != nil {
 		return nil, err
+	}
+	if log != nil {
+		log.Info("compiled the CUDA kernels", "seconds", time.Since(start).Round(100*time.Millisecond).Seconds())
 	}
 	if cacheFile != "" {
 		// A cache that cannot be written only costs the next start a

@@ -93,7 +93,7 @@ func loadModel(mf *modelFlags, withTokenizer bool, log *slog.Logger, bar io.Writ
 	}
 	defer f.Close()
 
-	be, err := openBackend(mf)
+	be, err := openBackend(mf, log)
 	if err != nil {
 		return nil, err
 	}
