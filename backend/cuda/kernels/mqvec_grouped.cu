@@ -118,8 +118,9 @@ struct MqgLoads {
 // mqg_stage adds stage s (in its buffer) to acc[j][2i] (row g of this
 // warp's 16 of matrix i) and acc[j][2i+1] (row g+8) for token t of quad j.
 // With RG row groups the 4/RG warps of a group take every (4/RG)-th chunk
-// of the stage. No branches: chunks past nblk have zero weights and scale
-// 0, absent tokens zero digits and scale 0, so they add nothing.
+// of the stage. No exit or per-quad test: chunks past nblk have zero
+// weights and scale 0, absent tokens zero digits and scale 0, so they add
+// nothing (ptxas still makes the scale's select a branch a chunk).
 template <int T, int NP, int Q, int RG>
 __device__ __forceinline__ void mqg_stage(const MqgSmem<T, NP, Q, RG>& sm, int nblk, int s, float (*acc)[2 * NP]) {
     const int CB = T == T_Q8_0 ? 32 : 16, KS = 4 / RG, R = 16 * RG;
