@@ -1020,33 +1020,28 @@ func moeLayout(n, k, nExp, hidden, ff int, gate, down tensor.Type, invariant, mq
 		off += (bytes + 255) &^ 255
 		return at
 	}
+	if l.mqg || l.gemm || l.grouped {
+		// The counting sort of the assignments by expert.
+		l.starts = take(int64(nExp+1) * 4)
+		l.xrows = take(na * 4)
+		l.slotRow = take(na * 4)
+		l.counts = take(int64(nExp) * 4)
+	}
 	switch {
 	case l.mq:
 		l.qx = take(quantBytes(hidden))
 		l.qh = take(na * int64(ff/32) * 64) // 2 columns × 32 bytes a chunk
 		l.dh = take(na * int64(ff/32) * 4)
 	case l.mqg:
-		l.starts = take(int64(nExp+1) * 4)
-		l.xrows = take(na * 4)
-		l.slotRow = take(na * 4)
-		l.counts = take(int64(nExp) * 4)
 		q, d := rowQuantBytes(n, hidden)
 		l.qx, l.dx = take(q), take(d)
 		q, d = rowQuantBytes(int(na), ff)
 		l.qh, l.dh = take(q), take(d)
 		l.y = take(na * int64(hidden) * 4)
 	case l.gemm:
-		l.starts = take(int64(nExp+1) * 4)
-		l.xrows = take(na * 4)
-		l.slotRow = take(na * 4)
-		l.counts = take(int64(nExp) * 4)
 		l.h = take(na * int64(ff) * 4)
 		l.y = take(na * int64(hidden) * 4)
 	case l.grouped:
-		l.starts = take(int64(nExp+1) * 4)
-		l.xrows = take(na * 4)
-		l.slotRow = take(na * 4)
-		l.counts = take(int64(nExp) * 4)
 		l.h = take(na * int64(ff) * 4)
 		l.u = take(na * int64(ff) * 4)
 		l.y = take(na * int64(hidden) * 4)
