@@ -189,3 +189,90 @@ func BenchmarkMoEStep(b *testing.B) {
 		b.Run(fmt.Sprintf("n=%d", n), func(b *testing.B) { benchMoE(b, n) })
 	}
 }
+
+// BenchmarkAttentionDecode is one decode step of n sequences of 640 cached
+// tokens each (a 512-token prompt half way through 256 new ones) at
+// gpt-oss-20b's attention shape (64 query heads, 8 KV heads of 64, sinks),
+// with full attention and with the 128-token window. It reports the cache
+// bytes a step reads (K and V of every visible key).
+func BenchmarkAttentionDecode(b *testing.B) {
+	for _, n := range []int{1, 64, 256} {
+		for _, window := range []int{0, 128} {
+			b.Run(fmt.Sprintf("n=%d/window=%d", n, window), func(b *testing.B) { benchAttention(b, n, 640, window) })
+		}
+	}
+}
+
+func benchAttention(b *testing.B, n, length, window int) {
+	be := benchBackend(b)
+	ap := backend.AttentionParams{Heads: 64, KVHeads: 8, HeadDim: 64, Scale: 0.125, Window: window, BlockSize: 16, Singles: n}
+	ap.MaxBlocks = (length + ap.BlockSize - 1) / ap.BlockSize
+	kvCols, qCols, rows := ap.KVHeads*ap.HeadDim, ap.Heads*ap.HeadDim, n*ap.MaxBlocks*ap.BlockSize
+	r := rand.New(rand.NewPCG(5, 6))
+	table, pos, seq := make([]int32, n*ap.MaxBlocks), make([]int32, n), make([]int32, n)
+	for i := range table {
+		table[i] = int32(i) // sequence s owns blocks s·MaxBlocks..
+	}
+	for s := range n {
+		pos[s], seq[s] = int32(length-1), int32(s)
+	}
+	slots := make([]int32, rows)
+	for i := range slots {
+		slots[i] = int32(i)
+	}
+	var free []backend.Tensor
+	defer func() {
+		for _, t := range free {
+			be.Free(t)
+		}
+	}()
+	f32 := func(r0, c int, v []float32) backend.Tensor {
+		t, err := be.NewF32(r0, c)
+		if err != nil {
+			b.Fatal(err)
+		}
+		free = append(free, t)
+		if v != nil {
+			be.WriteF32(t, v)
+		}
+		return t
+	}
+	i32 := func(v []int32) backend.Tensor {
+		t, err := be.NewI32(len(v))
+		if err != nil {
+			b.Fatal(err)
+		}
+		free = append(free, t)
+		be.WriteI32(t, v)
+		return t
+	}
+	kc, err := be.NewKVCache(rows, kvCols)
+	if err != nil {
+		b.Fatal(err)
+	}
+	vc, err := be.NewKVCache(rows, kvCols)
+	if err != nil {
+		b.Fatal(err)
+	}
+	free = append(free, kc, vc)
+	be.StoreKV(kc, vc, f32(rows, kvCols, randF32(r, rows*kvCols, 1)), f32(rows, kvCols, randF32(r, rows*kvCols, 1)), i32(slots))
+	q, dst := f32(n, qCols, randF32(r, n*qCols, 1)), f32(n, qCols, nil)
+	sinks := f32(1, ap.Heads, randF32(r, ap.Heads, 2))
+	ps, sq, tb := i32(pos), i32(seq), i32(table)
+	be.Attention(dst, q, kc, vc, ps, sq, tb, sinks, ap)
+	if err := be.Sync(); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		be.Attention(dst, q, kc, vc, ps, sq, tb, sinks, ap)
+	}
+	if err := be.Sync(); err != nil {
+		b.Fatal(err)
+	}
+	keys, elem := length, kc.Type().TypeSize()
+	if window > 0 {
+		keys = min(length, window)
+	}
+	b.ReportMetric(float64(2*n*keys*kvCols*elem)/(b.Elapsed().Seconds()/float64(b.N))/1e9, "GB/s")
+}
