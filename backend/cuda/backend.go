@@ -16,6 +16,7 @@ import (
 	"os"
 	"runtime"
 	"sort"
+	"strings"
 	"sync"
 	"unsafe"
 
@@ -28,32 +29,30 @@ var _ backend.Backend = (*Backend)(nil)
 //go:embed kernels/*.cu kernels/*.cuh
 var kernelFS embed.FS
 
-// kernelSource is every kernel file, common.cuh first, as one translation unit.
-func kernelSource() (string, error) {
-	src, err := kernelFS.ReadFile("kernels/common.cuh")
-	if err != nil {
-		return "", err
-	}
+// kernelSources returns the kernel files (*.cu), one module each, in name
+// order, and the headers they may include (*.cuh, by name).
+func kernelSources() ([]kernelModule, map[string]string, error) {
 	entries, err := kernelFS.ReadDir("kernels")
 	if err != nil {
-		return "", err
+		return nil, nil, err
 	}
-	names := make([]string, 0, len(entries))
+	var mods []kernelModule
+	headers := map[string]string{}
 	for _, e := range entries {
-		if n := e.Name(); len(n) > 3 && n[len(n)-3:] == ".cu" {
-			names = append(names, n)
-		}
-	}
-	sort.Strings(names)
-	for _, n := range names {
+		n := e.Name()
 		b, err := kernelFS.ReadFile("kernels/" + n)
 		if err != nil {
-			return "", err
+			return nil, nil, err
 		}
-		src = append(src, fmt.Sprintf("\n// ---- %s ----\n", n)...)
-		src = append(src, b...)
+		switch {
+		case strings.HasSuffix(n, ".cu"):
+			mods = append(mods, kernelModule{name: n, src: string(b)})
+		case strings.HasSuffix(n, ".cuh"):
+			headers[n] = string(b)
+		}
 	}
-	return string(src), nil
+	sort.Slice(mods, func(i, j int) bool { return mods[i].name < mods[j].name })
+	return mods, headers, nil
 }
 
 // Options configure New.
@@ -128,8 +127,10 @@ type Backend struct {
 	dev    int32
 	ctx    uintptr
 	stream uintptr
-	module uintptr
-	funcs  map[string]uintptr
+	// modules holds one loaded module per kernel file; funcs the kernels
+	// found in them so far, by name.
+	modules []uintptr
+	funcs   map[string]uintptr
 	// bigShmem is the dynamic shared memory each kernel has been allowed
 	// beyond the default 48 KiB.
 	bigShmem map[string]int
@@ -257,15 +258,21 @@ func (b *Backend) open(device int, log *slog.Logger) error {
 	if err := d.call("cuMemAllocHost_v2", uintptr(unsafe.Pointer(&b.argMem)), 1024); err != nil {
 		return err
 	}
-	src, err := kernelSource()
+	mods, headers, err := kernelSources()
 	if err != nil {
 		return fmt.Errorf("cuda: reading embedded kernels: %w", err)
 	}
-	cubin, err := compile(src, b.arch, d.version, log)
+	cubins, err := compileModules(mods, headers, b.arch, d.version, log)
 	if err != nil {
 		return err
 	}
-	return d.call("cuModuleLoadData", uintptr(unsafe.Pointer(&b.module)), uintptr(unsafe.Pointer(&cubin[0])))
+	b.modules = make([]uintptr, len(cubins))
+	for i, c := range cubins {
+		if err := d.call("cuModuleLoadData", uintptr(unsafe.Pointer(&b.modules[i])), uintptr(unsafe.Pointer(&c[0]))); err != nil {
+			return fmt.Errorf("cuda: loading %s: %w", mods[i].name, err)
+		}
+	}
+	return nil
 }
 
 // DeviceName is the device's marketing name, e.g. "NVIDIA H100 80GB HBM3".
@@ -529,10 +536,12 @@ func (b *Backend) release() {
 		d.call("cuMemFreeHost", uintptr(b.argMem))
 		b.argMem = nil
 	}
-	if b.module != 0 {
-		d.call("cuModuleUnload", b.module)
-		b.module = 0
+	for _, m := range b.modules {
+		if m != 0 {
+			d.call("cuModuleUnload", m)
+		}
 	}
+	b.modules = nil
 	if b.stream != 0 {
 		d.call("cuStreamDestroy_v2", b.stream)
 		b.stream = 0

@@ -106,18 +106,30 @@ func grid3(x, y, z int) [3]int { return [3]int{x, y, z} }
 // maxArgs bounds a kernel's parameters (the pinned argument area).
 const maxArgs = 32
 
+// function looks kernel name up in the modules (each kernel file is one)
+// and remembers it; it records an error and returns 0 when no module has
+// it.
+func (b *Backend) function(name string) uintptr {
+	cname := cString(name)
+	var err error
+	for _, m := range b.modules {
+		var p uintptr
+		if err = b.d.call("cuModuleGetFunction", uintptr(unsafe.Pointer(&p)), m, uintptr(unsafe.Pointer(&cname[0]))); err == nil {
+			b.funcs[name] = p
+			return p
+		}
+	}
+	b.fail(fmt.Errorf("kernel %s: in none of the %d modules: %v", name, len(b.modules), err))
+	return 0
+}
+
 // launch queues kernel name on the stream. Only the wrappers below call it.
 func (b *Backend) launch(name string, grid, block [3]int, shmem int, args ...arg) {
 	f, ok := b.funcs[name]
 	if !ok {
-		var p uintptr
-		cname := cString(name)
-		if err := b.d.call("cuModuleGetFunction", uintptr(unsafe.Pointer(&p)), b.module, uintptr(unsafe.Pointer(&cname[0]))); err != nil {
-			b.fail(fmt.Errorf("kernel %s: %w", name, err))
+		if f = b.function(name); f == 0 {
 			return
 		}
-		b.funcs[name] = p
-		f = p
 	}
 	if shmem > 48<<10 && b.bigShmem[name] < shmem {
 		// Beyond 48 KiB a kernel must opt in to dynamic shared memory.

@@ -14,9 +14,16 @@ import (
 // equals Go's: a mismatch would make those checks see other kernels than
 // NVRTC compiles.
 func TestKernelDefines(t *testing.T) {
-	src, err := kernelSource()
+	mods, headers, err := kernelSources()
 	if err != nil {
 		t.Fatal(err)
+	}
+	src := ""
+	for _, m := range mods {
+		src += m.src
+	}
+	for _, h := range headers {
+		src += h
 	}
 	for _, d := range kernelDefines {
 		re := regexp.MustCompile(`#ifndef ` + d.name + `\b[^\n]*\n#define ` + d.name + ` (\d+)`)
@@ -34,6 +41,39 @@ func TestKernelDefines(t *testing.T) {
 	}
 	if got := defineOptions(); len(got) != len(kernelDefines) || got[0] != "-DMV_TOKENS=8" {
 		t.Errorf("options %v", got)
+	}
+}
+
+// TestKernelSources checks, without a GPU, that every kernel file is a
+// module and includes only headers that exist, common.cuh among them
+// (directly or through another header), as NVRTC will compile it alone.
+func TestKernelSources(t *testing.T) {
+	mods, headers, err := kernelSources()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(mods) < 9 || headers["common.cuh"] == "" || headers["mq.cuh"] == "" {
+		t.Fatalf("%d modules, headers %d", len(mods), len(headers))
+	}
+	inc := regexp.MustCompile(`(?m)^#include "([^"]+)"`)
+	var reaches func(src string, depth int) bool // whether src includes common.cuh
+	reaches = func(src string, depth int) bool {
+		for _, m := range inc.FindAllStringSubmatch(src, -1) {
+			h, ok := headers[m[1]]
+			if !ok {
+				t.Errorf("#include %q: no such header", m[1])
+				continue
+			}
+			if m[1] == "common.cuh" || depth < 4 && reaches(h, depth+1) {
+				return true
+			}
+		}
+		return false
+	}
+	for _, m := range mods {
+		if !reaches(m.src, 0) {
+			t.Errorf("%s does not include common.cuh", m.name)
+		}
 	}
 }
 

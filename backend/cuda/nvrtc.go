@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -119,49 +120,91 @@ func (l *nvrtcLib) call(name string, args ...uintptr) error {
 // cString returns a NUL-terminated copy of s.
 func cString(s string) []byte { return append([]byte(s), 0) }
 
-// compile returns the cubin of src for sm_<arch>, from the cache when it
-// can. A compilation (about a minute on a first start) is logged to log,
-// before and after, when log is not nil.
-func compile(src string, arch int, driverVersion int, log *slog.Logger) ([]byte, error) {
+// kernelModule is one kernel file: NVRTC compiles each on its own (with
+// the headers it includes), so a first start compiles them in parallel and
+// a change to one file recompiles only its module.
+type kernelModule struct{ name, src string }
+
+// compileModules returns the cubins of mods for sm_<arch>, from the cache
+// where it can; the rest compile in parallel. A compilation (tens of
+// seconds on a first start) is logged to log, before and after, when log is
+// not nil.
+func compileModules(mods []kernelModule, headers map[string]string, arch, driverVersion int, log *slog.Logger) ([][]byte, error) {
 	lib, err := loadNVRTC()
 	if err != nil {
 		return nil, err
 	}
 	opts := append([]string{fmt.Sprintf("--gpu-architecture=sm_%d", arch), "--std=c++17", "-default-device"}, defineOptions()...)
-	h := sha256.New()
-	fmt.Fprintf(h, "%s\x00%d\x00%d\x00%s\x00%s", src, arch, driverVersion, lib.version, strings.Join(opts, " "))
-	key := hex.EncodeToString(h.Sum(nil))[:32]
-	cacheFile := ""
-	if dir := cacheDir(); dir != "" {
-		cacheFile = filepath.Join(dir, fmt.Sprintf("kernels-sm%d-%s.cubin", arch, key))
-		if b, err := os.ReadFile(cacheFile); err == nil && len(b) > 0 {
-			return b, nil
+	names := make([]string, 0, len(headers))
+	for n := range headers {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	cubins := make([][]byte, len(mods))
+	files := make([]string, len(mods))
+	var todo []int
+	dir := cacheDir()
+	for i, m := range mods {
+		h := sha256.New()
+		fmt.Fprintf(h, "%s\x00%d\x00%d\x00%s\x00%s", m.src, arch, driverVersion, lib.version, strings.Join(opts, " "))
+		for _, n := range names {
+			fmt.Fprintf(h, "\x00%s\x00%s", n, headers[n])
 		}
+		key := hex.EncodeToString(h.Sum(nil))[:32]
+		if dir != "" {
+			files[i] = filepath.Join(dir, fmt.Sprintf("kernels-sm%d-%s-%s.cubin", arch, strings.TrimSuffix(m.name, ".cu"), key))
+			if b, err := os.ReadFile(files[i]); err == nil && len(b) > 0 {
+				cubins[i] = b
+				continue
+			}
+		}
+		todo = append(todo, i)
+	}
+	if len(todo) == 0 {
+		return cubins, nil
 	}
 	start := time.Now()
 	if log != nil {
 		log.Info("compiling the CUDA kernels (first use of this GPU type, driver and orcd build; cached afterwards)",
-			"arch", fmt.Sprintf("sm_%d", arch), "nvrtc", lib.version, "cache", cacheFile)
+			"arch", fmt.Sprintf("sm_%d", arch), "nvrtc", lib.version, "modules", len(todo), "cache", dir)
 	}
-	cubin, err := lib.compile(src, opts)
-	if err != nil {
-		return nil, err
+	errs := make([]error, len(mods))
+	var wg sync.WaitGroup
+	for _, i := range todo {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cubins[i], errs[i] = lib.compile(mods[i].name, mods[i].src, headers, names, opts)
+		}()
+	}
+	wg.Wait()
+	for _, i := range todo {
+		if errs[i] != nil {
+			return nil, fmt.Errorf("cuda: compiling %s: %w", mods[i].name, errs[i])
+		}
 	}
 	if log != nil {
 		log.Info("compiled the CUDA kernels", "seconds", time.Since(start).Round(100*time.Millisecond).Seconds())
 	}
-	if cacheFile != "" {
-		// A cache that cannot be written only costs the next start a
-		// compilation, so write failures are ignored. The rename makes a
-		// concurrent reader see either nothing or the whole file.
-		if os.MkdirAll(filepath.Dir(cacheFile), 0o755) == nil {
-			tmp := fmt.Sprintf("%s.%d.tmp", cacheFile, os.Getpid())
-			if os.WriteFile(tmp, cubin, 0o644) == nil {
-				_ = os.Rename(tmp, cacheFile)
-			}
+	for _, i := range todo {
+		if files[i] != "" {
+			writeCache(files[i], cubins[i])
 		}
 	}
-	return cubin, nil
+	return cubins, nil
+}
+
+// writeCache stores a cubin. A cache that cannot be written only costs the
+// next start a compilation, so failures are ignored; the rename makes a
+// concurrent reader see either nothing or the whole file.
+func writeCache(file string, cubin []byte) {
+	if os.MkdirAll(filepath.Dir(file), 0o755) != nil {
+		return
+	}
+	tmp := fmt.Sprintf("%s.%d.tmp", file, os.Getpid())
+	if os.WriteFile(tmp, cubin, 0o644) == nil {
+		_ = os.Rename(tmp, file)
+	}
 }
 
 // cacheDir is $ORCD_CUDA_CACHE, else <user cache dir>/orcd/cuda; "" if neither exists.
@@ -175,26 +218,40 @@ func cacheDir() string {
 	return ""
 }
 
-// compile runs NVRTC on src with opts and returns the cubin. A compile error
-// carries NVRTC's log.
-func (l *nvrtcLib) compile(src string, opts []string) ([]byte, error) {
+// compile runs NVRTC on src (file name, for its messages) with opts and
+// the headers (their names, in order) it may include, and returns the
+// cubin. A compile error carries NVRTC's log.
+func (l *nvrtcLib) compile(name, src string, headers map[string]string, names []string, opts []string) ([]byte, error) {
 	var prog uintptr
-	csrc, cname := cString(src), cString("orcd_kernels.cu")
+	csrc, cname := cString(src), cString(name)
+	// The source, header and option arrays hold pointers to Go memory, so
+	// each string is pinned for the duration of the calls.
+	var pin runtime.Pinner
+	defer pin.Unpin()
+	cstr := func(s string) *byte {
+		c := cString(s)
+		pin.Pin(&c[0])
+		return &c[0]
+	}
+	var hsrc, hname uintptr
+	if len(names) > 0 {
+		hs, hn := make([]*byte, len(names)), make([]*byte, len(names))
+		for i, n := range names {
+			hs[i], hn[i] = cstr(headers[n]), cstr(n)
+		}
+		pin.Pin(&hs[0])
+		pin.Pin(&hn[0])
+		hsrc, hname = uintptr(unsafe.Pointer(&hs[0])), uintptr(unsafe.Pointer(&hn[0]))
+	}
 	if err := l.call("nvrtcCreateProgram", uintptr(unsafe.Pointer(&prog)), uintptr(unsafe.Pointer(&csrc[0])),
-		uintptr(unsafe.Pointer(&cname[0])), 0, 0, 0); err != nil {
+		uintptr(unsafe.Pointer(&cname[0])), uintptr(len(names)), hsrc, hname); err != nil {
 		return nil, err
 	}
 	defer l.call("nvrtcDestroyProgram", uintptr(unsafe.Pointer(&prog)))
 
-	// The option array holds pointers to Go memory, so pin each string
-	// for the duration of the call.
-	var pin runtime.Pinner
-	defer pin.Unpin()
 	copts := make([]*byte, len(opts))
 	for i, o := range opts {
-		c := cString(o)
-		pin.Pin(&c[0])
-		copts[i] = &c[0]
+		copts[i] = cstr(o)
 	}
 	pin.Pin(&copts[0])
 	compileErr := l.call("nvrtcCompileProgram", prog, uintptr(len(copts)), uintptr(unsafe.Pointer(&copts[0])))

@@ -22,6 +22,8 @@
 //
 // attn_combine merges the splits and the sink logit into dst.
 
+#include "mq.cuh"
+
 // Shared memory of attn_partial (attnShmem in Go computes the same size):
 // the warps' queries (R rows each, f32), two stages of a 32-key tile of K
 // and V as the cache stores them (KT), and for f16 caches the tile
@@ -267,6 +269,17 @@ __device__ float attn_combined(const float* pm, const float* pl, const float* pa
 extern "C" __global__ void attn_combine(float* dst, const float* pm, const float* pl, const float* pacc,
                                         const float* sinks, int heads, int dim, int splits) {
     dst[((i64)blockIdx.y * heads + blockIdx.x) * dim + threadIdx.x] = attn_combined(pm, pl, pacc, sinks, heads, dim, splits);
+}
+
+// attn_combine_mq is attn_combine (attention.cu) for n ≤ 4 rows with a head
+// dim that is a multiple of 32, also writing the rows quantized for the
+// output projection, as rms_norm_mq does for the q, k and v projections.
+extern "C" __global__ void attn_combine_mq(float* dst, const float* pm, const float* pl, const float* pacc,
+                                           const float* sinks, int heads, int dim, int splits, u8* qx, float* dx) {
+    i64 col = (i64)blockIdx.x * dim + threadIdx.x;
+    float v = attn_combined(pm, pl, pacc, sinks, heads, dim, splits);
+    dst[(i64)blockIdx.y * heads * dim + col] = v;
+    mq_store(v, col >> 5, blockIdx.y, qx, dx);
 }
 
 // ---- Prefill: flash attention on the tensor cores ----

@@ -1,6 +1,8 @@
-// Shared definitions for every orcd kernel. NVRTC compiles all kernel files
-// as one translation unit, this one first, with no CUDA headers: half
-// conversions use PTX directly.
+// Shared definitions for every orcd kernel. Each kernel file includes it
+// (directly or through mq.cuh) and NVRTC compiles each file as its own
+// module, with no CUDA headers: half conversions use PTX directly.
+
+#pragma once
 
 typedef unsigned char u8;
 typedef unsigned short u16;

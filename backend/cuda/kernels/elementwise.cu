@@ -1,6 +1,8 @@
 // Elementwise and row-wise ops: residual add, column copy, GELU, norms,
 // RoPE, the KV store, and the weight repacking done at upload.
 
+#include "mq.cuh"
+
 extern "C" __global__ void add_f32(float* dst, const float* a, const float* b, i64 n) {
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
         dst[i] = a[i] + b[i];
@@ -172,5 +174,24 @@ extern "C" __global__ void repack_mxfp4(u8* q, u8* s, const u8* raw, i64 n) {
         const u8* b = raw + i * 17;
         s[i] = b[0];
         for (int j = 0; j < 16; j++) q[i * 16 + j] = b[1 + j];
+    }
+}
+
+// rms_norm_mq is rms_norm (elementwise.cu) for n ≤ 4 rows of a multiple of
+// 32 columns that also writes the rows quantized as mq_quant does, saving
+// its launch before the q, k and v projections and the MoE (columns of rows
+// ≥ n are left as they are: only lanes of rows < n use them). blockDim.x is
+// a multiple of 32, so each warp's elements are whole chunks.
+extern "C" __global__ void rms_norm_mq(float* dst, float* x, const float* delta, const float* w, int cols, float eps,
+                                       u8* qx, float* dx) {
+    __shared__ float sh[32];
+    int row = blockIdx.x;
+    float* xr = x + (i64)row * cols;
+    float* dr = dst + (i64)row * cols;
+    float inv = rsqrtf(block_sum(add_rows(xr, delta, cols), sh) / cols + eps);
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+        float v = xr[c] * inv * w[c];
+        dr[c] = v;
+        mq_store(v, c >> 5, row, qx, dx);
     }
 }

@@ -27,6 +27,8 @@
 // the grouped order are starts[e]..starts[e+1]-1; grouped row r reads x row
 // xrows[r] (or r when xrows is NULL) and writes output row r.
 
+#include "common.cuh"
+
 #ifndef GM_STAGES // from Go as -DGM_STAGES (kernelDefines); this default serves standalone checks
 #define GM_STAGES 3 // stages of x and of raw weights in flight
 #endif

@@ -17,6 +17,8 @@
 // x[xrows[i]] (or x[i] when xrows is NULL) and the weights are expert e's
 // out rows of the stacked tensor.
 
+#include "common.cuh"
+
 #ifndef MM_BM // from Go as -DMM_BM (kernelDefines); this default serves standalone checks
 #define MM_BM 64
 #endif

@@ -9,6 +9,8 @@
 // bound by L1 traffic (four bytes of x per byte of Q8_0 weight; Nsight:
 // 88% L1/shared throughput, 21% DRAM). Other formats keep one row per warp.
 
+#include "common.cuh"
+
 #ifndef MV_WARPS // from Go as -DMV_WARPS (kernelDefines); this default serves standalone checks
 #define MV_WARPS 4
 #endif

@@ -1,5 +1,7 @@
 // Mixture-of-experts routing and the glue around the expert matmuls.
 
+#include "common.cuh"
+
 #ifndef MOE_MAX_K // from Go as -DMOE_MAX_K (kernelDefines); this default serves standalone checks
 #define MOE_MAX_K 32
 #endif

@@ -25,6 +25,8 @@
 // scale d[r·nblk + c]. Lane (g, t) of an MMA needs B column g (token g/2,
 // digit g&1) of a chunk: 8 bytes at (g&1)·32 + 8t, and the scale of token t.
 
+#include "mq.cuh"
+
 #ifndef MQG_STAGE // from Go as -DMQG_STAGE (kernelDefines); this default serves standalone checks
 #define MQG_STAGE 4 // 32-element chunks a pipeline stage
 #endif

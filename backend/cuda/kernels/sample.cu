@@ -19,6 +19,8 @@
 // every order-dependent step (ties, the draw) walks tokens in id order: a
 // run's total, an exclusive scan over the runs, then a walk within one.
 
+#include "common.cuh"
+
 #ifndef SAMPLE_THREADS // from Go as -DSAMPLE_THREADS (kernelDefines); this default serves standalone checks
 #define SAMPLE_THREADS 1024
 #endif
