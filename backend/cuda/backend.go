@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"regexp"
 	"runtime"
 	"sort"
 	"strings"
@@ -53,6 +54,36 @@ func kernelSources() ([]kernelModule, map[string]string, error) {
 	}
 	sort.Slice(mods, func(i, j int) bool { return mods[i].name < mods[j].name })
 	return mods, headers, nil
+}
+
+var includeRE = regexp.MustCompile(`(?m)^#include "([^"]+)"`)
+
+// moduleText is src followed by the headers it includes, directly or
+// through other headers, each once (their names in included): all that
+// its compilation reads, which keys its cache entry and picks its defines.
+func moduleText(src string, headers map[string]string) (text string, included []string, err error) {
+	var b strings.Builder
+	seen := map[string]bool{}
+	var walk func(s string) error
+	walk = func(s string) error {
+		b.WriteString(s)
+		for _, m := range includeRE.FindAllStringSubmatch(s, -1) {
+			h, ok := headers[m[1]]
+			if !ok {
+				return fmt.Errorf("#include %q: no such kernel header", m[1])
+			}
+			if !seen[m[1]] {
+				seen[m[1]] = true
+				included = append(included, m[1])
+				if err := walk(h); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}
+	err = walk(src)
+	return b.String(), included, err
 }
 
 // Options configure New.

@@ -3,6 +3,7 @@ package cuda
 import (
 	"fmt"
 	"math"
+	"regexp"
 	"strconv"
 	"unsafe"
 
@@ -81,11 +82,15 @@ var kernelDefines = []struct {
 	{"SAMPLE_THREADS", sampleThreads}, {"SAMPLE_PARAM_BYTES", sampleParamBytes},
 }
 
-// defineOptions are kernelDefines as NVRTC options.
-func defineOptions() []string {
-	opts := make([]string, len(kernelDefines))
-	for i, d := range kernelDefines {
-		opts[i] = "-D" + d.name + "=" + strconv.Itoa(d.value)
+// defineOptions are the kernelDefines that src names, as NVRTC options:
+// a module gets only its own, so changing one constant recompiles only the
+// modules that read it.
+func defineOptions(src string) []string {
+	var opts []string
+	for _, d := range kernelDefines {
+		if regexp.MustCompile(`\b` + d.name + `\b`).MatchString(src) {
+			opts = append(opts, "-D"+d.name+"="+strconv.Itoa(d.value))
+		}
 	}
 	return opts
 }

@@ -2,7 +2,9 @@ package cuda
 
 import (
 	"regexp"
+	"slices"
 	"strconv"
+	"strings"
 	"testing"
 
 	"orcd/tensor"
@@ -39,13 +41,28 @@ func TestKernelDefines(t *testing.T) {
 			t.Errorf("%s: defined %d times", d.name, n)
 		}
 	}
-	if got := defineOptions(); len(got) != len(kernelDefines) || got[0] != "-DMV_TOKENS=8" {
+	if got := defineOptions(src); len(got) != len(kernelDefines) || got[0] != "-DMV_TOKENS=8" {
 		t.Errorf("options %v", got)
+	}
+	// A module gets only the constants it reads: gemm.cu its stages, not
+	// the grouped kernels'.
+	for _, m := range mods {
+		if m.name != "gemm.cu" {
+			continue
+		}
+		text, _, err := moduleText(m.src, headers)
+		if err != nil {
+			t.Fatal(err)
+		}
+		opts := strings.Join(defineOptions(text), " ")
+		if !strings.Contains(opts, "-DGM_STAGES=") || strings.Contains(opts, "MQG_STAGES") {
+			t.Errorf("gemm.cu options %q", opts)
+		}
 	}
 }
 
 // TestKernelSources checks, without a GPU, that every kernel file is a
-// module and includes only headers that exist, common.cuh among them
+// module whose includes resolve to kernel headers, common.cuh among them
 // (directly or through another header), as NVRTC will compile it alone.
 func TestKernelSources(t *testing.T) {
 	mods, headers, err := kernelSources()
@@ -55,25 +72,17 @@ func TestKernelSources(t *testing.T) {
 	if len(mods) < 9 || headers["common.cuh"] == "" || headers["mq.cuh"] == "" {
 		t.Fatalf("%d modules, headers %d", len(mods), len(headers))
 	}
-	inc := regexp.MustCompile(`(?m)^#include "([^"]+)"`)
-	var reaches func(src string, depth int) bool // whether src includes common.cuh
-	reaches = func(src string, depth int) bool {
-		for _, m := range inc.FindAllStringSubmatch(src, -1) {
-			h, ok := headers[m[1]]
-			if !ok {
-				t.Errorf("#include %q: no such header", m[1])
-				continue
-			}
-			if m[1] == "common.cuh" || depth < 4 && reaches(h, depth+1) {
-				return true
-			}
-		}
-		return false
-	}
 	for _, m := range mods {
-		if !reaches(m.src, 0) {
-			t.Errorf("%s does not include common.cuh", m.name)
+		_, included, err := moduleText(m.src, headers)
+		if err != nil {
+			t.Errorf("%s: %v", m.name, err)
 		}
+		if !slices.Contains(included, "common.cuh") {
+			t.Errorf("%s includes %v, not common.cuh", m.name, included)
+		}
+	}
+	if _, _, err := moduleText(`#include "nope.cuh"`, headers); err == nil || !strings.Contains(err.Error(), "nope.cuh") {
+		t.Errorf("missing header: %v", err)
 	}
 }
 

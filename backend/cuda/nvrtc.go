@@ -134,7 +134,6 @@ func compileModules(mods []kernelModule, headers map[string]string, arch, driver
 	if err != nil {
 		return nil, err
 	}
-	opts := append([]string{fmt.Sprintf("--gpu-architecture=sm_%d", arch), "--std=c++17", "-default-device"}, defineOptions()...)
 	names := make([]string, 0, len(headers))
 	for n := range headers {
 		names = append(names, n)
@@ -142,14 +141,17 @@ func compileModules(mods []kernelModule, headers map[string]string, arch, driver
 	sort.Strings(names)
 	cubins := make([][]byte, len(mods))
 	files := make([]string, len(mods))
+	opts := make([][]string, len(mods))
 	var todo []int
 	dir := cacheDir()
 	for i, m := range mods {
-		h := sha256.New()
-		fmt.Fprintf(h, "%s\x00%d\x00%d\x00%s\x00%s", m.src, arch, driverVersion, lib.version, strings.Join(opts, " "))
-		for _, n := range names {
-			fmt.Fprintf(h, "\x00%s\x00%s", n, headers[n])
+		text, _, err := moduleText(m.src, headers)
+		if err != nil {
+			return nil, fmt.Errorf("cuda: %s: %w", m.name, err)
 		}
+		opts[i] = append([]string{fmt.Sprintf("--gpu-architecture=sm_%d", arch), "--std=c++17", "-default-device"}, defineOptions(text)...)
+		h := sha256.New()
+		fmt.Fprintf(h, "%s\x00%d\x00%d\x00%s\x00%s", text, arch, driverVersion, lib.version, strings.Join(opts[i], " "))
 		key := hex.EncodeToString(h.Sum(nil))[:32]
 		if dir != "" {
 			files[i] = filepath.Join(dir, fmt.Sprintf("kernels-sm%d-%s-%s.cubin", arch, strings.TrimSuffix(m.name, ".cu"), key))
@@ -174,7 +176,7 @@ func compileModules(mods []kernelModule, headers map[string]string, arch, driver
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			cubins[i], errs[i] = lib.compile(mods[i].name, mods[i].src, headers, names, opts)
+			cubins[i], errs[i] = lib.compile(mods[i].name, mods[i].src, headers, names, opts[i])
 		}()
 	}
 	wg.Wait()

@@ -50,6 +50,21 @@ func TestCompileCache(t *testing.T) {
 	if _, err := compileModules(mods, headers, 80, 12000, log); err != nil || !strings.Contains(buf.String(), "modules=2") {
 		t.Errorf("changed header: %v, logged %q", err, buf.String())
 	}
+	// A constant from Go recompiles only the module that reads it.
+	mods[0].src += "\n#ifndef MV_TOKENS\n#define MV_TOKENS 8\n#endif\n__device__ int tokens = MV_TOKENS;\n"
+	if _, err := compileModules(mods, headers, 80, 12000, nil); err != nil {
+		t.Fatal(err)
+	}
+	saved := kernelDefines[0]
+	t.Cleanup(func() { kernelDefines[0] = saved })
+	if saved.name != "MV_TOKENS" {
+		t.Fatalf("kernelDefines[0] is %s", saved.name)
+	}
+	kernelDefines[0].value++
+	buf.Reset()
+	if _, err := compileModules(mods, headers, 80, 12000, log); err != nil || !strings.Contains(buf.String(), "modules=1") {
+		t.Errorf("changed MV_TOKENS: %v, logged %q", err, buf.String())
+	}
 	bad := []kernelModule{{"bad.cu", "extern \"C\" __global__ void k() { undefined_name; }"}}
 	if _, err := compileModules(bad, nil, 80, 12000, nil); err == nil || !strings.Contains(err.Error(), "bad.cu") ||
 		!strings.Contains(err.Error(), "undefined_name") {
