@@ -120,9 +120,10 @@ struct MqgLoads {
 // mqg_stage adds stage s (in its buffer) to acc[j][2i] (row g of this
 // warp's 16 of matrix i) and acc[j][2i+1] (row g+8) for token t of quad j.
 // With RG row groups the 4/RG warps of a group take every (4/RG)-th chunk
-// of the stage. No exit or per-quad test: chunks past nblk have zero
-// weights and scale 0, absent tokens zero digits and scale 0, so they add
-// nothing (ptxas still makes the scale's select a branch a chunk).
+// of the stage. No branches, so the chunks' dependency chains interleave:
+// a chunk past nblk has zero weights (its products are exactly 0 against
+// the last chunk's scales, which are finite wherever the real sums are),
+// an absent token zero digits and scale 0, so they add nothing.
 template <int T, int NP, int Q, int RG>
 __device__ __forceinline__ void mqg_stage(const MqgSmem<T, NP, Q, RG>& sm, int nblk, int s, float (*acc)[2 * NP]) {
     const int CB = T == T_Q8_0 ? 32 : 16, KS = 4 / RG, R = 16 * RG;
@@ -133,7 +134,6 @@ __device__ __forceinline__ void mqg_stage(const MqgSmem<T, NP, Q, RG>& sm, int n
 #pragma unroll
     for (int u = 0; u < MQG_STAGE / KS; u++) {
         int c = u * KS + ks, cg = min(c0 + c, nblk - 1);
-        bool in = c0 + c < nblk;
         u32 a[NP][4];
         float sa[NP], sb[NP];
 #pragma unroll
@@ -151,8 +151,6 @@ __device__ __forceinline__ void mqg_stage(const MqgSmem<T, NP, Q, RG>& sm, int n
             }
             sa[i] = mq_frag<T>(ka, a[i][0], a[i][2]);
             sb[i] = mq_frag<T>(kb, a[i][1], a[i][3]);
-            sa[i] = in ? sa[i] : 0.f;
-            sb[i] = in ? sb[i] : 0.f;
         }
 #pragma unroll
         for (int j = 0; j < Q; j++) {
