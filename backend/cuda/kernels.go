@@ -41,9 +41,10 @@ const (
 	mqgTokens = 256
 	// The grouped kernels stream weights and x through shared memory
 	// mqgStage 32-element chunks at a time, mqgStages stages in flight
-	// (MQG_STAGE, MQG_STAGES).
+	// (MQG_STAGE, MQG_STAGES). Two stages beat three and four (NOTES.md #29):
+	// smaller blocks let more of them reside.
 	mqgStage  = 4
-	mqgStages = 4
+	mqgStages = 2
 	// mqDownWarps: an mq_down block has a warp per selected expert or
 	// more, so top-k above it takes the float kernels (MQ_DOWN_WARPS).
 	mqDownWarps = 16

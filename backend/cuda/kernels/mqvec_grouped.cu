@@ -31,7 +31,7 @@
 #define MQG_STAGE 4 // 32-element chunks a pipeline stage
 #endif
 #ifndef MQG_STAGES // from Go as -DMQG_STAGES (kernelDefines); this default serves standalone checks
-#define MQG_STAGES 4 // pipeline stages in flight
+#define MQG_STAGES 2 // pipeline stages in flight
 #endif
 #define MQG_THREADS 128 // four warps: row groups of 16 × slices of each stage's chunks
 
