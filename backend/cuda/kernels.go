@@ -333,16 +333,17 @@ func (b *Backend) mqQuantRows(q rowQuant, x uintptr, n, in int) {
 	b.launch("mq_quant_rows", grid2((in/32+3)/4, n), threads(128), 0, dptr(q.q), dptr(q.d), dptr(x), cint(in))
 }
 
-// mqgQuads is the quads of tokens (Q) of a grouped kernel's pass when each
-// weight row meets perRow tokens a step (an expert's share of the
-// assignments, or every row of a dense product): the smallest of 2, 4 and
-// 8 whose pass holds them, since a block's registers and shared memory
-// grow with Q and small blocks start more weight streams.
+// mqgQuads is the quads of tokens (Q) of a grouped launch when each weight
+// row meets perRow tokens a step on average (an expert's share of the
+// assignments, or every row of a dense product). A pass holds 4Q tokens,
+// and an expert with more takes a second pass that decodes its weights
+// again; a pass with fewer rows runs a smaller instance (mqg_fit), so Q
+// is sized for the experts above the average: about 1.5 times it.
 func mqgQuads(perRow int) int {
 	switch {
-	case perRow <= 8:
+	case perRow <= 4:
 		return 2
-	case perRow <= 16:
+	case perRow <= 10:
 		return 4
 	}
 	return 8

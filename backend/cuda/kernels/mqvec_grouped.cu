@@ -224,20 +224,17 @@ extern "C" __global__ void mq_quant_rows(u8* q, float* d, const float* x, int in
     if (c < nblk) mq_store_row(x[(i64)r * in + c * 32 + (threadIdx.x & 31)], (i64)r * nblk + c, q, d);
 }
 
-// mqg_gateup: block (pass blockIdx.x, row tile blockIdx.y, expert e =
-// blockIdx.z) computes rows 64·blockIdx.y.. of gate and up of expert
-// e for its grouped rows r0 = starts[e] + 4Q·blockIdx.x.. (below
-// starts[e+1], token xrows[r]), applies the SwiGLU and writes h's chunks of
-// those rows quantized (qh, dh: row-major, ff/32 chunks a row) for
-// mqg_down.
+// mqg_gateup: block (pass, row tile blockIdx.y, expert e = blockIdx.z)
+// computes rows 64·blockIdx.y.. of gate and up of expert e for the pass's
+// grouped rows r0..r0+nr-1 (token xrows[r]), applies the SwiGLU and writes
+// h's chunks of those rows quantized (qh, dh: row-major, ff/32 chunks a
+// row) for mqg_down.
 template <int T, int Q>
 __device__ void mqg_gateup_impl(u8* qh, float* dh, const u8* qx, const float* dx, WView gw, WView uw,
-                                const float* gb, const float* ub, const int* starts, const int* xrows, int ff,
-                                SwiGLU act) {
+                                const float* gb, const float* ub, const int* xrows, int ff, SwiGLU act, int r0,
+                                int nr) {
     extern __shared__ __align__(16) u8 mqg_shmem[];
-    int e = blockIdx.z, r0 = starts[e] + 4 * Q * blockIdx.x, nr = min(starts[e + 1] - r0, 4 * Q);
-    if (nr <= 0) return;
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    int e = blockIdx.z, lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     const int R = 64;
     int row0 = blockIdx.y * R, valid = min(R, ff - row0);
     i64 base = (i64)e * ff + row0;
@@ -262,20 +259,17 @@ __device__ void mqg_gateup_impl(u8* qh, float* dh, const u8* qx, const float* dx
     }
 }
 
-// mqg_rows: block (pass blockIdx.x, row tile blockIdx.y, expert e =
-// blockIdx.z) computes y[r][row] = w_e[row]·x[r] + bias_e[row] for rows
-// 16RG·blockIdx.y.. of expert e's out rows and its grouped rows r0 =
-// starts[e] + 4Q·blockIdx.x.. (below starts[e+1]); without starts, the
-// dense product of x's n rows (one "expert"). mqg_down and mqg_matmul.
+// mqg_rows: block (pass, row tile blockIdx.y, expert e = blockIdx.z)
+// computes y[r][row] = w_e[row]·x[r] + bias_e[row] for rows
+// 16RG·blockIdx.y.. of expert e's out rows and the pass's grouped rows
+// r0..r0+nr-1; without starts, the dense product of x's n rows (one
+// "expert"). mqg_down and mqg_matmul.
 template <int T, int Q, int RG>
-__device__ void mqg_rows_impl(float* y, const u8* qx, const float* dx, WView w, const float* bias, const int* starts,
-                              int n, int out) {
+__device__ void mqg_rows_impl(float* y, const u8* qx, const float* dx, WView w, const float* bias, int out, int r0,
+                              int nr) {
     extern __shared__ __align__(16) u8 mqg_shmem[];
     const int KS = 4 / RG, R = 16 * RG;
-    int e = blockIdx.z, lo = starts ? starts[e] : 0, hi = starts ? starts[e + 1] : n;
-    int r0 = lo + 4 * Q * blockIdx.x, nr = min(hi - r0, 4 * Q);
-    if (nr <= 0) return;
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    int e = blockIdx.z, lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     int row0 = blockIdx.y * R, valid = min(R, out - row0);
     i64 base = (i64)e * out + row0;
     MqgSmem<T, 1, Q, RG> sm(mqg_shmem, (int)(w.in / 32));
@@ -300,29 +294,72 @@ __device__ void mqg_rows_impl(float* y, const u8* qx, const float* dx, WView w, 
     }
 }
 
+// mqg_pass is the pass of block (blockIdx.x, ·, expert blockIdx.z) of a
+// launch of Q quads: its first grouped row r0 and its row count nr (0 for a
+// pass past the expert's rows; without starts, the n rows of a dense
+// product).
+template <int Q>
+__device__ __forceinline__ int mqg_pass(const int* starts, int n, int& r0) {
+    int lo = starts ? starts[blockIdx.z] : 0, hi = starts ? starts[blockIdx.z + 1] : n;
+    r0 = lo + 4 * Q * blockIdx.x;
+    return max(0, min(hi - r0, 4 * Q));
+}
+
+// Quads carries a pass's quad count to mqg_fit's callback as a type.
+template <int Q>
+struct Quads {
+    static constexpr int q = Q;
+};
+
+// mqg_fit calls f(Quads<q>()) with the fewest quads q ≤ Q that hold the
+// pass's nr rows (nothing when nr is 0): a launch's Q fits its experts'
+// typical share of the tokens, and the pass of an expert with fewer (or a
+// last, partial pass) skips the arithmetic of the empty quads. nr is the
+// same in the whole block, so the branch is uniform; the kernel keeps the
+// registers of its largest instance.
+template <int Q, class F>
+__device__ __forceinline__ void mqg_fit(int nr, F f) {
+    if (nr <= 0) return;
+    if constexpr (Q >= 8)
+        if (nr > 16) return f(Quads<8>());
+    if constexpr (Q >= 4)
+        if (nr > 8) return f(Quads<4>());
+    f(Quads<2>());
+}
+
 #define MQG_KERNELS(T, NAME, Q)                                                                                  \
     extern "C" __global__ void __launch_bounds__(MQG_THREADS, 2)                                                 \
         mqg_gateup_##NAME##_q##Q(u8* qh, float* dh, const u8* qx, const float* dx, const u8* gq, const u8* gs,   \
                                  const u8* uq, const u8* us, int in, const float* gb, const float* ub,           \
                                  const int* starts, const int* xrows, int ff, float alpha, float limit,          \
                                  float shift) {                                                                  \
-        mqg_gateup_impl<T, Q>(qh, dh, qx, dx, WView{gq, gs, in}, WView{uq, us, in}, gb, ub, starts, xrows, ff,   \
-                              SwiGLU{alpha, limit, shift});                                                      \
+        int r0, nr = mqg_pass<Q>(starts, 0, r0);                                                                 \
+        WView g{gq, gs, in}, u{uq, us, in};                                                                      \
+        SwiGLU act{alpha, limit, shift};                                                                         \
+        mqg_fit<Q>(nr, [&](auto k) {                                                                             \
+            mqg_gateup_impl<T, decltype(k)::q>(qh, dh, qx, dx, g, u, gb, ub, xrows, ff, act, r0, nr);            \
+        });                                                                                                      \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(MQG_THREADS, 2)                                                 \
         mqg_down_##NAME##_q##Q(float* y, const u8* qh, const float* dh, const u8* q, const u8* s, int in,        \
                                const float* db, const int* starts, int hidden) {                                 \
-        mqg_rows_impl<T, Q, 4>(y, qh, dh, WView{q, s, in}, db, starts, 0, hidden);                               \
+        int r0, nr = mqg_pass<Q>(starts, 0, r0);                                                                 \
+        WView w{q, s, in};                                                                                       \
+        mqg_fit<Q>(nr, [&](auto k) { mqg_rows_impl<T, decltype(k)::q, 4>(y, qh, dh, w, db, hidden, r0, nr); });   \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(MQG_THREADS, 2)                                                 \
         mqg_matmul_##NAME##_q##Q(float* dst, const u8* qx, const float* dx, const u8* q, const u8* s, int in,    \
                                  const float* bias, int n, int out) {                                            \
-        mqg_rows_impl<T, Q, 4>(dst, qx, dx, WView{q, s, in}, bias, 0, n, out);                                   \
+        int r0, nr = mqg_pass<Q>(0, n, r0);                                                                      \
+        WView w{q, s, in};                                                                                       \
+        mqg_fit<Q>(nr, [&](auto k) { mqg_rows_impl<T, decltype(k)::q, 4>(dst, qx, dx, w, bias, out, r0, nr); }); \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(MQG_THREADS, 2)                                                 \
         mqg_matmul16_##NAME##_q##Q(float* dst, const u8* qx, const float* dx, const u8* q, const u8* s, int in,  \
                                    const float* bias, int n, int out) {                                          \
-        mqg_rows_impl<T, Q, 1>(dst, qx, dx, WView{q, s, in}, bias, 0, n, out);                                   \
+        int r0, nr = mqg_pass<Q>(0, n, r0);                                                                      \
+        WView w{q, s, in};                                                                                       \
+        mqg_fit<Q>(nr, [&](auto k) { mqg_rows_impl<T, decltype(k)::q, 1>(dst, qx, dx, w, bias, out, r0, nr); }); \
     }
 
 MQG_KERNELS(T_Q8_0, q8_0, 2)
