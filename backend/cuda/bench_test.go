@@ -185,7 +185,7 @@ func benchMoE(b *testing.B, n int) {
 // top-4 block (the grouped kernels of mqvec_grouped.cu from 5 tokens);
 // the bytes are those of every expert the step selects.
 func BenchmarkMoEStep(b *testing.B) {
-	for _, n := range []int{8, 64, 256, 512, 2048} { // 512, 2048: prefill (gemm.cu)
+	for _, n := range []int{8, 32, 64, 128, 256, 512, 2048} { // 512, 2048: prefill (gemm.cu)
 		b.Run(fmt.Sprintf("n=%d", n), func(b *testing.B) { benchMoE(b, n) })
 	}
 }
@@ -196,27 +196,46 @@ func BenchmarkMoEStep(b *testing.B) {
 // with full attention and with the 128-token window. It reports the cache
 // bytes a step reads (K and V of every visible key).
 func BenchmarkAttentionDecode(b *testing.B) {
-	for _, n := range []int{1, 64, 256} {
+	for _, n := range []int{1, 8, 32, 64, 128, 256} {
 		for _, window := range []int{0, 128} {
-			b.Run(fmt.Sprintf("n=%d/window=%d", n, window), func(b *testing.B) { benchAttention(b, n, 640, window) })
+			b.Run(fmt.Sprintf("n=%d/window=%d", n, window), func(b *testing.B) { benchAttention(b, n, 640, 1, window) })
 		}
 	}
 }
 
-func benchAttention(b *testing.B, n, length, window int) {
+// BenchmarkAttentionPrefill is one n-token prompt from position 0 (the
+// flash kernel) at the same shape; it reports the tensor FLOP of the
+// visible (causal) scores and products.
+func BenchmarkAttentionPrefill(b *testing.B) {
+	for _, n := range []int{512, 2048} {
+		for _, window := range []int{0, 128} {
+			b.Run(fmt.Sprintf("n=%d/window=%d", n, window), func(b *testing.B) { benchAttention(b, 1, n, n, window) })
+		}
+	}
+}
+
+// benchAttention times attention for the last rows positions of each of n
+// sequences of length tokens.
+func benchAttention(b *testing.B, n, length, rows, window int) {
 	be := benchBackend(b)
-	ap := backend.AttentionParams{Heads: 64, KVHeads: 8, HeadDim: 64, Scale: 0.125, Window: window, BlockSize: 16, Singles: n}
+	ap := backend.AttentionParams{Heads: 64, KVHeads: 8, HeadDim: 64, Scale: 0.125, Window: window, BlockSize: 16}
+	if rows == 1 {
+		ap.Singles = n
+	}
 	ap.MaxBlocks = (length + ap.BlockSize - 1) / ap.BlockSize
-	kvCols, qCols, rows := ap.KVHeads*ap.HeadDim, ap.Heads*ap.HeadDim, n*ap.MaxBlocks*ap.BlockSize
+	kvCols, qCols, cache := ap.KVHeads*ap.HeadDim, ap.Heads*ap.HeadDim, n*ap.MaxBlocks*ap.BlockSize
 	r := rand.New(rand.NewPCG(5, 6))
-	table, pos, seq := make([]int32, n*ap.MaxBlocks), make([]int32, n), make([]int32, n)
+	table := make([]int32, n*ap.MaxBlocks)
 	for i := range table {
 		table[i] = int32(i) // sequence s owns blocks s·MaxBlocks..
 	}
+	var pos, seq []int32
 	for s := range n {
-		pos[s], seq[s] = int32(length-1), int32(s)
+		for j := length - rows; j < length; j++ {
+			pos, seq = append(pos, int32(j)), append(seq, int32(s))
+		}
 	}
-	slots := make([]int32, rows)
+	slots := make([]int32, cache)
 	for i := range slots {
 		slots[i] = int32(i)
 	}
@@ -246,17 +265,17 @@ func benchAttention(b *testing.B, n, length, window int) {
 		be.WriteI32(t, v)
 		return t
 	}
-	kc, err := be.NewKVCache(rows, kvCols)
+	kc, err := be.NewKVCache(cache, kvCols)
 	if err != nil {
 		b.Fatal(err)
 	}
-	vc, err := be.NewKVCache(rows, kvCols)
+	vc, err := be.NewKVCache(cache, kvCols)
 	if err != nil {
 		b.Fatal(err)
 	}
 	free = append(free, kc, vc)
-	be.StoreKV(kc, vc, f32(rows, kvCols, randF32(r, rows*kvCols, 1)), f32(rows, kvCols, randF32(r, rows*kvCols, 1)), i32(slots))
-	q, dst := f32(n, qCols, randF32(r, n*qCols, 1)), f32(n, qCols, nil)
+	be.StoreKV(kc, vc, f32(cache, kvCols, randF32(r, cache*kvCols, 1)), f32(cache, kvCols, randF32(r, cache*kvCols, 1)), i32(slots))
+	q, dst := f32(len(pos), qCols, randF32(r, len(pos)*qCols, 1)), f32(len(pos), qCols, nil)
 	sinks := f32(1, ap.Heads, randF32(r, ap.Heads, 2))
 	ps, sq, tb := i32(pos), i32(seq), i32(table)
 	be.Attention(dst, q, kc, vc, ps, sq, tb, sinks, ap)
@@ -270,9 +289,29 @@ func benchAttention(b *testing.B, n, length, window int) {
 	if err := be.Sync(); err != nil {
 		b.Fatal(err)
 	}
-	keys, elem := length, kc.Type().TypeSize()
-	if window > 0 {
-		keys = min(length, window)
+	sec := b.Elapsed().Seconds() / float64(b.N)
+	// Visible keys: a decode row sees min(length, window); a prompt row at
+	// position j sees min(j+1, window).
+	keys := 0
+	for j := length - rows; j < length; j++ {
+		if window > 0 {
+			keys += min(j+1, window)
+		} else {
+			keys += j + 1
+		}
 	}
-	b.ReportMetric(float64(2*n*keys*kvCols*elem)/(b.Elapsed().Seconds()/float64(b.N))/1e9, "GB/s")
+	if rows == 1 {
+		b.ReportMetric(float64(2*n*keys*kvCols*kc.Type().TypeSize())/sec/1e9, "GB/s")
+		return
+	}
+	b.ReportMetric(4*float64(n*keys*qCols)/sec/1e12, "TFLOP/s")
+}
+
+// BenchmarkMatMulQ8QKV is gpt-oss-20b's fused q, k and v projection (2880
+// → 4096 + 512 + 512) at the tokens-per-step of the kernel table in
+// docs/PERFORMANCE.md.
+func BenchmarkMatMulQ8QKV(b *testing.B) {
+	for _, n := range []int{1, 8, 32, 128, 512, 2048} {
+		b.Run(fmt.Sprintf("n=%d", n), func(b *testing.B) { benchMatMul(b, tensor.Q8_0, 2880, 5120, n) })
+	}
 }

@@ -464,8 +464,30 @@ func attnBatch(t *testing.T, p *pair, r *rand.Rand, ap backend.AttentionParams, 
 	p.check(fmt.Sprintf("Attention into a quantized output, then MatMul, rows=%v", rows), proj, n*96, 1e-4)
 }
 
+// TestAttention runs every case twice: with the caches the backend picks
+// (f32 for the small ones), and with f16 caches throughout, so the decode
+// rows of head dim 64 also take attn_gqa with windows, sinks and odd block
+// sizes.
 func TestAttention(t *testing.T) {
-	p := newPair(t)
+	t.Run("cache=auto", func(t *testing.T) { testAttention(t, newPair(t)) })
+	t.Run("cache=f16", func(t *testing.T) {
+		p := newPair(t)
+		if sharedF16 == nil {
+			b, err := New(Options{KVF16: true})
+			if err != nil {
+				t.Fatalf("New: %v", err)
+			}
+			sharedF16 = b
+		}
+		p.gpu = sharedF16
+		testAttention(t, p)
+	})
+}
+
+// sharedF16 is a second device backend whose KV caches are all f16.
+var sharedF16 *Backend
+
+func testAttention(t *testing.T, p *pair) {
 	r := newRand()
 	gptoss := backend.AttentionParams{Heads: 8, KVHeads: 2, HeadDim: 64, Scale: 0.125, BlockSize: 16}
 	gpt2 := backend.AttentionParams{Heads: 3, KVHeads: 3, HeadDim: 64, Scale: 0.125, BlockSize: 16}
@@ -488,6 +510,12 @@ func TestAttention(t *testing.T) {
 		}
 	}
 	attnBatch(t, p, r, gpt2, one(50), one(50), false)
+	// Groups of 16 heads (the MMA's 16 rows, all used) and of 2 with 5 KV
+	// heads (attn_gqa blocks of 4 KV heads with idle warps), decode rows.
+	wideGroup := backend.AttentionParams{Heads: 32, KVHeads: 2, HeadDim: 64, Scale: 0.125, BlockSize: 16, Window: 40}
+	attnBatch(t, p, r, wideGroup, []int{300, 7, 90}, []int{1, 1, 1}, true)
+	fiveKV := backend.AttentionParams{Heads: 10, KVHeads: 5, HeadDim: 64, Scale: 0.125, BlockSize: 16}
+	attnBatch(t, p, r, fiveKV, []int{70, 33}, []int{1, 1}, true)
 	odd := gptoss
 	odd.BlockSize = 5 // blocks that do not divide the tiles
 	attnBatch(t, p, r, odd, []int{123, 64, 8}, []int{1, 64, 8}, true)

@@ -78,7 +78,7 @@ var kernelDefines = []struct {
 	{"MV_TOKENS", mvTokens}, {"MV_WARPS", mvWarps}, {"MV_ROWS", mvRows},
 	{"MQ_TOKENS", mqTokens}, {"MQ_CHUNK", mqChunk}, {"MQ_WARPS", mqWarps}, {"MQ_KSPLIT", mqKSplit},
 	{"MQ_DOWN_WARPS", mqDownWarps}, {"MQG_STAGE", mqgStage}, {"MQG_STAGES", mqgStages},
-	{"GM_STAGES", gmStages}, {"MOE_MAX_K", moeMaxK}, {"ROUTE_TOKENS", mqTokens},
+	{"GM_STAGES", gmStages}, {"AG_WARPS", gqaWarps}, {"MOE_MAX_K", moeMaxK}, {"ROUTE_TOKENS", mqTokens},
 	{"MM_BM", mmTile}, {"MM_BN", mmTile}, {"FA_D", flashDim}, {"FA_ROWS", flashRows}, {"FA_THREADS", flashThreads},
 	{"SAMPLE_THREADS", sampleThreads}, {"SAMPLE_PARAM_BYTES", sampleParamBytes},
 }
@@ -528,6 +528,20 @@ func (b *Backend) attnPartial(cache tensor.Type, rowsPer, maxDim int, grid [3]in
 	b.launch(fmt.Sprintf("attn_partial_%s_r%d_d%d", suffix(cache), rowsPer, maxDim), grid, threads(32*warps), shmem,
 		dptr(q), dptr(kc), dptr(vc), dptr(pos), dptr(seq), dptr(table), cint(n), cint(p.Heads), cint(p.KVHeads), cint(p.HeadDim),
 		cfloat(p.Scale), cint(p.Window), cint(p.BlockSize), cint(p.MaxBlocks), cint(hgroups), cint(fixed), dptr(pm), dptr(pl), dptr(pacc))
+}
+
+// gqaWarps is the KV heads (warps) of an attn_gqa block (AG_WARPS), and
+// gqaShmem its shared memory: each warp's two stages of a 32-key K and V
+// tile, rows of 72 halves.
+const (
+	gqaWarps = 4
+	gqaShmem = gqaWarps * 2 * 2 * 32 * 72 * 2
+)
+
+func (b *Backend) attnGQA(grid [3]int, q, kc, vc, pos, seq, table uintptr, p backend.AttentionParams, pm, pl, pacc uintptr) {
+	b.launch("attn_gqa_f16_d64", grid, threads(32*gqaWarps), gqaShmem,
+		dptr(q), dptr(kc), dptr(vc), dptr(pos), dptr(seq), dptr(table), cint(p.Heads), cint(p.KVHeads),
+		cfloat(p.Scale), cint(p.Window), cint(p.BlockSize), cint(p.MaxBlocks), dptr(pm), dptr(pl), dptr(pacc))
 }
 
 func (b *Backend) attnCombine(dst, pm, pl, pacc, sinks uintptr, heads, dim, splits, n int) {

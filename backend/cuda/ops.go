@@ -677,7 +677,7 @@ func (b *Backend) Attention(dst, q, kCache, vCache, pos, seq, table, sinks backe
 }
 
 // attnSplitK queues the split-K kernels for n rows, rowsPer of them a block
-// (1 or 4): attn_partial and the combine, which also writes the rows into
+// (1 or 4): attn_partial (or attn_gqa) and the combine, which also writes the rows into
 // q when it is not nil (the output's quantized copy, for the output
 // projection).
 func (b *Backend) attnSplitK(dst, q uintptr, kc, vc *Tensor, pos, seq, table, sinks uintptr, n, rowsPer int, quant *quantBuf, p backend.AttentionParams) {
@@ -685,7 +685,13 @@ func (b *Backend) attnSplitK(dst, q uintptr, kc, vc *Tensor, pos, seq, table, si
 	warps := min(group, 8)
 	hgroups := (group + warps - 1) / warps
 	rowBlocks := (n + rowsPer - 1) / rowsPer
+	// Decode rows of head dim 64 against an f16 cache take the tensor-core
+	// kernel (a warp a KV head, its group as the MMA's 16 rows).
+	gqa := rowsPer == 1 && p.HeadDim == flashDim && kc.typ == tensor.F16 && group <= 16 && !b.invariant
 	splits := attnSplits(p, rowBlocks*p.KVHeads*hgroups, b.sms)
+	if gqa {
+		splits = attnSplits(p, n*((p.KVHeads+gqaWarps-1)/gqaWarps), b.sms)
+	}
 	// A batch-invariant split is a fixed run of keys, so a row's splits do
 	// not depend on the other rows (or the longest sequence); splits past a
 	// row's keys are empty.
@@ -710,8 +716,12 @@ func (b *Backend) attnSplitK(dst, q uintptr, kc, vc *Tensor, pos, seq, table, si
 	if p.HeadDim > 64 {
 		maxDim = attnMaxDim
 	}
-	b.attnPartial(kc.typ, rowsPer, maxDim, grid3(p.KVHeads*hgroups, rowBlocks, splits), warps, shmem,
-		q, kc.ptr, vc.ptr, pos, seq, table, n, p, hgroups, fixed, pm, pl, pacc)
+	if gqa {
+		b.attnGQA(grid3((p.KVHeads+gqaWarps-1)/gqaWarps, n, splits), q, kc.ptr, vc.ptr, pos, seq, table, p, pm, pl, pacc)
+	} else {
+		b.attnPartial(kc.typ, rowsPer, maxDim, grid3(p.KVHeads*hgroups, rowBlocks, splits), warps, shmem,
+			q, kc.ptr, vc.ptr, pos, seq, table, n, p, hgroups, fixed, pm, pl, pacc)
+	}
 	if quant != nil {
 		b.attnCombineMQ(dst, pm, pl, pacc, sinks, p.Heads, p.HeadDim, splits, n, *quant)
 		return

@@ -571,3 +571,194 @@ __device__ void attn_flash_impl(float* dst, const float* q, const KT* kc, const 
     }
 ATTN_FLASH(u16, f16)
 ATTN_FLASH(float, f32)
+
+// ---- Decode: split-K attention on the tensor cores ----
+//
+// attn_gqa_f16_d64: block (4 KV heads, one decode row, split); warp w takes
+// KV head 4·blockIdx.x + w, with the query heads of its group as the 16
+// rows of an mma tile (a group of 8, as gpt-oss's, leaves rows 8-15 zero),
+// so one staged key tile serves the whole group and a score is one MMA
+// lane, not a 64-long dot product a lane: attn_partial spent its time in
+// shared-memory reads of K and V as f32 (Nsight: L1 77% busy, 14% of DRAM
+// bandwidth at 64 sequences; NOTES.md #30). The warp streams its split's
+// keys in 32-key tiles of K and V (f16, as the cache stores them), two
+// stages by cp.async, scores them with mma.sync m16n8k16 against q, folds
+// each tile into a running max and sum (online softmax) and adds P·V, V's
+// fragments read transposed by ldmatrix. q and P keep two f16 terms each,
+// as in attn_flash, so products hold ~22 bits. It writes attn_partial's
+// partial results (pm, pl, pacc), which attn_combine merges with the sink.
+// Warps never wait for each other: each has its own stages.
+
+#define AG_KEYS 32   // keys a staged tile
+#define AG_LD 72     // halves a staged row: 64 + 8 of padding, so ldmatrix rows hit distinct banks
+#ifndef AG_WARPS // from Go as -DAG_WARPS (kernelDefines); this default serves standalone checks
+#define AG_WARPS 4   // KV heads (warps) a block
+#endif
+#define AG_STAGE (2 * AG_KEYS * AG_LD) // halves of a stage: K rows, then V rows
+
+// ag_load queues the cp.async loads of the tile of keys kb.. (below end;
+// later keys are zero-filled) of one KV head into stage st: lane takes
+// 16-byte pieces lane, lane + 32, … of the tile's 32 rows × 8 pieces, of K
+// and of V.
+__device__ __forceinline__ void ag_load(u16* st, const u16* kc, const u16* vc, const int* tbl, int kb, int end,
+                                        int bs, i64 stride, i64 hoff, int lane) {
+#pragma unroll
+    for (int i = 0; i < AG_KEYS * 8 / 32; i++) {
+        int u = lane + 32 * i, j = u >> 3, part = (u & 7) * 8;
+        bool ok = kb + j < end;
+        i64 off = ok ? kv_row(tbl, kb + j, bs) * stride + hoff + part : 0;
+        cp_async16(st + j * AG_LD + part, kc + off, ok);
+        cp_async16(st + (AG_KEYS + j) * AG_LD + part, vc + off, ok);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(32 * AG_WARPS)
+    attn_gqa_f16_d64(const float* q, const u16* kc, const u16* vc, const int* pos, const int* seq, const int* table,
+                     int heads, int kvheads, float scale, int window, int bs, int maxblocks, float* pm, float* pl,
+                     float* pacc) {
+    extern __shared__ __align__(16) u16 ag_sm[];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int kvh = blockIdx.x * AG_WARPS + warp, r = blockIdx.y, split = blockIdx.z, splits = gridDim.z;
+    if (kvh >= kvheads) return; // warps never meet at a barrier
+    const int group = heads / kvheads, h0 = kvh * group;
+    u16* st0 = ag_sm + warp * 2 * AG_STAGE;
+
+    // This split's share of the row's visible keys lo..p.
+    const int p = pos[r], lo = window > 0 ? max(0, p - window + 1) : 0;
+    const int chunk = (p - lo + splits) / splits, start = lo + split * chunk, end = min(p + 1, start + chunk);
+    const int* tbl = table + (i64)seq[r] * maxblocks;
+    const i64 stride = (i64)kvheads * 64, hoff = (i64)kvh * 64;
+    if (start < end) ag_load(st0, kc, vc, tbl, start, end, bs, stride, hoff, lane);
+    cp_async_commit();
+
+    // q as A fragments (heads g and g+8 of the group; dims 2t, 2t+1 and +8
+    // of each 16), scaled, in two f16 terms.
+    u32 qh[4][4], ql[4][4];
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            int hh = g + ((i & 1) ? 8 : 0), c = kk * 16 + 2 * t + ((i & 2) ? 8 : 0);
+            float x = 0.f, y = 0.f;
+            if (hh < group) {
+                const float* qp = q + ((i64)r * heads + h0 + hh) * 64 + c;
+                x = qp[0] * scale;
+                y = qp[1] * scale;
+            }
+            qh[kk][i] = split2(x, y, ql[kk][i]);
+        }
+
+    float o[8][4], m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) o[j][e] = 0.f;
+
+    for (int kb = start, tt = 0; kb < end; kb += AG_KEYS, tt++) {
+        if (kb + AG_KEYS < end)
+            ag_load(st0 + ((tt + 1) & 1) * AG_STAGE, kc, vc, tbl, kb + AG_KEYS, end, bs, stride, hoff, lane);
+        cp_async_commit();
+        cp_async_wait<1>();
+        __syncwarp(); // every lane's pieces of tile tt have landed
+        const u16* Ks = st0 + (tt & 1) * AG_STAGE;
+        const u16* Vs = Ks + AG_KEYS * AG_LD;
+
+        // Scores: s[j] is keys 8j..8j+7 (C fragment: heads g, g+8; keys
+        // 2t, 2t+1). Matrix i of an ldmatrix is dims 8i.. of 32 (kk pair).
+        float s[4][4];
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) s[j][e] = 0.f;
+#pragma unroll
+            for (int k2 = 0; k2 < 2; k2++) {
+                u32 b[4];
+                ldsm_x4(b, Ks + (8 * j + (lane & 7)) * AG_LD + k2 * 32 + (lane >> 3) * 8);
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    int kk = 2 * k2 + h;
+                    mma16816(s[j], qh[kk][0], qh[kk][1], qh[kk][2], qh[kk][3], b[2 * h], b[2 * h + 1]);
+                    mma16816(s[j], ql[kk][0], ql[kk][1], ql[kk][2], ql[kk][3], b[2 * h], b[2 * h + 1]);
+                }
+            }
+        }
+        // Keys past the split's end (zero-filled) are masked; the online
+        // softmax as in attn_flash (a row's keys spread over a quad).
+        float mx[2] = {NEG_INF, NEG_INF};
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                if (kb + 8 * j + 2 * t + (e & 1) >= end) s[j][e] = NEG_INF;
+                mx[e >> 1] = fmaxf(mx[e >> 1], s[j][e]);
+            }
+        float corr[2];
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+            mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+            float mn = fmaxf(m[i], mx[i]); // finite: the tile's first key is visible
+            corr[i] = m[i] == NEG_INF ? 0.f : expf(m[i] - mn);
+            m[i] = mn;
+            l[i] *= corr[i];
+        }
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            o[j][0] *= corr[0];
+            o[j][1] *= corr[0];
+            o[j][2] *= corr[1];
+            o[j][3] *= corr[1];
+        }
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                float pv = s[j][e] == NEG_INF ? 0.f : expf(s[j][e] - m[e >> 1]);
+                l[e >> 1] += pv;
+                s[j][e] = pv;
+            }
+        // O += P·V: the probabilities of keys 16kk.. are P's A fragment;
+        // V's B fragments (keys 2t, 2t+1 and +8 of dim g) come from
+        // ldmatrix.trans of the key-major tile: matrix i is keys 16kk +
+        // 8(i&1).., dims 8(2jp + i/2)...
+#pragma unroll
+        for (int kk = 0; kk < 2; kk++) {
+            u32 ah[4], al[4];
+            ah[0] = split2(s[2 * kk][0], s[2 * kk][1], al[0]);
+            ah[1] = split2(s[2 * kk][2], s[2 * kk][3], al[1]);
+            ah[2] = split2(s[2 * kk + 1][0], s[2 * kk + 1][1], al[2]);
+            ah[3] = split2(s[2 * kk + 1][2], s[2 * kk + 1][3], al[3]);
+#pragma unroll
+            for (int jp = 0; jp < 4; jp++) {
+                u32 b[4];
+                int mi = lane >> 3;
+                ldsm_x4_t(b, Vs + (16 * kk + (mi & 1) * 8 + (lane & 7)) * AG_LD + 8 * (2 * jp + (mi >> 1)));
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    mma16816(o[2 * jp + h], ah[0], ah[1], ah[2], ah[3], b[2 * h], b[2 * h + 1]);
+                    mma16816(o[2 * jp + h], al[0], al[1], al[2], al[3], b[2 * h], b[2 * h + 1]);
+                }
+            }
+        }
+        __syncwarp(); // tile tt is consumed before the next iteration refills its stage
+    }
+    cp_async_wait<0>();
+
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
+        l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
+        int hh = g + 8 * i;
+        if (hh >= group) continue;
+        i64 ix = ((i64)r * heads + h0 + hh) * splits + split;
+        if (t == 0) {
+            pm[ix] = m[i];
+            pl[ix] = l[i];
+        }
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            pacc[ix * 64 + 8 * j + 2 * t] = o[j][2 * i];
+            pacc[ix * 64 + 8 * j + 2 * t + 1] = o[j][2 * i + 1];
+        }
+    }
+}

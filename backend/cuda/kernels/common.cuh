@@ -271,6 +271,23 @@ __device__ __forceinline__ void mma16816(float* c, u32 a0, u32 a1, u32 a2, u32 a
 
 // cp.async: copies global memory to shared memory without passing through
 // registers, so a block keeps many loads in flight while it computes.
+// ldsm_x4 loads four 8×8 matrices of 16-bit elements from shared memory
+// (lanes 8i..8i+7 give the row addresses of matrix i) as mma fragments:
+// lane 4g+t gets row g, elements 2t and 2t+1 of each. ldsm_x4_t loads them
+// transposed (element g of rows 2t and 2t+1).
+__device__ __forceinline__ void ldsm_x4(u32* r, const u16* p) {
+    u32 a = (u32)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+__device__ __forceinline__ void ldsm_x4_t(u32* r, const u16* p) {
+    u32 a = (u32)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+
 // cp_async16 with valid false zero-fills its 16 bytes and reads nothing.
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
     u32 d = (u32)__cvta_generic_to_shared(dst);

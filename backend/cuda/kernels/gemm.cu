@@ -59,13 +59,6 @@ struct GmSmem {
     }
 };
 
-__device__ __forceinline__ void ldsm_x4(u32* r, const u16* p) {
-    u32 a = (u32)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a));
-}
-
 __device__ __forceinline__ u32 prmt(u32 a, u32 b, u32 s) {
     u32 r;
     asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(s));
