@@ -88,6 +88,7 @@ func benchMatMul(b *testing.B, typ tensor.Type, in, out, n int) {
 	if err := be.Sync(); err != nil {
 		b.Fatal(err)
 	}
+	b.StopTimer() // the deferred frees wait for the device: not part of ns/op
 	size, _ := typ.RowSize(int64(in) * int64(out))
 	sec := b.Elapsed().Seconds() / float64(b.N)
 	b.ReportMetric(float64(size)/sec/1e9, "GB/s")
@@ -177,6 +178,7 @@ func benchMoE(b *testing.B, n int) {
 	if err := be.Sync(); err != nil {
 		b.Fatal(err)
 	}
+	b.StopTimer()
 	size, _ := tensor.MXFP4.RowSize(int64(3 * len(used) * hidden * ff))
 	b.ReportMetric(float64(size)/(b.Elapsed().Seconds()/float64(b.N))/1e9, "GB/s")
 }
@@ -289,6 +291,7 @@ func benchAttention(b *testing.B, n, length, rows, window int) {
 	if err := be.Sync(); err != nil {
 		b.Fatal(err)
 	}
+	b.StopTimer()
 	sec := b.Elapsed().Seconds() / float64(b.N)
 	// Visible keys: a decode row sees min(length, window); a prompt row at
 	// position j sees min(j+1, window).
