@@ -340,6 +340,54 @@ __device__ __forceinline__ int warp_max_i(int v) {
     return v;
 }
 
+// fa_softmax folds one tile of masked scores (NJ n8 C fragments: rows g
+// and g+8, keys 2t and 2t+1 of each; masked keys NEG_INF) into an online
+// softmax: a row's keys are spread over the 4 lanes of a quad, so the max
+// is reduced across the quad; the running max m, the per-lane partial sum
+// l and the 8 output fragments o are rescaled, and s is left holding the
+// tile's probabilities.
+template <int NJ>
+__device__ __forceinline__ void fa_softmax(float (*s)[4], float* m, float* l, float (*o)[4]) {
+    float mx[2] = {NEG_INF, NEG_INF};
+#pragma unroll
+    for (int j = 0; j < NJ; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) mx[e >> 1] = fmaxf(mx[e >> 1], s[j][e]);
+    float corr[2];
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+        float mn = fmaxf(m[i], mx[i]);
+        corr[i] = m[i] == NEG_INF ? 0.f : expf(m[i] - mn);
+        m[i] = mn;
+        l[i] *= corr[i];
+    }
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        o[j][0] *= corr[0];
+        o[j][1] *= corr[0];
+        o[j][2] *= corr[1];
+        o[j][3] *= corr[1];
+        if (j < NJ)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                float pv = s[j][e] == NEG_INF ? 0.f : expf(s[j][e] - m[e >> 1]);
+                l[e >> 1] += pv;
+                s[j][e] = pv;
+            }
+    }
+}
+
+// p_frag writes P's A fragment of keys 16kk..16kk+15 (the probabilities'
+// C fragments 2kk and 2kk+1) as two f16 terms.
+__device__ __forceinline__ void p_frag(const float (*s)[4], int kk, u32* ah, u32* al) {
+    ah[0] = split2(s[2 * kk][0], s[2 * kk][1], al[0]);
+    ah[1] = split2(s[2 * kk][2], s[2 * kk][3], al[1]);
+    ah[2] = split2(s[2 * kk + 1][0], s[2 * kk + 1][1], al[2]);
+    ah[3] = split2(s[2 * kk + 1][2], s[2 * kk + 1][3], al[3]);
+}
+
 template <typename KT>
 __device__ void attn_flash_impl(float* dst, const float* q, const KT* kc, const KT* vc, const int* pos,
                                 const int* seq, const int* table, const float* sinks, int n, int heads, int kvheads,
@@ -479,52 +527,21 @@ __device__ void attn_flash_impl(float* dst, const float* q, const KT* kc, const 
                     mma16816(s[j], ql[kk][0], ql[kk][1], ql[kk][2], ql[kk][3], b0, b1);
                 }
             }
-            // Mask, then the online softmax: a row's 64 scores are spread
-            // over the 4 lanes of a quad, so the max is reduced across the
-            // quad; the sum l stays a per-lane partial until the end.
-            float mx[2] = {NEG_INF, NEG_INF};
+            // Mask, then the online softmax.
 #pragma unroll
             for (int j = 0; j < 8; j++)
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
                     int i = e >> 1, key = kb + 8 * j + 2 * t + (e & 1);
                     if (key < lo[i] || key > hi[i]) s[j][e] = NEG_INF;
-                    mx[i] = fmaxf(mx[i], s[j][e]);
                 }
-            float corr[2];
-#pragma unroll
-            for (int i = 0; i < 2; i++) {
-                mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
-                mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
-                float mn = fmaxf(m[i], mx[i]);
-                corr[i] = m[i] == NEG_INF ? 0.f : expf(m[i] - mn);
-                m[i] = mn;
-                l[i] *= corr[i];
-            }
-#pragma unroll
-            for (int j = 0; j < 8; j++) {
-                o[j][0] *= corr[0];
-                o[j][1] *= corr[0];
-                o[j][2] *= corr[1];
-                o[j][3] *= corr[1];
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    int i = e >> 1;
-                    float pv = s[j][e] == NEG_INF ? 0.f : expf(s[j][e] - m[i]);
-                    l[i] += pv;
-                    s[j][e] = pv;
-                }
-            }
-            // O += P·V: the score C fragments of keys 16kk..16kk+15 are the
-            // A fragment of P (two f16 terms); B is read from the
-            // transposed V.
+            fa_softmax<8>(s, m, l, o);
+            // O += P·V: the probabilities of keys 16kk..16kk+15 are the A
+            // fragment of P; B is read from the transposed V.
 #pragma unroll
             for (int kk = 0; kk < 4; kk++) {
                 u32 ah[4], al[4];
-                ah[0] = split2(s[2 * kk][0], s[2 * kk][1], al[0]);
-                ah[1] = split2(s[2 * kk][2], s[2 * kk][3], al[1]);
-                ah[2] = split2(s[2 * kk + 1][0], s[2 * kk + 1][1], al[2]);
-                ah[3] = split2(s[2 * kk + 1][2], s[2 * kk + 1][3], al[3]);
+                p_frag(s, kk, ah, al);
 #pragma unroll
                 for (int j = 0; j < 8; j++) {
                     const u32* vp = vt32 + (8 * j + g) * (FA_LD / 2) + kk * 8 + t;
@@ -682,52 +699,21 @@ extern "C" __global__ void __launch_bounds__(32 * AG_WARPS)
                 }
             }
         }
-        // Keys past the split's end (zero-filled) are masked; the online
-        // softmax as in attn_flash (a row's keys spread over a quad).
-        float mx[2] = {NEG_INF, NEG_INF};
+        // Keys past the split's end (zero-filled) are masked; then the
+        // online softmax (m stays finite: the tile's first key is visible).
 #pragma unroll
         for (int j = 0; j < 4; j++)
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
+            for (int e = 0; e < 4; e++)
                 if (kb + 8 * j + 2 * t + (e & 1) >= end) s[j][e] = NEG_INF;
-                mx[e >> 1] = fmaxf(mx[e >> 1], s[j][e]);
-            }
-        float corr[2];
-#pragma unroll
-        for (int i = 0; i < 2; i++) {
-            mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
-            mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
-            float mn = fmaxf(m[i], mx[i]); // finite: the tile's first key is visible
-            corr[i] = m[i] == NEG_INF ? 0.f : expf(m[i] - mn);
-            m[i] = mn;
-            l[i] *= corr[i];
-        }
-#pragma unroll
-        for (int j = 0; j < 8; j++) {
-            o[j][0] *= corr[0];
-            o[j][1] *= corr[0];
-            o[j][2] *= corr[1];
-            o[j][3] *= corr[1];
-        }
-#pragma unroll
-        for (int j = 0; j < 4; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                float pv = s[j][e] == NEG_INF ? 0.f : expf(s[j][e] - m[e >> 1]);
-                l[e >> 1] += pv;
-                s[j][e] = pv;
-            }
-        // O += P·V: the probabilities of keys 16kk.. are P's A fragment;
-        // V's B fragments (keys 2t, 2t+1 and +8 of dim g) come from
-        // ldmatrix.trans of the key-major tile: matrix i is keys 16kk +
-        // 8(i&1).., dims 8(2jp + i/2)...
+        fa_softmax<4>(s, m, l, o);
+        // O += P·V: V's B fragments (keys 2t, 2t+1 and +8 of dim g) come
+        // from ldmatrix.trans of the key-major tile: matrix i is keys 16kk
+        // + 8(i&1).., dims 8(2jp + i/2)...
 #pragma unroll
         for (int kk = 0; kk < 2; kk++) {
             u32 ah[4], al[4];
-            ah[0] = split2(s[2 * kk][0], s[2 * kk][1], al[0]);
-            ah[1] = split2(s[2 * kk][2], s[2 * kk][3], al[1]);
-            ah[2] = split2(s[2 * kk + 1][0], s[2 * kk + 1][1], al[2]);
-            ah[3] = split2(s[2 * kk + 1][2], s[2 * kk + 1][3], al[3]);
+            p_frag(s, kk, ah, al);
 #pragma unroll
             for (int jp = 0; jp < 4; jp++) {
                 u32 b[4];
