@@ -78,7 +78,7 @@ var kernelDefines = []struct {
 	{"MV_TOKENS", mvTokens}, {"MV_WARPS", mvWarps}, {"MV_ROWS", mvRows},
 	{"MQ_TOKENS", mqTokens}, {"MQ_CHUNK", mqChunk}, {"MQ_WARPS", mqWarps}, {"MQ_KSPLIT", mqKSplit},
 	{"MQ_DOWN_WARPS", mqDownWarps}, {"MQG_STAGE", mqgStage}, {"MQG_STAGES", mqgStages},
-	{"GM_STAGES", gmStages}, {"AG_WARPS", gqaWarps}, {"MOE_MAX_K", moeMaxK}, {"ROUTE_TOKENS", mqTokens},
+	{"GM_STAGES", gmStages}, {"AG_WARPS", gqaWarps}, {"MOE_MAX_K", moeMaxK}, {"ROUTE_TOKENS", mqTokens}, {"ROUTE_WARPS", routeWarps},
 	{"MM_BM", mmTile}, {"MM_BN", mmTile}, {"FA_D", flashDim}, {"FA_ROWS", flashRows}, {"FA_THREADS", flashThreads},
 	{"SAMPLE_THREADS", sampleThreads}, {"SAMPLE_PARAM_BYTES", sampleParamBytes},
 }
@@ -503,8 +503,18 @@ func (b *Backend) moeTopK(ids, wts, logits uintptr, n, nExp, k int) {
 	b.launch("moe_topk", grid1((n+3)/4), threads(128), 0, dptr(ids), dptr(wts), dptr(logits), cint(n), cint(nExp), cint(k))
 }
 
+// routeWarps is the warps of a moe_router block (ROUTE_WARPS): its last
+// block picks the top-k of up to that many tokens, one a warp.
+const routeWarps = 8
+
+// moeRouter queues moe_router: with k > 0 the logits and top-k of at most
+// routeWarps tokens, with k = 0 (ids, wts and done unused) the logits.
 func (b *Backend) moeRouter(ids, wts, logits, done, x, w, bias uintptr, n, in, nExp, k int) {
-	b.launch("moe_router", grid1(nExp), threads(256), n*nExp*4,
+	shmem := 0
+	if k > 0 {
+		shmem = n * nExp * 4
+	}
+	b.launch("moe_router", grid2(nExp, (n+mqTokens-1)/mqTokens), threads(32*routeWarps), shmem,
 		dptr(ids), dptr(wts), dptr(logits), dptr(done), dptr(x), dptr(w), dptr(bias), cint(n), cint(in), cint(nExp), cint(k))
 }
 

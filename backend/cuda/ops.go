@@ -782,9 +782,9 @@ func attnSplits(p backend.AttentionParams, blocks, sms int) int {
 const attnSplitKeys = 32
 
 // MoE is the fused mixture of experts (backend.FusedMoE): the router's
-// product and top-k (for F32 router weights, one kernel for a decode step
-// and a tiled f32 product for prefill), then the experts as Experts runs
-// them.
+// product and top-k (for F32 router weights: moe_router with the top-k
+// fused up to routeWarps tokens, moe_router then moe_topk up to mqgTokens,
+// a tiled f32 product for prefill), then the experts as Experts runs them.
 func (b *Backend) MoE(dst, x backend.Tensor, w *backend.MoEWeights, p backend.MoEParams) {
 	const op = "MoE"
 	if w == nil {
@@ -823,13 +823,16 @@ func (b *Backend) MoE(dst, x backend.Tensor, w *backend.MoEWeights, p backend.Mo
 		return
 	}
 	logits, ids, wts := ws, ws+uintptr(n*nExp*4), ws+uintptr((int64(n)*int64(nExp)+na)*4)
-	if n <= mqTokens && router.typ == tensor.F32 && !b.invariant {
+	if n <= routeWarps && router.typ == tensor.F32 && !b.invariant {
 		done, err := b.routerTicket()
 		if err != nil {
 			b.fail(fmt.Errorf("%s: %w", op, err))
 			return
 		}
 		b.moeRouter(ids, wts, logits, done, xs.ptr, router.ptr, rb, n, hidden, nExp, p.TopK)
+	} else if n <= mqgTokens && router.typ == tensor.F32 && !b.invariant {
+		b.moeRouter(0, 0, logits, 0, xs.ptr, router.ptr, rb, n, hidden, nExp, 0) // logits only
+		b.moeTopK(ids, wts, logits, n, nExp, p.TopK)
 	} else if n > mqgTokens && router.typ == tensor.F32 && hidden%32 == 0 && !b.invariant {
 		b.moeLogits(logits, xs.ptr, router.ptr, rb, n, hidden, nExp)
 		b.moeTopK(ids, wts, logits, n, nExp, p.TopK)

@@ -62,9 +62,11 @@ extern "C" __global__ void moe_topk(int* ids, float* wts, const float* logits, i
 }
 
 #ifndef ROUTE_TOKENS // from Go as -DROUTE_TOKENS (kernelDefines); this default serves standalone checks
-#define ROUTE_TOKENS 4 // decode steps of up to 4 tokens
+#define ROUTE_TOKENS 4 // tokens a block
 #endif
+#ifndef ROUTE_WARPS // from Go as -DROUTE_WARPS (kernelDefines); this default serves standalone checks
 #define ROUTE_WARPS 8
+#endif
 
 __device__ __forceinline__ float ld_cg(const float* p) {
     float v;
@@ -72,27 +74,35 @@ __device__ __forceinline__ float ld_cg(const float* p) {
     return v;
 }
 
-// moe_router: router logits and top-k of a decode step (n ≤ 4 tokens) in one
-// launch. Block e computes expert e's logit for every token in f32 (F32
-// weights, in a multiple of 4), its ROUTE_WARPS warps splitting the row;
+// moe_router: router logits and top-k of a decode step in one launch.
+// Block (e, g) computes expert e's logit for tokens ROUTE_TOKENS·g.. in f32
+// (F32 weights, in a multiple of 4), its ROUTE_WARPS warps splitting the
+// row, so a logit's sum runs in the same order whatever the step's size;
 // the last block to finish (a ticket on *done, which it resets) reads all
-// logits back from L2 and runs topk_warp for each token. Replaces a matvec
-// of nexp/4 blocks of one row a warp and a second launch.
+// logits back from L2 and runs topk_warp for each token, one a warp. With k
+// = 0 it writes the logits only (steps of more tokens than the last block
+// has warps, whose top-k moe_topk spreads over the chip). Replaces a matvec
+// (one row a warp, its 8 tokens' loads waited on in turn: ≈ 20 µs a layer
+// at 64 tokens) and, up to ROUTE_WARPS tokens, a second launch.
 extern "C" __global__ void __launch_bounds__(32 * ROUTE_WARPS)
     moe_router(int* ids, float* wts, float* logits, unsigned* done, const float* x, const float* w,
                const float* bias, int n, int in, int nexp, int k) {
     __shared__ float part[ROUTE_WARPS][ROUTE_TOKENS];
     __shared__ bool last;
     extern __shared__ float lg[]; // n × nexp, in the last block
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, e = blockIdx.x;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, e = blockIdx.x, t0 = blockIdx.y * ROUTE_TOKENS;
+    int nt = min(ROUTE_TOKENS, n - t0);
     const float4* wr = (const float4*)(w + (i64)e * in);
-    float acc[ROUTE_TOKENS] = {0.f, 0.f, 0.f, 0.f};
+    const float* xt = x + (i64)t0 * in;
+    float acc[ROUTE_TOKENS];
+#pragma unroll
+    for (int t = 0; t < ROUTE_TOKENS; t++) acc[t] = 0.f;
     for (int i = threadIdx.x; i < in / 4; i += blockDim.x) {
         float4 wv = __ldg(wr + i);
 #pragma unroll
         for (int t = 0; t < ROUTE_TOKENS; t++)
-            if (t < n) {
-                float4 xv = ((const float4*)(x + (i64)t * in))[i];
+            if (t < nt) {
+                float4 xv = ((const float4*)(xt + (i64)t * in))[i];
                 acc[t] += wv.x * xv.x + wv.y * xv.y + wv.z * xv.z + wv.w * xv.w;
             }
     }
@@ -102,14 +112,15 @@ extern "C" __global__ void __launch_bounds__(32 * ROUTE_WARPS)
         if (lane == 0) part[warp][t] = v;
     }
     __syncthreads();
-    if (threadIdx.x < n) {
+    if (threadIdx.x < nt) {
         float v = bias ? bias[e] : 0.f;
         for (int j = 0; j < ROUTE_WARPS; j++) v += part[j][threadIdx.x];
-        logits[threadIdx.x * nexp + e] = v;
+        logits[(t0 + threadIdx.x) * nexp + e] = v;
     }
+    if (k == 0) return;
     __threadfence();
     __syncthreads();
-    if (threadIdx.x == 0) last = atomicAdd(done, 1u) == gridDim.x - 1;
+    if (threadIdx.x == 0) last = atomicAdd(done, 1u) == gridDim.x * gridDim.y - 1;
     __syncthreads();
     if (!last) return;
     __threadfence();
