@@ -649,7 +649,8 @@ extern "C" __global__ void __launch_bounds__(32 * AG_WARPS)
     cp_async_commit();
 
     // q as A fragments (heads g and g+8 of the group; dims 2t, 2t+1 and +8
-    // of each 16), scaled, in two f16 terms.
+    // of each 16), scaled, in two f16 terms. attn_flash's loop with other
+    // row addresses: shared as a helper, it made ptxas spill here.
     u32 qh[4][4], ql[4][4];
 #pragma unroll
     for (int kk = 0; kk < 4; kk++)
