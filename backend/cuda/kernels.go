@@ -83,13 +83,23 @@ var kernelDefines = []struct {
 	{"SAMPLE_THREADS", sampleThreads}, {"SAMPLE_PARAM_BYTES", sampleParamBytes},
 }
 
+// defineWords matches each of kernelDefines' names as a whole word, in
+// the same order (compiled once, not for every module at every start).
+var defineWords = func() []*regexp.Regexp {
+	res := make([]*regexp.Regexp, len(kernelDefines))
+	for i, d := range kernelDefines {
+		res[i] = regexp.MustCompile(`\b` + d.name + `\b`)
+	}
+	return res
+}()
+
 // defineOptions are the kernelDefines that src names, as NVRTC options:
 // a module gets only its own, so changing one constant recompiles only the
 // modules that read it.
 func defineOptions(src string) []string {
 	var opts []string
-	for _, d := range kernelDefines {
-		if regexp.MustCompile(`\b` + d.name + `\b`).MatchString(src) {
+	for i, d := range kernelDefines {
+		if defineWords[i].MatchString(src) {
 			opts = append(opts, "-D"+d.name+"="+strconv.Itoa(d.value))
 		}
 	}

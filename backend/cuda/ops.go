@@ -688,10 +688,11 @@ func (b *Backend) attnSplitK(dst, q uintptr, kc, vc *Tensor, pos, seq, table, si
 	// Decode rows of head dim 64 against an f16 cache take the tensor-core
 	// kernel (a warp a KV head, its group as the MMA's 16 rows).
 	gqa := rowsPer == 1 && p.HeadDim == flashDim && kc.typ == tensor.F16 && group <= 16 && !b.invariant
-	splits := attnSplits(p, rowBlocks*p.KVHeads*hgroups, b.sms)
+	blocks := rowBlocks * p.KVHeads * hgroups
 	if gqa {
-		splits = attnSplits(p, n*((p.KVHeads+gqaWarps-1)/gqaWarps), b.sms)
+		blocks = n * ((p.KVHeads + gqaWarps - 1) / gqaWarps)
 	}
+	splits := attnSplits(p, blocks, b.sms)
 	// A batch-invariant split is a fixed run of keys, so a row's splits do
 	// not depend on the other rows (or the longest sequence); splits past a
 	// row's keys are empty.
