@@ -75,7 +75,9 @@ __device__ __forceinline__ u32 e2m1_pair(u32 v, u32 sel, u32 scale2) {
     u32 idx = (sel == 0x9080u ? v : v >> 16) & 0x7070u;
     u32 mag = prmt(0x3F3F3F00u, 0x40404040u, idx) | prmt(0xC0800000u, 0xC0804000u, idx >> 4);
     u32 r = mag | (prmt(v, 0u, sel) & 0x80008000u);
-    asm("mul.rn.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(r), "r"(scale2));
+    // An fma with −0 (exact: the product is a bf16 number), since mul.bf16x2
+    // needs sm_90 and this file serves sm_80 too.
+    asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(r), "r"(scale2), "r"(0x80008000u));
     return r;
 }
 
