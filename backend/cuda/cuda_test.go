@@ -246,7 +246,7 @@ func TestMatMulQKV(t *testing.T) {
 			w[i] = p.upload(types[i], []int{in, outs[i]}, randWeights(t, r, types[i], in*outs[i]))
 			bias[i] = p.f32(1, outs[i], randF32(r, outs[i], 1))
 		}
-		for _, n := range []int{1, 4, 9, 70, 300} {
+		for _, n := range []int{1, 4, 9, 70, 200, 300} { // 9, 70: mqg_matmul3_16; 200: mqg_matmul3
 			x := p.f32(n, in, randF32(r, n*in, 1))
 			for i := range dst {
 				dst[i] = p.f32(n, outs[i], nil)

@@ -408,6 +408,24 @@ func (b *Backend) mqgMatmul(w *Tensor, dst uintptr, x rowQuant, in int, bias uin
 		dptr(dst), dptr(x.q), dptr(x.d), dptr(w.ptr), dptr(w.aux), cint(in), dptr(bias), cint(n), cint(out))
 }
 
+// mqgMatmul3 queues the three dense products of one x (q, k and v) as one
+// launch, in 64-row tiles or, where those would not give each SM two
+// blocks, 16-row ones.
+func (b *Backend) mqgMatmul3(x rowQuant, in, n int, m [3]mqMat) {
+	q := mqgQuads(n)
+	name, rows := "mqg_matmul3_", 64
+	if tiles := (m[0].out + m[1].out + m[2].out + 3*(rows-1)) / rows; tiles*mqgGrid(n, q, rows, 0, 1)[0] < 2*b.sms {
+		name, rows = "mqg_matmul3_16_", 16
+	}
+	args := []arg{dptr(x.q), dptr(x.d), cint(in), cint(n)}
+	most := 0
+	for _, p := range m {
+		args = append(args, dptr(p.dst), dptr(p.w.ptr), dptr(p.w.aux), dptr(p.bias), cint(p.out))
+		most = max(most, p.out)
+	}
+	b.launch(fmt.Sprintf("%s%s_q%d", name, suffix(m[0].w.typ), q), mqgGrid(n, q, rows, most, 3), threads(128), mqgShmem(m[0].w.typ, 1, q, rows, in), args...)
+}
+
 func (b *Backend) mqgDown(down *Tensor, y uintptr, h rowQuant, in int, db, starts uintptr, hidden, n, k, nExp int) {
 	q := mqgQuads((n*k + nExp - 1) / nExp)
 	b.launch(fmt.Sprintf("mqg_down_%s_q%d", suffix(down.typ), q), mqgGrid(n, q, 64, hidden, nExp), threads(128), mqgShmem(down.typ, 1, q, 64, in),

@@ -238,8 +238,8 @@ func (b *Backend) rowInput(op string, x *Tensor, n, in int) (rowQuant, bool) {
 
 // MatMulQKV runs the three products of one x. A decode step's (n ≤
 // mqTokens, one Q8_0 or MXFP4 type) run as one launch: the k and v
-// projections are too small to fill the chip on their own; steps of up to
-// mqgTokens quantize x once for the three.
+// projections are too small to fill the chip on their own; so do steps of
+// up to mqgTokens, which quantize x once for the three.
 func (b *Backend) MatMulQKV(q, k, v, x, wq, wk, wv, bq, bk, bv backend.Tensor) {
 	var a [3]matmulArgs
 	for i, t := range [3][3]backend.Tensor{{q, wq, bq}, {k, wk, bk}, {v, wv, bv}} {
@@ -254,9 +254,11 @@ func (b *Backend) MatMulQKV(q, k, v, x, wq, wk, wv, bq, bk, bv backend.Tensor) {
 		// The middle sizes: x quantized once for the three products.
 		defer b.bind()()
 		if qx, ok := b.rowInput("MatMulQKV", a[0].x, a[0].n, a[0].in); ok {
-			for _, m := range a {
-				b.mqgMatmul(m.w, m.dst.ptr, qx, m.in, m.bias, m.n, m.out)
+			var m [3]mqMat
+			for i, x := range a {
+				m[i] = mqMat{dst: x.dst.ptr, w: x.w, bias: x.bias, out: x.out}
 			}
+			b.mqgMatmul3(qx, a[0].in, a[0].n, m)
 		}
 		return
 	}

@@ -259,17 +259,16 @@ __device__ void mqg_gateup_impl(u8* qh, float* dh, const u8* qx, const float* dx
     }
 }
 
-// mqg_rows: block (pass, row tile blockIdx.y, expert e = blockIdx.z)
-// computes y[r][row] = w_e[row]·x[r] + bias_e[row] for rows
-// 16RG·blockIdx.y.. of expert e's out rows and the pass's grouped rows
-// r0..r0+nr-1; without starts, the dense product of x's n rows (one
-// "expert"). mqg_down and mqg_matmul.
+// mqg_rows: block (pass, row tile blockIdx.y, ·) computes y[r][row] =
+// w_e[row]·x[r] + bias_e[row] for rows 16RG·blockIdx.y.. of expert e's out
+// rows and the pass's grouped rows r0..r0+nr-1; a dense product (e = 0)
+// takes x's n rows. mqg_down, mqg_matmul and mqg_matmul3.
 template <int T, int Q, int RG>
-__device__ void mqg_rows_impl(float* y, const u8* qx, const float* dx, WView w, const float* bias, int out, int r0,
-                              int nr) {
+__device__ void mqg_rows_impl(float* y, const u8* qx, const float* dx, WView w, const float* bias, int out, int e,
+                              int r0, int nr) {
     extern __shared__ __align__(16) u8 mqg_shmem[];
     const int KS = 4 / RG, R = 16 * RG;
-    int e = blockIdx.z, lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     int row0 = blockIdx.y * R, valid = min(R, out - row0);
     i64 base = (i64)e * out + row0;
     MqgSmem<T, 1, Q, RG> sm(mqg_shmem, (int)(w.in / 32));
@@ -345,21 +344,43 @@ __device__ __forceinline__ void mqg_fit(int nr, F f) {
                                const float* db, const int* starts, int hidden) {                                 \
         int r0, nr = mqg_pass<Q>(starts, 0, r0);                                                                 \
         WView w{q, s, in};                                                                                       \
-        mqg_fit<Q>(nr, [&](auto k) { mqg_rows_impl<T, decltype(k)::q, 4>(y, qh, dh, w, db, hidden, r0, nr); });   \
+        mqg_fit<Q>(nr, [&](auto k) {                                                                             \
+            mqg_rows_impl<T, decltype(k)::q, 4>(y, qh, dh, w, db, hidden, blockIdx.z, r0, nr);                   \
+        });                                                                                                      \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(MQG_THREADS, 2)                                                 \
         mqg_matmul_##NAME##_q##Q(float* dst, const u8* qx, const float* dx, const u8* q, const u8* s, int in,    \
                                  const float* bias, int n, int out) {                                            \
         int r0, nr = mqg_pass<Q>(0, n, r0);                                                                      \
         WView w{q, s, in};                                                                                       \
-        mqg_fit<Q>(nr, [&](auto k) { mqg_rows_impl<T, decltype(k)::q, 4>(dst, qx, dx, w, bias, out, r0, nr); }); \
+        mqg_fit<Q>(nr, [&](auto k) { mqg_rows_impl<T, decltype(k)::q, 4>(dst, qx, dx, w, bias, out, 0, r0, nr); }); \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(MQG_THREADS, 2)                                                 \
         mqg_matmul16_##NAME##_q##Q(float* dst, const u8* qx, const float* dx, const u8* q, const u8* s, int in,  \
                                    const float* bias, int n, int out) {                                          \
         int r0, nr = mqg_pass<Q>(0, n, r0);                                                                      \
         WView w{q, s, in};                                                                                       \
-        mqg_fit<Q>(nr, [&](auto k) { mqg_rows_impl<T, decltype(k)::q, 1>(dst, qx, dx, w, bias, out, r0, nr); }); \
+        mqg_fit<Q>(nr, [&](auto k) { mqg_rows_impl<T, decltype(k)::q, 1>(dst, qx, dx, w, bias, out, 0, r0, nr); }); \
+    }                                                                                                            \
+    MQG_MATMUL3(T, NAME, Q, 4, mqg_matmul3)                                                                      \
+    MQG_MATMUL3(T, NAME, Q, 1, mqg_matmul3_16)
+
+// mqg_matmul3 (64-row tiles) and mqg_matmul3_16 (16-row): the three dense
+// products of one x (q, k and v) in one launch, grid z picking the product
+// (row tiles past its out return at once): k's and v's launches alone left
+// most of the chip idle.
+#define MQG_MATMUL3(T, NAME, Q, RG, KERNEL)                                                                      \
+    extern "C" __global__ void __launch_bounds__(MQG_THREADS, 2) KERNEL##_##NAME##_q##Q(                         \
+        const u8* qx, const float* dx, int in, int n, float* d0, const u8* q0, const u8* s0, const float* b0,    \
+        int out0, float* d1, const u8* q1, const u8* s1, const float* b1, int out1, float* d2, const u8* q2,    \
+        const u8* s2, const float* b2, int out2) {                                                              \
+        int z = blockIdx.z, out = z == 0 ? out0 : z == 1 ? out1 : out2;                                         \
+        if (blockIdx.y * 16 * RG >= out) return;                                                                \
+        WView w = z == 0 ? WView{q0, s0, in} : z == 1 ? WView{q1, s1, in} : WView{q2, s2, in};                 \
+        float* dst = z == 0 ? d0 : z == 1 ? d1 : d2;                                                            \
+        const float* bias = z == 0 ? b0 : z == 1 ? b1 : b2;                                                     \
+        int r0, nr = mqg_pass<Q>(0, n, r0);                                                                     \
+        mqg_fit<Q>(nr, [&](auto k) { mqg_rows_impl<T, decltype(k)::q, RG>(dst, qx, dx, w, bias, out, 0, r0, nr); }); \
     }
 
 MQG_KERNELS(T_Q8_0, q8_0, 2)
