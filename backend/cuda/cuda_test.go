@@ -187,8 +187,11 @@ func newRand() *rand.Rand { return rand.New(rand.NewPCG(rand.Uint64(), rand.Uint
 
 var allTypes = []tensor.Type{tensor.F32, tensor.F16, tensor.BF16, tensor.Q8_0, tensor.MXFP4, tensor.Q4_K, tensor.Q6_K}
 
-func TestMatMul(t *testing.T) {
-	p := newPair(t)
+// TestMatMul compares MatMul with the cpu backend's for every weight type,
+// from matrix-vector sizes to gemm.cu's, on both of gemm.cu's paths.
+func TestMatMul(t *testing.T) { gemmPaths(t, testMatMul) }
+
+func testMatMul(t *testing.T, p *pair) {
 	r := newRand()
 	for _, typ := range allTypes {
 		for _, shape := range [][2]int{{256, 96}, {512, 200}, {2880, 130}, {256, 4500}} {
@@ -472,20 +475,27 @@ func TestAttention(t *testing.T) {
 	t.Run("cache=auto", func(t *testing.T) { testAttention(t, newPair(t)) })
 	t.Run("cache=f16", func(t *testing.T) {
 		p := newPair(t)
-		if sharedF16 == nil {
-			b, err := New(Options{KVF16: true})
-			if err != nil {
-				t.Fatalf("New: %v", err)
-			}
-			sharedF16 = b
-		}
-		p.gpu = sharedF16
+		p.gpu = opened(t, &sharedF16, Options{KVF16: true})
 		testAttention(t, p)
 	})
 }
 
-// sharedF16 is a second device backend whose KV caches are all f16.
-var sharedF16 *Backend
+// Second device backends of the tests, each opened once (opened): one
+// whose KV caches are all f16, and one with wgmma.
+var sharedF16, sharedWG *Backend
+
+// opened returns *b, opening it with opts first if it is nil.
+func opened(t *testing.T, b **Backend, opts Options) *Backend {
+	t.Helper()
+	if *b == nil {
+		nb, err := New(opts)
+		if err != nil {
+			t.Fatalf("New: %v", err)
+		}
+		*b = nb
+	}
+	return *b
+}
 
 func testAttention(t *testing.T, p *pair) {
 	r := newRand()
@@ -583,24 +593,44 @@ func cpuMoE(t *testing.T, be backend.Backend, dst, x backend.Tensor, w *backend.
 }
 
 // TestMoE compares the fused MoE (gpt-oss's clamped SwiGLU) and the split
-// Route and Experts (plain SwiGLU too) with the cpu backend's ops.
+// Route and Experts (plain SwiGLU too) with the cpu backend's ops, on both
+// of gemm.cu's paths.
 func TestMoE(t *testing.T) {
-	p := newPair(t)
-	r := newRand()
-	hidden, ff := 128, 96
-	cases := []struct {
-		nExp, topK int
-		ns         []int
-	}{
-		// 8, 24, 70: grouped passes of 2, 4, 8 quads; 300, 700: gemm.cu, one and several token tiles an expert
-		{8, 3, []int{1, 4, 8, 24, 70, 200, 300, 700}},
-		{32, 2, []int{300}}, // gemm.cu's 256×64 blocks (about 19 tokens an expert)
-	}
-	for _, typ := range []tensor.Type{tensor.MXFP4, tensor.Q8_0, tensor.BF16} {
-		for _, c := range cases {
-			testMoE(t, p, r, typ, hidden, ff, c.nExp, c.topK, c.ns)
+	gemmPaths(t, func(t *testing.T, p *pair) {
+		r := newRand()
+		cases := []struct {
+			hidden, ff, nExp, topK int
+			ns                     []int
+		}{
+			// 8, 24, 70: grouped passes of 2, 4, 8 quads; 300, 700: gemm.cu, one and several token tiles an expert
+			{128, 96, 8, 3, []int{1, 4, 8, 24, 70, 200, 300, 700}},
+			{128, 96, 32, 2, []int{300}}, // gemm.cu's 256×64 blocks (about 19 tokens an expert)
+			// The same blocks over 8 and 5 pipeline stages, the last row tile part-full.
+			{512, 320, 32, 2, []int{300}},
 		}
+		for _, typ := range []tensor.Type{tensor.MXFP4, tensor.Q8_0, tensor.BF16} {
+			for _, c := range cases {
+				testMoE(t, p, r, typ, c.hidden, c.ff, c.nExp, c.topK, c.ns)
+			}
+		}
+	})
+}
+
+// gemmPaths runs f on the shared backend and, on a card with wgmma, also
+// on one whose MXFP4 products take gemm.cu's wgmma kernels (Options.WGMMA).
+func gemmPaths(t *testing.T, f func(t *testing.T, p *pair)) {
+	t.Run("gemm=mma.sync", func(t *testing.T) { f(t, newPair(t)) })
+	if newPair(t).gpu.arch != 90 {
+		return
 	}
+	t.Run("gemm=wgmma", func(t *testing.T) {
+		p := newPair(t)
+		p.gpu = opened(t, &sharedWG, Options{WGMMA: true})
+		if !p.gpu.wgmma {
+			t.Fatal("Options.WGMMA on an sm_90 card: the backend has no wgmma")
+		}
+		f(t, p)
+	})
 }
 
 // testMoE is TestMoE's comparison for one weight type and expert count.

@@ -55,6 +55,9 @@ const (
 	// head) take gemm.cu rather than the grouped integer kernels: one
 	// full 256 × 64 tile of tokens.
 	gmDenseTokens = 64
+	// wgMoETokens is the smallest step whose MXFP4 experts take gemm.cu's
+	// wgmma kernels where the backend has them (NOTES.md #35, #37).
+	wgMoETokens = mqTokens + 1
 	// moeMaxK is the most experts a token may use (MOE_MAX_K).
 	moeMaxK = 32
 	// mmTile is the output tile of the tensor-core matmul (MM_BM, MM_BN).
@@ -464,21 +467,49 @@ func gmShapeFor(perRow int) gmShape {
 	return gmShape{128, 128}
 }
 
-// name is the kernel name of family (gemm_rows or gemm_gateup) for weights
-// of type t in this shape.
-func (s gmShape) name(family string, t tensor.Type) string {
-	return fmt.Sprintf("%s_%s_%dx%d", family, suffix(t), s.rows, s.toks)
+// gmShape picks the block shape for weights of type t and perRow tokens a
+// weight row: gmShapeFor's, but on wgmma 256 rows (a warpgroup's two m64
+// tiles share each x tile) and, for the experts of decode steps, 32 tokens.
+func (b *Backend) gmShape(t tensor.Type, perRow int) gmShape {
+	s := gmShapeFor(perRow)
+	if b.wgmma && t == tensor.MXFP4 {
+		s.rows = 256
+		if perRow <= 32 {
+			s.toks = 32 // the experts of continuous batching's decode steps
+		}
+	}
+	return s
+}
+
+// gmWG says whether gemm.cu's products of type t in blocks of shape s run
+// on wgmma: MXFP4's 256-row blocks, where the backend has it.
+func (b *Backend) gmWG(t tensor.Type, s gmShape) bool {
+	return b.wgmma && t == tensor.MXFP4 && s.rows == 256
+}
+
+// gmName is the kernel name of family (gemm_rows, gemm_rows3 or
+// gemm_gateup) for weights of type t in shape s.
+func (b *Backend) gmName(family string, t tensor.Type, s gmShape) string {
+	name := fmt.Sprintf("%s_%s_%dx%d", family, suffix(t), s.rows, s.toks)
+	if b.gmWG(t, s) {
+		name += "_wg"
+	}
+	return name
 }
 
 // gmShmem is the dynamic shared memory of a gemm.cu block of shape s
 // against weights of type t and in columns (GmSmem): x's hi and lo stages
 // (64 + 8 halves a row), the raw weight stages (64 bytes a row), two
 // decoded f16 tiles and their chunk scales, the tokens' row offsets and
-// every weight scale of the block's rows.
-func gmShmem(t tensor.Type, in int, s gmShape) int {
+// every weight scale of the block's rows; with wg (MXFP4 on wgmma) no
+// padding, 32 raw bytes a row and no chunk scales.
+func gmShmem(t tensor.Type, in int, s gmShape, wg bool) int {
 	scale := 1 // MXFP4's E8M0
 	if t == tensor.Q8_0 {
 		scale = 2
+	}
+	if wg {
+		return 2*gmStages*s.toks*64*2 + gmStages*s.rows*32 + 2*s.rows*64*2 + s.toks*8 + s.rows*in/32
 	}
 	return 2*gmStages*s.toks*72*2 + gmStages*s.rows*64 + 2*s.rows*72*2 + 4*s.rows*4 + s.toks*8 + s.rows*in/32*scale
 }
@@ -487,14 +518,14 @@ func gmShmem(t tensor.Type, in int, s gmShape) int {
 // blocks of shape s: the quantized types it decodes, when the block fits
 // the device's shared memory.
 func (b *Backend) gmFits(t tensor.Type, in int, s gmShape) bool {
-	return mqTypes[t] && in%32 == 0 && gmShmem(t, in, s) <= b.maxShmem
+	return mqTypes[t] && in%32 == 0 && gmShmem(t, in, s, b.gmWG(t, s)) <= b.maxShmem
 }
 
 // gemmRows queues y = x·wᵀ + bias: dense for x's n rows (starts 0), or
 // grouped, one grid z per expert of nExp (rows of x gathered through xrows
 // when not 0), in blocks of shape s.
 func (b *Backend) gemmRows(w *Tensor, y uintptr, x halves, in int, bias, starts, xrows uintptr, n, out, nExp int, s gmShape) {
-	b.launch(s.name("gemm_rows", w.typ), grid3((n+s.toks-1)/s.toks, (out+s.rows-1)/s.rows, nExp), threads(256), gmShmem(w.typ, in, s),
+	b.launch(b.gmName("gemm_rows", w.typ, s), grid3((n+s.toks-1)/s.toks, (out+s.rows-1)/s.rows, nExp), threads(256), gmShmem(w.typ, in, s, b.gmWG(w.typ, s)),
 		dptr(y), dptr(x.hi), dptr(x.lo), dptr(w.ptr), dptr(w.aux), cint(in), dptr(bias), dptr(starts), dptr(xrows), cint(n), cint(out))
 }
 
@@ -507,13 +538,13 @@ func (b *Backend) gemmRows3(x halves, in, n int, m [3]mqMat, s gmShape) {
 		args = append(args, dptr(p.dst), dptr(p.w.ptr), dptr(p.w.aux), dptr(p.bias), cint(p.out))
 		most = max(most, p.out)
 	}
-	b.launch(s.name("gemm_rows3", m[0].w.typ), grid3((n+s.toks-1)/s.toks, (most+s.rows-1)/s.rows, 3), threads(256), gmShmem(m[0].w.typ, in, s), args...)
+	b.launch(b.gmName("gemm_rows3", m[0].w.typ, s), grid3((n+s.toks-1)/s.toks, (most+s.rows-1)/s.rows, 3), threads(256), gmShmem(m[0].w.typ, in, s, false), args...)
 }
 
 // gemmGateup queues the experts' gate and up products of the grouped rows
 // and their SwiGLU, written as halves for the down projection.
 func (b *Backend) gemmGateup(gate, up *Tensor, h, x halves, in int, gb, ub, starts, xrows uintptr, n, ff, nExp int, act backend.SwiGLUParams, s gmShape) {
-	b.launch(s.name("gemm_gateup", gate.typ), grid3((n+s.toks-1)/s.toks, (ff+s.rows/2-1)/(s.rows/2), nExp), threads(256), gmShmem(gate.typ, in, s),
+	b.launch(b.gmName("gemm_gateup", gate.typ, s), grid3((n+s.toks-1)/s.toks, (ff+s.rows/2-1)/(s.rows/2), nExp), threads(256), gmShmem(gate.typ, in, s, b.gmWG(gate.typ, s)),
 		dptr(h.hi), dptr(h.lo), dptr(x.hi), dptr(x.lo), dptr(gate.ptr), dptr(gate.aux), dptr(up.ptr), dptr(up.aux), cint(in),
 		dptr(gb), dptr(ub), dptr(starts), dptr(xrows), cint(ff), cfloat(act.Alpha), cfloat(act.Limit), cfloat(act.UpShift))
 }

@@ -125,6 +125,16 @@ func cString(s string) []byte { return append([]byte(s), 0) }
 // a change to one file recompiles only its module.
 type kernelModule struct{ name, src string }
 
+// gpuArch is NVRTC's target for compute capability arch: Hopper's with
+// its architecture-specific features (sm_90a: wgmma), which run on sm_90
+// cards only, as the cubins are compiled for the card found.
+func gpuArch(arch int) string {
+	if arch == 90 {
+		return "sm_90a"
+	}
+	return fmt.Sprintf("sm_%d", arch)
+}
+
 // compileModules returns the cubins of mods for sm_<arch>, from the cache
 // where it can; the rest compile in parallel. A compilation (tens of
 // seconds on a first start) is logged to log, before and after, when log is
@@ -149,7 +159,7 @@ func compileModules(mods []kernelModule, headers map[string]string, arch, driver
 		if err != nil {
 			return nil, fmt.Errorf("cuda: %s: %w", m.name, err)
 		}
-		opts[i] = append([]string{fmt.Sprintf("--gpu-architecture=sm_%d", arch), "--std=c++17", "-default-device"}, defineOptions(text)...)
+		opts[i] = append([]string{"--gpu-architecture=" + gpuArch(arch), "--std=c++17", "-default-device"}, defineOptions(text)...)
 		h := sha256.New()
 		fmt.Fprintf(h, "%s\x00%d\x00%d\x00%s\x00%s", text, arch, driverVersion, lib.version, strings.Join(opts[i], " "))
 		key := hex.EncodeToString(h.Sum(nil))[:32]
