@@ -270,9 +270,9 @@ __device__ __forceinline__ void gm_stage(const GmSmem<RW, TK>& sm, int s, float 
 #define GM_ACC(RW, TK, WG) ((WG) ? (RW) * (TK) / GM_THREADS : 64)
 
 // Hopper's warpgroup MMA (sm_90a; kernels with the _wg suffix). A
-// warpgroup (4 warps) multiplies a 64 × 16 tile A by a 16 × 128 tile B into
-// 64 × 128 f32 sums held across its threads (64 each), both tiles read
-// from shared memory as core matrices (gw_core) through descriptors.
+// warpgroup (4 warps) multiplies a 64 × 16 tile A by a 16 × N tile B into
+// 64 × N f32 sums held across its threads (N/2 each), both tiles read from
+// shared memory as core matrices (gw_core) through descriptors.
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 // gw_desc is the descriptor of a K-major tile without swizzling at p:
 // K-adjacent core matrices 128 bytes apart, row-adjacent ones 1,024.
