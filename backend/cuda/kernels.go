@@ -318,11 +318,21 @@ type mqMat struct {
 	out  int
 }
 
-func (b *Backend) mqMatvec3(q quantBuf, in, n int, m [3]mqMat) {
-	args := []arg{dptr(q.qx), dptr(q.dx), cint(in), cint(n)}
-	blocks := 0
+// mqMatArgs appends the three products' kernel arguments (output, weights,
+// scales, bias, rows) to args, and returns the most rows of the three.
+func mqMatArgs(args []arg, m [3]mqMat) ([]arg, int) {
+	most := 0
 	for _, x := range m {
 		args = append(args, dptr(x.dst), dptr(x.w.ptr), dptr(x.w.aux), dptr(x.bias), cint(x.out))
+		most = max(most, x.out)
+	}
+	return args, most
+}
+
+func (b *Backend) mqMatvec3(q quantBuf, in, n int, m [3]mqMat) {
+	args, _ := mqMatArgs([]arg{dptr(q.qx), dptr(q.dx), cint(in), cint(n)}, m)
+	blocks := 0
+	for _, x := range m {
 		blocks += (x.out + 15) / 16
 	}
 	b.launch("mq_matvec3_"+suffix(m[0].w.typ), grid1(blocks), threads(32*mqWarps), 0, args...)
@@ -420,12 +430,7 @@ func (b *Backend) mqgMatmul3(x rowQuant, in, n int, m [3]mqMat) {
 	if tiles := (m[0].out + m[1].out + m[2].out + 3*(rows-1)) / rows; tiles*mqgGrid(n, q, rows, 0, 1)[0] < 2*b.sms {
 		name, rows = "mqg_matmul3_16_", 16
 	}
-	args := []arg{dptr(x.q), dptr(x.d), cint(in), cint(n)}
-	most := 0
-	for _, p := range m {
-		args = append(args, dptr(p.dst), dptr(p.w.ptr), dptr(p.w.aux), dptr(p.bias), cint(p.out))
-		most = max(most, p.out)
-	}
+	args, most := mqMatArgs([]arg{dptr(x.q), dptr(x.d), cint(in), cint(n)}, m)
 	b.launch(fmt.Sprintf("%s%s_q%d", name, suffix(m[0].w.typ), q), mqgGrid(n, q, rows, most, 3), threads(128), mqgShmem(m[0].w.typ, 1, q, rows, in), args...)
 }
 
@@ -518,33 +523,33 @@ func gmShmem(t tensor.Type, in int, s gmShape, wg bool) int {
 // blocks of shape s: the quantized types it decodes, when the block fits
 // the device's shared memory.
 func (b *Backend) gmFits(t tensor.Type, in int, s gmShape) bool {
-	return mqTypes[t] && in%32 == 0 && gmShmem(t, in, s, b.gmWG(t, s)) <= b.maxShmem
+	return mqTypes[t] && in%32 == 0 && b.gmBlockShmem(t, in, s) <= b.maxShmem
+}
+
+// gmBlockShmem is gmShmem for this backend's kernel of type t and shape s.
+func (b *Backend) gmBlockShmem(t tensor.Type, in int, s gmShape) int {
+	return gmShmem(t, in, s, b.gmWG(t, s))
 }
 
 // gemmRows queues y = x·wᵀ + bias: dense for x's n rows (starts 0), or
 // grouped, one grid z per expert of nExp (rows of x gathered through xrows
 // when not 0), in blocks of shape s.
 func (b *Backend) gemmRows(w *Tensor, y uintptr, x halves, in int, bias, starts, xrows uintptr, n, out, nExp int, s gmShape) {
-	b.launch(b.gmName("gemm_rows", w.typ, s), grid3((n+s.toks-1)/s.toks, (out+s.rows-1)/s.rows, nExp), threads(256), gmShmem(w.typ, in, s, b.gmWG(w.typ, s)),
+	b.launch(b.gmName("gemm_rows", w.typ, s), grid3((n+s.toks-1)/s.toks, (out+s.rows-1)/s.rows, nExp), threads(256), b.gmBlockShmem(w.typ, in, s),
 		dptr(y), dptr(x.hi), dptr(x.lo), dptr(w.ptr), dptr(w.aux), cint(in), dptr(bias), dptr(starts), dptr(xrows), cint(n), cint(out))
 }
 
 // gemmRows3 queues the three dense products of one x (q, k and v) as one
 // launch, grid z picking the product: k and v alone fill half the chip.
 func (b *Backend) gemmRows3(x halves, in, n int, m [3]mqMat, s gmShape) {
-	args := []arg{dptr(x.hi), dptr(x.lo), cint(in), cint(n)}
-	most := 0
-	for _, p := range m {
-		args = append(args, dptr(p.dst), dptr(p.w.ptr), dptr(p.w.aux), dptr(p.bias), cint(p.out))
-		most = max(most, p.out)
-	}
-	b.launch(b.gmName("gemm_rows3", m[0].w.typ, s), grid3((n+s.toks-1)/s.toks, (most+s.rows-1)/s.rows, 3), threads(256), gmShmem(m[0].w.typ, in, s, false), args...)
+	args, most := mqMatArgs([]arg{dptr(x.hi), dptr(x.lo), cint(in), cint(n)}, m)
+	b.launch(b.gmName("gemm_rows3", m[0].w.typ, s), grid3((n+s.toks-1)/s.toks, (most+s.rows-1)/s.rows, 3), threads(256), b.gmBlockShmem(m[0].w.typ, in, s), args...)
 }
 
 // gemmGateup queues the experts' gate and up products of the grouped rows
 // and their SwiGLU, written as halves for the down projection.
 func (b *Backend) gemmGateup(gate, up *Tensor, h, x halves, in int, gb, ub, starts, xrows uintptr, n, ff, nExp int, act backend.SwiGLUParams, s gmShape) {
-	b.launch(b.gmName("gemm_gateup", gate.typ, s), grid3((n+s.toks-1)/s.toks, (ff+s.rows/2-1)/(s.rows/2), nExp), threads(256), gmShmem(gate.typ, in, s, b.gmWG(gate.typ, s)),
+	b.launch(b.gmName("gemm_gateup", gate.typ, s), grid3((n+s.toks-1)/s.toks, (ff+s.rows/2-1)/(s.rows/2), nExp), threads(256), b.gmBlockShmem(gate.typ, in, s),
 		dptr(h.hi), dptr(h.lo), dptr(x.hi), dptr(x.lo), dptr(gate.ptr), dptr(gate.aux), dptr(up.ptr), dptr(up.aux), cint(in),
 		dptr(gb), dptr(ub), dptr(starts), dptr(xrows), cint(ff), cfloat(act.Alpha), cfloat(act.Limit), cfloat(act.UpShift))
 }

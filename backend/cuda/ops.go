@@ -250,14 +250,14 @@ func (b *Backend) MatMulQKV(q, k, v, x, wq, wk, wv, bq, bk, bv backend.Tensor) {
 	}
 	typ := a[0].w.typ
 	same := mqTypes[typ] && a[1].w.typ == typ && a[2].w.typ == typ && !b.invariant
+	var m [3]mqMat // the three products as the one-launch kernels take them
+	for i, x := range a {
+		m[i] = mqMat{dst: x.dst.ptr, w: x.w, bias: x.bias, out: x.out}
+	}
 	if same && a[0].n > mqTokens && a[0].n <= mqgTokens && b.mqgFits(typ, 1, a[0].in) {
 		// The middle sizes: x quantized once for the three products.
 		defer b.bind()()
 		if qx, ok := b.rowInput("MatMulQKV", a[0].x, a[0].n, a[0].in); ok {
-			var m [3]mqMat
-			for i, x := range a {
-				m[i] = mqMat{dst: x.dst.ptr, w: x.w, bias: x.bias, out: x.out}
-			}
 			b.mqgMatmul3(qx, a[0].in, a[0].n, m)
 		}
 		return
@@ -266,10 +266,6 @@ func (b *Backend) MatMulQKV(q, k, v, x, wq, wk, wv, bq, bk, bv backend.Tensor) {
 		// Prefill: x split into halves once, the three products one launch.
 		defer b.bind()()
 		if h, ok := b.halfInput("MatMulQKV", a[0].x, a[0].n, a[0].in, typ); ok {
-			var m [3]mqMat
-			for i, x := range a {
-				m[i] = mqMat{dst: x.dst.ptr, w: x.w, bias: x.bias, out: x.out}
-			}
 			b.gemmRows3(h, a[0].in, a[0].n, m, shape)
 		}
 		return
@@ -284,10 +280,6 @@ func (b *Backend) MatMulQKV(q, k, v, x, wq, wk, wv, bq, bk, bv backend.Tensor) {
 	qx, ok := b.inputQuant("MatMulQKV", a[0].x, a[0].n, a[0].in)
 	if !ok {
 		return
-	}
-	var m [3]mqMat
-	for i, x := range a {
-		m[i] = mqMat{dst: x.dst.ptr, w: x.w, bias: x.bias, out: x.out}
 	}
 	b.mqMatvec3(qx, a[0].in, a[0].n, m)
 }
