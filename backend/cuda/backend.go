@@ -111,11 +111,11 @@ type Options struct {
 	// flash kernel for every prompt row, key splits of a fixed size for
 	// decode rows. Batch-1 decode is slower (see docs/PERFORMANCE.md).
 	BatchInvariant bool
-	// WGMMA runs gemm.cu's products of MXFP4 weights on Hopper's
-	// warpgroup MMA (sm_90 cards; other cards ignore it), as does a set
-	// ORCD_CUDA_WGMMA. Experimental and off by default: not yet measured
-	// faster than the mma.sync kernels (backend/cuda/NOTES.md #35, #37).
-	WGMMA bool
+	// NoWGMMA keeps the experts' prefill products on mma.sync where the
+	// card has Hopper's warpgroup MMA (sm_90), as does ORCD_CUDA_WGMMA=0.
+	// wgmma is the default there: 5% faster at 2,048 tokens a step, level
+	// at 512 (backend/cuda/NOTES.md #39).
+	NoWGMMA bool
 }
 
 // kvF32MaxBytes is the largest KV cache tensor kept in f32 by default:
@@ -173,7 +173,7 @@ type Backend struct {
 
 	name string
 	arch int // compute capability, e.g. 90
-	// wgmma: gemm.cu's MXFP4 kernels run on Hopper's warpgroup MMA (the
+	// wgmma: gemm.cu's MXFP4 experts run on Hopper's warpgroup MMA (the
 	// _wg kernels, compiled for sm_90a).
 	wgmma bool
 	// maxShmem is the most shared memory a block may opt into, in bytes.
@@ -236,7 +236,7 @@ func New(opts Options) (*Backend, error) {
 	b := &Backend{
 		d: d, funcs: map[string]uintptr{}, bigShmem: map[string]int{}, live: map[*Tensor]struct{}{},
 		work: map[string]*devBuf{}, graphs: map[string]*graph{}, noGraphs: opts.NoGraphs, kvF16: opts.KVF16, invariant: opts.BatchInvariant,
-		wgmma: opts.WGMMA || os.Getenv("ORCD_CUDA_WGMMA") != "",
+		wgmma: !opts.NoWGMMA && os.Getenv("ORCD_CUDA_WGMMA") != "0",
 	}
 	if os.Getenv("ORCD_CUDA_PROFILE") != "" {
 		b.prof = newProfile()
@@ -275,7 +275,7 @@ func (b *Backend) open(device int, log *slog.Logger) error {
 		return err
 	}
 	b.arch = major*10 + minor
-	b.wgmma = b.wgmma && b.arch == 90 // as New asked, where the card has it
+	b.wgmma = b.wgmma && b.arch == 90 // where the card has it, unless New was told not to
 	if b.maxShmem, err = d.deviceAttr(b.dev, cuDeviceAttrMaxSharedPerBlockOptin); err != nil {
 		return err
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"os"
 	"strings"
 	"testing"
 
@@ -188,10 +189,9 @@ func newRand() *rand.Rand { return rand.New(rand.NewPCG(rand.Uint64(), rand.Uint
 var allTypes = []tensor.Type{tensor.F32, tensor.F16, tensor.BF16, tensor.Q8_0, tensor.MXFP4, tensor.Q4_K, tensor.Q6_K}
 
 // TestMatMul compares MatMul with the cpu backend's for every weight type,
-// from matrix-vector sizes to gemm.cu's, on both of gemm.cu's paths.
-func TestMatMul(t *testing.T) { gemmPaths(t, testMatMul) }
-
-func testMatMul(t *testing.T, p *pair) {
+// from matrix-vector sizes to gemm.cu's (dense products are on mma.sync).
+func TestMatMul(t *testing.T) {
+	p := newPair(t)
 	r := newRand()
 	for _, typ := range allTypes {
 		for _, shape := range [][2]int{{256, 96}, {512, 200}, {2880, 130}, {256, 4500}} {
@@ -481,8 +481,8 @@ func TestAttention(t *testing.T) {
 }
 
 // Second device backends of the tests, each opened once (opened): one
-// whose KV caches are all f16, and one with wgmma.
-var sharedF16, sharedWG *Backend
+// whose KV caches are all f16, and one without wgmma.
+var sharedF16, sharedMMA *Backend
 
 // opened returns *b, opening it with opts first if it is nil.
 func opened(t *testing.T, b **Backend, opts Options) *Backend {
@@ -616,19 +616,22 @@ func TestMoE(t *testing.T) {
 	})
 }
 
-// gemmPaths runs f on the shared backend and, on a card with wgmma, also
-// on one whose MXFP4 products take gemm.cu's wgmma kernels (Options.WGMMA).
+// gemmPaths runs f on the shared backend and, on a card with wgmma
+// (whose MXFP4 experts take gemm.cu's wgmma kernels by default), also on
+// one that keeps them on mma.sync (Options.NoWGMMA).
 func gemmPaths(t *testing.T, f func(t *testing.T, p *pair)) {
-	t.Run("gemm=mma.sync", func(t *testing.T) { f(t, newPair(t)) })
-	if newPair(t).gpu.arch != 90 {
+	p := newPair(t)
+	if p.gpu.arch != 90 {
+		t.Run("gemm=mma.sync", func(t *testing.T) { f(t, p) })
 		return
 	}
-	t.Run("gemm=wgmma", func(t *testing.T) {
+	if !p.gpu.wgmma && os.Getenv("ORCD_CUDA_WGMMA") != "0" {
+		t.Fatal("an sm_90 card: the default backend has no wgmma")
+	}
+	t.Run("gemm=wgmma", func(t *testing.T) { f(t, p) })
+	t.Run("gemm=mma.sync", func(t *testing.T) {
 		p := newPair(t)
-		p.gpu = opened(t, &sharedWG, Options{WGMMA: true})
-		if !p.gpu.wgmma {
-			t.Fatal("Options.WGMMA on an sm_90 card: the backend has no wgmma")
-		}
+		p.gpu = opened(t, &sharedMMA, Options{NoWGMMA: true})
 		f(t, p)
 	})
 }

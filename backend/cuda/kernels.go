@@ -55,9 +55,6 @@ const (
 	// head) take gemm.cu rather than the grouped integer kernels: one
 	// full 256 × 64 tile of tokens.
 	gmDenseTokens = 64
-	// wgMoETokens is the smallest step whose MXFP4 experts take gemm.cu's
-	// wgmma kernels where the backend has them (NOTES.md #35, #37).
-	wgMoETokens = mqTokens + 1
 	// moeMaxK is the most experts a token may use (MOE_MAX_K).
 	moeMaxK = 32
 	// mmTile is the output tile of the tensor-core matmul (MM_BM, MM_BN).
@@ -458,8 +455,12 @@ func (b *Backend) split(h halves, x uintptr, n int64, t tensor.Type) {
 	b.launch(name, b.gridFor(n), threads(256), 0, dptr(h.hi), dptr(h.lo), dptr(x), clong(n))
 }
 
-// gmShape is a gemm.cu block shape: rows weight rows × toks tokens.
-type gmShape struct{ rows, toks int }
+// gmShape is a gemm.cu block shape: rows weight rows × toks tokens, on
+// wgmma (the _wg kernels) or mma.sync.
+type gmShape struct {
+	rows, toks int
+	wg         bool
+}
 
 // gmShapeFor picks the block shape for perRow tokens a weight row (an
 // expert's share of the assignments, or every row of a dense product):
@@ -467,36 +468,29 @@ type gmShape struct{ rows, toks int }
 // idle.
 func gmShapeFor(perRow int) gmShape {
 	if perRow <= 64 {
-		return gmShape{256, 64}
+		return gmShape{rows: 256, toks: 64}
 	}
-	return gmShape{128, 128}
+	return gmShape{rows: 128, toks: 128}
 }
 
-// gmShape picks the block shape for weights of type t and perRow tokens a
-// weight row: gmShapeFor's, but on wgmma 256 rows (a warpgroup's two m64
-// tiles share each x tile) and, for the experts of decode steps, 32 tokens.
-func (b *Backend) gmShape(t tensor.Type, perRow int) gmShape {
+// moeShape picks the block shape of the experts (of type t) for perRow
+// tokens an expert: gmShapeFor's, but MXFP4 on wgmma where the backend has
+// it, in 256-row blocks (a warpgroup's two m64 tiles share each x tile).
+// Dense products stay on mma.sync: wgmma was 4% slower on a dense MXFP4
+// product of 2,048 tokens (NOTES.md #39), and gpt-oss has none.
+func (b *Backend) moeShape(t tensor.Type, perRow int) gmShape {
 	s := gmShapeFor(perRow)
 	if b.wgmma && t == tensor.MXFP4 {
-		s.rows = 256
-		if perRow <= 32 {
-			s.toks = 32 // the experts of continuous batching's decode steps
-		}
+		s.rows, s.wg = 256, true
 	}
 	return s
 }
 
-// gmWG says whether gemm.cu's products of type t in blocks of shape s run
-// on wgmma: MXFP4's 256-row blocks, where the backend has it.
-func (b *Backend) gmWG(t tensor.Type, s gmShape) bool {
-	return b.wgmma && t == tensor.MXFP4 && s.rows == 256
-}
-
 // gmName is the kernel name of family (gemm_rows, gemm_rows3 or
 // gemm_gateup) for weights of type t in shape s.
-func (b *Backend) gmName(family string, t tensor.Type, s gmShape) string {
+func gmName(family string, t tensor.Type, s gmShape) string {
 	name := fmt.Sprintf("%s_%s_%dx%d", family, suffix(t), s.rows, s.toks)
-	if b.gmWG(t, s) {
+	if s.wg {
 		name += "_wg"
 	}
 	return name
@@ -506,14 +500,14 @@ func (b *Backend) gmName(family string, t tensor.Type, s gmShape) string {
 // against weights of type t and in columns (GmSmem): x's hi and lo stages
 // (64 + 8 halves a row), the raw weight stages (64 bytes a row), two
 // decoded f16 tiles and their chunk scales, the tokens' row offsets and
-// every weight scale of the block's rows; with wg (MXFP4 on wgmma) no
-// padding, 32 raw bytes a row and no chunk scales.
-func gmShmem(t tensor.Type, in int, s gmShape, wg bool) int {
+// every weight scale of the block's rows; on wgmma (MXFP4) no padding, 32
+// raw bytes a row and no chunk scales.
+func gmShmem(t tensor.Type, in int, s gmShape) int {
 	scale := 1 // MXFP4's E8M0
 	if t == tensor.Q8_0 {
 		scale = 2
 	}
-	if wg {
+	if s.wg {
 		return 2*gmStages*s.toks*64*2 + gmStages*s.rows*32 + 2*s.rows*64*2 + s.toks*8 + s.rows*in/32
 	}
 	return 2*gmStages*s.toks*72*2 + gmStages*s.rows*64 + 2*s.rows*72*2 + 4*s.rows*4 + s.toks*8 + s.rows*in/32*scale
@@ -523,19 +517,14 @@ func gmShmem(t tensor.Type, in int, s gmShape, wg bool) int {
 // blocks of shape s: the quantized types it decodes, when the block fits
 // the device's shared memory.
 func (b *Backend) gmFits(t tensor.Type, in int, s gmShape) bool {
-	return mqTypes[t] && in%32 == 0 && b.gmBlockShmem(t, in, s) <= b.maxShmem
-}
-
-// gmBlockShmem is gmShmem for this backend's kernel of type t and shape s.
-func (b *Backend) gmBlockShmem(t tensor.Type, in int, s gmShape) int {
-	return gmShmem(t, in, s, b.gmWG(t, s))
+	return mqTypes[t] && in%32 == 0 && gmShmem(t, in, s) <= b.maxShmem
 }
 
 // gemmRows queues y = x·wᵀ + bias: dense for x's n rows (starts 0), or
 // grouped, one grid z per expert of nExp (rows of x gathered through xrows
 // when not 0), in blocks of shape s.
 func (b *Backend) gemmRows(w *Tensor, y uintptr, x halves, in int, bias, starts, xrows uintptr, n, out, nExp int, s gmShape) {
-	b.launch(b.gmName("gemm_rows", w.typ, s), grid3((n+s.toks-1)/s.toks, (out+s.rows-1)/s.rows, nExp), threads(256), b.gmBlockShmem(w.typ, in, s),
+	b.launch(gmName("gemm_rows", w.typ, s), grid3((n+s.toks-1)/s.toks, (out+s.rows-1)/s.rows, nExp), threads(256), gmShmem(w.typ, in, s),
 		dptr(y), dptr(x.hi), dptr(x.lo), dptr(w.ptr), dptr(w.aux), cint(in), dptr(bias), dptr(starts), dptr(xrows), cint(n), cint(out))
 }
 
@@ -543,13 +532,13 @@ func (b *Backend) gemmRows(w *Tensor, y uintptr, x halves, in int, bias, starts,
 // launch, grid z picking the product: k and v alone fill half the chip.
 func (b *Backend) gemmRows3(x halves, in, n int, m [3]mqMat, s gmShape) {
 	args, most := mqMatArgs([]arg{dptr(x.hi), dptr(x.lo), cint(in), cint(n)}, m)
-	b.launch(b.gmName("gemm_rows3", m[0].w.typ, s), grid3((n+s.toks-1)/s.toks, (most+s.rows-1)/s.rows, 3), threads(256), b.gmBlockShmem(m[0].w.typ, in, s), args...)
+	b.launch(gmName("gemm_rows3", m[0].w.typ, s), grid3((n+s.toks-1)/s.toks, (most+s.rows-1)/s.rows, 3), threads(256), gmShmem(m[0].w.typ, in, s), args...)
 }
 
 // gemmGateup queues the experts' gate and up products of the grouped rows
 // and their SwiGLU, written as halves for the down projection.
 func (b *Backend) gemmGateup(gate, up *Tensor, h, x halves, in int, gb, ub, starts, xrows uintptr, n, ff, nExp int, act backend.SwiGLUParams, s gmShape) {
-	b.launch(b.gmName("gemm_gateup", gate.typ, s), grid3((n+s.toks-1)/s.toks, (ff+s.rows/2-1)/(s.rows/2), nExp), threads(256), b.gmBlockShmem(gate.typ, in, s),
+	b.launch(gmName("gemm_gateup", gate.typ, s), grid3((n+s.toks-1)/s.toks, (ff+s.rows/2-1)/(s.rows/2), nExp), threads(256), gmShmem(gate.typ, in, s),
 		dptr(h.hi), dptr(h.lo), dptr(x.hi), dptr(x.lo), dptr(gate.ptr), dptr(gate.aux), dptr(up.ptr), dptr(up.aux), cint(in),
 		dptr(gb), dptr(ub), dptr(starts), dptr(xrows), cint(ff), cfloat(act.Alpha), cfloat(act.Limit), cfloat(act.UpShift))
 }

@@ -119,7 +119,7 @@ func TestMoELayout(t *testing.T) {
 		{1, true, true, true, "grouped"},      // batch invariant: one kernel at every size
 		{2048, true, true, true, "grouped"},
 	} {
-		l := moeLayout(c.n, k, nExp, hidden, ff, mx, mx, c.invariant, c.mqg, c.gm, mqgTokens+1)
+		l := moeLayout(c.n, k, nExp, hidden, ff, mx, mx, c.invariant, c.mqg, c.gm)
 		set := 0
 		for _, f := range []bool{l.mq, l.mqg, l.gemm, l.grouped} {
 			if f {
@@ -158,10 +158,6 @@ func TestMoELayout(t *testing.T) {
 			}
 		}
 	}
-	// On wgmma the MXFP4 experts take gemm.cu from wgMoETokens rows.
-	if l := moeLayout(wgMoETokens, k, nExp, hidden, ff, mx, mx, false, true, true, wgMoETokens); path(l) != "gemm" {
-		t.Errorf("n=%d on wgmma: %s, want gemm", wgMoETokens, path(l))
-	}
 }
 
 // TestGemmShapes checks gemm.cu's block choice and shared memory against
@@ -170,13 +166,13 @@ func TestMoELayout(t *testing.T) {
 // which dense products take.
 func TestGemmShapes(t *testing.T) {
 	const hopper = 232448
-	if s := gmShapeFor(64); s != (gmShape{256, 64}) {
+	if s := gmShapeFor(64); s != (gmShape{rows: 256, toks: 64}) {
 		t.Errorf("64 tokens a row: %v", s)
 	}
-	if s := gmShapeFor(65); s != (gmShape{128, 128}) {
+	if s := gmShapeFor(65); s != (gmShape{rows: 128, toks: 128}) {
 		t.Errorf("65 tokens a row: %v", s)
 	}
-	if s := gmShapeFor(mqgTokens + 1); s != (gmShape{128, 128}) {
+	if s := gmShapeFor(mqgTokens + 1); s != (gmShape{rows: 128, toks: 128}) {
 		t.Errorf("dense prefill: %v", s)
 	}
 	for _, c := range []struct {
@@ -185,68 +181,66 @@ func TestGemmShapes(t *testing.T) {
 		s    gmShape
 		fits bool
 	}{
-		{tensor.MXFP4, 2880, gmShape{128, 128}, true},
-		{tensor.MXFP4, 2880, gmShape{256, 64}, true},
-		{tensor.Q8_0, 2880, gmShape{128, 128}, true},
-		{tensor.Q8_0, 4096, gmShape{128, 128}, true},
-		{tensor.Q8_0, 4096, gmShape{256, 64}, false},
+		{tensor.MXFP4, 2880, gmShape{rows: 128, toks: 128}, true},
+		{tensor.MXFP4, 2880, gmShape{rows: 256, toks: 64}, true},
+		{tensor.Q8_0, 2880, gmShape{rows: 128, toks: 128}, true},
+		{tensor.Q8_0, 4096, gmShape{rows: 128, toks: 128}, true},
+		{tensor.Q8_0, 4096, gmShape{rows: 256, toks: 64}, false},
 	} {
 		b := &Backend{maxShmem: hopper}
 		if got := b.gmFits(c.t, c.in, c.s); got != c.fits {
-			t.Errorf("%s in=%d %v: fits %v (%d bytes), want %v", c.t, c.in, c.s, got, gmShmem(c.t, c.in, c.s, false), c.fits)
+			t.Errorf("%s in=%d %v: fits %v (%d bytes), want %v", c.t, c.in, c.s, got, gmShmem(c.t, c.in, c.s), c.fits)
 		}
 	}
-	if (&Backend{maxShmem: hopper}).gmFits(tensor.F16, 2880, gmShape{128, 128}) {
+	if (&Backend{maxShmem: hopper}).gmFits(tensor.F16, 2880, gmShape{rows: 128, toks: 128}) {
 		t.Error("gemm.cu takes F16 weights")
 	}
 }
 
-// TestGmName checks gemm.cu's kernel names: MXFP4's gemm_rows and
-// gemm_gateup on wgmma where the backend has it, and every other kernel
-// on mma.sync; gpuArch checks that Hopper's cubins are built with wgmma.
+// TestGmName checks gemm.cu's kernel names and the experts' shapes:
+// MXFP4's experts on wgmma, in 256-row blocks, where the backend has it,
+// and every other product on mma.sync; gpuArch checks that Hopper's
+// cubins are built with wgmma.
 func TestGmName(t *testing.T) {
-	wg, mma := &Backend{wgmma: true}, &Backend{}
 	for _, c := range []struct {
-		b      *Backend
 		family string
 		t      tensor.Type
 		s      gmShape
 		want   string
 	}{
-		{wg, "gemm_rows", tensor.MXFP4, gmShape{256, 128}, "gemm_rows_mxfp4_256x128_wg"},
-		{wg, "gemm_gateup", tensor.MXFP4, gmShape{256, 64}, "gemm_gateup_mxfp4_256x64_wg"},
-		{wg, "gemm_rows3", tensor.MXFP4, gmShape{128, 128}, "gemm_rows3_mxfp4_128x128"},
-		{wg, "gemm_gateup", tensor.Q8_0, gmShape{256, 64}, "gemm_gateup_q8_0_256x64"},
-		{mma, "gemm_gateup", tensor.MXFP4, gmShape{256, 64}, "gemm_gateup_mxfp4_256x64"},
+		{"gemm_rows", tensor.MXFP4, gmShape{rows: 256, toks: 128, wg: true}, "gemm_rows_mxfp4_256x128_wg"},
+		{"gemm_gateup", tensor.MXFP4, gmShape{rows: 256, toks: 64, wg: true}, "gemm_gateup_mxfp4_256x64_wg"},
+		{"gemm_rows3", tensor.MXFP4, gmShape{rows: 128, toks: 128}, "gemm_rows3_mxfp4_128x128"},
+		{"gemm_gateup", tensor.MXFP4, gmShape{rows: 256, toks: 64}, "gemm_gateup_mxfp4_256x64"},
 	} {
-		if got := c.b.gmName(c.family, c.t, c.s); got != c.want {
-			t.Errorf("wgmma %v %s %s %v: %s, want %s", c.b.wgmma, c.family, c.t, c.s, got, c.want)
+		if got := gmName(c.family, c.t, c.s); got != c.want {
+			t.Errorf("%s %s %v: %s, want %s", c.family, c.t, c.s, got, c.want)
 		}
 	}
-	// wgmma's blocks are 256 rows; Q8_0 keeps mma.sync's shapes.
+	wg, mma := &Backend{wgmma: true}, &Backend{}
 	for _, c := range []struct {
 		b      *Backend
 		t      tensor.Type
 		perRow int
 		want   gmShape
 	}{
-		{wg, tensor.MXFP4, 32, gmShape{256, 32}},
-		{wg, tensor.MXFP4, 64, gmShape{256, 64}},
-		{wg, tensor.MXFP4, 65, gmShape{256, 128}},
-		{wg, tensor.Q8_0, 65, gmShape{128, 128}},
-		{mma, tensor.MXFP4, 65, gmShape{128, 128}},
+		{wg, tensor.MXFP4, 64, gmShape{rows: 256, toks: 64, wg: true}},
+		{wg, tensor.MXFP4, 65, gmShape{rows: 256, toks: 128, wg: true}},
+		{wg, tensor.Q8_0, 65, gmShape{rows: 128, toks: 128}},
+		{mma, tensor.MXFP4, 64, gmShape{rows: 256, toks: 64}},
+		{mma, tensor.MXFP4, 65, gmShape{rows: 128, toks: 128}},
 	} {
-		if got := c.b.gmShape(c.t, c.perRow); got != c.want {
-			t.Errorf("wgmma %v %s %d tokens a row: %v, want %v", c.b.wgmma, c.t, c.perRow, got, c.want)
+		if got := c.b.moeShape(c.t, c.perRow); got != c.want {
+			t.Errorf("wgmma %v %s %d tokens an expert: %v, want %v", c.b.wgmma, c.t, c.perRow, got, c.want)
 		}
 	}
 	// wgmma's blocks of gpt-oss-20b's experts fit Hopper's 227 KiB: x's
 	// stages 2·3·128·64·2, raw 3·256·32, tiles 2·256·64·2, offsets 128·8,
 	// scales 256·90.
-	if got := gmShmem(tensor.MXFP4, 2880, gmShape{256, 128}, true); got != 98304+24576+65536+1024+23040 {
+	if got := gmShmem(tensor.MXFP4, 2880, gmShape{rows: 256, toks: 128, wg: true}); got != 98304+24576+65536+1024+23040 {
 		t.Errorf("wgmma 256x128 shared memory: %d", got)
 	}
-	if !(&Backend{maxShmem: 232448, wgmma: true}).gmFits(tensor.MXFP4, 2880, gmShape{256, 128}) {
+	if !(&Backend{maxShmem: 232448, wgmma: true}).gmFits(tensor.MXFP4, 2880, gmShape{rows: 256, toks: 128, wg: true}) {
 		t.Error("wgmma 256x128 does not fit")
 	}
 	if gpuArch(90) != "sm_90a" || gpuArch(89) != "sm_89" || gpuArch(100) != "sm_100" {

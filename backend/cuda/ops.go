@@ -202,7 +202,7 @@ func (b *Backend) MatMul(dst, x, w, bias backend.Tensor) {
 // with few blocks (q, k, v, o) stay on them, where gemm.cu would leave most
 // SMs idle.
 func (b *Backend) denseGemm(t tensor.Type, n, in, out int) (gmShape, bool) {
-	shape := b.gmShape(t, n)
+	shape := gmShapeFor(n)
 	if b.invariant || !mqTypes[t] || n < gmDenseTokens || !b.gmFits(t, in, shape) {
 		return shape, false
 	}
@@ -944,13 +944,9 @@ func (b *Backend) expertArgs(op string, dst backend.Tensor, xs *Tensor, n, k int
 func (b *Backend) experts(op string, e expertCall, ids, wts uintptr, act backend.SwiGLUParams) {
 	n, k, hidden, ff, nExp := e.n, e.k, e.hidden, e.ff, e.nExp
 	fits := b.mqgFits(e.gate.typ, 2, hidden) && b.mqgFits(e.down.typ, 1, ff)
-	shape := b.gmShape(e.gate.typ, (n*k+nExp-1)/nExp)
+	shape := b.moeShape(e.gate.typ, (n*k+nExp-1)/nExp)
 	gm := b.gmFits(e.gate.typ, hidden, shape) && b.gmFits(e.down.typ, ff, shape)
-	gmMin := mqgTokens + 1
-	if b.gmWG(e.gate.typ, shape) {
-		gmMin = wgMoETokens
-	}
-	l := moeLayout(n, k, nExp, hidden, ff, e.gate.typ, e.down.typ, b.invariant, fits, gm, gmMin)
+	l := moeLayout(n, k, nExp, hidden, ff, e.gate.typ, e.down.typ, b.invariant, fits, gm)
 	ws, ok := b.workspace(op, "moe", l.size)
 	if !ok {
 		return
@@ -1017,13 +1013,12 @@ type moeWorkspace struct {
 
 // moeLayout picks the experts' kernels for n rows (a batch-invariant
 // backend takes the grouped tiles at every n; mqgFits, gmFits: the grouped
-// integer kernels' and gemm.cu's blocks fit in shared memory; gmMin: the
-// fewest rows that take gemm.cu, above mqTokens) and lays out their
-// workspace.
-func moeLayout(n, k, nExp, hidden, ff int, gate, down tensor.Type, invariant, mqgFits, gmFits bool, gmMin int) moeWorkspace {
+// integer kernels' and gemm.cu's blocks fit in shared memory) and lays out
+// their workspace.
+func moeLayout(n, k, nExp, hidden, ff int, gate, down tensor.Type, invariant, mqgFits, gmFits bool) moeWorkspace {
 	var l moeWorkspace
 	l.mq = n <= mqTokens && mqTypes[gate] && down == gate && k <= mqDownWarps && !invariant
-	l.gemm = n >= gmMin && mqTypes[gate] && down == gate && !invariant && gmFits
+	l.gemm = n > mqgTokens && mqTypes[gate] && down == gate && !invariant && gmFits
 	l.mqg = n > mqTokens && n <= mqgTokens && !l.gemm && mqTypes[gate] && down == gate && !invariant && mqgFits
 	l.grouped = !l.mqg && !l.gemm && (n > mqTokens || invariant) && tileTypes[gate] && tileTypes[down]
 	na := int64(n) * int64(k)

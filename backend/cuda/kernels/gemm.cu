@@ -23,10 +23,11 @@
 // chunk in flight, converted x in the loop and read every fragment with
 // 32-bit shared loads: about 52 TFLOP/s on the MoE of a 2,048-token step.
 //
-// On Hopper, MXFP4's kernels also come as _wg (opt-in, Options.WGMMA):
-// 256-row blocks whose two warpgroups queue wgmma MMAs on the same shared
-// tiles, laid out as core matrices, and decode the next stage while the
-// tensor cores run (gw_stage). The module is built for sm_90a there.
+// On Hopper, MXFP4's grouped kernels also come as _wg (the experts'
+// default there, Options.NoWGMMA): 256-row blocks whose two warpgroups
+// queue wgmma MMAs on the same shared tiles, laid out as core matrices,
+// and decode the next stage while the tensor cores run (gw_stage). The
+// module is built for sm_90a there.
 //
 // Grouped mode (MoE): with starts, blockIdx.z is an expert e, whose rows of
 // the grouped order are starts[e]..starts[e+1]-1; grouped row r reads x row
@@ -270,8 +271,8 @@ __device__ __forceinline__ void gm_stage(const GmSmem<RW, TK>& sm, int s, float 
 #define GM_ACC(RW, TK, WG) ((WG) ? (RW) * (TK) / GM_THREADS : 64)
 
 // Hopper's warpgroup MMA (sm_90a; kernels with the _wg suffix). A
-// warpgroup (4 warps) multiplies a 64 × 16 tile A by a 16 × N tile B into
-// 64 × N f32 sums held across its threads (N/2 each), both tiles read from
+// warpgroup (4 warps) multiplies a 64 × 16 tile A by a 16 × 128 tile B
+// into 64 × 128 f32 sums held across its threads (64 each), both tiles read from
 // shared memory as core matrices (gw_core) through descriptors.
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 // gw_desc is the descriptor of a K-major tile without swizzling at p:
@@ -282,29 +283,19 @@ __device__ __forceinline__ u64 gw_desc(const u16* p) {
 }
 
 #define GW_D8(i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), "+f"(d[i + 7])
-// gw_mma queues d = A·B + (keep ? d : 0) (bf16, m64nNk16, N = 128 or 32)
-// for the warpgroup.
-template <int N>
+// gw_mma queues d = A·B + (keep ? d : 0) (bf16, m64n128k16) for the
+// warpgroup.
 __device__ __forceinline__ void gw_mma(float* d, u64 da, u64 db, int keep) {
-    if constexpr (N == 128)
-        asm volatile(
-            "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-            "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
-            "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-            "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-            "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
-            "%64, %65, p, 1, 1, 0, 0;\n}\n"
-            : GW_D8(0), GW_D8(8), GW_D8(16), GW_D8(24), GW_D8(32), GW_D8(40), GW_D8(48), GW_D8(56)
-            : "l"(da), "l"(db), "r"(keep));
-    else
-        asm volatile(
-            "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
-            "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {"
-            "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
-            "%16, %17, p, 1, 1, 0, 0;\n}\n"
-            : GW_D8(0), GW_D8(8)
-            : "l"(da), "l"(db), "r"(keep));
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+        "%64, %65, p, 1, 1, 0, 0;\n}\n"
+        : GW_D8(0), GW_D8(8), GW_D8(16), GW_D8(24), GW_D8(32), GW_D8(40), GW_D8(48), GW_D8(56)
+        : "l"(da), "l"(db), "r"(keep));
 }
 
 // gw_pin keeps the compiler from touching the sums around the asynchronous
@@ -329,7 +320,7 @@ __device__ __forceinline__ void gw_wait(float* d) {
 
 // gw_stage queues stage s's MMAs (4 k16 steps, x's hi and lo terms). A
 // warpgroup owns RW/2 weight rows: with 64 tokens, the tokens (A) × 128
-// rows (B); else m64 tiles of the rows (A) × the TK tokens (B).
+// rows (B); with 128, m64 tiles of the rows (A) × the tokens (B).
 // The first stage's first MMAs clear the sums (FIRST, a constant: with
 // a run-time choice, or sums cleared by other instructions, ptxas
 // serializes every wgmma of the kernel).
@@ -349,13 +340,13 @@ __device__ __forceinline__ void gw_stage(const GmSmem<RW, TK, true>& sm, int s, 
 #pragma unroll
             for (int mb = 0; mb < RW / 128; mb++) {
                 u64 dw = gw_desc(w + gw_core(64 * mb, 2 * ks));
-                gw_mma<TK>(acc + TK / 2 * mb, dw, dh, keep);
-                gw_mma<TK>(acc + TK / 2 * mb, dw, dl, 1);
+                gw_mma(acc + TK / 2 * mb, dw, dh, keep);
+                gw_mma(acc + TK / 2 * mb, dw, dl, 1);
             }
         } else {
             u64 dw = gw_desc(w + gw_core(0, 2 * ks));
-            gw_mma<128>(acc, dh, dw, keep);
-            gw_mma<128>(acc, dl, dw, 1);
+            gw_mma(acc, dh, dw, keep);
+            gw_mma(acc, dl, dw, 1);
         }
     }
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
@@ -577,5 +568,4 @@ GEMM_KERNELS(T_MXFP4, mxfp4, 256, 64, false, )
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 GEMM_KERNELS(T_MXFP4, mxfp4, 256, 128, true, _wg)
 GEMM_KERNELS(T_MXFP4, mxfp4, 256, 64, true, _wg)
-GEMM_KERNELS(T_MXFP4, mxfp4, 256, 32, true, _wg)
 #endif
