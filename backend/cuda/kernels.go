@@ -508,7 +508,7 @@ func gmShmem(t tensor.Type, in int, s gmShape) int {
 		scale = 2
 	}
 	if s.wg {
-		return 2*gmStages*s.toks*64*2 + gmStages*s.rows*32 + 2*s.rows*64*2 + s.toks*8 + s.rows*in/32
+		return 1024 + 2*gmStages*s.toks*64*2 + gmStages*s.rows*32 + 2*s.rows*64*2 + s.toks*8 + s.rows*in/32
 	}
 	return 2*gmStages*s.toks*72*2 + gmStages*s.rows*64 + 2*s.rows*72*2 + 4*s.rows*4 + s.toks*8 + s.rows*in/32*scale
 }

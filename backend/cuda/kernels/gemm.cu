@@ -58,6 +58,7 @@ struct GmSmem {
     float* ws;
     i64* xoff; // element offset of each token's x row, -1 for none
     __device__ GmSmem(u8* base) {
+        if (CORE) base += -(u32)__cvta_generic_to_shared(base) & 1023; // 128-byte swizzle atoms are 1,024-aligned
         xh = (u16*)base;
         xl = xh + GM_STAGES * TK * LX;
         raw = (u8*)(xl + GM_STAGES * TK * LX);
@@ -69,11 +70,11 @@ struct GmSmem {
 };
 
 // gw_core is the offset in halves of row r's 8 elements of group kg (k
-// 8kg..8kg+7) in a tile of GM_K columns laid out as wgmma's core matrices
-// without swizzling: 8 rows × 16 bytes each, contiguous, kg-major within
-// a group of 8 rows (so K-adjacent ones are 128 bytes apart, row-adjacent
-// ones 1,024).
-__device__ __forceinline__ int gw_core(int r, int kg) { return ((r >> 3) * (GM_K / 8) + kg) * 64 + (r & 7) * 8; }
+// 8kg..8kg+7) in a tile of GM_K columns laid out for wgmma with 128-byte
+// swizzling: a row's 128 bytes contiguous, its 16-byte groups permuted by
+// the row's place in its 8-row atom (kg ^ r%8), so the MMAs' reads of 8
+// rows' same group fall in different banks.
+__device__ __forceinline__ int gw_core(int r, int kg) { return r * GM_K + ((kg ^ (r & 7)) << 3); }
 
 __device__ __forceinline__ u32 prmt(u32 a, u32 b, u32 s) {
     u32 r;
@@ -275,11 +276,12 @@ __device__ __forceinline__ void gm_stage(const GmSmem<RW, TK>& sm, int s, float 
 // into 64 × 128 f32 sums held across its threads (64 each), both tiles read from
 // shared memory as core matrices (gw_core) through descriptors.
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-// gw_desc is the descriptor of a K-major tile without swizzling at p:
-// K-adjacent core matrices 128 bytes apart, row-adjacent ones 1,024.
+// gw_desc is the descriptor of a K-major tile with 128-byte swizzling
+// whose k16 step starts at p (an atom's start plus 32 bytes a step): 8-row
+// atoms 1,024 bytes apart.
 __device__ __forceinline__ u64 gw_desc(const u16* p) {
     u64 a = (u32)__cvta_generic_to_shared(p);
-    return (a & 0x3FFFF) >> 4 | (u64)(128 >> 4) << 16 | (u64)(1024 >> 4) << 32;
+    return (a & 0x3FFFF) >> 4 | (u64)1 << 16 | (u64)(1024 >> 4) << 32 | (u64)1 << 62;
 }
 
 #define GW_D8(i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), "+f"(d[i + 7])
@@ -328,23 +330,23 @@ template <bool FIRST, int RW, int TK>
 __device__ __forceinline__ void gw_stage(const GmSmem<RW, TK, true>& sm, int s, float* acc) {
     const int N = GM_ACC(RW, TK, true);
     int wg = threadIdx.x >> 7;
-    const u16* w = sm.w + (s & 1) * RW * GM_K + gw_core(wg * RW / 2, 0);
+    const u16* w = sm.w + (s & 1) * RW * GM_K + wg * RW / 2 * GM_K;
     int xo = (s % GM_STAGES) * TK * GM_K;
     gw_pin<N>(acc);
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
     for (int ks = 0; ks < GM_K / 16; ks++) {
         int keep = !FIRST || ks > 0;
-        u64 dh = gw_desc(sm.xh + xo + 2 * ks * 64), dl = gw_desc(sm.xl + xo + 2 * ks * 64);
+        u64 dh = gw_desc(sm.xh + xo + ks * 16), dl = gw_desc(sm.xl + xo + ks * 16);
         if (TK != 64) {
 #pragma unroll
             for (int mb = 0; mb < RW / 128; mb++) {
-                u64 dw = gw_desc(w + gw_core(64 * mb, 2 * ks));
+                u64 dw = gw_desc(w + 64 * mb * GM_K + ks * 16);
                 gw_mma(acc + TK / 2 * mb, dw, dh, keep);
                 gw_mma(acc + TK / 2 * mb, dw, dl, 1);
             }
         } else {
-            u64 dw = gw_desc(w + gw_core(0, 2 * ks));
+            u64 dw = gw_desc(w + ks * 16);
             gw_mma(acc, dh, dw, keep);
             gw_mma(acc, dl, dw, 1);
         }
