@@ -501,7 +501,8 @@ func gmName(family string, t tensor.Type, s gmShape) string {
 // (64 + 8 halves a row), the raw weight stages (64 bytes a row), two
 // decoded f16 tiles and their chunk scales, the tokens' row offsets and
 // every weight scale of the block's rows; on wgmma (MXFP4) no padding, 32
-// raw bytes a row and no chunk scales.
+// raw bytes a row, no chunk scales, and 1,024 bytes to align the start
+// (the swizzled tiles' atoms).
 func gmShmem(t tensor.Type, in int, s gmShape) int {
 	scale := 1 // MXFP4's E8M0
 	if t == tensor.Q8_0 {

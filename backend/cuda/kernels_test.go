@@ -234,9 +234,9 @@ func TestGmName(t *testing.T) {
 			t.Errorf("wgmma %v %s %d tokens an expert: %v, want %v", c.b.wgmma, c.t, c.perRow, got, c.want)
 		}
 	}
-	// wgmma's blocks of gpt-oss-20b's experts fit Hopper's 227 KiB: x's
-	// stages 2·3·128·64·2, raw 3·256·32, tiles 2·256·64·2, offsets 128·8,
-	// scales 256·90.
+	// wgmma's blocks of gpt-oss-20b's experts fit Hopper's 227 KiB: the
+	// alignment 1,024, x's stages 2·3·128·64·2, raw 3·256·32, tiles
+	// 2·256·64·2, offsets 128·8, scales 256·90.
 	if got := gmShmem(tensor.MXFP4, 2880, gmShape{rows: 256, toks: 128, wg: true}); got != 1024+98304+24576+65536+1024+23040 {
 		t.Errorf("wgmma 256x128 shared memory: %d", got)
 	}

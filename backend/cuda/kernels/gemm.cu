@@ -25,7 +25,7 @@
 //
 // On Hopper, MXFP4's grouped kernels also come as _wg (the experts'
 // default there, Options.NoWGMMA): 256-row blocks whose two warpgroups
-// queue wgmma MMAs on the same shared tiles, laid out as core matrices,
+// queue wgmma MMAs on the same shared tiles, in 128-byte swizzled rows,
 // and decode the next stage while the tensor cores run (gw_stage). The
 // module is built for sm_90a there.
 //
@@ -48,8 +48,9 @@
 // size): x's hi and lo stages, the raw weight stages, two decoded 16-bit
 // tiles with their chunk scales, the tokens' row offsets, and every weight
 // scale of the block's rows. With CORE (wgmma's MXFP4 kernels) x and the
-// tiles are core matrices without padding, a raw row's stage is MXFP4's
-// 32 bytes and there are no chunk scales.
+// tiles are swizzled rows without padding (gw_core; the allocation starts
+// on a 1,024-byte boundary), a raw row's stage is MXFP4's 32 bytes and
+// there are no chunk scales.
 template <int RW, int TK, bool CORE = false>
 struct GmSmem {
     static constexpr int LX = CORE ? GM_K : GM_LD, RAW = CORE ? 32 : GM_RAW; // halves a row of x or w, raw bytes a row
@@ -102,7 +103,7 @@ __device__ __forceinline__ u32 e2m1_pair(u32 v, u32 sel, u32 scale2) {
 // 16-bit tile s & 1 at w (Q8_0: and their chunk scales): each thread a
 // (row, chunk) item at a time. Chunks past nblk (zero-filled) get scale 0.
 // The tile is row-major (GM_LD halves a row) for ldmatrix, or with CORE in
-// wgmma's core matrices (gw_core).
+// wgmma's swizzled rows (gw_core).
 template <int T, int RW, int TK, bool CORE>
 __device__ __forceinline__ void gm_decode(const GmSmem<RW, TK, CORE>& sm, u16* w, int nblk, int s) {
     const int CB = T == T_Q8_0 ? 32 : 16;
@@ -170,7 +171,7 @@ __device__ __forceinline__ void gm_load_w(const GmSmem<RW, TK, CORE>& sm, const 
 
 // gm_load_x issues the cp.async loads of stage s of the block's tokens' x
 // (absent tokens and chunks past nblk are zero): row-major, GM_LD halves a
-// token, or with CORE in wgmma's core matrices (gw_core). A thread copies
+// token, or with CORE in wgmma's swizzled rows (gw_core). A thread copies
 // one 16-byte piece of one term of every 16th token.
 template <int RW, int TK, bool CORE>
 __device__ __forceinline__ void gm_load_x(const GmSmem<RW, TK, CORE>& sm, const u16* xh, const u16* xl, int nblk, int s) {
@@ -273,8 +274,8 @@ __device__ __forceinline__ void gm_stage(const GmSmem<RW, TK>& sm, int s, float 
 
 // Hopper's warpgroup MMA (sm_90a; kernels with the _wg suffix). A
 // warpgroup (4 warps) multiplies a 64 × 16 tile A by a 16 × 128 tile B
-// into 64 × 128 f32 sums held across its threads (64 each), both tiles read from
-// shared memory as core matrices (gw_core) through descriptors.
+// into 64 × 128 f32 sums held across its threads (64 each), both tiles
+// read from shared memory (gw_core's layout) through descriptors.
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 // gw_desc is the descriptor of a K-major tile with 128-byte swizzling
 // whose k16 step starts at p (an atom's start plus 32 bytes a step): 8-row
