@@ -476,8 +476,9 @@ func gmShapeFor(perRow int) gmShape {
 // moeShape picks the block shape of the experts (of type t) for perRow
 // tokens an expert: gmShapeFor's, but MXFP4 on wgmma where the backend has
 // it, in 256-row blocks (a warpgroup's two m64 tiles share each x tile).
-// Dense products stay on mma.sync: wgmma was 4% slower on a dense MXFP4
-// product of 2,048 tokens (NOTES.md #39), and gpt-oss has none.
+// Dense products stay on mma.sync: before the swizzled tiles (NOTES.md
+// #40) wgmma was 4% slower on a dense MXFP4 product of 2,048 tokens (#39),
+// not measured since; gpt-oss has none.
 func (b *Backend) moeShape(t tensor.Type, perRow int) gmShape {
 	s := gmShapeFor(perRow)
 	if b.wgmma && t == tensor.MXFP4 {
