@@ -1018,8 +1018,8 @@ type moeWorkspace struct {
 func moeLayout(n, k, nExp, hidden, ff int, gate, down tensor.Type, invariant, mqgFits, gmFits bool) moeWorkspace {
 	var l moeWorkspace
 	l.mq = n <= mqTokens && mqTypes[gate] && down == gate && k <= mqDownWarps && !invariant
+	l.mqg = n > mqTokens && n <= mqgTokens && mqTypes[gate] && down == gate && !invariant && mqgFits
 	l.gemm = n > mqgTokens && mqTypes[gate] && down == gate && !invariant && gmFits
-	l.mqg = n > mqTokens && n <= mqgTokens && !l.gemm && mqTypes[gate] && down == gate && !invariant && mqgFits
 	l.grouped = !l.mqg && !l.gemm && (n > mqTokens || invariant) && tileTypes[gate] && tileTypes[down]
 	na := int64(n) * int64(k)
 	var off int64

@@ -343,8 +343,8 @@ __device__ __forceinline__ void gw_stage(const GmSmem<RW, TK, true>& sm, int s, 
 #pragma unroll
             for (int mb = 0; mb < RW / 128; mb++) {
                 u64 dw = gw_desc(w + 64 * mb * GM_K + ks * 16);
-                gw_mma(acc + TK / 2 * mb, dw, dh, keep);
-                gw_mma(acc + TK / 2 * mb, dw, dl, 1);
+                gw_mma(acc + 64 * mb, dw, dh, keep);
+                gw_mma(acc + 64 * mb, dw, dl, 1);
             }
         } else {
             u64 dw = gw_desc(w + ks * 16);
@@ -357,16 +357,16 @@ __device__ __forceinline__ void gw_stage(const GmSmem<RW, TK, true>& sm, int s, 
 #endif
 
 // gm_at is tile row and token of a thread's sum i: with WG as gw_stage
-// lays them out (m64 tile i/(TK/2) of rows in wgmma's order), else
+// lays them out (64 sums an m64 tile: with 128 tokens tile i/64 of rows,
+// in wgmma's order), else
 // acc[mi][ni][q] (i = 16mi + 4ni + q) is row 64wm + 16mi + g + 8(q/2) and
 // token 32wn + 8ni + 2t + q%2.
 template <int RW, int TK, bool WG>
 __device__ __forceinline__ void gm_at(int i, int& row, int& tok) {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3, q = i & 3;
     if (WG) {
-        const int NM = TK == 64 ? 64 : TK / 2; // sums an m64 tile
-        int a = (warp & 3) * 16 + g + (q >> 1) * 8, b = (i % NM >> 2) * 8 + 2 * t + (q & 1);
-        row = (warp >> 2) * (RW / 2) + (TK != 64 ? i / NM * 64 + a : b);
+        int a = (warp & 3) * 16 + g + (q >> 1) * 8, b = (i % 64 >> 2) * 8 + 2 * t + (q & 1);
+        row = (warp >> 2) * (RW / 2) + (TK != 64 ? i / 64 * 64 + a : b);
         tok = TK != 64 ? b : a;
     } else {
         const int WT = TK / 32;
